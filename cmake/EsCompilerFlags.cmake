@@ -1,0 +1,12 @@
+# Warning and sanitizer flags shared by every target of the project.
+add_compile_options(-Wall -Wextra -Wno-unused-parameter -fno-omit-frame-pointer)
+if(ES_ASAN)
+  add_compile_options(-fsanitize=address,undefined -fno-sanitize-recover=undefined)
+  add_link_options(-fsanitize=address,undefined)
+  add_compile_definitions(ES_SANITIZER=1)
+endif()
+if(ES_TSAN)
+  add_compile_options(-fsanitize=thread)
+  add_link_options(-fsanitize=thread)
+  add_compile_definitions(ES_SANITIZER=1 ES_TSAN=1)
+endif()

@@ -1,0 +1,34 @@
+# Finds every third-party dependency once and exposes it as an imported target.
+find_package(Threads REQUIRED)
+find_package(PkgConfig REQUIRED)
+find_package(RocksDB CONFIG REQUIRED)
+find_package(simdjson CONFIG REQUIRED)
+find_package(FlatBuffers CONFIG REQUIRED)
+find_program(FLATC flatc REQUIRED)
+pkg_check_modules(URING REQUIRED IMPORTED_TARGET liburing)
+pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
+if(ES_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+endif()
+if(ES_BUILD_BENCH)
+  find_package(benchmark REQUIRED)
+endif()
+
+# es_flatbuffers_generate(<target> <schema.fbs>...): runs flatc into the binary dir and adds the
+# generated headers' directory to <target>'s include path.
+function(es_flatbuffers_generate target)
+  set(outputs)
+  foreach(schema ${ARGN})
+    get_filename_component(name ${schema} NAME_WE)
+    set(out ${CMAKE_CURRENT_BINARY_DIR}/generated/${name}_generated.h)
+    add_custom_command(
+      OUTPUT ${out}
+      COMMAND ${FLATC} --cpp --scoped-enums -o ${CMAKE_CURRENT_BINARY_DIR}/generated
+              ${CMAKE_CURRENT_SOURCE_DIR}/${schema}
+      DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${schema}
+      COMMENT "flatc ${schema}")
+    list(APPEND outputs ${out})
+  endforeach()
+  target_sources(${target} PRIVATE ${outputs})
+  target_include_directories(${target} PUBLIC ${CMAKE_CURRENT_BINARY_DIR}/generated)
+endfunction()

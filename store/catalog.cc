@@ -1,0 +1,209 @@
+// The RocksDB-backed catalog and the usage merge operator.
+#include "store/catalog.h"
+
+#include <rocksdb/db.h>
+#include <rocksdb/merge_operator.h>
+#include <rocksdb/options.h>
+#include <rocksdb/table.h>
+#include <rocksdb/filter_policy.h>
+#include <rocksdb/utilities/options_util.h>
+
+#include <array>
+#include <chrono>
+#include <thread>
+#include <vector>
+
+#include "store/records.h"
+
+namespace es {
+
+namespace {
+
+constexpr std::array<std::string_view, kNumCfs> kCfNames = {"models", "tensors", "experts", "usage",
+                                                             "trust",  "profiles", "meta"};
+
+Status FromRocks(const rocksdb::Status& s, std::string_view what) {
+  if (s.ok()) return Status::Ok();
+  std::string msg = std::string(what) + ": " + s.ToString();
+  if (s.IsNotFound()) return Status::NotFound(msg);
+  if (s.IsCorruption()) return Status::Corruption(msg);
+  if (s.IsInvalidArgument()) return Status::InvalidArgument(msg);
+  if (s.IsNotSupported()) return Status::NotSupported(msg);
+  if (s.IsNoSpace()) return Status::ResourceExhausted(msg);
+  if (s.IsBusy() || s.IsTryAgain()) return Status::Busy(msg);
+  return Status::IOError(msg);
+}
+
+// Sums UsageRecords. A damaged operand makes the merge fail, which RocksDB reports as Corruption on read.
+class UsageMergeOperator final : public rocksdb::AssociativeMergeOperator {
+ public:
+  bool Merge(const rocksdb::Slice& key, const rocksdb::Slice* existing, const rocksdb::Slice& value,
+             std::string* new_value, rocksdb::Logger* logger) const override {
+    UsageCounts total;
+    if (existing != nullptr) {
+      auto e = DecodeUsage(std::string_view(existing->data(), existing->size()));
+      if (!e.ok()) return false;
+      total = std::move(e).value();
+    }
+    auto v = DecodeUsage(std::string_view(value.data(), value.size()));
+    if (!v.ok()) return false;
+    total.MergeFrom(*v);
+    *new_value = EncodeUsage(total);
+    return true;
+  }
+  const char* Name() const override { return "expertstore.UsageMerge"; }
+};
+
+rocksdb::ColumnFamilyOptions CfOptions(Cf cf) {
+  rocksdb::ColumnFamilyOptions o;
+  rocksdb::BlockBasedTableOptions t;
+  t.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  o.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
+  o.compression = rocksdb::kNoCompression;  // values are small FlatBuffers; keep reads copy-light
+  if (cf == Cf::kUsage) o.merge_operator = std::make_shared<UsageMergeOperator>();
+  return o;
+}
+
+}  // namespace
+
+std::string_view CfName(Cf cf) { return kCfNames[static_cast<size_t>(cf)]; }
+
+struct CatalogBatch::Rep {
+  struct Op {
+    enum Kind : uint8_t { kPut, kDelete, kMerge } kind;
+    Cf cf;
+    std::string key;
+    std::string value;
+  };
+  std::vector<Op> ops;
+};
+
+CatalogBatch::CatalogBatch() : rep_(std::make_unique<Rep>()) {}
+CatalogBatch::~CatalogBatch() = default;
+CatalogBatch::CatalogBatch(CatalogBatch&&) noexcept = default;
+CatalogBatch& CatalogBatch::operator=(CatalogBatch&&) noexcept = default;
+
+void CatalogBatch::Put(Cf cf, std::string_view key, std::string_view value) {
+  rep_->ops.push_back({Rep::Op::kPut, cf, std::string(key), std::string(value)});
+}
+void CatalogBatch::Delete(Cf cf, std::string_view key) {
+  rep_->ops.push_back({Rep::Op::kDelete, cf, std::string(key), {}});
+}
+void CatalogBatch::Merge(Cf cf, std::string_view key, std::string_view value) {
+  rep_->ops.push_back({Rep::Op::kMerge, cf, std::string(key), std::string(value)});
+}
+size_t CatalogBatch::size() const { return rep_->ops.size(); }
+void CatalogBatch::Clear() { rep_->ops.clear(); }
+
+struct Catalog::Rep {
+  std::unique_ptr<rocksdb::DB> db;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;  // indexed by Cf; the default CF is kept separately
+  rocksdb::ColumnFamilyHandle* default_cf = nullptr;
+  bool read_only = false;
+
+  ~Rep() {
+    if (db) {
+      for (auto* h : handles) db->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+      if (default_cf != nullptr) db->DestroyColumnFamilyHandle(default_cf).PermitUncheckedError();
+      db->Close().PermitUncheckedError();
+    }
+  }
+  rocksdb::ColumnFamilyHandle* H(Cf cf) const { return handles[static_cast<size_t>(cf)]; }
+};
+
+Catalog::Catalog(std::unique_ptr<Rep> rep) : rep_(std::move(rep)) {}
+Catalog::~Catalog() = default;
+
+Result<std::unique_ptr<Catalog>> Catalog::Open(const std::string& dir, bool read_only, bool create) {
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = create && !read_only;
+  db_options.create_missing_column_families = !read_only;
+  db_options.paranoid_checks = true;
+  db_options.max_open_files = -1;  // readers open every table file at once, so a writer's deletions cannot race them
+  db_options.keep_log_file_num = 3;
+  db_options.max_log_file_size = 1 << 20;
+  db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+  descriptors.emplace_back(rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions());
+  for (int i = 0; i < kNumCfs; ++i) {
+    descriptors.emplace_back(std::string(kCfNames[i]), CfOptions(static_cast<Cf>(i)));
+  }
+
+  auto rep = std::make_unique<Rep>();
+  rep->read_only = read_only;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status s;
+  if (read_only) {
+    // A writer flushing or compacting while we read its MANIFEST can make a listed file vanish: retry.
+    constexpr int kAttempts = 5;
+    for (int attempt = 0; attempt < kAttempts; ++attempt) {
+      s = rocksdb::DB::OpenForReadOnly(db_options, dir, descriptors, &handles, &raw);
+      if (s.ok() || !(s.IsIOError() || s.IsPathNotFound())) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20 << attempt));
+    }
+    if (!s.ok() && (s.IsInvalidArgument() || s.IsPathNotFound())) {
+      return Status::NotFound("no catalog at " + dir + " (" + s.ToString() + ")");
+    }
+  } else {
+    s = rocksdb::DB::Open(db_options, dir, descriptors, &handles, &raw);
+  }
+  if (!s.ok()) return FromRocks(s, "open catalog " + dir);
+  rep->db.reset(raw);
+  rep->default_cf = handles[0];
+  rep->handles.assign(handles.begin() + 1, handles.end());
+  return std::unique_ptr<Catalog>(new Catalog(std::move(rep)));
+}
+
+bool Catalog::read_only() const { return rep_->read_only; }
+
+Result<std::string> Catalog::Get(Cf cf, std::string_view key) const {
+  std::string value;
+  rocksdb::Status s = rep_->db->Get(rocksdb::ReadOptions(), rep_->H(cf), rocksdb::Slice(key.data(), key.size()), &value);
+  if (s.IsNotFound()) return Status::NotFound(std::string(CfName(cf)) + " entry not found");
+  if (!s.ok()) return FromRocks(s, "catalog get");
+  return value;
+}
+
+Status Catalog::Write(const CatalogBatch& batch, bool sync) {
+  if (rep_->read_only) return Status::NotSupported("catalog is open read-only");
+  rocksdb::WriteBatch wb;
+  for (const auto& op : batch.rep_->ops) {
+    rocksdb::Slice k(op.key), v(op.value);
+    rocksdb::Status s;
+    switch (op.kind) {
+      case CatalogBatch::Rep::Op::kPut: s = wb.Put(rep_->H(op.cf), k, v); break;
+      case CatalogBatch::Rep::Op::kDelete: s = wb.Delete(rep_->H(op.cf), k); break;
+      case CatalogBatch::Rep::Op::kMerge: s = wb.Merge(rep_->H(op.cf), k, v); break;
+    }
+    if (!s.ok()) return FromRocks(s, "catalog batch");
+  }
+  rocksdb::WriteOptions wo;
+  wo.sync = sync;
+  return FromRocks(rep_->db->Write(wo, &wb), "catalog write");
+}
+
+Status Catalog::Scan(Cf cf, std::string_view prefix,
+                     const std::function<bool(std::string_view, std::string_view)>& fn) const {
+  rocksdb::ReadOptions ro;
+  std::unique_ptr<rocksdb::Iterator> it(rep_->db->NewIterator(ro, rep_->H(cf)));
+  rocksdb::Slice p(prefix.data(), prefix.size());
+  for (it->Seek(p); it->Valid() && it->key().starts_with(p); it->Next()) {
+    if (!fn(std::string_view(it->key().data(), it->key().size()),
+            std::string_view(it->value().data(), it->value().size()))) {
+      break;
+    }
+  }
+  return FromRocks(it->status(), "catalog scan");
+}
+
+Status Catalog::Compact() {
+  if (rep_->read_only) return Status::NotSupported("catalog is open read-only");
+  for (auto* h : rep_->handles) {
+    ES_RETURN_IF_ERROR(FromRocks(rep_->db->CompactRange(rocksdb::CompactRangeOptions(), h, nullptr, nullptr), "compact"));
+  }
+  return Status::Ok();
+}
+
+}  // namespace es

@@ -1,0 +1,65 @@
+// Catalog: the RocksDB database under STORE/catalog with one column family per record kind
+// (docs/catalog_schema.md). No RocksDB type appears here. Thread-safe: RocksDB serialises writers.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "store/status.h"
+
+namespace es {
+
+enum class Cf : uint8_t { kModels = 0, kTensors, kExperts, kUsage, kTrust, kProfiles, kMeta };
+inline constexpr int kNumCfs = 7;
+std::string_view CfName(Cf cf);
+
+class Catalog;
+
+// A set of mutations applied atomically by Catalog::Write. Not thread-safe.
+class CatalogBatch {
+ public:
+  CatalogBatch();
+  ~CatalogBatch();
+  CatalogBatch(CatalogBatch&&) noexcept;
+  CatalogBatch& operator=(CatalogBatch&&) noexcept;
+
+  void Put(Cf cf, std::string_view key, std::string_view value);
+  void Delete(Cf cf, std::string_view key);
+  // Usage only: adds a UsageRecord of increments through the merge operator.
+  void Merge(Cf cf, std::string_view key, std::string_view value);
+  size_t size() const;
+  void Clear();
+
+ private:
+  friend class Catalog;
+  struct Rep;
+  std::unique_ptr<Rep> rep_;
+};
+
+class Catalog {
+ public:
+  // Opens (or, with create, creates) the database in `dir`. Read-only catalogs open beside a running writer
+  // and see the catalog as it was when they opened.
+  static Result<std::unique_ptr<Catalog>> Open(const std::string& dir, bool read_only, bool create);
+  ~Catalog();
+
+  bool read_only() const;
+  Result<std::string> Get(Cf cf, std::string_view key) const;  // NotFound when absent
+  // Applies the batch atomically; sync makes it durable (WAL fsync) before returning.
+  Status Write(const CatalogBatch& batch, bool sync = true);
+  // Visits keys starting with `prefix` in order; `fn` returns false to stop early.
+  Status Scan(Cf cf, std::string_view prefix,
+              const std::function<bool(std::string_view key, std::string_view value)>& fn) const;
+  // Compacts every column family (the `rest` state).
+  Status Compact();
+
+ private:
+  struct Rep;
+  explicit Catalog(std::unique_ptr<Rep> rep);
+  std::unique_ptr<Rep> rep_;
+};
+
+}  // namespace es

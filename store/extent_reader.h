@@ -1,0 +1,53 @@
+// ExtentReader: reads whole segment records in batches through an IoEngine and verifies each one (header,
+// length, payload checksum, zero padding) before handing its payload out. A mismatch is Corruption; garbage
+// is never returned. Thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+
+#include "store/file_system.h"
+#include "store/io_engine.h"
+#include "store/segment_format.h"
+#include "store/status.h"
+
+namespace es {
+
+struct ExtentRead {
+  Extent extent;
+  // Caller-owned, 4 KiB-aligned, at least extent.record_length bytes; must outlive ReadBatch.
+  std::span<std::byte> buffer;
+  // Outputs.
+  Status status;
+  std::span<const std::byte> payload;  // inside `buffer`, valid while the buffer is
+};
+
+class ExtentReader {
+ public:
+  ExtentReader(std::shared_ptr<FileSystem> fs, std::string segments_dir, std::unique_ptr<IoEngine> engine);
+  ~ExtentReader();
+
+  // Reads and verifies every request; each gets its own status.
+  void ReadBatch(std::span<ExtentRead> reads);
+  // The raw record bytes, not verified (verify and debugging tools).
+  void ReadRaw(std::span<ExtentRead> reads);
+
+  IoEngine& engine() { return *engine_; }
+  // The open segment file, opened on first use (O_DIRECT where the file system allows it).
+  Result<File*> Segment(uint32_t id);
+
+ private:
+  void Read(std::span<ExtentRead> reads, bool verify);
+
+  std::shared_ptr<FileSystem> fs_;
+  std::string dir_;
+  std::unique_ptr<IoEngine> engine_;
+  std::mutex mu_;
+  std::map<uint32_t, std::unique_ptr<File>> segments_;
+};
+
+}  // namespace es

@@ -1,0 +1,74 @@
+// IoEngine: batched positional reads with an io_uring implementation (O_DIRECT, registered buffers where
+// the limits allow, probed at run time) and a pread thread-pool fallback. Both resume short reads, retry
+// EINTR/EAGAIN and give each read its own status. Buffers are caller-owned and must stay valid until
+// ReadBatch returns.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "store/file_system.h"
+#include "store/status.h"
+
+namespace es {
+
+enum class IoEngineKind {
+  kAuto,   // io_uring when the kernel allows it, else pread
+  kUring,  // io_uring or an error
+  kPread,  // a pool of threads calling pread
+};
+
+// "auto", "uring", "pread" (case-sensitive); InvalidArgument otherwise.
+Result<IoEngineKind> ParseIoEngineKind(std::string_view name);
+
+struct IoEngineOptions {
+  // Most reads in flight at once, per ReadBatch call (io_uring submission depth, pread worker threads).
+  uint32_t queue_depth = 32;
+  // Reads larger than this are split into pieces of this size so that one large extent still keeps several
+  // requests in flight. A multiple of 4 KiB; 0 disables splitting.
+  uint64_t max_request_bytes = 1u << 20;
+};
+
+struct IoRead {
+  File* file = nullptr;
+  uint64_t offset = 0;
+  std::span<std::byte> dst;  // O_DIRECT files need offset, size and address 4 KiB aligned
+  Status status;             // set by ReadBatch
+};
+
+class IoEngine {
+ public:
+  virtual ~IoEngine() = default;
+  virtual std::string_view name() const = 0;
+  const IoEngineOptions& options() const { return options_; }
+
+  // Reads every request fully. `on_complete(i)`, if given, runs once per request as soon as request i is done
+  // (successfully or not), possibly on another thread and concurrently with other indices, while later reads
+  // are still in flight: callers verify data there to overlap it with I/O. Thread-safe.
+  virtual void ReadBatch(std::span<IoRead> reads, const std::function<void(size_t)>& on_complete) = 0;
+
+  // Registers long-lived buffers (a cache arena) so that reads landing inside them skip per-I/O page pinning.
+  // Replaces any earlier registration. NotSupported where the engine has no such notion; ResourceExhausted
+  // where the kernel's limits refuse (reads still work, unregistered).
+  virtual Status RegisterBuffers(std::span<const std::span<std::byte>> buffers) = 0;
+
+ protected:
+  explicit IoEngine(const IoEngineOptions& options) : options_(options) {}
+
+ private:
+  IoEngineOptions options_;
+};
+
+Result<std::unique_ptr<IoEngine>> CreatePreadEngine(const IoEngineOptions& options);
+// NotSupported when the kernel or a seccomp filter refuses io_uring.
+Result<std::unique_ptr<IoEngine>> CreateUringEngine(const IoEngineOptions& options);
+// kAuto falls back to pread when io_uring is unavailable. The environment variable EXPERTSTORE_IO_ENGINE
+// (auto|uring|pread), when set, overrides kAuto (the test suite runs under both engines this way).
+Result<std::unique_ptr<IoEngine>> CreateIoEngine(IoEngineKind kind, const IoEngineOptions& options);
+
+}  // namespace es

@@ -1,0 +1,80 @@
+// The segment file format: the one definition of how records sit on disk (docs/segment_format.md explains it).
+// A segment is a 4 KiB file header followed by records; a record is a 4 KiB header block followed by the
+// payload, zero-padded to a multiple of 4 KiB, so every payload starts aligned and one record is one read.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "store/status.h"
+
+namespace es {
+
+inline constexpr uint64_t kBlockSize = 4096;
+inline constexpr uint64_t kSegmentHeaderSize = kBlockSize;
+inline constexpr uint64_t kRecordHeaderSize = kBlockSize;
+inline constexpr uint32_t kSegmentFormatVersion = 1;
+inline constexpr uint64_t kSegmentFileMagic = 0x4c49464745535345ull;    // "ESSEGFIL" little-endian
+inline constexpr uint64_t kRecordMagic = 0x4345524745535345ull;         // "ESSEGREC" little-endian
+inline constexpr size_t kRecordKeyOffset = 48;
+inline constexpr size_t kMaxRecordKeyLength = kRecordHeaderSize - kRecordKeyOffset;
+
+enum class RecordKind : uint16_t {
+  kTensor = 1,  // a dense tensor
+  kExpert = 2,  // one expert: its projections back to back
+  kAsset = 3,   // a model asset file (tokenizer.json, ...)
+};
+
+// Where a record lives and what its payload must hash to. This is what the catalog stores.
+struct Extent {
+  uint32_t segment = 0;         // segment file id
+  uint64_t offset = 0;          // of the record header, a multiple of kBlockSize
+  uint64_t record_length = 0;   // header + padded payload, a multiple of kBlockSize
+  uint64_t payload_length = 0;  // bytes of payload
+  uint64_t checksum = 0;        // XXH3-64 of the payload
+
+  uint64_t end() const { return offset + record_length; }
+  bool operator==(const Extent&) const = default;
+};
+
+struct RecordHeader {
+  RecordKind kind = RecordKind::kTensor;
+  uint64_t payload_length = 0;
+  uint64_t payload_checksum = 0;
+  std::string key;  // the catalog key the record was written for (for recovery and debugging)
+};
+
+inline constexpr uint64_t AlignUp(uint64_t n, uint64_t alignment) { return (n + alignment - 1) / alignment * alignment; }
+
+// Total on-disk length of a record with this payload.
+inline constexpr uint64_t RecordLength(uint64_t payload_length) {
+  return kRecordHeaderSize + AlignUp(payload_length, kBlockSize);
+}
+
+// Fills one header block. InvalidArgument if the key is too long.
+Status EncodeRecordHeader(const RecordHeader& header, std::span<std::byte> block);
+// Parses and checks a header block: magic, version, header checksum (which covers the block's padding),
+// reserved fields. Corruption on any mismatch.
+Result<RecordHeader> DecodeRecordHeader(std::span<const std::byte> block);
+
+// Checks a whole record as read from disk against the extent the catalog holds: header, payload length,
+// payload checksum (recomputed), zero padding. Returns the payload inside `record`.
+Result<std::span<const std::byte>> CheckRecord(std::span<const std::byte> record, const Extent& extent);
+
+struct SegmentHeader {
+  uint32_t segment_id = 0;
+  uint64_t created_unix_seconds = 0;
+};
+Status EncodeSegmentHeader(const SegmentHeader& header, std::span<std::byte> block);
+Result<SegmentHeader> DecodeSegmentHeader(std::span<const std::byte> block);
+
+// "000042.seg" for id 42.
+std::string SegmentFileName(uint32_t segment_id);
+// The id of a segment file name, or nullopt for anything else (including "000042.seg.tmp").
+std::optional<uint32_t> ParseSegmentFileName(std::string_view name);
+
+}  // namespace es

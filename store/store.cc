@@ -1,0 +1,185 @@
+// Store: open, locking, crash recovery and write transactions.
+#include "store/store.h"
+
+#include <algorithm>
+#include <map>
+
+namespace es {
+
+namespace {
+constexpr std::string_view kCatalogDir = "catalog";
+constexpr std::string_view kSegmentsDir = "segments";
+constexpr std::string_view kLockFile = "LOCK";
+constexpr std::string_view kTmpSuffix = ".tmp";
+}  // namespace
+
+// ---- WriteTxn -------------------------------------------------------------------------------------------
+
+WriteTxn::WriteTxn(Store* store, std::unique_lock<std::mutex> lock, SegmentWriter::Position start)
+    : store_(store), lock_(std::move(lock)), start_(start) {}
+
+WriteTxn::~WriteTxn() {
+  if (!done_) Abort().IgnoreError();  // a failed rollback already marked the writer dead
+}
+
+Status WriteTxn::BeginRecord(RecordKind kind, std::string key, uint64_t payload_length) {
+  if (done_) return Status::InvalidArgument("transaction already finished");
+  if (!failed_.ok()) return failed_;
+  Status s = store_->writer_->BeginRecord(kind, std::move(key), payload_length);
+  if (!s.ok()) failed_ = s;
+  return s;
+}
+
+Status WriteTxn::WritePayload(std::span<const std::byte> data) {
+  if (!failed_.ok()) return failed_;
+  Status s = store_->writer_->WritePayload(data);
+  if (!s.ok()) failed_ = s;
+  return s;
+}
+
+Result<Extent> WriteTxn::FinishRecord() {
+  if (!failed_.ok()) return failed_;
+  auto e = store_->writer_->FinishRecord();
+  if (!e.ok()) failed_ = e.status();
+  return e;
+}
+
+Result<Extent> WriteTxn::AppendRecord(RecordKind kind, std::string key, std::span<const std::byte> payload) {
+  ES_RETURN_IF_ERROR(BeginRecord(kind, std::move(key), payload.size()));
+  ES_RETURN_IF_ERROR(WritePayload(payload));
+  return FinishRecord();
+}
+
+Status WriteTxn::Commit() {
+  if (done_) return Status::InvalidArgument("transaction already finished");
+  if (!failed_.ok()) {
+    Status why = failed_;
+    Abort().IgnoreError();
+    return why;
+  }
+  // Data first: only once every appended record is durable may the catalog reference it.
+  Status s = store_->writer_->Sync();
+  if (s.ok()) s = store_->catalog_->Write(batch_, /*sync=*/true);
+  if (!s.ok()) {
+    Abort().IgnoreError();
+    return s;
+  }
+  done_ = true;
+  lock_.unlock();
+  return Status::Ok();
+}
+
+Status WriteTxn::Abort() {
+  if (done_) return Status::Ok();
+  done_ = true;
+  Status s = store_->writer_->RollbackTo(start_);
+  lock_.unlock();
+  return s;
+}
+
+// ---- Store ----------------------------------------------------------------------------------------------
+
+Store::~Store() = default;
+
+Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreOptions& options) {
+  std::unique_ptr<Store> store(new Store());
+  store->path_ = path;
+  store->segments_dir_ = JoinPath(path, kSegmentsDir);
+  store->read_only_ = options.read_only;
+  store->fs_ = options.fs ? options.fs : DefaultFileSystem();
+  store->max_segment_bytes_ = options.max_segment_bytes;
+  FileSystem& fs = *store->fs_;
+
+  ES_ASSIGN_OR_RETURN(bool exists, fs.Exists(JoinPath(path, kCatalogDir)));
+  if (!exists && (options.read_only || !options.create_if_missing)) {
+    return Status::NotFound("no expertstore at " + path);
+  }
+  if (!options.read_only) {
+    ES_RETURN_IF_ERROR(fs.CreateDir(path));
+    ES_ASSIGN_OR_RETURN(store->lock_, fs.LockFile(JoinPath(path, kLockFile)));
+    ES_RETURN_IF_ERROR(fs.CreateDir(store->segments_dir_));
+  }
+  ES_ASSIGN_OR_RETURN(store->catalog_,
+                      Catalog::Open(JoinPath(path, kCatalogDir), options.read_only, options.create_if_missing));
+  if (!exists) {
+    // A new store: make its directories durable before anything is written into them.
+    ES_RETURN_IF_ERROR(fs.SyncDir(path));
+  }
+  ES_ASSIGN_OR_RETURN(auto engine, CreateIoEngine(options.io_engine, options.io));
+  store->reader_ = std::make_unique<ExtentReader>(store->fs_, store->segments_dir_, std::move(engine));
+  if (!options.read_only) ES_RETURN_IF_ERROR(store->Recover());
+  return store;
+}
+
+Status Store::Recover() {
+  ES_ASSIGN_OR_RETURN(auto names, fs_->ListDir(segments_dir_));
+  std::map<uint32_t, uint64_t> referenced_end;  // segment -> end of its last referenced record
+  std::vector<ExtentRef> refs;
+  std::vector<CorruptEntry> undecodable;
+  ES_RETURN_IF_ERROR(CollectExtents(*catalog_, "", refs, undecodable));
+  for (const auto& r : refs) {
+    uint64_t& end = referenced_end[r.extent.segment];
+    end = std::max(end, r.extent.end());
+  }
+  uint32_t last = 0;
+  bool removed_tmp = false;
+  for (const auto& name : names) {
+    if (name.ends_with(kTmpSuffix)) {
+      // A segment whose publication never completed: nothing can reference it.
+      ES_RETURN_IF_ERROR(fs_->Remove(JoinPath(segments_dir_, name)));
+      removed_tmp = true;
+      continue;
+    }
+    auto id = ParseSegmentFileName(name);
+    if (id) last = std::max(last, *id);
+  }
+  if (removed_tmp) ES_RETURN_IF_ERROR(fs_->SyncDir(segments_dir_));
+  // Truncate every torn tail: bytes past the last referenced record were never acknowledged.
+  uint64_t last_size = 0;
+  for (const auto& name : names) {
+    auto id = ParseSegmentFileName(name);
+    if (!id) continue;
+    ES_ASSIGN_OR_RETURN(auto file, fs_->Open(JoinPath(segments_dir_, name), OpenOptions{.write = true}));
+    ES_ASSIGN_OR_RETURN(uint64_t size, file->Size());
+    uint64_t keep = std::max<uint64_t>(kSegmentHeaderSize, referenced_end[*id]);
+    if (size > keep) {
+      ES_RETURN_IF_ERROR(file->Truncate(keep));
+      ES_RETURN_IF_ERROR(file->Sync());
+      size = keep;
+    }
+    if (*id == last) last_size = size;
+  }
+  writer_ = std::make_unique<SegmentWriter>(fs_, segments_dir_, max_segment_bytes_);
+  return writer_->Open(last, last_size);
+}
+
+Result<std::unique_ptr<WriteTxn>> Store::BeginWrite() {
+  if (read_only_) return Status::NotSupported("the store at " + path_ + " is open read-only");
+  std::unique_lock<std::mutex> lock(write_mu_);
+  if (writer_->dead()) {
+    return Status::IOError("the store's writer is read-only after an earlier failure: " +
+                           writer_->dead_reason().ToString());
+  }
+  SegmentWriter::Position start = writer_->position();
+  return std::unique_ptr<WriteTxn>(new WriteTxn(this, std::move(lock), start));
+}
+
+bool Store::writer_dead() const { return writer_ && writer_->dead(); }
+
+Result<std::vector<ModelInfo>> Store::ListModels() {
+  std::vector<ModelInfo> models;
+  Status decode;
+  ES_RETURN_IF_ERROR(catalog_->Scan(Cf::kModels, "", [&](std::string_view, std::string_view value) {
+    auto m = DecodeModel(value);
+    if (!m.ok()) {
+      decode = m.status();
+      return false;
+    }
+    models.push_back(std::move(m).value());
+    return true;
+  }));
+  ES_RETURN_IF_ERROR(decode);
+  return models;
+}
+
+}  // namespace es

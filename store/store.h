@@ -1,0 +1,134 @@
+// Store: one expertstore directory (docs/segment_format.md, docs/catalog_schema.md):
+//   STORE/catalog/   RocksDB catalog        STORE/segments/  append-only segment files
+//   STORE/LOCK       held by the one writer process (flock)
+// A writer recovers on open (removes unpublished .tmp segments, truncates torn tails no catalog entry
+// references). Readers open beside a running writer without the lock. Data is made durable before the
+// catalog batch that references it commits, so nothing the catalog references is ever lost.
+// Thread safety: every method is thread-safe; write transactions are serialised (one at a time).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "store/catalog.h"
+#include "store/extent_reader.h"
+#include "store/file_system.h"
+#include "store/io_engine.h"
+#include "store/records.h"
+#include "store/segment_writer.h"
+#include "store/status.h"
+
+namespace es {
+
+struct StoreOptions {
+  bool read_only = false;
+  bool create_if_missing = true;  // writers only
+  IoEngineKind io_engine = IoEngineKind::kAuto;
+  IoEngineOptions io;
+  uint64_t max_segment_bytes = 1ull << 30;
+  std::shared_ptr<FileSystem> fs;  // null: the real file system
+};
+
+class Store;
+
+// A write transaction: records appended to segments plus catalog mutations, committed together (data
+// fdatasync'd first, then the catalog batch with sync). Destroying it uncommitted rolls the data back.
+class WriteTxn {
+ public:
+  ~WriteTxn();
+  WriteTxn(const WriteTxn&) = delete;
+  WriteTxn& operator=(const WriteTxn&) = delete;
+
+  // Streams one record (payload_length bytes through WritePayload) and returns where it lives.
+  Status BeginRecord(RecordKind kind, std::string key, uint64_t payload_length);
+  Status WritePayload(std::span<const std::byte> data);
+  Result<Extent> FinishRecord();
+  // The three above for a payload already in memory.
+  Result<Extent> AppendRecord(RecordKind kind, std::string key, std::span<const std::byte> payload);
+
+  // Catalog mutations to commit with the data.
+  CatalogBatch& batch() { return batch_; }
+
+  Status Commit();
+  // Drops everything appended; the catalog is untouched.
+  Status Abort();
+
+ private:
+  friend class Store;
+  WriteTxn(Store* store, std::unique_lock<std::mutex> lock, SegmentWriter::Position start);
+
+  Store* store_;
+  std::unique_lock<std::mutex> lock_;
+  SegmentWriter::Position start_;
+  CatalogBatch batch_;
+  bool done_ = false;
+  Status failed_;
+};
+
+struct CorruptEntry {
+  std::string what;     // "expert m/3/17", "tensor m/model.embed_tokens.weight", "segment 000002.seg", ...
+  std::string message;
+};
+
+struct VerifyReport {
+  uint64_t checked = 0;  // extents read and checked
+  uint64_t bytes = 0;    // payload bytes checked
+  std::vector<CorruptEntry> corrupt;
+  bool ok() const { return corrupt.empty(); }
+};
+
+class Store {
+ public:
+  static Result<std::unique_ptr<Store>> Open(const std::string& path, const StoreOptions& options);
+  ~Store();
+
+  const std::string& path() const { return path_; }
+  bool read_only() const { return read_only_; }
+  Catalog& catalog() { return *catalog_; }
+  ExtentReader& reader() { return *reader_; }
+  FileSystem& fs() { return *fs_; }
+
+  // Starts the (single) write transaction; blocks while another is open in this process.
+  Result<std::unique_ptr<WriteTxn>> BeginWrite();
+
+  // Re-reads every extent the catalog references (of one model, or all when model is empty) and checks its
+  // checksum, header, padding, that it lies inside an existing segment and overlaps no other extent, and that
+  // every catalog value decodes. A non-OK Status means verify itself could not run.
+  Result<VerifyReport> Verify(const std::string& model = "");
+
+  // Lists the models in the catalog.
+  Result<std::vector<ModelInfo>> ListModels();
+
+  // True when the writer refused further writes after a failed fsync.
+  bool writer_dead() const;
+
+ private:
+  friend class WriteTxn;
+  Store() = default;
+  Status Recover();
+
+  std::string path_;
+  std::string segments_dir_;
+  bool read_only_ = false;
+  std::shared_ptr<FileSystem> fs_;
+  std::unique_ptr<FileLock> lock_;
+  std::unique_ptr<Catalog> catalog_;
+  std::unique_ptr<ExtentReader> reader_;
+  std::unique_ptr<SegmentWriter> writer_;
+  uint64_t max_segment_bytes_ = 0;
+  std::mutex write_mu_;
+};
+
+// Every extent the catalog references, with a description, in key order (verify, recovery, tools).
+struct ExtentRef {
+  std::string what;
+  std::string record_key;  // the key stored in the record header
+  Extent extent;
+};
+Status CollectExtents(const Catalog& catalog, const std::string& model, std::vector<ExtentRef>& out,
+                      std::vector<CorruptEntry>& undecodable);
+
+}  // namespace es

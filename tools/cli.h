@@ -1,0 +1,80 @@
+// The expertstore CLI's shared plumbing: flag parsing, the one Status -> exit code mapping, JSON output,
+// opening the store. Each subcommand group lives in its own cli_*.cc file and registers its commands here.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "store/json.h"
+#include "store/status.h"
+#include "store/store.h"
+
+namespace es::cli {
+
+// Flags every command accepts.
+struct GlobalFlags {
+  std::string store = "./expertstore-data";
+  bool json = false;
+  bool quiet = false;
+  std::string io_engine = "auto";
+};
+
+struct FlagSpec {
+  std::string name;       // without the leading "--"
+  bool takes_value = true;
+  std::string help;
+};
+
+// Parsed arguments of one command.
+class Args {
+ public:
+  const std::vector<std::string>& positional() const { return positional_; }
+  bool Has(std::string_view flag) const { return values_.count(std::string(flag)) > 0; }
+  std::optional<std::string> Get(std::string_view flag) const;
+  std::string GetOr(std::string_view flag, std::string_view fallback) const;
+  // Typed accessors: InvalidArgument naming the flag when the value does not parse or is out of range.
+  Result<int64_t> GetInt(std::string_view flag, int64_t fallback, int64_t min, int64_t max) const;
+  Result<double> GetDouble(std::string_view flag, double fallback) const;
+  Result<std::string> Require(std::string_view flag) const;
+
+  const GlobalFlags& global() const { return global_; }
+
+  // Parses argv after the command name against `specs` plus the global flags.
+  static Result<Args> Parse(const std::vector<std::string>& argv, const std::vector<FlagSpec>& specs);
+
+ private:
+  std::vector<std::string> positional_;
+  std::map<std::string, std::string> values_;
+  GlobalFlags global_;
+};
+
+struct Command {
+  std::string name;
+  std::string usage;    // "verify [--model M]"
+  std::string summary;  // one line
+  std::vector<FlagSpec> flags;
+  std::function<Status(const Args&)> run;
+};
+
+// Registration: each cli_*.cc defines one function adding its commands.
+void RegisterStoreCommands(std::vector<Command>& commands);
+
+// The single place a Status becomes an exit code (0 for OK) and an "error: ..." line on stderr.
+int ExitCodeFor(const Status& status);
+
+// Opens the store named by --store. Writers take the lock; readers open beside a running writer.
+Result<std::unique_ptr<Store>> OpenStore(const Args& args, bool writer, bool create = false);
+
+// Prints a JSON document as the only thing on stdout.
+void PrintJson(const JsonWriter& writer);
+
+// True when progress output should be drawn (stderr is a terminal and --quiet was not given).
+bool ShowProgress(const Args& args);
+
+}  // namespace es::cli

@@ -1,0 +1,110 @@
+// Store-level commands: verify, models, info.
+#include <cstdio>
+
+#include "store/io_engine.h"
+#include "tools/cli.h"
+
+namespace es::cli {
+
+namespace {
+
+constexpr std::string_view kVersion = "0.1.0";
+
+Status RunVerify(const Args& args) {
+  ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
+  std::string model = args.GetOr("model", "");
+  if (!model.empty()) {
+    auto m = store->catalog().Get(Cf::kModels, ModelKey(model));
+    if (!m.ok()) return m.status().IsNotFound() ? Status::NotFound("no model '" + model + "' in the store") : m.status();
+  }
+  ES_ASSIGN_OR_RETURN(VerifyReport report, store->Verify(model));
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject().Key("checked").Uint(report.checked).Key("bytes").Uint(report.bytes).Key("corrupt").BeginArray();
+    for (const auto& c : report.corrupt) w.BeginObject().Key("what").String(c.what).Key("message").String(c.message).EndObject();
+    w.EndArray().Key("ok").Bool(report.ok()).EndObject();
+    PrintJson(w);
+  } else {
+    std::printf("checked %llu extents (%.1f MiB)\n", static_cast<unsigned long long>(report.checked),
+                static_cast<double>(report.bytes) / (1 << 20));
+    for (const auto& c : report.corrupt) std::printf("corrupt: %s: %s\n", c.what.c_str(), c.message.c_str());
+    std::printf("%s\n", report.ok() ? "ok" : "CORRUPT");
+  }
+  if (!report.ok()) {
+    return Status::Corruption(std::to_string(report.corrupt.size()) + " corrupt entries in " + args.global().store);
+  }
+  return Status::Ok();
+}
+
+Status RunModels(const Args& args) {
+  ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
+  ES_ASSIGN_OR_RETURN(auto models, store->ListModels());
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginArray();
+    for (const auto& m : models) {
+      w.BeginObject()
+          .Key("name").String(m.name)
+          .Key("arch").String(m.arch)
+          .Key("layers").Uint(m.num_layers)
+          .Key("experts_per_layer").Uint(m.experts_per_layer)
+          .Key("top_k").Uint(m.top_k)
+          .Key("bytes").Uint(m.total_bytes)
+          .Key("experts").Uint(m.num_experts)
+          .Key("dense_tensors").Uint(m.num_dense_tensors)
+          .Key("complete").Bool(m.complete)
+          .EndObject();
+    }
+    w.EndArray();
+    PrintJson(w);
+    return Status::Ok();
+  }
+  if (models.empty()) {
+    std::printf("no models in %s\n", args.global().store.c_str());
+    return Status::Ok();
+  }
+  std::printf("%-32s %-16s %6s %8s %5s %12s\n", "NAME", "ARCH", "LAYERS", "EXPERTS", "TOPK", "BYTES");
+  for (const auto& m : models) {
+    std::printf("%-32s %-16s %6u %8u %5u %12llu%s\n", m.name.c_str(), m.arch.c_str(), m.num_layers, m.experts_per_layer,
+                m.top_k, static_cast<unsigned long long>(m.total_bytes), m.complete ? "" : "  (incomplete)");
+  }
+  return Status::Ok();
+}
+
+Status RunInfo(const Args& args) {
+  ES_ASSIGN_OR_RETURN(IoEngineKind kind, ParseIoEngineKind(args.global().io_engine));
+  ES_ASSIGN_OR_RETURN(auto engine, CreateIoEngine(kind, IoEngineOptions{}));
+  std::vector<std::string> features;
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2")) features.push_back("avx2");
+  if (__builtin_cpu_supports("fma")) features.push_back("fma");
+  if (__builtin_cpu_supports("f16c")) features.push_back("f16c");
+  if (__builtin_cpu_supports("avx512f")) features.push_back("avx512f");
+  if (__builtin_cpu_supports("avx512bw")) features.push_back("avx512bw");
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject().Key("version").String(kVersion).Key("io_engine").String(engine->name()).Key("cpu_features").BeginArray();
+    for (const auto& f : features) w.String(f);
+    w.EndArray().EndObject();
+    PrintJson(w);
+    return Status::Ok();
+  }
+  std::printf("expertstore %s\nio engine: %s\ncpu features:", std::string(kVersion).c_str(),
+              std::string(engine->name()).c_str());
+  for (const auto& f : features) std::printf(" %s", f.c_str());
+  std::printf("\n");
+  return Status::Ok();
+}
+
+}  // namespace
+
+void RegisterStoreCommands(std::vector<Command>& commands) {
+  commands.push_back({"verify", "verify [--model M]",
+                      "re-read every extent and check checksums, headers and catalog consistency",
+                      {{"model", true, "only this model"}},
+                      RunVerify});
+  commands.push_back({"models", "models", "list the models in the store", {}, RunModels});
+  commands.push_back({"info", "info", "version, I/O engine and CPU features in use", {}, RunInfo});
+}
+
+}  // namespace es::cli

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine for expertstore and builds it: installs the Debian packages the build
+# needs (idempotent: only what is missing), configures CMake (Release) into build/ and builds.
+# Usage: tools/setup.sh [--no-build] [extra cmake args...]
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+packages=(
+  build-essential cmake ninja-build pkg-config git
+  librocksdb-dev liburing-dev libxxhash-dev
+  libflatbuffers-dev flatbuffers-compiler
+  libboost1.81-dev
+  libsimdjson-dev libicu-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  clang-14 libclang-rt-14-dev wrk procps
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  sudo_cmd=()
+  if [ "$(id -u)" != 0 ]; then sudo_cmd=(sudo); fi
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get update -qq
+  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+build_args=()
+no_build=0
+for a in "$@"; do
+  if [ "$a" = --no-build ]; then no_build=1; else build_args+=("$a"); fi
+done
+
+cmake -S "$root" -B "$root/build" -G Ninja -DCMAKE_BUILD_TYPE=Release "${build_args[@]}" >/dev/null
+if ((no_build == 0)); then
+  cmake --build "$root/build"
+fi
