@@ -2,6 +2,8 @@
 // completion so that checksumming overlaps the reads still in flight.
 #include "store/extent_reader.h"
 
+#include <algorithm>
+#include <mutex>
 #include <vector>
 
 namespace es {
@@ -28,10 +30,28 @@ Result<File*> ExtentReader::Segment(uint32_t id) {
 void ExtentReader::ReadBatch(std::span<ExtentRead> reads) { Read(reads, /*verify=*/true); }
 void ExtentReader::ReadRaw(std::span<ExtentRead> reads) { Read(reads, /*verify=*/false); }
 
+namespace {
+
+// Per-extent verification state. Pieces complete in any order (and, under the pread engine, on several
+// threads); whichever thread completes the next piece in record order verifies forward as far as the
+// completed pieces reach, so checksumming overlaps the reads still in flight.
+struct ExtentProgress {
+  std::mutex mu;
+  std::vector<bool> done;          // per piece
+  std::vector<size_t> piece_end;   // record offset where each piece ends
+  size_t next = 0;                 // first piece not yet verified
+  bool verifying = false;          // a thread is verifying; others just mark their piece done
+  Status io_status;
+  std::unique_ptr<RecordVerifier> verifier;
+};
+
+}  // namespace
+
 void ExtentReader::Read(std::span<ExtentRead> reads, bool verify) {
+  const uint64_t piece_bytes = engine_->options().max_request_bytes;
   std::vector<IoRead> io;
-  std::vector<size_t> owner;  // io index -> reads index
-  io.reserve(reads.size());
+  std::vector<std::pair<size_t, size_t>> owner;  // io index -> (reads index, piece index)
+  std::vector<ExtentProgress> progress(reads.size());
   for (size_t i = 0; i < reads.size(); ++i) {
     ExtentRead& r = reads[i];
     r.payload = {};
@@ -51,26 +71,58 @@ void ExtentReader::Read(std::span<ExtentRead> reads, bool verify) {
       r.status = file.status();
       continue;
     }
-    io.push_back(IoRead{*file, e.offset, r.buffer.first(e.record_length), Status::Ok()});
-    owner.push_back(i);
+    std::span<std::byte> record = r.buffer.first(e.record_length);
+    ExtentProgress& p = progress[i];
+    if (verify) p.verifier = std::make_unique<RecordVerifier>(record, e);
+    uint64_t step = piece_bytes == 0 ? e.record_length : piece_bytes;
+    for (uint64_t off = 0; off < e.record_length; off += step) {
+      uint64_t len = std::min(step, e.record_length - off);
+      owner.emplace_back(i, p.done.size());
+      p.done.push_back(false);
+      p.piece_end.push_back(off + len);
+      io.push_back(IoRead{*file, e.offset + off, record.subspan(off, len), Status::Ok()});
+    }
   }
-  engine_->ReadBatch(io, [&](size_t k) {
-    ExtentRead& r = reads[owner[k]];
-    if (!io[k].status.ok()) {
-      r.status = io[k].status;
+  auto finish = [&](size_t i) {
+    ExtentRead& r = reads[i];
+    ExtentProgress& p = progress[i];
+    if (!p.io_status.ok()) {
+      r.status = p.io_status;
       return;
     }
     if (!verify) {
       r.payload = r.buffer.subspan(kRecordHeaderSize, r.extent.payload_length);
       return;
     }
-    auto payload = CheckRecord(io[k].dst, r.extent);
+    auto payload = p.verifier->Finish();
     if (!payload.ok()) {
       r.status = payload.status().WithContext("segment " + std::to_string(r.extent.segment) + " offset " +
                                               std::to_string(r.extent.offset));
       return;
     }
     r.payload = *payload;
+  };
+  engine_->ReadBatch(io, [&](size_t k) {
+    auto [i, piece] = owner[k];
+    ExtentProgress& p = progress[i];
+    std::unique_lock<std::mutex> lock(p.mu);
+    p.done[piece] = true;
+    if (!io[k].status.ok() && p.io_status.ok()) p.io_status = io[k].status;
+    if (p.verifying) return;
+    p.verifying = true;
+    while (p.next < p.done.size() && p.done[p.next]) {
+      size_t end = p.piece_end[p.next];
+      bool intact = p.io_status.ok();
+      lock.unlock();
+      if (p.verifier && intact) p.verifier->Advance(end);
+      lock.lock();
+      ++p.next;
+    }
+    p.verifying = false;
+    if (p.next == p.done.size()) {
+      lock.unlock();
+      finish(i);
+    }
   });
 }
 

@@ -249,7 +249,8 @@ class UringEngine final : public IoEngine {
            const std::function<void(size_t)>& on_complete) {
     struct io_uring* uring = &ring.ring;
     const size_t depth = std::max<uint32_t>(1, options().queue_depth);
-    std::deque<size_t> ready;  // pieces to (re)submit
+    std::deque<size_t> ready;       // pieces to (re)submit
+    std::vector<size_t> completed;  // requests whose on_complete is due
     for (size_t i = 0; i < pieces.size(); ++i) ready.push_back(i);
     size_t in_flight = 0;
     size_t finished = 0;
@@ -259,10 +260,12 @@ class UringEngine final : public IoEngine {
       IoRead& r = reads[p.request];
       if (!s.ok() && r.status.ok()) r.status = std::move(s);
       ++finished;
-      if (--remaining[p.request] == 0 && on_complete) on_complete(p.request);
+      if (--remaining[p.request] == 0) completed.push_back(p.request);
     };
 
-    while (finished < pieces.size()) {
+    while (finished < pieces.size() || !completed.empty()) {
+      // 1. Keep the device busy: queue and submit what fits, without waiting.
+      bool queued = false;
       while (in_flight < depth && !ready.empty()) {
         struct io_uring_sqe* sqe = io_uring_get_sqe(uring);
         if (sqe == nullptr) break;
@@ -280,61 +283,93 @@ class UringEngine final : public IoEngine {
         }
         io_uring_sqe_set_data64(sqe, index);
         ++in_flight;
+        queued = true;
       }
-      int rc = io_uring_submit_and_wait(uring, in_flight > 0 ? 1 : 0);
-      if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
-        // The ring itself failed: nothing submitted in this round reached the kernel.
-        DrainAndFail(ring, ready, in_flight, ErrnoStatus(-rc, "io_uring_submit"), finish_piece);
+      if (queued) {
+        int rc = io_uring_submit(uring);
+        if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+          // The ring itself failed: nothing submitted in this round reached the kernel.
+          DrainAndFail(ring, ready, in_flight, ErrnoStatus(-rc, "io_uring_submit"), finish_piece);
+          if (on_complete) {
+            for (size_t r : completed) on_complete(r);
+          }
+          return;
+        }
+      }
+      // 2. While those reads run, hand finished requests to the caller (it verifies them there).
+      if (!completed.empty()) {
+        std::vector<size_t> due;
+        due.swap(completed);
+        if (on_complete) {
+          for (size_t r : due) on_complete(r);
+        }
+        continue;  // completions may have arrived meanwhile: reap without blocking first
+      }
+      if (finished == pieces.size()) break;
+      // 3. Wait for at least one completion, then reap all that are there.
+      struct io_uring_cqe* cqe = nullptr;
+      int rc = io_uring_wait_cqe(uring, &cqe);
+      if (rc < 0 && rc != -EINTR && rc != -EAGAIN) {
+        DrainAndFail(ring, ready, in_flight, ErrnoStatus(-rc, "io_uring_wait_cqe"), finish_piece);
+        if (on_complete) {
+            for (size_t r : completed) on_complete(r);
+          }
         return;
       }
-      struct io_uring_cqe* cqe = nullptr;
       unsigned head;
       unsigned seen = 0;
       io_uring_for_each_cqe(uring, head, cqe) {
         ++seen;
         --in_flight;
         size_t index = static_cast<size_t>(io_uring_cqe_get_data64(cqe));
-        Piece& p = pieces[index];
-        File* file = reads[p.request].file;
-        size_t len = p.length - p.done;
-        int res = file->FilterAsyncReadResult(p.offset + p.done, len, cqe->res);
-        if (res == -EINTR || res == -EAGAIN) {
-          if (++p.stalls > kMaxStalls) {
-            finish_piece(index, ErrnoStatus(-res, "read " + file->path()));
-          } else {
-            ready.push_back(index);
-          }
-          continue;
-        }
-        if (res < 0) {
-          finish_piece(index, ErrnoStatus(-res, "read " + file->path()));
-          continue;
-        }
-        if (res == 0) {
-          finish_piece(index, Status::Corruption("unexpected end of file in " + file->path() + " at offset " +
-                                                 std::to_string(p.offset + p.done)));
-          continue;
-        }
-        size_t advance = static_cast<size_t>(res);
-        if (advance > len) advance = len;
-        if (file->direct() && advance < len) advance -= advance % kDirectIoAlignment;
-        if (advance == 0) {
-          if (++p.stalls > kMaxStalls) {
-            finish_piece(index, Status::IOError("read " + file->path() + ": no progress after short reads"));
-          } else {
-            ready.push_back(index);
-          }
-          continue;
-        }
-        p.stalls = 0;
-        p.done += advance;
-        if (p.done < p.length) {
-          ready.push_back(index);
-        } else {
-          finish_piece(index, Status::Ok());
-        }
+        HandleCompletion(reads, pieces, index, cqe->res, ready, finish_piece);
       }
       io_uring_cq_advance(uring, seen);
+    }
+  }
+
+  // Interprets one completion: retries EINTR/EAGAIN and short reads, fails the piece on errors and early EOF.
+  template <typename Finish>
+  static void HandleCompletion(std::span<IoRead> reads, std::vector<Piece>& pieces, size_t index, int raw_res,
+                               std::deque<size_t>& ready, Finish& finish_piece) {
+    Piece& p = pieces[index];
+    File* file = reads[p.request].file;
+    size_t len = p.length - p.done;
+    int res = file->FilterAsyncReadResult(p.offset + p.done, len, raw_res);
+    if (res == -EINTR || res == -EAGAIN) {
+      if (++p.stalls > kMaxStalls) {
+        finish_piece(index, ErrnoStatus(-res, "read " + file->path()));
+      } else {
+        ready.push_back(index);
+      }
+      return;
+    }
+    if (res < 0) {
+      finish_piece(index, ErrnoStatus(-res, "read " + file->path()));
+      return;
+    }
+    if (res == 0) {
+      finish_piece(index, Status::Corruption("unexpected end of file in " + file->path() + " at offset " +
+                                             std::to_string(p.offset + p.done)));
+      return;
+    }
+    size_t advance = std::min(static_cast<size_t>(res), len);
+    // O_DIRECT needs aligned offsets: keep only the aligned part of a short read and read the rest again.
+    if (file->direct() && advance < len) advance -= advance % kDirectIoAlignment;
+    if (advance == 0) {
+      if (++p.stalls > kMaxStalls) {
+        finish_piece(index, Status::IOError("read " + file->path() + ": no progress after short reads"));
+      } else {
+        ready.push_back(index);
+      }
+      return;
+    }
+    p.stalls = 0;
+    p.done += advance;
+    if (p.done < p.length) {
+      ready.push_back(index);
+    } else {
+      finish_piece(index, Status::Ok());
     }
   }
 

@@ -103,25 +103,67 @@ Result<RecordHeader> DecodeRecordHeader(std::span<const std::byte> block) {
   return h;
 }
 
-Result<std::span<const std::byte>> CheckRecord(std::span<const std::byte> record, const Extent& extent) {
+struct RecordVerifier::State {
+  Xxh3Stream hash;
+};
+
+RecordVerifier::RecordVerifier(std::span<const std::byte> record, const Extent& extent)
+    : record_(record), extent_(extent), state_(std::make_unique<State>()) {
   if (record.size() != extent.record_length || extent.record_length != RecordLength(extent.payload_length)) {
-    return Status::Corruption("record length " + std::to_string(record.size()) + " does not match its extent");
+    status_ = Status::Corruption("record length " + std::to_string(record.size()) + " does not match its extent");
   }
-  ES_ASSIGN_OR_RETURN(RecordHeader header, DecodeRecordHeader(record.first(kRecordHeaderSize)));
-  if (header.payload_length != extent.payload_length) {
-    return Status::Corruption("record payload length " + std::to_string(header.payload_length) +
-                              " differs from the catalog's " + std::to_string(extent.payload_length));
+}
+
+RecordVerifier::~RecordVerifier() = default;
+
+void RecordVerifier::Advance(size_t upto) {
+  upto = std::min(upto, record_.size());
+  if (!status_.ok() || upto <= checked_) return;
+  if (checked_ < kRecordHeaderSize) {
+    if (upto < kRecordHeaderSize) return;  // wait for the whole header block
+    auto header = DecodeRecordHeader(record_.first(kRecordHeaderSize));
+    if (!header.ok()) {
+      status_ = header.status();
+      return;
+    }
+    if (header->payload_length != extent_.payload_length) {
+      status_ = Status::Corruption("record payload length " + std::to_string(header->payload_length) +
+                                   " differs from the catalog's " + std::to_string(extent_.payload_length));
+      return;
+    }
+    if (header->payload_checksum != extent_.checksum) {
+      status_ = Status::Corruption("record header checksum field differs from the catalog's");
+      return;
+    }
+    checked_ = kRecordHeaderSize;
   }
-  if (header.payload_checksum != extent.checksum) {
-    return Status::Corruption("record header checksum field differs from the catalog's");
+  const size_t payload_end = kRecordHeaderSize + extent_.payload_length;
+  if (checked_ < payload_end) {
+    size_t to = std::min(upto, payload_end);
+    state_->hash.Update(record_.subspan(checked_, to - checked_));
+    checked_ = to;
   }
-  std::span<const std::byte> payload = record.subspan(kRecordHeaderSize, extent.payload_length);
-  if (Xxh3(payload) != extent.checksum) return Status::Corruption("payload checksum mismatch");
-  std::span<const std::byte> padding = record.subspan(kRecordHeaderSize + extent.payload_length);
-  if (std::any_of(padding.begin(), padding.end(), [](std::byte b) { return b != std::byte{0}; })) {
-    return Status::Corruption("nonzero record padding");
+  if (checked_ >= payload_end && upto > checked_) {
+    auto padding = record_.subspan(checked_, upto - checked_);
+    if (std::any_of(padding.begin(), padding.end(), [](std::byte b) { return b != std::byte{0}; })) {
+      status_ = Status::Corruption("nonzero record padding");
+      return;
+    }
+    checked_ = upto;
   }
-  return payload;
+}
+
+Result<std::span<const std::byte>> RecordVerifier::Finish() {
+  ES_RETURN_IF_ERROR(status_);
+  if (checked_ != record_.size()) return Status::Corruption("record verification ended early");
+  if (state_->hash.Digest() != extent_.checksum) return Status::Corruption("payload checksum mismatch");
+  return record_.subspan(kRecordHeaderSize, extent_.payload_length);
+}
+
+Result<std::span<const std::byte>> CheckRecord(std::span<const std::byte> record, const Extent& extent) {
+  RecordVerifier verifier(record, extent);
+  verifier.Advance(record.size());
+  return verifier.Finish();
 }
 
 Status EncodeSegmentHeader(const SegmentHeader& header, std::span<std::byte> block) {

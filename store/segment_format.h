@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -61,8 +62,32 @@ Status EncodeRecordHeader(const RecordHeader& header, std::span<std::byte> block
 // reserved fields. Corruption on any mismatch.
 Result<RecordHeader> DecodeRecordHeader(std::span<const std::byte> block);
 
-// Checks a whole record as read from disk against the extent the catalog holds: header, payload length,
-// payload checksum (recomputed), zero padding. Returns the payload inside `record`.
+// Verifies a record as its bytes arrive, front to back, so that checksumming overlaps the reads still in
+// flight: Advance(n) checks the bytes [checked, n) of `record` (which must be present by then); Finish()
+// once all are in. Checks: header (magic, version, header checksum), payload length and checksum against the
+// catalog's extent (recomputed over the payload), zero padding. Any mismatch is Corruption. Not thread-safe.
+class RecordVerifier {
+ public:
+  RecordVerifier(std::span<const std::byte> record, const Extent& extent);
+  ~RecordVerifier();
+  RecordVerifier(const RecordVerifier&) = delete;
+  RecordVerifier& operator=(const RecordVerifier&) = delete;
+
+  void Advance(size_t upto);
+  // The payload inside `record`, or the first problem found.
+  Result<std::span<const std::byte>> Finish();
+
+ private:
+  struct State;
+  std::span<const std::byte> record_;
+  Extent extent_;
+  size_t checked_ = 0;
+  Status status_;
+  std::unique_ptr<State> state_;
+};
+
+// The whole-record form of RecordVerifier: checks a record read from disk against its extent and returns the
+// payload inside `record`.
 Result<std::span<const std::byte>> CheckRecord(std::span<const std::byte> record, const Extent& extent);
 
 struct SegmentHeader {

@@ -11,6 +11,8 @@ constexpr std::string_view kCatalogDir = "catalog";
 constexpr std::string_view kSegmentsDir = "segments";
 constexpr std::string_view kLockFile = "LOCK";
 constexpr std::string_view kTmpSuffix = ".tmp";
+constexpr std::string_view kFormatVersionKey = "format_version";
+constexpr std::string_view kFormatVersion = "1";
 }  // namespace
 
 // ---- WriteTxn -------------------------------------------------------------------------------------------
@@ -102,8 +104,18 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreO
   ES_ASSIGN_OR_RETURN(store->catalog_,
                       Catalog::Open(JoinPath(path, kCatalogDir), options.read_only, options.create_if_missing));
   if (!exists) {
-    // A new store: make its directories durable before anything is written into them.
+    // A new store: record its format, and make its directories durable before anything is written into them.
+    CatalogBatch batch;
+    batch.Put(Cf::kMeta, kFormatVersionKey, kFormatVersion);
+    ES_RETURN_IF_ERROR(store->catalog_->Write(batch));
     ES_RETURN_IF_ERROR(fs.SyncDir(path));
+  } else {
+    auto version = store->catalog_->Get(Cf::kMeta, kFormatVersionKey);
+    if (!version.ok() && !version.status().IsNotFound()) return version.status();
+    if (version.ok() && *version != kFormatVersion) {
+      return Status::NotSupported("store " + path + " has format version " + *version + "; this build reads " +
+                                  std::string(kFormatVersion));
+    }
   }
   ES_ASSIGN_OR_RETURN(auto engine, CreateIoEngine(options.io_engine, options.io));
   store->reader_ = std::make_unique<ExtentReader>(store->fs_, store->segments_dir_, std::move(engine));
