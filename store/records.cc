@@ -2,6 +2,7 @@
 #include "store/records.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "catalog_generated.h"
 
@@ -27,8 +28,16 @@ std::string Finish(flatbuffers::FlatBufferBuilder& b) {
   return std::string(reinterpret_cast<const char*>(b.GetBufferPointer()), b.GetSize());
 }
 
+// FlatBuffers reads scalars in place and needs them aligned; a value straight out of a RocksDB block may not
+// be, so such values are first copied into `storage` (8-byte aligned).
 template <typename T>
-const T* Verified(std::string_view bytes, std::string_view what, Status& status) {
+const T* Verified(std::string_view bytes, std::string_view what, Status& status, std::vector<uint64_t>& storage) {
+  constexpr size_t kAlign = alignof(uint64_t);
+  if (reinterpret_cast<uintptr_t>(bytes.data()) % kAlign != 0) {
+    storage.resize((bytes.size() + kAlign - 1) / kAlign);
+    std::memcpy(storage.data(), bytes.data(), bytes.size());
+    bytes = std::string_view(reinterpret_cast<const char*>(storage.data()), bytes.size());
+  }
   flatbuffers::Verifier verifier(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
   if (!verifier.VerifyBuffer<T>(nullptr)) {
     status = Status::Corruption("catalog " + std::string(what) + " record does not decode");
@@ -159,7 +168,8 @@ std::string EncodeTensor(const TensorInfo& v) {
 
 Result<TensorInfo> DecodeTensor(std::string_view bytes) {
   Status s;
-  const auto* r = Verified<fb::TensorRecord>(bytes, "tensor", s);
+  std::vector<uint64_t> storage;
+  const auto* r = Verified<fb::TensorRecord>(bytes, "tensor", s, storage);
   if (r == nullptr) return s;
   TensorInfo v;
   v.name = Str(r->name());
@@ -184,7 +194,8 @@ std::string EncodeExpert(const ExpertInfo& v) {
 
 Result<ExpertInfo> DecodeExpert(std::string_view bytes) {
   Status s;
-  const auto* r = Verified<fb::ExpertRecord>(bytes, "expert", s);
+  std::vector<uint64_t> storage;
+  const auto* r = Verified<fb::ExpertRecord>(bytes, "expert", s, storage);
   if (r == nullptr) return s;
   ExpertInfo v;
   v.layer = r->layer();
@@ -215,7 +226,8 @@ std::string EncodeModel(const ModelInfo& v) {
 
 Result<ModelInfo> DecodeModel(std::string_view bytes) {
   Status s;
-  const auto* r = Verified<fb::ModelRecord>(bytes, "model", s);
+  std::vector<uint64_t> storage;
+  const auto* r = Verified<fb::ModelRecord>(bytes, "model", s, storage);
   if (r == nullptr) return s;
   ModelInfo v;
   v.name = Str(r->name());
@@ -249,7 +261,8 @@ std::string EncodeUsage(const UsageCounts& v) {
 
 Result<UsageCounts> DecodeUsage(std::string_view bytes) {
   Status s;
-  const auto* r = Verified<fb::UsageRecord>(bytes, "usage", s);
+  std::vector<uint64_t> storage;
+  const auto* r = Verified<fb::UsageRecord>(bytes, "usage", s, storage);
   if (r == nullptr) return s;
   UsageCounts v;
   v.activation_count = r->activation_count();
@@ -278,7 +291,8 @@ std::string EncodeTrust(const TrustInfo& v) {
 
 Result<TrustInfo> DecodeTrust(std::string_view bytes) {
   Status s;
-  const auto* r = Verified<fb::TrustRecord>(bytes, "trust", s);
+  std::vector<uint64_t> storage;
+  const auto* r = Verified<fb::TrustRecord>(bytes, "trust", s, storage);
   if (r == nullptr) return s;
   return TrustInfo{r->trust(),           r->convergence_rate(),   r->stability(),   r->efficiency(),
                    r->raw_contribution(), r->calibration_tokens(), r->updated_unix()};
@@ -299,7 +313,8 @@ std::string EncodeProfile(const ProfileInfo& v) {
 
 Result<ProfileInfo> DecodeProfile(std::string_view bytes) {
   Status s;
-  const auto* r = Verified<fb::ProfileRecord>(bytes, "profile", s);
+  std::vector<uint64_t> storage;
+  const auto* r = Verified<fb::ProfileRecord>(bytes, "profile", s, storage);
   if (r == nullptr) return s;
   ProfileInfo v;
   v.primary_domain = Str(r->primary_domain());
