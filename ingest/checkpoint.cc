@@ -1,0 +1,291 @@
+// Checkpoint: opening, cross-checking and classifying a checkpoint directory.
+#include "ingest/checkpoint.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <set>
+
+#include "store/checksum.h"
+
+namespace es {
+
+namespace {
+
+constexpr std::string_view kConfig = "config.json";
+constexpr std::string_view kIndex = "model.safetensors.index.json";
+constexpr std::string_view kSingle = "model.safetensors";
+constexpr std::string_view kSafetensorsSuffix = ".safetensors";
+constexpr uint64_t kMaxConfigBytes = 16ull << 20;
+constexpr uint64_t kMaxIndexBytes = 64ull << 20;
+constexpr uint64_t kMaxAssetBytes = 64ull << 20;
+
+std::string ShapeString(const std::vector<uint64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+bool IsFloat(DType d) {
+  return d == DType::kF32 || d == DType::kF16 || d == DType::kBF16 || d == DType::kF8E4M3 || d == DType::kF8E5M2;
+}
+
+void HashString(Xxh3Stream& h, std::string_view s) {
+  uint64_t n = s.size();
+  h.Update(std::as_bytes(std::span(&n, 1)));
+  h.Update(std::as_bytes(std::span(s.data(), s.size())));
+}
+
+void HashU64(Xxh3Stream& h, uint64_t v) { h.Update(std::as_bytes(std::span(&v, 1))); }
+
+}  // namespace
+
+uint64_t ExpertSource::bytes() const {
+  uint64_t n = 0;
+  for (const auto& p : projections) n += p.length;
+  return n;
+}
+
+const std::vector<std::string>& Checkpoint::AssetNames() {
+  static const std::vector<std::string> names = {"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
+  return names;
+}
+
+Result<std::string> ReadSmallFile(FileSystem& fs, const std::string& path, uint64_t max_bytes) {
+  ES_ASSIGN_OR_RETURN(auto file, fs.Open(path, OpenOptions{}));
+  ES_ASSIGN_OR_RETURN(uint64_t size, file->Size());
+  if (size > max_bytes) {
+    return Status::InvalidArgument(path + " is " + std::to_string(size) + " bytes, more than the " +
+                                   std::to_string(max_bytes) + " allowed");
+  }
+  std::string text(size, '\0');
+  ES_RETURN_IF_ERROR(ReadFully(*file, 0, std::as_writable_bytes(std::span(text.data(), text.size()))));
+  return text;
+}
+
+Result<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir, std::shared_ptr<FileSystem> fs) {
+  std::unique_ptr<Checkpoint> c(new Checkpoint());
+  c->fs_ = fs ? fs : DefaultFileSystem();
+  c->dir_ = dir;
+  ES_ASSIGN_OR_RETURN(bool exists, c->fs_->Exists(dir));
+  if (!exists) return Status::NotFound("no checkpoint directory " + dir);
+  std::string config_path = JoinPath(dir, kConfig);
+  ES_ASSIGN_OR_RETURN(bool has_config, c->fs_->Exists(config_path));
+  if (!has_config) return Status::InvalidArgument(dir + " has no config.json: not a Hugging Face checkpoint");
+  ES_ASSIGN_OR_RETURN(c->config_text_, ReadSmallFile(*c->fs_, config_path, kMaxConfigBytes));
+  auto config = ParseJson(c->config_text_);
+  if (!config.ok()) return config.status().WithContext(config_path);
+  c->config_ = std::move(config).value();
+  ES_ASSIGN_OR_RETURN(c->adapter_, AdapterForConfig(c->config_));
+  auto shape = c->adapter_->ParseConfig(c->config_);
+  if (!shape.ok()) return shape.status().WithContext(config_path);
+  c->shape_ = std::move(shape).value();
+  ES_RETURN_IF_ERROR(c->LoadShards());
+  ES_RETURN_IF_ERROR(c->Classify());
+
+  for (const auto& name : AssetNames()) {
+    std::string path = JoinPath(dir, name);
+    ES_ASSIGN_OR_RETURN(bool present, c->fs_->Exists(path));
+    if (!present) continue;
+    // Assets are small JSON files; they must parse (strictly) so a damaged one is refused now, not at generate.
+    ES_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(*c->fs_, path, kMaxAssetBytes));
+    auto parsed = ParseJson(text);
+    if (!parsed.ok()) return parsed.status().WithContext(path);
+    c->assets_.push_back({name, path, text.size()});
+  }
+
+  Xxh3Stream h;
+  HashString(h, c->config_text_);
+  HashString(h, c->index_text_);
+  for (const auto& shard : c->shards_) {
+    HashU64(h, shard->file_size());
+    for (const auto& t : shard->tensors()) {
+      HashString(h, t.name);
+      HashU64(h, static_cast<uint64_t>(t.dtype));
+      for (uint64_t d : t.shape) HashU64(h, d);
+      HashU64(h, t.data_begin);
+      HashU64(h, t.data_end);
+    }
+  }
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h.Digest()));
+  c->fingerprint_ = hex;
+  return c;
+}
+
+Status Checkpoint::LoadShards() {
+  ES_ASSIGN_OR_RETURN(auto names, fs_->ListDir(dir_));
+  std::sort(names.begin(), names.end());
+  bool has_index = std::find(names.begin(), names.end(), kIndex) != names.end();
+  bool has_single = std::find(names.begin(), names.end(), kSingle) != names.end();
+  if (!has_index && !has_single) {
+    for (const auto& n : names) ES_RETURN_IF_ERROR(RefusePickleCheckpoint(JoinPath(dir_, n)));
+    for (const auto& n : names) {
+      if (n.ends_with(kSafetensorsSuffix)) {
+        return Status::InvalidArgument(dir_ + " has .safetensors shards but no model.safetensors.index.json");
+      }
+    }
+    return Status::InvalidArgument(dir_ + " holds no model.safetensors and no model.safetensors.index.json");
+  }
+  if (!has_index) {
+    ES_ASSIGN_OR_RETURN(auto f, SafetensorsFile::Open(fs_, JoinPath(dir_, kSingle)));
+    shards_.push_back(std::make_unique<SafetensorsFile>(std::move(f)));
+    return Status::Ok();
+  }
+  std::string index_path = JoinPath(dir_, kIndex);
+  ES_ASSIGN_OR_RETURN(index_text_, ReadSmallFile(*fs_, index_path, kMaxIndexBytes));
+  auto index = ParseJson(index_text_);
+  if (!index.ok()) return index.status().WithContext(index_path);
+  const JsonValue* map = index->Find("weight_map");
+  if (map == nullptr || !map->is_object()) return Status::InvalidArgument(index_path + ": no weight_map object");
+  std::map<std::string, std::string> tensor_to_shard;
+  std::set<std::string> shard_names;
+  for (const auto& [tensor, shard] : map->object()) {
+    if (!shard.is_string()) return Status::InvalidArgument(index_path + ": weight_map value for " + tensor + " is not a string");
+    const std::string& s = shard.string_value();
+    if (s.empty() || s.find('/') != std::string::npos || s == "." || s == ".." || !s.ends_with(kSafetensorsSuffix)) {
+      return Status::InvalidArgument(index_path + ": shard name '" + s + "' is not a .safetensors file in the directory");
+    }
+    tensor_to_shard[tensor] = s;
+    shard_names.insert(s);
+  }
+  if (shard_names.empty()) return Status::InvalidArgument(index_path + ": weight_map is empty");
+  for (const auto& s : shard_names) {
+    std::string path = JoinPath(dir_, s);
+    ES_ASSIGN_OR_RETURN(bool present, fs_->Exists(path));
+    if (!present) return Status::InvalidArgument(index_path + " names shard " + s + ", which is missing");
+    ES_ASSIGN_OR_RETURN(auto f, SafetensorsFile::Open(fs_, path));
+    // Every tensor in the shard must be indexed to this shard.
+    for (const auto& t : f.tensors()) {
+      auto it = tensor_to_shard.find(t.name);
+      if (it == tensor_to_shard.end()) {
+        return Status::InvalidArgument("tensor " + t.name + " in " + s + " is not in " + std::string(kIndex));
+      }
+      if (it->second != s) {
+        return Status::InvalidArgument(std::string(kIndex) + " puts tensor " + t.name + " in " + it->second +
+                                       ", but it is in " + s);
+      }
+    }
+    shards_.push_back(std::make_unique<SafetensorsFile>(std::move(f)));
+  }
+  // And every indexed tensor must be in its shard.
+  for (const auto& [tensor, shard] : tensor_to_shard) {
+    bool found = false;
+    for (const auto& f : shards_) {
+      if (JoinPath(dir_, shard) == f->path() && f->Find(tensor) != nullptr) found = true;
+    }
+    if (!found) return Status::InvalidArgument(std::string(kIndex) + " lists tensor " + tensor + " in " + shard + ", which lacks it");
+  }
+  return Status::Ok();
+}
+
+Status Checkpoint::Classify() {
+  const uint64_t H = shape_.hidden_size, I = shape_.moe_intermediate_size, E = shape_.num_experts;
+  struct Pending {
+    TensorSource proj[3];
+    bool have[3] = {false, false, false};
+  };
+  std::map<std::pair<uint32_t, uint32_t>, Pending> per_expert;
+  std::map<uint32_t, std::pair<TensorSource, TensorSource>> fused;  // layer -> (gate_up, down)
+  for (const auto& shard : shards_) {
+    for (const auto& t : shard->tensors()) {
+      total_bytes_ += t.byte_size();
+      ES_ASSIGN_OR_RETURN(TensorRole role, adapter_->Classify(t.name, shape_));
+      TensorSource src{shard.get(), &t};
+      switch (role.kind) {
+        case TensorRole::Kind::kExpert: {
+          Pending& p = per_expert[{role.layer, role.expert}];
+          int i = static_cast<int>(role.projection);
+          if (p.have[i]) return Status::InvalidArgument("tensor " + t.name + " repeats an expert projection");
+          p.proj[i] = src;
+          p.have[i] = true;
+          break;
+        }
+        case TensorRole::Kind::kFusedGateUp:
+        case TensorRole::Kind::kFusedDown: {
+          auto& f = fused[role.layer];
+          TensorSource& slot = role.kind == TensorRole::Kind::kFusedGateUp ? f.first : f.second;
+          if (slot.tensor != nullptr) return Status::InvalidArgument("tensor " + t.name + " repeats a fused expert tensor");
+          slot = src;
+          break;
+        }
+        case TensorRole::Kind::kDense:
+        case TensorRole::Kind::kComponent:
+          dense_.push_back({role.canonical, role.component, src});
+          break;
+      }
+    }
+  }
+  experts_per_layer_.assign(shape_.num_layers, 0);
+  auto check = [&](const SafetensorsTensor& t, std::vector<uint64_t> want) -> Status {
+    if (!IsFloat(t.dtype)) {
+      return Status::InvalidArgument("expert tensor " + t.name + " has dtype " + std::string(DTypeName(t.dtype)) +
+                                     "; expected a floating-point type");
+    }
+    if (t.shape != want) {
+      return Status::InvalidArgument("expert tensor " + t.name + " has shape " + ShapeString(t.shape) +
+                                     "; the config implies " + ShapeString(want));
+    }
+    return Status::Ok();
+  };
+  for (auto& [key, p] : per_expert) {
+    auto [layer, expert] = key;
+    if (fused.count(layer)) {
+      return Status::InvalidArgument("layer " + std::to_string(layer) + " has both fused and per-expert tensors");
+    }
+    for (int i = 0; i < 3; ++i) {
+      if (!p.have[i]) {
+        return Status::InvalidArgument("expert " + std::to_string(expert) + " of layer " + std::to_string(layer) +
+                                       " has no " + std::string(ProjectionRoleName(static_cast<ProjectionRole>(i))) +
+                                       " projection");
+      }
+    }
+    ES_RETURN_IF_ERROR(check(*p.proj[0].tensor, {I, H}));
+    ES_RETURN_IF_ERROR(check(*p.proj[1].tensor, {I, H}));
+    ES_RETURN_IF_ERROR(check(*p.proj[2].tensor, {H, I}));
+    if (p.proj[0].tensor->dtype != p.proj[1].tensor->dtype || p.proj[0].tensor->dtype != p.proj[2].tensor->dtype) {
+      return Status::InvalidArgument("expert " + std::to_string(expert) + " of layer " + std::to_string(layer) +
+                                     " mixes dtypes across its projections");
+    }
+    ExpertSource e{layer, expert, {}};
+    for (int i = 0; i < 3; ++i) {
+      const SafetensorsTensor& t = *p.proj[i].tensor;
+      e.projections.push_back({static_cast<ProjectionRole>(i), p.proj[i], 0, t.byte_size(), t.shape, t.name});
+    }
+    experts_.push_back(std::move(e));
+    ++experts_per_layer_[layer];
+  }
+  for (auto& [layer, f] : fused) {
+    if (f.first.tensor == nullptr || f.second.tensor == nullptr) {
+      return Status::InvalidArgument("layer " + std::to_string(layer) + " has only one of experts.gate_up_proj and experts.down_proj");
+    }
+    ES_RETURN_IF_ERROR(check(*f.first.tensor, {E, 2 * I, H}));
+    ES_RETURN_IF_ERROR(check(*f.second.tensor, {E, H, I}));
+    if (f.first.tensor->dtype != f.second.tensor->dtype) {
+      return Status::InvalidArgument("layer " + std::to_string(layer) + " fused expert tensors mix dtypes");
+    }
+    uint64_t es = DTypeSize(f.first.tensor->dtype);
+    uint64_t proj = I * H * es;
+    for (uint32_t e = 0; e < E; ++e) {
+      ExpertSource x{layer, e, {}};
+      x.projections.push_back({ProjectionRole::kGate, f.first, e * 2 * proj, proj, {I, H}, f.first.tensor->name});
+      x.projections.push_back({ProjectionRole::kUp, f.first, e * 2 * proj + proj, proj, {I, H}, f.first.tensor->name});
+      x.projections.push_back({ProjectionRole::kDown, f.second, e * proj, proj, {H, I}, f.second.tensor->name});
+      experts_.push_back(std::move(x));
+      ++experts_per_layer_[layer];
+    }
+  }
+  std::sort(experts_.begin(), experts_.end(), [](const ExpertSource& a, const ExpertSource& b) {
+    return a.layer != b.layer ? a.layer < b.layer : a.expert < b.expert;
+  });
+  std::set<std::string> canon;
+  for (const auto& d : dense_) {
+    if (!canon.insert(d.canonical).second) {
+      return Status::InvalidArgument("two tensors map to the same name " + d.canonical);
+    }
+  }
+  if (experts_.empty()) return Status::InvalidArgument(dir_ + " holds no expert tensors: not a mixture-of-experts checkpoint");
+  return Status::Ok();
+}
+
+}  // namespace es

@@ -1,0 +1,102 @@
+// Checkpoint: a Hugging Face checkpoint directory opened and validated before anything is written: config.json
+// (strict JSON) and its architecture adapter, one model.safetensors or shards cross-checked against
+// model.safetensors.index.json, every tensor classified, every expert complete with the shapes and dtypes the
+// config implies, and the model assets present. Only headers are read; tensor data is read later, on demand.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ingest/arch.h"
+#include "ingest/safetensors.h"
+#include "store/file_system.h"
+#include "store/json.h"
+#include "store/status.h"
+
+namespace es {
+
+// Where one tensor's bytes are.
+struct TensorSource {
+  const SafetensorsFile* file = nullptr;
+  const SafetensorsTensor* tensor = nullptr;
+};
+
+// One projection of an expert: a whole tensor, or a slice of a fused tensor.
+struct ProjectionSource {
+  ProjectionRole role = ProjectionRole::kGate;
+  TensorSource source;
+  uint64_t offset = 0;  // bytes into the tensor
+  uint64_t length = 0;
+  std::vector<uint64_t> shape;
+  std::string source_name;
+};
+
+struct ExpertSource {
+  uint32_t layer = 0;
+  uint32_t expert = 0;
+  std::vector<ProjectionSource> projections;  // gate, up, down
+  uint64_t bytes() const;
+};
+
+struct DenseSource {
+  std::string canonical;  // catalog name
+  std::string component;
+  TensorSource source;
+};
+
+struct AssetSource {
+  std::string name;  // "tokenizer.json", ...
+  std::string path;
+  uint64_t size = 0;
+};
+
+class Checkpoint {
+ public:
+  // The model assets copied into the store when present.
+  static const std::vector<std::string>& AssetNames();
+
+  static Result<std::unique_ptr<Checkpoint>> Open(const std::string& dir, std::shared_ptr<FileSystem> fs = nullptr);
+
+  const std::string& dir() const { return dir_; }
+  const std::string& config_text() const { return config_text_; }
+  const JsonValue& config() const { return config_; }
+  const ArchAdapter& adapter() const { return *adapter_; }
+  const ModelShape& shape() const { return shape_; }
+  const std::vector<ExpertSource>& experts() const { return experts_; }    // by (layer, expert)
+  const std::vector<DenseSource>& dense() const { return dense_; }         // in file order
+  const std::vector<AssetSource>& assets() const { return assets_; }
+  // Identifies the checkpoint: XXH3 over config.json, the index, each shard's size and its validated header
+  // (names, dtypes, shapes, offsets). Tensor data is not hashed (that would read the whole checkpoint).
+  const std::string& fingerprint() const { return fingerprint_; }
+  uint64_t total_bytes() const { return total_bytes_; }
+  // Experts stored per layer (fewer than the config's count for a partial checkpoint).
+  const std::vector<uint32_t>& experts_per_layer() const { return experts_per_layer_; }
+
+ private:
+  Checkpoint() = default;
+  Status LoadShards();
+  Status Classify();
+
+  std::shared_ptr<FileSystem> fs_;
+  std::string dir_;
+  std::string config_text_;
+  JsonValue config_;
+  const ArchAdapter* adapter_ = nullptr;
+  ModelShape shape_;
+  std::string index_text_;
+  std::vector<std::unique_ptr<SafetensorsFile>> shards_;
+  std::vector<ExpertSource> experts_;
+  std::vector<DenseSource> dense_;
+  std::vector<AssetSource> assets_;
+  std::vector<uint32_t> experts_per_layer_;
+  std::string fingerprint_;
+  uint64_t total_bytes_ = 0;
+};
+
+// Reads a whole small file (config.json, index, tokenizer.json) with a size cap. InvalidArgument beyond it.
+Result<std::string> ReadSmallFile(FileSystem& fs, const std::string& path, uint64_t max_bytes);
+
+}  // namespace es
