@@ -144,7 +144,7 @@ Result<uint64_t> ParseCount(const JsonValue& value, const std::string& what, uin
   return *n;
 }
 
-Status ParseShape(const JsonValue& value, DType dtype, TensorInfo& t) {
+Status ParseShape(const JsonValue& value, DType dtype, SafetensorsTensor& t) {
   if (!value.is_array()) return Invalid("shape is not an array");
   // Dimensions of 0 make the tensor empty, but the product of the others must still fit: code that computes
   // strides or sizes from a subset of the dimensions must never overflow either.
@@ -169,7 +169,7 @@ Status ParseShape(const JsonValue& value, DType dtype, TensorInfo& t) {
   return Status::Ok();
 }
 
-Status ParseOffsets(const JsonValue& value, uint64_t data_size, TensorInfo& t) {
+Status ParseOffsets(const JsonValue& value, uint64_t data_size, SafetensorsTensor& t) {
   if (!value.is_array() || value.array().size() != kOffsetsCount) {
     return Invalid("data_offsets is not an array of exactly two integers");
   }
@@ -187,7 +187,7 @@ Status ParseOffsets(const JsonValue& value, uint64_t data_size, TensorInfo& t) {
   return Status::Ok();
 }
 
-Status ParseTensor(const JsonValue& entry, uint64_t data_size, TensorInfo& t) {
+Status ParseTensor(const JsonValue& entry, uint64_t data_size, SafetensorsTensor& t) {
   if (!entry.is_object()) return Invalid("entry is not an object");
   const JsonValue* dtype = nullptr;
   const JsonValue* shape = nullptr;
@@ -224,10 +224,10 @@ Status ParseTensor(const JsonValue& entry, uint64_t data_size, TensorInfo& t) {
 
 // The tensors, sorted by offset, must tile [0, data_size) exactly: no byte is shared by two tensors, none is
 // left unaccounted for (hidden payloads), and zero-size tensors sit on a boundary, never inside another tensor.
-Status CheckTiling(const std::vector<TensorInfo>& sorted, uint64_t data_size) {
+Status CheckTiling(const std::vector<SafetensorsTensor>& sorted, uint64_t data_size) {
   uint64_t covered = 0;  // end of the tensors checked so far
-  const TensorInfo* previous = nullptr;
-  for (const TensorInfo& t : sorted) {
+  const SafetensorsTensor* previous = nullptr;
+  for (const SafetensorsTensor& t : sorted) {
     if (t.data_begin < covered) {
       return Invalid(TensorContext(t.name) + " at data offsets [" + std::to_string(t.data_begin) + ", " +
                      std::to_string(t.data_end) + ") overlaps " + TensorContext(previous->name) + " ending at " +
@@ -261,7 +261,7 @@ bool LooksLikePickle(std::span<const std::byte, kSafetensorsLengthBytes> prefix)
 
 }  // namespace
 
-const TensorInfo* SafetensorsHeader::Find(std::string_view name) const {
+const SafetensorsTensor* SafetensorsHeader::Find(std::string_view name) const {
   auto it = std::lower_bound(by_name_.begin(), by_name_.end(), name,
                              [&](uint32_t index, std::string_view key) { return tensors_[index].name < key; });
   if (it == by_name_.end() || tensors_[*it].name != name) return nullptr;
@@ -318,13 +318,13 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(std::string_view header, uint64
       continue;
     }
     ES_RETURN_IF_ERROR(CheckName(key));
-    TensorInfo t;
+    SafetensorsTensor t;
     t.name = key;
     ES_RETURN_IF_ERROR(ParseTensor(value, data_size, t).WithContext(TensorContext(key)));
     out.tensors_.push_back(std::move(t));
   }
 
-  std::sort(out.tensors_.begin(), out.tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
+  std::sort(out.tensors_.begin(), out.tensors_.end(), [](const SafetensorsTensor& a, const SafetensorsTensor& b) {
     if (a.data_begin != b.data_begin) return a.data_begin < b.data_begin;
     if (a.data_end != b.data_end) return a.data_end < b.data_end;  // zero-size first at a shared offset
     return a.name < b.name;
@@ -373,7 +373,7 @@ Result<SafetensorsFile> SafetensorsFile::Open(std::shared_ptr<FileSystem> fs, co
   return SafetensorsFile(std::move(fs), std::move(file), file_size, std::move(parsed).value());
 }
 
-Status SafetensorsFile::ReadTensor(const TensorInfo& tensor, std::span<std::byte> dst) const {
+Status SafetensorsFile::ReadTensor(const SafetensorsTensor& tensor, std::span<std::byte> dst) const {
   if (dst.size() != tensor.byte_size()) {
     return Invalid(path() + ": " + TensorContext(tensor.name) + " holds " + std::to_string(tensor.byte_size()) +
                    " bytes, the buffer " + std::to_string(dst.size()));
@@ -381,8 +381,8 @@ Status SafetensorsFile::ReadTensor(const TensorInfo& tensor, std::span<std::byte
   return ReadTensorRange(tensor, 0, dst);
 }
 
-Status SafetensorsFile::ReadTensorRange(const TensorInfo& tensor, uint64_t offset, std::span<std::byte> dst) const {
-  // A TensorInfo from another file (or altered by the caller) must not turn into a read outside this data section.
+Status SafetensorsFile::ReadTensorRange(const SafetensorsTensor& tensor, uint64_t offset, std::span<std::byte> dst) const {
+  // A SafetensorsTensor from another file (or altered by the caller) must not turn into a read outside this data section.
   if (tensor.data_begin > tensor.data_end || tensor.data_end > header_.data_size() ||
       tensor.file_offset != data_offset() + tensor.data_begin) {
     return Invalid(path() + ": " + TensorContext(tensor.name) + " is not a tensor of this file");

@@ -37,7 +37,7 @@ inline constexpr uint64_t kSafetensorsMaxDimension = uint64_t{1} << 40;
 inline constexpr uint64_t kSafetensorsMaxHeaderValues = uint64_t{1} << 21;
 
 // One tensor of a validated header. Offsets are in bytes.
-struct TensorInfo {
+struct SafetensorsTensor {
   std::string name;
   DType dtype = DType::kUnknown;
   std::vector<uint64_t> shape;  // empty for a scalar (rank 0, one element)
@@ -53,18 +53,18 @@ struct TensorInfo {
 class SafetensorsHeader {
  public:
   // Ordered by data offset (file order); names are unique.
-  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  const std::vector<SafetensorsTensor>& tensors() const { return tensors_; }
   // The "__metadata__" entries (empty if the header has none).
   const std::map<std::string, std::string, std::less<>>& metadata() const { return metadata_; }
   // The tensor named `name`, or null. Points into this header; valid while it lives.
-  const TensorInfo* Find(std::string_view name) const;
+  const SafetensorsTensor* Find(std::string_view name) const;
   // Bytes in the data section, which the tensors cover exactly.
   uint64_t data_size() const { return data_size_; }
 
  private:
   friend Result<SafetensorsHeader> ParseSafetensorsHeader(std::string_view header, uint64_t data_size);
 
-  std::vector<TensorInfo> tensors_;
+  std::vector<SafetensorsTensor> tensors_;
   std::vector<uint32_t> by_name_;  // indices into tensors_, sorted by name
   std::map<std::string, std::string, std::less<>> metadata_;
   uint64_t data_size_ = 0;
@@ -95,16 +95,16 @@ class SafetensorsFile {
   uint64_t data_offset() const { return file_size_ - header_.data_size(); }
 
   const SafetensorsHeader& header() const { return header_; }
-  const std::vector<TensorInfo>& tensors() const { return header_.tensors(); }
+  const std::vector<SafetensorsTensor>& tensors() const { return header_.tensors(); }
   const std::map<std::string, std::string, std::less<>>& metadata() const { return header_.metadata(); }
   // The tensor named `name`, or null; valid while this file lives.
-  const TensorInfo* Find(std::string_view name) const { return header_.Find(name); }
+  const SafetensorsTensor* Find(std::string_view name) const { return header_.Find(name); }
 
   // Reads all of `tensor` (one of this file's) into `dst`, which must be exactly tensor.byte_size() bytes.
-  Status ReadTensor(const TensorInfo& tensor, std::span<std::byte> dst) const;
+  Status ReadTensor(const SafetensorsTensor& tensor, std::span<std::byte> dst) const;
   // Reads dst.size() bytes of `tensor` starting `offset` bytes into it, for streaming a large tensor in chunks.
   // The range must lie inside the tensor. `dst` is caller-owned and only written during the call.
-  Status ReadTensorRange(const TensorInfo& tensor, uint64_t offset, std::span<std::byte> dst) const;
+  Status ReadTensorRange(const SafetensorsTensor& tensor, uint64_t offset, std::span<std::byte> dst) const;
 
  private:
   SafetensorsFile(std::shared_ptr<FileSystem> fs, std::unique_ptr<File> file, uint64_t file_size,

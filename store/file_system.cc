@@ -200,6 +200,7 @@ Status ReadFully(File& file, uint64_t offset, std::span<std::byte> dst) {
     if (n == 0) {
       return Status::Corruption("unexpected end of file in " + file.path() + " at offset " + std::to_string(offset));
     }
+    if (n > dst.size()) return Status::IOError("read " + file.path() + " returned more bytes than asked for");
     // O_DIRECT needs aligned offsets: keep only the aligned part of a short read and read the rest again.
     size_t advance = (file.direct() && n < dst.size()) ? n - n % kDirectIoAlignment : n;
     if (advance == 0) {

@@ -87,8 +87,10 @@ namespace {
 // Objects with more members than this use a hash set to find duplicates.
 constexpr size_t kLinearDuplicateScan = 16;
 
-Status Convert(simdjson::dom::element e, JsonValue& out) {
+Status Convert(simdjson::dom::element e, JsonValue& out, size_t& budget) {
   using simdjson::dom::element_type;
+  if (budget == 0) return Status::InvalidArgument("too many values in the document");
+  --budget;
   switch (e.type()) {
     case element_type::NULL_VALUE: out = JsonValue::Null(); return Status::Ok();
     case element_type::BOOL: out = JsonValue::Bool(e.get_bool().value_unsafe()); return Status::Ok();
@@ -102,7 +104,7 @@ Status Convert(simdjson::dom::element e, JsonValue& out) {
       items.reserve(a.size());
       for (simdjson::dom::element child : a) {
         items.emplace_back();
-        ES_RETURN_IF_ERROR(Convert(child, items.back()));
+        ES_RETURN_IF_ERROR(Convert(child, items.back(), budget));
       }
       out = JsonValue::Array(std::move(items));
       return Status::Ok();
@@ -123,7 +125,7 @@ Status Convert(simdjson::dom::element e, JsonValue& out) {
         }
         if (dup) return Status::InvalidArgument("duplicate key \"" + std::string(key) + "\"");
         members.emplace_back(std::string(key), JsonValue());
-        ES_RETURN_IF_ERROR(Convert(field.value, members.back().second));
+        ES_RETURN_IF_ERROR(Convert(field.value, members.back().second, budget));
       }
       out = JsonValue::Object(std::move(members));
       return Status::Ok();
@@ -148,7 +150,8 @@ Result<JsonValue> ParseJson(std::string_view text, const JsonLimits& limits) {
   auto error = parser.parse(padded).get(root);
   if (error) return Status::InvalidArgument(std::string("invalid JSON: ") + simdjson::error_message(error));
   JsonValue out;
-  ES_RETURN_IF_ERROR(Convert(root, out).WithContext("invalid JSON"));
+  size_t budget = limits.max_values;
+  ES_RETURN_IF_ERROR(Convert(root, out, budget).WithContext("invalid JSON"));
   return out;
 }
 

@@ -18,6 +18,9 @@ namespace es {
 struct JsonLimits {
   size_t max_depth = 64;
   size_t max_bytes = 256u << 20;
+  // Values (of any type) in the document. Each costs about a hundred bytes in the tree, so this bounds memory
+  // whatever the text holds (a text of "[0,0,0,...]" would otherwise cost 50x its size).
+  size_t max_values = 8u << 20;
 };
 
 class JsonValue {

@@ -1,8 +1,10 @@
 // CLI plumbing: argument parsing, exit codes, store opening.
 #include "tools/cli.h"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
@@ -139,5 +141,63 @@ void PrintJson(const JsonWriter& writer) {
 }
 
 bool ShowProgress(const Args& args) { return !args.global().quiet && ::isatty(STDERR_FILENO); }
+
+namespace {
+double NowSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+constexpr double kRedrawSeconds = 0.2;
+constexpr int kBarWidth = 30;
+}  // namespace
+
+ProgressBar::ProgressBar(const Args& args, std::string label)
+    : enabled_(ShowProgress(args)), label_(std::move(label)), start_(NowSeconds()) {}
+
+ProgressBar::~ProgressBar() { Finish(); }
+
+void ProgressBar::Update(uint64_t done, uint64_t total) {
+  if (!enabled_) return;
+  double now = NowSeconds();
+  if (now - last_draw_ < kRedrawSeconds && done < total) return;
+  last_draw_ = now;
+  double frac = total == 0 ? 1.0 : static_cast<double>(done) / static_cast<double>(total);
+  int filled = static_cast<int>(frac * kBarWidth);
+  double elapsed = now - start_;
+  double rate = elapsed > 0 ? static_cast<double>(done) / elapsed : 0;
+  double eta = rate > 0 ? static_cast<double>(total - done) / rate : 0;
+  std::string bar(static_cast<size_t>(filled), '#');
+  bar.resize(kBarWidth, '.');
+  std::fprintf(stderr, "\r%s [%s] %s / %s  %s/s  ETA %.0fs  ", label_.c_str(), bar.c_str(), HumanBytes(done).c_str(),
+               HumanBytes(total).c_str(), HumanBytes(static_cast<uint64_t>(rate)).c_str(), eta);
+  std::fflush(stderr);
+  drawn_ = true;
+}
+
+void ProgressBar::Finish() {
+  if (drawn_) {
+    std::fprintf(stderr, "\r\033[K");
+    std::fflush(stderr);
+    drawn_ = false;
+  }
+}
+
+uint64_t PeakRssBytes() {
+  struct rusage usage;
+  if (::getrusage(RUSAGE_SELF, &usage) != 0) return 0;
+  return static_cast<uint64_t>(usage.ru_maxrss) * 1024;  // ru_maxrss is in KiB on Linux
+}
+
+std::string HumanBytes(uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
+  return buf;
+}
 
 }  // namespace es::cli

@@ -64,6 +64,8 @@ struct Command {
 
 // Registration: each cli_*.cc defines one function adding its commands.
 void RegisterStoreCommands(std::vector<Command>& commands);
+void RegisterIngestCommands(std::vector<Command>& commands);
+void RegisterExpertCommands(std::vector<Command>& commands);
 
 // The single place a Status becomes an exit code (0 for OK) and an "error: ..." line on stderr.
 int ExitCodeFor(const Status& status);
@@ -76,5 +78,29 @@ void PrintJson(const JsonWriter& writer);
 
 // True when progress output should be drawn (stderr is a terminal and --quiet was not given).
 bool ShowProgress(const Args& args);
+
+// A one-line progress bar on stderr (bytes done, rate, ETA), redrawn at most a few times a second; silent
+// when ShowProgress is false. Not thread-safe.
+class ProgressBar {
+ public:
+  ProgressBar(const Args& args, std::string label);
+  ~ProgressBar();
+  void Update(uint64_t done, uint64_t total);
+  // Clears the line.
+  void Finish();
+
+ private:
+  bool enabled_;
+  std::string label_;
+  double start_;
+  double last_draw_ = 0;
+  bool drawn_ = false;
+};
+
+// Peak resident set size of this process so far, in bytes.
+uint64_t PeakRssBytes();
+
+// "12.3 MiB", "4.0 GiB".
+std::string HumanBytes(uint64_t bytes);
 
 }  // namespace es::cli

@@ -25,7 +25,9 @@ void PrintCommandHelp(const es::cli::Command& c) {
 
 int main(int argc, char** argv) {
   std::vector<es::cli::Command> commands;
+  es::cli::RegisterIngestCommands(commands);
   es::cli::RegisterStoreCommands(commands);
+  es::cli::RegisterExpertCommands(commands);
 
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "help") {
     PrintUsage(commands);

@@ -27,7 +27,7 @@ uint64_t LoadLittleEndian64(const uint8_t* p) {
 void CheckAccepted(const es::SafetensorsHeader& h, std::string_view header, uint64_t data_size) {
   Check(h.data_size() == data_size);
   uint64_t covered = 0;
-  for (const es::TensorInfo& t : h.tensors()) {
+  for (const es::SafetensorsTensor& t : h.tensors()) {
     Check(!t.name.empty());
     Check(t.data_begin == covered);
     Check(t.data_begin <= t.data_end);

@@ -512,7 +512,7 @@ TEST_F(SafetensorsTest, RoundTripsValidFile) {
   };
   ASSERT_EQ(f.tensors().size(), expected.size());
   for (size_t i = 0; i < expected.size(); ++i) {
-    const TensorInfo& t = f.tensors()[i];
+    const SafetensorsTensor& t = f.tensors()[i];
     SCOPED_TRACE(expected[i].name);
     EXPECT_EQ(t.name, expected[i].name);
     EXPECT_EQ(t.dtype, expected[i].dtype);
@@ -541,7 +541,7 @@ TEST_F(SafetensorsTest, ReadsTensorInChunks) {
   std::string path = Write(FileBytes(v.header, v.data));
   Result<SafetensorsFile> f = SafetensorsFile::Open(nullptr, path);
   ASSERT_TRUE(f.ok()) << f.status().ToString();
-  const TensorInfo* t = f->Find("weight");
+  const SafetensorsTensor* t = f->Find("weight");
   ASSERT_NE(t, nullptr);
   constexpr size_t kChunk = 5;  // does not divide the 24 bytes: the last chunk is short
   std::vector<std::byte> got;
@@ -561,8 +561,8 @@ TEST_F(SafetensorsTest, ReadsTensorInChunks) {
   EXPECT_TRUE(wrong_size.IsInvalidArgument());
   EXPECT_THAT(wrong_size.message(), HasSubstr("holds 24 bytes"));
 
-  // A TensorInfo that does not describe this file is refused rather than read from wherever it points.
-  TensorInfo forged = *t;
+  // A SafetensorsTensor that does not describe this file is refused rather than read from wherever it points.
+  SafetensorsTensor forged = *t;
   forged.data_end = f->header().data_size() + 8;
   EXPECT_TRUE(f->ReadTensorRange(forged, 0, buf).IsInvalidArgument());
   forged = *t;
@@ -589,7 +589,7 @@ TEST_F(SafetensorsTest, AcceptsSeveralZeroSizeTensorsAtOneOffset) {
   Result<SafetensorsFile> f = SafetensorsFile::Open(nullptr, Write(FileBytes(header, "abcdefgh")));
   ASSERT_TRUE(f.ok()) << f.status().ToString();
   std::vector<std::string> names;
-  for (const TensorInfo& t : f->tensors()) names.push_back(t.name);
+  for (const SafetensorsTensor& t : f->tensors()) names.push_back(t.name);
   EXPECT_EQ(names, (std::vector<std::string>{"z0", "a", "z1", "z2", "b"}));
 }
 
@@ -629,7 +629,7 @@ TEST_F(SafetensorsTest, SurvivesShortReads) {
   fs->config.max_read_bytes = 1;
   Result<SafetensorsFile> f = SafetensorsFile::Open(fs, Write(FileBytes(v.header, v.data)));
   ASSERT_TRUE(f.ok()) << f.status().ToString();
-  const TensorInfo* t = f->Find("ids");
+  const SafetensorsTensor* t = f->Find("ids");
   ASSERT_NE(t, nullptr);
   std::vector<std::byte> buf(t->byte_size());
   ASSERT_TRUE(f->ReadTensor(*t, buf).ok());
@@ -679,7 +679,7 @@ TEST_F(SafetensorsTest, EveryTruncationAndByteFlipIsRejectedOrConsistent) {
       return;
     }
     uint64_t covered = f->data_offset();
-    for (const TensorInfo& t : f->tensors()) {
+    for (const SafetensorsTensor& t : f->tensors()) {
       EXPECT_EQ(t.file_offset, covered);
       EXPECT_EQ(t.byte_size(), t.num_elements * DTypeSize(t.dtype));
       covered += t.byte_size();
@@ -736,13 +736,13 @@ TEST(RealCheckpointTest, ParsesTinyQwen3MoeShard) {
   // Shard 1 of 2 of a 6-layer, 32-expert model: hundreds of tensors, all bfloat16.
   EXPECT_GT(f->tensors().size(), 100u);
   EXPECT_LT(f->tensors().size(), 2000u);
-  for (const TensorInfo& t : f->tensors()) EXPECT_EQ(t.dtype, DType::kBF16) << t.name;
+  for (const SafetensorsTensor& t : f->tensors()) EXPECT_EQ(t.dtype, DType::kBF16) << t.name;
   EXPECT_EQ(f->metadata().count("format"), 1u);
 
-  const TensorInfo* embed = f->Find("model.embed_tokens.weight");
+  const SafetensorsTensor* embed = f->Find("model.embed_tokens.weight");
   ASSERT_NE(embed, nullptr);
   EXPECT_EQ(embed->shape, (std::vector<uint64_t>{4096, 128}));  // vocab x hidden, per the model's README
-  const TensorInfo* expert = f->Find("model.layers.0.mlp.experts.0.gate_proj.weight");
+  const SafetensorsTensor* expert = f->Find("model.layers.0.mlp.experts.0.gate_proj.weight");
   ASSERT_NE(expert, nullptr);
   EXPECT_EQ(expert->shape, (std::vector<uint64_t>{96, 128}));  // expert FFN x hidden
 

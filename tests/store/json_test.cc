@@ -50,6 +50,11 @@ TEST(Json, RejectsInvalidUtf8AndGarbage) {
   EXPECT_FALSE(ParseJson("{'a':1}").ok());
 }
 
+TEST(Json, RejectsTooManyValues) {
+  EXPECT_TRUE(ParseJson("[1,2,3,4]", JsonLimits{.max_values = 4}).status().IsInvalidArgument());
+  EXPECT_TRUE(ParseJson("[1,2,3,4]", JsonLimits{.max_values = 5}).ok());
+}
+
 TEST(Json, RejectsOversizedText) {
   EXPECT_TRUE(ParseJson("[1,2,3]", JsonLimits{.max_bytes = 4}).status().IsInvalidArgument());
 }

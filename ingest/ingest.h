@@ -1,0 +1,47 @@
+// The ingest pipeline: a validated checkpoint into per-expert records. A reader thread streams tensor bytes
+// from the shards in file order through a bounded pool of buffers (memory stays at a few tens of MB whatever
+// the checkpoint size) while the calling thread appends records and commits them in transactions of
+// `commit_bytes`, so reads and writes overlap and a killed ingest resumes where its last commit ended.
+// Idempotent: the same checkpoint again is a no-op; a different one under an existing name is refused unless
+// `replace` is set. Validation happens before the first write, so bad input never changes the store.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "store/file_system.h"
+#include "store/status.h"
+#include "store/store.h"
+
+namespace es {
+
+struct IngestOptions {
+  std::string name;            // model name; empty: the checkpoint directory's name
+  bool replace = false;        // replace a model of this name that holds a different checkpoint
+  uint64_t commit_bytes = 512ull << 20;
+  std::function<void(uint64_t done, uint64_t total)> progress;
+  std::shared_ptr<FileSystem> checkpoint_fs;  // null: the real file system (tests inject faults here)
+};
+
+struct IngestResult {
+  std::string model;
+  std::string arch;
+  uint32_t layers = 0;
+  uint64_t experts = 0;        // expert records of the model
+  uint64_t dense_tensors = 0;  // dense tensor records of the model (generation model and components)
+  uint64_t bytes = 0;          // payload bytes of the model
+  uint64_t bytes_written = 0;  // payload bytes this run wrote (0 when unchanged)
+  double seconds = 0;
+  bool unchanged = false;      // the checkpoint was already there: nothing written
+  bool resumed = false;        // an interrupted ingest of the same checkpoint was completed
+};
+
+Result<IngestResult> IngestCheckpoint(Store& store, const std::string& dir, const IngestOptions& options);
+
+// Removes every catalog entry of a model (model record, tensors, experts, usage, trust, profiles) in one
+// atomic batch. Its records become dead space in the segments.
+Status DeleteModel(Store& store, const std::string& name);
+
+}  // namespace es

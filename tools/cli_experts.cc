@@ -1,0 +1,186 @@
+// Expert commands: experts (list a model's experts) and show (one expert: tensors, checksum, trust, profile).
+#include <cstdio>
+#include <optional>
+
+#include "tools/cli.h"
+
+namespace es::cli {
+
+namespace {
+
+Result<ModelInfo> LoadModel(Store& store, const std::string& name) {
+  auto v = store.catalog().Get(Cf::kModels, ModelKey(name));
+  if (!v.ok()) return v.status().IsNotFound() ? Status::NotFound("no model '" + name + "' in the store") : v.status();
+  return DecodeModel(*v);
+}
+
+// Optional per-expert metadata: absent until usage is recorded or calibration runs.
+template <typename T>
+Result<std::optional<T>> Optional(Store& store, Cf cf, const std::string& key, Result<T> (*decode)(std::string_view)) {
+  auto v = store.catalog().Get(cf, key);
+  if (v.status().IsNotFound()) return std::optional<T>();
+  if (!v.ok()) return v.status();
+  ES_ASSIGN_OR_RETURN(T t, decode(*v));
+  return std::optional<T>(std::move(t));
+}
+
+void WriteTrust(JsonWriter& w, const std::optional<TrustInfo>& t) {
+  if (!t) {
+    w.Null();
+    return;
+  }
+  w.BeginObject()
+      .Key("trust").Double(t->trust)
+      .Key("convergence_rate").Double(t->convergence_rate)
+      .Key("stability").Double(t->stability)
+      .Key("efficiency").Double(t->efficiency)
+      .Key("calibration_tokens").Uint(t->calibration_tokens)
+      .Key("updated_unix").Uint(t->updated_unix)
+      .EndObject();
+}
+
+void WriteProfile(JsonWriter& w, const std::optional<ProfileInfo>& p) {
+  if (!p) {
+    w.Null();
+    return;
+  }
+  w.BeginObject().Key("primary_domain").String(p->primary_domain).Key("domains").BeginArray();
+  for (const auto& d : p->domains) {
+    w.BeginObject().Key("domain").String(d.domain).Key("activations").Uint(d.activations).Key("share").Double(d.share)
+        .Key("lift").Double(d.lift).EndObject();
+  }
+  w.EndArray().Key("top_coactivated").BeginArray();
+  for (const auto& c : p->top_coactivated) {
+    w.BeginObject().Key("layer").Uint(c.layer).Key("expert").Uint(c.expert).Key("count").Uint(c.count).EndObject();
+  }
+  w.EndArray().EndObject();
+}
+
+std::string ShapeText(const std::vector<uint64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+Status RunExperts(const Args& args) {
+  ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
+  ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
+  ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModel(*store, model));
+  std::string prefix = ModelPrefix(model);
+  if (args.Has("layer")) {
+    ES_ASSIGN_OR_RETURN(int64_t layer, args.GetInt("layer", 0, 0, static_cast<int64_t>(info.num_layers) - 1));
+    prefix = LayerPrefix(model, static_cast<uint32_t>(layer));
+  }
+  std::vector<ExpertInfo> experts;
+  Status decode;
+  ES_RETURN_IF_ERROR(store->catalog().Scan(Cf::kExperts, prefix, [&](std::string_view, std::string_view v) {
+    auto e = DecodeExpert(v);
+    if (!e.ok()) {
+      decode = e.status();
+      return false;
+    }
+    experts.push_back(std::move(e).value());
+    return true;
+  }));
+  ES_RETURN_IF_ERROR(decode);
+  JsonWriter w;
+  w.BeginArray();
+  if (!args.global().json) std::printf("%5s %6s %12s %6s %8s %12s\n", "LAYER", "EXPERT", "BYTES", "DTYPE", "TRUST", "ACTIVATIONS");
+  for (const auto& e : experts) {
+    std::string key = ExpertKey(model, e.layer, e.expert);
+    ES_ASSIGN_OR_RETURN(auto trust, Optional<TrustInfo>(*store, Cf::kTrust, key, DecodeTrust));
+    ES_ASSIGN_OR_RETURN(auto usage, Optional<UsageCounts>(*store, Cf::kUsage, key, DecodeUsage));
+    std::string_view dtype = e.projections.empty() ? "UNKNOWN" : DTypeName(e.projections[0].dtype);
+    uint64_t activations = usage ? usage->activation_count : 0;
+    if (args.global().json) {
+      w.BeginObject().Key("layer").Uint(e.layer).Key("expert").Uint(e.expert).Key("bytes").Uint(e.extent.payload_length)
+          .Key("dtype").String(dtype).Key("trust");
+      if (trust) {
+        w.Double(trust->trust);
+      } else {
+        w.Null();
+      }
+      w.Key("activations").Uint(activations).EndObject();
+    } else {
+      std::string t = trust ? std::to_string(trust->trust).substr(0, 6) : "-";
+      std::printf("%5u %6u %12llu %6s %8s %12llu\n", e.layer, e.expert,
+                  static_cast<unsigned long long>(e.extent.payload_length), std::string(dtype).c_str(), t.c_str(),
+                  static_cast<unsigned long long>(activations));
+    }
+  }
+  w.EndArray();
+  if (args.global().json) PrintJson(w);
+  return Status::Ok();
+}
+
+Status RunShow(const Args& args) {
+  ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
+  ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
+  ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModel(*store, model));
+  if (!args.Has("layer") || !args.Has("expert")) return Status::InvalidArgument("show needs --layer and --expert");
+  ES_ASSIGN_OR_RETURN(int64_t layer, args.GetInt("layer", 0, 0, static_cast<int64_t>(info.num_layers) - 1));
+  ES_ASSIGN_OR_RETURN(int64_t expert, args.GetInt("expert", 0, 0, static_cast<int64_t>(info.experts_per_layer) - 1));
+  std::string key = ExpertKey(model, static_cast<uint32_t>(layer), static_cast<uint32_t>(expert));
+  auto v = store->catalog().Get(Cf::kExperts, key);
+  if (v.status().IsNotFound()) {
+    return Status::NotFound("model '" + model + "' has no expert " + std::to_string(expert) + " in layer " +
+                            std::to_string(layer) + " (a partial checkpoint)");
+  }
+  if (!v.ok()) return v.status();
+  ES_ASSIGN_OR_RETURN(ExpertInfo e, DecodeExpert(*v));
+  ES_ASSIGN_OR_RETURN(auto trust, Optional<TrustInfo>(*store, Cf::kTrust, key, DecodeTrust));
+  ES_ASSIGN_OR_RETURN(auto profile, Optional<ProfileInfo>(*store, Cf::kProfiles, key, DecodeProfile));
+  ES_ASSIGN_OR_RETURN(auto usage, Optional<UsageCounts>(*store, Cf::kUsage, key, DecodeUsage));
+  char checksum[17];
+  std::snprintf(checksum, sizeof(checksum), "%016llx", static_cast<unsigned long long>(e.extent.checksum));
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject().Key("layer").Uint(e.layer).Key("expert").Uint(e.expert).Key("bytes").Uint(e.extent.payload_length);
+    w.Key("tensors").BeginArray();
+    for (const auto& p : e.projections) {
+      w.BeginObject().Key("role").String(p.role).Key("name").String(p.source_name).Key("dtype").String(DTypeName(p.dtype))
+          .Key("shape").BeginArray();
+      for (uint64_t d : p.shape) w.Uint(d);
+      w.EndArray().Key("offset").Uint(p.offset).Key("length").Uint(p.length).EndObject();
+    }
+    w.EndArray().Key("checksum").String(checksum);
+    w.Key("extent").BeginObject().Key("segment").Uint(e.extent.segment).Key("offset").Uint(e.extent.offset)
+        .Key("record_length").Uint(e.extent.record_length).EndObject();
+    w.Key("trust");
+    WriteTrust(w, trust);
+    w.Key("profile");
+    WriteProfile(w, profile);
+    w.Key("activations").Uint(usage ? usage->activation_count : 0);
+    w.EndObject();
+    PrintJson(w);
+    return Status::Ok();
+  }
+  std::printf("model %s, layer %u, expert %u: %s, xxh3 %s, segment %u offset %llu\n", model.c_str(), e.layer, e.expert,
+              HumanBytes(e.extent.payload_length).c_str(), checksum, e.extent.segment,
+              static_cast<unsigned long long>(e.extent.offset));
+  for (const auto& p : e.projections) {
+    std::printf("  %-5s %-6s %-14s %s\n", p.role.c_str(), std::string(DTypeName(p.dtype)).c_str(),
+                ShapeText(p.shape).c_str(), p.source_name.c_str());
+  }
+  if (trust) {
+    std::printf("  trust %.4f (convergence %.4f, stability %.4f, efficiency %.4f)\n", trust->trust,
+                trust->convergence_rate, trust->stability, trust->efficiency);
+  } else {
+    std::printf("  trust: not calibrated\n");
+  }
+  std::printf("  activations %llu\n", static_cast<unsigned long long>(usage ? usage->activation_count : 0));
+  if (profile) std::printf("  primary domain %s\n", profile->primary_domain.c_str());
+  return Status::Ok();
+}
+
+}  // namespace
+
+void RegisterExpertCommands(std::vector<Command>& commands) {
+  commands.push_back({"experts", "experts --model M [--layer L]", "list a model's experts",
+                      {{"model", true, "model name"}, {"layer", true, "only this layer"}}, RunExperts});
+  commands.push_back({"show", "show --model M --layer L --expert E",
+                      "one expert: tensors, checksum, trust record, profile",
+                      {{"model", true, "model name"}, {"layer", true, "layer"}, {"expert", true, "expert"}}, RunShow});
+}
+
+}  // namespace es::cli

@@ -1,0 +1,165 @@
+// Ingest commands: ingest (a checkpoint into the store) and make-checkpoint (random weights in a family's layout).
+#include <charconv>
+#include <cstdio>
+
+#include "ingest/ingest.h"
+#include "ingest/make_checkpoint.h"
+#include "tools/cli.h"
+
+namespace es::cli {
+
+namespace {
+
+Status RunIngest(const Args& args) {
+  if (args.positional().size() != 1) return Status::InvalidArgument("usage: expertstore ingest DIR [--name N] [--replace]");
+  ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/true, /*create=*/true));
+  IngestOptions options;
+  options.name = args.GetOr("name", "");
+  options.replace = args.Has("replace");
+  ProgressBar bar(args, "ingest");
+  options.progress = [&](uint64_t done, uint64_t total) { bar.Update(done, total); };
+  ES_ASSIGN_OR_RETURN(IngestResult r, IngestCheckpoint(*store, args.positional()[0], options));
+  bar.Finish();
+  uint64_t rss = PeakRssBytes();
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject()
+        .Key("model").String(r.model)
+        .Key("arch").String(r.arch)
+        .Key("layers").Uint(r.layers)
+        .Key("experts").Uint(r.experts)
+        .Key("dense_tensors").Uint(r.dense_tensors)
+        .Key("bytes").Uint(r.bytes)
+        .Key("bytes_written").Uint(r.bytes_written)
+        .Key("seconds").Double(r.seconds)
+        .Key("unchanged").Bool(r.unchanged)
+        .Key("resumed").Bool(r.resumed)
+        .Key("peak_rss_bytes").Uint(rss)
+        .EndObject();
+    PrintJson(w);
+    return Status::Ok();
+  }
+  if (r.unchanged) {
+    std::printf("%s: already ingested from this checkpoint; nothing to do\n", r.model.c_str());
+    return Status::Ok();
+  }
+  double rate = r.seconds > 0 ? static_cast<double>(r.bytes_written) / r.seconds : 0;
+  std::printf("%s%s: %s, %u layers, %llu experts, %llu dense tensors, %s in %.1f s (%s/s), peak RSS %s\n",
+              r.model.c_str(), r.resumed ? " (resumed)" : "", r.arch.c_str(), r.layers,
+              static_cast<unsigned long long>(r.experts), static_cast<unsigned long long>(r.dense_tensors),
+              HumanBytes(r.bytes_written).c_str(), r.seconds, HumanBytes(static_cast<uint64_t>(rate)).c_str(),
+              HumanBytes(rss).c_str());
+  return Status::Ok();
+}
+
+Result<std::vector<std::pair<uint32_t, uint32_t>>> ParseMissing(const std::string& text) {
+  std::vector<std::pair<uint32_t, uint32_t>> out;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t comma = text.find(',', pos);
+    std::string item = text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    size_t colon = item.find(':');
+    uint32_t l = 0, e = 0;
+    bool ok = colon != std::string::npos;
+    if (ok) {
+      auto r1 = std::from_chars(item.data(), item.data() + colon, l);
+      auto r2 = std::from_chars(item.data() + colon + 1, item.data() + item.size(), e);
+      ok = r1.ec == std::errc() && r1.ptr == item.data() + colon && r2.ec == std::errc() &&
+           r2.ptr == item.data() + item.size();
+    }
+    if (!ok) return Status::InvalidArgument("--missing expects LAYER:EXPERT pairs separated by commas, got '" + item + "'");
+    out.emplace_back(l, e);
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return out;
+}
+
+Status RunMakeCheckpoint(const Args& args) {
+  if (args.positional().size() != 1) return Status::InvalidArgument("usage: expertstore make-checkpoint OUT --arch A ...");
+  MakeCheckpointOptions o;
+  ES_ASSIGN_OR_RETURN(o.arch, args.Require("arch"));
+  o.preset = args.GetOr("preset", "");
+  std::vector<std::string> explicit_fields;
+  struct U32Flag {
+    const char* name;
+    uint32_t* dst;
+  };
+  const U32Flag flags[] = {{"layers", &o.layers},   {"experts", &o.experts}, {"top-k", &o.top_k},
+                           {"hidden", &o.hidden},   {"moe-intermediate", &o.moe_intermediate},
+                           {"heads", &o.heads},     {"kv-heads", &o.kv_heads}, {"vocab", &o.vocab}};
+  constexpr int64_t kMaxDim = 1 << 24;
+  for (const auto& f : flags) {
+    if (!args.Has(f.name)) continue;
+    ES_ASSIGN_OR_RETURN(int64_t v, args.GetInt(f.name, 0, 1, kMaxDim));
+    *f.dst = static_cast<uint32_t>(v);
+    explicit_fields.push_back(f.name);
+  }
+  ES_ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0, 0, INT64_MAX));
+  o.seed = static_cast<uint64_t>(seed);
+  std::string dtype = args.GetOr("dtype", "bf16");
+  if (dtype == "bf16") {
+    o.dtype = DType::kBF16;
+  } else if (dtype == "f16") {
+    o.dtype = DType::kF16;
+  } else if (dtype == "f32") {
+    o.dtype = DType::kF32;
+  } else {
+    return Status::InvalidArgument("--dtype must be bf16, f16 or f32");
+  }
+  if (args.Has("missing")) {
+    ES_ASSIGN_OR_RETURN(o.missing, ParseMissing(*args.Get("missing")));
+  }
+  o.fused_experts = args.Has("fused");
+  if (args.Has("shard-mb")) {
+    ES_ASSIGN_OR_RETURN(int64_t mb, args.GetInt("shard-mb", 0, 1, 1 << 20));
+    o.max_shard_bytes = static_cast<uint64_t>(mb) << 20;
+  }
+  ES_ASSIGN_OR_RETURN(o, ResolveMakeCheckpointOptions(o, explicit_fields));
+  ProgressBar bar(args, "make-checkpoint");
+  ES_ASSIGN_OR_RETURN(auto r, MakeCheckpoint(args.positional()[0], o, [&](uint64_t d, uint64_t t) { bar.Update(d, t); }));
+  bar.Finish();
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject().Key("files").BeginArray();
+    for (const auto& f : r.files) w.String(f);
+    w.EndArray().Key("bytes").Uint(r.bytes).EndObject();
+    PrintJson(w);
+    return Status::Ok();
+  }
+  std::printf("wrote %zu files (%s of tensors) to %s\n", r.files.size(), HumanBytes(r.bytes).c_str(),
+              args.positional()[0].c_str());
+  return Status::Ok();
+}
+
+}  // namespace
+
+void RegisterIngestCommands(std::vector<Command>& commands) {
+  commands.push_back({"ingest", "ingest DIR [--name N] [--replace]",
+                      "ingest a Hugging Face checkpoint; re-running is a no-op, an interrupted run resumes",
+                      {{"name", true, "model name (default: the directory's name)"},
+                       {"replace", false, "replace a model of that name that holds a different checkpoint"}},
+                      RunIngest});
+  commands.push_back({"make-checkpoint",
+                      "make-checkpoint OUT --arch A [--preset qwen3-30b-a3b] [--layers --experts --top-k --hidden "
+                      "--moe-intermediate --heads --kv-heads --vocab --dtype --seed --missing L:E,.. --fused --shard-mb]",
+                      "write a random-weight checkpoint in a family's exact layout (tests, benchmarks)",
+                      {{"arch", true, "qwen3_moe, qwen3_omni_moe, mixtral, olmoe or qwen2_moe"},
+                       {"preset", true, "qwen3-30b-a3b: the real model's shapes (choose --layers)"},
+                       {"layers", true, "decoder layers"},
+                       {"experts", true, "experts per layer"},
+                       {"top-k", true, "experts per token"},
+                       {"hidden", true, "hidden size"},
+                       {"moe-intermediate", true, "expert FFN size"},
+                       {"heads", true, "attention heads"},
+                       {"kv-heads", true, "key/value heads"},
+                       {"vocab", true, "vocabulary size (> 256)"},
+                       {"dtype", true, "bf16 (default), f16 or f32"},
+                       {"seed", true, "random seed"},
+                       {"missing", true, "experts to leave out, LAYER:EXPERT,..."},
+                       {"fused", false, "fused experts.gate_up_proj / experts.down_proj tensors"},
+                       {"shard-mb", true, "largest shard in MiB (default 4096)"}},
+                      RunMakeCheckpoint});
+}
+
+}  // namespace es::cli
