@@ -16,6 +16,10 @@ Status RunIngest(const Args& args) {
   IngestOptions options;
   options.name = args.GetOr("name", "");
   options.replace = args.Has("replace");
+  if (args.Has("commit-mb")) {
+    ES_ASSIGN_OR_RETURN(int64_t mb, args.GetInt("commit-mb", 0, 1, 1 << 20));
+    options.commit_bytes = static_cast<uint64_t>(mb) << 20;
+  }
   ProgressBar bar(args, "ingest");
   options.progress = [&](uint64_t done, uint64_t total) { bar.Update(done, total); };
   ES_ASSIGN_OR_RETURN(IngestResult r, IngestCheckpoint(*store, args.positional()[0], options));
@@ -138,7 +142,8 @@ void RegisterIngestCommands(std::vector<Command>& commands) {
   commands.push_back({"ingest", "ingest DIR [--name N] [--replace]",
                       "ingest a Hugging Face checkpoint; re-running is a no-op, an interrupted run resumes",
                       {{"name", true, "model name (default: the directory's name)"},
-                       {"replace", false, "replace a model of that name that holds a different checkpoint"}},
+                       {"replace", false, "replace a model of that name that holds a different checkpoint"},
+                       {"commit-mb", true, "data per transaction, the unit an interrupted ingest resumes from (default 512)"}},
                       RunIngest});
   commands.push_back({"make-checkpoint",
                       "make-checkpoint OUT --arch A [--preset qwen3-30b-a3b] [--layers --experts --top-k --hidden "
