@@ -101,6 +101,8 @@ class Store {
 
   // Lists the models in the catalog.
   Result<std::vector<ModelInfo>> ListModels();
+  // A model asset's bytes (tokenizer.json, ...), verified. NotFound when the model has no such asset.
+  Result<std::string> ReadAsset(const ModelInfo& model, std::string_view asset);
 
   // True when the writer refused further writes after a failed fsync.
   bool writer_dead() const;

@@ -1,0 +1,41 @@
+// DenseWeights: the generation model's dense tensors (embeddings, attention, norms, routers, dense MLPs,
+// shared experts, lm_head) read once from the store into memory, verified, and looked up by canonical name.
+// They are needed for every token, so they stay resident; experts do not (they come through the cache).
+// Immutable after Load; safe to read from several threads.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "compute/kernels/cpu_kernels.h"
+#include "store/aligned_buffer.h"
+#include "store/records.h"
+#include "store/status.h"
+#include "store/store.h"
+
+namespace es {
+
+class DenseWeights {
+ public:
+  // Reads every tensor of `model` whose component is "" (the generation model).
+  static Result<std::unique_ptr<DenseWeights>> Load(Store& store, const std::string& model);
+
+  bool Has(const std::string& name) const { return tensors_.count(name) > 0; }
+  // NotFound naming the tensor when absent; InvalidArgument when its rank does not match.
+  Result<kernels::WeightMatrix> Matrix(const std::string& name) const;
+  Result<kernels::WeightVector> Vector(const std::string& name) const;
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  struct Tensor {
+    TensorInfo info;
+    std::shared_ptr<AlignedBuffer> buffer;
+    const std::byte* data = nullptr;
+  };
+  std::map<std::string, Tensor> tensors_;
+  uint64_t bytes_ = 0;
+};
+
+}  // namespace es

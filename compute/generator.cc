@@ -1,0 +1,173 @@
+// Generation and evaluation.
+#include "compute/generator.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+namespace es {
+
+namespace {
+
+double Since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+// Rows of logits computed at once during evaluation (bounds memory for large vocabularies).
+constexpr size_t kEvalLogitRows = 32;
+
+}  // namespace
+
+double GenerateResult::prefill_tokens_per_second() const {
+  return prefill_seconds > 0 ? static_cast<double>(prompt_ids.size()) / prefill_seconds : 0;
+}
+
+double GenerateResult::decode_tokens_per_second() const {
+  return decode_seconds > 0 && ids.size() > 1 ? static_cast<double>(ids.size() - 1) / decode_seconds : 0;
+}
+
+double EvalResult::perplexity() const { return std::exp(mean_nll()); }
+
+std::vector<int32_t> StopTokens(const Model& model, const Tokenizer& tokenizer, bool chat) {
+  std::vector<int32_t> stop;
+  for (int64_t e : model.config().eos_ids) stop.push_back(static_cast<int32_t>(e));
+  if (auto e = tokenizer.eos_id()) stop.push_back(static_cast<int32_t>(*e));
+  if (chat) {
+    if (auto e = tokenizer.TokenToId("<|im_end|>")) stop.push_back(static_cast<int32_t>(*e));
+  }
+  std::sort(stop.begin(), stop.end());
+  stop.erase(std::unique(stop.begin(), stop.end()), stop.end());
+  return stop;
+}
+
+Result<std::string> ApplyChatTemplate(const Tokenizer& tokenizer, std::string_view user_message) {
+  if (!tokenizer.TokenToId("<|im_start|>") || !tokenizer.TokenToId("<|im_end|>")) {
+    return Status::NotSupported("--chat uses the Qwen (ChatML) template, and this tokenizer has no <|im_start|>");
+  }
+  return "<|im_start|>user\n" + std::string(user_message) + "<|im_end|>\n<|im_start|>assistant\n";
+}
+
+Result<std::vector<float>> LastLogits(Model& model, ExpertProvider& experts, std::span<const int32_t> ids,
+                                      const ForwardOptions& forward) {
+  KvCache kv(model.config(), ids.size());
+  std::vector<float> hidden;
+  ES_RETURN_IF_ERROR(model.Forward(ids, kv, experts, forward, hidden));
+  std::vector<float> logits(model.config().vocab);
+  ES_RETURN_IF_ERROR(model.ComputeLogits(&hidden[(ids.size() - 1) * model.config().hidden], 1, logits.data()));
+  return logits;
+}
+
+namespace {
+
+// The shared decode loop: prefill the prompt, then sample until a stop token or max_tokens. `on_token` sees
+// each generated id as it comes.
+Status DecodeLoop(Model& model, ExpertProvider& experts, std::span<const int32_t> prompt, uint32_t max_tokens,
+                  const std::vector<int32_t>& stop, const SamplerOptions& sampler_options, const ForwardOptions& forward,
+                  std::vector<int32_t>& out, double* prefill_seconds, double* decode_seconds, bool* hit_stop,
+                  const std::function<Status(int32_t)>& on_token) {
+  if (prompt.empty()) return Status::InvalidArgument("empty prompt");
+  ES_ASSIGN_OR_RETURN(Sampler sampler, Sampler::Create(sampler_options));
+  KvCache kv(model.config(), prompt.size() + max_tokens);
+  std::vector<float> hidden, logits(model.config().vocab);
+  auto t0 = std::chrono::steady_clock::now();
+  ES_RETURN_IF_ERROR(model.Forward(prompt, kv, experts, forward, hidden));
+  ES_RETURN_IF_ERROR(model.ComputeLogits(&hidden[(prompt.size() - 1) * model.config().hidden], 1, logits.data()));
+  *prefill_seconds = Since(t0);
+  auto t1 = std::chrono::steady_clock::now();
+  *hit_stop = false;
+  for (uint32_t i = 0; i < max_tokens; ++i) {
+    int32_t next = sampler.Sample(logits);
+    if (std::binary_search(stop.begin(), stop.end(), next)) {
+      *hit_stop = true;
+      break;
+    }
+    out.push_back(next);
+    if (on_token) ES_RETURN_IF_ERROR(on_token(next));
+    if (i + 1 == max_tokens) break;
+    ES_RETURN_IF_ERROR(model.Forward({&next, 1}, kv, experts, forward, hidden));
+    ES_RETURN_IF_ERROR(model.ComputeLogits(hidden.data(), 1, logits.data()));
+  }
+  *decode_seconds = Since(t1);
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<std::vector<int32_t>> GenerateIds(Model& model, ExpertProvider& experts, std::span<const int32_t> prompt_ids,
+                                         uint32_t max_tokens, const std::vector<int32_t>& stop,
+                                         const SamplerOptions& sampler, const ForwardOptions& forward) {
+  std::vector<int32_t> sorted_stop = stop;
+  std::sort(sorted_stop.begin(), sorted_stop.end());
+  std::vector<int32_t> out;
+  double prefill = 0, decode = 0;
+  bool hit = false;
+  ES_RETURN_IF_ERROR(DecodeLoop(model, experts, prompt_ids, max_tokens, sorted_stop, sampler, forward, out, &prefill,
+                                &decode, &hit, {}));
+  return out;
+}
+
+Result<GenerateResult> Generate(Model& model, const Tokenizer& tokenizer, ExpertProvider& experts,
+                                std::string_view prompt, const GenerateOptions& options,
+                                const std::function<void(std::string_view)>& on_text) {
+  GenerateResult r;
+  std::string text(prompt);
+  EncodeOptions enc;
+  if (options.chat) {
+    ES_ASSIGN_OR_RETURN(text, ApplyChatTemplate(tokenizer, prompt));
+  } else {
+    enc.parse_special_tokens = false;  // a plain prompt is user text: "<|im_end|>" in it is just characters
+  }
+  ES_ASSIGN_OR_RETURN(auto ids, tokenizer.Encode(text, enc));
+  for (auto id : ids) r.prompt_ids.push_back(static_cast<int32_t>(id));
+  StreamDecoder decoder(tokenizer, DecodeOptions{.skip_special_tokens = true});
+  bool hit_stop = false;
+  ES_RETURN_IF_ERROR(DecodeLoop(model, experts, r.prompt_ids, options.max_tokens, StopTokens(model, tokenizer, options.chat),
+                                options.sampler, options.forward, r.ids, &r.prefill_seconds, &r.decode_seconds, &hit_stop,
+                                [&](int32_t id) -> Status {
+                                  ES_ASSIGN_OR_RETURN(std::string piece, decoder.Push(static_cast<TokenId>(id)));
+                                  r.text += piece;
+                                  if (on_text && !piece.empty()) on_text(piece);
+                                  return Status::Ok();
+                                }));
+  std::string rest = decoder.Finish();
+  r.text += rest;
+  if (on_text && !rest.empty()) on_text(rest);
+  r.stop_reason = hit_stop ? "eos" : "length";
+  return r;
+}
+
+Result<EvalResult> EvaluateNll(Model& model, ExpertProvider& experts, std::span<const int32_t> ids, size_t window,
+                               const ForwardOptions& forward, const std::function<void(size_t, bool)>& on_position) {
+  if (window < 2) return Status::InvalidArgument("evaluation window must hold at least 2 tokens");
+  EvalResult r;
+  auto t0 = std::chrono::steady_clock::now();
+  const size_t V = model.config().vocab, H = model.config().hidden;
+  KvCache kv(model.config(), window);
+  std::vector<float> hidden, logits(kEvalLogitRows * V);
+  for (size_t start = 0; start + 1 < ids.size(); start += window) {
+    size_t len = std::min(window, ids.size() - start);
+    if (len < 2) break;
+    kv.Reset();
+    ES_RETURN_IF_ERROR(model.Forward(ids.subspan(start, len), kv, experts, forward, hidden));
+    for (size_t row = 0; row + 1 < len; row += kEvalLogitRows) {
+      size_t n = std::min(kEvalLogitRows, len - 1 - row);
+      ES_RETURN_IF_ERROR(model.ComputeLogits(&hidden[row * H], n, logits.data()));
+      for (size_t i = 0; i < n; ++i) {
+        const float* l = &logits[i * V];
+        int32_t target = ids[start + row + i + 1];
+        float mx = *std::max_element(l, l + V);
+        double sum = 0;
+        for (size_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(l[v] - mx));
+        r.nll += -(static_cast<double>(l[target] - mx) - std::log(sum));
+        bool correct = static_cast<int32_t>(std::max_element(l, l + V) - l) == target;
+        r.top1_correct += correct;
+        ++r.tokens;
+        if (on_position) on_position(start + row + i + 1, correct);
+      }
+    }
+  }
+  r.seconds = Since(t0);
+  return r;
+}
+
+}  // namespace es

@@ -1,0 +1,73 @@
+// Text generation and teacher-forced evaluation on a Model: prompt -> tokens -> one batched prefill -> decode
+// steps with sampling until EOS or max tokens, streaming text as it completes; and the NLL / perplexity of a
+// token sequence in consecutive windows. Not thread-safe (one generation at a time per Model).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "compute/expert_provider.h"
+#include "compute/model.h"
+#include "compute/sampler.h"
+#include "compute/tokenizer.h"
+
+namespace es {
+
+struct GenerateOptions {
+  uint32_t max_tokens = 64;
+  SamplerOptions sampler;
+  bool chat = false;  // wrap the prompt in the Qwen (ChatML) chat template
+  ForwardOptions forward;
+};
+
+struct GenerateResult {
+  std::vector<int32_t> prompt_ids;
+  std::vector<int32_t> ids;  // generated
+  std::string text;          // generated text
+  std::string stop_reason;   // "eos" or "length"
+  double prefill_seconds = 0;
+  double decode_seconds = 0;
+  double prefill_tokens_per_second() const;
+  double decode_tokens_per_second() const;
+};
+
+// The stop tokens: the config's eos ids, the tokenizer's eos, and <|im_end|> when chatting.
+std::vector<int32_t> StopTokens(const Model& model, const Tokenizer& tokenizer, bool chat);
+
+// Applies the Qwen/ChatML template for one user message; NotSupported when the tokenizer lacks its tokens.
+Result<std::string> ApplyChatTemplate(const Tokenizer& tokenizer, std::string_view user_message);
+
+Result<GenerateResult> Generate(Model& model, const Tokenizer& tokenizer, ExpertProvider& experts,
+                                std::string_view prompt, const GenerateOptions& options,
+                                const std::function<void(std::string_view)>& on_text = {});
+
+// Generation from token ids (no tokenizer): greedy or sampled continuation of `prompt_ids`.
+Result<std::vector<int32_t>> GenerateIds(Model& model, ExpertProvider& experts, std::span<const int32_t> prompt_ids,
+                                         uint32_t max_tokens, const std::vector<int32_t>& stop,
+                                         const SamplerOptions& sampler, const ForwardOptions& forward);
+
+// The logits of the last position after running `ids` from an empty context.
+Result<std::vector<float>> LastLogits(Model& model, ExpertProvider& experts, std::span<const int32_t> ids,
+                                      const ForwardOptions& forward);
+
+struct EvalResult {
+  uint64_t tokens = 0;       // predicted tokens
+  double nll = 0;            // total negative log-likelihood, nats
+  uint64_t top1_correct = 0; // positions where the argmax was the next token
+  double seconds = 0;
+  double mean_nll() const { return tokens ? nll / static_cast<double>(tokens) : 0; }
+  double perplexity() const;
+};
+
+// Teacher-forced NLL of `ids` as one sequence, in consecutive non-overlapping windows of `window` tokens (each
+// window starts with an empty context; its first token is context only, the rest are predicted). A sequence
+// that fits one window is scored exactly as one pass. `on_position(index, correct)` reports, for each
+// predicted token (index into ids), whether the model's top-1 was right (usage recording uses it).
+Result<EvalResult> EvaluateNll(Model& model, ExpertProvider& experts, std::span<const int32_t> ids, size_t window,
+                               const ForwardOptions& forward,
+                               const std::function<void(size_t index, bool correct)>& on_position = {});
+
+}  // namespace es

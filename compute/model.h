@@ -1,0 +1,130 @@
+// Model: the forward pass of a stored MoE model on the CPU. Dense weights are resident (DenseWeights); experts
+// come through an ExpertProvider (the cache), so only the experts the router picks are read. The layer graph
+// of each architecture is defined in its own file under compute/models/ from the blocks LayerOps offers
+// (attention, MoE, dense MLP, shared expert), as llama.cpp does per architecture.
+// A Model is immutable after Load; one Forward at a time per KvCache (the kernels share one ComputePool).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "compute/dense_weights.h"
+#include "compute/expert_provider.h"
+#include "compute/kernels/cpu_kernels.h"
+#include "compute/model_config.h"
+#include "store/records.h"
+#include "store/store.h"
+
+namespace es {
+
+// Keys and values of every layer for the positions processed so far. Not thread-safe.
+class KvCache {
+ public:
+  KvCache(const ModelConfig& config, size_t capacity);
+  size_t length() const { return length_; }
+  size_t capacity() const { return capacity_; }
+  void Reset() { length_ = 0; }
+  float* keys(uint32_t layer) { return keys_[layer].data(); }
+  float* values(uint32_t layer) { return values_[layer].data(); }
+  void Advance(size_t n) { length_ += n; }
+  size_t row_floats() const { return row_; }
+
+ private:
+  size_t capacity_;
+  size_t row_;  // kv_heads * head_dim
+  size_t length_ = 0;
+  std::vector<std::vector<float>> keys_;
+  std::vector<std::vector<float>> values_;
+};
+
+// One routing decision, reported to observers (trace, usage recording).
+struct RoutingEvent {
+  size_t token = 0;       // index within this Forward call
+  size_t position = 0;    // position in the sequence
+  uint32_t layer = 0;
+  std::span<const int32_t> experts;  // selected, in router order
+  std::span<const float> weights;    // their routing weights (after any renormalisation)
+};
+
+// Picks experts from router probabilities when a policy other than the model's own router is in force
+// (issue 6's routing policies). Given the full softmax row [num_experts], writes top_k experts and weights.
+using RoutingPolicyFn = std::function<void(uint32_t layer, std::span<const float> probs, size_t top_k,
+                                           std::span<int32_t> experts, std::span<float> weights)>;
+
+struct ForwardOptions {
+  uint32_t top_k = 0;                 // experts per token; 0: the model's
+  bool skip_missing_experts = false;  // drop a routed expert the store lacks instead of failing
+  uint32_t prefetch_depth = 0;        // predict and prefetch this many layers ahead (0: none)
+  std::function<void(const RoutingEvent&)> observer;
+  RoutingPolicyFn routing;            // empty: exact (the model's router)
+};
+
+class Model {
+ public:
+  static Result<std::unique_ptr<Model>> Load(Store& store, const std::string& name, kernels::CpuContext ctx);
+
+  const ModelConfig& config() const { return config_; }
+  const ModelInfo& info() const { return info_; }
+  const kernels::CpuContext& context() const { return ctx_; }
+  const DenseWeights& weights() const { return *weights_; }
+
+  // Runs `tokens` at positions kv.length() onward, appending to `kv`. Writes the final-normed hidden states of
+  // every token to `hidden` ([tokens, hidden_size]) for ComputeLogits.
+  Status Forward(std::span<const int32_t> tokens, KvCache& kv, ExpertProvider& experts, const ForwardOptions& options,
+                 std::vector<float>& hidden);
+  // logits [rows, vocab] from final-normed hidden states [rows, hidden_size].
+  Status ComputeLogits(const float* hidden, size_t rows, float* logits) const;
+
+  // Used by the per-architecture graphs.
+  class LayerOps;
+
+ private:
+  Model() = default;
+  Status RunLayer(LayerOps& ops);
+
+  kernels::CpuContext ctx_;
+  ModelConfig config_;
+  ModelInfo info_;
+  std::unique_ptr<DenseWeights> weights_;
+  kernels::WeightMatrix embed_;
+  kernels::WeightMatrix lm_head_;
+  kernels::WeightVector final_norm_;
+};
+
+// The layer graph of one architecture, in terms of the blocks below.
+class ArchGraph {
+ public:
+  virtual ~ArchGraph() = default;
+  virtual Status Layer(Model::LayerOps& ops) const = 0;
+};
+
+// The blocks a layer is built from. Each reads and updates the residual stream in place.
+class Model::LayerOps {
+ public:
+  struct AttentionOptions {
+    QkNorm qk_norm = QkNorm::kNone;
+    bool qkv_bias = false;
+  };
+  // x += o_proj(attention(rope(q_norm(q_proj(h))), rope(k_norm(k_proj(h))), v_proj(h))), h = input_layernorm(x).
+  virtual Status Attention(const AttentionOptions& options) = 0;
+  // x += sum_j w_j expert_j(h), h = post_attention_layernorm(x), experts from the router (or the routing policy).
+  // With a shared expert (Qwen2-MoE): + sigmoid(shared_expert_gate h) shared_expert(h).
+  virtual Status Moe(bool shared_expert) = 0;
+  // x += mlp(h), h = post_attention_layernorm(x): the dense layers of a model with mlp_only_layers.
+  virtual Status DenseMlp() = 0;
+  virtual uint32_t layer() const = 0;
+  virtual const ModelConfig& config() const = 0;
+  virtual ~LayerOps() = default;
+};
+
+const ArchGraph& Qwen3MoeGraph();
+const ArchGraph& MixtralGraph();
+const ArchGraph& OlmoeGraph();
+const ArchGraph& Qwen2MoeGraph();
+Result<const ArchGraph*> GraphFor(const std::string& arch);
+
+}  // namespace es
