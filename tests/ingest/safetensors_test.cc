@@ -69,7 +69,7 @@ std::string ReadWholeFile(const std::string& path) {
 
 std::vector<std::byte> ToBytes(std::string_view s) {
   std::vector<std::byte> out(s.size());
-  std::memcpy(out.data(), s.data(), s.size());
+  if (!s.empty()) std::memcpy(out.data(), s.data(), s.size());  // memcpy from a null pointer is UB even for 0 bytes
   return out;
 }
 
