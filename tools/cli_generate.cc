@@ -1,0 +1,328 @@
+// Generation commands: generate, logits, eval, trace, tokenize, detokenize, demo.
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "compute/generator.h"
+#include "compute/model.h"
+#include "compute/tokenizer.h"
+#include "ingest/ingest.h"
+#include "tools/cli.h"
+#include "tools/cli_runtime.h"
+
+namespace es::cli {
+
+namespace {
+
+Result<std::vector<int32_t>> ParseIds(const std::string& text) {
+  std::vector<int32_t> ids;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    size_t pos = 0;
+    long long v = 0;
+    bool ok = !item.empty();
+    if (ok) {
+      try {
+        v = std::stoll(item, &pos);
+      } catch (...) {
+        ok = false;
+      }
+    }
+    if (!ok || pos != item.size() || v < 0 || v > INT32_MAX) {
+      return Status::InvalidArgument("--ids expects comma-separated token ids, got '" + item + "'");
+    }
+    ids.push_back(static_cast<int32_t>(v));
+  }
+  if (ids.empty()) return Status::InvalidArgument("--ids is empty");
+  return ids;
+}
+
+Result<std::string> ReadTextFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::NotFound("cannot read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void WriteCacheJson(JsonWriter& w, const ProviderCounters& c) {
+  w.BeginObject().Key("hits").Uint(c.hits).Key("misses").Uint(c.misses).Key("prefetch_hits").Uint(c.prefetch_hits)
+      .Key("wasted_prefetches").Uint(c.wasted_prefetches).Key("bytes_read").Uint(c.bytes_read).EndObject();
+}
+
+Status RunGenerate(const Args& args) {
+  ES_ASSIGN_OR_RETURN(std::string model_name, args.Require("model"));
+  ES_ASSIGN_OR_RETURN(std::string prompt, args.Require("prompt"));
+  ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model_name, /*need_tokenizer=*/true));
+  GenerateOptions o;
+  ES_ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", 64, 1, 1 << 20));
+  o.max_tokens = static_cast<uint32_t>(max_tokens);
+  ES_ASSIGN_OR_RETURN(o.sampler, SamplerFromArgs(args));
+  o.chat = args.Has("chat");
+  o.forward = rt->forward_options();
+  bool json = args.global().json;
+  ES_ASSIGN_OR_RETURN(GenerateResult r, Generate(rt->model(), rt->tokenizer(), rt->experts(), prompt, o,
+                                                 [&](std::string_view piece) {
+                                                   if (json) return;
+                                                   std::fwrite(piece.data(), 1, piece.size(), stdout);
+                                                   std::fflush(stdout);
+                                                 }));
+  ProviderCounters c = rt->experts().counters();
+  if (json) {
+    JsonWriter w;
+    w.BeginObject().Key("text").String(r.text).Key("tokens").BeginArray();
+    for (int32_t id : r.ids) w.Int(id);
+    w.EndArray()
+        .Key("prompt_tokens").Uint(r.prompt_ids.size())
+        .Key("stop_reason").String(r.stop_reason)
+        .Key("tokens_per_second").Double(r.decode_tokens_per_second())
+        .Key("prefill_tokens_per_second").Double(r.prefill_tokens_per_second())
+        .Key("state").String(rt->state_name())
+        .Key("cache");
+    WriteCacheJson(w, c);
+    w.EndObject();
+    PrintJson(w);
+    return Status::Ok();
+  }
+  std::printf("\n");
+  if (!args.global().quiet) {
+    std::fprintf(stderr, "[%zu prompt tokens at %.1f tok/s, %zu generated at %.2f tok/s; cache %llu hits, %llu misses, %s read; %s]\n",
+                 r.prompt_ids.size(), r.prefill_tokens_per_second(), r.ids.size(), r.decode_tokens_per_second(),
+                 static_cast<unsigned long long>(c.hits), static_cast<unsigned long long>(c.misses),
+                 HumanBytes(c.bytes_read).c_str(), r.stop_reason.c_str());
+  }
+  return Status::Ok();
+}
+
+Status RunLogits(const Args& args) {
+  ES_ASSIGN_OR_RETURN(std::string model_name, args.Require("model"));
+  ES_ASSIGN_OR_RETURN(std::string ids_text, args.Require("ids"));
+  ES_ASSIGN_OR_RETURN(auto ids, ParseIds(ids_text));
+  ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model_name, /*need_tokenizer=*/false));
+  ES_ASSIGN_OR_RETURN(auto logits, LastLogits(rt->model(), rt->experts(), ids, rt->forward_options()));
+  JsonWriter w;
+  if (args.global().json) w.BeginObject().Key("logits");
+  w.BeginArray();
+  for (float v : logits) w.Double(v);
+  w.EndArray();
+  if (args.global().json) w.EndObject();
+  PrintJson(w);
+  return Status::Ok();
+}
+
+Status RunEval(const Args& args) {
+  ES_ASSIGN_OR_RETURN(std::string model_name, args.Require("model"));
+  ES_ASSIGN_OR_RETURN(std::string path, args.Require("text"));
+  ES_ASSIGN_OR_RETURN(std::string text, ReadTextFile(path));
+  ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model_name, /*need_tokenizer=*/true));
+  EncodeOptions enc;
+  enc.parse_special_tokens = false;
+  ES_ASSIGN_OR_RETURN(auto tokens, rt->tokenizer().Encode(text, enc));
+  std::vector<int32_t> ids(tokens.begin(), tokens.end());
+  ES_ASSIGN_OR_RETURN(int64_t window, args.GetInt("window", std::min<int64_t>(rt->model().config().max_positions, 1024), 2,
+                                                  rt->model().config().max_positions));
+  ES_ASSIGN_OR_RETURN(EvalResult r, EvaluateNll(rt->model(), rt->experts(), ids, static_cast<size_t>(window),
+                                                rt->forward_options()));
+  ProviderCounters c = rt->experts().counters();
+  double hit_rate = c.hits + c.misses ? static_cast<double>(c.hits) / static_cast<double>(c.hits + c.misses) : 0;
+  double tps = r.seconds > 0 ? static_cast<double>(r.tokens) / r.seconds : 0;
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject().Key("tokens").Uint(r.tokens).Key("nll").Double(r.nll).Key("mean_nll").Double(r.mean_nll())
+        .Key("perplexity").Double(r.perplexity()).Key("top1_accuracy")
+        .Double(r.tokens ? static_cast<double>(r.top1_correct) / static_cast<double>(r.tokens) : 0)
+        .Key("window").Uint(static_cast<uint64_t>(window)).Key("state").String(rt->state_name())
+        .Key("tokens_per_second").Double(tps).Key("hit_rate").Double(hit_rate).Key("cache");
+    WriteCacheJson(w, c);
+    w.EndObject();
+    PrintJson(w);
+    return Status::Ok();
+  }
+  std::printf("%llu tokens, mean NLL %.4f nats, perplexity %.3f, top-1 %.1f%%, %.1f tok/s, cache hit rate %.1f%%\n",
+              static_cast<unsigned long long>(r.tokens), r.mean_nll(), r.perplexity(),
+              r.tokens ? 100.0 * static_cast<double>(r.top1_correct) / static_cast<double>(r.tokens) : 0, tps,
+              100 * hit_rate);
+  return Status::Ok();
+}
+
+Status RunTrace(const Args& args) {
+  ES_ASSIGN_OR_RETURN(std::string model_name, args.Require("model"));
+  ES_ASSIGN_OR_RETURN(std::string path, args.Require("text"));
+  ES_ASSIGN_OR_RETURN(std::string out_path, args.Require("out"));
+  ES_ASSIGN_OR_RETURN(std::string text, ReadTextFile(path));
+  ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model_name, /*need_tokenizer=*/true));
+  EncodeOptions enc;
+  enc.parse_special_tokens = false;
+  ES_ASSIGN_OR_RETURN(auto tokens, rt->tokenizer().Encode(text, enc));
+  std::vector<int32_t> ids(tokens.begin(), tokens.end());
+  std::string tmp = out_path + ".tmp";
+  std::FILE* f = std::fopen(tmp.c_str(), "w");
+  if (f == nullptr) return Status::IOError("cannot write " + tmp);
+  uint64_t lines = 0;
+  size_t base = 0;
+  ForwardOptions fo = rt->forward_options();
+  fo.observer = [&](const RoutingEvent& e) {
+    JsonWriter w;
+    w.BeginObject().Key("token").Uint(base + e.token).Key("layer").Uint(e.layer).Key("experts").BeginArray();
+    for (int32_t x : e.experts) w.Int(x);
+    w.EndArray().Key("weights").BeginArray();
+    for (float x : e.weights) w.Double(x);
+    w.EndArray().EndObject();
+    std::fprintf(f, "%s\n", w.str().c_str());
+    ++lines;
+  };
+  // Token by token (decode order), as generation would route them.
+  size_t window = rt->model().config().max_positions;
+  KvCache kv(rt->model().config(), std::min(window, ids.size()));
+  std::vector<float> hidden;
+  Status s;
+  for (size_t i = 0; i < ids.size() && s.ok(); ++i) {
+    if (kv.length() == kv.capacity()) kv.Reset();
+    base = i;
+    s = rt->model().Forward({&ids[i], 1}, kv, rt->experts(), fo, hidden);
+  }
+  std::fclose(f);
+  if (!s.ok()) {
+    std::remove(tmp.c_str());
+    return s;
+  }
+  if (std::rename(tmp.c_str(), out_path.c_str()) != 0) return Status::IOError("cannot rename " + tmp);
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject().Key("tokens").Uint(ids.size()).Key("lines").Uint(lines).EndObject();
+    PrintJson(w);
+  } else {
+    std::printf("%zu tokens, %llu lines written to %s\n", ids.size(), static_cast<unsigned long long>(lines), out_path.c_str());
+  }
+  return Status::Ok();
+}
+
+// tokenize/detokenize: --model M (the model's stored tokenizer) or --tokenizer FILE.
+Result<Tokenizer> TokenizerFromArgs(const Args& args) {
+  if (args.Has("tokenizer")) return Tokenizer::FromFile(*args.Get("tokenizer"));
+  ES_ASSIGN_OR_RETURN(std::string model_name, args.Require("model"));
+  ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
+  return LoadModelTokenizer(*store, model_name);
+}
+
+Status RunTokenize(const Args& args) {
+  ES_ASSIGN_OR_RETURN(std::string text, args.Require("text"));
+  ES_ASSIGN_OR_RETURN(Tokenizer tok, TokenizerFromArgs(args));
+  ES_ASSIGN_OR_RETURN(auto ids, tok.Encode(text, EncodeOptions{.add_special_tokens = !args.Has("no-special")}));
+  JsonWriter w;
+  if (args.global().json) w.BeginObject().Key("ids");
+  w.BeginArray();
+  for (auto id : ids) w.Uint(id);
+  w.EndArray();
+  if (args.global().json) w.EndObject();
+  PrintJson(w);
+  return Status::Ok();
+}
+
+Status RunDetokenize(const Args& args) {
+  ES_ASSIGN_OR_RETURN(std::string ids_text, args.Require("ids"));
+  ES_ASSIGN_OR_RETURN(auto ids, ParseIds(ids_text));
+  ES_ASSIGN_OR_RETURN(Tokenizer tok, TokenizerFromArgs(args));
+  std::vector<TokenId> t(ids.begin(), ids.end());
+  ES_ASSIGN_OR_RETURN(std::string text, tok.Decode(t));
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject().Key("text").String(text).EndObject();
+    PrintJson(w);
+  } else {
+    std::printf("%s\n", text.c_str());
+  }
+  return Status::Ok();
+}
+
+// The demo: ingest models/tiny-qwen3-moe into the store if needed, generate from a sample prompt with a cache
+// smaller than the model, print cache statistics.
+Status RunDemo(const Args& args) {
+  std::string dir = args.GetOr("checkpoint", "models/tiny-qwen3-moe");
+  if (!std::filesystem::exists(dir)) {
+    return Status::NotFound("demo checkpoint " + dir + " is missing (run from the repository root, or pass --checkpoint)");
+  }
+  {
+    ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/true, /*create=*/true));
+    IngestOptions o;
+    o.name = "tiny-qwen3-moe";
+    ES_ASSIGN_OR_RETURN(IngestResult r, IngestCheckpoint(*store, dir, o));
+    std::printf("== ingest: %s (%s, %u layers, %llu experts, %s)%s\n", r.model.c_str(), r.arch.c_str(), r.layers,
+                static_cast<unsigned long long>(r.experts), HumanBytes(r.bytes).c_str(),
+                r.unchanged ? ", already in the store" : "");
+  }
+  ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, "tiny-qwen3-moe", /*need_tokenizer=*/true));
+  std::string prompt = args.GetOr("prompt", "def fibonacci(n):");
+  std::printf("== generate (%s): %s", rt->describe().c_str(), prompt.c_str());
+  std::fflush(stdout);
+  GenerateOptions o;
+  o.max_tokens = 48;
+  o.forward = rt->forward_options();
+  ES_ASSIGN_OR_RETURN(GenerateResult r, Generate(rt->model(), rt->tokenizer(), rt->experts(), prompt, o,
+                                                 [](std::string_view piece) {
+                                                   std::fwrite(piece.data(), 1, piece.size(), stdout);
+                                                   std::fflush(stdout);
+                                                 }));
+  ProviderCounters c = rt->experts().counters();
+  std::printf("\n== %zu tokens, prefill %.1f tok/s, decode %.1f tok/s\n", r.ids.size(), r.prefill_tokens_per_second(),
+              r.decode_tokens_per_second());
+  std::printf("== cache: %llu hits, %llu misses (hit rate %.1f%%), %llu prefetch hits, %llu wasted prefetches, %s read\n",
+              static_cast<unsigned long long>(c.hits), static_cast<unsigned long long>(c.misses),
+              c.hits + c.misses ? 100.0 * static_cast<double>(c.hits) / static_cast<double>(c.hits + c.misses) : 0.0,
+              static_cast<unsigned long long>(c.prefetch_hits), static_cast<unsigned long long>(c.wasted_prefetches),
+              HumanBytes(c.bytes_read).c_str());
+  return Status::Ok();
+}
+
+}  // namespace
+
+void RegisterGenerateCommands(std::vector<Command>& commands) {
+  std::vector<FlagSpec> runtime = RuntimeFlags();
+  auto with = [&](std::vector<FlagSpec> own) {
+    own.insert(own.end(), runtime.begin(), runtime.end());
+    return own;
+  };
+  commands.push_back({"generate",
+                      "generate --model M --prompt T [--max-tokens --temperature --top-k --top-p --seed --chat --state "
+                      "--cache-mb --policy --routing --prefetch --device]",
+                      "generate text, streaming it to stdout",
+                      with({{"model", true, "model name"},
+                            {"prompt", true, "the prompt"},
+                            {"max-tokens", true, "most tokens to generate (default 64)"},
+                            {"temperature", true, "0 (default) is greedy"},
+                            {"top-k", true, "sample among the k most likely tokens"},
+                            {"top-p", true, "nucleus sampling threshold"},
+                            {"seed", true, "sampling seed"},
+                            {"chat", false, "wrap the prompt in the Qwen chat template"}}),
+                      RunGenerate});
+  commands.push_back({"logits", "logits --model M --ids 1,2,3", "final-position logits (float32)",
+                      with({{"model", true, "model name"}, {"ids", true, "comma-separated token ids"}}), RunLogits});
+  commands.push_back({"eval", "eval --model M --text FILE [--state S] [--window N]",
+                      "teacher-forced NLL and perplexity of a text file",
+                      with({{"model", true, "model name"}, {"text", true, "text file"},
+                            {"window", true, "tokens per window (default min(context, 1024))"}}),
+                      RunEval});
+  commands.push_back({"trace", "trace --model M --text FILE --out T.jsonl",
+                      "routing trace: one JSON line per token and layer",
+                      with({{"model", true, "model name"}, {"text", true, "text file"}, {"out", true, "output .jsonl"}}),
+                      RunTrace});
+  commands.push_back({"tokenize", "tokenize (--model M | --tokenizer FILE) --text T", "text to token ids",
+                      {{"model", true, "model name"}, {"tokenizer", true, "a tokenizer.json"}, {"text", true, "text"},
+                       {"no-special", false, "do not add the post-processor's special tokens"}},
+                      RunTokenize});
+  commands.push_back({"detokenize", "detokenize (--model M | --tokenizer FILE) --ids 1,2", "token ids to text",
+                      {{"model", true, "model name"}, {"tokenizer", true, "a tokenizer.json"}, {"ids", true, "ids"}},
+                      RunDetokenize});
+  commands.push_back({"demo", "demo [--checkpoint DIR] [--prompt T]",
+                      "ingest the demo model if needed, generate from a sample prompt, print cache statistics",
+                      with({{"checkpoint", true, "demo checkpoint (default models/tiny-qwen3-moe)"},
+                            {"prompt", true, "prompt"}}),
+                      RunDemo});
+}
+
+}  // namespace es::cli
