@@ -1,0 +1,90 @@
+// SplitRegex: the regular expressions that tokenizer.json pre-tokenizers split with (GPT-2's, Qwen2/3's,
+// cl100k/Llama 3's, DeepSeek's), compiled into a small backtracking matcher with Oniguruma's semantics:
+// leftmost-first alternation, greedy or lazy quantifiers, lookahead, Unicode classes from ICU. A construct
+// outside that family (backreferences, lookbehind, \w, anchors, ...) is refused with NotSupported when the
+// pattern is compiled, never matched approximately. Immutable after Compile; matching is thread-safe when
+// each thread passes its own MatchScratch.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "store/status.h"
+
+namespace es {
+
+// Per-thread working memory for matching (the backtracking stack), reused across calls.
+struct MatchScratch {
+  struct Frame {
+    uint32_t pc;
+    uint32_t kind;
+    size_t pos;
+    size_t aux;
+  };
+  std::vector<Frame> stack;
+};
+
+class SplitRegex {
+ public:
+  static Result<SplitRegex> Compile(std::string_view pattern);
+  // A pattern that matches `literal` exactly (the {"String": ...} form of a split pattern).
+  static SplitRegex Literal(std::string_view literal);
+
+  // Length of the match anchored at `pos` (text must be valid UTF-8 and pos on a character boundary), or
+  // kNoMatch. A zero-length match is possible for patterns that allow it.
+  static constexpr size_t kNoMatch = static_cast<size_t>(-1);
+  size_t MatchAt(std::string_view text, size_t pos, MatchScratch& scratch) const;
+
+  // All matches as Rust onig's find_iter reports them: leftmost-first, non-overlapping, an empty match not
+  // allowed right where the previous match ended. Appends [begin, end) pairs to `out`.
+  void FindAll(std::string_view text, MatchScratch& scratch, std::vector<std::pair<size_t, size_t>>& out) const;
+
+  const std::string& pattern() const { return pattern_; }
+
+  // Implementation types, public so that the compiler in split_regex.cc can build them.
+  struct ClassItem {
+    enum class Kind : uint8_t { kRange, kCategories, kWhiteSpace };
+    Kind kind;
+    bool negated;
+    char32_t lo, hi;       // kRange
+    uint32_t categories;   // kCategories: a general-category mask
+  };
+  struct CharClass {
+    std::vector<ClassItem> items;
+    bool negated = false;
+    uint64_t ascii[2] = {0, 0};  // membership of code points < 128, precomputed (after negation)
+    bool Contains(char32_t c) const;
+    bool ContainsSlow(char32_t c) const;
+  };
+  // One-code-point matcher: a literal (optionally case-folded), a class, or '.' (anything but \n).
+  struct Atom {
+    enum class Kind : uint8_t { kChar, kClass, kAny };
+    Kind kind;
+    bool fold;
+    uint32_t value;  // code point (folded when `fold`) or class index
+  };
+  enum class Op : uint8_t { kAtom, kRepeat, kSplit, kJmp, kLook, kMatch };
+  struct Inst {
+    Op op;
+    bool greedy = true;  // kRepeat
+    bool negate = false;  // kLook: (?!...)
+    Atom atom{};          // kAtom, kRepeat
+    uint32_t x = 0;       // kSplit: preferred branch; kJmp: target; kLook: first pc of the body
+    uint32_t y = 0;       // kSplit: other branch; kLook: pc after the body
+    uint32_t min = 0, max = 0;  // kRepeat
+  };
+
+ private:
+  friend class RegexCompiler;
+  bool AtomMatches(const Atom& atom, char32_t c) const;
+  size_t Run(uint32_t start_pc, std::string_view text, size_t pos, MatchScratch& scratch) const;
+
+  std::string pattern_;
+  std::vector<Inst> program_;
+  std::vector<CharClass> classes_;
+};
+
+}  // namespace es
