@@ -6,6 +6,8 @@
 #include "compute/tokenizer.h"
 
 #include <algorithm>
+#include <cctype>
+#include <cstdlib>
 
 #include "compute/tokenizer_impl.h"
 #include "store/file_system.h"
@@ -461,18 +463,19 @@ Result<Tokenizer> Tokenizer::FromFile(const std::string& tokenizer_json_path,
   return tokenizer;
 }
 
-Result<std::vector<TokenId>> Tokenizer::Encode(std::string_view text, const EncodeOptions& options) const {
-  if (!unicode::IsValidUtf8(text)) return Status::InvalidArgument("text to encode is not valid UTF-8");
-  const Impl& impl = *impl_;
-  EncodeScratch& s = ThreadScratch();
-  std::vector<TokenId> ids;
-  ids.reserve(text.size() / 3 + impl.prefix.size() + impl.suffix.size());
-  if (options.add_special_tokens) ids.insert(ids.end(), impl.prefix.begin(), impl.prefix.end());
+namespace {
 
+// The encoding pipeline up to the model: calls on_token(id) for an added token and on_word(text, scratch) for
+// each pre-tokenized word, in text order.
+template <typename OnToken, typename OnWord>
+Status ForEachWord(const Tokenizer::Impl& impl, std::string_view text, const EncodeOptions& options,
+                   OnToken&& on_token, OnWord&& on_word) {
+  if (!unicode::IsValidUtf8(text)) return Status::InvalidArgument("text to encode is not valid UTF-8");
+  EncodeScratch& s = ThreadScratch();
   CutAddedTokens(text, impl.raw_matcher, impl.added, options.parse_special_tokens, s.raw_segments);
   for (const Segment& raw : s.raw_segments) {
     if (raw.token >= 0) {
-      ids.push_back(impl.added[raw.token].id);
+      on_token(impl.added[raw.token].id);
       continue;
     }
     ES_RETURN_IF_ERROR(impl.NormalizeText(text.substr(raw.begin, raw.end - raw.begin), s.normalized,
@@ -481,19 +484,40 @@ Result<std::vector<TokenId>> Tokenizer::Encode(std::string_view text, const Enco
                    s.normalized_segments);
     for (const Segment& seg : s.normalized_segments) {
       if (seg.token >= 0) {
-        ids.push_back(impl.added[seg.token].id);
+        on_token(impl.added[seg.token].id);
         continue;
       }
       s.arena.assign(s.normalized, seg.begin, seg.end - seg.begin);
       s.pieces.assign(1, Piece{0, s.arena.size(), raw.begin == 0 && seg.begin == 0});
       for (const PreTokenizerStep& step : impl.pre_tokenizer) RunPreTokenizerStep(step, s);
       for (const Piece& piece : s.pieces) {
-        impl.model->Encode(std::string_view(s.arena).substr(piece.begin, piece.end - piece.begin), ids, s.bpe);
+        on_word(std::string_view(s.arena).substr(piece.begin, piece.end - piece.begin), s);
       }
     }
   }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<std::vector<TokenId>> Tokenizer::Encode(std::string_view text, const EncodeOptions& options) const {
+  const Impl& impl = *impl_;
+  std::vector<TokenId> ids;
+  ids.reserve(text.size() / 3 + impl.prefix.size() + impl.suffix.size());
+  if (options.add_special_tokens) ids.insert(ids.end(), impl.prefix.begin(), impl.prefix.end());
+  ES_RETURN_IF_ERROR(ForEachWord(
+      impl, text, options, [&](TokenId id) { ids.push_back(id); },
+      [&](std::string_view word, EncodeScratch& s) { impl.model->Encode(word, ids, s.bpe); }));
   if (options.add_special_tokens) ids.insert(ids.end(), impl.suffix.begin(), impl.suffix.end());
   return ids;
+}
+
+Result<std::vector<std::string>> Tokenizer::PreTokenize(std::string_view text, const EncodeOptions& options) const {
+  std::vector<std::string> words;
+  ES_RETURN_IF_ERROR(ForEachWord(
+      *impl_, text, options, [&](TokenId id) { words.push_back(impl_->tokens[id]); },
+      [&](std::string_view word, EncodeScratch&) { words.emplace_back(word); }));
+  return words;
 }
 
 Result<std::string> Tokenizer::Decode(std::span<const TokenId> ids, const DecodeOptions& options) const {

@@ -49,6 +49,10 @@ class Tokenizer {
 
   // InvalidArgument when `text` is not valid UTF-8.
   Result<std::vector<TokenId>> Encode(std::string_view text, const EncodeOptions& options = {}) const;
+  // The words the BPE model would see for `text`, in order: added tokens as their content, every other word
+  // after normalization and pre-tokenization (raw bytes for byte-level vocabularies, so "Ġ" reads as " ").
+  // For inspection (tokenizers' pre_tokenize_str) and tests.
+  Result<std::vector<std::string>> PreTokenize(std::string_view text, const EncodeOptions& options = {}) const;
   // Text of `ids`; bytes that do not form valid UTF-8 become U+FFFD. InvalidArgument for an id with no token
   // (Hugging Face drops those silently; here it is reported, since it means the caller's ids are wrong).
   Result<std::string> Decode(std::span<const TokenId> ids, const DecodeOptions& options = {}) const;
