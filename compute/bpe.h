@@ -7,11 +7,9 @@
 #include <array>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -20,25 +18,34 @@
 
 namespace es {
 
+// A fast 64-bit hash of a short byte string (the keys here are tokens and words, mostly under 16 bytes).
+uint64_t HashBytes(std::string_view bytes);
+
 // An open-addressing map from byte strings to token ids, built once. Keys are copied into one arena.
 class TokenTable {
  public:
   // Fails with InvalidArgument on a duplicate key.
   Status Build(const std::vector<std::pair<std::string_view, TokenId>>& entries);
   std::optional<TokenId> Find(std::string_view key) const;
-  size_t size() const { return entries_.size(); }
+  size_t size() const { return size_; }
 
  private:
-  struct Entry {
-    uint32_t offset;
-    uint32_t length;
+  // Keys of up to eight bytes (most tokens) sit in the slot itself and the upper hash bits ride along, so a
+  // lookup usually touches one cache line: at 150k tokens every other access is a cache miss.
+  static constexpr size_t kInlineKeyBytes = sizeof(uint64_t);
+  struct Slot {
+    uint64_t prefix;  // the key's first bytes, zero-padded
+    uint32_t tag;     // upper hash bits
     TokenId id;
+    uint32_t offset;  // into arena_, for keys longer than kInlineKeyBytes
+    uint32_t length;  // kEmpty: free slot
   };
-  static constexpr uint32_t kEmptySlot = UINT32_MAX;
+  static constexpr uint32_t kEmpty = UINT32_MAX;
+  static uint64_t Prefix(std::string_view key);
   std::string arena_;
-  std::vector<Entry> entries_;
-  std::vector<uint32_t> slots_;  // index into entries_, or kEmptySlot
+  std::vector<Slot> slots_;
   size_t mask_ = 0;
+  size_t size_ = 0;
 };
 
 // (left id, right id) -> (rank, merged id), open addressing.
@@ -63,7 +70,42 @@ class MergeTable {
   size_t mask_ = 0;
 };
 
-// Per-call working memory, reused across words.
+// Recently encoded words and their ids, so that a repeated word skips the merge loop. One per thread (it
+// lives in BpeScratch), hence lock-free; it belongs to one model at a time and empties itself when a thread
+// switches models. Bounded: when its table or arenas fill up it is cleared and refills from the working set.
+class WordCache {
+ public:
+  // On a hit appends the ids to `out` and returns true.
+  bool Lookup(uint64_t owner, std::string_view word, uint64_t hash, std::vector<TokenId>& out) const;
+  void Insert(uint64_t owner, std::string_view word, uint64_t hash, const TokenId* ids, size_t count);
+
+ private:
+  static constexpr size_t kSlots = 1 << 15;  // at most half of them used
+  static constexpr size_t kMaxKeyBytes = 1 << 20;
+  static constexpr size_t kMaxIds = 1 << 18;
+  static constexpr size_t kInlineKeyBytes = 20;
+  static constexpr size_t kInlineIds = 6;
+  // One cache line: a typical word and its ids live in the slot itself, so a hit costs one memory access.
+  struct Slot {
+    uint64_t hash;        // 0: empty
+    uint32_t key_offset;  // into keys_, when the key is longer than kInlineKeyBytes
+    uint32_t ids_offset;  // into ids_, when there are more than kInlineIds
+    uint16_t key_length;
+    uint16_t id_count;
+    char key[kInlineKeyBytes];
+    TokenId ids[kInlineIds];
+  };
+  static_assert(sizeof(Slot) == 64);
+  void Reset(uint64_t owner);
+
+  uint64_t owner_ = 0;
+  size_t used_ = 0;
+  std::vector<Slot> slots_;
+  std::string keys_;
+  std::vector<TokenId> ids_;
+};
+
+// Per-thread working memory, reused across words and calls.
 struct BpeScratch {
   std::vector<TokenId> ids;
   std::vector<uint32_t> ranks;
@@ -75,11 +117,11 @@ struct BpeScratch {
   };
   std::vector<Symbol> symbols;
   struct Candidate {
-    uint32_t rank;
-    uint32_t pos;
+    uint64_t key;  // rank << 32 | position of the left symbol
     TokenId merged;
   };
   std::vector<Candidate> heap;
+  WordCache cache;
 };
 
 class BpeModel {
@@ -129,21 +171,12 @@ class BpeModel {
   std::array<std::optional<TokenId>, 256> byte_symbols_{};
   std::array<std::string, 256> byte_symbol_text_{};  // the mapped character of each byte, for fallback
   std::array<std::optional<TokenId>, 256> fallback_ids_{};
+  std::array<std::optional<TokenId>, 128> ascii_symbols_{};  // character mode: ids of one-byte characters
 
-  // Word cache: most words repeat, and a hit skips the merge loop. Sharded so that threads rarely contend;
-  // a full shard is cleared rather than evicted piecemeal (cheap, and the working set refills it).
-  static constexpr size_t kCacheShards = 16;
-  static constexpr size_t kCacheEntriesPerShard = 4096;
+  // Words of up to two bytes encode faster than a cache lookup; long words rarely repeat.
+  static constexpr size_t kMinCachedWordBytes = 3;
   static constexpr size_t kMaxCachedWordBytes = 256;
-  struct StringHash {
-    using is_transparent = void;
-    size_t operator()(std::string_view s) const { return std::hash<std::string_view>()(s); }
-  };
-  struct CacheShard {
-    std::mutex mu;
-    std::unordered_map<std::string, std::vector<TokenId>, StringHash, std::equal_to<>> map;
-  };
-  mutable std::array<CacheShard, kCacheShards> cache_;
+  uint64_t cache_owner_ = 0;  // unique per model, so that a thread's WordCache knows whose words it holds
 };
 
 }  // namespace es

@@ -7,6 +7,7 @@
 #include <unicode/uchar.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <limits>
 
@@ -36,6 +37,47 @@ bool IsCaseClosedMask(uint32_t mask) {
     if ((mask & major) == major) covered |= major;
   }
   return covered == mask;
+}
+
+// The split patterns of Qwen2/Qwen3 and of Llama 3 (cl100k), which differ only in how many digits make
+// one piece. MatchQwenFamily implements exactly these two.
+constexpr std::string_view kQwenFamilyPattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+constexpr std::string_view kLlama3FamilyPattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+constexpr uint32_t kLlama3DigitRun = 3;
+
+// What the Qwen-family pattern asks of a character.
+constexpr uint8_t kKindLetter = 1;    // \p{L}
+constexpr uint8_t kKindNumber = 2;    // \p{N}
+constexpr uint8_t kKindSpace = 4;     // \s
+constexpr uint8_t kKindNewline = 8;   // \r or \n (also kKindSpace)
+
+uint8_t CharKind(char32_t c) {
+  static const std::array<uint8_t, unicode::kAsciiLimit> ascii = [] {
+    std::array<uint8_t, unicode::kAsciiLimit> t{};
+    for (char32_t a = 0; a < unicode::kAsciiLimit; ++a) {
+      if (unicode::IsLetter(a)) t[a] = kKindLetter;
+      else if (unicode::IsNumber(a)) t[a] = kKindNumber;
+      else if (unicode::IsWhiteSpace(a)) t[a] = kKindSpace;
+    }
+    t['\r'] |= kKindNewline;
+    t['\n'] |= kKindNewline;
+    return t;
+  }();
+  if (c < unicode::kAsciiLimit) return ascii[c];
+  const uint32_t mask = unicode::GeneralCategoryMask(c);
+  if (mask & U_GC_L_MASK) return kKindLetter;
+  if (mask & U_GC_N_MASK) return kKindNumber;
+  return unicode::IsWhiteSpace(c) ? kKindSpace : 0;
+}
+
+// [^\s\p{L}\p{N}]: punctuation, symbols, controls that are not white space, ...
+bool IsOther(uint8_t kind) { return (kind & (kKindLetter | kKindNumber | kKindSpace)) == 0; }
+
+char32_t FoldForContraction(char32_t c) {
+  if (c < unicode::kAsciiLimit) return c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c;
+  return unicode::SimpleCaseFold(c);  // U+017F LONG S folds to 's', as Oniguruma's (?i) matches it
 }
 
 }  // namespace
@@ -96,10 +138,89 @@ class RegexCompiler {
     match.op = SplitRegex::Op::kMatch;
     out_.program_.push_back(match);
     if (out_.program_.size() > kMaxProgramSize) return Error("pattern too large");
+    AddSplitFilters();
     return Status::Ok();
   }
 
  private:
+  // First sets let a Split skip a branch that cannot match the next character without pushing and popping
+  // a backtrack frame, which is most of the work of an ordered alternation.
+  void AddSplitFilters() {
+    for (uint32_t pc = 0; pc < out_.program_.size(); ++pc) {
+      if (out_.program_[pc].op != SplitRegex::Op::kSplit) continue;
+      std::vector<bool> visiting(out_.program_.size(), false);
+      const SplitRegex::FirstSet first = FirstOf(out_.program_[pc].x, visiting);
+      if (first.nullable) continue;
+      out_.program_[pc].filter = static_cast<uint32_t>(out_.first_sets_.size());
+      out_.first_sets_.push_back(first);
+    }
+  }
+
+  static void Merge(SplitRegex::FirstSet& into, const SplitRegex::FirstSet& from) {
+    into.ascii[0] |= from.ascii[0];
+    into.ascii[1] |= from.ascii[1];
+    into.non_ascii |= from.non_ascii;
+    into.nullable |= from.nullable;
+  }
+
+  SplitRegex::FirstSet AtomFirst(const SplitRegex::Atom& atom) const {
+    SplitRegex::FirstSet f;
+    auto set = [&](char32_t c) { f.ascii[c >> 6] |= uint64_t{1} << (c & 63); };
+    switch (atom.kind) {
+      case SplitRegex::Atom::Kind::kAny:
+        f.ascii[0] = f.ascii[1] = ~uint64_t{0};
+        f.non_ascii = true;
+        break;
+      case SplitRegex::Atom::Kind::kClass: {
+        const auto& cls = out_.classes_[atom.value];
+        f.ascii[0] = cls.ascii[0];
+        f.ascii[1] = cls.ascii[1];
+        f.non_ascii = true;  // not worth computing exactly
+        break;
+      }
+      case SplitRegex::Atom::Kind::kChar:
+        if (!atom.fold) {
+          if (atom.value < unicode::kAsciiLimit) set(atom.value);
+          else f.non_ascii = true;
+          break;
+        }
+        // Folded: every ASCII character with the same fold, and non-ASCII ones (such as U+017F for 's').
+        for (char32_t c = 0; c < unicode::kAsciiLimit; ++c) {
+          if (unicode::SimpleCaseFold(c) == atom.value) set(c);
+        }
+        f.non_ascii = true;
+        break;
+    }
+    return f;
+  }
+
+  SplitRegex::FirstSet FirstOf(uint32_t pc, std::vector<bool>& visiting) const {
+    using Op = SplitRegex::Op;
+    SplitRegex::FirstSet f;
+    if (visiting[pc]) {  // a loop back: give up on this path
+      f.nullable = true;
+      return f;
+    }
+    visiting[pc] = true;
+    const SplitRegex::Inst& inst = out_.program_[pc];
+    switch (inst.op) {
+      case Op::kAtom: f = AtomFirst(inst.atom); break;
+      case Op::kRepeat:
+        f = AtomFirst(inst.atom);
+        if (inst.min == 0) Merge(f, FirstOf(pc + 1, visiting));
+        break;
+      case Op::kSplit:
+        f = FirstOf(inst.x, visiting);
+        Merge(f, FirstOf(inst.y, visiting));
+        break;
+      case Op::kJmp: f = FirstOf(inst.x, visiting); break;
+      case Op::kLook: f = FirstOf(inst.y, visiting); break;  // consumes nothing: what follows decides
+      case Op::kMatch: f.nullable = true; break;
+    }
+    visiting[pc] = false;
+    return f;
+  }
+
   Status Error(std::string_view what) const {
     return Status::InvalidArgument("regex '" + std::string(pattern_) + "' at offset " + std::to_string(pos_) +
                                    ": " + std::string(what));
@@ -591,11 +712,15 @@ class RegexCompiler {
   SplitRegex& out_;
 };
 
-Result<SplitRegex> SplitRegex::Compile(std::string_view pattern) {
+Result<SplitRegex> SplitRegex::Compile(std::string_view pattern, bool specialize) {
   SplitRegex regex;
   regex.pattern_ = std::string(pattern);
   RegexCompiler compiler(pattern, regex);
   ES_RETURN_IF_ERROR(compiler.Compile());
+  if (specialize) {
+    if (pattern == kQwenFamilyPattern) regex.qwen_family_digits_ = 1;
+    if (pattern == kLlama3FamilyPattern) regex.qwen_family_digits_ = kLlama3DigitRun;
+  }
   return regex;
 }
 
@@ -687,6 +812,18 @@ size_t SplitRegex::Run(uint32_t start_pc, std::string_view text, size_t pos, Mat
         break;
       }
       case Op::kSplit:
+        if (inst.filter != kNoFilter) {
+          const FirstSet& first = first_sets_[inst.filter];
+          bool possible = false;
+          if (pos < end) {
+            const auto b = static_cast<unsigned char>(text[pos]);
+            possible = b < unicode::kAsciiLimit ? ((first.ascii[b >> 6] >> (b & 63)) & 1) != 0 : first.non_ascii;
+          }
+          if (!possible) {
+            pc = inst.y;
+            break;
+          }
+        }
         stack.push_back({inst.y, kFrameBranch, pos, 0});
         pc = inst.x;
         break;
@@ -741,7 +878,75 @@ size_t SplitRegex::Run(uint32_t start_pc, std::string_view text, size_t pos, Mat
   }
 }
 
+// The Qwen-family pattern, alternative by alternative, with the backtracking each one would do worked out
+// by hand. Returns the end of the match; the pattern matches at every position of a non-empty text.
+size_t SplitRegex::MatchQwenFamily(std::string_view text, size_t pos) const {
+  const size_t n = text.size();
+  size_t next = pos;
+  const char32_t c = unicode::DecodeNext(text, next);
+  const uint8_t kind = CharKind(c);
+  auto kind_at = [&](size_t p, size_t& after) {
+    after = p;
+    return CharKind(unicode::DecodeNext(text, after));
+  };
+  // (?i:'s|'t|'re|'ve|'m|'ll|'d)
+  if (c == '\'' && next < n) {
+    size_t p = next;
+    const char32_t c1 = FoldForContraction(unicode::DecodeNext(text, p));
+    if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') return p;
+    if ((c1 == 'r' || c1 == 'v' || c1 == 'l') && p < n) {
+      size_t q = p;
+      const char32_t c2 = FoldForContraction(unicode::DecodeNext(text, q));
+      if ((c1 == 'l' && c2 == 'l') || (c1 != 'l' && c2 == 'e')) return q;
+    }
+  }
+  auto skip_letters = [&](size_t p) {
+    size_t after;
+    while (p < n && (kind_at(p, after) & kKindLetter)) p = after;
+    return p;
+  };
+  // [^\r\n\p{L}\p{N}]?\p{L}+
+  if (kind & kKindLetter) return skip_letters(next);
+  size_t after;
+  if (!(kind & (kKindNewline | kKindNumber)) && next < n && (kind_at(next, after) & kKindLetter)) {
+    return skip_letters(after);
+  }
+  // \p{N} or \p{N}{1,3}
+  if (kind & kKindNumber) {
+    size_t p = next;
+    for (uint32_t count = 1; count < qwen_family_digits_ && p < n && (kind_at(p, after) & kKindNumber); ++count) {
+      p = after;
+    }
+    return p;
+  }
+  //  ?[^\s\p{L}\p{N}]+[\r\n]*
+  size_t other_start = kNoMatch;
+  if (IsOther(kind)) other_start = next;
+  else if (c == ' ' && next < n && IsOther(kind_at(next, after))) other_start = after;
+  if (other_start != kNoMatch) {
+    size_t p = other_start;
+    while (p < n && IsOther(kind_at(p, after))) p = after;
+    while (p < n && (text[p] == '\r' || text[p] == '\n')) ++p;
+    return p;
+  }
+  // Only white space is left: \s*[\r\n]+ takes the run up to its last line break; else \s+(?!\S) leaves
+  // the run's last character to the word after it; else \s+.
+  size_t run_end = next;
+  size_t last_newline = (kind & kKindNewline) ? pos : kNoMatch;
+  while (run_end < n) {
+    const uint8_t k = kind_at(run_end, after);
+    if (!(k & kKindSpace)) break;
+    if (k & kKindNewline) last_newline = run_end;
+    run_end = after;
+  }
+  if (last_newline != kNoMatch) return last_newline + 1;
+  if (run_end == n) return run_end;
+  const size_t shorter = unicode::PrevBoundary(text, run_end);
+  return shorter > pos ? shorter : run_end;
+}
+
 size_t SplitRegex::MatchAt(std::string_view text, size_t pos, MatchScratch& scratch) const {
+  if (qwen_family_digits_ != 0) return pos < text.size() ? MatchQwenFamily(text, pos) - pos : kNoMatch;
   const size_t end = Run(0, text, pos, scratch);
   return end == kNoMatch ? kNoMatch : end - pos;
 }

@@ -520,15 +520,38 @@ Result<std::vector<std::string>> Tokenizer::PreTokenize(std::string_view text, c
   return words;
 }
 
-Result<std::string> Tokenizer::Decode(std::span<const TokenId> ids, const DecodeOptions& options) const {
-  StreamDecoder stream(*this, options);
-  std::string out;
-  for (TokenId id : ids) {
-    ES_ASSIGN_OR_RETURN(std::string piece, stream.Push(id));
-    out += piece;
+namespace {
+
+// The Strip decoder: up to `count` copies of `content` leave the start of the text.
+size_t StripPrefix(const std::string& text, const std::string& content, size_t count) {
+  size_t cut = 0;
+  while (count > 0 && !content.empty() && text.compare(cut, content.size(), content) == 0) {
+    cut += content.size();
+    --count;
   }
-  out += stream.Finish();
-  return out;
+  return cut;
+}
+
+}  // namespace
+
+// The same steps as StreamDecoder over the whole input at once (tests hold the two to the same output).
+Result<std::string> Tokenizer::Decode(std::span<const TokenId> ids, const DecodeOptions& options) const {
+  const Impl& impl = *impl_;
+  std::string bytes;
+  bytes.reserve(ids.size() * 4);
+  bool first = true;
+  for (TokenId id : ids) {
+    if (!impl.Has(id)) return Status::InvalidArgument("token id " + std::to_string(id) + " is not in the vocabulary");
+    if (options.skip_special_tokens && (impl.token_flags[id] & Impl::kSpecial)) continue;
+    if (!first) bytes += impl.decoder.separator;
+    impl.AppendDecoded(id, first, bytes);
+    first = false;
+  }
+  std::string text;
+  text.reserve(bytes.size());
+  unicode::AppendUtf8Lossy(bytes, /*final=*/true, text);
+  text.erase(0, StripPrefix(text, impl.decoder.strip_content, impl.decoder.strip_start));
+  return text;
 }
 
 size_t Tokenizer::vocab_size() const { return impl_->tokens.size(); }
@@ -581,12 +604,8 @@ std::string StreamDecoder::Emit(bool final) {
   // The Strip decoder removes leading characters of the whole text: keep removing them while the output so
   // far consists only of them.
   const std::string& strip = impl_->decoder.strip_content;
-  size_t cut = 0;
-  while (strip_left_ > 0 && !strip.empty() && out.compare(cut, strip.size(), strip) == 0) {
-    cut += strip.size();
-    --strip_left_;
-  }
-  if (cut < out.size()) strip_left_ = 0;  // something else came first: nothing more to strip
+  const size_t cut = StripPrefix(out, strip, strip_left_);
+  strip_left_ = cut < out.size() ? 0 : strip_left_ - (strip.empty() ? 0 : cut / strip.size());
   out.erase(0, cut);
   return out;
 }

@@ -106,6 +106,14 @@ size_t AppendUtf8Lossy(std::string_view bytes, bool final, std::string& out) {
   while (i < n) {
     if (p[i] < kAsciiLimit) {
       ++i;
+      // Skip the rest of an ASCII run eight bytes at a time.
+      constexpr uint64_t kHighBits = 0x8080808080808080ull;
+      while (i + sizeof(uint64_t) <= n) {
+        uint64_t word;
+        std::memcpy(&word, p + i, sizeof(word));
+        if (word & kHighBits) break;
+        i += sizeof(word);
+      }
       continue;
     }
     unsigned char lo, hi;

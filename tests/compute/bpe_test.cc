@@ -153,7 +153,7 @@ TEST_F(BpeUnknownTest, UnknownCharactersFollowUnkFuseAndFallbackRules) {
 
 TEST(TokenTableTest, FindsEveryKeyAndRejectsDuplicates) {
   std::vector<std::string> storage;
-  for (int i = 0; i < 1000; ++i) storage.push_back("k" + std::to_string(i));
+  for (int i = 0; i < 1000; ++i) storage.push_back(std::to_string(i) + "k");
   std::vector<std::pair<std::string_view, TokenId>> entries;
   for (size_t i = 0; i < storage.size(); ++i) entries.emplace_back(storage[i], static_cast<TokenId>(i * 3));
   TokenTable table;
@@ -161,7 +161,7 @@ TEST(TokenTableTest, FindsEveryKeyAndRejectsDuplicates) {
   for (size_t i = 0; i < storage.size(); ++i) EXPECT_EQ(table.Find(storage[i]), static_cast<TokenId>(i * 3));
   EXPECT_FALSE(table.Find("missing").has_value());
   EXPECT_FALSE(table.Find("").has_value());
-  entries.emplace_back("k5", 1);
+  entries.emplace_back("5k", 1);
   EXPECT_TRUE(table.Build(entries).IsInvalidArgument());
 }
 

@@ -119,6 +119,17 @@ TEST_P(SplitRegexDifferentialTest, MatchesIcuOnCorpusAndRandomText) {
   EXPECT_EQ(checked, texts.size());
 }
 
+TEST_P(SplitRegexDifferentialTest, GenericMatcherAgreesWithTheSpecializedOne) {
+  auto fast = SplitRegex::Compile(GetParam());
+  auto generic = SplitRegex::Compile(GetParam(), /*specialize=*/false);
+  ASSERT_TRUE(fast.ok() && generic.ok());
+  EXPECT_FALSE(generic->specialized());
+  EXPECT_EQ(fast->specialized(), GetParam() == kQwenPattern || GetParam() == kLlama3Pattern);
+  for (const std::string& text : RandomTexts(/*seed=*/1234)) {
+    ASSERT_EQ(OurMatches(*fast, text), OurMatches(*generic, text)) << "text: " << text;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(PreTokenizerPatterns, SplitRegexDifferentialTest,
                          ::testing::Values(kQwenPattern, kGpt2Pattern, kLlama3Pattern, kDeepSeekPattern,
                                            kCjkPattern, kLazyPattern));
