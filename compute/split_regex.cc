@@ -21,6 +21,11 @@ constexpr uint32_t kUnbounded = std::numeric_limits<uint32_t>::max();
 constexpr size_t kMaxProgramSize = 1 << 16;
 constexpr uint32_t kMaxCountedRepeat = 1000;
 constexpr size_t kMaxNesting = 64;
+constexpr size_t kFirstSetMaxDepth = 256;
+constexpr size_t kFirstSetBudget = 4096;
+// Backtracking steps allowed for one match attempt (Oniguruma's default retry limit is 10^7): the patterns of
+// the family need a few per character; a pathological one fails with ResourceExhausted instead of hanging.
+constexpr uint64_t kMaxStepsPerMatch = 10'000'000;
 
 constexpr uint32_t kFrameBranch = 0;
 constexpr uint32_t kFrameGreedy = 1;
@@ -146,10 +151,11 @@ class RegexCompiler {
   // First sets let a Split skip a branch that cannot match the next character without pushing and popping
   // a backtrack frame, which is most of the work of an ordered alternation.
   void AddSplitFilters() {
+    std::vector<bool> visiting(out_.program_.size(), false);  // all false again after every FirstOf
     for (uint32_t pc = 0; pc < out_.program_.size(); ++pc) {
       if (out_.program_[pc].op != SplitRegex::Op::kSplit) continue;
-      std::vector<bool> visiting(out_.program_.size(), false);
-      const SplitRegex::FirstSet first = FirstOf(out_.program_[pc].x, visiting);
+      size_t budget = kFirstSetBudget;
+      const SplitRegex::FirstSet first = FirstOf(out_.program_[pc].x, visiting, 0, budget);
       if (first.nullable) continue;
       out_.program_[pc].filter = static_cast<uint32_t>(out_.first_sets_.size());
       out_.first_sets_.push_back(first);
@@ -194,27 +200,30 @@ class RegexCompiler {
     return f;
   }
 
-  SplitRegex::FirstSet FirstOf(uint32_t pc, std::vector<bool>& visiting) const {
+  // `depth` and `budget` bound the walk (a chain of optional atoms is deep, nested optional alternatives
+  // branch exponentially); running out only means "no filter", never a wrong one.
+  SplitRegex::FirstSet FirstOf(uint32_t pc, std::vector<bool>& visiting, size_t depth, size_t& budget) const {
     using Op = SplitRegex::Op;
     SplitRegex::FirstSet f;
-    if (visiting[pc]) {  // a loop back: give up on this path
+    if (visiting[pc] || depth > kFirstSetMaxDepth || budget == 0) {  // a loop back, or too much work
       f.nullable = true;
       return f;
     }
+    --budget;
     visiting[pc] = true;
     const SplitRegex::Inst& inst = out_.program_[pc];
     switch (inst.op) {
       case Op::kAtom: f = AtomFirst(inst.atom); break;
       case Op::kRepeat:
         f = AtomFirst(inst.atom);
-        if (inst.min == 0) Merge(f, FirstOf(pc + 1, visiting));
+        if (inst.min == 0) Merge(f, FirstOf(pc + 1, visiting, depth + 1, budget));
         break;
       case Op::kSplit:
-        f = FirstOf(inst.x, visiting);
-        Merge(f, FirstOf(inst.y, visiting));
+        f = FirstOf(inst.x, visiting, depth + 1, budget);
+        Merge(f, FirstOf(inst.y, visiting, depth + 1, budget));
         break;
-      case Op::kJmp: f = FirstOf(inst.x, visiting); break;
-      case Op::kLook: f = FirstOf(inst.y, visiting); break;  // consumes nothing: what follows decides
+      case Op::kJmp: f = FirstOf(inst.x, visiting, depth + 1, budget); break;
+      case Op::kLook: f = FirstOf(inst.y, visiting, depth + 1, budget); break;  // consumes nothing
       case Op::kMatch: f.nullable = true; break;
     }
     visiting[pc] = false;
@@ -659,7 +668,9 @@ class RegexCompiler {
   Status EmitRepeat(const RegexNode& n) {
     using Op = SplitRegex::Op;
     const RegexNode& body = n.kids[0];
-    if (n.max != kUnbounded && n.max > kMaxCountedRepeat) return Unsupported("a repeat count above 1000");
+    if (n.min > kMaxCountedRepeat || (n.max != kUnbounded && n.max > kMaxCountedRepeat)) {
+      return Unsupported("a repeat count above 1000");
+    }
     if (body.kind == RegexNode::Kind::kAtom) {
       SplitRegex::Inst inst;
       inst.op = Op::kRepeat;
@@ -755,6 +766,10 @@ size_t SplitRegex::Run(uint32_t start_pc, std::string_view text, size_t pos, Mat
   const size_t end = text.size();
   uint32_t pc = start_pc;
   while (true) {
+    if (++scratch.steps > kMaxStepsPerMatch) {
+      stack.resize(base);
+      return kBudgetExceeded;
+    }
     const Inst& inst = program_[pc];
     bool ok = true;
     switch (inst.op) {
@@ -829,7 +844,12 @@ size_t SplitRegex::Run(uint32_t start_pc, std::string_view text, size_t pos, Mat
         break;
       case Op::kJmp: pc = inst.x; break;
       case Op::kLook: {
-        const bool matched = Run(inst.x, text, pos, scratch) != kNoMatch;
+        const size_t look = Run(inst.x, text, pos, scratch);
+        if (look == kBudgetExceeded) {
+          stack.resize(base);
+          return kBudgetExceeded;
+        }
+        const bool matched = look != kNoMatch;
         if (matched != inst.negate) {
           pc = inst.y;
         } else {
@@ -947,12 +967,13 @@ size_t SplitRegex::MatchQwenFamily(std::string_view text, size_t pos) const {
 
 size_t SplitRegex::MatchAt(std::string_view text, size_t pos, MatchScratch& scratch) const {
   if (qwen_family_digits_ != 0) return pos < text.size() ? MatchQwenFamily(text, pos) - pos : kNoMatch;
+  scratch.steps = 0;
   const size_t end = Run(0, text, pos, scratch);
-  return end == kNoMatch ? kNoMatch : end - pos;
+  return end == kNoMatch || end == kBudgetExceeded ? end : end - pos;
 }
 
-void SplitRegex::FindAll(std::string_view text, MatchScratch& scratch,
-                         std::vector<std::pair<size_t, size_t>>& out) const {
+Status SplitRegex::FindAll(std::string_view text, MatchScratch& scratch,
+                           std::vector<std::pair<size_t, size_t>>& out) const {
   const size_t n = text.size();
   size_t last_end = 0;
   bool have_last_match = false;
@@ -962,6 +983,9 @@ void SplitRegex::FindAll(std::string_view text, MatchScratch& scratch,
     size_t length = kNoMatch;
     while (true) {
       length = MatchAt(text, start, scratch);
+      if (length == kBudgetExceeded) {
+        return Status::ResourceExhausted("split regex '" + pattern_ + "' backtracked too much on the input");
+      }
       if (length != kNoMatch || start >= n) break;
       start += unicode::SequenceLength(static_cast<unsigned char>(text[start]));
     }
@@ -977,6 +1001,7 @@ void SplitRegex::FindAll(std::string_view text, MatchScratch& scratch,
     have_last_match = true;
     last_match_end = last_end;
   }
+  return Status::Ok();
 }
 
 }  // namespace es

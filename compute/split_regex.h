@@ -25,6 +25,7 @@ struct MatchScratch {
     size_t aux;
   };
   std::vector<Frame> stack;
+  uint64_t steps = 0;  // work done by the current match attempt
 };
 
 class SplitRegex {
@@ -37,13 +38,17 @@ class SplitRegex {
   static SplitRegex Literal(std::string_view literal);
 
   // Length of the match anchored at `pos` (text must be valid UTF-8 and pos on a character boundary), or
-  // kNoMatch. A zero-length match is possible for patterns that allow it.
+  // kNoMatch, or kBudgetExceeded when backtracking ran past its limit (only pathological patterns do).
+  // A zero-length match is possible for patterns that allow it.
   static constexpr size_t kNoMatch = static_cast<size_t>(-1);
+  static constexpr size_t kBudgetExceeded = static_cast<size_t>(-2);
   size_t MatchAt(std::string_view text, size_t pos, MatchScratch& scratch) const;
 
   // All matches as Rust onig's find_iter reports them: leftmost-first, non-overlapping, an empty match not
-  // allowed right where the previous match ended. Appends [begin, end) pairs to `out`.
-  void FindAll(std::string_view text, MatchScratch& scratch, std::vector<std::pair<size_t, size_t>>& out) const;
+  // allowed right where the previous match ended. Appends [begin, end) pairs to `out`. ResourceExhausted
+  // when a match attempt backtracks past the limit (Oniguruma has the same kind of retry limit).
+  [[nodiscard]] Status FindAll(std::string_view text, MatchScratch& scratch,
+                               std::vector<std::pair<size_t, size_t>>& out) const;
 
   const std::string& pattern() const { return pattern_; }
   // Whether the hand-written Qwen-family matcher runs this pattern.

@@ -230,7 +230,7 @@ Piece RewritePiece(const Piece& piece, std::string_view prefix, std::string_view
   return {begin, s.arena.size(), piece.at_start};
 }
 
-void RunPreTokenizerStep(const PreTokenizerStep& step, EncodeScratch& s) {
+Status RunPreTokenizerStep(const PreTokenizerStep& step, EncodeScratch& s) {
   s.next_pieces.clear();
   for (const Piece& original : s.pieces) {
     Piece piece = original;
@@ -238,14 +238,14 @@ void RunPreTokenizerStep(const PreTokenizerStep& step, EncodeScratch& s) {
     switch (step.kind) {
       case PreTokenizerStep::Kind::kSplit:
         s.matches.clear();
-        step.regex->FindAll(text(piece), s.regex, s.matches);
+        ES_RETURN_IF_ERROR(step.regex->FindAll(text(piece), s.regex, s.matches));
         SplitPiece(piece, s.matches, step.behavior, step.invert, s, s.next_pieces);
         break;
       case PreTokenizerStep::Kind::kByteLevel:
         if (step.add_prefix_space && text(piece).front() != ' ') piece = RewritePiece(piece, " ", "", "", s);
         if (step.regex) {
           s.matches.clear();
-          step.regex->FindAll(text(piece), s.regex, s.matches);
+          ES_RETURN_IF_ERROR(step.regex->FindAll(text(piece), s.regex, s.matches));
           SplitPiece(piece, s.matches, SplitBehavior::kIsolated, false, s, s.next_pieces);
         } else {
           s.next_pieces.push_back(piece);
@@ -282,6 +282,7 @@ void RunPreTokenizerStep(const PreTokenizerStep& step, EncodeScratch& s) {
     }
   }
   std::swap(s.pieces, s.next_pieces);
+  return Status::Ok();
 }
 
 }  // namespace
@@ -489,7 +490,7 @@ Status ForEachWord(const Tokenizer::Impl& impl, std::string_view text, const Enc
       }
       s.arena.assign(s.normalized, seg.begin, seg.end - seg.begin);
       s.pieces.assign(1, Piece{0, s.arena.size(), raw.begin == 0 && seg.begin == 0});
-      for (const PreTokenizerStep& step : impl.pre_tokenizer) RunPreTokenizerStep(step, s);
+      for (const PreTokenizerStep& step : impl.pre_tokenizer) ES_RETURN_IF_ERROR(RunPreTokenizerStep(step, s));
       for (const Piece& piece : s.pieces) {
         on_word(std::string_view(s.arena).substr(piece.begin, piece.end - piece.begin), s);
       }

@@ -63,7 +63,7 @@ Spans IcuMatches(std::string_view pattern, std::string_view text) {
 Spans OurMatches(const SplitRegex& regex, std::string_view text) {
   MatchScratch scratch;
   Spans out;
-  regex.FindAll(text, scratch, out);
+  EXPECT_TRUE(regex.FindAll(text, scratch, out).ok());
   return out;
 }
 
@@ -194,6 +194,28 @@ TEST(SplitRegexTest, RefusesConstructsOutsideTheFamily) {
     ASSERT_FALSE(regex.ok()) << pattern;
     EXPECT_TRUE(regex.status().IsNotSupported()) << pattern << ": " << regex.status().ToString();
   }
+}
+
+TEST(SplitRegexTest, HostilePatternsAreBounded) {
+  // Exponential backtracking hits the step limit and reports it instead of hanging.
+  auto exponential = SplitRegex::Compile("(?:a|a)*b");
+  ASSERT_TRUE(exponential.ok());
+  MatchScratch scratch;
+  Spans out;
+  EXPECT_TRUE(exponential->FindAll(std::string(40, 'a'), scratch, out).IsResourceExhausted());
+  EXPECT_TRUE(exponential->FindAll("aab", scratch, out).ok());
+  // Counts beyond the limit are refused, not clamped.
+  EXPECT_TRUE(SplitRegex::Compile("a{5000,}").status().IsNotSupported());
+  EXPECT_TRUE(SplitRegex::Compile("(?:ab){2000}").status().IsNotSupported());
+  // A long chain of optional atoms compiles (its first-set analysis is bounded) and still matches right.
+  std::string chain;
+  for (int i = 0; i < 5000; ++i) chain += "a?";
+  chain += "b";
+  auto long_chain = SplitRegex::Compile(chain);
+  ASSERT_TRUE(long_chain.ok()) << long_chain.status().ToString();
+  EXPECT_EQ(OurMatches(*long_chain, "aaab"), (Spans{{0, 4}}));
+  // Deep nesting is refused before it can exhaust the stack.
+  EXPECT_FALSE(SplitRegex::Compile(std::string(1000, '(') + "a" + std::string(1000, ')')).ok());
 }
 
 TEST(SplitRegexTest, RejectsMalformedPatterns) {

@@ -405,6 +405,14 @@ TEST(SyntheticTokenizerTest, SplitBehaviorsMatchTheTokenizersDocumentation) {
   EXPECT_EQ(Words(*inverted, "ab  ba a"), (std::vector<std::string>{"ab", "ba", "a"}));
 }
 
+TEST(SyntheticTokenizerTest, PathologicalSplitPatternFailsInsteadOfHanging) {
+  auto t = Tokenizer::FromJson(CharTokenizerJson(
+      "ab", "[]", "null", R"({"type":"Split","pattern":{"Regex":"(?:a|a)*b"},"behavior":"Isolated"})"));
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  EXPECT_TRUE(t->Encode(std::string(40, 'a')).status().IsResourceExhausted());
+  EXPECT_EQ(*t->Encode("aab"), (std::vector<TokenId>{0, 0, 1}));
+}
+
 TEST(SyntheticTokenizerTest, DigitsAndByteLevelRegex) {
   auto digits = Tokenizer::FromJson(CharTokenizerJson(
       "a1234", "[]", "null", R"({"type":"Digits","individual_digits":false})"));
