@@ -2,7 +2,8 @@
 // SentencePiece-style BPE with byte fallback and "▁" spaces as Llama and Mixtral use it), encodes text to ids
 // and decodes ids back to text, also as a stream. For every feature it accepts it reproduces the ids of the
 // `tokenizers` library; a feature it does not implement makes loading fail with NotSupported naming it.
-// A Tokenizer is immutable once loaded and safe to use from several threads at once.
+// A Tokenizer is immutable once loaded and safe to use from several threads at once. Each thread that encodes
+// keeps reusable working memory (a word cache of at most a few MiB) for the life of the thread.
 #pragma once
 
 #include <memory>
@@ -47,7 +48,8 @@ class Tokenizer {
   Tokenizer& operator=(Tokenizer&&) noexcept;
   ~Tokenizer();
 
-  // InvalidArgument when `text` is not valid UTF-8.
+  // InvalidArgument when `text` is not valid UTF-8; ResourceExhausted if a split pattern from the file
+  // backtracks pathologically on it (never for the patterns real tokenizers use).
   Result<std::vector<TokenId>> Encode(std::string_view text, const EncodeOptions& options = {}) const;
   // The words the BPE model would see for `text`, in order: added tokens as their content, every other word
   // after normalization and pre-tokenization (raw bytes for byte-level vocabularies, so "Ġ" reads as " ").

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <string>
+#include <unordered_set>
 
 #include "compute/tokenizer_impl.h"
 #include "store/json.h"
@@ -17,6 +18,13 @@ constexpr std::string_view kGpt2SplitPattern =
 constexpr std::string_view kDefaultMetaspace = "\xE2\x96\x81";  // U+2581 LOWER ONE EIGHTH BLOCK
 // Byte-fallback tokens are spelled "<0xNN>" with upper-case hex (Rust's format!("<{b:#04X}>")).
 constexpr size_t kByteTokenLength = 6;
+
+// Ids may leave gaps (a vocabulary padded for the model), but at most this sparse.
+constexpr size_t kIdSparsityFactor = 2;
+constexpr size_t kIdSlack = 1024;
+
+// tokenizers joins the tokens with this when tokenizer.json has no decoder.
+constexpr char kNoDecoderSeparator = ' ';
 
 // First code point outside the 256 printable characters bytes_to_unicode uses.
 constexpr char32_t kByteLevelShift = 256;
@@ -452,7 +460,14 @@ Status LoadModelAndVocabulary(const JsonValue& root, Tokenizer::Impl& impl, bool
     max_id = std::max(max_id, id);
   }
   for (const AddedToken& t : impl.added) max_id = std::max(max_id, t.id);
-  const size_t size = entries.empty() && impl.added.empty() ? 0 : size_t{max_id} + 1;
+  // The id table is sized by the largest id, so ids must be roughly dense: one huge id in a small file
+  // must not make the loader allocate gigabytes.
+  const size_t token_count = entries.size() + impl.added.size();
+  if (max_id >= kIdSparsityFactor * token_count + kIdSlack) {
+    return Invalid("model.vocab", "token ids are too sparse (largest " + std::to_string(max_id) + " for " +
+                                      std::to_string(token_count) + " tokens)");
+  }
+  const size_t size = token_count == 0 ? 0 : size_t{max_id} + 1;
   impl.tokens.assign(size, std::string());
   impl.token_flags.assign(size, 0);
   for (const auto& [text, id] : entries) {
@@ -589,11 +604,9 @@ Status LoadAddedTokens(const JsonValue& root, Tokenizer::Impl& impl) {
   std::vector<std::pair<std::string_view, TokenId>> entries;
   for (const AddedToken& t : impl.added) entries.emplace_back(t.content, t.id);
   ES_RETURN_IF_ERROR(impl.added_table.Build(entries).WithContext("tokenizer.json: added_tokens"));
-  std::vector<bool> seen_ids;
+  std::unordered_set<TokenId> seen_ids;
   for (const AddedToken& t : impl.added) {
-    if (t.id >= seen_ids.size()) seen_ids.resize(size_t{t.id} + 1);
-    if (seen_ids[t.id]) return Invalid("added_tokens", "id " + std::to_string(t.id) + " is used twice");
-    seen_ids[t.id] = true;
+    if (!seen_ids.insert(t.id).second) return Invalid("added_tokens", "id " + std::to_string(t.id) + " is used twice");
   }
   return Status::Ok();
 }
@@ -700,7 +713,7 @@ Result<std::unique_ptr<Tokenizer::Impl>> LoadTokenizer(std::string_view tokenize
     DecoderParseState state;
     ES_RETURN_IF_ERROR(LoadDecoderStep(*d, true, impl->decoder, state));
   } else {
-    impl->decoder.separator = " ";  // tokenizers joins tokens with spaces when there is no decoder
+    impl->decoder.separator.assign(1, kNoDecoderSeparator);
   }
   BuildDecodedTable(*impl);
 

@@ -17,12 +17,13 @@
 namespace {
 
 // Byte-level BPE with Qwen's split pattern, no normalizer (so round trips are exact), a few merges and two
-// added tokens: small enough to build once, rich enough to reach every encode path.
+// added tokens (neither with lstrip/rstrip, which swallow white space and so break round trips): small
+// enough to build once, rich enough to reach every encode path.
 constexpr std::string_view kByteLevelJson = R"({
   "version": "1.0", "truncation": null, "padding": null,
   "added_tokens": [
     {"id": 260, "content": "<|end|>", "special": true, "normalized": false},
-    {"id": 261, "content": "<tool>", "special": false, "normalized": false, "lstrip": true, "rstrip": true}],
+    {"id": 261, "content": "<tool>", "special": false, "normalized": false, "single_word": true}],
   "normalizer": null,
   "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
     {"type": "Split", "pattern": {"Regex": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"}, "behavior": "Isolated", "invert": false},

@@ -548,6 +548,7 @@ TEST(TokenizerLoadTest, RejectsMalformedDocuments) {
   ExpectInvalid(Replace(good, R"("vocab":{)", R"("vocab":{"c":-1,)"), "token id");
   ExpectInvalid(Replace(good, R"("vocab":{)", R"("vocab":{"c":"3",)"), "token id");
   ExpectInvalid(Replace(good, R"("vocab":{)", R"("vocab":{"c":99999999999,)"), "token id");
+  ExpectInvalid(Replace(good, R"("vocab":{)", R"("vocab":{"c":9999999,)"), "too sparse");
   ExpectInvalid(Replace(good, R"("vocab":{)", R"("vocab":{"c":1,)"), "used twice");
   ExpectInvalid(Replace(good, R"("vocab":{)", R"("vocab":{"a":5,)"), "duplicate");  // duplicate key
   ExpectInvalid(Replace(good, R"([["a","b"]])", R"([["a","q"]])"), "unknown token 'q'");
