@@ -1,7 +1,5 @@
-// BPE merging. The linear path rescans a rank array after each merge (tiktoken's approach: no allocation,
-// cache-friendly for the short words that dominate); the heap path is Hugging Face's Word::merge_all for
-// long words (a whole SentencePiece line is one word). Both merge the lowest-ranked adjacent pair, the
-// leftmost on ties, until none is left, so they agree token for token.
+// BPE merging: a rescanned rank array for short words (tiktoken's way), a heap for long ones (tokenizers'
+// Word::merge_all). Both merge the lowest-ranked leftmost pair until none is left, so they agree exactly.
 #include "compute/bpe.h"
 
 #include <algorithm>

@@ -1,7 +1,5 @@
-// BpeModel: the "BPE" model of tokenizer.json. Splits one pre-tokenized word into its initial symbols (bytes for
-// byte-level vocabularies, UTF-8 characters otherwise, with byte fallback and unknown-token handling) and
-// applies the merges lowest rank first, leftmost first on ties, exactly as Hugging Face tokenizers does.
-// Immutable after Build apart from its word cache, which is internally locked: Encode is thread-safe.
+// BpeModel: tokenizer.json's "BPE" model, merging one word's symbols lowest rank first, leftmost on ties,
+// exactly as Hugging Face tokenizers does. Immutable after Build; Encode is thread-safe (caches are per thread).
 #pragma once
 
 #include <array>
@@ -105,7 +103,7 @@ class WordCache {
   std::vector<TokenId> ids_;
 };
 
-// Per-thread working memory, reused across words and calls.
+// Per-thread working memory, reused across words and calls; also holds the thread's word cache.
 struct BpeScratch {
   std::vector<TokenId> ids;
   std::vector<uint32_t> ranks;

@@ -1,7 +1,5 @@
-// The pre-tokenizer regex family: a recursive-descent parser into a small tree, a compiler from the tree into
-// backtracking instructions (one-code-point repeats become a single instruction, the hot case), and the
-// matcher. Semantics follow Oniguruma, which Hugging Face tokenizers uses: ordered alternation, greedy
-// quantifiers backtracking one code point at a time, \s = White_Space, \d = Nd, \p{..} = general categories.
+// Parser, compiler and backtracking matcher for the split-regex family, plus a hand-written matcher for the
+// Qwen/Llama 3 patterns. Oniguruma semantics: ordered alternation, \s = White_Space, \p{..} = general category.
 #include "compute/split_regex.h"
 
 #include <unicode/uchar.h>
@@ -49,7 +47,8 @@ bool IsCaseClosedMask(uint32_t mask) {
 constexpr std::string_view kQwenFamilyPattern =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 constexpr std::string_view kLlama3FamilyPattern =
-    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*)"
+    R"(|\s*[\r\n]+|\s+(?!\S)|\s+)";
 constexpr uint32_t kLlama3DigitRun = 3;
 
 // What the Qwen-family pattern asks of a character.

@@ -1,9 +1,5 @@
-// SplitRegex: the regular expressions that tokenizer.json pre-tokenizers split with (GPT-2's, Qwen2/3's,
-// cl100k/Llama 3's, DeepSeek's), compiled into a small backtracking matcher with Oniguruma's semantics:
-// leftmost-first alternation, greedy or lazy quantifiers, lookahead, Unicode classes from ICU. A construct
-// outside that family (backreferences, lookbehind, \w, anchors, ...) is refused with NotSupported when the
-// pattern is compiled, never matched approximately. Immutable after Compile; matching is thread-safe when
-// each thread passes its own MatchScratch.
+// SplitRegex: the pre-tokenizer regex family (GPT-2, Qwen2/3, Llama 3, DeepSeek) with Oniguruma's semantics and
+// ICU's Unicode classes; anything outside the family is NotSupported at compile time, never matched approximately.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +24,9 @@ struct MatchScratch {
   uint64_t steps = 0;  // work done by the current match attempt
 };
 
+// Compiled once, immutable; matching is thread-safe when each thread passes its own MatchScratch. Constructs
+// refused: backreferences, lookbehind, \w and \b, anchors, possessive and atomic groups, POSIX brackets,
+// scripts in \p{..}, case-sensitive classes under (?i).
 class SplitRegex {
  public:
   // `specialize`: patterns of the Qwen2/Qwen3/Llama 3 family (recognised by their exact text) run on a

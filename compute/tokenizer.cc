@@ -1,8 +1,5 @@
-// Encoding and decoding with a loaded tokenizer.json, in the order Hugging Face tokenizers runs its pipeline:
-// added tokens are cut out of the raw text, each remaining span is normalized on its own, normalized added
-// tokens are cut out of that, the pre-tokenizer splits the rest into words, the BPE model encodes each word,
-// and the post-processor adds BOS/EOS. Decoding maps each token to bytes and repairs invalid UTF-8 once,
-// over the whole output, so that Decode and StreamDecoder agree byte for byte.
+// Encode and decode in tokenizers' pipeline order (added tokens, normalizer, pre-tokenizer, BPE, post-processor);
+// decoding repairs invalid UTF-8 once over the whole output, so Decode and StreamDecoder agree byte for byte.
 #include "compute/tokenizer.h"
 
 #include <algorithm>

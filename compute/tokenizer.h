@@ -1,9 +1,5 @@
-// Tokenizer: loads a Hugging Face tokenizer.json (byte-level BPE as Qwen2/Qwen3 and OLMoE use it, and
-// SentencePiece-style BPE with byte fallback and "▁" spaces as Llama and Mixtral use it), encodes text to ids
-// and decodes ids back to text, also as a stream. For every feature it accepts it reproduces the ids of the
-// `tokenizers` library; a feature it does not implement makes loading fail with NotSupported naming it.
-// A Tokenizer is immutable once loaded and safe to use from several threads at once. Each thread that encodes
-// keeps reusable working memory (a word cache of at most a few MiB) for the life of the thread.
+// Tokenizer: a Hugging Face tokenizer.json (byte-level BPE as in Qwen2/3 and OLMoE, SentencePiece-style BPE as in
+// Llama and Mixtral) reproducing tokenizers' ids; features it lacks fail loading with NotSupported naming them.
 #pragma once
 
 #include <memory>
@@ -33,6 +29,8 @@ struct DecodeOptions {
 
 class StreamDecoder;
 
+// Immutable once loaded and safe to use from several threads at once. Each thread that encodes keeps
+// reusable working memory (its word cache, at most about 4 MiB) for the rest of its life.
 class Tokenizer {
  public:
   // `tokenizer_json` is the text of tokenizer.json (a model asset need not be a file). The optional

@@ -1,6 +1,5 @@
-// Loading tokenizer.json (and optionally tokenizer_config.json) into Tokenizer::Impl. Every field that changes
-// what Encode or Decode produce is either implemented exactly or refused with NotSupported naming it; malformed
-// or inconsistent files (unknown merge tokens, duplicate ids, wrong JSON types) are InvalidArgument.
+// tokenizer.json (and tokenizer_config.json) into Tokenizer::Impl: every field that changes the output is
+// implemented exactly or refused with NotSupported; malformed or inconsistent files are InvalidArgument.
 #include <algorithm>
 #include <cstdio>
 #include <string>
@@ -703,11 +702,10 @@ Result<std::unique_ptr<Tokenizer::Impl>> LoadTokenizer(std::string_view tokenize
   if (const JsonValue* p = Field(root, "post_processor")) {
     ES_RETURN_IF_ERROR(LoadPostProcessor(*p, impl->prefix, impl->suffix));
   }
-  for (TokenId id : impl->prefix) {
-    if (!impl->Has(id)) return Invalid("post_processor", "token id " + std::to_string(id) + " is not in the vocabulary");
-  }
-  for (TokenId id : impl->suffix) {
-    if (!impl->Has(id)) return Invalid("post_processor", "token id " + std::to_string(id) + " is not in the vocabulary");
+  for (const auto* ids : {&impl->prefix, &impl->suffix}) {
+    for (TokenId id : *ids) {
+      if (!impl->Has(id)) return Invalid("post_processor", "id " + std::to_string(id) + " is not in the vocabulary");
+    }
   }
   if (const JsonValue* d = Field(root, "decoder")) {
     DecoderParseState state;

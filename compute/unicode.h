@@ -1,6 +1,5 @@
-// UTF-8 and Unicode character services for the tokenizer: decoding, validation, lossy repair, normalization,
-// and character classes taken from ICU so that they follow the Unicode data, never a home-made table.
-// Everything here is stateless and safe to call from several threads; no ICU type appears in this header.
+// UTF-8 decoding, validation and lossy repair, plus Unicode classes and normalization from ICU (never home-made
+// tables). Stateless and thread-safe; no ICU type appears here.
 #pragma once
 
 #include <cstddef>

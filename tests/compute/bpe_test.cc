@@ -1,5 +1,5 @@
-// BpeModel against a naive reference (merge the lowest-ranked leftmost pair until none is left) on random
-// vocabularies, for both merge strategies; and the unknown-character rules (unk, fuse_unk, byte fallback).
+// BpeModel against a naive BPE on random vocabularies (both merge strategies, cached and not), and the
+// unknown-character rules (unk, fuse_unk, byte fallback).
 #include "compute/bpe.h"
 
 #include <gtest/gtest.h>

@@ -1,7 +1,5 @@
-// SplitRegex against ICU's regex engine as the reference model: the pre-tokenizer patterns of Qwen2/3,
-// GPT-2, Llama 3 and DeepSeek must split the corpus and random Unicode text exactly as ICU does (ICU's \s,
-// \p{L} and \p{N} are the same Unicode sets Oniguruma uses). Plus the constructs outside the family, which
-// must be refused rather than approximated, and onig's empty-match iteration.
+// SplitRegex against ICU regex as the reference model on corpus and random Unicode text, the specialized
+// matcher against the generic one, and refusal of every construct outside the family.
 #include "compute/split_regex.h"
 
 #include <gtest/gtest.h>

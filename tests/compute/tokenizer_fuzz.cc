@@ -1,8 +1,5 @@
-// libFuzzer target for the tokenizer's untrusted inputs: tokenizer.json documents, split regex patterns, and
-// text to encode or ids to decode. The first byte picks the input kind. Beyond not crashing (ASan/UBSan), it
-// checks the properties that must hold for any input: a byte-level tokenizer without a normalizer decodes
-// what it encoded back to the same text, streaming decode equals Decode, and the regex matcher agrees with
-// itself whether or not the Qwen-family specialization runs.
+// libFuzzer target: tokenizer.json, split patterns, text and ids. Besides ASan/UBSan it checks round trips,
+// Decode == streamed decode, and the specialized Qwen matcher against the generic one on the fuzzed text.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -59,7 +56,22 @@ const es::Tokenizer& ByteLevelTokenizer() {
   return *tokenizer;
 }
 
+constexpr std::string_view kQwenPattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+// The hand-written Qwen matcher and the generic one must split any valid text identically.
+void CompareQwenMatchers(std::string_view text) {
+  static const auto* fast = new es::SplitRegex(std::move(es::SplitRegex::Compile(kQwenPattern)).value());
+  static const auto* generic =
+      new es::SplitRegex(std::move(es::SplitRegex::Compile(kQwenPattern, /*specialize=*/false)).value());
+  if (!fast->specialized() || generic->specialized()) std::abort();
+  es::MatchScratch scratch;
+  std::vector<std::pair<size_t, size_t>> a, b;
+  if (!fast->FindAll(text, scratch, a).ok() || !generic->FindAll(text, scratch, b).ok() || a != b) std::abort();
+}
+
 void FuzzText(std::string_view text) {
+  if (es::unicode::IsValidUtf8(text)) CompareQwenMatchers(text);
   const es::Tokenizer& t = ByteLevelTokenizer();
   auto ids = t.Encode(text);
   if (!ids.ok()) {

@@ -1,8 +1,5 @@
-// Tokenizer against real tokenizer.json files: the Qwen3 tokenizer must reproduce the reference ids exactly,
-// tiny-qwen3-moe and aidreams-mixtral must round-trip the seven-domain corpus, and the SentencePiece path is
-// checked against encodings derived by hand from its vocabulary and merges. Small synthetic tokenizer.json
-// documents pin down added-token flags, split behaviors and Metaspace rules, and every bad-input class has a
-// negative test.
+// Tokenizer on the real Qwen3 (exact reference ids), tiny-qwen3-moe and aidreams-mixtral tokenizers, small
+// synthetic tokenizer.json documents for each feature, and one negative test per bad-input class.
 #include "compute/tokenizer.h"
 
 #include <gtest/gtest.h>
