@@ -3,8 +3,6 @@
 #include "compute/tokenizer.h"
 
 #include <algorithm>
-#include <cctype>
-#include <cstdlib>
 
 #include "compute/tokenizer_impl.h"
 #include "store/file_system.h"
@@ -398,20 +396,9 @@ std::string Tokenizer::Impl::DecodeToken(std::string_view text, bool first) cons
         ReplaceAll(out, step.from, first && step.drop_on_first ? "" : " ", tmp);
         std::swap(out, tmp);
         break;
-      case DecoderStep::Kind::kByteFallback: {
-        // Exactly "<0xNN>" (hex in either case) is that byte.
-        constexpr size_t kLength = 6;
-        constexpr int kHexBase = 16;
-        if (out.size() == kLength && out.starts_with("<0x") && out.back() == '>') {
-          const std::string hex = out.substr(3, 2);
-          char* end = nullptr;
-          const long value = std::strtol(hex.c_str(), &end, kHexBase);
-          if (end == hex.c_str() + hex.size() && std::isxdigit(static_cast<unsigned char>(hex[0]))) {
-            out.assign(1, static_cast<char>(value));
-          }
-        }
+      case DecoderStep::Kind::kByteFallback:
+        if (auto byte = ParseByteFallbackToken(out)) out.assign(1, static_cast<char>(*byte));
         break;
-      }
     }
   }
   return out;

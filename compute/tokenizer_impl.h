@@ -126,6 +126,11 @@ struct Tokenizer::Impl {
   std::string DecodeToken(std::string_view text, bool first) const;
 };
 
+// Byte-fallback tokens: "<0xNN>", written with upper-case hex (Rust's format!("<{b:#04X}>")) and read in
+// either case, as tokenizers' ByteFallback decoder does.
+std::string ByteFallbackToken(uint8_t byte);
+std::optional<uint8_t> ParseByteFallbackToken(std::string_view token);
+
 // GPT-2's bytes_to_unicode: the printable character standing for each byte in byte-level vocabularies.
 const std::array<char32_t, 256>& ByteToUnicode();
 // The inverse, or -1 for a character that stands for no byte.

@@ -1,7 +1,6 @@
 // tokenizer.json (and tokenizer_config.json) into Tokenizer::Impl: every field that changes the output is
 // implemented exactly or refused with NotSupported; malformed or inconsistent files are InvalidArgument.
 #include <algorithm>
-#include <cstdio>
 #include <string>
 #include <unordered_set>
 
@@ -15,8 +14,10 @@ namespace {
 constexpr std::string_view kGpt2SplitPattern =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 constexpr std::string_view kDefaultMetaspace = "\xE2\x96\x81";  // U+2581 LOWER ONE EIGHTH BLOCK
-// Byte-fallback tokens are spelled "<0xNN>" with upper-case hex (Rust's format!("<{b:#04X}>")).
-constexpr size_t kByteTokenLength = 6;
+constexpr std::string_view kByteTokenPrefix = "<0x";
+constexpr std::string_view kByteTokenSuffix = ">";
+constexpr size_t kByteTokenHexDigits = 2;
+constexpr int kHexBase = 16;
 
 // Ids may leave gaps (a vocabulary padded for the model), but at most this sparse.
 constexpr size_t kIdSparsityFactor = 2;
@@ -382,11 +383,6 @@ bool ByteLevelBytes(std::string_view text, std::string& out) {
   return true;
 }
 
-std::string ByteFallbackToken(unsigned b) {
-  char buf[kByteTokenLength + 1];
-  std::snprintf(buf, sizeof(buf), "<0x%02X>", b);
-  return std::string(buf, kByteTokenLength);
-}
 
 // tokenizer_config.json: a special token is "text", {"content": "text", ...} or null.
 Status ReadConfigToken(const JsonValue& config, std::string_view key, const Tokenizer::Impl& impl,
@@ -572,7 +568,9 @@ Status LoadModelAndVocabulary(const JsonValue& root, Tokenizer::Impl& impl, bool
     keys = entries;
   }
   if (options.byte_fallback) {
-    for (unsigned b = 0; b < 256; ++b) fallback_ids[b] = impl.model_table.Find(ByteFallbackToken(b));
+    for (unsigned b = 0; b < 256; ++b) {
+      fallback_ids[b] = impl.model_table.Find(ByteFallbackToken(static_cast<uint8_t>(b)));
+    }
   }
   auto bpe = BpeModel::Build(options, keys, pairs, merged, byte_symbols, byte_symbol_text, fallback_ids);
   if (!bpe.ok()) return bpe.status().WithContext("tokenizer.json: model");
@@ -652,6 +650,34 @@ void BuildDecodedTable(Tokenizer::Impl& impl) {
 }
 
 }  // namespace
+
+std::string ByteFallbackToken(uint8_t byte) {
+  constexpr char kHex[] = "0123456789ABCDEF";
+  constexpr int kNibbleBits = 4;
+  constexpr uint8_t kNibbleMask = 0xF;
+  std::string token(kByteTokenPrefix);
+  token.push_back(kHex[byte >> kNibbleBits]);
+  token.push_back(kHex[byte & kNibbleMask]);
+  token.append(kByteTokenSuffix);
+  return token;
+}
+
+std::optional<uint8_t> ParseByteFallbackToken(std::string_view token) {
+  if (token.size() != kByteTokenPrefix.size() + kByteTokenHexDigits + kByteTokenSuffix.size() ||
+      !token.starts_with(kByteTokenPrefix) || !token.ends_with(kByteTokenSuffix)) {
+    return std::nullopt;
+  }
+  int value = 0;
+  for (char c : token.substr(kByteTokenPrefix.size(), kByteTokenHexDigits)) {
+    int digit;
+    if (c >= '0' && c <= '9') digit = c - '0';
+    else if (c >= 'a' && c <= 'f') digit = c - 'a' + 10;
+    else if (c >= 'A' && c <= 'F') digit = c - 'A' + 10;
+    else return std::nullopt;
+    value = value * kHexBase + digit;
+  }
+  return static_cast<uint8_t>(value);
+}
 
 const std::array<char32_t, 256>& ByteToUnicode() {
   static const std::array<char32_t, 256> table = [] {

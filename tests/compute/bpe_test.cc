@@ -8,6 +8,8 @@
 #include <map>
 #include <random>
 
+#include "compute/tokenizer_impl.h"  // ByteFallbackToken
+
 namespace es {
 namespace {
 
@@ -75,9 +77,7 @@ std::unique_ptr<BpeModel> BuildModel(const CharVocabulary& v, BpeModel::Options 
   std::array<std::string, 256> no_text{};
   std::array<std::optional<TokenId>, 256> fallback{};
   for (unsigned b = 0; b < 256; ++b) {
-    char name[8];
-    std::snprintf(name, sizeof(name), "<0x%02X>", b);
-    if (auto it = v.ids.find(name); it != v.ids.end()) fallback[b] = it->second;
+    if (auto it = v.ids.find(ByteFallbackToken(static_cast<uint8_t>(b))); it != v.ids.end()) fallback[b] = it->second;
   }
   auto model = BpeModel::Build(options, keys, v.merges, v.merged, no_bytes, no_text, fallback);
   EXPECT_TRUE(model.ok()) << model.status().ToString();

@@ -9,6 +9,7 @@
 
 #include "compute/split_regex.h"
 #include "compute/tokenizer.h"
+#include "compute/tokenizer_impl.h"  // ByteToUnicode
 #include "compute/unicode.h"
 
 namespace {
@@ -33,11 +34,9 @@ constexpr std::string_view kByteLevelJson = R"({
 std::string ByteLevelVocabulary() {
   std::string vocab = "{";
   // The 256 byte characters of GPT-2's bytes_to_unicode, then the merged tokens.
-  int next = 256;
   for (int b = 0; b < 256; ++b) {
-    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
     std::string ch;
-    es::unicode::AppendUtf8(printable ? static_cast<char32_t>(b) : static_cast<char32_t>(next++), ch);
+    es::unicode::AppendUtf8(es::ByteToUnicode()[b], ch);
     if (ch == "\"" || ch == "\\") ch = "\\" + ch;
     vocab += "\"" + ch + "\": " + std::to_string(b) + ", ";
   }

@@ -481,6 +481,18 @@ TEST(SyntheticTokenizerTest, MetaspaceDecoderDropsTheFirstTokensReplacement) {
   EXPECT_EQ(StreamDecode(*t, ids), "a b");
 }
 
+TEST(ByteFallbackTokenTest, FormatAndParse) {
+  EXPECT_EQ(ByteFallbackToken(0x0A), "<0x0A>");
+  EXPECT_EQ(ByteFallbackToken(0xE6), "<0xE6>");
+  for (unsigned b = 0; b < 256; ++b) {
+    EXPECT_EQ(ParseByteFallbackToken(ByteFallbackToken(static_cast<uint8_t>(b))), static_cast<uint8_t>(b));
+  }
+  EXPECT_EQ(ParseByteFallbackToken("<0xe6>"), uint8_t{0xE6});
+  for (const char* bad : {"<0xG0>", "<0x0A", "0x0A>", "<0x0AA>", "<0X0A>", ""}) {
+    EXPECT_FALSE(ParseByteFallbackToken(bad).has_value()) << bad;
+  }
+}
+
 TEST(SyntheticTokenizerTest, NoDecoderJoinsTokensWithSpaces) {
   auto t = Tokenizer::FromJson(CharTokenizerJson("ab"));
   ASSERT_TRUE(t.ok());
