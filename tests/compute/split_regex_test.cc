@@ -33,6 +33,7 @@ constexpr int kMaxRandomLength = 40;
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
+  if (!in) ADD_FAILURE() << "cannot read " << path << " (the tests need ../shared next to the source tree)";
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
