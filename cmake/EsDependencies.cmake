@@ -7,6 +7,8 @@ find_package(FlatBuffers CONFIG REQUIRED)
 find_program(FLATC flatc REQUIRED)
 pkg_check_modules(URING REQUIRED IMPORTED_TARGET liburing)
 pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
+# ICU: Unicode properties and normalization for the tokenizer; i18n (regex) only as the tests' oracle.
+find_package(ICU REQUIRED COMPONENTS uc i18n)
 if(ES_BUILD_TESTS)
   find_package(GTest REQUIRED)
 endif()
