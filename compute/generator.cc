@@ -61,8 +61,9 @@ namespace {
 
 // The shared decode loop: prefill the prompt, then sample until a stop token or max_tokens. `on_token` sees
 // each generated id as it comes.
+// `sample_vocab` limits sampling to ids below it (a tokenizer smaller than the model's padded vocabulary).
 Status DecodeLoop(Model& model, ExpertProvider& experts, std::span<const int32_t> prompt, uint32_t max_tokens,
-                  const std::vector<int32_t>& stop, const SamplerOptions& sampler_options, const ForwardOptions& forward,
+                  size_t sample_vocab, const std::vector<int32_t>& stop, const SamplerOptions& sampler_options, const ForwardOptions& forward,
                   std::vector<int32_t>& out, double* prefill_seconds, double* decode_seconds, bool* hit_stop,
                   const std::function<Status(int32_t)>& on_token) {
   if (prompt.empty()) return Status::InvalidArgument("empty prompt");
@@ -76,7 +77,7 @@ Status DecodeLoop(Model& model, ExpertProvider& experts, std::span<const int32_t
   auto t1 = std::chrono::steady_clock::now();
   *hit_stop = false;
   for (uint32_t i = 0; i < max_tokens; ++i) {
-    int32_t next = sampler.Sample(logits);
+    int32_t next = sampler.Sample(std::span<const float>(logits).first(std::min(sample_vocab, logits.size())));
     if (std::binary_search(stop.begin(), stop.end(), next)) {
       *hit_stop = true;
       break;
@@ -101,7 +102,8 @@ Result<std::vector<int32_t>> GenerateIds(Model& model, ExpertProvider& experts, 
   std::vector<int32_t> out;
   double prefill = 0, decode = 0;
   bool hit = false;
-  ES_RETURN_IF_ERROR(DecodeLoop(model, experts, prompt_ids, max_tokens, sorted_stop, sampler, forward, out, &prefill,
+  ES_RETURN_IF_ERROR(DecodeLoop(model, experts, prompt_ids, max_tokens, model.config().vocab, sorted_stop, sampler,
+                                forward, out, &prefill,
                                 &decode, &hit, {}));
   return out;
 }
@@ -121,7 +123,8 @@ Result<GenerateResult> Generate(Model& model, const Tokenizer& tokenizer, Expert
   for (auto id : ids) r.prompt_ids.push_back(static_cast<int32_t>(id));
   StreamDecoder decoder(tokenizer, DecodeOptions{.skip_special_tokens = true});
   bool hit_stop = false;
-  ES_RETURN_IF_ERROR(DecodeLoop(model, experts, r.prompt_ids, options.max_tokens, StopTokens(model, tokenizer, options.chat),
+  ES_RETURN_IF_ERROR(DecodeLoop(model, experts, r.prompt_ids, options.max_tokens, tokenizer.vocab_size(),
+                                StopTokens(model, tokenizer, options.chat),
                                 options.sampler, options.forward, r.ids, &r.prefill_seconds, &r.decode_seconds, &hit_stop,
                                 [&](int32_t id) -> Status {
                                   ES_ASSIGN_OR_RETURN(std::string piece, decoder.Push(static_cast<TokenId>(id)));
