@@ -1,0 +1,2 @@
+// Placeholder so that tests/CMakeLists.txt configures on the safetensors branch; the real fault_fs lives on main.
+#include "tests/util/fault_fs.h"
