@@ -1,0 +1,395 @@
+// cpu_kernels.h: argument checks, the run-time choice of instruction set, the split of work over the pool, and
+// the kernels whose cost is not in their inner loops (norms, RoPE, softmax, routing), written once here on top
+// of the per-ISA inner loops of isa_ops.h.
+#include "compute/kernels/cpu_kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <string>
+
+#include "compute/kernels/float16.h"
+#include "compute/kernels/isa_ops.h"
+
+namespace es::kernels {
+namespace {
+
+using internal::IsaOps;
+using internal::MatMulArgs;
+
+// Output rows per pool task: a multiple of every ISA's row tile, and 32 rows of a 2048-wide bf16 matrix
+// (128 KiB) stay in L2 while a prefill batch streams past them.
+constexpr size_t kRowsPerTask = 32;
+// Below this many elements per task, handing work to another thread costs more than it saves.
+constexpr size_t kMinElementsPerTask = 16384;
+// Keys whose scores are kept on the stack at once by attention's online softmax.
+constexpr size_t kKeyBlock = 64;
+// The router keeps one row of probabilities on the stack.
+constexpr size_t kMaxExperts = 4096;
+// Environment variable that caps the Isa chosen by default (scalar, avx2, avx512), to run a suite per path.
+constexpr const char* kIsaEnv = "EXPERTSTORE_CPU_ISA";
+
+bool CpuSupports(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar: return true;
+#if defined(ES_KERNELS_X86)
+    case Isa::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case Isa::kAvx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#endif
+    default: return false;
+  }
+}
+
+const IsaOps* OpsFor(Isa isa) {
+  if (!IsaAvailable(isa)) return nullptr;
+  switch (isa) {
+    case Isa::kScalar: return &internal::kScalarOps;
+#if defined(ES_KERNELS_X86)
+    case Isa::kAvx2: return &internal::kAvx2Ops;
+    case Isa::kAvx512: return &internal::kAvx512Ops;
+#endif
+    default: return nullptr;
+  }
+}
+
+Result<const IsaOps*> GetOps(const CpuContext& ctx, std::string_view kernel) {
+  const IsaOps* ops = OpsFor(ctx.isa);
+  if (ops == nullptr) {
+    return Status::NotSupported(std::string(kernel) + ": instruction set " + std::string(IsaName(ctx.isa)) +
+                                " is not available on this CPU or build");
+  }
+  return ops;
+}
+
+bool IsWeightDType(DType dtype) { return dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16; }
+
+// `kernel` and `role` name the argument in the message, e.g. "ExpertForward" and "down".
+Status CheckMatrix(const WeightMatrix& w, std::string_view kernel, std::string_view role) {
+  auto fail = [&](std::string_view why) {
+    return Status::InvalidArgument(std::string(kernel) + ": " + std::string(role) + " " + std::string(why));
+  };
+  if (!IsWeightDType(w.dtype)) return fail("dtype " + std::string(DTypeName(w.dtype)) + " is not F32, F16 or BF16");
+  if (w.rows == 0 || w.cols == 0) return fail("is empty");
+  if (w.data == nullptr) return fail("data is null");
+  return Status::Ok();
+}
+
+void RunMatMul(const CpuContext& ctx, const IsaOps& ops, const MatMulArgs& args) {
+  ParallelFor(ctx.pool, args.rows, kRowsPerTask,
+              [&](size_t begin, size_t end) { ops.matmul_rows(args, begin, end); });
+}
+
+// One weight element as fp32; the switch sits outside the callers' loops.
+template <DType kW>
+float WeightAt(const void* data, size_t i) {
+  if constexpr (kW == DType::kF32) {
+    return static_cast<const float*>(data)[i];
+  } else if constexpr (kW == DType::kBF16) {
+    return Bf16ToF32(static_cast<const uint16_t*>(data)[i]);
+  } else {
+    return F16ToF32(static_cast<const uint16_t*>(data)[i]);
+  }
+}
+
+template <DType kW>
+void RmsNormRows(const IsaOps& ops, const float* x, size_t row_begin, size_t row_end, const void* weight, size_t dim,
+                 float eps, float* y) {
+  for (size_t r = row_begin; r < row_end; ++r) {
+    const float* xr = x + r * dim;
+    float* yr = y + r * dim;
+    const float mean_square = ops.dot(xr, xr, dim) / static_cast<float>(dim);
+    const float inv_rms = 1.0f / std::sqrt(mean_square + eps);
+    for (size_t i = 0; i < dim; ++i) yr[i] = WeightAt<kW>(weight, i) * (xr[i] * inv_rms);
+  }
+}
+
+float Silu(float v) { return v / (1.0f + std::exp(-v)); }
+
+Status ExpertImpl(const CpuContext& ctx, const ExpertWeights& e, const float* x, size_t batch, const float* scale,
+                  std::span<float> scratch, float* out, std::string_view kernel) {
+  ES_ASSIGN_OR_RETURN(const IsaOps* ops, GetOps(ctx, kernel));
+  ES_RETURN_IF_ERROR(CheckMatrix(e.gate, kernel, "gate"));
+  ES_RETURN_IF_ERROR(CheckMatrix(e.up, kernel, "up"));
+  ES_RETURN_IF_ERROR(CheckMatrix(e.down, kernel, "down"));
+  const size_t inter = e.gate.rows;
+  const size_t hidden = e.gate.cols;
+  if (e.up.rows != inter || e.up.cols != hidden || e.down.rows != hidden || e.down.cols != inter) {
+    return Status::InvalidArgument(std::string(kernel) + ": gate/up must be [I, H] and down [H, I]");
+  }
+  if (batch == 0) return Status::Ok();
+  if (x == nullptr || out == nullptr) return Status::InvalidArgument(std::string(kernel) + ": null x or out");
+  if (scratch.size() < ExpertScratchFloats(batch, inter)) {
+    return Status::InvalidArgument(std::string(kernel) + ": scratch holds " + std::to_string(scratch.size()) +
+                                   " floats, needs " + std::to_string(ExpertScratchFloats(batch, inter)));
+  }
+  float* gate_out = scratch.data();
+  float* up_out = gate_out + batch * inter;
+  const MatMulArgs gate_args{x, batch, e.gate.data, e.gate.dtype, inter, hidden, gate_out, nullptr};
+  const MatMulArgs up_args{x, batch, e.up.data, e.up.dtype, inter, hidden, up_out, nullptr};
+  // Gate, up and the activation in one pass over each range of intermediate rows, while they are in cache.
+  ParallelFor(ctx.pool, inter, kRowsPerTask, [&](size_t begin, size_t end) {
+    ops->matmul_rows(gate_args, begin, end);
+    ops->matmul_rows(up_args, begin, end);
+    for (size_t b = 0; b < batch; ++b) {
+      float* g = gate_out + b * inter;
+      const float* u = up_out + b * inter;
+      for (size_t i = begin; i < end; ++i) g[i] = Silu(g[i]) * u[i];
+    }
+  });
+  const MatMulArgs down_args{gate_out, batch, e.down.data, e.down.dtype, hidden, inter, out, scale};
+  RunMatMul(ctx, *ops, down_args);
+  return Status::Ok();
+}
+
+// One (query, head) of attention: online softmax over blocks of keys, so that nothing but a block of scores and
+// the running output live on the stack. `visible` keys, each `kv_stride` floats apart.
+void AttendOne(const IsaOps& ops, const float* q, const float* k, const float* v, size_t kv_stride, size_t visible,
+               size_t head_dim, float scale, float* out) {
+  float acc[kMaxHeadDim];
+  std::fill(acc, acc + head_dim, 0.0f);
+  float scores[kKeyBlock];
+  float running_max = -std::numeric_limits<float>::infinity();
+  float denominator = 0.0f;
+  for (size_t j0 = 0; j0 < visible; j0 += kKeyBlock) {
+    const size_t count = std::min(kKeyBlock, visible - j0);
+    float block_max = -std::numeric_limits<float>::infinity();
+    for (size_t j = 0; j < count; ++j) {
+      scores[j] = ops.dot(q, k + (j0 + j) * kv_stride, head_dim) * scale;
+      block_max = std::max(block_max, scores[j]);
+    }
+    if (block_max > running_max) {
+      // Rescale what was summed under the old maximum (nothing yet when it was -inf: exp(-inf) = 0).
+      const float correction = std::exp(running_max - block_max);
+      denominator *= correction;
+      for (size_t i = 0; i < head_dim; ++i) acc[i] *= correction;
+      running_max = block_max;
+    }
+    for (size_t j = 0; j < count; ++j) {
+      const float p = std::exp(scores[j] - running_max);
+      denominator += p;
+      ops.axpy(p, v + (j0 + j) * kv_stride, acc, head_dim);
+    }
+  }
+  for (size_t i = 0; i < head_dim; ++i) out[i] = acc[i] / denominator;
+}
+
+}  // namespace
+
+std::string_view IsaName(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar: return "scalar";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kAvx512: return "avx512";
+  }
+  return "unknown";
+}
+
+bool IsaAvailable(Isa isa) {
+  static const bool available[] = {CpuSupports(Isa::kScalar), CpuSupports(Isa::kAvx2), CpuSupports(Isa::kAvx512)};
+  const auto index = static_cast<size_t>(isa);
+  return index < std::size(available) && available[index];
+}
+
+Isa BestIsa() {
+  static const Isa best = [] {
+    Isa cap = Isa::kAvx512;
+    if (const char* env = std::getenv(kIsaEnv); env != nullptr) {
+      for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+        if (IsaName(isa) == env) cap = isa;
+      }
+    }
+    for (Isa isa : {Isa::kAvx512, Isa::kAvx2}) {
+      if (isa <= cap && IsaAvailable(isa)) return isa;
+    }
+    return Isa::kScalar;
+  }();
+  return best;
+}
+
+Status MatMul(const CpuContext& ctx, const float* x, size_t batch, const WeightMatrix& w, float* y) {
+  ES_ASSIGN_OR_RETURN(const IsaOps* ops, GetOps(ctx, "MatMul"));
+  ES_RETURN_IF_ERROR(CheckMatrix(w, "MatMul", "weight"));
+  if (batch == 0) return Status::Ok();
+  if (x == nullptr || y == nullptr) return Status::InvalidArgument("MatMul: null x or y");
+  RunMatMul(ctx, *ops, MatMulArgs{x, batch, w.data, w.dtype, w.rows, w.cols, y, nullptr});
+  return Status::Ok();
+}
+
+size_t ExpertScratchFloats(size_t batch, size_t intermediate) {
+  // gate(x) (then silu(gate) * up in place) and up(x).
+  return 2 * batch * intermediate;
+}
+
+Status ExpertForward(const CpuContext& ctx, const ExpertWeights& expert, const float* x, size_t batch,
+                     std::span<float> scratch, float* out) {
+  return ExpertImpl(ctx, expert, x, batch, nullptr, scratch, out, "ExpertForward");
+}
+
+Status ExpertAccumulate(const CpuContext& ctx, const ExpertWeights& expert, const float* x, size_t batch,
+                        const float* scale, std::span<float> scratch, float* out) {
+  if (batch != 0 && scale == nullptr) return Status::InvalidArgument("ExpertAccumulate: null scale");
+  return ExpertImpl(ctx, expert, x, batch, scale, scratch, out, "ExpertAccumulate");
+}
+
+Status RmsNorm(const CpuContext& ctx, const float* x, size_t rows, const WeightVector& weight, float eps, float* y) {
+  ES_ASSIGN_OR_RETURN(const IsaOps* ops, GetOps(ctx, "RmsNorm"));
+  if (!IsWeightDType(weight.dtype) || weight.size == 0 || weight.data == nullptr) {
+    return Status::InvalidArgument("RmsNorm: weight must be a non-empty F32, F16 or BF16 vector");
+  }
+  if (!(eps >= 0.0f)) return Status::InvalidArgument("RmsNorm: eps must be >= 0");
+  if (rows == 0) return Status::Ok();
+  if (x == nullptr || y == nullptr) return Status::InvalidArgument("RmsNorm: null x or y");
+  const size_t dim = weight.size;
+  const size_t grain = std::max<size_t>(1, kMinElementsPerTask / dim);
+  ParallelFor(ctx.pool, rows, grain, [&](size_t begin, size_t end) {
+    switch (weight.dtype) {
+      case DType::kF32: return RmsNormRows<DType::kF32>(*ops, x, begin, end, weight.data, dim, eps, y);
+      case DType::kBF16: return RmsNormRows<DType::kBF16>(*ops, x, begin, end, weight.data, dim, eps, y);
+      default: return RmsNormRows<DType::kF16>(*ops, x, begin, end, weight.data, dim, eps, y);
+    }
+  });
+  return Status::Ok();
+}
+
+Status RopeInverseFrequencies(size_t head_dim, float theta, std::span<float> inv_freq) {
+  if (head_dim == 0 || head_dim % 2 != 0) return Status::InvalidArgument("RoPE: head_dim must be even and > 0");
+  if (!(theta > 0.0f)) return Status::InvalidArgument("RoPE: theta must be > 0");
+  if (inv_freq.size() < head_dim / 2) return Status::InvalidArgument("RoPE: inv_freq holds fewer than head_dim/2");
+  for (size_t i = 0; i < head_dim / 2; ++i) {
+    // transformers: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), all in fp32.
+    const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
+    inv_freq[i] = 1.0f / std::pow(theta, exponent);
+  }
+  return Status::Ok();
+}
+
+Status ApplyRope(float* x, size_t tokens, size_t heads, size_t head_dim, const int32_t* positions, float theta) {
+  if (head_dim > kMaxHeadDim) return Status::InvalidArgument("RoPE: head_dim above kMaxHeadDim");
+  const size_t half = head_dim / 2;
+  float inv_freq[kMaxHeadDim / 2];
+  ES_RETURN_IF_ERROR(RopeInverseFrequencies(head_dim, theta, std::span<float>(inv_freq, half)));
+  if (tokens == 0 || heads == 0) return Status::Ok();
+  if (x == nullptr || positions == nullptr) return Status::InvalidArgument("RoPE: null x or positions");
+  float cos_t[kMaxHeadDim / 2];
+  float sin_t[kMaxHeadDim / 2];
+  for (size_t t = 0; t < tokens; ++t) {
+    for (size_t i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(positions[t]) * inv_freq[i];
+      cos_t[i] = static_cast<float>(std::cos(static_cast<double>(angle)));
+      sin_t[i] = static_cast<float>(std::sin(static_cast<double>(angle)));
+    }
+    for (size_t h = 0; h < heads; ++h) {
+      float* v = x + (t * heads + h) * head_dim;
+      for (size_t i = 0; i < half; ++i) {
+        const float x1 = v[i];
+        const float x2 = v[i + half];
+        v[i] = x1 * cos_t[i] - x2 * sin_t[i];
+        v[i + half] = x2 * cos_t[i] + x1 * sin_t[i];
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Status Attention(const CpuContext& ctx, const AttentionShape& shape, const float* q, size_t num_queries,
+                 const float* k, const float* v, size_t num_keys, float* out) {
+  ES_ASSIGN_OR_RETURN(const IsaOps* ops, GetOps(ctx, "Attention"));
+  if (shape.num_heads == 0 || shape.num_kv_heads == 0 || shape.num_heads % shape.num_kv_heads != 0) {
+    return Status::InvalidArgument("Attention: num_kv_heads must be > 0 and divide num_heads");
+  }
+  if (shape.head_dim == 0 || shape.head_dim > kMaxHeadDim) {
+    return Status::InvalidArgument("Attention: head_dim must be in [1, kMaxHeadDim]");
+  }
+  if (num_queries > num_keys) return Status::InvalidArgument("Attention: more queries than keys");
+  if (num_queries == 0) return Status::Ok();
+  if (q == nullptr || k == nullptr || v == nullptr || out == nullptr) {
+    return Status::InvalidArgument("Attention: null q, k, v or out");
+  }
+  const size_t group = shape.num_heads / shape.num_kv_heads;
+  const size_t head_dim = shape.head_dim;
+  const size_t kv_stride = shape.num_kv_heads * head_dim;
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
+  ParallelFor(ctx.pool, num_queries * shape.num_heads, 1, [&](size_t begin, size_t end) {
+    for (size_t task = begin; task < end; ++task) {
+      const size_t qi = task / shape.num_heads;
+      const size_t h = task % shape.num_heads;
+      const size_t kv_offset = (h / group) * head_dim;
+      const size_t visible = num_keys - num_queries + qi + 1;
+      AttendOne(*ops, q + task * head_dim, k + kv_offset, v + kv_offset, kv_stride, visible, head_dim, scale,
+                out + task * head_dim);
+    }
+  });
+  return Status::Ok();
+}
+
+Status RouterTopK(const float* logits, size_t batch, size_t num_experts, size_t top_k, bool normalize,
+                  int32_t* experts, float* weights) {
+  if (num_experts == 0 || num_experts > kMaxExperts) {
+    return Status::InvalidArgument("RouterTopK: num_experts must be in [1, " + std::to_string(kMaxExperts) + "]");
+  }
+  if (top_k == 0 || top_k > num_experts) return Status::InvalidArgument("RouterTopK: top_k must be in [1, experts]");
+  if (batch == 0) return Status::Ok();
+  if (logits == nullptr || experts == nullptr || weights == nullptr) {
+    return Status::InvalidArgument("RouterTopK: null logits, experts or weights");
+  }
+  float probs[kMaxExperts];
+  bool taken[kMaxExperts];
+  for (size_t b = 0; b < batch; ++b) {
+    const float* row = logits + b * num_experts;
+    float max_logit = row[0];
+    for (size_t e = 1; e < num_experts; ++e) max_logit = std::max(max_logit, row[e]);
+    float sum = 0.0f;
+    for (size_t e = 0; e < num_experts; ++e) {
+      probs[e] = std::exp(row[e] - max_logit);
+      sum += probs[e];
+    }
+    for (size_t e = 0; e < num_experts; ++e) probs[e] /= sum;
+
+    std::fill(taken, taken + num_experts, false);
+    int32_t* row_experts = experts + b * top_k;
+    float* row_weights = weights + b * top_k;
+    float top_sum = 0.0f;
+    for (size_t slot = 0; slot < top_k; ++slot) {
+      // Strictly greater keeps the lower index among equal probabilities; a NaN is never preferred.
+      size_t best = num_experts;
+      for (size_t e = 0; e < num_experts; ++e) {
+        if (taken[e]) continue;
+        if (best == num_experts || probs[e] > probs[best] || (std::isnan(probs[best]) && !std::isnan(probs[e]))) {
+          best = e;
+        }
+      }
+      taken[best] = true;
+      row_experts[slot] = static_cast<int32_t>(best);
+      row_weights[slot] = probs[best];
+      top_sum += probs[best];
+    }
+    if (normalize) {
+      for (size_t slot = 0; slot < top_k; ++slot) row_weights[slot] /= top_sum;
+    }
+  }
+  return Status::Ok();
+}
+
+Status ConvertToF32(const CpuContext& ctx, const void* src, DType dtype, size_t n, float* dst) {
+  ES_ASSIGN_OR_RETURN(const IsaOps* ops, GetOps(ctx, "ConvertToF32"));
+  if (!IsWeightDType(dtype)) return Status::InvalidArgument("ConvertToF32: dtype is not F32, F16 or BF16");
+  if (n == 0) return Status::Ok();
+  if (src == nullptr || dst == nullptr) return Status::InvalidArgument("ConvertToF32: null src or dst");
+  ops->to_f32(src, dtype, n, dst);
+  return Status::Ok();
+}
+
+Status ConvertFromF32(const CpuContext& ctx, const float* src, size_t n, DType dtype, void* dst) {
+  ES_ASSIGN_OR_RETURN(const IsaOps* ops, GetOps(ctx, "ConvertFromF32"));
+  if (!IsWeightDType(dtype)) return Status::InvalidArgument("ConvertFromF32: dtype is not F32, F16 or BF16");
+  if (n == 0) return Status::Ok();
+  if (src == nullptr || dst == nullptr) return Status::InvalidArgument("ConvertFromF32: null src or dst");
+  ops->from_f32(src, n, dtype, dst);
+  return Status::Ok();
+}
+
+}  // namespace es::kernels

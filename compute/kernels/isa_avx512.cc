@@ -1,0 +1,231 @@
+// The AVX-512 path (F, BW, VL; with FMA and F16C): 16 fp32 lanes, masked loads for the tail of a row.
+// Compiled with -mavx512f -mavx512bw -mavx512vl -mfma -mf16c and reached only after the CPU check in
+// cpu_kernels.cc. Everything here has internal linkage and uses no inline library code (see isa_ops.h).
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "compute/kernels/isa_ops.h"
+
+namespace es::kernels::internal {
+namespace {
+
+constexpr size_t kWidth = 16;     // fp32 lanes in a zmm register
+constexpr int kRowTile = 4;       // weight rows per micro-tile
+constexpr int kBatchTile = 4;     // activation rows per micro-tile: 16 accumulators + 4 weights + 1 x of 32 zmm
+
+template <DType kW>
+constexpr size_t kElemBytes = kW == DType::kF32 ? sizeof(float) : sizeof(uint16_t);
+
+__mmask16 TailMask(size_t count) { return static_cast<__mmask16>((1u << count) - 1u); }
+
+// A fixed-order horizontal sum: upper 256 bits onto lower, then the same halving down to one lane, spelled out
+// so that the order is visibly the AVX2 path's after the first step.
+float ReduceAdd(__m512 v) {
+  const __m256 upper = _mm512_castps512_ps256(_mm512_shuffle_f32x4(v, v, 0xEE));  // lanes 8..15 moved down
+  const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(v), upper);
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Sixteen weights starting at element k of a row, widened to fp32.
+template <DType kW>
+__m512 LoadW(const void* row, size_t k);
+template <>
+__m512 LoadW<DType::kF32>(const void* row, size_t k) {
+  return _mm512_loadu_ps(static_cast<const float*>(row) + k);
+}
+template <>
+__m512 LoadW<DType::kBF16>(const void* row, size_t k) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + k));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+template <>
+__m512 LoadW<DType::kF16>(const void* row, size_t k) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + k));
+  return _mm512_cvtph_ps(h);
+}
+
+// The same for the last, partial group: lanes outside `mask` read nothing and are zero.
+template <DType kW>
+__m512 LoadWMasked(const void* row, size_t k, __mmask16 mask);
+template <>
+__m512 LoadWMasked<DType::kF32>(const void* row, size_t k, __mmask16 mask) {
+  return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(row) + k);
+}
+template <>
+__m512 LoadWMasked<DType::kBF16>(const void* row, size_t k, __mmask16 mask) {
+  const __m256i h = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(row) + k);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+template <>
+__m512 LoadWMasked<DType::kF16>(const void* row, size_t k, __mmask16 mask) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(row) + k));
+}
+
+// One micro-tile: kR weight rows from r0 against kB activation rows from b0. Every output element gets the same
+// FMA sequence (one per 16-wide group of k, the tail last) and the same final reduction, whatever kR and kB are.
+template <DType kW, int kR, int kB>
+void Tile(const MatMulArgs& a, size_t r0, size_t b0) {
+  const size_t row_bytes = a.cols * kElemBytes<kW>;
+  const void* w[kR];
+  for (int r = 0; r < kR; ++r) w[r] = static_cast<const uint8_t*>(a.w) + (r0 + r) * row_bytes;
+  const float* x[kB];
+  for (int b = 0; b < kB; ++b) x[b] = a.x + (b0 + b) * a.cols;
+
+  __m512 acc[kR][kB];
+  for (int r = 0; r < kR; ++r) {
+    for (int b = 0; b < kB; ++b) acc[r][b] = _mm512_setzero_ps();
+  }
+  size_t k = 0;
+  for (; k + kWidth <= a.cols; k += kWidth) {
+    __m512 wv[kR];
+    for (int r = 0; r < kR; ++r) wv[r] = LoadW<kW>(w[r], k);
+    for (int b = 0; b < kB; ++b) {
+      const __m512 xv = _mm512_loadu_ps(x[b] + k);
+      for (int r = 0; r < kR; ++r) acc[r][b] = _mm512_fmadd_ps(wv[r], xv, acc[r][b]);
+    }
+  }
+  if (k < a.cols) {
+    const __mmask16 mask = TailMask(a.cols - k);
+    __m512 wv[kR];
+    for (int r = 0; r < kR; ++r) wv[r] = LoadWMasked<kW>(w[r], k, mask);
+    for (int b = 0; b < kB; ++b) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mask, x[b] + k);
+      for (int r = 0; r < kR; ++r) acc[r][b] = _mm512_fmadd_ps(wv[r], xv, acc[r][b]);
+    }
+  }
+  for (int b = 0; b < kB; ++b) {
+    float* y = a.y + (b0 + b) * a.rows + r0;
+    for (int r = 0; r < kR; ++r) {
+      const float sum = ReduceAdd(acc[r][b]);
+      y[r] = a.accumulate_scale == nullptr ? sum : y[r] + a.accumulate_scale[b0 + b] * sum;
+    }
+  }
+}
+
+using TileFn = void (*)(const MatMulArgs&, size_t, size_t);
+
+// Indexed [rows - 1][batch - 1], so that the edges of a matrix use the same code with smaller tiles.
+template <DType kW>
+constexpr TileFn kTiles[kRowTile][kBatchTile] = {
+    {&Tile<kW, 1, 1>, &Tile<kW, 1, 2>, &Tile<kW, 1, 3>, &Tile<kW, 1, 4>},
+    {&Tile<kW, 2, 1>, &Tile<kW, 2, 2>, &Tile<kW, 2, 3>, &Tile<kW, 2, 4>},
+    {&Tile<kW, 3, 1>, &Tile<kW, 3, 2>, &Tile<kW, 3, 3>, &Tile<kW, 3, 4>},
+    {&Tile<kW, 4, 1>, &Tile<kW, 4, 2>, &Tile<kW, 4, 3>, &Tile<kW, 4, 4>},
+};
+
+// Batch tiles outside, row tiles inside: the weight rows of this range stay in L2 while each group of
+// activation rows streams them once more, instead of the larger activations streaming once per row tile.
+template <DType kW>
+void MatMulRowsTyped(const MatMulArgs& a, size_t row_begin, size_t row_end) {
+  for (size_t b0 = 0; b0 < a.batch; b0 += kBatchTile) {
+    const size_t nb = a.batch - b0 < kBatchTile ? a.batch - b0 : kBatchTile;
+    for (size_t r0 = row_begin; r0 < row_end; r0 += kRowTile) {
+      const size_t nr = row_end - r0 < kRowTile ? row_end - r0 : kRowTile;
+      kTiles<kW>[nr - 1][nb - 1](a, r0, b0);
+    }
+  }
+}
+
+void MatMulRows(const MatMulArgs& a, size_t row_begin, size_t row_end) {
+  switch (a.dtype) {
+    case DType::kF32: return MatMulRowsTyped<DType::kF32>(a, row_begin, row_end);
+    case DType::kBF16: return MatMulRowsTyped<DType::kBF16>(a, row_begin, row_end);
+    case DType::kF16: return MatMulRowsTyped<DType::kF16>(a, row_begin, row_end);
+    default: return;  // rejected by the caller
+  }
+}
+
+float Dot(const float* a, const float* b, size_t n) {
+  __m512 acc = _mm512_setzero_ps();
+  size_t k = 0;
+  for (; k + kWidth <= n; k += kWidth) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k), acc);
+  if (k < n) {
+    const __mmask16 mask = TailMask(n - k);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, a + k), _mm512_maskz_loadu_ps(mask, b + k), acc);
+  }
+  return ReduceAdd(acc);
+}
+
+void Axpy(float alpha, const float* x, float* y, size_t n) {
+  const __m512 av = _mm512_set1_ps(alpha);
+  size_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) {
+    _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+  }
+  if (i < n) {
+    const __mmask16 mask = TailMask(n - i);
+    const __m512 r = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mask, x + i), _mm512_maskz_loadu_ps(mask, y + i));
+    _mm512_mask_storeu_ps(y + i, mask, r);
+  }
+}
+
+void ToF32(const void* src, DType dtype, size_t n, float* dst) {
+  const auto* h = static_cast<const uint16_t*>(src);
+  const auto* f = static_cast<const float*>(src);
+  size_t i = 0;
+  switch (dtype) {
+    case DType::kF32:
+      for (; i + kWidth <= n; i += kWidth) _mm512_storeu_ps(dst + i, _mm512_loadu_ps(f + i));
+      if (i < n) _mm512_mask_storeu_ps(dst + i, TailMask(n - i), _mm512_maskz_loadu_ps(TailMask(n - i), f + i));
+      return;
+    case DType::kBF16:
+      for (; i + kWidth <= n; i += kWidth) _mm512_storeu_ps(dst + i, LoadW<DType::kBF16>(h, i));
+      if (i < n) _mm512_mask_storeu_ps(dst + i, TailMask(n - i), LoadWMasked<DType::kBF16>(h, i, TailMask(n - i)));
+      return;
+    case DType::kF16:
+      for (; i + kWidth <= n; i += kWidth) _mm512_storeu_ps(dst + i, LoadW<DType::kF16>(h, i));
+      if (i < n) _mm512_mask_storeu_ps(dst + i, TailMask(n - i), LoadWMasked<DType::kF16>(h, i, TailMask(n - i)));
+      return;
+    default: return;
+  }
+}
+
+// Round to nearest even on the dropped 16 bits; NaNs keep their sign and top payload and are made quiet.
+__m256i F32ToBf16x16(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  const __m512i quiet_nan = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x0040));
+  const __mmask16 is_nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(is_nan, rounded, quiet_nan));
+}
+
+void FromF32(const float* src, size_t n, DType dtype, void* dst) {
+  auto* h = static_cast<uint16_t*>(dst);
+  size_t i = 0;
+  switch (dtype) {
+    case DType::kF32: ToF32(src, DType::kF32, n, static_cast<float*>(dst)); return;
+    case DType::kBF16:
+      for (; i + kWidth <= n; i += kWidth) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + i), F32ToBf16x16(_mm512_loadu_ps(src + i)));
+      }
+      if (i < n) {
+        const __mmask16 mask = TailMask(n - i);
+        _mm256_mask_storeu_epi16(h + i, mask, F32ToBf16x16(_mm512_maskz_loadu_ps(mask, src + i)));
+      }
+      return;
+    case DType::kF16:
+      for (; i + kWidth <= n; i += kWidth) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+      }
+      if (i < n) {
+        const __mmask16 mask = TailMask(n - i);
+        _mm256_mask_storeu_epi16(h + i, mask,
+                                 _mm512_cvtps_ph(_mm512_maskz_loadu_ps(mask, src + i), _MM_FROUND_TO_NEAREST_INT));
+      }
+      return;
+    default: return;
+  }
+}
+
+}  // namespace
+
+const IsaOps kAvx512Ops = {&MatMulRows, &Dot, &Axpy, &ToF32, &FromF32};
+
+}  // namespace es::kernels::internal

@@ -1,0 +1,48 @@
+// Internal: the per-ISA inner loops behind cpu_kernels.h, one table per instruction set. Arguments are validated
+// by the caller (cpu_kernels.cc); these functions never fail and never allocate.
+//
+// This header is included by translation units compiled with -mavx2 / -mavx512f, so it declares only plain data
+// and functions: an inline function or template here could be emitted with AVX-512 instructions and then be
+// picked by the linker for the portable path.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "store/dtype.h"
+
+namespace es::kernels::internal {
+
+// y[b, r] = sum_k x[b, k] * W[r, k] for rows [row_begin, row_end) of W and every b < batch.
+struct MatMulArgs {
+  const float* x = nullptr;  // [batch, cols]
+  size_t batch = 0;
+  const void* w = nullptr;  // [rows, cols], row-major, dtype kF32, kF16 or kBF16
+  DType dtype = DType::kUnknown;
+  size_t rows = 0;
+  size_t cols = 0;
+  float* y = nullptr;  // [batch, rows]
+  // Null: y is overwritten. Otherwise y[b, r] += accumulate_scale[b] * (x W^T)[b, r] (the MoE combine).
+  const float* accumulate_scale = nullptr;
+};
+
+struct IsaOps {
+  // Each output element is one fixed sequence of operations, whatever the row range or batch tiling.
+  void (*matmul_rows)(const MatMulArgs& args, size_t row_begin, size_t row_end);
+  // sum_i a[i] * b[i], in an order that depends only on n.
+  float (*dot)(const float* a, const float* b, size_t n);
+  // y[i] += alpha * x[i].
+  void (*axpy)(float alpha, const float* x, float* y, size_t n);
+  // 16-bit or fp32 elements to fp32 (exact).
+  void (*to_f32)(const void* src, DType dtype, size_t n, float* dst);
+  // fp32 to bf16 / f16 (round to nearest even) or fp32 (copy).
+  void (*from_f32)(const float* src, size_t n, DType dtype, void* dst);
+};
+
+extern const IsaOps kScalarOps;
+#if defined(ES_KERNELS_X86)
+extern const IsaOps kAvx2Ops;    // AVX2 + FMA + F16C
+extern const IsaOps kAvx512Ops;  // AVX-512 F/BW/VL + FMA + F16C
+#endif
+
+}  // namespace es::kernels::internal
