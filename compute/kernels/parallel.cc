@@ -1,5 +1,6 @@
-// ComputePool: workers spin briefly on the job generation and then sleep on it (futex via atomic wait), so
-// back-to-back kernels of one decode step hand off in microseconds while an idle pool costs no CPU.
+// ComputePool: workers spin briefly on the job number and then sleep on it (futex via atomic wait), so
+// back-to-back kernels of one decode step hand off in microseconds while an idle pool costs no CPU. Chunks are
+// claimed dynamically, so a worker that the OS has descheduled simply gets none.
 #include "compute/kernels/parallel.h"
 
 #include <algorithm>
@@ -48,6 +49,18 @@ uint32_t WaitForChange(const std::atomic<uint32_t>& value, uint32_t old) {
   }
 }
 
+// claim_ layout.
+constexpr int kChunkBits = 20;
+constexpr uint64_t kChunkMask = (uint64_t{1} << kChunkBits) - 1;
+constexpr uint32_t kJobMask = (uint32_t{1} << (64 - 2 * kChunkBits)) - 1;
+
+uint64_t PackClaim(uint32_t job, uint64_t next, uint64_t count) {
+  return (static_cast<uint64_t>(job & kJobMask) << (2 * kChunkBits)) | (next << kChunkBits) | count;
+}
+uint32_t ClaimJob(uint64_t claim) { return static_cast<uint32_t>(claim >> (2 * kChunkBits)); }
+uint64_t ClaimNext(uint64_t claim) { return (claim >> kChunkBits) & kChunkMask; }
+uint64_t ClaimCount(uint64_t claim) { return claim & kChunkMask; }
+
 }  // namespace
 
 Result<std::unique_ptr<ComputePool>> ComputePool::Create(size_t threads) {
@@ -66,57 +79,71 @@ Result<std::unique_ptr<ComputePool>> ComputePool::Create(size_t threads) {
 
 ComputePool::~ComputePool() {
   stopping_.store(true, std::memory_order_relaxed);
-  generation_.fetch_add(1, std::memory_order_release);
-  generation_.notify_all();
+  published_.fetch_add(1, std::memory_order_release);
+  published_.notify_all();
   for (auto& worker : workers_) worker.join();
 }
 
 void ComputePool::Run(size_t n, size_t grain, RangeFn fn, void* context) {
   if (n == 0) return;
-  if (grain == 0) grain = 1;
+  grain = std::max({grain, size_t{1}, (n + kMaxChunks - 1) / kMaxChunks});
   if (workers_.empty() || n <= grain || tls_inside_pool) {
     for (size_t begin = 0; begin < n; begin += grain) fn(context, begin, std::min(n, begin + grain));
     return;
   }
   std::lock_guard<std::mutex> lock(callers_mu_);
-  job_fn_ = fn;
-  job_context_ = context;
-  job_n_ = n;
-  job_grain_ = grain;
-  next_begin_.store(0, std::memory_order_relaxed);
-  pending_.store(static_cast<uint32_t>(workers_.size()), std::memory_order_relaxed);
-  generation_.fetch_add(1, std::memory_order_release);
-  generation_.notify_all();
+  const uint64_t chunks = (n + grain - 1) / grain;
+  const uint32_t job = (published_.load(std::memory_order_relaxed) + 1) & kJobMask;
+  job_fn_.store(fn, std::memory_order_relaxed);
+  job_context_.store(context, std::memory_order_relaxed);
+  job_n_.store(n, std::memory_order_relaxed);
+  job_grain_.store(grain, std::memory_order_relaxed);
+  done_.store(0, std::memory_order_relaxed);
+  claim_.store(PackClaim(job, 0, chunks), std::memory_order_release);
+  published_.store(job, std::memory_order_release);
+  published_.notify_all();
 
   tls_inside_pool = true;
-  RunChunks();
+  RunChunks(job);
   tls_inside_pool = false;
 
-  // The job's fields stay valid until every worker has checked out; that is also what makes the outputs visible.
-  for (uint32_t left = pending_.load(std::memory_order_acquire); left != 0;
-       left = pending_.load(std::memory_order_acquire)) {
-    WaitForChange(pending_, left);
+  // Every chunk was claimed; wait for the ones still running elsewhere. That also makes their outputs visible.
+  for (uint32_t finished = done_.load(std::memory_order_acquire); finished != chunks;
+       finished = done_.load(std::memory_order_acquire)) {
+    WaitForChange(done_, finished);
   }
 }
 
-void ComputePool::RunChunks() {
+void ComputePool::RunChunks(uint32_t job) {
+  uint64_t claim = claim_.load(std::memory_order_acquire);
   for (;;) {
-    const size_t begin = next_begin_.fetch_add(job_grain_, std::memory_order_relaxed);
-    if (begin >= job_n_) return;
-    job_fn_(job_context_, begin, std::min(job_n_, begin + job_grain_));
+    if (ClaimJob(claim) != job || ClaimNext(claim) >= ClaimCount(claim)) return;
+    // Read the job before claiming: a successful exchange below proves that what was read belongs to `job`.
+    const RangeFn fn = job_fn_.load(std::memory_order_relaxed);
+    void* const context = job_context_.load(std::memory_order_relaxed);
+    const size_t n = job_n_.load(std::memory_order_relaxed);
+    const size_t grain = job_grain_.load(std::memory_order_relaxed);
+    const uint64_t chunk = ClaimNext(claim);
+    if (!claim_.compare_exchange_weak(claim, claim + (uint64_t{1} << kChunkBits), std::memory_order_acquire,
+                                      std::memory_order_acquire)) {
+      continue;  // `claim` now holds the current value
+    }
+    const size_t begin = chunk * grain;
+    fn(context, begin, std::min(n, begin + grain));
+    if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == ClaimCount(claim)) done_.notify_one();
+    claim = claim_.load(std::memory_order_acquire);
   }
 }
 
 void ComputePool::WorkerLoop() {
   tls_inside_pool = true;
-  // The generation this worker was created under: 0, as no job can start before Create returns. (Reading
-  // generation_ here instead would skip a job published before this thread got scheduled.)
+  // The job number this worker was created under: 0, as no job can start before Create returns. (Reading
+  // published_ here instead could skip a job published before this thread got scheduled.)
   uint32_t seen = 0;
   for (;;) {
-    seen = WaitForChange(generation_, seen);
+    seen = WaitForChange(published_, seen);
     if (stopping_.load(std::memory_order_relaxed)) return;
-    RunChunks();
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
+    RunChunks(seen);
   }
 }
 

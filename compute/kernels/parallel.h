@@ -28,9 +28,11 @@ class ComputePool {
 
   size_t threads() const { return workers_.size() + 1; }
 
-  // Calls fn(begin, end) on disjoint ranges covering [0, n), each at most `grain` long (grain 0 counts as 1),
-  // from the calling thread and the workers, and returns when all are done. fn must not throw. Thread-safe:
-  // concurrent callers take turns; a call from inside fn (nesting) runs inline on the calling thread.
+  // Calls fn(begin, end) on disjoint ranges covering [0, n), from the calling thread and the workers, and
+  // returns when all are done. Each range is at most max(grain, ceil(n / kMaxChunks)) long (grain 0 counts as
+  // 1). fn must not throw. Thread-safe: concurrent callers take turns; a call from inside fn (nesting) runs
+  // inline on the calling thread. The caller never waits for a worker that has no range: a descheduled worker
+  // cannot stall a job that the others finish.
   template <typename Fn>
   void ParallelFor(size_t n, size_t grain, Fn&& fn) {
     using FnType = std::remove_reference_t<Fn>;
@@ -38,26 +40,35 @@ class ComputePool {
         const_cast<void*>(static_cast<const void*>(&fn)));
   }
 
+  // The most ranges one ParallelFor is cut into.
+  static constexpr size_t kMaxChunks = (size_t{1} << 20) - 1;
+
  private:
   using RangeFn = void (*)(void* context, size_t begin, size_t end);
 
   ComputePool() = default;
   void Run(size_t n, size_t grain, RangeFn fn, void* context);
-  void RunChunks();
+  // Claims and runs chunks of the job numbered `job` until none is left or a newer job replaced it.
+  void RunChunks(uint32_t job);
   void WorkerLoop();
 
   std::mutex callers_mu_;  // one ParallelFor at a time
 
-  // The current job: written by the caller before `generation_` is bumped (release), read by workers after
-  // they observe the bump (acquire), and not rewritten until every worker has checked out via `pending_`.
-  RangeFn job_fn_ = nullptr;
-  void* job_context_ = nullptr;
-  size_t job_n_ = 0;
-  size_t job_grain_ = 1;
+  // The current job. Written by the caller before it publishes `claim_`; a thread reads them after loading
+  // `claim_` and uses them only if its compare-and-swap on `claim_` then succeeds, which proves that the job it
+  // read is still current (it cannot finish while a chunk is unclaimed). Atomics only because a late worker
+  // may read them while the next job is being written, and then discards what it read.
+  std::atomic<RangeFn> job_fn_{nullptr};
+  std::atomic<void*> job_context_{nullptr};
+  std::atomic<size_t> job_n_{0};
+  std::atomic<size_t> job_grain_{1};
 
-  std::atomic<size_t> next_begin_{0};    // the next unclaimed index of the current job
-  std::atomic<uint32_t> generation_{0};  // bumped once per job (and once to stop)
-  std::atomic<uint32_t> pending_{0};     // workers that have not finished the current job
+  // Job number (24 bits) | next unclaimed chunk (20 bits) | chunk count (20 bits). Claiming a chunk is one
+  // compare-and-swap that also checks the job number, so a worker waking late can never run a chunk of a job
+  // it did not read.
+  std::atomic<uint64_t> claim_{0};
+  std::atomic<uint32_t> published_{0};  // job number of the latest job; workers wait on it
+  std::atomic<uint32_t> done_{0};       // chunks of the current job finished; the caller waits on it
   std::atomic<bool> stopping_{false};
   std::vector<std::thread> workers_;
 };

@@ -1,0 +1,239 @@
+// kernels_bench: the CPU kernels at Qwen3-30B-A3B expert shapes, against a naive scalar loop and against the
+// machine's own memory bandwidth, in one run, so that results read as a fraction of what RAM can deliver.
+//
+// Roofline: a decode GEMV reads each weight byte once and does one FMA per 2 bytes (bf16), far below what the
+// cores can compute, so its ceiling is memory bandwidth; "cold" runs rotate over more experts than the L3 holds
+// so that every weight comes from RAM, as it does when experts stream in from the cache arena. "hot" runs reuse
+// one matrix (L3-resident) to show the compute ceiling. Prefill (batch > 1) reuses each weight row across the
+// batch and is reported in GFLOP/s.
+//
+//   build/bench/kernels_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+#include <benchmark/benchmark.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "compute/kernels/cpu_kernels.h"
+#include "compute/kernels/float16.h"
+#include "compute/kernels/parallel.h"
+
+namespace es::kernels {
+namespace {
+
+// Qwen3-30B-A3B (DESIGN.md section 4): hidden 2048, expert FFN 768, bf16.
+constexpr size_t kHidden = 2048;
+constexpr size_t kInter = 768;
+// Experts the cold runs rotate over: 64 x 9 MiB = 576 MiB, an order of magnitude past any L3 here.
+constexpr size_t kColdExperts = 64;
+// The buffer the bandwidth baselines stream: far larger than any cache.
+constexpr size_t kBandwidthBytes = size_t{512} << 20;
+constexpr double kGiga = 1e9;
+
+struct ExpertBytes {
+  std::vector<uint16_t> gate, up, down;  // bf16
+};
+
+// Random bf16 experts, built once (building 576 MiB takes a few seconds).
+const std::vector<ExpertBytes>& Experts() {
+  static const std::vector<ExpertBytes> experts = [] {
+    std::vector<ExpertBytes> e(kColdExperts);
+    std::mt19937 rng(7);
+    std::normal_distribution<float> dist(0.0f, 0.03f);
+    auto fill = [&](std::vector<uint16_t>& v, size_t n) {
+      v.resize(n);
+      for (auto& h : v) h = F32ToBf16(dist(rng));
+    };
+    for (auto& x : e) {
+      fill(x.gate, kInter * kHidden);
+      fill(x.up, kInter * kHidden);
+      fill(x.down, kHidden * kInter);
+    }
+    return e;
+  }();
+  return experts;
+}
+
+ComputePool* Pool(size_t threads) {
+  static std::map<size_t, std::unique_ptr<ComputePool>> pools;
+  auto& pool = pools[threads];
+  if (pool == nullptr) pool = std::move(ComputePool::Create(threads)).value();
+  return pool.get();
+}
+
+std::vector<float> RandomActivations(size_t n) {
+  std::mt19937 rng(8);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+void SetRate(benchmark::State& state, double bytes_per_iteration, double flops_per_iteration) {
+  state.counters["GB/s"] = benchmark::Counter(bytes_per_iteration / kGiga, benchmark::Counter::kIsIterationInvariantRate);
+  if (flops_per_iteration > 0) {
+    state.counters["GFLOP/s"] =
+        benchmark::Counter(flops_per_iteration / kGiga, benchmark::Counter::kIsIterationInvariantRate);
+  }
+}
+
+bool SkipUnavailable(benchmark::State& state, Isa isa) {
+  if (IsaAvailable(isa)) return false;
+  state.SkipWithError("instruction set not available on this CPU");
+  return true;
+}
+
+// ---- Bandwidth baselines ------------------------------------------------------------------------------------
+
+const std::vector<uint64_t>& BandwidthBuffer() {
+  static const std::vector<uint64_t> buffer(kBandwidthBytes / sizeof(uint64_t), 1);
+  return buffer;
+}
+
+// Reads the whole buffer (split over `threads`): the read bandwidth a streaming GEMV can hope for.
+void BM_MemoryRead(benchmark::State& state) {
+  const auto& buffer = BandwidthBuffer();
+  ComputePool* pool = Pool(static_cast<size_t>(state.range(0)));
+  constexpr size_t kChunk = size_t{1} << 20;  // words per task
+  for (auto _ : state) {
+    std::atomic<uint64_t> total{0};
+    pool->ParallelFor(buffer.size(), kChunk, [&](size_t begin, size_t end) {
+      uint64_t sum = 0;
+      for (size_t i = begin; i < end; ++i) sum += buffer[i];
+      total.fetch_add(sum, std::memory_order_relaxed);
+    });
+    benchmark::DoNotOptimize(total.load());
+  }
+  SetRate(state, static_cast<double>(kBandwidthBytes), 0);
+}
+BENCHMARK(BM_MemoryRead)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// memcpy of half the buffer into the other half; GB/s counts the bytes read.
+void BM_Memcpy(benchmark::State& state) {
+  static std::vector<uint8_t> buffer(kBandwidthBytes, 1);
+  const size_t half = buffer.size() / 2;
+  for (auto _ : state) {
+    std::memcpy(buffer.data() + half, buffer.data(), half);
+    benchmark::ClobberMemory();
+  }
+  SetRate(state, static_cast<double>(half), 0);
+}
+BENCHMARK(BM_Memcpy)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// ---- GEMV / matmul ------------------------------------------------------------------------------------------
+
+enum Shape : int64_t { kGateUp = 0, kDown = 1 };
+
+WeightMatrix ExpertMatrix(size_t expert, Shape shape) {
+  const ExpertBytes& e = Experts()[expert % kColdExperts];
+  return shape == kGateUp ? WeightMatrix{e.gate.data(), DType::kBF16, kInter, kHidden}
+                          : WeightMatrix{e.down.data(), DType::kBF16, kHidden, kInter};
+}
+
+// Args: isa, threads, shape (0: gate/up [768, 2048], 1: down [2048, 768]), cold (rotate over experts), batch.
+void BM_MatMulBf16(benchmark::State& state) {
+  const auto isa = static_cast<Isa>(state.range(0));
+  if (SkipUnavailable(state, isa)) return;
+  const CpuContext ctx{isa, Pool(static_cast<size_t>(state.range(1)))};
+  const auto shape = static_cast<Shape>(state.range(2));
+  const bool cold = state.range(3) != 0;
+  const auto batch = static_cast<size_t>(state.range(4));
+  const WeightMatrix first = ExpertMatrix(0, shape);
+  const std::vector<float> x = RandomActivations(batch * first.cols);
+  std::vector<float> y(batch * first.rows);
+  size_t expert = 0;
+  for (auto _ : state) {
+    const WeightMatrix w = ExpertMatrix(cold ? expert++ : 0, shape);
+    if (!MatMul(ctx, x.data(), batch, w, y.data()).ok()) state.SkipWithError("MatMul failed");
+    benchmark::ClobberMemory();
+  }
+  const double weight_bytes = static_cast<double>(first.rows * first.cols * sizeof(uint16_t));
+  SetRate(state, weight_bytes, 2.0 * static_cast<double>(batch * first.rows * first.cols));
+  state.SetLabel(std::string(IsaName(isa)));
+}
+
+void GemvArgs(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"isa", "threads", "shape", "cold", "batch"});
+  for (int64_t shape : {kGateUp, kDown}) {
+    for (int64_t isa : {0, 1, 2}) {
+      for (int64_t threads : {1, 2}) b->Args({isa, threads, shape, 1, 1});
+    }
+    b->Args({2, 1, shape, 0, 1});  // hot: one L3-resident matrix, AVX-512, one thread
+  }
+}
+BENCHMARK(BM_MatMulBf16)->Apply(GemvArgs)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+void PrefillArgs(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"isa", "threads", "shape", "cold", "batch"});
+  for (int64_t batch : {8, 64, 256}) {
+    for (int64_t isa : {1, 2}) b->Args({isa, 2, kGateUp, 1, batch});
+  }
+  b->Args({2, 1, kGateUp, 1, 64});
+}
+BENCHMARK(BM_MatMulBf16)->Name("BM_MatMulBf16Prefill")->Apply(PrefillArgs)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// The baseline every SIMD path must beat: one thread, one fp32 accumulator per output, bf16 widened per element.
+void BM_NaiveGemvBf16(benchmark::State& state) {
+  const auto shape = static_cast<Shape>(state.range(0));
+  const WeightMatrix first = ExpertMatrix(0, shape);
+  const std::vector<float> x = RandomActivations(first.cols);
+  std::vector<float> y(first.rows);
+  size_t expert = 0;
+  for (auto _ : state) {
+    const WeightMatrix w = ExpertMatrix(expert++, shape);
+    const auto* h = static_cast<const uint16_t*>(w.data);
+    for (size_t r = 0; r < w.rows; ++r) {
+      float acc = 0;
+      for (size_t k = 0; k < w.cols; ++k) acc += Bf16ToF32(h[r * w.cols + k]) * x[k];
+      y[r] = acc;
+    }
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  SetRate(state, static_cast<double>(first.rows * first.cols * sizeof(uint16_t)), 0);
+}
+BENCHMARK(BM_NaiveGemvBf16)->ArgName("shape")->Arg(kGateUp)->Arg(kDown)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// ---- Fused expert -------------------------------------------------------------------------------------------
+
+// Args: isa, threads, batch. Always cold: each iteration runs the next of 64 experts (9 MiB of bf16 each).
+void BM_ExpertBf16(benchmark::State& state) {
+  const auto isa = static_cast<Isa>(state.range(0));
+  if (SkipUnavailable(state, isa)) return;
+  const CpuContext ctx{isa, Pool(static_cast<size_t>(state.range(1)))};
+  const auto batch = static_cast<size_t>(state.range(2));
+  const std::vector<float> x = RandomActivations(batch * kHidden);
+  std::vector<float> out(batch * kHidden);
+  std::vector<float> scratch(ExpertScratchFloats(batch, kInter));
+  size_t expert = 0;
+  for (auto _ : state) {
+    const ExpertBytes& e = Experts()[expert++ % kColdExperts];
+    const ExpertWeights w{WeightMatrix{e.gate.data(), DType::kBF16, kInter, kHidden},
+                          WeightMatrix{e.up.data(), DType::kBF16, kInter, kHidden},
+                          WeightMatrix{e.down.data(), DType::kBF16, kHidden, kInter}};
+    if (!ExpertForward(ctx, w, x.data(), batch, scratch, out.data()).ok()) state.SkipWithError("expert failed");
+    benchmark::ClobberMemory();
+  }
+  const double weights = 3.0 * kInter * kHidden;
+  SetRate(state, weights * sizeof(uint16_t), 2.0 * weights * static_cast<double>(batch));
+  state.SetLabel(std::string(IsaName(isa)));
+}
+void ExpertArgs(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"isa", "threads", "batch"});
+  for (int64_t isa : {0, 1, 2}) {
+    for (int64_t threads : {1, 2}) b->Args({isa, threads, 1});
+  }
+  b->Args({2, 2, 32});
+}
+BENCHMARK(BM_ExpertBf16)->Apply(ExpertArgs)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+}  // namespace es::kernels
+
+BENCHMARK_MAIN();
