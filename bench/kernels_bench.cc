@@ -2,13 +2,18 @@
 // machine's own memory bandwidth, in one run, so that results read as a fraction of what RAM can deliver.
 //
 // Roofline: a decode GEMV reads each weight byte once and does one FMA per 2 bytes (bf16), far below what the
-// cores can compute, so its ceiling is memory bandwidth; "cold" runs rotate over more experts than the L3 holds
-// so that every weight comes from RAM, as it does when experts stream in from the cache arena. "hot" runs reuse
-// one matrix (L3-resident) to show the compute ceiling. Prefill (batch > 1) reuses each weight row across the
-// batch and is reported in GFLOP/s.
+// cores can compute, so its ceiling is memory bandwidth. "cold" runs rotate over 64 experts and flush each one's
+// cache lines after use (outside the timed region), so every weight byte comes from RAM, as for an expert that
+// was just read into the cache arena; "hot" runs reuse one L3-resident matrix to show the kernel's own
+// ceiling. Prefill (batch > 1) reuses each weight row across the batch and is reported in GFLOP/s. GB/s always
+// counts weight bytes once per call.
 //
 //   build/bench/kernels_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include <atomic>
 #include <cmath>
@@ -83,6 +88,24 @@ void SetRate(benchmark::State& state, double bytes_per_iteration, double flops_p
   }
 }
 
+// Writes back and drops every cache line of [data, data + bytes), so that the next read comes from RAM.
+void EvictFromCaches(const void* data, size_t bytes) {
+#if defined(__x86_64__) || defined(__i386__)
+  constexpr size_t kLine = 64;
+  const auto* p = static_cast<const char*>(data);
+  for (size_t i = 0; i < bytes; i += kLine) _mm_clflush(p + i);
+  _mm_mfence();
+#endif
+}
+
+// Flushes `data` without counting the time, when `cold`.
+void EvictUntimed(benchmark::State& state, bool cold, const void* data, size_t bytes) {
+  if (!cold) return;
+  state.PauseTiming();
+  EvictFromCaches(data, bytes);
+  state.ResumeTiming();
+}
+
 bool SkipUnavailable(benchmark::State& state, Isa isa) {
   if (IsaAvailable(isa)) return false;
   state.SkipWithError("instruction set not available on this CPU");
@@ -96,17 +119,26 @@ const std::vector<uint64_t>& BandwidthBuffer() {
   return buffer;
 }
 
-// Reads the whole buffer (split over `threads`): the read bandwidth a streaming GEMV can hope for.
+// Reads the whole buffer (split over `threads`), each task walking kStreams equal parts in lockstep as a GEMV
+// walks several weight rows: the read bandwidth a streaming GEMV can hope for. (One stream per core reaches
+// noticeably less on many machines, because the prefetchers keep fewer lines in flight.)
 void BM_MemoryRead(benchmark::State& state) {
   const auto& buffer = BandwidthBuffer();
   ComputePool* pool = Pool(static_cast<size_t>(state.range(0)));
   constexpr size_t kChunk = size_t{1} << 20;  // words per task
+  constexpr size_t kStreams = 8;
   for (auto _ : state) {
     std::atomic<uint64_t> total{0};
     pool->ParallelFor(buffer.size(), kChunk, [&](size_t begin, size_t end) {
-      uint64_t sum = 0;
-      for (size_t i = begin; i < end; ++i) sum += buffer[i];
-      total.fetch_add(sum, std::memory_order_relaxed);
+      const uint64_t* p = buffer.data() + begin;
+      const size_t stream_len = (end - begin) / kStreams;
+      uint64_t sum[kStreams] = {};
+      for (size_t i = 0; i < stream_len; ++i) {
+        for (size_t s = 0; s < kStreams; ++s) sum[s] += p[s * stream_len + i];
+      }
+      uint64_t all = 0;
+      for (uint64_t x : sum) all += x;
+      total.fetch_add(all, std::memory_order_relaxed);
     });
     benchmark::DoNotOptimize(total.load());
   }
@@ -125,6 +157,18 @@ void BM_Memcpy(benchmark::State& state) {
   SetRate(state, static_cast<double>(half), 0);
 }
 BENCHMARK(BM_Memcpy)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// The fixed cost of one ParallelFor round trip (publish, every thread claims a range, all finish): what each
+// kernel call pays on top of its work when a pool is used.
+void BM_ParallelForOverhead(benchmark::State& state) {
+  ComputePool* pool = Pool(static_cast<size_t>(state.range(0)));
+  std::atomic<size_t> sink{0};
+  for (auto _ : state) {
+    pool->ParallelFor(pool->threads(), 1, [&](size_t begin, size_t end) { sink.fetch_add(end - begin); });
+  }
+  benchmark::DoNotOptimize(sink.load());
+}
+BENCHMARK(BM_ParallelForOverhead)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime();
 
 // ---- GEMV / matmul ------------------------------------------------------------------------------------------
 
@@ -148,13 +192,14 @@ void BM_MatMulBf16(benchmark::State& state) {
   const std::vector<float> x = RandomActivations(batch * first.cols);
   std::vector<float> y(batch * first.rows);
   size_t expert = 0;
+  const size_t weight_bytes = first.rows * first.cols * sizeof(uint16_t);
   for (auto _ : state) {
     const WeightMatrix w = ExpertMatrix(cold ? expert++ : 0, shape);
     if (!MatMul(ctx, x.data(), batch, w, y.data()).ok()) state.SkipWithError("MatMul failed");
     benchmark::ClobberMemory();
+    EvictUntimed(state, cold, w.data, weight_bytes);
   }
-  const double weight_bytes = static_cast<double>(first.rows * first.cols * sizeof(uint16_t));
-  SetRate(state, weight_bytes, 2.0 * static_cast<double>(batch * first.rows * first.cols));
+  SetRate(state, static_cast<double>(weight_bytes), 2.0 * static_cast<double>(batch * first.rows * first.cols));
   state.SetLabel(std::string(IsaName(isa)));
 }
 
@@ -175,6 +220,7 @@ void PrefillArgs(benchmark::internal::Benchmark* b) {
     for (int64_t isa : {1, 2}) b->Args({isa, 2, kGateUp, 1, batch});
   }
   b->Args({2, 1, kGateUp, 1, 64});
+  b->Args({2, 1, kGateUp, 0, 64});  // hot, one thread: the compute ceiling of the micro-kernel
 }
 BENCHMARK(BM_MatMulBf16)->Name("BM_MatMulBf16Prefill")->Apply(PrefillArgs)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
@@ -184,6 +230,7 @@ void BM_NaiveGemvBf16(benchmark::State& state) {
   const WeightMatrix first = ExpertMatrix(0, shape);
   const std::vector<float> x = RandomActivations(first.cols);
   std::vector<float> y(first.rows);
+  const size_t weight_bytes = first.rows * first.cols * sizeof(uint16_t);
   size_t expert = 0;
   for (auto _ : state) {
     const WeightMatrix w = ExpertMatrix(expert++, shape);
@@ -195,14 +242,16 @@ void BM_NaiveGemvBf16(benchmark::State& state) {
     }
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
+    EvictUntimed(state, true, w.data, weight_bytes);
   }
-  SetRate(state, static_cast<double>(first.rows * first.cols * sizeof(uint16_t)), 0);
+  SetRate(state, static_cast<double>(weight_bytes), 0);
 }
 BENCHMARK(BM_NaiveGemvBf16)->ArgName("shape")->Arg(kGateUp)->Arg(kDown)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 // ---- Fused expert -------------------------------------------------------------------------------------------
 
-// Args: isa, threads, batch. Always cold: each iteration runs the next of 64 experts (9 MiB of bf16 each).
+// Args: isa, threads, batch. Always cold: each iteration runs the next of 64 experts (9 MiB of bf16 each),
+// flushed from the caches after use.
 void BM_ExpertBf16(benchmark::State& state) {
   const auto isa = static_cast<Isa>(state.range(0));
   if (SkipUnavailable(state, isa)) return;
@@ -219,6 +268,7 @@ void BM_ExpertBf16(benchmark::State& state) {
                           WeightMatrix{e.down.data(), DType::kBF16, kHidden, kInter}};
     if (!ExpertForward(ctx, w, x.data(), batch, scratch, out.data()).ok()) state.SkipWithError("expert failed");
     benchmark::ClobberMemory();
+    for (const auto* m : {&e.gate, &e.up, &e.down}) EvictUntimed(state, true, m->data(), m->size() * sizeof(uint16_t));
   }
   const double weights = 3.0 * kInter * kHidden;
   SetRate(state, weights * sizeof(uint16_t), 2.0 * weights * static_cast<double>(batch));

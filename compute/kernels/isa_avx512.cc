@@ -15,6 +15,8 @@ constexpr size_t kWidth = 16;     // fp32 lanes in a zmm register
 constexpr int kRowTile = 4;       // weight rows per micro-tile
 constexpr int kBatchTile = 4;     // activation rows per micro-tile: 16 accumulators + 4 weights + 1 x of 32 zmm
 
+constexpr size_t kCacheLine = 64;
+
 template <DType kW>
 constexpr size_t kElemBytes = kW == DType::kF32 ? sizeof(float) : sizeof(uint16_t);
 
@@ -68,8 +70,13 @@ __m512 LoadWMasked<DType::kF16>(const void* row, size_t k, __mmask16 mask) {
 
 // One micro-tile: kR weight rows from r0 against kB activation rows from b0. Every output element gets the same
 // FMA sequence (one per 16-wide group of k, the tail last) and the same final reduction, whatever kR and kB are.
+//
+// `prefetch`, when not null, is the start of the next tile's rows (contiguous with this tile's in memory): each
+// step asks for as many of its bytes as it consumes of its own, so that RAM is always being read one tile
+// ahead. The hardware prefetchers alone lose track when rows are short (a [2048, 768] bf16 matrix has
+// 1.5 KiB rows, several per 4 KiB page), and the decode GEMV is bound by exactly this stream.
 template <DType kW, int kR, int kB>
-void Tile(const MatMulArgs& a, size_t r0, size_t b0) {
+void Tile(const MatMulArgs& a, size_t r0, size_t b0, const uint8_t* prefetch) {
   const size_t row_bytes = a.cols * kElemBytes<kW>;
   const void* w[kR];
   for (int r = 0; r < kR; ++r) w[r] = static_cast<const uint8_t*>(a.w) + (r0 + r) * row_bytes;
@@ -80,8 +87,15 @@ void Tile(const MatMulArgs& a, size_t r0, size_t b0) {
   for (int r = 0; r < kR; ++r) {
     for (int b = 0; b < kB; ++b) acc[r][b] = _mm512_setzero_ps();
   }
+  constexpr size_t kStepBytes = kR * kWidth * kElemBytes<kW>;  // weight bytes one step consumes
   size_t k = 0;
   for (; k + kWidth <= a.cols; k += kWidth) {
+    if (prefetch != nullptr) {
+      const uint8_t* p = prefetch + k * kR * kElemBytes<kW>;
+      for (size_t off = 0; off < kStepBytes; off += kCacheLine) {
+        _mm_prefetch(reinterpret_cast<const char*>(p + off), _MM_HINT_T0);
+      }
+    }
     __m512 wv[kR];
     for (int r = 0; r < kR; ++r) wv[r] = LoadW<kW>(w[r], k);
     for (int b = 0; b < kB; ++b) {
@@ -107,7 +121,7 @@ void Tile(const MatMulArgs& a, size_t r0, size_t b0) {
   }
 }
 
-using TileFn = void (*)(const MatMulArgs&, size_t, size_t);
+using TileFn = void (*)(const MatMulArgs&, size_t, size_t, const uint8_t*);
 
 // Indexed [rows - 1][batch - 1], so that the edges of a matrix use the same code with smaller tiles.
 template <DType kW>
@@ -126,7 +140,10 @@ void MatMulRowsTyped(const MatMulArgs& a, size_t row_begin, size_t row_end) {
     const size_t nb = a.batch - b0 < kBatchTile ? a.batch - b0 : kBatchTile;
     for (size_t r0 = row_begin; r0 < row_end; r0 += kRowTile) {
       const size_t nr = row_end - r0 < kRowTile ? row_end - r0 : kRowTile;
-      kTiles<kW>[nr - 1][nb - 1](a, r0, b0);
+      // Only the first pass over the rows reads RAM; later batch tiles find them in L2.
+      const bool prefetch = b0 == 0 && r0 + kRowTile < row_end;
+      const uint8_t* next = static_cast<const uint8_t*>(a.w) + (r0 + kRowTile) * a.cols * kElemBytes<kW>;
+      kTiles<kW>[nr - 1][nb - 1](a, r0, b0, prefetch ? next : nullptr);
     }
   }
 }
