@@ -8,7 +8,8 @@
 // ceiling. Prefill (batch > 1) reuses each weight row across the batch and is reported in GFLOP/s. GB/s always
 // counts weight bytes once per call.
 //
-//   build/bench/kernels_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+//   build/bench/kernels_bench --benchmark_min_time=0.2 --benchmark_repetitions=7 \
+//       --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -81,7 +82,8 @@ std::vector<float> RandomActivations(size_t n) {
 }
 
 void SetRate(benchmark::State& state, double bytes_per_iteration, double flops_per_iteration) {
-  state.counters["GB/s"] = benchmark::Counter(bytes_per_iteration / kGiga, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GB/s"] =
+      benchmark::Counter(bytes_per_iteration / kGiga, benchmark::Counter::kIsIterationInvariantRate);
   if (flops_per_iteration > 0) {
     state.counters["GFLOP/s"] =
         benchmark::Counter(flops_per_iteration / kGiga, benchmark::Counter::kIsIterationInvariantRate);
@@ -216,13 +218,17 @@ BENCHMARK(BM_MatMulBf16)->Apply(GemvArgs)->UseRealTime()->Unit(benchmark::kMicro
 
 void PrefillArgs(benchmark::internal::Benchmark* b) {
   b->ArgNames({"isa", "threads", "shape", "cold", "batch"});
-  for (int64_t batch : {8, 64, 256}) {
-    for (int64_t isa : {1, 2}) b->Args({isa, 2, kGateUp, 1, batch});
+  for (int64_t isa : {1, 2}) {
+    for (int64_t threads : {1, 2}) b->Args({isa, threads, kGateUp, 1, 64});
   }
-  b->Args({2, 1, kGateUp, 1, 64});
-  b->Args({2, 1, kGateUp, 0, 64});  // hot, one thread: the compute ceiling of the micro-kernel
+  for (int64_t batch : {8, 32, 256}) b->Args({2, 1, kGateUp, 1, batch});
+  b->Args({2, 1, kGateUp, 0, 64});  // hot: the compute ceiling of the micro-kernel
 }
-BENCHMARK(BM_MatMulBf16)->Name("BM_MatMulBf16Prefill")->Apply(PrefillArgs)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_MatMulBf16)
+    ->Name("BM_MatMulBf16Prefill")
+    ->Apply(PrefillArgs)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 // The baseline every SIMD path must beat: one thread, one fp32 accumulator per output, bf16 widened per element.
 void BM_NaiveGemvBf16(benchmark::State& state) {
@@ -279,7 +285,7 @@ void ExpertArgs(benchmark::internal::Benchmark* b) {
   for (int64_t isa : {0, 1, 2}) {
     for (int64_t threads : {1, 2}) b->Args({isa, threads, 1});
   }
-  b->Args({2, 2, 32});
+  for (int64_t threads : {1, 2}) b->Args({2, threads, 32});  // a prefill chunk's share of one expert
 }
 BENCHMARK(BM_ExpertBf16)->Apply(ExpertArgs)->UseRealTime()->Unit(benchmark::kMicrosecond);
 

@@ -200,7 +200,9 @@ std::vector<float> TrickyFloats(std::mt19937& rng, size_t random_count) {
   std::uniform_int_distribution<uint32_t> bits;
   for (size_t i = 0; i < random_count; ++i) v.push_back(std::bit_cast<float>(bits(rng)));
   for (uint32_t h = 0; h <= 0xFFFF; h += 7) {
-    for (uint32_t low : {0x0000u, 0x7FFFu, 0x8000u, 0x8001u, 0xFFFFu}) v.push_back(std::bit_cast<float>((h << 16) | low));
+    for (uint32_t low : {0x0000u, 0x7FFFu, 0x8000u, 0x8001u, 0xFFFFu}) {
+      v.push_back(std::bit_cast<float>((h << 16) | low));
+    }
   }
   for (uint32_t h = 0; h < 0x7C00; h += 3) {
     const double a = F16Value(static_cast<uint16_t>(h));
@@ -386,7 +388,8 @@ constexpr ExpertShape kExpertShapes[] = {{1, 64, 48}, {3, 100, 37}, {17, 130, 70
 struct TestExpert {
   TestWeights gate, up, down;
   ExpertWeights View(const ExpertShape& s) const {
-    return ExpertWeights{Matrix(gate, s.inter, s.hidden), Matrix(up, s.inter, s.hidden), Matrix(down, s.hidden, s.inter)};
+    return ExpertWeights{Matrix(gate, s.inter, s.hidden), Matrix(up, s.inter, s.hidden),
+                         Matrix(down, s.hidden, s.inter)};
   }
 };
 
