@@ -8,8 +8,8 @@
 // ceiling. Prefill (batch > 1) reuses each weight row across the batch and is reported in GFLOP/s. GB/s always
 // counts weight bytes once per call.
 //
-//   build/bench/kernels_bench --benchmark_min_time=0.2 --benchmark_repetitions=7 \
-//       --benchmark_report_aggregates_only=true
+//   build/bench/kernels_bench --benchmark_min_time=0.2 --benchmark_repetitions=7
+//                             --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
 #if defined(__x86_64__) || defined(__i386__)
