@@ -31,6 +31,10 @@ constexpr size_t kMaxExperts = 4096;
 constexpr const char* kIsaEnv = "EXPERTSTORE_CPU_ISA";
 
 bool CpuSupports(Isa isa) {
+#if defined(ES_KERNELS_X86)
+  // Normally done by a libgcc constructor; repeated in case this runs from another static initialiser first.
+  __builtin_cpu_init();
+#endif
   switch (isa) {
     case Isa::kScalar: return true;
 #if defined(ES_KERNELS_X86)
