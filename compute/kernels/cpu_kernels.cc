@@ -113,8 +113,10 @@ void RmsNormRows(const IsaOps& ops, const float* x, size_t row_begin, size_t row
 
 float Silu(float v) { return v / (1.0f + std::exp(-v)); }
 
-Status ExpertImpl(const CpuContext& ctx, const ExpertWeights& e, const float* x, size_t batch, const float* scale,
-                  std::span<float> scratch, float* out, std::string_view kernel) {
+// x_rows / y_rows: null, or which rows of x / out each of the `batch` rows is (see MatMulArgs).
+Status ExpertImpl(const CpuContext& ctx, const ExpertWeights& e, const float* x, size_t batch, const int32_t* x_rows,
+                  const float* scale, const int32_t* y_rows, std::span<float> scratch, float* out,
+                  std::string_view kernel) {
   ES_ASSIGN_OR_RETURN(const IsaOps* ops, GetOps(ctx, kernel));
   ES_RETURN_IF_ERROR(CheckMatrix(e.gate, kernel, "gate"));
   ES_RETURN_IF_ERROR(CheckMatrix(e.up, kernel, "up"));
@@ -132,8 +134,8 @@ Status ExpertImpl(const CpuContext& ctx, const ExpertWeights& e, const float* x,
   }
   float* gate_out = scratch.data();
   float* up_out = gate_out + batch * inter;
-  const MatMulArgs gate_args{x, batch, e.gate.data, e.gate.dtype, inter, hidden, gate_out, nullptr};
-  const MatMulArgs up_args{x, batch, e.up.data, e.up.dtype, inter, hidden, up_out, nullptr};
+  const MatMulArgs gate_args{x, batch, e.gate.data, e.gate.dtype, inter, hidden, gate_out, nullptr, x_rows, nullptr};
+  const MatMulArgs up_args{x, batch, e.up.data, e.up.dtype, inter, hidden, up_out, nullptr, x_rows, nullptr};
   // Gate, up and the activation in one pass over each range of intermediate rows, while they are in cache.
   ParallelFor(ctx.pool, inter, kRowsPerTask, [&](size_t begin, size_t end) {
     ops->matmul_rows(gate_args, begin, end);
@@ -144,7 +146,7 @@ Status ExpertImpl(const CpuContext& ctx, const ExpertWeights& e, const float* x,
       for (size_t i = begin; i < end; ++i) g[i] = Silu(g[i]) * u[i];
     }
   });
-  const MatMulArgs down_args{gate_out, batch, e.down.data, e.down.dtype, hidden, inter, out, scale};
+  const MatMulArgs down_args{gate_out, batch, e.down.data, e.down.dtype, hidden, inter, out, scale, nullptr, y_rows};
   RunMatMul(ctx, *ops, down_args);
   return Status::Ok();
 }
@@ -230,13 +232,27 @@ size_t ExpertScratchFloats(size_t batch, size_t intermediate) {
 
 Status ExpertForward(const CpuContext& ctx, const ExpertWeights& expert, const float* x, size_t batch,
                      std::span<float> scratch, float* out) {
-  return ExpertImpl(ctx, expert, x, batch, nullptr, scratch, out, "ExpertForward");
+  return ExpertImpl(ctx, expert, x, batch, nullptr, nullptr, nullptr, scratch, out, "ExpertForward");
 }
 
 Status ExpertAccumulate(const CpuContext& ctx, const ExpertWeights& expert, const float* x, size_t batch,
                         const float* scale, std::span<float> scratch, float* out) {
   if (batch != 0 && scale == nullptr) return Status::InvalidArgument("ExpertAccumulate: null scale");
-  return ExpertImpl(ctx, expert, x, batch, scale, scratch, out, "ExpertAccumulate");
+  return ExpertImpl(ctx, expert, x, batch, nullptr, scale, nullptr, scratch, out, "ExpertAccumulate");
+}
+
+Status ExpertAccumulateRows(const CpuContext& ctx, const ExpertWeights& expert, const float* x, size_t tokens,
+                            std::span<const int32_t> rows, const float* scale, std::span<float> scratch, float* out) {
+  if (rows.empty()) return Status::Ok();
+  if (scale == nullptr) return Status::InvalidArgument("ExpertAccumulateRows: null scale");
+  for (int32_t row : rows) {
+    if (row < 0 || static_cast<size_t>(row) >= tokens) {
+      return Status::InvalidArgument("ExpertAccumulateRows: row " + std::to_string(row) + " outside [0, " +
+                                     std::to_string(tokens) + ")");
+    }
+  }
+  return ExpertImpl(ctx, expert, x, rows.size(), rows.data(), scale, rows.data(), scratch, out,
+                    "ExpertAccumulateRows");
 }
 
 Status RmsNorm(const CpuContext& ctx, const float* x, size_t rows, const WeightVector& weight, float eps, float* y) {

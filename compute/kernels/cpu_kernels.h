@@ -83,6 +83,13 @@ Status ExpertForward(const CpuContext& ctx, const ExpertWeights& expert, const f
 Status ExpertAccumulate(const CpuContext& ctx, const ExpertWeights& expert, const float* x, size_t batch,
                         const float* scale, std::span<float> scratch, float* out);
 
+// The same for the tokens a router sent to this expert, without gathering them first: for each i,
+// out[rows[i], :] += scale[i] * expert(x[rows[i], :]), where x and out are [tokens, hidden] and scale has
+// rows.size() entries. A row may repeat (its contributions add up in order of i). scratch must hold
+// ExpertScratchFloats(rows.size(), intermediate) floats.
+Status ExpertAccumulateRows(const CpuContext& ctx, const ExpertWeights& expert, const float* x, size_t tokens,
+                            std::span<const int32_t> rows, const float* scale, std::span<float> scratch, float* out);
+
 // ---- Normalisation and position encoding ------------------------------------------------------------------
 
 // Qwen3 / Llama RMSNorm per row of length weight.size: y = weight * (x * rsqrt(mean(x^2) + eps)), in fp32

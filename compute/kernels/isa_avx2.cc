@@ -60,6 +60,14 @@ float ReduceAdd(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// Where activation row b and output row b live (see MatMulArgs::x_rows, y_rows).
+const float* XRow(const MatMulArgs& a, size_t b) {
+  return a.x + (a.x_rows == nullptr ? b : static_cast<size_t>(a.x_rows[b])) * a.cols;
+}
+float* YRow(const MatMulArgs& a, size_t b) {
+  return a.y + (a.y_rows == nullptr ? b : static_cast<size_t>(a.y_rows[b])) * a.rows;
+}
+
 // One micro-tile: kR weight rows from r0 against kB activation rows from b0. Every output element gets the same
 // FMA sequence (one per 8-wide group of k, the tail last) and the same final reduction, whatever kR and kB are.
 //
@@ -72,7 +80,7 @@ void Tile(const MatMulArgs& a, size_t r0, size_t b0, const uint8_t* prefetch) {
   const void* w[kR];
   for (int r = 0; r < kR; ++r) w[r] = static_cast<const uint8_t*>(a.w) + (r0 + r) * a.cols * kElemBytes<kW>;
   const float* x[kB];
-  for (int b = 0; b < kB; ++b) x[b] = a.x + (b0 + b) * a.cols;
+  for (int b = 0; b < kB; ++b) x[b] = XRow(a, b0 + b);
 
   __m256 acc[kR][kB];
   for (int r = 0; r < kR; ++r) {
@@ -104,7 +112,7 @@ void Tile(const MatMulArgs& a, size_t r0, size_t b0, const uint8_t* prefetch) {
     }
   }
   for (int b = 0; b < kB; ++b) {
-    float* y = a.y + (b0 + b) * a.rows + r0;
+    float* y = YRow(a, b0 + b) + r0;
     for (int r = 0; r < kR; ++r) {
       const float sum = ReduceAdd(acc[r][b]);
       y[r] = a.accumulate_scale == nullptr ? sum : y[r] + a.accumulate_scale[b0 + b] * sum;

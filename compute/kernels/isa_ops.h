@@ -24,6 +24,11 @@ struct MatMulArgs {
   float* y = nullptr;  // [batch, rows]
   // Null: y is overwritten. Otherwise y[b, r] += accumulate_scale[b] * (x W^T)[b, r] (the MoE combine).
   const float* accumulate_scale = nullptr;
+  // Null: activation row b is row b of x. Otherwise it is row x_rows[b] (a gather of the tokens an expert got).
+  const int32_t* x_rows = nullptr;
+  // Null: output row b is row b of y. Otherwise it is row y_rows[b] (the scatter of the MoE combine); rows of
+  // y that repeat receive their contributions in order of b.
+  const int32_t* y_rows = nullptr;
 };
 
 struct IsaOps {

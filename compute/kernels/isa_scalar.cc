@@ -36,11 +36,21 @@ float ReduceLanes(const float* lane) {
   return (s0 + s2) + (s1 + s3);
 }
 
+// Where activation row b and output row b live (see MatMulArgs::x_rows, y_rows).
+const float* XRow(const MatMulArgs& a, size_t b) {
+  return a.x + (a.x_rows == nullptr ? b : static_cast<size_t>(a.x_rows[b])) * a.cols;
+}
+float* YRow(const MatMulArgs& a, size_t b) {
+  return a.y + (a.y_rows == nullptr ? b : static_cast<size_t>(a.y_rows[b])) * a.rows;
+}
+
 template <DType kW>
 void MatMulRowsTyped(const MatMulArgs& a, size_t row_begin, size_t row_end) {
   const size_t row_bytes = a.cols * DTypeSize(kW);
   for (size_t b0 = 0; b0 < a.batch; b0 += kBatchTile) {
     const size_t nb = a.batch - b0 < kBatchTile ? a.batch - b0 : kBatchTile;
+    const float* xs[kBatchTile];
+    for (size_t b = 0; b < nb; ++b) xs[b] = XRow(a, b0 + b);
     for (size_t r = row_begin; r < row_end; ++r) {
       const void* row = static_cast<const uint8_t*>(a.w) + r * row_bytes;
       float acc[kBatchTile][kLanes] = {};
@@ -49,15 +59,13 @@ void MatMulRowsTyped(const MatMulArgs& a, size_t row_begin, size_t row_end) {
         float w[kLanes];
         for (size_t j = 0; j < kLanes; ++j) w[j] = LoadWeight<kW>(row, k0 + j);
         for (size_t b = 0; b < nb; ++b) {
-          const float* x = a.x + (b0 + b) * a.cols + k0;
-          for (size_t j = 0; j < kLanes; ++j) acc[b][j] += w[j] * x[j];
+          for (size_t j = 0; j < kLanes; ++j) acc[b][j] += w[j] * xs[b][k0 + j];
         }
       }
       for (size_t b = 0; b < nb; ++b) {
-        const float* x = a.x + (b0 + b) * a.cols;
-        for (size_t k = k0; k < a.cols; ++k) acc[b][k - k0] += LoadWeight<kW>(row, k) * x[k];
+        for (size_t k = k0; k < a.cols; ++k) acc[b][k - k0] += LoadWeight<kW>(row, k) * xs[b][k];
         const float sum = ReduceLanes(acc[b]);
-        float* y = a.y + (b0 + b) * a.rows + r;
+        float* y = YRow(a, b0 + b) + r;
         *y = a.accumulate_scale == nullptr ? sum : *y + a.accumulate_scale[b0 + b] * sum;
       }
     }
