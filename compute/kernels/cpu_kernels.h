@@ -5,9 +5,9 @@
 //
 // Guarantees, for every kernel: for a given Isa, each output element is one fixed sequence of fp32 operations,
 // so results are bit-identical whatever the pool's thread count (different Isas agree to rounding, not bits).
-// No kernel allocates, throws or keeps a pointer after it returns; inputs and outputs are caller-owned, must
-// not overlap unless a kernel says so, and need no particular alignment. Kernels are thread-safe: concurrent
-// calls share nothing but the pool, which serialises them.
+// No kernel allocates (but for an error's message), throws, or keeps a pointer after it returns; inputs and
+// outputs are caller-owned, must not overlap unless a kernel says so, and need no particular alignment.
+// Kernels are thread-safe: concurrent calls share nothing but the pool, which serialises them.
 #pragma once
 
 #include <cstddef>
@@ -30,7 +30,8 @@ enum class Isa : uint8_t {
 std::string_view IsaName(Isa isa);
 // True when the Isa was compiled in and this CPU (and OS) supports it.
 bool IsaAvailable(Isa isa);
-// The fastest available Isa.
+// The fastest available Isa, capped by the environment variable EXPERTSTORE_CPU_ISA (scalar, avx2 or avx512)
+// when it is set, so that a whole program or test suite can be run on a slower path. Read once.
 Isa BestIsa();
 
 // Where and how a kernel runs. Copyable and cheap; the pool is not owned and must outlive the calls.

@@ -9,6 +9,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -817,6 +818,18 @@ TEST(KernelArgsTest, UnavailableIsaIsNotSupported) {
   }
   EXPECT_TRUE(IsaAvailable(Isa::kScalar));
   EXPECT_TRUE(IsaAvailable(BestIsa()));
+}
+
+// Run by ctest a second time with EXPERTSTORE_CPU_ISA=scalar (see CMakeLists.txt).
+TEST(KernelArgsTest, EnvironmentCapsBestIsa) {
+  const char* env = std::getenv("EXPERTSTORE_CPU_ISA");
+  if (env == nullptr) GTEST_SKIP() << "EXPERTSTORE_CPU_ISA is not set";
+  for (Isa isa : kAllIsas) {
+    if (IsaName(isa) == env && IsaAvailable(isa)) {
+      EXPECT_EQ(BestIsa(), isa);
+    }
+  }
+  EXPECT_EQ(CpuContext{}.isa, BestIsa());
 }
 
 // ---- ComputePool ----------------------------------------------------------------------------------------------
