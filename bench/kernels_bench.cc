@@ -289,6 +289,36 @@ void ExpertArgs(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK(BM_ExpertBf16)->Apply(ExpertArgs)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
+// ---- Attention ------------------------------------------------------------------------------------------------
+
+// Decode attention at Qwen3-30B's shape (32 query heads, 4 KV heads of 128) over a cache of `keys` positions.
+// GB/s counts the K and V bytes once per call (each is read by its 8 query heads).
+void BM_AttentionDecode(benchmark::State& state) {
+  const auto isa = static_cast<Isa>(state.range(0));
+  if (SkipUnavailable(state, isa)) return;
+  const CpuContext ctx{isa, Pool(static_cast<size_t>(state.range(1)))};
+  const auto keys = static_cast<size_t>(state.range(2));
+  const AttentionShape shape{32, 4, 128};
+  const std::vector<float> q = RandomActivations(shape.num_heads * shape.head_dim);
+  const std::vector<float> kv = RandomActivations(keys * shape.num_kv_heads * shape.head_dim);
+  std::vector<float> out(q.size());
+  for (auto _ : state) {
+    if (!Attention(ctx, shape, q.data(), 1, kv.data(), kv.data(), keys, out.data()).ok()) {
+      state.SkipWithError("attention failed");
+    }
+    benchmark::ClobberMemory();
+  }
+  SetRate(state, 2.0 * static_cast<double>(kv.size() * sizeof(float)), 0);
+  state.SetLabel(std::string(IsaName(isa)));
+}
+BENCHMARK(BM_AttentionDecode)
+    ->ArgNames({"isa", "threads", "keys"})
+    ->Args({2, 1, 4096})
+    ->Args({2, 2, 4096})
+    ->Args({1, 1, 4096})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
 }  // namespace
 }  // namespace es::kernels
 
