@@ -316,6 +316,7 @@ BENCHMARK(BM_AttentionDecode)
     ->Args({2, 1, 4096})
     ->Args({2, 2, 4096})
     ->Args({1, 1, 4096})
+    ->Args({2, 1, 512})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 

@@ -23,8 +23,13 @@ using internal::MatMulArgs;
 constexpr size_t kRowsPerTask = 32;
 // Below this many elements per task, handing work to another thread costs more than it saves.
 constexpr size_t kMinElementsPerTask = 16384;
-// Keys whose scores are kept on the stack at once by attention's online softmax.
+// Keys per block of attention's online softmax: the scores of a block stay on the stack, and the running
+// maximum is updated once per block.
 constexpr size_t kKeyBlock = 64;
+// Query heads one attention task handles (they share a KV head); bounds the task's stack (16 KiB of acc).
+constexpr size_t kMaxHeadsPerTask = internal::kMaxGroupHeads;
+// Attention aims for at least this many tasks per pool thread, for balance.
+constexpr size_t kTasksPerThread = 2;
 // The router keeps one row of probabilities on the stack.
 constexpr size_t kMaxExperts = 4096;
 // Environment variable that caps the Isa chosen by default (scalar, avx2, avx512), to run a suite per path.
@@ -151,36 +156,36 @@ Status ExpertImpl(const CpuContext& ctx, const ExpertWeights& e, const float* x,
   return Status::Ok();
 }
 
-// One (query, head) of attention: online softmax over blocks of keys, so that nothing but a block of scores and
-// the running output live on the stack. `visible` keys, each `kv_stride` floats apart.
-void AttendOne(const IsaOps& ops, const float* q, const float* k, const float* v, size_t kv_stride, size_t visible,
-               size_t head_dim, float scale, float* out) {
-  float acc[kMaxHeadDim];
-  std::fill(acc, acc + head_dim, 0.0f);
-  float scores[kKeyBlock];
-  float running_max = -std::numeric_limits<float>::infinity();
-  float denominator = 0.0f;
+// Attention for `heads` query heads that share one KV head, at one query position: online softmax over blocks
+// of keys, each K and V row read once for all the heads. Per head, the arithmetic does not depend on which
+// other heads share the call, so the split into tasks is free to follow the pool's size.
+// q and out hold the heads `head_dim` apart; `visible` keys, each `kv_stride` floats after the previous.
+void AttendHeads(const IsaOps& ops, const float* q, size_t heads, const float* k, const float* v, size_t kv_stride,
+                 size_t visible, size_t head_dim, float scale, float* out) {
+  float acc[kMaxHeadsPerTask * kMaxHeadDim];  // [heads, head_dim]
+  float probs[kMaxHeadsPerTask][kKeyBlock];
+  float running_max[kMaxHeadsPerTask];
+  float denominator[kMaxHeadsPerTask];
+  float correction[kMaxHeadsPerTask];
+  std::fill(acc, acc + heads * head_dim, 0.0f);
+  std::fill(running_max, running_max + heads, -std::numeric_limits<float>::infinity());
+  std::fill(denominator, denominator + heads, 0.0f);
   for (size_t j0 = 0; j0 < visible; j0 += kKeyBlock) {
     const size_t count = std::min(kKeyBlock, visible - j0);
-    float block_max = -std::numeric_limits<float>::infinity();
-    for (size_t j = 0; j < count; ++j) {
-      scores[j] = ops.dot(q, k + (j0 + j) * kv_stride, head_dim) * scale;
-      block_max = std::max(block_max, scores[j]);
+    ops.scores(q, heads, k + j0 * kv_stride, kv_stride, count, head_dim, scale, probs[0], kKeyBlock);
+    for (size_t h = 0; h < heads; ++h) {
+      float* p = probs[h];
+      const float new_max = std::max(running_max[h], ops.max(p, count));
+      // Rescales what was summed under the old maximum; exp(-inf) = 0 before the first block.
+      correction[h] = std::exp(running_max[h] - new_max);
+      running_max[h] = new_max;
+      denominator[h] = denominator[h] * correction[h] + ops.exp_shifted(p, new_max, count, p);
     }
-    if (block_max > running_max) {
-      // Rescale what was summed under the old maximum (nothing yet when it was -inf: exp(-inf) = 0).
-      const float correction = std::exp(running_max - block_max);
-      denominator *= correction;
-      for (size_t i = 0; i < head_dim; ++i) acc[i] *= correction;
-      running_max = block_max;
-    }
-    for (size_t j = 0; j < count; ++j) {
-      const float p = std::exp(scores[j] - running_max);
-      denominator += p;
-      ops.axpy(p, v + (j0 + j) * kv_stride, acc, head_dim);
-    }
+    ops.weighted_sum(probs[0], kKeyBlock, heads, v + j0 * kv_stride, kv_stride, count, head_dim, correction, acc);
   }
-  for (size_t i = 0; i < head_dim; ++i) out[i] = acc[i] / denominator;
+  for (size_t h = 0; h < heads; ++h) {
+    for (size_t i = 0; i < head_dim; ++i) out[h * head_dim + i] = acc[h * head_dim + i] / denominator[h];
+  }
 }
 
 }  // namespace
@@ -333,14 +338,25 @@ Status Attention(const CpuContext& ctx, const AttentionShape& shape, const float
   const size_t head_dim = shape.head_dim;
   const size_t kv_stride = shape.num_kv_heads * head_dim;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
-  ParallelFor(ctx.pool, num_queries * shape.num_heads, 1, [&](size_t begin, size_t end) {
+  // A task is some query heads of one KV group at one position. Smaller slices of a group when there would
+  // otherwise be too few tasks to keep the pool busy (decode has one per KV head); the results are the same.
+  const size_t threads = ctx.pool == nullptr ? 1 : ctx.pool->threads();
+  size_t heads_per_task = std::min(group, kMaxHeadsPerTask);
+  const size_t groups = num_queries * shape.num_kv_heads;
+  while (heads_per_task > 1 && groups * (group / heads_per_task) < kTasksPerThread * threads) {
+    heads_per_task /= 2;
+  }
+  const size_t slices = (group + heads_per_task - 1) / heads_per_task;
+  ParallelFor(ctx.pool, num_queries * shape.num_kv_heads * slices, 1, [&](size_t begin, size_t end) {
     for (size_t task = begin; task < end; ++task) {
-      const size_t qi = task / shape.num_heads;
-      const size_t h = task % shape.num_heads;
-      const size_t kv_offset = (h / group) * head_dim;
+      const size_t qi = task / (shape.num_kv_heads * slices);
+      const size_t kv_head = task / slices % shape.num_kv_heads;
+      const size_t first = kv_head * group + task % slices * heads_per_task;
+      const size_t heads = std::min(heads_per_task, (kv_head + 1) * group - first);
       const size_t visible = num_keys - num_queries + qi + 1;
-      AttendOne(*ops, q + task * head_dim, k + kv_offset, v + kv_offset, kv_stride, visible, head_dim, scale,
-                out + task * head_dim);
+      const size_t offset = (qi * shape.num_heads + first) * head_dim;
+      AttendHeads(*ops, q + offset, heads, k + kv_head * head_dim, v + kv_head * head_dim, kv_stride, visible,
+                  head_dim, scale, out + offset);
     }
   });
   return Status::Ok();

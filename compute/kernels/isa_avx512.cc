@@ -11,6 +11,11 @@
 namespace es::kernels::internal {
 namespace {
 
+// Marks a loop over a template constant. GCC keeps an array of vector accumulators in registers only when
+// such loops are unrolled before its scalar replacement pass; otherwise it shadows them on the stack and
+// stores them on every iteration of the hot loop.
+#define ES_UNROLL _Pragma("GCC unroll 16")
+
 constexpr size_t kWidth = 16;     // fp32 lanes in a zmm register
 constexpr int kRowTile = 4;       // weight rows per micro-tile
 constexpr int kBatchTile = 4;     // activation rows per micro-tile: 16 accumulators + 4 weights + 1 x of 32 zmm
@@ -87,12 +92,16 @@ template <DType kW, int kR, int kB>
 void Tile(const MatMulArgs& a, size_t r0, size_t b0, const uint8_t* prefetch) {
   const size_t row_bytes = a.cols * kElemBytes<kW>;
   const void* w[kR];
+  ES_UNROLL
   for (int r = 0; r < kR; ++r) w[r] = static_cast<const uint8_t*>(a.w) + (r0 + r) * row_bytes;
   const float* x[kB];
+  ES_UNROLL
   for (int b = 0; b < kB; ++b) x[b] = XRow(a, b0 + b);
 
   __m512 acc[kR][kB];
+  ES_UNROLL
   for (int r = 0; r < kR; ++r) {
+    ES_UNROLL
     for (int b = 0; b < kB; ++b) acc[r][b] = _mm512_setzero_ps();
   }
   constexpr size_t kStepBytes = kR * kWidth * kElemBytes<kW>;  // weight bytes one step consumes
@@ -105,23 +114,31 @@ void Tile(const MatMulArgs& a, size_t r0, size_t b0, const uint8_t* prefetch) {
       }
     }
     __m512 wv[kR];
+    ES_UNROLL
     for (int r = 0; r < kR; ++r) wv[r] = LoadW<kW>(w[r], k);
+    ES_UNROLL
     for (int b = 0; b < kB; ++b) {
       const __m512 xv = _mm512_loadu_ps(x[b] + k);
+      ES_UNROLL
       for (int r = 0; r < kR; ++r) acc[r][b] = _mm512_fmadd_ps(wv[r], xv, acc[r][b]);
     }
   }
   if (k < a.cols) {
     const __mmask16 mask = TailMask(a.cols - k);
     __m512 wv[kR];
+    ES_UNROLL
     for (int r = 0; r < kR; ++r) wv[r] = LoadWMasked<kW>(w[r], k, mask);
+    ES_UNROLL
     for (int b = 0; b < kB; ++b) {
       const __m512 xv = _mm512_maskz_loadu_ps(mask, x[b] + k);
+      ES_UNROLL
       for (int r = 0; r < kR; ++r) acc[r][b] = _mm512_fmadd_ps(wv[r], xv, acc[r][b]);
     }
   }
+  ES_UNROLL
   for (int b = 0; b < kB; ++b) {
     float* y = YRow(a, b0 + b) + r0;
+    ES_UNROLL
     for (int r = 0; r < kR; ++r) {
       const float sum = ReduceAdd(acc[r][b]);
       y[r] = a.accumulate_scale == nullptr ? sum : y[r] + a.accumulate_scale[b0 + b] * sum;
@@ -176,17 +193,206 @@ float Dot(const float* a, const float* b, size_t n) {
   return ReduceAdd(acc);
 }
 
-void Axpy(float alpha, const float* x, float* y, size_t n) {
-  const __m512 av = _mm512_set1_ps(alpha);
+// ---- Attention pieces -----------------------------------------------------------------------------------------
+
+// Independent FMA chains a kernel keeps in flight: at least FMA latency (4) times the two FMA ports. Attention
+// uses twice that (16 of the 32 registers), so that each load feeds several FMAs: a GQA group of 8 heads
+// scores two keys at once and accumulates two chunks of each value row at once.
+constexpr int kAttentionChains = 16;
+
+// Scores of kG heads against kKeys keys at a time (kG * kKeys chains). Per (head, key) the operation sequence
+// is Dot's: one FMA per 16-wide group of dim in order, the masked tail last, then ReduceAdd.
+template <int kG, int kKeys>
+__attribute__((always_inline)) inline void ScoresStep(const float* q, const float* k, size_t k_stride, size_t dim,
+                                                      float scale, float* out, size_t out_stride) {
+  __m512 acc[kKeys][kG];
+  ES_UNROLL
+  for (int j = 0; j < kKeys; ++j) {
+    ES_UNROLL
+    for (int h = 0; h < kG; ++h) acc[j][h] = _mm512_setzero_ps();
+  }
+  // Each loaded key chunk serves kG heads and each loaded query chunk kKeys keys.
+  size_t d = 0;
+  for (; d + kWidth <= dim; d += kWidth) {
+    __m512 kv[kKeys];
+    ES_UNROLL
+    for (int j = 0; j < kKeys; ++j) kv[j] = _mm512_loadu_ps(k + j * k_stride + d);
+    ES_UNROLL
+    for (int h = 0; h < kG; ++h) {
+      const __m512 qv = _mm512_loadu_ps(q + h * dim + d);
+      ES_UNROLL
+      for (int j = 0; j < kKeys; ++j) acc[j][h] = _mm512_fmadd_ps(qv, kv[j], acc[j][h]);
+    }
+  }
+  if (d < dim) {
+    const __mmask16 mask = TailMask(dim - d);
+    __m512 kv[kKeys];
+    ES_UNROLL
+    for (int j = 0; j < kKeys; ++j) kv[j] = _mm512_maskz_loadu_ps(mask, k + j * k_stride + d);
+    ES_UNROLL
+    for (int h = 0; h < kG; ++h) {
+      const __m512 qv = _mm512_maskz_loadu_ps(mask, q + h * dim + d);
+      ES_UNROLL
+      for (int j = 0; j < kKeys; ++j) acc[j][h] = _mm512_fmadd_ps(qv, kv[j], acc[j][h]);
+    }
+  }
+  ES_UNROLL
+  for (int j = 0; j < kKeys; ++j) {
+    ES_UNROLL
+    for (int h = 0; h < kG; ++h) out[h * out_stride + j] = ReduceAdd(acc[j][h]) * scale;
+  }
+}
+
+template <int kG>
+void ScoresGroup(const float* q, const float* k, size_t k_stride, size_t count, size_t dim, float scale, float* out,
+                 size_t out_stride) {
+  constexpr int kKeys = kAttentionChains / kG > 0 ? kAttentionChains / kG : 1;
+  size_t j = 0;
+  for (; j + kKeys <= count; j += kKeys) {
+    ScoresStep<kG, kKeys>(q, k + j * k_stride, k_stride, dim, scale, out + j, out_stride);
+  }
+  for (; j < count; ++j) ScoresStep<kG, 1>(q, k + j * k_stride, k_stride, dim, scale, out + j, out_stride);
+}
+
+using ScoresFn = void (*)(const float*, const float*, size_t, size_t, size_t, float, float*, size_t);
+constexpr ScoresFn kScoresGroups[kMaxGroupHeads] = {
+    &ScoresGroup<1>, &ScoresGroup<2>, &ScoresGroup<3>, &ScoresGroup<4>,
+    &ScoresGroup<5>, &ScoresGroup<6>, &ScoresGroup<7>, &ScoresGroup<8>,
+};
+
+void Scores(const float* q, size_t heads, const float* k, size_t k_stride, size_t count, size_t dim, float scale,
+            float* out, size_t out_stride) {
+  kScoresGroups[heads - 1](q, k, k_stride, count, dim, scale, out, out_stride);
+}
+
+// exp in the manner of Cephes' expf: x = n ln2 + r with |r| <= ln2/2, a degree-6 polynomial for exp(r), then
+// scalef by 2^n. Arguments are clamped to where the result is representable (NaN passes max/min as the second
+// operand and stays NaN).
+__m512 Exp(__m512 x) {
+  constexpr float kMinArg = -103.972084f;  // expf is 0 below, even as a subnormal
+  constexpr float kMaxArg = 88.7228391f;   // expf is infinite above
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kLn2Hi = 0.693359375f;   // ln 2 split so that n * kLn2Hi is exact
+  constexpr float kLn2Lo = -2.12194440e-4f;
+  constexpr float kPoly[] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                             4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+  x = _mm512_max_ps(_mm512_set1_ps(kMinArg), x);
+  x = _mm512_min_ps(_mm512_set1_ps(kMaxArg), x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
+  __m512 poly = _mm512_set1_ps(kPoly[0]);
+  for (size_t i = 1; i < sizeof(kPoly) / sizeof(kPoly[0]); ++i) {
+    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(kPoly[i]));
+  }
+  const __m512 y = _mm512_fmadd_ps(poly, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(y, n);
+}
+
+float Max(const float* x, size_t n) {
+  // Lanes start at -inf so that masked-off lanes never win; max_ps(m, v) keeps m where v is NaN.
+  __m512 m = _mm512_set1_ps(-__builtin_inff());
+  size_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) m = _mm512_max_ps(_mm512_loadu_ps(x + i), m);
+  if (i < n) m = _mm512_mask_max_ps(m, TailMask(n - i), _mm512_maskz_loadu_ps(TailMask(n - i), x + i), m);
+  const float result = _mm512_reduce_max_ps(m);
+  return result == -__builtin_inff() && x[0] != x[0] ? x[0] : result;
+}
+
+float ExpShifted(const float* s, float shift, size_t n, float* p) {
+  const __m512 sv = _mm512_set1_ps(shift);
+  __m512 sum = _mm512_setzero_ps();
   size_t i = 0;
   for (; i + kWidth <= n; i += kWidth) {
-    _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    const __m512 e = Exp(_mm512_sub_ps(_mm512_loadu_ps(s + i), sv));
+    _mm512_storeu_ps(p + i, e);
+    sum = _mm512_add_ps(sum, e);
   }
   if (i < n) {
     const __mmask16 mask = TailMask(n - i);
-    const __m512 r = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mask, x + i), _mm512_maskz_loadu_ps(mask, y + i));
-    _mm512_mask_storeu_ps(y + i, mask, r);
+    const __m512 e = _mm512_maskz_mov_ps(mask, Exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, s + i), sv)));
+    _mm512_mask_storeu_ps(p + i, mask, e);
+    sum = _mm512_add_ps(sum, e);
   }
+  return ReduceAdd(sum);
+}
+
+// WeightedSum for kG heads over kChunks consecutive 16-wide groups of dim from d0 (kG * kChunks chains, held
+// in registers across all keys). kMasked: some groups reach past dim (masked off lane by lane).
+template <int kG, int kChunks, bool kMasked>
+void WeightedSumStep(const float* p, size_t p_stride, const float* v, size_t v_stride, size_t count, size_t dim,
+                     size_t d0, const float* acc_scale, float* acc) {
+  __mmask16 mask[kChunks];
+  ES_UNROLL
+  for (int c = 0; c < kChunks; ++c) {
+    const size_t begin = d0 + c * kWidth;
+    mask[c] = begin >= dim ? static_cast<__mmask16>(0) : dim - begin >= kWidth ? static_cast<__mmask16>(0xFFFF)
+                                                                                : TailMask(dim - begin);
+  }
+  auto load = [&](const float* ptr, int c) {
+    if constexpr (kMasked) {
+      return _mm512_maskz_loadu_ps(mask[c], ptr);
+    } else {
+      return _mm512_loadu_ps(ptr);
+    }
+  };
+  __m512 a[kChunks][kG];
+  ES_UNROLL
+  for (int h = 0; h < kG; ++h) {
+    const __m512 scale = _mm512_set1_ps(acc_scale[h]);
+    ES_UNROLL
+    for (int c = 0; c < kChunks; ++c) a[c][h] = _mm512_mul_ps(load(acc + h * dim + d0 + c * kWidth, c), scale);
+  }
+  for (size_t j = 0; j < count; ++j) {
+    const float* vj = v + j * v_stride + d0;
+    ES_UNROLL
+    for (int c = 0; c < kChunks; ++c) {
+      const __m512 vv = load(vj + c * kWidth, c);
+      ES_UNROLL
+      for (int h = 0; h < kG; ++h) a[c][h] = _mm512_fmadd_ps(_mm512_set1_ps(p[h * p_stride + j]), vv, a[c][h]);
+    }
+  }
+  ES_UNROLL
+  for (int h = 0; h < kG; ++h) {
+    ES_UNROLL
+    for (int c = 0; c < kChunks; ++c) {
+      if constexpr (kMasked) {
+        _mm512_mask_storeu_ps(acc + h * dim + d0 + c * kWidth, mask[c], a[c][h]);
+      } else {
+        _mm512_storeu_ps(acc + h * dim + d0 + c * kWidth, a[c][h]);
+      }
+    }
+  }
+}
+
+template <int kG>
+void WeightedSumGroup(const float* p, size_t p_stride, const float* v, size_t v_stride, size_t count, size_t dim,
+                      const float* acc_scale, float* acc) {
+  // 16 chains where possible, so that each broadcast weight serves two chunks of a value row; at most 8 chunks
+  // (128 floats), a whole head of the usual size.
+  constexpr int kMaxChunks = 8;
+  constexpr int kWanted = kAttentionChains / kG < 1 ? 1 : kAttentionChains / kG;
+  constexpr int kChunks = kWanted > kMaxChunks ? kMaxChunks : kWanted;
+  constexpr size_t kStep = kChunks * kWidth;
+  for (size_t d0 = 0; d0 < dim; d0 += kStep) {
+    if (d0 + kStep <= dim) {
+      WeightedSumStep<kG, kChunks, false>(p, p_stride, v, v_stride, count, dim, d0, acc_scale, acc);
+    } else {
+      WeightedSumStep<kG, kChunks, true>(p, p_stride, v, v_stride, count, dim, d0, acc_scale, acc);
+    }
+  }
+}
+
+using WeightedSumFn = void (*)(const float*, size_t, const float*, size_t, size_t, size_t, const float*, float*);
+constexpr WeightedSumFn kWeightedSumGroups[kMaxGroupHeads] = {
+    &WeightedSumGroup<1>, &WeightedSumGroup<2>, &WeightedSumGroup<3>, &WeightedSumGroup<4>,
+    &WeightedSumGroup<5>, &WeightedSumGroup<6>, &WeightedSumGroup<7>, &WeightedSumGroup<8>,
+};
+
+void WeightedSum(const float* p, size_t p_stride, size_t heads, const float* v, size_t v_stride, size_t count,
+                 size_t dim, const float* acc_scale, float* acc) {
+  kWeightedSumGroups[heads - 1](p, p_stride, v, v_stride, count, dim, acc_scale, acc);
 }
 
 void ToF32(const void* src, DType dtype, size_t n, float* dst) {
@@ -249,8 +455,10 @@ void FromF32(const float* src, size_t n, DType dtype, void* dst) {
   }
 }
 
+#undef ES_UNROLL
+
 }  // namespace
 
-const IsaOps kAvx512Ops = {&MatMulRows, &Dot, &Axpy, &ToF32, &FromF32};
+const IsaOps kAvx512Ops = {&MatMulRows, &Dot, &Scores, &Max, &ExpShifted, &WeightedSum, &ToF32, &FromF32};
 
 }  // namespace es::kernels::internal

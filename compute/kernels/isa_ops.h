@@ -31,13 +31,30 @@ struct MatMulArgs {
   const int32_t* y_rows = nullptr;
 };
 
+// The most query heads one call of IsaOps::scores / weighted_sum handles.
+constexpr size_t kMaxGroupHeads = 8;
+
 struct IsaOps {
   // Each output element is one fixed sequence of operations, whatever the row range or batch tiling.
   void (*matmul_rows)(const MatMulArgs& args, size_t row_begin, size_t row_end);
   // sum_i a[i] * b[i], in an order that depends only on n.
   float (*dot)(const float* a, const float* b, size_t n);
-  // y[i] += alpha * x[i].
-  void (*axpy)(float alpha, const float* x, float* y, size_t n);
+  // Attention scores of `heads` (<= kMaxGroupHeads) query heads that share a KV head, against `count` keys:
+  // out[h * out_stride + j] = dot(q + h * dim, k + j * k_stride, dim) * scale, each dot exactly as `dot`
+  // computes it. Each key row is read once for all the heads.
+  void (*scores)(const float* q, size_t heads, const float* k, size_t k_stride, size_t count, size_t dim, float scale,
+                 float* out, size_t out_stride);
+  // The largest of x[0, n) (n >= 1); NaNs are skipped unless all are NaN.
+  float (*max)(const float* x, size_t n);
+  // p[i] = exp(s[i] - shift) (p may be s), returning the sum of the p[i] in an order that depends only on n.
+  // Within a few ulp of expf for arguments in [-87, 88], where softmax's max-subtracted arguments (<= 0) live;
+  // tiny (0 or subnormal) below; NaN stays NaN.
+  float (*exp_shifted)(const float* s, float shift, size_t n, float* p);
+  // The value half of attention with the online softmax's rescaling folded in, for `heads` (<= kMaxGroupHeads)
+  // heads: acc[h * dim + i] = acc[h * dim + i] * acc_scale[h] + sum_j p[h * p_stride + j] * v[j * v_stride + i],
+  // the sum taken in order of j. Each value row is read once for all the heads.
+  void (*weighted_sum)(const float* p, size_t p_stride, size_t heads, const float* v, size_t v_stride, size_t count,
+                       size_t dim, const float* acc_scale, float* acc);
   // 16-bit or fp32 elements to fp32 (exact).
   void (*to_f32)(const void* src, DType dtype, size_t n, float* dst);
   // fp32 to bf16 / f16 (round to nearest even) or fp32 (copy).

@@ -1,6 +1,7 @@
 // The portable path: plain C++ compiled for the baseline target, used where no SIMD extension is present and as
 // the yardstick for the others. Sums keep eight partial sums (lane j takes k = j mod 8) so that the compiler may
 // vectorise them without changing any result.
+#include <cmath>
 #include <cstring>
 
 #include "compute/kernels/float16.h"
@@ -91,8 +92,39 @@ float Dot(const float* a, const float* b, size_t n) {
   return ReduceLanes(acc);
 }
 
-void Axpy(float alpha, const float* x, float* y, size_t n) {
-  for (size_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+void Scores(const float* q, size_t heads, const float* k, size_t k_stride, size_t count, size_t dim, float scale,
+            float* out, size_t out_stride) {
+  for (size_t h = 0; h < heads; ++h) {
+    for (size_t j = 0; j < count; ++j) out[h * out_stride + j] = Dot(q + h * dim, k + j * k_stride, dim) * scale;
+  }
+}
+
+float Max(const float* x, size_t n) {
+  float m = x[0];
+  for (size_t i = 1; i < n; ++i) m = x[i] > m || m != m ? x[i] : m;  // m != m: skip a leading NaN
+  return m;
+}
+
+float ExpShifted(const float* s, float shift, size_t n, float* p) {
+  float sum = 0.0f;
+  for (size_t i = 0; i < n; ++i) {
+    p[i] = std::exp(s[i] - shift);
+    sum += p[i];
+  }
+  return sum;
+}
+
+void WeightedSum(const float* p, size_t p_stride, size_t heads, const float* v, size_t v_stride, size_t count,
+                 size_t dim, const float* acc_scale, float* acc) {
+  for (size_t h = 0; h < heads; ++h) {
+    float* acc_h = acc + h * dim;
+    const float* p_h = p + h * p_stride;
+    for (size_t i = 0; i < dim; ++i) acc_h[i] *= acc_scale[h];
+    for (size_t j = 0; j < count; ++j) {
+      const float* vj = v + j * v_stride;
+      for (size_t i = 0; i < dim; ++i) acc_h[i] += p_h[j] * vj[i];
+    }
+  }
 }
 
 void ToF32(const void* src, DType dtype, size_t n, float* dst) {
@@ -117,6 +149,6 @@ void FromF32(const float* src, size_t n, DType dtype, void* dst) {
 
 }  // namespace
 
-const IsaOps kScalarOps = {&MatMulRows, &Dot, &Axpy, &ToF32, &FromF32};
+const IsaOps kScalarOps = {&MatMulRows, &Dot, &Scores, &Max, &ExpShifted, &WeightedSum, &ToF32, &FromF32};
 
 }  // namespace es::kernels::internal

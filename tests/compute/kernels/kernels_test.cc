@@ -573,6 +573,8 @@ constexpr AttentionCase kAttentionCases[] = {
     {32, 4, 128, 1, 300},                                       // Qwen3-30B decode shape
     {3, 3, 16, 1, 65},  {2, 2, 33, 9, 9},     {8, 2, 64, 5, 70},  // MHA; prefill; prefill chunk after a cache
     {6, 2, 17, 40, 130},
+    {16, 1, 16, 3, 50},   {12, 2, 24, 1, 45},  // groups wider than one task's heads, and of 6
+    {2, 1, 130, 2, 33},                         // head_dim past one block of accumulator registers
 };
 
 std::vector<double> RefAttention(const AttentionCase& c, const std::vector<float>& q, const std::vector<float>& k,
@@ -637,20 +639,22 @@ TEST_P(IsaTest, AttentionIsNumericallyStable) {
 
 TEST_P(IsaTest, AttentionBitsIndependentOfThreadCount) {
   std::mt19937 rng(42);
-  const AttentionCase c{8, 2, 64, 20, 90};
-  const std::vector<float> q = RandomFloats(rng, c.queries * c.heads * c.head_dim);
-  const std::vector<float> k = RandomFloats(rng, c.keys * c.kv_heads * c.head_dim);
-  const std::vector<float> v = RandomFloats(rng, c.keys * c.kv_heads * c.head_dim);
-  std::vector<float> first;
-  for (size_t threads : kThreadCounts) {
-    auto pool = MakePool(threads);
-    std::vector<float> out = PoisonedOutput(q.size());
-    ASSERT_TRUE(Attention(Context(pool.get()), AttentionShape{c.heads, c.kv_heads, c.head_dim}, q.data(), c.queries,
-                          k.data(), v.data(), c.keys, out.data()).ok());
-    if (first.empty()) {
-      first = out;
-    } else {
-      EXPECT_TRUE(SameBits(first, out)) << threads << " threads";
+  // Prefill, and decode, where the pool's size changes how a KV group's heads are split into tasks.
+  for (const AttentionCase& c : {AttentionCase{8, 2, 64, 20, 90}, AttentionCase{32, 4, 128, 1, 300}}) {
+    const std::vector<float> q = RandomFloats(rng, c.queries * c.heads * c.head_dim);
+    const std::vector<float> k = RandomFloats(rng, c.keys * c.kv_heads * c.head_dim);
+    const std::vector<float> v = RandomFloats(rng, c.keys * c.kv_heads * c.head_dim);
+    std::vector<float> first;
+    for (size_t threads : kThreadCounts) {
+      auto pool = MakePool(threads);
+      std::vector<float> out = PoisonedOutput(q.size());
+      ASSERT_TRUE(Attention(Context(pool.get()), AttentionShape{c.heads, c.kv_heads, c.head_dim}, q.data(),
+                            c.queries, k.data(), v.data(), c.keys, out.data()).ok());
+      if (first.empty()) {
+        first = out;
+      } else {
+        EXPECT_TRUE(SameBits(first, out)) << threads << " threads, " << c.queries << " queries";
+      }
     }
   }
 }
