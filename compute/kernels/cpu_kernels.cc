@@ -53,20 +53,8 @@ bool CpuSupports(Isa isa) {
   }
 }
 
-const IsaOps* OpsFor(Isa isa) {
-  if (!IsaAvailable(isa)) return nullptr;
-  switch (isa) {
-    case Isa::kScalar: return &internal::kScalarOps;
-#if defined(ES_KERNELS_X86)
-    case Isa::kAvx2: return &internal::kAvx2Ops;
-    case Isa::kAvx512: return &internal::kAvx512Ops;
-#endif
-    default: return nullptr;
-  }
-}
-
 Result<const IsaOps*> GetOps(const CpuContext& ctx, std::string_view kernel) {
-  const IsaOps* ops = OpsFor(ctx.isa);
+  const IsaOps* ops = internal::OpsFor(ctx.isa);
   if (ops == nullptr) {
     return Status::NotSupported(std::string(kernel) + ": instruction set " + std::string(IsaName(ctx.isa)) +
                                 " is not available on this CPU or build");
@@ -189,6 +177,22 @@ void AttendHeads(const IsaOps& ops, const float* q, size_t heads, const float* k
 }
 
 }  // namespace
+
+namespace internal {
+
+const IsaOps* OpsFor(Isa isa) {
+  if (!IsaAvailable(isa)) return nullptr;
+  switch (isa) {
+    case Isa::kScalar: return &kScalarOps;
+#if defined(ES_KERNELS_X86)
+    case Isa::kAvx2: return &kAvx2Ops;
+    case Isa::kAvx512: return &kAvx512Ops;
+#endif
+    default: return nullptr;
+  }
+}
+
+}  // namespace internal
 
 std::string_view IsaName(Isa isa) {
   switch (isa) {

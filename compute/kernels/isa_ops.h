@@ -11,6 +11,10 @@
 
 #include "store/dtype.h"
 
+namespace es::kernels {
+enum class Isa : uint8_t;  // cpu_kernels.h
+}  // namespace es::kernels
+
 namespace es::kernels::internal {
 
 // y[b, r] = sum_k x[b, k] * W[r, k] for rows [row_begin, row_end) of W and every b < batch.
@@ -60,6 +64,9 @@ struct IsaOps {
   // fp32 to bf16 / f16 (round to nearest even) or fp32 (copy).
   void (*from_f32)(const float* src, size_t n, DType dtype, void* dst);
 };
+
+// The table for `isa`, or null where the build or the CPU lacks it. Defined in cpu_kernels.cc; for it and tests.
+const IsaOps* OpsFor(Isa isa);
 
 extern const IsaOps kScalarOps;
 #if defined(ES_KERNELS_X86)

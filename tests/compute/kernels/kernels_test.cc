@@ -23,6 +23,7 @@
 
 #include "compute/kernels/cpu_kernels.h"
 #include "compute/kernels/float16.h"
+#include "compute/kernels/isa_ops.h"
 #include "compute/kernels/parallel.h"
 
 namespace es::kernels {
@@ -675,6 +676,42 @@ TEST_P(IsaTest, AttentionDecodeEqualsLastPrefillRow) {
     ASSERT_TRUE(Attention(Context(), shape, qi, 1, k.data(), v.data(), i + 1, step.data()).ok());
     EXPECT_EQ(std::memcmp(step.data(), prefill.data() + i * c.heads * c.head_dim, c.heads * c.head_dim * 4), 0) << i;
   }
+}
+
+// The vectorised exp behind the softmax: within a few ulp of the double-precision value over the range that
+// matters (softmax arguments are <= 0), 0 or tiny far below, NaN kept; and the returned sum adds what was stored.
+TEST_P(IsaTest, ExpShiftedIsAccurate) {
+  const internal::IsaOps* ops = internal::OpsFor(GetParam());
+  ASSERT_NE(ops, nullptr);
+  constexpr double kMaxRelError = 5e-7;  // about 4 ulp
+  std::vector<float> s;
+  for (float x = -87.0f; x <= 88.0f; x += 0.0137f) s.push_back(x);
+  s.push_back(0.0f);
+  s.push_back(-0.0f);
+  std::vector<float> p = PoisonedOutput(s.size());
+  ops->exp_shifted(s.data(), 0.0f, s.size(), p.data());
+  for (size_t i = 0; i < s.size(); ++i) {
+    const double expected = std::exp(static_cast<double>(s[i]));
+    ASSERT_NEAR(p[i] / expected, 1.0, kMaxRelError) << IsaName(GetParam()) << " exp(" << s[i] << ")";
+  }
+  EXPECT_EQ(std::bit_cast<uint32_t>(p[s.size()]), kPoisonBits) << "wrote past the end";
+
+  // As softmax calls it: shifted by the maximum, so every argument is <= 0 and the sum stays finite.
+  constexpr float kLargest = 88.0f;  // at least every element of s
+  const float sum = ops->exp_shifted(s.data(), kLargest, s.size(), p.data());
+  double expected_sum = 0;
+  for (size_t i = 0; i < s.size(); ++i) expected_sum += p[i];
+  EXPECT_NEAR(sum / expected_sum, 1.0, 1e-5) << IsaName(GetParam());
+
+  const std::vector<float> special = {-1000.0f, -std::numeric_limits<float>::infinity(),
+                                      std::numeric_limits<float>::quiet_NaN(), -104.0f};
+  std::vector<float> q(special.size());
+  ops->exp_shifted(special.data(), 0.0f, special.size(), q.data());
+  EXPECT_EQ(q[0], 0.0f);
+  EXPECT_EQ(q[1], 0.0f);
+  EXPECT_TRUE(std::isnan(q[2]));
+  EXPECT_LT(q[3], 1e-38f);
+  EXPECT_GE(q[3], 0.0f);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllIsas, IsaTest, ::testing::ValuesIn(kAllIsas), IsaParamName);
