@@ -1,0 +1,435 @@
+// cpu_kernels.h: argument checks, the run-time choice of instruction set, the split of work over the pool, and
+// the kernels whose cost is not in their inner loops (norms, RoPE, softmax, routing), written once here on top
+// of the per-ISA inner loops of isa_ops.h.
+#include "compute/kernels/cpu_kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <string>
+
+#include "compute/kernels/float16.h"
+#include "compute/kernels/isa_ops.h"
+
+namespace es::kernels {
+namespace {
+
+using internal::IsaOps;
+using internal::MatMulArgs;
+
+// Output rows per pool task: a multiple of every ISA's row tile, and 32 rows of a 2048-wide bf16 matrix
+// (128 KiB) stay in L2 while a prefill batch streams past them.
+constexpr size_t kRowsPerTask = 32;
+// Below this many elements per task, handing work to another thread costs more than it saves.
+constexpr size_t kMinElementsPerTask = 16384;
+// Keys per block of attention's online softmax: the scores of a block stay on the stack, and the running
+// maximum is updated once per block.
+constexpr size_t kKeyBlock = 64;
+// Query heads one attention task handles (they share a KV head); bounds the task's stack (16 KiB of acc).
+constexpr size_t kMaxHeadsPerTask = internal::kMaxGroupHeads;
+// Attention aims for at least this many tasks per pool thread, for balance.
+constexpr size_t kTasksPerThread = 2;
+// The router keeps one row of probabilities on the stack.
+constexpr size_t kMaxExperts = 4096;
+// Environment variable that caps the Isa chosen by default (scalar, avx2, avx512), to run a suite per path.
+constexpr const char* kIsaEnv = "EXPERTSTORE_CPU_ISA";
+
+bool CpuSupports(Isa isa) {
+#if defined(ES_KERNELS_X86)
+  // Normally done by a libgcc constructor; repeated in case this runs from another static initialiser first.
+  __builtin_cpu_init();
+#endif
+  switch (isa) {
+    case Isa::kScalar: return true;
+#if defined(ES_KERNELS_X86)
+    case Isa::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case Isa::kAvx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#endif
+    default: return false;
+  }
+}
+
+Result<const IsaOps*> GetOps(const CpuContext& ctx, std::string_view kernel) {
+  const IsaOps* ops = internal::OpsFor(ctx.isa);
+  if (ops == nullptr) {
+    return Status::NotSupported(std::string(kernel) + ": instruction set " + std::string(IsaName(ctx.isa)) +
+                                " is not available on this CPU or build");
+  }
+  return ops;
+}
+
+bool IsWeightDType(DType dtype) { return dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16; }
+
+// `kernel` and `role` name the argument in the message, e.g. "ExpertForward" and "down".
+Status CheckMatrix(const WeightMatrix& w, std::string_view kernel, std::string_view role) {
+  auto fail = [&](std::string_view why) {
+    return Status::InvalidArgument(std::string(kernel) + ": " + std::string(role) + " " + std::string(why));
+  };
+  if (!IsWeightDType(w.dtype)) return fail("dtype " + std::string(DTypeName(w.dtype)) + " is not F32, F16 or BF16");
+  if (w.rows == 0 || w.cols == 0) return fail("is empty");
+  if (w.data == nullptr) return fail("data is null");
+  return Status::Ok();
+}
+
+void RunMatMul(const CpuContext& ctx, const IsaOps& ops, const MatMulArgs& args) {
+  ParallelFor(ctx.pool, args.rows, kRowsPerTask,
+              [&](size_t begin, size_t end) { ops.matmul_rows(args, begin, end); });
+}
+
+// One weight element as fp32; the switch sits outside the callers' loops.
+template <DType kW>
+float WeightAt(const void* data, size_t i) {
+  if constexpr (kW == DType::kF32) {
+    return static_cast<const float*>(data)[i];
+  } else if constexpr (kW == DType::kBF16) {
+    return Bf16ToF32(static_cast<const uint16_t*>(data)[i]);
+  } else {
+    return F16ToF32(static_cast<const uint16_t*>(data)[i]);
+  }
+}
+
+template <DType kW>
+void RmsNormRows(const IsaOps& ops, const float* x, size_t row_begin, size_t row_end, const void* weight, size_t dim,
+                 float eps, float* y) {
+  for (size_t r = row_begin; r < row_end; ++r) {
+    const float* xr = x + r * dim;
+    float* yr = y + r * dim;
+    const float mean_square = ops.dot(xr, xr, dim) / static_cast<float>(dim);
+    const float inv_rms = 1.0f / std::sqrt(mean_square + eps);
+    for (size_t i = 0; i < dim; ++i) yr[i] = WeightAt<kW>(weight, i) * (xr[i] * inv_rms);
+  }
+}
+
+float Silu(float v) { return v / (1.0f + std::exp(-v)); }
+
+// x_rows / y_rows: null, or which rows of x / out each of the `batch` rows is (see MatMulArgs).
+Status ExpertImpl(const CpuContext& ctx, const ExpertWeights& e, const float* x, size_t batch, const int32_t* x_rows,
+                  const float* scale, const int32_t* y_rows, std::span<float> scratch, float* out,
+                  std::string_view kernel) {
+  ES_ASSIGN_OR_RETURN(const IsaOps* ops, GetOps(ctx, kernel));
+  ES_RETURN_IF_ERROR(CheckMatrix(e.gate, kernel, "gate"));
+  ES_RETURN_IF_ERROR(CheckMatrix(e.up, kernel, "up"));
+  ES_RETURN_IF_ERROR(CheckMatrix(e.down, kernel, "down"));
+  const size_t inter = e.gate.rows;
+  const size_t hidden = e.gate.cols;
+  if (e.up.rows != inter || e.up.cols != hidden || e.down.rows != hidden || e.down.cols != inter) {
+    return Status::InvalidArgument(std::string(kernel) + ": gate/up must be [I, H] and down [H, I]");
+  }
+  if (batch == 0) return Status::Ok();
+  if (x == nullptr || out == nullptr) return Status::InvalidArgument(std::string(kernel) + ": null x or out");
+  if (scratch.size() < ExpertScratchFloats(batch, inter)) {
+    return Status::InvalidArgument(std::string(kernel) + ": scratch holds " + std::to_string(scratch.size()) +
+                                   " floats, needs " + std::to_string(ExpertScratchFloats(batch, inter)));
+  }
+  float* gate_out = scratch.data();
+  float* up_out = gate_out + batch * inter;
+  const MatMulArgs gate_args{x, batch, e.gate.data, e.gate.dtype, inter, hidden, gate_out, nullptr, x_rows, nullptr};
+  const MatMulArgs up_args{x, batch, e.up.data, e.up.dtype, inter, hidden, up_out, nullptr, x_rows, nullptr};
+  // Gate, up and the activation in one pass over each range of intermediate rows, while they are in cache.
+  ParallelFor(ctx.pool, inter, kRowsPerTask, [&](size_t begin, size_t end) {
+    ops->matmul_rows(gate_args, begin, end);
+    ops->matmul_rows(up_args, begin, end);
+    for (size_t b = 0; b < batch; ++b) {
+      float* g = gate_out + b * inter;
+      const float* u = up_out + b * inter;
+      for (size_t i = begin; i < end; ++i) g[i] = Silu(g[i]) * u[i];
+    }
+  });
+  const MatMulArgs down_args{gate_out, batch, e.down.data, e.down.dtype, hidden, inter, out, scale, nullptr, y_rows};
+  RunMatMul(ctx, *ops, down_args);
+  return Status::Ok();
+}
+
+// Attention for `heads` query heads that share one KV head, at one query position: online softmax over blocks
+// of keys, each K and V row read once for all the heads. Per head, the arithmetic does not depend on which
+// other heads share the call, so the split into tasks is free to follow the pool's size.
+// q and out hold the heads `head_dim` apart; `visible` keys, each `kv_stride` floats after the previous.
+void AttendHeads(const IsaOps& ops, const float* q, size_t heads, const float* k, const float* v, size_t kv_stride,
+                 size_t visible, size_t head_dim, float scale, float* out) {
+  float acc[kMaxHeadsPerTask * kMaxHeadDim];  // [heads, head_dim]
+  float probs[kMaxHeadsPerTask][kKeyBlock];
+  float running_max[kMaxHeadsPerTask];
+  float denominator[kMaxHeadsPerTask];
+  float correction[kMaxHeadsPerTask];
+  std::fill(acc, acc + heads * head_dim, 0.0f);
+  std::fill(running_max, running_max + heads, -std::numeric_limits<float>::infinity());
+  std::fill(denominator, denominator + heads, 0.0f);
+  for (size_t j0 = 0; j0 < visible; j0 += kKeyBlock) {
+    const size_t count = std::min(kKeyBlock, visible - j0);
+    ops.scores(q, heads, k + j0 * kv_stride, kv_stride, count, head_dim, scale, probs[0], kKeyBlock);
+    for (size_t h = 0; h < heads; ++h) {
+      float* p = probs[h];
+      const float new_max = std::max(running_max[h], ops.max(p, count));
+      // Rescales what was summed under the old maximum; exp(-inf) = 0 before the first block.
+      correction[h] = std::exp(running_max[h] - new_max);
+      running_max[h] = new_max;
+      denominator[h] = denominator[h] * correction[h] + ops.exp_shifted(p, new_max, count, p);
+    }
+    ops.weighted_sum(probs[0], kKeyBlock, heads, v + j0 * kv_stride, kv_stride, count, head_dim, correction, acc);
+  }
+  for (size_t h = 0; h < heads; ++h) {
+    for (size_t i = 0; i < head_dim; ++i) out[h * head_dim + i] = acc[h * head_dim + i] / denominator[h];
+  }
+}
+
+}  // namespace
+
+namespace internal {
+
+const IsaOps* OpsFor(Isa isa) {
+  if (!IsaAvailable(isa)) return nullptr;
+  switch (isa) {
+    case Isa::kScalar: return &kScalarOps;
+#if defined(ES_KERNELS_X86)
+    case Isa::kAvx2: return &kAvx2Ops;
+    case Isa::kAvx512: return &kAvx512Ops;
+#endif
+    default: return nullptr;
+  }
+}
+
+}  // namespace internal
+
+std::string_view IsaName(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar: return "scalar";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kAvx512: return "avx512";
+  }
+  return "unknown";
+}
+
+bool IsaAvailable(Isa isa) {
+  static const bool available[] = {CpuSupports(Isa::kScalar), CpuSupports(Isa::kAvx2), CpuSupports(Isa::kAvx512)};
+  const auto index = static_cast<size_t>(isa);
+  return index < std::size(available) && available[index];
+}
+
+Isa BestIsa() {
+  static const Isa best = [] {
+    Isa cap = Isa::kAvx512;
+    if (const char* env = std::getenv(kIsaEnv); env != nullptr) {
+      for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+        if (IsaName(isa) == env) cap = isa;
+      }
+    }
+    for (Isa isa : {Isa::kAvx512, Isa::kAvx2}) {
+      if (isa <= cap && IsaAvailable(isa)) return isa;
+    }
+    return Isa::kScalar;
+  }();
+  return best;
+}
+
+Status MatMul(const CpuContext& ctx, const float* x, size_t batch, const WeightMatrix& w, float* y) {
+  ES_ASSIGN_OR_RETURN(const IsaOps* ops, GetOps(ctx, "MatMul"));
+  ES_RETURN_IF_ERROR(CheckMatrix(w, "MatMul", "weight"));
+  if (batch == 0) return Status::Ok();
+  if (x == nullptr || y == nullptr) return Status::InvalidArgument("MatMul: null x or y");
+  RunMatMul(ctx, *ops, MatMulArgs{x, batch, w.data, w.dtype, w.rows, w.cols, y, nullptr});
+  return Status::Ok();
+}
+
+size_t ExpertScratchFloats(size_t batch, size_t intermediate) {
+  // gate(x) (then silu(gate) * up in place) and up(x).
+  return 2 * batch * intermediate;
+}
+
+Status ExpertForward(const CpuContext& ctx, const ExpertWeights& expert, const float* x, size_t batch,
+                     std::span<float> scratch, float* out) {
+  return ExpertImpl(ctx, expert, x, batch, nullptr, nullptr, nullptr, scratch, out, "ExpertForward");
+}
+
+Status ExpertAccumulate(const CpuContext& ctx, const ExpertWeights& expert, const float* x, size_t batch,
+                        const float* scale, std::span<float> scratch, float* out) {
+  if (batch != 0 && scale == nullptr) return Status::InvalidArgument("ExpertAccumulate: null scale");
+  return ExpertImpl(ctx, expert, x, batch, nullptr, scale, nullptr, scratch, out, "ExpertAccumulate");
+}
+
+Status ExpertAccumulateRows(const CpuContext& ctx, const ExpertWeights& expert, const float* x, size_t tokens,
+                            std::span<const int32_t> rows, const float* scale, std::span<float> scratch, float* out) {
+  if (rows.empty()) return Status::Ok();
+  if (scale == nullptr) return Status::InvalidArgument("ExpertAccumulateRows: null scale");
+  for (int32_t row : rows) {
+    if (row < 0 || static_cast<size_t>(row) >= tokens) {
+      return Status::InvalidArgument("ExpertAccumulateRows: row " + std::to_string(row) + " outside [0, " +
+                                     std::to_string(tokens) + ")");
+    }
+  }
+  return ExpertImpl(ctx, expert, x, rows.size(), rows.data(), scale, rows.data(), scratch, out,
+                    "ExpertAccumulateRows");
+}
+
+Status RmsNorm(const CpuContext& ctx, const float* x, size_t rows, const WeightVector& weight, float eps, float* y) {
+  ES_ASSIGN_OR_RETURN(const IsaOps* ops, GetOps(ctx, "RmsNorm"));
+  if (!IsWeightDType(weight.dtype) || weight.size == 0 || weight.data == nullptr) {
+    return Status::InvalidArgument("RmsNorm: weight must be a non-empty F32, F16 or BF16 vector");
+  }
+  if (!(eps >= 0.0f)) return Status::InvalidArgument("RmsNorm: eps must be >= 0");
+  if (rows == 0) return Status::Ok();
+  if (x == nullptr || y == nullptr) return Status::InvalidArgument("RmsNorm: null x or y");
+  const size_t dim = weight.size;
+  const size_t grain = std::max<size_t>(1, kMinElementsPerTask / dim);
+  ParallelFor(ctx.pool, rows, grain, [&](size_t begin, size_t end) {
+    switch (weight.dtype) {
+      case DType::kF32: return RmsNormRows<DType::kF32>(*ops, x, begin, end, weight.data, dim, eps, y);
+      case DType::kBF16: return RmsNormRows<DType::kBF16>(*ops, x, begin, end, weight.data, dim, eps, y);
+      default: return RmsNormRows<DType::kF16>(*ops, x, begin, end, weight.data, dim, eps, y);
+    }
+  });
+  return Status::Ok();
+}
+
+Status RopeInverseFrequencies(size_t head_dim, float theta, std::span<float> inv_freq) {
+  if (head_dim == 0 || head_dim % 2 != 0) return Status::InvalidArgument("RoPE: head_dim must be even and > 0");
+  if (!(theta > 0.0f)) return Status::InvalidArgument("RoPE: theta must be > 0");
+  if (inv_freq.size() < head_dim / 2) return Status::InvalidArgument("RoPE: inv_freq holds fewer than head_dim/2");
+  for (size_t i = 0; i < head_dim / 2; ++i) {
+    // transformers: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), all in fp32.
+    const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
+    inv_freq[i] = 1.0f / std::pow(theta, exponent);
+  }
+  return Status::Ok();
+}
+
+Status ApplyRope(float* x, size_t tokens, size_t heads, size_t head_dim, const int32_t* positions, float theta) {
+  if (head_dim > kMaxHeadDim) return Status::InvalidArgument("RoPE: head_dim above kMaxHeadDim");
+  const size_t half = head_dim / 2;
+  float inv_freq[kMaxHeadDim / 2];
+  ES_RETURN_IF_ERROR(RopeInverseFrequencies(head_dim, theta, std::span<float>(inv_freq, half)));
+  if (tokens == 0 || heads == 0) return Status::Ok();
+  if (x == nullptr || positions == nullptr) return Status::InvalidArgument("RoPE: null x or positions");
+  float cos_t[kMaxHeadDim / 2];
+  float sin_t[kMaxHeadDim / 2];
+  for (size_t t = 0; t < tokens; ++t) {
+    for (size_t i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(positions[t]) * inv_freq[i];
+      cos_t[i] = static_cast<float>(std::cos(static_cast<double>(angle)));
+      sin_t[i] = static_cast<float>(std::sin(static_cast<double>(angle)));
+    }
+    for (size_t h = 0; h < heads; ++h) {
+      float* v = x + (t * heads + h) * head_dim;
+      for (size_t i = 0; i < half; ++i) {
+        const float x1 = v[i];
+        const float x2 = v[i + half];
+        v[i] = x1 * cos_t[i] - x2 * sin_t[i];
+        v[i + half] = x2 * cos_t[i] + x1 * sin_t[i];
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Status Attention(const CpuContext& ctx, const AttentionShape& shape, const float* q, size_t num_queries,
+                 const float* k, const float* v, size_t num_keys, float* out) {
+  ES_ASSIGN_OR_RETURN(const IsaOps* ops, GetOps(ctx, "Attention"));
+  if (shape.num_heads == 0 || shape.num_kv_heads == 0 || shape.num_heads % shape.num_kv_heads != 0) {
+    return Status::InvalidArgument("Attention: num_kv_heads must be > 0 and divide num_heads");
+  }
+  if (shape.head_dim == 0 || shape.head_dim > kMaxHeadDim) {
+    return Status::InvalidArgument("Attention: head_dim must be in [1, kMaxHeadDim]");
+  }
+  if (num_queries > num_keys) return Status::InvalidArgument("Attention: more queries than keys");
+  if (num_queries == 0) return Status::Ok();
+  if (q == nullptr || k == nullptr || v == nullptr || out == nullptr) {
+    return Status::InvalidArgument("Attention: null q, k, v or out");
+  }
+  const size_t group = shape.num_heads / shape.num_kv_heads;
+  const size_t head_dim = shape.head_dim;
+  const size_t kv_stride = shape.num_kv_heads * head_dim;
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
+  // A task is some query heads of one KV group at one position. Smaller slices of a group when there would
+  // otherwise be too few tasks to keep the pool busy (decode has one per KV head); the results are the same.
+  const size_t threads = ctx.pool == nullptr ? 1 : ctx.pool->threads();
+  size_t heads_per_task = std::min(group, kMaxHeadsPerTask);
+  const size_t groups = num_queries * shape.num_kv_heads;
+  while (heads_per_task > 1 && groups * (group / heads_per_task) < kTasksPerThread * threads) {
+    heads_per_task /= 2;
+  }
+  const size_t slices = (group + heads_per_task - 1) / heads_per_task;
+  ParallelFor(ctx.pool, num_queries * shape.num_kv_heads * slices, 1, [&](size_t begin, size_t end) {
+    for (size_t task = begin; task < end; ++task) {
+      const size_t qi = task / (shape.num_kv_heads * slices);
+      const size_t kv_head = task / slices % shape.num_kv_heads;
+      const size_t first = kv_head * group + task % slices * heads_per_task;
+      const size_t heads = std::min(heads_per_task, (kv_head + 1) * group - first);
+      const size_t visible = num_keys - num_queries + qi + 1;
+      const size_t offset = (qi * shape.num_heads + first) * head_dim;
+      AttendHeads(*ops, q + offset, heads, k + kv_head * head_dim, v + kv_head * head_dim, kv_stride, visible,
+                  head_dim, scale, out + offset);
+    }
+  });
+  return Status::Ok();
+}
+
+Status RouterTopK(const float* logits, size_t batch, size_t num_experts, size_t top_k, bool normalize,
+                  int32_t* experts, float* weights) {
+  if (num_experts == 0 || num_experts > kMaxExperts) {
+    return Status::InvalidArgument("RouterTopK: num_experts must be in [1, " + std::to_string(kMaxExperts) + "]");
+  }
+  if (top_k == 0 || top_k > num_experts) return Status::InvalidArgument("RouterTopK: top_k must be in [1, experts]");
+  if (batch == 0) return Status::Ok();
+  if (logits == nullptr || experts == nullptr || weights == nullptr) {
+    return Status::InvalidArgument("RouterTopK: null logits, experts or weights");
+  }
+  float probs[kMaxExperts];
+  bool taken[kMaxExperts];
+  for (size_t b = 0; b < batch; ++b) {
+    const float* row = logits + b * num_experts;
+    float max_logit = row[0];
+    for (size_t e = 1; e < num_experts; ++e) max_logit = std::max(max_logit, row[e]);
+    float sum = 0.0f;
+    for (size_t e = 0; e < num_experts; ++e) {
+      probs[e] = std::exp(row[e] - max_logit);
+      sum += probs[e];
+    }
+    for (size_t e = 0; e < num_experts; ++e) probs[e] /= sum;
+
+    std::fill(taken, taken + num_experts, false);
+    int32_t* row_experts = experts + b * top_k;
+    float* row_weights = weights + b * top_k;
+    float top_sum = 0.0f;
+    for (size_t slot = 0; slot < top_k; ++slot) {
+      // Strictly greater keeps the lower index among equal probabilities; a NaN is never preferred.
+      size_t best = num_experts;
+      for (size_t e = 0; e < num_experts; ++e) {
+        if (taken[e]) continue;
+        if (best == num_experts || probs[e] > probs[best] || (std::isnan(probs[best]) && !std::isnan(probs[e]))) {
+          best = e;
+        }
+      }
+      taken[best] = true;
+      row_experts[slot] = static_cast<int32_t>(best);
+      row_weights[slot] = probs[best];
+      top_sum += probs[best];
+    }
+    if (normalize) {
+      for (size_t slot = 0; slot < top_k; ++slot) row_weights[slot] /= top_sum;
+    }
+  }
+  return Status::Ok();
+}
+
+Status ConvertToF32(const CpuContext& ctx, const void* src, DType dtype, size_t n, float* dst) {
+  ES_ASSIGN_OR_RETURN(const IsaOps* ops, GetOps(ctx, "ConvertToF32"));
+  if (!IsWeightDType(dtype)) return Status::InvalidArgument("ConvertToF32: dtype is not F32, F16 or BF16");
+  if (n == 0) return Status::Ok();
+  if (src == nullptr || dst == nullptr) return Status::InvalidArgument("ConvertToF32: null src or dst");
+  ops->to_f32(src, dtype, n, dst);
+  return Status::Ok();
+}
+
+Status ConvertFromF32(const CpuContext& ctx, const float* src, size_t n, DType dtype, void* dst) {
+  ES_ASSIGN_OR_RETURN(const IsaOps* ops, GetOps(ctx, "ConvertFromF32"));
+  if (!IsWeightDType(dtype)) return Status::InvalidArgument("ConvertFromF32: dtype is not F32, F16 or BF16");
+  if (n == 0) return Status::Ok();
+  if (src == nullptr || dst == nullptr) return Status::InvalidArgument("ConvertFromF32: null src or dst");
+  ops->from_f32(src, n, dtype, dst);
+  return Status::Ok();
+}
+
+}  // namespace es::kernels

@@ -1,0 +1,458 @@
+// The AVX2 path (with FMA and F16C): 8 fp32 lanes; the tail of a row goes through a zero-padded copy because
+// AVX2 has no masked 16-bit load. Compiled with -mavx2 -mfma -mf16c and reached only after the CPU check in
+// cpu_kernels.cc. Everything here has internal linkage and uses no inline library code (see isa_ops.h).
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "compute/kernels/isa_ops.h"
+
+namespace es::kernels::internal {
+namespace {
+
+// Marks a loop over a template constant. GCC keeps an array of vector accumulators in registers only when
+// such loops are unrolled before its scalar replacement pass; otherwise it shadows them on the stack and
+// stores them on every iteration of the hot loop.
+#define ES_UNROLL _Pragma("GCC unroll 16")
+
+constexpr size_t kWidth = 8;   // fp32 lanes in a ymm register
+constexpr int kRowTile = 4;    // weight rows per micro-tile
+constexpr int kBatchTile = 2;  // activation rows per micro-tile: 8 accumulators + 4 weights + 1 x of 16 ymm
+
+constexpr size_t kCacheLine = 64;
+
+template <DType kW>
+constexpr size_t kElemBytes = kW == DType::kF32 ? sizeof(float) : sizeof(uint16_t);
+
+// Eight weights starting at element k of a row, widened to fp32.
+template <DType kW>
+__m256 LoadW(const void* row, size_t k);
+template <>
+__m256 LoadW<DType::kF32>(const void* row, size_t k) {
+  return _mm256_loadu_ps(static_cast<const float*>(row) + k);
+}
+template <>
+__m256 LoadW<DType::kBF16>(const void* row, size_t k) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(row) + k));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+template <>
+__m256 LoadW<DType::kF16>(const void* row, size_t k) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(row) + k)));
+}
+
+// The last `count` (< 8) weights of a row, zero-padded to a full vector.
+template <DType kW>
+__m256 LoadWTail(const void* row, size_t k, size_t count) {
+  alignas(32) uint8_t padded[kWidth * sizeof(float)] = {};
+  std::memcpy(padded, static_cast<const uint8_t*>(row) + k * kElemBytes<kW>, count * kElemBytes<kW>);
+  return LoadW<kW>(padded, 0);
+}
+
+__m256 LoadTail(const float* p, size_t count) {
+  alignas(32) float padded[kWidth] = {};
+  std::memcpy(padded, p, count * sizeof(float));
+  return _mm256_load_ps(padded);
+}
+
+// A fixed-order horizontal sum: high half onto low half, then pairs within the 128-bit lane.
+float ReduceAdd(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Where activation row b and output row b live (see MatMulArgs::x_rows, y_rows).
+const float* XRow(const MatMulArgs& a, size_t b) {
+  return a.x + (a.x_rows == nullptr ? b : static_cast<size_t>(a.x_rows[b])) * a.cols;
+}
+float* YRow(const MatMulArgs& a, size_t b) {
+  return a.y + (a.y_rows == nullptr ? b : static_cast<size_t>(a.y_rows[b])) * a.rows;
+}
+
+// One micro-tile: kR weight rows from r0 against kB activation rows from b0. Every output element gets the same
+// FMA sequence (one per 8-wide group of k, the tail last) and the same final reduction, whatever kR and kB are.
+//
+// `prefetch`, when not null, is the start of the next tile's rows (contiguous with this tile's in memory): each
+// step asks for as many of its bytes as it consumes of its own, so that RAM is always being read one tile
+// ahead. The hardware prefetchers alone lose track when rows are short (a [2048, 768] bf16 matrix has
+// 1.5 KiB rows, several per 4 KiB page), and the decode GEMV is bound by exactly this stream.
+template <DType kW, int kR, int kB>
+void Tile(const MatMulArgs& a, size_t r0, size_t b0, const uint8_t* prefetch) {
+  const void* w[kR];
+  ES_UNROLL
+  for (int r = 0; r < kR; ++r) w[r] = static_cast<const uint8_t*>(a.w) + (r0 + r) * a.cols * kElemBytes<kW>;
+  const float* x[kB];
+  ES_UNROLL
+  for (int b = 0; b < kB; ++b) x[b] = XRow(a, b0 + b);
+
+  __m256 acc[kR][kB];
+  ES_UNROLL
+  for (int r = 0; r < kR; ++r) {
+    ES_UNROLL
+    for (int b = 0; b < kB; ++b) acc[r][b] = _mm256_setzero_ps();
+  }
+  constexpr size_t kStepBytes = kR * kWidth * kElemBytes<kW>;  // weight bytes one step consumes
+  size_t k = 0;
+  for (; k + kWidth <= a.cols; k += kWidth) {
+    if (prefetch != nullptr) {
+      const uint8_t* p = prefetch + k * kR * kElemBytes<kW>;
+      for (size_t off = 0; off < kStepBytes; off += kCacheLine) {
+        _mm_prefetch(reinterpret_cast<const char*>(p + off), _MM_HINT_T0);
+      }
+    }
+    __m256 wv[kR];
+    ES_UNROLL
+    for (int r = 0; r < kR; ++r) wv[r] = LoadW<kW>(w[r], k);
+    ES_UNROLL
+    for (int b = 0; b < kB; ++b) {
+      const __m256 xv = _mm256_loadu_ps(x[b] + k);
+      ES_UNROLL
+      for (int r = 0; r < kR; ++r) acc[r][b] = _mm256_fmadd_ps(wv[r], xv, acc[r][b]);
+    }
+  }
+  if (k < a.cols) {
+    const size_t count = a.cols - k;
+    __m256 wv[kR];
+    ES_UNROLL
+    for (int r = 0; r < kR; ++r) wv[r] = LoadWTail<kW>(w[r], k, count);
+    ES_UNROLL
+    for (int b = 0; b < kB; ++b) {
+      const __m256 xv = LoadTail(x[b] + k, count);
+      ES_UNROLL
+      for (int r = 0; r < kR; ++r) acc[r][b] = _mm256_fmadd_ps(wv[r], xv, acc[r][b]);
+    }
+  }
+  ES_UNROLL
+  for (int b = 0; b < kB; ++b) {
+    float* y = YRow(a, b0 + b) + r0;
+    ES_UNROLL
+    for (int r = 0; r < kR; ++r) {
+      const float sum = ReduceAdd(acc[r][b]);
+      y[r] = a.accumulate_scale == nullptr ? sum : y[r] + a.accumulate_scale[b0 + b] * sum;
+    }
+  }
+}
+
+using TileFn = void (*)(const MatMulArgs&, size_t, size_t, const uint8_t*);
+
+// Indexed [rows - 1][batch - 1], so that the edges of a matrix use the same code with smaller tiles.
+template <DType kW>
+constexpr TileFn kTiles[kRowTile][kBatchTile] = {
+    {&Tile<kW, 1, 1>, &Tile<kW, 1, 2>},
+    {&Tile<kW, 2, 1>, &Tile<kW, 2, 2>},
+    {&Tile<kW, 3, 1>, &Tile<kW, 3, 2>},
+    {&Tile<kW, 4, 1>, &Tile<kW, 4, 2>},
+};
+
+// Batch tiles outside, row tiles inside: see isa_avx512.cc.
+template <DType kW>
+void MatMulRowsTyped(const MatMulArgs& a, size_t row_begin, size_t row_end) {
+  for (size_t b0 = 0; b0 < a.batch; b0 += kBatchTile) {
+    const size_t nb = a.batch - b0 < kBatchTile ? a.batch - b0 : kBatchTile;
+    for (size_t r0 = row_begin; r0 < row_end; r0 += kRowTile) {
+      const size_t nr = row_end - r0 < kRowTile ? row_end - r0 : kRowTile;
+      // Only the first pass over the rows reads RAM; later batch tiles find them in L2.
+      const bool prefetch = b0 == 0 && r0 + kRowTile < row_end;
+      const uint8_t* next = static_cast<const uint8_t*>(a.w) + (r0 + kRowTile) * a.cols * kElemBytes<kW>;
+      kTiles<kW>[nr - 1][nb - 1](a, r0, b0, prefetch ? next : nullptr);
+    }
+  }
+}
+
+void MatMulRows(const MatMulArgs& a, size_t row_begin, size_t row_end) {
+  switch (a.dtype) {
+    case DType::kF32: return MatMulRowsTyped<DType::kF32>(a, row_begin, row_end);
+    case DType::kBF16: return MatMulRowsTyped<DType::kBF16>(a, row_begin, row_end);
+    case DType::kF16: return MatMulRowsTyped<DType::kF16>(a, row_begin, row_end);
+    default: return;  // rejected by the caller
+  }
+}
+
+float Dot(const float* a, const float* b, size_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  size_t k = 0;
+  for (; k + kWidth <= n; k += kWidth) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc);
+  if (k < n) acc = _mm256_fmadd_ps(LoadTail(a + k, n - k), LoadTail(b + k, n - k), acc);
+  return ReduceAdd(acc);
+}
+
+// ---- Attention pieces -----------------------------------------------------------------------------------------
+
+// Independent FMA chains a kernel keeps in flight: FMA latency (4) times the two FMA ports.
+constexpr int kChains = 8;
+
+// Scores of kG heads against kKeys keys at a time (kG * kKeys chains). Per (head, key) the operation sequence
+// is Dot's: one FMA per 8-wide group of dim in order, the zero-padded tail last, then ReduceAdd.
+template <int kG, int kKeys>
+__attribute__((always_inline)) inline void ScoresStep(const float* q, const float* k, size_t k_stride, size_t dim,
+                                                      float scale, float* out, size_t out_stride) {
+  __m256 acc[kKeys][kG];
+  ES_UNROLL
+  for (int j = 0; j < kKeys; ++j) {
+    ES_UNROLL
+    for (int h = 0; h < kG; ++h) acc[j][h] = _mm256_setzero_ps();
+  }
+  size_t d = 0;
+  for (; d + kWidth <= dim; d += kWidth) {
+    ES_UNROLL
+    for (int j = 0; j < kKeys; ++j) {
+      const __m256 kv = _mm256_loadu_ps(k + j * k_stride + d);
+      ES_UNROLL
+      for (int h = 0; h < kG; ++h) acc[j][h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * dim + d), kv, acc[j][h]);
+    }
+  }
+  if (d < dim) {
+    ES_UNROLL
+    for (int j = 0; j < kKeys; ++j) {
+      const __m256 kv = LoadTail(k + j * k_stride + d, dim - d);
+      ES_UNROLL
+      for (int h = 0; h < kG; ++h) acc[j][h] = _mm256_fmadd_ps(LoadTail(q + h * dim + d, dim - d), kv, acc[j][h]);
+    }
+  }
+  ES_UNROLL
+  for (int j = 0; j < kKeys; ++j) {
+    ES_UNROLL
+    for (int h = 0; h < kG; ++h) out[h * out_stride + j] = ReduceAdd(acc[j][h]) * scale;
+  }
+}
+
+template <int kG>
+void ScoresGroup(const float* q, const float* k, size_t k_stride, size_t count, size_t dim, float scale, float* out,
+                 size_t out_stride) {
+  constexpr int kKeys = kChains / kG > 0 ? kChains / kG : 1;
+  size_t j = 0;
+  for (; j + kKeys <= count; j += kKeys) {
+    ScoresStep<kG, kKeys>(q, k + j * k_stride, k_stride, dim, scale, out + j, out_stride);
+  }
+  for (; j < count; ++j) ScoresStep<kG, 1>(q, k + j * k_stride, k_stride, dim, scale, out + j, out_stride);
+}
+
+using ScoresFn = void (*)(const float*, const float*, size_t, size_t, size_t, float, float*, size_t);
+constexpr ScoresFn kScoresGroups[kMaxGroupHeads] = {
+    &ScoresGroup<1>, &ScoresGroup<2>, &ScoresGroup<3>, &ScoresGroup<4>,
+    &ScoresGroup<5>, &ScoresGroup<6>, &ScoresGroup<7>, &ScoresGroup<8>,
+};
+
+void Scores(const float* q, size_t heads, const float* k, size_t k_stride, size_t count, size_t dim, float scale,
+            float* out, size_t out_stride) {
+  kScoresGroups[heads - 1](q, k, k_stride, count, dim, scale, out, out_stride);
+}
+
+// exp in the manner of Cephes' expf: x = n ln2 + r with |r| <= ln2/2, a degree-6 polynomial for exp(r), times
+// 2^n built in the exponent field. The argument is clamped so that 2^n stays a normal float; results below
+// that range are flushed to 0 (NaN passes max/min as the second operand and stays NaN).
+__m256 Exp(__m256 x) {
+  constexpr float kMinArg = -87.3365448f;  // exp(kMinArg) is the smallest normal float
+  constexpr float kMaxArg = 88.3f;         // keeps n <= 127
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kLn2Hi = 0.693359375f;   // ln 2 split so that n * kLn2Hi is exact
+  constexpr float kLn2Lo = -2.12194440e-4f;
+  constexpr int kExponentBias = 127;
+  constexpr int kMantissaBits = 23;
+  constexpr float kPoly[] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                             4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+  const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(kMinArg), _CMP_LT_OQ);
+  x = _mm256_max_ps(_mm256_set1_ps(kMinArg), x);
+  x = _mm256_min_ps(_mm256_set1_ps(kMaxArg), x);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
+  __m256 poly = _mm256_set1_ps(kPoly[0]);
+  for (size_t i = 1; i < sizeof(kPoly) / sizeof(kPoly[0]); ++i) {
+    poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(kPoly[i]));
+  }
+  const __m256 y = _mm256_fmadd_ps(poly, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(kExponentBias));
+  const __m256 pow2n = _mm256_castsi256_ps(_mm256_slli_epi32(biased, kMantissaBits));
+  return _mm256_andnot_ps(underflow, _mm256_mul_ps(y, pow2n));
+}
+
+float Max(const float* x, size_t n) {
+  // Lanes start at -inf so that padding never wins; max_ps(v, m) keeps m where v is NaN.
+  const __m256 lowest = _mm256_set1_ps(-__builtin_inff());
+  __m256 m = lowest;
+  size_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) m = _mm256_max_ps(_mm256_loadu_ps(x + i), m);
+  if (i < n) {
+    alignas(32) float padded[kWidth];
+    _mm256_store_ps(padded, lowest);
+    std::memcpy(padded, x + i, (n - i) * sizeof(float));
+    m = _mm256_max_ps(_mm256_load_ps(padded), m);
+  }
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  const float result = _mm_cvtss_f32(h);
+  return result == -__builtin_inff() && x[0] != x[0] ? x[0] : result;
+}
+
+float ExpShifted(const float* s, float shift, size_t n, float* p) {
+  const __m256 sv = _mm256_set1_ps(shift);
+  __m256 sum = _mm256_setzero_ps();
+  size_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) {
+    const __m256 e = Exp(_mm256_sub_ps(_mm256_loadu_ps(s + i), sv));
+    _mm256_storeu_ps(p + i, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  if (i < n) {
+    alignas(32) float out[kWidth];
+    _mm256_store_ps(out, Exp(_mm256_sub_ps(LoadTail(s + i, n - i), sv)));
+    for (size_t lane = n - i; lane < kWidth; ++lane) out[lane] = 0.0f;  // padding lanes must not count
+    std::memcpy(p + i, out, (n - i) * sizeof(float));
+    sum = _mm256_add_ps(sum, _mm256_load_ps(out));
+  }
+  return ReduceAdd(sum);
+}
+
+// An AVX2 maskload/maskstore mask for the first `valid` (<= 8) lanes.
+__m256i LaneMask(size_t valid) {
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(valid)), lanes);
+}
+
+// WeightedSum for kG heads over kChunks consecutive 8-wide groups of dim from d0 (kG * kChunks chains, held in
+// registers across all keys). kMasked: some groups reach past dim (masked off lane by lane).
+template <int kG, int kChunks, bool kMasked>
+void WeightedSumStep(const float* p, size_t p_stride, const float* v, size_t v_stride, size_t count, size_t dim,
+                     size_t d0, const float* acc_scale, float* acc) {
+  __m256i mask[kChunks];
+  ES_UNROLL
+  for (int c = 0; c < kChunks; ++c) {
+    const size_t begin = d0 + c * kWidth;
+    mask[c] = LaneMask(begin >= dim ? 0 : dim - begin);
+  }
+  auto load = [&](const float* ptr, int c) {
+    if constexpr (kMasked) {
+      return _mm256_maskload_ps(ptr, mask[c]);
+    } else {
+      return _mm256_loadu_ps(ptr);
+    }
+  };
+  __m256 a[kChunks][kG];
+  ES_UNROLL
+  for (int h = 0; h < kG; ++h) {
+    const __m256 scale = _mm256_set1_ps(acc_scale[h]);
+    ES_UNROLL
+    for (int c = 0; c < kChunks; ++c) a[c][h] = _mm256_mul_ps(load(acc + h * dim + d0 + c * kWidth, c), scale);
+  }
+  for (size_t j = 0; j < count; ++j) {
+    const float* vj = v + j * v_stride + d0;
+    ES_UNROLL
+    for (int c = 0; c < kChunks; ++c) {
+      const __m256 vv = load(vj + c * kWidth, c);
+      ES_UNROLL
+      for (int h = 0; h < kG; ++h) a[c][h] = _mm256_fmadd_ps(_mm256_set1_ps(p[h * p_stride + j]), vv, a[c][h]);
+    }
+  }
+  ES_UNROLL
+  for (int h = 0; h < kG; ++h) {
+    ES_UNROLL
+    for (int c = 0; c < kChunks; ++c) {
+      if constexpr (kMasked) {
+        _mm256_maskstore_ps(acc + h * dim + d0 + c * kWidth, mask[c], a[c][h]);
+      } else {
+        _mm256_storeu_ps(acc + h * dim + d0 + c * kWidth, a[c][h]);
+      }
+    }
+  }
+}
+
+template <int kG>
+void WeightedSumGroup(const float* p, size_t p_stride, const float* v, size_t v_stride, size_t count, size_t dim,
+                      const float* acc_scale, float* acc) {
+  constexpr int kChunks = kChains / kG > 0 ? kChains / kG : 1;
+  constexpr size_t kStep = kChunks * kWidth;
+  for (size_t d0 = 0; d0 < dim; d0 += kStep) {
+    if (d0 + kStep <= dim) {
+      WeightedSumStep<kG, kChunks, false>(p, p_stride, v, v_stride, count, dim, d0, acc_scale, acc);
+    } else {
+      WeightedSumStep<kG, kChunks, true>(p, p_stride, v, v_stride, count, dim, d0, acc_scale, acc);
+    }
+  }
+}
+
+using WeightedSumFn = void (*)(const float*, size_t, const float*, size_t, size_t, size_t, const float*, float*);
+constexpr WeightedSumFn kWeightedSumGroups[kMaxGroupHeads] = {
+    &WeightedSumGroup<1>, &WeightedSumGroup<2>, &WeightedSumGroup<3>, &WeightedSumGroup<4>,
+    &WeightedSumGroup<5>, &WeightedSumGroup<6>, &WeightedSumGroup<7>, &WeightedSumGroup<8>,
+};
+
+void WeightedSum(const float* p, size_t p_stride, size_t heads, const float* v, size_t v_stride, size_t count,
+                 size_t dim, const float* acc_scale, float* acc) {
+  kWeightedSumGroups[heads - 1](p, p_stride, v, v_stride, count, dim, acc_scale, acc);
+}
+
+void ToF32(const void* src, DType dtype, size_t n, float* dst) {
+  const auto* h = static_cast<const uint16_t*>(src);
+  size_t i = 0;
+  switch (dtype) {
+    case DType::kF32: std::memcpy(dst, src, n * sizeof(float)); return;
+    case DType::kBF16:
+      for (; i + kWidth <= n; i += kWidth) _mm256_storeu_ps(dst + i, LoadW<DType::kBF16>(h, i));
+      break;
+    case DType::kF16:
+      for (; i + kWidth <= n; i += kWidth) _mm256_storeu_ps(dst + i, LoadW<DType::kF16>(h, i));
+      break;
+    default: return;
+  }
+  if (i < n) {
+    alignas(32) float out[kWidth];
+    _mm256_store_ps(out, dtype == DType::kBF16 ? LoadWTail<DType::kBF16>(h, i, n - i)
+                                               : LoadWTail<DType::kF16>(h, i, n - i));
+    std::memcpy(dst + i, out, (n - i) * sizeof(float));
+  }
+}
+
+// Round to nearest even on the dropped 16 bits; NaNs keep their sign and top payload and are made quiet.
+__m128i F32ToBf16x8(__m256 v) {
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+  const __m256i quiet_nan = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x0040));
+  const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  const __m256i result = _mm256_blendv_epi8(rounded, quiet_nan, is_nan);
+  // Every 32-bit lane holds a value below 2^16, so unsigned saturation packs it exactly; packus works per
+  // 128-bit half, so gather the two halves' results first.
+  return _mm_packus_epi32(_mm256_castsi256_si128(result), _mm256_extracti128_si256(result, 1));
+}
+
+void FromF32(const float* src, size_t n, DType dtype, void* dst) {
+  auto* h = static_cast<uint16_t*>(dst);
+  size_t i = 0;
+  switch (dtype) {
+    case DType::kF32: std::memcpy(dst, src, n * sizeof(float)); return;
+    case DType::kBF16:
+      for (; i + kWidth <= n; i += kWidth) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(h + i), F32ToBf16x8(_mm256_loadu_ps(src + i)));
+      }
+      break;
+    case DType::kF16:
+      for (; i + kWidth <= n; i += kWidth) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(h + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+      }
+      break;
+    default: return;
+  }
+  if (i < n) {
+    const __m256 v = LoadTail(src + i, n - i);
+    alignas(16) uint16_t out[kWidth];
+    _mm_store_si128(reinterpret_cast<__m128i*>(out),
+                    dtype == DType::kBF16 ? F32ToBf16x8(v) : _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    std::memcpy(h + i, out, (n - i) * sizeof(uint16_t));
+  }
+}
+
+#undef ES_UNROLL
+
+}  // namespace
+
+const IsaOps kAvx2Ops = {&MatMulRows, &Dot, &Scores, &Max, &ExpShifted, &WeightedSum, &ToF32, &FromF32};
+
+}  // namespace es::kernels::internal

@@ -1,0 +1,77 @@
+// Internal: the per-ISA inner loops behind cpu_kernels.h, one table per instruction set. Arguments are validated
+// by the caller (cpu_kernels.cc); these functions never fail and never allocate.
+//
+// This header is included by translation units compiled with -mavx2 / -mavx512f, so it declares only plain data
+// and functions: an inline function or template here could be emitted with AVX-512 instructions and then be
+// picked by the linker for the portable path.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "store/dtype.h"
+
+namespace es::kernels {
+enum class Isa : uint8_t;  // cpu_kernels.h
+}  // namespace es::kernels
+
+namespace es::kernels::internal {
+
+// y[b, r] = sum_k x[b, k] * W[r, k] for rows [row_begin, row_end) of W and every b < batch.
+struct MatMulArgs {
+  const float* x = nullptr;  // [batch, cols]
+  size_t batch = 0;
+  const void* w = nullptr;  // [rows, cols], row-major, dtype kF32, kF16 or kBF16
+  DType dtype = DType::kUnknown;
+  size_t rows = 0;
+  size_t cols = 0;
+  float* y = nullptr;  // [batch, rows]
+  // Null: y is overwritten. Otherwise y[b, r] += accumulate_scale[b] * (x W^T)[b, r] (the MoE combine).
+  const float* accumulate_scale = nullptr;
+  // Null: activation row b is row b of x. Otherwise it is row x_rows[b] (a gather of the tokens an expert got).
+  const int32_t* x_rows = nullptr;
+  // Null: output row b is row b of y. Otherwise it is row y_rows[b] (the scatter of the MoE combine); rows of
+  // y that repeat receive their contributions in order of b.
+  const int32_t* y_rows = nullptr;
+};
+
+// The most query heads one call of IsaOps::scores / weighted_sum handles.
+constexpr size_t kMaxGroupHeads = 8;
+
+struct IsaOps {
+  // Each output element is one fixed sequence of operations, whatever the row range or batch tiling.
+  void (*matmul_rows)(const MatMulArgs& args, size_t row_begin, size_t row_end);
+  // sum_i a[i] * b[i], in an order that depends only on n.
+  float (*dot)(const float* a, const float* b, size_t n);
+  // Attention scores of `heads` (<= kMaxGroupHeads) query heads that share a KV head, against `count` keys:
+  // out[h * out_stride + j] = dot(q + h * dim, k + j * k_stride, dim) * scale, each dot exactly as `dot`
+  // computes it. Each key row is read once for all the heads.
+  void (*scores)(const float* q, size_t heads, const float* k, size_t k_stride, size_t count, size_t dim, float scale,
+                 float* out, size_t out_stride);
+  // The largest of x[0, n) (n >= 1); NaNs are skipped unless all are NaN.
+  float (*max)(const float* x, size_t n);
+  // p[i] = exp(s[i] - shift) (p may be s), returning the sum of the p[i] in an order that depends only on n.
+  // Within a few ulp of expf for arguments in [-87, 88], where softmax's max-subtracted arguments (<= 0) live;
+  // tiny (0 or subnormal) below; NaN stays NaN.
+  float (*exp_shifted)(const float* s, float shift, size_t n, float* p);
+  // The value half of attention with the online softmax's rescaling folded in, for `heads` (<= kMaxGroupHeads)
+  // heads: acc[h * dim + i] = acc[h * dim + i] * acc_scale[h] + sum_j p[h * p_stride + j] * v[j * v_stride + i],
+  // the sum taken in order of j. Each value row is read once for all the heads.
+  void (*weighted_sum)(const float* p, size_t p_stride, size_t heads, const float* v, size_t v_stride, size_t count,
+                       size_t dim, const float* acc_scale, float* acc);
+  // 16-bit or fp32 elements to fp32 (exact).
+  void (*to_f32)(const void* src, DType dtype, size_t n, float* dst);
+  // fp32 to bf16 / f16 (round to nearest even) or fp32 (copy).
+  void (*from_f32)(const float* src, size_t n, DType dtype, void* dst);
+};
+
+// The table for `isa`, or null where the build or the CPU lacks it. Defined in cpu_kernels.cc; for it and tests.
+const IsaOps* OpsFor(Isa isa);
+
+extern const IsaOps kScalarOps;
+#if defined(ES_KERNELS_X86)
+extern const IsaOps kAvx2Ops;    // AVX2 + FMA + F16C
+extern const IsaOps kAvx512Ops;  // AVX-512 F/BW/VL + FMA + F16C
+#endif
+
+}  // namespace es::kernels::internal
