@@ -74,7 +74,9 @@ Result<ModelConfig> ParseModelConfig(const std::string& arch, const std::string&
     ES_ASSIGN_OR_RETURN(m.moe_intermediate, U32(c, "moe_intermediate_size"));
     ES_ASSIGN_OR_RETURN(m.dense_intermediate, U32(c, "intermediate_size", m.moe_intermediate));
   }
-  if (qwen2) ES_ASSIGN_OR_RETURN(m.shared_expert_intermediate, U32(c, "shared_expert_intermediate_size", 0));
+  if (qwen2) {
+    ES_ASSIGN_OR_RETURN(m.shared_expert_intermediate, U32(c, "shared_expert_intermediate_size", 0));
+  }
   // transformers' defaults: Qwen3-MoE norm_topk_prob=False in the class but True in every released config;
   // Mixtral always renormalises (softmax over the top-k logits); OLMoE and Qwen2-MoE default to False.
   m.norm_topk_prob = mixtral ? true : Bool(c, "norm_topk_prob", false);
@@ -95,7 +97,7 @@ Result<ModelConfig> ParseModelConfig(const std::string& arch, const std::string&
     }
   }
   // EOS may be one id or a list; it lives in the text config or at the top level.
-  for (const JsonValue* scope : {&c, &*root}) {
+  for (const JsonValue* scope : {&c, static_cast<const JsonValue*>(&*root)}) {
     if (const JsonValue* eos = scope->Find("eos_token_id"); eos != nullptr && m.eos_ids.empty()) {
       if (eos->is_array()) {
         for (const auto& v : eos->array()) {
