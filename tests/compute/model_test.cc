@@ -19,6 +19,7 @@ namespace {
 constexpr char kCases[] = ES_SOURCE_DIR "/../shared/models/tiny-qwen3-moe/reference/cases.jsonl";
 constexpr double kMaxRelL2 = 1e-3;
 constexpr int32_t kEos = 4093;
+constexpr char kAidreams[] = ES_SOURCE_DIR "/../shared/models/aidreams-mixtral";
 
 struct Case {
   std::vector<int32_t> ids;
@@ -71,6 +72,8 @@ class ModelTest : public ::testing::Test {
                 }, omni).ok());
     o.name = "omni";
     ASSERT_TRUE(IngestCheckpoint(*store_, dir_->Sub("omni"), o).ok());
+    o.name = "aidreams";
+    ASSERT_TRUE(IngestCheckpoint(*store_, kAidreams, o).ok());
     pool_ = kernels::ComputePool::Create(0)->release();
   }
   static void TearDownTestSuite() {
@@ -143,6 +146,25 @@ TEST_F(ModelTest, PrefillEqualsIncrementalDecode) {
   for (int32_t id : c.ids) ASSERT_TRUE(model->Forward({&id, 1}, kv, **experts, {}, hidden).ok());
   ASSERT_TRUE(model->ComputeLogits(hidden.data(), 1, logits.data()).ok());
   EXPECT_LT(RelL2(logits, *batch), 1e-5);
+}
+
+// The Mixtral family, float32 weights and tied embeddings: aidreams260K converted to the Mixtral layout
+// generates what the original llama2.c program does from BOS (its README).
+TEST_F(ModelTest, MixtralLayoutGeneratesTheKnownText) {
+  auto model = Load("aidreams");
+  ASSERT_TRUE(model);
+  EXPECT_TRUE(model->config().tie_word_embeddings);
+  auto experts = DirectExpertProvider::Create(*store_, "aidreams");
+  ASSERT_TRUE(experts.ok());
+  auto json = testing::ReadText(std::string(kAidreams) + "/tokenizer.json");
+  auto tok = Tokenizer::FromJson(json);
+  ASSERT_TRUE(tok.ok());
+  GenerateOptions o;
+  o.max_tokens = 20;
+  auto r = Generate(*model, *tok, **experts, "", o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  // The training texts are quoted, so the first generated token is the opening quote.
+  EXPECT_EQ(r->text.rfind("\"Echoes of vectors unfold, a gentle hum of precision", 0), 0u) << r->text;
 }
 
 TEST_F(ModelTest, BadTokensAndContextOverflowAreErrors) {
