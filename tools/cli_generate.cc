@@ -257,7 +257,7 @@ Status RunDemo(const Args& args) {
                 r.unchanged ? ", already in the store" : "");
   }
   ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, "tiny-qwen3-moe", /*need_tokenizer=*/true));
-  std::string prompt = args.GetOr("prompt", "def fibonacci(n):");
+  std::string prompt = args.GetOr("prompt", "import os");
   std::printf("== generate (%s): %s", rt->describe().c_str(), prompt.c_str());
   std::fflush(stdout);
   GenerateOptions o;
