@@ -41,7 +41,7 @@ struct CpuContext {
 };
 
 // A row-major [rows, cols] weight, as stored by Hugging Face Linear layers ([out_features, in_features]).
-// Not owned. dtype is kF32, kF16 or kBF16.
+// Not owned. dtype is kF32, kF16 or kBF16; data aligned to the element size (no further alignment needed).
 struct WeightMatrix {
   const void* data = nullptr;
   DType dtype = DType::kUnknown;
