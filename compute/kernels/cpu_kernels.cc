@@ -30,8 +30,6 @@ constexpr size_t kKeyBlock = 64;
 constexpr size_t kMaxHeadsPerTask = internal::kMaxGroupHeads;
 // Attention aims for at least this many tasks per pool thread, for balance.
 constexpr size_t kTasksPerThread = 2;
-// The router keeps one row of probabilities on the stack.
-constexpr size_t kMaxExperts = 4096;
 // Environment variable that caps the Isa chosen by default (scalar, avx2, avx512), to run a suite per path.
 constexpr const char* kIsaEnv = "EXPERTSTORE_CPU_ISA";
 
@@ -368,16 +366,17 @@ Status Attention(const CpuContext& ctx, const AttentionShape& shape, const float
 
 Status RouterTopK(const float* logits, size_t batch, size_t num_experts, size_t top_k, bool normalize,
                   int32_t* experts, float* weights) {
-  if (num_experts == 0 || num_experts > kMaxExperts) {
-    return Status::InvalidArgument("RouterTopK: num_experts must be in [1, " + std::to_string(kMaxExperts) + "]");
+  if (num_experts == 0 || num_experts > kMaxRouterExperts) {
+    return Status::InvalidArgument("RouterTopK: num_experts must be in [1, " + std::to_string(kMaxRouterExperts) +
+                                   "]");
   }
   if (top_k == 0 || top_k > num_experts) return Status::InvalidArgument("RouterTopK: top_k must be in [1, experts]");
   if (batch == 0) return Status::Ok();
   if (logits == nullptr || experts == nullptr || weights == nullptr) {
     return Status::InvalidArgument("RouterTopK: null logits, experts or weights");
   }
-  float probs[kMaxExperts];
-  bool taken[kMaxExperts];
+  float probs[kMaxRouterExperts];
+  bool taken[kMaxRouterExperts];
   for (size_t b = 0; b < batch; ++b) {
     const float* row = logits + b * num_experts;
     float max_logit = row[0];

@@ -41,7 +41,7 @@ struct CpuContext {
 };
 
 // A row-major [rows, cols] weight, as stored by Hugging Face Linear layers ([out_features, in_features]).
-// Not owned. dtype is kF32, kF16 or kBF16.
+// Not owned. dtype is kF32, kF16 or kBF16; data aligned to the element size (no further alignment needed).
 struct WeightMatrix {
   const void* data = nullptr;
   DType dtype = DType::kUnknown;
@@ -127,7 +127,10 @@ Status Attention(const CpuContext& ctx, const AttentionShape& shape, const float
 
 // ---- Router -----------------------------------------------------------------------------------------------
 
-// Per row of logits [batch, num_experts]: softmax in fp32 over all experts, the top_k largest probabilities
+inline constexpr size_t kMaxRouterExperts = 4096;
+
+// Per row of logits [batch, num_experts] (num_experts at most kMaxRouterExperts): softmax in fp32 over all
+// experts, the top_k largest probabilities
 // in descending order (equal values: the lower expert index first), and, when `normalize` (Qwen3's
 // norm_topk_prob, always on for Mixtral), each divided by the sum of the top_k. experts and weights are
 // [batch, top_k].

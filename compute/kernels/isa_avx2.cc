@@ -155,8 +155,9 @@ void MatMulRowsTyped(const MatMulArgs& a, size_t row_begin, size_t row_end) {
     const size_t nb = a.batch - b0 < kBatchTile ? a.batch - b0 : kBatchTile;
     for (size_t r0 = row_begin; r0 < row_end; r0 += kRowTile) {
       const size_t nr = row_end - r0 < kRowTile ? row_end - r0 : kRowTile;
-      // Only the first pass over the rows reads RAM; later batch tiles find them in L2.
-      const bool prefetch = b0 == 0 && r0 + kRowTile < row_end;
+      // Only the first pass over the rows reads RAM; later batch tiles find them in L2. Past row_end is the next
+      // task's first tile: the one this thread probably runs next when it runs alone.
+      const bool prefetch = b0 == 0 && r0 + kRowTile < a.rows;
       const uint8_t* next = static_cast<const uint8_t*>(a.w) + (r0 + kRowTile) * a.cols * kElemBytes<kW>;
       kTiles<kW>[nr - 1][nb - 1](a, r0, b0, prefetch ? next : nullptr);
     }
