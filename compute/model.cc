@@ -122,23 +122,18 @@ class ForwardState final : public Model::LayerOps {
 
     // Each expert runs on the rows that picked it; rows sum their experts in ascending expert order.
     std::vector<float> moe(T_ * H_, 0.0f);
-    std::vector<float> xe, oe, scale, scratch;
+    std::vector<int32_t> rows;
+    std::vector<float> scale, scratch;
     for (size_t i = 0; i < ids.size(); ++i) {
-      const auto& rows = by_expert[ids[i]];
-      const size_t n = rows.size();
-      xe.resize(n * H_);
-      oe.assign(n * H_, 0.0f);
-      scale.resize(n);
-      for (size_t r = 0; r < n; ++r) {
-        std::copy_n(&h_[rows[r].first * H_], H_, &xe[r * H_]);
-        scale[r] = rows[r].second;
+      rows.clear();
+      scale.clear();
+      for (const auto& [t, w] : by_expert[ids[i]]) {
+        rows.push_back(static_cast<int32_t>(t));
+        scale.push_back(w);
       }
-      scratch.resize(kernels::ExpertScratchFloats(n, acquired[i].weights.gate.rows));
-      ES_RETURN_IF_ERROR(kernels::ExpertAccumulate(ctx_, acquired[i].weights, xe.data(), n, scale.data(), scratch, oe.data()));
-      for (size_t r = 0; r < n; ++r) {
-        float* dst = &moe[rows[r].first * H_];
-        for (size_t d = 0; d < H_; ++d) dst[d] += oe[r * H_ + d];
-      }
+      scratch.resize(kernels::ExpertScratchFloats(rows.size(), acquired[i].weights.gate.rows));
+      ES_RETURN_IF_ERROR(kernels::ExpertAccumulateRows(ctx_, acquired[i].weights, h_.data(), T_, rows, scale.data(),
+                                                       scratch, moe.data()));
     }
     acquired.clear();
     if (shared_expert) ES_RETURN_IF_ERROR(SharedExpert(moe));
