@@ -49,6 +49,12 @@ std::string ExpertName(ExpertRef ref) {
 
 }  // namespace
 
+uint32_t ExpertCache::SlotsFor(const ModelExperts& experts, uint64_t capacity_bytes) {
+  // More slots than experts could never fill; fewer than one could hold nothing.
+  return static_cast<uint32_t>(
+      std::clamp<uint64_t>(capacity_bytes / experts.max_record_bytes(), 1, experts.experts().size()));
+}
+
 Result<std::unique_ptr<ExpertCache>> ExpertCache::Open(Store& store, const std::string& model,
                                                        const ExpertCacheOptions& options) {
   if (options.policy == PolicyKind::kBelady) {
@@ -57,23 +63,23 @@ Result<std::unique_ptr<ExpertCache>> ExpertCache::Open(Store& store, const std::
   }
   ES_ASSIGN_OR_RETURN(ModelExperts experts, ModelExperts::Load(store.catalog(), model));
   const uint64_t slot_bytes = experts.max_record_bytes();
-  const uint64_t slots = std::clamp<uint64_t>(options.capacity_bytes / slot_bytes, 1, experts.experts().size());
+  const uint32_t slots = SlotsFor(experts, options.capacity_bytes);
 
   std::unique_ptr<ExpertCache> cache(new ExpertCache(store, std::move(experts)));
   const ModelExperts& e = cache->experts_;
-  ES_ASSIGN_OR_RETURN(cache->arena_, PinnedArena::Create(slot_bytes, static_cast<uint32_t>(slots), options.arena));
+  ES_ASSIGN_OR_RETURN(cache->arena_, PinnedArena::Create(slot_bytes, slots, options.arena));
 
   PolicyConfig pc;
   pc.kind = options.policy;
   pc.num_keys = e.keys().num_keys();
-  pc.capacity = static_cast<uint32_t>(slots);
+  pc.capacity = slots;
   if (options.policy == PolicyKind::kTrust) pc.traits = e.Traits();
   pc.trust_weights = options.trust_weights;
   pc.trust_horizon = options.trust_horizon;
   ES_ASSIGN_OR_RETURN(cache->policy_, MakePolicy(pc));
 
   cache->slots_.resize(slots);
-  for (uint32_t s = static_cast<uint32_t>(slots); s > 0; --s) cache->free_slots_.push_back(s - 1);
+  for (uint32_t s = slots; s > 0; --s) cache->free_slots_.push_back(s - 1);
   cache->slot_of_key_.assign(e.keys().num_keys(), kNoSlot);
   cache->queued_.assign(e.keys().num_keys(), false);
 
@@ -86,7 +92,7 @@ Result<std::unique_ptr<ExpertCache>> ExpertCache::Open(Store& store, const std::
     cache->prefetch_enabled_ = true;
     cache->prefetch_cap_bytes_ = std::max(options.prefetch_bytes_in_flight, slot_bytes);
     cache->prefetch_queue_limit_ =
-        options.prefetch_queue_limit != 0 ? options.prefetch_queue_limit : static_cast<uint32_t>(slots);
+        options.prefetch_queue_limit != 0 ? options.prefetch_queue_limit : slots;
     cache->prefetcher_ = std::thread([c = cache.get()] { c->PrefetchLoop(); });
   }
   return cache;

@@ -89,6 +89,8 @@ class ExpertCache {
   // arena, and starts the prefetcher if asked. `store` must outlive the cache. NotFound: no such model.
   static Result<std::unique_ptr<ExpertCache>> Open(Store& store, const std::string& model,
                                                    const ExpertCacheOptions& options);
+  // The slots a cache of `capacity_bytes` gets for this model (what Open allocates; the simulator uses it too).
+  static uint32_t SlotsFor(const ModelExperts& experts, uint64_t capacity_bytes);
   // Stops the prefetcher (after its in-flight reads) and unregisters the arena. Every handle must be gone.
   ~ExpertCache();
   ExpertCache(const ExpertCache&) = delete;

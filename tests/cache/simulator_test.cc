@@ -145,14 +145,14 @@ TEST(SimulatorTest, FlattenMapsKeysAndSkipsAbsentExperts) {
 // A policy that records what the simulator lets it evict.
 class SpyPolicy final : public EvictionPolicy {
  public:
-  explicit SpyPolicy(std::unique_ptr<EvictionPolicy> inner) : inner_(std::move(inner)) {}
+  SpyPolicy(std::unique_ptr<EvictionPolicy> inner, uint32_t num_keys) : inner_(std::move(inner)), num_keys_(num_keys) {}
   std::string_view name() const override { return "spy"; }
   void Insert(PolicyKey k, uint64_t now) override { inner_->Insert(k, now); }
   void Touch(PolicyKey k, uint64_t now) override { inner_->Touch(k, now); }
   void Erase(PolicyKey k) override { inner_->Erase(k); }
   std::optional<PolicyKey> Victim(uint64_t now, const std::function<bool(PolicyKey)>& evictable) override {
     vetoes.emplace_back();
-    for (PolicyKey k = 0; k < 64; ++k) {
+    for (PolicyKey k = 0; k < num_keys_; ++k) {
       if (!evictable(k)) vetoes.back().insert(k);
     }
     return inner_->Victim(now, evictable);
@@ -161,6 +161,7 @@ class SpyPolicy final : public EvictionPolicy {
 
  private:
   std::unique_ptr<EvictionPolicy> inner_;
+  uint32_t num_keys_;
 };
 
 TEST(SimulatorTest, KeysOfTheCurrentBatchAreNeverVictims) {
@@ -170,7 +171,7 @@ TEST(SimulatorTest, KeysOfTheCurrentBatchAreNeverVictims) {
   t.num_keys = 8;
   t.keys = {0, 1, 2, 3, 0};
   t.group_begin = {0, 3, 5};
-  SpyPolicy spy(std::move(MakePolicy({.kind = PolicyKind::kLru, .num_keys = 8})).value());
+  SpyPolicy spy(std::move(MakePolicy({.kind = PolicyKind::kLru, .num_keys = 8})).value(), 8);
   auto r = Simulate(t, 3, spy);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->hits, 1u);  // 0 survived
