@@ -28,6 +28,19 @@ constexpr uint64_t kMiB = 1ull << 20;
 constexpr uint64_t kKiB = 1ull << 10;
 constexpr double kBytesPerGB = 1e9;
 constexpr double kPercent = 100.0;
+constexpr double kMsPerSecond = 1e3;
+
+// Flag defaults and bounds (the bounds only keep typos from running for days).
+constexpr int64_t kDefaultReads = 16;
+constexpr int64_t kDefaultBatches = 4;
+constexpr int64_t kDefaultRepeat = 3;
+constexpr int64_t kMaxSamples = 100000;
+constexpr int64_t kMaxRepeat = 1000;
+constexpr int64_t kMaxQueueDepth = 4096;
+constexpr int64_t kMaxRequestKb = 1 << 20;
+constexpr int64_t kDefaultSyntheticTokens = 2000;
+constexpr int64_t kMaxSyntheticTokens = 10000000;
+constexpr uint32_t kFallbackTopK = 8;  // a model record without top-k (never written by ingest)
 
 double NowMs() {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -140,18 +153,18 @@ class SwapinBench {
   SwapinBench(const Args& args, Store& store, const ModelExperts& experts) : args_(args), store_(store), experts_(experts) {}
 
   Status Run() {
-    ES_ASSIGN_OR_RETURN(int64_t reads, args_.GetInt("reads", 16, 1, 100000));
-    ES_ASSIGN_OR_RETURN(int64_t batches, args_.GetInt("batches", 4, 0, 100000));
-    ES_ASSIGN_OR_RETURN(int64_t repeat, args_.GetInt("repeat", 3, 1, 1000));
+    ES_ASSIGN_OR_RETURN(int64_t reads, args_.GetInt("reads", kDefaultReads, 1, kMaxSamples));
+    ES_ASSIGN_OR_RETURN(int64_t batches, args_.GetInt("batches", kDefaultBatches, 0, kMaxSamples));
+    ES_ASSIGN_OR_RETURN(int64_t repeat, args_.GetInt("repeat", kDefaultRepeat, 1, kMaxRepeat));
     ES_ASSIGN_OR_RETURN(int64_t seed, args_.GetInt("seed", 1, 0, INT64_MAX));
     prime_ = !args_.Has("no-prime");
     reads_ = static_cast<uint32_t>(reads);
     batches_ = static_cast<uint32_t>(batches);
     repeat_ = static_cast<uint32_t>(repeat);
     ES_RETURN_IF_ERROR(ChooseExperts(static_cast<uint64_t>(seed)));
-    ES_ASSIGN_OR_RETURN(int64_t k, args_.GetInt("k", experts_.model().top_k == 0 ? 8 : experts_.model().top_k, 1,
+    ES_ASSIGN_OR_RETURN(int64_t k, args_.GetInt("k", experts_.model().top_k == 0 ? kFallbackTopK : experts_.model().top_k, 1,
                                                 static_cast<int64_t>(max_layer_experts_)));
-    k_ = static_cast<uint32_t>(k);
+    k_ = std::min(static_cast<uint32_t>(k), max_layer_experts_);  // the default (top-k) is not range-checked
     batch_bytes_ = k_ * record_bytes_;
 
     ExpertCacheOptions co;
@@ -411,7 +424,7 @@ class SwapinBench {
     return Status::Ok();
   }
 
-  static double Gbps(uint64_t bytes, double ms) { return ms <= 0 ? 0 : static_cast<double>(bytes) / (ms / 1e3) / kBytesPerGB; }
+  static double Gbps(uint64_t bytes, double ms) { return ms <= 0 ? 0 : static_cast<double>(bytes) / (ms / kMsPerSecond) / kBytesPerGB; }
 
   void Report() const {
     const double p50 = cache_single_.p50(), raw = raw_single_.p50(), pr = pread_single_.p50(), mm = mmap_single_.p50();
@@ -526,8 +539,8 @@ class SwapinBench {
 Status RunSwapin(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
   IoEngineOptions io;
-  ES_ASSIGN_OR_RETURN(int64_t qd, args.GetInt("queue-depth", io.queue_depth, 1, 4096));
-  ES_ASSIGN_OR_RETURN(int64_t request_kb, args.GetInt("request-kb", static_cast<int64_t>(io.max_request_bytes / kKiB), 0, 1 << 20));
+  ES_ASSIGN_OR_RETURN(int64_t qd, args.GetInt("queue-depth", io.queue_depth, 1, kMaxQueueDepth));
+  ES_ASSIGN_OR_RETURN(int64_t request_kb, args.GetInt("request-kb", static_cast<int64_t>(io.max_request_bytes / kKiB), 0, kMaxRequestKb));
   if (request_kb % (kDirectIoAlignment / kKiB) != 0) return Status::InvalidArgument("--request-kb must be a multiple of 4");
   io.queue_depth = static_cast<uint32_t>(qd);
   io.max_request_bytes = static_cast<uint64_t>(request_kb) * kKiB;
@@ -555,7 +568,7 @@ Status RunCacheBench(const Args& args) {
     o.layers = experts.keys().layers;
     o.experts_per_layer = experts.keys().experts_per_layer;
     o.top_k = experts.model().top_k == 0 ? o.top_k : std::min(experts.model().top_k, o.experts_per_layer);
-    ES_ASSIGN_OR_RETURN(int64_t tokens, args.GetInt("tokens", 2000, 1, 10000000));
+    ES_ASSIGN_OR_RETURN(int64_t tokens, args.GetInt("tokens", kDefaultSyntheticTokens, 1, kMaxSyntheticTokens));
     ES_ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 1, 0, INT64_MAX));
     o.tokens = static_cast<uint32_t>(tokens);
     o.seed = static_cast<uint64_t>(seed);
