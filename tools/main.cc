@@ -29,6 +29,7 @@ int main(int argc, char** argv) {
   es::cli::RegisterStoreCommands(commands);
   es::cli::RegisterExpertCommands(commands);
   es::cli::RegisterGenerateCommands(commands);
+  es::cli::RegisterBenchCommands(commands);
 
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "help") {
     PrintUsage(commands);

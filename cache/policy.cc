@@ -1,0 +1,329 @@
+// The four eviction policies. Each keeps its resident keys in an order where the next victim is found by
+// walking from one end and skipping the keys the caller may not evict (pinned, in flight): O(log n) per
+// update, O(skipped) per victim.
+#include "cache/policy.h"
+
+#include <algorithm>
+#include <charconv>
+#include <limits>
+#include <list>
+#include <set>
+#include <string>
+#include <tuple>
+
+namespace es {
+
+Result<PolicyKind> ParsePolicyKind(std::string_view name) {
+  for (PolicyKind k : kAllPolicyKinds) {
+    if (PolicyKindName(k) == name) return k;
+  }
+  return Status::InvalidArgument("unknown eviction policy '" + std::string(name) +
+                                 "' (expected lru, lfu, trust or belady)");
+}
+
+std::string_view PolicyKindName(PolicyKind kind) {
+  switch (kind) {
+    case PolicyKind::kLru: return "lru";
+    case PolicyKind::kLfu: return "lfu";
+    case PolicyKind::kTrust: return "trust";
+    case PolicyKind::kBelady: return "belady";
+  }
+  return "unknown";
+}
+
+Result<TrustWeights> ParseTrustWeights(std::string_view text) {
+  std::vector<std::string_view> parts;
+  size_t start = 0;
+  while (true) {
+    size_t comma = text.find(',', start);
+    parts.push_back(text.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start));
+    if (comma == std::string_view::npos) break;
+    start = comma + 1;
+  }
+  constexpr size_t kTerms = 4;
+  if (parts.size() != kTerms) {
+    return Status::InvalidArgument("trust weights need four numbers: recency,convergence,stability,size");
+  }
+  double values[kTerms];
+  for (size_t i = 0; i < kTerms; ++i) {
+    std::string_view part = parts[i];
+    auto [ptr, ec] = std::from_chars(part.data(), part.data() + part.size(), values[i]);
+    if (part.empty() || ec != std::errc() || ptr != part.data() + part.size() || !(values[i] >= 0)) {
+      return Status::InvalidArgument("trust weights: '" + std::string(part) + "' is not a non-negative number");
+    }
+  }
+  return TrustWeights{values[0], values[1], values[2], values[3]};
+}
+
+namespace {
+
+// ---- lru: least recently touched first ------------------------------------------------------------------
+
+class LruPolicy final : public EvictionPolicy {
+ public:
+  explicit LruPolicy(uint32_t num_keys) : where_(num_keys), resident_(num_keys, false) {}
+  std::string_view name() const override { return "lru"; }
+
+  void Insert(PolicyKey key, uint64_t) override { MoveToFront(key); }
+  void Touch(PolicyKey key, uint64_t) override { MoveToFront(key); }
+  void Erase(PolicyKey key) override {
+    if (!resident_[key]) return;
+    order_.erase(where_[key]);
+    resident_[key] = false;
+  }
+  std::optional<PolicyKey> Victim(uint64_t, const std::function<bool(PolicyKey)>& evictable) override {
+    for (auto it = order_.rbegin(); it != order_.rend(); ++it) {
+      if (evictable(*it)) return *it;
+    }
+    return std::nullopt;
+  }
+
+ private:
+  void MoveToFront(PolicyKey key) {
+    if (resident_[key]) {
+      order_.splice(order_.begin(), order_, where_[key]);
+    } else {
+      order_.push_front(key);
+      where_[key] = order_.begin();
+      resident_[key] = true;
+    }
+  }
+
+  std::list<PolicyKey> order_;  // front: most recently touched
+  std::vector<std::list<PolicyKey>::iterator> where_;
+  std::vector<bool> resident_;
+};
+
+// ---- lfu: fewest demand accesses first, oldest first among equals -----------------------------------------
+// Counts persist across evictions (the key space is small and fixed, so the full history costs a counter per
+// expert and tells a returning hot expert from a newcomer). Prefetch inserts do not count as accesses.
+
+class LfuPolicy final : public EvictionPolicy {
+ public:
+  explicit LfuPolicy(uint32_t num_keys) : count_(num_keys, 0), last_(num_keys, 0), resident_(num_keys, false) {}
+  std::string_view name() const override { return "lfu"; }
+
+  void Insert(PolicyKey key, uint64_t now) override { Place(key, now, /*access=*/false); }
+  void Touch(PolicyKey key, uint64_t now) override { Place(key, now, /*access=*/true); }
+  void Erase(PolicyKey key) override {
+    if (!resident_[key]) return;
+    order_.erase({count_[key], last_[key], key});
+    resident_[key] = false;
+  }
+  std::optional<PolicyKey> Victim(uint64_t, const std::function<bool(PolicyKey)>& evictable) override {
+    for (const auto& [count, last, key] : order_) {
+      if (evictable(key)) return key;
+    }
+    return std::nullopt;
+  }
+
+ private:
+  void Place(PolicyKey key, uint64_t now, bool access) {
+    if (resident_[key]) order_.erase({count_[key], last_[key], key});
+    if (access) ++count_[key];
+    last_[key] = now;
+    order_.insert({count_[key], last_[key], key});
+    resident_[key] = true;
+  }
+
+  std::vector<uint64_t> count_;
+  std::vector<uint64_t> last_;
+  std::vector<bool> resident_;
+  std::set<std::tuple<uint64_t, uint64_t, PolicyKey>> order_;  // (count, last touch, key): victim first
+};
+
+// ---- trust: the DESIGN section 5 score, highest first ---------------------------------------------------
+// recency = min(1, (now - last touch) / horizon). Keys younger than the horizon are ordered by
+// static(key) - w_r * last / horizon, which ranks them exactly as the score does at any `now` (all ages grow
+// alike); keys past the horizon have recency 1 and rank by static(key) alone. Keys move from the first set to
+// the second as the clock passes their horizon, so the exact score is kept without rescoring every key.
+
+class TrustPolicy final : public EvictionPolicy {
+ public:
+  TrustPolicy(std::vector<double> static_score, double recency_weight, uint64_t horizon)
+      : static_(std::move(static_score)),
+        w_recency_(recency_weight),
+        horizon_(horizon),
+        last_(static_.size(), 0),
+        where_(static_.size(), Where::kOut) {}
+  std::string_view name() const override { return "trust"; }
+
+  void Insert(PolicyKey key, uint64_t now) override { Refresh(key, now); }
+  void Touch(PolicyKey key, uint64_t now) override { Refresh(key, now); }
+  void Erase(PolicyKey key) override {
+    Remove(key);
+    where_[key] = Where::kOut;
+  }
+
+  std::optional<PolicyKey> Victim(uint64_t now, const std::function<bool(PolicyKey)>& evictable) override {
+    Age(now);
+    std::optional<Entry> recent, stale;
+    for (const Entry& e : recent_) {
+      if (evictable(e.key)) {
+        recent = e;
+        break;
+      }
+    }
+    for (const Entry& e : stale_) {
+      if (evictable(e.key)) {
+        stale = e;
+        break;
+      }
+    }
+    if (!recent && !stale) return std::nullopt;
+    if (!recent) return stale->key;
+    if (!stale) return recent->key;
+    double recent_score = recent->score + w_recency_ * static_cast<double>(now) / static_cast<double>(horizon_);
+    double stale_score = stale->score + w_recency_;
+    if (recent_score != stale_score) return recent_score > stale_score ? recent->key : stale->key;
+    return stale->last <= recent->last ? stale->key : recent->key;  // equal scores: the older goes
+  }
+
+ private:
+  enum class Where : uint8_t { kOut, kRecent, kStale };
+  struct Entry {
+    double score;  // recent: static - w_r * last / horizon; stale: static
+    uint64_t last;
+    PolicyKey key;
+  };
+  // Highest score first; among equal scores the least recently touched, then the lowest key (determinism).
+  struct VictimFirst {
+    bool operator()(const Entry& a, const Entry& b) const {
+      if (a.score != b.score) return a.score > b.score;
+      if (a.last != b.last) return a.last < b.last;
+      return a.key < b.key;
+    }
+  };
+
+  Entry RecentEntry(PolicyKey key) const {
+    return {static_[key] - w_recency_ * static_cast<double>(last_[key]) / static_cast<double>(horizon_), last_[key],
+            key};
+  }
+  Entry StaleEntry(PolicyKey key) const { return {static_[key], last_[key], key}; }
+
+  void Remove(PolicyKey key) {
+    if (where_[key] == Where::kRecent) {
+      recent_.erase(RecentEntry(key));
+      by_time_.erase({last_[key], key});
+    } else if (where_[key] == Where::kStale) {
+      stale_.erase(StaleEntry(key));
+    }
+  }
+
+  void Refresh(PolicyKey key, uint64_t now) {
+    Remove(key);
+    last_[key] = now;
+    recent_.insert(RecentEntry(key));
+    by_time_.insert({now, key});
+    where_[key] = Where::kRecent;
+  }
+
+  // Moves keys whose recency has saturated (now - last >= horizon) to the stale set.
+  void Age(uint64_t now) {
+    while (!by_time_.empty() && by_time_.begin()->first + horizon_ <= now) {
+      PolicyKey key = by_time_.begin()->second;
+      by_time_.erase(by_time_.begin());
+      recent_.erase(RecentEntry(key));
+      stale_.insert(StaleEntry(key));
+      where_[key] = Where::kStale;
+    }
+  }
+
+  std::vector<double> static_;
+  double w_recency_;
+  uint64_t horizon_;
+  std::vector<uint64_t> last_;
+  std::vector<Where> where_;
+  std::set<Entry, VictimFirst> recent_;
+  std::set<Entry, VictimFirst> stale_;
+  std::set<std::pair<uint64_t, PolicyKey>> by_time_;  // the recent keys by last touch
+};
+
+// ---- belady: the resident key whose next use lies farthest in the future (or never comes) ------------------
+
+class BeladyPolicy final : public EvictionPolicy {
+ public:
+  BeladyPolicy(uint32_t num_keys, const std::vector<PolicyKey>& future)
+      : positions_(num_keys), next_(num_keys, kNever), resident_(num_keys, false) {
+    for (uint64_t t = 0; t < future.size(); ++t) positions_[future[t]].push_back(t);
+  }
+  std::string_view name() const override { return "belady"; }
+
+  // A key inserted at `now` is still wanted by the access at `now` (a miss inserts, then touches).
+  void Insert(PolicyKey key, uint64_t now) override { Place(key, NextUse(key, now)); }
+  void Touch(PolicyKey key, uint64_t now) override { Place(key, NextUse(key, now + 1)); }
+  void Erase(PolicyKey key) override {
+    if (!resident_[key]) return;
+    order_.erase({next_[key], key});
+    resident_[key] = false;
+  }
+  std::optional<PolicyKey> Victim(uint64_t, const std::function<bool(PolicyKey)>& evictable) override {
+    for (auto it = order_.rbegin(); it != order_.rend(); ++it) {
+      if (evictable(it->second)) return it->second;
+    }
+    return std::nullopt;
+  }
+
+ private:
+  static constexpr uint64_t kNever = std::numeric_limits<uint64_t>::max();
+
+  uint64_t NextUse(PolicyKey key, uint64_t from) const {
+    const auto& p = positions_[key];
+    auto it = std::lower_bound(p.begin(), p.end(), from);
+    return it == p.end() ? kNever : *it;
+  }
+  void Place(PolicyKey key, uint64_t next) {
+    if (resident_[key]) order_.erase({next_[key], key});
+    next_[key] = next;
+    order_.insert({next, key});
+    resident_[key] = true;
+  }
+
+  std::vector<std::vector<uint64_t>> positions_;  // per key: the times it is accessed, ascending
+  std::vector<uint64_t> next_;
+  std::vector<bool> resident_;
+  std::set<std::pair<uint64_t, PolicyKey>> order_;  // (next use, key): the victim is the last
+};
+
+}  // namespace
+
+Result<std::unique_ptr<EvictionPolicy>> MakePolicy(const PolicyConfig& config) {
+  if (config.num_keys == 0) return Status::InvalidArgument("eviction policy over an empty key space");
+  switch (config.kind) {
+    case PolicyKind::kLru: return std::unique_ptr<EvictionPolicy>(new LruPolicy(config.num_keys));
+    case PolicyKind::kLfu: return std::unique_ptr<EvictionPolicy>(new LfuPolicy(config.num_keys));
+    case PolicyKind::kTrust: {
+      if (!config.traits.empty() && config.traits.size() != config.num_keys) {
+        return Status::InvalidArgument("trust policy: traits for " + std::to_string(config.traits.size()) +
+                                       " keys, expected " + std::to_string(config.num_keys));
+      }
+      const TrustWeights& w = config.trust_weights;
+      if (!(w.recency >= 0 && w.convergence >= 0 && w.stability >= 0 && w.size >= 0)) {
+        return Status::InvalidArgument("trust policy: weights must be non-negative");
+      }
+      std::vector<double> static_score(config.num_keys);
+      for (uint32_t k = 0; k < config.num_keys; ++k) {
+        KeyTraits t = config.traits.empty() ? KeyTraits{} : config.traits[k];
+        auto unit = [](double v) { return std::clamp(v, 0.0, 1.0); };
+        static_score[k] = w.convergence * (1 - unit(t.convergence)) + w.stability * (1 - unit(t.stability)) +
+                          w.size * unit(t.size);
+      }
+      uint64_t horizon = config.trust_horizon != 0
+                             ? config.trust_horizon
+                             : kDefaultHorizonPerSlot * std::max<uint64_t>(1, config.capacity);
+      return std::unique_ptr<EvictionPolicy>(new TrustPolicy(std::move(static_score), w.recency, horizon));
+    }
+    case PolicyKind::kBelady: {
+      if (config.future.empty()) {
+        return Status::InvalidArgument("belady needs the future access sequence: it is for offline replay only");
+      }
+      for (PolicyKey k : config.future) {
+        if (k >= config.num_keys) return Status::InvalidArgument("belady: a future key is out of range");
+      }
+      return std::unique_ptr<EvictionPolicy>(new BeladyPolicy(config.num_keys, config.future));
+    }
+  }
+  return Status::InvalidArgument("unknown eviction policy");
+}
+
+}  // namespace es
