@@ -43,6 +43,8 @@ class ExpertProvider {
   // Whether the store holds expert `expert` of `layer` (false for the gaps of a partial checkpoint).
   virtual bool Has(uint32_t layer, uint32_t expert) const = 0;
   virtual bool prefetches() const { return false; }
+  // The most experts one Acquire may pin (a cache's slot count); larger sets are acquired in parts.
+  virtual size_t max_batch() const { return SIZE_MAX; }
   virtual ProviderCounters counters() const = 0;
 };
 

@@ -117,25 +117,29 @@ class ForwardState final : public Model::LayerOps {
     }
     std::vector<uint32_t> ids;
     for (const auto& [e, rows] : by_expert) ids.push_back(e);
-    std::vector<AcquiredExpert> acquired;
-    ES_RETURN_IF_ERROR(experts_.Acquire(layer_, ids, acquired));
-
-    // Each expert runs on the rows that picked it; rows sum their experts in ascending expert order.
+    // Each expert runs on the rows that picked it; rows sum their experts in ascending expert order. A prefill
+    // may route to more experts than the cache holds: they are pinned and run in parts, in the same order.
     std::vector<float> moe(T_ * H_, 0.0f);
     std::vector<int32_t> rows;
     std::vector<float> scale, scratch;
-    for (size_t i = 0; i < ids.size(); ++i) {
-      rows.clear();
-      scale.clear();
-      for (const auto& [t, w] : by_expert[ids[i]]) {
-        rows.push_back(static_cast<int32_t>(t));
-        scale.push_back(w);
+    std::vector<AcquiredExpert> acquired;
+    const size_t part = std::max<size_t>(1, experts_.max_batch());
+    for (size_t first = 0; first < ids.size(); first += part) {
+      std::span<const uint32_t> group(ids.data() + first, std::min(part, ids.size() - first));
+      ES_RETURN_IF_ERROR(experts_.Acquire(layer_, group, acquired));
+      for (size_t i = 0; i < group.size(); ++i) {
+        rows.clear();
+        scale.clear();
+        for (const auto& [t, w] : by_expert[group[i]]) {
+          rows.push_back(static_cast<int32_t>(t));
+          scale.push_back(w);
+        }
+        scratch.resize(kernels::ExpertScratchFloats(rows.size(), acquired[i].weights.gate.rows));
+        ES_RETURN_IF_ERROR(kernels::ExpertAccumulateRows(ctx_, acquired[i].weights, h_.data(), T_, rows, scale.data(),
+                                                         scratch, moe.data()));
       }
-      scratch.resize(kernels::ExpertScratchFloats(rows.size(), acquired[i].weights.gate.rows));
-      ES_RETURN_IF_ERROR(kernels::ExpertAccumulateRows(ctx_, acquired[i].weights, h_.data(), T_, rows, scale.data(),
-                                                       scratch, moe.data()));
+      acquired.clear();
     }
-    acquired.clear();
     if (shared_expert) ES_RETURN_IF_ERROR(SharedExpert(moe));
     for (size_t i = 0; i < x_.size(); ++i) x_[i] += moe[i];
     return Status::Ok();

@@ -3,6 +3,11 @@
 
 #include <thread>
 
+#include "cache/model_experts.h"
+#include "cache/policy.h"
+#include "cache/states.h"
+#include "compute/cache_provider.h"
+
 namespace es::cli {
 
 std::vector<FlagSpec> RuntimeFlags() {
@@ -69,8 +74,46 @@ Result<std::unique_ptr<Runtime>> Runtime::Open(const Args& args, const std::stri
     rt->tokenizer_ = std::make_unique<Tokenizer>(std::move(tok));
   }
   rt->forward_.skip_missing_experts = args.Has("skip-missing-experts");
-  ES_ASSIGN_OR_RETURN(rt->experts_, DirectExpertProvider::Create(*rt->store_, model));
-  rt->description_ = "no cache: every expert read from disk";
+  if (args.Has("no-cache")) {
+    ES_ASSIGN_OR_RETURN(rt->experts_, DirectExpertProvider::Create(*rt->store_, model));
+    rt->description_ = "no cache: every selected expert read from disk for every token";
+    return rt;
+  }
+  ES_ASSIGN_OR_RETURN(MetabolicState state, ParseMetabolicState(args.GetOr("state", "focus")));
+  if (!IsGenerationState(state)) {
+    return Status::InvalidArgument("--state " + std::string(MetabolicStateName(state)) +
+                                   " is not a generation state (wake, focus or crisis)");
+  }
+  ES_ASSIGN_OR_RETURN(ModelExperts experts, ModelExperts::Load(rt->store_->catalog(), model));
+  StateModel sm{rt->model_->config().top_k, rt->model_->config().num_experts, experts.experts().size(),
+                experts.max_record_bytes()};
+  StateOverrides overrides;
+  if (args.Has("cache-mb")) {
+    ES_ASSIGN_OR_RETURN(int64_t mb, args.GetInt("cache-mb", 0, 1, int64_t{1} << 30));
+    overrides.cache_mb = static_cast<uint64_t>(mb);
+  }
+  if (args.Has("prefetch")) {
+    ES_ASSIGN_OR_RETURN(int64_t depth, args.GetInt("prefetch", 0, 0, 64));
+    overrides.prefetch_depth = static_cast<uint32_t>(depth);
+  }
+  ES_ASSIGN_OR_RETURN(StateBudget budget, ResolveState(state, sm, overrides));
+  ExpertCacheOptions co;
+  co.capacity_bytes = budget.cache_bytes;
+  ES_ASSIGN_OR_RETURN(co.policy, ParsePolicyKind(args.GetOr("policy", "lru")));
+  if (co.policy == PolicyKind::kBelady) {
+    return Status::InvalidArgument("--policy belady needs the future: it exists only in `bench cache`");
+  }
+  co.prefetch_bytes_in_flight = budget.prefetch_bytes_in_flight;
+  ES_ASSIGN_OR_RETURN(auto provider, CacheExpertProvider::Create(*rt->store_, model, co));
+  rt->state_ = std::string(MetabolicStateName(state));
+  rt->forward_.top_k = budget.experts_per_token;
+  rt->forward_.prefetch_depth = budget.prefetch_depth;
+  rt->description_ = rt->state_ + ": cache " + std::to_string(provider->cache().capacity_slots()) + " of " +
+                     std::to_string(experts.experts().size()) + " experts (" +
+                     HumanBytes(provider->cache().capacity_slots() * provider->cache().slot_bytes()) + ", " +
+                     std::string(provider->cache().policy_name()) + "), " + std::to_string(budget.experts_per_token) +
+                     " experts per token, prefetch " + std::to_string(budget.prefetch_depth);
+  rt->experts_ = std::move(provider);
   return rt;
 }
 

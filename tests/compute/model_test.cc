@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "compute/cache_provider.h"
 #include "compute/generator.h"
 #include "compute/model.h"
 #include "ingest/ingest.h"
@@ -165,6 +166,51 @@ TEST_F(ModelTest, MixtralLayoutGeneratesTheKnownText) {
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   // The training texts are quoted, so the first generated token is the opening quote.
   EXPECT_EQ(r->text.rfind("\"Echoes of vectors unfold, a gentle hum of precision", 0), 0u) << r->text;
+}
+
+// Exact routing does not depend on how experts are supplied: a cache far smaller than the model (with and
+// without prefetch, under each policy) gives the same logits, bit for bit, and the same tokens as reading
+// every expert from disk.
+TEST_F(ModelTest, CacheSizeAndPolicyDoNotChangeResults) {
+  auto model = Load("tiny");
+  ASSERT_TRUE(model);
+  auto direct = DirectExpertProvider::Create(*store_, "tiny");
+  ASSERT_TRUE(direct.ok());
+  auto cases = LoadCases();
+  const Case& c = cases[4];  // the longest prompt
+  auto want_logits = LastLogits(*model, **direct, c.ids, {});
+  ASSERT_TRUE(want_logits.ok());
+  auto want_ids = GenerateIds(*model, **direct, c.ids, 24, {kEos}, SamplerOptions{}, {});
+  ASSERT_TRUE(want_ids.ok());
+  const uint64_t expert_bytes = (*direct)->counters().bytes_read / std::max<uint64_t>(1, (*direct)->counters().misses);
+  struct Config {
+    uint32_t slots;
+    PolicyKind policy;
+    uint32_t prefetch_depth;
+  };
+  // 4 slots = exactly one layer's top-4: every layer evicts the previous one's experts.
+  const Config configs[] = {{4, PolicyKind::kLru, 0}, {8, PolicyKind::kLfu, 1}, {12, PolicyKind::kLru, 2},
+                            {192, PolicyKind::kTrust, 1}};
+  for (const auto& cfg : configs) {
+    SCOPED_TRACE("slots " + std::to_string(cfg.slots));
+    ExpertCacheOptions o;
+    o.capacity_bytes = cfg.slots * expert_bytes;
+    o.policy = cfg.policy;
+    o.prefetch_bytes_in_flight = cfg.prefetch_depth * 4 * expert_bytes;
+    auto cache = CacheExpertProvider::Create(*store_, "tiny", o);
+    ASSERT_TRUE(cache.ok()) << cache.status().ToString();
+    EXPECT_EQ((*cache)->cache().capacity_slots(), cfg.slots);
+    ForwardOptions fo;
+    fo.prefetch_depth = cfg.prefetch_depth;
+    auto logits = LastLogits(*model, **cache, c.ids, fo);
+    ASSERT_TRUE(logits.ok()) << logits.status().ToString();
+    EXPECT_EQ(*logits, *want_logits);
+    auto ids = GenerateIds(*model, **cache, c.ids, 24, {kEos}, SamplerOptions{}, fo);
+    ASSERT_TRUE(ids.ok()) << ids.status().ToString();
+    EXPECT_EQ(*ids, *want_ids);
+    ProviderCounters n = (*cache)->counters();
+    if (cfg.slots < 192) EXPECT_GT(n.misses, 192u) << "a small cache must have re-read experts";
+  }
 }
 
 TEST_F(ModelTest, BadTokensAndContextOverflowAreErrors) {
