@@ -117,6 +117,7 @@ class ForwardState final : public Model::LayerOps {
     }
     std::vector<uint32_t> ids;
     for (const auto& [e, rows] : by_expert) ids.push_back(e);
+    ScorePrediction(ids);
     // Each expert runs on the rows that picked it; rows sum their experts in ascending expert order. A prefill
     // may route to more experts than the cache holds: they are pinned and run in parts, in the same order.
     std::vector<float> moe(T_ * H_, 0.0f);
@@ -236,8 +237,21 @@ class ForwardState final : public Model::LayerOps {
       std::sort(ids.begin(), ids.end());
       ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
       experts_.Prefetch(l, ids);
+      if (l >= predicted_.size()) predicted_.resize(l + 1);
+      predicted_[l] = std::move(ids);
     }
     return Status::Ok();
+  }
+
+  // Compares the experts this layer used with what an earlier layer predicted for it.
+  void ScorePrediction(const std::vector<uint32_t>& used) {
+    PrefetchAccuracy* acc = options_.prefetch_accuracy;
+    if (acc == nullptr || layer_ >= predicted_.size() || predicted_[layer_].empty()) return;
+    const auto& guess = predicted_[layer_];
+    acc->predicted += guess.size();
+    acc->used += used.size();
+    for (uint32_t e : used) acc->correct += std::binary_search(guess.begin(), guess.end(), e);
+    predicted_[layer_].clear();
   }
 
   Status SharedExpert(std::vector<float>& moe) {
@@ -266,6 +280,7 @@ class ForwardState final : public Model::LayerOps {
   uint32_t layer_ = 0;
   std::vector<float> x_;  // residual stream [T, H]
   std::vector<float> h_;  // normed input of the current block
+  std::vector<std::vector<uint32_t>> predicted_;  // per layer: experts predicted for it (sorted), until scored
 };
 
 Result<std::unique_ptr<Model>> Model::Load(Store& store, const std::string& name, kernels::CpuContext ctx) {

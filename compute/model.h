@@ -55,12 +55,22 @@ struct RoutingEvent {
 using RoutingPolicyFn = std::function<void(uint32_t layer, std::span<const float> probs, size_t top_k,
                                            std::span<int32_t> experts, std::span<float> weights)>;
 
+// How well next-layer router predictions matched the experts later routed to (summed over calls).
+struct PrefetchAccuracy {
+  uint64_t predicted = 0;  // distinct experts predicted for a layer
+  uint64_t correct = 0;    // ... that the layer then used
+  uint64_t used = 0;       // distinct experts layers used where a prediction had been made
+  double precision() const { return predicted ? static_cast<double>(correct) / static_cast<double>(predicted) : 0; }
+  double recall() const { return used ? static_cast<double>(correct) / static_cast<double>(used) : 0; }
+};
+
 struct ForwardOptions {
   uint32_t top_k = 0;                 // experts per token; 0: the model's
   bool skip_missing_experts = false;  // drop a routed expert the store lacks instead of failing
   uint32_t prefetch_depth = 0;        // predict and prefetch this many layers ahead (0: none)
   std::function<void(const RoutingEvent&)> observer;
   RoutingPolicyFn routing;            // empty: exact (the model's router)
+  PrefetchAccuracy* prefetch_accuracy = nullptr;  // when set, predictions are scored against the routing
 };
 
 class Model {

@@ -50,9 +50,12 @@ Result<std::string> ReadTextFile(const std::string& path) {
   return ss.str();
 }
 
-void WriteCacheJson(JsonWriter& w, const ProviderCounters& c) {
+void WriteCacheJson(JsonWriter& w, const Runtime& rt) {
+  ProviderCounters c = rt.experts().counters();
+  const PrefetchAccuracy& a = rt.prefetch_accuracy();
   w.BeginObject().Key("hits").Uint(c.hits).Key("misses").Uint(c.misses).Key("prefetch_hits").Uint(c.prefetch_hits)
-      .Key("wasted_prefetches").Uint(c.wasted_prefetches).Key("bytes_read").Uint(c.bytes_read).EndObject();
+      .Key("wasted_prefetches").Uint(c.wasted_prefetches).Key("bytes_read").Uint(c.bytes_read)
+      .Key("prefetch_precision").Double(a.precision()).Key("prefetch_recall").Double(a.recall()).EndObject();
 }
 
 Status RunGenerate(const Args& args) {
@@ -84,7 +87,7 @@ Status RunGenerate(const Args& args) {
         .Key("prefill_tokens_per_second").Double(r.prefill_tokens_per_second())
         .Key("state").String(rt->state_name())
         .Key("cache");
-    WriteCacheJson(w, c);
+    WriteCacheJson(w, *rt);
     w.EndObject();
     PrintJson(w);
     return Status::Ok();
@@ -138,7 +141,7 @@ Status RunEval(const Args& args) {
         .Double(r.tokens ? static_cast<double>(r.top1_correct) / static_cast<double>(r.tokens) : 0)
         .Key("window").Uint(static_cast<uint64_t>(window)).Key("state").String(rt->state_name())
         .Key("tokens_per_second").Double(tps).Key("hit_rate").Double(hit_rate).Key("cache");
-    WriteCacheJson(w, c);
+    WriteCacheJson(w, *rt);
     w.EndObject();
     PrintJson(w);
     return Status::Ok();

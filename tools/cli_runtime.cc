@@ -108,6 +108,7 @@ Result<std::unique_ptr<Runtime>> Runtime::Open(const Args& args, const std::stri
   rt->state_ = std::string(MetabolicStateName(state));
   rt->forward_.top_k = budget.experts_per_token;
   rt->forward_.prefetch_depth = budget.prefetch_depth;
+  rt->forward_.prefetch_accuracy = rt->accuracy_.get();
   rt->description_ = rt->state_ + ": cache " + std::to_string(provider->cache().capacity_slots()) + " of " +
                      std::to_string(experts.experts().size()) + " experts (" +
                      HumanBytes(provider->cache().capacity_slots() * provider->cache().slot_bytes()) + ", " +

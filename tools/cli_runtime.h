@@ -33,9 +33,11 @@ class Runtime {
   Model& model() { return *model_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   ExpertProvider& experts() { return *experts_; }
+  const ExpertProvider& experts() const { return *experts_; }
   Store& store() { return *store_; }
   const ForwardOptions& forward_options() const { return forward_; }
   const std::string& state_name() const { return state_; }
+  const PrefetchAccuracy& prefetch_accuracy() const { return *accuracy_; }
   // One line on the configuration in force ("cache 12.0 MiB of 72.0 MiB (lru), prefetch 1, k 4").
   std::string describe() const;
 
@@ -47,6 +49,7 @@ class Runtime {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ExpertProvider> experts_;
   ForwardOptions forward_;
+  std::unique_ptr<PrefetchAccuracy> accuracy_ = std::make_unique<PrefetchAccuracy>();
   std::string state_ = "focus";
   std::string description_;
 };
