@@ -117,6 +117,15 @@ Result<ModelShape> ParseMoeShape(const JsonValue& config, std::string_view arch,
   return s;
 }
 
+Result<ModelShape> DecoderAdapter::ParseConfig(const JsonValue& config) const {
+  return ParseMoeShape(config, family_.name, family_.experts_field, family_.expert_ffn_field);
+}
+
+Result<TensorRole> DecoderAdapter::Classify(std::string_view tensor, const ModelShape& shape) const {
+  if (tensor == "lm_head.weight") return TensorRole{TensorRole::Kind::kDense, 0, 0, {}, "lm_head.weight", ""};
+  return ClassifyDecoderTensor(tensor, "model.", family_.naming, shape);
+}
+
 Result<TensorRole> ClassifyDecoderTensor(std::string_view name, std::string_view prefix, const ExpertNaming& naming,
                                          const ModelShape& shape) {
   TensorRole role;

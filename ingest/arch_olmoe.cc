@@ -3,28 +3,9 @@
 #include "ingest/arch_families.h"
 
 namespace es {
-namespace {
-
-constexpr ExpertNaming kOlmoeNaming{"mlp", "gate_proj.weight", "up_proj.weight", "down_proj.weight"};
-
-class Olmoe final : public ArchAdapter {
- public:
-  std::string_view name() const override { return "olmoe"; }
-
-  Result<ModelShape> ParseConfig(const JsonValue& config) const override {
-    return ParseMoeShape(config, name(), "num_experts", "intermediate_size");
-  }
-
-  Result<TensorRole> Classify(std::string_view tensor, const ModelShape& shape) const override {
-    if (tensor == "lm_head.weight") return TensorRole{TensorRole::Kind::kDense, 0, 0, {}, "lm_head.weight", ""};
-    return ClassifyDecoderTensor(tensor, "model.", kOlmoeNaming, shape);
-  }
-};
-
-}  // namespace
 
 const ArchAdapter& OlmoeAdapter() {
-  static const Olmoe adapter;
+  static const DecoderAdapter adapter(DecoderFamily{"olmoe", "num_experts", "intermediate_size", kQwenExpertNaming});
   return adapter;
 }
 

@@ -6,7 +6,6 @@
 namespace es {
 namespace {
 
-constexpr ExpertNaming kQwenNaming{"mlp", "gate_proj.weight", "up_proj.weight", "down_proj.weight"};
 constexpr std::string_view kThinkerModel = "thinker.model.";
 
 class Qwen3OmniMoe final : public ArchAdapter {
@@ -24,7 +23,7 @@ class Qwen3OmniMoe final : public ArchAdapter {
     if (tensor == "thinker.lm_head.weight") {
       return TensorRole{TensorRole::Kind::kDense, 0, 0, {}, "lm_head.weight", ""};
     }
-    if (tensor.starts_with(kThinkerModel)) return ClassifyDecoderTensor(tensor, kThinkerModel, kQwenNaming, shape);
+    if (tensor.starts_with(kThinkerModel)) return ClassifyDecoderTensor(tensor, kThinkerModel, kQwenExpertNaming, shape);
     TensorRole role;
     role.kind = TensorRole::Kind::kComponent;
     role.canonical = std::string(tensor);
