@@ -65,12 +65,22 @@ TEST(IngestKill, ResumesAfterSigkill) {
   auto want = testing::ReadAllExperts(**ref_store, "m");
   ASSERT_TRUE(want.ok());
 
+  // How long an uninterrupted CLI ingest takes here: kills land at random fractions of it, whatever the
+  // machine's speed.
+  auto timed_cmd = std::vector<std::string>{"ingest", ckpt, "--store", dir.Sub("timed"), "--name", "m", "--quiet"};
+  auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(RunCli(timed_cmd, std::chrono::minutes(5)), 0);
+  auto full = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
+
   std::string store = dir.Sub("store");
   std::vector<std::string> cmd = {"ingest", ckpt, "--store", store, "--name", "m", "--commit-mb", "2", "--quiet"};
   std::mt19937 rng(99);
   int killed = 0;
   for (int round = 0; round < kKills; ++round) {
-    int rc = RunCli(cmd, std::chrono::milliseconds(30 + rng() % 300));
+    // The first kill lands halfway through a fresh ingest; later ones anywhere in the first 80%.
+    double fraction = round == 0 ? 0.5 : 0.05 + 0.75 * std::uniform_real_distribution<double>(0, 1)(rng);
+    auto kill_after = std::chrono::duration_cast<std::chrono::milliseconds>(full * fraction);
+    int rc = RunCli(cmd, std::max(kill_after, std::chrono::milliseconds(1)));
     if (rc == -1) ++killed;
     auto s = Store::Open(store, StoreOptions{});
     ASSERT_TRUE(s.ok()) << s.status().ToString();
