@@ -28,24 +28,39 @@ Status RowNlls(const Model& model, const std::vector<float>& hidden, std::span<c
   return Status::Ok();
 }
 
-// Window starts covering the text, or, with a token budget, evenly spaced windows holding about that many.
-std::vector<size_t> WindowStarts(size_t n, size_t window, uint64_t max_tokens) {
-  std::vector<size_t> all;
-  for (size_t start = 0; start + 1 < n; start += window) {
-    if (std::min(window, n - start) >= 2) all.push_back(start);
+struct Window {
+  size_t sequence = 0;
+  size_t start = 0;
+  size_t length = 0;
+};
+
+// The windows covering every sequence, or, with a token budget, evenly spaced ones scoring about that many.
+std::vector<Window> PickWindows(std::span<const std::vector<int32_t>> sequences, size_t window, uint64_t max_tokens) {
+  std::vector<Window> all;
+  uint64_t scored = 0;
+  for (size_t s = 0; s < sequences.size(); ++s) {
+    const size_t n = sequences[s].size();
+    for (size_t start = 0; start + 1 < n; start += window) {
+      size_t len = std::min(window, n - start);
+      if (len < 2) continue;
+      all.push_back({s, start, len});
+      scored += len - 1;
+    }
   }
-  if (max_tokens == 0 || all.empty()) return all;
-  size_t wanted = std::min(all.size(), static_cast<size_t>((max_tokens + window - 2) / (window - 1)));
-  wanted = std::max<size_t>(wanted, 1);
-  std::vector<size_t> picked;
+  if (max_tokens == 0 || scored <= max_tokens || all.empty()) return all;
+  // Windows have about the same length, so a share of the windows scores about that share of the tokens.
+  auto wanted = static_cast<size_t>(static_cast<double>(all.size()) * static_cast<double>(max_tokens) /
+                                    static_cast<double>(scored));
+  wanted = std::clamp<size_t>(wanted, 1, all.size());
+  std::vector<Window> picked;
   for (size_t i = 0; i < wanted; ++i) picked.push_back(all[i * all.size() / wanted]);
   return picked;
 }
 
 }  // namespace
 
-Result<CalibrationResult> Calibrate(Model& model, ExpertProvider& provider, std::span<const int32_t> ids,
-                                    const CalibrationOptions& options) {
+Result<CalibrationResult> Calibrate(Model& model, ExpertProvider& provider,
+                                    std::span<const std::vector<int32_t>> sequences, const CalibrationOptions& options) {
   if (options.window < 2) return Status::InvalidArgument("calibration window must hold at least 2 tokens");
   if (!(options.position_fraction > 0 && options.position_fraction <= 1)) {
     return Status::InvalidArgument("the sampled fraction of positions must lie in (0, 1]");
@@ -77,13 +92,14 @@ Result<CalibrationResult> Calibrate(Model& model, ExpertProvider& provider, std:
   ablated.top_k = clean.top_k;
   ablated.skip_missing_experts = options.skip_missing_experts;
 
-  std::vector<size_t> starts = WindowStarts(ids.size(), options.window, options.max_tokens);
+  std::vector<Window> windows = PickWindows(sequences, options.window, options.max_tokens);
   KvCache kv(c, options.window);
   std::vector<float> hidden;
   std::vector<double> clean_nll, nll;
-  for (size_t w = 0; w < starts.size(); ++w) {
-    const size_t start = starts[w];
-    const size_t len = std::min(options.window, ids.size() - start);
+  for (size_t w = 0; w < windows.size(); ++w) {
+    std::span<const int32_t> ids = sequences[windows[w].sequence];
+    const size_t start = windows[w].start;
+    const size_t len = windows[w].length;
     for (uint32_t l = 0; l < c.num_layers; ++l) {
       chosen[l].assign(len * k, -1);
       chosen_w[l].assign(len * k, 0.0f);
@@ -164,7 +180,7 @@ Result<CalibrationResult> Calibrate(Model& model, ExpertProvider& provider, std:
         }
       }
     }
-    if (options.progress) options.progress(w + 1, starts.size());
+    if (options.progress) options.progress(w + 1, windows.size());
   }
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;

@@ -18,11 +18,11 @@
 
 namespace es {
 
-inline constexpr size_t kDefaultCalibrationWindow = 256;
+inline constexpr size_t kDefaultCalibrationWindow = 1024;
 
 struct CalibrationOptions {
   size_t window = kDefaultCalibrationWindow;  // tokens per window, each from an empty context (at least 2)
-  uint64_t max_tokens = 0;         // scored positions at most (0: the whole text), from evenly spaced windows
+  uint64_t max_tokens = 0;         // scored positions, about (0: all), from windows spread evenly over the text
   double position_fraction = 1.0;  // share of each window's positions that are ablated, sampled with `seed`
   uint64_t seed = 0;
   uint32_t top_k = 0;              // experts per token; 0: the model's
@@ -51,7 +51,8 @@ struct CalibrationResult {
   double seconds = 0;
 };
 
-Result<CalibrationResult> Calibrate(Model& model, ExpertProvider& experts, std::span<const int32_t> ids,
+// Calibrates on `sequences`, each cut into windows of its own (windows never span two sequences).
+Result<CalibrationResult> Calibrate(Model& model, ExpertProvider& experts, std::span<const std::vector<int32_t>> sequences,
                                     const CalibrationOptions& options);
 
 }  // namespace es

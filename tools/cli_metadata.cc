@@ -257,46 +257,15 @@ Status RunCalibrate(const Args& args) {
   o.skip_missing_experts = rt->forward_options().skip_missing_experts;
 
   std::vector<std::vector<int32_t>> sequences;
-  uint64_t total_tokens = 0;
   for (const auto& t : texts) {
     ES_ASSIGN_OR_RETURN(auto ids, Encode(rt->tokenizer(), t));
-    if (ids.size() < 2) continue;
-    total_tokens += ids.size() - 1;
-    sequences.push_back(std::move(ids));
+    if (ids.size() >= 2) sequences.push_back(std::move(ids));
   }
   if (sequences.empty()) return Status::InvalidArgument(path + " holds no text to calibrate on");
-  // A token budget is shared out over the sequences in proportion to their length.
+  o.max_tokens = static_cast<uint64_t>(max_tokens);
   CountProgress progress(args, "calibrate (dream)");
-  CalibrationResult total;
-  for (size_t i = 0; i < sequences.size(); ++i) {
-    CalibrationOptions so = o;
-    uint64_t scored = sequences[i].size() - 1;
-    if (max_tokens > 0) {
-      so.max_tokens = std::max<uint64_t>(1, static_cast<uint64_t>(max_tokens) * scored / total_tokens);
-    }
-    so.seed = o.seed + i;
-    if (sequences.size() == 1) so.progress = [&](uint64_t d, uint64_t t) { progress.Update(d, t); };
-    ES_ASSIGN_OR_RETURN(CalibrationResult r, Calibrate(rt->model(), rt->experts(), sequences[i], so));
-    if (total.experts.empty()) {
-      total = r;
-    } else {
-      for (size_t k = 0; k < r.experts.size(); ++k) {
-        ExpertContribution& a = total.experts[k];
-        const ExpertContribution& b = r.experts[k];
-        a.samples += b.samples;
-        a.nll_increase_sum += b.nll_increase_sum;
-        a.activations += b.activations;
-        a.weight_sum += b.weight_sum;
-        a.weight_sq_sum += b.weight_sq_sum;
-      }
-      total.tokens += r.tokens;
-      total.ablated_positions += r.ablated_positions;
-      total.ablations += r.ablations;
-      total.clean_nll += r.clean_nll;
-      total.seconds += r.seconds;
-    }
-    if (sequences.size() > 1) progress.Update(i + 1, sequences.size());
-  }
+  o.progress = [&](uint64_t done, uint64_t total) { progress.Update(done, total); };
+  ES_ASSIGN_OR_RETURN(CalibrationResult total, Calibrate(rt->model(), rt->experts(), sequences, o));
   progress.Finish();
 
   // Sizes for efficiency.
@@ -737,7 +706,7 @@ void RegisterMetadataCommands(std::vector<Command>& commands) {
                       "the dream state: measure each expert's contribution and store trust records",
                       with({{"model", true, "model name"},
                             {"text", true, "text file (a .jsonl file: one sequence per {\"text\"} line)"},
-                            {"window", true, "tokens per window (default min(context, 256))"},
+                            {"window", true, "tokens per window (default min(context, 1024))"},
                             {"max-tokens", true, "measure at most this many positions, from evenly spaced windows"},
                             {"sample", true, "fraction of each window's positions to ablate (default 1)"},
                             {"seed", true, "sampling seed"},
