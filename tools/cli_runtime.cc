@@ -197,7 +197,8 @@ Result<std::unique_ptr<Runtime>> Runtime::Open(const Args& args, const std::stri
   ES_ASSIGN_OR_RETURN(MetabolicState state, ParseMetabolicState(args.GetOr("state", "focus")));
   if (!IsGenerationState(state)) {
     return Status::InvalidArgument("--state " + std::string(MetabolicStateName(state)) +
-                                   " is not a generation state (wake, focus or crisis)");
+                                   " is not a generation state (wake, focus or crisis); the rest state is "
+                                   "`expertstore rest`, the dream state `expertstore calibrate`");
   }
   ES_ASSIGN_OR_RETURN(ModelExperts experts, ModelExperts::Load(rt->store_->catalog(), model));
   StateModel sm{rt->model_->config().top_k, rt->model_->config().num_experts, experts.experts().size(),
