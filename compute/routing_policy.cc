@@ -106,7 +106,8 @@ RoutingPolicyFn MakeTrustRouting(TrustRoutingInputs inputs, const TrustRoutingWe
     if (!in.domain_lift.empty()) {
       for (size_t e = 0; e < E && base + e < in.domain_lift.size(); ++e) lift_max = std::max(lift_max, in.domain_lift[base + e]);
     }
-    const std::vector<int32_t>& prev = layer < st->previous.size() ? st->previous[layer] : st->previous.front();
+    static const std::vector<int32_t> kNone;
+    const std::vector<int32_t>& prev = layer < st->previous.size() ? st->previous[layer] : kNone;
     std::vector<double> score(E);
     for (size_t e = 0; e < E; ++e) {
       double router = p_max > 0 ? probs[e] / p_max : 0;
