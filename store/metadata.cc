@@ -189,6 +189,97 @@ Result<std::map<ExpertPair, ProfileInfo>> LoadModelProfiles(const Catalog& catal
   return LoadRecords<ProfileInfo>(catalog, Cf::kProfiles, model, DecodeProfile);
 }
 
+Result<std::vector<RankKey>> ParseRankOrder(std::string_view text) {
+  std::vector<RankKey> keys;
+  std::stringstream ss{std::string(text)};
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item == "lift") {
+      keys.push_back(RankKey::kLift);
+    } else if (item == "trust") {
+      keys.push_back(RankKey::kTrust);
+    } else if (item == "activations") {
+      keys.push_back(RankKey::kActivations);
+    } else {
+      return Status::InvalidArgument("order takes lift, trust and activations (comma-separated), not '" + item + "'");
+    }
+  }
+  if (keys.empty()) return Status::InvalidArgument("the order is empty");
+  return keys;
+}
+
+Result<std::vector<ExpertQueryRow>> QueryExperts(const Catalog& catalog, const std::string& model,
+                                                 const ExpertQuery& query) {
+  ES_ASSIGN_OR_RETURN(auto profiles, LoadModelProfiles(catalog, model));
+  ES_ASSIGN_OR_RETURN(auto trust, LoadModelTrust(catalog, model));
+  ES_ASSIGN_OR_RETURN(ModelUsage usage, LoadModelUsage(catalog, model));
+  if (!query.domain.empty()) {
+    bool known = false;
+    for (const auto& [id, p] : profiles) {
+      for (const auto& d : p.domains) known = known || d.domain == query.domain;
+    }
+    if (!known) {
+      return Status::NotFound("no profile of model '" + model + "' knows domain '" + query.domain +
+                              "' (run profile first)");
+    }
+  }
+  std::vector<ExpertQueryRow> rows;
+  Status bad;
+  ES_RETURN_IF_ERROR(catalog.Scan(Cf::kExperts, query.has_layer ? LayerPrefix(model, query.layer) : ModelPrefix(model),
+                                  [&](std::string_view key, std::string_view) {
+    auto id = ParseExpertKey(key);
+    if (!id.ok()) {
+      bad = id.status();
+      return false;
+    }
+    ExpertQueryRow r;
+    r.layer = id->layer;
+    r.expert = id->expert;
+    ExpertPair p{id->layer, id->expert};
+    if (auto t = trust.find(p); t != trust.end()) {
+      r.has_trust = true;
+      r.trust = t->second.trust;
+    }
+    if (auto u = usage.totals.find(p); u != usage.totals.end()) r.activations = u->second.activation_count;
+    if (auto pr = profiles.find(p); pr != profiles.end()) {
+      const std::string& want = query.domain.empty() ? pr->second.primary_domain : query.domain;
+      for (const auto& d : pr->second.domains) {
+        if (d.domain != want) continue;
+        r.domain = d.domain;
+        r.lift = d.lift;
+        r.share = d.share;
+        r.domain_activations = d.activations;
+      }
+    }
+    if (!query.domain.empty()) {
+      r.domain = query.domain;
+      if (r.domain_activations < query.min_activations) return true;
+    }
+    rows.push_back(std::move(r));
+    return true;
+  }));
+  ES_RETURN_IF_ERROR(bad);
+  // Uncalibrated experts rank after every calibrated one by trust (trust lies in [0, 1]).
+  constexpr double kNoTrust = -1;
+  auto value = [&](const ExpertQueryRow& r, RankKey k) {
+    switch (k) {
+      case RankKey::kLift: return r.lift;
+      case RankKey::kTrust: return r.has_trust ? r.trust : kNoTrust;
+      case RankKey::kActivations: return static_cast<double>(r.activations);
+    }
+    return 0.0;
+  };
+  std::stable_sort(rows.begin(), rows.end(), [&](const ExpertQueryRow& a, const ExpertQueryRow& b) {
+    for (RankKey k : query.order) {
+      double x = value(a, k), y = value(b, k);
+      if (x != y) return x > y;
+    }
+    return false;
+  });
+  if (rows.size() > query.top) rows.resize(query.top);
+  return rows;
+}
+
 Result<RestReport> Rest(Store& store, const std::string& model, const TrustScoreWeights& weights, size_t top_coactivated,
                         uint64_t now_unix) {
   if (store.read_only()) return Status::NotSupported("rest rewrites and compacts the catalog: it needs the writer");

@@ -101,6 +101,39 @@ Result<std::map<std::pair<uint32_t, uint32_t>, TrustInfo>> LoadModelTrust(const 
 Result<std::map<std::pair<uint32_t, uint32_t>, ProfileInfo>> LoadModelProfiles(const Catalog& catalog,
                                                                                const std::string& model);
 
+// ---- queries --------------------------------------------------------------------------------------------
+
+enum class RankKey : uint8_t { kLift, kTrust, kActivations };
+// "lift,trust,activations" in any order and subset: the first key sorts first, later ones break ties.
+Result<std::vector<RankKey>> ParseRankOrder(std::string_view text);
+
+struct ExpertQuery {
+  std::string domain;            // rank for this domain; empty: each expert's primary domain
+  bool has_layer = false;        // only `layer`
+  uint32_t layer = 0;
+  size_t top = 10;               // rows at most
+  std::vector<RankKey> order = {RankKey::kLift};
+  uint64_t min_activations = 0;  // with a domain: skip experts with fewer activations in it
+};
+
+struct ExpertQueryRow {
+  uint32_t layer = 0;
+  uint32_t expert = 0;
+  std::string domain;               // the domain lift and share are for ("" without a profile)
+  double lift = 0;
+  double share = 0;
+  uint64_t domain_activations = 0;
+  bool has_trust = false;           // calibrated
+  double trust = 0;
+  uint64_t activations = 0;         // recorded activations in all
+};
+
+// Ranks a model's experts (every expert in the catalog, of one layer or all) by the query's order, highest
+// first (uncalibrated experts after calibrated ones by trust). NotFound when no profile knows the domain.
+// The `query` command and the HTTP query endpoint share this.
+Result<std::vector<ExpertQueryRow>> QueryExperts(const Catalog& catalog, const std::string& model,
+                                                 const ExpertQuery& query);
+
 // ---- the rest state -------------------------------------------------------------------------------------
 
 struct RestReport {

@@ -384,114 +384,33 @@ Status RunTrust(const Args& args) {
 
 // ---- query ----------------------------------------------------------------------------------------------
 
-enum class OrderKey { kLift, kTrust, kActivations };
-
-Result<std::vector<OrderKey>> ParseOrder(const std::string& text) {
-  std::vector<OrderKey> keys;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (item == "lift") {
-      keys.push_back(OrderKey::kLift);
-    } else if (item == "trust") {
-      keys.push_back(OrderKey::kTrust);
-    } else if (item == "activations") {
-      keys.push_back(OrderKey::kActivations);
-    } else {
-      return Status::InvalidArgument("--order takes lift, trust and activations (comma-separated), not '" + item + "'");
-    }
-  }
-  if (keys.empty()) return Status::InvalidArgument("--order is empty");
-  return keys;
-}
-
-struct QueryRow {
-  uint32_t layer = 0;
-  uint32_t expert = 0;
-  std::string domain;
-  double lift = 0;
-  double share = 0;
-  uint64_t domain_activations = 0;
-  std::optional<double> trust;
-  uint64_t activations = 0;
-};
-
 Status RunQuery(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
   ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
   ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(*store, model));
-  std::optional<uint32_t> layer;
+  ExpertQuery q;
   if (args.Has("layer")) {
     ES_ASSIGN_OR_RETURN(int64_t l, args.GetInt("layer", 0, 0, static_cast<int64_t>(info.num_layers) - 1));
-    layer = static_cast<uint32_t>(l);
+    q.has_layer = true;
+    q.layer = static_cast<uint32_t>(l);
   }
-  constexpr int64_t kDefaultTop = 10;
-  ES_ASSIGN_OR_RETURN(int64_t top, args.GetInt("top", kDefaultTop, 1, INT32_MAX));
+  ES_ASSIGN_OR_RETURN(int64_t top, args.GetInt("top", static_cast<int64_t>(q.top), 1, INT32_MAX));
   ES_ASSIGN_OR_RETURN(int64_t min_activations, args.GetInt("min-activations", 0, 0, INT64_MAX));
-  ES_ASSIGN_OR_RETURN(auto order, ParseOrder(args.GetOr("order", "lift")));
-  std::string domain = args.GetOr("domain", "");
-  ES_ASSIGN_OR_RETURN(auto profiles, LoadModelProfiles(store->catalog(), model));
-  ES_ASSIGN_OR_RETURN(auto trust, LoadModelTrust(store->catalog(), model));
-  ES_ASSIGN_OR_RETURN(ModelUsage usage, LoadModelUsage(store->catalog(), model));
-  if (!domain.empty()) {
-    bool known = false;
-    for (const auto& [id, p] : profiles) {
-      for (const auto& d : p.domains) known = known || d.domain == domain;
-    }
-    if (!known) {
-      return Status::NotFound("no profile of model '" + model + "' knows domain '" + domain + "' (run profile first)");
-    }
+  q.top = static_cast<size_t>(top);
+  q.min_activations = static_cast<uint64_t>(min_activations);
+  q.domain = args.GetOr("domain", "");
+  if (auto order = args.Get("order")) {
+    ES_ASSIGN_OR_RETURN(q.order, ParseRankOrder(*order));
   }
-  std::vector<QueryRow> rows;
-  ES_RETURN_IF_ERROR(store->catalog().Scan(Cf::kExperts, layer ? LayerPrefix(model, *layer) : ModelPrefix(model),
-                                           [&](std::string_view key, std::string_view) {
-    auto id = ParseExpertKey(key);
-    if (!id.ok()) return true;  // verify reports undecodable keys; a query skips them
-    QueryRow r;
-    r.layer = id->layer;
-    r.expert = id->expert;
-    ExpertPair p{id->layer, id->expert};
-    if (auto t = trust.find(p); t != trust.end()) r.trust = t->second.trust;
-    if (auto u = usage.totals.find(p); u != usage.totals.end()) r.activations = u->second.activation_count;
-    if (auto pr = profiles.find(p); pr != profiles.end()) {
-      const std::string& want = domain.empty() ? pr->second.primary_domain : domain;
-      for (const auto& d : pr->second.domains) {
-        if (d.domain != want) continue;
-        r.domain = d.domain;
-        r.lift = d.lift;
-        r.share = d.share;
-        r.domain_activations = d.activations;
-      }
-    }
-    if (!domain.empty() && r.domain.empty()) r.domain = domain;
-    if (!domain.empty() && r.domain_activations < static_cast<uint64_t>(min_activations)) return true;
-    rows.push_back(std::move(r));
-    return true;
-  }));
-  auto value = [](const QueryRow& r, OrderKey k) {
-    switch (k) {
-      case OrderKey::kLift: return r.lift;
-      case OrderKey::kTrust: return r.trust.value_or(-1.0);  // uncalibrated experts last
-      case OrderKey::kActivations: return static_cast<double>(r.activations);
-    }
-    return 0.0;
-  };
-  std::stable_sort(rows.begin(), rows.end(), [&](const QueryRow& a, const QueryRow& b) {
-    for (OrderKey k : order) {
-      double x = value(a, k), y = value(b, k);
-      if (x != y) return x > y;
-    }
-    return false;
-  });
-  if (rows.size() > static_cast<size_t>(top)) rows.resize(static_cast<size_t>(top));
+  ES_ASSIGN_OR_RETURN(auto rows, QueryExperts(store->catalog(), model, q));
   if (args.global().json) {
     JsonWriter w;
     w.BeginArray();
     for (const auto& r : rows) {
       w.BeginObject().Key("layer").Uint(r.layer).Key("expert").Uint(r.expert).Key("domain").String(r.domain)
           .Key("lift").Double(r.lift).Key("share").Double(r.share).Key("trust");
-      if (r.trust) {
-        w.Double(*r.trust);
+      if (r.has_trust) {
+        w.Double(r.trust);
       } else {
         w.Null();
       }
@@ -503,7 +422,7 @@ Status RunQuery(const Args& args) {
   }
   std::printf("%5s %6s %-12s %7s %7s %7s %11s\n", "LAYER", "EXPERT", "DOMAIN", "LIFT", "SHARE", "TRUST", "ACTIVATIONS");
   for (const auto& r : rows) {
-    std::string t = r.trust ? std::to_string(*r.trust).substr(0, 5) : "-";
+    std::string t = r.has_trust ? std::to_string(r.trust).substr(0, 5) : "-";
     std::printf("%5u %6u %-12s %7.3f %7.3f %7s %11llu\n", r.layer, r.expert, r.domain.c_str(), r.lift, r.share,
                 t.c_str(), static_cast<unsigned long long>(r.activations));
   }

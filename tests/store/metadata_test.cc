@@ -145,5 +145,67 @@ TEST(Metadata, RestRecomputesFromRecordedUsage) {
   EXPECT_TRUE(Rest(**ro, "m", {}, 8, 0).status().IsNotSupported());
 }
 
+TEST(Metadata, QueryRanksByLiftTrustAndActivations) {
+  testing::TempDir dir;
+  auto s = Store::Open(dir.Sub("s"), StoreOptions{});
+  ASSERT_TRUE(s.ok());
+  Store& store = **s;
+  CatalogBatch b;
+  // Four experts in two layers: lift for "py" 3, 1, 2, 0.5; trust on three; activations 10, 40, 20, 30.
+  const double lifts[] = {3, 1, 2, 0.5};
+  const uint64_t acts[] = {10, 40, 20, 30};
+  for (uint32_t i = 0; i < 4; ++i) {
+    uint32_t layer = i / 2, expert = i % 2;
+    ExpertInfo info;
+    info.layer = layer;
+    info.expert = expert;
+    b.Put(Cf::kExperts, ExpertKey("m", layer, expert), EncodeExpert(info));
+    ProfileInfo p;
+    p.primary_domain = i == 3 ? "c" : "py";
+    p.domains = {{"c", i, 0.1, i == 3 ? 4.0 : 0.2}, {"py", acts[i] - i, 0.9, lifts[i]}};
+    b.Put(Cf::kProfiles, ExpertKey("m", layer, expert), EncodeProfile(p));
+    if (i != 2) b.Put(Cf::kTrust, ExpertKey("m", layer, expert), EncodeTrust(TrustInfo{.trust = 0.1 * (i + 1)}));
+    UsageCounts u;
+    u.activation_count = acts[i];
+    b.Merge(Cf::kUsage, ExpertKey("m", layer, expert), EncodeUsage(u));
+  }
+  ASSERT_TRUE(store.catalog().Write(b).ok());
+  auto order = [&](ExpertQuery q) {
+    std::vector<std::pair<uint32_t, uint32_t>> out;
+    auto rows = QueryExperts(store.catalog(), "m", q);
+    EXPECT_TRUE(rows.ok()) << rows.status().ToString();
+    if (rows.ok()) {
+      for (const auto& r : *rows) out.push_back({r.layer, r.expert});
+    }
+    return out;
+  };
+  using V = std::vector<std::pair<uint32_t, uint32_t>>;
+  ExpertQuery q;
+  q.domain = "py";
+  EXPECT_EQ(order(q), (V{{0, 0}, {1, 0}, {0, 1}, {1, 1}}));
+  q.order = {RankKey::kTrust};
+  EXPECT_EQ(order(q), (V{{1, 1}, {0, 1}, {0, 0}, {1, 0}}));  // uncalibrated (1, 0) last
+  q.order = {RankKey::kActivations};
+  q.top = 2;
+  EXPECT_EQ(order(q), (V{{0, 1}, {1, 1}}));
+  q = ExpertQuery{};
+  q.has_layer = true;
+  q.layer = 1;
+  auto rows = QueryExperts(store.catalog(), "m", q);  // primary domains: (1, 1) is c with lift 4
+  ASSERT_TRUE(rows.ok());
+  ASSERT_EQ(rows->size(), 2u);
+  EXPECT_EQ((*rows)[0].expert, 1u);
+  EXPECT_EQ((*rows)[0].domain, "c");
+  EXPECT_DOUBLE_EQ((*rows)[0].lift, 4.0);
+  q = ExpertQuery{};
+  q.domain = "py";
+  q.min_activations = 25;
+  EXPECT_EQ(order(q), (V{{0, 1}, {1, 1}}));
+  q.domain = "cobol";
+  EXPECT_TRUE(QueryExperts(store.catalog(), "m", q).status().IsNotFound());
+  EXPECT_TRUE(ParseRankOrder("trust,lift").ok());
+  EXPECT_TRUE(ParseRankOrder("speed").status().IsInvalidArgument());
+}
+
 }  // namespace
 }  // namespace es
