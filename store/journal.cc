@@ -47,7 +47,8 @@ std::string Header() {
 std::string NewJournalName() {
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch());
   std::random_device rd;
-  uint64_t r = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  constexpr int kWordBits = 32;  // random_device yields 32-bit words
+  uint64_t r = (static_cast<uint64_t>(rd()) << kWordBits) ^ rd();
   char buf[64];
   std::snprintf(buf, sizeof(buf), "%llx-%x-%016llx", static_cast<unsigned long long>(ms.count()),
                 static_cast<unsigned>(::getpid()), static_cast<unsigned long long>(r));

@@ -25,6 +25,11 @@ namespace {
 
 using ExpertPair = std::pair<uint32_t, uint32_t>;
 
+// Tokens per window of profile's teacher-forced passes, as eval's default (capped by the model's context).
+constexpr int64_t kDefaultWindow = 1024;
+// The most co-activated partners a profile keeps.
+constexpr int64_t kMaxTopCoactivated = 1 << 16;
+
 uint64_t NowUnix() {
   return static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
@@ -153,7 +158,7 @@ Status RunProfile(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
   ES_ASSIGN_OR_RETURN(std::string prompts_path, args.Require("prompts"));
   ES_ASSIGN_OR_RETURN(auto prompts, ReadJsonl(prompts_path, /*need_domain=*/true));
-  ES_ASSIGN_OR_RETURN(int64_t top_co, args.GetInt("top-coactivated", kDefaultTopCoactivated, 0, 1 << 16));
+  ES_ASSIGN_OR_RETURN(int64_t top_co, args.GetInt("top-coactivated", kDefaultTopCoactivated, 0, kMaxTopCoactivated));
   if (args.Has("no-record")) return Status::InvalidArgument("profile works by recording usage: --no-record makes no sense");
   ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model, RuntimeOptions{.need_tokenizer = true, .record = true}));
   Store& store = rt->store();
@@ -168,7 +173,7 @@ Status RunProfile(const Args& args) {
     for (const auto& d : old.domains) drop.Delete(Cf::kUsage, DomainUsageKey(model, d.layer, d.expert, d.domain));
     ES_RETURN_IF_ERROR(store.catalog().Write(drop));
   }
-  ES_ASSIGN_OR_RETURN(int64_t window, args.GetInt("window", std::min<int64_t>(config.max_positions, 1024), 2,
+  ES_ASSIGN_OR_RETURN(int64_t window, args.GetInt("window", std::min<int64_t>(config.max_positions, kDefaultWindow), 2,
                                                   config.max_positions));
   std::function<void(size_t, bool)> on_position = [&recorder, window](size_t index, bool correct) {
     recorder.RecordOutcome((index - 1) % static_cast<size_t>(window), correct);
@@ -581,7 +586,7 @@ Status RunRest(const Args& args) {
   if (auto m = args.Get("trust-mix")) {
     ES_ASSIGN_OR_RETURN(weights, ParseTrustScoreWeights(*m));
   }
-  ES_ASSIGN_OR_RETURN(int64_t top_co, args.GetInt("top-coactivated", kDefaultTopCoactivated, 0, 1 << 16));
+  ES_ASSIGN_OR_RETURN(int64_t top_co, args.GetInt("top-coactivated", kDefaultTopCoactivated, 0, kMaxTopCoactivated));
   auto opened = OpenStore(args, /*writer=*/true);
   if (!opened.ok() && opened.status().IsBusy()) {
     return Status::Busy(opened.status().message() + ": rest rewrites and compacts the catalog, which only the writer may");
