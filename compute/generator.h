@@ -53,6 +53,11 @@ Result<std::vector<int32_t>> GenerateIds(Model& model, ExpertProvider& experts, 
 Result<std::vector<float>> LastLogits(Model& model, ExpertProvider& experts, std::span<const int32_t> ids,
                                       const ForwardOptions& forward);
 
+// -log softmax(logits)[target] over `vocab` logits, in double precision.
+double TokenNll(const float* logits, size_t vocab, int32_t target);
+// True when `target` is the argmax of the logits (the lowest index among equals).
+bool IsTop1(const float* logits, size_t vocab, int32_t target);
+
 struct EvalResult {
   uint64_t tokens = 0;       // predicted tokens
   double nll = 0;            // total negative log-likelihood, nats
@@ -65,9 +70,14 @@ struct EvalResult {
 // Teacher-forced NLL of `ids` as one sequence, in consecutive non-overlapping windows of `window` tokens (each
 // window starts with an empty context; its first token is context only, the rest are predicted). A sequence
 // that fits one window is scored exactly as one pass. `on_position(index, correct)` reports, for each
-// predicted token (index into ids), whether the model's top-1 was right (usage recording uses it).
+// predicted token (index into ids), whether the model's top-1 was right (usage recording uses it); it is called
+// after the Forward call that routed the predicting token ids[index - 1], at KV position (index - 1) % window,
+// and before the next call. `step` > 0 runs each window `step` tokens per Forward call through the KV cache
+// (1: as decode does, which is what cache hit rates of generation mean); 0 runs a window in one call. The NLL
+// does not depend on it beyond float rounding.
 Result<EvalResult> EvaluateNll(Model& model, ExpertProvider& experts, std::span<const int32_t> ids, size_t window,
                                const ForwardOptions& forward,
-                               const std::function<void(size_t index, bool correct)>& on_position = {});
+                               const std::function<void(size_t index, bool correct)>& on_position = {},
+                               size_t step = 0);
 
 }  // namespace es

@@ -44,7 +44,16 @@ class ForwardState final : public Model::LayerOps {
   void set_layer(uint32_t l) { layer_ = l; }
   std::vector<float>& residual() { return x_; }
 
+  // ForwardRowsFrom: rows at these positions, each attending only to the cache before it and to itself; the
+  // layer `start` skips its attention (the residual given already includes it) and mixes `forced`'s experts.
+  void Isolate(std::span<const size_t> positions, uint32_t start, const ForcedRouting* forced) {
+    isolated_ = positions;
+    start_layer_ = start;
+    forced_ = forced;
+  }
+
   Status Attention(const AttentionOptions& o) override {
+    if (forced_ != nullptr && layer_ == start_layer_) return Status::Ok();
     const size_t nh = c_.num_heads, nkv = c_.num_kv_heads, hd = c_.head_dim;
     const size_t q_dim = nh * hd, kv_dim = nkv * hd;
     ES_ASSIGN_OR_RETURN(auto in_norm, W().Vector(LayerName(layer_, "input_layernorm.weight")));
@@ -61,27 +70,47 @@ class ForwardState final : public Model::LayerOps {
       ES_RETURN_IF_ERROR(kernels::RmsNorm(ctx_, k.data(), per_head ? T_ * nkv : T_, kn, c_.rms_eps, k.data()));
     }
     std::vector<int32_t> positions(T_);
-    for (size_t t = 0; t < T_; ++t) positions[t] = static_cast<int32_t>(kv_.length() + t);
+    for (size_t t = 0; t < T_; ++t) positions[t] = static_cast<int32_t>(Position(t));
     ES_RETURN_IF_ERROR(kernels::ApplyRope(q.data(), T_, nh, hd, positions.data(), c_.rope_theta));
     ES_RETURN_IF_ERROR(kernels::ApplyRope(k.data(), T_, nkv, hd, positions.data(), c_.rope_theta));
+    std::vector<float> attn(T_ * q_dim);
+    kernels::AttentionShape shape{nh, nkv, hd};
+    if (!isolated_.empty()) {
+      // Each row sees the cache before its position and its own key and value, which stand in for the cached
+      // ones at its position during its call only.
+      std::vector<float> saved_k(kv_dim), saved_v(kv_dim);
+      for (size_t t = 0; t < T_; ++t) {
+        float* kc = kv_.keys(layer_) + isolated_[t] * kv_dim;
+        float* vc = kv_.values(layer_) + isolated_[t] * kv_dim;
+        std::copy(kc, kc + kv_dim, saved_k.begin());
+        std::copy(vc, vc + kv_dim, saved_v.begin());
+        std::copy(&k[t * kv_dim], &k[(t + 1) * kv_dim], kc);
+        std::copy(&v[t * kv_dim], &v[(t + 1) * kv_dim], vc);
+        Status s = kernels::Attention(ctx_, shape, &q[t * q_dim], 1, kv_.keys(layer_), kv_.values(layer_),
+                                      isolated_[t] + 1, &attn[t * q_dim]);
+        std::copy(saved_k.begin(), saved_k.end(), kc);
+        std::copy(saved_v.begin(), saved_v.end(), vc);
+        ES_RETURN_IF_ERROR(s);
+      }
+      return AddOutputProjection(attn);
+    }
     float* kc = kv_.keys(layer_) + kv_.length() * kv_dim;
     float* vc = kv_.values(layer_) + kv_.length() * kv_dim;
     std::copy(k.begin(), k.end(), kc);
     std::copy(v.begin(), v.end(), vc);
-    std::vector<float> attn(T_ * q_dim);
-    kernels::AttentionShape shape{nh, nkv, hd};
     ES_RETURN_IF_ERROR(kernels::Attention(ctx_, shape, q.data(), T_, kv_.keys(layer_), kv_.values(layer_),
                                           kv_.length() + T_, attn.data()));
-    std::vector<float> out(T_ * H_);
-    ES_ASSIGN_OR_RETURN(auto o_proj, W().Matrix(LayerName(layer_, "self_attn.o_proj.weight")));
-    ES_RETURN_IF_ERROR(kernels::MatMul(ctx_, attn.data(), T_, o_proj, out.data()));
-    for (size_t i = 0; i < x_.size(); ++i) x_[i] += out[i];
-    return Status::Ok();
+    return AddOutputProjection(attn);
   }
 
   Status Moe(bool shared_expert) override {
     const size_t E = c_.num_experts;
-    const size_t k = std::min<size_t>(options_.top_k == 0 ? c_.top_k : options_.top_k, E);
+    const bool forced = forced_ != nullptr && layer_ == start_layer_;
+    const size_t k = forced ? forced_->k : std::min<size_t>(options_.top_k == 0 ? c_.top_k : options_.top_k, E);
+    if (options_.capture_pre_moe != nullptr) {
+      if (options_.capture_pre_moe->size() < c_.num_layers) options_.capture_pre_moe->resize(c_.num_layers);
+      (*options_.capture_pre_moe)[layer_] = x_;
+    }
     ES_ASSIGN_OR_RETURN(auto post_norm, W().Vector(LayerName(layer_, "post_attention_layernorm.weight")));
     ES_RETURN_IF_ERROR(kernels::RmsNorm(ctx_, x_.data(), T_, post_norm, c_.rms_eps, h_.data()));
     ES_RETURN_IF_ERROR(PrefetchAhead());
@@ -89,16 +118,23 @@ class ForwardState final : public Model::LayerOps {
     // Route.
     ES_ASSIGN_OR_RETURN(auto router, W().Matrix(RouterName(layer_)));
     std::vector<float> logits(T_ * E);
-    ES_RETURN_IF_ERROR(kernels::MatMul(ctx_, h_.data(), T_, router, logits.data()));
     std::vector<int32_t> chosen(T_ * k);
     std::vector<float> weights(T_ * k);
-    if (options_.routing) {
+    if (forced) {
+      if (forced_->experts.size() != T_ * k || forced_->weights.size() != T_ * k) {
+        return Status::InvalidArgument("forced routing must hold k experts and weights per row");
+      }
+      std::copy(forced_->experts.begin(), forced_->experts.end(), chosen.begin());
+      std::copy(forced_->weights.begin(), forced_->weights.end(), weights.begin());
+    } else if (options_.routing) {
+      ES_RETURN_IF_ERROR(kernels::MatMul(ctx_, h_.data(), T_, router, logits.data()));
       std::vector<float> probs(E);
       for (size_t t = 0; t < T_; ++t) {
         Softmax(&logits[t * E], E, probs.data());
         options_.routing(layer_, probs, k, {&chosen[t * k], k}, {&weights[t * k], k});
       }
     } else {
+      ES_RETURN_IF_ERROR(kernels::MatMul(ctx_, h_.data(), T_, router, logits.data()));
       ES_RETURN_IF_ERROR(kernels::RouterTopK(logits.data(), T_, E, k, c_.norm_topk_prob, chosen.data(), weights.data()));
     }
 
@@ -112,7 +148,7 @@ class ForwardState final : public Model::LayerOps {
         }
       }
       if (options_.observer) {
-        options_.observer({t, kv_.length() + t, layer_, {&chosen[t * k], k}, {&weights[t * k], k}});
+        options_.observer({t, Position(t), layer_, {&chosen[t * k], k}, {&weights[t * k], k}});
       }
     }
     std::vector<uint32_t> ids;
@@ -161,6 +197,16 @@ class ForwardState final : public Model::LayerOps {
 
  private:
   const DenseWeights& W() const { return m_.weights(); }
+
+  size_t Position(size_t t) const { return isolated_.empty() ? kv_.length() + t : isolated_[t]; }
+
+  Status AddOutputProjection(const std::vector<float>& attn) {
+    std::vector<float> out(T_ * H_);
+    ES_ASSIGN_OR_RETURN(auto o_proj, W().Matrix(LayerName(layer_, "self_attn.o_proj.weight")));
+    ES_RETURN_IF_ERROR(kernels::MatMul(ctx_, attn.data(), T_, o_proj, out.data()));
+    for (size_t i = 0; i < x_.size(); ++i) x_[i] += out[i];
+    return Status::Ok();
+  }
 
   std::string RouterName(uint32_t layer) const {
     return LayerName(layer, c_.arch == "mixtral" ? "block_sparse_moe.gate.weight" : "mlp.gate.weight");
@@ -281,6 +327,9 @@ class ForwardState final : public Model::LayerOps {
   std::vector<float> x_;  // residual stream [T, H]
   std::vector<float> h_;  // normed input of the current block
   std::vector<std::vector<uint32_t>> predicted_;  // per layer: experts predicted for it (sorted), until scored
+  std::span<const size_t> isolated_;  // ForwardRowsFrom: each row's position (empty: a normal forward)
+  uint32_t start_layer_ = 0;
+  const ForcedRouting* forced_ = nullptr;
 };
 
 Result<std::unique_ptr<Model>> Model::Load(Store& store, const std::string& name, kernels::CpuContext ctx) {
@@ -341,6 +390,34 @@ Status Model::Forward(std::span<const int32_t> tokens, KvCache& kv, ExpertProvid
   ES_RETURN_IF_ERROR(kernels::RmsNorm(ctx_, x.data(), tokens.size(), final_norm_, config_.rms_eps, hidden.data()));
   kv.Advance(tokens.size());
   return Status::Ok();
+}
+
+Status Model::ForwardRowsFrom(uint32_t layer, std::span<const float> residual, std::span<const size_t> positions,
+                              const ForcedRouting& routing, KvCache& kv, ExpertProvider& experts,
+                              const ForwardOptions& options, std::vector<float>& hidden) {
+  const size_t rows = positions.size();
+  const size_t H = config_.hidden;
+  if (rows == 0) return Status::InvalidArgument("ForwardRowsFrom of no rows");
+  if (layer >= config_.num_layers || !config_.IsMoeLayer(layer)) {
+    return Status::InvalidArgument("ForwardRowsFrom must start at a MoE layer");
+  }
+  if (residual.size() != rows * H) return Status::InvalidArgument("ForwardRowsFrom: residual must be [rows, hidden]");
+  for (size_t p : positions) {
+    if (p >= kv.length()) return Status::InvalidArgument("ForwardRowsFrom: a row lies past the cached positions");
+  }
+  ES_ASSIGN_OR_RETURN(const ArchGraph* graph, GraphFor(config_.arch));
+  std::vector<int32_t> unused(rows);  // rows carry no tokens: embedding happened in the earlier Forward
+  ForwardOptions o = options;
+  o.capture_pre_moe = nullptr;
+  ForwardState state(*this, unused, kv, experts, o);
+  state.Isolate(positions, layer, &routing);
+  std::copy(residual.begin(), residual.end(), state.residual().begin());
+  for (uint32_t l = layer; l < config_.num_layers; ++l) {
+    state.set_layer(l);
+    ES_RETURN_IF_ERROR(graph->Layer(state).WithContext("layer " + std::to_string(l)));
+  }
+  hidden.resize(rows * H);
+  return kernels::RmsNorm(ctx_, state.residual().data(), rows, final_norm_, config_.rms_eps, hidden.data());
 }
 
 Status Model::ComputeLogits(const float* hidden, size_t rows, float* logits) const {

@@ -71,6 +71,16 @@ struct ForwardOptions {
   std::function<void(const RoutingEvent&)> observer;
   RoutingPolicyFn routing;            // empty: exact (the model's router)
   PrefetchAccuracy* prefetch_accuracy = nullptr;  // when set, predictions are scored against the routing
+  // When set, Forward stores the residual stream entering each MoE block here: [layer] = [tokens, hidden]
+  // (empty for dense layers). Calibration restarts ablated rows from these (Model::ForwardRowsFrom).
+  std::vector<std::vector<float>>* capture_pre_moe = nullptr;
+};
+
+// The routing of the first MoE block ForwardRowsFrom runs: per row, k experts (-1: none) and their weights.
+struct ForcedRouting {
+  size_t k = 0;
+  std::span<const int32_t> experts;  // [rows, k]
+  std::span<const float> weights;    // [rows, k]
 };
 
 class Model {
@@ -86,6 +96,15 @@ class Model {
   // every token to `hidden` ([tokens, hidden_size]) for ComputeLogits.
   Status Forward(std::span<const int32_t> tokens, KvCache& kv, ExpertProvider& experts, const ForwardOptions& options,
                  std::vector<float>& hidden);
+  // Re-runs rows of an earlier Forward from the MoE block of `layer` onward, each row on its own (the
+  // calibration's ablations). Row i sits at sequence position positions[i] < kv.length(); `residual`
+  // [rows, hidden] is its residual stream entering the MoE block of `layer` (ForwardOptions::capture_pre_moe),
+  // and that block mixes `routing`'s experts instead of asking its router. In later layers each row attends to
+  // the positions before it as `kv` holds them and to itself, never to the other rows, so rows can be changed
+  // independently in one batch. kv ends as it was. Writes final-normed hidden states [rows, hidden].
+  Status ForwardRowsFrom(uint32_t layer, std::span<const float> residual, std::span<const size_t> positions,
+                         const ForcedRouting& routing, KvCache& kv, ExpertProvider& experts,
+                         const ForwardOptions& options, std::vector<float>& hidden);
   // logits [rows, vocab] from final-normed hidden states [rows, hidden_size].
   Status ComputeLogits(const float* hidden, size_t rows, float* logits) const;
 

@@ -70,7 +70,7 @@ std::string_view CfName(Cf cf) { return kCfNames[static_cast<size_t>(cf)]; }
 
 struct CatalogBatch::Rep {
   struct Op {
-    enum Kind : uint8_t { kPut, kDelete, kMerge } kind;
+    OpKind kind;
     Cf cf;
     std::string key;
     std::string value;
@@ -84,16 +84,20 @@ CatalogBatch::CatalogBatch(CatalogBatch&&) noexcept = default;
 CatalogBatch& CatalogBatch::operator=(CatalogBatch&&) noexcept = default;
 
 void CatalogBatch::Put(Cf cf, std::string_view key, std::string_view value) {
-  rep_->ops.push_back({Rep::Op::kPut, cf, std::string(key), std::string(value)});
+  rep_->ops.push_back({OpKind::kPut, cf, std::string(key), std::string(value)});
 }
 void CatalogBatch::Delete(Cf cf, std::string_view key) {
-  rep_->ops.push_back({Rep::Op::kDelete, cf, std::string(key), {}});
+  rep_->ops.push_back({OpKind::kDelete, cf, std::string(key), {}});
 }
 void CatalogBatch::Merge(Cf cf, std::string_view key, std::string_view value) {
-  rep_->ops.push_back({Rep::Op::kMerge, cf, std::string(key), std::string(value)});
+  rep_->ops.push_back({OpKind::kMerge, cf, std::string(key), std::string(value)});
 }
 size_t CatalogBatch::size() const { return rep_->ops.size(); }
 void CatalogBatch::Clear() { rep_->ops.clear(); }
+void CatalogBatch::ForEach(
+    const std::function<void(OpKind, Cf, std::string_view, std::string_view)>& fn) const {
+  for (const auto& op : rep_->ops) fn(op.kind, op.cf, op.key, op.value);
+}
 
 struct Catalog::Rep {
   std::unique_ptr<rocksdb::DB> db;
@@ -173,9 +177,9 @@ Status Catalog::Write(const CatalogBatch& batch, bool sync) {
     rocksdb::Slice k(op.key), v(op.value);
     rocksdb::Status s;
     switch (op.kind) {
-      case CatalogBatch::Rep::Op::kPut: s = wb.Put(rep_->H(op.cf), k, v); break;
-      case CatalogBatch::Rep::Op::kDelete: s = wb.Delete(rep_->H(op.cf), k); break;
-      case CatalogBatch::Rep::Op::kMerge: s = wb.Merge(rep_->H(op.cf), k, v); break;
+      case CatalogBatch::OpKind::kPut: s = wb.Put(rep_->H(op.cf), k, v); break;
+      case CatalogBatch::OpKind::kDelete: s = wb.Delete(rep_->H(op.cf), k); break;
+      case CatalogBatch::OpKind::kMerge: s = wb.Merge(rep_->H(op.cf), k, v); break;
     }
     if (!s.ok()) return FromRocks(s, "catalog batch");
   }

@@ -21,6 +21,8 @@ class Catalog;
 // A set of mutations applied atomically by Catalog::Write. Not thread-safe.
 class CatalogBatch {
  public:
+  enum class OpKind : uint8_t { kPut = 0, kDelete = 1, kMerge = 2 };
+
   CatalogBatch();
   ~CatalogBatch();
   CatalogBatch(CatalogBatch&&) noexcept;
@@ -32,6 +34,8 @@ class CatalogBatch {
   void Merge(Cf cf, std::string_view key, std::string_view value);
   size_t size() const;
   void Clear();
+  // Visits the mutations in the order they were added (the metadata journal serialises batches with it).
+  void ForEach(const std::function<void(OpKind kind, Cf cf, std::string_view key, std::string_view value)>& fn) const;
 
  private:
   friend class Catalog;

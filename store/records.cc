@@ -124,6 +124,36 @@ Result<ExpertId> ParseExpertKey(std::string_view key) {
   return id;
 }
 
+Status ValidateDomainName(std::string_view domain) {
+  constexpr size_t kMaxDomainName = 64;
+  if (domain.empty() || domain.size() > kMaxDomainName) {
+    return Status::InvalidArgument("domain name must be 1 to 64 characters");
+  }
+  for (char c : domain) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+              c == '-';
+    if (!ok) return Status::InvalidArgument("domain '" + std::string(domain) + "' may hold only A-Z a-z 0-9 . _ -");
+  }
+  return Status::Ok();
+}
+
+std::string DomainUsageKey(std::string_view model, uint32_t layer, uint32_t expert, std::string_view domain) {
+  std::string k = ExpertKey(model, layer, expert);
+  k.append(domain);
+  return k;
+}
+
+Result<UsageKeyParts> ParseUsageKey(std::string_view key) {
+  constexpr size_t kExpertSuffix = 9;  // \0 be32 be32
+  size_t nul = key.find('\0');
+  if (nul == std::string_view::npos || key.size() < nul + kExpertSuffix) return Status::Corruption("malformed usage key");
+  UsageKeyParts parts;
+  ES_ASSIGN_OR_RETURN(parts.id, ParseExpertKey(key.substr(0, nul + kExpertSuffix)));
+  parts.domain = std::string(key.substr(nul + kExpertSuffix));
+  if (!parts.domain.empty() && !ValidateDomainName(parts.domain).ok()) return Status::Corruption("malformed usage key");
+  return parts;
+}
+
 Result<std::pair<std::string, std::string>> ParseTensorKey(std::string_view key) {
   size_t nul = key.find('\0');
   if (nul == std::string_view::npos) return Status::Corruption("malformed tensor key");

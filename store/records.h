@@ -34,6 +34,18 @@ struct ExpertId {
   uint32_t expert = 0;
 };
 Result<ExpertId> ParseExpertKey(std::string_view key);
+
+// Domain labels (profile's {"domain"} field): 1 to 64 characters of [A-Za-z0-9._-].
+Status ValidateDomainName(std::string_view domain);
+// model \0 be32(layer) be32(expert) domain: an expert's usage recorded under a domain label, in the usage
+// column family right after the expert's total (whose key is the plain expert key).
+std::string DomainUsageKey(std::string_view model, uint32_t layer, uint32_t expert, std::string_view domain);
+// A usage key: the expert and, for a domain-labelled counter, its domain (empty for the expert's total).
+struct UsageKeyParts {
+  ExpertId id;
+  std::string domain;
+};
+Result<UsageKeyParts> ParseUsageKey(std::string_view key);
 // Splits model \0 tensor-name.
 Result<std::pair<std::string, std::string>> ParseTensorKey(std::string_view key);
 

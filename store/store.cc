@@ -83,7 +83,7 @@ Status WriteTxn::Abort() {
 
 // ---- Store ----------------------------------------------------------------------------------------------
 
-Store::~Store() = default;
+Store::~Store() { StopJournalMerging(); }
 
 Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreOptions& options) {
   std::unique_ptr<Store> store(new Store());
@@ -121,7 +121,11 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreO
   }
   ES_ASSIGN_OR_RETURN(auto engine, CreateIoEngine(options.io_engine, options.io));
   store->reader_ = std::make_unique<ExtentReader>(store->fs_, store->segments_dir_, std::move(engine));
-  if (!options.read_only) ES_RETURN_IF_ERROR(store->Recover());
+  if (!options.read_only) {
+    ES_RETURN_IF_ERROR(store->Recover());
+    // What read-only processes recorded while no writer ran (or before the last writer merged it).
+    ES_ASSIGN_OR_RETURN(store->open_merge_stats_, store->MergeJournals());
+  }
   return store;
 }
 
@@ -211,6 +215,59 @@ Result<std::string> Store::ReadAsset(const ModelInfo& model, std::string_view as
     return std::string(reinterpret_cast<const char*>(r.payload.data()), r.payload.size());
   }
   return Status::NotFound("model '" + model.name + "' has no asset " + std::string(asset));
+}
+
+}  // namespace es
+
+namespace es {
+
+std::string Store::journal_dir() const { return JoinPath(path_, kJournalDirName); }
+
+Status Store::WriteMetadata(const CatalogBatch& batch) {
+  if (batch.size() == 0) return Status::Ok();
+  if (!read_only_) return catalog_->Write(batch, /*sync=*/true);
+  std::lock_guard<std::mutex> lock(journal_mu_);
+  if (!journal_) {
+    ES_ASSIGN_OR_RETURN(journal_, JournalWriter::Create(fs_, journal_dir()));
+  }
+  return journal_->Append(batch);
+}
+
+Result<JournalMergeStats> Store::MergeJournals() {
+  if (read_only_) return Status::NotSupported("the store at " + path_ + " is open read-only: only its writer merges journals");
+  std::lock_guard<std::mutex> lock(journal_mu_);
+  return ::es::MergeJournals(*fs_, journal_dir(), *catalog_);
+}
+
+Status Store::StartJournalMerging(std::chrono::milliseconds interval) {
+  if (read_only_) return Status::NotSupported("only the store's writer merges journals");
+  std::lock_guard<std::mutex> lock(merger_mu_);
+  if (merger_.joinable()) return Status::InvalidArgument("journal merging already runs");
+  merger_stop_ = false;
+  merger_ = std::thread([this, interval] {
+    std::unique_lock<std::mutex> l(merger_mu_);
+    while (!merger_cv_.wait_for(l, interval, [this] { return merger_stop_; })) {
+      l.unlock();
+      auto merged = MergeJournals();
+      l.lock();
+      if (!merged.ok()) merger_status_ = merged.status();
+    }
+  });
+  return Status::Ok();
+}
+
+Status Store::journal_merge_status() const {
+  std::lock_guard<std::mutex> lock(merger_mu_);
+  return merger_status_;
+}
+
+void Store::StopJournalMerging() {
+  {
+    std::lock_guard<std::mutex> lock(merger_mu_);
+    merger_stop_ = true;
+  }
+  merger_cv_.notify_all();
+  if (merger_.joinable()) merger_.join();
 }
 
 }  // namespace es

@@ -1,22 +1,27 @@
 // Store: one expertstore directory (docs/segment_format.md, docs/catalog_schema.md):
 //   STORE/catalog/   RocksDB catalog        STORE/segments/  append-only segment files
 //   STORE/LOCK       held by the one writer process (flock)
+//   STORE/journal/   metadata appended by read-only processes, merged by the writer (store/journal.h)
 // A writer recovers on open (removes unpublished .tmp segments, truncates torn tails no catalog entry
 // references). Readers open beside a running writer without the lock. Data is made durable before the
 // catalog batch that references it commits, so nothing the catalog references is ever lost.
 // Thread safety: every method is thread-safe; write transactions are serialised (one at a time).
 #pragma once
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "store/catalog.h"
 #include "store/extent_reader.h"
 #include "store/file_system.h"
 #include "store/io_engine.h"
+#include "store/journal.h"
 #include "store/records.h"
 #include "store/segment_writer.h"
 #include "store/status.h"
@@ -107,10 +112,28 @@ class Store {
   // True when the writer refused further writes after a failed fsync.
   bool writer_dead() const;
 
+  // ---- metadata (usage, trust, profiles): from the writer or from read-only processes ----
+  // Applies a batch of usage merges and trust/profile puts: straight into the catalog (synced) in the writer;
+  // in a read-only process, appended to this process's journal file (created on first use), which the writer
+  // merges exactly once. Other mutations are InvalidArgument in a read-only process.
+  Status WriteMetadata(const CatalogBatch& batch);
+  // True when WriteMetadata goes to the journal (this process does not hold the writer lock).
+  bool journaling() const { return read_only_; }
+  // Writer only: merges every journal file into the catalog now (docs/catalog_schema.md). Writers also merge
+  // on open (open_merge_stats()) and, after StartJournalMerging, periodically.
+  Result<JournalMergeStats> MergeJournals();
+  // Writer only: merges journals every `interval` on a background thread until the store closes. Errors of
+  // the periodic merges are kept in journal_merge_status().
+  Status StartJournalMerging(std::chrono::milliseconds interval);
+  Status journal_merge_status() const;
+  const JournalMergeStats& open_merge_stats() const { return open_merge_stats_; }
+  std::string journal_dir() const;
+
  private:
   friend class WriteTxn;
   Store() = default;
   Status Recover();
+  void StopJournalMerging();
 
   std::string path_;
   std::string segments_dir_;
@@ -122,6 +145,15 @@ class Store {
   std::unique_ptr<SegmentWriter> writer_;
   uint64_t max_segment_bytes_ = 0;
   std::mutex write_mu_;
+
+  std::mutex journal_mu_;  // guards journal_ and serialises merges
+  std::unique_ptr<JournalWriter> journal_;
+  JournalMergeStats open_merge_stats_;
+  std::thread merger_;
+  mutable std::mutex merger_mu_;
+  std::condition_variable merger_cv_;
+  bool merger_stop_ = false;
+  Status merger_status_;
 };
 
 // Every extent the catalog references, with a description, in key order (verify, recovery, tools).

@@ -34,6 +34,7 @@ void WriteTrust(JsonWriter& w, const std::optional<TrustInfo>& t) {
       .Key("convergence_rate").Double(t->convergence_rate)
       .Key("stability").Double(t->stability)
       .Key("efficiency").Double(t->efficiency)
+      .Key("raw_contribution").Double(t->raw_contribution)
       .Key("calibration_tokens").Uint(t->calibration_tokens)
       .Key("updated_unix").Uint(t->updated_unix)
       .EndObject();

@@ -50,6 +50,12 @@ Result<std::string> ReadTextFile(const std::string& path) {
   return ss.str();
 }
 
+// Where this run's usage went: "catalog" (this process is the writer), "journal" or "off".
+std::string_view RecordingTarget(Runtime& rt) {
+  if (rt.recorder() == nullptr) return "off";
+  return rt.store().journaling() ? "journal" : "catalog";
+}
+
 void WriteCacheJson(JsonWriter& w, const Runtime& rt) {
   ProviderCounters c = rt.experts().counters();
   const PrefetchAccuracy& a = rt.prefetch_accuracy();
@@ -61,7 +67,7 @@ void WriteCacheJson(JsonWriter& w, const Runtime& rt) {
 Status RunGenerate(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string model_name, args.Require("model"));
   ES_ASSIGN_OR_RETURN(std::string prompt, args.Require("prompt"));
-  ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model_name, /*need_tokenizer=*/true));
+  ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model_name, RuntimeOptions{.need_tokenizer = true, .record = true}));
   GenerateOptions o;
   ES_ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", 64, 1, 1 << 20));
   o.max_tokens = static_cast<uint32_t>(max_tokens);
@@ -75,6 +81,7 @@ Status RunGenerate(const Args& args) {
                                                    std::fwrite(piece.data(), 1, piece.size(), stdout);
                                                    std::fflush(stdout);
                                                  }));
+  ES_RETURN_IF_ERROR(rt->FinishRecording());
   ProviderCounters c = rt->experts().counters();
   if (json) {
     JsonWriter w;
@@ -86,6 +93,8 @@ Status RunGenerate(const Args& args) {
         .Key("tokens_per_second").Double(r.decode_tokens_per_second())
         .Key("prefill_tokens_per_second").Double(r.prefill_tokens_per_second())
         .Key("state").String(rt->state_name())
+        .Key("routing").String(rt->routing_name())
+        .Key("usage").String(RecordingTarget(*rt))
         .Key("cache");
     WriteCacheJson(w, *rt);
     w.EndObject();
@@ -122,15 +131,24 @@ Status RunEval(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string model_name, args.Require("model"));
   ES_ASSIGN_OR_RETURN(std::string path, args.Require("text"));
   ES_ASSIGN_OR_RETURN(std::string text, ReadTextFile(path));
-  ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model_name, /*need_tokenizer=*/true));
+  ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model_name, RuntimeOptions{.need_tokenizer = true, .record = true}));
   EncodeOptions enc;
   enc.parse_special_tokens = false;
   ES_ASSIGN_OR_RETURN(auto tokens, rt->tokenizer().Encode(text, enc));
   std::vector<int32_t> ids(tokens.begin(), tokens.end());
   ES_ASSIGN_OR_RETURN(int64_t window, args.GetInt("window", std::min<int64_t>(rt->model().config().max_positions, 1024), 2,
                                                   rt->model().config().max_positions));
+  ES_ASSIGN_OR_RETURN(int64_t step, args.GetInt("step", 0, 0, window));
+  std::function<void(size_t, bool)> on_position;
+  if (UsageRecorder* recorder = rt->recorder()) {
+    // The predicting token sat at KV position (index - 1) % window (EvaluateNll's windows).
+    on_position = [recorder, window](size_t index, bool correct) {
+      recorder->RecordOutcome((index - 1) % static_cast<size_t>(window), correct);
+    };
+  }
   ES_ASSIGN_OR_RETURN(EvalResult r, EvaluateNll(rt->model(), rt->experts(), ids, static_cast<size_t>(window),
-                                                rt->forward_options()));
+                                                rt->forward_options(), on_position, static_cast<size_t>(step)));
+  ES_RETURN_IF_ERROR(rt->FinishRecording());
   ProviderCounters c = rt->experts().counters();
   double hit_rate = c.hits + c.misses ? static_cast<double>(c.hits) / static_cast<double>(c.hits + c.misses) : 0;
   double tps = r.seconds > 0 ? static_cast<double>(r.tokens) / r.seconds : 0;
@@ -139,7 +157,9 @@ Status RunEval(const Args& args) {
     w.BeginObject().Key("tokens").Uint(r.tokens).Key("nll").Double(r.nll).Key("mean_nll").Double(r.mean_nll())
         .Key("perplexity").Double(r.perplexity()).Key("top1_accuracy")
         .Double(r.tokens ? static_cast<double>(r.top1_correct) / static_cast<double>(r.tokens) : 0)
-        .Key("window").Uint(static_cast<uint64_t>(window)).Key("state").String(rt->state_name())
+        .Key("window").Uint(static_cast<uint64_t>(window)).Key("step").Uint(static_cast<uint64_t>(step))
+        .Key("state").String(rt->state_name()).Key("routing").String(rt->routing_name())
+        .Key("usage").String(RecordingTarget(*rt))
         .Key("tokens_per_second").Double(tps).Key("hit_rate").Double(hit_rate).Key("cache");
     WriteCacheJson(w, *rt);
     w.EndObject();
@@ -305,10 +325,12 @@ void RegisterGenerateCommands(std::vector<Command>& commands) {
                       RunGenerate});
   commands.push_back({"logits", "logits --model M --ids 1,2,3", "final-position logits (float32)",
                       with({{"model", true, "model name"}, {"ids", true, "comma-separated token ids"}}), RunLogits});
-  commands.push_back({"eval", "eval --model M --text FILE [--state S] [--window N]",
+  commands.push_back({"eval", "eval --model M --text FILE [--state S] [--routing R] [--window N] [--step N]",
                       "teacher-forced NLL and perplexity of a text file",
                       with({{"model", true, "model name"}, {"text", true, "text file"},
-                            {"window", true, "tokens per window (default min(context, 1024))"}}),
+                            {"window", true, "tokens per window (default min(context, 1024))"},
+                            {"step", true, "tokens per forward call (1: token by token, as decode runs; default: a "
+                                           "whole window at once)"}}),
                       RunEval});
   commands.push_back({"trace", "trace --model M --text FILE --out T.jsonl",
                       "routing trace: one JSON line per token and layer",

@@ -1,0 +1,153 @@
+// Derived expert metadata (DESIGN section 6, docs/metadata.md): trust from its three components, stability
+// from usage counters, specialization profiles (share, lift, primary domain, top co-activations) from
+// domain-labelled usage, and the `rest` state that recomputes them from what was recorded and compacts the
+// catalog. Pure functions over catalog records plus loaders for one model; nothing here knows about models'
+// tensors or the forward pass. Thread-compatible (no shared state).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "store/catalog.h"
+#include "store/records.h"
+#include "store/status.h"
+
+namespace es {
+
+class Store;
+
+// ---- trust ----------------------------------------------------------------------------------------------
+
+// trust = (c * convergence_rate + s * stability + e * efficiency) / (c + s + e).
+struct TrustScoreWeights {
+  double convergence = 0.5;
+  double stability = 0.25;
+  double efficiency = 0.25;
+};
+// "c,s,e": three non-negative numbers, not all zero.
+Result<TrustScoreWeights> ParseTrustScoreWeights(std::string_view text);
+// The weighted mean of the components (each clamped to [0, 1]), so the result lies in [0, 1].
+double CombineTrust(double convergence_rate, double stability, double efficiency, const TrustScoreWeights& weights);
+
+// Below this many activations a coefficient of variation says nothing: stability is 0 (no evidence).
+inline constexpr uint64_t kMinStabilityActivations = 2;
+// 1 - std/mean of an expert's routing weight over its activations (population std), clamped to [0, 1];
+// 0 with fewer than kMinStabilityActivations activations.
+double StabilityFromMoments(uint64_t activations, double weight_sum, double weight_sq_sum);
+
+// Experts measured with fewer ablations than this do not set the model's reference contribution.
+inline constexpr uint64_t kMinReferenceSamples = 20;
+
+// One expert's calibration measurements (compute/calibration.h) and its size.
+struct ExpertMeasurement {
+  uint32_t layer = 0;
+  uint32_t expert = 0;
+  uint64_t samples = 0;          // ablations
+  double mean_increase = 0;      // mean NLL increase when removed, nats
+  uint64_t activations = 0;      // clean-pass activations
+  double weight_sum = 0;
+  double weight_sq_sum = 0;
+  uint64_t payload_bytes = 0;
+};
+
+// Trust records from calibration measurements of one model:
+//   raw_contribution = mean_increase (nats; may be negative: removing the expert helped);
+//   convergence_rate = clamp(raw / reference, 0, 1), reference = the largest raw contribution among experts with
+//                      at least kMinReferenceSamples ablations (any expert when none has that many);
+//   stability        = StabilityFromMoments over the clean pass's activations;
+//   efficiency       = (max(raw, 0) / payload MiB) / the largest such value in the expert's layer;
+//   trust            = CombineTrust(...).
+// Experts never selected get zeros. `tokens` and `now_unix` are stored as calibration_tokens / updated_unix.
+std::vector<std::pair<std::pair<uint32_t, uint32_t>, TrustInfo>> TrustFromMeasurements(
+    const std::vector<ExpertMeasurement>& measurements, const TrustScoreWeights& weights, uint64_t tokens,
+    uint64_t now_unix);
+
+// ---- profiles -------------------------------------------------------------------------------------------
+
+// One expert's activations under one domain label.
+struct DomainActivations {
+  uint32_t layer = 0;
+  uint32_t expert = 0;
+  std::string domain;
+  uint64_t activations = 0;
+};
+
+inline constexpr size_t kDefaultTopCoactivated = 8;
+
+// Profiles from domain-labelled activations. Per layer L, with A(e,d) an expert's activations under domain d:
+//   share(e,d) = A(e,d) / sum_d A(e,d)                       (P(d | e): where the expert's work came from)
+//   lift(e,d)  = [A(e,d) / sum_e' A(e',d)] / [sum_d A(e,d) / sum_e',d A(e',d)]  = P(e | d) / P(e)
+//   primary    = the domain of highest lift (ties: higher share, then name).
+// Every domain seen in the layer is listed for every expert (activations 0, lift 0 where it never fired).
+// `coactivations` (the usage records' co-activation lists, by (layer, expert)) give the top `top_coactivated`
+// partners by count.
+std::map<std::pair<uint32_t, uint32_t>, ProfileInfo> ComputeProfiles(
+    const std::vector<DomainActivations>& activations,
+    const std::map<std::pair<uint32_t, uint32_t>, std::vector<CoActivation>>& coactivations, size_t top_coactivated,
+    uint64_t now_unix);
+
+// ---- loading one model's records ------------------------------------------------------------------------
+
+struct ModelUsage {
+  std::map<std::pair<uint32_t, uint32_t>, UsageCounts> totals;  // plain expert keys
+  std::vector<DomainActivations> domains;                       // domain-labelled keys
+};
+Result<ModelUsage> LoadModelUsage(const Catalog& catalog, const std::string& model);
+Result<std::map<std::pair<uint32_t, uint32_t>, TrustInfo>> LoadModelTrust(const Catalog& catalog, const std::string& model);
+Result<std::map<std::pair<uint32_t, uint32_t>, ProfileInfo>> LoadModelProfiles(const Catalog& catalog,
+                                                                               const std::string& model);
+
+// ---- queries --------------------------------------------------------------------------------------------
+
+enum class RankKey : uint8_t { kLift, kTrust, kActivations };
+// "lift,trust,activations" in any order and subset: the first key sorts first, later ones break ties.
+Result<std::vector<RankKey>> ParseRankOrder(std::string_view text);
+
+struct ExpertQuery {
+  std::string domain;            // rank for this domain; empty: each expert's primary domain
+  bool has_layer = false;        // only `layer`
+  uint32_t layer = 0;
+  size_t top = 10;               // rows at most
+  std::vector<RankKey> order = {RankKey::kLift};
+  uint64_t min_activations = 0;  // with a domain: skip experts with fewer activations in it
+};
+
+struct ExpertQueryRow {
+  uint32_t layer = 0;
+  uint32_t expert = 0;
+  std::string domain;               // the domain lift and share are for ("" without a profile)
+  double lift = 0;
+  double share = 0;
+  uint64_t domain_activations = 0;
+  bool has_trust = false;           // calibrated
+  double trust = 0;
+  uint64_t activations = 0;         // recorded activations in all
+};
+
+// Ranks a model's experts (every expert in the catalog, of one layer or all) by the query's order, highest
+// first (uncalibrated experts after calibrated ones by trust). NotFound when no profile knows the domain.
+// The `query` command and the HTTP query endpoint share this.
+Result<std::vector<ExpertQueryRow>> QueryExperts(const Catalog& catalog, const std::string& model,
+                                                 const ExpertQuery& query);
+
+// ---- the rest state -------------------------------------------------------------------------------------
+
+struct RestReport {
+  uint64_t profiles = 0;       // profile records rewritten from domain usage
+  uint64_t trust_updated = 0;  // trust records whose stability and trust were recomputed from usage
+  double compact_seconds = 0;
+};
+
+// `rest`: rewrites the model's profiles from its domain-labelled usage (when there is any; imported profiles of
+// a model without local domain usage are kept), recomputes each calibrated expert's stability from all its
+// recorded usage (when it has at least kMinStabilityActivations activations) and its trust with `weights`
+// (convergence_rate and efficiency stay as calibration measured them), then compacts the catalog. Needs the
+// writer.
+Result<RestReport> Rest(Store& store, const std::string& model, const TrustScoreWeights& weights, size_t top_coactivated,
+                        uint64_t now_unix);
+
+}  // namespace es

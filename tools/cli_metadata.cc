@@ -1,0 +1,662 @@
+// Metadata commands (DESIGN sections 5-7, docs/metadata.md): profile (specialization by domain), calibrate (the
+// dream state: contributions and trust), query (rank experts), trust (one expert's record), profiles
+// export/import (JSON), rest (recompute from recorded usage and compact). Readers open the store read-only and
+// work beside a running writer; writers of metadata journal when another process holds the store.
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <set>
+#include <sstream>
+
+#include "compute/calibration.h"
+#include "compute/generator.h"
+#include "store/metadata.h"
+#include "tools/cli.h"
+#include "tools/cli_runtime.h"
+
+namespace es::cli {
+
+namespace {
+
+using ExpertPair = std::pair<uint32_t, uint32_t>;
+
+// Tokens per window of profile's teacher-forced passes, as eval's default (capped by the model's context).
+constexpr int64_t kDefaultWindow = 1024;
+// The most co-activated partners a profile keeps.
+constexpr int64_t kMaxTopCoactivated = 1 << 16;
+
+uint64_t NowUnix() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+}
+
+Result<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::NotFound("cannot read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+Result<ModelInfo> LoadModelInfo(Store& store, const std::string& name) {
+  auto v = store.catalog().Get(Cf::kModels, ModelKey(name));
+  if (!v.ok()) return v.status().IsNotFound() ? Status::NotFound("no model '" + name + "' in the store") : v.status();
+  return DecodeModel(*v);
+}
+
+struct LabelledText {
+  std::string domain;
+  std::string text;
+};
+
+// {"domain": D, "text": T} per line (blank lines skipped); `need_domain` makes the domain required.
+Result<std::vector<LabelledText>> ReadJsonl(const std::string& path, bool need_domain) {
+  ES_ASSIGN_OR_RETURN(std::string body, ReadFile(path));
+  std::vector<LabelledText> out;
+  std::stringstream ss(body);
+  std::string line;
+  size_t number = 0;
+  while (std::getline(ss, line)) {
+    ++number;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    auto where = [&] { return path + ":" + std::to_string(number) + ": "; };
+    auto doc = ParseJson(line);
+    if (!doc.ok()) return Status::InvalidArgument(where() + doc.status().message());
+    const JsonValue* text = doc->Find("text");
+    const JsonValue* domain = doc->Find("domain");
+    if (text == nullptr || !text->is_string()) return Status::InvalidArgument(where() + "needs a string \"text\"");
+    LabelledText item{"", text->string_value()};
+    if (domain != nullptr) {
+      if (!domain->is_string()) return Status::InvalidArgument(where() + "\"domain\" must be a string");
+      item.domain = domain->string_value();
+      ES_RETURN_IF_ERROR(ValidateDomainName(item.domain).WithContext(where()));
+    } else if (need_domain) {
+      return Status::InvalidArgument(where() + "needs a string \"domain\"");
+    }
+    out.push_back(std::move(item));
+  }
+  if (out.empty()) return Status::InvalidArgument(path + " holds no lines");
+  return out;
+}
+
+// The texts of --text: a .jsonl file is one sequence per line ({"text"}), anything else one sequence.
+Result<std::vector<std::string>> ReadTexts(const std::string& path) {
+  std::vector<std::string> texts;
+  if (path.ends_with(".jsonl")) {
+    ES_ASSIGN_OR_RETURN(auto lines, ReadJsonl(path, /*need_domain=*/false));
+    for (auto& l : lines) texts.push_back(std::move(l.text));
+  } else {
+    ES_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+    texts.push_back(std::move(text));
+  }
+  return texts;
+}
+
+Result<std::vector<int32_t>> Encode(const Tokenizer& tokenizer, const std::string& text) {
+  EncodeOptions enc;
+  enc.parse_special_tokens = false;
+  ES_ASSIGN_OR_RETURN(auto tokens, tokenizer.Encode(text, enc));
+  return std::vector<int32_t>(tokens.begin(), tokens.end());
+}
+
+// A count-based progress line on stderr (the shared ProgressBar counts bytes).
+class CountProgress {
+ public:
+  CountProgress(const Args& args, std::string label) : enabled_(ShowProgress(args)), label_(std::move(label)) {}
+  ~CountProgress() { Finish(); }
+  void Update(uint64_t done, uint64_t total) {
+    if (!enabled_) return;
+    auto now = std::chrono::steady_clock::now();
+    if (drawn_ && now - last_ < kRedraw && done < total) return;
+    last_ = now;
+    double elapsed = std::chrono::duration<double>(now - start_).count();
+    double eta = done > 0 ? elapsed * static_cast<double>(total - done) / static_cast<double>(done) : 0;
+    std::fprintf(stderr, "\r%s %llu/%llu  %.0fs elapsed, ETA %.0fs  ", label_.c_str(),
+                 static_cast<unsigned long long>(done), static_cast<unsigned long long>(total), elapsed, eta);
+    std::fflush(stderr);
+    drawn_ = true;
+  }
+  void Finish() {
+    if (drawn_) std::fprintf(stderr, "\r\033[K");
+    drawn_ = false;
+  }
+
+ private:
+  static constexpr std::chrono::milliseconds kRedraw{200};
+  bool enabled_;
+  std::string label_;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point last_;
+  bool drawn_ = false;
+};
+
+void WriteDomains(JsonWriter& w, const ProfileInfo& p) {
+  w.BeginArray();
+  for (const auto& d : p.domains) {
+    w.BeginObject().Key("domain").String(d.domain).Key("activations").Uint(d.activations).Key("share").Double(d.share)
+        .Key("lift").Double(d.lift).EndObject();
+  }
+  w.EndArray();
+}
+
+void WriteCoactivated(JsonWriter& w, const std::vector<CoActivation>& co) {
+  w.BeginArray();
+  for (const auto& c : co) {
+    w.BeginObject().Key("layer").Uint(c.layer).Key("expert").Uint(c.expert).Key("count").Uint(c.count).EndObject();
+  }
+  w.EndArray();
+}
+
+// ---- profile --------------------------------------------------------------------------------------------
+
+Status RunProfile(const Args& args) {
+  ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
+  ES_ASSIGN_OR_RETURN(std::string prompts_path, args.Require("prompts"));
+  ES_ASSIGN_OR_RETURN(auto prompts, ReadJsonl(prompts_path, /*need_domain=*/true));
+  ES_ASSIGN_OR_RETURN(int64_t top_co, args.GetInt("top-coactivated", kDefaultTopCoactivated, 0, kMaxTopCoactivated));
+  if (args.Has("no-record")) return Status::InvalidArgument("profile works by recording usage: --no-record makes no sense");
+  ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model, RuntimeOptions{.need_tokenizer = true, .record = true}));
+  Store& store = rt->store();
+  UsageRecorder& recorder = *rt->recorder();
+  const ModelConfig& config = rt->model().config();
+  if (args.Has("fresh")) {
+    if (store.journaling()) {
+      return Status::InvalidArgument("--fresh deletes earlier domain counts and needs the writer; another process holds the store");
+    }
+    ES_ASSIGN_OR_RETURN(ModelUsage old, LoadModelUsage(store.catalog(), model));
+    CatalogBatch drop;
+    for (const auto& d : old.domains) drop.Delete(Cf::kUsage, DomainUsageKey(model, d.layer, d.expert, d.domain));
+    ES_RETURN_IF_ERROR(store.catalog().Write(drop));
+  }
+  ES_ASSIGN_OR_RETURN(int64_t window, args.GetInt("window", std::min<int64_t>(config.max_positions, kDefaultWindow), 2,
+                                                  config.max_positions));
+  std::function<void(size_t, bool)> on_position = [&recorder, window](size_t index, bool correct) {
+    recorder.RecordOutcome((index - 1) % static_cast<size_t>(window), correct);
+  };
+  auto t0 = std::chrono::steady_clock::now();
+  CountProgress progress(args, "profile");
+  uint64_t tokens = 0;
+  std::set<std::string> domains;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ES_RETURN_IF_ERROR(recorder.SetDomain(prompts[i].domain));
+    domains.insert(prompts[i].domain);
+    ES_ASSIGN_OR_RETURN(auto ids, Encode(rt->tokenizer(), prompts[i].text));
+    if (ids.size() < 2) continue;
+    ES_ASSIGN_OR_RETURN(EvalResult r, EvaluateNll(rt->model(), rt->experts(), ids, static_cast<size_t>(window),
+                                                  rt->forward_options(), on_position));
+    tokens += r.tokens;
+    progress.Update(i + 1, prompts.size());
+  }
+  progress.Finish();
+  ES_RETURN_IF_ERROR(rt->FinishRecording());
+
+  // The evidence: as merged in the catalog (the writer), or the snapshot this reader opened plus its own counts
+  // (which sit in the journal until the writer merges them; `rest` recomputes exactly from the merged counts).
+  ES_ASSIGN_OR_RETURN(ModelUsage usage, LoadModelUsage(store.catalog(), model));
+  if (store.journaling()) {
+    for (const auto& [domain, counts] : recorder.domain_activations()) {
+      for (size_t key = 0; key < counts.size(); ++key) {
+        if (counts[key] == 0) continue;
+        usage.domains.push_back({static_cast<uint32_t>(key / config.num_experts),
+                                 static_cast<uint32_t>(key % config.num_experts), domain, counts[key]});
+      }
+    }
+  }
+  std::map<ExpertPair, std::vector<CoActivation>> co;
+  for (const auto& [id, u] : usage.totals) co[id] = u.coactivations;
+  auto profiles = ComputeProfiles(usage.domains, co, static_cast<size_t>(top_co), NowUnix());
+  CatalogBatch batch;
+  for (const auto& [id, p] : profiles) batch.Put(Cf::kProfiles, ExpertKey(model, id.first, id.second), EncodeProfile(p));
+  ES_RETURN_IF_ERROR(store.WriteMetadata(batch));
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject().Key("experts").Uint(profiles.size()).Key("domains").BeginArray();
+    for (const auto& d : domains) w.String(d);
+    w.EndArray().Key("prompts").Uint(prompts.size()).Key("tokens").Uint(tokens).Key("seconds").Double(seconds)
+        .Key("usage").String(store.journaling() ? "journal" : "catalog").EndObject();
+    PrintJson(w);
+  } else {
+    std::printf("profiled %zu experts over %zu domains from %zu prompts (%llu tokens) in %.1f s%s\n", profiles.size(),
+                domains.size(), prompts.size(), static_cast<unsigned long long>(tokens), seconds,
+                store.journaling() ? "; written to the journal" : "");
+  }
+  return Status::Ok();
+}
+
+// ---- calibrate ------------------------------------------------------------------------------------------
+
+// Calibration keeps every expert resident when the model's experts fit in this (the tiny model's 15 MiB do).
+constexpr uint64_t kCalibrationFullCacheBytes = 1ull << 30;
+
+Status RunCalibrate(const Args& args) {
+  ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
+  ES_ASSIGN_OR_RETURN(std::string path, args.Require("text"));
+  ES_ASSIGN_OR_RETURN(auto texts, ReadTexts(path));
+  TrustScoreWeights weights;
+  if (auto m = args.Get("trust-mix")) {
+    ES_ASSIGN_OR_RETURN(weights, ParseTrustScoreWeights(*m));
+  }
+  if (args.Has("routing") && args.GetOr("routing", "exact") != "exact") {
+    return Status::InvalidArgument("calibrate measures the model's own routing: --routing must be exact");
+  }
+  ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model, RuntimeOptions{.need_tokenizer = true,
+                                                                          .writes_metadata = true,
+                                                                          .preferred_cache_bytes = kCalibrationFullCacheBytes}));
+  const ModelConfig& config = rt->model().config();
+  CalibrationOptions o;
+  ES_ASSIGN_OR_RETURN(int64_t window, args.GetInt("window", std::min<int64_t>(config.max_positions, kDefaultCalibrationWindow),
+                                                  2, config.max_positions));
+  ES_ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", 0, 0, INT64_MAX));
+  ES_ASSIGN_OR_RETURN(double fraction, args.GetDouble("sample", 1.0));
+  ES_ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0, 0, INT64_MAX));
+  o.window = static_cast<size_t>(window);
+  o.position_fraction = fraction;
+  o.seed = static_cast<uint64_t>(seed);
+  o.top_k = rt->forward_options().top_k;
+  o.skip_missing_experts = rt->forward_options().skip_missing_experts;
+
+  std::vector<std::vector<int32_t>> sequences;
+  for (const auto& t : texts) {
+    ES_ASSIGN_OR_RETURN(auto ids, Encode(rt->tokenizer(), t));
+    if (ids.size() >= 2) sequences.push_back(std::move(ids));
+  }
+  if (sequences.empty()) return Status::InvalidArgument(path + " holds no text to calibrate on");
+  o.max_tokens = static_cast<uint64_t>(max_tokens);
+  CountProgress progress(args, "calibrate (dream)");
+  o.progress = [&](uint64_t done, uint64_t total) { progress.Update(done, total); };
+  ES_ASSIGN_OR_RETURN(CalibrationResult total, Calibrate(rt->model(), rt->experts(), sequences, o));
+  progress.Finish();
+
+  // Sizes for efficiency.
+  std::map<ExpertPair, uint64_t> bytes;
+  Status bad;
+  ES_RETURN_IF_ERROR(rt->store().catalog().Scan(Cf::kExperts, ModelPrefix(model), [&](std::string_view, std::string_view v) {
+    auto e = DecodeExpert(v);
+    if (!e.ok()) {
+      bad = e.status();
+      return false;
+    }
+    bytes[{e->layer, e->expert}] = e->extent.payload_length;
+    return true;
+  }));
+  ES_RETURN_IF_ERROR(bad);
+  std::vector<ExpertMeasurement> measurements;
+  for (uint32_t l = 0; l < total.layers; ++l) {
+    for (uint32_t e = 0; e < total.experts_per_layer; ++e) {
+      auto it = bytes.find({l, e});
+      if (it == bytes.end()) continue;  // absent from a partial checkpoint
+      const ExpertContribution& c = total.experts[static_cast<size_t>(l) * total.experts_per_layer + e];
+      measurements.push_back({l, e, c.samples, c.mean_increase(), c.activations, c.weight_sum, c.weight_sq_sum, it->second});
+    }
+  }
+  auto records = TrustFromMeasurements(measurements, weights, total.tokens, NowUnix());
+  CatalogBatch batch;
+  double mean_trust = 0;
+  for (const auto& [id, t] : records) {
+    batch.Put(Cf::kTrust, ExpertKey(model, id.first, id.second), EncodeTrust(t));
+    mean_trust += t.trust;
+  }
+  if (!records.empty()) mean_trust /= static_cast<double>(records.size());
+  ES_RETURN_IF_ERROR(rt->store().WriteMetadata(batch));
+  double mean_nll = total.tokens ? total.clean_nll / static_cast<double>(total.tokens) : 0;
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject().Key("experts").Uint(records.size()).Key("tokens").Uint(total.tokens)
+        .Key("ablated_positions").Uint(total.ablated_positions).Key("ablations").Uint(total.ablations)
+        .Key("mean_nll").Double(mean_nll).Key("mean_trust").Double(mean_trust).Key("seconds").Double(total.seconds)
+        .Key("window").Uint(o.window).Key("usage").String(rt->store().journaling() ? "journal" : "catalog").EndObject();
+    PrintJson(w);
+  } else {
+    std::printf("calibrated %zu experts on %llu tokens (%llu ablations, mean NLL %.4f) in %.1f s; mean trust %.3f%s\n",
+                records.size(), static_cast<unsigned long long>(total.tokens),
+                static_cast<unsigned long long>(total.ablations), mean_nll, total.seconds, mean_trust,
+                rt->store().journaling() ? "; written to the journal" : "");
+  }
+  return Status::Ok();
+}
+
+// ---- trust ----------------------------------------------------------------------------------------------
+
+Status RunTrust(const Args& args) {
+  ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
+  ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
+  ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(*store, model));
+  if (!args.Has("layer") || !args.Has("expert")) return Status::InvalidArgument("trust needs --layer and --expert");
+  ES_ASSIGN_OR_RETURN(int64_t layer, args.GetInt("layer", 0, 0, static_cast<int64_t>(info.num_layers) - 1));
+  ES_ASSIGN_OR_RETURN(int64_t expert, args.GetInt("expert", 0, 0, static_cast<int64_t>(info.experts_per_layer) - 1));
+  std::string key = ExpertKey(model, static_cast<uint32_t>(layer), static_cast<uint32_t>(expert));
+  auto exists = store->catalog().Get(Cf::kExperts, key);
+  if (exists.status().IsNotFound()) {
+    return Status::NotFound("model '" + model + "' has no expert " + std::to_string(expert) + " in layer " +
+                            std::to_string(layer));
+  }
+  ES_RETURN_IF_ERROR(exists.status());
+  std::optional<TrustInfo> trust;
+  if (auto v = store->catalog().Get(Cf::kTrust, key); v.ok()) {
+    ES_ASSIGN_OR_RETURN(trust, DecodeTrust(*v));
+  } else if (!v.status().IsNotFound()) {
+    return v.status();
+  }
+  UsageCounts usage;
+  if (auto v = store->catalog().Get(Cf::kUsage, key); v.ok()) {
+    ES_ASSIGN_OR_RETURN(usage, DecodeUsage(*v));
+  } else if (!v.status().IsNotFound()) {
+    return v.status();
+  }
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject().Key("layer").Uint(static_cast<uint64_t>(layer)).Key("expert").Uint(static_cast<uint64_t>(expert));
+    auto field = [&](const char* name, std::optional<double> v) {
+      w.Key(name);
+      if (v) {
+        w.Double(*v);
+      } else {
+        w.Null();
+      }
+    };
+    field("trust", trust ? std::optional<double>(trust->trust) : std::nullopt);
+    field("convergence_rate", trust ? std::optional<double>(trust->convergence_rate) : std::nullopt);
+    field("stability", trust ? std::optional<double>(trust->stability) : std::nullopt);
+    field("efficiency", trust ? std::optional<double>(trust->efficiency) : std::nullopt);
+    field("raw_contribution", trust ? std::optional<double>(trust->raw_contribution) : std::nullopt);
+    w.Key("calibration_tokens").Uint(trust ? trust->calibration_tokens : 0)
+        .Key("activation_count").Uint(usage.activation_count).Key("success_count").Uint(usage.success_count)
+        .Key("gate_mass").Double(usage.gate_mass).Key("last_used").Uint(usage.last_used_unix_ms).EndObject();
+    PrintJson(w);
+    return Status::Ok();
+  }
+  std::printf("model %s, layer %lld, expert %lld\n", model.c_str(), static_cast<long long>(layer),
+              static_cast<long long>(expert));
+  if (trust) {
+    std::printf("  trust             %.4f\n  convergence_rate  %.4f  (mean NLL increase when removed: %+.5f nats)\n"
+                "  stability         %.4f\n  efficiency        %.4f\n  calibrated on     %llu tokens\n",
+                trust->trust, trust->convergence_rate, trust->raw_contribution, trust->stability, trust->efficiency,
+                static_cast<unsigned long long>(trust->calibration_tokens));
+  } else {
+    std::printf("  not calibrated (run calibrate)\n");
+  }
+  std::printf("  activations       %llu\n  successes         %llu\n  last used         %llu (unix ms)\n",
+              static_cast<unsigned long long>(usage.activation_count), static_cast<unsigned long long>(usage.success_count),
+              static_cast<unsigned long long>(usage.last_used_unix_ms));
+  return Status::Ok();
+}
+
+// ---- query ----------------------------------------------------------------------------------------------
+
+Status RunQuery(const Args& args) {
+  ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
+  ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
+  ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(*store, model));
+  ExpertQuery q;
+  if (args.Has("layer")) {
+    ES_ASSIGN_OR_RETURN(int64_t l, args.GetInt("layer", 0, 0, static_cast<int64_t>(info.num_layers) - 1));
+    q.has_layer = true;
+    q.layer = static_cast<uint32_t>(l);
+  }
+  ES_ASSIGN_OR_RETURN(int64_t top, args.GetInt("top", static_cast<int64_t>(q.top), 1, INT32_MAX));
+  ES_ASSIGN_OR_RETURN(int64_t min_activations, args.GetInt("min-activations", 0, 0, INT64_MAX));
+  q.top = static_cast<size_t>(top);
+  q.min_activations = static_cast<uint64_t>(min_activations);
+  q.domain = args.GetOr("domain", "");
+  if (auto order = args.Get("order")) {
+    ES_ASSIGN_OR_RETURN(q.order, ParseRankOrder(*order));
+  }
+  ES_ASSIGN_OR_RETURN(auto rows, QueryExperts(store->catalog(), model, q));
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginArray();
+    for (const auto& r : rows) {
+      w.BeginObject().Key("layer").Uint(r.layer).Key("expert").Uint(r.expert).Key("domain").String(r.domain)
+          .Key("lift").Double(r.lift).Key("share").Double(r.share).Key("trust");
+      if (r.has_trust) {
+        w.Double(r.trust);
+      } else {
+        w.Null();
+      }
+      w.Key("activations").Uint(r.activations).Key("domain_activations").Uint(r.domain_activations).EndObject();
+    }
+    w.EndArray();
+    PrintJson(w);
+    return Status::Ok();
+  }
+  std::printf("%5s %6s %-12s %7s %7s %7s %11s\n", "LAYER", "EXPERT", "DOMAIN", "LIFT", "SHARE", "TRUST", "ACTIVATIONS");
+  for (const auto& r : rows) {
+    std::string t = r.has_trust ? std::to_string(r.trust).substr(0, 5) : "-";
+    std::printf("%5u %6u %-12s %7.3f %7.3f %7s %11llu\n", r.layer, r.expert, r.domain.c_str(), r.lift, r.share,
+                t.c_str(), static_cast<unsigned long long>(r.activations));
+  }
+  return Status::Ok();
+}
+
+// ---- profiles export / import ---------------------------------------------------------------------------
+
+constexpr uint64_t kProfilesFormatVersion = 1;
+
+Status ExportProfiles(const Args& args) {
+  ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
+  ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
+  ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(*store, model));
+  ES_ASSIGN_OR_RETURN(auto profiles, LoadModelProfiles(store->catalog(), model));
+  JsonWriter w;
+  w.BeginObject().Key("format").String("expertstore-profiles").Key("version").Uint(kProfilesFormatVersion)
+      .Key("model").String(model).Key("arch").String(info.arch).Key("layers").Uint(info.num_layers)
+      .Key("experts_per_layer").Uint(info.experts_per_layer).Key("experts").BeginArray();
+  for (const auto& [id, p] : profiles) {
+    w.BeginObject().Key("layer").Uint(id.first).Key("expert").Uint(id.second).Key("primary_domain")
+        .String(p.primary_domain).Key("updated_unix").Uint(p.updated_unix).Key("domains");
+    WriteDomains(w, p);
+    w.Key("top_coactivated");
+    WriteCoactivated(w, p.top_coactivated);
+    w.EndObject();
+  }
+  w.EndArray().EndObject();
+  if (auto out = args.Get("out")) {
+    std::string tmp = *out + ".tmp";
+    std::FILE* f = std::fopen(tmp.c_str(), "w");
+    if (f == nullptr) return Status::IOError("cannot write " + tmp);
+    bool ok = std::fwrite(w.str().data(), 1, w.str().size(), f) == w.str().size() && std::fputc('\n', f) != EOF;
+    ok = std::fclose(f) == 0 && ok;
+    if (!ok || std::rename(tmp.c_str(), out->c_str()) != 0) {
+      std::remove(tmp.c_str());
+      return Status::IOError("cannot write " + *out);
+    }
+    if (!args.global().quiet) std::fprintf(stderr, "exported %zu profiles to %s\n", profiles.size(), out->c_str());
+    return Status::Ok();
+  }
+  PrintJson(w);
+  return Status::Ok();
+}
+
+Result<uint64_t> U64(const JsonValue* v, std::string_view what) {
+  if (v == nullptr || !v->is_integer() || !v->AsUint64().ok()) {
+    return Status::InvalidArgument("profile file: " + std::string(what) + " must be a non-negative integer");
+  }
+  return *v->AsUint64();
+}
+
+Result<uint32_t> U32(const JsonValue* v, std::string_view what) {
+  ES_ASSIGN_OR_RETURN(uint64_t x, U64(v, what));
+  if (x > UINT32_MAX) return Status::InvalidArgument("profile file: " + std::string(what) + " is out of range");
+  return static_cast<uint32_t>(x);
+}
+
+Result<double> Number(const JsonValue* v, std::string_view what) {
+  if (v == nullptr || !v->is_number()) return Status::InvalidArgument("profile file: " + std::string(what) + " must be a number");
+  return v->AsDouble();
+}
+
+Status ImportProfiles(const Args& args) {
+  if (args.positional().size() != 2) return Status::InvalidArgument("usage: profiles import FILE [--model M]");
+  const std::string& path = args.positional()[1];
+  ES_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  ES_ASSIGN_OR_RETURN(JsonValue doc, ParseJson(text));
+  const JsonValue* format = doc.Find("format");
+  if (format == nullptr || !format->is_string() || format->string_value() != "expertstore-profiles") {
+    return Status::InvalidArgument(path + " is not an expertstore profiles export");
+  }
+  ES_ASSIGN_OR_RETURN(uint32_t version, U32(doc.Find("version"), "version"));
+  if (version != kProfilesFormatVersion) {
+    return Status::NotSupported(path + " has profiles format version " + std::to_string(version));
+  }
+  const JsonValue* source_model = doc.Find("model");
+  std::string model = args.GetOr("model", source_model && source_model->is_string() ? source_model->string_value() : "");
+  ES_RETURN_IF_ERROR(ValidateModelName(model));
+  ES_ASSIGN_OR_RETURN(auto store, OpenStoreForMetadata(args));
+  ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(*store, model));
+  ES_ASSIGN_OR_RETURN(uint32_t layers, U32(doc.Find("layers"), "layers"));
+  ES_ASSIGN_OR_RETURN(uint32_t per_layer, U32(doc.Find("experts_per_layer"), "experts_per_layer"));
+  if (layers != info.num_layers || per_layer != info.experts_per_layer) {
+    return Status::InvalidArgument(path + " describes " + std::to_string(layers) + " layers x " + std::to_string(per_layer) +
+                                   " experts; model '" + model + "' has " + std::to_string(info.num_layers) + " x " +
+                                   std::to_string(info.experts_per_layer));
+  }
+  const JsonValue* experts = doc.Find("experts");
+  if (experts == nullptr || !experts->is_array()) return Status::InvalidArgument("profile file: \"experts\" must be an array");
+  CatalogBatch batch;
+  for (const JsonValue& e : experts->array()) {
+    ES_ASSIGN_OR_RETURN(uint32_t layer, U32(e.Find("layer"), "layer"));
+    ES_ASSIGN_OR_RETURN(uint32_t expert, U32(e.Find("expert"), "expert"));
+    if (layer >= layers || expert >= per_layer) return Status::InvalidArgument("profile file: an expert lies outside the model");
+    ProfileInfo p;
+    const JsonValue* primary = e.Find("primary_domain");
+    if (primary == nullptr || !primary->is_string()) return Status::InvalidArgument("profile file: primary_domain must be a string");
+    p.primary_domain = primary->string_value();
+    if (const JsonValue* u = e.Find("updated_unix"); u != nullptr) {
+      ES_ASSIGN_OR_RETURN(p.updated_unix, U64(u, "updated_unix"));
+    }
+    const JsonValue* domains = e.Find("domains");
+    if (domains == nullptr || !domains->is_array()) return Status::InvalidArgument("profile file: domains must be an array");
+    for (const JsonValue& d : domains->array()) {
+      DomainShare s;
+      const JsonValue* name = d.Find("domain");
+      if (name == nullptr || !name->is_string()) return Status::InvalidArgument("profile file: domain must be a string");
+      s.domain = name->string_value();
+      ES_RETURN_IF_ERROR(ValidateDomainName(s.domain));
+      ES_ASSIGN_OR_RETURN(s.activations, U64(d.Find("activations"), "activations"));
+      ES_ASSIGN_OR_RETURN(s.share, Number(d.Find("share"), "share"));
+      ES_ASSIGN_OR_RETURN(s.lift, Number(d.Find("lift"), "lift"));
+      p.domains.push_back(std::move(s));
+    }
+    const JsonValue* co = e.Find("top_coactivated");
+    if (co != nullptr && co->is_array()) {
+      for (const JsonValue& c : co->array()) {
+        CoActivation a;
+        ES_ASSIGN_OR_RETURN(a.layer, U32(c.Find("layer"), "top_coactivated.layer"));
+        ES_ASSIGN_OR_RETURN(a.expert, U32(c.Find("expert"), "top_coactivated.expert"));
+        ES_ASSIGN_OR_RETURN(a.count, U64(c.Find("count"), "top_coactivated.count"));
+        p.top_coactivated.push_back(a);
+      }
+    }
+    batch.Put(Cf::kProfiles, ExpertKey(model, layer, expert), EncodeProfile(p));
+  }
+  ES_RETURN_IF_ERROR(store->WriteMetadata(batch));
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject().Key("model").String(model).Key("experts").Uint(batch.size())
+        .Key("usage").String(store->journaling() ? "journal" : "catalog").EndObject();
+    PrintJson(w);
+  } else {
+    std::printf("imported %zu profiles into model %s%s\n", batch.size(), model.c_str(),
+                store->journaling() ? " (journaled: the writer merges them)" : "");
+  }
+  return Status::Ok();
+}
+
+Status RunProfiles(const Args& args) {
+  std::string action = args.positional().empty() ? "" : args.positional()[0];
+  if (action == "export") {
+    if (args.positional().size() != 1) return Status::InvalidArgument("usage: profiles export --model M [--out FILE]");
+    return ExportProfiles(args);
+  }
+  if (action == "import") return ImportProfiles(args);
+  return Status::InvalidArgument("usage: profiles export --model M [--out FILE] | profiles import FILE [--model M]");
+}
+
+// ---- rest -----------------------------------------------------------------------------------------------
+
+Status RunRest(const Args& args) {
+  ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
+  TrustScoreWeights weights;
+  if (auto m = args.Get("trust-mix")) {
+    ES_ASSIGN_OR_RETURN(weights, ParseTrustScoreWeights(*m));
+  }
+  ES_ASSIGN_OR_RETURN(int64_t top_co, args.GetInt("top-coactivated", kDefaultTopCoactivated, 0, kMaxTopCoactivated));
+  auto opened = OpenStore(args, /*writer=*/true);
+  if (!opened.ok() && opened.status().IsBusy()) {
+    return Status::Busy(opened.status().message() + ": rest rewrites and compacts the catalog, which only the writer may");
+  }
+  ES_ASSIGN_OR_RETURN(auto store, std::move(opened));
+  ES_RETURN_IF_ERROR(LoadModelInfo(*store, model).status());
+  const JournalMergeStats& merged = store->open_merge_stats();
+  ES_ASSIGN_OR_RETURN(RestReport r, Rest(*store, model, weights, static_cast<size_t>(top_co), NowUnix()));
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject().Key("profiles").Uint(r.profiles).Key("trust_updated").Uint(r.trust_updated)
+        .Key("journal_records_merged").Uint(merged.records).Key("compact_seconds").Double(r.compact_seconds).EndObject();
+    PrintJson(w);
+  } else {
+    std::printf("rest: merged %llu journal records, recomputed %llu profiles and %llu trust records, compacted in %.2f s\n",
+                static_cast<unsigned long long>(merged.records), static_cast<unsigned long long>(r.profiles),
+                static_cast<unsigned long long>(r.trust_updated), r.compact_seconds);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+void RegisterMetadataCommands(std::vector<Command>& commands) {
+  std::vector<FlagSpec> runtime = RuntimeFlags();
+  auto with = [&](std::vector<FlagSpec> own) {
+    own.insert(own.end(), runtime.begin(), runtime.end());
+    return own;
+  };
+  commands.push_back({"profile", "profile --model M --prompts FILE.jsonl [--fresh] [--window N] [--top-coactivated N]",
+                      "record domain-labelled usage from {\"domain\",\"text\"} lines and build specialization profiles",
+                      with({{"model", true, "model name"},
+                            {"prompts", true, "JSONL file of {\"domain\", \"text\"} lines"},
+                            {"fresh", false, "forget earlier domain counts of this model first (needs the writer)"},
+                            {"window", true, "tokens per window (default min(context, 1024))"},
+                            {"top-coactivated", true, "co-activated experts kept per profile (default 8)"}}),
+                      RunProfile});
+  commands.push_back({"calibrate",
+                      "calibrate --model M --text FILE [--window N] [--max-tokens N] [--sample F] [--seed S] "
+                      "[--trust-mix c,s,e]",
+                      "the dream state: measure each expert's contribution and store trust records",
+                      with({{"model", true, "model name"},
+                            {"text", true, "text file (a .jsonl file: one sequence per {\"text\"} line)"},
+                            {"window", true, "tokens per window (default min(context, 1024))"},
+                            {"max-tokens", true, "measure at most this many positions, from evenly spaced windows"},
+                            {"sample", true, "fraction of each window's positions to ablate (default 1)"},
+                            {"seed", true, "sampling seed"},
+                            {"trust-mix", true, "trust weights of convergence, stability, efficiency (default 0.5,0.25,0.25)"}}),
+                      RunCalibrate});
+  commands.push_back({"query", "query --model M [--domain D] [--layer L] [--top N] [--order lift,trust,activations]",
+                      "rank experts by lift for a domain, trust or activations",
+                      {{"model", true, "model name"},
+                       {"domain", true, "rank for this domain (default: each expert's primary domain)"},
+                       {"layer", true, "only this layer"},
+                       {"top", true, "rows (default 10)"},
+                       {"order", true, "sort keys, first first (default lift)"},
+                       {"min-activations", true, "with --domain: skip experts with fewer activations in it"}},
+                      RunQuery});
+  commands.push_back({"trust", "trust --model M --layer L --expert E", "one expert's trust record and usage",
+                      {{"model", true, "model name"}, {"layer", true, "layer"}, {"expert", true, "expert"}}, RunTrust});
+  commands.push_back({"profiles", "profiles export --model M [--out FILE] | profiles import FILE [--model M]",
+                      "share specialization profiles between stores as JSON",
+                      {{"model", true, "model name"}, {"out", true, "write to this file instead of stdout"}},
+                      RunProfiles});
+  commands.push_back({"rest", "rest --model M [--trust-mix c,s,e] [--top-coactivated N]",
+                      "the rest state: recompute profiles and trust from recorded usage, compact the catalog",
+                      {{"model", true, "model name"},
+                       {"trust-mix", true, "trust weights of convergence, stability, efficiency (default 0.5,0.25,0.25)"},
+                       {"top-coactivated", true, "co-activated experts kept per profile (default 8)"}},
+                      RunRest});
+}
+
+}  // namespace es::cli
