@@ -68,6 +68,7 @@ void RegisterIngestCommands(std::vector<Command>& commands);
 void RegisterExpertCommands(std::vector<Command>& commands);
 void RegisterGenerateCommands(std::vector<Command>& commands);
 void RegisterBenchCommands(std::vector<Command>& commands);
+void RegisterServeCommands(std::vector<Command>& commands);
 
 // The single place a Status becomes an exit code (0 for OK) and an "error: ..." line on stderr.
 int ExitCodeFor(const Status& status);

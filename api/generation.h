@@ -1,0 +1,135 @@
+// The generation service: OpenAI completion jobs queued fairly per client (FairQueue) and run one at a time on
+// a worker thread against models loaded on first use (dense weights, tokenizer and an expert cache, as the CLI's
+// generate builds them), so that the HTTP threads keep serving metadata and blobs meanwhile. Results and
+// streamed text go to a GenerationSink the transport implements. Thread-safe.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "api/fair_queue.h"
+#include "api/metrics.h"
+#include "api/openai.h"
+#include "compute/cache_provider.h"
+#include "compute/expert_provider.h"
+#include "compute/kernels/parallel.h"
+#include "compute/model.h"
+#include "compute/tokenizer.h"
+#include "store/store.h"
+
+namespace es::api {
+
+// How a model is run: the CLI's generation flags (--state, --cache-mb, --policy, --prefetch, ...) as values.
+struct RuntimeOptions {
+  std::string state = "focus";       // wake, focus or crisis
+  uint64_t cache_mb = 0;             // 0: the state's cache size
+  std::string policy = "lru";        // lru, lfu or trust
+  int32_t prefetch = -1;             // layers to prefetch ahead; -1: the state's
+  bool skip_missing_experts = false;
+  uint32_t compute_threads = 0;      // 0: every core
+};
+
+// One loaded model: what a generation needs, built once and reused by every request for the model.
+class ModelRuntime {
+ public:
+  // `pool` must outlive the runtime; `store` too.
+  static Result<std::unique_ptr<ModelRuntime>> Open(Store& store, const std::string& model,
+                                                    const RuntimeOptions& options, kernels::ComputePool* pool);
+  Model& model() { return *model_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  CacheExpertProvider& experts() { return *experts_; }
+  const ForwardOptions& forward() const { return forward_; }
+
+ private:
+  ModelRuntime() = default;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<CacheExpertProvider> experts_;
+  ForwardOptions forward_;
+};
+
+// Where a job's output goes. Implemented by the transport; called from the worker thread, so implementations
+// must be thread-safe. OnText and OnFinish are never called after OnFinish.
+class GenerationSink {
+ public:
+  virtual ~GenerationSink() = default;
+  // True once the client has gone away: the worker stops generating for it at the next token.
+  virtual bool Cancelled() const = 0;
+  // Generated text that is final (stop sequences already cut), in order.
+  virtual void OnText(std::string text) = 0;
+  // The end: the outcome, or why the job failed (the model failed to load, the prompt is too long, ...).
+  virtual void OnFinish(Result<CompletionOutcome> outcome) = 0;
+};
+
+struct GenerationJob {
+  CompletionRequest request;
+  std::string client;  // the fairness key
+  std::shared_ptr<GenerationSink> sink;
+};
+
+struct GenerationOptions {
+  RuntimeOptions runtime;
+  size_t max_queued = 64;            // jobs waiting, over all clients
+  size_t max_queued_per_client = 8;  // jobs one client may have waiting
+  size_t max_loaded_models = 1;      // the least recently used model is unloaded beyond this
+};
+
+class GenerationService {
+ public:
+  // `store` and `metrics` must outlive the service.
+  static Result<std::unique_ptr<GenerationService>> Create(Store& store, const GenerationOptions& options,
+                                                           Metrics& metrics);
+  // Cancels the running job, fails every queued one (ResourceExhausted) and joins the worker.
+  ~GenerationService();
+
+  // Queues a job; its sink hears the rest. ResourceExhausted when the queue (or the client's share) is full or
+  // the service is draining.
+  Status Submit(GenerationJob job);
+
+  // Refuses new jobs, then waits until the queue is empty and nothing runs, or until `deadline`, after which
+  // the running job is cancelled and queued ones fail. Returns whether everything finished in time.
+  bool Drain(std::chrono::steady_clock::time_point deadline);
+
+  GenerationGauges gauges() const;
+
+ private:
+  GenerationService(Store& store, const GenerationOptions& options, Metrics& metrics);
+  void WorkerLoop();
+  void Run(GenerationJob& job);
+  // Worker thread only. The runtime of `model`, loading it (and unloading the least recently used) if needed.
+  Result<ModelRuntime*> Runtime(const std::string& model);
+  // Requires mu_. Fails every queued job.
+  void FailQueuedLocked(const Status& why);
+
+  Store& store_;
+  GenerationOptions options_;
+  Metrics& metrics_;
+  std::unique_ptr<kernels::ComputePool> pool_;
+
+  mutable std::mutex mu_;
+  std::condition_variable work_cv_;  // a job was queued, or stop
+  std::condition_variable idle_cv_;  // the queue drained and nothing runs
+  FairQueue<GenerationJob> queue_;
+  bool running_ = false;
+  bool accepting_ = true;
+  bool stop_ = false;
+  std::atomic<bool> cancel_all_{false};
+
+  // Loaded models, most recently used first. Modified by the worker only, under runtimes_mu_ (gauges reads it).
+  mutable std::mutex runtimes_mu_;
+  std::list<std::pair<std::string, std::unique_ptr<ModelRuntime>>> runtimes_;
+  std::mt19937_64 seeds_;  // worker only: seeds for requests that give none
+
+  std::thread worker_;
+};
+
+}  // namespace es::api
