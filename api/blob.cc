@@ -1,6 +1,7 @@
 // Expert blob envelope encoding and verification.
 #include "api/blob.h"
 
+#include <cstdio>
 #include <cstring>
 
 #include "blob_generated.h"
@@ -60,7 +61,9 @@ Result<ExpertBlob> DecodeExpertBlob(std::string_view bytes) {
     bytes = std::string_view(reinterpret_cast<const char*>(storage.data()), bytes.size());
   }
   const auto* data = reinterpret_cast<const uint8_t*>(bytes.data());
-  if (!fb::ExpertBlobBufferHasIdentifier(data)) {
+  // The root offset and the file identifier come first; nothing shorter can be an envelope.
+  constexpr size_t kPrefixBytes = sizeof(flatbuffers::uoffset_t) + flatbuffers::kFileIdentifierLength;
+  if (bytes.size() < kPrefixBytes || !fb::ExpertBlobBufferHasIdentifier(data)) {
     return Status::Corruption("not an expert blob envelope (no ESXB identifier)");
   }
   flatbuffers::Verifier verifier(data, bytes.size());

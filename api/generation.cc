@@ -218,6 +218,7 @@ void GenerationService::Run(GenerationJob& job) {
   metrics_.RecordGeneration(req.model, result->prompt_ids.size(), result->ids.size(), result->prefill_seconds,
                             result->decode_seconds);
   if (result->stop_reason == "stopped" && !filter.stopped()) {
+    if (sink.Cancelled()) metrics_.RecordCancelled(req.model);
     sink.OnFinish(Status::ResourceExhausted(sink.Cancelled() ? "the client went away" : "the server is shutting down"));
     return;
   }

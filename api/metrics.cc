@@ -105,6 +105,13 @@ void Metrics::RecordGeneration(std::string_view model, uint64_t prompt_tokens, u
   }
 }
 
+void Metrics::RecordCancelled(std::string_view model) {
+  std::lock_guard lock(mu_);
+  auto it = generation_.find(model);
+  if (it == generation_.end()) it = generation_.emplace(std::string(model), ModelGeneration{}).first;
+  ++it->second.cancelled;
+}
+
 uint64_t Metrics::open_connections() const {
   std::lock_guard lock(mu_);
   return connections_open_;
@@ -139,6 +146,8 @@ std::string Metrics::Render(const GenerationGauges& gen) const {
   Sample(out, "expertstore_generation_running", "", gen.running);
   Header(out, "expertstore_generation_requests_total", "counter", "Generations finished, by model.");
   for (const auto& [m, g] : generation_) Sample(out, "expertstore_generation_requests_total", "model=\"" + Label(m) + "\"", g.requests);
+  Header(out, "expertstore_generation_cancelled_total", "counter", "Generations stopped because the client went away, by model.");
+  for (const auto& [m, g] : generation_) Sample(out, "expertstore_generation_cancelled_total", "model=\"" + Label(m) + "\"", g.cancelled);
   Header(out, "expertstore_prompt_tokens_total", "counter", "Prompt tokens processed, by model.");
   for (const auto& [m, g] : generation_) Sample(out, "expertstore_prompt_tokens_total", "model=\"" + Label(m) + "\"", g.prompt_tokens);
   Header(out, "expertstore_tokens_generated_total", "counter", "Tokens generated, by model.");

@@ -39,6 +39,8 @@ class Metrics {
   // One finished generation (also cancelled ones: the tokens were computed).
   void RecordGeneration(std::string_view model, uint64_t prompt_tokens, uint64_t completion_tokens,
                         double prefill_seconds, double decode_seconds);
+  // A generation stopped because its client went away.
+  void RecordCancelled(std::string_view model);
 
   // The Prometheus text format (version 0.0.4).
   std::string Render(const GenerationGauges& generation) const;
@@ -57,6 +59,7 @@ class Metrics {
     double prefill_seconds = 0;
     double decode_seconds = 0;
     double last_tokens_per_second = 0;
+    uint64_t cancelled = 0;
   };
 
   mutable std::mutex mu_;

@@ -367,8 +367,9 @@ asio::awaitable<void> HttpServer::Impl::Session(std::shared_ptr<Conn> conn) {
         status = kHttpPayloadTooLarge;
         why = "the request body exceeds " + std::to_string(opts.max_body_bytes) + " bytes";
       } else if (ec == beast::error::timeout) {
-        status = kHttpRequestTimeout;
-        why = "the request did not arrive within " + std::to_string(opts.request_timeout.count()) + " ms";
+        // The stream closed the socket when its timer fired: nothing can be answered (nginx does the same).
+        Record(kRouteInvalid, kHttpRequestTimeout, start);
+        break;
       } else if (ec.category() == http::make_error_code(http::error::bad_target).category() && ec != http::error::end_of_stream &&
                  ec != http::error::partial_message) {
         status = kHttpBadRequest;
