@@ -1,7 +1,7 @@
 // The generation service: OpenAI completion jobs queued fairly per client (FairQueue) and run one at a time on
 // a worker thread against models loaded on first use (dense weights, tokenizer and an expert cache, as the CLI's
 // generate builds them), so that the HTTP threads keep serving metadata and blobs meanwhile. Results and
-// streamed text go to a GenerationSink the transport implements. Thread-safe.
+// streamed text go to the job's GenerationSink (api/generation_queue.h). Thread-safe.
 #pragma once
 
 #include <atomic>
@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "api/fair_queue.h"
+#include "api/generation_queue.h"
 #include "api/metrics.h"
 #include "api/openai.h"
 #include "compute/cache_provider.h"
@@ -57,25 +58,6 @@ class ModelRuntime {
   ForwardOptions forward_;
 };
 
-// Where a job's output goes. Implemented by the transport; called from the worker thread, so implementations
-// must be thread-safe. OnText and OnFinish are never called after OnFinish.
-class GenerationSink {
- public:
-  virtual ~GenerationSink() = default;
-  // True once the client has gone away: the worker stops generating for it at the next token.
-  virtual bool Cancelled() const = 0;
-  // Generated text that is final (stop sequences already cut), in order.
-  virtual void OnText(std::string text) = 0;
-  // The end: the outcome, or why the job failed (the model failed to load, the prompt is too long, ...).
-  virtual void OnFinish(Result<CompletionOutcome> outcome) = 0;
-};
-
-struct GenerationJob {
-  CompletionRequest request;
-  std::string client;  // the fairness key
-  std::shared_ptr<GenerationSink> sink;
-};
-
 struct GenerationOptions {
   RuntimeOptions runtime;
   size_t max_queued = 64;            // jobs waiting, over all clients
@@ -83,23 +65,18 @@ struct GenerationOptions {
   size_t max_loaded_models = 1;      // the least recently used model is unloaded beyond this
 };
 
-class GenerationService {
+class GenerationService final : public GenerationQueue {
  public:
   // `store` and `metrics` must outlive the service.
   static Result<std::unique_ptr<GenerationService>> Create(Store& store, const GenerationOptions& options,
                                                            Metrics& metrics);
   // Cancels the running job, fails every queued one (ResourceExhausted) and joins the worker.
-  ~GenerationService();
+  ~GenerationService() override;
 
-  // Queues a job; its sink hears the rest. ResourceExhausted when the queue (or the client's share) is full or
-  // the service is draining.
-  Status Submit(GenerationJob job);
-
-  // Refuses new jobs, then waits until the queue is empty and nothing runs, or until `deadline`, after which
-  // the running job is cancelled and queued ones fail. Returns whether everything finished in time.
-  bool Drain(std::chrono::steady_clock::time_point deadline);
-
-  GenerationGauges gauges() const;
+  // ResourceExhausted also when the client's share of the queue is full.
+  Status Submit(GenerationJob job) override;
+  bool Drain(std::chrono::steady_clock::time_point deadline) override;
+  GenerationGauges gauges() const override;
 
  private:
   GenerationService(Store& store, const GenerationOptions& options, Metrics& metrics);

@@ -1,13 +1,13 @@
 // The API's request handler: one pure function from a request (plus the store and the service state it reads)
 // to a response, with a handler per route. It performs no network I/O and never blocks on generation: a valid
-// completion request comes back parsed, for the transport to queue (api/generation.h). docs/http.md describes
+// completion request comes back parsed, for the transport to queue (api/generation_queue.h). docs/http.md describes
 // every route.
 #pragma once
 
 #include <optional>
 #include <string>
 
-#include "api/generation.h"
+#include "api/generation_queue.h"
 #include "api/http_types.h"
 #include "api/metrics.h"
 #include "api/openai.h"
@@ -20,7 +20,7 @@ namespace es::api {
 struct ApiContext {
   Store* store = nullptr;
   Metrics* metrics = nullptr;
-  GenerationService* generation = nullptr;
+  GenerationQueue* generation = nullptr;
   CompletionLimits completion_limits;
 };
 
