@@ -57,7 +57,7 @@ ApiResponse ErrorBody(int http_status, std::string_view message, std::string_vie
   r.status = http_status;
   JsonWriter w;
   w.BeginObject().Key("error").BeginObject()
-      .Key("message").String(message)
+      .Key("message").String(ToValidUtf8(message))
       .Key("type").String(ErrorType(http_status))
       .Key("param").Null()
       .Key("code").String(code)

@@ -37,7 +37,12 @@ struct Target {
 };
 
 // Splits and percent-decodes a target ('+' in the query is a space). InvalidArgument for a target that is not
-// an absolute path or has a malformed escape.
+// an absolute path, has a malformed escape, or decodes to invalid UTF-8 (answers echo segments and values, and
+// JSON holds only UTF-8).
 Result<Target> ParseTarget(std::string_view target);
+
+// `text` with every byte that is not part of a valid UTF-8 sequence replaced by U+FFFD: for echoing raw
+// request bytes (a target, a method) into a JSON message.
+std::string ToValidUtf8(std::string_view text);
 
 }  // namespace es::api

@@ -132,6 +132,8 @@ TEST_F(HttpApiTest, UnknownModelsRoutesAndMethods) {
   ExpectError(Get("/v1/models/bad%20name"), 400);   // not a valid model name
   ExpectError(Get("/v1/models/m/experts/%zz"), 400);  // malformed escape
   ExpectError(Get("/v2/everything"), 404);
+  ExpectError(Get("/v\xa1/models"), 404);                  // raw bytes echoed in the message stay valid JSON
+  ExpectError(Get("/v1/models/m/query?domain=%ff"), 400);  // a decoded value that is not UTF-8
   ExpectError(Get("/v1/models/m/experts/0/0/blob/extra"), 404);
   auto post = Post("/v1/models", "{}");
   ExpectError(post, 405);
@@ -531,6 +533,9 @@ TEST_F(HttpApiTest, BadCompletionRequestsGetJsonErrors) {
   w.BeginObject().Key("model").String("tiny").Key("prompt").String(std::string(3000, 'a') + " b c d e f")
       .Key("max_tokens").Uint(1000).EndObject();
   ExpectError(Post("/v1/completions", w.str()), 400);
+  // A model the store holds but cannot run (no forward pass for its architecture, no tokenizer): the load
+  // error comes back as the request's answer, and the worker goes on.
+  ExpectError(Post("/v1/completions", R"({"model": "m", "prompt": "x"})"), 501);
   // Unknown fields are ignored; neutral values of unsupported features are accepted.
   auto ok = Post("/v1/completions", R"({"model": "tiny", "prompt": "x", "max_tokens": 1, "n": 1, "logprobs": null,
                                         "presence_penalty": 0, "user": "u", "something_new": {"a": 1}})");

@@ -189,6 +189,12 @@ TEST(TargetTest, SplitsAndDecodes) {
   EXPECT_FALSE(ParseTarget("/a%2").ok());
   EXPECT_FALSE(ParseTarget("/a?b=%g0").ok());
   EXPECT_TRUE(ParseTarget("/").ok());
+  // Decoded text must be UTF-8 (answers echo it into JSON).
+  EXPECT_FALSE(ParseTarget("/a%ff").ok());
+  EXPECT_FALSE(ParseTarget("/a?d=%c0%af").ok());  // an overlong '/'
+  EXPECT_FALSE(ParseTarget("/a?d=%ed%a0%80").ok());  // a surrogate
+  EXPECT_TRUE(ParseTarget("/a?d=%e2%82%ac").ok());
+  EXPECT_EQ(ToValidUtf8("a\xff\xe2\x82\xac\xc0"), "a\xef\xbf\xbd\xe2\x82\xac\xef\xbf\xbd");
 }
 
 TEST(UrlTest, ParsesHttpUrls) {
