@@ -189,7 +189,12 @@ void GenerationService::Run(GenerationJob& job) {
   const CompletionRequest& req = job.request;
   auto runtime = Runtime(req.model);
   if (!runtime.ok()) {
-    sink.OnFinish(runtime.status());
+    // A stored model that cannot run (no forward pass for its architecture, an unusable config, no tokenizer)
+    // is the server's limitation, not a fault of the request.
+    const Status& s = runtime.status();
+    sink.OnFinish(s.IsInvalidArgument() || s.IsNotSupported()
+                      ? Status::NotSupported("model '" + req.model + "' cannot generate text here: " + s.message())
+                      : s);
     return;
   }
   ModelRuntime& rt = **runtime;

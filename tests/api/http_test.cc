@@ -132,7 +132,7 @@ TEST_F(HttpApiTest, UnknownModelsRoutesAndMethods) {
   ExpectError(Get("/v1/models/bad%20name"), 400);   // not a valid model name
   ExpectError(Get("/v1/models/m/experts/%zz"), 400);  // malformed escape
   ExpectError(Get("/v2/everything"), 404);
-  ExpectError(Get("/v\xa1/models"), 404);                  // raw bytes echoed in the message stay valid JSON
+  ExpectError(Get("/v\xa1/models"), 400);                  // raw bytes that are not UTF-8
   ExpectError(Get("/v1/models/m/query?domain=%ff"), 400);  // a decoded value that is not UTF-8
   ExpectError(Get("/v1/models/m/experts/0/0/blob/extra"), 404);
   auto post = Post("/v1/models", "{}");
