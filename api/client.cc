@@ -28,6 +28,8 @@ namespace {
 constexpr auto kUse = asio::as_tuple(asio::use_awaitable);
 constexpr std::string_view kUserAgent = "expertstore-client/" ES_PROJECT_VERSION;
 constexpr uint16_t kDefaultHttpPort = 80;
+// Beast's encoding of HTTP/1.1 in a message's version field.
+constexpr unsigned kHttp11 = 11;
 constexpr uint32_t kMaxResponseHeaderBytes = 64 << 10;
 
 asio::awaitable<void> Get(const HttpUrl& url, std::string target, ClientOptions options, Result<HttpResult>& out) {
@@ -46,7 +48,7 @@ asio::awaitable<void> Get(const HttpUrl& url, std::string target, ClientOptions 
     out = Status::IOError("cannot connect to " + where + ": " + cec.message());
     co_return;
   }
-  http::request<http::empty_body> req{http::verb::get, target, 11};
+  http::request<http::empty_body> req{http::verb::get, target, kHttp11};
   req.set(http::field::host, where);
   req.set(http::field::user_agent, kUserAgent);
   req.set(http::field::connection, "close");

@@ -43,6 +43,8 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 constexpr auto kUse = asio::as_tuple(asio::use_awaitable);
+// Beast's encoding of HTTP/1.1 in a message's version field.
+constexpr unsigned kHttp11 = 11;
 constexpr std::string_view kServerName = "expertstore/" ES_PROJECT_VERSION;
 // Bytes asked of the socket when waiting for the start of a request.
 constexpr size_t kReadChunk = 16 << 10;
@@ -279,7 +281,7 @@ asio::awaitable<void> HttpServer::Impl::Reject(std::shared_ptr<Conn> conn) {
   Clock::time_point start = Clock::now();
   ApiResponse r = ProtocolError(kHttpServiceUnavailable, "the server is at its connection limit; retry later");
   int status = r.status;
-  co_await Write(*conn, std::move(r), 11, /*keep_alive=*/false);
+  co_await Write(*conn, std::move(r), kHttp11, /*keep_alive=*/false);
   Record(kRouteOverCapacity, status, start);
   co_await Linger(*conn);
   {
@@ -376,7 +378,7 @@ asio::awaitable<void> HttpServer::Impl::Session(std::shared_ptr<Conn> conn) {
         why = "malformed HTTP request: " + ec.message();
       }
       if (status != 0) {
-        co_await Write(*conn, ProtocolError(status, why), 11, /*keep_alive=*/false);
+        co_await Write(*conn, ProtocolError(status, why), kHttp11, /*keep_alive=*/false);
         Record(kRouteInvalid, status, start);
         lingering_close = true;
       }
@@ -440,7 +442,7 @@ asio::awaitable<bool> HttpServer::Impl::Generate(std::shared_ptr<Conn> conn, Com
   const std::string id = NewId(shape.chat);
   const int64_t created = static_cast<int64_t>(std::time(nullptr));
   // Streams to HTTP/1.0 clients are not chunked: the end of the connection ends them.
-  const bool chunked = version >= 11;
+  const bool chunked = version >= kHttp11;
   if (streaming && !chunked) keep_alive = false;
   bool headers_sent = false;
   int status = kHttpOk;

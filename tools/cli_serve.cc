@@ -21,6 +21,7 @@ constexpr int64_t kMaxCountFlag = 1 << 20;
 constexpr int64_t kMaxPort = 65535;
 constexpr int64_t kMaxIoThreads = 256;
 constexpr int64_t kMaxComputeThreads = 1024;
+constexpr int64_t kMaxPrefetchDepth = 64;
 
 Result<std::chrono::milliseconds> Millis(const Args& args, std::string_view flag, std::chrono::milliseconds fallback) {
   ES_ASSIGN_OR_RETURN(int64_t v, args.GetInt(flag, fallback.count(), 1, kMaxMillisFlag));
@@ -58,7 +59,7 @@ Result<api::GenerationOptions> GenerationOptionsFromArgs(const Args& args) {
   g.runtime.policy = args.GetOr("policy", g.runtime.policy);
   ES_ASSIGN_OR_RETURN(int64_t cache_mb, args.GetInt("cache-mb", 0, 0, kMaxBytesFlag));
   g.runtime.cache_mb = static_cast<uint64_t>(cache_mb);
-  ES_ASSIGN_OR_RETURN(int64_t prefetch, args.GetInt("prefetch", -1, -1, 64));
+  ES_ASSIGN_OR_RETURN(int64_t prefetch, args.GetInt("prefetch", -1, -1, kMaxPrefetchDepth));
   g.runtime.prefetch = static_cast<int32_t>(prefetch);
   ES_ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0, 0, kMaxComputeThreads));
   g.runtime.compute_threads = static_cast<uint32_t>(threads);

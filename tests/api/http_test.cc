@@ -549,8 +549,19 @@ TEST_F(HttpApiTest, MetricsCountRequestsCacheAndTokens) {
   auto gen = Post("/v1/completions", R"({"model": "tiny", "prompt": "hello", "max_tokens": 3, "temperature": 0})");
   ASSERT_TRUE(gen);
   ASSERT_EQ(gen->status, 200);
-  auto m = Get("/metrics");
-  ASSERT_TRUE(m);
+  // A request is counted once its answer has been written, which may be just after the client read it: poll
+  // until the three are in (a hang guard, not a timing assertion).
+  std::optional<HttpReply> m;
+  for (int poll = 0; poll < 500; ++poll) {
+    m = Get("/metrics");
+    ASSERT_TRUE(m);
+    if (MetricValue(m->body, R"(expertstore_http_requests_total{route="/v1/completions",code="200"})") >= 1 &&
+        MetricValue(m->body, R"(expertstore_http_requests_total{route="/v1/models",code="200"})") >= 1 &&
+        MetricValue(m->body, R"(expertstore_http_requests_total{route="/v1/models/{model}",code="404"})") >= 1) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   ASSERT_EQ(m->status, 200);
   EXPECT_EQ(m->header("content-type").rfind("text/plain; version=0.0.4", 0), 0u);
   const std::string& t = m->body;
