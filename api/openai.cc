@@ -143,17 +143,23 @@ Status ParsePrompt(const JsonValue& root, CompletionRequest& r) {
 Status ParseStop(const JsonValue& root, const CompletionLimits& limits, CompletionRequest& r) {
   const JsonValue* stop = Field(root, "stop");
   if (stop == nullptr) return Status::Ok();
+  std::vector<const JsonValue*> items;
   if (stop->is_string()) {
-    if (!stop->string_value().empty()) r.stop.push_back(stop->string_value());
-    return Status::Ok();
+    items.push_back(stop);
+  } else if (stop->is_array()) {
+    if (stop->array().size() > limits.max_stop_sequences) {
+      return Status::InvalidArgument("'stop' holds more than " + std::to_string(limits.max_stop_sequences) + " sequences");
+    }
+    for (const JsonValue& s : stop->array()) items.push_back(&s);
+  } else {
+    return WrongType("stop", "a string or an array of strings");
   }
-  if (!stop->is_array()) return WrongType("stop", "a string or an array of strings");
-  if (stop->array().size() > limits.max_stop_sequences) {
-    return Status::InvalidArgument("'stop' holds more than " + std::to_string(limits.max_stop_sequences) + " sequences");
-  }
-  for (const JsonValue& s : stop->array()) {
-    if (!s.is_string()) return WrongType("stop", "a string or an array of strings");
-    if (!s.string_value().empty()) r.stop.push_back(s.string_value());
+  for (const JsonValue* s : items) {
+    if (!s->is_string()) return WrongType("stop", "a string or an array of strings");
+    if (s->string_value().size() > limits.max_stop_bytes) {
+      return Status::InvalidArgument("a stop sequence is longer than " + std::to_string(limits.max_stop_bytes) + " bytes");
+    }
+    if (!s->string_value().empty()) r.stop.push_back(s->string_value());
   }
   return Status::Ok();
 }

@@ -21,6 +21,7 @@ struct CompletionLimits {
   uint32_t default_max_tokens = 16;       // /v1/completions without max_tokens (OpenAI's default)
   uint32_t default_chat_max_tokens = 512; // /v1/chat/completions without max_tokens
   size_t max_stop_sequences = 4;          // OpenAI's limit
+  size_t max_stop_bytes = 256;            // per sequence: the stop filter's work per token grows with its square
   size_t max_messages = 256;
 };
 

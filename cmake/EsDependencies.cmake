@@ -9,6 +9,8 @@ pkg_check_modules(URING REQUIRED IMPORTED_TARGET liburing)
 pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
 # ICU: Unicode properties and normalization for the tokenizer; i18n (regex) only as the tests' oracle.
 find_package(ICU REQUIRED COMPONENTS uc i18n)
+# Boost.Beast and Boost.Asio (header-only) for the HTTP service, api/ only.
+find_package(Boost 1.81 REQUIRED)
 if(ES_BUILD_TESTS)
   find_package(GTest REQUIRED)
 endif()

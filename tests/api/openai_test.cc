@@ -84,6 +84,7 @@ TEST(OpenAiParseTest, EachClassOfBadInputIsRefused) {
       {R"({"model": "m", "prompt": "p", "stream_options": true})", false, Status::Code::kInvalidArgument},
       {R"({"model": "m", "prompt": "p", "user": 1})", false, Status::Code::kInvalidArgument},
       {R"({"model": "m", "prompt": ["a", 1]})", false, Status::Code::kInvalidArgument},
+      {R"({"model": "m", "prompt": "p", "stop": [1]})", false, Status::Code::kInvalidArgument},
       {R"({"model": "m", "prompt": ["a", "b"]})", false, Status::Code::kNotSupported},  // batch
       {R"({"model": "m", "prompt": "p", "best_of": 3})", false, Status::Code::kNotSupported},
       {R"({"model": "m", "prompt": "p", "logit_bias": {"1": 2}})", false, Status::Code::kNotSupported},
@@ -99,6 +100,10 @@ TEST(OpenAiParseTest, EachClassOfBadInputIsRefused) {
     ASSERT_FALSE(r.ok()) << c.body;
     EXPECT_EQ(r.status().code(), c.code) << c.body << ": " << r.status().ToString();
   }
+  // A stop sequence long enough to make the filter quadratic.
+  EXPECT_TRUE(Parse(R"({"model": "m", "prompt": "p", "stop": ")" + std::string(257, 's') + "\"}")
+                  .status().IsInvalidArgument());
+  EXPECT_TRUE(Parse(R"({"model": "m", "prompt": "p", "stop": ")" + std::string(256, 's') + "\"}").ok());
   // Nesting beyond the JSON limit.
   std::string deep = R"({"model": "m", "prompt": "p", "x": )" + std::string(200, '[') + std::string(200, ']') + "}";
   EXPECT_FALSE(Parse(deep).ok());
