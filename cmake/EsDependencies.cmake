@@ -9,6 +9,8 @@ pkg_check_modules(URING REQUIRED IMPORTED_TARGET liburing)
 pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
 # ICU: Unicode properties and normalization for the tokenizer; i18n (regex) only as the tests' oracle.
 find_package(ICU REQUIRED COMPONENTS uc i18n)
+# Boost.Beast and Boost.Asio (header-only) for the HTTP service, api/ only.
+find_package(Boost 1.81 REQUIRED)
 if(ES_BUILD_TESTS)
   find_package(GTest REQUIRED)
 endif()
@@ -16,18 +18,21 @@ if(ES_BUILD_BENCH)
   find_package(benchmark REQUIRED)
 endif()
 
-# es_flatbuffers_generate(<target> <schema.fbs>...): runs flatc into the binary dir and adds the
-# generated headers' directory to <target>'s include path.
+# es_flatbuffers_generate(<target> <schema.fbs>... [INCLUDES <other.fbs>...]): runs flatc into the binary dir
+# and adds the generated headers' directory to <target>'s include path. Schemas may include others by their
+# path from the project root (`include "store/catalog.fbs";`); list those under INCLUDES so that a change to
+# them regenerates.
 function(es_flatbuffers_generate target)
+  cmake_parse_arguments(FB "" "" "INCLUDES" ${ARGN})
   set(outputs)
-  foreach(schema ${ARGN})
+  foreach(schema ${FB_UNPARSED_ARGUMENTS})
     get_filename_component(name ${schema} NAME_WE)
     set(out ${CMAKE_CURRENT_BINARY_DIR}/generated/${name}_generated.h)
     add_custom_command(
       OUTPUT ${out}
-      COMMAND ${FLATC} --cpp --scoped-enums -o ${CMAKE_CURRENT_BINARY_DIR}/generated
+      COMMAND ${FLATC} --cpp --scoped-enums -I ${PROJECT_SOURCE_DIR} -o ${CMAKE_CURRENT_BINARY_DIR}/generated
               ${CMAKE_CURRENT_SOURCE_DIR}/${schema}
-      DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${schema}
+      DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${schema} ${FB_INCLUDES}
       COMMENT "flatc ${schema}")
     list(APPEND outputs ${out})
   endforeach()

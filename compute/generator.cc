@@ -41,10 +41,17 @@ std::vector<int32_t> StopTokens(const Model& model, const Tokenizer& tokenizer, 
 }
 
 Result<std::string> ApplyChatTemplate(const Tokenizer& tokenizer, std::string_view user_message) {
+  ChatMessage m{"user", std::string(user_message)};
+  return ApplyChatTemplate(tokenizer, std::span<const ChatMessage>(&m, 1));
+}
+
+Result<std::string> ApplyChatTemplate(const Tokenizer& tokenizer, std::span<const ChatMessage> messages) {
   if (!tokenizer.TokenToId("<|im_start|>") || !tokenizer.TokenToId("<|im_end|>")) {
     return Status::NotSupported("--chat uses the Qwen (ChatML) template, and this tokenizer has no <|im_start|>");
   }
-  return "<|im_start|>user\n" + std::string(user_message) + "<|im_end|>\n<|im_start|>assistant\n";
+  std::string text;
+  for (const ChatMessage& m : messages) text += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+  return text + "<|im_start|>assistant\n";
 }
 
 Result<std::vector<float>> LastLogits(Model& model, ExpertProvider& experts, std::span<const int32_t> ids,
@@ -65,8 +72,14 @@ namespace {
 Status DecodeLoop(Model& model, ExpertProvider& experts, std::span<const int32_t> prompt, uint32_t max_tokens,
                   size_t sample_vocab, const std::vector<int32_t>& stop, const SamplerOptions& sampler_options, const ForwardOptions& forward,
                   std::vector<int32_t>& out, double* prefill_seconds, double* decode_seconds, bool* hit_stop,
-                  const std::function<Status(int32_t)>& on_token) {
+                  const std::function<Status(int32_t)>& on_token, const std::function<bool()>& should_stop = {},
+                  bool* stopped = nullptr) {
   if (prompt.empty()) return Status::InvalidArgument("empty prompt");
+  if (prompt.size() + max_tokens > model.config().max_positions) {
+    return Status::InvalidArgument("the prompt's " + std::to_string(prompt.size()) + " tokens plus " +
+                                   std::to_string(max_tokens) + " to generate exceed the model's context of " +
+                                   std::to_string(model.config().max_positions) + " tokens");
+  }
   ES_ASSIGN_OR_RETURN(Sampler sampler, Sampler::Create(sampler_options));
   KvCache kv(model.config(), prompt.size() + max_tokens);
   std::vector<float> hidden, logits(model.config().vocab);
@@ -84,6 +97,10 @@ Status DecodeLoop(Model& model, ExpertProvider& experts, std::span<const int32_t
     }
     out.push_back(next);
     if (on_token) ES_RETURN_IF_ERROR(on_token(next));
+    if (should_stop && should_stop()) {
+      *stopped = true;
+      break;
+    }
     if (i + 1 == max_tokens) break;
     ES_RETURN_IF_ERROR(model.Forward({&next, 1}, kv, experts, forward, hidden));
     ES_RETURN_IF_ERROR(model.ComputeLogits(hidden.data(), 1, logits.data()));
@@ -108,35 +125,54 @@ Result<std::vector<int32_t>> GenerateIds(Model& model, ExpertProvider& experts, 
   return out;
 }
 
-Result<GenerateResult> Generate(Model& model, const Tokenizer& tokenizer, ExpertProvider& experts,
-                                std::string_view prompt, const GenerateOptions& options,
-                                const std::function<void(std::string_view)>& on_text) {
+namespace {
+
+// Generation from the final prompt text. `templated`: the text is a chat template whose special tokens must
+// be recognised and <|im_end|> stops; otherwise it is user text, special-token strings included.
+Result<GenerateResult> GenerateText(Model& model, const Tokenizer& tokenizer, ExpertProvider& experts,
+                                    const std::string& text, bool templated, const GenerateOptions& options,
+                                    const std::function<void(std::string_view)>& on_text) {
   GenerateResult r;
-  std::string text(prompt);
   EncodeOptions enc;
-  if (options.chat) {
-    ES_ASSIGN_OR_RETURN(text, ApplyChatTemplate(tokenizer, prompt));
-  } else {
-    enc.parse_special_tokens = false;  // a plain prompt is user text: "<|im_end|>" in it is just characters
-  }
+  enc.parse_special_tokens = templated;  // a plain prompt is user text: "<|im_end|>" in it is just characters
   ES_ASSIGN_OR_RETURN(auto ids, tokenizer.Encode(text, enc));
   for (auto id : ids) r.prompt_ids.push_back(static_cast<int32_t>(id));
   StreamDecoder decoder(tokenizer, DecodeOptions{.skip_special_tokens = true});
-  bool hit_stop = false;
+  bool hit_stop = false, stopped = false;
   ES_RETURN_IF_ERROR(DecodeLoop(model, experts, r.prompt_ids, options.max_tokens, tokenizer.vocab_size(),
-                                StopTokens(model, tokenizer, options.chat),
+                                StopTokens(model, tokenizer, templated),
                                 options.sampler, options.forward, r.ids, &r.prefill_seconds, &r.decode_seconds, &hit_stop,
                                 [&](int32_t id) -> Status {
                                   ES_ASSIGN_OR_RETURN(std::string piece, decoder.Push(static_cast<TokenId>(id)));
                                   r.text += piece;
                                   if (on_text && !piece.empty()) on_text(piece);
                                   return Status::Ok();
-                                }));
+                                },
+                                options.should_stop, &stopped));
   std::string rest = decoder.Finish();
   r.text += rest;
   if (on_text && !rest.empty()) on_text(rest);
-  r.stop_reason = hit_stop ? "eos" : "length";
+  r.stop_reason = stopped ? "stopped" : hit_stop ? "eos" : "length";
   return r;
+}
+
+}  // namespace
+
+Result<GenerateResult> Generate(Model& model, const Tokenizer& tokenizer, ExpertProvider& experts,
+                                std::string_view prompt, const GenerateOptions& options,
+                                const std::function<void(std::string_view)>& on_text) {
+  if (options.chat) {
+    ES_ASSIGN_OR_RETURN(std::string text, ApplyChatTemplate(tokenizer, prompt));
+    return GenerateText(model, tokenizer, experts, text, /*templated=*/true, options, on_text);
+  }
+  return GenerateText(model, tokenizer, experts, std::string(prompt), /*templated=*/false, options, on_text);
+}
+
+Result<GenerateResult> GenerateChat(Model& model, const Tokenizer& tokenizer, ExpertProvider& experts,
+                                    std::span<const ChatMessage> messages, const GenerateOptions& options,
+                                    const std::function<void(std::string_view)>& on_text) {
+  ES_ASSIGN_OR_RETURN(std::string text, ApplyChatTemplate(tokenizer, messages));
+  return GenerateText(model, tokenizer, experts, text, /*templated=*/true, options, on_text);
 }
 
 double TokenNll(const float* logits, size_t vocab, int32_t target) {

@@ -21,13 +21,22 @@ struct GenerateOptions {
   SamplerOptions sampler;
   bool chat = false;  // wrap the prompt in the Qwen (ChatML) chat template
   ForwardOptions forward;
+  // Asked after each generated token's text is delivered; true ends generation there with stop_reason
+  // "stopped" (a client that went away, a stop sequence seen by the caller). Empty: never.
+  std::function<bool()> should_stop;
+};
+
+// One message of a conversation: role "system", "user" or "assistant".
+struct ChatMessage {
+  std::string role;
+  std::string content;
 };
 
 struct GenerateResult {
   std::vector<int32_t> prompt_ids;
   std::vector<int32_t> ids;  // generated
   std::string text;          // generated text
-  std::string stop_reason;   // "eos" or "length"
+  std::string stop_reason;   // "eos", "length" or "stopped" (should_stop said so)
   double prefill_seconds = 0;
   double decode_seconds = 0;
   double prefill_tokens_per_second() const;
@@ -39,10 +48,17 @@ std::vector<int32_t> StopTokens(const Model& model, const Tokenizer& tokenizer, 
 
 // Applies the Qwen/ChatML template for one user message; NotSupported when the tokenizer lacks its tokens.
 Result<std::string> ApplyChatTemplate(const Tokenizer& tokenizer, std::string_view user_message);
+// The same for a conversation: each message as <|im_start|>role\ncontent<|im_end|>\n, then the assistant's turn.
+Result<std::string> ApplyChatTemplate(const Tokenizer& tokenizer, std::span<const ChatMessage> messages);
 
+// InvalidArgument when the prompt plus max_tokens exceed the model's context (max_position_embeddings).
 Result<GenerateResult> Generate(Model& model, const Tokenizer& tokenizer, ExpertProvider& experts,
                                 std::string_view prompt, const GenerateOptions& options,
                                 const std::function<void(std::string_view)>& on_text = {});
+// Generation for a conversation in the ChatML template (options.chat is implied: <|im_end|> stops).
+Result<GenerateResult> GenerateChat(Model& model, const Tokenizer& tokenizer, ExpertProvider& experts,
+                                    std::span<const ChatMessage> messages, const GenerateOptions& options,
+                                    const std::function<void(std::string_view)>& on_text = {});
 
 // Generation from token ids (no tokenizer): greedy or sampled continuation of `prompt_ids`.
 Result<std::vector<int32_t>> GenerateIds(Model& model, ExpertProvider& experts, std::span<const int32_t> prompt_ids,

@@ -137,10 +137,13 @@ std::map<ExpertPair, ProfileInfo> ComputeProfiles(const std::vector<DomainActiva
   return out;
 }
 
-Result<ModelUsage> LoadModelUsage(const Catalog& catalog, const std::string& model) {
+namespace {
+
+// The usage records under `prefix` (a model's or one layer's).
+Result<ModelUsage> LoadUsage(const Catalog& catalog, const std::string& prefix) {
   ModelUsage u;
   Status bad;
-  ES_RETURN_IF_ERROR(catalog.Scan(Cf::kUsage, ModelPrefix(model), [&](std::string_view key, std::string_view value) {
+  ES_RETURN_IF_ERROR(catalog.Scan(Cf::kUsage, prefix, [&](std::string_view key, std::string_view value) {
     auto parts = ParseUsageKey(key);
     auto counts = parts.ok() ? DecodeUsage(value) : Result<UsageCounts>(parts.status());
     if (!counts.ok()) {
@@ -158,14 +161,20 @@ Result<ModelUsage> LoadModelUsage(const Catalog& catalog, const std::string& mod
   return u;
 }
 
+}  // namespace
+
+Result<ModelUsage> LoadModelUsage(const Catalog& catalog, const std::string& model) {
+  return LoadUsage(catalog, ModelPrefix(model));
+}
+
 namespace {
 
 template <typename T>
-Result<std::map<ExpertPair, T>> LoadRecords(const Catalog& catalog, Cf cf, const std::string& model,
+Result<std::map<ExpertPair, T>> LoadRecords(const Catalog& catalog, Cf cf, const std::string& prefix,
                                             Result<T> (*decode)(std::string_view)) {
   std::map<ExpertPair, T> out;
   Status bad;
-  ES_RETURN_IF_ERROR(catalog.Scan(cf, ModelPrefix(model), [&](std::string_view key, std::string_view value) {
+  ES_RETURN_IF_ERROR(catalog.Scan(cf, prefix, [&](std::string_view key, std::string_view value) {
     auto id = ParseExpertKey(key);
     auto v = id.ok() ? decode(value) : Result<T>(id.status());
     if (!v.ok()) {
@@ -182,11 +191,11 @@ Result<std::map<ExpertPair, T>> LoadRecords(const Catalog& catalog, Cf cf, const
 }  // namespace
 
 Result<std::map<ExpertPair, TrustInfo>> LoadModelTrust(const Catalog& catalog, const std::string& model) {
-  return LoadRecords<TrustInfo>(catalog, Cf::kTrust, model, DecodeTrust);
+  return LoadRecords<TrustInfo>(catalog, Cf::kTrust, ModelPrefix(model), DecodeTrust);
 }
 
 Result<std::map<ExpertPair, ProfileInfo>> LoadModelProfiles(const Catalog& catalog, const std::string& model) {
-  return LoadRecords<ProfileInfo>(catalog, Cf::kProfiles, model, DecodeProfile);
+  return LoadRecords<ProfileInfo>(catalog, Cf::kProfiles, ModelPrefix(model), DecodeProfile);
 }
 
 Result<std::vector<RankKey>> ParseRankOrder(std::string_view text) {
@@ -210,23 +219,25 @@ Result<std::vector<RankKey>> ParseRankOrder(std::string_view text) {
 
 Result<std::vector<ExpertQueryRow>> QueryExperts(const Catalog& catalog, const std::string& model,
                                                  const ExpertQuery& query) {
-  ES_ASSIGN_OR_RETURN(auto profiles, LoadModelProfiles(catalog, model));
-  ES_ASSIGN_OR_RETURN(auto trust, LoadModelTrust(catalog, model));
-  ES_ASSIGN_OR_RETURN(ModelUsage usage, LoadModelUsage(catalog, model));
+  // Only the records of the layer asked for: the HTTP query route runs this per request.
+  const std::string prefix = query.has_layer ? LayerPrefix(model, query.layer) : ModelPrefix(model);
+  ES_ASSIGN_OR_RETURN(auto profiles, LoadRecords<ProfileInfo>(catalog, Cf::kProfiles, prefix, DecodeProfile));
+  ES_ASSIGN_OR_RETURN(auto trust, LoadRecords<TrustInfo>(catalog, Cf::kTrust, prefix, DecodeTrust));
+  ES_ASSIGN_OR_RETURN(ModelUsage usage, LoadUsage(catalog, prefix));
   if (!query.domain.empty()) {
     bool known = false;
     for (const auto& [id, p] : profiles) {
       for (const auto& d : p.domains) known = known || d.domain == query.domain;
     }
     if (!known) {
-      return Status::NotFound("no profile of model '" + model + "' knows domain '" + query.domain +
-                              "' (run profile first)");
+      return Status::NotFound("no profile of model '" + model + "'" +
+                              (query.has_layer ? " layer " + std::to_string(query.layer) : std::string()) +
+                              " knows domain '" + query.domain + "' (run profile first)");
     }
   }
   std::vector<ExpertQueryRow> rows;
   Status bad;
-  ES_RETURN_IF_ERROR(catalog.Scan(Cf::kExperts, query.has_layer ? LayerPrefix(model, query.layer) : ModelPrefix(model),
-                                  [&](std::string_view key, std::string_view) {
+  ES_RETURN_IF_ERROR(catalog.Scan(Cf::kExperts, prefix, [&](std::string_view key, std::string_view) {
     auto id = ParseExpertKey(key);
     if (!id.ok()) {
       bad = id.status();

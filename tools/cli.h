@@ -69,6 +69,7 @@ void RegisterExpertCommands(std::vector<Command>& commands);
 void RegisterGenerateCommands(std::vector<Command>& commands);
 void RegisterBenchCommands(std::vector<Command>& commands);
 void RegisterMetadataCommands(std::vector<Command>& commands);
+void RegisterServeCommands(std::vector<Command>& commands);
 
 // The single place a Status becomes an exit code (0 for OK) and an "error: ..." line on stderr.
 int ExitCodeFor(const Status& status);

@@ -1,6 +1,5 @@
-// Runtime: what the generation commands share: the store, the model, its tokenizer, the compute pool, the
-// expert provider chosen by the flags (cache, policy, state, prefetch), the routing policy, the usage recorder,
-// and the forward options they imply.
+// Runtime: what the generation commands share: the store opened as their recording needs, the compute pool, and
+// the model runtime (compute/runtime.h) their flags describe.
 #pragma once
 
 #include <chrono>
@@ -11,6 +10,7 @@
 #include "compute/expert_provider.h"
 #include "compute/kernels/parallel.h"
 #include "compute/model.h"
+#include "compute/runtime.h"
 #include "compute/sampler.h"
 #include "compute/tokenizer.h"
 #include "compute/usage_recorder.h"
@@ -41,9 +41,10 @@ struct RuntimeOptions {
 
 Result<SamplerOptions> SamplerFromArgs(const Args& args);
 
-// The tokenizer stored with a model (tokenizer.json, and tokenizer_config.json when present).
-Result<Tokenizer> LoadModelTokenizer(Store& store, const std::string& model);
+// The RuntimeFlags() of `args` as a runtime configuration (validated). `serve` builds its models from it too.
+Result<RuntimeConfig> RuntimeConfigFromArgs(const Args& args);
 
+// A command's store, compute pool and model runtime (compute/runtime.h), opened from its flags.
 class Runtime {
  public:
   static Result<std::unique_ptr<Runtime>> Open(const Args& args, const std::string& model, bool need_tokenizer);
@@ -51,35 +52,27 @@ class Runtime {
                                                const RuntimeOptions& options);
   ~Runtime();
 
-  Model& model() { return *model_; }
-  const Tokenizer& tokenizer() const { return *tokenizer_; }
-  ExpertProvider& experts() { return *experts_; }
-  const ExpertProvider& experts() const { return *experts_; }
+  Model& model() { return rt_->model(); }
+  const Tokenizer& tokenizer() const { return rt_->tokenizer(); }
+  ExpertProvider& experts() { return rt_->experts(); }
+  const ExpertProvider& experts() const { return rt_->experts(); }
   Store& store() { return *store_; }
-  const ForwardOptions& forward_options() const { return forward_; }
-  const std::string& state_name() const { return state_; }
-  const PrefetchAccuracy& prefetch_accuracy() const { return *accuracy_; }
-  const std::string& routing_name() const { return routing_; }
+  const ForwardOptions& forward_options() const { return rt_->forward_options(); }
+  const std::string& state_name() const { return rt_->state_name(); }
+  const PrefetchAccuracy& prefetch_accuracy() const { return rt_->prefetch_accuracy(); }
+  const std::string& routing_name() const { return rt_->routing_name(); }
   // The usage recorder (null when not recording); forward_options() feed it.
-  UsageRecorder* recorder() { return recorder_.get(); }
+  UsageRecorder* recorder() { return rt_->recorder(); }
   // Flushes the recorder (OK when not recording).
-  Status FinishRecording();
-  // One line on the configuration in force ("cache 12.0 MiB of 72.0 MiB (lru), prefetch 1, k 4").
-  std::string describe() const;
+  Status FinishRecording() { return rt_->FinishRecording(); }
+  // One line on the configuration in force ("focus: cache 48 of 192 experts (4.3 MiB, lru), ...").
+  const std::string& describe() const { return rt_->describe(); }
 
  private:
   Runtime() = default;
   std::unique_ptr<Store> store_;
   std::unique_ptr<kernels::ComputePool> pool_;
-  std::unique_ptr<Model> model_;
-  std::unique_ptr<Tokenizer> tokenizer_;
-  std::unique_ptr<ExpertProvider> experts_;
-  ForwardOptions forward_;
-  std::unique_ptr<PrefetchAccuracy> accuracy_ = std::make_unique<PrefetchAccuracy>();
-  std::string state_ = "focus";
-  std::string routing_ = "exact";
-  std::string description_;
-  std::unique_ptr<UsageRecorder> recorder_;
+  std::unique_ptr<ModelRuntime> rt_;  // last: it refers to the pool and the store
 };
 
 // Opens the store for a command that writes metadata: as the writer when possible (merging journals

@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   es::cli::RegisterGenerateCommands(commands);
   es::cli::RegisterBenchCommands(commands);
   es::cli::RegisterMetadataCommands(commands);
+  es::cli::RegisterServeCommands(commands);
 
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "help") {
     PrintUsage(commands);

@@ -1,0 +1,80 @@
+// The generation service: OpenAI completion jobs queued fairly per client (FairQueue) and run one at a time on
+// a worker thread against models loaded on first use (compute/runtime.h, as the CLI's generate builds them), so that the HTTP threads keep serving metadata and blobs meanwhile. Results and
+// streamed text go to the job's GenerationSink (api/generation_queue.h). Thread-safe.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "api/fair_queue.h"
+#include "api/generation_queue.h"
+#include "api/metrics.h"
+#include "api/openai.h"
+#include "compute/kernels/parallel.h"
+#include "compute/runtime.h"
+#include "store/store.h"
+
+namespace es::api {
+
+struct GenerationOptions {
+  RuntimeConfig runtime;            // how models run (record: usage goes to the store)
+  size_t max_queued = 64;            // jobs waiting, over all clients
+  size_t max_queued_per_client = 8;  // jobs one client may have waiting
+  size_t max_loaded_models = 1;      // the least recently used model is unloaded beyond this
+  uint32_t compute_threads = 0;      // 0: every core
+};
+
+class GenerationService final : public GenerationQueue {
+ public:
+  // `store` and `metrics` must outlive the service.
+  static Result<std::unique_ptr<GenerationService>> Create(Store& store, const GenerationOptions& options,
+                                                           Metrics& metrics);
+  // Cancels the running job, fails every queued one (ResourceExhausted) and joins the worker.
+  ~GenerationService() override;
+
+  // ResourceExhausted also when the client's share of the queue is full.
+  Status Submit(GenerationJob job) override;
+  bool Drain(std::chrono::steady_clock::time_point deadline) override;
+  GenerationGauges gauges() const override;
+
+ private:
+  GenerationService(Store& store, const GenerationOptions& options, Metrics& metrics);
+  void WorkerLoop();
+  void Run(GenerationJob& job);
+  // Worker thread only. The runtime of `model`, loading it (and unloading the least recently used) if needed.
+  Result<ModelRuntime*> Runtime(const std::string& model);
+  // Requires mu_. Fails every queued job.
+  void FailQueuedLocked(const Status& why);
+
+  Store& store_;
+  GenerationOptions options_;
+  Metrics& metrics_;
+  std::unique_ptr<kernels::ComputePool> pool_;
+
+  mutable std::mutex mu_;
+  std::condition_variable work_cv_;  // a job was queued, or stop
+  std::condition_variable idle_cv_;  // the queue drained and nothing runs
+  FairQueue<GenerationJob> queue_;
+  bool running_ = false;
+  bool accepting_ = true;
+  bool stop_ = false;
+  std::atomic<bool> cancel_all_{false};
+
+  // Loaded models, most recently used first. Modified by the worker only, under runtimes_mu_ (gauges reads it).
+  mutable std::mutex runtimes_mu_;
+  std::list<std::pair<std::string, std::unique_ptr<ModelRuntime>>> runtimes_;
+  std::mt19937_64 seeds_;  // worker only: seeds for requests that give none
+
+  std::thread worker_;
+};
+
+}  // namespace es::api

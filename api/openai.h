@@ -1,0 +1,89 @@
+// OpenAI-compatible completions: parsing and validating /v1/completions and /v1/chat/completions request
+// bodies, formatting responses and server-sent-event chunks in OpenAI's shapes, and holding back generated
+// text that may begin a stop sequence. Pure functions of their inputs (no I/O), so the fuzz target drives them.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "compute/generator.h"
+#include "compute/sampler.h"
+#include "store/status.h"
+
+namespace es::api {
+
+// Server-side bounds on what a request may ask for.
+struct CompletionLimits {
+  uint32_t max_tokens = 4096;             // the most tokens one request may generate
+  uint32_t default_max_tokens = 16;       // /v1/completions without max_tokens (OpenAI's default)
+  uint32_t default_chat_max_tokens = 512; // /v1/chat/completions without max_tokens
+  size_t max_stop_sequences = 4;          // OpenAI's limit
+  size_t max_stop_bytes = 256;            // per sequence: the stop filter's work per token grows with its square
+  size_t max_messages = 256;
+};
+
+struct CompletionRequest {
+  bool chat = false;
+  std::string model;
+  std::string prompt;                 // completions
+  std::vector<ChatMessage> messages;  // chat completions
+  uint32_t max_tokens = 0;
+  SamplerOptions sampler;             // OpenAI's defaults: temperature 1, top_p 1
+  bool seeded = false;                // `seed` given: sampling is reproducible
+  std::vector<std::string> stop;      // stop sequences, excluded from the output
+  bool stream = false;
+  bool include_usage = false;         // stream_options.include_usage: a last chunk with token counts
+};
+
+// Parses a request body. InvalidArgument (naming the field) for malformed JSON, a wrong type or a value out of
+// range; NotSupported for OpenAI features this server does not implement (n > 1, logprobs, echo, penalties,
+// logit_bias, tools, token-id prompts). Unknown fields are ignored, as most OpenAI-compatible servers do.
+// Without `seed`, sampler.seed is left 0 and `seeded` false (the caller picks a fresh seed).
+Result<CompletionRequest> ParseCompletionRequest(std::string_view body, bool chat, const CompletionLimits& limits);
+
+struct CompletionOutcome {
+  std::string text;
+  std::string finish_reason;  // "stop" (end of sequence or a stop sequence) or "length"
+  uint64_t prompt_tokens = 0;
+  uint64_t completion_tokens = 0;
+};
+
+// The whole (non-streaming) response: a text_completion or chat.completion object.
+std::string FormatCompletion(const CompletionRequest& request, std::string_view id, int64_t created,
+                             const CompletionOutcome& outcome);
+
+// One streamed chunk's JSON: text_completion or chat.completion.chunk. `role_only` gives the chat stream's first
+// chunk (delta {"role": "assistant"}); `finish_reason` is set on the last.
+std::string FormatChunk(const CompletionRequest& request, std::string_view id, int64_t created, std::string_view text,
+                        std::optional<std::string_view> finish_reason, bool role_only = false);
+// The chunk carrying usage (stream_options.include_usage): empty choices.
+std::string FormatUsageChunk(const CompletionRequest& request, std::string_view id, int64_t created,
+                             const CompletionOutcome& outcome);
+
+// "data: <json>\n\n".
+std::string SseEvent(std::string_view json);
+inline constexpr std::string_view kSseDone = "data: [DONE]\n\n";
+inline constexpr std::string_view kSseContentType = "text/event-stream";
+
+// Holds back generated text that may be the start of a stop sequence, and cuts the output where one appears.
+// Not thread-safe.
+class StopFilter {
+ public:
+  explicit StopFilter(std::vector<std::string> stops) : stops_(std::move(stops)) {}
+  // Takes the next piece of generated text; returns what can be shown now (never part of a stop sequence).
+  // After a stop sequence has been seen, returns the text before it once and then nothing.
+  std::string Push(std::string_view text);
+  bool stopped() const { return stopped_; }
+  // The text held back, at the end of a generation that met no stop sequence.
+  std::string Flush();
+
+ private:
+  std::vector<std::string> stops_;
+  std::string pending_;
+  bool stopped_ = false;
+};
+
+}  // namespace es::api

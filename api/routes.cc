@@ -1,0 +1,435 @@
+// Route matching and the handler of each route.
+#include "api/routes.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cstdio>
+#include <functional>
+#include <map>
+
+#include "api/blob.h"
+#include "api/errors.h"
+#include "store/aligned_buffer.h"
+#include "store/json.h"
+#include "store/metadata.h"
+
+namespace es::api {
+
+namespace {
+
+constexpr std::string_view kPrometheusContentType = "text/plain; version=0.0.4; charset=utf-8";
+// GET .../query: results when `top` is not given, and the most it may ask for.
+constexpr uint64_t kDefaultQueryTop = 10;
+constexpr uint64_t kMaxQueryTop = 100000;
+
+std::string Hex64(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+ApiResponse Json(std::string body) {
+  ApiResponse r;
+  r.body = std::move(body);
+  return r;
+}
+
+// A decimal uint32 path segment or query value. InvalidArgument naming `what` otherwise.
+Result<uint32_t> ParseU32(std::string_view text, std::string_view what) {
+  uint32_t v = 0;
+  auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (text.empty() || ec != std::errc() || ptr != text.data() + text.size()) {
+    return Status::InvalidArgument(std::string(what) + " must be a non-negative integer, not '" + std::string(text) + "'");
+  }
+  return v;
+}
+
+Result<ModelInfo> LoadModel(Store& store, const std::string& name) {
+  ES_RETURN_IF_ERROR(ValidateModelName(name));
+  auto v = store.catalog().Get(Cf::kModels, ModelKey(name));
+  if (!v.ok()) return v.status().IsNotFound() ? Status::NotFound("the model '" + name + "' does not exist") : v.status();
+  return DecodeModel(*v);
+}
+
+// Optional per-expert metadata: absent until usage is recorded, profiles are built or calibration runs.
+template <typename T>
+Result<std::optional<T>> LoadOptional(Store& store, Cf cf, const std::string& key, Result<T> (*decode)(std::string_view)) {
+  auto v = store.catalog().Get(cf, key);
+  if (v.status().IsNotFound()) return std::optional<T>();
+  if (!v.ok()) return v.status();
+  ES_ASSIGN_OR_RETURN(T t, decode(*v));
+  return std::optional<T>(std::move(t));
+}
+
+// Scans one column family over a prefix, decoding each value into `out` keyed by (layer, expert).
+template <typename T>
+Status ScanRecords(Store& store, Cf cf, const std::string& prefix, Result<T> (*decode)(std::string_view),
+                   std::map<std::pair<uint32_t, uint32_t>, T>& out) {
+  Status failed;
+  ES_RETURN_IF_ERROR(store.catalog().Scan(cf, prefix, [&](std::string_view key, std::string_view value) {
+    auto id = ParseExpertKey(key);
+    auto rec = id.ok() ? decode(value) : Result<T>(id.status());
+    if (!rec.ok()) {
+      failed = rec.status();
+      return false;
+    }
+    out.emplace(std::make_pair(id->layer, id->expert), std::move(rec).value());
+    return true;
+  }));
+  return failed;
+}
+
+void WriteModel(JsonWriter& w, const ModelInfo& m) {
+  w.BeginObject()
+      .Key("id").String(m.name)
+      .Key("object").String("model")
+      .Key("created").Uint(m.created_unix)
+      .Key("owned_by").String("expertstore")
+      .Key("name").String(m.name)
+      .Key("arch").String(m.arch)
+      .Key("layers").Uint(m.num_layers)
+      .Key("experts_per_layer").Uint(m.experts_per_layer)
+      .Key("top_k").Uint(m.top_k)
+      .Key("hidden_size").Uint(m.hidden_size)
+      .Key("moe_intermediate_size").Uint(m.moe_intermediate_size)
+      .Key("vocab_size").Uint(m.vocab_size)
+      .Key("experts").Uint(m.num_experts)
+      .Key("dense_tensors").Uint(m.num_dense_tensors)
+      .Key("bytes").Uint(m.total_bytes)
+      .Key("complete").Bool(m.complete)
+      .Key("source_fingerprint").String(m.source_fingerprint)
+      .Key("assets").BeginArray();
+  for (const auto& a : m.assets) w.String(a.name);
+  w.EndArray().EndObject();
+}
+
+void WriteTrust(JsonWriter& w, const std::optional<TrustInfo>& t) {
+  if (!t) {
+    w.Null();
+    return;
+  }
+  w.BeginObject()
+      .Key("trust").Double(t->trust)
+      .Key("convergence_rate").Double(t->convergence_rate)
+      .Key("stability").Double(t->stability)
+      .Key("efficiency").Double(t->efficiency)
+      .Key("raw_contribution").Double(t->raw_contribution)
+      .Key("calibration_tokens").Uint(t->calibration_tokens)
+      .Key("updated_unix").Uint(t->updated_unix)
+      .EndObject();
+}
+
+void WriteProfile(JsonWriter& w, const std::optional<ProfileInfo>& p) {
+  if (!p) {
+    w.Null();
+    return;
+  }
+  w.BeginObject().Key("primary_domain").String(p->primary_domain).Key("domains").BeginArray();
+  for (const auto& d : p->domains) {
+    w.BeginObject().Key("domain").String(d.domain).Key("activations").Uint(d.activations).Key("share").Double(d.share)
+        .Key("lift").Double(d.lift).EndObject();
+  }
+  w.EndArray().Key("top_coactivated").BeginArray();
+  for (const auto& c : p->top_coactivated) {
+    w.BeginObject().Key("layer").Uint(c.layer).Key("expert").Uint(c.expert).Key("count").Uint(c.count).EndObject();
+  }
+  w.EndArray().Key("updated_unix").Uint(p->updated_unix).EndObject();
+}
+
+void WriteUsage(JsonWriter& w, const std::optional<UsageCounts>& u) {
+  if (!u) {
+    w.Null();
+    return;
+  }
+  w.BeginObject()
+      .Key("activation_count").Uint(u->activation_count)
+      .Key("gate_mass").Double(u->gate_mass)
+      .Key("success_count").Uint(u->success_count)
+      .Key("last_used_unix_ms").Uint(u->last_used_unix_ms)
+      .EndObject();
+}
+
+std::string_view ExpertDType(const ExpertInfo& e) {
+  return e.projections.empty() ? DTypeName(DType::kUnknown) : DTypeName(e.projections[0].dtype);
+}
+
+// ---- routes ---------------------------------------------------------------------------------------------------
+
+Result<ApiResponse> Models(const ApiContext& ctx) {
+  ES_ASSIGN_OR_RETURN(auto models, ctx.store->ListModels());
+  JsonWriter w;
+  w.BeginObject().Key("object").String("list").Key("data").BeginArray();
+  for (const auto& m : models) WriteModel(w, m);
+  w.EndArray().EndObject();
+  return Json(w.Take());
+}
+
+Result<ApiResponse> GetModel(const ApiContext& ctx, const std::string& name) {
+  ES_ASSIGN_OR_RETURN(ModelInfo m, LoadModel(*ctx.store, name));
+  JsonWriter w;
+  WriteModel(w, m);
+  return Json(w.Take());
+}
+
+// ?layer=L restricts the list to one layer (InvalidArgument beyond the model's layers).
+Result<std::string> PrefixForLayer(const ModelInfo& m, const Target& t) {
+  auto it = t.query.find("layer");
+  if (it == t.query.end()) return ModelPrefix(m.name);
+  ES_ASSIGN_OR_RETURN(uint32_t layer, ParseU32(it->second, "layer"));
+  if (layer >= m.num_layers) {
+    return Status::InvalidArgument("layer " + std::to_string(layer) + " is out of range: the model has " +
+                                   std::to_string(m.num_layers) + " layers");
+  }
+  return LayerPrefix(m.name, layer);
+}
+
+Result<ApiResponse> Experts(const ApiContext& ctx, const std::string& name, const Target& t) {
+  ES_ASSIGN_OR_RETURN(ModelInfo m, LoadModel(*ctx.store, name));
+  ES_ASSIGN_OR_RETURN(std::string prefix, PrefixForLayer(m, t));
+  // One ordered scan per column family rather than two point lookups per expert.
+  std::map<std::pair<uint32_t, uint32_t>, ExpertInfo> experts;
+  std::map<std::pair<uint32_t, uint32_t>, TrustInfo> trust;
+  std::map<std::pair<uint32_t, uint32_t>, UsageCounts> usage;
+  ES_RETURN_IF_ERROR(ScanRecords(*ctx.store, Cf::kExperts, prefix, DecodeExpert, experts));
+  ES_RETURN_IF_ERROR(ScanRecords(*ctx.store, Cf::kTrust, prefix, DecodeTrust, trust));
+  ES_RETURN_IF_ERROR(ScanRecords(*ctx.store, Cf::kUsage, prefix, DecodeUsage, usage));
+  JsonWriter w;
+  w.BeginObject().Key("object").String("list").Key("model").String(m.name).Key("data").BeginArray();
+  for (const auto& [id, e] : experts) {
+    w.BeginObject().Key("layer").Uint(e.layer).Key("expert").Uint(e.expert).Key("bytes").Uint(e.extent.payload_length)
+        .Key("dtype").String(ExpertDType(e)).Key("checksum").String(Hex64(e.extent.checksum)).Key("trust");
+    if (auto tr = trust.find(id); tr != trust.end()) {
+      w.Double(tr->second.trust);
+    } else {
+      w.Null();
+    }
+    auto us = usage.find(id);
+    w.Key("activations").Uint(us == usage.end() ? 0 : us->second.activation_count).EndObject();
+  }
+  w.EndArray().EndObject();
+  return Json(w.Take());
+}
+
+struct ExpertPath {
+  ModelInfo model;
+  ExpertInfo expert;
+  std::string key;
+};
+
+Result<ExpertPath> ResolveExpert(const ApiContext& ctx, const std::vector<std::string>& seg) {
+  ExpertPath p;
+  ES_ASSIGN_OR_RETURN(p.model, LoadModel(*ctx.store, seg[2]));
+  ES_ASSIGN_OR_RETURN(uint32_t layer, ParseU32(seg[4], "layer"));
+  ES_ASSIGN_OR_RETURN(uint32_t expert, ParseU32(seg[5], "expert"));
+  if (layer >= p.model.num_layers || expert >= p.model.experts_per_layer) {
+    return Status::NotFound("model '" + p.model.name + "' has " + std::to_string(p.model.num_layers) + " layers of " +
+                            std::to_string(p.model.experts_per_layer) + " experts: no layer " + std::to_string(layer) +
+                            " expert " + std::to_string(expert));
+  }
+  p.key = ExpertKey(p.model.name, layer, expert);
+  auto v = ctx.store->catalog().Get(Cf::kExperts, p.key);
+  if (v.status().IsNotFound()) {
+    return Status::NotFound("model '" + p.model.name + "' has no expert " + std::to_string(expert) + " in layer " +
+                            std::to_string(layer) + " (a partial checkpoint)");
+  }
+  if (!v.ok()) return v.status();
+  ES_ASSIGN_OR_RETURN(p.expert, DecodeExpert(*v));
+  return p;
+}
+
+Result<ApiResponse> Expert(const ApiContext& ctx, const Target& t) {
+  ES_ASSIGN_OR_RETURN(ExpertPath p, ResolveExpert(ctx, t.segments));
+  ES_ASSIGN_OR_RETURN(auto trust, LoadOptional<TrustInfo>(*ctx.store, Cf::kTrust, p.key, DecodeTrust));
+  ES_ASSIGN_OR_RETURN(auto profile, LoadOptional<ProfileInfo>(*ctx.store, Cf::kProfiles, p.key, DecodeProfile));
+  ES_ASSIGN_OR_RETURN(auto usage, LoadOptional<UsageCounts>(*ctx.store, Cf::kUsage, p.key, DecodeUsage));
+  const ExpertInfo& e = p.expert;
+  JsonWriter w;
+  w.BeginObject().Key("object").String("expert").Key("model").String(p.model.name).Key("layer").Uint(e.layer)
+      .Key("expert").Uint(e.expert).Key("bytes").Uint(e.extent.payload_length).Key("dtype").String(ExpertDType(e))
+      .Key("checksum").String(Hex64(e.extent.checksum)).Key("tensors").BeginArray();
+  for (const auto& pr : e.projections) {
+    w.BeginObject().Key("role").String(pr.role).Key("name").String(pr.source_name).Key("dtype").String(DTypeName(pr.dtype))
+        .Key("shape").BeginArray();
+    for (uint64_t d : pr.shape) w.Uint(d);
+    w.EndArray().Key("offset").Uint(pr.offset).Key("length").Uint(pr.length).EndObject();
+  }
+  w.EndArray();
+  w.Key("extent").BeginObject().Key("segment").Uint(e.extent.segment).Key("offset").Uint(e.extent.offset)
+      .Key("record_length").Uint(e.extent.record_length).EndObject();
+  w.Key("trust");
+  WriteTrust(w, trust);
+  w.Key("profile");
+  WriteProfile(w, profile);
+  w.Key("usage");
+  WriteUsage(w, usage);
+  w.Key("activations").Uint(usage ? usage->activation_count : 0);
+  w.Key("blob").String("/v1/models/" + p.model.name + "/experts/" + std::to_string(e.layer) + "/" +
+                       std::to_string(e.expert) + "/blob");
+  w.EndObject();
+  return Json(w.Take());
+}
+
+Result<ApiResponse> Blob(const ApiContext& ctx, const Target& t) {
+  ES_ASSIGN_OR_RETURN(ExpertPath p, ResolveExpert(ctx, t.segments));
+  AlignedBuffer buffer(p.expert.extent.record_length);
+  if (buffer.data() == nullptr) return Status::ResourceExhausted("no memory for a read buffer");
+  ExtentRead read{p.expert.extent, buffer.span(), Status(), {}};
+  ctx.store->reader().ReadBatch({&read, 1});
+  ES_RETURN_IF_ERROR(read.status);
+  ApiResponse r;
+  r.content_type = std::string(kBlobContentType);
+  r.body = EncodeExpertBlob(p.model, p.expert, read.payload);
+  const std::string checksum = Hex64(p.expert.extent.checksum);
+  r.headers.emplace_back("X-Expertstore-Checksum", checksum);
+  std::string etag;
+  etag.append("\"").append(checksum).append("\"");  // not "\"" + ...: GCC 12 warns falsely (-Wrestrict)
+  r.headers.emplace_back("ETag", std::move(etag));
+  if (ctx.metrics != nullptr) ctx.metrics->AddBlobBytes(read.payload.size());
+  return r;
+}
+
+// The query command's ranking (store/metadata.h QueryExperts) over HTTP: the same parameters, the same order.
+Result<ApiResponse> Query(const ApiContext& ctx, const std::string& name, const Target& t) {
+  ES_ASSIGN_OR_RETURN(ModelInfo m, LoadModel(*ctx.store, name));
+  ExpertQuery q;
+  if (auto it = t.query.find("layer"); it != t.query.end()) {
+    ES_ASSIGN_OR_RETURN(q.layer, ParseU32(it->second, "layer"));
+    if (q.layer >= m.num_layers) {
+      return Status::InvalidArgument("layer " + std::to_string(q.layer) + " is out of range: the model has " +
+                                     std::to_string(m.num_layers) + " layers");
+    }
+    q.has_layer = true;
+  }
+  if (auto it = t.query.find("domain"); it != t.query.end()) q.domain = it->second;
+  std::string order = "lift";
+  if (auto it = t.query.find("order"); it != t.query.end()) order = it->second;
+  ES_ASSIGN_OR_RETURN(q.order, ParseRankOrder(order));
+  if (auto it = t.query.find("top"); it != t.query.end()) {
+    ES_ASSIGN_OR_RETURN(uint32_t v, ParseU32(it->second, "top"));
+    if (v == 0 || v > kMaxQueryTop) {
+      return Status::InvalidArgument("top must be between 1 and " + std::to_string(kMaxQueryTop));
+    }
+    q.top = v;
+  } else {
+    q.top = kDefaultQueryTop;
+  }
+  if (auto it = t.query.find("min_activations"); it != t.query.end()) {
+    ES_ASSIGN_OR_RETURN(q.min_activations, ParseU32(it->second, "min_activations"));
+  }
+  ES_ASSIGN_OR_RETURN(auto rows, QueryExperts(ctx.store->catalog(), m.name, q));
+  JsonWriter w;
+  w.BeginObject().Key("object").String("list").Key("model").String(m.name).Key("domain");
+  if (q.domain.empty()) {
+    w.Null();
+  } else {
+    w.String(q.domain);
+  }
+  w.Key("order").String(order).Key("data").BeginArray();
+  for (const ExpertQueryRow& r : rows) {
+    w.BeginObject().Key("layer").Uint(r.layer).Key("expert").Uint(r.expert).Key("domain");
+    if (r.domain.empty()) {
+      w.Null();  // no profile
+    } else {
+      w.String(r.domain);
+    }
+    w.Key("lift").Double(r.lift).Key("share").Double(r.share).Key("domain_activations").Uint(r.domain_activations)
+        .Key("activations").Uint(r.activations).Key("trust");
+    if (r.has_trust) {
+      w.Double(r.trust);
+    } else {
+      w.Null();
+    }
+    w.EndObject();
+  }
+  w.EndArray().EndObject();
+  return Json(w.Take());
+}
+
+Reply Completions(const ApiContext& ctx, const ApiRequest& req, bool chat) {
+  Reply reply;
+  auto parsed = ParseCompletionRequest(req.body, chat, ctx.completion_limits);
+  if (!parsed.ok()) {
+    reply.response = ResponseForStatus(parsed.status());
+    return reply;
+  }
+  auto model = LoadModel(*ctx.store, parsed->model);
+  if (!model.ok()) {
+    reply.response = ResponseForStatus(model.status());
+    return reply;
+  }
+  if (ctx.generation == nullptr) {
+    reply.response = ResponseForStatus(Status::NotSupported("this server does not generate text"));
+    return reply;
+  }
+  reply.generation = std::move(parsed).value();
+  return reply;
+}
+
+// The route a path names, and the methods it takes.
+struct Match {
+  std::string_view route = kRouteUnmatched;
+  std::string_view method;  // the one method the route answers
+};
+
+Match MatchRoute(const std::vector<std::string>& s) {
+  const size_t n = s.size();
+  if (n == 1 && s[0] == "healthz") return {kRouteHealth, "GET"};
+  if (n == 1 && s[0] == "metrics") return {kRouteMetrics, "GET"};
+  if (n < 2 || s[0] != "v1") return {};
+  if (n == 2 && s[1] == "completions") return {kRouteCompletions, "POST"};
+  if (n == 3 && s[1] == "chat" && s[2] == "completions") return {kRouteChatCompletions, "POST"};
+  if (s[1] != "models") return {};
+  if (n == 2) return {kRouteModels, "GET"};
+  if (n == 3) return {kRouteModel, "GET"};
+  if (n == 4 && s[3] == "experts") return {kRouteExperts, "GET"};
+  if (n == 4 && s[3] == "query") return {kRouteQuery, "GET"};
+  if (n == 6 && s[3] == "experts") return {kRouteExpert, "GET"};
+  if (n == 7 && s[3] == "experts" && s[6] == "blob") return {kRouteBlob, "GET"};
+  return {};
+}
+
+ApiResponse Unwrap(Result<ApiResponse> r) { return r.ok() ? std::move(r).value() : ResponseForStatus(r.status()); }
+
+}  // namespace
+
+Reply HandleRequest(const ApiContext& ctx, const ApiRequest& req) {
+  Reply reply;
+  auto target = ParseTarget(req.target);
+  if (!target.ok()) {
+    reply.response = ResponseForStatus(target.status());
+    return reply;
+  }
+  Match m = MatchRoute(target->segments);
+  if (m.route == kRouteUnmatched) {
+    reply.response = ProtocolError(kHttpNotFound, "no route for " + req.method + " " + req.target);
+  } else if (req.method != m.method) {
+    reply.response = ProtocolError(kHttpMethodNotAllowed, std::string(m.route) + " answers " + std::string(m.method) +
+                                                              ", not " + req.method);
+    reply.response.headers.emplace_back("Allow", std::string(m.method));
+  } else if (m.route == kRouteHealth) {
+    reply.response = Json(R"({"status":"ok"})");
+  } else if (m.route == kRouteMetrics) {
+    reply.response.content_type = std::string(kPrometheusContentType);
+    if (ctx.metrics != nullptr) {
+      reply.response.body = ctx.metrics->Render(ctx.generation ? ctx.generation->gauges() : GenerationGauges{});
+    }
+  } else if (m.route == kRouteModels) {
+    reply.response = Unwrap(Models(ctx));
+  } else if (m.route == kRouteModel) {
+    reply.response = Unwrap(GetModel(ctx, target->segments[2]));
+  } else if (m.route == kRouteExperts) {
+    reply.response = Unwrap(Experts(ctx, target->segments[2], *target));
+  } else if (m.route == kRouteExpert) {
+    reply.response = Unwrap(Expert(ctx, *target));
+  } else if (m.route == kRouteBlob) {
+    reply.response = Unwrap(Blob(ctx, *target));
+  } else if (m.route == kRouteQuery) {
+    reply.response = Unwrap(Query(ctx, target->segments[2], *target));
+  } else {
+    reply = Completions(ctx, req, m.route == kRouteChatCompletions);
+  }
+  reply.response.route = std::string(m.route);
+  return reply;
+}
+
+}  // namespace es::api

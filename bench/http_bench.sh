@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# HTTP benchmark with wrk on loopback: requests/s and latency percentiles of the query route
+# (GET /v1/models/tiny/query?domain=python&top=10 over synthetic trust and profile records) and of expert blob
+# GETs (every expert of the model in turn, and one hot expert), against `expertstore serve` on a fresh store
+# holding the demo model. Fails unless every request got a 2xx and wrk saw no socket errors.
+# Usage: bench/http_bench.sh [-d DURATION] [-c CONNECTIONS] [-t THREADS] [-w WARMUP]
+#   BUILD_DIR overrides the build directory (default build/); serve's own flags go in SERVE_FLAGS.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build=${BUILD_DIR:-$root/build}
+duration=10s connections=64 threads=2 warmup=2s
+while getopts "d:c:t:w:" opt; do
+  case $opt in
+    d) duration=$OPTARG ;; c) connections=$OPTARG ;; t) threads=$OPTARG ;; w) warmup=$OPTARG ;;
+    *) echo "usage: $0 [-d DURATION] [-c CONNECTIONS] [-t THREADS] [-w WARMUP]" >&2; exit 2 ;;
+  esac
+done
+command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 2; }
+for bin in "$build/expertstore" "$build/bench/http_bench_fixture"; do
+  [ -x "$bin" ] || { echo "missing $bin: build the expertstore and http_bench_fixture targets" >&2; exit 2; }
+done
+
+work=$(mktemp -d)
+server_pid=""
+cleanup() {
+  if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+store=$work/store
+"$build/expertstore" ingest "$root/models/tiny-qwen3-moe" --name tiny --store "$store" --quiet >/dev/null
+"$build/bench/http_bench_fixture" "$store" tiny
+# No per-connection rate limit: wrk's connections each send as fast as they can.
+# shellcheck disable=SC2086
+"$build/expertstore" serve --store "$store" --port 0 --json --quiet --rate 0 \
+  --max-connections $((connections * 2)) ${SERVE_FLAGS:-} >"$work/serve.json" &
+server_pid=$!
+for _ in $(seq 100); do [ -s "$work/serve.json" ] && break; sleep 0.1; done
+port=$(sed -n 's/.*"port":\([0-9]*\).*/\1/p' "$work/serve.json")
+[ -n "$port" ] || { echo "the server did not start" >&2; exit 1; }
+base=http://127.0.0.1:$port
+
+echo "# $(date -u +%FT%TZ) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); wrk -t$threads -c$connections -d$duration"
+failed=0
+run() {
+  local name=$1; shift
+  wrk -t"$threads" -c"$connections" -d"$warmup" -s "$root/bench/http_bench.lua" "$@" >/dev/null
+  local out
+  out=$(wrk -t"$threads" -c"$connections" -d"$duration" --latency -s "$root/bench/http_bench.lua" "$@")
+  local result
+  result=$(grep '^RESULT' <<<"$out" | sed 's/^RESULT //')
+  printf '%-12s %s\n' "$name" "$result"
+  if ! grep -q 'connect_errors=0 read_errors=0 write_errors=0 timeouts=0 non_2xx=0' <<<"$result"; then
+    failed=1
+  fi
+}
+run query "$base/v1/models/tiny/query?domain=python&top=10"
+run query-layer "$base/v1/models/tiny/query?domain=c&layer=3&top=5"
+run blob-cycle "$base/" -- tiny 6 32
+run blob-hot "$base/v1/models/tiny/experts/3/17/blob"
+run healthz "$base/healthz"
+exit $failed

@@ -1,0 +1,302 @@
+// The pure parts of the API: OpenAI request parsing (one negative case per class of bad input), response and
+// chunk shapes, the stop-sequence filter against a brute-force reference, target and URL parsing, the
+// Status -> HTTP mapping, the fair queue, and the blob envelope.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "api/blob.h"
+#include "api/client.h"
+#include "api/errors.h"
+#include "api/fair_queue.h"
+#include "api/http_types.h"
+#include "api/openai.h"
+#include "store/checksum.h"
+#include "store/json.h"
+
+namespace es::api {
+namespace {
+
+Result<CompletionRequest> Parse(std::string_view body, bool chat = false) {
+  return ParseCompletionRequest(body, chat, CompletionLimits{});
+}
+
+TEST(OpenAiParseTest, DefaultsFollowOpenAi) {
+  auto r = Parse(R"({"model": "m", "prompt": "hi"})");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->model, "m");
+  EXPECT_EQ(r->prompt, "hi");
+  EXPECT_EQ(r->max_tokens, CompletionLimits{}.default_max_tokens);
+  EXPECT_FLOAT_EQ(r->sampler.temperature, 1.0f);
+  EXPECT_FLOAT_EQ(r->sampler.top_p, 1.0f);
+  EXPECT_FALSE(r->seeded);
+  EXPECT_FALSE(r->stream);
+  EXPECT_TRUE(r->stop.empty());
+  auto c = Parse(R"({"model": "m", "messages": [{"role": "user", "content": "hi"}]})", /*chat=*/true);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->max_tokens, CompletionLimits{}.default_chat_max_tokens);
+  ASSERT_EQ(c->messages.size(), 1u);
+  EXPECT_EQ(c->messages[0].role, "user");
+}
+
+TEST(OpenAiParseTest, EveryFieldParses) {
+  auto r = Parse(R"({"model": "m", "prompt": "p", "max_tokens": 7, "temperature": 0.5, "top_p": 0.9, "top_k": 40,
+                     "seed": -1, "stop": "END", "stream": true, "stream_options": {"include_usage": true}})");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->max_tokens, 7u);
+  EXPECT_FLOAT_EQ(r->sampler.temperature, 0.5f);
+  EXPECT_FLOAT_EQ(r->sampler.top_p, 0.9f);
+  EXPECT_EQ(r->sampler.top_k, 40u);
+  EXPECT_TRUE(r->seeded);
+  EXPECT_EQ(r->sampler.seed, UINT64_MAX);
+  EXPECT_EQ(r->stop, std::vector<std::string>{"END"});
+  EXPECT_TRUE(r->stream);
+  EXPECT_TRUE(r->include_usage);
+  auto chat = Parse(R"({"model": "m", "max_completion_tokens": 3, "messages": [{"role": "developer", "content": "s"},
+                        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]})",
+                    true);
+  ASSERT_TRUE(chat.ok()) << chat.status().ToString();
+  EXPECT_EQ(chat->max_tokens, 3u);
+  EXPECT_EQ(chat->messages[0].role, "system");
+  EXPECT_EQ(chat->messages[1].content, "ab");
+  // null means absent.
+  auto nulls = Parse(R"({"model": "m", "prompt": "p", "max_tokens": null, "stop": null, "seed": null})");
+  ASSERT_TRUE(nulls.ok());
+  EXPECT_FALSE(nulls->seeded);
+}
+
+TEST(OpenAiParseTest, EachClassOfBadInputIsRefused) {
+  struct Case {
+    const char* body;
+    bool chat;
+    Status::Code code;
+  };
+  const Case cases[] = {
+      {"not json", false, Status::Code::kInvalidArgument},                                      // syntax
+      {R"({"model": "m", "prompt": "p", "model": "n"})", false, Status::Code::kInvalidArgument},  // duplicate key
+      {R"("a string")", false, Status::Code::kInvalidArgument},                                  // not an object
+      {R"({"prompt": "p"})", false, Status::Code::kInvalidArgument},                             // missing field
+      {R"({"model": ["m"], "prompt": "p"})", false, Status::Code::kInvalidArgument},             // wrong type
+      {R"({"model": "m", "prompt": "p", "max_tokens": -1})", false, Status::Code::kInvalidArgument},  // range
+      {R"({"model": "m", "prompt": "p", "max_tokens": 18446744073709551616})", false, Status::Code::kInvalidArgument},
+      {R"({"model": "m", "prompt": "p", "temperature": 1e400})", false, Status::Code::kInvalidArgument},
+      {R"({"model": "m", "prompt": "p", "top_k": -2})", false, Status::Code::kInvalidArgument},
+      {R"({"model": "m", "prompt": "p", "stream_options": true})", false, Status::Code::kInvalidArgument},
+      {R"({"model": "m", "prompt": "p", "user": 1})", false, Status::Code::kInvalidArgument},
+      {R"({"model": "m", "prompt": ["a", 1]})", false, Status::Code::kInvalidArgument},
+      {R"({"model": "m", "prompt": "p", "stop": [1]})", false, Status::Code::kInvalidArgument},
+      {R"({"model": "m", "prompt": ["a", "b"]})", false, Status::Code::kNotSupported},  // batch
+      {R"({"model": "m", "prompt": "p", "best_of": 3})", false, Status::Code::kNotSupported},
+      {R"({"model": "m", "prompt": "p", "logit_bias": {"1": 2}})", false, Status::Code::kNotSupported},
+      {R"({"model": "m", "prompt": "p", "frequency_penalty": 0.5})", false, Status::Code::kNotSupported},
+      {R"({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{}]})", true,
+       Status::Code::kNotSupported},
+      {R"({"model": "m", "messages": [1]})", true, Status::Code::kInvalidArgument},
+      {R"({"model": "m", "messages": [{"role": 1, "content": "x"}]})", true, Status::Code::kInvalidArgument},
+      {R"({"model": "m", "prompt": "p"})", true, Status::Code::kInvalidArgument},  // chat needs messages
+  };
+  for (const Case& c : cases) {
+    auto r = Parse(c.body, c.chat);
+    ASSERT_FALSE(r.ok()) << c.body;
+    EXPECT_EQ(r.status().code(), c.code) << c.body << ": " << r.status().ToString();
+  }
+  // A stop sequence long enough to make the filter quadratic.
+  EXPECT_TRUE(Parse(R"({"model": "m", "prompt": "p", "stop": ")" + std::string(257, 's') + "\"}")
+                  .status().IsInvalidArgument());
+  EXPECT_TRUE(Parse(R"({"model": "m", "prompt": "p", "stop": ")" + std::string(256, 's') + "\"}").ok());
+  // Nesting beyond the JSON limit.
+  std::string deep = R"({"model": "m", "prompt": "p", "x": )" + std::string(200, '[') + std::string(200, ']') + "}";
+  EXPECT_FALSE(Parse(deep).ok());
+}
+
+TEST(OpenAiFormatTest, ShapesParseBack) {
+  CompletionRequest req;
+  req.model = "m";
+  CompletionOutcome o{"hé \"quoted\"\n", "stop", 3, 4};
+  auto doc = ParseJson(FormatCompletion(req, "cmpl-1", 42, o));
+  ASSERT_TRUE(doc.ok());
+  EXPECT_EQ(doc->Find("choices")->array()[0].Find("text")->string_value(), o.text);
+  EXPECT_EQ(*doc->Find("usage")->Find("total_tokens")->AsUint64(), 7u);
+  EXPECT_EQ(*doc->Find("created")->AsInt64(), 42);
+  req.chat = true;
+  auto chat = ParseJson(FormatCompletion(req, "chatcmpl-1", 42, o));
+  ASSERT_TRUE(chat.ok());
+  EXPECT_EQ(chat->Find("object")->string_value(), "chat.completion");
+  EXPECT_EQ(chat->Find("choices")->array()[0].Find("message")->Find("content")->string_value(), o.text);
+  auto role = ParseJson(FormatChunk(req, "c", 1, "", std::nullopt, true));
+  ASSERT_TRUE(role.ok());
+  EXPECT_EQ(role->Find("choices")->array()[0].Find("delta")->Find("role")->string_value(), "assistant");
+  auto last = ParseJson(FormatChunk(req, "c", 1, "", std::string_view("length")));
+  ASSERT_TRUE(last.ok());
+  EXPECT_TRUE(last->Find("choices")->array()[0].Find("delta")->object().empty());
+  EXPECT_EQ(last->Find("choices")->array()[0].Find("finish_reason")->string_value(), "length");
+  EXPECT_EQ(SseEvent("{}"), "data: {}\n\n");
+}
+
+// The reference: text arrives in pieces; at the first piece after which the text so far contains a stop
+// sequence, the answer is the text before the earliest stop sequence in it (as OpenAI-compatible servers check
+// after each token); if none ever appears, the whole text.
+std::string ReferenceStop(const std::string& text, const std::vector<size_t>& piece_ends,
+                          const std::vector<std::string>& stops) {
+  for (size_t end : piece_ends) {
+    std::string_view seen = std::string_view(text).substr(0, end);
+    size_t cut = std::string::npos;
+    for (const auto& s : stops) cut = std::min(cut, seen.find(s));
+    if (cut != std::string::npos) return text.substr(0, cut);
+  }
+  return text;
+}
+
+TEST(StopFilterTest, MatchesTheReferenceOnRandomPieces) {
+  std::mt19937 rng(7);
+  const std::string alphabet = "abc";
+  for (int trial = 0; trial < 5000; ++trial) {
+    std::string text;
+    size_t len = rng() % 30;
+    for (size_t i = 0; i < len; ++i) text += alphabet[rng() % alphabet.size()];
+    std::vector<std::string> stops;
+    for (size_t s = rng() % 3 + 1; s > 0; --s) {
+      std::string stop;
+      for (size_t i = rng() % 4 + 1; i > 0; --i) stop += alphabet[rng() % alphabet.size()];
+      stops.push_back(stop);
+    }
+    std::vector<size_t> piece_ends;
+    for (size_t pos = 0; pos < text.size();) {
+      pos = std::min(text.size(), pos + rng() % 4 + 1);
+      piece_ends.push_back(pos);
+    }
+    const std::string expected = ReferenceStop(text, piece_ends, stops);
+    StopFilter f(stops);
+    std::string out;
+    size_t pos = 0;
+    for (size_t end : piece_ends) {
+      out += f.Push(std::string_view(text).substr(pos, end - pos));
+      pos = end;
+      // What is shown is final: a prefix of the answer, whatever comes later.
+      ASSERT_LE(out.size(), expected.size()) << text;
+      ASSERT_EQ(expected.substr(0, out.size()), out) << text;
+    }
+    out += f.Flush();
+    ASSERT_EQ(out, expected) << text;
+    ASSERT_EQ(f.stopped(), out.size() < text.size()) << text;
+  }
+}
+
+TEST(TargetTest, SplitsAndDecodes) {
+  auto t = ParseTarget("/v1/models/a%2Db/query?domain=c%2B%2B&top=3&flag&x=a+b#frag");
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(t->segments, (std::vector<std::string>{"v1", "models", "a-b", "query"}));
+  EXPECT_EQ(t->query.at("domain"), "c++");
+  EXPECT_EQ(t->query.at("top"), "3");
+  EXPECT_EQ(t->query.at("flag"), "");
+  EXPECT_EQ(t->query.at("x"), "a b");
+  EXPECT_FALSE(ParseTarget("models").ok());
+  EXPECT_FALSE(ParseTarget("/a%2").ok());
+  EXPECT_FALSE(ParseTarget("/a?b=%g0").ok());
+  EXPECT_TRUE(ParseTarget("/").ok());
+  // Decoded text must be UTF-8 (answers echo it into JSON).
+  EXPECT_FALSE(ParseTarget("/a%ff").ok());
+  EXPECT_FALSE(ParseTarget("/a?d=%c0%af").ok());  // an overlong '/'
+  EXPECT_FALSE(ParseTarget("/a?d=%ed%a0%80").ok());  // a surrogate
+  EXPECT_TRUE(ParseTarget("/a?d=%e2%82%ac").ok());
+  EXPECT_EQ(ToValidUtf8("a\xff\xe2\x82\xac\xc0"), "a\xef\xbf\xbd\xe2\x82\xac\xef\xbf\xbd");
+}
+
+TEST(UrlTest, ParsesHttpUrls) {
+  auto u = ParseHttpUrl("http://10.0.0.2:8080/prefix/");
+  ASSERT_TRUE(u.ok());
+  EXPECT_EQ(u->host, "10.0.0.2");
+  EXPECT_EQ(u->port, 8080);
+  EXPECT_EQ(u->prefix, "/prefix");
+  auto d = ParseHttpUrl("http://example.org");
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->port, 80);
+  auto v6 = ParseHttpUrl("http://[::1]:9000");
+  ASSERT_TRUE(v6.ok());
+  EXPECT_EQ(v6->host, "::1");
+  EXPECT_TRUE(ParseHttpUrl("https://x").status().IsNotSupported());
+  for (const char* bad : {"ftp://x", "http://", "http://x:0", "http://x:99999", "http://x:8a", "http://[::1"}) {
+    EXPECT_TRUE(ParseHttpUrl(bad).status().IsInvalidArgument()) << bad;
+  }
+}
+
+TEST(ErrorsTest, EveryStatusCodeMapsToOneHttpStatus) {
+  const std::pair<Status, int> cases[] = {
+      {Status::NotFound("x"), 404},         {Status::InvalidArgument("x"), 400}, {Status::NotSupported("x"), 501},
+      {Status::ResourceExhausted("x"), 503}, {Status::Busy("x"), 503},           {Status::Corruption("x"), 500},
+      {Status::IOError("x"), 500},
+  };
+  for (const auto& [status, http] : cases) {
+    ApiResponse r = ResponseForStatus(status);
+    EXPECT_EQ(r.status, http) << status.ToString();
+    auto doc = ParseJson(r.body);
+    ASSERT_TRUE(doc.ok());
+    EXPECT_EQ(doc->Find("error")->Find("message")->string_value(), "x");
+  }
+  EXPECT_EQ(ResponseForStatus(Status::Ok()).status, 500);
+}
+
+TEST(FairQueueTest, RoundRobinAcrossClientsFifoWithin) {
+  FairQueue<int> q;
+  q.Push("a", 1);
+  q.Push("a", 2);
+  q.Push("a", 3);
+  q.Push("b", 10);
+  q.Push("c", 20);
+  q.Push("b", 11);
+  EXPECT_EQ(q.size(), 6u);
+  EXPECT_EQ(q.size_of("a"), 3u);
+  std::vector<int> order;
+  while (auto v = q.Pop()) order.push_back(*v);
+  EXPECT_EQ(order, (std::vector<int>{1, 10, 20, 2, 11, 3}));
+  EXPECT_TRUE(q.empty());
+  EXPECT_FALSE(q.Pop().has_value());
+}
+
+TEST(BlobTest, RoundTripAndEveryDamageIsCaught) {
+  ModelInfo model;
+  model.name = "m";
+  model.arch = "qwen3_moe";
+  model.num_layers = 4;
+  model.experts_per_layer = 8;
+  model.source_fingerprint = "f00d";
+  std::vector<std::byte> payload(3000);
+  for (size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<std::byte>(i * 7);
+  ExpertInfo e;
+  e.layer = 2;
+  e.expert = 5;
+  e.extent.checksum = Xxh3(payload);
+  e.projections = {{"gate", "g", DType::kBF16, {10, 50}, 0, 1000},
+                   {"up", "u", DType::kBF16, {10, 50}, 1000, 1000},
+                   {"down", "d", DType::kBF16, {50, 10}, 2000, 1000}};
+  std::string bytes = EncodeExpertBlob(model, e, payload);
+  auto blob = DecodeExpertBlob(bytes);
+  ASSERT_TRUE(blob.ok()) << blob.status().ToString();
+  EXPECT_EQ(blob->payload, payload);
+  EXPECT_EQ(blob->model.source_fingerprint, "f00d");
+  EXPECT_EQ(blob->projections[2].shape, (std::vector<uint64_t>{50, 10}));
+  // Misaligned input is copied, not misread.
+  std::string shifted = "x" + bytes;
+  EXPECT_TRUE(DecodeExpertBlob(std::string_view(shifted).substr(1)).ok());
+  // Every single-byte flip is either caught or harmless to what a receiver stores: a decoded blob always has
+  // a payload that hashes to its checksum and projections inside it.
+  for (size_t i = 0; i < bytes.size(); i += 7) {
+    std::string damaged = bytes;
+    damaged[i] ^= 0x41;
+    auto d = DecodeExpertBlob(damaged);
+    if (!d.ok()) {
+      EXPECT_TRUE(d.status().IsCorruption());
+      continue;
+    }
+    EXPECT_EQ(Xxh3(d->payload), d->checksum);
+    for (const auto& p : d->projections) EXPECT_LE(p.offset + p.length, d->payload.size());
+  }
+  EXPECT_FALSE(DecodeExpertBlob("").ok());
+  EXPECT_FALSE(DecodeExpertBlob(bytes.substr(0, bytes.size() / 2)).ok());
+  // A projection outside the payload.
+  e.projections[2].length = 5000;
+  EXPECT_TRUE(DecodeExpertBlob(EncodeExpertBlob(model, e, payload)).status().IsCorruption());
+}
+
+}  // namespace
+}  // namespace es::api

@@ -1,0 +1,194 @@
+// Service commands: serve (the HTTP API over this store, api/) and fetch-expert (copy one expert from a remote
+// expertstore into this store, verified).
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+
+#include "api/client.h"
+#include "api/generation.h"
+#include "api/server.h"
+#include "tools/cli.h"
+#include "tools/cli_runtime.h"
+
+namespace es::cli {
+
+namespace {
+
+// Flag bounds: typo guards, not tuning.
+constexpr int64_t kMaxBytesFlag = int64_t{1} << 32;
+constexpr int64_t kMaxMillisFlag = int64_t{24} * 3600 * 1000;
+constexpr int64_t kMaxCountFlag = 1 << 20;
+constexpr int64_t kMaxPort = 65535;
+constexpr int64_t kMaxIoThreads = 256;
+constexpr int64_t kMaxComputeThreads = 1024;
+
+Result<std::chrono::milliseconds> Millis(const Args& args, std::string_view flag, std::chrono::milliseconds fallback) {
+  ES_ASSIGN_OR_RETURN(int64_t v, args.GetInt(flag, fallback.count(), 1, kMaxMillisFlag));
+  return std::chrono::milliseconds(v);
+}
+
+Result<api::ServerOptions> ServerOptionsFromArgs(const Args& args) {
+  api::ServerOptions o;
+  o.host = args.GetOr("host", o.host);
+  ES_ASSIGN_OR_RETURN(int64_t port, args.GetInt("port", o.port, 0, kMaxPort));
+  o.port = static_cast<uint16_t>(port);
+  ES_ASSIGN_OR_RETURN(int64_t io, args.GetInt("io-threads", 0, 0, kMaxIoThreads));
+  o.io_threads = static_cast<uint32_t>(io);
+  ES_ASSIGN_OR_RETURN(int64_t header, args.GetInt("max-header-bytes", static_cast<int64_t>(o.max_header_bytes), 1024, kMaxBytesFlag));
+  o.max_header_bytes = static_cast<size_t>(header);
+  ES_ASSIGN_OR_RETURN(int64_t body, args.GetInt("max-body-bytes", static_cast<int64_t>(o.max_body_bytes), 1, kMaxBytesFlag));
+  o.max_body_bytes = static_cast<size_t>(body);
+  ES_ASSIGN_OR_RETURN(o.request_timeout, Millis(args, "request-timeout-ms", o.request_timeout));
+  ES_ASSIGN_OR_RETURN(o.idle_timeout, Millis(args, "idle-timeout-ms", o.idle_timeout));
+  ES_ASSIGN_OR_RETURN(o.write_timeout, Millis(args, "write-timeout-ms", o.write_timeout));
+  ES_ASSIGN_OR_RETURN(o.drain_timeout, Millis(args, "drain-timeout-ms", o.drain_timeout));
+  ES_ASSIGN_OR_RETURN(int64_t conns, args.GetInt("max-connections", static_cast<int64_t>(o.max_connections), 1, kMaxCountFlag));
+  o.max_connections = static_cast<size_t>(conns);
+  ES_ASSIGN_OR_RETURN(o.requests_per_second, args.GetDouble("rate", o.requests_per_second));
+  ES_ASSIGN_OR_RETURN(o.request_burst, args.GetDouble("burst", o.request_burst));
+  if (o.requests_per_second < 0 || o.request_burst < 1) {
+    return Status::InvalidArgument("--rate must be >= 0 (0: no limit) and --burst >= 1");
+  }
+  return o;
+}
+
+Result<api::GenerationOptions> GenerationOptionsFromArgs(const Args& args) {
+  api::GenerationOptions g;
+  ES_ASSIGN_OR_RETURN(g.runtime, RuntimeConfigFromArgs(args));
+  g.runtime.record = !args.Has("no-record");
+  ES_ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0, 0, kMaxComputeThreads));
+  g.compute_threads = static_cast<uint32_t>(threads);
+  ES_ASSIGN_OR_RETURN(int64_t queued, args.GetInt("max-queued", static_cast<int64_t>(g.max_queued), 1, kMaxCountFlag));
+  g.max_queued = static_cast<size_t>(queued);
+  ES_ASSIGN_OR_RETURN(int64_t per_client, args.GetInt("max-queued-per-client", static_cast<int64_t>(g.max_queued_per_client), 1,
+                                                      kMaxCountFlag));
+  g.max_queued_per_client = static_cast<size_t>(per_client);
+  ES_ASSIGN_OR_RETURN(int64_t models, args.GetInt("max-models", static_cast<int64_t>(g.max_loaded_models), 1, kMaxCountFlag));
+  g.max_loaded_models = static_cast<size_t>(models);
+  return g;
+}
+
+Status RunServe(const Args& args) {
+  // SIGTERM and SIGINT are taken by sigwait below: block them before any thread starts (RocksDB's, the
+  // cache's, the server's), so that every thread inherits the mask and the signal reaches only sigwait.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  ES_ASSIGN_OR_RETURN(api::ServerOptions server_options, ServerOptionsFromArgs(args));
+  ES_ASSIGN_OR_RETURN(api::GenerationOptions generation_options, GenerationOptionsFromArgs(args));
+  api::CompletionLimits limits;
+  ES_ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", limits.max_tokens, 1, kMaxCountFlag));
+  limits.max_tokens = static_cast<uint32_t>(max_tokens);
+
+  // The serving process is the store's writer (DESIGN section 6); beside another writer it serves read-only.
+  auto opened = OpenStore(args, /*writer=*/true);
+  if (!opened.ok() && opened.status().IsBusy()) {
+    std::fprintf(stderr, "note: %s; serving it read-only (a snapshot as of now)\n", opened.status().message().c_str());
+    opened = OpenStore(args, /*writer=*/false);
+  }
+  if (!opened.ok()) return opened.status();
+  std::unique_ptr<Store> store = std::move(opened).value();
+  // As the writer, fold in the usage other processes (eval, profile beside it) journal while it serves.
+  if (!store->read_only()) ES_RETURN_IF_ERROR(store->StartJournalMerging(kJournalMergeInterval));
+
+  api::Metrics metrics;
+  ES_ASSIGN_OR_RETURN(auto generation, api::GenerationService::Create(*store, generation_options, metrics));
+  api::ApiContext ctx{store.get(), &metrics, generation.get(), limits};
+  ES_ASSIGN_OR_RETURN(auto server, api::HttpServer::Start(ctx, server_options));
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject().Key("host").String(server_options.host).Key("port").Uint(server->port()).EndObject();
+    PrintJson(w);
+  }
+  if (!args.global().quiet) {
+    std::fprintf(stderr, "expertstore: serving %s on http://%s:%u (SIGTERM or Ctrl-C drains and stops)\n",
+                 store->path().c_str(), server_options.host.c_str(), server->port());
+  }
+  int signal = 0;
+  sigwait(&signals, &signal);
+  if (!args.global().quiet) std::fprintf(stderr, "expertstore: %s: draining\n", signal == SIGINT ? "SIGINT" : "SIGTERM");
+  server->Shutdown();
+  server.reset();
+  generation.reset();
+  store.reset();  // closes the catalog and releases the writer lock
+  if (!args.global().quiet) std::fprintf(stderr, "expertstore: stopped\n");
+  return Status::Ok();
+}
+
+Status RunFetchExpert(const Args& args) {
+  ES_ASSIGN_OR_RETURN(std::string from, args.Require("from"));
+  ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
+  if (!args.Has("layer") || !args.Has("expert")) return Status::InvalidArgument("fetch-expert needs --layer and --expert");
+  ES_ASSIGN_OR_RETURN(int64_t layer, args.GetInt("layer", 0, 0, UINT32_MAX));
+  ES_ASSIGN_OR_RETURN(int64_t expert, args.GetInt("expert", 0, 0, UINT32_MAX));
+  ES_ASSIGN_OR_RETURN(api::HttpUrl url, api::ParseHttpUrl(from));
+  api::ClientOptions client;
+  ES_ASSIGN_OR_RETURN(int64_t timeout, args.GetInt("timeout-ms", client.timeout.count(), 1, kMaxMillisFlag));
+  client.timeout = std::chrono::milliseconds(timeout);
+  auto start = std::chrono::steady_clock::now();
+  ES_ASSIGN_OR_RETURN(api::ExpertBlob blob, api::FetchExpertBlob(url, model, static_cast<uint32_t>(layer),
+                                                                 static_cast<uint32_t>(expert), client));
+  ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/true, /*create=*/true));
+  api::ImportOptions import;
+  import.as_model = args.GetOr("as", "");
+  import.replace = args.Has("replace");
+  ES_ASSIGN_OR_RETURN(api::ImportResult r, api::ImportExpert(*store, blob, import));
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  char checksum[17];
+  std::snprintf(checksum, sizeof(checksum), "%016llx", static_cast<unsigned long long>(blob.checksum));
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject().Key("model").String(r.model).Key("layer").Uint(blob.layer).Key("expert").Uint(blob.expert)
+        .Key("bytes").Uint(r.bytes).Key("checksum").String(checksum).Key("created_model").Bool(r.created_model)
+        .Key("unchanged").Bool(r.unchanged).Key("seconds").Double(seconds).EndObject();
+    PrintJson(w);
+  } else {
+    std::printf("%s layer %u expert %u: %s, xxh3 %s verified, %s%s\n", r.model.c_str(), blob.layer, blob.expert,
+                HumanBytes(r.bytes).c_str(), checksum, r.unchanged ? "already in the store" : "stored",
+                r.created_model ? " (model record created)" : "");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+void RegisterServeCommands(std::vector<Command>& commands) {
+  std::vector<FlagSpec> serve_flags = {{"host", true, "address to listen on (default 127.0.0.1)"},
+                       {"port", true, "port (default 8080; 0 picks a free one)"},
+                       {"io-threads", true, "threads serving connections (default min(cores, 4))"},
+                       {"max-connections", true, "open connections at most (default 512); more get 503"},
+                       {"max-header-bytes", true, "request header limit (default 16384); more gets 431"},
+                       {"max-body-bytes", true, "request body limit (default 1048576); more gets 413"},
+                       {"request-timeout-ms", true, "a request must arrive within this from its first byte (default 10000)"},
+                       {"idle-timeout-ms", true, "close keep-alive connections idle this long (default 30000)"},
+                       {"write-timeout-ms", true, "each write must finish within this (default 30000)"},
+                       {"drain-timeout-ms", true, "on SIGTERM, wait this long for requests in flight (default 30000)"},
+                       {"rate", true, "requests per second per connection (default 1000; 0: no limit); more gets 429"},
+                       {"burst", true, "requests a connection may send at once above the rate (default 2000)"},
+                       {"max-tokens", true, "the most tokens one completion may generate (default 4096)"},
+                       {"max-queued", true, "generation requests waiting at most (default 64)"},
+                       {"max-queued-per-client", true, "generation requests one client address may have waiting (default 8)"},
+                       {"max-models", true, "models kept loaded for generation (default 1)"}};
+  for (FlagSpec& f : RuntimeFlags()) serve_flags.push_back(std::move(f));
+  commands.push_back({"serve",
+                      "serve [--host 127.0.0.1 --port 8080 --state S --cache-mb N --routing R --max-connections N ...]",
+                      "the HTTP service: models, experts, blobs, queries, OpenAI-compatible completions, metrics",
+                      std::move(serve_flags), RunServe});
+  commands.push_back({"fetch-expert",
+                      "fetch-expert --from http://HOST:PORT --model M --layer L --expert E [--as NAME] [--replace]",
+                      "copy one expert from a remote expertstore into this store, verifying its checksum",
+                      {{"from", true, "the remote server's URL"},
+                       {"model", true, "the remote model"},
+                       {"layer", true, "layer"},
+                       {"expert", true, "expert"},
+                       {"as", true, "local model name (default: the remote's)"},
+                       {"replace", false, "replace a local expert whose bytes differ"},
+                       {"timeout-ms", true, "per-step network timeout (default 60000)"}},
+                      RunFetchExpert});
+}
+
+}  // namespace es::cli
