@@ -46,38 +46,9 @@ Result<uint32_t> ParseU32(std::string_view text, std::string_view what) {
 
 Result<ModelInfo> LoadModel(Store& store, const std::string& name) {
   ES_RETURN_IF_ERROR(ValidateModelName(name));
-  auto v = store.catalog().Get(Cf::kModels, ModelKey(name));
-  if (!v.ok()) return v.status().IsNotFound() ? Status::NotFound("the model '" + name + "' does not exist") : v.status();
-  return DecodeModel(*v);
+  return LoadModelInfo(store.catalog(), name);
 }
 
-// Optional per-expert metadata: absent until usage is recorded, profiles are built or calibration runs.
-template <typename T>
-Result<std::optional<T>> LoadOptional(Store& store, Cf cf, const std::string& key, Result<T> (*decode)(std::string_view)) {
-  auto v = store.catalog().Get(cf, key);
-  if (v.status().IsNotFound()) return std::optional<T>();
-  if (!v.ok()) return v.status();
-  ES_ASSIGN_OR_RETURN(T t, decode(*v));
-  return std::optional<T>(std::move(t));
-}
-
-// Scans one column family over a prefix, decoding each value into `out` keyed by (layer, expert).
-template <typename T>
-Status ScanRecords(Store& store, Cf cf, const std::string& prefix, Result<T> (*decode)(std::string_view),
-                   std::map<std::pair<uint32_t, uint32_t>, T>& out) {
-  Status failed;
-  ES_RETURN_IF_ERROR(store.catalog().Scan(cf, prefix, [&](std::string_view key, std::string_view value) {
-    auto id = ParseExpertKey(key);
-    auto rec = id.ok() ? decode(value) : Result<T>(id.status());
-    if (!rec.ok()) {
-      failed = rec.status();
-      return false;
-    }
-    out.emplace(std::make_pair(id->layer, id->expert), std::move(rec).value());
-    return true;
-  }));
-  return failed;
-}
 
 void WriteModel(JsonWriter& w, const ModelInfo& m) {
   w.BeginObject()
@@ -101,52 +72,6 @@ void WriteModel(JsonWriter& w, const ModelInfo& m) {
       .Key("assets").BeginArray();
   for (const auto& a : m.assets) w.String(a.name);
   w.EndArray().EndObject();
-}
-
-void WriteTrust(JsonWriter& w, const std::optional<TrustInfo>& t) {
-  if (!t) {
-    w.Null();
-    return;
-  }
-  w.BeginObject()
-      .Key("trust").Double(t->trust)
-      .Key("convergence_rate").Double(t->convergence_rate)
-      .Key("stability").Double(t->stability)
-      .Key("efficiency").Double(t->efficiency)
-      .Key("raw_contribution").Double(t->raw_contribution)
-      .Key("calibration_tokens").Uint(t->calibration_tokens)
-      .Key("updated_unix").Uint(t->updated_unix)
-      .EndObject();
-}
-
-void WriteProfile(JsonWriter& w, const std::optional<ProfileInfo>& p) {
-  if (!p) {
-    w.Null();
-    return;
-  }
-  w.BeginObject().Key("primary_domain").String(p->primary_domain).Key("domains").BeginArray();
-  for (const auto& d : p->domains) {
-    w.BeginObject().Key("domain").String(d.domain).Key("activations").Uint(d.activations).Key("share").Double(d.share)
-        .Key("lift").Double(d.lift).EndObject();
-  }
-  w.EndArray().Key("top_coactivated").BeginArray();
-  for (const auto& c : p->top_coactivated) {
-    w.BeginObject().Key("layer").Uint(c.layer).Key("expert").Uint(c.expert).Key("count").Uint(c.count).EndObject();
-  }
-  w.EndArray().Key("updated_unix").Uint(p->updated_unix).EndObject();
-}
-
-void WriteUsage(JsonWriter& w, const std::optional<UsageCounts>& u) {
-  if (!u) {
-    w.Null();
-    return;
-  }
-  w.BeginObject()
-      .Key("activation_count").Uint(u->activation_count)
-      .Key("gate_mass").Double(u->gate_mass)
-      .Key("success_count").Uint(u->success_count)
-      .Key("last_used_unix_ms").Uint(u->last_used_unix_ms)
-      .EndObject();
 }
 
 std::string_view ExpertDType(const ExpertInfo& e) {
@@ -187,12 +112,10 @@ Result<ApiResponse> Experts(const ApiContext& ctx, const std::string& name, cons
   ES_ASSIGN_OR_RETURN(ModelInfo m, LoadModel(*ctx.store, name));
   ES_ASSIGN_OR_RETURN(std::string prefix, PrefixForLayer(m, t));
   // One ordered scan per column family rather than two point lookups per expert.
-  std::map<std::pair<uint32_t, uint32_t>, ExpertInfo> experts;
-  std::map<std::pair<uint32_t, uint32_t>, TrustInfo> trust;
-  std::map<std::pair<uint32_t, uint32_t>, UsageCounts> usage;
-  ES_RETURN_IF_ERROR(ScanRecords(*ctx.store, Cf::kExperts, prefix, DecodeExpert, experts));
-  ES_RETURN_IF_ERROR(ScanRecords(*ctx.store, Cf::kTrust, prefix, DecodeTrust, trust));
-  ES_RETURN_IF_ERROR(ScanRecords(*ctx.store, Cf::kUsage, prefix, DecodeUsage, usage));
+  const Catalog& catalog = ctx.store->catalog();
+  ES_ASSIGN_OR_RETURN(auto experts, LoadExpertRecords<ExpertInfo>(catalog, Cf::kExperts, prefix, DecodeExpert));
+  ES_ASSIGN_OR_RETURN(auto trust, LoadExpertRecords<TrustInfo>(catalog, Cf::kTrust, prefix, DecodeTrust));
+  ES_ASSIGN_OR_RETURN(auto usage, LoadExpertRecords<UsageCounts>(catalog, Cf::kUsage, prefix, DecodeUsage));
   JsonWriter w;
   w.BeginObject().Key("object").String("list").Key("model").String(m.name).Key("data").BeginArray();
   for (const auto& [id, e] : experts) {
@@ -239,9 +162,9 @@ Result<ExpertPath> ResolveExpert(const ApiContext& ctx, const std::vector<std::s
 
 Result<ApiResponse> Expert(const ApiContext& ctx, const Target& t) {
   ES_ASSIGN_OR_RETURN(ExpertPath p, ResolveExpert(ctx, t.segments));
-  ES_ASSIGN_OR_RETURN(auto trust, LoadOptional<TrustInfo>(*ctx.store, Cf::kTrust, p.key, DecodeTrust));
-  ES_ASSIGN_OR_RETURN(auto profile, LoadOptional<ProfileInfo>(*ctx.store, Cf::kProfiles, p.key, DecodeProfile));
-  ES_ASSIGN_OR_RETURN(auto usage, LoadOptional<UsageCounts>(*ctx.store, Cf::kUsage, p.key, DecodeUsage));
+  ES_ASSIGN_OR_RETURN(auto trust, LoadOptionalRecord<TrustInfo>(ctx.store->catalog(), Cf::kTrust, p.key, DecodeTrust));
+  ES_ASSIGN_OR_RETURN(auto profile, LoadOptionalRecord<ProfileInfo>(ctx.store->catalog(), Cf::kProfiles, p.key, DecodeProfile));
+  ES_ASSIGN_OR_RETURN(auto usage, LoadOptionalRecord<UsageCounts>(ctx.store->catalog(), Cf::kUsage, p.key, DecodeUsage));
   const ExpertInfo& e = p.expert;
   JsonWriter w;
   w.BeginObject().Key("object").String("expert").Key("model").String(p.model.name).Key("layer").Uint(e.layer)
@@ -257,11 +180,11 @@ Result<ApiResponse> Expert(const ApiContext& ctx, const Target& t) {
   w.Key("extent").BeginObject().Key("segment").Uint(e.extent.segment).Key("offset").Uint(e.extent.offset)
       .Key("record_length").Uint(e.extent.record_length).EndObject();
   w.Key("trust");
-  WriteTrust(w, trust);
+  WriteTrustJson(w, trust);
   w.Key("profile");
-  WriteProfile(w, profile);
+  WriteProfileJson(w, profile);
   w.Key("usage");
-  WriteUsage(w, usage);
+  WriteUsageJson(w, usage);
   w.Key("activations").Uint(usage ? usage->activation_count : 0);
   w.Key("blob").String("/v1/models/" + p.model.name + "/experts/" + std::to_string(e.layer) + "/" +
                        std::to_string(e.expert) + "/blob");

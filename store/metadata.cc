@@ -167,35 +167,65 @@ Result<ModelUsage> LoadModelUsage(const Catalog& catalog, const std::string& mod
   return LoadUsage(catalog, ModelPrefix(model));
 }
 
-namespace {
 
-template <typename T>
-Result<std::map<ExpertPair, T>> LoadRecords(const Catalog& catalog, Cf cf, const std::string& prefix,
-                                            Result<T> (*decode)(std::string_view)) {
-  std::map<ExpertPair, T> out;
-  Status bad;
-  ES_RETURN_IF_ERROR(catalog.Scan(cf, prefix, [&](std::string_view key, std::string_view value) {
-    auto id = ParseExpertKey(key);
-    auto v = id.ok() ? decode(value) : Result<T>(id.status());
-    if (!v.ok()) {
-      bad = v.status();
-      return false;
-    }
-    out[{id->layer, id->expert}] = std::move(v).value();
-    return true;
-  }));
-  ES_RETURN_IF_ERROR(bad);
-  return out;
+Result<ModelInfo> LoadModelInfo(const Catalog& catalog, const std::string& name) {
+  auto v = catalog.Get(Cf::kModels, ModelKey(name));
+  if (!v.ok()) return v.status().IsNotFound() ? Status::NotFound("no model '" + name + "' in the store") : v.status();
+  return DecodeModel(*v);
 }
 
-}  // namespace
+void WriteTrustJson(JsonWriter& w, const std::optional<TrustInfo>& t) {
+  if (!t) {
+    w.Null();
+    return;
+  }
+  w.BeginObject()
+      .Key("trust").Double(t->trust)
+      .Key("convergence_rate").Double(t->convergence_rate)
+      .Key("stability").Double(t->stability)
+      .Key("efficiency").Double(t->efficiency)
+      .Key("raw_contribution").Double(t->raw_contribution)
+      .Key("calibration_tokens").Uint(t->calibration_tokens)
+      .Key("updated_unix").Uint(t->updated_unix)
+      .EndObject();
+}
+
+void WriteProfileJson(JsonWriter& w, const std::optional<ProfileInfo>& p) {
+  if (!p) {
+    w.Null();
+    return;
+  }
+  w.BeginObject().Key("primary_domain").String(p->primary_domain).Key("domains").BeginArray();
+  for (const auto& d : p->domains) {
+    w.BeginObject().Key("domain").String(d.domain).Key("activations").Uint(d.activations).Key("share").Double(d.share)
+        .Key("lift").Double(d.lift).EndObject();
+  }
+  w.EndArray().Key("top_coactivated").BeginArray();
+  for (const auto& c : p->top_coactivated) {
+    w.BeginObject().Key("layer").Uint(c.layer).Key("expert").Uint(c.expert).Key("count").Uint(c.count).EndObject();
+  }
+  w.EndArray().Key("updated_unix").Uint(p->updated_unix).EndObject();
+}
+
+void WriteUsageJson(JsonWriter& w, const std::optional<UsageCounts>& u) {
+  if (!u) {
+    w.Null();
+    return;
+  }
+  w.BeginObject()
+      .Key("activation_count").Uint(u->activation_count)
+      .Key("gate_mass").Double(u->gate_mass)
+      .Key("success_count").Uint(u->success_count)
+      .Key("last_used_unix_ms").Uint(u->last_used_unix_ms)
+      .EndObject();
+}
 
 Result<std::map<ExpertPair, TrustInfo>> LoadModelTrust(const Catalog& catalog, const std::string& model) {
-  return LoadRecords<TrustInfo>(catalog, Cf::kTrust, ModelPrefix(model), DecodeTrust);
+  return LoadExpertRecords<TrustInfo>(catalog, Cf::kTrust, ModelPrefix(model), DecodeTrust);
 }
 
 Result<std::map<ExpertPair, ProfileInfo>> LoadModelProfiles(const Catalog& catalog, const std::string& model) {
-  return LoadRecords<ProfileInfo>(catalog, Cf::kProfiles, ModelPrefix(model), DecodeProfile);
+  return LoadExpertRecords<ProfileInfo>(catalog, Cf::kProfiles, ModelPrefix(model), DecodeProfile);
 }
 
 Result<std::vector<RankKey>> ParseRankOrder(std::string_view text) {
@@ -221,8 +251,8 @@ Result<std::vector<ExpertQueryRow>> QueryExperts(const Catalog& catalog, const s
                                                  const ExpertQuery& query) {
   // Only the records of the layer asked for: the HTTP query route runs this per request.
   const std::string prefix = query.has_layer ? LayerPrefix(model, query.layer) : ModelPrefix(model);
-  ES_ASSIGN_OR_RETURN(auto profiles, LoadRecords<ProfileInfo>(catalog, Cf::kProfiles, prefix, DecodeProfile));
-  ES_ASSIGN_OR_RETURN(auto trust, LoadRecords<TrustInfo>(catalog, Cf::kTrust, prefix, DecodeTrust));
+  ES_ASSIGN_OR_RETURN(auto profiles, LoadExpertRecords<ProfileInfo>(catalog, Cf::kProfiles, prefix, DecodeProfile));
+  ES_ASSIGN_OR_RETURN(auto trust, LoadExpertRecords<TrustInfo>(catalog, Cf::kTrust, prefix, DecodeTrust));
   ES_ASSIGN_OR_RETURN(ModelUsage usage, LoadUsage(catalog, prefix));
   if (!query.domain.empty()) {
     bool known = false;

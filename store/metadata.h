@@ -7,12 +7,14 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
 #include "store/catalog.h"
+#include "store/json.h"
 #include "store/records.h"
 #include "store/status.h"
 
@@ -96,6 +98,47 @@ struct ModelUsage {
   std::map<std::pair<uint32_t, uint32_t>, UsageCounts> totals;  // plain expert keys
   std::vector<DomainActivations> domains;                       // domain-labelled keys
 };
+// A model's record; NotFound ("no model 'x' in the store") when there is none.
+Result<ModelInfo> LoadModelInfo(const Catalog& catalog, const std::string& name);
+
+// One per-expert metadata record (trust, profile, usage): nullopt until it was written.
+template <typename T>
+Result<std::optional<T>> LoadOptionalRecord(const Catalog& catalog, Cf cf, const std::string& key,
+                                            Result<T> (*decode)(std::string_view)) {
+  auto v = catalog.Get(cf, key);
+  if (v.status().IsNotFound()) return std::optional<T>();
+  if (!v.ok()) return v.status();
+  ES_ASSIGN_OR_RETURN(T t, decode(*v));
+  return std::optional<T>(std::move(t));
+}
+
+// Every record of column family `cf` under `prefix` (ModelPrefix or LayerPrefix) whose key is an expert key,
+// decoded, by (layer, expert). Corruption from the first key or value that does not decode.
+template <typename T>
+Result<std::map<std::pair<uint32_t, uint32_t>, T>> LoadExpertRecords(const Catalog& catalog, Cf cf,
+                                                                     const std::string& prefix,
+                                                                     Result<T> (*decode)(std::string_view)) {
+  std::map<std::pair<uint32_t, uint32_t>, T> out;
+  Status bad;
+  ES_RETURN_IF_ERROR(catalog.Scan(cf, prefix, [&](std::string_view key, std::string_view value) {
+    auto id = ParseExpertKey(key);
+    auto v = id.ok() ? decode(value) : Result<T>(id.status());
+    if (!v.ok()) {
+      bad = v.status();
+      return false;
+    }
+    out[{id->layer, id->expert}] = std::move(v).value();
+    return true;
+  }));
+  ES_RETURN_IF_ERROR(bad);
+  return out;
+}
+
+// The JSON shapes of the metadata records (`show --json` and the HTTP expert route); null when absent.
+void WriteTrustJson(JsonWriter& w, const std::optional<TrustInfo>& t);
+void WriteProfileJson(JsonWriter& w, const std::optional<ProfileInfo>& p);
+void WriteUsageJson(JsonWriter& w, const std::optional<UsageCounts>& u);
+
 Result<ModelUsage> LoadModelUsage(const Catalog& catalog, const std::string& model);
 Result<std::map<std::pair<uint32_t, uint32_t>, TrustInfo>> LoadModelTrust(const Catalog& catalog, const std::string& model);
 Result<std::map<std::pair<uint32_t, uint32_t>, ProfileInfo>> LoadModelProfiles(const Catalog& catalog,

@@ -2,60 +2,12 @@
 #include <cstdio>
 #include <optional>
 
+#include "store/metadata.h"
 #include "tools/cli.h"
 
 namespace es::cli {
 
 namespace {
-
-Result<ModelInfo> LoadModel(Store& store, const std::string& name) {
-  auto v = store.catalog().Get(Cf::kModels, ModelKey(name));
-  if (!v.ok()) return v.status().IsNotFound() ? Status::NotFound("no model '" + name + "' in the store") : v.status();
-  return DecodeModel(*v);
-}
-
-// Optional per-expert metadata: absent until usage is recorded or calibration runs.
-template <typename T>
-Result<std::optional<T>> Optional(Store& store, Cf cf, const std::string& key, Result<T> (*decode)(std::string_view)) {
-  auto v = store.catalog().Get(cf, key);
-  if (v.status().IsNotFound()) return std::optional<T>();
-  if (!v.ok()) return v.status();
-  ES_ASSIGN_OR_RETURN(T t, decode(*v));
-  return std::optional<T>(std::move(t));
-}
-
-void WriteTrust(JsonWriter& w, const std::optional<TrustInfo>& t) {
-  if (!t) {
-    w.Null();
-    return;
-  }
-  w.BeginObject()
-      .Key("trust").Double(t->trust)
-      .Key("convergence_rate").Double(t->convergence_rate)
-      .Key("stability").Double(t->stability)
-      .Key("efficiency").Double(t->efficiency)
-      .Key("raw_contribution").Double(t->raw_contribution)
-      .Key("calibration_tokens").Uint(t->calibration_tokens)
-      .Key("updated_unix").Uint(t->updated_unix)
-      .EndObject();
-}
-
-void WriteProfile(JsonWriter& w, const std::optional<ProfileInfo>& p) {
-  if (!p) {
-    w.Null();
-    return;
-  }
-  w.BeginObject().Key("primary_domain").String(p->primary_domain).Key("domains").BeginArray();
-  for (const auto& d : p->domains) {
-    w.BeginObject().Key("domain").String(d.domain).Key("activations").Uint(d.activations).Key("share").Double(d.share)
-        .Key("lift").Double(d.lift).EndObject();
-  }
-  w.EndArray().Key("top_coactivated").BeginArray();
-  for (const auto& c : p->top_coactivated) {
-    w.BeginObject().Key("layer").Uint(c.layer).Key("expert").Uint(c.expert).Key("count").Uint(c.count).EndObject();
-  }
-  w.EndArray().EndObject();
-}
 
 std::string ShapeText(const std::vector<uint64_t>& shape) {
   std::string s = "[";
@@ -66,7 +18,7 @@ std::string ShapeText(const std::vector<uint64_t>& shape) {
 Status RunExperts(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
   ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
-  ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModel(*store, model));
+  ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(store->catalog(), model));
   std::string prefix = ModelPrefix(model);
   if (args.Has("layer")) {
     ES_ASSIGN_OR_RETURN(int64_t layer, args.GetInt("layer", 0, 0, static_cast<int64_t>(info.num_layers) - 1));
@@ -89,8 +41,8 @@ Status RunExperts(const Args& args) {
   if (!args.global().json) std::printf("%5s %6s %12s %6s %8s %12s\n", "LAYER", "EXPERT", "BYTES", "DTYPE", "TRUST", "ACTIVATIONS");
   for (const auto& e : experts) {
     std::string key = ExpertKey(model, e.layer, e.expert);
-    ES_ASSIGN_OR_RETURN(auto trust, Optional<TrustInfo>(*store, Cf::kTrust, key, DecodeTrust));
-    ES_ASSIGN_OR_RETURN(auto usage, Optional<UsageCounts>(*store, Cf::kUsage, key, DecodeUsage));
+    ES_ASSIGN_OR_RETURN(auto trust, LoadOptionalRecord<TrustInfo>(store->catalog(), Cf::kTrust, key, DecodeTrust));
+    ES_ASSIGN_OR_RETURN(auto usage, LoadOptionalRecord<UsageCounts>(store->catalog(), Cf::kUsage, key, DecodeUsage));
     std::string_view dtype = e.projections.empty() ? "UNKNOWN" : DTypeName(e.projections[0].dtype);
     uint64_t activations = usage ? usage->activation_count : 0;
     if (args.global().json) {
@@ -117,7 +69,7 @@ Status RunExperts(const Args& args) {
 Status RunShow(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
   ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
-  ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModel(*store, model));
+  ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(store->catalog(), model));
   if (!args.Has("layer") || !args.Has("expert")) return Status::InvalidArgument("show needs --layer and --expert");
   ES_ASSIGN_OR_RETURN(int64_t layer, args.GetInt("layer", 0, 0, static_cast<int64_t>(info.num_layers) - 1));
   ES_ASSIGN_OR_RETURN(int64_t expert, args.GetInt("expert", 0, 0, static_cast<int64_t>(info.experts_per_layer) - 1));
@@ -129,9 +81,9 @@ Status RunShow(const Args& args) {
   }
   if (!v.ok()) return v.status();
   ES_ASSIGN_OR_RETURN(ExpertInfo e, DecodeExpert(*v));
-  ES_ASSIGN_OR_RETURN(auto trust, Optional<TrustInfo>(*store, Cf::kTrust, key, DecodeTrust));
-  ES_ASSIGN_OR_RETURN(auto profile, Optional<ProfileInfo>(*store, Cf::kProfiles, key, DecodeProfile));
-  ES_ASSIGN_OR_RETURN(auto usage, Optional<UsageCounts>(*store, Cf::kUsage, key, DecodeUsage));
+  ES_ASSIGN_OR_RETURN(auto trust, LoadOptionalRecord<TrustInfo>(store->catalog(), Cf::kTrust, key, DecodeTrust));
+  ES_ASSIGN_OR_RETURN(auto profile, LoadOptionalRecord<ProfileInfo>(store->catalog(), Cf::kProfiles, key, DecodeProfile));
+  ES_ASSIGN_OR_RETURN(auto usage, LoadOptionalRecord<UsageCounts>(store->catalog(), Cf::kUsage, key, DecodeUsage));
   char checksum[17];
   std::snprintf(checksum, sizeof(checksum), "%016llx", static_cast<unsigned long long>(e.extent.checksum));
   if (args.global().json) {
@@ -148,9 +100,9 @@ Status RunShow(const Args& args) {
     w.Key("extent").BeginObject().Key("segment").Uint(e.extent.segment).Key("offset").Uint(e.extent.offset)
         .Key("record_length").Uint(e.extent.record_length).EndObject();
     w.Key("trust");
-    WriteTrust(w, trust);
+    WriteTrustJson(w, trust);
     w.Key("profile");
-    WriteProfile(w, profile);
+    WriteProfileJson(w, profile);
     w.Key("activations").Uint(usage ? usage->activation_count : 0);
     w.EndObject();
     PrintJson(w);

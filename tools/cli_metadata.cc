@@ -43,12 +43,6 @@ Result<std::string> ReadFile(const std::string& path) {
   return ss.str();
 }
 
-Result<ModelInfo> LoadModelInfo(Store& store, const std::string& name) {
-  auto v = store.catalog().Get(Cf::kModels, ModelKey(name));
-  if (!v.ok()) return v.status().IsNotFound() ? Status::NotFound("no model '" + name + "' in the store") : v.status();
-  return DecodeModel(*v);
-}
-
 struct LabelledText {
   std::string domain;
   std::string text;
@@ -326,7 +320,7 @@ Status RunCalibrate(const Args& args) {
 Status RunTrust(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
   ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
-  ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(*store, model));
+  ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(store->catalog(), model));
   if (!args.Has("layer") || !args.Has("expert")) return Status::InvalidArgument("trust needs --layer and --expert");
   ES_ASSIGN_OR_RETURN(int64_t layer, args.GetInt("layer", 0, 0, static_cast<int64_t>(info.num_layers) - 1));
   ES_ASSIGN_OR_RETURN(int64_t expert, args.GetInt("expert", 0, 0, static_cast<int64_t>(info.experts_per_layer) - 1));
@@ -392,7 +386,7 @@ Status RunTrust(const Args& args) {
 Status RunQuery(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
   ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
-  ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(*store, model));
+  ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(store->catalog(), model));
   ExpertQuery q;
   if (args.Has("layer")) {
     ES_ASSIGN_OR_RETURN(int64_t l, args.GetInt("layer", 0, 0, static_cast<int64_t>(info.num_layers) - 1));
@@ -441,7 +435,7 @@ constexpr uint64_t kProfilesFormatVersion = 1;
 Status ExportProfiles(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
   ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
-  ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(*store, model));
+  ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(store->catalog(), model));
   ES_ASSIGN_OR_RETURN(auto profiles, LoadModelProfiles(store->catalog(), model));
   JsonWriter w;
   w.BeginObject().Key("format").String("expertstore-profiles").Key("version").Uint(kProfilesFormatVersion)
@@ -508,7 +502,7 @@ Status ImportProfiles(const Args& args) {
   std::string model = args.GetOr("model", source_model && source_model->is_string() ? source_model->string_value() : "");
   ES_RETURN_IF_ERROR(ValidateModelName(model));
   ES_ASSIGN_OR_RETURN(auto store, OpenStoreForMetadata(args));
-  ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(*store, model));
+  ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(store->catalog(), model));
   ES_ASSIGN_OR_RETURN(uint32_t layers, U32(doc.Find("layers"), "layers"));
   ES_ASSIGN_OR_RETURN(uint32_t per_layer, U32(doc.Find("experts_per_layer"), "experts_per_layer"));
   if (layers != info.num_layers || per_layer != info.experts_per_layer) {
@@ -592,7 +586,7 @@ Status RunRest(const Args& args) {
     return Status::Busy(opened.status().message() + ": rest rewrites and compacts the catalog, which only the writer may");
   }
   ES_ASSIGN_OR_RETURN(auto store, std::move(opened));
-  ES_RETURN_IF_ERROR(LoadModelInfo(*store, model).status());
+  ES_RETURN_IF_ERROR(LoadModelInfo(store->catalog(), model).status());
   const JournalMergeStats& merged = store->open_merge_stats();
   ES_ASSIGN_OR_RETURN(RestReport r, Rest(*store, model, weights, static_cast<size_t>(top_co), NowUnix()));
   if (args.global().json) {

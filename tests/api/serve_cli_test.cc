@@ -18,28 +18,14 @@
 #include "store/metadata.h"
 #include "tests/api/api_test_util.h"
 #include "tests/api/http_client.h"
+#include "tests/util/run_cli.h"
 
 namespace es {
 namespace {
 
-constexpr char kCli[] = ES_BINARY_DIR "/expertstore";
 
-struct CliResult {
-  int exit_code = -1;
-  std::string out;
-};
-
-CliResult RunCli(const std::string& args) {
-  CliResult r;
-  FILE* p = ::popen((std::string(kCli) + " " + args + " 2>/dev/null").c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
-  int status = ::pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using testing::CliResult;
+using testing::RunCli;
 
 // `expertstore serve --port 0 --json` as a child; its port is read from the JSON line it prints.
 class ServeProcess {
@@ -52,7 +38,7 @@ class ServeProcess {
       ::dup2(fds[1], STDOUT_FILENO);
       ::close(fds[0]);
       ::close(fds[1]);
-      ::execl(kCli, kCli, "serve", "--store", store.c_str(), "--port", "0", "--json", "--quiet", "--drain-timeout-ms",
+      ::execl(testing::kCliPath, testing::kCliPath, "serve", "--store", store.c_str(), "--port", "0", "--json", "--quiet", "--drain-timeout-ms",
               "20000", static_cast<char*>(nullptr));
       ::_exit(127);
     }

@@ -8,31 +8,15 @@
 
 #include "store/json.h"
 #include "tests/util/expert_model.h"
+#include "tests/util/run_cli.h"
 #include "tests/util/temp_dir.h"
 
 namespace es {
 namespace {
 
-constexpr char kCli[] = ES_BINARY_DIR "/expertstore";
 
-struct CliResult {
-  int exit_code = -1;
-  std::string out;
-};
-
-// Runs the CLI with stderr discarded; stdout captured.
-CliResult RunCli(const std::string& args) {
-  CliResult r;
-  std::string cmd = std::string(kCli) + " " + args + " 2>/dev/null";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
-  int status = ::pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using testing::CliResult;
+using testing::RunCli;
 
 class CliBenchTest : public ::testing::Test {
  protected:

@@ -16,12 +16,12 @@
 #include "store/json.h"
 #include "store/metadata.h"
 #include "store/store.h"
+#include "tests/util/run_cli.h"
 #include "tests/util/temp_dir.h"
 
 namespace es {
 namespace {
 
-constexpr char kCli[] = ES_BINARY_DIR "/expertstore";
 constexpr char kTiny[] = ES_SOURCE_DIR "/../shared/models/tiny-qwen3-moe";
 constexpr char kCorpus[] = ES_SOURCE_DIR "/../shared/corpus/domains.jsonl";
 constexpr char kModel[] = "tiny-qwen3-moe";
@@ -31,23 +31,8 @@ constexpr int kTop = 10;
 // Characters of text the eval tests score (a few hundred tokens).
 constexpr size_t kEvalChars = 800;
 
-struct CliResult {
-  int exit_code = -1;
-  std::string out;
-};
-
-CliResult RunCli(const std::string& args) {
-  CliResult r;
-  std::string cmd = std::string(kCli) + " " + args + " 2>/dev/null";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
-  int status = ::pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using testing::CliResult;
+using testing::RunCli;
 
 JsonValue Json(const CliResult& r) {
   EXPECT_EQ(r.exit_code, 0) << r.out;
@@ -188,7 +173,7 @@ TEST_F(MetadataCliTest, ReadersAndRecordersBesideAWriter) {
     before = after;
   }
   // Two recording evals at once: whichever is the writer, the totals are exact.
-  std::string cmd = std::string(kCli) + " eval" + m + " --text " + text + " --json --quiet >/dev/null 2>&1";
+  std::string cmd = std::string(testing::kCliPath) + " eval" + m + " --text " + text + " --json --quiet >/dev/null 2>&1";
   FILE* a = ::popen(cmd.c_str(), "r");
   FILE* b = ::popen(cmd.c_str(), "r");
   ASSERT_NE(a, nullptr);

@@ -1,0 +1,32 @@
+// RunCli: runs the built `expertstore` binary with arguments, stdout captured, stderr discarded. For tests that
+// drive the CLI as a process (the test target defines ES_BINARY_DIR, see tests/CMakeLists.txt).
+#pragma once
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <string>
+
+namespace es::testing {
+
+inline constexpr char kCliPath[] = ES_BINARY_DIR "/expertstore";
+
+struct CliResult {
+  int exit_code = -1;  // -1 when it could not run or did not exit normally
+  std::string out;
+};
+
+inline CliResult RunCli(const std::string& args) {
+  CliResult r;
+  std::string cmd = std::string(kCliPath) + " " + args + " 2>/dev/null";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
+  int status = ::pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+}  // namespace es::testing
