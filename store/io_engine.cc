@@ -77,7 +77,7 @@ std::vector<Piece> SplitRequests(std::span<IoRead> reads, uint64_t max_bytes, st
 class PreadEngine final : public IoEngine {
  public:
   explicit PreadEngine(const IoEngineOptions& options)
-      : IoEngine(options), pool_(std::max<uint32_t>(1, options.queue_depth)) {}
+      : IoEngine(options), pool_(std::clamp<uint32_t>(options.queue_depth, 1, kMaxPreadThreads)) {}
 
   std::string_view name() const override { return "pread"; }
 
