@@ -114,14 +114,29 @@ RecordVerifier::RecordVerifier(std::span<const std::byte> record, const Extent& 
   }
 }
 
+RecordVerifier::RecordVerifier(const Extent& extent) : extent_(extent), state_(std::make_unique<State>()) {
+  if (extent.record_length != RecordLength(extent.payload_length)) {
+    status_ = Status::Corruption("record length " + std::to_string(extent.record_length) + " does not match its payload");
+  }
+}
+
 RecordVerifier::~RecordVerifier() = default;
 
 void RecordVerifier::Advance(size_t upto) {
   upto = std::min(upto, record_.size());
-  if (!status_.ok() || upto <= checked_) return;
+  if (upto <= checked_) return;
+  if (checked_ < kRecordHeaderSize && upto < kRecordHeaderSize) return;  // wait for the whole header block
+  Feed(record_.subspan(checked_, upto - checked_));
+}
+
+void RecordVerifier::Feed(std::span<const std::byte> bytes) {
+  if (!status_.ok() || bytes.empty()) return;
   if (checked_ < kRecordHeaderSize) {
-    if (upto < kRecordHeaderSize) return;  // wait for the whole header block
-    auto header = DecodeRecordHeader(record_.first(kRecordHeaderSize));
+    if (checked_ != 0 || bytes.size() < kRecordHeaderSize) {
+      status_ = Status::InvalidArgument("the first bytes verified must hold the whole record header block");
+      return;
+    }
+    auto header = DecodeRecordHeader(bytes.first(kRecordHeaderSize));
     if (!header.ok()) {
       status_ = header.status();
       return;
@@ -136,27 +151,32 @@ void RecordVerifier::Advance(size_t upto) {
       return;
     }
     checked_ = kRecordHeaderSize;
+    bytes = bytes.subspan(kRecordHeaderSize);
   }
   const size_t payload_end = kRecordHeaderSize + extent_.payload_length;
   if (checked_ < payload_end) {
-    size_t to = std::min(upto, payload_end);
-    state_->hash.Update(record_.subspan(checked_, to - checked_));
-    checked_ = to;
+    size_t n = std::min(bytes.size(), payload_end - checked_);
+    state_->hash.Update(bytes.first(n));
+    checked_ += n;
+    bytes = bytes.subspan(n);
   }
-  if (checked_ >= payload_end && upto > checked_) {
-    auto padding = record_.subspan(checked_, upto - checked_);
-    if (std::any_of(padding.begin(), padding.end(), [](std::byte b) { return b != std::byte{0}; })) {
-      status_ = Status::Corruption("nonzero record padding");
-      return;
-    }
-    checked_ = upto;
+  if (bytes.empty()) return;
+  if (checked_ + bytes.size() > extent_.record_length) {
+    status_ = Status::InvalidArgument("more bytes verified than the record holds");
+    return;
   }
+  if (std::any_of(bytes.begin(), bytes.end(), [](std::byte b) { return b != std::byte{0}; })) {
+    status_ = Status::Corruption("nonzero record padding");
+    return;
+  }
+  checked_ += bytes.size();
 }
 
 Result<std::span<const std::byte>> RecordVerifier::Finish() {
   ES_RETURN_IF_ERROR(status_);
-  if (checked_ != record_.size()) return Status::Corruption("record verification ended early");
+  if (checked_ != extent_.record_length) return Status::Corruption("record verification ended early");
   if (state_->hash.Digest() != extent_.checksum) return Status::Corruption("payload checksum mismatch");
+  if (record_.empty()) return std::span<const std::byte>();
   return record_.subspan(kRecordHeaderSize, extent_.payload_length);
 }
 

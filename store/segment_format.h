@@ -66,15 +66,20 @@ Result<RecordHeader> DecodeRecordHeader(std::span<const std::byte> block);
 // flight: Advance(n) checks the bytes [checked, n) of `record` (which must be present by then); Finish()
 // once all are in. Checks: header (magic, version, header checksum), payload length and checksum against the
 // catalog's extent (recomputed over the payload), zero padding. Any mismatch is Corruption. Not thread-safe.
+// Constructed from the extent alone, it streams: Feed() takes the record's bytes in order, in pieces of any size
+// (the first holding the whole header block), so a record larger than any buffer is verified in a bounded one.
 class RecordVerifier {
  public:
   RecordVerifier(std::span<const std::byte> record, const Extent& extent);
+  explicit RecordVerifier(const Extent& extent);
+  // The next bytes of the record (streaming form).
+  void Feed(std::span<const std::byte> bytes);
   ~RecordVerifier();
   RecordVerifier(const RecordVerifier&) = delete;
   RecordVerifier& operator=(const RecordVerifier&) = delete;
 
   void Advance(size_t upto);
-  // The payload inside `record`, or the first problem found.
+  // The payload inside `record` (empty in the streaming form), or the first problem found.
   Result<std::span<const std::byte>> Finish();
 
  private:
