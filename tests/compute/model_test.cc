@@ -209,7 +209,9 @@ TEST_F(ModelTest, CacheSizeAndPolicyDoNotChangeResults) {
     ASSERT_TRUE(ids.ok()) << ids.status().ToString();
     EXPECT_EQ(*ids, *want_ids);
     ProviderCounters n = (*cache)->counters();
-    if (cfg.slots < 192) EXPECT_GT(n.misses, 192u) << "a small cache must have re-read experts";
+    if (cfg.slots < 192) {
+      EXPECT_GT(n.misses, 192u) << "a small cache must have re-read experts";
+    }
   }
 }
 
