@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <cstdio>
 #include <map>
 #include <random>
 #include <thread>
@@ -56,7 +57,9 @@ TEST(Store, MatchesReferenceModel) {
     std::map<std::string, std::pair<uint64_t, size_t>> staged;
     int n = 1 + static_cast<int>(rng() % 30);
     for (int i = 0; i < n; ++i) {
-      std::string name = std::to_string(rng() % 3000).insert(0, "w");  // not "w" + ...: GCC 12 warns falsely (-Wrestrict)
+      char name_text[16];
+      std::snprintf(name_text, sizeof(name_text), "w%u", static_cast<unsigned>(rng() % 3000));
+      std::string name = name_text;  // not "w" + std::to_string(...): GCC 12 warns falsely (-Wrestrict)
       size_t size = rng() % 4 == 0 ? rng() % 200000 : rng() % 9000;
       ++seed;
       auto payload = MakePayload(seed, size);
