@@ -3,7 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstdlib>
+#include <memory>
 
 #include "ingest/ingest.h"
 #include "tests/util/expert_model.h"
@@ -19,15 +21,26 @@ double SyntheticTrust(uint32_t layer, uint32_t expert) { return static_cast<doub
 
 uint64_t SyntheticActivations(uint32_t layer, uint32_t expert) { return 100 + (layer * 37 + expert * 13) % 50; }
 
+namespace {
+
+// The shared store and its directory, closed and removed at exit (the store first).
+struct SharedFixture {
+  TempDir dir;
+  std::unique_ptr<Store> store;
+};
+
+}  // namespace
+
 Store& SharedStore() {
-  static Store* store = [] {
-    auto* dir = new TempDir();  // lives until exit: the store's files
-    auto s = Store::Open(dir->Sub("store"), StoreOptions{});
+  static std::unique_ptr<SharedFixture> fixture = [] {
+    auto f = std::make_unique<SharedFixture>();
+    auto s = Store::Open(f->dir.Sub("store"), StoreOptions{});
     if (!s.ok()) {
       std::fprintf(stderr, "cannot create the test store: %s\n", s.status().ToString().c_str());
       std::abort();
     }
-    Store* st = s->release();
+    f->store = std::move(s).value();
+    Store* st = f->store.get();
     IngestOptions o;
     o.name = kTiny;
     auto ingested = IngestCheckpoint(*st, kTinyCheckpoint, o);
@@ -65,9 +78,9 @@ Store& SharedStore() {
                    written.ToString().c_str(), meta.ToString().c_str());
       std::abort();
     }
-    return st;
+    return f;
   }();
-  return *store;
+  return *fixture->store;
 }
 
 TestServer::~TestServer() {
