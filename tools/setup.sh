@@ -12,7 +12,7 @@ packages=(
   libboost1.81-dev
   libsimdjson-dev libicu-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  clang-14 libclang-rt-14-dev wrk procps
+  clang-14 libclang-rt-14-dev wrk procps time bc
 )
 
 missing=()
