@@ -93,7 +93,8 @@ __global__ void GreedyKernel(const float* logits, size_t vocab, int32_t* tokens)
 
 // Each thread owns one contiguous chunk of the row, so thread order is id order (ties in top-k and the draw
 // rely on it).
-__global__ void SampleKernel(const float* logits, size_t vocab, float temperature, uint32_t top_k, float top_p,
+// Launch bounds: 1024 threads must fit the register file (at most 64 registers each).
+__global__ void __launch_bounds__(kSampleThreads) SampleKernel(const float* logits, size_t vocab, float temperature, uint32_t top_k, float top_p,
                              uint64_t seed, int32_t* tokens) {
   __shared__ float reduce_float[internal::kMaxWarpsPerBlock];
   __shared__ uint32_t reduce_count[internal::kMaxWarpsPerBlock];
