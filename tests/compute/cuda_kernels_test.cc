@@ -238,6 +238,25 @@ TEST(CudaHostTest, RebaseMovesEveryMatrixByTheSameOffset) {
   EXPECT_EQ(moved.up.dtype, DType::kBF16);
 }
 
+TEST_F(CudaKernelsTest, DeviceBufferCopiesRoundTripAndCheckRanges) {
+  std::vector<uint8_t> bytes(1000);
+  std::iota(bytes.begin(), bytes.end(), 0);
+  Result<DeviceBuffer> buffer = DeviceBuffer::Allocate(1024);
+  ASSERT_TRUE(buffer.ok()) << buffer.status().ToString();
+  ASSERT_OK(buffer->CopyFromHost(bytes.data(), bytes.size(), 24));
+  std::vector<uint8_t> back(bytes.size());
+  ASSERT_OK(buffer->CopyToHost(back.data(), back.size(), 24));
+  EXPECT_EQ(back, bytes);
+  ASSERT_OK(buffer->CopyToHostAsync(back.data(), 10, stream_, 1014));
+  ASSERT_OK(stream_.Synchronize());
+  EXPECT_TRUE(buffer->CopyFromHost(bytes.data(), bytes.size(), 25).IsInvalidArgument());
+  EXPECT_TRUE(buffer->CopyToHost(back.data(), 1, 1024).IsInvalidArgument());
+  EXPECT_TRUE(buffer->CopyFromHostAsync(bytes.data(), 2000, stream_).IsInvalidArgument());
+  EXPECT_TRUE(DeviceBuffer::Allocate(0).status().IsInvalidArgument());
+  DeviceBuffer moved = std::move(buffer).value();
+  EXPECT_EQ(moved.size(), 1024u);
+}
+
 // ---- RMSNorm and q/k norm + RoPE ------------------------------------------------------------------------------
 
 TEST_F(CudaKernelsTest, RmsNormMatchesCpu) {
