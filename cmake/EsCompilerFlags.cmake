@@ -1,12 +1,14 @@
-# Warning and sanitizer flags shared by every target of the project.
-add_compile_options(-Wall -Wextra -Wno-unused-parameter -fno-omit-frame-pointer)
+# Warning and sanitizer flags shared by every target of the project. They are GCC/Clang flags, so they go to the
+# C and C++ compilers only: nvcc rejects them, and es_cuda passes its host-compiler warnings itself.
+set(ES_HOST_LANGUAGES "$<COMPILE_LANGUAGE:C,CXX>")
+add_compile_options("$<${ES_HOST_LANGUAGES}:-Wall;-Wextra;-Wno-unused-parameter;-fno-omit-frame-pointer>")
 if(ES_ASAN)
-  add_compile_options(-fsanitize=address,undefined -fno-sanitize-recover=undefined)
+  add_compile_options("$<${ES_HOST_LANGUAGES}:-fsanitize=address,undefined;-fno-sanitize-recover=undefined>")
   add_link_options(-fsanitize=address,undefined)
   add_compile_definitions(ES_SANITIZER=1)
 endif()
 if(ES_TSAN)
-  add_compile_options(-fsanitize=thread)
+  add_compile_options("$<${ES_HOST_LANGUAGES}:-fsanitize=thread>")
   add_link_options(-fsanitize=thread)
   add_compile_definitions(ES_SANITIZER=1 ES_TSAN=1)
 endif()

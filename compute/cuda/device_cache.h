@@ -1,0 +1,110 @@
+// DeviceExpertCache: a fixed set of GPU slots, allocated once, holding experts copied from pinned host memory.
+// Copies run on the cache's own copy stream (cudaMemcpyAsync) and record a per-slot "ready" event; compute on
+// another stream waits on that event (cudaStreamWaitEvent) before it reads the slot, so uploads overlap with
+// compute without the host waiting. Each slot also keeps a "last use" event recorded on the compute stream
+// when its user releases it; eviction is least-recently-used among slots nobody holds, and the copy that
+// overwrites a slot is never let run before its last use has completed (see Upload). Plain C++ interface.
+//
+// Thread safety: every method may be called from any thread (one mutex). Slot memory is owned by the cache;
+// a DeviceSlot's pointer stays valid, and its bytes unchanged, from Acquire until the compute stream passes
+// the matching Release. All compute that reads a cache's slots runs on one stream per cache (the last-use
+// event of a slot is one event).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "compute/cuda/cuda_kernels.h"
+#include "store/status.h"
+
+namespace es::cuda {
+
+struct DeviceExpertCacheOptions {
+  size_t slots = 0;       // fixed; > 0
+  size_t slot_bytes = 0;  // the largest expert (rounded up to 256 bytes internally); > 0
+};
+
+struct DeviceCacheStats {
+  uint64_t uploads = 0;         // copies enqueued (misses)
+  uint64_t bytes_uploaded = 0;  // their bytes
+  uint64_t hits = 0;            // Upload / Acquire calls that found the key resident
+  uint64_t evictions = 0;       // resident experts replaced
+  uint64_t ordered_evictions = 0;  // of those, victims whose last use had not completed: the copy waits on the GPU
+};
+
+// A resident expert held by its user. `data` is device memory (slot_bytes long; the expert's `bytes` first).
+struct DeviceSlot {
+  uint64_t key = 0;
+  size_t index = 0;
+  void* data = nullptr;
+  size_t bytes = 0;
+};
+
+class DeviceExpertCache {
+ public:
+  // Allocates every slot, the copy stream and the events. NotSupported without a device.
+  static Result<std::unique_ptr<DeviceExpertCache>> Create(const DeviceExpertCacheOptions& options);
+  // Waits for the copy stream (no upload may outlive its slot); the caller must have synchronised its
+  // compute stream past every Release.
+  ~DeviceExpertCache();
+  DeviceExpertCache(const DeviceExpertCache&) = delete;
+  DeviceExpertCache& operator=(const DeviceExpertCache&) = delete;
+
+  // Makes `key` resident without holding it (a prefetch). A hit only refreshes its recency. A miss takes a
+  // free slot, else the least recently used slot nobody holds, preferring one whose last use has completed;
+  // when every such slot is still in use on the GPU, the least recently used is taken and its copy is ordered
+  // after that use with cudaStreamWaitEvent on the copy stream (the host never blocks, the bytes are never
+  // overwritten early). Then cudaMemcpyAsync on the copy stream, and the slot's ready event.
+  // `host` (bytes <= slot_bytes) should be pinned, or the copy is not asynchronous; it must stay valid and
+  // unchanged until the copy has run: until a compute stream that waited on it (Acquire) has passed that
+  // point, or Synchronize. ResourceExhausted when every slot is held.
+  Status Upload(uint64_t key, const void* host, size_t bytes);
+
+  // Upload, then hold the slot (it cannot be evicted until Release) and make `compute` wait for its bytes.
+  Result<DeviceSlot> Acquire(uint64_t key, const void* host, size_t bytes, const CudaStream& compute);
+
+  // Call after enqueueing on `compute` every kernel that reads the slot: records its last-use event there and
+  // lets go of it. Each Acquire is released once.
+  Status Release(const DeviceSlot& slot, const CudaStream& compute);
+
+  bool Contains(uint64_t key) const;
+  DeviceCacheStats stats() const;
+  size_t slots() const { return slots_.size(); }
+  size_t slot_bytes() const { return slot_bytes_; }
+  // Blocks until every enqueued upload has completed.
+  Status Synchronize() const;
+
+ private:
+  struct Slot {
+    bool occupied = false;
+    uint64_t key = 0;
+    size_t bytes = 0;
+    uint32_t holders = 0;
+    bool use_recorded = false;  // use_event has been recorded at least once since the slot was filled
+    uint64_t last_touch = 0;
+    void* ready_event = nullptr;  // cudaEvent_t
+    void* use_event = nullptr;    // cudaEvent_t
+  };
+
+  DeviceExpertCache() = default;
+  // The slot holding `key`, uploading it on a miss. Caller holds mu_.
+  Result<size_t> EnsureResident(uint64_t key, const void* host, size_t bytes);
+  // The slot a miss goes to. Caller holds mu_.
+  Result<size_t> PickVictim(bool* use_pending);
+  void* SlotData(size_t index) const;
+
+  mutable std::mutex mu_;
+  DeviceBuffer memory_;
+  CudaStream copy_stream_;
+  size_t slot_bytes_ = 0;
+  std::vector<Slot> slots_;
+  std::unordered_map<uint64_t, size_t> index_;
+  uint64_t clock_ = 0;
+  DeviceCacheStats stats_;
+};
+
+}  // namespace es::cuda
