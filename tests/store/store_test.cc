@@ -35,6 +35,17 @@ std::unique_ptr<Store> OpenOrDie(const std::string& path, StoreOptions options =
   return s.ok() ? std::move(s).value() : nullptr;
 }
 
+// XORs the byte at `offset` of the file at `path` with `mask` (twice restores it).
+void FlipByte(const std::string& path, uint64_t offset, unsigned char mask) {
+  int fd = ::open(path.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  unsigned char b;
+  ASSERT_EQ(::pread(fd, &b, 1, static_cast<off_t>(offset)), 1);
+  b ^= mask;
+  ASSERT_EQ(::pwrite(fd, &b, 1, static_cast<off_t>(offset)), 1);
+  ::close(fd);
+}
+
 void ExpectVerifyClean(Store& store) {
   auto report = store.Verify();
   ASSERT_TRUE(report.ok()) << report.status().ToString();
@@ -209,15 +220,7 @@ TEST(Store, ByteFlipsAreCorruption) {
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.region);
-    auto flip = [&] {
-      int fd = ::open(seg.c_str(), O_RDWR);
-      ASSERT_GE(fd, 0);
-      unsigned char b;
-      ASSERT_EQ(::pread(fd, &b, 1, static_cast<off_t>(c.offset)), 1);
-      b ^= 0x40;
-      ASSERT_EQ(::pwrite(fd, &b, 1, static_cast<off_t>(c.offset)), 1);
-      ::close(fd);
-    };
+    auto flip = [&] { FlipByte(seg, c.offset, 0x40); };
     flip();
     {
       StoreOptions ro;
@@ -276,15 +279,7 @@ TEST(Store, VerifyStreamsRecordsLargerThanItsBuffer) {
                             large.offset + kRecordHeaderSize + kLarge + 100};   // tail padding
   for (uint64_t offset : cases) {
     SCOPED_TRACE(offset);
-    auto flip = [&] {
-      int fd = ::open(seg.c_str(), O_RDWR);
-      ASSERT_GE(fd, 0);
-      unsigned char b;
-      ASSERT_EQ(::pread(fd, &b, 1, static_cast<off_t>(offset)), 1);
-      b ^= 0x08;
-      ASSERT_EQ(::pwrite(fd, &b, 1, static_cast<off_t>(offset)), 1);
-      ::close(fd);
-    };
+    auto flip = [&] { FlipByte(seg, offset, 0x08); };
     flip();
     {
       StoreOptions ro;
