@@ -5,7 +5,8 @@
 #include <cmath>
 #include <memory>
 #include <numeric>
-#include <sstream>
+
+#include "store/metadata.h"
 
 namespace es {
 
@@ -53,22 +54,9 @@ std::string_view RoutingKindName(RoutingKind kind) {
 }
 
 Result<TrustRoutingWeights> ParseTrustRoutingWeights(std::string_view text) {
-  std::vector<double> v;
-  std::stringstream ss{std::string(text)};
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    char* end = nullptr;
-    double d = std::strtod(item.c_str(), &end);
-    if (item.empty() || end != item.c_str() + item.size() || !std::isfinite(d) || d < 0) {
-      return Status::InvalidArgument("routing weights must be four non-negative numbers r,x,w,f, got '" +
-                                     std::string(text) + "'");
-    }
-    v.push_back(d);
-  }
   constexpr size_t kTerms = 4;
-  if (v.size() != kTerms) {
-    return Status::InvalidArgument("routing weights must be four numbers r,x,w,f, got '" + std::string(text) + "'");
-  }
+  ES_ASSIGN_OR_RETURN(std::vector<double> v,
+                      ParseWeightList(text, kTerms, "routing weights must be four non-negative numbers r,x,w,f"));
   return TrustRoutingWeights{v[0], v[1], v[2], v[3]};
 }
 

@@ -19,21 +19,26 @@ using ExpertPair = std::pair<uint32_t, uint32_t>;
 
 }  // namespace
 
-Result<TrustScoreWeights> ParseTrustScoreWeights(std::string_view text) {
+Result<std::vector<double>> ParseWeightList(std::string_view text, size_t count, std::string_view what) {
+  const Status bad = Status::InvalidArgument(std::string(what) + ", got '" + std::string(text) + "'");
   std::vector<double> v;
   std::stringstream ss{std::string(text)};
   std::string item;
   while (std::getline(ss, item, ',')) {
     char* end = nullptr;
     double d = std::strtod(item.c_str(), &end);
-    if (item.empty() || end != item.c_str() + item.size() || !std::isfinite(d) || d < 0) {
-      return Status::InvalidArgument("trust weights must be three non-negative numbers c,s,e, got '" +
-                                     std::string(text) + "'");
-    }
+    if (item.empty() || end != item.c_str() + item.size() || !std::isfinite(d) || d < 0) return bad;
     v.push_back(d);
   }
+  if (v.size() != count) return bad;
+  return v;
+}
+
+Result<TrustScoreWeights> ParseTrustScoreWeights(std::string_view text) {
   constexpr size_t kComponents = 3;
-  if (v.size() != kComponents || v[0] + v[1] + v[2] <= 0) {
+  ES_ASSIGN_OR_RETURN(std::vector<double> v,
+                      ParseWeightList(text, kComponents, "trust weights must be three non-negative numbers c,s,e"));
+  if (v[0] + v[1] + v[2] <= 0) {
     return Status::InvalidArgument("trust weights must be three non-negative numbers c,s,e, not all zero, got '" +
                                    std::string(text) + "'");
   }

@@ -30,6 +30,10 @@ struct TrustScoreWeights {
   double stability = 0.25;
   double efficiency = 0.25;
 };
+// A comma-separated list of exactly `count` finite non-negative numbers (a weights flag). InvalidArgument
+// "<what>, got '<text>'" otherwise.
+Result<std::vector<double>> ParseWeightList(std::string_view text, size_t count, std::string_view what);
+
 // "c,s,e": three non-negative numbers, not all zero.
 Result<TrustScoreWeights> ParseTrustScoreWeights(std::string_view text);
 // The weighted mean of the components (each clamped to [0, 1]), so the result lies in [0, 1].
