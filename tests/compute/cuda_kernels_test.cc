@@ -24,9 +24,13 @@
 #include "compute/cuda/device_cache.h"
 #include "compute/kernels/cpu_kernels.h"
 #include "compute/kernels/float16.h"
+#include "tests/util/tensors.h"
 
 namespace es::cuda {
 namespace {
+
+using ::es::testing::RandomFloats;
+using ::es::testing::RelativeL2;
 
 constexpr DType kWeightDTypes[] = {DType::kF32, DType::kF16, DType::kBF16};
 // Every byte of a poisoned output: 0xFFFFFFFF is a NaN.
@@ -53,13 +57,6 @@ constexpr double kFp32Tolerance = 1e-5;  // kernels with fp32 inputs only: norms
 
 std::string Name(DType dtype) { return std::string(DTypeName(dtype)); }
 
-std::vector<float> RandomFloats(std::mt19937& rng, size_t n, float scale = 1.0f) {
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
 // A weight tensor in its storage dtype (bytes) for both sides.
 struct TestWeights {
   std::vector<uint8_t> bytes;
@@ -80,17 +77,6 @@ TestWeights MakeWeights(std::mt19937& rng, size_t n, DType dtype, float scale, f
     }
   }
   return w;
-}
-
-double RelativeL2(const std::vector<float>& actual, const std::vector<float>& expected) {
-  double diff = 0;
-  double norm = 0;
-  for (size_t i = 0; i < expected.size(); ++i) {
-    const double d = static_cast<double>(actual[i]) - expected[i];
-    diff += d * d;
-    norm += static_cast<double>(expected[i]) * expected[i];
-  }
-  return std::sqrt(diff) / std::max(std::sqrt(norm), std::numeric_limits<double>::min());
 }
 
 // A device copy of host data (allocation failures are reported, and the empty buffer fails the kernel call).

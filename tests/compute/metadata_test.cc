@@ -19,6 +19,7 @@
 #include "store/metadata.h"
 #include "tests/ingest/ingest_test_util.h"
 #include "tests/util/temp_dir.h"
+#include "tests/util/tensors.h"
 
 namespace es {
 namespace {
@@ -46,16 +47,6 @@ std::vector<int32_t> SomeIds(size_t n, size_t offset) {
   EXPECT_GE(all.size(), n + offset);
   return std::vector<int32_t>(all.begin() + static_cast<std::ptrdiff_t>(offset),
                               all.begin() + static_cast<std::ptrdiff_t>(offset + n));
-}
-
-double MaxRelDiff(std::span<const float> got, std::span<const float> want) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (std::isnan(got[i])) return INFINITY;
-    num += (got[i] - want[i]) * (got[i] - want[i]);
-    den += want[i] * want[i];
-  }
-  return std::sqrt(num / den);
 }
 
 class MetadataComputeTest : public ::testing::Test {
@@ -135,7 +126,7 @@ TEST_F(MetadataComputeTest, ForwardRowsFromReproducesTheForward) {
     std::vector<float> hidden;
     ASSERT_TRUE(model_->ForwardRowsFrom(layer, residual, rows, ForcedRouting{k, fe, fw}, kv, *experts_, {}, hidden).ok());
     for (size_t i = 0; i < rows.size(); ++i) {
-      EXPECT_LT(MaxRelDiff({&hidden[i * H], H}, {&clean[rows[i] * H], H}), 1e-5) << "row " << rows[i];
+      EXPECT_LT(testing::RelativeL2<float>({&hidden[i * H], H}, {&clean[rows[i] * H], H}), 1e-5) << "row " << rows[i];
     }
   }
   EXPECT_EQ(kv.length(), T);  // untouched
@@ -195,9 +186,9 @@ TEST_F(MetadataComputeTest, IsolatedAblationEqualsAFreshForwardOfThePrefix) {
     KvCache fresh(c, t + 1);
     std::vector<float> hidden;
     ASSERT_TRUE(model_->Forward({ids.data(), t + 1}, fresh, *experts_, slow, hidden).ok());
-    EXPECT_LT(MaxRelDiff({&ablated[i * H], H}, {&hidden[t * H], H}), 1e-4);
+    EXPECT_LT(testing::RelativeL2<float>({&ablated[i * H], H}, {&hidden[t * H], H}), 1e-4);
     // And it did change something.
-    EXPECT_GT(MaxRelDiff({&ablated[i * H], H}, {&clean[t * H], H}), 1e-3);
+    EXPECT_GT(testing::RelativeL2<float>({&ablated[i * H], H}, {&clean[t * H], H}), 1e-3);
   }
 }
 

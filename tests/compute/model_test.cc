@@ -13,6 +13,7 @@
 #include "ingest/ingest.h"
 #include "tests/ingest/ingest_test_util.h"
 #include "tests/util/temp_dir.h"
+#include "tests/util/tensors.h"
 
 namespace es {
 namespace {
@@ -42,16 +43,6 @@ std::vector<Case> LoadCases() {
     cases.push_back(std::move(c));
   }
   return cases;
-}
-
-double RelL2(const std::vector<float>& got, const std::vector<float>& want) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (std::isnan(got[i])) return INFINITY;
-    num += (got[i] - want[i]) * (got[i] - want[i]);
-    den += want[i] * want[i];
-  }
-  return std::sqrt(num / den);
 }
 
 class ModelTest : public ::testing::Test {
@@ -106,7 +97,7 @@ class ModelTest : public ::testing::Test {
       const Case& c = cases[i];
       auto logits = LastLogits(*model, **experts, c.ids, {});
       ASSERT_TRUE(logits.ok()) << logits.status().ToString();
-      double err = RelL2(*logits, c.logits);
+      double err = testing::RelativeL2(*logits, c.logits);
       EXPECT_LT(err, kMaxRelL2);
       // The reference stops at EOS (included in its list) or where its top two logits were within 0.01.
       std::vector<int32_t> want = c.greedy;
@@ -146,7 +137,7 @@ TEST_F(ModelTest, PrefillEqualsIncrementalDecode) {
   std::vector<float> hidden, logits(model->config().vocab);
   for (int32_t id : c.ids) ASSERT_TRUE(model->Forward({&id, 1}, kv, **experts, {}, hidden).ok());
   ASSERT_TRUE(model->ComputeLogits(hidden.data(), 1, logits.data()).ok());
-  EXPECT_LT(RelL2(logits, *batch), 1e-5);
+  EXPECT_LT(testing::RelativeL2(logits, *batch), 1e-5);
 }
 
 // The Mixtral family, float32 weights and tied embeddings: aidreams260K converted to the Mixtral layout

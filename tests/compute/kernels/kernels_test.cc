@@ -25,6 +25,7 @@
 #include "compute/kernels/float16.h"
 #include "compute/kernels/isa_ops.h"
 #include "compute/kernels/parallel.h"
+#include "tests/util/tensors.h"
 
 namespace es::kernels {
 
@@ -32,6 +33,9 @@ namespace es::kernels {
 void PrintTo(Isa isa, std::ostream* os) { *os << IsaName(isa); }
 
 namespace {
+
+using ::es::testing::RandomFloats;
+using ::es::testing::RelativeL2;
 
 constexpr Isa kAllIsas[] = {Isa::kScalar, Isa::kAvx2, Isa::kAvx512};
 constexpr DType kWeightDTypes[] = {DType::kF32, DType::kF16, DType::kBF16};
@@ -76,16 +80,6 @@ void ExpectWrittenAndFinite(const std::vector<float>& out, size_t n, const std::
   }
 }
 
-double RelativeL2(const std::vector<float>& actual, const std::vector<double>& expected) {
-  double diff = 0, norm = 0;
-  for (size_t i = 0; i < expected.size(); ++i) {
-    const double d = static_cast<double>(actual[i]) - expected[i];
-    diff += d * d;
-    norm += expected[i] * expected[i];
-  }
-  return std::sqrt(diff) / std::max(std::sqrt(norm), std::numeric_limits<double>::min());
-}
-
 void ExpectClose(const std::vector<float>& actual, const std::vector<double>& expected, double tolerance,
                  const std::string& what) {
   ExpectWrittenAndFinite(actual, expected.size(), what);
@@ -96,13 +90,6 @@ void ExpectClose(const std::vector<float>& actual, const std::vector<double>& ex
 
 bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
-std::vector<float> RandomFloats(std::mt19937& rng, size_t n, float scale = 1.0f) {
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
 }
 
 // A weight tensor in its storage dtype, plus the exact values it holds (for the reference).
