@@ -80,6 +80,29 @@ class MetadataComputeTest : public ::testing::Test {
     experts_ = std::move(p).value();
   }
 
+  // A full forward's per-layer pre-MoE residuals, routing (top_k experts and weights per token) and output.
+  struct Captured {
+    std::vector<std::vector<float>> pre_moe;
+    std::vector<std::vector<int32_t>> chosen;
+    std::vector<std::vector<float>> weights;
+    std::vector<float> clean;
+  };
+  // Runs `ids` through the model into `kv`, capturing what ForwardRowsFrom needs to re-run rows.
+  void ForwardCapturing(const std::vector<int32_t>& ids, KvCache& kv, Captured& out) {
+    const ModelConfig& c = model_->config();
+    const size_t k = c.top_k;
+    out.chosen.assign(c.num_layers, std::vector<int32_t>(ids.size() * k));
+    out.weights.assign(c.num_layers, std::vector<float>(ids.size() * k));
+    ForwardOptions fo;
+    fo.capture_pre_moe = &out.pre_moe;
+    fo.observer = [&](const RoutingEvent& e) {
+      const auto at = static_cast<std::ptrdiff_t>(e.token * k);
+      std::copy(e.experts.begin(), e.experts.end(), out.chosen[e.layer].begin() + at);
+      std::copy(e.weights.begin(), e.weights.end(), out.weights[e.layer].begin() + at);
+    };
+    ASSERT_TRUE(model_->Forward(ids, kv, *experts_, fo, out.clean).ok());
+  }
+
   static testing::TempDir* dir_;
   static Store* store_;
   static kernels::ComputePool* pool_;
@@ -96,18 +119,10 @@ TEST_F(MetadataComputeTest, ForwardRowsFromReproducesTheForward) {
   const ModelConfig& c = model_->config();
   const size_t T = 40, k = c.top_k, H = c.hidden;
   std::vector<int32_t> ids = SomeIds(T, 1);
-  std::vector<std::vector<float>> pre_moe;
-  std::vector<std::vector<int32_t>> chosen(c.num_layers, std::vector<int32_t>(T * k));
-  std::vector<std::vector<float>> weights(c.num_layers, std::vector<float>(T * k));
-  ForwardOptions fo;
-  fo.capture_pre_moe = &pre_moe;
-  fo.observer = [&](const RoutingEvent& e) {
-    std::copy(e.experts.begin(), e.experts.end(), chosen[e.layer].begin() + static_cast<std::ptrdiff_t>(e.token * k));
-    std::copy(e.weights.begin(), e.weights.end(), weights[e.layer].begin() + static_cast<std::ptrdiff_t>(e.token * k));
-  };
   KvCache kv(c, T);
-  std::vector<float> clean;
-  ASSERT_TRUE(model_->Forward(ids, kv, *experts_, fo, clean).ok());
+  Captured cap;
+  ASSERT_NO_FATAL_FAILURE(ForwardCapturing(ids, kv, cap));
+  const auto& [pre_moe, chosen, weights, clean] = cap;
   ASSERT_EQ(pre_moe.size(), c.num_layers);
   const std::vector<size_t> rows = {0, 3, 17, 39};  // any subset, in any spacing
   for (uint32_t layer : {0u, 2u, 5u}) {
@@ -138,18 +153,10 @@ TEST_F(MetadataComputeTest, IsolatedAblationEqualsAFreshForwardOfThePrefix) {
   const ModelConfig& c = model_->config();
   const size_t T = 24, k = c.top_k, H = c.hidden;
   std::vector<int32_t> ids = SomeIds(T, 2);
-  std::vector<std::vector<float>> pre_moe;
-  std::vector<std::vector<int32_t>> chosen(c.num_layers, std::vector<int32_t>(T * k));
-  std::vector<std::vector<float>> weights(c.num_layers, std::vector<float>(T * k));
-  ForwardOptions fo;
-  fo.capture_pre_moe = &pre_moe;
-  fo.observer = [&](const RoutingEvent& e) {
-    std::copy(e.experts.begin(), e.experts.end(), chosen[e.layer].begin() + static_cast<std::ptrdiff_t>(e.token * k));
-    std::copy(e.weights.begin(), e.weights.end(), weights[e.layer].begin() + static_cast<std::ptrdiff_t>(e.token * k));
-  };
   KvCache kv(c, T);
-  std::vector<float> clean;
-  ASSERT_TRUE(model_->Forward(ids, kv, *experts_, fo, clean).ok());
+  Captured cap;
+  ASSERT_NO_FATAL_FAILURE(ForwardCapturing(ids, kv, cap));
+  const auto& [pre_moe, chosen, weights, clean] = cap;
   const uint32_t layer = 2;
   const size_t slot = 1;
   const std::vector<size_t> rows = {5, 11, 23};
