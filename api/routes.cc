@@ -169,16 +169,10 @@ Result<ApiResponse> Expert(const ApiContext& ctx, const Target& t) {
   JsonWriter w;
   w.BeginObject().Key("object").String("expert").Key("model").String(p.model.name).Key("layer").Uint(e.layer)
       .Key("expert").Uint(e.expert).Key("bytes").Uint(e.extent.payload_length).Key("dtype").String(ExpertDType(e))
-      .Key("checksum").String(Hex64(e.extent.checksum)).Key("tensors").BeginArray();
-  for (const auto& pr : e.projections) {
-    w.BeginObject().Key("role").String(pr.role).Key("name").String(pr.source_name).Key("dtype").String(DTypeName(pr.dtype))
-        .Key("shape").BeginArray();
-    for (uint64_t d : pr.shape) w.Uint(d);
-    w.EndArray().Key("offset").Uint(pr.offset).Key("length").Uint(pr.length).EndObject();
-  }
-  w.EndArray();
-  w.Key("extent").BeginObject().Key("segment").Uint(e.extent.segment).Key("offset").Uint(e.extent.offset)
-      .Key("record_length").Uint(e.extent.record_length).EndObject();
+      .Key("checksum").String(Hex64(e.extent.checksum)).Key("tensors");
+  WriteProjectionsJson(w, e.projections);
+  w.Key("extent");
+  WriteExtentJson(w, e.extent);
   w.Key("trust");
   WriteTrustJson(w, trust);
   w.Key("profile");

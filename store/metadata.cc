@@ -179,6 +179,22 @@ Result<ModelInfo> LoadModelInfo(const Catalog& catalog, const std::string& name)
   return DecodeModel(*v);
 }
 
+void WriteProjectionsJson(JsonWriter& w, const std::vector<ProjectionInfo>& projections) {
+  w.BeginArray();
+  for (const auto& p : projections) {
+    w.BeginObject().Key("role").String(p.role).Key("name").String(p.source_name).Key("dtype").String(DTypeName(p.dtype))
+        .Key("shape").BeginArray();
+    for (uint64_t d : p.shape) w.Uint(d);
+    w.EndArray().Key("offset").Uint(p.offset).Key("length").Uint(p.length).EndObject();
+  }
+  w.EndArray();
+}
+
+void WriteExtentJson(JsonWriter& w, const Extent& extent) {
+  w.BeginObject().Key("segment").Uint(extent.segment).Key("offset").Uint(extent.offset)
+      .Key("record_length").Uint(extent.record_length).EndObject();
+}
+
 void WriteTrustJson(JsonWriter& w, const std::optional<TrustInfo>& t) {
   if (!t) {
     w.Null();

@@ -138,7 +138,11 @@ Result<std::map<std::pair<uint32_t, uint32_t>, T>> LoadExpertRecords(const Catal
   return out;
 }
 
-// The JSON shapes of the metadata records (`show --json` and the HTTP expert route); null when absent.
+// The JSON shapes of an expert's catalog record and its metadata records (`show --json` and the HTTP expert
+// route). Projections: [{role, name, dtype, shape, offset, length}]; extent: {segment, offset, record_length}.
+void WriteProjectionsJson(JsonWriter& w, const std::vector<ProjectionInfo>& projections);
+void WriteExtentJson(JsonWriter& w, const Extent& extent);
+// Null when absent.
 void WriteTrustJson(JsonWriter& w, const std::optional<TrustInfo>& t);
 void WriteProfileJson(JsonWriter& w, const std::optional<ProfileInfo>& p);
 void WriteUsageJson(JsonWriter& w, const std::optional<UsageCounts>& u);

@@ -89,16 +89,10 @@ Status RunShow(const Args& args) {
   if (args.global().json) {
     JsonWriter w;
     w.BeginObject().Key("layer").Uint(e.layer).Key("expert").Uint(e.expert).Key("bytes").Uint(e.extent.payload_length);
-    w.Key("tensors").BeginArray();
-    for (const auto& p : e.projections) {
-      w.BeginObject().Key("role").String(p.role).Key("name").String(p.source_name).Key("dtype").String(DTypeName(p.dtype))
-          .Key("shape").BeginArray();
-      for (uint64_t d : p.shape) w.Uint(d);
-      w.EndArray().Key("offset").Uint(p.offset).Key("length").Uint(p.length).EndObject();
-    }
-    w.EndArray().Key("checksum").String(checksum);
-    w.Key("extent").BeginObject().Key("segment").Uint(e.extent.segment).Key("offset").Uint(e.extent.offset)
-        .Key("record_length").Uint(e.extent.record_length).EndObject();
+    w.Key("tensors");
+    WriteProjectionsJson(w, e.projections);
+    w.Key("checksum").String(checksum).Key("extent");
+    WriteExtentJson(w, e.extent);
     w.Key("trust");
     WriteTrustJson(w, trust);
     w.Key("profile");
