@@ -134,10 +134,11 @@ void GenerationService::Run(GenerationJob& job) {
   const CompletionRequest& req = job.request;
   auto runtime = Runtime(req.model);
   if (!runtime.ok()) {
-    // A stored model that cannot run (no forward pass for its architecture, an unusable config, no tokenizer)
-    // is the server's limitation, not a fault of the request.
+    // A stored model that cannot run (no forward pass for its architecture, an unusable config, no tokenizer:
+    // LoadModelTokenizer's NotFound, the model itself having been found before the request was queued) is the
+    // server's limitation, not a fault of the request.
     const Status& s = runtime.status();
-    sink.OnFinish(s.IsInvalidArgument() || s.IsNotSupported()
+    sink.OnFinish(s.IsInvalidArgument() || s.IsNotSupported() || s.IsNotFound()
                       ? Status::NotSupported("model '" + req.model + "' cannot generate text here: " + s.message())
                       : s);
     return;
