@@ -221,14 +221,13 @@ Result<ApiResponse> Query(const ApiContext& ctx, const std::string& name, const 
   std::string order = "lift";
   if (auto it = t.query.find("order"); it != t.query.end()) order = it->second;
   ES_ASSIGN_OR_RETURN(q.order, ParseRankOrder(order));
+  q.top = kDefaultQueryTop;
   if (auto it = t.query.find("top"); it != t.query.end()) {
     ES_ASSIGN_OR_RETURN(uint32_t v, ParseU32(it->second, "top"));
     if (v == 0 || v > kMaxQueryTop) {
       return Status::InvalidArgument("top must be between 1 and " + std::to_string(kMaxQueryTop));
     }
     q.top = v;
-  } else {
-    q.top = kDefaultQueryTop;
   }
   if (auto it = t.query.find("min_activations"); it != t.query.end()) {
     ES_ASSIGN_OR_RETURN(q.min_activations, ParseU32(it->second, "min_activations"));

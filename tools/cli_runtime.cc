@@ -80,11 +80,7 @@ Result<RuntimeConfig> RuntimeConfigFromArgs(const Args& args) {
   return c;
 }
 
-Runtime::~Runtime() {
-  rt_.reset();
-  pool_.reset();
-  store_.reset();
-}
+Runtime::~Runtime() = default;  // members go in reverse order: the runtime, the pool, the store
 
 Result<std::unique_ptr<Runtime>> Runtime::Open(const Args& args, const std::string& model, bool need_tokenizer) {
   return Open(args, model, RuntimeOptions{.need_tokenizer = need_tokenizer});
