@@ -26,7 +26,7 @@ Status CacheExpertProvider::Acquire(uint32_t layer, std::span<const uint32_t> ex
   for (size_t i = 0; i < handles.size(); ++i) {
     auto handle = std::make_shared<ExpertHandle>(std::move(handles[i]));
     ES_ASSIGN_OR_RETURN(auto weights, ExpertWeightsFromPayload(handle->info(), handle->payload()));
-    out.push_back({experts[i], weights, handle});
+    out.push_back({experts[i], weights, handle, handle->payload()});
   }
   return Status::Ok();
 }

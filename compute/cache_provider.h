@@ -19,6 +19,7 @@ class CacheExpertProvider final : public ExpertProvider {
   bool prefetches() const override { return prefetch_; }
   size_t max_batch() const override { return cache_->capacity_slots(); }
   bool Has(uint32_t layer, uint32_t expert) const override { return cache_->Contains({layer, expert}); }
+  bool Resident(uint32_t layer, uint32_t expert) const override { return cache_->IsResident({layer, expert}); }
   ProviderCounters counters() const override;
   ExpertCache& cache() { return *cache_; }
 

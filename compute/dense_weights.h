@@ -4,8 +4,10 @@
 // Immutable after Load; safe to read from several threads.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -27,6 +29,10 @@ class DenseWeights {
   Result<kernels::WeightMatrix> Matrix(const std::string& name) const;
   Result<kernels::WeightVector> Vector(const std::string& name) const;
   uint64_t bytes() const { return bytes_; }
+  // Every tensor's name and bytes (the payload Matrix and Vector view), in name order: what a GPU backend uploads.
+  void ForEach(const std::function<void(const std::string& name, std::span<const std::byte> bytes)>& fn) const {
+    for (const auto& [name, t] : tensors_) fn(name, {t.data, t.info.extent.payload_length});
+  }
 
  private:
   struct Tensor {

@@ -84,7 +84,7 @@ Status DirectExpertProvider::Acquire(uint32_t layer, std::span<const uint32_t> e
     ++counters_.misses;
     counters_.bytes_read += reads[i].extent.record_length;
     ES_ASSIGN_OR_RETURN(auto w, ExpertWeightsFromPayload(*experts_[layer][experts[i]], reads[i].payload));
-    out.push_back({experts[i], w, buffers[i]});
+    out.push_back({experts[i], w, buffers[i], reads[i].payload});
   }
   return Status::Ok();
 }

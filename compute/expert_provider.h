@@ -22,6 +22,7 @@ struct AcquiredExpert {
   uint32_t expert = 0;
   kernels::ExpertWeights weights;  // points into memory the lease keeps alive
   std::shared_ptr<void> lease;
+  std::span<const std::byte> payload;  // the whole record payload `weights` point into (what a GPU upload copies)
 };
 
 struct ProviderCounters {
@@ -43,6 +44,9 @@ class ExpertProvider {
   // Whether the store holds expert `expert` of `layer` (false for the gaps of a partial checkpoint).
   virtual bool Has(uint32_t layer, uint32_t expert) const = 0;
   virtual bool prefetches() const { return false; }
+  // Whether Acquire would find the expert in memory now, without reading (a GPU backend uploads such experts
+  // ahead of use). Default: false.
+  virtual bool Resident(uint32_t layer, uint32_t expert) const { return false; }
   // The most experts one Acquire may pin (a cache's slot count); larger sets are acquired in parts.
   virtual size_t max_batch() const { return SIZE_MAX; }
   virtual ProviderCounters counters() const = 0;

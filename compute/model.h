@@ -1,4 +1,4 @@
-// Model: the forward pass of a stored MoE model on the CPU. Dense weights are resident (DenseWeights); experts
+// Model: the forward pass of a stored MoE model, on the backend it was given (the CPU by default). Dense weights are resident (DenseWeights); experts
 // come through an ExpertProvider (the cache), so only the experts the router picks are read. The layer graph
 // of each architecture is defined in its own file under compute/models/ from the blocks LayerOps offers
 // (attention, MoE, dense MLP, shared expert), as llama.cpp does per architecture.
@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -21,24 +22,43 @@
 
 namespace es {
 
-// Keys and values of every layer for the positions processed so far. Not thread-safe.
+// Per-sequence state a non-CPU backend keeps beside a KvCache (the CUDA backend's device KV cache).
+class BackendKvState {
+ public:
+  virtual ~BackendKvState() = default;
+};
+
+// Keys and values of every layer for the positions processed so far: one sequence. The CPU backend keeps them
+// in host memory, allocated on first use; another backend keeps its own copy in backend_state() (created on its
+// first Forward of this sequence), so a sequence runs on one backend. Not thread-safe.
 class KvCache {
  public:
   KvCache(const ModelConfig& config, size_t capacity);
+  ~KvCache();
+  KvCache(const KvCache&) = delete;
+  KvCache& operator=(const KvCache&) = delete;
   size_t length() const { return length_; }
   size_t capacity() const { return capacity_; }
   void Reset() { length_ = 0; }
-  float* keys(uint32_t layer) { return keys_[layer].data(); }
-  float* values(uint32_t layer) { return values_[layer].data(); }
+  // The host rows of `layer` ([capacity, kv_heads * head_dim]), allocated on first use.
+  float* keys(uint32_t layer);
+  float* values(uint32_t layer);
   void Advance(size_t n) { length_ += n; }
   size_t row_floats() const { return row_; }
+  size_t layers() const { return layers_; }
+
+  BackendKvState* backend_state() const { return backend_state_.get(); }
+  void set_backend_state(std::unique_ptr<BackendKvState> state) { backend_state_ = std::move(state); }
 
  private:
+  void AllocateHost();
   size_t capacity_;
   size_t row_;  // kv_heads * head_dim
+  size_t layers_;
   size_t length_ = 0;
   std::vector<std::vector<float>> keys_;
   std::vector<std::vector<float>> values_;
+  std::unique_ptr<BackendKvState> backend_state_;
 };
 
 // One routing decision, reported to observers (trace, usage recording).
@@ -83,14 +103,27 @@ struct ForcedRouting {
   std::span<const float> weights;    // [rows, k]
 };
 
+class Backend;
+
 class Model {
  public:
+  // Loads the model with the CPU backend; SetBackend moves it elsewhere.
   static Result<std::unique_ptr<Model>> Load(Store& store, const std::string& name, kernels::CpuContext ctx);
+  ~Model();
 
   const ModelConfig& config() const { return config_; }
   const ModelInfo& info() const { return info_; }
   const kernels::CpuContext& context() const { return ctx_; }
   const DenseWeights& weights() const { return *weights_; }
+  const kernels::WeightMatrix& embeddings() const { return embed_; }
+  const kernels::WeightMatrix& lm_head() const { return lm_head_; }  // rows >= config().vocab
+  const kernels::WeightVector& final_norm() const { return final_norm_; }
+  // Where Forward and ComputeLogits run (compute/backend.h). A KvCache filled on one backend is not read by
+  // another.
+  Backend& backend() const { return *backend_; }
+  void SetBackend(std::unique_ptr<Backend> backend);
+  // Embedding rows of `tokens` as fp32 [tokens, hidden]; InvalidArgument for an id outside the vocabulary.
+  Status Embed(std::span<const int32_t> tokens, float* out) const;
 
   // Runs `tokens` at positions kv.length() onward, appending to `kv`. Writes the final-normed hidden states of
   // every token to `hidden` ([tokens, hidden_size]) for ComputeLogits.
@@ -112,10 +145,10 @@ class Model {
   class LayerOps;
 
  private:
-  Model() = default;
-  Status RunLayer(LayerOps& ops);
+  Model();
 
   kernels::CpuContext ctx_;
+  std::unique_ptr<Backend> backend_;
   ModelConfig config_;
   ModelInfo info_;
   std::unique_ptr<DenseWeights> weights_;
@@ -124,7 +157,12 @@ class Model {
   kernels::WeightVector final_norm_;
 };
 
-// The layer graph of one architecture, in terms of the blocks below.
+// The canonical name of a per-layer tensor: "model.layers.<layer>.<rest>".
+std::string LayerTensorName(uint32_t layer, std::string_view rest);
+// The router's weight of `layer` (mixtral names it block_sparse_moe.gate).
+std::string RouterTensorName(const ModelConfig& config, uint32_t layer);
+
+// The layer graph of one architecture, in terms of the blocks below. A backend runs it with its own LayerOps.
 class ArchGraph {
  public:
   virtual ~ArchGraph() = default;

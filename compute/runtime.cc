@@ -77,11 +77,16 @@ std::string Mib(uint64_t bytes) {
 
 }  // namespace
 
+BackendOptions BackendOptionsOf(const RuntimeConfig& c) {
+  BackendOptions o;
+  o.device = c.device;
+  o.gpu_cache_mb = c.gpu_cache_mb;
+  o.gpu_cache_pct = c.gpu_cache_pct;
+  return o;
+}
+
 Status ValidateRuntimeConfig(const RuntimeConfig& c) {
-  if (c.device != "cpu") {
-    return Status::NotSupported("--device " + c.device + ": this build runs generation on the CPU only (the CUDA "
-                                "backend is not implemented yet)");
-  }
+  ES_RETURN_IF_ERROR(ValidateBackendOptions(BackendOptionsOf(c)));
   ES_ASSIGN_OR_RETURN(RoutingKind routing, ParseRoutingKind(c.routing));
   if (routing == RoutingKind::kTrust) {
     if (c.routing_weights) ES_RETURN_IF_ERROR(ParseTrustRoutingWeights(*c.routing_weights).status());
@@ -177,6 +182,7 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
   if (c.no_cache) {
     ES_ASSIGN_OR_RETURN(rt->experts_, DirectExpertProvider::Create(store, model));
     rt->description_ = "no cache: every selected expert read from disk for every token" + recording;
+    ES_RETURN_IF_ERROR(rt->UseBackend(store, c));
     return rt;
   }
   ES_ASSIGN_OR_RETURN(MetabolicState state, ParseMetabolicState(c.state));
@@ -223,7 +229,16 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
                      rt->routing_ + recording;
   rt->cache_provider_ = provider.get();
   rt->experts_ = std::move(provider);
+  ES_RETURN_IF_ERROR(rt->UseBackend(store, c));
   return rt;
+}
+
+Status ModelRuntime::UseBackend(Store& store, const RuntimeConfig& c) {
+  if (c.device == "cpu") return Status::Ok();
+  ES_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, CreateBackend(store, *model_, BackendOptionsOf(c)));
+  description_ += "; " + backend->describe();
+  model_->SetBackend(std::move(backend));
+  return Status::Ok();
 }
 
 }  // namespace es

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 
+#include "compute/backend.h"
 #include "compute/cache_provider.h"
 #include "compute/expert_provider.h"
 #include "compute/kernels/parallel.h"
@@ -23,7 +24,9 @@ namespace es {
 // How a model runs: the generation flags (--state, --cache-mb, --policy, --routing, ...) as values. Unset
 // optionals take the state's preset.
 struct RuntimeConfig {
-  std::string device = "cpu";              // cpu only in this build
+  std::string device = "cpu";              // cpu, cuda or hybrid (compute/backend.h)
+  std::optional<uint64_t> gpu_cache_mb;    // cuda/hybrid: GPU memory for experts, in MiB
+  std::optional<double> gpu_cache_pct;     // ... or as a percentage of the model's experts
   std::string state = "focus";             // wake, focus or crisis
   bool state_given = false;                // the state was chosen explicitly (see preferred_cache_bytes)
   std::optional<uint64_t> cache_mb;        // the cache size in MiB
@@ -43,6 +46,9 @@ struct RuntimeConfig {
   // in it (calibration keeps the whole tiny model resident); 0: the state's.
   uint64_t preferred_cache_bytes = 0;
 };
+
+// The backend part of a RuntimeConfig.
+BackendOptions BackendOptionsOf(const RuntimeConfig& config);
 
 // Checks what can be checked without a model (names of the device, state, policy and routing; combinations):
 // `serve` fails at start rather than at its first request.
@@ -76,11 +82,13 @@ class ModelRuntime {
   // Flushes the recorder (OK when not recording).
   Status FinishRecording();
   // One line on the configuration in force ("focus: cache 48 of 192 experts (4.3 MiB, lru), 4 experts per
-  // token, prefetch 1, routing exact, recording").
+  // token, prefetch 1, routing exact, recording"), then the backend unless it is the CPU ("; cuda: ...").
   const std::string& describe() const { return description_; }
 
  private:
   ModelRuntime() = default;
+  // Moves the model to the configured backend (a no-op for cpu).
+  Status UseBackend(Store& store, const RuntimeConfig& config);
   std::unique_ptr<Model> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ExpertProvider> experts_;

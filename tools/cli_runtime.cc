@@ -16,7 +16,9 @@ std::vector<FlagSpec> RuntimeFlags() {
       {"routing-margin", true, "cache-aware routing: router probability given up per swap at most (default 0.05)"},
       {"focus-domain", true, "trust routing: focus on the experts with the highest lift for this profiled domain"},
       {"prefetch", true, "layers to prefetch ahead (overrides the state's; 0 disables)"},
-      {"device", true, "cpu (default), cuda or hybrid"},
+      {"device", true, "cpu (default), cuda or hybrid (CPU and GPU share the experts by a cost model)"},
+      {"gpu-cache-mb", true, "cuda/hybrid: GPU memory for experts in MiB (default: what fits)"},
+      {"gpu-cache-pct", true, "cuda/hybrid: GPU expert cache as a percentage of the model's experts"},
       {"threads", true, "compute threads (default: all cores)"},
       {"no-cache", false, "read every selected expert from disk for every token (the naive baseline)"},
       {"skip-missing-experts", false, "drop experts a partial checkpoint lacks instead of failing"},
@@ -54,6 +56,13 @@ Result<SamplerOptions> SamplerFromArgs(const Args& args) {
 Result<RuntimeConfig> RuntimeConfigFromArgs(const Args& args) {
   RuntimeConfig c;
   c.device = args.GetOr("device", c.device);
+  if (args.Has("gpu-cache-mb")) {
+    ES_ASSIGN_OR_RETURN(int64_t mb, args.GetInt("gpu-cache-mb", 0, 1, int64_t{1} << 30));
+    c.gpu_cache_mb = static_cast<uint64_t>(mb);
+  }
+  if (args.Has("gpu-cache-pct")) {
+    ES_ASSIGN_OR_RETURN(c.gpu_cache_pct, args.GetDouble("gpu-cache-pct", 0));
+  }
   c.state = args.GetOr("state", c.state);
   c.state_given = args.Has("state");
   if (args.Has("cache-mb")) {

@@ -133,6 +133,14 @@ Status CopyDeviceToHost(void* dst, const void* device_src, size_t bytes);
 Status CopyHostToDevice(void* device_dst, const void* src, size_t bytes);
 // Enqueued on `stream`.
 Status CopyDeviceToDevice(void* device_dst, const void* device_src, size_t bytes, const CudaStream& stream);
+// Enqueued on `stream`; the host memory must stay valid and unchanged (H2D) or unread (D2H) until the stream has
+// passed the copy. Asynchronous with respect to the host only when the host memory is pinned.
+Status CopyHostToDeviceAsync(void* device_dst, const void* src, size_t bytes, const CudaStream& stream);
+Status CopyDeviceToHostAsync(void* dst, const void* device_src, size_t bytes, const CudaStream& stream);
+// Sets `bytes` of device memory to zero, enqueued on `stream`.
+Status ZeroAsync(void* device, size_t bytes, const CudaStream& stream);
+// Bytes of device memory free now (cudaMemGetInfo). NotSupported without a device.
+Result<size_t> FreeDeviceMemory();
 
 // ---- KV cache -------------------------------------------------------------------------------------------------
 
@@ -149,6 +157,8 @@ class DeviceKvCache {
   Status Write(const CudaStream& stream, size_t layer, const float* k, const float* v, size_t tokens);
   Status Advance(size_t tokens);
   void Reset() { length_ = 0; }
+  // Forgets the positions from `length` on (a host KvCache that was reset or rewound); length <= length().
+  Status Truncate(size_t length);
 
   const float* keys(size_t layer) const { return keys_.As<float>() + layer * capacity_ * row_floats_; }
   const float* values(size_t layer) const { return values_.As<float>() + layer * capacity_ * row_floats_; }
@@ -236,6 +246,17 @@ struct ExpertGroup {
 };
 std::vector<ExpertGroup> GroupTokensByExpert(std::span<const int32_t> experts, std::span<const float> weights,
                                              size_t top_k);
+
+// ---- Element-wise ----------------------------------------------------------------------------------------------
+
+// x[i] += y[i] for i < n (fp32, device). The residual adds.
+Status AddInPlace(const CudaStream& stream, float* x, const float* y, size_t n);
+// y[r, i] += bias[i] for r < rows, i < bias.size (y [rows, bias.size]; bias F32, F16 or BF16, widened to fp32
+// first, as the CPU adds a converted bias).
+Status AddBias(const CudaStream& stream, float* y, size_t rows, const kernels::WeightVector& bias);
+// x[r, c] += sigmoid(gate[r * gate_stride]) * src[r, c] for r < rows, c < cols: Qwen2-MoE's gated shared expert.
+Status AddSigmoidGated(const CudaStream& stream, float* x, const float* gate, size_t gate_stride, const float* src,
+                       size_t rows, size_t cols);
 
 // ---- Sampling --------------------------------------------------------------------------------------------------
 

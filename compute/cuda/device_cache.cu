@@ -157,6 +157,14 @@ bool DeviceExpertCache::Contains(uint64_t key) const {
   return index_.count(key) != 0;
 }
 
+bool DeviceExpertCache::Touch(uint64_t key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = index_.find(key);
+  if (it == index_.end()) return false;
+  slots_[it->second].last_touch = ++clock_;
+  return true;
+}
+
 DeviceCacheStats DeviceExpertCache::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   return stats_;

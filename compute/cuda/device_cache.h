@@ -72,6 +72,8 @@ class DeviceExpertCache {
   Status Release(const DeviceSlot& slot, const CudaStream& compute);
 
   bool Contains(uint64_t key) const;
+  // Contains, and a resident key counts as just used (so that the uploads of the same layer evict others first).
+  bool Touch(uint64_t key);
   DeviceCacheStats stats() const;
   size_t slots() const { return slots_.size(); }
   size_t slot_bytes() const { return slot_bytes_; }

@@ -218,6 +218,38 @@ Status CopyDeviceToDevice(void* device_dst, const void* device_src, size_t bytes
   return Status::Ok();
 }
 
+Status CopyHostToDeviceAsync(void* device_dst, const void* src, size_t bytes, const CudaStream& stream) {
+  ES_RETURN_IF_ERROR(internal::CheckStream(stream, "CopyHostToDeviceAsync"));
+  if (bytes == 0) return Status::Ok();
+  if (device_dst == nullptr || src == nullptr) return Status::InvalidArgument("CopyHostToDeviceAsync: null pointer");
+  ES_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(device_dst, src, bytes, cudaMemcpyHostToDevice, Native(stream)));
+  return Status::Ok();
+}
+
+Status CopyDeviceToHostAsync(void* dst, const void* device_src, size_t bytes, const CudaStream& stream) {
+  ES_RETURN_IF_ERROR(internal::CheckStream(stream, "CopyDeviceToHostAsync"));
+  if (bytes == 0) return Status::Ok();
+  if (dst == nullptr || device_src == nullptr) return Status::InvalidArgument("CopyDeviceToHostAsync: null pointer");
+  ES_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, device_src, bytes, cudaMemcpyDeviceToHost, Native(stream)));
+  return Status::Ok();
+}
+
+Status ZeroAsync(void* device, size_t bytes, const CudaStream& stream) {
+  ES_RETURN_IF_ERROR(internal::CheckStream(stream, "ZeroAsync"));
+  if (bytes == 0) return Status::Ok();
+  if (device == nullptr) return Status::InvalidArgument("ZeroAsync: null pointer");
+  ES_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(device, 0, bytes, Native(stream)));
+  return Status::Ok();
+}
+
+Result<size_t> FreeDeviceMemory() {
+  if (!DeviceAvailable()) return Status::NotSupported("no CUDA device");
+  size_t free_bytes = 0;
+  size_t total_bytes = 0;
+  ES_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes));
+  return free_bytes;
+}
+
 // ---- DeviceKvCache --------------------------------------------------------------------------------------------
 
 Result<DeviceKvCache> DeviceKvCache::Create(size_t layers, size_t capacity, size_t num_kv_heads, size_t head_dim) {
@@ -252,6 +284,12 @@ Status DeviceKvCache::Write(const CudaStream& stream, size_t layer, const float*
 Status DeviceKvCache::Advance(size_t tokens) {
   if (tokens > capacity_ - length_) return Status::ResourceExhausted("DeviceKvCache::Advance: past the capacity");
   length_ += tokens;
+  return Status::Ok();
+}
+
+Status DeviceKvCache::Truncate(size_t length) {
+  if (length > length_) return Status::InvalidArgument("DeviceKvCache::Truncate: past the current length");
+  length_ = length;
   return Status::Ok();
 }
 
