@@ -55,6 +55,7 @@ struct BackendOptions {
   std::string device = "cpu";            // cpu, cuda or hybrid
   std::optional<uint64_t> gpu_cache_mb;  // GPU memory for expert slots, in MiB
   std::optional<double> gpu_cache_pct;   // ... or as a percentage of the model's experts
+  double hybrid_copy_bias = 1.0;         // hybrid: HybridCostOptions::copy_bias (tests force either side with it)
 };
 
 // Checks the names and ranges, and that this build has the backend (NotSupported: no CUDA compiled in).

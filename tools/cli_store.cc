@@ -1,6 +1,7 @@
 // Store-level commands: verify, models, info.
 #include <cstdio>
 
+#include "compute/backend.h"
 #include "store/io_engine.h"
 #include "tools/cli.h"
 
@@ -81,18 +82,27 @@ Status RunInfo(const Args& args) {
   if (__builtin_cpu_supports("f16c")) features.push_back("f16c");
   if (__builtin_cpu_supports("avx512f")) features.push_back("avx512f");
   if (__builtin_cpu_supports("avx512bw")) features.push_back("avx512bw");
+  const std::vector<std::string> backends = CompiledBackends();
+  const std::vector<std::string> devices = CudaDevices();
   if (args.global().json) {
     JsonWriter w;
-    w.BeginObject().Key("version").String(kVersion).Key("io_engine").String(engine->name()).Key("cpu_features").BeginArray();
+    w.BeginObject().Key("version").String(kVersion).Key("backends").BeginArray();
+    for (const auto& b : backends) w.String(b);
+    w.EndArray().Key("io_engine").String(engine->name()).Key("cpu_features").BeginArray();
     for (const auto& f : features) w.String(f);
+    w.EndArray().Key("devices").BeginArray();
+    for (const auto& d : devices) w.String(d);
     w.EndArray().EndObject();
     PrintJson(w);
     return Status::Ok();
   }
-  std::printf("expertstore %s\nio engine: %s\ncpu features:", std::string(kVersion).c_str(),
-              std::string(engine->name()).c_str());
+  std::printf("expertstore %s\nbackends:", std::string(kVersion).c_str());
+  for (const auto& b : backends) std::printf(" %s", b.c_str());
+  std::printf("\nio engine: %s\ncpu features:", std::string(engine->name()).c_str());
   for (const auto& f : features) std::printf(" %s", f.c_str());
-  std::printf("\n");
+  std::printf("\ndevices:");
+  for (const auto& d : devices) std::printf(" %s;", d.c_str());
+  std::printf("%s\n", devices.empty() ? " none (no CUDA device found)" : "");
   return Status::Ok();
 }
 
@@ -104,7 +114,7 @@ void RegisterStoreCommands(std::vector<Command>& commands) {
                       {{"model", true, "only this model"}},
                       RunVerify});
   commands.push_back({"models", "models", "list the models in the store", {}, RunModels});
-  commands.push_back({"info", "info", "version, I/O engine and CPU features in use", {}, RunInfo});
+  commands.push_back({"info", "info", "version, compiled backends, I/O engine, CPU features and GPUs found", {}, RunInfo});
 }
 
 }  // namespace es::cli

@@ -1,0 +1,258 @@
+// The CUDA and hybrid backends on a GPU: the tiny model's reference logits and greedy continuations through
+// Model on the device with the GPU cache at 100% and 25% of the experts, prefill against token-by-token decode,
+// agreement with the CPU backend under a host cache too small for one layer's prefill (parts) and with device
+// prefetch, the hybrid backend with every miss sent to the CPU and with every miss copied, and the Mixtral
+// layout (fp32 weights, tied embeddings). Every test skips without a CUDA device.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "compute/backend.h"
+#include "compute/cache_provider.h"
+#include "compute/generator.h"
+#include "ingest/ingest.h"
+#include "tests/ingest/ingest_test_util.h"
+#include "tests/util/temp_dir.h"
+#include "tests/util/tensors.h"
+
+namespace es {
+namespace {
+
+constexpr char kCases[] = ES_SOURCE_DIR "/../shared/models/tiny-qwen3-moe/reference/cases.jsonl";
+constexpr char kAidreams[] = ES_SOURCE_DIR "/../shared/models/aidreams-mixtral";
+constexpr double kMaxRelL2 = 1e-3;       // against the reference, as the CPU test
+constexpr double kMaxRelL2VsCpu = 1e-4;  // against the CPU backend on the same weights
+constexpr int32_t kEos = 4093;
+
+struct Case {
+  std::vector<int32_t> ids;
+  std::vector<float> logits;
+  std::vector<int32_t> greedy;
+};
+
+std::vector<Case> LoadCases() {
+  std::vector<Case> cases;
+  std::ifstream in(kCases);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto v = ParseJson(line);
+    EXPECT_TRUE(v.ok());
+    Case c;
+    for (const auto& x : v->Find("ids")->array()) c.ids.push_back(static_cast<int32_t>(*x.AsInt64()));
+    for (const auto& x : v->Find("last_logits")->array()) c.logits.push_back(static_cast<float>(*x.AsDouble()));
+    for (const auto& x : v->Find("greedy")->array()) c.greedy.push_back(static_cast<int32_t>(*x.AsInt64()));
+    cases.push_back(std::move(c));
+  }
+  return cases;
+}
+
+class CudaBackendTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (CudaDevices().empty() || !std::filesystem::exists(kCases)) return;
+    dir_ = new testing::TempDir();
+    auto s = Store::Open(dir_->Sub("store"), StoreOptions{});
+    ASSERT_TRUE(s.ok());
+    store_ = s->release();
+    IngestOptions o;
+    o.name = "tiny";
+    ASSERT_TRUE(IngestCheckpoint(*store_, testing::kTinyModel, o).ok());
+    o.name = "aidreams";
+    ASSERT_TRUE(IngestCheckpoint(*store_, kAidreams, o).ok());
+    pool_ = kernels::ComputePool::Create(0)->release();
+  }
+  static void TearDownTestSuite() {
+    delete store_;
+    delete pool_;
+    delete dir_;
+  }
+  void SetUp() override {
+    if (CudaDevices().empty()) GTEST_SKIP() << "no CUDA device";
+    if (store_ == nullptr) GTEST_SKIP() << "../shared reference data is missing";
+  }
+
+  // The model on the CPU (device "cpu") or on a GPU backend with these options.
+  std::unique_ptr<Model> Load(const std::string& name, const BackendOptions& o) {
+    kernels::CpuContext ctx;
+    ctx.pool = pool_;
+    auto m = Model::Load(*store_, name, ctx);
+    EXPECT_TRUE(m.ok()) << m.status().ToString();
+    if (!m.ok()) return nullptr;
+    auto b = CreateBackend(*store_, **m, o);
+    EXPECT_TRUE(b.ok()) << b.status().ToString();
+    if (!b.ok()) return nullptr;
+    (*m)->SetBackend(std::move(b).value());
+    return std::move(m).value();
+  }
+
+  std::unique_ptr<CacheExpertProvider> Cache(const std::string& name, uint32_t slots, uint32_t prefetch_depth) {
+    auto direct = DirectExpertProvider::Create(*store_, name);
+    EXPECT_TRUE(direct.ok());
+    std::vector<AcquiredExpert> one;
+    const uint32_t first = 0;
+    EXPECT_TRUE((*direct)->Acquire(0, {&first, 1}, one).ok());
+    ExpertCacheOptions o;
+    o.capacity_bytes = slots * one[0].payload.size() + slots * 4096;
+    o.prefetch_bytes_in_flight = prefetch_depth * 4 * one[0].payload.size();
+    auto cache = CacheExpertProvider::Create(*store_, name, o);
+    EXPECT_TRUE(cache.ok()) << cache.status().ToString();
+    return cache.ok() ? std::move(cache).value() : nullptr;
+  }
+
+  void CheckReference(const BackendOptions& o) {
+    auto model = Load("tiny", o);
+    ASSERT_TRUE(model);
+    auto experts = Cache("tiny", 192, 0);
+    ASSERT_TRUE(experts);
+    for (const Case& c : LoadCases()) {
+      auto logits = LastLogits(*model, *experts, c.ids, {});
+      ASSERT_TRUE(logits.ok()) << logits.status().ToString();
+      EXPECT_LT(testing::RelativeL2(*logits, c.logits), kMaxRelL2);
+      std::vector<int32_t> want = c.greedy;
+      const bool ends_with_eos = !want.empty() && want.back() == kEos;
+      if (ends_with_eos) want.pop_back();
+      auto got = GenerateIds(*model, *experts, c.ids, static_cast<uint32_t>(c.greedy.size()), {kEos},
+                             SamplerOptions{}, {});
+      ASSERT_TRUE(got.ok()) << got.status().ToString();
+      if (!ends_with_eos) got->resize(std::min(got->size(), want.size()));
+      EXPECT_EQ(*got, want);
+    }
+    BackendCounters n = model->backend().counters();
+    EXPECT_GT(n.device_uploads, 0u);
+    EXPECT_GT(n.device_hits + n.cpu_experts, 0u);
+  }
+
+  static testing::TempDir* dir_;
+  static Store* store_;
+  static kernels::ComputePool* pool_;
+};
+
+testing::TempDir* CudaBackendTest::dir_ = nullptr;
+Store* CudaBackendTest::store_ = nullptr;
+kernels::ComputePool* CudaBackendTest::pool_ = nullptr;
+
+TEST_F(CudaBackendTest, MatchesReferenceWithEveryExpertOnTheGpu) {
+  BackendOptions o;
+  o.device = "cuda";
+  o.gpu_cache_pct = 100;
+  CheckReference(o);
+}
+
+TEST_F(CudaBackendTest, MatchesReferenceWithAQuarterOfTheExpertsOnTheGpu) {
+  BackendOptions o;
+  o.device = "cuda";
+  o.gpu_cache_pct = 25;
+  CheckReference(o);
+}
+
+TEST_F(CudaBackendTest, HybridMatchesReferenceWithMissesOnTheCpu) {
+  BackendOptions o;
+  o.device = "hybrid";
+  o.gpu_cache_pct = 25;
+  o.hybrid_copy_bias = 1e-6;  // copying looks a million times dearer: every miss runs on the CPU
+  auto model = Load("tiny", o);
+  ASSERT_TRUE(model);
+  auto experts = Cache("tiny", 192, 0);
+  const Case c = LoadCases()[4];
+  auto logits = LastLogits(*model, *experts, c.ids, {});
+  ASSERT_TRUE(logits.ok()) << logits.status().ToString();
+  EXPECT_LT(testing::RelativeL2(*logits, c.logits), kMaxRelL2);
+  EXPECT_GT(model->backend().counters().cpu_experts, 0u);
+  EXPECT_EQ(model->backend().counters().device_uploads, 0u) << "nothing was worth copying";
+}
+
+TEST_F(CudaBackendTest, HybridMatchesReferenceWithMissesCopied) {
+  BackendOptions o;
+  o.device = "hybrid";
+  o.gpu_cache_pct = 25;
+  o.hybrid_copy_bias = 1e6;  // copying looks free: the hybrid backend behaves as cuda
+  CheckReference(o);
+}
+
+TEST_F(CudaBackendTest, PrefillEqualsIncrementalDecode) {
+  BackendOptions o;
+  o.device = "cuda";
+  o.gpu_cache_pct = 50;
+  auto model = Load("tiny", o);
+  ASSERT_TRUE(model);
+  auto experts = Cache("tiny", 192, 0);
+  const Case c = LoadCases()[1];
+  auto batch = LastLogits(*model, *experts, c.ids, {});
+  ASSERT_TRUE(batch.ok());
+  KvCache kv(model->config(), c.ids.size());
+  std::vector<float> hidden, logits(model->config().vocab);
+  for (int32_t id : c.ids) ASSERT_TRUE(model->Forward({&id, 1}, kv, *experts, {}, hidden).ok());
+  ASSERT_TRUE(model->ComputeLogits(hidden.data(), 1, logits.data()).ok());
+  EXPECT_LT(testing::RelativeL2(logits, *batch), 1e-5);
+  // A reset sequence starts again from position 0 on the device too.
+  kv.Reset();
+  ASSERT_TRUE(model->Forward(c.ids, kv, *experts, {}, hidden).ok());
+  ASSERT_TRUE(model->ComputeLogits(&hidden[(c.ids.size() - 1) * model->config().hidden], 1, logits.data()).ok());
+  EXPECT_LT(testing::RelativeL2(logits, *batch), 1e-6);
+}
+
+// A host cache of 4 slots (one layer's top-4: a prefill is acquired in parts) with device prefetch one layer
+// ahead, against the CPU backend on a full cache.
+TEST_F(CudaBackendTest, SmallHostCacheAndPrefetchAgreeWithTheCpu) {
+  BackendOptions cpu;
+  auto reference = Load("tiny", cpu);
+  ASSERT_TRUE(reference);
+  auto full = Cache("tiny", 192, 0);
+  const Case c = LoadCases()[4];
+  auto want = LastLogits(*reference, *full, c.ids, {});
+  ASSERT_TRUE(want.ok());
+  auto want_ids = GenerateIds(*reference, *full, c.ids, 16, {kEos}, SamplerOptions{}, {});
+  ASSERT_TRUE(want_ids.ok());
+
+  BackendOptions o;
+  o.device = "cuda";
+  o.gpu_cache_pct = 25;
+  auto model = Load("tiny", o);
+  ASSERT_TRUE(model);
+  auto small = Cache("tiny", 4, 1);
+  ASSERT_TRUE(small);
+  ForwardOptions fo;
+  fo.prefetch_depth = 1;
+  auto got = LastLogits(*model, *small, c.ids, fo);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_LT(testing::RelativeL2(*got, *want), kMaxRelL2VsCpu);
+  auto ids = GenerateIds(*model, *small, c.ids, 16, {kEos}, SamplerOptions{}, fo);
+  ASSERT_TRUE(ids.ok()) << ids.status().ToString();
+  EXPECT_EQ(*ids, *want_ids);
+}
+
+TEST_F(CudaBackendTest, MixtralLayoutGeneratesTheKnownText) {
+  BackendOptions o;
+  o.device = "cuda";
+  auto model = Load("aidreams", o);
+  ASSERT_TRUE(model);
+  auto experts = DirectExpertProvider::Create(*store_, "aidreams");
+  ASSERT_TRUE(experts.ok());
+  auto tok = Tokenizer::FromJson(testing::ReadText(std::string(kAidreams) + "/tokenizer.json"));
+  ASSERT_TRUE(tok.ok());
+  GenerateOptions g;
+  g.max_tokens = 20;
+  auto r = Generate(*model, *tok, **experts, "", g);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->text.rfind("\"Echoes of vectors unfold, a gentle hum of precision", 0), 0u) << r->text;
+}
+
+// A KvCache filled on the CPU is not silently reused on the GPU.
+TEST_F(CudaBackendTest, ASequenceStaysOnItsBackend) {
+  BackendOptions cpu;
+  auto on_cpu = Load("tiny", cpu);
+  BackendOptions o;
+  o.device = "cuda";
+  auto on_gpu = Load("tiny", o);
+  ASSERT_TRUE(on_cpu && on_gpu);
+  auto experts = Cache("tiny", 192, 0);
+  KvCache kv(on_cpu->config(), 8);
+  std::vector<float> hidden;
+  const int32_t id = 970;
+  ASSERT_TRUE(on_cpu->Forward({&id, 1}, kv, *experts, {}, hidden).ok());
+  EXPECT_TRUE(on_gpu->Forward({&id, 1}, kv, *experts, {}, hidden).IsInvalidArgument());
+}
+
+}  // namespace
+}  // namespace es
