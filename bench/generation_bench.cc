@@ -4,6 +4,10 @@
 // bandwidth of this machine measured in the same run, giving the memory-bandwidth bound for the all-cached
 // case: bytes touched per token / bandwidth.
 //
+// BM_Gpu runs the same on the CUDA backend (device 0) and the hybrid one (device 1) with the GPU expert cache at
+// 100%, 50% and 25% of the experts and the host cache holding all of them: tokens/s against the CPU rows above,
+// same run. It skips without a CUDA device, or in a build without CUDA.
+//
 // EXPERTSTORE_BENCH_STORE and EXPERTSTORE_BENCH_MODEL name the store and model (default: models/tiny-qwen3-moe
 // ingested into a temporary store). Run: build/bench/generation_bench --benchmark_repetitions=3
 #include <benchmark/benchmark.h>
@@ -14,6 +18,7 @@
 #include <numeric>
 
 #include "cache/model_experts.h"
+#include "compute/backend.h"
 #include "compute/cache_provider.h"
 #include "compute/generator.h"
 #include "compute/model.h"
@@ -39,18 +44,19 @@ std::vector<int32_t> Prompt() {
 }
 
 // Runs one prefill of the prompt and kDecodeTokens greedy decode steps; returns (prefill s, decode s).
-std::pair<double, double> RunOnce(ExpertProvider& experts, const ForwardOptions& fo) {
+std::pair<double, double> RunOnce(ExpertProvider& experts, const ForwardOptions& fo, Model* net = nullptr) {
+  if (net == nullptr) net = g_net.get();
   auto prompt = Prompt();
-  KvCache kv(g_net->config(), prompt.size() + kDecodeTokens);
-  std::vector<float> hidden, logits(g_net->config().vocab);
+  KvCache kv(net->config(), prompt.size() + kDecodeTokens);
+  std::vector<float> hidden, logits(net->config().vocab);
   auto t0 = std::chrono::steady_clock::now();
-  if (!g_net->Forward(prompt, kv, experts, fo, hidden).ok()) return {-1, -1};
-  (void)g_net->ComputeLogits(&hidden[(prompt.size() - 1) * g_net->config().hidden], 1, logits.data());
+  if (!net->Forward(prompt, kv, experts, fo, hidden).ok()) return {-1, -1};
+  (void)net->ComputeLogits(&hidden[(prompt.size() - 1) * net->config().hidden], 1, logits.data());
   auto t1 = std::chrono::steady_clock::now();
   for (size_t i = 0; i < kDecodeTokens; ++i) {
     int32_t next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    if (!g_net->Forward({&next, 1}, kv, experts, fo, hidden).ok()) return {-1, -1};
-    (void)g_net->ComputeLogits(hidden.data(), 1, logits.data());
+    if (!net->Forward({&next, 1}, kv, experts, fo, hidden).ok()) return {-1, -1};
+    (void)net->ComputeLogits(hidden.data(), 1, logits.data());
   }
   auto t2 = std::chrono::steady_clock::now();
   return {std::chrono::duration<double>(t1 - t0).count(), std::chrono::duration<double>(t2 - t1).count()};
@@ -105,6 +111,53 @@ void BM_Cached(benchmark::State& state) {
   }
   Report(state, prefill, decode, **provider, before);
   state.counters["prefetch_precision"] = acc.precision();
+}
+
+// args: GPU cache percent of the experts, 0 = cuda / 1 = hybrid. The host cache holds every expert.
+void BM_Gpu(benchmark::State& state) {
+  if (CudaDevices().empty()) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  auto experts = ModelExperts::Load(g_store->catalog(), g_model);
+  if (!experts.ok()) {
+    state.SkipWithError(experts.status().ToString().c_str());
+    return;
+  }
+  ExpertCacheOptions o;
+  o.capacity_bytes = experts->experts().size() * experts->max_record_bytes();
+  auto provider = CacheExpertProvider::Create(*g_store, g_model, o);
+  kernels::CpuContext ctx;
+  ctx.pool = g_pool.get();
+  auto net = Model::Load(*g_store, g_model, ctx);
+  if (!provider.ok() || !net.ok()) {
+    state.SkipWithError((!provider.ok() ? provider.status() : net.status()).ToString().c_str());
+    return;
+  }
+  BackendOptions bo;
+  bo.device = state.range(1) == 0 ? "cuda" : "hybrid";
+  bo.gpu_cache_pct = static_cast<double>(state.range(0));
+  auto backend = CreateBackend(*g_store, **net, bo);
+  if (!backend.ok()) {
+    state.SkipWithError(backend.status().ToString().c_str());
+    return;
+  }
+  (*net)->SetBackend(std::move(backend).value());
+  RunOnce(**provider, {}, net->get());  // warm-up: both caches fill
+  ProviderCounters before = (*provider)->counters();
+  BackendCounters device_before = (*net)->backend().counters();
+  std::vector<double> prefill, decode;
+  for (auto _ : state) {
+    auto [p, d] = RunOnce(**provider, {}, net->get());
+    if (p < 0) state.SkipWithError("forward failed");
+    prefill.push_back(p);
+    decode.push_back(d);
+  }
+  Report(state, prefill, decode, **provider, before);
+  BackendCounters n = (*net)->backend().counters();
+  const double tokens = static_cast<double>(state.iterations() * (kPromptTokens + kDecodeTokens));
+  state.counters["gpu_uploads_per_token"] = static_cast<double>(n.device_uploads - device_before.device_uploads) / tokens;
+  state.counters["cpu_experts_per_token"] = static_cast<double>(n.cpu_experts - device_before.cpu_experts) / tokens;
 }
 
 void BM_Naive(benchmark::State& state) {
@@ -194,6 +247,12 @@ void CacheArgs(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_MemoryBandwidthBound)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Naive)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
 BENCHMARK(BM_Cached)->Apply(CacheArgs)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+BENCHMARK(BM_Gpu)
+    ->ArgNames({"gpu_cache_pct", "hybrid"})
+    ->ArgsProduct({{100, 50, 25}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(3);
 
 }  // namespace
 }  // namespace es
