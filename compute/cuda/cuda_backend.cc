@@ -43,34 +43,17 @@ double Seconds(std::chrono::steady_clock::duration d) { return std::chrono::dura
 
 std::string Mib(uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
 
-// A device buffer that grows to the largest size asked of it. Growing frees the old memory, which synchronises
-// the device (cudaFree), so no kernel in flight still reads it.
-class DeviceScratch {
+// A buffer that grows to the largest size asked of it: DeviceBuffer (device scratch) or PinnedHostBuffer (host
+// staging). Growing a device buffer frees the old memory, which synchronises the device (cudaFree), so no kernel
+// in flight still reads it. Callers rewrite a staging buffer only after a stream synchronisation that follows its
+// last copy (every MoE layer synchronises once), so a copy never reads bytes changed under it.
+template <typename Buffer>
+class Growing {
  public:
   Result<void*> Ensure(size_t bytes) {
     if (bytes > buffer_.size()) {
-      buffer_ = DeviceBuffer();
-      ES_ASSIGN_OR_RETURN(buffer_, DeviceBuffer::Allocate(RoundUp(std::max<size_t>(bytes, 1), kGrowBytes)));
-    }
-    return buffer_.data();
-  }
-  template <typename T>
-  T* As() const {
-    return buffer_.As<T>();
-  }
-
- private:
-  DeviceBuffer buffer_;
-};
-
-// The same for pinned host staging. Callers rewrite a staging buffer only after a stream synchronisation that
-// follows its last copy (every MoE layer synchronises once), so a copy never reads bytes changed under it.
-class HostStaging {
- public:
-  Result<void*> Ensure(size_t bytes) {
-    if (bytes > buffer_.size()) {
-      buffer_ = PinnedHostBuffer();
-      ES_ASSIGN_OR_RETURN(buffer_, PinnedHostBuffer::Allocate(RoundUp(std::max<size_t>(bytes, 1), kGrowBytes)));
+      buffer_ = Buffer();
+      ES_ASSIGN_OR_RETURN(buffer_, Buffer::Allocate(RoundUp(std::max<size_t>(bytes, 1), kGrowBytes)));
     }
     return buffer_.data();
   }
@@ -80,8 +63,10 @@ class HostStaging {
   }
 
  private:
-  PinnedHostBuffer buffer_;
+  Buffer buffer_;
 };
+using DeviceScratch = Growing<DeviceBuffer>;
+using HostStaging = Growing<PinnedHostBuffer>;
 
 // A sequence's keys and values on the device.
 class CudaKvState final : public BackendKvState {

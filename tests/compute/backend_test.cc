@@ -10,7 +10,6 @@
 #include "compute/generator.h"
 #include "compute/hybrid_cost.h"
 #include "compute/runtime.h"
-#include "ingest/ingest.h"
 #include "tests/ingest/ingest_test_util.h"
 #include "tests/util/temp_dir.h"
 
@@ -182,12 +181,9 @@ class BackendDispatchTest : public ::testing::Test {
   static void SetUpTestSuite() {
     if (!std::filesystem::exists(testing::kTinyModel)) return;
     dir_ = new testing::TempDir();
-    auto s = Store::Open(dir_->Sub("store"), StoreOptions{});
-    ASSERT_TRUE(s.ok());
+    auto s = testing::StoreWithModels(dir_->Sub("store"), {{"tiny", testing::kTinyModel}});
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
     store_ = s->release();
-    IngestOptions o;
-    o.name = "tiny";
-    ASSERT_TRUE(IngestCheckpoint(*store_, testing::kTinyModel, o).ok());
   }
   static void TearDownTestSuite() {
     delete store_;

@@ -6,12 +6,11 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
-#include <fstream>
 
 #include "compute/backend.h"
 #include "compute/cache_provider.h"
 #include "compute/generator.h"
-#include "ingest/ingest.h"
+#include "tests/compute/reference_cases.h"
 #include "tests/ingest/ingest_test_util.h"
 #include "tests/util/temp_dir.h"
 #include "tests/util/tensors.h"
@@ -19,47 +18,18 @@
 namespace es {
 namespace {
 
-constexpr char kCases[] = ES_SOURCE_DIR "/../shared/models/tiny-qwen3-moe/reference/cases.jsonl";
-constexpr char kAidreams[] = ES_SOURCE_DIR "/../shared/models/aidreams-mixtral";
-constexpr double kMaxRelL2 = 1e-3;       // against the reference, as the CPU test
+using testing::kAidreams;
 constexpr double kMaxRelL2VsCpu = 1e-4;  // against the CPU backend on the same weights
-constexpr int32_t kEos = 4093;
-
-struct Case {
-  std::vector<int32_t> ids;
-  std::vector<float> logits;
-  std::vector<int32_t> greedy;
-};
-
-std::vector<Case> LoadCases() {
-  std::vector<Case> cases;
-  std::ifstream in(kCases);
-  std::string line;
-  while (std::getline(in, line)) {
-    auto v = ParseJson(line);
-    EXPECT_TRUE(v.ok());
-    Case c;
-    for (const auto& x : v->Find("ids")->array()) c.ids.push_back(static_cast<int32_t>(*x.AsInt64()));
-    for (const auto& x : v->Find("last_logits")->array()) c.logits.push_back(static_cast<float>(*x.AsDouble()));
-    for (const auto& x : v->Find("greedy")->array()) c.greedy.push_back(static_cast<int32_t>(*x.AsInt64()));
-    cases.push_back(std::move(c));
-  }
-  return cases;
-}
+using testing::kTinyEos;
 
 class CudaBackendTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    if (CudaDevices().empty() || !std::filesystem::exists(kCases)) return;
+    if (CudaDevices().empty() || !std::filesystem::exists(testing::kReferenceCases)) return;
     dir_ = new testing::TempDir();
-    auto s = Store::Open(dir_->Sub("store"), StoreOptions{});
-    ASSERT_TRUE(s.ok());
+    auto s = testing::StoreWithModels(dir_->Sub("store"), {{"tiny", testing::kTinyModel}, {"aidreams", kAidreams}});
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
     store_ = s->release();
-    IngestOptions o;
-    o.name = "tiny";
-    ASSERT_TRUE(IngestCheckpoint(*store_, testing::kTinyModel, o).ok());
-    o.name = "aidreams";
-    ASSERT_TRUE(IngestCheckpoint(*store_, kAidreams, o).ok());
     pool_ = kernels::ComputePool::Create(0)->release();
   }
   static void TearDownTestSuite() {
@@ -105,19 +75,7 @@ class CudaBackendTest : public ::testing::Test {
     ASSERT_TRUE(model);
     auto experts = Cache("tiny", 192, 0);
     ASSERT_TRUE(experts);
-    for (const Case& c : LoadCases()) {
-      auto logits = LastLogits(*model, *experts, c.ids, {});
-      ASSERT_TRUE(logits.ok()) << logits.status().ToString();
-      EXPECT_LT(testing::RelativeL2(*logits, c.logits), kMaxRelL2);
-      std::vector<int32_t> want = c.greedy;
-      const bool ends_with_eos = !want.empty() && want.back() == kEos;
-      if (ends_with_eos) want.pop_back();
-      auto got = GenerateIds(*model, *experts, c.ids, static_cast<uint32_t>(c.greedy.size()), {kEos},
-                             SamplerOptions{}, {});
-      ASSERT_TRUE(got.ok()) << got.status().ToString();
-      if (!ends_with_eos) got->resize(std::min(got->size(), want.size()));
-      EXPECT_EQ(*got, want);
-    }
+    testing::ExpectMatchesReference(*model, *experts);
     BackendCounters n = model->backend().counters();
     EXPECT_GT(n.device_uploads, 0u);
     EXPECT_GT(n.device_hits + n.cpu_experts, 0u);
@@ -154,10 +112,10 @@ TEST_F(CudaBackendTest, HybridMatchesReferenceWithMissesOnTheCpu) {
   auto model = Load("tiny", o);
   ASSERT_TRUE(model);
   auto experts = Cache("tiny", 192, 0);
-  const Case c = LoadCases()[4];
+  const testing::ReferenceCase c = testing::LoadReferenceCases()[4];
   auto logits = LastLogits(*model, *experts, c.ids, {});
   ASSERT_TRUE(logits.ok()) << logits.status().ToString();
-  EXPECT_LT(testing::RelativeL2(*logits, c.logits), kMaxRelL2);
+  EXPECT_LT(testing::RelativeL2(*logits, c.logits), testing::kMaxReferenceRelL2);
   EXPECT_GT(model->backend().counters().cpu_experts, 0u);
   EXPECT_EQ(model->backend().counters().device_uploads, 0u) << "nothing was worth copying";
 }
@@ -177,7 +135,7 @@ TEST_F(CudaBackendTest, PrefillEqualsIncrementalDecode) {
   auto model = Load("tiny", o);
   ASSERT_TRUE(model);
   auto experts = Cache("tiny", 192, 0);
-  const Case c = LoadCases()[1];
+  const testing::ReferenceCase c = testing::LoadReferenceCases()[1];
   auto batch = LastLogits(*model, *experts, c.ids, {});
   ASSERT_TRUE(batch.ok());
   KvCache kv(model->config(), c.ids.size());
@@ -199,10 +157,10 @@ TEST_F(CudaBackendTest, SmallHostCacheAndPrefetchAgreeWithTheCpu) {
   auto reference = Load("tiny", cpu);
   ASSERT_TRUE(reference);
   auto full = Cache("tiny", 192, 0);
-  const Case c = LoadCases()[4];
+  const testing::ReferenceCase c = testing::LoadReferenceCases()[4];
   auto want = LastLogits(*reference, *full, c.ids, {});
   ASSERT_TRUE(want.ok());
-  auto want_ids = GenerateIds(*reference, *full, c.ids, 16, {kEos}, SamplerOptions{}, {});
+  auto want_ids = GenerateIds(*reference, *full, c.ids, 16, {kTinyEos}, SamplerOptions{}, {});
   ASSERT_TRUE(want_ids.ok());
 
   BackendOptions o;
@@ -217,7 +175,7 @@ TEST_F(CudaBackendTest, SmallHostCacheAndPrefetchAgreeWithTheCpu) {
   auto got = LastLogits(*model, *small, c.ids, fo);
   ASSERT_TRUE(got.ok()) << got.status().ToString();
   EXPECT_LT(testing::RelativeL2(*got, *want), kMaxRelL2VsCpu);
-  auto ids = GenerateIds(*model, *small, c.ids, 16, {kEos}, SamplerOptions{}, fo);
+  auto ids = GenerateIds(*model, *small, c.ids, 16, {kTinyEos}, SamplerOptions{}, fo);
   ASSERT_TRUE(ids.ok()) << ids.status().ToString();
   EXPECT_EQ(*ids, *want_ids);
 }
@@ -229,13 +187,7 @@ TEST_F(CudaBackendTest, MixtralLayoutGeneratesTheKnownText) {
   ASSERT_TRUE(model);
   auto experts = DirectExpertProvider::Create(*store_, "aidreams");
   ASSERT_TRUE(experts.ok());
-  auto tok = Tokenizer::FromJson(testing::ReadText(std::string(kAidreams) + "/tokenizer.json"));
-  ASSERT_TRUE(tok.ok());
-  GenerateOptions g;
-  g.max_tokens = 20;
-  auto r = Generate(*model, *tok, **experts, "", g);
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
-  EXPECT_EQ(r->text.rfind("\"Echoes of vectors unfold, a gentle hum of precision", 0), 0u) << r->text;
+  testing::ExpectAidreamsKnownText(*model, **experts);
 }
 
 // A KvCache filled on the CPU is not silently reused on the GPU.

@@ -5,12 +5,12 @@
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 
 #include "compute/cache_provider.h"
 #include "compute/generator.h"
 #include "compute/model.h"
 #include "ingest/ingest.h"
+#include "tests/compute/reference_cases.h"
 #include "tests/ingest/ingest_test_util.h"
 #include "tests/util/temp_dir.h"
 #include "tests/util/tensors.h"
@@ -18,37 +18,16 @@
 namespace es {
 namespace {
 
-constexpr char kCases[] = ES_SOURCE_DIR "/../shared/models/tiny-qwen3-moe/reference/cases.jsonl";
-constexpr double kMaxRelL2 = 1e-3;
-constexpr int32_t kEos = 4093;
-constexpr char kAidreams[] = ES_SOURCE_DIR "/../shared/models/aidreams-mixtral";
+using testing::kTinyEos;
+using Case = testing::ReferenceCase;
+using testing::kAidreams;
 
-struct Case {
-  std::vector<int32_t> ids;
-  std::vector<float> logits;
-  std::vector<int32_t> greedy;
-};
-
-std::vector<Case> LoadCases() {
-  std::vector<Case> cases;
-  std::ifstream in(kCases);
-  std::string line;
-  while (std::getline(in, line)) {
-    auto v = ParseJson(line);
-    EXPECT_TRUE(v.ok());
-    Case c;
-    for (const auto& x : v->Find("ids")->array()) c.ids.push_back(static_cast<int32_t>(*x.AsInt64()));
-    for (const auto& x : v->Find("last_logits")->array()) c.logits.push_back(static_cast<float>(*x.AsDouble()));
-    for (const auto& x : v->Find("greedy")->array()) c.greedy.push_back(static_cast<int32_t>(*x.AsInt64()));
-    cases.push_back(std::move(c));
-  }
-  return cases;
-}
+std::vector<Case> LoadCases() { return testing::LoadReferenceCases(); }
 
 class ModelTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    if (!std::filesystem::exists(kCases)) return;
+    if (!std::filesystem::exists(testing::kReferenceCases)) return;
     dir_ = new testing::TempDir();
     auto s = Store::Open(dir_->Sub("store"), StoreOptions{});
     ASSERT_TRUE(s.ok());
@@ -90,25 +69,7 @@ class ModelTest : public ::testing::Test {
     ASSERT_TRUE(model);
     auto experts = DirectExpertProvider::Create(*store_, name);
     ASSERT_TRUE(experts.ok());
-    auto cases = LoadCases();
-    ASSERT_GE(cases.size(), 5u);
-    for (size_t i = 0; i < cases.size(); ++i) {
-      SCOPED_TRACE("case " + std::to_string(i));
-      const Case& c = cases[i];
-      auto logits = LastLogits(*model, **experts, c.ids, {});
-      ASSERT_TRUE(logits.ok()) << logits.status().ToString();
-      double err = testing::RelativeL2(*logits, c.logits);
-      EXPECT_LT(err, kMaxRelL2);
-      // The reference stops at EOS (included in its list) or where its top two logits were within 0.01.
-      std::vector<int32_t> want = c.greedy;
-      bool ends_with_eos = !want.empty() && want.back() == kEos;
-      if (ends_with_eos) want.pop_back();
-      auto got = GenerateIds(*model, **experts, c.ids, static_cast<uint32_t>(c.greedy.size()), {kEos},
-                             SamplerOptions{}, {});
-      ASSERT_TRUE(got.ok()) << got.status().ToString();
-      if (!ends_with_eos) got->resize(std::min(got->size(), want.size()));
-      EXPECT_EQ(*got, want);
-    }
+    testing::ExpectMatchesReference(*model, **experts);
   }
 
   static testing::TempDir* dir_;
@@ -148,15 +109,7 @@ TEST_F(ModelTest, MixtralLayoutGeneratesTheKnownText) {
   EXPECT_TRUE(model->config().tie_word_embeddings);
   auto experts = DirectExpertProvider::Create(*store_, "aidreams");
   ASSERT_TRUE(experts.ok());
-  auto json = testing::ReadText(std::string(kAidreams) + "/tokenizer.json");
-  auto tok = Tokenizer::FromJson(json);
-  ASSERT_TRUE(tok.ok());
-  GenerateOptions o;
-  o.max_tokens = 20;
-  auto r = Generate(*model, *tok, **experts, "", o);
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
-  // The training texts are quoted, so the first generated token is the opening quote.
-  EXPECT_EQ(r->text.rfind("\"Echoes of vectors unfold, a gentle hum of precision", 0), 0u) << r->text;
+  testing::ExpectAidreamsKnownText(*model, **experts);
 }
 
 // Exact routing does not depend on how experts are supplied: a cache far smaller than the model (with and
@@ -171,7 +124,7 @@ TEST_F(ModelTest, CacheSizeAndPolicyDoNotChangeResults) {
   const Case& c = cases[4];  // the longest prompt
   auto want_logits = LastLogits(*model, **direct, c.ids, {});
   ASSERT_TRUE(want_logits.ok());
-  auto want_ids = GenerateIds(*model, **direct, c.ids, 24, {kEos}, SamplerOptions{}, {});
+  auto want_ids = GenerateIds(*model, **direct, c.ids, 24, {kTinyEos}, SamplerOptions{}, {});
   ASSERT_TRUE(want_ids.ok());
   const uint64_t expert_bytes = (*direct)->counters().bytes_read / std::max<uint64_t>(1, (*direct)->counters().misses);
   struct Config {
@@ -196,7 +149,7 @@ TEST_F(ModelTest, CacheSizeAndPolicyDoNotChangeResults) {
     auto logits = LastLogits(*model, **cache, c.ids, fo);
     ASSERT_TRUE(logits.ok()) << logits.status().ToString();
     EXPECT_EQ(*logits, *want_logits);
-    auto ids = GenerateIds(*model, **cache, c.ids, 24, {kEos}, SamplerOptions{}, fo);
+    auto ids = GenerateIds(*model, **cache, c.ids, 24, {kTinyEos}, SamplerOptions{}, fo);
     ASSERT_TRUE(ids.ok()) << ids.status().ToString();
     EXPECT_EQ(*ids, *want_ids);
     ProviderCounters n = (*cache)->counters();

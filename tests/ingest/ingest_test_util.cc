@@ -5,6 +5,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "ingest/ingest.h"
+
 namespace es::testing {
 
 std::string ReadText(const std::string& path) {
@@ -83,6 +85,17 @@ std::vector<size_t> CountKeys(Store& store) {
     counts.push_back(n);
   }
   return counts;
+}
+
+Result<std::unique_ptr<Store>> StoreWithModels(const std::string& dir,
+                                               const std::vector<std::pair<std::string, std::string>>& models) {
+  ES_ASSIGN_OR_RETURN(std::unique_ptr<Store> store, Store::Open(dir, StoreOptions{}));
+  for (const auto& [name, checkpoint] : models) {
+    IngestOptions o;
+    o.name = name;
+    ES_RETURN_IF_ERROR(IngestCheckpoint(*store, checkpoint, o).status());
+  }
+  return store;
 }
 
 }  // namespace es::testing

@@ -4,6 +4,7 @@
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -38,6 +39,10 @@ Result<std::map<std::pair<uint32_t, uint32_t>, std::vector<std::byte>>> ReadAllE
 
 // Counts keys per column family (a store "fingerprint" for checking that nothing changed).
 std::vector<size_t> CountKeys(Store& store);
+
+// A fresh store in `dir` with each (name, checkpoint directory) ingested.
+Result<std::unique_ptr<Store>> StoreWithModels(const std::string& dir,
+                                               const std::vector<std::pair<std::string, std::string>>& models);
 
 std::string ReadText(const std::string& path);
 void WriteText(const std::string& path, const std::string& text);
