@@ -1,7 +1,7 @@
-// Choosing a backend, and what this build and machine offer.
+// Choosing a backend, and what this build and machine offer (es_backends: the one library that knows whether
+// CUDA was compiled in).
 #include "compute/backend.h"
 
-#include <algorithm>
 
 #ifdef ES_HAVE_CUDA
 #include "compute/cuda/cuda_backend.h"
@@ -14,10 +14,6 @@ namespace {
 
 constexpr uint64_t kMaxGpuCacheMb = uint64_t{1} << 30;
 constexpr double kPercent = 100;
-// Device memory the default GPU cache leaves free: a share of what is free, and at least this much, for the KV
-// cache, activations and the CUDA runtime.
-constexpr double kReserveShare = 0.1;
-constexpr uint64_t kMinReserveBytes = uint64_t{1} << 30;
 
 }  // namespace
 
@@ -66,30 +62,6 @@ Status ValidateBackendOptions(const BackendOptions& o) {
   }
   return Status::Ok();
 #endif
-}
-
-Result<size_t> GpuExpertSlots(const BackendOptions& o, size_t total_experts, uint64_t slot_bytes, uint64_t free_bytes) {
-  if (slot_bytes == 0 || total_experts == 0) return Status::InvalidArgument("GpuExpertSlots: no experts");
-  size_t slots = 0;
-  if (o.gpu_cache_pct) {
-    slots = static_cast<size_t>(*o.gpu_cache_pct / kPercent * static_cast<double>(total_experts));
-  } else if (o.gpu_cache_mb) {
-    slots = static_cast<size_t>((*o.gpu_cache_mb << 20) / slot_bytes);
-  } else {
-    const uint64_t reserve = std::max<uint64_t>(kMinReserveBytes, static_cast<uint64_t>(kReserveShare * free_bytes));
-    slots = free_bytes > reserve ? static_cast<size_t>((free_bytes - reserve) / slot_bytes) : 0;
-  }
-  slots = std::min(slots, total_experts);
-  if (slots == 0) {
-    return Status::ResourceExhausted("the GPU cache holds no expert of " + std::to_string(slot_bytes >> 10) +
-                                     " KiB (" + std::to_string(free_bytes >> 20) + " MiB of device memory free)");
-  }
-  if (static_cast<uint64_t>(slots) * slot_bytes > free_bytes) {
-    return Status::ResourceExhausted("a GPU cache of " + std::to_string(slots) + " experts needs " +
-                                     std::to_string((static_cast<uint64_t>(slots) * slot_bytes) >> 20) + " MiB; " +
-                                     std::to_string(free_bytes >> 20) + " MiB of device memory is free");
-  }
-  return slots;
 }
 
 Result<std::unique_ptr<Backend>> CreateBackend(Store& store, const Model& model, const BackendOptions& options) {

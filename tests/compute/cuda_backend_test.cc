@@ -3,12 +3,18 @@
 // agreement with the CPU backend under a host cache too small for one layer's prefill (parts) and with device
 // prefetch, the hybrid backend with every miss sent to the CPU and with every miss copied, and the Mixtral
 // layout (fp32 weights, tied embeddings). Every test skips without a CUDA device.
+//
+// Built a second time as cuda_backend_emulated_test (ES_CUDA_EMULATED): the same tests over
+// tests/util/cuda_emulator.cc, where the "device" is host memory running the CPU kernels on deferred streams. That
+// build runs everywhere and checks the backend's host logic (buffers, KV positions, routing, parts, leases,
+// prefetch, the hybrid split), not the CUDA kernels.
 #include <gtest/gtest.h>
 
 #include <filesystem>
 
 #include "compute/backend.h"
 #include "compute/cache_provider.h"
+#include "compute/cuda/cuda_backend.h"
 #include "compute/generator.h"
 #include "tests/compute/reference_cases.h"
 #include "tests/ingest/ingest_test_util.h"
@@ -22,10 +28,23 @@ using testing::kAidreams;
 constexpr double kMaxRelL2VsCpu = 1e-4;  // against the CPU backend on the same weights
 using testing::kTinyEos;
 
+#ifdef ES_CUDA_EMULATED
+bool HaveDevice() { return true; }
+Result<std::unique_ptr<Backend>> MakeBackend(Store& store, const Model& model, const BackendOptions& o) {
+  if (o.device == "cpu") return MakeCpuBackend();
+  return CreateCudaBackend(store, model, o);
+}
+#else
+bool HaveDevice() { return !CudaDevices().empty(); }
+Result<std::unique_ptr<Backend>> MakeBackend(Store& store, const Model& model, const BackendOptions& o) {
+  return CreateBackend(store, model, o);
+}
+#endif
+
 class CudaBackendTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    if (CudaDevices().empty() || !std::filesystem::exists(testing::kReferenceCases)) return;
+    if (!HaveDevice() || !std::filesystem::exists(testing::kReferenceCases)) return;
     dir_ = new testing::TempDir();
     auto s = testing::StoreWithModels(dir_->Sub("store"), {{"tiny", testing::kTinyModel}, {"aidreams", kAidreams}});
     ASSERT_TRUE(s.ok()) << s.status().ToString();
@@ -38,7 +57,7 @@ class CudaBackendTest : public ::testing::Test {
     delete dir_;
   }
   void SetUp() override {
-    if (CudaDevices().empty()) GTEST_SKIP() << "no CUDA device";
+    if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
     if (store_ == nullptr) GTEST_SKIP() << "../shared reference data is missing";
   }
 
@@ -49,7 +68,7 @@ class CudaBackendTest : public ::testing::Test {
     auto m = Model::Load(*store_, name, ctx);
     EXPECT_TRUE(m.ok()) << m.status().ToString();
     if (!m.ok()) return nullptr;
-    auto b = CreateBackend(*store_, **m, o);
+    auto b = MakeBackend(*store_, **m, o);
     EXPECT_TRUE(b.ok()) << b.status().ToString();
     if (!b.ok()) return nullptr;
     (*m)->SetBackend(std::move(b).value());
