@@ -123,6 +123,22 @@ bool ExpertCache::IsResident(ExpertRef ref) const {
   return s != kNoSlot && slots_[static_cast<size_t>(s)].state == SlotState::kReady;
 }
 
+std::vector<ExpertHandle> ExpertCache::PinResident(std::span<const ExpertRef> refs) {
+  std::vector<ExpertHandle> handles(refs.size());
+  std::lock_guard<std::mutex> lock(mu_);
+  for (size_t i = 0; i < refs.size(); ++i) {
+    auto key = experts_.keys().Key(refs[i]);
+    if (!key) continue;
+    int32_t s = slot_of_key_[*key];
+    if (s == kNoSlot) continue;
+    Slot& slot = slots_[static_cast<size_t>(s)];
+    if (slot.state != SlotState::kReady) continue;
+    ++slot.pins;
+    handles[i] = ExpertHandle(this, static_cast<uint32_t>(s), experts_.Find(slot.key), slot.payload);
+  }
+  return handles;
+}
+
 CacheStats ExpertCache::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   return stats_;

@@ -117,6 +117,10 @@ class ExpertCache {
   bool Contains(ExpertRef ref) const;
   // True when the expert is in a slot and readable now (not in flight).
   bool IsResident(ExpertRef ref) const;
+  // Pins those of `refs` that are resident and ready now, without reading anything, counting an access or
+  // touching the policy: a copy out of the cache (a GPU upload) that must not disturb it. Empty handles for
+  // the rest.
+  std::vector<ExpertHandle> PinResident(std::span<const ExpertRef> refs);
 
   CacheStats stats() const;
   const ModelExperts& experts() const { return experts_; }

@@ -66,7 +66,8 @@ Result<std::unique_ptr<Backend>> CreateBackend(Store& store, const Model& model,
 
 // GPU expert slots for `options` (--gpu-cache-pct: that share of `total_experts`; --gpu-cache-mb: that many
 // bytes of slots; neither: every expert that fits in `free_bytes` less a reserve for activations and the KV
-// cache), at most total_experts. ResourceExhausted when not even one slot fits, or the request exceeds free_bytes.
+// cache), at most total_experts. The reserve (10% of free_bytes, at least 1 GiB) stays free in every case:
+// ResourceExhausted when not even one slot fits, or a request leaves less than the reserve.
 Result<size_t> GpuExpertSlots(const BackendOptions& options, size_t total_experts, uint64_t slot_bytes,
                               uint64_t free_bytes);
 

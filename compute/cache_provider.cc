@@ -31,6 +31,22 @@ Status CacheExpertProvider::Acquire(uint32_t layer, std::span<const uint32_t> ex
   return Status::Ok();
 }
 
+void CacheExpertProvider::AcquireResident(uint32_t layer, std::span<const uint32_t> experts,
+                                          std::vector<AcquiredExpert>& out) {
+  out.clear();
+  std::vector<ExpertRef> refs;
+  refs.reserve(experts.size());
+  for (uint32_t e : experts) refs.push_back({layer, e});
+  std::vector<ExpertHandle> handles = cache_->PinResident(refs);
+  for (size_t i = 0; i < handles.size(); ++i) {
+    if (!handles[i].valid()) continue;
+    auto handle = std::make_shared<ExpertHandle>(std::move(handles[i]));
+    auto weights = ExpertWeightsFromPayload(handle->info(), handle->payload());
+    if (!weights.ok()) continue;  // a corrupt record is reported by the demand path that needs it
+    out.push_back({experts[i], *weights, handle, handle->payload()});
+  }
+}
+
 void CacheExpertProvider::Prefetch(uint32_t layer, std::span<const uint32_t> experts) {
   if (!prefetch_) return;
   std::vector<ExpertRef> refs;

@@ -20,6 +20,7 @@ class CacheExpertProvider final : public ExpertProvider {
   size_t max_batch() const override { return cache_->capacity_slots(); }
   bool Has(uint32_t layer, uint32_t expert) const override { return cache_->Contains({layer, expert}); }
   bool Resident(uint32_t layer, uint32_t expert) const override { return cache_->IsResident({layer, expert}); }
+  void AcquireResident(uint32_t layer, std::span<const uint32_t> experts, std::vector<AcquiredExpert>& out) override;
   ProviderCounters counters() const override;
   ExpertCache& cache() { return *cache_; }
 

@@ -44,9 +44,13 @@ class ExpertProvider {
   // Whether the store holds expert `expert` of `layer` (false for the gaps of a partial checkpoint).
   virtual bool Has(uint32_t layer, uint32_t expert) const = 0;
   virtual bool prefetches() const { return false; }
-  // Whether Acquire would find the expert in memory now, without reading (a GPU backend uploads such experts
-  // ahead of use). Default: false.
+  // Whether Acquire would find the expert in memory now, without reading. Default: false.
   virtual bool Resident(uint32_t layer, uint32_t expert) const { return false; }
+  // Leases on those of `experts` that are in memory now, without reading, counting an access or changing what
+  // the cache keeps (a GPU backend uploads them ahead of use); the rest are left out. Default: none.
+  virtual void AcquireResident(uint32_t layer, std::span<const uint32_t> experts, std::vector<AcquiredExpert>& out) {
+    out.clear();
+  }
   // The most experts one Acquire may pin (a cache's slot count); larger sets are acquired in parts.
   virtual size_t max_batch() const { return SIZE_MAX; }
   virtual ProviderCounters counters() const = 0;

@@ -120,7 +120,10 @@ class CudaLayerOps final : public Model::LayerOps {
   const size_t H_;
   const size_t first_position_;
   uint32_t layer_ = 0;
-  std::vector<AcquiredExpert> upload_leases_;    // demand misses uploaded this layer
+  // Host leases whose uploads may still be queued. Members, so that on every exit (an error included) the
+  // destructor's synchronisation comes before they go.
+  std::vector<AcquiredExpert> part_;             // the misses of the part being run (RunExperts)
+  std::vector<AcquiredExpert> upload_leases_;    // the last part's, released at the next synchronisation
   std::vector<AcquiredExpert> prefetch_leases_;  // uploads ahead of use, released at the next MoE layer
 };
 
@@ -408,6 +411,7 @@ CudaLayerOps::~CudaLayerOps() {
 Status CudaLayerOps::Drain() {
   ES_RETURN_IF_ERROR(b_.stream_.Synchronize());
   ES_RETURN_IF_ERROR(b_.cache_->Synchronize());
+  part_.clear();
   upload_leases_.clear();
   prefetch_leases_.clear();
   return Status::Ok();
@@ -574,14 +578,17 @@ Status CudaLayerOps::PrefetchToDevice(uint32_t layer, const std::vector<uint32_t
   std::vector<uint32_t> ids;
   for (uint32_t e : experts) {
     if (prefetch_leases_.size() + ids.size() >= budget) break;
-    if (!b_.cache_->Contains(ExpertKey(layer, e)) && experts_.Resident(layer, e)) ids.push_back(e);
+    if (!b_.cache_->Contains(ExpertKey(layer, e))) ids.push_back(e);
   }
   if (ids.empty()) return Status::Ok();
-  std::vector<AcquiredExpert> acquired;
-  if (!experts_.Acquire(layer, ids, acquired).ok()) return Status::Ok();  // a hint: never fail the forward pass
-  for (AcquiredExpert& a : acquired) {
-    ES_RETURN_IF_ERROR(b_.cache_->Upload(ExpertKey(layer, a.expert), a.payload.data(), a.payload.size()));
+  // Only what is in host memory already: no read, no access counted, nothing evicted on the host.
+  std::vector<AcquiredExpert> resident;
+  experts_.AcquireResident(layer, ids, resident);
+  for (AcquiredExpert& a : resident) {
+    // Held before the upload is queued; a failed upload is a skipped hint, never a failed forward pass.
     prefetch_leases_.push_back(std::move(a));
+    const AcquiredExpert& held = prefetch_leases_.back();
+    if (!b_.cache_->Upload(ExpertKey(layer, held.expert), held.payload.data(), held.payload.size()).ok()) break;
   }
   return Status::Ok();
 }
@@ -592,13 +599,16 @@ Status CudaLayerOps::LaunchExpert(const ExpertRows& g, size_t offset, const Acqu
   const void* src = host != nullptr ? static_cast<const void*>(host->payload.data()) : nullptr;
   const size_t bytes = host != nullptr ? host->payload.size() : 0;
   ES_ASSIGN_OR_RETURN(cuda::DeviceSlot slot, b_.cache_->Acquire(key, src, bytes, s));
+  // Between Acquire and Release nothing returns early: the slot is released on every path.
   Result<kernels::ExpertWeights> view = b_.SlotView(layer_, g.expert, slot);
   Status run = view.status();
+  Result<void*> scratch = run.ok() ? b_.scratch_.Ensure(cuda::ExpertScratchFloats(g.rows.size(), view->gate.rows) *
+                                                        sizeof(float))
+                                   : Result<void*>(run);
+  if (run.ok()) run = scratch.status();
   if (run.ok()) {
-    ES_ASSIGN_OR_RETURN(void* scratch,
-                        b_.scratch_.Ensure(cuda::ExpertScratchFloats(g.rows.size(), view->gate.rows) * sizeof(float)));
     run = cuda::ExpertSwiGLURows(s, *view, b_.h_.As<float>(), T_, b_.rows_.As<int32_t>() + offset,
-                                 b_.scales_.As<float>() + offset, g.rows.size(), static_cast<float*>(scratch),
+                                 b_.scales_.As<float>() + offset, g.rows.size(), static_cast<float*>(*scratch),
                                  b_.moe_.As<float>());
   }
   Status released = b_.cache_->Release(slot, s);
@@ -635,20 +645,41 @@ Status CudaLayerOps::RunExperts(const std::vector<ExpertRows>& groups, bool shar
   std::vector<bool> resident(groups.size());
   for (size_t i = 0; i < groups.size(); ++i) resident[i] = b_.cache_->Touch(ExpertKey(layer_, groups[i].expert));
 
-  // In ascending expert order (the CPU's summation order): a resident expert runs in place; the misses are
-  // acquired from the host provider in parts of at most its max_batch, each part's uploads finished (and its
-  // CPU experts computed, in hybrid mode) before its leases go.
+  // On the GPU in ascending expert order (the CPU's summation order): a resident expert runs in place; the
+  // misses are acquired from the host provider in parts of at most its max_batch. In hybrid mode the misses
+  // the cost model gives the CPU are summed on the host once the part's GPU work is queued (so the GPU is busy
+  // meanwhile) and added to the GPU's sum afterwards: the same terms in another order, so hybrid results match
+  // the CPU's to rounding, not bit for bit.
   const size_t part = std::max<size_t>(1, experts_.max_batch());
-  std::vector<AcquiredExpert> acquired;
-  std::vector<size_t> part_groups;  // groups the current part holds, parallel to `acquired`
+  std::vector<size_t> part_groups;  // the groups part_ holds, parallel to it
+  std::vector<size_t> cpu_pending;  // indices into part_ of this part's CPU experts
   bool any_cpu = false;
   if (b_.hybrid_) b_.cpu_moe_host_.assign(T_ * H_, 0.0f);
 
+  auto run_cpu_pending = [&]() -> Status {
+    for (size_t j : cpu_pending) {
+      const AcquiredExpert& host = part_[j];
+      const ExpertRows& g = groups[part_groups[j]];
+      const size_t weight_bytes = DTypeSize(host.weights.gate.dtype);
+      auto start = std::chrono::steady_clock::now();
+      b_.cpu_scratch_.resize(kernels::ExpertScratchFloats(g.rows.size(), host.weights.gate.rows));
+      ES_RETURN_IF_ERROR(kernels::ExpertAccumulateRows(model_.context(), host.weights, b_.stage_h_.As<float>(), T_,
+                                                       g.rows, g.scales.data(), b_.cpu_scratch_,
+                                                       b_.cpu_moe_host_.data()));
+      b_.cost_.ObserveCpu(host.payload.size(), weight_bytes, g.rows.size(),
+                          Seconds(std::chrono::steady_clock::now() - start));
+      ++b_.counters_.cpu_experts;
+      any_cpu = true;
+    }
+    cpu_pending.clear();
+    return Status::Ok();
+  };
   // The next part: group `from` (a miss) and the following groups not on the GPU, up to `part` of them. The
-  // previous part's uploads must have run before the host slots they copy from are let go.
+  // previous part's CPU experts run first; its leases go once the copy stream is past its uploads.
   auto start_part = [&](size_t from) -> Status {
-    if (!acquired.empty()) ES_RETURN_IF_ERROR(s.Synchronize());
-    acquired.clear();
+    ES_RETURN_IF_ERROR(run_cpu_pending());
+    if (!part_.empty()) ES_RETURN_IF_ERROR(b_.cache_->Synchronize());
+    part_.clear();
     part_groups.clear();
     std::vector<uint32_t> ids;
     for (size_t i = from; i < groups.size() && ids.size() < part; ++i) {
@@ -657,7 +688,7 @@ Status CudaLayerOps::RunExperts(const std::vector<ExpertRows>& groups, bool shar
         part_groups.push_back(i);
       }
     }
-    return experts_.Acquire(layer_, ids, acquired);
+    return experts_.Acquire(layer_, ids, part_);
   };
 
   for (size_t i = 0; i < groups.size(); ++i) {
@@ -674,28 +705,20 @@ Status CudaLayerOps::RunExperts(const std::vector<ExpertRows>& groups, bool shar
       held = std::find(part_groups.begin(), part_groups.end(), i);
       if (held == part_groups.end()) return Status::InvalidArgument("internal: an expert missing on the GPU was not acquired");
     }
-    const AcquiredExpert& host = acquired[static_cast<size_t>(held - part_groups.begin())];
-    if (b_.hybrid_) {
-      const size_t weight_bytes = DTypeSize(host.weights.gate.dtype);
-      if (b_.cost_.Choose(host.payload.size(), weight_bytes, g.rows.size()) == ExpertPlacement::kCpu) {
-        // On the CPU, from the pinned slot, while the GPU works through what was launched before.
-        auto start = std::chrono::steady_clock::now();
-        b_.cpu_scratch_.resize(kernels::ExpertScratchFloats(g.rows.size(), host.weights.gate.rows));
-        ES_RETURN_IF_ERROR(kernels::ExpertAccumulateRows(model_.context(), host.weights, b_.stage_h_.As<float>(), T_,
-                                                         g.rows, g.scales.data(), b_.cpu_scratch_,
-                                                         b_.cpu_moe_host_.data()));
-        b_.cost_.ObserveCpu(host.payload.size(), weight_bytes, g.rows.size(),
-                            Seconds(std::chrono::steady_clock::now() - start));
-        ++b_.counters_.cpu_experts;
-        any_cpu = true;
-        continue;
-      }
+    const size_t j = static_cast<size_t>(held - part_groups.begin());
+    const AcquiredExpert& host = part_[j];
+    if (b_.hybrid_ && b_.cost_.Choose(host.payload.size(), DTypeSize(host.weights.gate.dtype), g.rows.size()) ==
+                          ExpertPlacement::kCpu) {
+      cpu_pending.push_back(j);
+      continue;
     }
     ES_RETURN_IF_ERROR(LaunchExpert(g, offsets[i], &host));
   }
+  ES_RETURN_IF_ERROR(run_cpu_pending());
   // The last part's uploads may still be running: its leases go at the next synchronisation (the next MoE
   // layer's, or the end of Forward).
-  for (AcquiredExpert& a : acquired) upload_leases_.push_back(std::move(a));
+  for (AcquiredExpert& a : part_) upload_leases_.push_back(std::move(a));
+  part_.clear();
 
   if (any_cpu) {
     ES_ASSIGN_OR_RETURN(void* hc, b_.stage_cpu_.Ensure(T_ * H_ * sizeof(float)));

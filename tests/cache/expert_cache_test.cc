@@ -166,6 +166,34 @@ TEST_F(ExpertCacheTest, PinnedExpertsAreNeverEvicted) {
   EXPECT_EQ(cache->stats().misses, misses);  // a hit: it was never evicted
 }
 
+// PinResident (a GPU upload's lease): pins what is resident, reads nothing, counts nothing, and a pinned expert
+// is not evicted until its handle goes.
+TEST_F(ExpertCacheTest, PinResidentPinsWithoutReadingOrCounting) {
+  Build({.layers = 2, .experts = 8});
+  auto cache = Open({.capacity_bytes = 2 * SlotBytes()});
+  ASSERT_TRUE(cache);
+  std::vector<ExpertRef> warm = {{0, 1}, {0, 2}};
+  ASSERT_TRUE(cache->Acquire(warm).ok());
+  const CacheStats before = cache->stats();
+  std::vector<ExpertRef> ask = {{0, 2}, {1, 0}, {0, 1}, {5, 5}};  // resident, absent, resident, not in the model
+  std::vector<ExpertHandle> pinned = cache->PinResident(ask);
+  ASSERT_EQ(pinned.size(), 4u);
+  ExpectBytes(pinned[0]);
+  EXPECT_FALSE(pinned[1].valid());
+  ExpectBytes(pinned[2]);
+  EXPECT_FALSE(pinned[3].valid());
+  const CacheStats after = cache->stats();
+  EXPECT_EQ(after.hits, before.hits);
+  EXPECT_EQ(after.misses, before.misses);
+  EXPECT_EQ(after.bytes_read, before.bytes_read);
+  EXPECT_FALSE(cache->IsResident({1, 0}));
+  // Both slots are pinned: a miss cannot be admitted until the handles go.
+  std::vector<ExpertRef> miss = {{1, 0}};
+  EXPECT_TRUE(cache->Acquire(miss).status().IsResourceExhausted());
+  pinned.clear();
+  EXPECT_TRUE(cache->Acquire(miss).ok());
+}
+
 TEST_F(ExpertCacheTest, PartialCheckpointsReportOrSkipAbsentExperts) {
   Build({.layers = 2, .experts = 8, .missing = {{1, 3}}});
   auto cache = Open({.capacity_bytes = 8 * SlotBytes()});
