@@ -11,6 +11,8 @@
 #include "compute/hybrid_cost.h"
 #include "compute/runtime.h"
 #include "tests/ingest/ingest_test_util.h"
+#include "store/json.h"
+#include "tests/util/run_cli.h"
 #include "tests/util/temp_dir.h"
 
 namespace es {
@@ -265,6 +267,34 @@ TEST_F(BackendDispatchTest, CudaWithoutADeviceIsAClearError) {
   RuntimeConfig rc;
   rc.gpu_cache_pct = 50;
   EXPECT_TRUE(ValidateRuntimeConfig(rc).IsInvalidArgument());
+}
+
+// The CLI: `info` lists the compiled backends and the GPUs found; `generate --device cuda|hybrid` without a
+// device (or without CUDA compiled in) exits 7 (not supported); a bad device name is a usage error (2).
+TEST(BackendCli, InfoListsBackendsAndGenerateRefusesMissingGpus) {
+  auto info = testing::RunCli("info --json");
+  ASSERT_EQ(info.exit_code, 0);
+  auto v = ParseJson(info.out);
+  ASSERT_TRUE(v.ok()) << info.out;
+  ASSERT_NE(v->Find("backends"), nullptr);
+  std::vector<std::string> backends;
+  for (const auto& b : v->Find("backends")->array()) backends.push_back(b.string_value());
+  EXPECT_EQ(backends, CompiledBackends());
+  ASSERT_NE(v->Find("devices"), nullptr);
+  EXPECT_EQ(v->Find("devices")->array().size(), CudaDevices().size());
+
+  if (!std::filesystem::exists(testing::kTinyModel)) GTEST_SKIP() << "../shared/models/tiny-qwen3-moe is missing";
+  testing::TempDir dir;
+  const std::string store = "--store " + dir.Sub("store");
+  ASSERT_EQ(testing::RunCli("ingest " + std::string(testing::kTinyModel) + " --name tiny --quiet " + store).exit_code, 0);
+  const std::string gen = "generate " + store + " --model tiny --prompt hi --max-tokens 2 --quiet";
+  EXPECT_EQ(testing::RunCli(gen + " --device gpu").exit_code, 2);
+  EXPECT_EQ(testing::RunCli(gen + " --gpu-cache-pct 50").exit_code, 2) << "GPU flags need a GPU device";
+  if (CudaDevices().empty()) {
+    EXPECT_EQ(testing::RunCli(gen + " --device cuda").exit_code, 7);
+    EXPECT_EQ(testing::RunCli(gen + " --device hybrid --gpu-cache-pct 25").exit_code, 7);
+  }
+  EXPECT_EQ(testing::RunCli(gen).exit_code, 0);
 }
 
 TEST(KvCache, HostRowsAreAllocatedOnFirstUse) {
