@@ -60,6 +60,10 @@ Status ValidateBackendOptions(const BackendOptions& o) {
   if (o.gpu_cache_pct && !(*o.gpu_cache_pct > 0 && *o.gpu_cache_pct <= kPercent)) {
     return Status::InvalidArgument("--gpu-cache-pct must be in (0, 100]");
   }
+  // Checked here too (not only when the backend is created), so that `serve` fails at start, not per request.
+  if (!cuda::DeviceAvailable()) {
+    return Status::NotSupported("--device " + o.device + ": no CUDA device found (the CUDA runtime reports none)");
+  }
   return Status::Ok();
 #endif
 }

@@ -58,7 +58,8 @@ struct BackendOptions {
   double hybrid_copy_bias = 1.0;         // hybrid: HybridCostOptions::copy_bias (tests force either side with it)
 };
 
-// Checks the names and ranges, and that this build has the backend (NotSupported: no CUDA compiled in).
+// Checks the names and ranges, and that this build and machine can run the backend (NotSupported: no CUDA
+// compiled in, or no CUDA device).
 Status ValidateBackendOptions(const BackendOptions& options);
 // The backend for `model` (loaded from `store`, which must outlive the backend). cpu: the reference.
 // cuda/hybrid: NotSupported without a CUDA device.
