@@ -15,10 +15,10 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
-#include <unordered_map>
 #include <vector>
 
 #include "compute/cuda/cuda_kernels.h"
+#include "compute/cuda/slot_table.h"
 #include "store/status.h"
 
 namespace es::cuda {
@@ -26,14 +26,6 @@ namespace es::cuda {
 struct DeviceExpertCacheOptions {
   size_t slots = 0;       // fixed; > 0
   size_t slot_bytes = 0;  // the largest expert (rounded up to 256 bytes internally); > 0
-};
-
-struct DeviceCacheStats {
-  uint64_t uploads = 0;         // copies enqueued (misses)
-  uint64_t bytes_uploaded = 0;  // their bytes
-  uint64_t hits = 0;            // Upload / Acquire calls that found the key resident
-  uint64_t evictions = 0;       // resident experts replaced
-  uint64_t ordered_evictions = 0;  // of those, victims whose last use had not completed: the copy waits on the GPU
 };
 
 // A resident expert held by its user. `data` is device memory (slot_bytes long; the expert's `bytes` first).
@@ -75,38 +67,22 @@ class DeviceExpertCache {
   // Contains, and a resident key counts as just used (so that the uploads of the same layer evict others first).
   bool Touch(uint64_t key);
   DeviceCacheStats stats() const;
-  size_t slots() const { return slots_.size(); }
+  size_t slots() const { return table_.size(); }
   size_t slot_bytes() const { return slot_bytes_; }
   // Blocks until every enqueued upload has completed.
   Status Synchronize() const;
 
  private:
-  struct Slot {
-    bool occupied = false;
-    uint64_t key = 0;
-    size_t bytes = 0;
-    uint32_t holders = 0;
-    bool use_recorded = false;  // use_event has been recorded at least once since the slot was filled
-    uint64_t last_touch = 0;
-    void* ready_event = nullptr;  // cudaEvent_t
-    void* use_event = nullptr;    // cudaEvent_t
-  };
-
   DeviceExpertCache() = default;
   // The slot holding `key`, uploading it on a miss. Caller holds mu_.
   Result<size_t> EnsureResident(uint64_t key, const void* host, size_t bytes);
-  // The slot a miss goes to. Caller holds mu_.
-  Result<size_t> PickVictim(bool* use_pending);
   void* SlotData(size_t index) const;
 
   mutable std::mutex mu_;
   DeviceBuffer memory_;
   CudaStream copy_stream_;
   size_t slot_bytes_ = 0;
-  std::vector<Slot> slots_;
-  std::unordered_map<uint64_t, size_t> index_;
-  uint64_t clock_ = 0;
-  DeviceCacheStats stats_;
+  internal::SlotTable table_;
 };
 
 }  // namespace es::cuda

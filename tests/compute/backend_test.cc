@@ -7,6 +7,7 @@
 
 #include "compute/backend.h"
 #include "compute/cache_provider.h"
+#include "compute/cuda/slot_table.h"
 #include "compute/generator.h"
 #include "compute/hybrid_cost.h"
 #include "compute/runtime.h"
@@ -302,6 +303,61 @@ TEST(BackendCli, InfoListsBackendsAndGenerateRefusesMissingGpus) {
     EXPECT_EQ(testing::RunCli(gen + " --device hybrid --gpu-cache-pct 25").exit_code, 7);
   }
   EXPECT_EQ(testing::RunCli(gen).exit_code, 0);
+}
+
+// The device expert cache's bookkeeping (shared by device_cache.cu and the emulator): free slots first, then the
+// least recently used slot nobody holds, preferring one whose last use has completed; held slots never.
+TEST(SlotTable, VictimsHoldersAndCounters) {
+  cuda::internal::SlotTable t(3);
+  int done_event = 0, busy_event = 0;
+  auto use_done = [&](void* e) -> Result<bool> { return e == &done_event; };
+  bool pending = true;
+  for (uint64_t key = 10; key < 13; ++key) {
+    auto v = t.PickVictim(use_done, &pending);
+    ASSERT_TRUE(v.ok());
+    EXPECT_FALSE(pending);
+    t.Vacate(*v, pending);
+    t.Fill(*v, key, 100);
+  }
+  EXPECT_EQ(t.stats().uploads, 3u);
+  EXPECT_EQ(t.stats().bytes_uploaded, 300u);
+  ASSERT_TRUE(t.Hit(10).has_value());  // 11 is now the least recently used
+  EXPECT_FALSE(t.Hit(99).has_value());
+  EXPECT_EQ(t.stats().hits, 1u);
+  auto v = t.PickVictim(use_done, &pending);
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(t[*v].key, 11u);
+  // 11 held: 12 goes instead; Touch refreshes without counting a hit.
+  const size_t s11 = *v;
+  ++t[s11].holders;
+  ASSERT_TRUE(t.Touch(12));
+  EXPECT_EQ(t.stats().hits, 1u);
+  v = t.PickVictim(use_done, &pending);
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(t[*v].key, 10u) << "12 was touched, 11 is held";
+  // A slot whose last use is still running is taken, with `pending` set, only when nothing else is free.
+  EXPECT_TRUE(t.CheckHeld(s11, 11).ok());
+  EXPECT_TRUE(t.CheckHeld(s11, 12).IsInvalidArgument());
+  t[s11].use_event = &busy_event;
+  t.Released(s11);
+  for (size_t i = 0; i < t.size(); ++i) {
+    if (i != s11) {
+      ++t[i].holders;
+    }
+  }
+  v = t.PickVictim(use_done, &pending);
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(*v, s11);
+  EXPECT_TRUE(pending);
+  t.Vacate(*v, pending);
+  EXPECT_EQ(t.stats().evictions, 1u);
+  EXPECT_EQ(t.stats().ordered_evictions, 1u);
+  EXPECT_FALSE(t.Contains(11));
+  // Every slot held: no victim.
+  t.Fill(s11, 20, 100);
+  ++t[s11].holders;
+  EXPECT_TRUE(t.PickVictim(use_done, &pending).status().IsResourceExhausted());
+  EXPECT_TRUE(t.CheckHeld(7, 20).IsInvalidArgument()) << "no such slot";
 }
 
 TEST(KvCache, HostRowsAreAllocatedOnFirstUse) {

@@ -20,6 +20,7 @@
 #include <set>
 #include <span>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -377,7 +378,7 @@ Status AddSigmoidGated(const CudaStream& stream, float* x, const float* gate, si
   });
 }
 
-// ---- DeviceExpertCache: device_cache.cu's protocol over emulated streams and events ------------------------------
+// ---- DeviceExpertCache: device_cache.cu's protocol (the same SlotTable) over emulated streams and events ------
 
 Result<std::unique_ptr<DeviceExpertCache>> DeviceExpertCache::Create(const DeviceExpertCacheOptions& options) {
   if (options.slots == 0 || options.slot_bytes == 0) {
@@ -388,8 +389,8 @@ Result<std::unique_ptr<DeviceExpertCache>> DeviceExpertCache::Create(const Devic
   ES_ASSIGN_OR_RETURN(cache->copy_stream_, CudaStream::Create());
   ES_ASSIGN_OR_RETURN(cache->memory_, DeviceBuffer::Allocate(options.slots * slot_bytes));
   cache->slot_bytes_ = slot_bytes;
-  cache->slots_.resize(options.slots);
-  for (Slot& slot : cache->slots_) {
+  cache->table_ = internal::SlotTable(options.slots);
+  for (internal::SlotTable::Slot& slot : cache->table_.slots()) {
     slot.ready_event = new Event();
     slot.use_event = new Event();
   }
@@ -398,7 +399,7 @@ Result<std::unique_ptr<DeviceExpertCache>> DeviceExpertCache::Create(const Devic
 
 DeviceExpertCache::~DeviceExpertCache() {
   (void)copy_stream_.Synchronize();
-  for (Slot& slot : slots_) {
+  for (internal::SlotTable::Slot& slot : table_.slots()) {
     delete static_cast<Event*>(slot.ready_event);
     delete static_cast<Event*>(slot.use_event);
   }
@@ -406,43 +407,15 @@ DeviceExpertCache::~DeviceExpertCache() {
 
 void* DeviceExpertCache::SlotData(size_t index) const { return memory_.As<std::byte>() + index * slot_bytes_; }
 
-Result<size_t> DeviceExpertCache::PickVictim(bool* use_pending) {
-  size_t oldest_done = slots_.size();
-  size_t oldest_busy = slots_.size();
-  for (size_t i = 0; i < slots_.size(); ++i) {
-    const Slot& slot = slots_[i];
-    if (!slot.occupied) return i;
-    if (slot.holders > 0) continue;
-    const bool done = !slot.use_recorded || Completed(slot.use_event);
-    size_t& oldest = done ? oldest_done : oldest_busy;
-    if (oldest == slots_.size() || slot.last_touch < slots_[oldest].last_touch) oldest = i;
-  }
-  if (oldest_done != slots_.size()) return oldest_done;
-  if (oldest_busy != slots_.size()) {
-    *use_pending = true;
-    return oldest_busy;
-  }
-  return Status::ResourceExhausted("DeviceExpertCache: all " + std::to_string(slots_.size()) +
-                                   " slots are held; release some before uploading more");
-}
-
 Result<size_t> DeviceExpertCache::EnsureResident(uint64_t key, const void* host, size_t bytes) {
-  if (auto it = index_.find(key); it != index_.end()) {
-    slots_[it->second].last_touch = ++clock_;
-    ++stats_.hits;
-    return it->second;
-  }
+  if (std::optional<size_t> hit = table_.Hit(key)) return *hit;
   if (host == nullptr || bytes == 0) return Status::InvalidArgument("DeviceExpertCache: null or empty expert");
   if (bytes > slot_bytes_) return Status::InvalidArgument("DeviceExpertCache: an expert exceeds the slot size");
   bool use_pending = false;
-  ES_ASSIGN_OR_RETURN(size_t victim, PickVictim(&use_pending));
-  Slot& slot = slots_[victim];
-  if (slot.occupied) {
-    index_.erase(slot.key);
-    ++stats_.evictions;
-    if (use_pending) ++stats_.ordered_evictions;
-  }
-  slot.occupied = false;
+  ES_ASSIGN_OR_RETURN(size_t victim,
+                      table_.PickVictim([](void* event) -> Result<bool> { return Completed(event); }, &use_pending));
+  table_.Vacate(victim, use_pending);
+  internal::SlotTable::Slot& slot = table_[victim];
   if (use_pending) ES_RETURN_IF_ERROR(WaitFor(copy_stream_, slot.use_event));
   void* dst = SlotData(victim);
   ES_RETURN_IF_ERROR(Enqueue(copy_stream_, "upload", [dst, host, bytes]() {
@@ -450,15 +423,7 @@ Result<size_t> DeviceExpertCache::EnsureResident(uint64_t key, const void* host,
     return Status::Ok();
   }));
   Record(slot.ready_event, copy_stream_);
-  slot.occupied = true;
-  slot.key = key;
-  slot.bytes = bytes;
-  slot.holders = 0;
-  slot.use_recorded = false;
-  slot.last_touch = ++clock_;
-  index_[key] = victim;
-  ++stats_.uploads;
-  stats_.bytes_uploaded += bytes;
+  table_.Fill(victim, key, bytes);
   return victim;
 }
 
@@ -472,7 +437,7 @@ Result<DeviceSlot> DeviceExpertCache::Acquire(uint64_t key, const void* host, si
                                               const CudaStream& compute) {
   std::lock_guard<std::mutex> lock(mu_);
   ES_ASSIGN_OR_RETURN(size_t index, EnsureResident(key, host, bytes));
-  Slot& slot = slots_[index];
+  internal::SlotTable::Slot& slot = table_[index];
   ES_RETURN_IF_ERROR(WaitFor(compute, slot.ready_event));
   ++slot.holders;
   return DeviceSlot{key, index, SlotData(index), slot.bytes};
@@ -480,33 +445,25 @@ Result<DeviceSlot> DeviceExpertCache::Acquire(uint64_t key, const void* host, si
 
 Status DeviceExpertCache::Release(const DeviceSlot& held, const CudaStream& compute) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (held.index >= slots_.size()) return Status::InvalidArgument("DeviceExpertCache::Release: no such slot");
-  Slot& slot = slots_[held.index];
-  if (!slot.occupied || slot.key != held.key || slot.holders == 0) {
-    return Status::InvalidArgument("DeviceExpertCache::Release: the slot is not held for this key");
-  }
-  Record(slot.use_event, compute);
-  slot.use_recorded = true;
-  --slot.holders;
+  ES_RETURN_IF_ERROR(table_.CheckHeld(held.index, held.key));
+  Record(table_[held.index].use_event, compute);
+  table_.Released(held.index);
   return Status::Ok();
 }
 
 bool DeviceExpertCache::Contains(uint64_t key) const {
   std::lock_guard<std::mutex> lock(mu_);
-  return index_.count(key) != 0;
+  return table_.Contains(key);
 }
 
 bool DeviceExpertCache::Touch(uint64_t key) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = index_.find(key);
-  if (it == index_.end()) return false;
-  slots_[it->second].last_touch = ++clock_;
-  return true;
+  return table_.Touch(key);
 }
 
 DeviceCacheStats DeviceExpertCache::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return stats_;
+  return table_.stats();
 }
 
 Status DeviceExpertCache::Synchronize() const { return copy_stream_.Synchronize(); }
