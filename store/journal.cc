@@ -133,21 +133,41 @@ std::string FrameJournalRecord(std::string_view payload) {
 
 Result<std::unique_ptr<JournalWriter>> JournalWriter::Create(std::shared_ptr<FileSystem> fs, const std::string& dir) {
   ES_RETURN_IF_ERROR(fs->CreateDir(dir));
-  std::string name = NewJournalName();
-  std::string tmp = JoinPath(dir, name + std::string(kJournalTmpSuffix));
-  std::unique_ptr<JournalWriter> w(new JournalWriter());
-  w->fs_ = fs;
-  w->path_ = JoinPath(dir, name + std::string(kJournalSuffix));
-  // The lock comes first: a merger that could take it would think the file abandoned.
-  ES_ASSIGN_OR_RETURN(w->lock_, fs->LockFile(tmp));
-  ES_ASSIGN_OR_RETURN(w->file_, fs->Open(tmp, OpenOptions{.write = true}));
-  std::string header = Header();
-  ES_RETURN_IF_ERROR(w->file_->Write(0, Bytes(header)));
-  ES_RETURN_IF_ERROR(w->file_->Sync());
-  ES_RETURN_IF_ERROR(fs->Rename(tmp, w->path_));
-  ES_RETURN_IF_ERROR(fs->SyncDir(dir));
-  w->end_ = kJournalHeaderSize;
-  return w;
+  // LockFile creates the temporary file, then locks it. A merger listing the directory in between can lock it
+  // first and remove it as abandoned: then our lock fails (Busy) or holds an unlinked file (the open below finds
+  // no file). Either way the name is spoiled; a fresh one is tried.
+  constexpr int kAttempts = 8;
+  Status last;
+  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+    std::string name = NewJournalName();
+    std::string tmp = JoinPath(dir, name + std::string(kJournalTmpSuffix));
+    std::unique_ptr<JournalWriter> w(new JournalWriter());
+    w->fs_ = fs;
+    w->path_ = JoinPath(dir, name + std::string(kJournalSuffix));
+    // The lock comes first: a merger that could take it would think the file abandoned.
+    auto lock = fs->LockFile(tmp);
+    if (!lock.ok()) {
+      if (!lock.status().IsBusy()) return lock.status();
+      last = lock.status();
+      continue;
+    }
+    w->lock_ = std::move(lock).value();
+    auto file = fs->Open(tmp, OpenOptions{.write = true});
+    if (!file.ok()) {
+      if (!file.status().IsNotFound()) return file.status();
+      last = file.status();
+      continue;
+    }
+    w->file_ = std::move(file).value();
+    std::string header = Header();
+    ES_RETURN_IF_ERROR(w->file_->Write(0, Bytes(header)));
+    ES_RETURN_IF_ERROR(w->file_->Sync());
+    ES_RETURN_IF_ERROR(fs->Rename(tmp, w->path_));
+    ES_RETURN_IF_ERROR(fs->SyncDir(dir));
+    w->end_ = kJournalHeaderSize;
+    return w;
+  }
+  return last.WithContext("creating a journal file (a merger kept removing it)");
 }
 
 JournalWriter::~JournalWriter() = default;

@@ -16,11 +16,14 @@
 
 #include "store/journal.h"
 #include "store/store.h"
+#include "tests/util/fault_fs.h"
 #include "tests/util/temp_dir.h"
 
 namespace es {
 namespace {
 
+using testing::FaultInjectionFileSystem;
+using testing::FaultOp;
 using testing::TempDir;
 
 std::unique_ptr<Store> Open(const std::string& path, bool read_only) {
@@ -282,6 +285,29 @@ TEST(Journal, StaleTemporaryFilesAreRemoved) {
   ASSERT_TRUE(merged.ok());
   EXPECT_EQ(merged->stale_tmp_removed, 1u);
   EXPECT_TRUE(JournalFiles(path).empty());
+}
+
+// A merger that removed a recorder's temporary file between its creation and its lock (the open after the lock
+// then finds no file) costs the recorder a fresh name, not its journal; only a merger that keeps doing so fails it.
+TEST(Journal, CreatorRetriesATemporaryFileAMergerRemoved) {
+  TempDir dir;
+  auto fs = std::make_shared<FaultInjectionFileSystem>();
+  fs->AddRule({FaultOp::kOpen, std::string(kJournalTmpSuffix), ENOENT, false, /*skip=*/0, /*times=*/2});
+  std::filesystem::create_directories(dir.Sub("a"));
+  std::filesystem::create_directories(dir.Sub("b"));
+  auto w = JournalWriter::Create(fs, dir.Sub("a") + "/journal");
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  // One journal published. (The injected failures leave their unlocked temporary files behind, which a merger
+  // removes as abandoned; in the real race the merger had removed them already.)
+  size_t published = 0;
+  for (const auto& f : JournalFiles(dir.Sub("a"))) published += f.ends_with(kJournalSuffix);
+  EXPECT_EQ(published, 1u);
+
+  fs->AddRule({FaultOp::kOpen, std::string(kJournalTmpSuffix), ENOENT, false, /*skip=*/0, /*times=*/100});
+  auto failed = JournalWriter::Create(fs, dir.Sub("b") + "/journal");
+  ASSERT_FALSE(failed.ok());
+  EXPECT_TRUE(failed.status().IsNotFound()) << failed.status().ToString();
+  EXPECT_NE(failed.status().message().find("a merger kept removing it"), std::string::npos);
 }
 
 struct Child {
