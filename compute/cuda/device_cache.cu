@@ -48,10 +48,6 @@ DeviceExpertCache::~DeviceExpertCache() {
   }
 }
 
-void* DeviceExpertCache::SlotData(size_t index) const {
-  return static_cast<char*>(memory_.data()) + index * slot_bytes_;
-}
-
 Result<size_t> DeviceExpertCache::EnsureResident(uint64_t key, const void* host, size_t bytes) {
   if (std::optional<size_t> hit = table_.Hit(key)) return *hit;
   if (host == nullptr || bytes == 0) return Status::InvalidArgument("DeviceExpertCache: null or empty expert");
@@ -80,12 +76,6 @@ Result<size_t> DeviceExpertCache::EnsureResident(uint64_t key, const void* host,
   return victim;
 }
 
-Status DeviceExpertCache::Upload(uint64_t key, const void* host, size_t bytes) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Result<size_t> slot = EnsureResident(key, host, bytes);
-  return slot.ok() ? Status::Ok() : slot.status();
-}
-
 Result<DeviceSlot> DeviceExpertCache::Acquire(uint64_t key, const void* host, size_t bytes,
                                               const CudaStream& compute) {
   ES_RETURN_IF_ERROR(internal::CheckStream(compute, "DeviceExpertCache::Acquire"));
@@ -106,22 +96,5 @@ Status DeviceExpertCache::Release(const DeviceSlot& held, const CudaStream& comp
   table_.Released(held.index);
   return Status::Ok();
 }
-
-bool DeviceExpertCache::Contains(uint64_t key) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return table_.Contains(key);
-}
-
-bool DeviceExpertCache::Touch(uint64_t key) {
-  std::lock_guard<std::mutex> lock(mu_);
-  return table_.Touch(key);
-}
-
-DeviceCacheStats DeviceExpertCache::stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return table_.stats();
-}
-
-Status DeviceExpertCache::Synchronize() const { return copy_stream_.Synchronize(); }
 
 }  // namespace es::cuda

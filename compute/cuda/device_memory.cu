@@ -118,15 +118,6 @@ DeviceBuffer::~DeviceBuffer() {
   if (data_ != nullptr) cudaFree(data_);
 }
 
-Status DeviceBuffer::CheckRange(size_t bytes, size_t offset, const char* what) const {
-  if (data_ == nullptr) return Status::InvalidArgument(std::string(what) + ": empty buffer");
-  if (offset > size_ || bytes > size_ - offset) {
-    return Status::InvalidArgument(std::string(what) + ": " + std::to_string(bytes) + " bytes at offset " +
-                                   std::to_string(offset) + " do not fit in " + std::to_string(size_));
-  }
-  return Status::Ok();
-}
-
 Status DeviceBuffer::CopyFromHost(const void* src, size_t bytes, size_t offset) {
   ES_RETURN_IF_ERROR(CheckRange(bytes, offset, "DeviceBuffer::CopyFromHost"));
   if (bytes == 0) return Status::Ok();
@@ -279,18 +270,6 @@ Status DeviceKvCache::Write(const CudaStream& stream, size_t layer, const float*
   const size_t bytes = tokens * row_floats_ * sizeof(float);
   ES_RETURN_IF_ERROR(CopyDeviceToDevice(keys_.As<float>() + offset, k, bytes, stream));
   return CopyDeviceToDevice(values_.As<float>() + offset, v, bytes, stream);
-}
-
-Status DeviceKvCache::Advance(size_t tokens) {
-  if (tokens > capacity_ - length_) return Status::ResourceExhausted("DeviceKvCache::Advance: past the capacity");
-  length_ += tokens;
-  return Status::Ok();
-}
-
-Status DeviceKvCache::Truncate(size_t length) {
-  if (length > length_) return Status::InvalidArgument("DeviceKvCache::Truncate: past the current length");
-  length_ = length;
-  return Status::Ok();
 }
 
 }  // namespace es::cuda

@@ -12,15 +12,16 @@
 //   the device). A host that reads results before synchronising, or lets go of host memory a queued copy still
 //   reads, therefore sees stale bytes, or ASan reports the use after free. Events record a position in a stream.
 // - One thread: the backend drives one forward pass at a time.
+// The parts of the API that make no CUDA call (compute/cuda/host_side.cc) are es_cuda's own, linked here too.
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
-#include <set>
-#include <span>
 #include <mutex>
 #include <optional>
+#include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -176,13 +177,6 @@ DeviceBuffer::~DeviceBuffer() {
   std::free(data_);
 }
 
-Status DeviceBuffer::CheckRange(size_t bytes, size_t offset, const char* what) const {
-  if (offset > size_ || bytes > size_ - offset) {
-    return Status::InvalidArgument(std::string(what) + ": the range does not fit the buffer");
-  }
-  return Status::Ok();
-}
-
 Status DeviceBuffer::CopyFromHost(const void* src, size_t bytes, size_t offset) {
   ES_RETURN_IF_ERROR(CheckRange(bytes, offset, "DeviceBuffer::CopyFromHost"));
   if (bytes > 0) std::memcpy(static_cast<std::byte*>(data_) + offset, src, bytes);
@@ -274,18 +268,6 @@ Status DeviceKvCache::Write(const CudaStream& stream, size_t layer, const float*
     std::memcpy(vd, v, bytes);
     return Status::Ok();
   });
-}
-
-Status DeviceKvCache::Advance(size_t tokens) {
-  if (tokens > capacity_ - length_) return Status::ResourceExhausted("DeviceKvCache::Advance: past the capacity");
-  length_ += tokens;
-  return Status::Ok();
-}
-
-Status DeviceKvCache::Truncate(size_t length) {
-  if (length > length_) return Status::InvalidArgument("DeviceKvCache::Truncate: past the current length");
-  length_ = length;
-  return Status::Ok();
 }
 
 // ---- Kernels: the CPU kernels, deferred -------------------------------------------------------------------------
@@ -405,8 +387,6 @@ DeviceExpertCache::~DeviceExpertCache() {
   }
 }
 
-void* DeviceExpertCache::SlotData(size_t index) const { return memory_.As<std::byte>() + index * slot_bytes_; }
-
 Result<size_t> DeviceExpertCache::EnsureResident(uint64_t key, const void* host, size_t bytes) {
   if (std::optional<size_t> hit = table_.Hit(key)) return *hit;
   if (host == nullptr || bytes == 0) return Status::InvalidArgument("DeviceExpertCache: null or empty expert");
@@ -427,12 +407,6 @@ Result<size_t> DeviceExpertCache::EnsureResident(uint64_t key, const void* host,
   return victim;
 }
 
-Status DeviceExpertCache::Upload(uint64_t key, const void* host, size_t bytes) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Result<size_t> slot = EnsureResident(key, host, bytes);
-  return slot.ok() ? Status::Ok() : slot.status();
-}
-
 Result<DeviceSlot> DeviceExpertCache::Acquire(uint64_t key, const void* host, size_t bytes,
                                               const CudaStream& compute) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -450,22 +424,5 @@ Status DeviceExpertCache::Release(const DeviceSlot& held, const CudaStream& comp
   table_.Released(held.index);
   return Status::Ok();
 }
-
-bool DeviceExpertCache::Contains(uint64_t key) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return table_.Contains(key);
-}
-
-bool DeviceExpertCache::Touch(uint64_t key) {
-  std::lock_guard<std::mutex> lock(mu_);
-  return table_.Touch(key);
-}
-
-DeviceCacheStats DeviceExpertCache::stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return table_.stats();
-}
-
-Status DeviceExpertCache::Synchronize() const { return copy_stream_.Synchronize(); }
 
 }  // namespace es::cuda
