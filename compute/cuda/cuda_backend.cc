@@ -156,7 +156,7 @@ class CudaBackend final : public Backend {
   Result<kernels::ExpertWeights> SlotView(uint32_t layer, uint32_t expert, const cuda::DeviceSlot& slot) const;
   // The sequence's device KV cache, created on its first Forward, rewound when the host KvCache was.
   Result<cuda::DeviceKvCache*> SequenceCache(const Model& model, KvCache& kv);
-  Status MeasureRates(const Model& model, double copy_bias);
+  Status MeasureRates(const Model& model, const cuda::DeviceInfo& info, double copy_bias);
 
   const Model& model_;  // owns this backend
   const bool hybrid_;
@@ -232,14 +232,14 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::Create(Store& store, const Mod
   b->description_ = b->name() + ": " + info.name + ", " + std::to_string(slots) + " of " + std::to_string(total) +
                     " experts in GPU memory (" + Mib(static_cast<uint64_t>(slots) * slot_bytes) +
                     "), dense weights " + Mib(dense_bytes);
-  if (b->hybrid_) ES_RETURN_IF_ERROR(b->MeasureRates(model, options.hybrid_copy_bias));
+  if (b->hybrid_) ES_RETURN_IF_ERROR(b->MeasureRates(model, info, options.hybrid_copy_bias));
   return b;
 }
 
 // The hybrid cost model's rates on this machine: host-to-device uploads of one expert's bytes from pinned memory
 // (the median of a few), the CPU expert kernel on one row (bandwidth) and on 32 (arithmetic) over an expert of
 // the model's shapes, and the device's memory bandwidth from its datasheet.
-Status CudaBackend::MeasureRates(const Model& model, double copy_bias) {
+Status CudaBackend::MeasureRates(const Model& model, const cuda::DeviceInfo& info, double copy_bias) {
   const size_t bytes = cache_->slot_bytes();
   ES_ASSIGN_OR_RETURN(PinnedHostBuffer host, PinnedHostBuffer::Allocate(bytes));
   std::memset(host.data(), 0, bytes);
@@ -255,7 +255,6 @@ Status CudaBackend::MeasureRates(const Model& model, double copy_bias) {
   cost_.SetH2dBytesPerSecond(rates[rates.size() / 2]);
   HybridCostOptions o = cost_.rates();
   o.copy_bias = copy_bias;
-  ES_ASSIGN_OR_RETURN(cuda::DeviceInfo info, cuda::GetDeviceInfo(0));
   if (info.peak_memory_gbps > 0) o.gpu_bytes_per_s = info.peak_memory_gbps * 1e9;
 
   // One expert of the model's shapes over the zeroed pinned bytes (timing does not depend on the values).

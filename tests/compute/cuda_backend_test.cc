@@ -12,6 +12,7 @@
 
 #include <filesystem>
 
+#include "cache/model_experts.h"
 #include "compute/backend.h"
 #include "compute/cache_provider.h"
 #include "compute/cuda/cuda_backend.h"
@@ -78,14 +79,12 @@ class CudaBackendTest : public ::testing::Test {
   }
 
   std::unique_ptr<CacheExpertProvider> Cache(const std::string& name, uint32_t slots, uint32_t prefetch_depth) {
-    auto direct = DirectExpertProvider::Create(*store_, name);
-    EXPECT_TRUE(direct.ok());
-    std::vector<AcquiredExpert> one;
-    const uint32_t first = 0;
-    EXPECT_TRUE((*direct)->Acquire(0, {&first, 1}, one).ok());
+    auto experts = ModelExperts::Load(store_->catalog(), name);
+    EXPECT_TRUE(experts.ok());
+    if (!experts.ok()) return nullptr;
     ExpertCacheOptions o;
-    o.capacity_bytes = slots * one[0].payload.size() + slots * 4096;
-    o.prefetch_bytes_in_flight = prefetch_depth * 4 * one[0].payload.size();
+    o.capacity_bytes = slots * experts->max_record_bytes();
+    o.prefetch_bytes_in_flight = prefetch_depth * 4 * experts->max_record_bytes();
     auto cache = CacheExpertProvider::Create(*store_, name, o);
     EXPECT_TRUE(cache.ok()) << cache.status().ToString();
     return cache.ok() ? std::move(cache).value() : nullptr;
