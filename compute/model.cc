@@ -1,11 +1,7 @@
-// Model: loading, the shared layer blocks, and the forward pass driver.
+// Model: loading, argument checks, and dispatch to the backend (the CPU layer blocks are in cpu_backend.cc).
 #include "compute/model.h"
 
 #include "compute/backend.h"
-
-#include <algorithm>
-#include <cmath>
-#include <map>
 
 namespace es {
 

@@ -15,7 +15,6 @@
 #include "compute/routing_policy.h"
 #include "compute/tokenizer.h"
 #include "compute/usage_recorder.h"
-#include "ingest/ingest.h"
 #include "store/metadata.h"
 #include "tests/ingest/ingest_test_util.h"
 #include "tests/util/temp_dir.h"
@@ -54,12 +53,9 @@ class MetadataComputeTest : public ::testing::Test {
   static void SetUpTestSuite() {
     if (!std::filesystem::exists(testing::kTinyModel)) return;
     dir_ = new testing::TempDir();
-    auto s = Store::Open(dir_->Sub("store"), StoreOptions{});
-    ASSERT_TRUE(s.ok());
+    auto s = testing::StoreWithModels(dir_->Sub("store"), {{kModel, testing::kTinyModel}});
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
     store_ = s->release();
-    IngestOptions o;
-    o.name = kModel;
-    ASSERT_TRUE(IngestCheckpoint(*store_, testing::kTinyModel, o).ok());
     pool_ = kernels::ComputePool::Create(0)->release();
   }
   static void TearDownTestSuite() {

@@ -9,7 +9,6 @@
 #include "compute/cache_provider.h"
 #include "compute/generator.h"
 #include "compute/model.h"
-#include "ingest/ingest.h"
 #include "tests/compute/reference_cases.h"
 #include "tests/ingest/ingest_test_util.h"
 #include "tests/util/temp_dir.h"
@@ -29,22 +28,16 @@ class ModelTest : public ::testing::Test {
   static void SetUpTestSuite() {
     if (!std::filesystem::exists(testing::kReferenceCases)) return;
     dir_ = new testing::TempDir();
-    auto s = Store::Open(dir_->Sub("store"), StoreOptions{});
-    ASSERT_TRUE(s.ok());
-    store_ = s->release();
-    IngestOptions o;
-    o.name = "tiny";
-    ASSERT_TRUE(IngestCheckpoint(*store_, testing::kTinyModel, o).ok());
     // The same weights as qwen3_omni_moe.
     std::string config = testing::ReadText(std::string(testing::kTinyModel) + "/config.json");
     std::string omni = "{\"model_type\":\"qwen3_omni_moe\",\"thinker_config\":{\"text_config\":" + config + "}}";
     ASSERT_TRUE(testing::RewriteCheckpoint(testing::kTinyModel, dir_->Sub("omni"), [](const std::string& n) -> std::optional<std::string> {
                   return n == "lm_head.weight" ? "thinker.lm_head.weight" : "thinker." + n;
                 }, omni).ok());
-    o.name = "omni";
-    ASSERT_TRUE(IngestCheckpoint(*store_, dir_->Sub("omni"), o).ok());
-    o.name = "aidreams";
-    ASSERT_TRUE(IngestCheckpoint(*store_, kAidreams, o).ok());
+    auto s = testing::StoreWithModels(dir_->Sub("store"),
+                                      {{"tiny", testing::kTinyModel}, {"omni", dir_->Sub("omni")}, {"aidreams", kAidreams}});
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    store_ = s->release();
     pool_ = kernels::ComputePool::Create(0)->release();
   }
   static void TearDownTestSuite() {
