@@ -2,7 +2,6 @@
 // CUDA was compiled in).
 #include "compute/backend.h"
 
-
 #ifdef ES_HAVE_CUDA
 #include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_kernels.h"
