@@ -5,7 +5,7 @@
 #include <cstring>
 
 #include "blob_generated.h"
-#include "store/checksum.h"
+#include "store/base/checksum.h"
 
 namespace es::api {
 

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "store/records.h"
-#include "store/status.h"
+#include "store/base/status.h"
 
 namespace es::api {
 

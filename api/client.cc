@@ -14,7 +14,7 @@
 #include <boost/beast/http.hpp>
 
 #include "api/errors.h"
-#include "store/json.h"
+#include "store/base/json.h"
 
 namespace es::api {
 

@@ -10,7 +10,7 @@
 #include <string_view>
 
 #include "api/blob.h"
-#include "store/status.h"
+#include "store/base/status.h"
 #include "store/store.h"
 
 namespace es::api {

@@ -3,7 +3,7 @@
 
 #include <string>
 
-#include "store/json.h"
+#include "store/base/json.h"
 
 namespace es::api {
 

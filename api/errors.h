@@ -5,7 +5,7 @@
 #include <string_view>
 
 #include "api/http_types.h"
-#include "store/status.h"
+#include "store/base/status.h"
 
 namespace es::api {
 

@@ -20,7 +20,7 @@
 #include "api/metrics.h"
 #include "api/openai.h"
 #include "compute/kernels/parallel.h"
-#include "compute/runtime.h"
+#include "compute/runtime/model_runtime.h"
 #include "store/store.h"
 
 namespace es::api {

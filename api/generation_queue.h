@@ -9,7 +9,7 @@
 
 #include "api/metrics.h"
 #include "api/openai.h"
-#include "store/status.h"
+#include "store/base/status.h"
 
 namespace es::api {
 

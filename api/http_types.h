@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-#include "store/status.h"
+#include "store/base/status.h"
 
 namespace es::api {
 

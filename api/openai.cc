@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "store/json.h"
+#include "store/base/json.h"
 
 namespace es::api {
 

@@ -11,7 +11,7 @@
 
 #include "compute/generator.h"
 #include "compute/sampler.h"
-#include "store/status.h"
+#include "store/base/status.h"
 
 namespace es::api {
 

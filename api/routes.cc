@@ -9,8 +9,8 @@
 
 #include "api/blob.h"
 #include "api/errors.h"
-#include "store/aligned_buffer.h"
-#include "store/json.h"
+#include "store/base/aligned_buffer.h"
+#include "store/base/json.h"
 #include "store/metadata.h"
 
 namespace es::api {

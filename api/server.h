@@ -12,7 +12,7 @@
 #include <string>
 
 #include "api/routes.h"
-#include "store/status.h"
+#include "store/base/status.h"
 
 namespace es::api {
 

@@ -17,7 +17,7 @@
 
 #include "cache/arena.h"
 #include "cache/expert_cache.h"
-#include "store/aligned_buffer.h"
+#include "store/base/aligned_buffer.h"
 #include "tests/util/expert_model.h"
 
 namespace es {

@@ -18,7 +18,7 @@
 #include <numeric>
 
 #include "cache/model_experts.h"
-#include "compute/backend.h"
+#include "compute/runtime/backend_choice.h"
 #include "compute/cache_provider.h"
 #include "compute/generator.h"
 #include "compute/model.h"

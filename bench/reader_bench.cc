@@ -20,7 +20,7 @@
 #include <random>
 #include <vector>
 
-#include "store/aligned_buffer.h"
+#include "store/base/aligned_buffer.h"
 #include "store/extent_reader.h"
 #include "store/segment_writer.h"
 

@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
-#include "compute/split_regex.h"
-#include "compute/tokenizer.h"
-#include "store/json.h"
+#include "compute/tokenizer/split_regex.h"
+#include "compute/tokenizer/tokenizer.h"
+#include "store/base/json.h"
 
 namespace es {
 namespace {

@@ -11,10 +11,10 @@
 #include <cstdio>
 #include <mutex>
 
-#include "store/file_system.h"
+#include "store/base/file_system.h"
 
 #if defined(ES_HAVE_CUDA)
-#include "cache/cuda_status.h"
+#include "store/base/cuda_status.h"
 #endif
 
 namespace es {

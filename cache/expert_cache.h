@@ -21,7 +21,7 @@
 #include "cache/policy.h"
 #include "cache/stats.h"
 #include "store/records.h"
-#include "store/status.h"
+#include "store/base/status.h"
 #include "store/store.h"
 
 namespace es {

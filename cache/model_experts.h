@@ -11,7 +11,7 @@
 #include "cache/policy.h"
 #include "store/catalog.h"
 #include "store/records.h"
-#include "store/status.h"
+#include "store/base/status.h"
 
 namespace es {
 

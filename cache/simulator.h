@@ -13,7 +13,7 @@
 #include "cache/model_experts.h"
 #include "cache/policy.h"
 #include "cache/trace.h"
-#include "store/status.h"
+#include "store/base/status.h"
 
 namespace es {
 

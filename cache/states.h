@@ -19,7 +19,7 @@
 #include <optional>
 #include <string_view>
 
-#include "store/status.h"
+#include "store/base/status.h"
 
 namespace es {
 

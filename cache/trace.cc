@@ -1,4 +1,4 @@
-// Trace parsing and writing through store/json.h and the FileSystem, and the synthetic generator.
+// Trace parsing and writing through store/base/json.h and the FileSystem, and the synthetic generator.
 #include "cache/trace.h"
 
 #include <algorithm>
@@ -7,8 +7,8 @@
 #include <random>
 #include <unordered_set>
 
-#include "store/file_system.h"
-#include "store/json.h"
+#include "store/base/file_system.h"
+#include "store/base/json.h"
 
 namespace es {
 

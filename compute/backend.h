@@ -1,8 +1,8 @@
 // Backend: where a Model's forward pass runs, as ggml separates its backends. The model (config, dense weights on
 // the host, the layer graph of its architecture) and the expert provider (the pinned host cache) are shared; a
 // backend runs the graph's blocks with its own kernels and keeps whatever per-sequence state it needs beside the
-// KvCache. The CPU backend (MakeCpuBackend) is the reference; the CUDA and hybrid backends live in
-// compute/cuda/ (cuda_backend.h) and are compiled only when nvcc is found (ES_HAVE_CUDA).
+// KvCache. The CPU backend (MakeCpuBackend) is the reference; choosing a backend, and the CUDA and hybrid backends,
+// are compute/runtime/'s (backend_choice.h, cuda_backend.h).
 //
 // Model::Forward and Model::ComputeLogits check their arguments and call the backend; callers never call a
 // backend directly. One Forward at a time per backend.
@@ -10,15 +10,13 @@
 
 #include <cstdint>
 #include <memory>
-#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "compute/expert_provider.h"
 #include "compute/model.h"
-#include "store/status.h"
-#include "store/store.h"
+#include "store/base/status.h"
 
 namespace es {
 
@@ -50,34 +48,7 @@ class Backend {
   virtual BackendCounters counters() const { return {}; }
 };
 
-// Which backend runs a model (the --device, --gpu-cache-mb and --gpu-cache-pct flags).
-struct BackendOptions {
-  std::string device = "cpu";            // cpu, cuda or hybrid
-  std::optional<uint64_t> gpu_cache_mb;  // GPU memory for expert slots, in MiB
-  std::optional<double> gpu_cache_pct;   // ... or as a percentage of the model's experts
-  double hybrid_copy_bias = 1.0;         // hybrid: HybridCostOptions::copy_bias (tests force either side with it)
-};
-
-// Checks the names and ranges, and that this build and machine can run the backend (NotSupported: no CUDA
-// compiled in, or no CUDA device).
-Status ValidateBackendOptions(const BackendOptions& options);
-// The backend for `model` (loaded from `store`, which must outlive the backend). cpu: the reference.
-// cuda/hybrid: NotSupported without a CUDA device.
-Result<std::unique_ptr<Backend>> CreateBackend(Store& store, const Model& model, const BackendOptions& options);
-
-// GPU expert slots for `options` (--gpu-cache-pct: that share of `total_experts`; --gpu-cache-mb: that many
-// bytes of slots; neither: every expert that fits in `free_bytes` less a reserve for activations and the KV
-// cache), at most total_experts. The reserve (10% of free_bytes, at least 1 GiB) stays free in every case:
-// ResourceExhausted when not even one slot fits, or a request leaves less than the reserve.
-Result<size_t> GpuExpertSlots(const BackendOptions& options, size_t total_experts, uint64_t slot_bytes,
-                              uint64_t free_bytes);
-
 // The reference backend: the CPU kernels (compute/kernels), multithreaded through the model's CpuContext.
 std::unique_ptr<Backend> MakeCpuBackend();
-
-// Backends this build can run ("cpu", and "cuda" and "hybrid" when compiled with CUDA), and the GPUs the CUDA
-// runtime reports (empty without CUDA, a driver or a device): what `info` prints.
-std::vector<std::string> CompiledBackends();
-std::vector<std::string> CudaDevices();
 
 }  // namespace es

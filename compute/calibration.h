@@ -14,7 +14,7 @@
 
 #include "compute/expert_provider.h"
 #include "compute/model.h"
-#include "store/status.h"
+#include "store/base/status.h"
 
 namespace es {
 

@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "compute/kernels/cpu_kernels.h"
-#include "store/aligned_buffer.h"
+#include "store/base/aligned_buffer.h"
 #include "store/records.h"
-#include "store/status.h"
+#include "store/base/status.h"
 #include "store/store.h"
 
 namespace es {

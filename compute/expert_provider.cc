@@ -1,7 +1,7 @@
 // Expert providers.
 #include "compute/expert_provider.h"
 
-#include "store/aligned_buffer.h"
+#include "store/base/aligned_buffer.h"
 
 namespace es {
 

@@ -12,7 +12,8 @@
 #include "compute/expert_provider.h"
 #include "compute/model.h"
 #include "compute/sampler.h"
-#include "compute/tokenizer.h"
+#include "compute/tokenizer/chat_template.h"
+#include "compute/tokenizer/tokenizer.h"
 
 namespace es {
 
@@ -24,12 +25,6 @@ struct GenerateOptions {
   // Asked after each generated token's text is delivered; true ends generation there with stop_reason
   // "stopped" (a client that went away, a stop sequence seen by the caller). Empty: never.
   std::function<bool()> should_stop;
-};
-
-// One message of a conversation: role "system", "user" or "assistant".
-struct ChatMessage {
-  std::string role;
-  std::string content;
 };
 
 struct GenerateResult {
@@ -45,11 +40,6 @@ struct GenerateResult {
 
 // The stop tokens: the config's eos ids, the tokenizer's eos, and <|im_end|> when chatting.
 std::vector<int32_t> StopTokens(const Model& model, const Tokenizer& tokenizer, bool chat);
-
-// Applies the Qwen/ChatML template for one user message; NotSupported when the tokenizer lacks its tokens.
-Result<std::string> ApplyChatTemplate(const Tokenizer& tokenizer, std::string_view user_message);
-// The same for a conversation: each message as <|im_start|>role\ncontent<|im_end|>\n, then the assistant's turn.
-Result<std::string> ApplyChatTemplate(const Tokenizer& tokenizer, std::span<const ChatMessage> messages);
 
 // InvalidArgument when the prompt plus max_tokens exceed the model's context (max_position_embeddings).
 Result<GenerateResult> Generate(Model& model, const Tokenizer& tokenizer, ExpertProvider& experts,

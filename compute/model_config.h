@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "store/json.h"
-#include "store/status.h"
+#include "store/base/json.h"
+#include "store/base/status.h"
 
 namespace es {
 

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "compute/model.h"
-#include "store/status.h"
+#include "store/base/status.h"
 
 namespace es {
 

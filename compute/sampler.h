@@ -7,7 +7,7 @@
 #include <span>
 #include <vector>
 
-#include "store/status.h"
+#include "store/base/status.h"
 
 namespace es {
 

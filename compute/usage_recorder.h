@@ -13,7 +13,7 @@
 
 #include "compute/model.h"
 #include "store/records.h"
-#include "store/status.h"
+#include "store/base/status.h"
 #include "store/store.h"
 
 namespace es {

@@ -11,8 +11,8 @@
 #include <string_view>
 #include <vector>
 
-#include "store/json.h"
-#include "store/status.h"
+#include "store/base/json.h"
+#include "store/base/status.h"
 
 namespace es {
 

@@ -6,7 +6,7 @@
 #include <map>
 #include <set>
 
-#include "store/checksum.h"
+#include "store/base/checksum.h"
 
 namespace es {
 

@@ -12,9 +12,9 @@
 
 #include "ingest/arch.h"
 #include "ingest/safetensors.h"
-#include "store/file_system.h"
-#include "store/json.h"
-#include "store/status.h"
+#include "store/base/file_system.h"
+#include "store/base/json.h"
+#include "store/base/status.h"
 
 namespace es {
 

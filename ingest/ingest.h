@@ -11,8 +11,8 @@
 #include <memory>
 #include <string>
 
-#include "store/file_system.h"
-#include "store/status.h"
+#include "store/base/file_system.h"
+#include "store/base/status.h"
 #include "store/store.h"
 
 namespace es {

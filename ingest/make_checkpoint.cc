@@ -8,8 +8,8 @@
 #include <set>
 
 #include "ingest/safetensors_writer.h"
-#include "store/checksum.h"
-#include "store/json.h"
+#include "store/base/checksum.h"
+#include "store/base/json.h"
 
 namespace es {
 

@@ -8,7 +8,7 @@
 #include <cctype>
 #include <utility>
 
-#include "store/json.h"
+#include "store/base/json.h"
 
 namespace es {
 namespace {

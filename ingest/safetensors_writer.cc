@@ -4,7 +4,7 @@
 #include <cstring>
 #include <set>
 
-#include "store/json.h"
+#include "store/base/json.h"
 
 namespace es {
 

@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "store/dtype.h"
-#include "store/file_system.h"
-#include "store/status.h"
+#include "store/base/dtype.h"
+#include "store/base/file_system.h"
+#include "store/base/status.h"
 
 namespace es {
 

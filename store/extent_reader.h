@@ -10,10 +10,10 @@
 #include <span>
 #include <string>
 
-#include "store/file_system.h"
+#include "store/base/file_system.h"
 #include "store/io_engine.h"
 #include "store/segment_format.h"
-#include "store/status.h"
+#include "store/base/status.h"
 
 namespace es {
 

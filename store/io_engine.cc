@@ -14,7 +14,7 @@
 #include <mutex>
 #include <vector>
 
-#include "store/thread_pool.h"
+#include "store/base/thread_pool.h"
 
 namespace es {
 

@@ -9,7 +9,7 @@
 #include <cstring>
 #include <random>
 
-#include "store/checksum.h"
+#include "store/base/checksum.h"
 
 namespace es {
 

@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "store/catalog.h"
-#include "store/file_system.h"
-#include "store/status.h"
+#include "store/base/file_system.h"
+#include "store/base/status.h"
 
 namespace es {
 

@@ -14,9 +14,9 @@
 #include <vector>
 
 #include "store/catalog.h"
-#include "store/json.h"
+#include "store/base/json.h"
 #include "store/records.h"
-#include "store/status.h"
+#include "store/base/status.h"
 
 namespace es {
 

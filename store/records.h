@@ -7,9 +7,9 @@
 #include <string_view>
 #include <vector>
 
-#include "store/dtype.h"
+#include "store/base/dtype.h"
 #include "store/segment_format.h"
-#include "store/status.h"
+#include "store/base/status.h"
 
 namespace es {
 

@@ -5,7 +5,7 @@
 #include <charconv>
 #include <cstring>
 
-#include "store/checksum.h"
+#include "store/base/checksum.h"
 
 namespace es {
 namespace {

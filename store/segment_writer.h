@@ -11,11 +11,11 @@
 #include <string>
 #include <vector>
 
-#include "store/aligned_buffer.h"
-#include "store/checksum.h"
-#include "store/file_system.h"
+#include "store/base/aligned_buffer.h"
+#include "store/base/checksum.h"
+#include "store/base/file_system.h"
 #include "store/segment_format.h"
-#include "store/status.h"
+#include "store/base/status.h"
 
 namespace es {
 

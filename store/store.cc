@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <map>
 
-#include "store/aligned_buffer.h"
+#include "store/base/aligned_buffer.h"
 
 namespace es {
 

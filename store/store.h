@@ -19,12 +19,12 @@
 
 #include "store/catalog.h"
 #include "store/extent_reader.h"
-#include "store/file_system.h"
+#include "store/base/file_system.h"
 #include "store/io_engine.h"
 #include "store/journal.h"
 #include "store/records.h"
 #include "store/segment_writer.h"
-#include "store/status.h"
+#include "store/base/status.h"
 
 namespace es {
 

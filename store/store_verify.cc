@@ -2,7 +2,7 @@
 #include <algorithm>
 #include <map>
 
-#include "store/aligned_buffer.h"
+#include "store/base/aligned_buffer.h"
 #include "store/store.h"
 
 namespace es {

@@ -17,7 +17,7 @@
 #include "cache/expert_cache.h"
 #include "cache/simulator.h"
 #include "cache/trace.h"
-#include "store/aligned_buffer.h"
+#include "store/base/aligned_buffer.h"
 #include "tools/cli.h"
 
 namespace es::cli {

@@ -9,7 +9,7 @@
 
 #include "compute/generator.h"
 #include "compute/model.h"
-#include "compute/tokenizer.h"
+#include "compute/tokenizer/tokenizer.h"
 #include "ingest/ingest.h"
 #include "tools/cli.h"
 #include "tools/cli_runtime.h"

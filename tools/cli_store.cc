@@ -1,7 +1,7 @@
 // Store-level commands: verify, models, info.
 #include <cstdio>
 
-#include "compute/backend.h"
+#include "compute/runtime/backend_choice.h"
 #include "store/io_engine.h"
 #include "tools/cli.h"
 

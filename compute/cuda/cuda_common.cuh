@@ -9,9 +9,9 @@
 #include <cstdint>
 #include <string>
 
-#include "cache/cuda_status.h"
+#include "store/base/cuda_status.h"
 #include "compute/cuda/cuda_kernels.h"
-#include "store/dtype.h"
+#include "store/base/dtype.h"
 
 namespace es::cuda::internal {
 

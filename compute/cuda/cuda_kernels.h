@@ -1,7 +1,7 @@
-// The CUDA kernel layer (issue 8, phase 1): device memory and streams, and the Qwen3-MoE forward-pass kernels
-// with the semantics of compute/kernels/cpu_kernels.h, which is the reference they are tested against.
-// Plain C++: no CUDA type appears here, so code compiled without nvcc may include it; it links only where
-// es_cuda is built (ES_HAVE_CUDA).
+// The CUDA kernel layer: device memory and streams, and the forward-pass kernels with the semantics of
+// compute/kernels/cpu_kernels.h, which is the reference they are tested against. Plain C++: no CUDA type appears
+// here, so code compiled without nvcc may include it; it links only where es_cuda is built (ES_HAVE_CUDA), or
+// against the tests' host emulation.
 //
 // Conventions for every kernel below:
 // - It is enqueued on the given stream and returns once enqueued. Argument and launch errors come back as a
@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "compute/kernels/cpu_kernels.h"
-#include "store/status.h"
+#include "store/base/status.h"
 
 namespace es::cuda {
 
@@ -107,6 +107,17 @@ class DeviceBuffer {
   size_t size_ = 0;
 };
 
+// The parts of this API that make no CUDA call are defined here, inline, so that es_cuda and the tests' host
+// emulation of it (tests/util/cuda_emulator/) share them.
+inline Status DeviceBuffer::CheckRange(size_t bytes, size_t offset, const char* what) const {
+  if (data_ == nullptr) return Status::InvalidArgument(std::string(what) + ": empty buffer");
+  if (offset > size_ || bytes > size_ - offset) {
+    return Status::InvalidArgument(std::string(what) + ": " + std::to_string(bytes) + " bytes at offset " +
+                                   std::to_string(offset) + " do not fit in " + std::to_string(size_));
+  }
+  return Status::Ok();
+}
+
 // Owned page-locked host memory (cudaHostAlloc, portable), for copies that overlap with compute. Move-only.
 class PinnedHostBuffer {
  public:
@@ -176,6 +187,18 @@ class DeviceKvCache {
   size_t row_floats_ = 0;  // num_kv_heads * head_dim
   size_t length_ = 0;
 };
+
+inline Status DeviceKvCache::Advance(size_t tokens) {
+  if (tokens > capacity_ - length_) return Status::ResourceExhausted("DeviceKvCache::Advance: past the capacity");
+  length_ += tokens;
+  return Status::Ok();
+}
+
+inline Status DeviceKvCache::Truncate(size_t length) {
+  if (length > length_) return Status::InvalidArgument("DeviceKvCache::Truncate: past the current length");
+  length_ = length;
+  return Status::Ok();
+}
 
 // ---- Kernels ---------------------------------------------------------------------------------------------------
 

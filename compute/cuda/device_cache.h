@@ -19,7 +19,7 @@
 
 #include "compute/cuda/cuda_kernels.h"
 #include "compute/cuda/slot_table.h"
-#include "store/status.h"
+#include "store/base/status.h"
 
 namespace es::cuda {
 
@@ -84,5 +84,34 @@ class DeviceExpertCache {
   size_t slot_bytes_ = 0;
   internal::SlotTable table_;
 };
+
+// The methods that only consult the SlotTable or forward to the stream (no CUDA call of their own), inline so that
+// es_cuda and the tests' host emulation share them.
+inline void* DeviceExpertCache::SlotData(size_t index) const {
+  return static_cast<char*>(memory_.data()) + index * slot_bytes_;
+}
+
+inline Status DeviceExpertCache::Upload(uint64_t key, const void* host, size_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Result<size_t> slot = EnsureResident(key, host, bytes);
+  return slot.ok() ? Status::Ok() : slot.status();
+}
+
+inline bool DeviceExpertCache::Contains(uint64_t key) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return table_.Contains(key);
+}
+
+inline bool DeviceExpertCache::Touch(uint64_t key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return table_.Touch(key);
+}
+
+inline DeviceCacheStats DeviceExpertCache::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return table_.stats();
+}
+
+inline Status DeviceExpertCache::Synchronize() const { return copy_stream_.Synchronize(); }
 
 }  // namespace es::cuda

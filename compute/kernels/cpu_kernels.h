@@ -16,8 +16,8 @@
 #include <string_view>
 
 #include "compute/kernels/parallel.h"
-#include "store/dtype.h"
-#include "store/status.h"
+#include "store/base/dtype.h"
+#include "store/base/status.h"
 
 namespace es::kernels {
 

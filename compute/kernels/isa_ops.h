@@ -9,7 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "store/dtype.h"
+#include "store/base/dtype.h"
 
 namespace es::kernels {
 enum class Isa : uint8_t;  // cpu_kernels.h

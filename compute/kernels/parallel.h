@@ -13,7 +13,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "store/status.h"
+#include "store/base/status.h"
 
 namespace es::kernels {
 

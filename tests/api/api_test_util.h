@@ -12,10 +12,11 @@
 #include "api/server.h"
 #include "store/store.h"
 #include "tests/util/temp_dir.h"
+#include "tests/util/test_data.h"
 
 namespace es::testing {
 
-inline constexpr char kTinyCheckpoint[] = ES_SOURCE_DIR "/models/tiny-qwen3-moe";
+inline constexpr const char* kTinyCheckpoint = kTinyModel;
 inline constexpr char kTiny[] = "tiny";
 inline constexpr char kSynthetic[] = "m";
 inline constexpr uint32_t kSyntheticLayers = 2;

@@ -17,7 +17,7 @@
 #include "api/errors.h"
 #include "api/openai.h"
 #include "api/routes.h"
-#include "store/json.h"
+#include "store/base/json.h"
 #include "store/store.h"
 #include "tests/util/expert_model.h"
 

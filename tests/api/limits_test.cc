@@ -10,7 +10,7 @@
 #include <thread>
 
 #include "api/generation.h"
-#include "store/json.h"
+#include "store/base/json.h"
 #include "tests/api/api_test_util.h"
 #include "tests/api/http_client.h"
 

@@ -11,8 +11,8 @@
 #include "api/fair_queue.h"
 #include "api/http_types.h"
 #include "api/openai.h"
-#include "store/checksum.h"
-#include "store/json.h"
+#include "store/base/checksum.h"
+#include "store/base/json.h"
 
 namespace es::api {
 namespace {

@@ -12,9 +12,9 @@
 
 #include "api/client.h"
 #include "ingest/ingest.h"
-#include "store/aligned_buffer.h"
-#include "store/checksum.h"
-#include "store/json.h"
+#include "store/base/aligned_buffer.h"
+#include "store/base/checksum.h"
+#include "store/base/json.h"
 #include "store/metadata.h"
 #include "tests/api/api_test_util.h"
 #include "tests/api/http_client.h"

@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <string>
 
-#include "store/json.h"
+#include "store/base/json.h"
 #include "tests/util/expert_model.h"
 #include "tests/util/run_cli.h"
 #include "tests/util/temp_dir.h"

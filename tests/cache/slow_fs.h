@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "store/file_system.h"
+#include "store/base/file_system.h"
 
 namespace es::testing {
 

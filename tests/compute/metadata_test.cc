@@ -13,10 +13,10 @@
 #include "compute/generator.h"
 #include "compute/model.h"
 #include "compute/routing_policy.h"
-#include "compute/tokenizer.h"
+#include "compute/tokenizer/tokenizer.h"
 #include "compute/usage_recorder.h"
 #include "store/metadata.h"
-#include "tests/ingest/ingest_test_util.h"
+#include "tests/util/model_fixtures.h"
 #include "tests/util/temp_dir.h"
 #include "tests/util/tensors.h"
 
@@ -51,7 +51,7 @@ std::vector<int32_t> SomeIds(size_t n, size_t offset) {
 class MetadataComputeTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    if (!std::filesystem::exists(testing::kTinyModel)) return;
+    if (!testing::DataPresent(testing::kTinyModel)) return;
     dir_ = new testing::TempDir();
     auto s = testing::StoreWithModels(dir_->Sub("store"), {{kModel, testing::kTinyModel}});
     ASSERT_TRUE(s.ok()) << s.status().ToString();
@@ -65,7 +65,8 @@ class MetadataComputeTest : public ::testing::Test {
     store_ = nullptr;
   }
   void SetUp() override {
-    if (store_ == nullptr) GTEST_SKIP() << "../shared tiny model is missing";
+    ES_REQUIRE_DATA(testing::kTinyModel);
+    ASSERT_NE(store_, nullptr);
     kernels::CpuContext ctx;
     ctx.pool = pool_;
     auto m = Model::Load(*store_, kModel, ctx);

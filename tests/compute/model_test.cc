@@ -9,8 +9,8 @@
 #include "compute/cache_provider.h"
 #include "compute/generator.h"
 #include "compute/model.h"
-#include "tests/compute/reference_cases.h"
-#include "tests/ingest/ingest_test_util.h"
+#include "tests/util/reference_cases.h"
+#include "tests/util/model_fixtures.h"
 #include "tests/util/temp_dir.h"
 #include "tests/util/tensors.h"
 
@@ -26,7 +26,7 @@ std::vector<Case> LoadCases() { return testing::LoadReferenceCases(); }
 class ModelTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    if (!std::filesystem::exists(testing::kReferenceCases)) return;
+    if (!testing::DataPresent(testing::kReferenceCases) || !testing::DataPresent(kAidreams)) return;
     dir_ = new testing::TempDir();
     // The same weights as qwen3_omni_moe.
     std::string config = testing::ReadText(std::string(testing::kTinyModel) + "/config.json");
@@ -46,7 +46,9 @@ class ModelTest : public ::testing::Test {
     delete dir_;
   }
   void SetUp() override {
-    if (store_ == nullptr) GTEST_SKIP() << "../shared reference data is missing";
+    ES_REQUIRE_DATA(testing::kReferenceCases);
+    ES_REQUIRE_DATA(kAidreams);
+    ASSERT_NE(store_, nullptr);
   }
 
   std::unique_ptr<Model> Load(const std::string& name) {

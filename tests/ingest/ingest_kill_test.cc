@@ -11,7 +11,7 @@
 
 #include "ingest/ingest.h"
 #include "ingest/make_checkpoint.h"
-#include "tests/ingest/ingest_test_util.h"
+#include "tests/util/model_fixtures.h"
 #include "tests/util/temp_dir.h"
 
 namespace es {

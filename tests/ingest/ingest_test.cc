@@ -12,7 +12,7 @@
 
 #include "ingest/checkpoint.h"
 #include "ingest/make_checkpoint.h"
-#include "tests/ingest/ingest_test_util.h"
+#include "tests/util/model_fixtures.h"
 #include "tests/util/fault_fs.h"
 #include "tests/util/temp_dir.h"
 
@@ -90,7 +90,7 @@ std::map<std::pair<uint32_t, uint32_t>, std::vector<std::byte>> TinyExpertsFromS
 class IngestTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!std::filesystem::exists(kTinyModel)) GTEST_SKIP() << "../shared/models/tiny-qwen3-moe is missing";
+    ES_REQUIRE_DATA(kTinyModel);
     store_ = OpenStore(dir_.Sub("store"));
   }
   Result<IngestResult> Ingest(const std::string& src, const std::string& name, bool replace = false) {

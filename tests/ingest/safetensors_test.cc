@@ -16,32 +16,17 @@
 #include <string>
 #include <vector>
 
+#include "tests/util/temp_dir.h"
+#include "tests/util/test_data.h"
+
 namespace es {
 namespace {
 
 using ::testing::HasSubstr;
 
-constexpr char kRealShard[] = ES_SOURCE_DIR "/../shared/models/tiny-qwen3-moe/model-00001-of-00002.safetensors";
+const std::string kRealShard = std::string(testing::kTinyModel) + "/model-00001-of-00002.safetensors";
 // Writers align the data section to this many bytes by padding the header with spaces.
 constexpr size_t kHeaderAlignment = 8;
-
-// A fresh directory under $TMPDIR (or /tmp), removed with its contents.
-class TempDir {
- public:
-  TempDir() {
-    const char* base = getenv("TMPDIR");
-    std::string templ = std::string(base != nullptr ? base : "/tmp") + "/es_safetensors_XXXXXX";
-    path_ = mkdtemp(templ.data()) != nullptr ? templ : "";
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 std::string LengthPrefix(uint64_t n) {
   std::string out(kSafetensorsLengthBytes, '\0');
@@ -153,7 +138,7 @@ class SafetensorsTest : public ::testing::Test {
     ExpectRejected(FileBytes(header, std::string(data_size, '\0')), reason);
   }
 
-  TempDir dir_;
+  testing::TempDir dir_;
 };
 
 // A one-tensor header {"t": {<fields>}}.
@@ -729,7 +714,7 @@ TEST_F(SafetensorsTest, ExplainsPickleContentOpenedAsSafetensors) {
 // The real checkpoint.
 
 TEST(RealCheckpointTest, ParsesTinyQwen3MoeShard) {
-  if (!std::filesystem::exists(kRealShard)) GTEST_SKIP() << kRealShard << " is not present";
+  ES_REQUIRE_DATA(kRealShard);
   Result<SafetensorsFile> f = SafetensorsFile::Open(nullptr, kRealShard);
   ASSERT_TRUE(f.ok()) << f.status().ToString();
   EXPECT_EQ(f->file_size(), std::filesystem::file_size(kRealShard));

@@ -11,7 +11,7 @@
 #include <random>
 #include <thread>
 
-#include "store/aligned_buffer.h"
+#include "store/base/aligned_buffer.h"
 #include "tests/util/fault_fs.h"
 #include "tests/util/temp_dir.h"
 

@@ -5,8 +5,8 @@
 
 #include <random>
 
-#include "store/aligned_buffer.h"
-#include "store/checksum.h"
+#include "store/base/aligned_buffer.h"
+#include "store/base/checksum.h"
 
 namespace es {
 namespace {

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "store/aligned_buffer.h"
+#include "store/base/aligned_buffer.h"
 #include "store/records.h"
 #include "store/store.h"
 

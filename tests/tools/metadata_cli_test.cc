@@ -13,17 +13,18 @@
 #include <set>
 #include <string>
 
-#include "store/json.h"
+#include "store/base/json.h"
 #include "store/metadata.h"
 #include "store/store.h"
 #include "tests/util/run_cli.h"
 #include "tests/util/temp_dir.h"
+#include "tests/util/test_data.h"
 
 namespace es {
 namespace {
 
-constexpr char kTiny[] = ES_SOURCE_DIR "/../shared/models/tiny-qwen3-moe";
-constexpr char kCorpus[] = ES_SOURCE_DIR "/../shared/corpus/domains.jsonl";
+using testing::kCorpus;
+constexpr const char* kTiny = testing::kTinyModel;
 constexpr char kModel[] = "tiny-qwen3-moe";
 // Lines per domain in each half of the profiling test (the corpus has 100 per domain).
 constexpr int kLinesPerDomainPerHalf = 20;
@@ -50,7 +51,8 @@ double Num(const JsonValue& v, std::string_view key) {
 class MetadataCliTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!std::filesystem::exists(kTiny) || !std::filesystem::exists(kCorpus)) GTEST_SKIP() << "../shared data is missing";
+    ES_REQUIRE_DATA(kTiny);
+    ES_REQUIRE_DATA(kCorpus);
   }
   // A fresh store holding the tiny model.
   std::string NewStore(const std::string& name) {

@@ -1,0 +1,244 @@
+// ModelRuntime: a RuntimeConfig made into a model, tokenizer, expert provider, routing policy and recorder.
+#include "compute/runtime/model_runtime.h"
+
+#include <cstdio>
+#include <optional>
+
+#include "cache/model_experts.h"
+#include "cache/policy.h"
+#include "cache/states.h"
+#include "compute/routing_policy.h"
+#include "store/metadata.h"
+
+namespace es {
+
+namespace {
+
+// Bounds of the size options: typo guards, not tuning.
+constexpr uint64_t kMaxCacheMb = uint64_t{1} << 30;
+constexpr uint32_t kMaxPrefetchDepth = 64;
+constexpr double kPercent = 100;
+
+// The trust policy's inputs from the catalog: trust records, usage totals, and a focus domain's lifts.
+Result<TrustRoutingInputs> LoadTrustRoutingInputs(Store& store, const std::string& model, const ModelConfig& c,
+                                                  const std::string& focus_domain) {
+  TrustRoutingInputs in;
+  in.layers = c.num_layers;
+  in.experts_per_layer = c.num_experts;
+  in.normalize = c.norm_topk_prob;
+  const size_t keys = static_cast<size_t>(c.num_layers) * c.num_experts;
+  auto key = [&](const std::pair<uint32_t, uint32_t>& id) -> std::optional<size_t> {
+    if (id.first >= c.num_layers || id.second >= c.num_experts) return std::nullopt;
+    return static_cast<size_t>(id.first) * c.num_experts + id.second;
+  };
+  ES_ASSIGN_OR_RETURN(auto trust, LoadModelTrust(store.catalog(), model));
+  if (!trust.empty()) in.trust.assign(keys, kNeutralEvidence);
+  for (const auto& [id, t] : trust) {
+    if (auto k = key(id)) in.trust[*k] = t.trust;
+  }
+  ES_ASSIGN_OR_RETURN(ModelUsage usage, LoadModelUsage(store.catalog(), model));
+  in.activations.assign(keys, 0);
+  in.success_rate.assign(keys, kNeutralEvidence);
+  for (const auto& [id, u] : usage.totals) {
+    auto k = key(id);
+    if (!k) continue;
+    in.activations[*k] = u.activation_count;
+    if (u.activation_count > 0) {
+      in.success_rate[*k] = static_cast<double>(u.success_count) / static_cast<double>(u.activation_count);
+    }
+  }
+  if (!focus_domain.empty()) {
+    ES_ASSIGN_OR_RETURN(auto profiles, LoadModelProfiles(store.catalog(), model));
+    in.domain_lift.assign(keys, 0);
+    bool seen = false;
+    for (const auto& [id, p] : profiles) {
+      auto k = key(id);
+      if (!k) continue;
+      for (const auto& d : p.domains) {
+        if (d.domain == focus_domain) {
+          in.domain_lift[*k] = d.lift;
+          seen = true;
+        }
+      }
+    }
+    if (!seen) {
+      return Status::NotFound("no profile of model '" + model + "' knows domain '" + focus_domain +
+                              "' (run profile first)");
+    }
+  }
+  return in;
+}
+
+std::string Mib(uint64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f MiB", static_cast<double>(bytes) / (1024.0 * 1024.0));
+  return text;
+}
+
+}  // namespace
+
+BackendOptions BackendOptionsOf(const RuntimeConfig& c) {
+  BackendOptions o;
+  o.device = c.device;
+  o.gpu_cache_mb = c.gpu_cache_mb;
+  o.gpu_cache_pct = c.gpu_cache_pct;
+  return o;
+}
+
+Status ValidateRuntimeConfig(const RuntimeConfig& c) {
+  ES_RETURN_IF_ERROR(ValidateBackendOptions(BackendOptionsOf(c)));
+  ES_ASSIGN_OR_RETURN(RoutingKind routing, ParseRoutingKind(c.routing));
+  if (routing == RoutingKind::kTrust) {
+    if (c.routing_weights) ES_RETURN_IF_ERROR(ParseTrustRoutingWeights(*c.routing_weights).status());
+  } else if (c.routing_weights || !c.focus_domain.empty()) {
+    return Status::InvalidArgument("--routing-weights and --focus-domain go with --routing trust");
+  }
+  if (routing != RoutingKind::kCacheAware && c.routing_margin) {
+    return Status::InvalidArgument("--routing-margin goes with --routing cache-aware");
+  }
+  if (c.routing_margin && !(*c.routing_margin >= 0 && *c.routing_margin <= 1)) {
+    return Status::InvalidArgument("--routing-margin must be in [0, 1]");
+  }
+  if (c.no_cache) {
+    if (routing == RoutingKind::kCacheAware) {
+      return Status::InvalidArgument("--routing cache-aware needs the cache (drop --no-cache)");
+    }
+    return Status::Ok();
+  }
+  ES_ASSIGN_OR_RETURN(MetabolicState state, ParseMetabolicState(c.state));
+  if (!IsGenerationState(state)) {
+    return Status::InvalidArgument("--state " + c.state +
+                                   " is not a generation state (wake, focus or crisis); the rest state is "
+                                   "`expertstore rest`, the dream state `expertstore calibrate`");
+  }
+  ES_ASSIGN_OR_RETURN(PolicyKind policy, ParsePolicyKind(c.policy));
+  if (policy == PolicyKind::kBelady) {
+    return Status::InvalidArgument("--policy belady needs the future: it exists only in `bench cache`");
+  }
+  if (c.cache_mb && c.cache_pct) return Status::InvalidArgument("give --cache-mb or --cache-pct, not both");
+  if (c.cache_mb && (*c.cache_mb == 0 || *c.cache_mb > kMaxCacheMb)) {
+    return Status::InvalidArgument("--cache-mb must be between 1 and " + std::to_string(kMaxCacheMb));
+  }
+  if (c.cache_pct && !(*c.cache_pct > 0 && *c.cache_pct <= kPercent)) {
+    return Status::InvalidArgument("--cache-pct must be in (0, 100]");
+  }
+  if (c.prefetch && *c.prefetch > kMaxPrefetchDepth) {
+    return Status::InvalidArgument("--prefetch must be at most " + std::to_string(kMaxPrefetchDepth));
+  }
+  return Status::Ok();
+}
+
+Result<Tokenizer> LoadModelTokenizer(Store& store, const std::string& model) {
+  auto value = store.catalog().Get(Cf::kModels, ModelKey(model));
+  if (!value.ok()) return value.status().IsNotFound() ? Status::NotFound("no model '" + model + "' in the store") : value.status();
+  ES_ASSIGN_OR_RETURN(ModelInfo info, DecodeModel(*value));
+  auto json = store.ReadAsset(info, "tokenizer.json");
+  if (!json.ok()) {
+    return json.status().IsNotFound() ? Status::NotFound("model '" + model + "' was ingested without a tokenizer.json")
+                                      : json.status();
+  }
+  std::string config;
+  if (auto c = store.ReadAsset(info, "tokenizer_config.json"); c.ok()) config = std::move(c).value();
+  return Tokenizer::FromJson(*json, config);
+}
+
+ModelRuntime::~ModelRuntime() = default;
+
+Status ModelRuntime::FinishRecording() {
+  if (!recorder_) return Status::Ok();
+  return recorder_->Flush().WithContext("recording usage");
+}
+
+Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std::string& model,
+                                                         const RuntimeConfig& c, kernels::ComputePool* pool) {
+  ES_RETURN_IF_ERROR(ValidateRuntimeConfig(c));
+  std::unique_ptr<ModelRuntime> rt(new ModelRuntime());
+  ES_ASSIGN_OR_RETURN(RoutingKind routing, ParseRoutingKind(c.routing));
+  rt->routing_ = std::string(RoutingKindName(routing));
+  kernels::CpuContext ctx;
+  ctx.pool = pool;
+  ES_ASSIGN_OR_RETURN(rt->model_, Model::Load(store, model, ctx));
+  if (c.need_tokenizer) {
+    ES_ASSIGN_OR_RETURN(Tokenizer tok, LoadModelTokenizer(store, model));
+    rt->tokenizer_ = std::make_unique<Tokenizer>(std::move(tok));
+  }
+  rt->forward_.skip_missing_experts = c.skip_missing_experts;
+  const ModelConfig& config = rt->model_->config();
+  if (c.record) {
+    rt->recorder_ = std::make_unique<UsageRecorder>(store, model, config.num_layers, config.num_experts);
+    UsageRecorder* recorder = rt->recorder_.get();
+    rt->forward_.observer = [recorder](const RoutingEvent& e) { recorder->Observe(e); };
+  }
+  if (routing == RoutingKind::kTrust) {
+    TrustRoutingWeights weights;
+    if (c.routing_weights) {
+      ES_ASSIGN_OR_RETURN(weights, ParseTrustRoutingWeights(*c.routing_weights));
+    }
+    ES_ASSIGN_OR_RETURN(TrustRoutingInputs inputs, LoadTrustRoutingInputs(store, model, config, c.focus_domain));
+    rt->forward_.routing = MakeTrustRouting(std::move(inputs), weights);
+  }
+  const std::string recording =
+      rt->recorder_ ? (store.journaling() ? ", recording to the journal" : ", recording") : "";
+  if (c.no_cache) {
+    ES_ASSIGN_OR_RETURN(rt->experts_, DirectExpertProvider::Create(store, model));
+    rt->description_ = "no cache: every selected expert read from disk for every token" + recording;
+    ES_RETURN_IF_ERROR(rt->UseBackend(store, c));
+    return rt;
+  }
+  ES_ASSIGN_OR_RETURN(MetabolicState state, ParseMetabolicState(c.state));
+  ES_ASSIGN_OR_RETURN(ModelExperts experts, ModelExperts::Load(store.catalog(), model));
+  StateModel sm{config.top_k, config.num_experts, experts.experts().size(), experts.max_record_bytes()};
+  StateOverrides overrides;
+  if (c.cache_mb) overrides.cache_mb = *c.cache_mb;
+  if (c.prefetch) overrides.prefetch_depth = *c.prefetch;
+  ES_ASSIGN_OR_RETURN(StateBudget budget, ResolveState(state, sm, overrides));
+  if (c.cache_pct) {
+    // A share of the experts, in whole slots; a layer's k experts at least.
+    auto slots = static_cast<uint64_t>(*c.cache_pct / kPercent * static_cast<double>(sm.num_experts));
+    if (slots < budget.experts_per_token) {
+      return Status::InvalidArgument("--cache-pct " + std::to_string(*c.cache_pct) + " holds " + std::to_string(slots) +
+                                     " experts; a layer needs " + std::to_string(budget.experts_per_token) + " at once");
+    }
+    budget.cache_slots = static_cast<uint32_t>(slots);
+    budget.cache_bytes = slots * sm.slot_bytes;
+  } else if (!c.cache_mb && !c.state_given && c.preferred_cache_bytes > 0 &&
+             experts.total_record_bytes() <= c.preferred_cache_bytes) {
+    budget.cache_slots = static_cast<uint32_t>(sm.num_experts);
+    budget.cache_bytes = experts.total_record_bytes();
+  }
+  ExpertCacheOptions co;
+  co.capacity_bytes = budget.cache_bytes;
+  ES_ASSIGN_OR_RETURN(co.policy, ParsePolicyKind(c.policy));
+  co.prefetch_bytes_in_flight = budget.prefetch_bytes_in_flight;
+  ES_ASSIGN_OR_RETURN(auto provider, CacheExpertProvider::Create(store, model, co));
+  rt->state_ = std::string(MetabolicStateName(state));
+  rt->forward_.top_k = budget.experts_per_token;
+  rt->forward_.prefetch_depth = budget.prefetch_depth;
+  rt->forward_.prefetch_accuracy = rt->accuracy_.get();
+  if (routing == RoutingKind::kCacheAware) {
+    ExpertCache* cache = &provider->cache();
+    rt->forward_.routing = MakeCacheAwareRouting(
+        [cache](uint32_t layer, uint32_t expert) { return cache->IsResident({layer, expert}); }, config.norm_topk_prob,
+        c.routing_margin.value_or(kDefaultCacheAwareMargin));
+  }
+  rt->description_ = rt->state_ + ": cache " + std::to_string(provider->cache().capacity_slots()) + " of " +
+                     std::to_string(experts.experts().size()) + " experts (" +
+                     Mib(provider->cache().capacity_slots() * provider->cache().slot_bytes()) + ", " +
+                     std::string(provider->cache().policy_name()) + "), " + std::to_string(budget.experts_per_token) +
+                     " experts per token, prefetch " + std::to_string(budget.prefetch_depth) + ", routing " +
+                     rt->routing_ + recording;
+  rt->cache_provider_ = provider.get();
+  rt->experts_ = std::move(provider);
+  ES_RETURN_IF_ERROR(rt->UseBackend(store, c));
+  return rt;
+}
+
+Status ModelRuntime::UseBackend(Store& store, const RuntimeConfig& c) {
+  if (c.device == "cpu") return Status::Ok();
+  ES_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, CreateBackend(store, *model_, BackendOptionsOf(c)));
+  description_ += "; " + backend->describe();
+  model_->SetBackend(std::move(backend));
+  return Status::Ok();
+}
+
+}  // namespace es

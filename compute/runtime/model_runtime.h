@@ -1,0 +1,104 @@
+// ModelRuntime: everything one model needs to generate, built from a RuntimeConfig: the model (dense weights),
+// its tokenizer, the expert provider (the cache with a policy, state and prefetch, or direct reads), the routing
+// policy, the usage recorder, and the forward options they imply. The generation commands (tools/cli_runtime.h)
+// and the HTTP service's generation worker (api/generation.h) both build their models here, so that a flag
+// means the same thing in `generate` and in `serve`.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "compute/runtime/backend_choice.h"
+#include "compute/cache_provider.h"
+#include "compute/expert_provider.h"
+#include "compute/kernels/parallel.h"
+#include "compute/model.h"
+#include "compute/tokenizer/tokenizer.h"
+#include "compute/usage_recorder.h"
+#include "store/store.h"
+
+namespace es {
+
+// How a model runs: the generation flags (--state, --cache-mb, --policy, --routing, ...) as values. Unset
+// optionals take the state's preset.
+struct RuntimeConfig {
+  std::string device = "cpu";              // cpu, cuda or hybrid (backend_choice.h)
+  std::optional<uint64_t> gpu_cache_mb;    // cuda/hybrid: GPU memory for experts, in MiB
+  std::optional<double> gpu_cache_pct;     // ... or as a percentage of the model's experts
+  std::string state = "focus";             // wake, focus or crisis
+  bool state_given = false;                // the state was chosen explicitly (see preferred_cache_bytes)
+  std::optional<uint64_t> cache_mb;        // the cache size in MiB
+  std::optional<double> cache_pct;         // the cache size as a percentage of the model's experts
+  std::string policy = "lru";              // lru, lfu or trust
+  std::string routing = "exact";           // exact, trust or cache-aware
+  std::optional<std::string> routing_weights;  // trust routing: "r,x,w,f"
+  std::optional<double> routing_margin;    // cache-aware routing: probability given up per swap at most
+  std::string focus_domain;                // trust routing: favour this profiled domain's experts
+  std::optional<uint32_t> prefetch;        // layers prefetched ahead
+  bool no_cache = false;                   // every selected expert read from disk for every token
+  bool skip_missing_experts = false;       // drop experts a partial checkpoint lacks instead of failing
+  bool need_tokenizer = true;
+  // Record usage into `store` (its catalog as the writer, its journal when read-only).
+  bool record = false;
+  // The cache size when neither cache_mb, cache_pct nor an explicit state is given, if the model's experts fit
+  // in it (calibration keeps the whole tiny model resident); 0: the state's.
+  uint64_t preferred_cache_bytes = 0;
+};
+
+// The backend part of a RuntimeConfig.
+BackendOptions BackendOptionsOf(const RuntimeConfig& config);
+
+// Checks what can be checked without a model (names of the device, state, policy and routing; combinations):
+// `serve` fails at start rather than at its first request.
+Status ValidateRuntimeConfig(const RuntimeConfig& config);
+
+// The tokenizer stored with a model (tokenizer.json, and tokenizer_config.json when present). NotFound when the
+// model was ingested without one.
+Result<Tokenizer> LoadModelTokenizer(Store& store, const std::string& model);
+
+class ModelRuntime {
+ public:
+  // `store` and `pool` must outlive the runtime.
+  static Result<std::unique_ptr<ModelRuntime>> Open(Store& store, const std::string& model, const RuntimeConfig& config,
+                                                    kernels::ComputePool* pool);
+  ~ModelRuntime();
+
+  Model& model() { return *model_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  bool has_tokenizer() const { return tokenizer_ != nullptr; }
+  ExpertProvider& experts() { return *experts_; }
+  const ExpertProvider& experts() const { return *experts_; }
+  // The cache behind experts(); null with no_cache.
+  CacheExpertProvider* cache_provider() { return cache_provider_; }
+  const CacheExpertProvider* cache_provider() const { return cache_provider_; }
+  const ForwardOptions& forward_options() const { return forward_; }
+  const std::string& state_name() const { return state_; }
+  const std::string& routing_name() const { return routing_; }
+  const PrefetchAccuracy& prefetch_accuracy() const { return *accuracy_; }
+  // The usage recorder (null when not recording); forward_options() feed it.
+  UsageRecorder* recorder() { return recorder_.get(); }
+  // Flushes the recorder (OK when not recording).
+  Status FinishRecording();
+  // One line on the configuration in force ("focus: cache 48 of 192 experts (4.3 MiB, lru), 4 experts per
+  // token, prefetch 1, routing exact, recording"), then the backend unless it is the CPU ("; cuda: ...").
+  const std::string& describe() const { return description_; }
+
+ private:
+  ModelRuntime() = default;
+  // Moves the model to the configured backend (a no-op for cpu).
+  Status UseBackend(Store& store, const RuntimeConfig& config);
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<ExpertProvider> experts_;
+  CacheExpertProvider* cache_provider_ = nullptr;
+  ForwardOptions forward_;
+  std::unique_ptr<PrefetchAccuracy> accuracy_ = std::make_unique<PrefetchAccuracy>();
+  std::unique_ptr<UsageRecorder> recorder_;
+  std::string state_ = "focus";
+  std::string routing_ = "exact";
+  std::string description_;
+};
+
+}  // namespace es

@@ -1,0 +1,49 @@
+// Fixtures over real checkpoints: rewriting one into another family's layout (same weights, other names and
+// config), stores with models ingested, and reading every expert back from a store.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ingest/safetensors.h"
+#include "ingest/safetensors_writer.h"
+#include "store/base/aligned_buffer.h"
+#include "store/base/json.h"
+#include "store/records.h"
+#include "store/store.h"
+#include "tests/util/test_data.h"
+
+namespace es::testing {
+
+// Maps a source tensor name to its new name, or nullopt to drop it.
+using RenameFn = std::function<std::optional<std::string>(const std::string&)>;
+
+// Writes `dst` as one model.safetensors holding the tensors of the checkpoint in `src` (all shards) under new
+// names, plus `config_json` and a copy of tokenizer.json. Extra tensors (name -> bytes, dtype, shape) are
+// appended as given.
+struct ExtraTensor {
+  TensorSpec spec;
+  std::vector<std::byte> bytes;
+};
+Status RewriteCheckpoint(const std::string& src, const std::string& dst, const RenameFn& rename,
+                         const std::string& config_json, const std::vector<ExtraTensor>& extra = {});
+
+// Reads every expert payload of `model`, keyed by (layer, expert).
+Result<std::map<std::pair<uint32_t, uint32_t>, std::vector<std::byte>>> ReadAllExperts(Store& store,
+                                                                                       const std::string& model);
+
+// Counts keys per column family (a store "fingerprint" for checking that nothing changed).
+std::vector<size_t> CountKeys(Store& store);
+
+// A fresh store in `dir` with each (name, checkpoint directory) ingested.
+Result<std::unique_ptr<Store>> StoreWithModels(const std::string& dir,
+                                               const std::vector<std::pair<std::string, std::string>>& models);
+
+std::string ReadText(const std::string& path);
+void WriteText(const std::string& path, const std::string& text);
+
+}  // namespace es::testing
