@@ -11,6 +11,7 @@
 
 #include "compute/tokenizer/split_regex.h"
 #include "compute/tokenizer/tokenizer.h"
+#include "store/base/file_system.h"
 #include "store/base/json.h"
 
 namespace es {
@@ -18,16 +19,15 @@ namespace {
 
 const std::string kShared = std::string(ES_SOURCE_DIR) + "/../shared";
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+// The file's bytes, or "" (the benchmark then reports no texts) when it cannot be read.
+std::string ReadText(const std::string& path) {
+  Result<std::string> text = ReadFile(*DefaultFileSystem(), path);
+  return text.ok() ? std::move(text).value() : std::string();
 }
 
 std::vector<std::string> Texts(const std::string& jsonl) {
   std::vector<std::string> texts;
-  std::istringstream in(ReadFile(jsonl));
+  std::istringstream in(ReadText(jsonl));
   std::string line;
   while (std::getline(in, line)) {
     auto doc = ParseJson(line);
@@ -88,7 +88,7 @@ void EncodeAll(benchmark::State& state, const Tokenizer& tokenizer, const std::v
 }
 
 void BM_LoadQwen3(benchmark::State& state) {
-  const std::string json = ReadFile(kShared + "/tokenizers/qwen3/tokenizer.json");
+  const std::string json = ReadText(kShared + "/tokenizers/qwen3/tokenizer.json");
   for (auto _ : state) {
     auto t = Tokenizer::FromJson(json);
     if (!t.ok()) state.SkipWithError(t.status().ToString().c_str());

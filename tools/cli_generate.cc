@@ -42,14 +42,6 @@ Result<std::vector<int32_t>> ParseIds(const std::string& text) {
   return ids;
 }
 
-Result<std::string> ReadTextFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::NotFound("cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // Where this run's usage went: "catalog" (this process is the writer), "journal" or "off".
 std::string_view RecordingTarget(Runtime& rt) {
   if (rt.recorder() == nullptr) return "off";
@@ -130,7 +122,7 @@ Status RunLogits(const Args& args) {
 Status RunEval(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string model_name, args.Require("model"));
   ES_ASSIGN_OR_RETURN(std::string path, args.Require("text"));
-  ES_ASSIGN_OR_RETURN(std::string text, ReadTextFile(path));
+  ES_ASSIGN_OR_RETURN(std::string text, ReadFile(*DefaultFileSystem(), path));
   ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model_name, RuntimeOptions{.need_tokenizer = true, .record = true}));
   EncodeOptions enc;
   enc.parse_special_tokens = false;
@@ -177,16 +169,15 @@ Status RunTrace(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string model_name, args.Require("model"));
   ES_ASSIGN_OR_RETURN(std::string path, args.Require("text"));
   ES_ASSIGN_OR_RETURN(std::string out_path, args.Require("out"));
-  ES_ASSIGN_OR_RETURN(std::string text, ReadTextFile(path));
+  ES_ASSIGN_OR_RETURN(std::string text, ReadFile(*DefaultFileSystem(), path));
   ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model_name, /*need_tokenizer=*/true));
   EncodeOptions enc;
   enc.parse_special_tokens = false;
   ES_ASSIGN_OR_RETURN(auto tokens, rt->tokenizer().Encode(text, enc));
   std::vector<int32_t> ids(tokens.begin(), tokens.end());
-  std::string tmp = out_path + ".tmp";
-  std::FILE* f = std::fopen(tmp.c_str(), "w");
-  if (f == nullptr) return Status::IOError("cannot write " + tmp);
+  ES_ASSIGN_OR_RETURN(auto out, AtomicFileWriter::Create(DefaultFileSystem(), out_path));
   uint64_t lines = 0;
+  Status written;
   size_t base = 0;
   ForwardOptions fo = rt->forward_options();
   fo.observer = [&](const RoutingEvent& e) {
@@ -196,7 +187,7 @@ Status RunTrace(const Args& args) {
     w.EndArray().Key("weights").BeginArray();
     for (float x : e.weights) w.Double(x);
     w.EndArray().EndObject();
-    std::fprintf(f, "%s\n", w.str().c_str());
+    if (written.ok()) written = out->Append(w.str() + "\n");
     ++lines;
   };
   // Token by token (decode order), as generation would route them.
@@ -209,12 +200,9 @@ Status RunTrace(const Args& args) {
     base = i;
     s = rt->model().Forward({&ids[i], 1}, kv, rt->experts(), fo, hidden);
   }
-  std::fclose(f);
-  if (!s.ok()) {
-    std::remove(tmp.c_str());
-    return s;
-  }
-  if (std::rename(tmp.c_str(), out_path.c_str()) != 0) return Status::IOError("cannot rename " + tmp);
+  ES_RETURN_IF_ERROR(s);  // an unfinished trace is not published: `out` removes its temporary
+  ES_RETURN_IF_ERROR(written);
+  ES_RETURN_IF_ERROR(out->Commit());
   if (args.global().json) {
     JsonWriter w;
     w.BeginObject().Key("tokens").Uint(ids.size()).Key("lines").Uint(lines).EndObject();

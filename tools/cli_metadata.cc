@@ -35,14 +35,6 @@ uint64_t NowUnix() {
       std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
 }
 
-Result<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::NotFound("cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 struct LabelledText {
   std::string domain;
   std::string text;
@@ -50,7 +42,7 @@ struct LabelledText {
 
 // {"domain": D, "text": T} per line (blank lines skipped); `need_domain` makes the domain required.
 Result<std::vector<LabelledText>> ReadJsonl(const std::string& path, bool need_domain) {
-  ES_ASSIGN_OR_RETURN(std::string body, ReadFile(path));
+  ES_ASSIGN_OR_RETURN(std::string body, ReadFile(*DefaultFileSystem(), path));
   std::vector<LabelledText> out;
   std::stringstream ss(body);
   std::string line;
@@ -85,7 +77,7 @@ Result<std::vector<std::string>> ReadTexts(const std::string& path) {
     ES_ASSIGN_OR_RETURN(auto lines, ReadJsonl(path, /*need_domain=*/false));
     for (auto& l : lines) texts.push_back(std::move(l.text));
   } else {
-    ES_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+    ES_ASSIGN_OR_RETURN(std::string text, ReadFile(*DefaultFileSystem(), path));
     texts.push_back(std::move(text));
   }
   return texts;
@@ -451,15 +443,7 @@ Status ExportProfiles(const Args& args) {
   }
   w.EndArray().EndObject();
   if (auto out = args.Get("out")) {
-    std::string tmp = *out + ".tmp";
-    std::FILE* f = std::fopen(tmp.c_str(), "w");
-    if (f == nullptr) return Status::IOError("cannot write " + tmp);
-    bool ok = std::fwrite(w.str().data(), 1, w.str().size(), f) == w.str().size() && std::fputc('\n', f) != EOF;
-    ok = std::fclose(f) == 0 && ok;
-    if (!ok || std::rename(tmp.c_str(), out->c_str()) != 0) {
-      std::remove(tmp.c_str());
-      return Status::IOError("cannot write " + *out);
-    }
+    ES_RETURN_IF_ERROR(WriteFileAtomic(DefaultFileSystem(), *out, w.str() + "\n"));
     if (!args.global().quiet) std::fprintf(stderr, "exported %zu profiles to %s\n", profiles.size(), out->c_str());
     return Status::Ok();
   }
@@ -488,7 +472,7 @@ Result<double> Number(const JsonValue* v, std::string_view what) {
 Status ImportProfiles(const Args& args) {
   if (args.positional().size() != 2) return Status::InvalidArgument("usage: profiles import FILE [--model M]");
   const std::string& path = args.positional()[1];
-  ES_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  ES_ASSIGN_OR_RETURN(std::string text, ReadFile(*DefaultFileSystem(), path));
   ES_ASSIGN_OR_RETURN(JsonValue doc, ParseJson(text));
   const JsonValue* format = doc.Find("format");
   if (format == nullptr || !format->is_string() || format->string_value() != "expertstore-profiles") {

@@ -424,24 +424,12 @@ Result<Tokenizer> Tokenizer::FromJson(std::string_view tokenizer_json, std::stri
   return Tokenizer(std::move(impl));
 }
 
-namespace {
-
-Result<std::string> ReadWholeFile(const std::string& path) {
-  ES_ASSIGN_OR_RETURN(auto file, DefaultFileSystem()->Open(path, OpenOptions{}));
-  ES_ASSIGN_OR_RETURN(uint64_t size, file->Size());
-  std::string data(size, '\0');
-  ES_RETURN_IF_ERROR(ReadFully(*file, 0, std::as_writable_bytes(std::span<char>(data.data(), data.size()))));
-  return data;
-}
-
-}  // namespace
-
 Result<Tokenizer> Tokenizer::FromFile(const std::string& tokenizer_json_path,
                                       const std::string& tokenizer_config_path) {
-  ES_ASSIGN_OR_RETURN(std::string json, ReadWholeFile(tokenizer_json_path));
+  ES_ASSIGN_OR_RETURN(std::string json, ReadFile(*DefaultFileSystem(), tokenizer_json_path));
   std::string config;
   if (!tokenizer_config_path.empty()) {
-    ES_ASSIGN_OR_RETURN(config, ReadWholeFile(tokenizer_config_path));
+    ES_ASSIGN_OR_RETURN(config, ReadFile(*DefaultFileSystem(), tokenizer_config_path));
   }
   auto tokenizer = FromJson(json, config);
   if (!tokenizer.ok()) return tokenizer.status().WithContext(tokenizer_json_path);

@@ -1,4 +1,5 @@
-// PosixFileSystem: the real OS calls behind FileSystem, and the single errno -> Status mapping.
+// PosixFileSystem: the real OS calls behind FileSystem, the single errno -> Status mapping, and the whole-file
+// helpers.
 #include "store/base/file_system.h"
 
 #include <dirent.h>
@@ -39,6 +40,13 @@ std::string JoinPath(std::string_view a, std::string_view b) {
   if (!out.empty() && out.back() != '/') out += '/';
   out += b;
   return out;
+}
+
+std::string DirName(std::string_view path) {
+  const size_t slash = path.find_last_of('/');
+  if (slash == std::string_view::npos) return ".";
+  if (slash == 0) return "/";
+  return std::string(path.substr(0, slash));
 }
 
 namespace {
@@ -212,6 +220,68 @@ Status ReadFully(File& file, uint64_t offset, std::span<std::byte> dst) {
     offset += advance;
   }
   return Status::Ok();
+}
+
+Result<std::string> ReadFile(FileSystem& fs, const std::string& path) {
+  ES_ASSIGN_OR_RETURN(auto file, fs.Open(path, OpenOptions{}));
+  ES_ASSIGN_OR_RETURN(uint64_t size, file->Size());
+  std::string data(size, '\0');
+  ES_RETURN_IF_ERROR(ReadFully(*file, 0, std::as_writable_bytes(std::span<char>(data.data(), data.size()))));
+  return data;
+}
+
+namespace {
+
+constexpr std::string_view kTmpSuffix = ".tmp";
+// Appended bytes are written once this many have gathered.
+constexpr size_t kAtomicWriteBuffer = size_t{1} << 16;
+
+}  // namespace
+
+AtomicFileWriter::AtomicFileWriter(std::shared_ptr<FileSystem> fs, std::string path, std::unique_ptr<File> file)
+    : fs_(std::move(fs)), path_(std::move(path)), tmp_path_(path_ + std::string(kTmpSuffix)), file_(std::move(file)) {}
+
+Result<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Create(std::shared_ptr<FileSystem> fs, std::string path) {
+  const std::string tmp = path + std::string(kTmpSuffix);
+  ES_ASSIGN_OR_RETURN(auto file, fs->Open(tmp, OpenOptions{.write = true, .create = true}));
+  // A temporary left by an interrupted earlier run starts over.
+  ES_RETURN_IF_ERROR(file->Truncate(0));
+  return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(std::move(fs), std::move(path), std::move(file)));
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (committed_) return;
+  file_.reset();
+  fs_->Remove(tmp_path_).IgnoreError();  // nothing to publish; a temporary that stays is overwritten next time
+}
+
+Status AtomicFileWriter::Append(std::string_view data) {
+  if (committed_) return Status::InvalidArgument("AtomicFileWriter: append after commit to " + path_);
+  buffer_.append(data);
+  return buffer_.size() >= kAtomicWriteBuffer ? Flush() : Status::Ok();
+}
+
+Status AtomicFileWriter::Flush() {
+  ES_RETURN_IF_ERROR(file_->Write(written_, std::as_bytes(std::span<const char>(buffer_.data(), buffer_.size()))));
+  written_ += buffer_.size();
+  buffer_.clear();
+  return Status::Ok();
+}
+
+Status AtomicFileWriter::Commit() {
+  if (committed_) return Status::Ok();
+  ES_RETURN_IF_ERROR(Flush());
+  ES_RETURN_IF_ERROR(file_->Sync());
+  file_.reset();
+  ES_RETURN_IF_ERROR(fs_->Rename(tmp_path_, path_));
+  committed_ = true;
+  return fs_->SyncDir(DirName(path_));
+}
+
+Status WriteFileAtomic(std::shared_ptr<FileSystem> fs, const std::string& path, std::string_view data) {
+  ES_ASSIGN_OR_RETURN(auto writer, AtomicFileWriter::Create(std::move(fs), path));
+  ES_RETURN_IF_ERROR(writer->Append(data));
+  return writer->Commit();
 }
 
 }  // namespace es

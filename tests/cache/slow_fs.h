@@ -1,7 +1,8 @@
 // SlowFileSystem: wraps a FileSystem so that every read of a file whose path contains a substring takes at
 // least `delay` and is logged in completion order. Makes races (two acquirers of one missing expert, demand
-// overtaking prefetch) wide enough to observe, or holds them until released; tests assert orders and counts, never times. Both engines pass
-// through it: pread calls File::Read, io_uring results pass through FilterAsyncReadResult. Thread-safe.
+// overtaking prefetch) wide enough to observe, or holds them until released; tests assert orders and counts,
+// never times. Both engines pass through it: pread calls File::Read, io_uring results pass through
+// FilterAsyncReadResult. Thread-safe.
 #pragma once
 
 #include <chrono>
@@ -16,10 +17,10 @@
 
 namespace es::testing {
 
-class SlowFileSystem final : public FileSystem {
+class SlowFileSystem final : public FileSystemWrapper {
  public:
   SlowFileSystem(std::shared_ptr<FileSystem> base, std::string path_contains)
-      : base_(std::move(base)), match_(std::move(path_contains)) {}
+      : FileSystemWrapper(std::move(base)), match_(std::move(path_contains)) {}
 
   void set_delay(std::chrono::milliseconds d) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -53,45 +54,28 @@ class SlowFileSystem final : public FileSystem {
   }
 
   Result<std::unique_ptr<File>> Open(const std::string& path, const OpenOptions& options) override {
-    ES_ASSIGN_OR_RETURN(auto f, base_->Open(path, options));
+    ES_ASSIGN_OR_RETURN(auto f, target().Open(path, options));
     if (path.find(match_) == std::string::npos) return f;
     return std::unique_ptr<File>(new SlowFile(this, std::move(f)));
   }
-  Status Rename(const std::string& a, const std::string& b) override { return base_->Rename(a, b); }
-  Status Remove(const std::string& p) override { return base_->Remove(p); }
-  Status CreateDir(const std::string& p) override { return base_->CreateDir(p); }
-  Status SyncDir(const std::string& p) override { return base_->SyncDir(p); }
-  Result<bool> Exists(const std::string& p) override { return base_->Exists(p); }
-  Result<std::vector<std::string>> ListDir(const std::string& d) override { return base_->ListDir(d); }
-  Result<std::unique_ptr<FileLock>> LockFile(const std::string& p) override { return base_->LockFile(p); }
-  Result<uint64_t> FreeSpace(const std::string& p) override { return base_->FreeSpace(p); }
 
  private:
-  class SlowFile final : public File {
+  class SlowFile final : public FileWrapper {
    public:
-    SlowFile(SlowFileSystem* fs, std::unique_ptr<File> base) : File(base->path()), fs_(fs), base_(std::move(base)) {}
+    SlowFile(SlowFileSystem* fs, std::unique_ptr<File> target) : FileWrapper(std::move(target)), fs_(fs) {}
     Result<size_t> Read(uint64_t offset, std::span<std::byte> dst) override {
-      auto r = base_->Read(offset, dst);
+      auto r = target().Read(offset, dst);
       fs_->Slow(offset);
       return r;
     }
-    Status Write(uint64_t offset, std::span<const std::byte> src) override { return base_->Write(offset, src); }
-    Status DataSync() override { return base_->DataSync(); }
-    Status Sync() override { return base_->Sync(); }
-    Status Truncate(uint64_t size) override { return base_->Truncate(size); }
-    Result<uint64_t> Size() override { return base_->Size(); }
-    Status DropCache() override { return base_->DropCache(); }
-    int NativeHandle() const override { return base_->NativeHandle(); }
-    bool direct() const override { return base_->direct(); }
     int FilterAsyncReadResult(uint64_t offset, size_t length, int res) override {
-      res = base_->FilterAsyncReadResult(offset, length, res);
+      res = target().FilterAsyncReadResult(offset, length, res);
       fs_->Slow(offset);
       return res;
     }
 
    private:
     SlowFileSystem* fs_;
-    std::unique_ptr<File> base_;
   };
 
   void Slow(uint64_t offset) {
@@ -108,7 +92,6 @@ class SlowFileSystem final : public FileSystem {
     completed_.push_back(offset);
   }
 
-  std::shared_ptr<FileSystem> base_;
   std::string match_;
   mutable std::mutex mu_;
   std::condition_variable cv_;

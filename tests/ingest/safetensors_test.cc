@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/util/files.h"
 #include "tests/util/temp_dir.h"
 #include "tests/util/test_data.h"
 
@@ -47,11 +48,6 @@ void WriteFile(const std::string& path, std::string_view bytes) {
   ASSERT_TRUE(out.good()) << path;
 }
 
-std::string ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
 std::vector<std::byte> ToBytes(std::string_view s) {
   std::vector<std::byte> out(s.size());
   if (!s.empty()) std::memcpy(out.data(), s.data(), s.size());  // memcpy from a null pointer is UB even for 0 bytes
@@ -65,52 +61,32 @@ struct FaultConfig {
   size_t max_read_bytes = 0;      // non-zero: each Read returns at most this many bytes
 };
 
-class FaultFile final : public File {
+class FaultFile final : public FileWrapper {
  public:
-  FaultFile(std::unique_ptr<File> base, FaultConfig* config)
-      : File(base->path()), base_(std::move(base)), config_(config) {}
+  FaultFile(std::unique_ptr<File> target, FaultConfig* config) : FileWrapper(std::move(target)), config_(config) {}
   Result<size_t> Read(uint64_t offset, std::span<std::byte> dst) override {
     if (config_->fail_reads) return ErrnoStatus(EIO, "read " + path());
     if (config_->max_read_bytes != 0 && dst.size() > config_->max_read_bytes) {
       dst = dst.first(config_->max_read_bytes);
     }
-    Result<size_t> n = base_->Read(offset, dst);
+    Result<size_t> n = target().Read(offset, dst);
     if (n.ok()) config_->bytes_read += *n;
     return n;
   }
-  Status Write(uint64_t offset, std::span<const std::byte> src) override { return base_->Write(offset, src); }
-  Status DataSync() override { return base_->DataSync(); }
-  Status Sync() override { return base_->Sync(); }
-  Status Truncate(uint64_t size) override { return base_->Truncate(size); }
-  Result<uint64_t> Size() override { return base_->Size(); }
-  Status DropCache() override { return base_->DropCache(); }
-  int NativeHandle() const override { return base_->NativeHandle(); }
-  bool direct() const override { return base_->direct(); }
 
  private:
-  std::unique_ptr<File> base_;
   FaultConfig* config_;
 };
 
-class FaultFileSystem final : public FileSystem {
+class FaultFileSystem final : public FileSystemWrapper {
  public:
   FaultConfig config;
 
+  FaultFileSystem() : FileSystemWrapper(DefaultFileSystem()) {}
   Result<std::unique_ptr<File>> Open(const std::string& path, const OpenOptions& options) override {
-    ES_ASSIGN_OR_RETURN(std::unique_ptr<File> f, base_->Open(path, options));
+    ES_ASSIGN_OR_RETURN(std::unique_ptr<File> f, target().Open(path, options));
     return std::unique_ptr<File>(new FaultFile(std::move(f), &config));
   }
-  Status Rename(const std::string& from, const std::string& to) override { return base_->Rename(from, to); }
-  Status Remove(const std::string& path) override { return base_->Remove(path); }
-  Status CreateDir(const std::string& path) override { return base_->CreateDir(path); }
-  Status SyncDir(const std::string& path) override { return base_->SyncDir(path); }
-  Result<bool> Exists(const std::string& path) override { return base_->Exists(path); }
-  Result<std::vector<std::string>> ListDir(const std::string& dir) override { return base_->ListDir(dir); }
-  Result<std::unique_ptr<FileLock>> LockFile(const std::string& path) override { return base_->LockFile(path); }
-  Result<uint64_t> FreeSpace(const std::string& path) override { return base_->FreeSpace(path); }
-
- private:
-  std::shared_ptr<FileSystem> base_ = DefaultFileSystem();
 };
 
 class SafetensorsTest : public ::testing::Test {
@@ -734,7 +710,7 @@ TEST(RealCheckpointTest, ParsesTinyQwen3MoeShard) {
   // The parser's bytes equal the file's bytes at the offset read independently, and decode to sane weights.
   std::vector<std::byte> got(expert->byte_size());
   ASSERT_TRUE(f->ReadTensor(*expert, got).ok());
-  std::string whole = ReadWholeFile(kRealShard);
+  std::string whole = testing::ReadText(kRealShard);
   ASSERT_EQ(whole.size(), f->file_size());
   EXPECT_EQ(got, ToBytes(std::string_view(whole).substr(expert->file_offset, expert->byte_size())));
   size_t nonzero = 0;

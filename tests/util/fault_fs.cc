@@ -9,10 +9,9 @@ namespace es::testing {
 
 namespace {
 
-class FaultFile final : public File {
+class FaultFile final : public FileWrapper {
  public:
-  FaultFile(FaultInjectionFileSystem* fs, std::unique_ptr<File> base)
-      : File(base->path()), fs_(fs), base_(std::move(base)) {}
+  FaultFile(FaultInjectionFileSystem* fs, std::unique_ptr<File> target) : FileWrapper(std::move(target)), fs_(fs) {}
 
   Result<size_t> Read(uint64_t offset, std::span<std::byte> dst) override {
     FaultRule rule;
@@ -21,7 +20,7 @@ class FaultFile final : public File {
       if (!rule.short_io) return ErrnoStatus(rule.err, "read " + path() + " (injected)");
       shorten = true;
     }
-    ES_ASSIGN_OR_RETURN(size_t n, base_->Read(offset, dst));
+    ES_ASSIGN_OR_RETURN(size_t n, target().Read(offset, dst));
     // A short read: report fewer bytes (an unaligned count, as the kernel may); the caller must continue.
     if (shorten && n > 1) n = n / 2 - 1 + (n == 2);
     return n;
@@ -34,12 +33,12 @@ class FaultFile final : public File {
       if (rule.short_io && src.size() > 1) {
         // Part of the data reaches the file before the failure, as a real ENOSPC mid-write leaves it.
         TrackBeforeChange();
-        base_->Write(offset, src.first(src.size() / 2)).IgnoreError();
+        target().Write(offset, src.first(src.size() / 2)).IgnoreError();
       }
       return ErrnoStatus(rule.err, "write " + path() + " (injected)");
     }
     TrackBeforeChange();
-    return base_->Write(offset, src);
+    return target().Write(offset, src);
   }
 
   Status DataSync() override { return DoSync(); }
@@ -50,12 +49,8 @@ class FaultFile final : public File {
     FaultRule rule;
     if (fs_->Fire(FaultOp::kTruncate, path(), &rule)) return ErrnoStatus(rule.err, "truncate " + path() + " (injected)");
     TrackBeforeChange();
-    return base_->Truncate(size);
+    return target().Truncate(size);
   }
-  Result<uint64_t> Size() override { return base_->Size(); }
-  Status DropCache() override { return base_->DropCache(); }
-  int NativeHandle() const override { return base_->NativeHandle(); }
-  bool direct() const override { return base_->direct(); }
 
   int FilterAsyncReadResult(uint64_t offset, size_t length, int res) override {
     FaultRule rule;
@@ -69,7 +64,7 @@ class FaultFile final : public File {
 
  private:
   void TrackBeforeChange() {
-    auto size = base_->Size();
+    auto size = target().Size();
     fs_->Track(path(), size.ok() ? *size : 0, /*created=*/false);
   }
 
@@ -77,14 +72,13 @@ class FaultFile final : public File {
     if (fs_->crashed()) return Status::Ok();
     FaultRule rule;
     if (fs_->Fire(FaultOp::kSync, path(), &rule)) return ErrnoStatus(rule.err, "fsync " + path() + " (injected)");
-    ES_RETURN_IF_ERROR(base_->Sync());
-    ES_ASSIGN_OR_RETURN(uint64_t size, base_->Size());
+    ES_RETURN_IF_ERROR(target().Sync());
+    ES_ASSIGN_OR_RETURN(uint64_t size, target().Size());
     fs_->NoteSynced(path(), size);
     return Status::Ok();
   }
 
   FaultInjectionFileSystem* fs_;
-  std::unique_ptr<File> base_;
 };
 
 bool Matches(const FaultRule& r, FaultOp op, const std::string& path) {
@@ -93,7 +87,8 @@ bool Matches(const FaultRule& r, FaultOp op, const std::string& path) {
 
 }  // namespace
 
-FaultInjectionFileSystem::FaultInjectionFileSystem(std::shared_ptr<FileSystem> base) : base_(std::move(base)) {}
+FaultInjectionFileSystem::FaultInjectionFileSystem(std::shared_ptr<FileSystem> base)
+    : FileSystemWrapper(std::move(base)) {}
 
 void FaultInjectionFileSystem::AddRule(const FaultRule& rule) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -138,10 +133,10 @@ void FaultInjectionFileSystem::Crash() {
   crashed_ = true;
   for (const auto& [path, t] : tracked_) {
     if (!t.ever_synced) {
-      base_->Remove(path).IgnoreError();
+      target().Remove(path).IgnoreError();
       continue;
     }
-    auto f = base_->Open(path, OpenOptions{.write = true});
+    auto f = target().Open(path, OpenOptions{.write = true});
     if (!f.ok()) continue;
     auto size = (*f)->Size();
     if (size.ok() && *size > t.synced_size) (*f)->Truncate(t.synced_size).IgnoreError();
@@ -157,9 +152,9 @@ Result<std::unique_ptr<File>> FaultInjectionFileSystem::Open(const std::string& 
   if (crashed() && options.create) return ErrnoStatus(EROFS, "open " + path + " after the simulated crash");
   bool existed = true;
   if (options.create) {
-    ES_ASSIGN_OR_RETURN(existed, base_->Exists(path));
+    ES_ASSIGN_OR_RETURN(existed, target().Exists(path));
   }
-  ES_ASSIGN_OR_RETURN(auto base, base_->Open(path, options));
+  ES_ASSIGN_OR_RETURN(auto base, target().Open(path, options));
   if (!existed) Track(path, 0, /*created=*/true);
   return std::unique_ptr<File>(new FaultFile(this, std::move(base)));
 }
@@ -168,7 +163,7 @@ Status FaultInjectionFileSystem::Rename(const std::string& from, const std::stri
   if (crashed()) return Status::Ok();
   FaultRule rule;
   if (Fire(FaultOp::kRename, from, &rule)) return ErrnoStatus(rule.err, "rename " + from + " (injected)");
-  ES_RETURN_IF_ERROR(base_->Rename(from, to));
+  ES_RETURN_IF_ERROR(target().Rename(from, to));
   std::lock_guard<std::mutex> lock(mu_);
   auto it = tracked_.find(from);
   if (it != tracked_.end()) {
@@ -182,26 +177,17 @@ Status FaultInjectionFileSystem::Remove(const std::string& path) {
   if (crashed()) return Status::Ok();
   FaultRule rule;
   if (Fire(FaultOp::kRemove, path, &rule)) return ErrnoStatus(rule.err, "remove " + path + " (injected)");
-  ES_RETURN_IF_ERROR(base_->Remove(path));
+  ES_RETURN_IF_ERROR(target().Remove(path));
   std::lock_guard<std::mutex> lock(mu_);
   tracked_.erase(path);
   return Status::Ok();
 }
 
-Status FaultInjectionFileSystem::CreateDir(const std::string& path) { return base_->CreateDir(path); }
-
 Status FaultInjectionFileSystem::SyncDir(const std::string& path) {
   if (crashed()) return Status::Ok();
   FaultRule rule;
   if (Fire(FaultOp::kSyncDir, path, &rule)) return ErrnoStatus(rule.err, "fsync directory " + path + " (injected)");
-  return base_->SyncDir(path);
+  return target().SyncDir(path);
 }
-
-Result<bool> FaultInjectionFileSystem::Exists(const std::string& path) { return base_->Exists(path); }
-Result<std::vector<std::string>> FaultInjectionFileSystem::ListDir(const std::string& dir) { return base_->ListDir(dir); }
-Result<std::unique_ptr<FileLock>> FaultInjectionFileSystem::LockFile(const std::string& path) {
-  return base_->LockFile(path);
-}
-Result<uint64_t> FaultInjectionFileSystem::FreeSpace(const std::string& path) { return base_->FreeSpace(path); }
 
 }  // namespace es::testing

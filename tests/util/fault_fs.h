@@ -27,7 +27,7 @@ struct FaultRule {
   int times = 1;
 };
 
-class FaultInjectionFileSystem : public FileSystem {
+class FaultInjectionFileSystem : public FileSystemWrapper {
  public:
   explicit FaultInjectionFileSystem(std::shared_ptr<FileSystem> base = DefaultFileSystem());
 
@@ -45,12 +45,7 @@ class FaultInjectionFileSystem : public FileSystem {
   Result<std::unique_ptr<File>> Open(const std::string& path, const OpenOptions& options) override;
   Status Rename(const std::string& from, const std::string& to) override;
   Status Remove(const std::string& path) override;
-  Status CreateDir(const std::string& path) override;
   Status SyncDir(const std::string& path) override;
-  Result<bool> Exists(const std::string& path) override;
-  Result<std::vector<std::string>> ListDir(const std::string& dir) override;
-  Result<std::unique_ptr<FileLock>> LockFile(const std::string& path) override;
-  Result<uint64_t> FreeSpace(const std::string& path) override;
 
   // Used by the wrapped files.
   // Returns the rule that fires for this operation on this path, if any (and consumes one firing).
@@ -67,7 +62,6 @@ class FaultInjectionFileSystem : public FileSystem {
     bool ever_synced = false;
   };
 
-  std::shared_ptr<FileSystem> base_;
   std::mutex mu_;
   std::vector<FaultRule> rules_;
   std::vector<int> seen_;  // matching calls per rule

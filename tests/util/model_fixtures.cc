@@ -1,4 +1,4 @@
-// Ingest test helpers.
+// Fixtures over real checkpoints.
 #include "tests/util/model_fixtures.h"
 
 #include <filesystem>
@@ -8,18 +8,6 @@
 #include "ingest/ingest.h"
 
 namespace es::testing {
-
-std::string ReadText(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void WriteText(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-}
 
 Status RewriteCheckpoint(const std::string& src, const std::string& dst, const RenameFn& rename,
                          const std::string& config_json, const std::vector<ExtraTensor>& extra) {

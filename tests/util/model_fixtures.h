@@ -15,6 +15,7 @@
 #include "store/base/json.h"
 #include "store/records.h"
 #include "store/store.h"
+#include "tests/util/files.h"
 #include "tests/util/test_data.h"
 
 namespace es::testing {
@@ -42,8 +43,5 @@ std::vector<size_t> CountKeys(Store& store);
 // A fresh store in `dir` with each (name, checkpoint directory) ingested.
 Result<std::unique_ptr<Store>> StoreWithModels(const std::string& dir,
                                                const std::vector<std::pair<std::string, std::string>>& models);
-
-std::string ReadText(const std::string& path);
-void WriteText(const std::string& path, const std::string& text);
 
 }  // namespace es::testing

@@ -12,6 +12,7 @@
 
 #include "compute/tokenizer/unicode.h"
 #include "store/base/json.h"
+#include "tests/util/files.h"
 #include "tests/util/test_data.h"
 
 namespace es {
@@ -31,14 +32,6 @@ constexpr std::string_view kLazyPattern = R"(\p{L}+?\p{N}|[a-z]{2,4}?x|\s+)";
 
 constexpr int kRandomStrings = 3000;
 constexpr int kMaxRandomLength = 40;
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) ADD_FAILURE() << "cannot read " << path << " (the tests need ../shared next to the source tree)";
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // All matches by ICU, as byte offsets (a UTF-8 UText's native indexes are byte offsets).
 Spans IcuMatches(std::string_view pattern, std::string_view text) {
@@ -70,7 +63,7 @@ Spans OurMatches(const SplitRegex& regex, std::string_view text) {
 std::vector<std::string> CorpusTexts() {
   std::vector<std::string> texts;
   for (const std::string& file : {std::string(testing::kCorpus), std::string(testing::kQwen3TokenizerDir) + "/reference.jsonl"}) {
-    std::istringstream lines(ReadFile(file));
+    std::istringstream lines(testing::ReadText(file));
     std::string line;
     while (std::getline(lines, line)) {
       auto doc = ParseJson(line);

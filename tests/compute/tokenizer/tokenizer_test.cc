@@ -13,6 +13,7 @@
 #include "compute/tokenizer/tokenizer_impl.h"  // ByteToUnicode, to name byte-level tokens
 #include "compute/tokenizer/unicode.h"
 #include "store/base/json.h"
+#include "tests/util/files.h"
 #include "tests/util/test_data.h"
 
 namespace es {
@@ -34,14 +35,6 @@ constexpr TokenId kMixtralEos = 2;
 constexpr TokenId kMixtralUnk = 0;
 constexpr int kThreads = 4;
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) ADD_FAILURE() << "cannot read " << path << " (the tests need ../shared next to the source tree)";
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 struct ReferenceLine {
   std::string text;
   std::vector<TokenId> ids;
@@ -49,7 +42,7 @@ struct ReferenceLine {
 
 std::vector<ReferenceLine> QwenReference() {
   std::vector<ReferenceLine> lines;
-  std::istringstream in(ReadFile(kQwen3Dir + "/reference.jsonl"));
+  std::istringstream in(testing::ReadText(kQwen3Dir + "/reference.jsonl"));
   std::string line;
   while (std::getline(in, line)) {
     auto doc = ParseJson(line);
@@ -64,7 +57,7 @@ std::vector<ReferenceLine> QwenReference() {
 
 std::vector<std::pair<std::string, std::string>> Corpus() {
   std::vector<std::pair<std::string, std::string>> out;  // (domain, text)
-  std::istringstream in(ReadFile(testing::kCorpus));
+  std::istringstream in(testing::ReadText(testing::kCorpus));
   std::string line;
   while (std::getline(in, line)) {
     auto doc = ParseJson(line);
@@ -283,7 +276,7 @@ TEST(MixtralTokenizerTest, SpecialTokensFromTemplateAndConfig) {
   EXPECT_EQ(t.unk_id(), kMixtralUnk);
   EXPECT_TRUE(t.IsSpecial(kMixtralBos));
   // Without tokenizer_config.json, bos comes from the post-processor template.
-  auto bare = Tokenizer::FromJson(ReadFile(kMixtralDir + "/tokenizer.json"));
+  auto bare = Tokenizer::FromJson(testing::ReadText(kMixtralDir + "/tokenizer.json"));
   ASSERT_TRUE(bare.ok());
   EXPECT_EQ(bare->bos_id(), kMixtralBos);
   EXPECT_FALSE(bare->eos_id().has_value());
@@ -623,7 +616,7 @@ TEST(TokenizerLoadTest, RefusesUnsupportedFeaturesByName) {
 }
 
 TEST(TokenizerLoadTest, ConfigAndFileErrors) {
-  const std::string json = ReadFile(kMixtralDir + "/tokenizer.json");
+  const std::string json = testing::ReadText(kMixtralDir + "/tokenizer.json");
   EXPECT_TRUE(Tokenizer::FromJson(json, "{").status().IsInvalidArgument());
   EXPECT_TRUE(Tokenizer::FromJson(json, R"({"eos_token": "<nope>"})").status().IsInvalidArgument());
   EXPECT_TRUE(Tokenizer::FromJson(json, R"({"eos_token": 5})").status().IsInvalidArgument());
