@@ -227,7 +227,7 @@ Result<ImportResult> ImportExpert(Store& store, const ExpertBlob& blob, const Im
     if (!options.replace) {
       return Status::InvalidArgument("the local store already holds a different expert " + std::to_string(blob.expert) +
                                      " of layer " + std::to_string(blob.layer) + " in '" + result.model +
-                                     "'; pass --replace to replace it");
+                                     "'; set `replace` to replace it");
     }
     model.num_experts -= 1;
     model.total_bytes -= prev.extent.payload_length;

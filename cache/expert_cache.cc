@@ -58,8 +58,8 @@ uint32_t ExpertCache::SlotsFor(const ModelExperts& experts, uint64_t capacity_by
 Result<std::unique_ptr<ExpertCache>> ExpertCache::Open(Store& store, const std::string& model,
                                                        const ExpertCacheOptions& options) {
   if (options.policy == PolicyKind::kBelady) {
-    return Status::InvalidArgument("belady needs the future access sequence: use it with `bench cache`, not a live "
-                                   "cache");
+    return Status::InvalidArgument("belady needs the future access sequence: it is for replaying a recorded trace, "
+                                   "not a live cache");
   }
   ES_ASSIGN_OR_RETURN(ModelExperts experts, ModelExperts::Load(store.catalog(), model));
   const uint64_t slot_bytes = experts.max_record_bytes();
@@ -215,11 +215,10 @@ void ExpertCache::ReadSlots(const std::vector<uint32_t>& slot_ids, bool prefetch
   loaded_cv_.notify_all();
 }
 
-Result<std::vector<ExpertHandle>> ExpertCache::Acquire(std::span<const ExpertRef> refs, const AcquireOptions& options) {
-  constexpr int64_t kSkipped = -1;
+Status ExpertCache::ResolveKeys(std::span<const ExpertRef> refs, const AcquireOptions& options,
+                                AcquireBatch& batch) const {
   const size_t n = refs.size();
-  // The index is immutable: resolve keys before taking the lock.
-  std::vector<int64_t> key_of(n, kSkipped);
+  batch.key_of.assign(n, kSkipped);
   std::vector<PolicyKey> distinct;
   for (size_t i = 0; i < n; ++i) {
     auto key = experts_.keys().Key(refs[i]);
@@ -228,7 +227,7 @@ Result<std::vector<ExpertHandle>> ExpertCache::Acquire(std::span<const ExpertRef
       return Status::NotFound("model '" + experts_.model().name + "' has no " + ExpertName(refs[i]) +
                               " (a partial checkpoint)");
     }
-    key_of[i] = *key;
+    batch.key_of[i] = *key;
     distinct.push_back(*key);
   }
   std::sort(distinct.begin(), distinct.end());
@@ -237,129 +236,159 @@ Result<std::vector<ExpertHandle>> ExpertCache::Acquire(std::span<const ExpertRef
     return Status::ResourceExhausted("a batch of " + std::to_string(distinct.size()) + " experts exceeds the cache's " +
                                      std::to_string(capacity_slots()) + " slots");
   }
+  return Status::Ok();
+}
 
-  std::vector<int32_t> slot_of(n, kNoSlot);
-  std::vector<uint32_t> to_read;  // slots this call claimed and reads
-  std::vector<uint32_t> to_wait;  // slots others are reading
-  CacheStats delta;               // committed to stats_ only if the batch is admitted
-  {
-    std::unique_lock<std::mutex> lock(mu_);
-    // Each access gets its own tick, in the order given, exactly as the simulator assigns them.
-    std::vector<uint64_t> tick(n, 0);
-    for (size_t i = 0; i < n; ++i) {
-      if (key_of[i] != kSkipped) tick[i] = now_++;
-    }
-    // Pass 1: pin what is already resident or in flight, so that the misses below cannot evict it.
-    for (size_t i = 0; i < n; ++i) {
-      if (key_of[i] == kSkipped) continue;
-      PolicyKey key = static_cast<PolicyKey>(key_of[i]);
-      int32_t s = slot_of_key_[key];
-      if (s == kNoSlot) continue;
-      Slot& slot = slots_[static_cast<size_t>(s)];
-      ++slot.pins;
-      slot_of[i] = s;
-      policy_->Touch(key, tick[i]);
-      const bool ready = slot.state == SlotState::kReady;
-      if (ready) {
-        ++delta.hits;
-      } else {
-        ++delta.misses;
-        to_wait.push_back(static_cast<uint32_t>(s));
-      }
-      if (slot.unused_prefetch) {
-        ++delta.prefetch_hits;
-        if (!ready) ++delta.prefetch_late;
-        slot.unused_prefetch = false;
-      }
-    }
-    // Pass 2: claim slots for the misses (a duplicate of a miss claimed here shares its slot).
-    for (size_t i = 0; i < n; ++i) {
-      if (key_of[i] == kSkipped || slot_of[i] != kNoSlot) continue;
-      PolicyKey key = static_cast<PolicyKey>(key_of[i]);
+Status ExpertCache::PinBatchLocked(AcquireBatch& batch) {
+  const size_t n = batch.key_of.size();
+  batch.slot_of.assign(n, kNoSlot);
+  // Each access gets its own tick, in the order given, exactly as the simulator assigns them.
+  std::vector<uint64_t> tick(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    if (batch.key_of[i] != kSkipped) tick[i] = now_++;
+  }
+  CacheStats delta;  // committed to stats_ only if the batch is admitted
+  PinPresentLocked(batch, tick, delta);
+  ES_RETURN_IF_ERROR(ClaimMissesLocked(batch, tick, delta));
+  stats_.hits += delta.hits;
+  stats_.misses += delta.misses;
+  stats_.prefetch_hits += delta.prefetch_hits;
+  stats_.prefetch_late += delta.prefetch_late;
+  if (!batch.to_read.empty()) ++demand_reads_in_flight_;
+  return Status::Ok();
+}
+
+void ExpertCache::PinPresentLocked(AcquireBatch& batch, const std::vector<uint64_t>& tick, CacheStats& delta) {
+  for (size_t i = 0; i < batch.key_of.size(); ++i) {
+    if (batch.key_of[i] == kSkipped) continue;
+    PolicyKey key = static_cast<PolicyKey>(batch.key_of[i]);
+    int32_t s = slot_of_key_[key];
+    if (s == kNoSlot) continue;
+    Slot& slot = slots_[static_cast<size_t>(s)];
+    ++slot.pins;
+    batch.slot_of[i] = s;
+    policy_->Touch(key, tick[i]);
+    const bool ready = slot.state == SlotState::kReady;
+    if (ready) {
+      ++delta.hits;
+    } else {
       ++delta.misses;
-      if (int32_t s = slot_of_key_[key]; s != kNoSlot) {
-        ++slots_[static_cast<size_t>(s)].pins;
-        slot_of[i] = s;
-        policy_->Touch(key, tick[i]);
-        continue;
-      }
-      if (queued_[key]) {  // demand overtakes the queued prediction
-        queued_[key] = false;
-        --queued_count_;
-        ++stats_.prefetch_dropped;
-      }
-      int32_t s = TakeSlotLocked(tick[i], /*for_prefetch=*/false);
-      if (s == kNoSlot) {
-        // Undo: the claimed slots go back to the free list (nobody else can have seen them: the lock was held
-        // throughout), every other pin of this batch is dropped.
-        for (uint32_t c : to_read) {
-          slot_of_key_[slots_[c].key] = kNoSlot;
-          policy_->Erase(slots_[c].key);
-          slots_[c] = Slot{};
-          free_slots_.push_back(c);
-        }
-        for (size_t j = 0; j < n; ++j) {
-          if (slot_of[j] != kNoSlot && slots_[static_cast<size_t>(slot_of[j])].state != SlotState::kFree) {
-            UnpinLocked(static_cast<uint32_t>(slot_of[j]));
-          }
-        }
-        return Status::ResourceExhausted("every one of the cache's " + std::to_string(capacity_slots()) +
-                                         " slots is pinned or being read");
-      }
-      Slot& slot = slots_[static_cast<size_t>(s)];
-      slot = Slot{};
-      slot.state = SlotState::kLoading;
-      slot.key = key;
-      slot.pins = 1;
-      slot_of_key_[key] = s;
-      slot_of[i] = s;
-      policy_->Insert(key, tick[i]);
-      policy_->Touch(key, tick[i]);
-      to_read.push_back(static_cast<uint32_t>(s));
+      batch.to_wait.push_back(static_cast<uint32_t>(s));
     }
-    stats_.hits += delta.hits;
-    stats_.misses += delta.misses;
-    stats_.prefetch_hits += delta.prefetch_hits;
-    stats_.prefetch_late += delta.prefetch_late;
-    if (!to_read.empty()) ++demand_reads_in_flight_;
+    if (slot.unused_prefetch) {
+      ++delta.prefetch_hits;
+      if (!ready) ++delta.prefetch_late;
+      slot.unused_prefetch = false;
+    }
+  }
+}
+
+Status ExpertCache::ClaimMissesLocked(AcquireBatch& batch, const std::vector<uint64_t>& tick, CacheStats& delta) {
+  for (size_t i = 0; i < batch.key_of.size(); ++i) {
+    if (batch.key_of[i] == kSkipped || batch.slot_of[i] != kNoSlot) continue;
+    PolicyKey key = static_cast<PolicyKey>(batch.key_of[i]);
+    ++delta.misses;
+    if (int32_t s = slot_of_key_[key]; s != kNoSlot) {
+      ++slots_[static_cast<size_t>(s)].pins;
+      batch.slot_of[i] = s;
+      policy_->Touch(key, tick[i]);
+      continue;
+    }
+    if (queued_[key]) {  // demand overtakes the queued prediction
+      queued_[key] = false;
+      --queued_count_;
+      ++stats_.prefetch_dropped;
+    }
+    int32_t s = TakeSlotLocked(tick[i], /*for_prefetch=*/false);
+    if (s == kNoSlot) {
+      UndoPinsLocked(batch);
+      return Status::ResourceExhausted("every one of the cache's " + std::to_string(capacity_slots()) +
+                                       " slots is pinned or being read");
+    }
+    Slot& slot = slots_[static_cast<size_t>(s)];
+    slot = Slot{};
+    slot.state = SlotState::kLoading;
+    slot.key = key;
+    slot.pins = 1;
+    slot_of_key_[key] = s;
+    batch.slot_of[i] = s;
+    policy_->Insert(key, tick[i]);
+    policy_->Touch(key, tick[i]);
+    batch.to_read.push_back(static_cast<uint32_t>(s));
+  }
+  return Status::Ok();
+}
+
+void ExpertCache::UndoPinsLocked(const AcquireBatch& batch) {
+  // The claimed slots go back to the free list (nobody else can have seen them: the lock was held throughout),
+  // every other pin of this batch is dropped.
+  for (uint32_t c : batch.to_read) {
+    slot_of_key_[slots_[c].key] = kNoSlot;
+    policy_->Erase(slots_[c].key);
+    slots_[c] = Slot{};
+    free_slots_.push_back(c);
+  }
+  for (int32_t s : batch.slot_of) {
+    if (s != kNoSlot && slots_[static_cast<size_t>(s)].state != SlotState::kFree) {
+      UnpinLocked(static_cast<uint32_t>(s));
+    }
+  }
+}
+
+void ExpertCache::ReadClaimed(const std::vector<uint32_t>& to_read) {
+  if (to_read.empty()) return;
+  ReadSlots(to_read, /*prefetch=*/false);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (--demand_reads_in_flight_ == 0) prefetch_cv_.notify_all();
+}
+
+Status ExpertCache::BatchFailureLocked(const AcquireBatch& batch) const {
+  for (int32_t s : batch.slot_of) {
+    if (s != kNoSlot && slots_[static_cast<size_t>(s)].state == SlotState::kFailed) {
+      return slots_[static_cast<size_t>(s)].error;
+    }
+  }
+  return Status::Ok();
+}
+
+std::vector<ExpertHandle> ExpertCache::HandlesLocked(const AcquireBatch& batch) {
+  std::vector<ExpertHandle> handles(batch.slot_of.size());
+  for (size_t i = 0; i < batch.slot_of.size(); ++i) {
+    if (batch.slot_of[i] == kNoSlot) continue;
+    const Slot& slot = slots_[static_cast<size_t>(batch.slot_of[i])];
+    handles[i] = ExpertHandle(this, static_cast<uint32_t>(batch.slot_of[i]), experts_.Find(slot.key), slot.payload);
+  }
+  return handles;
+}
+
+Result<std::vector<ExpertHandle>> ExpertCache::Acquire(std::span<const ExpertRef> refs, const AcquireOptions& options) {
+  AcquireBatch batch;
+  ES_RETURN_IF_ERROR(ResolveKeys(refs, options, batch));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ES_RETURN_IF_ERROR(PinBatchLocked(batch));
   }
 
   const auto start = std::chrono::steady_clock::now();
-  if (!to_read.empty()) {
-    ReadSlots(to_read, /*prefetch=*/false);
-    std::lock_guard<std::mutex> lock(mu_);
-    if (--demand_reads_in_flight_ == 0) prefetch_cv_.notify_all();
-  }
+  ReadClaimed(batch.to_read);
 
   std::unique_lock<std::mutex> lock(mu_);
-  if (!to_wait.empty()) {
+  if (!batch.to_wait.empty()) {
     loaded_cv_.wait(lock, [&] {
-      return std::none_of(to_wait.begin(), to_wait.end(),
+      return std::none_of(batch.to_wait.begin(), batch.to_wait.end(),
                           [&](uint32_t s) { return slots_[s].state == SlotState::kLoading; });
     });
   }
-  if (!to_read.empty() || !to_wait.empty()) {
+  if (!batch.to_read.empty() || !batch.to_wait.empty()) {
     stats_.swap_in.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
-  Status failure;
-  for (size_t i = 0; i < n && failure.ok(); ++i) {
-    if (slot_of[i] != kNoSlot && slots_[static_cast<size_t>(slot_of[i])].state == SlotState::kFailed) {
-      failure = slots_[static_cast<size_t>(slot_of[i])].error;
-    }
-  }
-  if (!failure.ok()) {
-    for (size_t i = 0; i < n; ++i) {
-      if (slot_of[i] != kNoSlot) UnpinLocked(static_cast<uint32_t>(slot_of[i]));
+  if (Status failure = BatchFailureLocked(batch); !failure.ok()) {
+    for (int32_t s : batch.slot_of) {
+      if (s != kNoSlot) UnpinLocked(static_cast<uint32_t>(s));
     }
     return failure;
   }
-  std::vector<ExpertHandle> handles(n);
-  for (size_t i = 0; i < n; ++i) {
-    if (slot_of[i] == kNoSlot) continue;
-    const Slot& slot = slots_[static_cast<size_t>(slot_of[i])];
-    handles[i] = ExpertHandle(this, static_cast<uint32_t>(slot_of[i]), experts_.Find(slot.key), slot.payload);
-  }
-  return handles;
+  return HandlesLocked(batch);
 }
 
 // ---- prefetcher -----------------------------------------------------------------------------------------

@@ -154,6 +154,36 @@ class ExpertCache {
   void UnpinLocked(uint32_t slot);
   // Reads `slots` (each kLoading for its key) in one batch without the lock, then publishes the results.
   void ReadSlots(const std::vector<uint32_t>& slots, bool prefetch);
+
+  // One Acquire call's state across its phases, one entry per ref in the per-ref vectors.
+  struct AcquireBatch {
+    std::vector<int64_t> key_of;    // the ref's key, or kSkipped
+    std::vector<int32_t> slot_of;   // the slot the batch pins for the ref, or kNoSlot
+    std::vector<uint32_t> to_read;  // slots this call claimed and reads
+    std::vector<uint32_t> to_wait;  // slots others are reading
+  };
+  static constexpr int64_t kSkipped = -1;  // a ref that skip_missing left out
+
+  // Resolves every ref's key without the lock (the index is immutable). NotFound for an expert the catalog lacks
+  // (unless skip_missing); ResourceExhausted when the batch has more distinct experts than the cache has slots.
+  Status ResolveKeys(std::span<const ExpertRef> refs, const AcquireOptions& options, AcquireBatch& batch) const;
+  // Caller holds mu_. Pins every expert of the batch (claiming slots for the misses) and commits the batch's
+  // statistics; on ResourceExhausted the batch pins and claims nothing.
+  Status PinBatchLocked(AcquireBatch& batch);
+  // Caller holds mu_. Pins what is already resident or in flight, so that the misses cannot evict it.
+  void PinPresentLocked(AcquireBatch& batch, const std::vector<uint64_t>& tick, CacheStats& delta);
+  // Caller holds mu_. Claims and pins a slot for each miss (a duplicate of a miss claimed here shares its slot);
+  // when no slot can be had, undoes the whole batch and returns ResourceExhausted.
+  Status ClaimMissesLocked(AcquireBatch& batch, const std::vector<uint64_t>& tick, CacheStats& delta);
+  // Caller holds mu_. Frees the slots the batch claimed and drops every other pin it took.
+  void UndoPinsLocked(const AcquireBatch& batch);
+  // Reads the claimed slots without the lock, then lets the prefetcher go once no demand read is in flight.
+  void ReadClaimed(const std::vector<uint32_t>& to_read);
+  // Caller holds mu_. The error of the batch's first failed slot, or OK.
+  Status BatchFailureLocked(const AcquireBatch& batch) const;
+  // Caller holds mu_. One handle per ref (empty for a skipped one); each takes over its ref's pin.
+  std::vector<ExpertHandle> HandlesLocked(const AcquireBatch& batch);
+
   void PrefetchLoop();
 
   Store& store_;

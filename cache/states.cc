@@ -46,7 +46,7 @@ Result<StateBudget> ResolveState(MetabolicState state, const StateModel& model, 
       return Status::InvalidArgument("rest is not a generation state: it recomputes profiles and trust from recorded "
                                      "usage and compacts the store");
     case MetabolicState::kDream:
-      return Status::InvalidArgument("dream is not a generation state: it is calibration (expertstore calibrate)");
+      return Status::InvalidArgument("dream is not a generation state: it is calibration");
   }
   if (model.top_k == 0 || model.experts_per_layer == 0 || model.num_experts == 0 || model.slot_bytes == 0) {
     return Status::InvalidArgument("a state needs a model with experts, top-k and a slot size");
@@ -60,7 +60,7 @@ Result<StateBudget> ResolveState(MetabolicState state, const StateModel& model, 
   if (overrides.cache_mb) {
     slots = *overrides.cache_mb * kMiB / model.slot_bytes;
     if (slots < k) {
-      return Status::InvalidArgument("--cache-mb " + std::to_string(*overrides.cache_mb) + " holds " +
+      return Status::InvalidArgument("`cache_mb` " + std::to_string(*overrides.cache_mb) + " holds " +
                                      std::to_string(slots) + " experts; a layer needs " + std::to_string(k) +
                                      " at once (at least " + std::to_string((k * model.slot_bytes + kMiB - 1) / kMiB) +
                                      " MiB)");

@@ -57,129 +57,216 @@ std::vector<Window> PickWindows(std::span<const std::vector<int32_t>> sequences,
   return picked;
 }
 
-}  // namespace
-
-Result<CalibrationResult> Calibrate(Model& model, ExpertProvider& provider,
-                                    std::span<const std::vector<int32_t>> sequences, const CalibrationOptions& options) {
+// Refuses options no calibration can run with.
+Status CheckOptions(const CalibrationOptions& options) {
   if (options.window < 2) return Status::InvalidArgument("calibration window must hold at least 2 tokens");
   if (!(options.position_fraction > 0 && options.position_fraction <= 1)) {
     return Status::InvalidArgument("the sampled fraction of positions must lie in (0, 1]");
   }
-  const ModelConfig& c = model.config();
-  const size_t E = c.num_experts, H = c.hidden;
-  const size_t k = std::min<size_t>(options.top_k == 0 ? c.top_k : options.top_k, E);
-  auto t0 = std::chrono::steady_clock::now();
+  return Status::Ok();
+}
+
+// A result with a zeroed contribution for every expert of the model.
+CalibrationResult EmptyResult(const ModelConfig& c) {
   CalibrationResult r;
   r.layers = c.num_layers;
-  r.experts_per_layer = static_cast<uint32_t>(E);
-  r.experts.resize(static_cast<size_t>(c.num_layers) * E);
-  std::mt19937_64 rng(options.seed);
-  std::bernoulli_distribution sample(options.position_fraction);
+  r.experts_per_layer = static_cast<uint32_t>(c.num_experts);
+  r.experts.resize(static_cast<size_t>(c.num_layers) * c.num_experts);
+  return r;
+}
 
+// One window's clean pass: per layer the residual stream entering its MoE block (empty for a dense layer) and
+// the routing, [layer][t * k + j]; then the scored positions' targets and NLLs.
+struct CleanPass {
+  explicit CleanPass(size_t layers) : chosen(layers), chosen_w(layers) {}
+
+  std::vector<std::vector<float>> pre_moe;
+  std::vector<std::vector<int32_t>> chosen;
+  std::vector<std::vector<float>> chosen_w;
+  std::vector<int32_t> targets;
+  std::vector<double> nll;
+};
+
+// The clean pass's forward options: the routing and the MoE inputs are captured into `pass`.
+ForwardOptions CleanOptions(const CalibrationOptions& options, size_t k, CleanPass& pass) {
   ForwardOptions clean;
   clean.top_k = static_cast<uint32_t>(k);
   clean.skip_missing_experts = options.skip_missing_experts;
-  std::vector<std::vector<float>> pre_moe;
-  clean.capture_pre_moe = &pre_moe;
-  // routing[layer][t * k + j]: the clean pass's picks and weights.
-  std::vector<std::vector<int32_t>> chosen(c.num_layers);
-  std::vector<std::vector<float>> chosen_w(c.num_layers);
-  clean.observer = [&](const RoutingEvent& e) {
-    std::copy(e.experts.begin(), e.experts.end(), chosen[e.layer].begin() + static_cast<std::ptrdiff_t>(e.token * k));
-    std::copy(e.weights.begin(), e.weights.end(), chosen_w[e.layer].begin() + static_cast<std::ptrdiff_t>(e.token * k));
+  clean.capture_pre_moe = &pass.pre_moe;
+  clean.observer = [&pass, k](const RoutingEvent& e) {
+    const auto at = static_cast<std::ptrdiff_t>(e.token * k);
+    std::copy(e.experts.begin(), e.experts.end(), pass.chosen[e.layer].begin() + at);
+    std::copy(e.weights.begin(), e.weights.end(), pass.chosen_w[e.layer].begin() + at);
   };
+  return clean;
+}
+
+// What the per-window phases share: the model, its experts, the top-k, the KV cache and the scratch outputs.
+struct CalibrationRun {
+  Model& model;
+  ExpertProvider& provider;
+  const size_t k;
+  KvCache& kv;
+  std::vector<float> hidden;
+  std::vector<double> nll;  // of the ablation batch being measured
+};
+
+// The clean forward pass over one window from an empty context, capturing into `pass` (through `clean`), then
+// the NLL of each scored position.
+Status RunCleanPass(CalibrationRun& run, const ForwardOptions& clean, std::span<const int32_t> ids,
+                    const Window& window, CleanPass& pass) {
+  const ModelConfig& c = run.model.config();
+  const size_t start = window.start;
+  const size_t len = window.length;
+  for (uint32_t l = 0; l < c.num_layers; ++l) {
+    pass.chosen[l].assign(len * run.k, -1);
+    pass.chosen_w[l].assign(len * run.k, 0.0f);
+  }
+  pass.pre_moe.clear();
+  run.kv.Reset();
+  ES_RETURN_IF_ERROR(run.model.Forward(ids.subspan(start, len), run.kv, run.provider, clean, run.hidden));
+  // Positions 0..len-2 predict the next token of the window.
+  const size_t scored = len - 1;
+  pass.targets.assign(ids.begin() + static_cast<std::ptrdiff_t>(start + 1),
+                      ids.begin() + static_cast<std::ptrdiff_t>(start + len));
+  run.hidden.resize(scored * c.hidden);
+  return RowNlls(run.model, run.hidden, pass.targets, pass.nll);
+}
+
+// Adds the clean pass's scored positions, NLL and expert activations to the result.
+void RecordCleanPass(const CleanPass& pass, size_t k, CalibrationResult& r) {
+  const size_t E = r.experts_per_layer;
+  const size_t scored = pass.targets.size();
+  r.tokens += scored;
+  for (double x : pass.nll) r.clean_nll += x;
+  for (uint32_t l = 0; l < r.layers; ++l) {
+    for (size_t t = 0; t < scored && !pass.chosen[l].empty(); ++t) {
+      for (size_t j = 0; j < k; ++j) {
+        int32_t e = pass.chosen[l][t * k + j];
+        float wt = pass.chosen_w[l][t * k + j];
+        if (e < 0 || !(wt > 0)) continue;
+        ExpertContribution& ec = r.experts[l * E + static_cast<size_t>(e)];
+        ++ec.activations;
+        ec.weight_sum += wt;
+        ec.weight_sq_sum += static_cast<double>(wt) * wt;
+      }
+    }
+  }
+}
+
+// The scored positions whose top-k is ablated: all of them, or each with probability position_fraction (the
+// generator is drawn only when sampling).
+std::vector<size_t> SampleRows(size_t scored, double position_fraction, std::bernoulli_distribution& sample,
+                               std::mt19937_64& rng) {
+  std::vector<size_t> rows;
+  for (size_t t = 0; t < scored; ++t) {
+    if (position_fraction >= 1 || sample(rng)) rows.push_back(t);
+  }
+  return rows;
+}
+
+// The ablation of one (layer, slot): the sampled positions that have a pick in the slot, each with the
+// routing forced on it (the slot dropped, the others reweighted), its target and its residual stream.
+struct AblationBatch {
+  std::vector<size_t> rows;
+  std::vector<float> residual;
+  std::vector<int32_t> forced_e;
+  std::vector<float> forced_w;
+  std::vector<int32_t> targets;
+};
+
+// Fills `b` with the ablation of slot j of layer l over the sampled `rows`.
+void BuildAblationBatch(const CleanPass& pass, uint32_t l, size_t j, size_t k, size_t H,
+                        const std::vector<size_t>& rows, AblationBatch& b) {
+  b.rows.clear();
+  b.residual.clear();
+  b.forced_e.clear();
+  b.forced_w.clear();
+  b.targets.clear();
+  for (size_t t : rows) {
+    const int32_t* e = &pass.chosen[l][t * k];
+    const float* wt = &pass.chosen_w[l][t * k];
+    if (e[j] < 0 || !(wt[j] > 0)) continue;
+    // The others, scaled back to the total weight the slots had.
+    double total = 0, rest = 0;
+    for (size_t i = 0; i < k; ++i) {
+      if (e[i] < 0) continue;
+      total += wt[i];
+      if (i != j) rest += wt[i];
+    }
+    for (size_t i = 0; i < k; ++i) {
+      bool keep = i != j && e[i] >= 0;
+      b.forced_e.push_back(keep ? e[i] : -1);
+      b.forced_w.push_back(keep && rest > 0 ? static_cast<float>(wt[i] * total / rest) : 0.0f);
+    }
+    b.rows.push_back(t);
+    b.targets.push_back(pass.targets[t]);
+    b.residual.insert(b.residual.end(), pass.pre_moe[l].begin() + static_cast<std::ptrdiff_t>(t * H),
+                      pass.pre_moe[l].begin() + static_cast<std::ptrdiff_t>((t + 1) * H));
+  }
+}
+
+// Re-runs the batch from layer l's MoE block and adds each position's NLL increase to the ablated expert.
+Status MeasureAblation(CalibrationRun& run, const ForwardOptions& ablated, const CleanPass& pass, uint32_t l,
+                       size_t j, const AblationBatch& b, CalibrationResult& r) {
+  const size_t E = r.experts_per_layer;
+  ForcedRouting forced{run.k, b.forced_e, b.forced_w};
+  ES_RETURN_IF_ERROR(
+      run.model.ForwardRowsFrom(l, b.residual, b.rows, forced, run.kv, run.provider, ablated, run.hidden));
+  ES_RETURN_IF_ERROR(RowNlls(run.model, run.hidden, b.targets, run.nll));
+  for (size_t i = 0; i < b.rows.size(); ++i) {
+    size_t t = b.rows[i];
+    ExpertContribution& ec = r.experts[l * E + static_cast<size_t>(pass.chosen[l][t * run.k + j])];
+    ++ec.samples;
+    ec.nll_increase_sum += run.nll[i] - pass.nll[t];
+    ++r.ablations;
+  }
+  return Status::Ok();
+}
+
+// Every (MoE layer, top-k slot) ablation of one window, each one batch over the sampled positions.
+Status RunAblations(CalibrationRun& run, const ForwardOptions& ablated, const CleanPass& pass,
+                    const std::vector<size_t>& rows, CalibrationResult& r) {
+  const ModelConfig& c = run.model.config();
+  AblationBatch batch;
+  for (uint32_t l = 0; l < c.num_layers; ++l) {
+    if (l >= pass.pre_moe.size() || pass.pre_moe[l].empty()) continue;  // a dense layer
+    for (size_t j = 0; j < run.k; ++j) {
+      BuildAblationBatch(pass, l, j, run.k, c.hidden, rows, batch);
+      if (batch.rows.empty()) continue;
+      ES_RETURN_IF_ERROR(MeasureAblation(run, ablated, pass, l, j, batch, r));
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<CalibrationResult> Calibrate(Model& model, ExpertProvider& provider,
+                                    std::span<const std::vector<int32_t>> sequences, const CalibrationOptions& options) {
+  ES_RETURN_IF_ERROR(CheckOptions(options));
+  const ModelConfig& c = model.config();
+  const size_t k = std::min<size_t>(options.top_k == 0 ? c.top_k : options.top_k, c.num_experts);
+  auto t0 = std::chrono::steady_clock::now();
+  CalibrationResult r = EmptyResult(c);
+  std::mt19937_64 rng(options.seed);
+  std::bernoulli_distribution sample(options.position_fraction);
+
+  CleanPass pass(c.num_layers);
+  const ForwardOptions clean = CleanOptions(options, k, pass);
   ForwardOptions ablated;
   ablated.top_k = clean.top_k;
   ablated.skip_missing_experts = options.skip_missing_experts;
 
   std::vector<Window> windows = PickWindows(sequences, options.window, options.max_tokens);
   KvCache kv(c, options.window);
-  std::vector<float> hidden;
-  std::vector<double> clean_nll, nll;
+  CalibrationRun run{model, provider, k, kv, {}, {}};
   for (size_t w = 0; w < windows.size(); ++w) {
-    std::span<const int32_t> ids = sequences[windows[w].sequence];
-    const size_t start = windows[w].start;
-    const size_t len = windows[w].length;
-    for (uint32_t l = 0; l < c.num_layers; ++l) {
-      chosen[l].assign(len * k, -1);
-      chosen_w[l].assign(len * k, 0.0f);
-    }
-    pre_moe.clear();
-    kv.Reset();
-    ES_RETURN_IF_ERROR(model.Forward(ids.subspan(start, len), kv, provider, clean, hidden));
-    // Positions 0..len-2 predict the next token of the window.
-    const size_t scored = len - 1;
-    std::vector<int32_t> targets(ids.begin() + static_cast<std::ptrdiff_t>(start + 1),
-                                 ids.begin() + static_cast<std::ptrdiff_t>(start + len));
-    hidden.resize(scored * H);
-    ES_RETURN_IF_ERROR(RowNlls(model, hidden, targets, clean_nll));
-    r.tokens += scored;
-    for (double x : clean_nll) r.clean_nll += x;
-    for (uint32_t l = 0; l < c.num_layers; ++l) {
-      for (size_t t = 0; t < scored && !chosen[l].empty(); ++t) {
-        for (size_t j = 0; j < k; ++j) {
-          int32_t e = chosen[l][t * k + j];
-          float wt = chosen_w[l][t * k + j];
-          if (e < 0 || !(wt > 0)) continue;
-          ExpertContribution& ec = r.experts[l * E + static_cast<size_t>(e)];
-          ++ec.activations;
-          ec.weight_sum += wt;
-          ec.weight_sq_sum += static_cast<double>(wt) * wt;
-        }
-      }
-    }
-    std::vector<size_t> rows;
-    for (size_t t = 0; t < scored; ++t) {
-      if (options.position_fraction >= 1 || sample(rng)) rows.push_back(t);
-    }
+    ES_RETURN_IF_ERROR(RunCleanPass(run, clean, sequences[windows[w].sequence], windows[w], pass));
+    RecordCleanPass(pass, k, r);
+    const std::vector<size_t> rows = SampleRows(pass.targets.size(), options.position_fraction, sample, rng);
     r.ablated_positions += rows.size();
-
-    std::vector<size_t> batch_rows;
-    std::vector<float> residual;
-    std::vector<int32_t> forced_e, batch_targets;
-    std::vector<float> forced_w;
-    for (uint32_t l = 0; l < c.num_layers; ++l) {
-      if (l >= pre_moe.size() || pre_moe[l].empty()) continue;  // a dense layer
-      for (size_t j = 0; j < k; ++j) {
-        batch_rows.clear();
-        residual.clear();
-        forced_e.clear();
-        forced_w.clear();
-        batch_targets.clear();
-        for (size_t t : rows) {
-          const int32_t* e = &chosen[l][t * k];
-          const float* wt = &chosen_w[l][t * k];
-          if (e[j] < 0 || !(wt[j] > 0)) continue;
-          // The others, scaled back to the total weight the slots had.
-          double total = 0, rest = 0;
-          for (size_t i = 0; i < k; ++i) {
-            if (e[i] < 0) continue;
-            total += wt[i];
-            if (i != j) rest += wt[i];
-          }
-          for (size_t i = 0; i < k; ++i) {
-            bool keep = i != j && e[i] >= 0;
-            forced_e.push_back(keep ? e[i] : -1);
-            forced_w.push_back(keep && rest > 0 ? static_cast<float>(wt[i] * total / rest) : 0.0f);
-          }
-          batch_rows.push_back(t);
-          batch_targets.push_back(targets[t]);
-          residual.insert(residual.end(), pre_moe[l].begin() + static_cast<std::ptrdiff_t>(t * H),
-                          pre_moe[l].begin() + static_cast<std::ptrdiff_t>((t + 1) * H));
-        }
-        if (batch_rows.empty()) continue;
-        ForcedRouting forced{k, forced_e, forced_w};
-        ES_RETURN_IF_ERROR(model.ForwardRowsFrom(l, residual, batch_rows, forced, kv, provider, ablated, hidden));
-        ES_RETURN_IF_ERROR(RowNlls(model, hidden, batch_targets, nll));
-        for (size_t i = 0; i < batch_rows.size(); ++i) {
-          size_t t = batch_rows[i];
-          ExpertContribution& ec = r.experts[l * E + static_cast<size_t>(chosen[l][t * k + j])];
-          ++ec.samples;
-          ec.nll_increase_sum += nll[i] - clean_nll[t];
-          ++r.ablations;
-        }
-      }
-    }
+    ES_RETURN_IF_ERROR(RunAblations(run, ablated, pass, rows, r));
     if (options.progress) options.progress(w + 1, windows.size());
   }
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -36,7 +36,7 @@ Status MoeRouting::DropMissing(uint32_t layer, size_t t, size_t k, std::span<int
     if (e < 0 || experts_.Has(layer, static_cast<uint32_t>(e))) continue;
     if (!options_.skip_missing_experts) {
       return Status::NotFound("the router picked expert " + std::to_string(e) + " of layer " + std::to_string(layer) +
-                              ", which this partial checkpoint lacks (use --skip-missing-experts to drop it)");
+                              ", which this partial checkpoint lacks (`skip_missing_experts` drops it)");
     }
     chosen[t * k + j] = -1;
     weights[t * k + j] = 0.0f;

@@ -164,6 +164,262 @@ ModelInfo BaseModelRecord(const std::string& name, const Checkpoint& c) {
   return m;
 }
 
+// Wall-clock seconds since `start`, for the result.
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// The model name: the option, or else the last component of the checkpoint directory.
+std::string ModelNameFor(const std::string& dir, const IngestOptions& options) {
+  if (!options.name.empty()) return options.name;
+  std::string d = dir;
+  while (d.size() > 1 && d.back() == '/') d.pop_back();
+  return d.substr(d.find_last_of('/') == std::string::npos ? 0 : d.find_last_of('/') + 1);
+}
+
+// The result's description of the model, before anything is written.
+IngestResult ResultFor(const ModelInfo& record) {
+  IngestResult result;
+  result.model = record.name;
+  result.arch = record.arch;
+  result.layers = record.num_layers;
+  result.experts = record.num_experts;
+  result.dense_tensors = record.num_dense_tensors;
+  result.bytes = record.total_bytes;
+  return result;
+}
+
+// What an interrupted ingest of the same checkpoint already committed.
+struct StoredRecords {
+  std::set<std::pair<uint32_t, uint32_t>> experts;  // (layer, expert)
+  std::set<std::string> dense;                      // canonical tensor names
+  std::set<std::string> assets;
+};
+
+// Resuming: the new record keeps the interrupted ingest's creation time and assets, and `stored` lists the
+// records it committed.
+Status CollectStored(Store& store, const ModelInfo& old, ModelInfo& record, StoredRecords& stored) {
+  const std::string prefix = ModelPrefix(record.name);
+  record.created_unix = old.created_unix;
+  record.assets = old.assets;
+  for (const auto& a : old.assets) stored.assets.insert(a.name);
+  ES_RETURN_IF_ERROR(store.catalog().Scan(Cf::kExperts, prefix, [&](std::string_view key, std::string_view) {
+    auto id = ParseExpertKey(key);
+    if (id.ok()) stored.experts.insert({id->layer, id->expert});
+    return true;
+  }));
+  return store.catalog().Scan(Cf::kTensors, prefix, [&](std::string_view key, std::string_view) {
+    auto k = ParseTensorKey(key);
+    if (k.ok()) stored.dense.insert(k->second);
+    return true;
+  });
+}
+
+// Reconciles the new record with a model already stored under its name, before anything is written. The same
+// checkpoint, complete: the result is marked unchanged. The same one, interrupted: marked resumed, with what
+// is stored in `stored`. A different one: refused unless `replace`, in which case it is deleted.
+Status ReconcileWithStored(Store& store, const IngestOptions& options, ModelInfo& record, IngestResult& result,
+                           StoredRecords& stored) {
+  const std::string& name = record.name;
+  auto existing = store.catalog().Get(Cf::kModels, ModelKey(name));
+  if (!existing.ok()) return existing.status().IsNotFound() ? Status::Ok() : existing.status();
+  ES_ASSIGN_OR_RETURN(ModelInfo old, DecodeModel(*existing));
+  if (old.source_fingerprint == record.source_fingerprint) {
+    if (old.complete) {
+      result.unchanged = true;
+      return Status::Ok();
+    }
+    result.resumed = true;
+    return CollectStored(store, old, record, stored);
+  }
+  if (!options.replace) {
+    return Status::InvalidArgument("model '" + name + "' already holds a different checkpoint (fingerprint " +
+                                   old.source_fingerprint + ", this one " + record.source_fingerprint +
+                                   "); set `replace` to replace it, or `name` to ingest it under another name");
+  }
+  return DeleteModel(store, name);
+}
+
+// The work: everything of the checkpoint not yet stored, sorted into file order so the shards are read front
+// to back.
+std::vector<WorkItem> PlanWork(const Checkpoint& checkpoint, const StoredRecords& stored) {
+  std::vector<WorkItem> items;
+  for (const auto& a : checkpoint.assets()) {
+    if (!stored.assets.count(a.name)) items.push_back({WorkItem::Kind::kAsset, &a, nullptr, nullptr, a.size, 0, 0});
+  }
+  std::map<const SafetensorsFile*, size_t> shard_order;
+  auto order_of = [&](const SafetensorsFile* f) {
+    auto [it, inserted] = shard_order.try_emplace(f, shard_order.size() + 1);
+    return it->second;
+  };
+  for (const auto& d : checkpoint.dense()) {
+    if (stored.dense.count(d.canonical)) continue;
+    items.push_back({WorkItem::Kind::kDense, nullptr, &d, nullptr, d.source.tensor->byte_size(),
+                     order_of(d.source.file), d.source.tensor->file_offset});
+  }
+  for (const auto& e : checkpoint.experts()) {
+    if (stored.experts.count({e.layer, e.expert})) continue;
+    const auto& first = e.projections.front();
+    items.push_back({WorkItem::Kind::kExpert, nullptr, nullptr, &e, e.bytes(), order_of(first.source.file),
+                     first.source.tensor->file_offset + first.offset});
+  }
+  std::stable_sort(items.begin(), items.end(), [](const WorkItem& a, const WorkItem& b) {
+    return a.shard_order != b.shard_order ? a.shard_order < b.shard_order : a.file_offset < b.file_offset;
+  });
+  return items;
+}
+
+// IngestWriter::current when no record is open.
+constexpr size_t kNoItem = SIZE_MAX;
+
+// The write side of an ingest: the open transaction, the record being streamed into it, and the model record
+// committed with every transaction.
+struct IngestWriter {
+  IngestWriter(Store& store, const IngestOptions& options, ModelInfo& record, IngestResult& result, uint64_t total)
+      : store(store), options(options), record(record), result(result), total(total) {}
+
+  Store& store;
+  const IngestOptions& options;
+  ModelInfo& record;
+  IngestResult& result;
+  const uint64_t total;  // payload bytes of all the items, for progress
+  std::unique_ptr<WriteTxn> txn;
+  uint64_t txn_bytes = 0;
+  size_t current = kNoItem;  // item whose record is open
+  uint64_t item_written = 0;
+  uint64_t done = 0;
+};
+
+// Opens the next transaction.
+Status BeginTxn(IngestWriter& w) {
+  ES_ASSIGN_OR_RETURN(w.txn, w.store.BeginWrite());
+  w.txn_bytes = 0;
+  return Status::Ok();
+}
+
+// Commits the open transaction together with the model record; the transaction is gone afterwards either way.
+Status CommitTxn(IngestWriter& w, bool complete) {
+  w.record.complete = complete;
+  w.txn->batch().Put(Cf::kModels, ModelKey(w.record.name), EncodeModel(w.record));
+  Status s = w.txn->Commit();
+  w.txn.reset();
+  return s;
+}
+
+// The kind of record an item is stored as.
+RecordKind RecordKindOf(const WorkItem& item) {
+  return item.kind == WorkItem::Kind::kExpert  ? RecordKind::kExpert
+         : item.kind == WorkItem::Kind::kAsset ? RecordKind::kAsset
+                                               : RecordKind::kTensor;
+}
+
+// The key an item's record is written under.
+std::string RecordKeyOf(const std::string& model, const WorkItem& item) {
+  return item.kind == WorkItem::Kind::kExpert  ? ExpertKey(model, item.expert->layer, item.expert->expert)
+         : item.kind == WorkItem::Kind::kAsset ? AssetRecordKey(model, item.asset->name)
+                                               : TensorKey(model, item.dense->canonical);
+}
+
+// Puts the catalog entry of a finished record: an asset into the model record, a tensor or an expert into the
+// transaction's batch.
+void StageCatalogEntry(IngestWriter& w, const WorkItem& item, const Extent& extent) {
+  const std::string& name = w.record.name;
+  switch (item.kind) {
+    case WorkItem::Kind::kAsset:
+      w.record.assets.push_back({item.asset->name, extent});
+      break;
+    case WorkItem::Kind::kDense: {
+      const SafetensorsTensor& t = *item.dense->source.tensor;
+      TensorInfo info{t.name, t.dtype, t.shape, extent, item.dense->component};
+      w.txn->batch().Put(Cf::kTensors, TensorKey(name, item.dense->canonical), EncodeTensor(info));
+      break;
+    }
+    case WorkItem::Kind::kExpert: {
+      ExpertInfo info{item.expert->layer, item.expert->expert, extent, {}};
+      uint64_t offset = 0;
+      for (const auto& p : item.expert->projections) {
+        info.projections.push_back({std::string(ProjectionRoleName(p.role)), p.source_name, p.source.tensor->dtype,
+                                    p.shape, offset, p.length});
+        offset += p.length;
+      }
+      w.txn->batch().Put(Cf::kExperts, ExpertKey(name, item.expert->layer, item.expert->expert), EncodeExpert(info));
+      break;
+    }
+  }
+}
+
+// The item's payload is all written: finishes its record, stages its catalog entry, and commits (opening the
+// next transaction) once the transaction holds commit_bytes.
+Status CloseRecord(IngestWriter& w, const WorkItem& item) {
+  ES_ASSIGN_OR_RETURN(Extent extent, w.txn->FinishRecord());
+  StageCatalogEntry(w, item, extent);
+  w.current = kNoItem;
+  w.txn_bytes += item.payload;
+  w.result.bytes_written += item.payload;
+  if (w.txn_bytes < w.options.commit_bytes) return Status::Ok();
+  ES_RETURN_IF_ERROR(CommitTxn(w, /*complete=*/false));
+  return BeginTxn(w);
+}
+
+// Appends one chunk to its item's record, opening the record on the item's first chunk and closing it on its
+// last. The chunk's buffer goes back to the pipe once written.
+Status WriteChunk(IngestWriter& w, const std::vector<WorkItem>& items, Chunk& chunk, ChunkPipe& pipe) {
+  ES_RETURN_IF_ERROR(chunk.status);
+  const WorkItem& item = items[chunk.item];
+  if (chunk.item != w.current) {
+    w.current = chunk.item;
+    w.item_written = 0;
+    ES_RETURN_IF_ERROR(w.txn->BeginRecord(RecordKindOf(item), RecordKeyOf(w.record.name, item), item.payload));
+  }
+  Status s = w.txn->WritePayload(chunk.data);
+  w.item_written += chunk.data.size();
+  w.done += chunk.data.size();
+  pipe.Return(std::move(chunk.data));
+  ES_RETURN_IF_ERROR(s);
+  if (w.options.progress) w.options.progress(w.done, w.total);
+  if (w.item_written < item.payload) return Status::Ok();
+  return CloseRecord(w, item);
+}
+
+// Writes the streamed items into records, in transactions of commit_bytes, the last one marking the model
+// complete. On failure the open transaction is rolled back; the pipe may still hold chunks.
+Status WriteItems(IngestWriter& w, const std::vector<WorkItem>& items, ChunkPipe& pipe) {
+  Status status = BeginTxn(w);
+  while (status.ok()) {
+    std::optional<Chunk> chunk = pipe.Pop();
+    if (!chunk) break;
+    status = WriteChunk(w, items, *chunk, pipe);
+  }
+  if (status.ok() && w.current != kNoItem) status = Status::Corruption("checkpoint stream ended inside a record");
+  if (status.ok()) status = CommitTxn(w, /*complete=*/true);
+  if (!status.ok() && w.txn) w.txn->Abort().IgnoreError();
+  return status;
+}
+
+// Ends the reader thread: unblocks it if it waits for a buffer, drains what it pushed, and joins it.
+void StopReader(ChunkPipe& pipe, std::thread& reader) {
+  pipe.Stop();
+  while (pipe.Pop()) {
+  }
+  reader.join();
+}
+
+// Reads the items on a reader thread while this thread writes them; the reader is stopped and joined on every
+// path, after the writer rolled back whatever failed.
+Status IngestItems(Store& store, const std::vector<WorkItem>& items, const IngestOptions& options, ModelInfo& record,
+                   IngestResult& result) {
+  uint64_t total = 0;
+  for (const auto& w : items) total += w.payload;
+  IngestWriter writer(store, options, record, result, total);
+
+  ChunkPipe pipe;
+  std::shared_ptr<FileSystem> fs = options.checkpoint_fs ? options.checkpoint_fs : DefaultFileSystem();
+  std::thread reader([&] { ReadItems(items, *fs, pipe); });
+  Status status = WriteItems(writer, items, pipe);
+  StopReader(pipe, reader);
+  return status;
+}
+
 }  // namespace
 
 Status DeleteModel(Store& store, const std::string& name) {
@@ -182,190 +438,19 @@ Status DeleteModel(Store& store, const std::string& name) {
 Result<IngestResult> IngestCheckpoint(Store& store, const std::string& dir, const IngestOptions& options) {
   auto start = std::chrono::steady_clock::now();
   ES_ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(dir, options.checkpoint_fs));
-  std::string name = options.name;
-  if (name.empty()) {
-    std::string d = dir;
-    while (d.size() > 1 && d.back() == '/') d.pop_back();
-    name = d.substr(d.find_last_of('/') == std::string::npos ? 0 : d.find_last_of('/') + 1);
-  }
+  std::string name = ModelNameFor(dir, options);
   ES_RETURN_IF_ERROR(ValidateModelName(name));
   if (store.read_only()) return Status::NotSupported("ingest needs the store open for writing");
 
   ModelInfo record = BaseModelRecord(name, *checkpoint);
-  IngestResult result;
-  result.model = name;
-  result.arch = record.arch;
-  result.layers = record.num_layers;
-  result.experts = record.num_experts;
-  result.dense_tensors = record.num_dense_tensors;
-  result.bytes = record.total_bytes;
-
-  // What is already there.
-  std::set<std::pair<uint32_t, uint32_t>> have_experts;
-  std::set<std::string> have_dense;
-  std::set<std::string> have_assets;
-  auto existing = store.catalog().Get(Cf::kModels, ModelKey(name));
-  if (existing.ok()) {
-    ES_ASSIGN_OR_RETURN(ModelInfo old, DecodeModel(*existing));
-    if (old.source_fingerprint == record.source_fingerprint) {
-      if (old.complete) {
-        result.unchanged = true;
-        result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        return result;
-      }
-      result.resumed = true;
-      record.created_unix = old.created_unix;
-      record.assets = old.assets;
-      for (const auto& a : old.assets) have_assets.insert(a.name);
-      ES_RETURN_IF_ERROR(store.catalog().Scan(Cf::kExperts, ModelPrefix(name), [&](std::string_view key, std::string_view) {
-        auto id = ParseExpertKey(key);
-        if (id.ok()) have_experts.insert({id->layer, id->expert});
-        return true;
-      }));
-      ES_RETURN_IF_ERROR(store.catalog().Scan(Cf::kTensors, ModelPrefix(name), [&](std::string_view key, std::string_view) {
-        auto k = ParseTensorKey(key);
-        if (k.ok()) have_dense.insert(k->second);
-        return true;
-      }));
-    } else if (!options.replace) {
-      return Status::InvalidArgument("model '" + name + "' already holds a different checkpoint (fingerprint " +
-                                     old.source_fingerprint + ", this one " + record.source_fingerprint +
-                                     "); pass --replace to replace it or --name to ingest it under another name");
-    } else {
-      ES_RETURN_IF_ERROR(DeleteModel(store, name));
-    }
-  } else if (!existing.status().IsNotFound()) {
-    return existing.status();
+  IngestResult result = ResultFor(record);
+  StoredRecords stored;
+  ES_RETURN_IF_ERROR(ReconcileWithStored(store, options, record, result, stored));
+  if (!result.unchanged) {
+    std::vector<WorkItem> items = PlanWork(*checkpoint, stored);
+    ES_RETURN_IF_ERROR(IngestItems(store, items, options, record, result));
   }
-
-  // The work: everything not yet stored, in file order.
-  std::vector<WorkItem> items;
-  for (const auto& a : checkpoint->assets()) {
-    if (!have_assets.count(a.name)) items.push_back({WorkItem::Kind::kAsset, &a, nullptr, nullptr, a.size, 0, 0});
-  }
-  std::map<const SafetensorsFile*, size_t> shard_order;
-  auto order_of = [&](const SafetensorsFile* f) {
-    auto [it, inserted] = shard_order.try_emplace(f, shard_order.size() + 1);
-    return it->second;
-  };
-  for (const auto& d : checkpoint->dense()) {
-    if (have_dense.count(d.canonical)) continue;
-    items.push_back({WorkItem::Kind::kDense, nullptr, &d, nullptr, d.source.tensor->byte_size(),
-                     order_of(d.source.file), d.source.tensor->file_offset});
-  }
-  for (const auto& e : checkpoint->experts()) {
-    if (have_experts.count({e.layer, e.expert})) continue;
-    const auto& first = e.projections.front();
-    items.push_back({WorkItem::Kind::kExpert, nullptr, nullptr, &e, e.bytes(), order_of(first.source.file),
-                     first.source.tensor->file_offset + first.offset});
-  }
-  std::stable_sort(items.begin(), items.end(), [](const WorkItem& a, const WorkItem& b) {
-    return a.shard_order != b.shard_order ? a.shard_order < b.shard_order : a.file_offset < b.file_offset;
-  });
-  uint64_t total = 0;
-  for (const auto& w : items) total += w.payload;
-
-  ChunkPipe pipe;
-  std::shared_ptr<FileSystem> fs = options.checkpoint_fs ? options.checkpoint_fs : DefaultFileSystem();
-  std::thread reader([&] { ReadItems(items, *fs, pipe); });
-  auto stop_reader = [&] {
-    pipe.Stop();
-    while (auto c = pipe.Pop()) {
-    }
-    reader.join();
-  };
-
-  Status status;
-  uint64_t done = 0;
-  std::unique_ptr<WriteTxn> txn;
-  uint64_t txn_bytes = 0;
-  auto begin = [&]() -> Status {
-    ES_ASSIGN_OR_RETURN(txn, store.BeginWrite());
-    txn_bytes = 0;
-    return Status::Ok();
-  };
-  auto commit = [&](bool complete) -> Status {
-    record.complete = complete;
-    txn->batch().Put(Cf::kModels, ModelKey(name), EncodeModel(record));
-    Status s = txn->Commit();
-    txn.reset();
-    return s;
-  };
-  status = begin();
-  size_t current = SIZE_MAX;  // item whose record is open
-  uint64_t item_written = 0;
-  while (status.ok()) {
-    auto chunk = pipe.Pop();
-    if (!chunk) break;
-    if (!chunk->status.ok()) {
-      status = chunk->status;
-      break;
-    }
-    const WorkItem& w = items[chunk->item];
-    if (chunk->item != current) {
-      current = chunk->item;
-      item_written = 0;
-      RecordKind kind = w.kind == WorkItem::Kind::kExpert ? RecordKind::kExpert
-                        : w.kind == WorkItem::Kind::kAsset ? RecordKind::kAsset
-                                                           : RecordKind::kTensor;
-      std::string key = w.kind == WorkItem::Kind::kExpert ? ExpertKey(name, w.expert->layer, w.expert->expert)
-                        : w.kind == WorkItem::Kind::kAsset ? AssetRecordKey(name, w.asset->name)
-                                                           : TensorKey(name, w.dense->canonical);
-      status = txn->BeginRecord(kind, key, w.payload);
-      if (!status.ok()) break;
-    }
-    status = txn->WritePayload(chunk->data);
-    item_written += chunk->data.size();
-    done += chunk->data.size();
-    pipe.Return(std::move(chunk->data));
-    if (!status.ok()) break;
-    if (options.progress) options.progress(done, total);
-    if (item_written < w.payload) continue;
-    // The record is complete: stage its catalog entry.
-    auto extent = txn->FinishRecord();
-    if (!extent.ok()) {
-      status = extent.status();
-      break;
-    }
-    switch (w.kind) {
-      case WorkItem::Kind::kAsset:
-        record.assets.push_back({w.asset->name, *extent});
-        break;
-      case WorkItem::Kind::kDense: {
-        const SafetensorsTensor& t = *w.dense->source.tensor;
-        TensorInfo info{t.name, t.dtype, t.shape, *extent, w.dense->component};
-        txn->batch().Put(Cf::kTensors, TensorKey(name, w.dense->canonical), EncodeTensor(info));
-        break;
-      }
-      case WorkItem::Kind::kExpert: {
-        ExpertInfo info{w.expert->layer, w.expert->expert, *extent, {}};
-        uint64_t offset = 0;
-        for (const auto& p : w.expert->projections) {
-          info.projections.push_back({std::string(ProjectionRoleName(p.role)), p.source_name,
-                                      p.source.tensor->dtype, p.shape, offset, p.length});
-          offset += p.length;
-        }
-        txn->batch().Put(Cf::kExperts, ExpertKey(name, w.expert->layer, w.expert->expert), EncodeExpert(info));
-        break;
-      }
-    }
-    current = SIZE_MAX;
-    txn_bytes += w.payload;
-    result.bytes_written += w.payload;
-    if (txn_bytes >= options.commit_bytes) {
-      status = commit(/*complete=*/false);
-      if (status.ok()) status = begin();
-    }
-  }
-  if (status.ok() && current != SIZE_MAX) status = Status::Corruption("checkpoint stream ended inside a record");
-  if (status.ok()) status = commit(/*complete=*/true);
-  if (!status.ok()) {
-    if (txn) txn->Abort().IgnoreError();
-    stop_reader();
-    return status;
-  }
-  stop_reader();
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.seconds = SecondsSince(start);
   return result;
 }
 

@@ -268,23 +268,23 @@ Result<MakeCheckpointOptions> ResolveMakeCheckpointOptions(MakeCheckpointOptions
                                                            const std::vector<std::string>& explicit_fields) {
   static const std::set<std::string> kArchs = {"qwen3_moe", "qwen3_omni_moe", "mixtral", "olmoe", "qwen2_moe"};
   if (!kArchs.count(o.arch)) {
-    return Status::InvalidArgument("make-checkpoint: unknown --arch '" + o.arch +
+    return Status::InvalidArgument("unknown `arch` '" + o.arch +
                                    "' (qwen3_moe, qwen3_omni_moe, mixtral, olmoe, qwen2_moe)");
   }
   if (!o.preset.empty()) {
     if (o.preset != "qwen3-30b-a3b") {
-      return Status::InvalidArgument("make-checkpoint: unknown --preset '" + o.preset + "' (qwen3-30b-a3b)");
+      return Status::InvalidArgument("unknown `preset` '" + o.preset + "' (qwen3-30b-a3b)");
     }
     auto set = [&](const char* field, uint32_t& dst, uint32_t v) {
       if (std::find(explicit_fields.begin(), explicit_fields.end(), field) == explicit_fields.end()) dst = v;
     };
     set("layers", o.layers, kPresetLayers);
     set("experts", o.experts, kPresetExperts);
-    set("top-k", o.top_k, kPresetTopK);
+    set("top_k", o.top_k, kPresetTopK);
     set("hidden", o.hidden, kPresetHidden);
-    set("moe-intermediate", o.moe_intermediate, kPresetMoeIntermediate);
+    set("moe_intermediate", o.moe_intermediate, kPresetMoeIntermediate);
     set("heads", o.heads, kPresetHeads);
-    set("kv-heads", o.kv_heads, kPresetKvHeads);
+    set("kv_heads", o.kv_heads, kPresetKvHeads);
     set("vocab", o.vocab, o.arch == "qwen3_omni_moe" ? kPresetOmniVocab : kPresetVocab);
     if (o.head_dim == 0) o.head_dim = kPresetHeadDim;
   }
@@ -292,21 +292,21 @@ Result<MakeCheckpointOptions> ResolveMakeCheckpointOptions(MakeCheckpointOptions
   if (o.shared_intermediate == 0) o.shared_intermediate = 2 * o.moe_intermediate;
   if (o.layers == 0 || o.experts == 0 || o.hidden == 0 || o.moe_intermediate == 0 || o.heads == 0 ||
       o.kv_heads == 0 || o.head_dim == 0) {
-    return Status::InvalidArgument("make-checkpoint: every size must be positive");
+    return Status::InvalidArgument("every size of a checkpoint must be positive");
   }
-  if (o.top_k == 0 || o.top_k > o.experts) return Status::InvalidArgument("make-checkpoint: --top-k must be in [1, experts]");
-  if (o.heads % o.kv_heads != 0) return Status::InvalidArgument("make-checkpoint: --heads must be a multiple of --kv-heads");
+  if (o.top_k == 0 || o.top_k > o.experts) return Status::InvalidArgument("`top_k` must be in [1, `experts`]");
+  if (o.heads % o.kv_heads != 0) return Status::InvalidArgument("`heads` must be a multiple of `kv_heads`");
   if (o.vocab <= kByteTokens) {
-    return Status::InvalidArgument("make-checkpoint: --vocab must exceed 256 (byte tokens plus <|endoftext|>)");
+    return Status::InvalidArgument("`vocab` must exceed 256 (byte tokens plus <|endoftext|>)");
   }
   if (o.dtype != DType::kBF16 && o.dtype != DType::kF16 && o.dtype != DType::kF32) {
-    return Status::InvalidArgument("make-checkpoint: --dtype must be bf16, f16 or f32");
+    return Status::InvalidArgument("`dtype` must be bf16, f16 or f32");
   }
   for (auto [l, e] : o.missing) {
-    if (l >= o.layers || e >= o.experts) return Status::InvalidArgument("make-checkpoint: --missing names a nonexistent expert");
+    if (l >= o.layers || e >= o.experts) return Status::InvalidArgument("`missing` names a nonexistent expert");
   }
   if (o.fused_experts && !o.missing.empty()) {
-    return Status::InvalidArgument("make-checkpoint: fused expert tensors cannot leave experts out");
+    return Status::InvalidArgument("fused expert tensors cannot leave experts out (`missing`)");
   }
   return o;
 }

@@ -38,8 +38,8 @@ struct MakeCheckpointOptions {
 };
 
 // Applies the preset, then the fields the caller set explicitly (named in `explicit_fields`), and checks the
-// result. `explicit_fields` holds flag names: "layers", "experts", "top-k", "hidden", "moe-intermediate",
-// "heads", "kv-heads", "vocab".
+// result. `explicit_fields` holds field names: "layers", "experts", "top_k", "hidden", "moe_intermediate",
+// "heads", "kv_heads", "vocab". Errors name fields in backquotes (`top_k`).
 Result<MakeCheckpointOptions> ResolveMakeCheckpointOptions(MakeCheckpointOptions options,
                                                            const std::vector<std::string>& explicit_fields);
 

@@ -108,9 +108,45 @@ Result<Args> Args::Parse(const std::vector<std::string>& argv, const std::vector
   return args;
 }
 
-int ExitCodeFor(const Status& status) {
+std::string FieldOfFlag(std::string_view flag) {
+  std::string field(flag);
+  for (char& c : field) {
+    if (c == '-') c = '_';
+  }
+  return field;
+}
+
+std::string WithFlagNames(std::string_view message, const std::vector<FlagSpec>& flags) {
+  auto flag_for = [&](std::string_view field) -> const FlagSpec* {
+    for (const auto* specs : {&flags, &GlobalSpecs()}) {
+      for (const FlagSpec& f : *specs) {
+        if (FieldOfFlag(f.name) == field) return &f;
+      }
+    }
+    return nullptr;
+  };
+  std::string out;
+  size_t pos = 0;
+  while (pos < message.size()) {
+    const size_t open = message.find('`', pos);
+    const size_t close = open == std::string_view::npos ? open : message.find('`', open + 1);
+    if (close == std::string_view::npos) break;
+    out.append(message.substr(pos, open - pos));
+    const std::string_view field = message.substr(open + 1, close - open - 1);
+    if (const FlagSpec* f = flag_for(field)) {
+      out += "--" + f->name;
+    } else {
+      out.append(message.substr(open, close - open + 1));
+    }
+    pos = close + 1;
+  }
+  out.append(message.substr(pos));
+  return out;
+}
+
+int ExitCodeFor(const Status& status, const std::vector<FlagSpec>& flags) {
   if (status.ok()) return 0;
-  std::fprintf(stderr, "error: %s\n", status.message().c_str());
+  std::fprintf(stderr, "error: %s\n", WithFlagNames(status.message(), flags).c_str());
   switch (status.code()) {
     case Status::Code::kInvalidArgument: return 2;
     case Status::Code::kNotFound: return 3;

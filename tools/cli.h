@@ -71,8 +71,15 @@ void RegisterBenchCommands(std::vector<Command>& commands);
 void RegisterMetadataCommands(std::vector<Command>& commands);
 void RegisterServeCommands(std::vector<Command>& commands);
 
-// The single place a Status becomes an exit code (0 for OK) and an "error: ..." line on stderr.
-int ExitCodeFor(const Status& status);
+// The single place a Status becomes an exit code (0 for OK) and an "error: ..." line on stderr. The libraries name
+// the options at fault by their fields, in backquotes (`cache_pct`); each that one of `flags` (or a global flag)
+// sets is printed as that flag (--cache-pct).
+int ExitCodeFor(const Status& status, const std::vector<FlagSpec>& flags = {});
+
+// The option field a flag sets: its name with '_' for '-' ("top-k" -> "top_k").
+std::string FieldOfFlag(std::string_view flag);
+// `message` with every backquoted field that one of `flags` (or a global flag) sets written as that flag.
+std::string WithFlagNames(std::string_view message, const std::vector<FlagSpec>& flags);
 
 // Opens the store named by --store. Writers take the lock; readers open beside a running writer.
 Result<std::unique_ptr<Store>> OpenStore(const Args& args, bool writer, bool create = false);

@@ -14,6 +14,7 @@
 #include <map>
 #include <random>
 
+#include "cache/cache_size.h"
 #include "cache/expert_cache.h"
 #include "cache/simulator.h"
 #include "cache/trace.h"
@@ -577,18 +578,18 @@ Status RunCacheBench(const Args& args) {
   }
   if (auto out = args.Get("write-trace")) ES_RETURN_IF_ERROR(WriteTrace(*out, steps));
 
-  uint64_t cache_bytes = 0;
-  if (args.Has("cache-mb") == args.Has("cache-pct")) return Status::InvalidArgument("give exactly one of --cache-mb and --cache-pct");
+  CacheSize size;
   if (args.Has("cache-mb")) {
-    ES_ASSIGN_OR_RETURN(int64_t mb, args.GetInt("cache-mb", 0, 1, INT64_MAX / static_cast<int64_t>(kMiB)));
-    cache_bytes = static_cast<uint64_t>(mb) * kMiB;
-  } else {
-    ES_ASSIGN_OR_RETURN(double pct, args.GetDouble("cache-pct", 0));
-    if (!(pct > 0 && pct <= kPercent)) return Status::InvalidArgument("--cache-pct must be in (0, 100]");
-    // A share of the experts, in whole slots.
-    cache_bytes = static_cast<uint64_t>(pct / kPercent * static_cast<double>(experts.experts().size())) *
-                  experts.max_record_bytes();
+    ES_ASSIGN_OR_RETURN(int64_t mb, args.GetInt("cache-mb", 0, 1, static_cast<int64_t>(kMaxCacheMb)));
+    size.mb = static_cast<uint64_t>(mb);
   }
+  if (args.Has("cache-pct")) {
+    ES_ASSIGN_OR_RETURN(size.pct, args.GetDouble("cache-pct", 0));
+  }
+  ES_RETURN_IF_ERROR(ValidateCacheSize(size, "cache", /*required=*/true));
+  // A percentage is a share of the experts, in whole slots.
+  const uint64_t cache_bytes = size.mb ? *size.mb * kMiB
+                                       : PercentOfSlots(*size.pct, experts.experts().size()) * experts.max_record_bytes();
   const uint32_t capacity = ExpertCache::SlotsFor(experts, cache_bytes);
 
   std::vector<PolicyKind> kinds(std::begin(kAllPolicyKinds), std::end(kAllPolicyKinds));

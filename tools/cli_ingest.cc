@@ -86,7 +86,7 @@ Status RunMakeCheckpoint(const Args& args) {
   o.preset = args.GetOr("preset", "");
   std::vector<std::string> explicit_fields;
   struct U32Flag {
-    const char* name;
+    const char* name;  // the flag; the option's field is its name with '_' for '-'
     uint32_t* dst;
   };
   const U32Flag flags[] = {{"layers", &o.layers},   {"experts", &o.experts}, {"top-k", &o.top_k},
@@ -97,7 +97,7 @@ Status RunMakeCheckpoint(const Args& args) {
     if (!args.Has(f.name)) continue;
     ES_ASSIGN_OR_RETURN(int64_t v, args.GetInt(f.name, 0, 1, kMaxDim));
     *f.dst = static_cast<uint32_t>(v);
-    explicit_fields.push_back(f.name);
+    explicit_fields.push_back(FieldOfFlag(f.name));
   }
   ES_ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0, 0, INT64_MAX));
   o.seed = static_cast<uint64_t>(seed);

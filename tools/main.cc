@@ -48,8 +48,8 @@ int main(int argc, char** argv) {
       }
     }
     auto args = es::cli::Args::Parse(rest, c.flags);
-    if (!args.ok()) return es::cli::ExitCodeFor(args.status());
-    return es::cli::ExitCodeFor(c.run(*args));
+    if (!args.ok()) return es::cli::ExitCodeFor(args.status(), c.flags);
+    return es::cli::ExitCodeFor(c.run(*args), c.flags);
   }
   return es::cli::ExitCodeFor(es::Status::InvalidArgument("unknown command '" + name + "' (see expertstore --help)"));
 }

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include "cache/cache_size.h"
+
 #ifdef ES_HAVE_CUDA
 #include "compute/cuda/cuda_kernels.h"
 #include "compute/runtime/cuda_backend.h"
@@ -12,8 +14,6 @@ namespace es {
 
 namespace {
 
-constexpr uint64_t kMaxGpuCacheMb = uint64_t{1} << 30;
-constexpr double kPercent = 100;
 // Device memory the default GPU cache leaves free: a share of what is free, and at least this much, for the KV
 // cache, activations and the CUDA runtime.
 constexpr double kReserveShare = 0.1;
@@ -45,28 +45,22 @@ std::vector<std::string> CudaDevices() {
 
 Status ValidateBackendOptions(const BackendOptions& o) {
   if (o.device != "cpu" && o.device != "cuda" && o.device != "hybrid") {
-    return Status::InvalidArgument("--device must be cpu, cuda or hybrid, not '" + o.device + "'");
+    return Status::InvalidArgument("`device` must be cpu, cuda or hybrid, not '" + o.device + "'");
   }
   if (o.device == "cpu") {
     if (o.gpu_cache_mb || o.gpu_cache_pct) {
-      return Status::InvalidArgument("--gpu-cache-mb and --gpu-cache-pct go with --device cuda or hybrid");
+      return Status::InvalidArgument("`gpu_cache_mb` and `gpu_cache_pct` go with `device` cuda or hybrid");
     }
     return Status::Ok();
   }
 #ifndef ES_HAVE_CUDA
-  return Status::NotSupported("--device " + o.device +
+  return Status::NotSupported("`device` " + o.device +
                               ": this build has no CUDA backend (nvcc was not found when it was configured)");
 #else
-  if (o.gpu_cache_mb && o.gpu_cache_pct) return Status::InvalidArgument("give --gpu-cache-mb or --gpu-cache-pct, not both");
-  if (o.gpu_cache_mb && (*o.gpu_cache_mb == 0 || *o.gpu_cache_mb > kMaxGpuCacheMb)) {
-    return Status::InvalidArgument("--gpu-cache-mb must be between 1 and " + std::to_string(kMaxGpuCacheMb));
-  }
-  if (o.gpu_cache_pct && !(*o.gpu_cache_pct > 0 && *o.gpu_cache_pct <= kPercent)) {
-    return Status::InvalidArgument("--gpu-cache-pct must be in (0, 100]");
-  }
+  ES_RETURN_IF_ERROR(ValidateCacheSize({o.gpu_cache_mb, o.gpu_cache_pct}, "gpu_cache"));
   // Checked here too (not only when the backend is created), so that `serve` fails at start, not per request.
   if (!cuda::DeviceAvailable()) {
-    return Status::NotSupported("--device " + o.device + ": no CUDA device found (the CUDA runtime reports none)");
+    return Status::NotSupported("`device` " + o.device + ": no CUDA device found (the CUDA runtime reports none)");
   }
   return Status::Ok();
 #endif
@@ -89,7 +83,7 @@ Result<size_t> GpuExpertSlots(const BackendOptions& o, size_t total_experts, uin
   const uint64_t reserve = std::max<uint64_t>(kMinReserveBytes, static_cast<uint64_t>(kReserveShare * free_bytes));
   size_t slots = 0;
   if (o.gpu_cache_pct) {
-    slots = static_cast<size_t>(*o.gpu_cache_pct / kPercent * static_cast<double>(total_experts));
+    slots = static_cast<size_t>(PercentOfSlots(*o.gpu_cache_pct, total_experts));
   } else if (o.gpu_cache_mb) {
     slots = static_cast<size_t>((*o.gpu_cache_mb << 20) / slot_bytes);
   } else {

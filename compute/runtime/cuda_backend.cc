@@ -107,6 +107,30 @@ class CudaLayerOps final : public Model::LayerOps {
   // Uploads predicted experts of `layer` that sit in host memory and not yet on the device.
   Status PrefetchToDevice(uint32_t layer, const std::vector<uint32_t>& experts);
   Status LaunchExpert(const ExpertRows& g, size_t offset, const AcquiredExpert* host);
+
+  // The misses of one RunExperts call, acquired from the host provider a part at a time into part_.
+  struct MissParts {
+    size_t part = 1;                  // most experts acquired at once (the provider's max_batch)
+    std::vector<size_t> groups;       // the groups part_ holds, parallel to it
+    std::vector<size_t> cpu_pending;  // indices into part_ of this part's CPU experts
+    bool any_cpu = false;             // some expert was summed on the host into cpu_moe_host_
+  };
+  // Uploads every group's rows and weights, concatenated, in one copy each; offsets[i] is where group i starts.
+  Status UploadRows(const std::vector<ExpertRows>& groups, std::vector<size_t>& offsets);
+  // Runs group i, whose expert is not on the GPU, from its host lease: summed on the CPU (hybrid, when the cost
+  // model says so, deferred to the end of the part) or uploaded and run on the GPU. Starts the next part first
+  // when the current one does not hold it.
+  Status RunMiss(const std::vector<ExpertRows>& groups, size_t i, size_t offset, MissParts& parts);
+  // Acquires the next part: group `from` and the following groups not on the GPU, up to `part` of them. The
+  // previous part's CPU experts run first; its leases go once the copy stream is past its uploads.
+  Status StartPart(const std::vector<ExpertRows>& groups, size_t from, MissParts& parts);
+  // Sums the part's pending CPU experts into cpu_moe_host_, feeding the cost model their timings.
+  Status RunCpuPending(const std::vector<ExpertRows>& groups, MissParts& parts);
+  // Adds the experts summed on the host to the GPU's sum.
+  Status AddCpuSum(float* moe);
+  // Adds the sigmoid-gated shared expert to the routed experts' sum.
+  Status AddSharedExpert(float* moe);
+
   size_t Position(size_t t) const { return first_position_ + t; }
 
   CudaBackend& b_;
@@ -183,7 +207,7 @@ class CudaBackend final : public Backend {
 Result<std::unique_ptr<CudaBackend>> CudaBackend::Create(Store& store, const Model& model,
                                                          const BackendOptions& options) {
   if (!cuda::DeviceAvailable()) {
-    return Status::NotSupported("--device " + options.device + ": no CUDA device found (the CUDA runtime reports none)");
+    return Status::NotSupported("`device` " + options.device + ": no CUDA device found (the CUDA runtime reports none)");
   }
   const ModelConfig& c = model.config();
   if (c.num_experts > kernels::kMaxRouterExperts) {
@@ -615,30 +639,113 @@ Status CudaLayerOps::LaunchExpert(const ExpertRows& g, size_t offset, const Acqu
   return released;
 }
 
-Status CudaLayerOps::RunExperts(const std::vector<ExpertRows>& groups, bool shared_expert) {
+Status CudaLayerOps::UploadRows(const std::vector<ExpertRows>& groups, std::vector<size_t>& offsets) {
   const CudaStream& s = b_.stream_;
-  ES_ASSIGN_OR_RETURN(void* moe, b_.moe_.Ensure(T_ * H_ * sizeof(float)));
-  ES_RETURN_IF_ERROR(cuda::ZeroAsync(moe, T_ * H_ * sizeof(float), s));
-
-  // Every group's rows and weights, concatenated, in one upload each.
-  std::vector<size_t> offsets(groups.size());
+  offsets.assign(groups.size(), 0);
   size_t total = 0;
   for (size_t i = 0; i < groups.size(); ++i) {
     offsets[i] = total;
     total += groups[i].rows.size();
   }
-  if (total > 0) {
-    ES_ASSIGN_OR_RETURN(void* hr, b_.stage_rows_.Ensure(total * sizeof(int32_t)));
-    ES_ASSIGN_OR_RETURN(void* hs, b_.stage_scales_.Ensure(total * sizeof(float)));
-    for (size_t i = 0; i < groups.size(); ++i) {
-      std::copy(groups[i].rows.begin(), groups[i].rows.end(), static_cast<int32_t*>(hr) + offsets[i]);
-      std::copy(groups[i].scales.begin(), groups[i].scales.end(), static_cast<float*>(hs) + offsets[i]);
-    }
-    ES_ASSIGN_OR_RETURN(void* dr, b_.rows_.Ensure(total * sizeof(int32_t)));
-    ES_ASSIGN_OR_RETURN(void* ds, b_.scales_.Ensure(total * sizeof(float)));
-    ES_RETURN_IF_ERROR(cuda::CopyHostToDeviceAsync(dr, hr, total * sizeof(int32_t), s));
-    ES_RETURN_IF_ERROR(cuda::CopyHostToDeviceAsync(ds, hs, total * sizeof(float), s));
+  if (total == 0) return Status::Ok();
+  ES_ASSIGN_OR_RETURN(void* hr, b_.stage_rows_.Ensure(total * sizeof(int32_t)));
+  ES_ASSIGN_OR_RETURN(void* hs, b_.stage_scales_.Ensure(total * sizeof(float)));
+  for (size_t i = 0; i < groups.size(); ++i) {
+    std::copy(groups[i].rows.begin(), groups[i].rows.end(), static_cast<int32_t*>(hr) + offsets[i]);
+    std::copy(groups[i].scales.begin(), groups[i].scales.end(), static_cast<float*>(hs) + offsets[i]);
   }
+  ES_ASSIGN_OR_RETURN(void* dr, b_.rows_.Ensure(total * sizeof(int32_t)));
+  ES_ASSIGN_OR_RETURN(void* ds, b_.scales_.Ensure(total * sizeof(float)));
+  ES_RETURN_IF_ERROR(cuda::CopyHostToDeviceAsync(dr, hr, total * sizeof(int32_t), s));
+  return cuda::CopyHostToDeviceAsync(ds, hs, total * sizeof(float), s);
+}
+
+Status CudaLayerOps::RunCpuPending(const std::vector<ExpertRows>& groups, MissParts& parts) {
+  for (size_t j : parts.cpu_pending) {
+    const AcquiredExpert& host = part_[j];
+    const ExpertRows& g = groups[parts.groups[j]];
+    const size_t weight_bytes = DTypeSize(host.weights.gate.dtype);
+    auto start = std::chrono::steady_clock::now();
+    b_.cpu_scratch_.resize(kernels::ExpertScratchFloats(g.rows.size(), host.weights.gate.rows));
+    ES_RETURN_IF_ERROR(kernels::ExpertAccumulateRows(model_.context(), host.weights, b_.stage_h_.As<float>(), T_,
+                                                     g.rows, g.scales.data(), b_.cpu_scratch_,
+                                                     b_.cpu_moe_host_.data()));
+    b_.cost_.ObserveCpu(host.payload.size(), weight_bytes, g.rows.size(),
+                        Seconds(std::chrono::steady_clock::now() - start));
+    ++b_.counters_.cpu_experts;
+    parts.any_cpu = true;
+  }
+  parts.cpu_pending.clear();
+  return Status::Ok();
+}
+
+Status CudaLayerOps::StartPart(const std::vector<ExpertRows>& groups, size_t from, MissParts& parts) {
+  ES_RETURN_IF_ERROR(RunCpuPending(groups, parts));
+  if (!part_.empty()) ES_RETURN_IF_ERROR(b_.cache_->Synchronize());
+  part_.clear();
+  parts.groups.clear();
+  std::vector<uint32_t> ids;
+  for (size_t i = from; i < groups.size() && ids.size() < parts.part; ++i) {
+    if (i == from || !b_.cache_->Contains(ExpertKey(layer_, groups[i].expert))) {
+      ids.push_back(groups[i].expert);
+      parts.groups.push_back(i);
+    }
+  }
+  return experts_.Acquire(layer_, ids, part_);
+}
+
+Status CudaLayerOps::RunMiss(const std::vector<ExpertRows>& groups, size_t i, size_t offset, MissParts& parts) {
+  const ExpertRows& g = groups[i];
+  auto held = std::find(parts.groups.begin(), parts.groups.end(), i);
+  if (held == parts.groups.end()) {
+    ES_RETURN_IF_ERROR(StartPart(groups, i, parts));
+    held = std::find(parts.groups.begin(), parts.groups.end(), i);
+    if (held == parts.groups.end()) {
+      return Status::InvalidArgument("internal: an expert missing on the GPU was not acquired");
+    }
+  }
+  const size_t j = static_cast<size_t>(held - parts.groups.begin());
+  const AcquiredExpert& host = part_[j];
+  if (b_.hybrid_ && b_.cost_.Choose(host.payload.size(), DTypeSize(host.weights.gate.dtype), g.rows.size()) ==
+                        ExpertPlacement::kCpu) {
+    parts.cpu_pending.push_back(j);
+    return Status::Ok();
+  }
+  return LaunchExpert(g, offset, &host);
+}
+
+Status CudaLayerOps::AddCpuSum(float* moe) {
+  const CudaStream& s = b_.stream_;
+  ES_ASSIGN_OR_RETURN(void* hc, b_.stage_cpu_.Ensure(T_ * H_ * sizeof(float)));
+  std::memcpy(hc, b_.cpu_moe_host_.data(), T_ * H_ * sizeof(float));
+  ES_ASSIGN_OR_RETURN(void* dc, b_.cpu_moe_.Ensure(T_ * H_ * sizeof(float)));
+  ES_RETURN_IF_ERROR(cuda::CopyHostToDeviceAsync(dc, hc, T_ * H_ * sizeof(float), s));
+  return cuda::AddInPlace(s, moe, static_cast<const float*>(dc), T_ * H_);
+}
+
+Status CudaLayerOps::AddSharedExpert(float* moe) {
+  const CudaStream& s = b_.stream_;
+  kernels::ExpertWeights se;
+  ES_ASSIGN_OR_RETURN(se.gate, b_.Matrix(LayerTensorName(layer_, "mlp.shared_expert.gate_proj.weight")));
+  ES_ASSIGN_OR_RETURN(se.up, b_.Matrix(LayerTensorName(layer_, "mlp.shared_expert.up_proj.weight")));
+  ES_ASSIGN_OR_RETURN(se.down, b_.Matrix(LayerTensorName(layer_, "mlp.shared_expert.down_proj.weight")));
+  ES_ASSIGN_OR_RETURN(auto gate, b_.Matrix(LayerTensorName(layer_, "mlp.shared_expert_gate.weight")));
+  ES_ASSIGN_OR_RETURN(void* op, b_.out_.Ensure(T_ * H_ * sizeof(float)));
+  ES_ASSIGN_OR_RETURN(void* gp, b_.gate_.Ensure(T_ * gate.rows * sizeof(float)));
+  ES_ASSIGN_OR_RETURN(void* scratch, b_.scratch_.Ensure(cuda::ExpertScratchFloats(T_, se.gate.rows) * sizeof(float)));
+  ES_RETURN_IF_ERROR(cuda::ExpertSwiGLU(s, se, b_.h_.As<float>(), T_, static_cast<float*>(scratch),
+                                        static_cast<float*>(op)));
+  ES_RETURN_IF_ERROR(cuda::MatMul(s, b_.h_.As<float>(), T_, gate, static_cast<float*>(gp)));
+  return cuda::AddSigmoidGated(s, moe, static_cast<const float*>(gp), gate.rows, static_cast<const float*>(op),
+                               T_, H_);
+}
+
+Status CudaLayerOps::RunExperts(const std::vector<ExpertRows>& groups, bool shared_expert) {
+  const CudaStream& s = b_.stream_;
+  ES_ASSIGN_OR_RETURN(void* moe, b_.moe_.Ensure(T_ * H_ * sizeof(float)));
+  ES_RETURN_IF_ERROR(cuda::ZeroAsync(moe, T_ * H_ * sizeof(float), s));
+  std::vector<size_t> offsets;
+  ES_RETURN_IF_ERROR(UploadRows(groups, offsets));
 
   // Resident experts count as just used, so that this layer's uploads evict others first.
   std::vector<bool> resident(groups.size());
@@ -649,98 +756,25 @@ Status CudaLayerOps::RunExperts(const std::vector<ExpertRows>& groups, bool shar
   // the cost model gives the CPU are summed on the host once the part's GPU work is queued (so the GPU is busy
   // meanwhile) and added to the GPU's sum afterwards: the same terms in another order, so hybrid results match
   // the CPU's to rounding, not bit for bit.
-  const size_t part = std::max<size_t>(1, experts_.max_batch());
-  std::vector<size_t> part_groups;  // the groups part_ holds, parallel to it
-  std::vector<size_t> cpu_pending;  // indices into part_ of this part's CPU experts
-  bool any_cpu = false;
+  MissParts parts;
+  parts.part = std::max<size_t>(1, experts_.max_batch());
   if (b_.hybrid_) b_.cpu_moe_host_.assign(T_ * H_, 0.0f);
-
-  auto run_cpu_pending = [&]() -> Status {
-    for (size_t j : cpu_pending) {
-      const AcquiredExpert& host = part_[j];
-      const ExpertRows& g = groups[part_groups[j]];
-      const size_t weight_bytes = DTypeSize(host.weights.gate.dtype);
-      auto start = std::chrono::steady_clock::now();
-      b_.cpu_scratch_.resize(kernels::ExpertScratchFloats(g.rows.size(), host.weights.gate.rows));
-      ES_RETURN_IF_ERROR(kernels::ExpertAccumulateRows(model_.context(), host.weights, b_.stage_h_.As<float>(), T_,
-                                                       g.rows, g.scales.data(), b_.cpu_scratch_,
-                                                       b_.cpu_moe_host_.data()));
-      b_.cost_.ObserveCpu(host.payload.size(), weight_bytes, g.rows.size(),
-                          Seconds(std::chrono::steady_clock::now() - start));
-      ++b_.counters_.cpu_experts;
-      any_cpu = true;
-    }
-    cpu_pending.clear();
-    return Status::Ok();
-  };
-  // The next part: group `from` (a miss) and the following groups not on the GPU, up to `part` of them. The
-  // previous part's CPU experts run first; its leases go once the copy stream is past its uploads.
-  auto start_part = [&](size_t from) -> Status {
-    ES_RETURN_IF_ERROR(run_cpu_pending());
-    if (!part_.empty()) ES_RETURN_IF_ERROR(b_.cache_->Synchronize());
-    part_.clear();
-    part_groups.clear();
-    std::vector<uint32_t> ids;
-    for (size_t i = from; i < groups.size() && ids.size() < part; ++i) {
-      if (i == from || !b_.cache_->Contains(ExpertKey(layer_, groups[i].expert))) {
-        ids.push_back(groups[i].expert);
-        part_groups.push_back(i);
-      }
-    }
-    return experts_.Acquire(layer_, ids, part_);
-  };
-
   for (size_t i = 0; i < groups.size(); ++i) {
-    const ExpertRows& g = groups[i];
-    const uint64_t key = ExpertKey(layer_, g.expert);
-    if (resident[i] && b_.cache_->Contains(key)) {
+    if (resident[i] && b_.cache_->Contains(ExpertKey(layer_, groups[i].expert))) {
       ++b_.counters_.device_hits;
-      ES_RETURN_IF_ERROR(LaunchExpert(g, offsets[i], nullptr));
+      ES_RETURN_IF_ERROR(LaunchExpert(groups[i], offsets[i], nullptr));
       continue;
     }
-    auto held = std::find(part_groups.begin(), part_groups.end(), i);
-    if (held == part_groups.end()) {
-      ES_RETURN_IF_ERROR(start_part(i));
-      held = std::find(part_groups.begin(), part_groups.end(), i);
-      if (held == part_groups.end()) return Status::InvalidArgument("internal: an expert missing on the GPU was not acquired");
-    }
-    const size_t j = static_cast<size_t>(held - part_groups.begin());
-    const AcquiredExpert& host = part_[j];
-    if (b_.hybrid_ && b_.cost_.Choose(host.payload.size(), DTypeSize(host.weights.gate.dtype), g.rows.size()) ==
-                          ExpertPlacement::kCpu) {
-      cpu_pending.push_back(j);
-      continue;
-    }
-    ES_RETURN_IF_ERROR(LaunchExpert(g, offsets[i], &host));
+    ES_RETURN_IF_ERROR(RunMiss(groups, i, offsets[i], parts));
   }
-  ES_RETURN_IF_ERROR(run_cpu_pending());
+  ES_RETURN_IF_ERROR(RunCpuPending(groups, parts));
   // The last part's uploads may still be running: its leases go at the next synchronisation (the next MoE
   // layer's, or the end of Forward).
   for (AcquiredExpert& a : part_) upload_leases_.push_back(std::move(a));
   part_.clear();
 
-  if (any_cpu) {
-    ES_ASSIGN_OR_RETURN(void* hc, b_.stage_cpu_.Ensure(T_ * H_ * sizeof(float)));
-    std::memcpy(hc, b_.cpu_moe_host_.data(), T_ * H_ * sizeof(float));
-    ES_ASSIGN_OR_RETURN(void* dc, b_.cpu_moe_.Ensure(T_ * H_ * sizeof(float)));
-    ES_RETURN_IF_ERROR(cuda::CopyHostToDeviceAsync(dc, hc, T_ * H_ * sizeof(float), s));
-    ES_RETURN_IF_ERROR(cuda::AddInPlace(s, static_cast<float*>(moe), static_cast<const float*>(dc), T_ * H_));
-  }
-  if (shared_expert) {
-    kernels::ExpertWeights se;
-    ES_ASSIGN_OR_RETURN(se.gate, b_.Matrix(LayerTensorName(layer_, "mlp.shared_expert.gate_proj.weight")));
-    ES_ASSIGN_OR_RETURN(se.up, b_.Matrix(LayerTensorName(layer_, "mlp.shared_expert.up_proj.weight")));
-    ES_ASSIGN_OR_RETURN(se.down, b_.Matrix(LayerTensorName(layer_, "mlp.shared_expert.down_proj.weight")));
-    ES_ASSIGN_OR_RETURN(auto gate, b_.Matrix(LayerTensorName(layer_, "mlp.shared_expert_gate.weight")));
-    ES_ASSIGN_OR_RETURN(void* op, b_.out_.Ensure(T_ * H_ * sizeof(float)));
-    ES_ASSIGN_OR_RETURN(void* gp, b_.gate_.Ensure(T_ * gate.rows * sizeof(float)));
-    ES_ASSIGN_OR_RETURN(void* scratch, b_.scratch_.Ensure(cuda::ExpertScratchFloats(T_, se.gate.rows) * sizeof(float)));
-    ES_RETURN_IF_ERROR(cuda::ExpertSwiGLU(s, se, b_.h_.As<float>(), T_, static_cast<float*>(scratch),
-                                          static_cast<float*>(op)));
-    ES_RETURN_IF_ERROR(cuda::MatMul(s, b_.h_.As<float>(), T_, gate, static_cast<float*>(gp)));
-    ES_RETURN_IF_ERROR(cuda::AddSigmoidGated(s, static_cast<float*>(moe), static_cast<const float*>(gp), gate.rows,
-                                             static_cast<const float*>(op), T_, H_));
-  }
+  if (parts.any_cpu) ES_RETURN_IF_ERROR(AddCpuSum(static_cast<float*>(moe)));
+  if (shared_expert) ES_RETURN_IF_ERROR(AddSharedExpert(static_cast<float*>(moe)));
   return cuda::AddInPlace(s, b_.x_.As<float>(), static_cast<const float*>(moe), T_ * H_);
 }
 

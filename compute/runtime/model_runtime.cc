@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <optional>
 
+#include "cache/cache_size.h"
 #include "cache/model_experts.h"
 #include "cache/policy.h"
 #include "cache/states.h"
@@ -15,9 +16,7 @@ namespace es {
 namespace {
 
 // Bounds of the size options: typo guards, not tuning.
-constexpr uint64_t kMaxCacheMb = uint64_t{1} << 30;
 constexpr uint32_t kMaxPrefetchDepth = 64;
-constexpr double kPercent = 100;
 
 // The trust policy's inputs from the catalog: trust records, usage totals, and a focus domain's lifts.
 Result<TrustRoutingInputs> LoadTrustRoutingInputs(Store& store, const std::string& model, const ModelConfig& c,
@@ -91,39 +90,34 @@ Status ValidateRuntimeConfig(const RuntimeConfig& c) {
   if (routing == RoutingKind::kTrust) {
     if (c.routing_weights) ES_RETURN_IF_ERROR(ParseTrustRoutingWeights(*c.routing_weights).status());
   } else if (c.routing_weights || !c.focus_domain.empty()) {
-    return Status::InvalidArgument("--routing-weights and --focus-domain go with --routing trust");
+    return Status::InvalidArgument("`routing_weights` and `focus_domain` go with `routing` trust");
   }
   if (routing != RoutingKind::kCacheAware && c.routing_margin) {
-    return Status::InvalidArgument("--routing-margin goes with --routing cache-aware");
+    return Status::InvalidArgument("`routing_margin` goes with `routing` cache-aware");
   }
   if (c.routing_margin && !(*c.routing_margin >= 0 && *c.routing_margin <= 1)) {
-    return Status::InvalidArgument("--routing-margin must be in [0, 1]");
+    return Status::InvalidArgument("`routing_margin` must be in [0, 1]");
   }
   if (c.no_cache) {
     if (routing == RoutingKind::kCacheAware) {
-      return Status::InvalidArgument("--routing cache-aware needs the cache (drop --no-cache)");
+      return Status::InvalidArgument("`routing` cache-aware needs the cache, which `no_cache` turns off");
     }
     return Status::Ok();
   }
   ES_ASSIGN_OR_RETURN(MetabolicState state, ParseMetabolicState(c.state));
   if (!IsGenerationState(state)) {
-    return Status::InvalidArgument("--state " + c.state +
-                                   " is not a generation state (wake, focus or crisis); the rest state is "
-                                   "`expertstore rest`, the dream state `expertstore calibrate`");
+    return Status::InvalidArgument("`state` " + c.state +
+                                   " is not a generation state (wake, focus or crisis): rest recomputes profiles "
+                                   "and trust from recorded usage, dream is calibration");
   }
   ES_ASSIGN_OR_RETURN(PolicyKind policy, ParsePolicyKind(c.policy));
   if (policy == PolicyKind::kBelady) {
-    return Status::InvalidArgument("--policy belady needs the future: it exists only in `bench cache`");
+    return Status::InvalidArgument("`policy` belady needs the future access sequence: it is for replaying a "
+                                   "recorded trace, not a live cache");
   }
-  if (c.cache_mb && c.cache_pct) return Status::InvalidArgument("give --cache-mb or --cache-pct, not both");
-  if (c.cache_mb && (*c.cache_mb == 0 || *c.cache_mb > kMaxCacheMb)) {
-    return Status::InvalidArgument("--cache-mb must be between 1 and " + std::to_string(kMaxCacheMb));
-  }
-  if (c.cache_pct && !(*c.cache_pct > 0 && *c.cache_pct <= kPercent)) {
-    return Status::InvalidArgument("--cache-pct must be in (0, 100]");
-  }
+  ES_RETURN_IF_ERROR(ValidateCacheSize({c.cache_mb, c.cache_pct}, "cache"));
   if (c.prefetch && *c.prefetch > kMaxPrefetchDepth) {
-    return Status::InvalidArgument("--prefetch must be at most " + std::to_string(kMaxPrefetchDepth));
+    return Status::InvalidArgument("`prefetch` must be at most " + std::to_string(kMaxPrefetchDepth));
   }
   return Status::Ok();
 }
@@ -194,9 +188,9 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
   ES_ASSIGN_OR_RETURN(StateBudget budget, ResolveState(state, sm, overrides));
   if (c.cache_pct) {
     // A share of the experts, in whole slots; a layer's k experts at least.
-    auto slots = static_cast<uint64_t>(*c.cache_pct / kPercent * static_cast<double>(sm.num_experts));
+    const uint64_t slots = PercentOfSlots(*c.cache_pct, sm.num_experts);
     if (slots < budget.experts_per_token) {
-      return Status::InvalidArgument("--cache-pct " + std::to_string(*c.cache_pct) + " holds " + std::to_string(slots) +
+      return Status::InvalidArgument("`cache_pct` " + std::to_string(*c.cache_pct) + " holds " + std::to_string(slots) +
                                      " experts; a layer needs " + std::to_string(budget.experts_per_token) + " at once");
     }
     budget.cache_slots = static_cast<uint32_t>(slots);

@@ -29,6 +29,9 @@ constexpr char kNoDecoderSeparator = ' ';
 // First code point outside the 256 printable characters bytes_to_unicode uses.
 constexpr char32_t kByteLevelShift = 256;
 
+// Distinct byte values: each has a byte-level symbol and a byte-fallback token.
+constexpr size_t kByteValues = 256;
+
 Status Invalid(std::string_view where, std::string_view what) {
   return Status::InvalidArgument("tokenizer.json: " + std::string(where) + ": " + std::string(what));
 }
@@ -419,34 +422,34 @@ Status CheckUnsupportedTopLevel(const JsonValue& root) {
   return Status::Ok();
 }
 
-Status LoadModelAndVocabulary(const JsonValue& root, Tokenizer::Impl& impl, bool byte_level) {
-  const JsonValue* model = Field(root, "model");
-  if (model == nullptr || !model->is_object()) return Invalid("model", "missing");
+// The model's type and BPE options: NotSupported for another type, dropout or subword affixes.
+Status ReadBpeOptions(const JsonValue& model, BpeModel::Options& options) {
   std::string type;
-  ES_RETURN_IF_ERROR(ReadString(*model, "type", "model", type));
-  if (type.empty() && Field(*model, "merges") != nullptr) type = "BPE";  // untagged older files
+  ES_RETURN_IF_ERROR(ReadString(model, "type", "model", type));
+  if (type.empty() && Field(model, "merges") != nullptr) type = "BPE";  // untagged older files
   if (type != "BPE") return Unsupported("model type '" + (type.empty() ? std::string("?") : type) + "'");
 
-  if (const JsonValue* dropout = Field(*model, "dropout")) {
+  if (const JsonValue* dropout = Field(model, "dropout")) {
     auto p = dropout->AsDouble();
     if (!p.ok()) return Invalid("model", "'dropout' must be a number");
     if (*p > 0) return Unsupported("BPE dropout");
   }
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     std::string affix;
-    ES_RETURN_IF_ERROR(ReadString(*model, key, "model", affix));
+    ES_RETURN_IF_ERROR(ReadString(model, key, "model", affix));
     if (!affix.empty()) return Unsupported(std::string("BPE ") + key);
   }
-  BpeModel::Options options;
-  options.byte_level = byte_level;
-  ES_RETURN_IF_ERROR(ReadBool(*model, "byte_fallback", "model", options.byte_fallback));
-  ES_RETURN_IF_ERROR(ReadBool(*model, "fuse_unk", "model", options.fuse_unk));
-  ES_RETURN_IF_ERROR(ReadBool(*model, "ignore_merges", "model", options.ignore_merges));
+  ES_RETURN_IF_ERROR(ReadBool(model, "byte_fallback", "model", options.byte_fallback));
+  ES_RETURN_IF_ERROR(ReadBool(model, "fuse_unk", "model", options.fuse_unk));
+  return ReadBool(model, "ignore_merges", "model", options.ignore_merges);
+}
 
-  // Vocabulary: text -> id.
-  const JsonValue* vocab = Field(*model, "vocab");
+// The vocabulary (text -> id) into `entries`, the id table (sized for the added tokens' ids too) and the model
+// table. Entries view the JSON's keys.
+Status LoadVocabulary(const JsonValue& model, Tokenizer::Impl& impl,
+                      std::vector<std::pair<std::string_view, TokenId>>& entries) {
+  const JsonValue* vocab = Field(model, "vocab");
   if (vocab == nullptr || !vocab->is_object()) return Invalid("model", "'vocab' must be an object");
-  std::vector<std::pair<std::string_view, TokenId>> entries;
   entries.reserve(vocab->object().size());
   TokenId max_id = 0;
   for (const auto& [text, value] : vocab->object()) {
@@ -472,9 +475,12 @@ Status LoadModelAndVocabulary(const JsonValue& root, Tokenizer::Impl& impl, bool
     impl.token_flags[id] |= Tokenizer::Impl::kPresent;
     impl.tokens[id] = std::string(text);
   }
-  ES_RETURN_IF_ERROR(impl.model_table.Build(entries).WithContext("tokenizer.json: model.vocab"));
+  return impl.model_table.Build(entries).WithContext("tokenizer.json: model.vocab");
+}
 
-  // Added tokens take their ids from the file; one that is also in the vocabulary must agree with it.
+// Enters the added tokens into the id table. They take their ids from the file; one that is also in the
+// vocabulary must agree with it.
+Status RegisterAddedTokens(Tokenizer::Impl& impl) {
   for (const AddedToken& t : impl.added) {
     if (auto existing = impl.model_table.Find(t.content); existing && *existing != t.id) {
       return Invalid("added_tokens", "'" + t.content + "' has id " + std::to_string(t.id) +
@@ -489,90 +495,133 @@ Status LoadModelAndVocabulary(const JsonValue& root, Tokenizer::Impl& impl, bool
     impl.tokens[t.id] = t.content;
     if (t.special) impl.token_flags[t.id] |= Tokenizer::Impl::kSpecial;
   }
+  return Status::Ok();
+}
 
+// The model's unk_token, when it names one: it must be in the vocabulary.
+Status ReadUnkToken(const JsonValue& model, Tokenizer::Impl& impl, BpeModel::Options& options) {
   std::string unk_token;
-  ES_RETURN_IF_ERROR(ReadString(*model, "unk_token", "model", unk_token));
-  if (!unk_token.empty()) {
-    options.unk_id = impl.model_table.Find(unk_token);
-    if (!options.unk_id) return Invalid("model", "unk_token '" + unk_token + "' is not in the vocabulary");
-    impl.unk = options.unk_id;
-  }
+  ES_RETURN_IF_ERROR(ReadString(model, "unk_token", "model", unk_token));
+  if (unk_token.empty()) return Status::Ok();
+  options.unk_id = impl.model_table.Find(unk_token);
+  if (!options.unk_id) return Invalid("model", "unk_token '" + unk_token + "' is not in the vocabulary");
+  impl.unk = options.unk_id;
+  return Status::Ok();
+}
 
-  // Merges: ["a", "b"] pairs (or "a b" strings in older files), by rank.
-  const JsonValue* merges = Field(*model, "merges");
+// One merge's two halves: ["a", "b"], or "a b" in older files. The views point into `m`.
+Status ReadMergeHalves(const JsonValue& m, size_t rank, std::string_view& left, std::string_view& right) {
+  if (m.is_string()) {
+    const std::string& s = m.string_value();
+    const size_t space = s.find(' ');
+    if (space == std::string::npos) return Invalid("model.merges", "merge '" + s + "' is not 'left right'");
+    left = std::string_view(s).substr(0, space);
+    right = std::string_view(s).substr(space + 1);
+    return Status::Ok();
+  }
+  if (m.is_array() && m.array().size() == 2 && m.array()[0].is_string() && m.array()[1].is_string()) {
+    left = m.array()[0].string_value();
+    right = m.array()[1].string_value();
+    return Status::Ok();
+  }
+  return Invalid("model.merges", "merge " + std::to_string(rank) + " is not a pair of strings");
+}
+
+// The merges by rank, as vocabulary ids: the (left, right) pairs and the id of each concatenation.
+struct BpeMerges {
   std::vector<std::pair<TokenId, TokenId>> pairs;
   std::vector<TokenId> merged;
-  if (merges != nullptr) {
-    if (!merges->is_array()) return Invalid("model", "'merges' must be an array");
-    pairs.reserve(merges->array().size());
-    merged.reserve(merges->array().size());
-    std::string joined;
-    for (size_t rank = 0; rank < merges->array().size(); ++rank) {
-      const JsonValue& m = merges->array()[rank];
-      std::string_view left, right;
-      if (m.is_string()) {
-        const std::string& s = m.string_value();
-        const size_t space = s.find(' ');
-        if (space == std::string::npos) return Invalid("model.merges", "merge '" + s + "' is not 'left right'");
-        left = std::string_view(s).substr(0, space);
-        right = std::string_view(s).substr(space + 1);
-      } else if (m.is_array() && m.array().size() == 2 && m.array()[0].is_string() && m.array()[1].is_string()) {
-        left = m.array()[0].string_value();
-        right = m.array()[1].string_value();
-      } else {
-        return Invalid("model.merges", "merge " + std::to_string(rank) + " is not a pair of strings");
-      }
-      auto left_id = impl.model_table.Find(left);
-      auto right_id = impl.model_table.Find(right);
-      if (!left_id || !right_id) {
-        return Invalid("model.merges", "merge " + std::to_string(rank) + " references unknown token '" +
-                                           std::string(left_id ? right : left) + "'");
-      }
-      joined.assign(left);
-      joined.append(right);
-      auto merged_id = impl.model_table.Find(joined);
-      if (!merged_id) {
-        return Invalid("model.merges", "merge " + std::to_string(rank) + " produces '" + joined +
-                                           "', which is not in the vocabulary");
-      }
-      pairs.emplace_back(*left_id, *right_id);
-      merged.push_back(*merged_id);
-    }
-  }
+};
 
-  // Encoding keys: raw bytes for byte-level vocabularies (so that encoding never maps characters), text
-  // otherwise. Tokens outside the byte-level alphabet cannot come out of byte-level encoding: no key.
+// The model's merges, if any; every half and every concatenation must be in the vocabulary.
+Status LoadMerges(const JsonValue& model, const Tokenizer::Impl& impl, BpeMerges& out) {
+  const JsonValue* merges = Field(model, "merges");
+  if (merges == nullptr) return Status::Ok();
+  if (!merges->is_array()) return Invalid("model", "'merges' must be an array");
+  out.pairs.reserve(merges->array().size());
+  out.merged.reserve(merges->array().size());
+  std::string joined;
+  for (size_t rank = 0; rank < merges->array().size(); ++rank) {
+    std::string_view left, right;
+    ES_RETURN_IF_ERROR(ReadMergeHalves(merges->array()[rank], rank, left, right));
+    auto left_id = impl.model_table.Find(left);
+    auto right_id = impl.model_table.Find(right);
+    if (!left_id || !right_id) {
+      return Invalid("model.merges", "merge " + std::to_string(rank) + " references unknown token '" +
+                                         std::string(left_id ? right : left) + "'");
+    }
+    joined.assign(left);
+    joined.append(right);
+    auto merged_id = impl.model_table.Find(joined);
+    if (!merged_id) {
+      return Invalid("model.merges", "merge " + std::to_string(rank) + " produces '" + joined +
+                                         "', which is not in the vocabulary");
+    }
+    out.pairs.emplace_back(*left_id, *right_id);
+    out.merged.push_back(*merged_id);
+  }
+  return Status::Ok();
+}
+
+// What BpeModel::Build encodes with besides the merges. `keys` may view `byte_keys`, so this is filled in place
+// and never copied.
+struct EncodingKeys {
   std::vector<std::string> byte_keys;
   std::vector<std::pair<std::string_view, TokenId>> keys;
-  std::array<std::optional<TokenId>, 256> byte_symbols{};
-  std::array<std::string, 256> byte_symbol_text{};
-  std::array<std::optional<TokenId>, 256> fallback_ids{};
-  if (byte_level) {
-    byte_keys.reserve(entries.size());
+  std::array<std::optional<TokenId>, kByteValues> byte_symbols{};
+  std::array<std::string, kByteValues> byte_symbol_text{};
+  std::array<std::optional<TokenId>, kByteValues> fallback_ids{};
+};
+
+// Encoding keys: raw bytes for byte-level vocabularies (so that encoding never maps characters), text
+// otherwise. Tokens outside the byte-level alphabet cannot come out of byte-level encoding: no key.
+void BuildEncodingKeys(const std::vector<std::pair<std::string_view, TokenId>>& entries,
+                       const Tokenizer::Impl& impl, const BpeModel::Options& options, EncodingKeys& out) {
+  if (options.byte_level) {
+    out.byte_keys.reserve(entries.size());
     std::string bytes;
     std::vector<TokenId> key_ids;
     for (const auto& [text, id] : entries) {
       if (!ByteLevelBytes(text, bytes)) continue;
-      byte_keys.push_back(bytes);
+      out.byte_keys.push_back(bytes);
       key_ids.push_back(id);
     }
-    keys.reserve(byte_keys.size());
-    for (size_t i = 0; i < byte_keys.size(); ++i) keys.emplace_back(byte_keys[i], key_ids[i]);
-    for (unsigned b = 0; b < 256; ++b) {
+    out.keys.reserve(out.byte_keys.size());
+    for (size_t i = 0; i < out.byte_keys.size(); ++i) out.keys.emplace_back(out.byte_keys[i], key_ids[i]);
+    for (unsigned b = 0; b < kByteValues; ++b) {
       std::string text;
       unicode::AppendUtf8(ByteToUnicode()[b], text);
-      byte_symbols[b] = impl.model_table.Find(text);
-      byte_symbol_text[b] = std::move(text);
+      out.byte_symbols[b] = impl.model_table.Find(text);
+      out.byte_symbol_text[b] = std::move(text);
     }
   } else {
-    keys = entries;
+    out.keys = entries;
   }
   if (options.byte_fallback) {
-    for (unsigned b = 0; b < 256; ++b) {
-      fallback_ids[b] = impl.model_table.Find(ByteFallbackToken(static_cast<uint8_t>(b)));
+    for (unsigned b = 0; b < kByteValues; ++b) {
+      out.fallback_ids[b] = impl.model_table.Find(ByteFallbackToken(static_cast<uint8_t>(b)));
     }
   }
-  auto bpe = BpeModel::Build(options, keys, pairs, merged, byte_symbols, byte_symbol_text, fallback_ids);
+}
+
+Status LoadModelAndVocabulary(const JsonValue& root, Tokenizer::Impl& impl, bool byte_level) {
+  const JsonValue* model = Field(root, "model");
+  if (model == nullptr || !model->is_object()) return Invalid("model", "missing");
+  BpeModel::Options options;
+  options.byte_level = byte_level;
+  ES_RETURN_IF_ERROR(ReadBpeOptions(*model, options));
+
+  std::vector<std::pair<std::string_view, TokenId>> entries;
+  ES_RETURN_IF_ERROR(LoadVocabulary(*model, impl, entries));
+  ES_RETURN_IF_ERROR(RegisterAddedTokens(impl));
+  ES_RETURN_IF_ERROR(ReadUnkToken(*model, impl, options));
+  BpeMerges merges;
+  ES_RETURN_IF_ERROR(LoadMerges(*model, impl, merges));
+
+  EncodingKeys keys;
+  BuildEncodingKeys(entries, impl, options, keys);
+  auto bpe = BpeModel::Build(options, keys.keys, merges.pairs, merges.merged, keys.byte_symbols,
+                             keys.byte_symbol_text, keys.fallback_ids);
   if (!bpe.ok()) return bpe.status().WithContext("tokenizer.json: model");
   impl.model = std::move(bpe).value();
   return Status::Ok();

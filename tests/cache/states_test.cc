@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "cache/arena.h"
+#include "cache/cache_size.h"
 #include "cache/states.h"
 #include "cache/stats.h"
 
@@ -71,7 +72,7 @@ TEST(StatesTest, Overrides) {
   EXPECT_EQ(no_prefetch->prefetch_bytes_in_flight, 0u);
   auto too_small = ResolveState(MetabolicState::kFocus, kQwen3, {.cache_mb = 50});  // 5 slots < k = 8
   EXPECT_TRUE(too_small.status().IsInvalidArgument());
-  EXPECT_NE(too_small.status().message().find("--cache-mb"), std::string::npos);
+  EXPECT_NE(too_small.status().message().find("`cache_mb`"), std::string::npos);
 }
 
 TEST(StatesTest, NamesAndMaintenanceStates) {
@@ -157,6 +158,40 @@ TEST(ArenaTest, ChunksCutAtSlotBoundaries) {
   ASSERT_EQ(q.size(), 3u);
   EXPECT_EQ(q[0], (std::pair<uint32_t, uint32_t>{0, 113}));
   EXPECT_EQ(q[2], (std::pair<uint32_t, uint32_t>{226, 74}));
+}
+
+TEST(CacheSizeTest, OneParserForMibAndPercent) {
+  EXPECT_TRUE(ValidateCacheSize({}, "cache").ok());
+  EXPECT_TRUE(ValidateCacheSize({.mb = 1}, "cache").ok());
+  EXPECT_TRUE(ValidateCacheSize({.mb = kMaxCacheMb}, "cache").ok());
+  EXPECT_TRUE(ValidateCacheSize({.pct = 100}, "cache").ok());
+  EXPECT_TRUE(ValidateCacheSize({.pct = 0.5}, "cache", /*required=*/true).ok());
+  const struct {
+    CacheSize size;
+    bool required;
+    const char* message;
+  } bad[] = {
+      {{.mb = 0}, false, "`gpu_cache_mb` must be between 1 and"},
+      {{.mb = kMaxCacheMb + 1}, false, "`gpu_cache_mb` must be between 1 and"},
+      {{.pct = 0}, false, "`gpu_cache_pct` must be in (0, 100]"},
+      {{.pct = 100.5}, false, "`gpu_cache_pct` must be in (0, 100]"},
+      {{.pct = -1}, false, "`gpu_cache_pct` must be in (0, 100]"},
+      {{.mb = 4, .pct = 4}, false, "give `gpu_cache_mb` or `gpu_cache_pct`, not both"},
+      {{}, true, "give one of `gpu_cache_mb` and `gpu_cache_pct`"},
+  };
+  for (const auto& b : bad) {
+    Status s = ValidateCacheSize(b.size, "gpu_cache", b.required);
+    EXPECT_TRUE(s.IsInvalidArgument()) << b.message;
+    EXPECT_NE(s.message().find(b.message), std::string::npos) << s.message();
+  }
+  EXPECT_TRUE(ValidateCacheSize({.pct = std::nan("")}, "cache").IsInvalidArgument());
+}
+
+TEST(CacheSizeTest, PercentIsWholeSlotsRoundedDown) {
+  EXPECT_EQ(PercentOfSlots(25, 192), 48u);
+  EXPECT_EQ(PercentOfSlots(10, 192), 19u);
+  EXPECT_EQ(PercentOfSlots(100, 192), 192u);
+  EXPECT_EQ(PercentOfSlots(0.4, 192), 0u);
 }
 
 }  // namespace

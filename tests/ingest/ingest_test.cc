@@ -147,7 +147,7 @@ TEST_F(IngestTest, ReingestIsANoOpAndDifferentCheckpointIsRefused) {
   ASSERT_TRUE(MakeCheckpoint(dir_.Sub("other"), *resolved).ok());
   auto refused = Ingest(dir_.Sub("other"), "tiny");
   EXPECT_TRUE(refused.status().IsInvalidArgument());
-  EXPECT_NE(refused.status().message().find("--replace"), std::string::npos);
+  EXPECT_NE(refused.status().message().find("`replace`"), std::string::npos);
   EXPECT_EQ(CountKeys(*store_), keys);
 
   auto replaced = Ingest(dir_.Sub("other"), "tiny", /*replace=*/true);

@@ -1,5 +1,5 @@
-// RunCli: runs the built `expertstore` binary with arguments, stdout captured, stderr discarded. For tests that
-// drive the CLI as a process (the test target defines ES_BINARY_DIR, see tests/CMakeLists.txt).
+// RunCli: runs the built `expertstore` binary with arguments, stdout captured, stderr discarded or captured. For
+// tests that drive the CLI as a process (es_test_util defines ES_BINARY_DIR, see tests/util/CMakeLists.txt).
 #pragma once
 
 #include <sys/wait.h>
@@ -16,9 +16,10 @@ struct CliResult {
   std::string out;
 };
 
-inline CliResult RunCli(const std::string& args) {
+// `with_stderr`: stderr is captured into `out` too (after stdout's lines, as the shell interleaves them).
+inline CliResult RunCli(const std::string& args, bool with_stderr = false) {
   CliResult r;
-  std::string cmd = std::string(kCliPath) + " " + args + " 2>/dev/null";
+  std::string cmd = std::string(kCliPath) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
   FILE* p = ::popen(cmd.c_str(), "r");
   if (p == nullptr) return r;
   char buf[4096];
