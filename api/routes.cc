@@ -12,6 +12,7 @@
 #include "store/base/aligned_buffer.h"
 #include "store/base/json.h"
 #include "store/metadata.h"
+#include "store/record_json.h"
 
 namespace es::api {
 
@@ -21,12 +22,6 @@ constexpr std::string_view kPrometheusContentType = "text/plain; version=0.0.4; 
 // GET .../query: results when `top` is not given, and the most it may ask for.
 constexpr uint64_t kDefaultQueryTop = 10;
 constexpr uint64_t kMaxQueryTop = 100000;
-
-std::string Hex64(uint64_t v) {
-  char buf[17];
-  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(v));
-  return buf;
-}
 
 ApiResponse Json(std::string body) {
   ApiResponse r;
@@ -49,33 +44,15 @@ Result<ModelInfo> LoadModel(Store& store, const std::string& name) {
   return LoadModelInfo(store.catalog(), name);
 }
 
-
+// The OpenAI model object: its envelope (id, object, created, owned_by), then the model record's view.
 void WriteModel(JsonWriter& w, const ModelInfo& m) {
   w.BeginObject()
       .Key("id").String(m.name)
       .Key("object").String("model")
       .Key("created").Uint(m.created_unix)
-      .Key("owned_by").String("expertstore")
-      .Key("name").String(m.name)
-      .Key("arch").String(m.arch)
-      .Key("layers").Uint(m.num_layers)
-      .Key("experts_per_layer").Uint(m.experts_per_layer)
-      .Key("top_k").Uint(m.top_k)
-      .Key("hidden_size").Uint(m.hidden_size)
-      .Key("moe_intermediate_size").Uint(m.moe_intermediate_size)
-      .Key("vocab_size").Uint(m.vocab_size)
-      .Key("experts").Uint(m.num_experts)
-      .Key("dense_tensors").Uint(m.num_dense_tensors)
-      .Key("bytes").Uint(m.total_bytes)
-      .Key("complete").Bool(m.complete)
-      .Key("source_fingerprint").String(m.source_fingerprint)
-      .Key("assets").BeginArray();
-  for (const auto& a : m.assets) w.String(a.name);
-  w.EndArray().EndObject();
-}
-
-std::string_view ExpertDType(const ExpertInfo& e) {
-  return e.projections.empty() ? DTypeName(DType::kUnknown) : DTypeName(e.projections[0].dtype);
+      .Key("owned_by").String("expertstore");
+  WriteModelFields(w, m);
+  w.EndObject();
 }
 
 // ---- routes ---------------------------------------------------------------------------------------------------
@@ -111,23 +88,13 @@ Result<std::string> PrefixForLayer(const ModelInfo& m, const Target& t) {
 Result<ApiResponse> Experts(const ApiContext& ctx, const std::string& name, const Target& t) {
   ES_ASSIGN_OR_RETURN(ModelInfo m, LoadModel(*ctx.store, name));
   ES_ASSIGN_OR_RETURN(std::string prefix, PrefixForLayer(m, t));
-  // One ordered scan per column family rather than two point lookups per expert.
-  const Catalog& catalog = ctx.store->catalog();
-  ES_ASSIGN_OR_RETURN(auto experts, LoadExpertRecords<ExpertInfo>(catalog, Cf::kExperts, prefix, DecodeExpert));
-  ES_ASSIGN_OR_RETURN(auto trust, LoadExpertRecords<TrustInfo>(catalog, Cf::kTrust, prefix, DecodeTrust));
-  ES_ASSIGN_OR_RETURN(auto usage, LoadExpertRecords<UsageCounts>(catalog, Cf::kUsage, prefix, DecodeUsage));
+  ES_ASSIGN_OR_RETURN(auto rows, LoadExpertRows(ctx.store->catalog(), prefix));
   JsonWriter w;
   w.BeginObject().Key("object").String("list").Key("model").String(m.name).Key("data").BeginArray();
-  for (const auto& [id, e] : experts) {
-    w.BeginObject().Key("layer").Uint(e.layer).Key("expert").Uint(e.expert).Key("bytes").Uint(e.extent.payload_length)
-        .Key("dtype").String(ExpertDType(e)).Key("checksum").String(Hex64(e.extent.checksum)).Key("trust");
-    if (auto tr = trust.find(id); tr != trust.end()) {
-      w.Double(tr->second.trust);
-    } else {
-      w.Null();
-    }
-    auto us = usage.find(id);
-    w.Key("activations").Uint(us == usage.end() ? 0 : us->second.activation_count).EndObject();
+  for (const ExpertRow& row : rows) {
+    w.BeginObject();
+    WriteExpertRowFields(w, row);
+    w.EndObject();
   }
   w.EndArray().EndObject();
   return Json(w.Take());
@@ -167,19 +134,8 @@ Result<ApiResponse> Expert(const ApiContext& ctx, const Target& t) {
   ES_ASSIGN_OR_RETURN(auto usage, LoadOptionalRecord<UsageCounts>(ctx.store->catalog(), Cf::kUsage, p.key, DecodeUsage));
   const ExpertInfo& e = p.expert;
   JsonWriter w;
-  w.BeginObject().Key("object").String("expert").Key("model").String(p.model.name).Key("layer").Uint(e.layer)
-      .Key("expert").Uint(e.expert).Key("bytes").Uint(e.extent.payload_length).Key("dtype").String(ExpertDType(e))
-      .Key("checksum").String(Hex64(e.extent.checksum)).Key("tensors");
-  WriteProjectionsJson(w, e.projections);
-  w.Key("extent");
-  WriteExtentJson(w, e.extent);
-  w.Key("trust");
-  WriteTrustJson(w, trust);
-  w.Key("profile");
-  WriteProfileJson(w, profile);
-  w.Key("usage");
-  WriteUsageJson(w, usage);
-  w.Key("activations").Uint(usage ? usage->activation_count : 0);
+  w.BeginObject().Key("object").String("expert").Key("model").String(p.model.name);
+  WriteExpertDetailFields(w, e, trust, profile, usage);
   w.Key("blob").String("/v1/models/" + p.model.name + "/experts/" + std::to_string(e.layer) + "/" +
                        std::to_string(e.expert) + "/blob");
   w.EndObject();
@@ -196,7 +152,7 @@ Result<ApiResponse> Blob(const ApiContext& ctx, const Target& t) {
   ApiResponse r;
   r.content_type = std::string(kBlobContentType);
   r.body = EncodeExpertBlob(p.model, p.expert, read.payload);
-  const std::string checksum = Hex64(p.expert.extent.checksum);
+  const std::string checksum = ChecksumHex(p.expert.extent.checksum);
   r.headers.emplace_back("X-Expertstore-Checksum", checksum);
   std::string etag;
   etag.append("\"").append(checksum).append("\"");  // not "\"" + ...: GCC 12 warns falsely (-Wrestrict)
@@ -241,22 +197,7 @@ Result<ApiResponse> Query(const ApiContext& ctx, const std::string& name, const 
     w.String(q.domain);
   }
   w.Key("order").String(order).Key("data").BeginArray();
-  for (const ExpertQueryRow& r : rows) {
-    w.BeginObject().Key("layer").Uint(r.layer).Key("expert").Uint(r.expert).Key("domain");
-    if (r.domain.empty()) {
-      w.Null();  // no profile
-    } else {
-      w.String(r.domain);
-    }
-    w.Key("lift").Double(r.lift).Key("share").Double(r.share).Key("domain_activations").Uint(r.domain_activations)
-        .Key("activations").Uint(r.activations).Key("trust");
-    if (r.has_trust) {
-      w.Double(r.trust);
-    } else {
-      w.Null();
-    }
-    w.EndObject();
-  }
+  for (const ExpertQueryRow& r : rows) WriteQueryRowJson(w, r);
   w.EndArray().EndObject();
   return Json(w.Take());
 }

@@ -172,73 +172,26 @@ Result<ModelUsage> LoadModelUsage(const Catalog& catalog, const std::string& mod
   return LoadUsage(catalog, ModelPrefix(model));
 }
 
+Result<std::vector<ExpertRow>> LoadExpertRows(const Catalog& catalog, const std::string& prefix) {
+  ES_ASSIGN_OR_RETURN(auto experts, LoadExpertRecords<ExpertInfo>(catalog, Cf::kExperts, prefix, DecodeExpert));
+  ES_ASSIGN_OR_RETURN(auto trust, LoadExpertRecords<TrustInfo>(catalog, Cf::kTrust, prefix, DecodeTrust));
+  ES_ASSIGN_OR_RETURN(ModelUsage usage, LoadUsage(catalog, prefix));
+  std::vector<ExpertRow> rows;
+  rows.reserve(experts.size());
+  for (auto& [id, e] : experts) {
+    ExpertRow row{std::move(e), std::nullopt, UsageCounts{}};
+    if (auto t = trust.find(id); t != trust.end()) row.trust = t->second;
+    if (auto u = usage.totals.find(id); u != usage.totals.end()) row.usage = u->second;
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
 
 Result<ModelInfo> LoadModelInfo(const Catalog& catalog, const std::string& name) {
   auto v = catalog.Get(Cf::kModels, ModelKey(name));
   if (!v.ok()) return v.status().IsNotFound() ? Status::NotFound("no model '" + name + "' in the store") : v.status();
   return DecodeModel(*v);
-}
-
-void WriteProjectionsJson(JsonWriter& w, const std::vector<ProjectionInfo>& projections) {
-  w.BeginArray();
-  for (const auto& p : projections) {
-    w.BeginObject().Key("role").String(p.role).Key("name").String(p.source_name).Key("dtype").String(DTypeName(p.dtype))
-        .Key("shape").BeginArray();
-    for (uint64_t d : p.shape) w.Uint(d);
-    w.EndArray().Key("offset").Uint(p.offset).Key("length").Uint(p.length).EndObject();
-  }
-  w.EndArray();
-}
-
-void WriteExtentJson(JsonWriter& w, const Extent& extent) {
-  w.BeginObject().Key("segment").Uint(extent.segment).Key("offset").Uint(extent.offset)
-      .Key("record_length").Uint(extent.record_length).EndObject();
-}
-
-void WriteTrustJson(JsonWriter& w, const std::optional<TrustInfo>& t) {
-  if (!t) {
-    w.Null();
-    return;
-  }
-  w.BeginObject()
-      .Key("trust").Double(t->trust)
-      .Key("convergence_rate").Double(t->convergence_rate)
-      .Key("stability").Double(t->stability)
-      .Key("efficiency").Double(t->efficiency)
-      .Key("raw_contribution").Double(t->raw_contribution)
-      .Key("calibration_tokens").Uint(t->calibration_tokens)
-      .Key("updated_unix").Uint(t->updated_unix)
-      .EndObject();
-}
-
-void WriteProfileJson(JsonWriter& w, const std::optional<ProfileInfo>& p) {
-  if (!p) {
-    w.Null();
-    return;
-  }
-  w.BeginObject().Key("primary_domain").String(p->primary_domain).Key("domains").BeginArray();
-  for (const auto& d : p->domains) {
-    w.BeginObject().Key("domain").String(d.domain).Key("activations").Uint(d.activations).Key("share").Double(d.share)
-        .Key("lift").Double(d.lift).EndObject();
-  }
-  w.EndArray().Key("top_coactivated").BeginArray();
-  for (const auto& c : p->top_coactivated) {
-    w.BeginObject().Key("layer").Uint(c.layer).Key("expert").Uint(c.expert).Key("count").Uint(c.count).EndObject();
-  }
-  w.EndArray().Key("updated_unix").Uint(p->updated_unix).EndObject();
-}
-
-void WriteUsageJson(JsonWriter& w, const std::optional<UsageCounts>& u) {
-  if (!u) {
-    w.Null();
-    return;
-  }
-  w.BeginObject()
-      .Key("activation_count").Uint(u->activation_count)
-      .Key("gate_mass").Double(u->gate_mass)
-      .Key("success_count").Uint(u->success_count)
-      .Key("last_used_unix_ms").Uint(u->last_used_unix_ms)
-      .EndObject();
 }
 
 Result<std::map<ExpertPair, TrustInfo>> LoadModelTrust(const Catalog& catalog, const std::string& model) {

@@ -138,14 +138,16 @@ Result<std::map<std::pair<uint32_t, uint32_t>, T>> LoadExpertRecords(const Catal
   return out;
 }
 
-// The JSON shapes of an expert's catalog record and its metadata records (`show --json` and the HTTP expert
-// route). Projections: [{role, name, dtype, shape, offset, length}]; extent: {segment, offset, record_length}.
-void WriteProjectionsJson(JsonWriter& w, const std::vector<ProjectionInfo>& projections);
-void WriteExtentJson(JsonWriter& w, const Extent& extent);
-// Null when absent.
-void WriteTrustJson(JsonWriter& w, const std::optional<TrustInfo>& t);
-void WriteProfileJson(JsonWriter& w, const std::optional<ProfileInfo>& p);
-void WriteUsageJson(JsonWriter& w, const std::optional<UsageCounts>& u);
+// An expert as a list shows it: its catalog record, its trust record (nullopt before calibration) and its usage
+// totals (zeros before any use).
+struct ExpertRow {
+  ExpertInfo expert;
+  std::optional<TrustInfo> trust;
+  UsageCounts usage;
+};
+// The experts under `prefix` (a model's or one layer's: ModelPrefix, LayerPrefix), in key order, with one ordered
+// scan per column family. Per-domain usage keys (written by profiling) are not totals and are skipped.
+Result<std::vector<ExpertRow>> LoadExpertRows(const Catalog& catalog, const std::string& prefix);
 
 Result<ModelUsage> LoadModelUsage(const Catalog& catalog, const std::string& model);
 Result<std::map<std::pair<uint32_t, uint32_t>, TrustInfo>> LoadModelTrust(const Catalog& catalog, const std::string& model);

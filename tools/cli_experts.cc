@@ -3,6 +3,7 @@
 #include <optional>
 
 #include "store/metadata.h"
+#include "store/record_json.h"
 #include "tools/cli.h"
 
 namespace es::cli {
@@ -24,45 +25,28 @@ Status RunExperts(const Args& args) {
     ES_ASSIGN_OR_RETURN(int64_t layer, args.GetInt("layer", 0, 0, static_cast<int64_t>(info.num_layers) - 1));
     prefix = LayerPrefix(model, static_cast<uint32_t>(layer));
   }
-  std::vector<ExpertInfo> experts;
-  Status decode;
-  ES_RETURN_IF_ERROR(store->catalog().Scan(Cf::kExperts, prefix, [&](std::string_view, std::string_view v) {
-    auto e = DecodeExpert(v);
-    if (!e.ok()) {
-      decode = e.status();
-      return false;
+  ES_ASSIGN_OR_RETURN(auto rows, LoadExpertRows(store->catalog(), prefix));
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginArray();
+    for (const ExpertRow& row : rows) {
+      w.BeginObject();
+      WriteExpertRowFields(w, row);
+      w.EndObject();
     }
-    experts.push_back(std::move(e).value());
-    return true;
-  }));
-  ES_RETURN_IF_ERROR(decode);
-  JsonWriter w;
-  w.BeginArray();
-  if (!args.global().json) std::printf("%5s %6s %12s %6s %8s %12s\n", "LAYER", "EXPERT", "BYTES", "DTYPE", "TRUST", "ACTIVATIONS");
-  for (const auto& e : experts) {
-    std::string key = ExpertKey(model, e.layer, e.expert);
-    ES_ASSIGN_OR_RETURN(auto trust, LoadOptionalRecord<TrustInfo>(store->catalog(), Cf::kTrust, key, DecodeTrust));
-    ES_ASSIGN_OR_RETURN(auto usage, LoadOptionalRecord<UsageCounts>(store->catalog(), Cf::kUsage, key, DecodeUsage));
-    std::string_view dtype = e.projections.empty() ? "UNKNOWN" : DTypeName(e.projections[0].dtype);
-    uint64_t activations = usage ? usage->activation_count : 0;
-    if (args.global().json) {
-      w.BeginObject().Key("layer").Uint(e.layer).Key("expert").Uint(e.expert).Key("bytes").Uint(e.extent.payload_length)
-          .Key("dtype").String(dtype).Key("trust");
-      if (trust) {
-        w.Double(trust->trust);
-      } else {
-        w.Null();
-      }
-      w.Key("activations").Uint(activations).EndObject();
-    } else {
-      std::string t = trust ? std::to_string(trust->trust).substr(0, 6) : "-";
-      std::printf("%5u %6u %12llu %6s %8s %12llu\n", e.layer, e.expert,
-                  static_cast<unsigned long long>(e.extent.payload_length), std::string(dtype).c_str(), t.c_str(),
-                  static_cast<unsigned long long>(activations));
-    }
+    w.EndArray();
+    PrintJson(w);
+    return Status::Ok();
   }
-  w.EndArray();
-  if (args.global().json) PrintJson(w);
+  std::printf("%5s %6s %12s %6s %8s %12s\n", "LAYER", "EXPERT", "BYTES", "DTYPE", "TRUST", "ACTIVATIONS");
+  for (const ExpertRow& row : rows) {
+    const ExpertInfo& e = row.expert;
+    const DType dtype = e.projections.empty() ? DType::kUnknown : e.projections[0].dtype;
+    std::string t = row.trust ? std::to_string(row.trust->trust).substr(0, 6) : "-";
+    std::printf("%5u %6u %12llu %6s %8s %12llu\n", e.layer, e.expert,
+                static_cast<unsigned long long>(e.extent.payload_length), std::string(DTypeName(dtype)).c_str(),
+                t.c_str(), static_cast<unsigned long long>(row.usage.activation_count));
+  }
   return Status::Ok();
 }
 
@@ -84,26 +68,17 @@ Status RunShow(const Args& args) {
   ES_ASSIGN_OR_RETURN(auto trust, LoadOptionalRecord<TrustInfo>(store->catalog(), Cf::kTrust, key, DecodeTrust));
   ES_ASSIGN_OR_RETURN(auto profile, LoadOptionalRecord<ProfileInfo>(store->catalog(), Cf::kProfiles, key, DecodeProfile));
   ES_ASSIGN_OR_RETURN(auto usage, LoadOptionalRecord<UsageCounts>(store->catalog(), Cf::kUsage, key, DecodeUsage));
-  char checksum[17];
-  std::snprintf(checksum, sizeof(checksum), "%016llx", static_cast<unsigned long long>(e.extent.checksum));
+  const std::string checksum = ChecksumHex(e.extent.checksum);
   if (args.global().json) {
     JsonWriter w;
-    w.BeginObject().Key("layer").Uint(e.layer).Key("expert").Uint(e.expert).Key("bytes").Uint(e.extent.payload_length);
-    w.Key("tensors");
-    WriteProjectionsJson(w, e.projections);
-    w.Key("checksum").String(checksum).Key("extent");
-    WriteExtentJson(w, e.extent);
-    w.Key("trust");
-    WriteTrustJson(w, trust);
-    w.Key("profile");
-    WriteProfileJson(w, profile);
-    w.Key("activations").Uint(usage ? usage->activation_count : 0);
+    w.BeginObject().Key("model").String(model);
+    WriteExpertDetailFields(w, e, trust, profile, usage);
     w.EndObject();
     PrintJson(w);
     return Status::Ok();
   }
   std::printf("model %s, layer %u, expert %u: %s, xxh3 %s, segment %u offset %llu\n", model.c_str(), e.layer, e.expert,
-              HumanBytes(e.extent.payload_length).c_str(), checksum, e.extent.segment,
+              HumanBytes(e.extent.payload_length).c_str(), checksum.c_str(), e.extent.segment,
               static_cast<unsigned long long>(e.extent.offset));
   for (const auto& p : e.projections) {
     std::printf("  %-5s %-6s %-14s %s\n", p.role.c_str(), std::string(DTypeName(p.dtype)).c_str(),

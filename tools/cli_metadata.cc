@@ -16,6 +16,7 @@
 #include "compute/calibration.h"
 #include "compute/generator.h"
 #include "store/metadata.h"
+#include "store/record_json.h"
 #include "tools/cli.h"
 #include "tools/cli_runtime.h"
 
@@ -120,23 +121,6 @@ class CountProgress {
   std::chrono::steady_clock::time_point last_;
   bool drawn_ = false;
 };
-
-void WriteDomains(JsonWriter& w, const ProfileInfo& p) {
-  w.BeginArray();
-  for (const auto& d : p.domains) {
-    w.BeginObject().Key("domain").String(d.domain).Key("activations").Uint(d.activations).Key("share").Double(d.share)
-        .Key("lift").Double(d.lift).EndObject();
-  }
-  w.EndArray();
-}
-
-void WriteCoactivated(JsonWriter& w, const std::vector<CoActivation>& co) {
-  w.BeginArray();
-  for (const auto& c : co) {
-    w.BeginObject().Key("layer").Uint(c.layer).Key("expert").Uint(c.expert).Key("count").Uint(c.count).EndObject();
-  }
-  w.EndArray();
-}
 
 // ---- profile --------------------------------------------------------------------------------------------
 
@@ -336,24 +320,12 @@ Status RunTrust(const Args& args) {
     return v.status();
   }
   if (args.global().json) {
+    // The trust record's fields (null before calibration), then the usage record's.
     JsonWriter w;
     w.BeginObject().Key("layer").Uint(static_cast<uint64_t>(layer)).Key("expert").Uint(static_cast<uint64_t>(expert));
-    auto field = [&](const char* name, std::optional<double> v) {
-      w.Key(name);
-      if (v) {
-        w.Double(*v);
-      } else {
-        w.Null();
-      }
-    };
-    field("trust", trust ? std::optional<double>(trust->trust) : std::nullopt);
-    field("convergence_rate", trust ? std::optional<double>(trust->convergence_rate) : std::nullopt);
-    field("stability", trust ? std::optional<double>(trust->stability) : std::nullopt);
-    field("efficiency", trust ? std::optional<double>(trust->efficiency) : std::nullopt);
-    field("raw_contribution", trust ? std::optional<double>(trust->raw_contribution) : std::nullopt);
-    w.Key("calibration_tokens").Uint(trust ? trust->calibration_tokens : 0)
-        .Key("activation_count").Uint(usage.activation_count).Key("success_count").Uint(usage.success_count)
-        .Key("gate_mass").Double(usage.gate_mass).Key("last_used").Uint(usage.last_used_unix_ms).EndObject();
+    WriteTrustFields(w, trust);
+    WriteUsageFields(w, usage);
+    w.EndObject();
     PrintJson(w);
     return Status::Ok();
   }
@@ -397,16 +369,7 @@ Status RunQuery(const Args& args) {
   if (args.global().json) {
     JsonWriter w;
     w.BeginArray();
-    for (const auto& r : rows) {
-      w.BeginObject().Key("layer").Uint(r.layer).Key("expert").Uint(r.expert).Key("domain").String(r.domain)
-          .Key("lift").Double(r.lift).Key("share").Double(r.share).Key("trust");
-      if (r.has_trust) {
-        w.Double(r.trust);
-      } else {
-        w.Null();
-      }
-      w.Key("activations").Uint(r.activations).Key("domain_activations").Uint(r.domain_activations).EndObject();
-    }
+    for (const auto& r : rows) WriteQueryRowJson(w, r);
     w.EndArray();
     PrintJson(w);
     return Status::Ok();
@@ -434,11 +397,8 @@ Status ExportProfiles(const Args& args) {
       .Key("model").String(model).Key("arch").String(info.arch).Key("layers").Uint(info.num_layers)
       .Key("experts_per_layer").Uint(info.experts_per_layer).Key("experts").BeginArray();
   for (const auto& [id, p] : profiles) {
-    w.BeginObject().Key("layer").Uint(id.first).Key("expert").Uint(id.second).Key("primary_domain")
-        .String(p.primary_domain).Key("updated_unix").Uint(p.updated_unix).Key("domains");
-    WriteDomains(w, p);
-    w.Key("top_coactivated");
-    WriteCoactivated(w, p.top_coactivated);
+    w.BeginObject().Key("layer").Uint(id.first).Key("expert").Uint(id.second);
+    WriteProfileFields(w, p);
     w.EndObject();
   }
   w.EndArray().EndObject();

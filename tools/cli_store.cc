@@ -3,6 +3,7 @@
 
 #include "compute/runtime/backend_choice.h"
 #include "store/io_engine.h"
+#include "store/record_json.h"
 #include "tools/cli.h"
 
 namespace es::cli {
@@ -44,17 +45,9 @@ Status RunModels(const Args& args) {
     JsonWriter w;
     w.BeginArray();
     for (const auto& m : models) {
-      w.BeginObject()
-          .Key("name").String(m.name)
-          .Key("arch").String(m.arch)
-          .Key("layers").Uint(m.num_layers)
-          .Key("experts_per_layer").Uint(m.experts_per_layer)
-          .Key("top_k").Uint(m.top_k)
-          .Key("bytes").Uint(m.total_bytes)
-          .Key("experts").Uint(m.num_experts)
-          .Key("dense_tensors").Uint(m.num_dense_tensors)
-          .Key("complete").Bool(m.complete)
-          .EndObject();
+      w.BeginObject();
+      WriteModelFields(w, m);
+      w.EndObject();
     }
     w.EndArray();
     PrintJson(w);

@@ -1,0 +1,180 @@
+// The JSON views of catalog records.
+#include "store/record_json.h"
+
+#include <cstdio>
+#include <string>
+
+namespace es {
+
+namespace {
+
+void OptionalDouble(JsonWriter& w, bool present, double v) {
+  if (present) {
+    w.Double(v);
+  } else {
+    w.Null();
+  }
+}
+
+}  // namespace
+
+std::string ChecksumHex(uint64_t checksum) {
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(checksum));
+  return buf;
+}
+
+void WriteModelFields(JsonWriter& w, const ModelInfo& m) {
+  w.Key("name").String(m.name)
+      .Key("arch").String(m.arch)
+      .Key("layers").Uint(m.num_layers)
+      .Key("experts_per_layer").Uint(m.experts_per_layer)
+      .Key("top_k").Uint(m.top_k)
+      .Key("hidden_size").Uint(m.hidden_size)
+      .Key("moe_intermediate_size").Uint(m.moe_intermediate_size)
+      .Key("vocab_size").Uint(m.vocab_size)
+      .Key("experts").Uint(m.num_experts)
+      .Key("dense_tensors").Uint(m.num_dense_tensors)
+      .Key("bytes").Uint(m.total_bytes)
+      .Key("complete").Bool(m.complete)
+      .Key("source_fingerprint").String(m.source_fingerprint)
+      .Key("assets").BeginArray();
+  for (const auto& a : m.assets) w.String(a.name);
+  w.EndArray();
+}
+
+void WriteExpertFields(JsonWriter& w, const ExpertInfo& e) {
+  const DType dtype = e.projections.empty() ? DType::kUnknown : e.projections[0].dtype;
+  w.Key("layer").Uint(e.layer).Key("expert").Uint(e.expert).Key("bytes").Uint(e.extent.payload_length)
+      .Key("dtype").String(DTypeName(dtype)).Key("checksum").String(ChecksumHex(e.extent.checksum));
+}
+
+void WriteExpertRowFields(JsonWriter& w, const ExpertRow& row) {
+  WriteExpertFields(w, row.expert);
+  w.Key("trust");
+  OptionalDouble(w, row.trust.has_value(), row.trust ? row.trust->trust : 0);
+  w.Key("activations").Uint(row.usage.activation_count);
+}
+
+void WriteExpertDetailFields(JsonWriter& w, const ExpertInfo& e, const std::optional<TrustInfo>& trust,
+                             const std::optional<ProfileInfo>& profile, const std::optional<UsageCounts>& usage) {
+  WriteExpertFields(w, e);
+  w.Key("tensors");
+  WriteProjectionsJson(w, e.projections);
+  w.Key("extent");
+  WriteExtentJson(w, e.extent);
+  w.Key("trust");
+  WriteTrustJson(w, trust);
+  w.Key("profile");
+  WriteProfileJson(w, profile);
+  w.Key("usage");
+  WriteUsageJson(w, usage);
+  w.Key("activations").Uint(usage ? usage->activation_count : 0);
+}
+
+void WriteProjectionsJson(JsonWriter& w, const std::vector<ProjectionInfo>& projections) {
+  w.BeginArray();
+  for (const auto& p : projections) {
+    w.BeginObject().Key("role").String(p.role).Key("name").String(p.source_name).Key("dtype").String(DTypeName(p.dtype))
+        .Key("shape").BeginArray();
+    for (uint64_t d : p.shape) w.Uint(d);
+    w.EndArray().Key("offset").Uint(p.offset).Key("length").Uint(p.length).EndObject();
+  }
+  w.EndArray();
+}
+
+void WriteExtentJson(JsonWriter& w, const Extent& extent) {
+  w.BeginObject().Key("segment").Uint(extent.segment).Key("offset").Uint(extent.offset)
+      .Key("record_length").Uint(extent.record_length).EndObject();
+}
+
+void WriteTrustFields(JsonWriter& w, const std::optional<TrustInfo>& t) {
+  const bool has = t.has_value();
+  w.Key("trust");
+  OptionalDouble(w, has, has ? t->trust : 0);
+  w.Key("convergence_rate");
+  OptionalDouble(w, has, has ? t->convergence_rate : 0);
+  w.Key("stability");
+  OptionalDouble(w, has, has ? t->stability : 0);
+  w.Key("efficiency");
+  OptionalDouble(w, has, has ? t->efficiency : 0);
+  w.Key("raw_contribution");
+  OptionalDouble(w, has, has ? t->raw_contribution : 0);
+  w.Key("calibration_tokens");
+  if (has) {
+    w.Uint(t->calibration_tokens);
+  } else {
+    w.Null();
+  }
+  w.Key("updated_unix");
+  if (has) {
+    w.Uint(t->updated_unix);
+  } else {
+    w.Null();
+  }
+}
+
+void WriteTrustJson(JsonWriter& w, const std::optional<TrustInfo>& t) {
+  if (!t) {
+    w.Null();
+    return;
+  }
+  w.BeginObject();
+  WriteTrustFields(w, t);
+  w.EndObject();
+}
+
+void WriteProfileFields(JsonWriter& w, const ProfileInfo& p) {
+  w.Key("primary_domain").String(p.primary_domain).Key("domains").BeginArray();
+  for (const auto& d : p.domains) {
+    w.BeginObject().Key("domain").String(d.domain).Key("activations").Uint(d.activations).Key("share").Double(d.share)
+        .Key("lift").Double(d.lift).EndObject();
+  }
+  w.EndArray().Key("top_coactivated").BeginArray();
+  for (const auto& c : p.top_coactivated) {
+    w.BeginObject().Key("layer").Uint(c.layer).Key("expert").Uint(c.expert).Key("count").Uint(c.count).EndObject();
+  }
+  w.EndArray().Key("updated_unix").Uint(p.updated_unix);
+}
+
+void WriteProfileJson(JsonWriter& w, const std::optional<ProfileInfo>& p) {
+  if (!p) {
+    w.Null();
+    return;
+  }
+  w.BeginObject();
+  WriteProfileFields(w, *p);
+  w.EndObject();
+}
+
+void WriteUsageFields(JsonWriter& w, const UsageCounts& u) {
+  w.Key("activation_count").Uint(u.activation_count)
+      .Key("gate_mass").Double(u.gate_mass)
+      .Key("success_count").Uint(u.success_count)
+      .Key("last_used_unix_ms").Uint(u.last_used_unix_ms);
+}
+
+void WriteUsageJson(JsonWriter& w, const std::optional<UsageCounts>& u) {
+  if (!u) {
+    w.Null();
+    return;
+  }
+  w.BeginObject();
+  WriteUsageFields(w, *u);
+  w.EndObject();
+}
+
+void WriteQueryRowJson(JsonWriter& w, const ExpertQueryRow& r) {
+  w.BeginObject().Key("layer").Uint(r.layer).Key("expert").Uint(r.expert).Key("domain");
+  if (r.domain.empty()) {
+    w.Null();  // no profile
+  } else {
+    w.String(r.domain);
+  }
+  w.Key("lift").Double(r.lift).Key("share").Double(r.share).Key("domain_activations").Uint(r.domain_activations)
+      .Key("activations").Uint(r.activations).Key("trust");
+  OptionalDouble(w, r.has_trust, r.trust);
+  w.EndObject();
+}
+
+}  // namespace es
