@@ -29,7 +29,7 @@
 namespace es::cuda {
 namespace {
 
-// Qwen3-30B-A3B (DESIGN.md section 4): hidden 2048, expert FFN 768, bf16: gate + up + down = 9 MiB.
+// Qwen3-30B-A3B: hidden 2048, expert FFN 768, bf16: gate + up + down = 9 MiB.
 constexpr size_t kHidden = 2048;
 constexpr size_t kInter = 768;
 constexpr size_t kBf16Bytes = 2;

@@ -33,7 +33,7 @@
 namespace es::kernels {
 namespace {
 
-// Qwen3-30B-A3B (DESIGN.md section 4): hidden 2048, expert FFN 768, bf16.
+// Qwen3-30B-A3B: hidden 2048, expert FFN 768, bf16.
 constexpr size_t kHidden = 2048;
 constexpr size_t kInter = 768;
 // Experts the cold runs rotate over: 64 x 9 MiB = 576 MiB, an order of magnitude past any L3 here.

@@ -132,7 +132,7 @@ class LfuPolicy final : public EvictionPolicy {
   std::set<std::tuple<uint64_t, uint64_t, PolicyKey>> order_;  // (count, last touch, key): victim first
 };
 
-// ---- trust: the DESIGN section 5 score, highest first ---------------------------------------------------
+// ---- trust: the TrustWeights score, highest first -------------------------------------------------------
 // recency = min(1, (now - last touch) / horizon). Keys younger than the horizon are ordered by
 // static(key) - w_r * last / horizon, which ranks them exactly as the score does at any `now` (all ages grow
 // alike); keys past the horizon have recency 1 and rank by static(key) alone. Keys move from the first set to

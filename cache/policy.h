@@ -39,7 +39,7 @@ std::string_view PolicyKindName(PolicyKind kind);
 inline constexpr PolicyKind kAllPolicyKinds[] = {PolicyKind::kLru, PolicyKind::kLfu, PolicyKind::kTrust,
                                                  PolicyKind::kBelady};
 
-// DESIGN section 5: eviction score = recency*w_r + (1-convergence)*w_c + (1-stability)*w_s + size*w_z;
+// The trust policy's eviction score = recency*w_r + (1-convergence)*w_c + (1-stability)*w_s + size*w_z;
 // the resident key with the highest score goes first.
 struct TrustWeights {
   double recency = 0.4;

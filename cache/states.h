@@ -1,4 +1,4 @@
-// Metabolic states (DESIGN section 5): named presets over three knobs, the cache budget, the experts used per
+// Metabolic states (docs/cache.md): named presets over three knobs, the cache budget, the experts used per
 // token (k) and the prefetch depth. wake, focus and crisis are generation states; rest (recompute profiles and
 // trust from recorded usage, compact) and dream (calibration) are named here but run no generation, so they
 // have no budget.

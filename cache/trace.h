@@ -1,4 +1,4 @@
-// Routing traces: the JSON-lines format `expertstore trace` writes (DESIGN section 7), one line per token and
+// Routing traces: the JSON-lines format `expertstore trace` writes (docs/cache.md), one line per token and
 // layer, {"token": t, "layer": l, "experts": [..], "weights": [..]}, and a synthetic generator with temporal
 // locality for testing and benchmarking policies before real traces exist. Parsing is strict about the fields
 // it reads (types, ranges, distinct experts) and ignores fields it does not know, so the format can grow.

@@ -1,4 +1,4 @@
-// Calibration (the `dream` state, DESIGN section 6): measures each expert's contribution on a text, the mean
+// Calibration (the `dream` state, docs/metadata.md): measures each expert's contribution on a text, the mean
 // increase in next-token NLL when the expert is removed from a token's top-k at one layer and the remaining
 // experts are renormalised to the same total weight. Per window: one clean forward (capturing the residual
 // stream entering every MoE block and the routing), then per MoE layer L and top-k slot j one batched re-run of

@@ -71,7 +71,7 @@ struct RoutingEvent {
 };
 
 // Picks experts from router probabilities when a policy other than the model's own router is in force
-// (issue 6's routing policies). Given the full softmax row [num_experts], writes top_k experts and weights.
+// (compute/routing_policy.h). Given the full softmax row [num_experts], writes top_k experts and weights.
 using RoutingPolicyFn = std::function<void(uint32_t layer, std::span<const float> probs, size_t top_k,
                                            std::span<int32_t> experts, std::span<float> weights)>;
 

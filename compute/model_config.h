@@ -42,7 +42,7 @@ struct ModelConfig {
   std::vector<int64_t> eos_ids;  // from config.json (generation_config.json may add more)
   int64_t bos_id = -1;
 
-  // DESIGN section 4: MoE iff L not in mlp_only_layers and (L+1) % decoder_sparse_step == 0.
+  // As transformers decides it: MoE iff L not in mlp_only_layers and (L+1) % decoder_sparse_step == 0.
   bool IsMoeLayer(uint32_t layer) const;
 };
 

@@ -1,4 +1,4 @@
-// Expert selection policies (DESIGN section 6, `--routing`): `exact` is the model's own router (no policy
+// Expert selection policies (RuntimeConfig::routing, docs/metadata.md): `exact` is the model's own router (no policy
 // function: the forward pass's RouterTopK, bit-faithful); `trust` and `cache-aware` are RoutingPolicyFns that
 // pick k experts from the router's full softmax row. Both keep the router's probabilities as mixing weights
 // (renormalised over the picked experts when the model normalises its top-k), so they change which experts run,
@@ -21,7 +21,7 @@ enum class RoutingKind : uint8_t { kExact, kTrust, kCacheAware };
 Result<RoutingKind> ParseRoutingKind(std::string_view name);
 std::string_view RoutingKindName(RoutingKind kind);
 
-// DESIGN section 6's seed blend: score = router*r + exploration*surprise*novelty + reward*reward*trust + focus*f.
+// The trust blend: score = router*r + exploration*surprise*novelty + reward*reward*trust + focus*f.
 struct TrustRoutingWeights {
   double router = 0.5;
   double exploration = 0.2;  // weight of surprise x novelty

@@ -1,5 +1,5 @@
 // UsageRecorder: turns the forward pass's routing events, and under teacher forcing whether the model's top-1
-// prediction was right, into per-expert usage counters (DESIGN section 6), batched in memory and written as
+// prediction was right, into per-expert usage counters (docs/metadata.md), batched in memory and written as
 // usage merges through Store::WriteMetadata: into the catalog in the writer, into the journal elsewhere, so
 // concurrent recorders never lose or double count. Not thread-safe: one generation feeds it at a time.
 #pragma once

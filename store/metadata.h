@@ -1,4 +1,4 @@
-// Derived expert metadata (DESIGN section 6, docs/metadata.md): trust from its three components, stability
+// Derived expert metadata (docs/metadata.md): trust from its three components, stability
 // from usage counters, specialization profiles (share, lift, primary domain, top co-activations) from
 // domain-labelled usage, and the `rest` state that recomputes them from what was recorded and compacts the
 // catalog. Pure functions over catalog records plus loaders for one model; nothing here knows about models'

@@ -1,4 +1,4 @@
-// Metadata commands (DESIGN sections 5-7, docs/metadata.md): profile (specialization by domain), calibrate (the
+// Metadata commands (docs/metadata.md): profile (specialization by domain), calibrate (the
 // dream state: contributions and trust), query (rank experts), trust (one expert's record), profiles
 // export/import (JSON), rest (recompute from recorded usage and compact). Readers open the store read-only and
 // work beside a running writer; writers of metadata journal when another process holds the store.

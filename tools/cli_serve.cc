@@ -84,7 +84,7 @@ Status RunServe(const Args& args) {
   ES_ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", limits.max_tokens, 1, kMaxCountFlag));
   limits.max_tokens = static_cast<uint32_t>(max_tokens);
 
-  // The serving process is the store's writer (DESIGN section 6); beside another writer it serves read-only.
+  // The serving process is the store's writer (it merges recorders' journals); beside another writer it serves read-only.
   auto opened = OpenStore(args, /*writer=*/true);
   if (!opened.ok() && opened.status().IsBusy()) {
     std::fprintf(stderr, "note: %s; serving it read-only (a snapshot as of now)\n", opened.status().message().c_str());

@@ -1,4 +1,4 @@
-// CPU kernels for the Qwen3-MoE / Mixtral forward pass (DESIGN.md section 4): matmul against bf16/f16/f32
+// CPU kernels for the Qwen3-MoE / Mixtral forward pass (docs/generation.md): matmul against bf16/f16/f32
 // weights, the fused SwiGLU expert, RMSNorm, RoPE, causal GQA attention, the router's softmax + top-k, and
 // 16-bit float conversions. Activations and accumulation are fp32. Each call picks an instruction set at run
 // time (AVX-512, AVX2, portable scalar) and may spread work over a ComputePool.

@@ -1,4 +1,4 @@
-// The one way a CUDA runtime call becomes a Status (STYLE.md): ES_CUDA_RETURN_IF_ERROR(cudaFoo(...)).
+// The one way a CUDA runtime call becomes a Status: ES_CUDA_RETURN_IF_ERROR(cudaFoo(...)).
 // Include only from sources compiled with ES_HAVE_CUDA; nothing CUDA leaks into public headers.
 #pragma once
 

@@ -1,4 +1,4 @@
-// The metadata commands through the real CLI on tiny-qwen3-moe and ../shared/corpus/domains.jsonl: python's
+// The metadata commands through the real CLI on tiny-qwen3-moe and the domain corpus (test_data.h): python's
 // top experts by lift are well above 1 and stable across two halves of the data; readers work and recorders
 // journal while another process holds the store, and concurrent recorders' totals are exact; calibration
 // stores trust components in [0, 1]; profiles survive export and import; every routing policy evaluates.
