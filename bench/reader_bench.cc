@@ -11,7 +11,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +19,7 @@
 #include <random>
 #include <vector>
 
+#include "bench/measure/stats.h"
 #include "store/base/aligned_buffer.h"
 #include "store/extent_reader.h"
 #include "store/segment_writer.h"
@@ -66,17 +66,10 @@ Status WriteData() {
   return f->Sync();
 }
 
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t i = static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5);
-  return v[std::min(i, v.size() - 1)];
-}
-
 void Report(benchmark::State& state, const std::vector<double>& ms, uint64_t bytes_per_iter) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes_per_iter));
-  state.counters["p50_ms"] = Percentile(ms, 0.5);
-  state.counters["p99_ms"] = Percentile(ms, 0.99);
+  state.counters["p50_ms"] = bench::Percentile(ms, bench::kP50);
+  state.counters["p99_ms"] = bench::Percentile(ms, bench::kP99);
   state.counters["MiB_per_batch"] = static_cast<double>(bytes_per_iter) / kMiB;
 }
 

@@ -46,7 +46,11 @@ TEST_F(CliBenchTest, CachePrintsEveryPolicyWithBeladyOnTop) {
   for (const char* p : {"lru", "lfu", "trust"}) {
     ASSERT_NE(policies->Find(p), nullptr) << p;
     double h = *policies->Find(p)->Find("hit_rate")->AsDouble();
-    EXPECT_GE(h, 0);
+    const uint64_t hits = *policies->Find(p)->Find("hits")->AsUint64();
+    const uint64_t misses = *policies->Find(p)->Find("misses")->AsUint64();
+    EXPECT_EQ(hits + misses, 300u * 2 * 2) << p;
+    EXPECT_DOUBLE_EQ(h, static_cast<double>(hits) / static_cast<double>(hits + misses)) << p;
+    EXPECT_GT(hits, 0u) << p << ": a trace with temporal locality hits under every policy";
     EXPECT_LE(h, belady) << p;
   }
   EXPECT_GT(belady, 0.25);

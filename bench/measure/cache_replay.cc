@@ -1,0 +1,59 @@
+// The cache policy replay (cache_replay.h).
+#include "bench/measure/cache_replay.h"
+
+#include <algorithm>
+#include <string>
+
+#include "cache/cache_size.h"
+#include "cache/expert_cache.h"
+
+namespace es::bench {
+
+namespace {
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+}  // namespace
+
+Result<std::vector<TraceStep>> SyntheticTraceFor(const ModelExperts& experts, uint32_t tokens, uint64_t seed) {
+  if (tokens < 1 || tokens > kMaxSyntheticTokens) {
+    return Status::InvalidArgument("`tokens` must be between 1 and " + std::to_string(kMaxSyntheticTokens));
+  }
+  SyntheticTraceOptions o;
+  o.layers = experts.keys().layers;
+  o.experts_per_layer = experts.keys().experts_per_layer;
+  // A model record without top-k (ingest always writes one) keeps the generator's default.
+  o.top_k = experts.model().top_k == 0 ? o.top_k : std::min(experts.model().top_k, o.experts_per_layer);
+  o.tokens = tokens;
+  o.seed = seed;
+  return MakeSyntheticTrace(o);
+}
+
+Result<CacheReplayResult> ReplayCachePolicies(const ModelExperts& experts, std::span<const TraceStep> steps,
+                                              const CacheReplayOptions& options) {
+  const CacheSize size{options.cache_mb, options.cache_pct};
+  ES_RETURN_IF_ERROR(ValidateCacheSize(size, "cache", /*required=*/true));
+  if (options.policies.empty()) return Status::InvalidArgument("`policies` must name at least one policy");
+
+  CacheReplayResult out;
+  // A percentage is a share of the experts, in whole slots.
+  const uint64_t requested_bytes =
+      size.mb ? *size.mb * kMiB : PercentOfSlots(*size.pct, experts.experts().size()) * experts.max_record_bytes();
+  out.capacity_experts = ExpertCache::SlotsFor(experts, requested_bytes);
+  out.cache_bytes = static_cast<uint64_t>(out.capacity_experts) * experts.max_record_bytes();
+
+  ES_ASSIGN_OR_RETURN(AccessTrace trace, FlattenTrace(steps, experts.keys(),
+                                                      [&](PolicyKey k) { return experts.Find(k) != nullptr; }));
+  out.accesses = trace.keys.size();
+  out.skipped_absent = trace.skipped;
+
+  PolicyConfig config;
+  config.traits = experts.Traits();
+  config.trust_weights = options.trust_weights;
+  for (PolicyKind kind : options.policies) {
+    config.kind = kind;
+    ES_ASSIGN_OR_RETURN(SimResult sim, SimulatePolicy(trace, out.capacity_experts, config));
+    out.policies.push_back(PolicyReplay{kind, sim});
+  }
+  return out;
+}
+
+}  // namespace es::bench

@@ -1,0 +1,57 @@
+// `bench cache`'s measurement: the hit rate of each eviction policy, and of belady (the ceiling for any policy),
+// on one routing trace at one cache size, through the offline simulator. Pure computation over the model's
+// catalog records: no I/O, deterministic for a given trace.
+#pragma once
+
+#include <cstdint>
+#include <iterator>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "cache/model_experts.h"
+#include "cache/policy.h"
+#include "cache/simulator.h"
+#include "cache/trace.h"
+#include "store/base/status.h"
+
+namespace es::bench {
+
+inline constexpr uint32_t kDefaultSyntheticTokens = 2000;
+// Only keeps a typo from generating a trace for hours.
+inline constexpr uint32_t kMaxSyntheticTokens = 10000000;
+
+// The replay's settings. Validation errors name these fields.
+struct CacheReplayOptions {
+  // The cache's size, exactly one of the two: MiB of slots, or a percentage of the model's experts in whole slots.
+  std::optional<uint64_t> cache_mb;
+  std::optional<double> cache_pct;
+  // Replayed in this order; at least one.
+  std::vector<PolicyKind> policies{std::begin(kAllPolicyKinds), std::end(kAllPolicyKinds)};
+  TrustWeights trust_weights = {};
+};
+
+struct PolicyReplay {
+  PolicyKind policy = PolicyKind::kLru;
+  SimResult sim;
+};
+
+struct CacheReplayResult {
+  uint64_t accesses = 0;        // expert accesses replayed (the trace's, less skipped_absent)
+  uint64_t skipped_absent = 0;  // accesses to experts the catalog lacks (a partial checkpoint)
+  uint32_t capacity_experts = 0;
+  uint64_t cache_bytes = 0;            // capacity_experts slots of the model's largest record
+  std::vector<PolicyReplay> policies;  // one per CacheReplayOptions::policies, in its order
+};
+
+// A synthetic trace (cache/trace.h) shaped like the model: its layers, experts per layer and top-k.
+// InvalidArgument naming `tokens` outside [1, kMaxSyntheticTokens].
+Result<std::vector<TraceStep>> SyntheticTraceFor(const ModelExperts& experts, uint32_t tokens, uint64_t seed);
+
+// Replays `steps` (each one Acquire batch) through every policy of `options`. InvalidArgument for a bad size
+// (`cache_mb`, `cache_pct`), no policies, or steps outside the model; ResourceExhausted when one step needs more
+// distinct experts than the cache has slots.
+Result<CacheReplayResult> ReplayCachePolicies(const ModelExperts& experts, std::span<const TraceStep> steps,
+                                              const CacheReplayOptions& options);
+
+}  // namespace es::bench
