@@ -1,6 +1,7 @@
 // The generation service: OpenAI completion jobs queued fairly per client (FairQueue) and run one at a time on
-// a worker thread against models loaded on first use (compute/runtime.h, as the CLI's generate builds them), so that the HTTP threads keep serving metadata and blobs meanwhile. Results and
-// streamed text go to the job's GenerationSink (api/generation_queue.h). Thread-safe.
+// a worker thread against models loaded on first use (compute/runtime/model_runtime.h, as the CLI's generate
+// builds them), so that the HTTP threads keep serving metadata and blobs meanwhile. Results and streamed text go
+// to the job's GenerationSink (api/generation_queue.h). Thread-safe.
 #pragma once
 
 #include <atomic>

@@ -1,5 +1,5 @@
 // Runtime: what the generation commands share: the store opened as their recording needs, the compute pool, and
-// the model runtime (compute/runtime.h) their flags describe.
+// the model runtime (compute/runtime/model_runtime.h) their flags describe.
 #pragma once
 
 #include <chrono>
@@ -44,7 +44,7 @@ Result<SamplerOptions> SamplerFromArgs(const Args& args);
 // The RuntimeFlags() of `args` as a runtime configuration (validated). `serve` builds its models from it too.
 Result<RuntimeConfig> RuntimeConfigFromArgs(const Args& args);
 
-// A command's store, compute pool and model runtime (compute/runtime.h), opened from its flags.
+// A command's store, compute pool and model runtime (compute/runtime/model_runtime.h), opened from its flags.
 class Runtime {
  public:
   static Result<std::unique_ptr<Runtime>> Open(const Args& args, const std::string& model, bool need_tokenizer);

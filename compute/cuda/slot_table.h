@@ -1,6 +1,6 @@
 // SlotTable: DeviceExpertCache's host-side bookkeeping, apart from any CUDA call: which key lives in which slot,
 // who holds it, recency, the counters, and the choice of a victim. Plain C++, header-only: device_cache.cu wraps it
-// with CUDA events and copies, and the test emulator (tests/util/cuda_emulator.cc) with emulated ones, so the
+// with CUDA events and copies, and the test emulator (tests/util/cuda_emulator/) with emulated ones, so the
 // emulated backend tests run this very logic. Not thread-safe: the cache calls it under its mutex.
 #pragma once
 

@@ -1,7 +1,7 @@
 // Where the tests' data lives, in one place: the tiny model (with its reference logits) inside the repository
-// under models/, where the demo needs it; the other real models, the Qwen3 tokenizer, the corpus and the
-// llama.cpp oracle in ../shared beside the checkout. ES_REQUIRE_DATA skips a test whose data is missing, except
-// under CI (CI=true), where missing data is a failure: a green run there has run every test.
+// under models/, where the demo needs it; the aidreams-mixtral model, the Qwen3 tokenizer and the domain corpus
+// in ../shared beside the checkout. ES_REQUIRE_DATA skips a test whose data is missing, except under CI
+// (CI=true), where missing data is a failure: a green run there has run every test.
 #pragma once
 
 #include <gtest/gtest.h>

@@ -5,7 +5,7 @@
 // layout (fp32 weights, tied embeddings). Every test skips without a CUDA device.
 //
 // Built a second time as cuda_backend_emulated_test (ES_CUDA_EMULATED): the same tests over
-// tests/util/cuda_emulator.cc, where the "device" is host memory running the CPU kernels on deferred streams. That
+// tests/util/cuda_emulator/, where the "device" is host memory running the CPU kernels on deferred streams. That
 // build runs everywhere and checks the backend's host logic (buffers, KV positions, routing, parts, leases,
 // prefetch, the hybrid split), not the CUDA kernels.
 #include <gtest/gtest.h>

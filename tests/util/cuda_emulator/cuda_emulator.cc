@@ -1,6 +1,6 @@
 // A host emulation of the part of es_cuda's API the CUDA backend uses (compute/cuda/cuda_kernels.h and
-// device_cache.h), so that the backend's host logic (compute/cuda/cuda_backend.cc: buffers, offsets, the KV cache,
-// routing, parts, leases, prefetch, the hybrid split) runs in tests on machines without a GPU. Linked instead of
+// device_cache.h), so that the backend's host logic (compute/runtime/cuda_backend.cc: buffers, offsets, the KV
+// cache, routing, parts, leases, prefetch, the hybrid split) runs in tests on machines without a GPU. Linked instead of
 // es_cuda into cuda_backend_emulated_test only; it proves nothing about the real kernels (cuda_kernels_test does
 // that on a GPU).
 //
@@ -12,7 +12,7 @@
 //   the device). A host that reads results before synchronising, or lets go of host memory a queued copy still
 //   reads, therefore sees stale bytes, or ASan reports the use after free. Events record a position in a stream.
 // - One thread: the backend drives one forward pass at a time.
-// The parts of the API that make no CUDA call (compute/cuda/host_side.cc) are es_cuda's own, linked here too.
+// The parts of the API that make no CUDA call are inline in those headers, shared with es_cuda.
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
