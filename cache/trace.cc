@@ -104,11 +104,7 @@ Status WriteTrace(const std::string& path, const std::vector<TraceStep>& steps) 
     text += FormatTraceLine(s);
     text += '\n';
   }
-  auto fs = DefaultFileSystem();
-  Status removed = fs->Remove(path);
-  if (!removed.ok() && !removed.IsNotFound()) return removed;
-  ES_ASSIGN_OR_RETURN(auto file, fs->Open(path, OpenOptions{.write = true, .create = true, .exclusive = true}));
-  return file->Write(0, std::as_bytes(std::span<const char>(text.data(), text.size())));
+  return WriteFileAtomic(DefaultFileSystem(), path, text);
 }
 
 namespace {

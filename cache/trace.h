@@ -25,7 +25,7 @@ Result<std::vector<TraceStep>> ParseTrace(std::string_view text);
 Result<std::vector<TraceStep>> ReadTrace(const std::string& path);
 // One line of the format, without the newline.
 std::string FormatTraceLine(const TraceStep& step);
-// Writes the trace (created or replaced).
+// Writes the trace, created or replaced atomically (WriteFileAtomic).
 Status WriteTrace(const std::string& path, const std::vector<TraceStep>& steps);
 
 // A generator of traces with the two kinds of locality real routing shows: a skewed popularity per layer (some

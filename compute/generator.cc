@@ -213,4 +213,32 @@ Result<EvalResult> EvaluateNll(Model& model, ExpertProvider& experts, std::span<
   return r;
 }
 
+Status TraceRouting(Model& model, ExpertProvider& experts, std::span<const int32_t> ids, const ForwardOptions& forward,
+                    const std::function<Status(const TraceStep&)>& on_step) {
+  size_t base = 0;
+  Status stepped;
+  ForwardOptions fo = forward;
+  fo.observer = [&](const RoutingEvent& e) {
+    if (forward.observer) forward.observer(e);
+    if (!stepped.ok()) return;
+    TraceStep step;
+    step.token = base + e.token;
+    step.layer = e.layer;
+    for (size_t j = 0; j < e.experts.size(); ++j) {
+      if (e.experts[j] < 0) continue;  // dropped: the partial checkpoint lacks it
+      step.experts.push_back(static_cast<uint32_t>(e.experts[j]));
+      step.weights.push_back(e.weights[j]);
+    }
+    stepped = on_step(step);
+  };
+  KvCache kv(model.config(), std::min<size_t>(model.config().max_positions, ids.size()));
+  std::vector<float> hidden;
+  for (size_t i = 0; i < ids.size() && stepped.ok(); ++i) {
+    if (kv.length() == kv.capacity()) kv.Reset();
+    base = i;
+    ES_RETURN_IF_ERROR(model.Forward({&ids[i], 1}, kv, experts, fo, hidden));
+  }
+  return stepped;
+}
+
 }  // namespace es

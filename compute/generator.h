@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "cache/trace.h"
 #include "compute/expert_provider.h"
 #include "compute/model.h"
 #include "compute/sampler.h"
@@ -85,5 +86,12 @@ Result<EvalResult> EvaluateNll(Model& model, ExpertProvider& experts, std::span<
                                const ForwardOptions& forward,
                                const std::function<void(size_t index, bool correct)>& on_position = {},
                                size_t step = 0);
+
+// Routes `ids` token by token, in decode order, as generation routes them (the KV cache restarts from empty when
+// the model's context is full), and gives `on_step` each token's routing at each MoE layer: a trace step whose
+// token is the index into `ids`, leaving out experts dropped from a partial checkpoint. `forward`'s own observer
+// sees every routing too. The first error of `on_step` stops the run and is returned.
+Status TraceRouting(Model& model, ExpertProvider& experts, std::span<const int32_t> ids, const ForwardOptions& forward,
+                    const std::function<Status(const TraceStep&)>& on_step);
 
 }  // namespace es

@@ -16,6 +16,8 @@ void OptionalDouble(JsonWriter& w, bool present, double v) {
   }
 }
 
+constexpr char kProfilesFormat[] = "expertstore-profiles";
+
 }  // namespace
 
 std::string ChecksumHex(uint64_t checksum) {
@@ -175,6 +177,110 @@ void WriteQueryRowJson(JsonWriter& w, const ExpertQueryRow& r) {
       .Key("activations").Uint(r.activations).Key("trust");
   OptionalDouble(w, r.has_trust, r.trust);
   w.EndObject();
+}
+
+void WriteProfilesDocument(JsonWriter& w, const ModelInfo& model,
+                           const std::map<std::pair<uint32_t, uint32_t>, ProfileInfo>& profiles) {
+  w.BeginObject().Key("format").String(kProfilesFormat).Key("version").Uint(kProfilesFormatVersion)
+      .Key("model").String(model.name).Key("arch").String(model.arch).Key("layers").Uint(model.num_layers)
+      .Key("experts_per_layer").Uint(model.experts_per_layer).Key("experts").BeginArray();
+  for (const auto& [id, p] : profiles) {
+    w.BeginObject().Key("layer").Uint(id.first).Key("expert").Uint(id.second);
+    WriteProfileFields(w, p);
+    w.EndObject();
+  }
+  w.EndArray().EndObject();
+}
+
+namespace {
+
+Result<uint64_t> U64(const JsonValue* v, std::string_view what) {
+  if (v == nullptr || !v->is_integer() || !v->AsUint64().ok()) {
+    return Status::InvalidArgument(std::string(what) + " must be a non-negative integer");
+  }
+  return *v->AsUint64();
+}
+
+Result<uint32_t> U32(const JsonValue* v, std::string_view what) {
+  ES_ASSIGN_OR_RETURN(uint64_t x, U64(v, what));
+  if (x > UINT32_MAX) return Status::InvalidArgument(std::string(what) + " is out of range");
+  return static_cast<uint32_t>(x);
+}
+
+Result<double> Number(const JsonValue* v, std::string_view what) {
+  if (v == nullptr || !v->is_number()) return Status::InvalidArgument(std::string(what) + " must be a number");
+  return v->AsDouble();
+}
+
+Result<std::string> String(const JsonValue* v, std::string_view what) {
+  if (v == nullptr || !v->is_string()) return Status::InvalidArgument(std::string(what) + " must be a string");
+  return v->string_value();
+}
+
+// The profile fields of one exported expert (WriteProfileFields' keys).
+Result<ProfileInfo> ParseProfileFields(const JsonValue& e) {
+  ProfileInfo p;
+  ES_ASSIGN_OR_RETURN(p.primary_domain, String(e.Find("primary_domain"), "primary_domain"));
+  if (const JsonValue* u = e.Find("updated_unix"); u != nullptr) {
+    ES_ASSIGN_OR_RETURN(p.updated_unix, U64(u, "updated_unix"));
+  }
+  const JsonValue* domains = e.Find("domains");
+  if (domains == nullptr || !domains->is_array()) return Status::InvalidArgument("domains must be an array");
+  for (const JsonValue& d : domains->array()) {
+    DomainShare s;
+    ES_ASSIGN_OR_RETURN(s.domain, String(d.Find("domain"), "domain"));
+    ES_RETURN_IF_ERROR(ValidateDomainName(s.domain));
+    ES_ASSIGN_OR_RETURN(s.activations, U64(d.Find("activations"), "activations"));
+    ES_ASSIGN_OR_RETURN(s.share, Number(d.Find("share"), "share"));
+    ES_ASSIGN_OR_RETURN(s.lift, Number(d.Find("lift"), "lift"));
+    p.domains.push_back(std::move(s));
+  }
+  const JsonValue* co = e.Find("top_coactivated");
+  if (co != nullptr && co->is_array()) {
+    for (const JsonValue& c : co->array()) {
+      CoActivation a;
+      ES_ASSIGN_OR_RETURN(a.layer, U32(c.Find("layer"), "top_coactivated.layer"));
+      ES_ASSIGN_OR_RETURN(a.expert, U32(c.Find("expert"), "top_coactivated.expert"));
+      ES_ASSIGN_OR_RETURN(a.count, U64(c.Find("count"), "top_coactivated.count"));
+      p.top_coactivated.push_back(a);
+    }
+  }
+  return p;
+}
+
+Result<ProfilesDocument> ParseProfilesDocumentBody(const JsonValue& doc) {
+  const JsonValue* format = doc.Find("format");
+  if (format == nullptr || !format->is_string() || format->string_value() != kProfilesFormat) {
+    return Status::InvalidArgument("not an expertstore profiles export");
+  }
+  ES_ASSIGN_OR_RETURN(uint32_t version, U32(doc.Find("version"), "version"));
+  if (version != kProfilesFormatVersion) {
+    return Status::NotSupported("profiles format version " + std::to_string(version) + " (this build reads " +
+                                std::to_string(kProfilesFormatVersion) + ")");
+  }
+  ProfilesDocument out;
+  if (const JsonValue* m = doc.Find("model"); m != nullptr && m->is_string()) out.model = m->string_value();
+  ES_ASSIGN_OR_RETURN(out.layers, U32(doc.Find("layers"), "layers"));
+  ES_ASSIGN_OR_RETURN(out.experts_per_layer, U32(doc.Find("experts_per_layer"), "experts_per_layer"));
+  const JsonValue* experts = doc.Find("experts");
+  if (experts == nullptr || !experts->is_array()) return Status::InvalidArgument("\"experts\" must be an array");
+  for (const JsonValue& e : experts->array()) {
+    ES_ASSIGN_OR_RETURN(uint32_t layer, U32(e.Find("layer"), "layer"));
+    ES_ASSIGN_OR_RETURN(uint32_t expert, U32(e.Find("expert"), "expert"));
+    if (layer >= out.layers || expert >= out.experts_per_layer) {
+      return Status::InvalidArgument("an expert lies outside the model");
+    }
+    ES_ASSIGN_OR_RETURN(ProfileInfo p, ParseProfileFields(e));
+    out.profiles.push_back({{layer, expert}, std::move(p)});
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<ProfilesDocument> ParseProfilesDocument(std::string_view text) {
+  ES_ASSIGN_OR_RETURN(JsonValue doc, ParseJson(text));
+  return ParseProfilesDocumentBody(doc);
 }
 
 }  // namespace es

@@ -6,7 +6,10 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
+#include <string_view>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -52,5 +55,25 @@ void WriteUsageJson(JsonWriter& w, const std::optional<UsageCounts>& u);
 // {layer, expert, domain (null without a profile), lift, share, domain_activations, activations, trust (null
 // before calibration)}.
 void WriteQueryRowJson(JsonWriter& w, const ExpertQueryRow& r);
+
+// ---- the profiles export document (profiles export|import): the profile view, written and read back ----
+
+inline constexpr uint64_t kProfilesFormatVersion = 1;
+
+// {format: "expertstore-profiles", version, model, arch, layers, experts_per_layer, experts: [{layer, expert,
+// <profile fields>}]}.
+void WriteProfilesDocument(JsonWriter& w, const ModelInfo& model,
+                           const std::map<std::pair<uint32_t, uint32_t>, ProfileInfo>& profiles);
+
+struct ProfilesDocument {
+  std::string model;  // the model it was exported from ("" when the document names none)
+  uint32_t layers = 0;
+  uint32_t experts_per_layer = 0;
+  std::vector<std::pair<std::pair<uint32_t, uint32_t>, ProfileInfo>> profiles;  // by (layer, expert)
+};
+// Reads a document WriteProfilesDocument wrote (or another instance's). InvalidArgument naming what is wrong: not
+// such a document, a field of the wrong type, a bad domain name, an expert outside layers x experts_per_layer;
+// NotSupported for another format version.
+Result<ProfilesDocument> ParseProfilesDocument(std::string_view text);
 
 }  // namespace es

@@ -177,31 +177,11 @@ Status RunTrace(const Args& args) {
   std::vector<int32_t> ids(tokens.begin(), tokens.end());
   ES_ASSIGN_OR_RETURN(auto out, AtomicFileWriter::Create(DefaultFileSystem(), out_path));
   uint64_t lines = 0;
-  Status written;
-  size_t base = 0;
-  ForwardOptions fo = rt->forward_options();
-  fo.observer = [&](const RoutingEvent& e) {
-    JsonWriter w;
-    w.BeginObject().Key("token").Uint(base + e.token).Key("layer").Uint(e.layer).Key("experts").BeginArray();
-    for (int32_t x : e.experts) w.Int(x);
-    w.EndArray().Key("weights").BeginArray();
-    for (float x : e.weights) w.Double(x);
-    w.EndArray().EndObject();
-    if (written.ok()) written = out->Append(w.str() + "\n");
+  // An unfinished trace is not published: `out` removes its temporary.
+  ES_RETURN_IF_ERROR(TraceRouting(rt->model(), rt->experts(), ids, rt->forward_options(), [&](const TraceStep& step) {
     ++lines;
-  };
-  // Token by token (decode order), as generation would route them.
-  size_t window = rt->model().config().max_positions;
-  KvCache kv(rt->model().config(), std::min(window, ids.size()));
-  std::vector<float> hidden;
-  Status s;
-  for (size_t i = 0; i < ids.size() && s.ok(); ++i) {
-    if (kv.length() == kv.capacity()) kv.Reset();
-    base = i;
-    s = rt->model().Forward({&ids[i], 1}, kv, rt->experts(), fo, hidden);
-  }
-  ES_RETURN_IF_ERROR(s);  // an unfinished trace is not published: `out` removes its temporary
-  ES_RETURN_IF_ERROR(written);
+    return out->Append(FormatTraceLine(step) + "\n");
+  }));
   ES_RETURN_IF_ERROR(out->Commit());
   if (args.global().json) {
     JsonWriter w;

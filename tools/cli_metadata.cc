@@ -7,14 +7,11 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <map>
 #include <optional>
 #include <set>
-#include <sstream>
 
-#include "compute/calibration.h"
-#include "compute/generator.h"
+#include "compute/runtime/metadata_jobs.h"
 #include "store/metadata.h"
 #include "store/record_json.h"
 #include "tools/cli.h"
@@ -24,8 +21,6 @@ namespace es::cli {
 
 namespace {
 
-using ExpertPair = std::pair<uint32_t, uint32_t>;
-
 // Tokens per window of profile's teacher-forced passes, as eval's default (capped by the model's context).
 constexpr int64_t kDefaultWindow = 1024;
 // The most co-activated partners a profile keeps.
@@ -34,61 +29,6 @@ constexpr int64_t kMaxTopCoactivated = 1 << 16;
 uint64_t NowUnix() {
   return static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
-}
-
-struct LabelledText {
-  std::string domain;
-  std::string text;
-};
-
-// {"domain": D, "text": T} per line (blank lines skipped); `need_domain` makes the domain required.
-Result<std::vector<LabelledText>> ReadJsonl(const std::string& path, bool need_domain) {
-  ES_ASSIGN_OR_RETURN(std::string body, ReadFile(*DefaultFileSystem(), path));
-  std::vector<LabelledText> out;
-  std::stringstream ss(body);
-  std::string line;
-  size_t number = 0;
-  while (std::getline(ss, line)) {
-    ++number;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    auto where = [&] { return path + ":" + std::to_string(number) + ": "; };
-    auto doc = ParseJson(line);
-    if (!doc.ok()) return Status::InvalidArgument(where() + doc.status().message());
-    const JsonValue* text = doc->Find("text");
-    const JsonValue* domain = doc->Find("domain");
-    if (text == nullptr || !text->is_string()) return Status::InvalidArgument(where() + "needs a string \"text\"");
-    LabelledText item{"", text->string_value()};
-    if (domain != nullptr) {
-      if (!domain->is_string()) return Status::InvalidArgument(where() + "\"domain\" must be a string");
-      item.domain = domain->string_value();
-      ES_RETURN_IF_ERROR(ValidateDomainName(item.domain).WithContext(where()));
-    } else if (need_domain) {
-      return Status::InvalidArgument(where() + "needs a string \"domain\"");
-    }
-    out.push_back(std::move(item));
-  }
-  if (out.empty()) return Status::InvalidArgument(path + " holds no lines");
-  return out;
-}
-
-// The texts of --text: a .jsonl file is one sequence per line ({"text"}), anything else one sequence.
-Result<std::vector<std::string>> ReadTexts(const std::string& path) {
-  std::vector<std::string> texts;
-  if (path.ends_with(".jsonl")) {
-    ES_ASSIGN_OR_RETURN(auto lines, ReadJsonl(path, /*need_domain=*/false));
-    for (auto& l : lines) texts.push_back(std::move(l.text));
-  } else {
-    ES_ASSIGN_OR_RETURN(std::string text, ReadFile(*DefaultFileSystem(), path));
-    texts.push_back(std::move(text));
-  }
-  return texts;
-}
-
-Result<std::vector<int32_t>> Encode(const Tokenizer& tokenizer, const std::string& text) {
-  EncodeOptions enc;
-  enc.parse_special_tokens = false;
-  ES_ASSIGN_OR_RETURN(auto tokens, tokenizer.Encode(text, enc));
-  return std::vector<int32_t>(tokens.begin(), tokens.end());
 }
 
 // A count-based progress line on stderr (the shared ProgressBar counts bytes).
@@ -127,74 +67,36 @@ class CountProgress {
 Status RunProfile(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
   ES_ASSIGN_OR_RETURN(std::string prompts_path, args.Require("prompts"));
-  ES_ASSIGN_OR_RETURN(auto prompts, ReadJsonl(prompts_path, /*need_domain=*/true));
+  ES_ASSIGN_OR_RETURN(auto prompts, ReadLabelledTexts(prompts_path, /*need_domain=*/true));
   ES_ASSIGN_OR_RETURN(int64_t top_co, args.GetInt("top-coactivated", kDefaultTopCoactivated, 0, kMaxTopCoactivated));
   if (args.Has("no-record")) return Status::InvalidArgument("profile works by recording usage: --no-record makes no sense");
   ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model, RuntimeOptions{.need_tokenizer = true, .record = true}));
-  Store& store = rt->store();
-  UsageRecorder& recorder = *rt->recorder();
   const ModelConfig& config = rt->model().config();
-  if (args.Has("fresh")) {
-    if (store.journaling()) {
-      return Status::InvalidArgument("--fresh deletes earlier domain counts and needs the writer; another process holds the store");
-    }
-    ES_ASSIGN_OR_RETURN(ModelUsage old, LoadModelUsage(store.catalog(), model));
-    CatalogBatch drop;
-    for (const auto& d : old.domains) drop.Delete(Cf::kUsage, DomainUsageKey(model, d.layer, d.expert, d.domain));
-    ES_RETURN_IF_ERROR(store.catalog().Write(drop));
-  }
   ES_ASSIGN_OR_RETURN(int64_t window, args.GetInt("window", std::min<int64_t>(config.max_positions, kDefaultWindow), 2,
                                                   config.max_positions));
-  std::function<void(size_t, bool)> on_position = [&recorder, window](size_t index, bool correct) {
-    recorder.RecordOutcome((index - 1) % static_cast<size_t>(window), correct);
-  };
-  auto t0 = std::chrono::steady_clock::now();
+  ProfilingOptions o;
+  o.window = static_cast<size_t>(window);
+  o.top_coactivated = static_cast<size_t>(top_co);
+  o.fresh = args.Has("fresh");
+  o.now_unix = NowUnix();
   CountProgress progress(args, "profile");
-  uint64_t tokens = 0;
-  std::set<std::string> domains;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    ES_RETURN_IF_ERROR(recorder.SetDomain(prompts[i].domain));
-    domains.insert(prompts[i].domain);
-    ES_ASSIGN_OR_RETURN(auto ids, Encode(rt->tokenizer(), prompts[i].text));
-    if (ids.size() < 2) continue;
-    ES_ASSIGN_OR_RETURN(EvalResult r, EvaluateNll(rt->model(), rt->experts(), ids, static_cast<size_t>(window),
-                                                  rt->forward_options(), on_position));
-    tokens += r.tokens;
-    progress.Update(i + 1, prompts.size());
-  }
+  o.progress = [&](uint64_t done, uint64_t total) { progress.Update(done, total); };
+  auto t0 = std::chrono::steady_clock::now();
+  ES_ASSIGN_OR_RETURN(ProfilingResult r, ProfileModel(rt->runtime(), rt->store(), model, prompts, o));
   progress.Finish();
-  ES_RETURN_IF_ERROR(rt->FinishRecording());
-
-  // The evidence: as merged in the catalog (the writer), or the snapshot this reader opened plus its own counts
-  // (which sit in the journal until the writer merges them; `rest` recomputes exactly from the merged counts).
-  ES_ASSIGN_OR_RETURN(ModelUsage usage, LoadModelUsage(store.catalog(), model));
-  if (store.journaling()) {
-    for (const auto& [domain, counts] : recorder.domain_activations()) {
-      for (size_t key = 0; key < counts.size(); ++key) {
-        if (counts[key] == 0) continue;
-        usage.domains.push_back({static_cast<uint32_t>(key / config.num_experts),
-                                 static_cast<uint32_t>(key % config.num_experts), domain, counts[key]});
-      }
-    }
-  }
-  std::map<ExpertPair, std::vector<CoActivation>> co;
-  for (const auto& [id, u] : usage.totals) co[id] = u.coactivations;
-  auto profiles = ComputeProfiles(usage.domains, co, static_cast<size_t>(top_co), NowUnix());
-  CatalogBatch batch;
-  for (const auto& [id, p] : profiles) batch.Put(Cf::kProfiles, ExpertKey(model, id.first, id.second), EncodeProfile(p));
-  ES_RETURN_IF_ERROR(store.WriteMetadata(batch));
-  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const bool journaled = rt->store().journaling();
   if (args.global().json) {
     JsonWriter w;
-    w.BeginObject().Key("experts").Uint(profiles.size()).Key("domains").BeginArray();
-    for (const auto& d : domains) w.String(d);
-    w.EndArray().Key("prompts").Uint(prompts.size()).Key("tokens").Uint(tokens).Key("seconds").Double(seconds)
-        .Key("usage").String(store.journaling() ? "journal" : "catalog").EndObject();
+    w.BeginObject().Key("experts").Uint(r.profiles).Key("domains").BeginArray();
+    for (const auto& d : r.domains) w.String(d);
+    w.EndArray().Key("prompts").Uint(r.prompts).Key("tokens").Uint(r.tokens).Key("seconds").Double(seconds)
+        .Key("usage").String(journaled ? "journal" : "catalog").EndObject();
     PrintJson(w);
   } else {
-    std::printf("profiled %zu experts over %zu domains from %zu prompts (%llu tokens) in %.1f s%s\n", profiles.size(),
-                domains.size(), prompts.size(), static_cast<unsigned long long>(tokens), seconds,
-                store.journaling() ? "; written to the journal" : "");
+    std::printf("profiled %zu experts over %zu domains from %zu prompts (%llu tokens) in %.1f s%s\n", r.profiles,
+                r.domains.size(), r.prompts, static_cast<unsigned long long>(r.tokens), seconds,
+                journaled ? "; written to the journal" : "");
   }
   return Status::Ok();
 }
@@ -228,65 +130,25 @@ Status RunCalibrate(const Args& args) {
   o.window = static_cast<size_t>(window);
   o.position_fraction = fraction;
   o.seed = static_cast<uint64_t>(seed);
-  o.top_k = rt->forward_options().top_k;
-  o.skip_missing_experts = rt->forward_options().skip_missing_experts;
-
-  std::vector<std::vector<int32_t>> sequences;
-  for (const auto& t : texts) {
-    ES_ASSIGN_OR_RETURN(auto ids, Encode(rt->tokenizer(), t));
-    if (ids.size() >= 2) sequences.push_back(std::move(ids));
-  }
-  if (sequences.empty()) return Status::InvalidArgument(path + " holds no text to calibrate on");
   o.max_tokens = static_cast<uint64_t>(max_tokens);
   CountProgress progress(args, "calibrate (dream)");
   o.progress = [&](uint64_t done, uint64_t total) { progress.Update(done, total); };
-  ES_ASSIGN_OR_RETURN(CalibrationResult total, Calibrate(rt->model(), rt->experts(), sequences, o));
+  ES_ASSIGN_OR_RETURN(TrustCalibrationResult r,
+                      CalibrateTrust(rt->runtime(), rt->store(), model, texts, o, weights, NowUnix()));
   progress.Finish();
-
-  // Sizes for efficiency.
-  std::map<ExpertPair, uint64_t> bytes;
-  Status bad;
-  ES_RETURN_IF_ERROR(rt->store().catalog().Scan(Cf::kExperts, ModelPrefix(model), [&](std::string_view, std::string_view v) {
-    auto e = DecodeExpert(v);
-    if (!e.ok()) {
-      bad = e.status();
-      return false;
-    }
-    bytes[{e->layer, e->expert}] = e->extent.payload_length;
-    return true;
-  }));
-  ES_RETURN_IF_ERROR(bad);
-  std::vector<ExpertMeasurement> measurements;
-  for (uint32_t l = 0; l < total.layers; ++l) {
-    for (uint32_t e = 0; e < total.experts_per_layer; ++e) {
-      auto it = bytes.find({l, e});
-      if (it == bytes.end()) continue;  // absent from a partial checkpoint
-      const ExpertContribution& c = total.experts[static_cast<size_t>(l) * total.experts_per_layer + e];
-      measurements.push_back({l, e, c.samples, c.mean_increase(), c.activations, c.weight_sum, c.weight_sq_sum, it->second});
-    }
-  }
-  auto records = TrustFromMeasurements(measurements, weights, total.tokens, NowUnix());
-  CatalogBatch batch;
-  double mean_trust = 0;
-  for (const auto& [id, t] : records) {
-    batch.Put(Cf::kTrust, ExpertKey(model, id.first, id.second), EncodeTrust(t));
-    mean_trust += t.trust;
-  }
-  if (!records.empty()) mean_trust /= static_cast<double>(records.size());
-  ES_RETURN_IF_ERROR(rt->store().WriteMetadata(batch));
-  double mean_nll = total.tokens ? total.clean_nll / static_cast<double>(total.tokens) : 0;
+  const bool journaled = rt->store().journaling();
   if (args.global().json) {
     JsonWriter w;
-    w.BeginObject().Key("experts").Uint(records.size()).Key("tokens").Uint(total.tokens)
-        .Key("ablated_positions").Uint(total.ablated_positions).Key("ablations").Uint(total.ablations)
-        .Key("mean_nll").Double(mean_nll).Key("mean_trust").Double(mean_trust).Key("seconds").Double(total.seconds)
-        .Key("window").Uint(o.window).Key("usage").String(rt->store().journaling() ? "journal" : "catalog").EndObject();
+    w.BeginObject().Key("experts").Uint(r.records).Key("tokens").Uint(r.run.tokens)
+        .Key("ablated_positions").Uint(r.run.ablated_positions).Key("ablations").Uint(r.run.ablations)
+        .Key("mean_nll").Double(r.mean_nll).Key("mean_trust").Double(r.mean_trust).Key("seconds").Double(r.run.seconds)
+        .Key("window").Uint(o.window).Key("usage").String(journaled ? "journal" : "catalog").EndObject();
     PrintJson(w);
   } else {
     std::printf("calibrated %zu experts on %llu tokens (%llu ablations, mean NLL %.4f) in %.1f s; mean trust %.3f%s\n",
-                records.size(), static_cast<unsigned long long>(total.tokens),
-                static_cast<unsigned long long>(total.ablations), mean_nll, total.seconds, mean_trust,
-                rt->store().journaling() ? "; written to the journal" : "");
+                r.records, static_cast<unsigned long long>(r.run.tokens),
+                static_cast<unsigned long long>(r.run.ablations), r.mean_nll, r.run.seconds, r.mean_trust,
+                journaled ? "; written to the journal" : "");
   }
   return Status::Ok();
 }
@@ -385,23 +247,13 @@ Status RunQuery(const Args& args) {
 
 // ---- profiles export / import ---------------------------------------------------------------------------
 
-constexpr uint64_t kProfilesFormatVersion = 1;
-
 Status ExportProfiles(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
   ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
   ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(store->catalog(), model));
   ES_ASSIGN_OR_RETURN(auto profiles, LoadModelProfiles(store->catalog(), model));
   JsonWriter w;
-  w.BeginObject().Key("format").String("expertstore-profiles").Key("version").Uint(kProfilesFormatVersion)
-      .Key("model").String(model).Key("arch").String(info.arch).Key("layers").Uint(info.num_layers)
-      .Key("experts_per_layer").Uint(info.experts_per_layer).Key("experts").BeginArray();
-  for (const auto& [id, p] : profiles) {
-    w.BeginObject().Key("layer").Uint(id.first).Key("expert").Uint(id.second);
-    WriteProfileFields(w, p);
-    w.EndObject();
-  }
-  w.EndArray().EndObject();
+  WriteProfilesDocument(w, info, profiles);
   if (auto out = args.Get("out")) {
     ES_RETURN_IF_ERROR(WriteFileAtomic(DefaultFileSystem(), *out, w.str() + "\n"));
     if (!args.global().quiet) std::fprintf(stderr, "exported %zu profiles to %s\n", profiles.size(), out->c_str());
@@ -411,88 +263,23 @@ Status ExportProfiles(const Args& args) {
   return Status::Ok();
 }
 
-Result<uint64_t> U64(const JsonValue* v, std::string_view what) {
-  if (v == nullptr || !v->is_integer() || !v->AsUint64().ok()) {
-    return Status::InvalidArgument("profile file: " + std::string(what) + " must be a non-negative integer");
-  }
-  return *v->AsUint64();
-}
-
-Result<uint32_t> U32(const JsonValue* v, std::string_view what) {
-  ES_ASSIGN_OR_RETURN(uint64_t x, U64(v, what));
-  if (x > UINT32_MAX) return Status::InvalidArgument("profile file: " + std::string(what) + " is out of range");
-  return static_cast<uint32_t>(x);
-}
-
-Result<double> Number(const JsonValue* v, std::string_view what) {
-  if (v == nullptr || !v->is_number()) return Status::InvalidArgument("profile file: " + std::string(what) + " must be a number");
-  return v->AsDouble();
-}
-
 Status ImportProfiles(const Args& args) {
   if (args.positional().size() != 2) return Status::InvalidArgument("usage: profiles import FILE [--model M]");
   const std::string& path = args.positional()[1];
   ES_ASSIGN_OR_RETURN(std::string text, ReadFile(*DefaultFileSystem(), path));
-  ES_ASSIGN_OR_RETURN(JsonValue doc, ParseJson(text));
-  const JsonValue* format = doc.Find("format");
-  if (format == nullptr || !format->is_string() || format->string_value() != "expertstore-profiles") {
-    return Status::InvalidArgument(path + " is not an expertstore profiles export");
-  }
-  ES_ASSIGN_OR_RETURN(uint32_t version, U32(doc.Find("version"), "version"));
-  if (version != kProfilesFormatVersion) {
-    return Status::NotSupported(path + " has profiles format version " + std::to_string(version));
-  }
-  const JsonValue* source_model = doc.Find("model");
-  std::string model = args.GetOr("model", source_model && source_model->is_string() ? source_model->string_value() : "");
+  Result<ProfilesDocument> doc = ParseProfilesDocument(text);
+  if (!doc.ok()) return doc.status().WithContext(path);
+  const std::string model = args.GetOr("model", doc->model);
   ES_RETURN_IF_ERROR(ValidateModelName(model));
   ES_ASSIGN_OR_RETURN(auto store, OpenStoreForMetadata(args));
   ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(store->catalog(), model));
-  ES_ASSIGN_OR_RETURN(uint32_t layers, U32(doc.Find("layers"), "layers"));
-  ES_ASSIGN_OR_RETURN(uint32_t per_layer, U32(doc.Find("experts_per_layer"), "experts_per_layer"));
-  if (layers != info.num_layers || per_layer != info.experts_per_layer) {
-    return Status::InvalidArgument(path + " describes " + std::to_string(layers) + " layers x " + std::to_string(per_layer) +
-                                   " experts; model '" + model + "' has " + std::to_string(info.num_layers) + " x " +
-                                   std::to_string(info.experts_per_layer));
+  if (doc->layers != info.num_layers || doc->experts_per_layer != info.experts_per_layer) {
+    return Status::InvalidArgument(path + " describes " + std::to_string(doc->layers) + " layers x " +
+                                   std::to_string(doc->experts_per_layer) + " experts; model '" + model + "' has " +
+                                   std::to_string(info.num_layers) + " x " + std::to_string(info.experts_per_layer));
   }
-  const JsonValue* experts = doc.Find("experts");
-  if (experts == nullptr || !experts->is_array()) return Status::InvalidArgument("profile file: \"experts\" must be an array");
   CatalogBatch batch;
-  for (const JsonValue& e : experts->array()) {
-    ES_ASSIGN_OR_RETURN(uint32_t layer, U32(e.Find("layer"), "layer"));
-    ES_ASSIGN_OR_RETURN(uint32_t expert, U32(e.Find("expert"), "expert"));
-    if (layer >= layers || expert >= per_layer) return Status::InvalidArgument("profile file: an expert lies outside the model");
-    ProfileInfo p;
-    const JsonValue* primary = e.Find("primary_domain");
-    if (primary == nullptr || !primary->is_string()) return Status::InvalidArgument("profile file: primary_domain must be a string");
-    p.primary_domain = primary->string_value();
-    if (const JsonValue* u = e.Find("updated_unix"); u != nullptr) {
-      ES_ASSIGN_OR_RETURN(p.updated_unix, U64(u, "updated_unix"));
-    }
-    const JsonValue* domains = e.Find("domains");
-    if (domains == nullptr || !domains->is_array()) return Status::InvalidArgument("profile file: domains must be an array");
-    for (const JsonValue& d : domains->array()) {
-      DomainShare s;
-      const JsonValue* name = d.Find("domain");
-      if (name == nullptr || !name->is_string()) return Status::InvalidArgument("profile file: domain must be a string");
-      s.domain = name->string_value();
-      ES_RETURN_IF_ERROR(ValidateDomainName(s.domain));
-      ES_ASSIGN_OR_RETURN(s.activations, U64(d.Find("activations"), "activations"));
-      ES_ASSIGN_OR_RETURN(s.share, Number(d.Find("share"), "share"));
-      ES_ASSIGN_OR_RETURN(s.lift, Number(d.Find("lift"), "lift"));
-      p.domains.push_back(std::move(s));
-    }
-    const JsonValue* co = e.Find("top_coactivated");
-    if (co != nullptr && co->is_array()) {
-      for (const JsonValue& c : co->array()) {
-        CoActivation a;
-        ES_ASSIGN_OR_RETURN(a.layer, U32(c.Find("layer"), "top_coactivated.layer"));
-        ES_ASSIGN_OR_RETURN(a.expert, U32(c.Find("expert"), "top_coactivated.expert"));
-        ES_ASSIGN_OR_RETURN(a.count, U64(c.Find("count"), "top_coactivated.count"));
-        p.top_coactivated.push_back(a);
-      }
-    }
-    batch.Put(Cf::kProfiles, ExpertKey(model, layer, expert), EncodeProfile(p));
-  }
+  for (const auto& [id, p] : doc->profiles) batch.Put(Cf::kProfiles, ExpertKey(model, id.first, id.second), EncodeProfile(p));
   ES_RETURN_IF_ERROR(store->WriteMetadata(batch));
   if (args.global().json) {
     JsonWriter w;

@@ -52,6 +52,7 @@ class Runtime {
                                                const RuntimeOptions& options);
   ~Runtime();
 
+  ModelRuntime& runtime() { return *rt_; }
   Model& model() { return rt_->model(); }
   const Tokenizer& tokenizer() const { return rt_->tokenizer(); }
   ExpertProvider& experts() { return rt_->experts(); }

@@ -96,6 +96,46 @@ TEST_F(ModelTest, PrefillEqualsIncrementalDecode) {
   EXPECT_LT(testing::RelativeL2(logits, *batch), 1e-5);
 }
 
+// A routing trace: one step per token and MoE layer, in decode order, the router's k picks with weights that
+// sum to 1 (norm_topk_prob), the same routing a plain decode's observer sees; an error of the consumer stops it.
+TEST_F(ModelTest, TraceRoutingFollowsDecode) {
+  auto model = Load("tiny");
+  ASSERT_TRUE(model);
+  auto experts = DirectExpertProvider::Create(*store_, "tiny");
+  ASSERT_TRUE(experts.ok());
+  const auto c = LoadCases()[0];
+  const ModelConfig& config = model->config();
+  std::vector<TraceStep> steps;
+  ASSERT_TRUE(TraceRouting(*model, **experts, c.ids, {}, [&](const TraceStep& s) {
+                steps.push_back(s);
+                return Status::Ok();
+              }).ok());
+  ASSERT_EQ(steps.size(), c.ids.size() * config.num_layers);
+  std::vector<std::pair<uint32_t, std::vector<int32_t>>> seen;
+  ForwardOptions watch;
+  watch.observer = [&](const RoutingEvent& e) { seen.push_back({e.layer, {e.experts.begin(), e.experts.end()}}); };
+  KvCache kv(config, c.ids.size());
+  std::vector<float> hidden;
+  for (int32_t id : c.ids) ASSERT_TRUE(model->Forward({&id, 1}, kv, **experts, watch, hidden).ok());
+  ASSERT_EQ(seen.size(), steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_EQ(steps[i].token, i / config.num_layers);
+    EXPECT_EQ(steps[i].layer, seen[i].first);
+    ASSERT_EQ(steps[i].experts.size(), config.top_k);
+    EXPECT_EQ(std::vector<int32_t>(steps[i].experts.begin(), steps[i].experts.end()), seen[i].second);
+    double sum = 0;
+    for (double w : steps[i].weights) sum += w;
+    EXPECT_NEAR(sum, 1.0, 1e-5);
+  }
+  size_t calls = 0;
+  Status stop = TraceRouting(*model, **experts, c.ids, {}, [&](const TraceStep&) {
+    return ++calls == 3 ? Status::IOError("disk full") : Status::Ok();
+  });
+  EXPECT_TRUE(stop.IsIOError());
+  EXPECT_EQ(calls, 3u);
+}
+
 // The Mixtral family, float32 weights and tied embeddings: aidreams260K converted to the Mixtral layout
 // generates what the original llama2.c program does from BOS (its README).
 TEST_F(ModelTest, MixtralLayoutGeneratesTheKnownText) {
