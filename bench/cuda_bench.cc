@@ -24,7 +24,7 @@
 #include "compute/cuda/cuda_kernels.h"
 #include "compute/cuda/device_cache.h"
 #include "compute/kernels/cpu_kernels.h"
-#include "compute/kernels/float16.h"
+#include "store/base/float16.h"
 
 namespace es::cuda {
 namespace {
@@ -62,7 +62,7 @@ HostExperts* Host() {
     std::mt19937 rng(7);
     std::normal_distribution<float> dist(0.0f, 0.03f);
     auto* first = static_cast<uint16_t*>(h->pinned.data());
-    for (size_t i = 0; i < kExpertBytes / kBf16Bytes; ++i) first[i] = kernels::F32ToBf16(dist(rng));
+    for (size_t i = 0; i < kExpertBytes / kBf16Bytes; ++i) first[i] = F32ToBf16(dist(rng));
     for (size_t e = 1; e < kExperts; ++e) {
       std::memcpy(static_cast<uint8_t*>(h->pinned.data()) + e * kExpertBytes, first, kExpertBytes);
     }

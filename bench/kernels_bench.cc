@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "compute/kernels/cpu_kernels.h"
-#include "compute/kernels/float16.h"
+#include "store/base/float16.h"
 #include "compute/kernels/parallel.h"
 
 namespace es::kernels {

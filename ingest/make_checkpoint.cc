@@ -9,6 +9,7 @@
 
 #include "ingest/safetensors_writer.h"
 #include "store/base/checksum.h"
+#include "store/base/float16.h"
 #include "store/base/json.h"
 
 namespace es {
@@ -210,18 +211,15 @@ uint64_t SplitMix(uint64_t& state) {
 }
 
 void StoreValue(float v, DType dtype, std::byte* out) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
   switch (dtype) {
     case DType::kF32: std::memcpy(out, &v, 4); return;
     case DType::kBF16: {
-      uint32_t rounded = bits + 0x7fff + ((bits >> 16) & 1);  // round to nearest even
-      uint16_t h = static_cast<uint16_t>(rounded >> 16);
+      const uint16_t h = F32ToBf16(v);
       std::memcpy(out, &h, 2);
       return;
     }
     case DType::kF16: {
-      _Float16 h = static_cast<_Float16>(v);
+      const uint16_t h = F32ToF16(v);
       std::memcpy(out, &h, 2);
       return;
     }

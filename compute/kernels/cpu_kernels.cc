@@ -3,13 +3,17 @@
 // of the per-ISA inner loops of isa_ops.h.
 #include "compute/kernels/cpu_kernels.h"
 
+#if defined(ES_KERNELS_X86)
+#include <cpuid.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
 #include <string>
 
-#include "compute/kernels/float16.h"
+#include "store/base/float16.h"
 #include "compute/kernels/isa_ops.h"
 
 namespace es::kernels {
@@ -33,6 +37,14 @@ constexpr size_t kTasksPerThread = 2;
 // Environment variable that caps the Isa chosen by default (scalar, avx2, avx512), to run a suite per path.
 constexpr const char* kIsaEnv = "EXPERTSTORE_CPU_ISA";
 
+#if defined(ES_KERNELS_X86)
+// F16C from CPUID leaf 1 directly: clang 14's __builtin_cpu_supports does not know the "f16c" feature name.
+bool CpuHasF16c() {
+  unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+}
+#endif
+
 bool CpuSupports(Isa isa) {
 #if defined(ES_KERNELS_X86)
   // Normally done by a libgcc constructor; repeated in case this runs from another static initialiser first.
@@ -42,10 +54,10 @@ bool CpuSupports(Isa isa) {
     case Isa::kScalar: return true;
 #if defined(ES_KERNELS_X86)
     case Isa::kAvx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && CpuHasF16c();
     case Isa::kAvx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && CpuHasF16c();
 #endif
     default: return false;
   }

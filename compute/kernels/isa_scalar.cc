@@ -4,7 +4,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "compute/kernels/float16.h"
+#include "store/base/float16.h"
 #include "compute/kernels/isa_ops.h"
 
 namespace es::kernels::internal {

@@ -23,7 +23,7 @@
 #include "compute/cuda/cuda_kernels.h"
 #include "compute/cuda/device_cache.h"
 #include "compute/kernels/cpu_kernels.h"
-#include "compute/kernels/float16.h"
+#include "store/base/float16.h"
 #include "tests/util/tensors.h"
 
 namespace es::cuda {
@@ -72,7 +72,7 @@ TestWeights MakeWeights(std::mt19937& rng, size_t n, DType dtype, float scale, f
     if (dtype == DType::kF32) {
       std::memcpy(w.bytes.data() + 4 * i, &value, 4);
     } else {
-      const uint16_t h = dtype == DType::kBF16 ? kernels::F32ToBf16(value) : kernels::F32ToF16(value);
+      const uint16_t h = dtype == DType::kBF16 ? F32ToBf16(value) : F32ToF16(value);
       std::memcpy(w.bytes.data() + 2 * i, &h, 2);
     }
   }

@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "compute/kernels/cpu_kernels.h"
-#include "compute/kernels/float16.h"
+#include "store/base/float16.h"
 #include "compute/kernels/isa_ops.h"
 #include "compute/kernels/parallel.h"
 #include "tests/util/tensors.h"

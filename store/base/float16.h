@@ -1,14 +1,16 @@
 // Scalar conversions between fp32 and the two 16-bit float formats weights arrive in (bfloat16, IEEE binary16).
 // Float-to-16-bit rounds to nearest, ties to even; NaN stays NaN (quiet), infinities and signed zeros survive.
 //
-// These are inline, so this header must not be included by the ISA translation units (isa_avx2.cc,
-// isa_avx512.cc): an out-of-line copy compiled with -mavx512f could be the one the linker keeps.
+// The one definition of these conversions: the kernels' scalar paths, their tests and make-checkpoint use them.
+// They are inline, so this header must not be included by the kernels' ISA translation units
+// (compute/kernels/isa_avx2.cc, isa_avx512.cc): an out-of-line copy compiled with -mavx512f could be the one the
+// linker keeps.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
-namespace es::kernels {
+namespace es {
 
 namespace float16_internal {
 inline uint32_t Bits(float f) {
@@ -95,4 +97,4 @@ inline uint16_t F32ToF16(float f) {
   return static_cast<uint16_t>(sign | mant);
 }
 
-}  // namespace es::kernels
+}  // namespace es
