@@ -1,6 +1,7 @@
 // Store-level commands: verify, models, info.
 #include <cstdio>
 
+#include "compute/kernels/cpu_kernels.h"
 #include "compute/runtime/backend_choice.h"
 #include "store/io_engine.h"
 #include "store/record_json.h"
@@ -68,13 +69,7 @@ Status RunModels(const Args& args) {
 Status RunInfo(const Args& args) {
   ES_ASSIGN_OR_RETURN(IoEngineKind kind, ParseIoEngineKind(args.global().io_engine));
   ES_ASSIGN_OR_RETURN(auto engine, CreateIoEngine(kind, IoEngineOptions{}));
-  std::vector<std::string> features;
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2")) features.push_back("avx2");
-  if (__builtin_cpu_supports("fma")) features.push_back("fma");
-  if (__builtin_cpu_supports("f16c")) features.push_back("f16c");
-  if (__builtin_cpu_supports("avx512f")) features.push_back("avx512f");
-  if (__builtin_cpu_supports("avx512bw")) features.push_back("avx512bw");
+  const std::vector<std::string> features = kernels::CpuFeatures();
   const std::vector<std::string> backends = CompiledBackends();
   const std::vector<std::string> devices = CudaDevices();
   if (args.global().json) {

@@ -213,6 +213,20 @@ std::string_view IsaName(Isa isa) {
   return "unknown";
 }
 
+std::vector<std::string> CpuFeatures() {
+  std::vector<std::string> out;
+#if defined(ES_KERNELS_X86)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2")) out.push_back("avx2");
+  if (__builtin_cpu_supports("fma")) out.push_back("fma");
+  if (CpuHasF16c()) out.push_back("f16c");
+  if (__builtin_cpu_supports("avx512f")) out.push_back("avx512f");
+  if (__builtin_cpu_supports("avx512bw")) out.push_back("avx512bw");
+  if (__builtin_cpu_supports("avx512vl")) out.push_back("avx512vl");
+#endif
+  return out;
+}
+
 bool IsaAvailable(Isa isa) {
   static const bool available[] = {CpuSupports(Isa::kScalar), CpuSupports(Isa::kAvx2), CpuSupports(Isa::kAvx512)};
   const auto index = static_cast<size_t>(isa);

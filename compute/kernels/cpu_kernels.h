@@ -13,7 +13,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "compute/kernels/parallel.h"
 #include "store/base/dtype.h"
@@ -30,6 +32,9 @@ enum class Isa : uint8_t {
 std::string_view IsaName(Isa isa);
 // True when the Isa was compiled in and this CPU (and OS) supports it.
 bool IsaAvailable(Isa isa);
+// The instruction-set features the kernels use that this CPU has (avx2, fma, f16c, avx512f, avx512bw, avx512vl), as
+// `info` lists them; empty off x86.
+std::vector<std::string> CpuFeatures();
 // The fastest available Isa, capped by the environment variable EXPERTSTORE_CPU_ISA (scalar, avx2 or avx512)
 // when it is set, so that a whole program or test suite can be run on a slower path. Read once.
 Isa BestIsa();
