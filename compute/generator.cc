@@ -28,6 +28,13 @@ double GenerateResult::decode_tokens_per_second() const {
 
 double EvalResult::perplexity() const { return std::exp(mean_nll()); }
 
+Result<std::vector<int32_t>> EncodeText(const Tokenizer& tokenizer, std::string_view text, bool parse_special_tokens) {
+  EncodeOptions enc;
+  enc.parse_special_tokens = parse_special_tokens;
+  ES_ASSIGN_OR_RETURN(auto tokens, tokenizer.Encode(text, enc));
+  return std::vector<int32_t>(tokens.begin(), tokens.end());
+}
+
 std::vector<int32_t> StopTokens(const Model& model, const Tokenizer& tokenizer, bool chat) {
   std::vector<int32_t> stop;
   for (int64_t e : model.config().eos_ids) stop.push_back(static_cast<int32_t>(e));
@@ -119,10 +126,7 @@ Result<GenerateResult> GenerateText(Model& model, const Tokenizer& tokenizer, Ex
                                     const std::string& text, bool templated, const GenerateOptions& options,
                                     const std::function<void(std::string_view)>& on_text) {
   GenerateResult r;
-  EncodeOptions enc;
-  enc.parse_special_tokens = templated;  // a plain prompt is user text: "<|im_end|>" in it is just characters
-  ES_ASSIGN_OR_RETURN(auto ids, tokenizer.Encode(text, enc));
-  for (auto id : ids) r.prompt_ids.push_back(static_cast<int32_t>(id));
+  ES_ASSIGN_OR_RETURN(r.prompt_ids, EncodeText(tokenizer, text, /*parse_special_tokens=*/templated));
   StreamDecoder decoder(tokenizer, DecodeOptions{.skip_special_tokens = true});
   bool hit_stop = false, stopped = false;
   ES_RETURN_IF_ERROR(DecodeLoop(model, experts, r.prompt_ids, options.max_tokens, tokenizer.vocab_size(),

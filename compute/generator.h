@@ -39,6 +39,11 @@ struct GenerateResult {
   double decode_tokens_per_second() const;
 };
 
+// `text` as the model's input ids. By default it is user text: special-token strings in it ("<|im_end|>") stay
+// characters; `parse_special_tokens` recognises them (a chat template's own markup).
+Result<std::vector<int32_t>> EncodeText(const Tokenizer& tokenizer, std::string_view text,
+                                        bool parse_special_tokens = false);
+
 // The stop tokens: the config's eos ids, the tokenizer's eos, and <|im_end|> when chatting.
 std::vector<int32_t> StopTokens(const Model& model, const Tokenizer& tokenizer, bool chat);
 

@@ -253,13 +253,6 @@ std::string ShardName(size_t index, size_t count) {
   return "model-" + pad(index) + "-of-" + pad(count) + ".safetensors";
 }
 
-Status WriteText(FileSystem& fs, const std::string& path, const std::string& text) {
-  ES_ASSIGN_OR_RETURN(auto f, fs.Open(path, OpenOptions{.write = true, .create = true}));
-  ES_RETURN_IF_ERROR(f->Truncate(0));
-  ES_RETURN_IF_ERROR(f->Write(0, std::as_bytes(std::span(text.data(), text.size()))));
-  return f->Sync();
-}
-
 }  // namespace
 
 Result<MakeCheckpointOptions> ResolveMakeCheckpointOptions(MakeCheckpointOptions o,
@@ -358,11 +351,11 @@ Result<MakeCheckpointResult> MakeCheckpoint(const std::string& out_dir, const Ma
   }
   index.EndObject().EndObject();
   if (shards.size() > 1) {
-    ES_RETURN_IF_ERROR(WriteText(*fs, JoinPath(out_dir, "model.safetensors.index.json"), index.str()));
+    ES_RETURN_IF_ERROR(WriteFileAtomic(fs, JoinPath(out_dir, "model.safetensors.index.json"), index.str()));
     result.files.push_back("model.safetensors.index.json");
   }
-  ES_RETURN_IF_ERROR(WriteText(*fs, JoinPath(out_dir, "config.json"), ConfigJson(o)));
-  ES_RETURN_IF_ERROR(WriteText(*fs, JoinPath(out_dir, "tokenizer.json"), TokenizerJson()));
+  ES_RETURN_IF_ERROR(WriteFileAtomic(fs, JoinPath(out_dir, "config.json"), ConfigJson(o)));
+  ES_RETURN_IF_ERROR(WriteFileAtomic(fs, JoinPath(out_dir, "tokenizer.json"), TokenizerJson()));
   result.files.push_back("config.json");
   result.files.push_back("tokenizer.json");
   ES_RETURN_IF_ERROR(fs->SyncDir(out_dir));

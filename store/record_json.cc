@@ -45,10 +45,13 @@ void WriteModelFields(JsonWriter& w, const ModelInfo& m) {
   w.EndArray();
 }
 
+DType ExpertDType(const ExpertInfo& e) {
+  return e.projections.empty() ? DType::kUnknown : e.projections[0].dtype;
+}
+
 void WriteExpertFields(JsonWriter& w, const ExpertInfo& e) {
-  const DType dtype = e.projections.empty() ? DType::kUnknown : e.projections[0].dtype;
   w.Key("layer").Uint(e.layer).Key("expert").Uint(e.expert).Key("bytes").Uint(e.extent.payload_length)
-      .Key("dtype").String(DTypeName(dtype)).Key("checksum").String(ChecksumHex(e.extent.checksum));
+      .Key("dtype").String(DTypeName(ExpertDType(e))).Key("checksum").String(ChecksumHex(e.extent.checksum));
 }
 
 void WriteExpertRowFields(JsonWriter& w, const ExpertRow& row) {

@@ -21,6 +21,8 @@ namespace es {
 
 // A record checksum as the views show it: 16 lowercase hex digits.
 std::string ChecksumHex(uint64_t checksum);
+// An expert's dtype as the views show it: its first projection's (kUnknown without projections).
+DType ExpertDType(const ExpertInfo& e);
 
 // name, arch, layers, experts_per_layer, top_k, hidden_size, moe_intermediate_size, vocab_size, experts,
 // dense_tensors, bytes, complete, source_fingerprint, assets (names).

@@ -158,6 +158,20 @@ int ExitCodeFor(const Status& status, const std::vector<FlagSpec>& flags) {
   }
 }
 
+Result<CacheSize> CacheSizeFromFlags(const Args& args, std::string_view prefix) {
+  CacheSize size;
+  const std::string mb_flag = std::string(prefix) + "-mb";
+  const std::string pct_flag = std::string(prefix) + "-pct";
+  if (args.Has(mb_flag)) {
+    ES_ASSIGN_OR_RETURN(int64_t mb, args.GetInt(mb_flag, 0, 1, static_cast<int64_t>(kMaxCacheMb)));
+    size.mb = static_cast<uint64_t>(mb);
+  }
+  if (args.Has(pct_flag)) {
+    ES_ASSIGN_OR_RETURN(size.pct, args.GetDouble(pct_flag, 0));
+  }
+  return size;
+}
+
 Result<std::unique_ptr<Store>> OpenStore(const Args& args, bool writer, bool create) {
   StoreOptions options;
   options.read_only = !writer;

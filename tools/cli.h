@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "cache/cache_size.h"
 #include "store/base/json.h"
 #include "store/base/status.h"
 #include "store/store.h"
@@ -80,6 +81,10 @@ int ExitCodeFor(const Status& status, const std::vector<FlagSpec>& flags = {});
 std::string FieldOfFlag(std::string_view flag);
 // `message` with every backquoted field that one of `flags` (or a global flag) sets written as that flag.
 std::string WithFlagNames(std::string_view message, const std::vector<FlagSpec>& flags);
+
+// The cache size --PREFIX-mb or --PREFIX-pct give ("cache", "gpu-cache"): each parsed, neither checked against
+// the other (ValidateCacheSize does that, naming the fields).
+Result<CacheSize> CacheSizeFromFlags(const Args& args, std::string_view prefix);
 
 // Opens the store named by --store. Writers take the lock; readers open beside a running writer.
 Result<std::unique_ptr<Store>> OpenStore(const Args& args, bool writer, bool create = false);

@@ -203,13 +203,7 @@ Result<std::vector<PolicyKind>> ParsePolicyList(std::string_view list) {
 
 Result<bench::CacheReplayOptions> CacheReplayFlags(const Args& args) {
   bench::CacheReplayOptions o;
-  if (args.Has("cache-mb")) {
-    ES_ASSIGN_OR_RETURN(int64_t mb, args.GetInt("cache-mb", 0, 1, static_cast<int64_t>(kMaxCacheMb)));
-    o.cache_mb = static_cast<uint64_t>(mb);
-  }
-  if (args.Has("cache-pct")) {
-    ES_ASSIGN_OR_RETURN(o.cache_pct, args.GetDouble("cache-pct", 0));
-  }
+  ES_ASSIGN_OR_RETURN(o.cache, CacheSizeFromFlags(args, "cache"));
   if (auto list = args.Get("policies")) {
     ES_ASSIGN_OR_RETURN(o.policies, ParsePolicyList(*list));
   }

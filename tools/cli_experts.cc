@@ -41,10 +41,9 @@ Status RunExperts(const Args& args) {
   std::printf("%5s %6s %12s %6s %8s %12s\n", "LAYER", "EXPERT", "BYTES", "DTYPE", "TRUST", "ACTIVATIONS");
   for (const ExpertRow& row : rows) {
     const ExpertInfo& e = row.expert;
-    const DType dtype = e.projections.empty() ? DType::kUnknown : e.projections[0].dtype;
     std::string t = row.trust ? std::to_string(row.trust->trust).substr(0, 6) : "-";
     std::printf("%5u %6u %12llu %6s %8s %12llu\n", e.layer, e.expert,
-                static_cast<unsigned long long>(e.extent.payload_length), std::string(DTypeName(dtype)).c_str(),
+                static_cast<unsigned long long>(e.extent.payload_length), std::string(DTypeName(ExpertDType(e))).c_str(),
                 t.c_str(), static_cast<unsigned long long>(row.usage.activation_count));
   }
   return Status::Ok();

@@ -124,10 +124,7 @@ Status RunEval(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string path, args.Require("text"));
   ES_ASSIGN_OR_RETURN(std::string text, ReadFile(*DefaultFileSystem(), path));
   ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model_name, RuntimeOptions{.need_tokenizer = true, .record = true}));
-  EncodeOptions enc;
-  enc.parse_special_tokens = false;
-  ES_ASSIGN_OR_RETURN(auto tokens, rt->tokenizer().Encode(text, enc));
-  std::vector<int32_t> ids(tokens.begin(), tokens.end());
+  ES_ASSIGN_OR_RETURN(std::vector<int32_t> ids, EncodeText(rt->tokenizer(), text));
   ES_ASSIGN_OR_RETURN(int64_t window, args.GetInt("window", std::min<int64_t>(rt->model().config().max_positions, 1024), 2,
                                                   rt->model().config().max_positions));
   ES_ASSIGN_OR_RETURN(int64_t step, args.GetInt("step", 0, 0, window));
@@ -171,10 +168,7 @@ Status RunTrace(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string out_path, args.Require("out"));
   ES_ASSIGN_OR_RETURN(std::string text, ReadFile(*DefaultFileSystem(), path));
   ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model_name, /*need_tokenizer=*/true));
-  EncodeOptions enc;
-  enc.parse_special_tokens = false;
-  ES_ASSIGN_OR_RETURN(auto tokens, rt->tokenizer().Encode(text, enc));
-  std::vector<int32_t> ids(tokens.begin(), tokens.end());
+  ES_ASSIGN_OR_RETURN(std::vector<int32_t> ids, EncodeText(rt->tokenizer(), text));
   ES_ASSIGN_OR_RETURN(auto out, AtomicFileWriter::Create(DefaultFileSystem(), out_path));
   uint64_t lines = 0;
   // An unfinished trace is not published: `out` removes its temporary.

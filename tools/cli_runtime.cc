@@ -56,22 +56,14 @@ Result<SamplerOptions> SamplerFromArgs(const Args& args) {
 Result<RuntimeConfig> RuntimeConfigFromArgs(const Args& args) {
   RuntimeConfig c;
   c.device = args.GetOr("device", c.device);
-  if (args.Has("gpu-cache-mb")) {
-    ES_ASSIGN_OR_RETURN(int64_t mb, args.GetInt("gpu-cache-mb", 0, 1, int64_t{1} << 30));
-    c.gpu_cache_mb = static_cast<uint64_t>(mb);
-  }
-  if (args.Has("gpu-cache-pct")) {
-    ES_ASSIGN_OR_RETURN(c.gpu_cache_pct, args.GetDouble("gpu-cache-pct", 0));
-  }
+  ES_ASSIGN_OR_RETURN(const CacheSize gpu_cache, CacheSizeFromFlags(args, "gpu-cache"));
+  c.gpu_cache_mb = gpu_cache.mb;
+  c.gpu_cache_pct = gpu_cache.pct;
   c.state = args.GetOr("state", c.state);
   c.state_given = args.Has("state");
-  if (args.Has("cache-mb")) {
-    ES_ASSIGN_OR_RETURN(int64_t mb, args.GetInt("cache-mb", 0, 1, int64_t{1} << 30));
-    c.cache_mb = static_cast<uint64_t>(mb);
-  }
-  if (args.Has("cache-pct")) {
-    ES_ASSIGN_OR_RETURN(c.cache_pct, args.GetDouble("cache-pct", 0));
-  }
+  ES_ASSIGN_OR_RETURN(const CacheSize cache, CacheSizeFromFlags(args, "cache"));
+  c.cache_mb = cache.mb;
+  c.cache_pct = cache.pct;
   c.policy = args.GetOr("policy", c.policy);
   c.routing = args.GetOr("routing", c.routing);
   if (auto w = args.Get("routing-weights")) c.routing_weights = std::string(*w);

@@ -29,7 +29,7 @@ Result<std::vector<TraceStep>> SyntheticTraceFor(const ModelExperts& experts, ui
 
 Result<CacheReplayResult> ReplayCachePolicies(const ModelExperts& experts, std::span<const TraceStep> steps,
                                               const CacheReplayOptions& options) {
-  const CacheSize size{options.cache_mb, options.cache_pct};
+  const CacheSize& size = options.cache;
   ES_RETURN_IF_ERROR(ValidateCacheSize(size, "cache", /*required=*/true));
   if (options.policies.empty()) return Status::InvalidArgument("`policies` must name at least one policy");
 

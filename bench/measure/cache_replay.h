@@ -5,10 +5,10 @@
 
 #include <cstdint>
 #include <iterator>
-#include <optional>
 #include <span>
 #include <vector>
 
+#include "cache/cache_size.h"
 #include "cache/model_experts.h"
 #include "cache/policy.h"
 #include "cache/simulator.h"
@@ -23,9 +23,9 @@ inline constexpr uint32_t kMaxSyntheticTokens = 10000000;
 
 // The replay's settings. Validation errors name these fields.
 struct CacheReplayOptions {
-  // The cache's size, exactly one of the two: MiB of slots, or a percentage of the model's experts in whole slots.
-  std::optional<uint64_t> cache_mb;
-  std::optional<double> cache_pct;
+  // The cache's size, exactly one of the two: MiB of slots, or a percentage of the model's experts in whole slots
+  // (errors name them `cache_mb` and `cache_pct`).
+  CacheSize cache;
   // Replayed in this order; at least one.
   std::vector<PolicyKind> policies{std::begin(kAllPolicyKinds), std::end(kAllPolicyKinds)};
   TrustWeights trust_weights = {};

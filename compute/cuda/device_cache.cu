@@ -11,23 +11,12 @@
 namespace es::cuda {
 namespace {
 
-// Slots start on 256-byte boundaries, as cudaMalloc's own allocations do, so vector loads stay aligned.
-constexpr size_t kSlotAlignment = 256;
-
 cudaEvent_t Event(void* e) { return static_cast<cudaEvent_t>(e); }
 
 }  // namespace
 
 Result<std::unique_ptr<DeviceExpertCache>> DeviceExpertCache::Create(const DeviceExpertCacheOptions& options) {
-  if (options.slots == 0 || options.slot_bytes == 0) {
-    return Status::InvalidArgument("DeviceExpertCache: slots and slot_bytes must be > 0");
-  }
-  const size_t slot_bytes = (options.slot_bytes + kSlotAlignment - 1) / kSlotAlignment * kSlotAlignment;
-  std::unique_ptr<DeviceExpertCache> cache(new DeviceExpertCache());
-  ES_ASSIGN_OR_RETURN(cache->copy_stream_, CudaStream::Create());
-  ES_ASSIGN_OR_RETURN(cache->memory_, DeviceBuffer::Allocate(options.slots * slot_bytes));
-  cache->slot_bytes_ = slot_bytes;
-  cache->table_ = internal::SlotTable(options.slots);
+  ES_ASSIGN_OR_RETURN(std::unique_ptr<DeviceExpertCache> cache, Allocate(options));
   for (internal::SlotTable::Slot& slot : cache->table_.slots()) {
     cudaEvent_t ready = nullptr;
     cudaEvent_t use = nullptr;

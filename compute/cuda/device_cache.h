@@ -23,6 +23,9 @@
 
 namespace es::cuda {
 
+// Slots start on 256-byte boundaries, as cudaMalloc's own allocations do, so vector loads stay aligned.
+inline constexpr size_t kSlotAlignment = 256;
+
 struct DeviceExpertCacheOptions {
   size_t slots = 0;       // fixed; > 0
   size_t slot_bytes = 0;  // the largest expert (rounded up to 256 bytes internally); > 0
@@ -74,6 +77,9 @@ class DeviceExpertCache {
 
  private:
   DeviceExpertCache() = default;
+  // The part of Create that makes no CUDA call of its own: the checks, the slot size rounded up to
+  // kSlotAlignment, the copy stream, the slot memory and the table. Create then gives each slot its events.
+  static Result<std::unique_ptr<DeviceExpertCache>> Allocate(const DeviceExpertCacheOptions& options);
   // The slot holding `key`, uploading it on a miss. Caller holds mu_.
   Result<size_t> EnsureResident(uint64_t key, const void* host, size_t bytes);
   void* SlotData(size_t index) const;
@@ -87,6 +93,20 @@ class DeviceExpertCache {
 
 // The methods that only consult the SlotTable or forward to the stream (no CUDA call of their own), inline so that
 // es_cuda and the tests' host emulation share them.
+inline Result<std::unique_ptr<DeviceExpertCache>> DeviceExpertCache::Allocate(const DeviceExpertCacheOptions& options) {
+  if (options.slots == 0 || options.slot_bytes == 0) {
+    return Status::InvalidArgument("DeviceExpertCache: slots and slot_bytes must be > 0");
+  }
+  const size_t slot_bytes = (options.slot_bytes + kSlotAlignment - 1) / kSlotAlignment * kSlotAlignment;
+  std::unique_ptr<DeviceExpertCache> cache(new DeviceExpertCache());
+  ES_ASSIGN_OR_RETURN(cache->copy_stream_, CudaStream::Create());
+  ES_ASSIGN_OR_RETURN(cache->memory_, DeviceBuffer::Allocate(options.slots * slot_bytes));
+  cache->slot_bytes_ = slot_bytes;
+  cache->table_ = internal::SlotTable(options.slots);
+  // Spelled out: nvcc's front end does not apply C++20's implicit move into a converting constructor.
+  return Result<std::unique_ptr<DeviceExpertCache>>(std::move(cache));
+}
+
 inline void* DeviceExpertCache::SlotData(size_t index) const {
   return static_cast<char*>(memory_.data()) + index * slot_bytes_;
 }

@@ -14,14 +14,6 @@ namespace {
 
 using ExpertPair = std::pair<uint32_t, uint32_t>;
 
-// Untrusted text is encoded as text: special tokens written in it are not recognised.
-Result<std::vector<int32_t>> EncodePlain(const Tokenizer& tokenizer, const std::string& text) {
-  EncodeOptions enc;
-  enc.parse_special_tokens = false;
-  ES_ASSIGN_OR_RETURN(auto tokens, tokenizer.Encode(text, enc));
-  return std::vector<int32_t>(tokens.begin(), tokens.end());
-}
-
 // The domain counts that profiles are built from: as merged in the catalog (the writer), or the snapshot this
 // reader opened plus its own counts, which sit in the journal until the writer merges them (`rest` recomputes
 // exactly from the merged counts).
@@ -117,7 +109,7 @@ Result<ProfilingResult> ProfileModel(ModelRuntime& rt, Store& store, const std::
   for (size_t i = 0; i < prompts.size(); ++i) {
     ES_RETURN_IF_ERROR(recorder->SetDomain(prompts[i].domain));
     result.domains.insert(prompts[i].domain);
-    ES_ASSIGN_OR_RETURN(auto ids, EncodePlain(rt.tokenizer(), prompts[i].text));
+    ES_ASSIGN_OR_RETURN(auto ids, EncodeText(rt.tokenizer(), prompts[i].text));
     if (ids.size() < 2) continue;
     ES_ASSIGN_OR_RETURN(EvalResult r, EvaluateNll(rt.model(), rt.experts(), ids, window, rt.forward_options(), on_position));
     result.tokens += r.tokens;
@@ -143,7 +135,7 @@ Result<TrustCalibrationResult> CalibrateTrust(ModelRuntime& rt, Store& store, co
   options.skip_missing_experts = rt.forward_options().skip_missing_experts;
   std::vector<std::vector<int32_t>> sequences;
   for (const auto& t : texts) {
-    ES_ASSIGN_OR_RETURN(auto ids, EncodePlain(rt.tokenizer(), t));
+    ES_ASSIGN_OR_RETURN(auto ids, EncodeText(rt.tokenizer(), t));
     if (ids.size() >= 2) sequences.push_back(std::move(ids));
   }
   if (sequences.empty()) return Status::InvalidArgument("none of the texts holds the 2 tokens calibration needs");

@@ -53,7 +53,7 @@ TEST_F(CacheReplayTest, HitRatesAreTheSimulatorsOnTheSameTrace) {
   for (const TraceStep& s : *steps) EXPECT_EQ(s.experts.size(), kTopK);
 
   CacheReplayOptions options;
-  options.cache_pct = 25;
+  options.cache.pct = 25;
   auto r = ReplayCachePolicies(*experts_, *steps, options);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(r->capacity_experts, 7u);  // 25% of the 31 experts present, in whole slots
@@ -84,7 +84,7 @@ TEST_F(CacheReplayTest, ReplaysTheGivenPoliciesInOrderWithTheGivenWeights) {
   auto steps = SyntheticTraceFor(*experts_, kTokens, kSeed);
   ASSERT_TRUE(steps.ok());
   CacheReplayOptions options;
-  options.cache_mb = 1;
+  options.cache.mb = 1;
   options.policies = {PolicyKind::kBelady, PolicyKind::kTrust};
   options.trust_weights = TrustWeights{.recency = 0, .convergence = 1, .stability = 0, .size = 0};
   auto r = ReplayCachePolicies(*experts_, *steps, options);
@@ -114,12 +114,12 @@ TEST_F(CacheReplayTest, ErrorsNameTheOptionFields) {
   EXPECT_NE(r.status().message().find("`cache_mb`"), std::string::npos) << r.status().ToString();
 
   CacheReplayOptions too_big;
-  too_big.cache_pct = 150;
+  too_big.cache.pct = 150;
   r = ReplayCachePolicies(*experts_, *steps, too_big);
   EXPECT_NE(r.status().message().find("`cache_pct`"), std::string::npos) << r.status().ToString();
 
   CacheReplayOptions no_policies;
-  no_policies.cache_pct = 25;
+  no_policies.cache.pct = 25;
   no_policies.policies.clear();
   r = ReplayCachePolicies(*experts_, *steps, no_policies);
   EXPECT_NE(r.status().message().find("`policies`"), std::string::npos) << r.status().ToString();
@@ -133,7 +133,7 @@ TEST_F(CacheReplayTest, ErrorsNameTheOptionFields) {
   foreign.layer = kLayers;
   foreign.experts = {0};
   CacheReplayOptions ok;
-  ok.cache_pct = 25;
+  ok.cache.pct = 25;
   EXPECT_TRUE(ReplayCachePolicies(*experts_, {&foreign, 1}, ok).status().IsInvalidArgument());
 }
 

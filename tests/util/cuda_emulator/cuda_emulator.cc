@@ -363,15 +363,7 @@ Status AddSigmoidGated(const CudaStream& stream, float* x, const float* gate, si
 // ---- DeviceExpertCache: device_cache.cu's protocol (the same SlotTable) over emulated streams and events ------
 
 Result<std::unique_ptr<DeviceExpertCache>> DeviceExpertCache::Create(const DeviceExpertCacheOptions& options) {
-  if (options.slots == 0 || options.slot_bytes == 0) {
-    return Status::InvalidArgument("DeviceExpertCache: slots and slot_bytes must be > 0");
-  }
-  const size_t slot_bytes = (options.slot_bytes + kAlign - 1) / kAlign * kAlign;
-  std::unique_ptr<DeviceExpertCache> cache(new DeviceExpertCache());
-  ES_ASSIGN_OR_RETURN(cache->copy_stream_, CudaStream::Create());
-  ES_ASSIGN_OR_RETURN(cache->memory_, DeviceBuffer::Allocate(options.slots * slot_bytes));
-  cache->slot_bytes_ = slot_bytes;
-  cache->table_ = internal::SlotTable(options.slots);
+  ES_ASSIGN_OR_RETURN(std::unique_ptr<DeviceExpertCache> cache, Allocate(options));
   for (internal::SlotTable::Slot& slot : cache->table_.slots()) {
     slot.ready_event = new Event();
     slot.use_event = new Event();
