@@ -22,21 +22,6 @@ std::string_view ErrorType(int http_status) {
   }
 }
 
-// A machine-readable `code`: the Status code in snake case, or the HTTP reason for protocol errors.
-std::string_view StatusCodeSlug(Status::Code code) {
-  switch (code) {
-    case Status::Code::kOk: return "ok";
-    case Status::Code::kNotFound: return "not_found";
-    case Status::Code::kCorruption: return "corruption";
-    case Status::Code::kInvalidArgument: return "invalid_argument";
-    case Status::Code::kIOError: return "io_error";
-    case Status::Code::kNotSupported: return "not_supported";
-    case Status::Code::kResourceExhausted: return "resource_exhausted";
-    case Status::Code::kBusy: return "busy";
-  }
-  return "unknown";
-}
-
 std::string_view ProtocolSlug(int http_status) {
   switch (http_status) {
     case kHttpBadRequest: return "bad_request";
@@ -76,7 +61,7 @@ ApiResponse ResponseForStatus(const Status& status) {
   switch (status.code()) {
     case Status::Code::kNotFound: http = kHttpNotFound; break;
     case Status::Code::kInvalidArgument: http = kHttpBadRequest; break;
-    case Status::Code::kNotSupported: http = kHttpNotImplemented; break;
+    case Status::Code::kNotSupported: http = kHttpBadRequest; break;  // 5xx would make OpenAI clients retry
     case Status::Code::kResourceExhausted:
     case Status::Code::kBusy: http = kHttpServiceUnavailable; break;
     case Status::Code::kCorruption:

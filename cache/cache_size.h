@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 
 #include "store/base/status.h"
@@ -26,5 +27,16 @@ Status ValidateCacheSize(const CacheSize& size, std::string_view prefix, bool re
 
 // `pct` percent of `total` slots, rounded down to whole slots.
 uint64_t PercentOfSlots(double pct, uint64_t total);
+
+// The default host cache when no size or state is given: it may take what memory is available now less a
+// margin, kept for the KV cache, the page cache and other processes: a quarter of what is available, and at
+// least kMinFreeMemoryBytes.
+inline constexpr uint64_t kMinFreeMemoryBytes = uint64_t{1} << 30;
+inline constexpr uint64_t kFreeMemoryDivisor = 4;
+uint64_t CacheBytesForMemory(uint64_t available_bytes);
+
+// The memory this process could still use, in bytes: /proc/meminfo's MemAvailable, lowered to the cgroup's
+// memory.max less memory.current where a cgroup (v2) limit applies. IOError when /proc/meminfo cannot be read.
+Result<uint64_t> AvailableMemoryBytes();
 
 }  // namespace es

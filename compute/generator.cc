@@ -182,6 +182,11 @@ Result<EvalResult> EvaluateNll(Model& model, ExpertProvider& experts, std::span<
                                const ForwardOptions& forward, const std::function<void(size_t, bool)>& on_position,
                                size_t step) {
   if (window < 2) return Status::InvalidArgument("evaluation window must hold at least 2 tokens");
+  if (ids.size() < 2) {
+    // Perplexity over no predicted token would be exp(0) = 1: a perfect score for an empty text.
+    return Status::InvalidArgument("the text is " + std::to_string(ids.size()) +
+                                   " token(s) long; perplexity needs at least 2 (one to predict from, one to predict)");
+  }
   EvalResult r;
   auto t0 = std::chrono::steady_clock::now();
   const size_t V = model.config().vocab, H = model.config().hidden;

@@ -86,6 +86,12 @@ Result<std::unique_ptr<Model>> Model::Load(Store& store, const std::string& name
   }
   ES_ASSIGN_OR_RETURN(m->info_, DecodeModel(*value));
   if (!m->info_.complete) {
+    if (m->info_.num_dense_tensors == 0) {
+      // What fetch-expert builds: single experts copied from another store, without the dense weights.
+      return Status::InvalidArgument("model '" + name + "' holds only " + std::to_string(m->info_.num_experts) +
+                                     " experts copied one by one (fetch-expert) and none of its dense weights "
+                                     "(embeddings, attention, norms): ingest its checkpoint to generate");
+    }
     return Status::InvalidArgument("model '" + name + "' is incomplete (an ingest was interrupted): run ingest again");
   }
   ES_ASSIGN_OR_RETURN(m->config_, ParseModelConfig(m->info_.arch, m->info_.config_json));

@@ -69,6 +69,15 @@ Result<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir, std
   c->dir_ = dir;
   ES_ASSIGN_OR_RETURN(bool exists, c->fs_->Exists(dir));
   if (!exists) return Status::NotFound("no checkpoint directory " + dir);
+  if (!c->fs_->ListDir(dir).ok()) {
+    // A file: users of llama.cpp hand over the weights file itself.
+    if (dir.ends_with(".gguf")) {
+      return Status::NotSupported(dir + " is a GGUF file; ingest reads Hugging Face safetensors checkpoints (a "
+                                  "directory holding config.json and the *.safetensors shards)");
+    }
+    return Status::InvalidArgument(dir + " is not a directory: ingest takes the checkpoint directory that holds "
+                                   "config.json and the *.safetensors shards (" + DirName(dir) + ")");
+  }
   std::string config_path = JoinPath(dir, kConfig);
   ES_ASSIGN_OR_RETURN(bool has_config, c->fs_->Exists(config_path));
   if (!has_config) return Status::InvalidArgument(dir + " has no config.json: not a Hugging Face checkpoint");

@@ -215,19 +215,49 @@ Status CollectStored(Store& store, const ModelInfo& old, ModelInfo& record, Stor
   });
 }
 
+// The same checkpoint's weights are stored completely. Its assets are not part of the fingerprint (a tokenizer is
+// often added to a checkpoint later): those the stored model lacks or holds with other contents are planned, the
+// rest counts as stored. Nothing to write: the result is marked unchanged.
+Status ReconcileAssets(Store& store, const Checkpoint& checkpoint, FileSystem& fs, const ModelInfo& old,
+                       ModelInfo& record, IngestResult& result, StoredRecords& stored) {
+  std::vector<std::string> changed;
+  for (const AssetSource& a : checkpoint.assets()) {
+    auto held = store.ReadAsset(old, a.name);
+    if (held.ok()) {
+      ES_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(fs, a.path, a.size));
+      if (text == *held) continue;
+    } else if (!held.status().IsNotFound()) {
+      return held.status();
+    }
+    changed.push_back(a.name);
+  }
+  if (changed.empty()) {
+    result.unchanged = true;
+    return Status::Ok();
+  }
+  ES_RETURN_IF_ERROR(CollectStored(store, old, record, stored));
+  // The new versions replace the old records in the model record; the old ones become dead space.
+  std::erase_if(record.assets, [&](const AssetInfo& a) {
+    return std::find(changed.begin(), changed.end(), a.name) != changed.end();
+  });
+  for (const std::string& name : changed) stored.assets.erase(name);
+  result.assets_updated = std::move(changed);
+  return Status::Ok();
+}
+
 // Reconciles the new record with a model already stored under its name, before anything is written. The same
 // checkpoint, complete: the result is marked unchanged. The same one, interrupted: marked resumed, with what
 // is stored in `stored`. A different one: refused unless `replace`, in which case it is deleted.
-Status ReconcileWithStored(Store& store, const IngestOptions& options, ModelInfo& record, IngestResult& result,
-                           StoredRecords& stored) {
+Status ReconcileWithStored(Store& store, const Checkpoint& checkpoint, const IngestOptions& options,
+                           ModelInfo& record, IngestResult& result, StoredRecords& stored) {
   const std::string& name = record.name;
   auto existing = store.catalog().Get(Cf::kModels, ModelKey(name));
   if (!existing.ok()) return existing.status().IsNotFound() ? Status::Ok() : existing.status();
   ES_ASSIGN_OR_RETURN(ModelInfo old, DecodeModel(*existing));
   if (old.source_fingerprint == record.source_fingerprint) {
     if (old.complete) {
-      result.unchanged = true;
-      return Status::Ok();
+      std::shared_ptr<FileSystem> fs = options.checkpoint_fs ? options.checkpoint_fs : DefaultFileSystem();
+      return ReconcileAssets(store, checkpoint, *fs, old, record, result, stored);
     }
     result.resumed = true;
     return CollectStored(store, old, record, stored);
@@ -445,7 +475,9 @@ Result<IngestResult> IngestCheckpoint(Store& store, const std::string& dir, cons
   ModelInfo record = BaseModelRecord(name, *checkpoint);
   IngestResult result = ResultFor(record);
   StoredRecords stored;
-  ES_RETURN_IF_ERROR(ReconcileWithStored(store, options, record, result, stored));
+  result.has_tokenizer = std::any_of(checkpoint->assets().begin(), checkpoint->assets().end(),
+                                     [](const AssetSource& a) { return a.name == "tokenizer.json"; });
+  ES_RETURN_IF_ERROR(ReconcileWithStored(store, *checkpoint, options, record, result, stored));
   if (!result.unchanged) {
     std::vector<WorkItem> items = PlanWork(*checkpoint, stored);
     ES_RETURN_IF_ERROR(IngestItems(store, items, options, record, result));

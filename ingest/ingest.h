@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "store/base/file_system.h"
 #include "store/base/status.h"
@@ -36,6 +37,10 @@ struct IngestResult {
   double seconds = 0;
   bool unchanged = false;      // the checkpoint was already there: nothing written
   bool resumed = false;        // an interrupted ingest of the same checkpoint was completed
+  // Same weights, but assets (tokenizer.json, ...) the stored model lacked or held in another version: only these
+  // were written. `unchanged` is false then.
+  std::vector<std::string> assets_updated;
+  bool has_tokenizer = false;  // the checkpoint has tokenizer.json (generation needs one)
 };
 
 Result<IngestResult> IngestCheckpoint(Store& store, const std::string& dir, const IngestOptions& options);

@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <charconv>
 #include <cstdio>
@@ -108,6 +109,21 @@ Result<Args> Args::Parse(const std::vector<std::string>& argv, const std::vector
   return args;
 }
 
+Status CheckPositional(const Command& command, const Args& args) {
+  const auto& pos = args.positional();
+  for (size_t i = 0; i < pos.size(); ++i) {
+    const std::string& a = pos[i];
+    if (a.size() > 1 && a[0] == '-' && !(a[1] >= '0' && a[1] <= '9')) {
+      return Status::InvalidArgument("unknown flag " + a + " (flags are long: --model, --prompt; see expertstore " +
+                                     command.name + " --help)");
+    }
+    if (i >= command.max_positional) {
+      return Status::InvalidArgument("unexpected argument '" + a + "' (see expertstore " + command.name + " --help)");
+    }
+  }
+  return Status::Ok();
+}
+
 std::string FieldOfFlag(std::string_view flag) {
   std::string field(flag);
   for (char& c : field) {
@@ -144,18 +160,30 @@ std::string WithFlagNames(std::string_view message, const std::vector<FlagSpec>&
   return out;
 }
 
-int ExitCodeFor(const Status& status, const std::vector<FlagSpec>& flags) {
+int ExitCodeFor(const Status& status, const std::vector<FlagSpec>& flags, bool json) {
   if (status.ok()) return 0;
-  std::fprintf(stderr, "error: %s\n", WithFlagNames(status.message(), flags).c_str());
+  const std::string message = WithFlagNames(status.message(), flags);
+  std::fprintf(stderr, "error: %s\n", message.c_str());
+  int code = 1;
   switch (status.code()) {
-    case Status::Code::kInvalidArgument: return 2;
-    case Status::Code::kNotFound: return 3;
-    case Status::Code::kCorruption: return 4;
-    case Status::Code::kBusy: return 5;
-    case Status::Code::kResourceExhausted: return 6;
-    case Status::Code::kNotSupported: return 7;
-    default: return 1;
+    case Status::Code::kInvalidArgument: code = 2; break;
+    case Status::Code::kNotFound: code = 3; break;
+    case Status::Code::kCorruption: code = 4; break;
+    case Status::Code::kBusy: code = 5; break;
+    case Status::Code::kResourceExhausted: code = 6; break;
+    case Status::Code::kNotSupported: code = 7; break;
+    default: break;
   }
+  if (json) {
+    JsonWriter w;
+    w.BeginObject().Key("error").BeginObject()
+        .Key("code").String(StatusCodeSlug(status.code()))
+        .Key("message").String(message)
+        .Key("exit_code").Int(code)
+        .EndObject().EndObject();
+    PrintJson(w);
+  }
+  return code;
 }
 
 Result<CacheSize> CacheSizeFromFlags(const Args& args, std::string_view prefix) {
@@ -172,7 +200,19 @@ Result<CacheSize> CacheSizeFromFlags(const Args& args, std::string_view prefix) 
   return size;
 }
 
+bool StoreWritable(const Args& args) {
+  const std::string& path = args.global().store;
+  for (const std::string& p : {path, path + "/catalog"}) {
+    if (::access(p.c_str(), W_OK) != 0 && errno != ENOENT) return false;
+  }
+  return true;
+}
+
 Result<std::unique_ptr<Store>> OpenStore(const Args& args, bool writer, bool create) {
+  if (writer && !StoreWritable(args)) {
+    return Status::NotSupported("the store at " + args.global().store +
+                                " is read-only (a read-only mount or no write permission), and this command writes to it");
+  }
   StoreOptions options;
   options.read_only = !writer;
   options.create_if_missing = create;

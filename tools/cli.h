@@ -18,6 +18,9 @@
 
 namespace es::cli {
 
+// The version `--version` and `info` print.
+inline constexpr char kVersion[] = "0.1.0";
+
 // Flags every command accepts.
 struct GlobalFlags {
   std::string store = "./expertstore-data";
@@ -61,6 +64,7 @@ struct Command {
   std::string summary;  // one line
   std::vector<FlagSpec> flags;
   std::function<Status(const Args&)> run;
+  size_t max_positional = 0;  // arguments that are not flags (ingest's DIR); more are refused
 };
 
 // Registration: each cli_*.cc defines one function adding its commands.
@@ -72,10 +76,16 @@ void RegisterBenchCommands(std::vector<Command>& commands);
 void RegisterMetadataCommands(std::vector<Command>& commands);
 void RegisterServeCommands(std::vector<Command>& commands);
 
+// InvalidArgument for more positional arguments than `command` takes, naming the first extra one; one that starts
+// with a single '-' ("-m") is an unknown flag (flags are long: --model).
+Status CheckPositional(const Command& command, const Args& args);
+
 // The single place a Status becomes an exit code (0 for OK) and an "error: ..." line on stderr. The libraries name
 // the options at fault by their fields, in backquotes (`cache_pct`); each that one of `flags` (or a global flag)
 // sets is printed as that flag (--cache-pct).
-int ExitCodeFor(const Status& status, const std::vector<FlagSpec>& flags = {});
+// With `json` (--json) the error is also one document on stdout, {"error": {"code", "message", "exit_code"}}, so
+// that a script reading stdout always gets exactly one JSON document.
+int ExitCodeFor(const Status& status, const std::vector<FlagSpec>& flags = {}, bool json = false);
 
 // The option field a flag sets: its name with '_' for '-' ("top-k" -> "top_k").
 std::string FieldOfFlag(std::string_view flag);
@@ -86,7 +96,12 @@ std::string WithFlagNames(std::string_view message, const std::vector<FlagSpec>&
 // the other (ValidateCacheSize does that, naming the fields).
 Result<CacheSize> CacheSizeFromFlags(const Args& args, std::string_view prefix);
 
-// Opens the store named by --store. Writers take the lock; readers open beside a running writer.
+// False when this process cannot write the store at --store (a read-only mount or snapshot, no write permission):
+// read commands then open it read-only and do not record usage. True for a store that does not exist yet.
+bool StoreWritable(const Args& args);
+
+// Opens the store named by --store. Writers take the lock; readers open beside a running writer. A writer on a
+// store that is not writable gets NotSupported saying so.
 Result<std::unique_ptr<Store>> OpenStore(const Args& args, bool writer, bool create = false);
 
 // Prints a JSON document as the only thing on stdout.

@@ -330,7 +330,7 @@ void RegisterBenchCommands(std::vector<Command>& commands) {
           {"policies", true, "cache: comma-separated policies (default lru,lfu,trust,belady)"},
           {"trust-weights", true, "cache: trust policy weights recency,convergence,stability,size (default 0.4,0.3,0.2,0.1)"},
       },
-      RunBench});
+      RunBench, /*max_positional=*/1});
 }
 
 }  // namespace es::cli

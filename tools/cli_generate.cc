@@ -48,6 +48,21 @@ std::string_view RecordingTarget(Runtime& rt) {
   return rt.store().journaling() ? "journal" : "catalog";
 }
 
+// "exact" and, when the configuration changes the output, "not_exact": why.
+void WriteExactnessJson(JsonWriter& w, const Runtime& rt) {
+  w.Key("exact").Bool(rt.runtime().exact());
+  if (rt.runtime().exact()) return;
+  w.Key("not_exact").BeginArray();
+  for (const auto& reason : rt.runtime().inexact_reasons()) w.String(reason);
+  w.EndArray();
+}
+
+// The configuration in force, first on stderr: the cache size and why, and whether the output is exact.
+void PrintConfiguration(const Args& args, const Runtime& rt) {
+  if (args.global().quiet || args.global().json) return;
+  std::fprintf(stderr, "[%s]\n", rt.describe().c_str());
+}
+
 void WriteCacheJson(JsonWriter& w, const Runtime& rt) {
   ProviderCounters c = rt.experts().counters();
   const PrefetchAccuracy& a = rt.prefetch_accuracy();
@@ -60,6 +75,7 @@ Status RunGenerate(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string model_name, args.Require("model"));
   ES_ASSIGN_OR_RETURN(std::string prompt, args.Require("prompt"));
   ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model_name, RuntimeOptions{.need_tokenizer = true, .record = true}));
+  PrintConfiguration(args, *rt);
   GenerateOptions o;
   ES_ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", 64, 1, 1 << 20));
   o.max_tokens = static_cast<uint32_t>(max_tokens);
@@ -86,8 +102,9 @@ Status RunGenerate(const Args& args) {
         .Key("prefill_tokens_per_second").Double(r.prefill_tokens_per_second())
         .Key("state").String(rt->state_name())
         .Key("routing").String(rt->routing_name())
-        .Key("usage").String(RecordingTarget(*rt))
-        .Key("cache");
+        .Key("configuration").String(rt->describe());
+    WriteExactnessJson(w, *rt);
+    w.Key("usage").String(RecordingTarget(*rt)).Key("cache");
     WriteCacheJson(w, *rt);
     w.EndObject();
     PrintJson(w);
@@ -95,10 +112,11 @@ Status RunGenerate(const Args& args) {
   }
   std::printf("\n");
   if (!args.global().quiet) {
-    std::fprintf(stderr, "[%zu prompt tokens at %.1f tok/s, %zu generated at %.2f tok/s; cache %llu hits, %llu misses, %s read; %s]\n",
+    std::fprintf(stderr, "[%zu prompt tokens at %.1f tok/s, %zu generated at %.2f tok/s; cache %llu hits, %llu misses, %s read; %s%s]\n",
                  r.prompt_ids.size(), r.prefill_tokens_per_second(), r.ids.size(), r.decode_tokens_per_second(),
                  static_cast<unsigned long long>(c.hits), static_cast<unsigned long long>(c.misses),
-                 HumanBytes(c.bytes_read).c_str(), r.stop_reason.c_str());
+                 HumanBytes(c.bytes_read).c_str(), r.stop_reason.c_str(),
+                 rt->runtime().exact() ? "" : "; NOT EXACT: see the first line");
   }
   return Status::Ok();
 }
@@ -124,6 +142,7 @@ Status RunEval(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string path, args.Require("text"));
   ES_ASSIGN_OR_RETURN(std::string text, ReadFile(*DefaultFileSystem(), path));
   ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model_name, RuntimeOptions{.need_tokenizer = true, .record = true}));
+  PrintConfiguration(args, *rt);
   ES_ASSIGN_OR_RETURN(std::vector<int32_t> ids, EncodeText(rt->tokenizer(), text));
   ES_ASSIGN_OR_RETURN(int64_t window, args.GetInt("window", std::min<int64_t>(rt->model().config().max_positions, 1024), 2,
                                                   rt->model().config().max_positions));
@@ -135,8 +154,10 @@ Status RunEval(const Args& args) {
       recorder->RecordOutcome((index - 1) % static_cast<size_t>(window), correct);
     };
   }
-  ES_ASSIGN_OR_RETURN(EvalResult r, EvaluateNll(rt->model(), rt->experts(), ids, static_cast<size_t>(window),
-                                                rt->forward_options(), on_position, static_cast<size_t>(step)));
+  auto evaluated = EvaluateNll(rt->model(), rt->experts(), ids, static_cast<size_t>(window), rt->forward_options(),
+                               on_position, static_cast<size_t>(step));
+  if (!evaluated.ok()) return evaluated.status().WithContext(path);
+  const EvalResult& r = *evaluated;
   ES_RETURN_IF_ERROR(rt->FinishRecording());
   ProviderCounters c = rt->experts().counters();
   double hit_rate = c.hits + c.misses ? static_cast<double>(c.hits) / static_cast<double>(c.hits + c.misses) : 0;
@@ -148,7 +169,9 @@ Status RunEval(const Args& args) {
         .Double(r.tokens ? static_cast<double>(r.top1_correct) / static_cast<double>(r.tokens) : 0)
         .Key("window").Uint(static_cast<uint64_t>(window)).Key("step").Uint(static_cast<uint64_t>(step))
         .Key("state").String(rt->state_name()).Key("routing").String(rt->routing_name())
-        .Key("usage").String(RecordingTarget(*rt))
+        .Key("configuration").String(rt->describe());
+    WriteExactnessJson(w, *rt);
+    w.Key("usage").String(RecordingTarget(*rt))
         .Key("tokens_per_second").Double(tps).Key("hit_rate").Double(hit_rate).Key("cache");
     WriteCacheJson(w, *rt);
     w.EndObject();

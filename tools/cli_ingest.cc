@@ -1,7 +1,11 @@
 // Ingest commands: ingest (a checkpoint into the store) and make-checkpoint (random weights in a family's layout).
+#include <signal.h>
+#include <unistd.h>
+
 #include <charconv>
 #include <cstdio>
 
+#include "ingest/checkpoint.h"
 #include "ingest/ingest.h"
 #include "ingest/make_checkpoint.h"
 #include "tools/cli.h"
@@ -10,9 +14,29 @@ namespace es::cli {
 
 namespace {
 
+// Ctrl-C or SIGTERM during ingest: say so and how to go on, then exit as the signal would. Stopping anywhere is
+// safe (each transaction commits atomically, as after kill -9), so the handler only has to speak.
+extern "C" void OnIngestInterrupted(int sig) {
+  static constexpr char kMessage[] =
+      "\ningest interrupted: what was committed is kept; run the same command again to resume\n";
+  [[maybe_unused]] ssize_t n = ::write(STDERR_FILENO, kMessage, sizeof(kMessage) - 1);
+  ::_exit(128 + sig);
+}
+
+void SayWhenInterrupted() {
+  struct sigaction action {};
+  action.sa_handler = OnIngestInterrupted;
+  sigemptyset(&action.sa_mask);
+  ::sigaction(SIGINT, &action, nullptr);
+  ::sigaction(SIGTERM, &action, nullptr);
+}
+
 Status RunIngest(const Args& args) {
   if (args.positional().size() != 1) return Status::InvalidArgument("usage: expertstore ingest DIR [--name N] [--replace]");
+  // The checkpoint is checked before the store is opened, so that a wrong path leaves no empty store behind.
+  ES_RETURN_IF_ERROR(Checkpoint::Open(args.positional()[0]).status());
   ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/true, /*create=*/true));
+  SayWhenInterrupted();
   IngestOptions options;
   options.name = args.GetOr("name", "");
   options.replace = args.Has("replace");
@@ -25,6 +49,12 @@ Status RunIngest(const Args& args) {
   ES_ASSIGN_OR_RETURN(IngestResult r, IngestCheckpoint(*store, args.positional()[0], options));
   bar.Finish();
   uint64_t rss = PeakRssBytes();
+  if (!r.has_tokenizer) {
+    std::fprintf(stderr,
+                 "warning: %s has no tokenizer.json: generate, chat, eval and serve need one. Put it beside config.json "
+                 "and run ingest again; that adds only the missing files\n",
+                 args.positional()[0].c_str());
+  }
   if (args.global().json) {
     JsonWriter w;
     w.BeginObject()
@@ -38,13 +68,24 @@ Status RunIngest(const Args& args) {
         .Key("seconds").Double(r.seconds)
         .Key("unchanged").Bool(r.unchanged)
         .Key("resumed").Bool(r.resumed)
+        .Key("has_tokenizer").Bool(r.has_tokenizer)
+        .Key("assets_updated").BeginArray();
+    for (const auto& a : r.assets_updated) w.String(a);
+    w.EndArray()
         .Key("peak_rss_bytes").Uint(rss)
         .EndObject();
     PrintJson(w);
     return Status::Ok();
   }
+  if (args.global().quiet) return Status::Ok();
   if (r.unchanged) {
     std::printf("%s: already ingested from this checkpoint; nothing to do\n", r.model.c_str());
+    return Status::Ok();
+  }
+  if (!r.assets_updated.empty()) {
+    std::string names;
+    for (const auto& a : r.assets_updated) names += (names.empty() ? "" : ", ") + a;
+    std::printf("%s: weights already ingested from this checkpoint; wrote %s\n", r.model.c_str(), names.c_str());
     return Status::Ok();
   }
   double rate = r.seconds > 0 ? static_cast<double>(r.bytes_written) / r.seconds : 0;
@@ -144,7 +185,7 @@ void RegisterIngestCommands(std::vector<Command>& commands) {
                       {{"name", true, "model name (default: the directory's name)"},
                        {"replace", false, "replace a model of that name that holds a different checkpoint"},
                        {"commit-mb", true, "data per transaction, the unit an interrupted ingest resumes from (default 512)"}},
-                      RunIngest});
+                      RunIngest, /*max_positional=*/1});
   commands.push_back({"make-checkpoint",
                       "make-checkpoint OUT --arch A [--preset qwen3-30b-a3b] [--layers --experts --top-k --hidden "
                       "--moe-intermediate --heads --kv-heads --vocab --dtype --seed --missing L:E,.. --fused --shard-mb]",
@@ -164,7 +205,7 @@ void RegisterIngestCommands(std::vector<Command>& commands) {
                        {"missing", true, "experts to leave out, LAYER:EXPERT,..."},
                        {"fused", false, "fused experts.gate_up_proj / experts.down_proj tensors"},
                        {"shard-mb", true, "largest shard in MiB (default 4096)"}},
-                      RunMakeCheckpoint});
+                      RunMakeCheckpoint, /*max_positional=*/1});
 }
 
 }  // namespace es::cli

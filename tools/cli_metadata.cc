@@ -103,9 +103,6 @@ Status RunProfile(const Args& args) {
 
 // ---- calibrate ------------------------------------------------------------------------------------------
 
-// Calibration keeps every expert resident when the model's experts fit in this (the tiny model's 15 MiB do).
-constexpr uint64_t kCalibrationFullCacheBytes = 1ull << 30;
-
 Status RunCalibrate(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
   ES_ASSIGN_OR_RETURN(std::string path, args.Require("text"));
@@ -118,8 +115,7 @@ Status RunCalibrate(const Args& args) {
     return Status::InvalidArgument("calibrate measures the model's own routing: --routing must be exact");
   }
   ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model, RuntimeOptions{.need_tokenizer = true,
-                                                                          .writes_metadata = true,
-                                                                          .preferred_cache_bytes = kCalibrationFullCacheBytes}));
+                                                                          .writes_metadata = true}));
   const ModelConfig& config = rt->model().config();
   CalibrationOptions o;
   ES_ASSIGN_OR_RETURN(int64_t window, args.GetInt("window", std::min<int64_t>(config.max_positions, kDefaultCalibrationWindow),
@@ -375,7 +371,7 @@ void RegisterMetadataCommands(std::vector<Command>& commands) {
   commands.push_back({"profiles", "profiles export --model M [--out FILE] | profiles import FILE [--model M]",
                       "share specialization profiles between stores as JSON",
                       {{"model", true, "model name"}, {"out", true, "write to this file instead of stdout"}},
-                      RunProfiles});
+                      RunProfiles, /*max_positional=*/2});
   commands.push_back({"rest", "rest --model M [--trust-mix c,s,e] [--top-coactivated N]",
                       "the rest state: recompute profiles and trust from recorded usage, compact the catalog",
                       {{"model", true, "model name"},

@@ -92,7 +92,14 @@ Result<std::unique_ptr<Runtime>> Runtime::Open(const Args& args, const std::stri
   ES_ASSIGN_OR_RETURN(RuntimeConfig config, RuntimeConfigFromArgs(args));
   config.need_tokenizer = options.need_tokenizer;
   config.record = options.record && !args.Has("no-record");
-  config.preferred_cache_bytes = options.preferred_cache_bytes;
+  if (config.record && !options.writes_metadata && !StoreWritable(args)) {
+    // Reading a read-only store is fine; recording usage would need its journal.
+    if (!args.global().quiet) {
+      std::fprintf(stderr, "note: the store at %s is read-only: expert usage is not recorded\n",
+                   args.global().store.c_str());
+    }
+    config.record = false;
+  }
   std::unique_ptr<Runtime> rt(new Runtime());
   if (config.record || options.writes_metadata) {
     ES_ASSIGN_OR_RETURN(rt->store_, OpenStoreForMetadata(args));

@@ -34,9 +34,6 @@ struct RuntimeOptions {
   bool record = false;
   // The metadata commands that write trust or profiles open the store the same way without recording.
   bool writes_metadata = false;
-  // The cache size when neither --cache-mb nor --cache-pct is given and the state is the default, if the model's
-  // experts fit in it (calibration keeps the whole tiny model resident); 0: the state's.
-  uint64_t preferred_cache_bytes = 0;
 };
 
 Result<SamplerOptions> SamplerFromArgs(const Args& args);
@@ -53,6 +50,7 @@ class Runtime {
   ~Runtime();
 
   ModelRuntime& runtime() { return *rt_; }
+  const ModelRuntime& runtime() const { return *rt_; }
   Model& model() { return rt_->model(); }
   const Tokenizer& tokenizer() const { return rt_->tokenizer(); }
   ExpertProvider& experts() { return rt_->experts(); }

@@ -84,8 +84,17 @@ Status RunServe(const Args& args) {
   ES_ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", limits.max_tokens, 1, kMaxCountFlag));
   limits.max_tokens = static_cast<uint32_t>(max_tokens);
 
-  // The serving process is the store's writer (it merges recorders' journals); beside another writer it serves read-only.
-  auto opened = OpenStore(args, /*writer=*/true);
+  // The serving process is the store's writer (it merges recorders' journals); beside another writer, or on a store
+  // it cannot write, it serves read-only.
+  const bool writable = StoreWritable(args);
+  if (!writable) {
+    if (!args.global().quiet && generation_options.runtime.record) {
+      std::fprintf(stderr, "note: the store at %s is read-only: serving it without recording usage\n",
+                   args.global().store.c_str());
+    }
+    generation_options.runtime.record = false;
+  }
+  auto opened = OpenStore(args, /*writer=*/writable);
   if (!opened.ok() && opened.status().IsBusy()) {
     std::fprintf(stderr, "note: %s; serving it read-only (a snapshot as of now)\n", opened.status().message().c_str());
     opened = OpenStore(args, /*writer=*/false);
@@ -107,6 +116,9 @@ Status RunServe(const Args& args) {
   if (!args.global().quiet) {
     std::fprintf(stderr, "expertstore: serving %s on http://%s:%u (SIGTERM or Ctrl-C drains and stops)\n",
                  store->path().c_str(), server_options.host.c_str(), server->port());
+    for (const std::string& reason : InexactReasonsOf(generation_options.runtime)) {
+      std::fprintf(stderr, "expertstore: completions are NOT EXACT: %s\n", reason.c_str());
+    }
   }
   int signal = 0;
   sigwait(&signals, &signal);

@@ -11,7 +11,6 @@ namespace es::cli {
 
 namespace {
 
-constexpr std::string_view kVersion = "0.1.0";
 
 Status RunVerify(const Args& args) {
   ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
@@ -39,15 +38,35 @@ Status RunVerify(const Args& args) {
   return Status::Ok();
 }
 
+// The payload bytes a model's records hold now: for an incomplete model the record's own counts are what the
+// ingest planned, not what is there.
+Result<uint64_t> StoredBytes(Store& store, const std::string& model) {
+  std::vector<ExtentRef> extents;
+  std::vector<CorruptEntry> undecodable;
+  ES_RETURN_IF_ERROR(CollectExtents(store.catalog(), model, extents, undecodable));
+  uint64_t bytes = 0;
+  for (const ExtentRef& e : extents) bytes += e.extent.payload_length;
+  return bytes;
+}
+
 Status RunModels(const Args& args) {
   ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
   ES_ASSIGN_OR_RETURN(auto models, store->ListModels());
+  std::vector<uint64_t> stored(models.size());
+  for (size_t i = 0; i < models.size(); ++i) {
+    if (models[i].complete) {
+      stored[i] = models[i].total_bytes;
+    } else {
+      ES_ASSIGN_OR_RETURN(stored[i], StoredBytes(*store, models[i].name));
+    }
+  }
   if (args.global().json) {
     JsonWriter w;
     w.BeginArray();
-    for (const auto& m : models) {
+    for (size_t i = 0; i < models.size(); ++i) {
       w.BeginObject();
-      WriteModelFields(w, m);
+      WriteModelFields(w, models[i]);
+      w.Key("stored_bytes").Uint(stored[i]);
       w.EndObject();
     }
     w.EndArray();
@@ -58,10 +77,16 @@ Status RunModels(const Args& args) {
     std::printf("no models in %s\n", args.global().store.c_str());
     return Status::Ok();
   }
-  std::printf("%-32s %-16s %6s %8s %5s %12s\n", "NAME", "ARCH", "LAYERS", "EXPERTS", "TOPK", "BYTES");
-  for (const auto& m : models) {
-    std::printf("%-32s %-16s %6u %8u %5u %12llu%s\n", m.name.c_str(), m.arch.c_str(), m.num_layers, m.experts_per_layer,
-                m.top_k, static_cast<unsigned long long>(m.total_bytes), m.complete ? "" : "  (incomplete)");
+  // Column names are the JSON fields': EXPERTS counts all experts, PER-LAYER those of one layer.
+  std::printf("%-32s %-16s %6s %8s %9s %5s %12s\n", "NAME", "ARCH", "LAYERS", "EXPERTS", "PER-LAYER", "TOPK",
+              "BYTES");
+  for (size_t i = 0; i < models.size(); ++i) {
+    const ModelInfo& m = models[i];
+    std::string note;
+    if (!m.complete) note = "  (incomplete: " + HumanBytes(stored[i]) + " of " + HumanBytes(m.total_bytes) + " stored)";
+    std::printf("%-32s %-16s %6u %8llu %9u %5u %12llu%s\n", m.name.c_str(), m.arch.c_str(), m.num_layers,
+                static_cast<unsigned long long>(m.num_experts), m.experts_per_layer, m.top_k,
+                static_cast<unsigned long long>(stored[i]), note.c_str());
   }
   return Status::Ok();
 }

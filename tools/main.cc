@@ -1,4 +1,5 @@
 // expertstore: the command-line entry point. Dispatches to the subcommands registered by the cli_*.cc files.
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -8,7 +9,7 @@
 namespace {
 
 void PrintUsage(const std::vector<es::cli::Command>& commands) {
-  std::fprintf(stderr, "usage: expertstore COMMAND [flags]  (global: --store DIR --json --quiet --io-engine E)\n\n");
+  std::fprintf(stderr, "usage: expertstore COMMAND [flags]  (global: --store DIR --json --quiet --io-engine E; --version)\n\n");
   for (const auto& c : commands) std::fprintf(stderr, "  %-28s %s\n", c.name.c_str(), c.summary.c_str());
   std::fprintf(stderr, "\nexpertstore COMMAND --help shows a command's flags.\n");
 }
@@ -38,9 +39,15 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   std::string name = argv[1];
+  if (name == "--version" || name == "version") {
+    std::printf("expertstore %s\n", es::cli::kVersion);
+    return 0;
+  }
+  std::vector<std::string> rest(argv + 2, argv + argc);
+  // --json decides the error's form before the flags parse, so that a flag error is a JSON document too.
+  const bool json = std::find(rest.begin(), rest.end(), "--json") != rest.end();
   for (const auto& c : commands) {
     if (c.name != name) continue;
-    std::vector<std::string> rest(argv + 2, argv + argc);
     for (const auto& a : rest) {
       if (a == "--help" || a == "-h") {
         PrintCommandHelp(c);
@@ -48,8 +55,10 @@ int main(int argc, char** argv) {
       }
     }
     auto args = es::cli::Args::Parse(rest, c.flags);
-    if (!args.ok()) return es::cli::ExitCodeFor(args.status(), c.flags);
-    return es::cli::ExitCodeFor(c.run(*args), c.flags);
+    if (!args.ok()) return es::cli::ExitCodeFor(args.status(), c.flags, json);
+    if (es::Status s = es::cli::CheckPositional(c, *args); !s.ok()) return es::cli::ExitCodeFor(s, c.flags, json);
+    return es::cli::ExitCodeFor(c.run(*args), c.flags, json);
   }
-  return es::cli::ExitCodeFor(es::Status::InvalidArgument("unknown command '" + name + "' (see expertstore --help)"));
+  return es::cli::ExitCodeFor(
+      es::Status::InvalidArgument("unknown command '" + name + "' (see expertstore --help)"), {}, json);
 }

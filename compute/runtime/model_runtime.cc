@@ -1,6 +1,7 @@
 // ModelRuntime: a RuntimeConfig made into a model, tokenizer, expert provider, routing policy and recorder.
 #include "compute/runtime/model_runtime.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <optional>
 
@@ -68,9 +69,26 @@ Result<TrustRoutingInputs> LoadTrustRoutingInputs(Store& store, const std::strin
   return in;
 }
 
+// The reasons a configuration is not exact that do not depend on the model: how experts are selected.
+std::vector<std::string> SelectionInexactReasons(const RuntimeConfig& c) {
+  std::vector<std::string> reasons;
+  if (c.routing != "exact") reasons.push_back("routing " + c.routing + " selects other experts than the router's top-k");
+  if (c.skip_missing_experts) reasons.push_back("experts missing from the checkpoint are skipped");
+  return reasons;
+}
+
 std::string Mib(uint64_t bytes) {
   char text[32];
   std::snprintf(text, sizeof(text), "%.1f MiB", static_cast<double>(bytes) / (1024.0 * 1024.0));
+  return text;
+}
+
+// Memory sizes: GiB from 1 GiB up.
+std::string MemoryText(uint64_t bytes) {
+  constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+  if (static_cast<double>(bytes) < kGiB) return Mib(bytes);
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f GiB", static_cast<double>(bytes) / kGiB);
   return text;
 }
 
@@ -122,6 +140,18 @@ Status ValidateRuntimeConfig(const RuntimeConfig& c) {
   return Status::Ok();
 }
 
+std::vector<std::string> InexactReasonsOf(const RuntimeConfig& c) {
+  std::vector<std::string> reasons;
+  if (!c.no_cache) {
+    auto state = ParseMetabolicState(c.state);
+    if (state.ok() && *state == MetabolicState::kWake) reasons.push_back("state wake runs half the model's experts per token");
+    if (state.ok() && *state == MetabolicState::kCrisis) reasons.push_back("state crisis runs twice the model's experts per token");
+  }
+  std::vector<std::string> selection = SelectionInexactReasons(c);
+  reasons.insert(reasons.end(), selection.begin(), selection.end());
+  return reasons;
+}
+
 Result<Tokenizer> LoadModelTokenizer(Store& store, const std::string& model) {
   auto value = store.catalog().Get(Cf::kModels, ModelKey(model));
   if (!value.ok()) return value.status().IsNotFound() ? Status::NotFound("no model '" + model + "' in the store") : value.status();
@@ -171,11 +201,13 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
     ES_ASSIGN_OR_RETURN(TrustRoutingInputs inputs, LoadTrustRoutingInputs(store, model, config, c.focus_domain));
     rt->forward_.routing = MakeTrustRouting(std::move(inputs), weights);
   }
+  rt->inexact_ = SelectionInexactReasons(c);
   const std::string recording =
       rt->recorder_ ? (store.journaling() ? ", recording to the journal" : ", recording") : "";
   if (c.no_cache) {
     ES_ASSIGN_OR_RETURN(rt->experts_, DirectExpertProvider::Create(store, model));
-    rt->description_ = "no cache: every selected expert read from disk for every token" + recording;
+    rt->description_ = "no cache: every selected expert read from disk for every token, " + rt->ExactnessText() +
+                       recording;
     ES_RETURN_IF_ERROR(rt->UseBackend(store, c));
     return rt;
   }
@@ -186,6 +218,7 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
   if (c.cache_mb) overrides.cache_mb = *c.cache_mb;
   if (c.prefetch) overrides.prefetch_depth = *c.prefetch;
   ES_ASSIGN_OR_RETURN(StateBudget budget, ResolveState(state, sm, overrides));
+  std::string size_reason;
   if (c.cache_pct) {
     // A share of the experts, in whole slots; a layer's k experts at least.
     const uint64_t slots = PercentOfSlots(*c.cache_pct, sm.num_experts);
@@ -195,10 +228,30 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
     }
     budget.cache_slots = static_cast<uint32_t>(slots);
     budget.cache_bytes = slots * sm.slot_bytes;
-  } else if (!c.cache_mb && !c.state_given && c.preferred_cache_bytes > 0 &&
-             experts.total_record_bytes() <= c.preferred_cache_bytes) {
-    budget.cache_slots = static_cast<uint32_t>(sm.num_experts);
-    budget.cache_bytes = experts.total_record_bytes();
+    size_reason = "as asked";
+  } else if (c.cache_mb) {
+    size_reason = "as asked";
+  } else if (c.state_given) {
+    size_reason = "the " + std::string(MetabolicStateName(state)) + " state's share";
+  } else {
+    // No size asked for: as much of the model as memory allows, leaving the margin.
+    uint64_t available = 0;
+    if (c.available_memory_bytes) {
+      available = *c.available_memory_bytes;
+    } else {
+      ES_ASSIGN_OR_RETURN(available, AvailableMemoryBytes());
+    }
+    const uint64_t fit = CacheBytesForMemory(available) / sm.slot_bytes;
+    // The state's floor (the computing layer, the prefetched ones, a spare) holds even on a machine short of memory.
+    const uint64_t floor = std::min<uint64_t>(
+        static_cast<uint64_t>(budget.prefetch_depth + kFloorExtraLayers) * budget.experts_per_token, sm.num_experts);
+    const uint64_t slots = std::clamp<uint64_t>(fit, floor, sm.num_experts);
+    budget.cache_slots = static_cast<uint32_t>(slots);
+    budget.cache_bytes = slots * sm.slot_bytes;
+    size_reason = std::string(slots == sm.num_experts ? "all experts fit in" : "what fits in") + " " +
+                  MemoryText(CacheBytesForMemory(available)) + " = " + MemoryText(available) +
+                  " available less a quarter kept free";
+    if (fit < slots) size_reason = "the state's floor; " + MemoryText(available) + " available";
   }
   ExpertCacheOptions co;
   co.capacity_bytes = budget.cache_bytes;
@@ -206,6 +259,11 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
   co.prefetch_bytes_in_flight = budget.prefetch_bytes_in_flight;
   ES_ASSIGN_OR_RETURN(auto provider, CacheExpertProvider::Create(store, model, co));
   rt->state_ = std::string(MetabolicStateName(state));
+  if (budget.experts_per_token != config.top_k) {
+    rt->inexact_.insert(rt->inexact_.begin(), "state " + rt->state_ + " runs " +
+                                                  std::to_string(budget.experts_per_token) + " experts per token, the "
+                                                  "model " + std::to_string(config.top_k));
+  }
   rt->forward_.top_k = budget.experts_per_token;
   rt->forward_.prefetch_depth = budget.prefetch_depth;
   rt->forward_.prefetch_accuracy = rt->accuracy_.get();
@@ -218,13 +276,21 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
   rt->description_ = rt->state_ + ": cache " + std::to_string(provider->cache().capacity_slots()) + " of " +
                      std::to_string(experts.experts().size()) + " experts (" +
                      Mib(provider->cache().capacity_slots() * provider->cache().slot_bytes()) + ", " +
-                     std::string(provider->cache().policy_name()) + "), " + std::to_string(budget.experts_per_token) +
-                     " experts per token, prefetch " + std::to_string(budget.prefetch_depth) + ", routing " +
-                     rt->routing_ + recording;
+                     std::string(provider->cache().policy_name()) + "; " + size_reason + "), " +
+                     std::to_string(budget.experts_per_token) + " experts per token, prefetch " +
+                     std::to_string(budget.prefetch_depth) + ", routing " + rt->routing_ + ", " +
+                     rt->ExactnessText() + recording;
   rt->cache_provider_ = provider.get();
   rt->experts_ = std::move(provider);
   ES_RETURN_IF_ERROR(rt->UseBackend(store, c));
   return rt;
+}
+
+std::string ModelRuntime::ExactnessText() const {
+  if (inexact_.empty()) return "exact";
+  std::string text = "NOT EXACT (";
+  for (size_t i = 0; i < inexact_.size(); ++i) text += (i ? "; " : "") + inexact_[i];
+  return text + ")";
 }
 
 Status ModelRuntime::UseBackend(Store& store, const RuntimeConfig& c) {

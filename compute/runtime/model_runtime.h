@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "compute/runtime/backend_choice.h"
 #include "compute/cache_provider.h"
@@ -28,7 +29,7 @@ struct RuntimeConfig {
   std::optional<uint64_t> gpu_cache_mb;    // cuda/hybrid: GPU memory for experts, in MiB
   std::optional<double> gpu_cache_pct;     // ... or as a percentage of the model's experts
   std::string state = "focus";             // wake, focus or crisis
-  bool state_given = false;                // the state was chosen explicitly (see preferred_cache_bytes)
+  bool state_given = false;                // the state was chosen explicitly: its preset sizes the cache
   std::optional<uint64_t> cache_mb;        // the cache size in MiB
   std::optional<double> cache_pct;         // the cache size as a percentage of the model's experts
   std::string policy = "lru";              // lru, lfu or trust
@@ -42,9 +43,10 @@ struct RuntimeConfig {
   bool need_tokenizer = true;
   // Record usage into `store` (its catalog as the writer, its journal when read-only).
   bool record = false;
-  // The cache size when neither cache_mb, cache_pct nor an explicit state is given, if the model's experts fit
-  // in it (calibration keeps the whole tiny model resident); 0: the state's.
-  uint64_t preferred_cache_bytes = 0;
+  // Without cache_mb, cache_pct or an explicit state the cache is sized from the memory available
+  // (CacheBytesForMemory): every expert when they fit. This overrides the memory measured (tests); unset: measured
+  // when the model is opened.
+  std::optional<uint64_t> available_memory_bytes;
 };
 
 // The backend part of a RuntimeConfig.
@@ -53,6 +55,11 @@ BackendOptions BackendOptionsOf(const RuntimeConfig& config);
 // Checks what can be checked without a model (names of the device, state, policy and routing; combinations):
 // `serve` fails at start rather than at its first request.
 Status ValidateRuntimeConfig(const RuntimeConfig& config);
+
+// Why a configuration's output differs from the model's own, as far as the configuration alone tells (a state
+// whose experts per token differ from the model's, a routing policy other than exact, skipped experts); empty:
+// exact. ModelRuntime::inexact_reasons() says the same with the model's numbers.
+std::vector<std::string> InexactReasonsOf(const RuntimeConfig& config);
 
 // The tokenizer stored with a model (tokenizer.json, and tokenizer_config.json when present). NotFound when the
 // model was ingested without one.
@@ -81,12 +88,20 @@ class ModelRuntime {
   UsageRecorder* recorder() { return recorder_.get(); }
   // Flushes the recorder (OK when not recording).
   Status FinishRecording();
-  // One line on the configuration in force ("focus: cache 48 of 192 experts (4.3 MiB, lru), 4 experts per
-  // token, prefetch 1, routing exact, recording"), then the backend unless it is the CPU ("; cuda: ...").
+  // One line on the configuration in force ("focus: cache 48 of 192 experts (4.3 MiB, lru; the state's 15%), 4
+  // experts per token, prefetch 1, routing exact, exact, recording"), then the backend unless it is the CPU
+  // ("; cuda: ..."). It says why the cache has its size, and "NOT EXACT" with the reasons when the output differs
+  // from the model's own.
   const std::string& describe() const { return description_; }
+  // Why this configuration's output differs from the model's own (a state that changes the experts per token, a
+  // routing policy other than exact, dropped experts); empty when it is exact.
+  const std::vector<std::string>& inexact_reasons() const { return inexact_; }
+  bool exact() const { return inexact_.empty(); }
 
  private:
   ModelRuntime() = default;
+  // "exact", or "NOT EXACT (reasons)".
+  std::string ExactnessText() const;
   // Moves the model to the configured backend (a no-op for cpu).
   Status UseBackend(Store& store, const RuntimeConfig& config);
   std::unique_ptr<Model> model_;
@@ -99,6 +114,7 @@ class ModelRuntime {
   std::string state_ = "focus";
   std::string routing_ = "exact";
   std::string description_;
+  std::vector<std::string> inexact_;
 };
 
 }  // namespace es

@@ -17,6 +17,20 @@ std::string_view StatusCodeName(Status::Code code) {
   return "Unknown";
 }
 
+std::string_view StatusCodeSlug(Status::Code code) {
+  switch (code) {
+    case Status::Code::kOk: return "ok";
+    case Status::Code::kNotFound: return "not_found";
+    case Status::Code::kCorruption: return "corruption";
+    case Status::Code::kInvalidArgument: return "invalid_argument";
+    case Status::Code::kIOError: return "io_error";
+    case Status::Code::kNotSupported: return "not_supported";
+    case Status::Code::kResourceExhausted: return "resource_exhausted";
+    case Status::Code::kBusy: return "busy";
+  }
+  return "unknown";
+}
+
 std::string Status::ToString() const {
   if (ok()) return "OK";
   std::string out(StatusCodeName(code_));

@@ -63,6 +63,8 @@ class [[nodiscard]] Status {
 };
 
 std::string_view StatusCodeName(Status::Code code);
+// The code in snake case ("not_found"): the `code` field of the CLI's and the HTTP service's JSON errors.
+std::string_view StatusCodeSlug(Status::Code code);
 
 // Either a T or a non-OK Status.
 template <typename T>
