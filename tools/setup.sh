@@ -34,6 +34,14 @@ for a in "$@"; do
   if [ "$a" = --no-build ]; then no_build=1; else build_args+=("$a"); fi
 done
 
+# The chat-template tests' reference renderer (the jinja_reference ctest), pinned; only when node is present.
+jinja_version=0.5.13
+if command -v npm >/dev/null &&
+   ! grep -qs "\"version\": \"$jinja_version\"" "$root/build/npm/node_modules/@huggingface/jinja/package.json"; then
+  echo "setup: installing @huggingface/jinja@$jinja_version under build/npm" >&2
+  npm install --silent --no-audit --no-fund --prefix "$root/build/npm" "@huggingface/jinja@$jinja_version" >/dev/null
+fi
+
 cmake -S "$root" -B "$root/build" -G Ninja -DCMAKE_BUILD_TYPE=Release "${build_args[@]}" >/dev/null
 if ((no_build == 0)); then
   cmake --build "$root/build"

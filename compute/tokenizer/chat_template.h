@@ -1,7 +1,9 @@
-// Chat templates: a conversation as the prompt text a chat model was trained on. The Qwen (ChatML) template is the
-// one implemented: each message as <|im_start|>role\ncontent<|im_end|>\n, then the assistant's turn.
+// Chat templates: a conversation as the prompt text a chat model was trained on, rendered from the model's own
+// Hugging Face chat_template (tokenizer_config.json) by the Jinja subset in jinja.h. A model without one gets
+// ChatML when its vocabulary has <|im_start|> and <|im_end|> (as llama.cpp falls back); otherwise NotSupported.
 #pragma once
 
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -11,15 +13,33 @@
 
 namespace es {
 
-// One message of a conversation: role "system", "user" or "assistant".
+// One message of a conversation: role "system", "user", "assistant" or "tool".
 struct ChatMessage {
   std::string role;
   std::string content;
 };
 
-// The ChatML template for one user message; NotSupported when the tokenizer lacks <|im_start|> or <|im_end|>.
+struct ChatTemplateOptions {
+  // End with the opening of the assistant's turn, as transformers' add_generation_prompt.
+  bool add_generation_prompt = true;
+  // Passed to the template as enable_thinking when set (Qwen3's switch for its <think> block); undefined
+  // otherwise, which such templates read as thinking on.
+  std::optional<bool> enable_thinking;
+};
+
+// The template applied to one user message.
 Result<std::string> ApplyChatTemplate(const Tokenizer& tokenizer, std::string_view user_message);
-// The same for a conversation.
-Result<std::string> ApplyChatTemplate(const Tokenizer& tokenizer, std::span<const ChatMessage> messages);
+// The template applied to a conversation, with the variables transformers passes: messages, bos_token and
+// eos_token (the tokenizer's), add_generation_prompt; tools stays undefined. InvalidArgument when the template
+// fails (its raise_exception message included), NotSupported when the model has no template and no ChatML
+// tokens or the template uses Jinja beyond the subset.
+Result<std::string> ApplyChatTemplate(const Tokenizer& tokenizer, std::span<const ChatMessage> messages,
+                                      const ChatTemplateOptions& options = {});
+
+// Renders the chat template `source` the same way, for a template that is not the tokenizer's.
+Result<std::string> RenderChatTemplate(std::string_view source, std::span<const ChatMessage> messages,
+                                       std::optional<std::string_view> bos_token,
+                                       std::optional<std::string_view> eos_token,
+                                       const ChatTemplateOptions& options = {});
 
 }  // namespace es

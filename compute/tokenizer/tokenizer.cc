@@ -547,6 +547,15 @@ std::optional<TokenId> Tokenizer::bos_id() const { return impl_->bos; }
 std::optional<TokenId> Tokenizer::eos_id() const { return impl_->eos; }
 std::optional<TokenId> Tokenizer::pad_id() const { return impl_->pad; }
 std::optional<TokenId> Tokenizer::unk_id() const { return impl_->unk; }
+std::optional<std::string_view> Tokenizer::bos_token() const {
+  if (impl_->bos_token) return std::string_view(*impl_->bos_token);
+  return impl_->bos ? IdToToken(*impl_->bos) : std::nullopt;
+}
+std::optional<std::string_view> Tokenizer::eos_token() const {
+  if (impl_->eos_token) return std::string_view(*impl_->eos_token);
+  return impl_->eos ? IdToToken(*impl_->eos) : std::nullopt;
+}
+std::string_view Tokenizer::chat_template() const { return impl_->chat_template; }
 
 // StreamDecoder -----------------------------------------------------------------------------------------
 

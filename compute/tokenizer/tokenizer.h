@@ -70,6 +70,13 @@ class Tokenizer {
   std::optional<TokenId> eos_id() const;
   std::optional<TokenId> pad_id() const;
   std::optional<TokenId> unk_id() const;
+  // The bos/eos tokens' text (tokenizer_config.json's, else the post-processor's), nullopt when there is none.
+  std::optional<std::string_view> bos_token() const;
+  std::optional<std::string_view> eos_token() const;
+  // tokenizer_config.json's chat_template, the Jinja source of the model's prompt format (of HF's list form
+  // [{"name", "template"}], the one named "default"). Empty when the model has none. The view lives as long as
+  // the Tokenizer.
+  std::string_view chat_template() const;
 
   struct Impl;
 

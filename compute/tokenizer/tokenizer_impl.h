@@ -118,6 +118,9 @@ struct Tokenizer::Impl {
   bool first_token_differs = false;       // a Metaspace decoder step treats the first token differently
 
   std::optional<TokenId> bos, eos, pad, unk;
+  // tokenizer_config.json's chat_template (empty when it has none) and the bos/eos texts it names.
+  std::string chat_template;
+  std::optional<std::string> bos_token, eos_token;
 
   bool Has(TokenId id) const { return id < tokens.size() && (token_flags[id] & kPresent); }
   Status NormalizeText(std::string_view in, std::string& out, std::string& tmp) const;

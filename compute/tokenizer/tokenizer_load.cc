@@ -410,6 +410,37 @@ Status ReadConfigToken(const JsonValue& config, std::string_view key, const Toke
   return Status::Ok();
 }
 
+// The text of a special token as ReadConfigToken accepted it; nullopt when absent or null.
+std::optional<std::string> ConfigTokenText(const JsonValue& config, std::string_view key) {
+  const JsonValue* v = config.Find(key);
+  if (v == nullptr || v->is_null()) return std::nullopt;
+  const JsonValue* content = v->is_object() ? Field(*v, "content") : v;
+  return content->string_value();
+}
+
+// chat_template: a string, or Hugging Face's list of named templates, of which "default" is the one used.
+Status ReadChatTemplate(const JsonValue& config, std::string& out) {
+  const JsonValue* v = config.Find("chat_template");
+  if (v == nullptr || v->is_null()) return Status::Ok();
+  if (v->is_string()) {
+    out = v->string_value();
+    return Status::Ok();
+  }
+  if (!v->is_array()) {
+    return Status::InvalidArgument("tokenizer_config.json: 'chat_template' must be a string or a list");
+  }
+  for (const JsonValue& entry : v->array()) {
+    const JsonValue* name = entry.is_object() ? entry.Find("name") : nullptr;
+    const JsonValue* text = entry.is_object() ? entry.Find("template") : nullptr;
+    if (name == nullptr || !name->is_string() || text == nullptr || !text->is_string()) {
+      return Status::InvalidArgument(
+          "tokenizer_config.json: each 'chat_template' entry must have a string 'name' and 'template'");
+    }
+    if (name->string_value() == "default") out = text->string_value();
+  }
+  return Status::Ok();
+}
+
 Status CheckUnsupportedTopLevel(const JsonValue& root) {
   if (Field(root, "truncation") != nullptr) return Unsupported("truncation");
   if (const JsonValue* padding = Field(root, "padding")) {
@@ -801,6 +832,9 @@ Result<std::unique_ptr<Tokenizer::Impl>> LoadTokenizer(std::string_view tokenize
     ES_RETURN_IF_ERROR(ReadConfigToken(*config, "eos_token", *impl, impl->eos));
     ES_RETURN_IF_ERROR(ReadConfigToken(*config, "pad_token", *impl, impl->pad));
     ES_RETURN_IF_ERROR(ReadConfigToken(*config, "unk_token", *impl, impl->unk));
+    if (config->Find("bos_token") != nullptr) impl->bos_token = ConfigTokenText(*config, "bos_token");
+    if (config->Find("eos_token") != nullptr) impl->eos_token = ConfigTokenText(*config, "eos_token");
+    ES_RETURN_IF_ERROR(ReadChatTemplate(*config, impl->chat_template));
   }
   return impl;
 }
