@@ -1978,9 +1978,9 @@ class Renderer {
   }
 
   Result<Value> GetAttr(size_t pos, const Value& obj, const std::string& name) {
-    if (obj.is_undefined()) {
-      return Error(pos, "cannot read attribute '" + name + "' of an undefined value (" + obj.s + ")");
-    }
+    // Lenient like @huggingface/jinja (Python's default Undefined would raise): a template that looks into a
+    // message field that is absent reads undefined, and using that value is what fails.
+    if (obj.is_undefined()) return obj;
     if (obj.is_mapping()) {
       if (const Value* v = DictFind(*obj.dict, name)) return *v;
       return Undefined(std::string(TypeName(obj)) + " has no attribute '" + name + "'");
@@ -1991,7 +1991,7 @@ class Renderer {
   static int64_t NormalizeIndex(int64_t i, size_t size) { return i < 0 ? i + static_cast<int64_t>(size) : i; }
 
   Result<Value> GetItem(size_t pos, const Value& obj, const Value& key) {
-    if (obj.is_undefined()) return Error(pos, "cannot subscript an undefined value (" + obj.s + ")");
+    if (obj.is_undefined()) return obj;
     if (obj.is_mapping()) {
       if (key.kind == Value::Kind::kString) {
         if (const Value* v = DictFind(*obj.dict, key.s)) return *v;

@@ -21,7 +21,7 @@ const std::string kHere = ES_SOURCE_DIR "/tests/compute/tokenizer";
 const std::string kQwen3Dir = testing::kQwen3TokenizerDir;
 const std::string kTinyDir = testing::kTinyModel;
 const std::string kMixtralDir = testing::kAidreams;
-constexpr size_t kGoldenCases = 66;
+constexpr size_t kGoldenCases = 67;
 
 // Renders `source` with `variables_json` (a JSON object).
 Result<std::string> Render(std::string_view source, std::string_view variables_json = "{}",
@@ -178,6 +178,8 @@ TEST(JinjaTest, Literals) {
 TEST(JinjaTest, AttributesSubscriptsAndSlices) {
   const char* vars = R"({"m": {"role": "user", "items": "x"}, "xs": [10, 20, 30, 40], "s": "hello"})";
   EXPECT_EQ(R("{{ m.role }}{{ m['role'] }}{{ m.missing }}", vars), "useruser");
+  // Looking into an undefined value gives undefined (as @huggingface/jinja does), not an error.
+  EXPECT_EQ(R("[{{ m.missing.deeper }}{{ nothing[0].role }}] {{ nothing[0].role is defined }}", vars), "[] False");
   EXPECT_EQ(R("{{ xs[0] }} {{ xs[-1] }} {{ xs.1 }} {{ xs[9] }}", vars), "10 40 20 ");
   EXPECT_EQ(R("{{ xs[1:3] }} {{ xs[::-1] }} {{ xs[:-1] }} {{ xs[::2] }}", vars), "[20, 30] [40, 30, 20, 10] "
                                                                                 "[10, 20, 30] [10, 30]");
@@ -344,7 +346,7 @@ TEST(JinjaErrorTest, RaiseException) {
 }
 
 TEST(JinjaErrorTest, RuntimeTypeErrors) {
-  ExpectError("{{ x.y }}", Status::Code::kInvalidArgument, "cannot read attribute 'y' of an undefined value");
+  ExpectError("{{ x.y() }}", Status::Code::kInvalidArgument, "cannot call 'y' on an undefined value");
   ExpectError("{{ x + 1 }}", Status::Code::kInvalidArgument, "undefined value ('x' is undefined)");
   ExpectError("{{ 'a' + 1 }}", Status::Code::kInvalidArgument, "unsupported operand types for +: str and int");
   ExpectError("{{ 1 // 0 }}", Status::Code::kInvalidArgument, "division by zero");
