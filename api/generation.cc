@@ -147,8 +147,9 @@ void GenerationService::Run(GenerationJob& job) {
 
   GenerateOptions o;
   o.max_tokens = req.max_tokens;
-  o.sampler = req.sampler;
-  if (!req.seeded) o.sampler.seed = seeds_();
+  o.context = options_.context;
+  o.sampler = req.sampler.Over(rt.sampler_defaults());
+  if (!req.sampler.seed) o.sampler.seed = seeds_();
   o.forward = rt.forward_options();
   StopFilter filter(req.stop);
   o.should_stop = [&] { return filter.stopped() || sink.Cancelled() || cancel_all_.load(); };
@@ -173,7 +174,7 @@ void GenerationService::Run(GenerationJob& job) {
   }
   metrics_.RecordGeneration(req.model, result->prompt_ids.size(), result->ids.size(), result->prefill_seconds,
                             result->decode_seconds);
-  if (result->stop_reason == "stopped" && !filter.stopped()) {
+  if (result->finish_reason == "cancelled" && !filter.stopped()) {
     if (sink.Cancelled()) metrics_.RecordCancelled(req.model);
     sink.OnFinish(Status::ResourceExhausted(sink.Cancelled() ? "the client went away" : "the server is shutting down"));
     return;
@@ -183,7 +184,7 @@ void GenerationService::Run(GenerationJob& job) {
     outcome.text += tail;
     sink.OnText(std::move(tail));
   }
-  outcome.finish_reason = result->stop_reason == "length" ? "length" : "stop";
+  outcome.finish_reason = result->finish_reason == "length" ? "length" : "stop";
   outcome.prompt_tokens = result->prompt_ids.size();
   outcome.completion_tokens = result->ids.size();
   sink.OnFinish(std::move(outcome));

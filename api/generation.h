@@ -32,6 +32,7 @@ struct GenerationOptions {
   size_t max_queued_per_client = 8;  // jobs one client may have waiting
   size_t max_loaded_models = 1;      // the least recently used model is unloaded beyond this
   uint32_t compute_threads = 0;      // 0: every core
+  uint32_t context = 0;              // tokens of context per request at most (--ctx-size); 0: each model's own
 };
 
 class GenerationService final : public GenerationQueue {

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "store/base/json.h"
 
@@ -43,12 +44,13 @@ Status RefuseUnlessNeutral(const JsonValue& obj) {
     if (!n->is_integer()) return WrongType("n", "an integer");
     if (auto v = n->AsInt64(); !v.ok() || *v != 1) return Status::NotSupported("'n' other than 1 is not supported");
   }
-  for (std::string_view name : {"presence_penalty", "frequency_penalty", "repetition_penalty"}) {
-    if (const JsonValue* p = Field(obj, name)) {
-      if (!p->is_number()) return WrongType(name, "a number");
-      if (auto v = p->AsDouble(); !v.ok() || *v != 0) {
-        return Status::NotSupported("'" + std::string(name) + "' is not supported");
-      }
+  if (const JsonValue* f = Field(obj, "response_format")) {
+    // Only plain text: a JSON mode or schema would need constrained decoding, and ignoring it silently would hand
+    // the client text it cannot parse.
+    const JsonValue* type = f->is_object() ? Field(*f, "type") : nullptr;
+    if (type == nullptr || !type->is_string()) return WrongType("response_format", "an object with a string 'type'");
+    if (type->string_value() != "text") {
+      return Status::NotSupported("'response_format' " + type->string_value() + " is not supported; only text");
     }
   }
   for (std::string_view name : {"logprobs", "echo", "top_logprobs"}) {
@@ -164,6 +166,38 @@ Status ParseStop(const JsonValue& root, const CompletionLimits& limits, Completi
   return Status::Ok();
 }
 
+// The sampling fields with a float value: each given one is range-checked and set.
+Status ParseSampling(const JsonValue& root, SamplerRequest& s) {
+  struct FloatField {
+    std::string_view name;
+    double fallback, min, max;
+    bool min_exclusive;
+    std::optional<float>* out;
+  };
+  const FloatField fields[] = {
+      {"temperature", 0, 0, kMaxTemperature, false, &s.temperature},
+      {"top_p", 1, 0, 1, true, &s.top_p},
+      {"min_p", 0, 0, 1, false, &s.min_p},
+      {"presence_penalty", 0, -kMaxAbsPenalty, kMaxAbsPenalty, false, &s.presence_penalty},
+      {"frequency_penalty", 0, -kMaxAbsPenalty, kMaxAbsPenalty, false, &s.frequency_penalty},
+      {"repetition_penalty", 1, 0, kMaxRepetitionPenalty, true, &s.repetition_penalty},
+      {"repeat_penalty", 1, 0, kMaxRepetitionPenalty, true, &s.repetition_penalty},  // llama-server's name
+  };
+  for (const FloatField& f : fields) {
+    if (Field(root, f.name) == nullptr) continue;
+    ES_ASSIGN_OR_RETURN(double v, NumberField(root, f.name, f.fallback, f.min, f.max, f.min_exclusive));
+    *f.out = static_cast<float>(v);
+  }
+  if (const JsonValue* n = Field(root, "repeat_last_n")) {
+    auto v = n->is_integer() ? n->AsInt64() : Result<int64_t>(Status::InvalidArgument(""));
+    if (!v.ok() || *v < 0 || *v > static_cast<int64_t>(kMaxTopK)) {
+      return Status::InvalidArgument("'repeat_last_n' must be an integer between 0 and " + std::to_string(kMaxTopK));
+    }
+    s.penalty_last_n = static_cast<uint32_t>(*v);
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Result<CompletionRequest> ParseCompletionRequest(std::string_view body, bool chat, const CompletionLimits& limits) {
@@ -199,10 +233,7 @@ Result<CompletionRequest> ParseCompletionRequest(std::string_view body, bool cha
   }
   r.max_tokens = std::min(r.max_tokens, limits.max_tokens);
 
-  ES_ASSIGN_OR_RETURN(double temperature, NumberField(root, "temperature", 1.0, 0.0, kMaxTemperature));
-  ES_ASSIGN_OR_RETURN(double top_p, NumberField(root, "top_p", 1.0, 0.0, 1.0, /*min_exclusive=*/true));
-  r.sampler.temperature = static_cast<float>(temperature);
-  r.sampler.top_p = static_cast<float>(top_p);
+  ES_RETURN_IF_ERROR(ParseSampling(root, r.sampler));
   if (const JsonValue* k = Field(root, "top_k")) {  // an extension (vLLM, llama.cpp); -1 and 0 mean no limit
     if (!k->is_integer()) return WrongType("top_k", "an integer");
     auto v = k->AsInt64();
@@ -217,7 +248,6 @@ Result<CompletionRequest> ParseCompletionRequest(std::string_view body, bool cha
     } else {
       ES_ASSIGN_OR_RETURN(r.sampler.seed, seed->AsUint64());
     }
-    r.seeded = true;
   }
   ES_RETURN_IF_ERROR(ParseStop(root, limits, r));
   if (const JsonValue* stream = Field(root, "stream")) {
@@ -311,38 +341,6 @@ std::string SseEvent(std::string_view json) {
   out.reserve(json.size() + 8);
   out.append("data: ").append(json).append("\n\n");
   return out;
-}
-
-std::string StopFilter::Push(std::string_view text) {
-  if (stopped_) return {};
-  pending_.append(text);
-  // The earliest complete stop sequence cuts the output.
-  size_t cut = std::string::npos;
-  for (const std::string& s : stops_) cut = std::min(cut, pending_.find(s));
-  if (cut != std::string::npos) {
-    stopped_ = true;
-    std::string out = pending_.substr(0, cut);
-    pending_.clear();
-    return out;
-  }
-  // Hold back the longest tail that could still grow into a stop sequence.
-  size_t hold = 0;
-  for (const std::string& s : stops_) {
-    for (size_t n = std::min(s.size() - 1, pending_.size()); n > hold; --n) {
-      if (pending_.compare(pending_.size() - n, n, s, 0, n) == 0) {
-        hold = n;
-        break;
-      }
-    }
-  }
-  std::string out = pending_.substr(0, pending_.size() - hold);
-  pending_.erase(0, pending_.size() - hold);
-  return out;
-}
-
-std::string StopFilter::Flush() {
-  if (stopped_) return {};
-  return std::exchange(pending_, std::string());
 }
 
 }  // namespace es::api

@@ -11,6 +11,7 @@
 
 #include "compute/generator.h"
 #include "compute/sampler.h"
+#include "compute/stop_filter.h"
 #include "store/base/status.h"
 
 namespace es::api {
@@ -31,17 +32,18 @@ struct CompletionRequest {
   std::string prompt;                 // completions
   std::vector<ChatMessage> messages;  // chat completions
   uint32_t max_tokens = 0;
-  SamplerOptions sampler;             // OpenAI's defaults: temperature 1, top_p 1
-  bool seeded = false;                // `seed` given: sampling is reproducible
+  SamplerRequest sampler;             // what the request sets; the rest is the model's (generation_config.json)
   std::vector<std::string> stop;      // stop sequences, excluded from the output
   bool stream = false;
   bool include_usage = false;         // stream_options.include_usage: a last chunk with token counts
 };
 
 // Parses a request body. InvalidArgument (naming the field) for malformed JSON, a wrong type or a value out of
-// range; NotSupported for OpenAI features this server does not implement (n > 1, logprobs, echo, penalties,
-// logit_bias, tools, token-id prompts). Unknown fields are ignored, as most OpenAI-compatible servers do.
-// Without `seed`, sampler.seed is left 0 and `seeded` false (the caller picks a fresh seed).
+// range; NotSupported for OpenAI features this server does not implement (n > 1, logprobs, echo, logit_bias,
+// tools, a response_format other than text, token-id prompts). Unknown fields are ignored, as most
+// OpenAI-compatible servers do. Sampling fields left out stay unset in `sampler` (the model's defaults apply;
+// without `seed` the caller picks a fresh one). Besides OpenAI's fields: top_k, min_p, repetition_penalty (or
+// llama-server's repeat_penalty) and repeat_last_n.
 Result<CompletionRequest> ParseCompletionRequest(std::string_view body, bool chat, const CompletionLimits& limits);
 
 struct CompletionOutcome {
@@ -68,22 +70,5 @@ std::string SseEvent(std::string_view json);
 inline constexpr std::string_view kSseDone = "data: [DONE]\n\n";
 inline constexpr std::string_view kSseContentType = "text/event-stream";
 
-// Holds back generated text that may be the start of a stop sequence, and cuts the output where one appears.
-// Not thread-safe.
-class StopFilter {
- public:
-  explicit StopFilter(std::vector<std::string> stops) : stops_(std::move(stops)) {}
-  // Takes the next piece of generated text; returns what can be shown now (never part of a stop sequence).
-  // After a stop sequence has been seen, returns the text before it once and then nothing.
-  std::string Push(std::string_view text);
-  bool stopped() const { return stopped_; }
-  // The text held back, at the end of a generation that met no stop sequence.
-  std::string Flush();
-
- private:
-  std::vector<std::string> stops_;
-  std::string pending_;
-  bool stopped_ = false;
-};
 
 }  // namespace es::api

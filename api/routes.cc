@@ -19,9 +19,6 @@ namespace es::api {
 namespace {
 
 constexpr std::string_view kPrometheusContentType = "text/plain; version=0.0.4; charset=utf-8";
-// GET .../query: results when `top` is not given, and the most it may ask for.
-constexpr uint64_t kDefaultQueryTop = 10;
-constexpr uint64_t kMaxQueryTop = 100000;
 
 ApiResponse Json(std::string body) {
   ApiResponse r;
@@ -177,28 +174,16 @@ Result<ApiResponse> Query(const ApiContext& ctx, const std::string& name, const 
   std::string order = "lift";
   if (auto it = t.query.find("order"); it != t.query.end()) order = it->second;
   ES_ASSIGN_OR_RETURN(q.order, ParseRankOrder(order));
-  q.top = kDefaultQueryTop;
   if (auto it = t.query.find("top"); it != t.query.end()) {
     ES_ASSIGN_OR_RETURN(uint32_t v, ParseU32(it->second, "top"));
-    if (v == 0 || v > kMaxQueryTop) {
-      return Status::InvalidArgument("top must be between 1 and " + std::to_string(kMaxQueryTop));
-    }
-    q.top = v;
+    q.top = v;  // QueryExperts checks the range
   }
   if (auto it = t.query.find("min_activations"); it != t.query.end()) {
     ES_ASSIGN_OR_RETURN(q.min_activations, ParseU32(it->second, "min_activations"));
   }
   ES_ASSIGN_OR_RETURN(auto rows, QueryExperts(ctx.store->catalog(), m.name, q));
   JsonWriter w;
-  w.BeginObject().Key("object").String("list").Key("model").String(m.name).Key("domain");
-  if (q.domain.empty()) {
-    w.Null();
-  } else {
-    w.String(q.domain);
-  }
-  w.Key("order").String(order).Key("data").BeginArray();
-  for (const ExpertQueryRow& r : rows) WriteQueryRowJson(w, r);
-  w.EndArray().EndObject();
+  WriteQueryResultJson(w, m.name, q, order, rows);
   return Json(w.Take());
 }
 

@@ -3,11 +3,20 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <random>
 
 #include "compute/generator.h"
 
 namespace es {
+
+double ExpertContribution::increase_stderr() const {
+  if (samples < 2) return 0;
+  const double n = static_cast<double>(samples);
+  const double mean = nll_increase_sum / n;
+  const double variance = std::max(0.0, (nll_increase_sq_sum - n * mean * mean) / (n - 1));
+  return std::sqrt(variance / n);
+}
 
 namespace {
 
@@ -217,8 +226,12 @@ Status MeasureAblation(CalibrationRun& run, const ForwardOptions& ablated, const
   for (size_t i = 0; i < b.rows.size(); ++i) {
     size_t t = b.rows[i];
     ExpertContribution& ec = r.experts[l * E + static_cast<size_t>(pass.chosen[l][t * run.k + j])];
+    const double increase = run.nll[i] - pass.nll[t];
     ++ec.samples;
-    ec.nll_increase_sum += run.nll[i] - pass.nll[t];
+    ec.nll_increase_sum += increase;
+    ec.nll_increase_sq_sum += increase * increase;
+    ++ec.half_samples[t % 2];
+    ec.half_sum[t % 2] += increase;
     ++r.ablations;
   }
   return Status::Ok();

@@ -7,6 +7,7 @@
 // models sample: a token budget spread over evenly spaced windows, and a fraction of each window's positions.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <span>
@@ -34,10 +35,17 @@ struct CalibrationOptions {
 struct ExpertContribution {
   uint64_t samples = 0;           // ablations measured (positions where it was in the top-k)
   double nll_increase_sum = 0;    // sum over them of ablated NLL - clean NLL, nats
+  double nll_increase_sq_sum = 0; // and of its square (the standard error)
+  // The same split by the parity of the position scored: two half-samples, whose rankings agree as far as the
+  // sample size allows (the rank stability calibrate reports).
+  std::array<uint64_t, 2> half_samples{};
+  std::array<double, 2> half_sum{};
   uint64_t activations = 0;       // activations in the clean pass (all scored positions)
   double weight_sum = 0;          // routing weight over those activations
   double weight_sq_sum = 0;
   double mean_increase() const { return samples ? nll_increase_sum / static_cast<double>(samples) : 0; }
+  // The standard error of mean_increase (0 below two samples).
+  double increase_stderr() const;
 };
 
 struct CalibrationResult {

@@ -63,17 +63,23 @@ namespace {
 // each generated id as it comes.
 // `sample_vocab` limits sampling to ids below it (a tokenizer smaller than the model's padded vocabulary).
 Status DecodeLoop(Model& model, ExpertProvider& experts, std::span<const int32_t> prompt, uint32_t max_tokens,
-                  size_t sample_vocab, const std::vector<int32_t>& stop, const SamplerOptions& sampler_options, const ForwardOptions& forward,
+                  size_t context, size_t sample_vocab, const std::vector<int32_t>& stop, const SamplerOptions& sampler_options, const ForwardOptions& forward,
                   std::vector<int32_t>& out, double* prefill_seconds, double* decode_seconds, bool* hit_stop,
                   const std::function<Status(int32_t)>& on_token, const std::function<bool()>& should_stop = {},
                   bool* stopped = nullptr) {
   if (prompt.empty()) return Status::InvalidArgument("empty prompt");
-  if (prompt.size() + max_tokens > model.config().max_positions) {
-    return Status::InvalidArgument("the prompt's " + std::to_string(prompt.size()) + " tokens plus " +
-                                   std::to_string(max_tokens) + " to generate exceed the model's context of " +
+  const size_t limit = context == 0 ? model.config().max_positions : context;
+  if (limit > model.config().max_positions) {
+    return Status::InvalidArgument("`ctx_size` " + std::to_string(limit) + " is above the model's context of " +
                                    std::to_string(model.config().max_positions) + " tokens");
   }
+  if (prompt.size() + max_tokens > limit) {
+    return Status::InvalidArgument("the prompt's " + std::to_string(prompt.size()) + " tokens plus " +
+                                   std::to_string(max_tokens) + " to generate exceed the context of " +
+                                   std::to_string(limit) + " tokens");
+  }
   ES_ASSIGN_OR_RETURN(Sampler sampler, Sampler::Create(sampler_options));
+  for (int32_t id : prompt) sampler.Accept(id);
   KvCache kv(model.config(), prompt.size() + max_tokens);
   std::vector<float> hidden, logits(model.config().vocab);
   auto t0 = std::chrono::steady_clock::now();
@@ -89,6 +95,7 @@ Status DecodeLoop(Model& model, ExpertProvider& experts, std::span<const int32_t
       break;
     }
     out.push_back(next);
+    sampler.Accept(next);
     if (on_token) ES_RETURN_IF_ERROR(on_token(next));
     if (should_stop && should_stop()) {
       *stopped = true;
@@ -112,7 +119,7 @@ Result<std::vector<int32_t>> GenerateIds(Model& model, ExpertProvider& experts, 
   std::vector<int32_t> out;
   double prefill = 0, decode = 0;
   bool hit = false;
-  ES_RETURN_IF_ERROR(DecodeLoop(model, experts, prompt_ids, max_tokens, model.config().vocab, sorted_stop, sampler,
+  ES_RETURN_IF_ERROR(DecodeLoop(model, experts, prompt_ids, max_tokens, /*context=*/0, model.config().vocab, sorted_stop, sampler,
                                 forward, out, &prefill,
                                 &decode, &hit, {}));
   return out;
@@ -129,7 +136,7 @@ Result<GenerateResult> GenerateText(Model& model, const Tokenizer& tokenizer, Ex
   ES_ASSIGN_OR_RETURN(r.prompt_ids, EncodeText(tokenizer, text, /*parse_special_tokens=*/templated));
   StreamDecoder decoder(tokenizer, DecodeOptions{.skip_special_tokens = true});
   bool hit_stop = false, stopped = false;
-  ES_RETURN_IF_ERROR(DecodeLoop(model, experts, r.prompt_ids, options.max_tokens, tokenizer.vocab_size(),
+  ES_RETURN_IF_ERROR(DecodeLoop(model, experts, r.prompt_ids, options.max_tokens, options.context, tokenizer.vocab_size(),
                                 StopTokens(model, tokenizer, templated),
                                 options.sampler, options.forward, r.ids, &r.prefill_seconds, &r.decode_seconds, &hit_stop,
                                 [&](int32_t id) -> Status {
@@ -142,7 +149,7 @@ Result<GenerateResult> GenerateText(Model& model, const Tokenizer& tokenizer, Ex
   std::string rest = decoder.Finish();
   r.text += rest;
   if (on_text && !rest.empty()) on_text(rest);
-  r.stop_reason = stopped ? "stopped" : hit_stop ? "eos" : "length";
+  r.finish_reason = stopped ? "cancelled" : hit_stop ? "stop" : "length";
   return r;
 }
 

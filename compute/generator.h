@@ -20,11 +20,12 @@ namespace es {
 
 struct GenerateOptions {
   uint32_t max_tokens = 64;
+  uint32_t context = 0;  // tokens of context (prompt plus generated) at most; 0: the model's (max_position_embeddings)
   SamplerOptions sampler;
   bool chat = false;  // wrap the prompt in the Qwen (ChatML) chat template
   ForwardOptions forward;
-  // Asked after each generated token's text is delivered; true ends generation there with stop_reason
-  // "stopped" (a client that went away, a stop sequence seen by the caller). Empty: never.
+  // Asked after each generated token's text is delivered; true ends generation there with finish_reason
+  // "cancelled" (a client that went away, a stop sequence seen by the caller). Empty: never.
   std::function<bool()> should_stop;
 };
 
@@ -32,7 +33,8 @@ struct GenerateResult {
   std::vector<int32_t> prompt_ids;
   std::vector<int32_t> ids;  // generated
   std::string text;          // generated text
-  std::string stop_reason;   // "eos", "length" or "stopped" (should_stop said so)
+  // OpenAI's names: "stop" (an end-of-sequence token), "length" (max_tokens), or "cancelled" (should_stop said so).
+  std::string finish_reason;
   double prefill_seconds = 0;
   double decode_seconds = 0;
   double prefill_tokens_per_second() const;
@@ -47,7 +49,8 @@ Result<std::vector<int32_t>> EncodeText(const Tokenizer& tokenizer, std::string_
 // The stop tokens: the config's eos ids, the tokenizer's eos, and <|im_end|> when chatting.
 std::vector<int32_t> StopTokens(const Model& model, const Tokenizer& tokenizer, bool chat);
 
-// InvalidArgument when the prompt plus max_tokens exceed the model's context (max_position_embeddings).
+// InvalidArgument when the prompt plus max_tokens exceed the context (options.context, or the model's
+// max_position_embeddings), or when options.context exceeds the model's.
 Result<GenerateResult> Generate(Model& model, const Tokenizer& tokenizer, ExpertProvider& experts,
                                 std::string_view prompt, const GenerateOptions& options,
                                 const std::function<void(std::string_view)>& on_text = {});

@@ -10,6 +10,9 @@
 
 #include <array>
 #include <chrono>
+#include <cstdarg>
+#include <cstdio>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -33,6 +36,38 @@ Status FromRocks(const rocksdb::Status& s, std::string_view what) {
   if (s.IsBusy() || s.IsTryAgain()) return Status::Busy(msg);
   return Status::IOError(msg);
 }
+
+// RocksDB's own info log (catalog/LOG) writes through a WritableFileWriter that, built with assertions as
+// Debian's library is, aborts the process on its second write after a failed one: a full disk would kill every
+// command at open. This logger appends with plain stdio and drops what it cannot write; it never opens its file
+// for a read-only catalog (a read-only mount).
+class CatalogLogger final : public rocksdb::Logger {
+ public:
+  CatalogLogger(std::string path, bool read_only)
+      : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL), path_(std::move(path)), failed_(read_only) {}
+  ~CatalogLogger() override {
+    if (file_ != nullptr) std::fclose(file_);
+  }
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (failed_) return;
+    if (file_ == nullptr) file_ = std::fopen(path_.c_str(), "a");  // opened at the first message: after the directory
+    if (file_ == nullptr) {
+      failed_ = true;
+      return;
+    }
+    if (std::vfprintf(file_, format, ap) < 0 || std::fputc('\n', file_) == EOF || std::fflush(file_) != 0) {
+      failed_ = true;  // a full disk: the log is best effort, the catalog's own writes report their errors
+    }
+  }
+
+ private:
+  const std::string path_;
+  std::FILE* file_ = nullptr;
+  std::mutex mu_;
+  bool failed_;
+};
 
 // Sums UsageRecords. A damaged operand makes the merge fail, which RocksDB reports as Corruption on read.
 class UsageMergeOperator final : public rocksdb::AssociativeMergeOperator {
@@ -127,6 +162,7 @@ Result<std::unique_ptr<Catalog>> Catalog::Open(const std::string& dir, bool read
   db_options.keep_log_file_num = 3;
   db_options.max_log_file_size = 1 << 20;
   db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+  db_options.info_log = std::make_shared<CatalogLogger>(dir + "/LOG", read_only);
 
   std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
   descriptors.emplace_back(rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions());

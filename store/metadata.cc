@@ -2,6 +2,7 @@
 #include "store/metadata.h"
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <set>
@@ -91,6 +92,8 @@ std::vector<std::pair<ExpertPair, TrustInfo>> TrustFromMeasurements(const std::v
     t.trust = CombineTrust(t.convergence_rate, t.stability, t.efficiency, weights);
     t.calibration_tokens = tokens;
     t.updated_unix = now_unix;
+    t.contribution_stderr = x.samples > 1 ? x.increase_stderr : 0;
+    t.ablations = x.samples;
     out.push_back({{x.layer, x.expert}, t});
   }
   return out;
@@ -228,16 +231,31 @@ Result<std::vector<ExpertQueryRow>> QueryExperts(const Catalog& catalog, const s
   ES_ASSIGN_OR_RETURN(auto profiles, LoadExpertRecords<ProfileInfo>(catalog, Cf::kProfiles, prefix, DecodeProfile));
   ES_ASSIGN_OR_RETURN(auto trust, LoadExpertRecords<TrustInfo>(catalog, Cf::kTrust, prefix, DecodeTrust));
   ES_ASSIGN_OR_RETURN(ModelUsage usage, LoadUsage(catalog, prefix));
-  if (!query.domain.empty()) {
-    bool known = false;
+  if (query.top == 0 || query.top > kMaxQueryTop) {
+    return Status::InvalidArgument("`top` must be between 1 and " + std::to_string(kMaxQueryTop));
+  }
+  ExpertQuery q = query;
+  if (!q.domain.empty()) {
+    // The domain as the profiles spell it: users type "Code" for "code".
+    auto lower = [](std::string s) {
+      for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      return s;
+    };
+    std::set<std::string> known;
     for (const auto& [id, p] : profiles) {
-      for (const auto& d : p.domains) known = known || d.domain == query.domain;
+      for (const auto& d : p.domains) known.insert(d.domain);
     }
-    if (!known) {
-      return Status::NotFound("no profile of model '" + model + "'" +
-                              (query.has_layer ? " layer " + std::to_string(query.layer) : std::string()) +
-                              " knows domain '" + query.domain + "' (run profile first)");
+    auto match = std::find_if(known.begin(), known.end(),
+                              [&](const std::string& d) { return lower(d) == lower(q.domain); });
+    if (match == known.end()) {
+      const std::string where = "model '" + model + "'" +
+                                (q.has_layer ? " layer " + std::to_string(q.layer) : std::string());
+      if (known.empty()) return Status::NotFound(where + " has no profiles yet (run profile first)");
+      std::string names;
+      for (const std::string& d : known) names += (names.empty() ? "" : ", ") + d;
+      return Status::NotFound("no profile of " + where + " knows domain '" + q.domain + "'; its domains are " + names);
     }
+    q.domain = *match;
   }
   std::vector<ExpertQueryRow> rows;
   Status bad;
@@ -257,7 +275,7 @@ Result<std::vector<ExpertQueryRow>> QueryExperts(const Catalog& catalog, const s
     }
     if (auto u = usage.totals.find(p); u != usage.totals.end()) r.activations = u->second.activation_count;
     if (auto pr = profiles.find(p); pr != profiles.end()) {
-      const std::string& want = query.domain.empty() ? pr->second.primary_domain : query.domain;
+      const std::string& want = q.domain.empty() ? pr->second.primary_domain : q.domain;
       for (const auto& d : pr->second.domains) {
         if (d.domain != want) continue;
         r.domain = d.domain;
@@ -266,9 +284,9 @@ Result<std::vector<ExpertQueryRow>> QueryExperts(const Catalog& catalog, const s
         r.domain_activations = d.activations;
       }
     }
-    if (!query.domain.empty()) {
-      r.domain = query.domain;
-      if (r.domain_activations < query.min_activations) return true;
+    if (!q.domain.empty()) {
+      r.domain = q.domain;
+      if (r.domain_activations < q.min_activations) return true;
     }
     rows.push_back(std::move(r));
     return true;
@@ -285,13 +303,13 @@ Result<std::vector<ExpertQueryRow>> QueryExperts(const Catalog& catalog, const s
     return 0.0;
   };
   std::stable_sort(rows.begin(), rows.end(), [&](const ExpertQueryRow& a, const ExpertQueryRow& b) {
-    for (RankKey k : query.order) {
+    for (RankKey k : q.order) {
       double x = value(a, k), y = value(b, k);
       if (x != y) return x > y;
     }
     return false;
   });
-  if (rows.size() > query.top) rows.resize(query.top);
+  if (rows.size() > q.top) rows.resize(q.top);
   return rows;
 }
 

@@ -58,6 +58,7 @@ struct ExpertMeasurement {
   double weight_sum = 0;
   double weight_sq_sum = 0;
   uint64_t payload_bytes = 0;
+  double increase_stderr = 0;    // the standard error of mean_increase
 };
 
 // Trust records from calibration measurements of one model:
@@ -160,11 +161,15 @@ enum class RankKey : uint8_t { kLift, kTrust, kActivations };
 // "lift,trust,activations" in any order and subset: the first key sorts first, later ones break ties.
 Result<std::vector<RankKey>> ParseRankOrder(std::string_view text);
 
+// Rows a query returns unless it says otherwise, and the most it may ask for (the CLI and HTTP alike).
+inline constexpr size_t kDefaultQueryTop = 10;
+inline constexpr size_t kMaxQueryTop = 100000;
+
 struct ExpertQuery {
-  std::string domain;            // rank for this domain; empty: each expert's primary domain
+  std::string domain;            // rank for this domain (matched case-insensitively); empty: each expert's primary
   bool has_layer = false;        // only `layer`
   uint32_t layer = 0;
-  size_t top = 10;               // rows at most
+  size_t top = kDefaultQueryTop; // rows at most, in [1, kMaxQueryTop]
   std::vector<RankKey> order = {RankKey::kLift};
   uint64_t min_activations = 0;  // with a domain: skip experts with fewer activations in it
 };
@@ -182,7 +187,8 @@ struct ExpertQueryRow {
 };
 
 // Ranks a model's experts (every expert in the catalog, of one layer or all) by the query's order, highest
-// first (uncalibrated experts after calibrated ones by trust). NotFound when no profile knows the domain.
+// first (uncalibrated experts after calibrated ones by trust). NotFound when no profile knows the domain (the
+// message lists the domains the profiles know); InvalidArgument for `top` out of range.
 // The `query` command and the HTTP query endpoint share this.
 Result<std::vector<ExpertQueryRow>> QueryExperts(const Catalog& catalog, const std::string& model,
                                                  const ExpertQuery& query);

@@ -105,6 +105,14 @@ void WriteTrustFields(JsonWriter& w, const std::optional<TrustInfo>& t) {
   OptionalDouble(w, has, has ? t->efficiency : 0);
   w.Key("raw_contribution");
   OptionalDouble(w, has, has ? t->raw_contribution : 0);
+  w.Key("contribution_stderr");
+  OptionalDouble(w, has, has ? t->contribution_stderr : 0);
+  w.Key("ablations");
+  if (has) {
+    w.Uint(t->ablations);
+  } else {
+    w.Null();
+  }
   w.Key("calibration_tokens");
   if (has) {
     w.Uint(t->calibration_tokens);
@@ -180,6 +188,19 @@ void WriteQueryRowJson(JsonWriter& w, const ExpertQueryRow& r) {
       .Key("activations").Uint(r.activations).Key("trust");
   OptionalDouble(w, r.has_trust, r.trust);
   w.EndObject();
+}
+
+void WriteQueryResultJson(JsonWriter& w, std::string_view model, const ExpertQuery& query, std::string_view order,
+                          const std::vector<ExpertQueryRow>& rows) {
+  w.BeginObject().Key("object").String("list").Key("model").String(model).Key("domain");
+  if (query.domain.empty()) {
+    w.Null();
+  } else {
+    w.String(rows.empty() ? query.domain : rows.front().domain);  // rows carry the domain as the profiles spell it
+  }
+  w.Key("order").String(order).Key("data").BeginArray();
+  for (const ExpertQueryRow& r : rows) WriteQueryRowJson(w, r);
+  w.EndArray().EndObject();
 }
 
 void WriteProfilesDocument(JsonWriter& w, const ModelInfo& model,

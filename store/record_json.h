@@ -57,6 +57,10 @@ void WriteUsageJson(JsonWriter& w, const std::optional<UsageCounts>& u);
 // {layer, expert, domain (null without a profile), lift, share, domain_activations, activations, trust (null
 // before calibration)}.
 void WriteQueryRowJson(JsonWriter& w, const ExpertQueryRow& r);
+// A query's result, as `query --json` prints it and the HTTP query route answers: {object: "list", model, domain
+// (as the profiles spell it; null for each expert's primary), order (as given), data: [row...]}.
+void WriteQueryResultJson(JsonWriter& w, std::string_view model, const ExpertQuery& query, std::string_view order,
+                          const std::vector<ExpertQueryRow>& rows);
 
 // ---- the profiles export document (profiles export|import): the profile view, written and read back ----
 

@@ -315,7 +315,7 @@ Result<UsageCounts> DecodeUsage(std::string_view bytes) {
 std::string EncodeTrust(const TrustInfo& v) {
   flatbuffers::FlatBufferBuilder b;
   b.Finish(fb::CreateTrustRecord(b, v.trust, v.convergence_rate, v.stability, v.efficiency, v.raw_contribution,
-                                 v.calibration_tokens, v.updated_unix));
+                                 v.calibration_tokens, v.updated_unix, v.contribution_stderr, v.ablations));
   return Finish(b);
 }
 
@@ -324,8 +324,9 @@ Result<TrustInfo> DecodeTrust(std::string_view bytes) {
   std::vector<uint64_t> storage;
   const auto* r = Verified<fb::TrustRecord>(bytes, "trust", s, storage);
   if (r == nullptr) return s;
-  return TrustInfo{r->trust(),           r->convergence_rate(),   r->stability(),   r->efficiency(),
-                   r->raw_contribution(), r->calibration_tokens(), r->updated_unix()};
+  return TrustInfo{r->trust(),           r->convergence_rate(),   r->stability(),
+                   r->efficiency(),      r->raw_contribution(),   r->calibration_tokens(),
+                   r->updated_unix(),    r->contribution_stderr(), r->ablations()};
 }
 
 std::string EncodeProfile(const ProfileInfo& v) {

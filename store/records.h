@@ -126,6 +126,8 @@ struct TrustInfo {
   double raw_contribution = 0;
   uint64_t calibration_tokens = 0;
   uint64_t updated_unix = 0;
+  double contribution_stderr = 0;  // standard error of raw_contribution (0: one ablation, or an older record)
+  uint64_t ablations = 0;          // ablations raw_contribution averages
 };
 
 struct DomainShare {

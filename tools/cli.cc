@@ -9,6 +9,7 @@
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <iostream>
 
 namespace es::cli {
@@ -31,6 +32,11 @@ std::optional<std::string> Args::Get(std::string_view flag) const {
   auto it = values_.find(std::string(flag));
   if (it == values_.end()) return std::nullopt;
   return it->second;
+}
+
+std::vector<std::string> Args::GetAll(std::string_view flag) const {
+  auto it = all_values_.find(std::string(flag));
+  return it == all_values_.end() ? std::vector<std::string>() : it->second;
 }
 
 std::string Args::GetOr(std::string_view flag, std::string_view fallback) const {
@@ -98,6 +104,7 @@ Result<Args> Args::Parse(const std::vector<std::string>& argv, const std::vector
       }
       if (!spec->takes_value && value) return Status::InvalidArgument("--" + name + " takes no value");
       args.values_[name] = value.value_or("");
+      args.all_values_[name].push_back(value.value_or(""));
     } else {
       args.positional_.push_back(a);
     }
@@ -275,6 +282,15 @@ uint64_t PeakRssBytes() {
   struct rusage usage;
   if (::getrusage(RUSAGE_SELF, &usage) != 0) return 0;
   return static_cast<uint64_t>(usage.ru_maxrss) * 1024;  // ru_maxrss is in KiB on Linux
+}
+
+std::string UtcTime(uint64_t unix_seconds) {
+  const std::time_t t = static_cast<std::time_t>(unix_seconds);
+  std::tm tm{};
+  ::gmtime_r(&t, &tm);
+  char text[32];
+  std::strftime(text, sizeof(text), "%Y-%m-%d %H:%M:%S UTC", &tm);
+  return text;
 }
 
 std::string HumanBytes(uint64_t bytes) {

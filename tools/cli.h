@@ -41,6 +41,8 @@ class Args {
   const std::vector<std::string>& positional() const { return positional_; }
   bool Has(std::string_view flag) const { return values_.count(std::string(flag)) > 0; }
   std::optional<std::string> Get(std::string_view flag) const;
+  // Every value a repeatable flag was given, in order (--stop A --stop B); Get gives the last.
+  std::vector<std::string> GetAll(std::string_view flag) const;
   std::string GetOr(std::string_view flag, std::string_view fallback) const;
   // Typed accessors: InvalidArgument naming the flag when the value does not parse or is out of range.
   Result<int64_t> GetInt(std::string_view flag, int64_t fallback, int64_t min, int64_t max) const;
@@ -55,6 +57,7 @@ class Args {
  private:
   std::vector<std::string> positional_;
   std::map<std::string, std::string> values_;
+  std::map<std::string, std::vector<std::string>> all_values_;
   GlobalFlags global_;
 };
 
@@ -72,6 +75,7 @@ void RegisterStoreCommands(std::vector<Command>& commands);
 void RegisterIngestCommands(std::vector<Command>& commands);
 void RegisterExpertCommands(std::vector<Command>& commands);
 void RegisterGenerateCommands(std::vector<Command>& commands);
+void RegisterChatCommands(std::vector<Command>& commands);
 void RegisterBenchCommands(std::vector<Command>& commands);
 void RegisterMetadataCommands(std::vector<Command>& commands);
 void RegisterServeCommands(std::vector<Command>& commands);
@@ -133,5 +137,8 @@ uint64_t PeakRssBytes();
 
 // "12.3 MiB", "4.0 GiB".
 std::string HumanBytes(uint64_t bytes);
+
+// "2026-12-06 04:31:39 UTC".
+std::string UtcTime(uint64_t unix_seconds);
 
 }  // namespace es::cli

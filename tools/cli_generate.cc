@@ -1,14 +1,17 @@
 // Generation commands: generate, logits, eval, trace, tokenize, detokenize, demo.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 
 #include "compute/generator.h"
 #include "compute/model.h"
+#include "compute/stop_filter.h"
 #include "compute/tokenizer/tokenizer.h"
 #include "ingest/ingest.h"
 #include "tools/cli.h"
@@ -71,33 +74,59 @@ void WriteCacheJson(JsonWriter& w, const Runtime& rt) {
       .Key("prefetch_precision").Double(a.precision()).Key("prefetch_recall").Double(a.recall()).EndObject();
 }
 
+// The prompt: --prompt TEXT, --prompt - (standard input) or --prompt-file FILE. Empty is refused, as the HTTP
+// completions refuse it.
+Result<std::string> PromptFromArgs(const Args& args) {
+  if (args.Has("prompt") && args.Has("prompt-file")) return Status::InvalidArgument("give --prompt or --prompt-file, not both");
+  std::string prompt;
+  if (auto file = args.Get("prompt-file")) {
+    ES_ASSIGN_OR_RETURN(prompt, ReadFile(*DefaultFileSystem(), *file));
+  } else {
+    ES_ASSIGN_OR_RETURN(prompt, args.Require("prompt"));
+    if (prompt == "-") {
+      std::ostringstream in;
+      in << std::cin.rdbuf();
+      prompt = in.str();
+    }
+  }
+  if (prompt.empty()) return Status::InvalidArgument("the prompt is empty");
+  return prompt;
+}
+
 Status RunGenerate(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string model_name, args.Require("model"));
-  ES_ASSIGN_OR_RETURN(std::string prompt, args.Require("prompt"));
+  ES_ASSIGN_OR_RETURN(std::string prompt, PromptFromArgs(args));
   ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model_name, RuntimeOptions{.need_tokenizer = true, .record = true}));
   PrintConfiguration(args, *rt);
-  GenerateOptions o;
-  ES_ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", 64, 1, 1 << 20));
-  o.max_tokens = static_cast<uint32_t>(max_tokens);
-  ES_ASSIGN_OR_RETURN(o.sampler, SamplerFromArgs(args));
+  ES_ASSIGN_OR_RETURN(DecodeSettings d, DecodeSettingsFromArgs(args, *rt));
+  GenerateOptions& o = d.options;
   o.chat = args.Has("chat");
-  o.forward = rt->forward_options();
-  bool json = args.global().json;
+  StopFilter filter(d.stop);
+  o.should_stop = [&] { return filter.stopped(); };
+  const bool json = args.global().json;
+  std::string shown;
+  auto show = [&](std::string_view piece) {
+    shown += piece;
+    if (json) return;
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+  };
   ES_ASSIGN_OR_RETURN(GenerateResult r, Generate(rt->model(), rt->tokenizer(), rt->experts(), prompt, o,
-                                                 [&](std::string_view piece) {
-                                                   if (json) return;
-                                                   std::fwrite(piece.data(), 1, piece.size(), stdout);
-                                                   std::fflush(stdout);
-                                                 }));
+                                                 [&](std::string_view piece) { show(filter.Push(piece)); }));
+  show(filter.Flush());
+  // A stop string ends generation as an end-of-sequence token does.
+  const std::string finish = filter.stopped() ? "stop" : r.finish_reason;
   ES_RETURN_IF_ERROR(rt->FinishRecording());
   ProviderCounters c = rt->experts().counters();
   if (json) {
     JsonWriter w;
-    w.BeginObject().Key("text").String(r.text).Key("tokens").BeginArray();
+    w.BeginObject().Key("text").String(shown).Key("tokens").BeginArray();
     for (int32_t id : r.ids) w.Int(id);
     w.EndArray()
         .Key("prompt_tokens").Uint(r.prompt_ids.size())
-        .Key("stop_reason").String(r.stop_reason)
+        .Key("finish_reason").String(finish)
+        .Key("seed").Uint(o.sampler.seed)
+        .Key("temperature").Double(o.sampler.temperature)
         .Key("tokens_per_second").Double(r.decode_tokens_per_second())
         .Key("prefill_tokens_per_second").Double(r.prefill_tokens_per_second())
         .Key("state").String(rt->state_name())
@@ -115,7 +144,7 @@ Status RunGenerate(const Args& args) {
     std::fprintf(stderr, "[%zu prompt tokens at %.1f tok/s, %zu generated at %.2f tok/s; cache %llu hits, %llu misses, %s read; %s%s]\n",
                  r.prompt_ids.size(), r.prefill_tokens_per_second(), r.ids.size(), r.decode_tokens_per_second(),
                  static_cast<unsigned long long>(c.hits), static_cast<unsigned long long>(c.misses),
-                 HumanBytes(c.bytes_read).c_str(), r.stop_reason.c_str(),
+                 HumanBytes(c.bytes_read).c_str(), finish.c_str(),
                  rt->runtime().exact() ? "" : "; NOT EXACT: see the first line");
   }
   return Status::Ok();
@@ -127,6 +156,26 @@ Status RunLogits(const Args& args) {
   ES_ASSIGN_OR_RETURN(auto ids, ParseIds(ids_text));
   ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model_name, /*need_tokenizer=*/false));
   ES_ASSIGN_OR_RETURN(auto logits, LastLogits(rt->model(), rt->experts(), ids, rt->forward_options()));
+  if (args.Has("top")) {
+    // The N most likely tokens, most likely first (ties: the lower id), with their logits.
+    ES_ASSIGN_OR_RETURN(int64_t top, args.GetInt("top", 0, 1, static_cast<int64_t>(logits.size())));
+    std::vector<int32_t> order(logits.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
+    std::partial_sort(order.begin(), order.begin() + top, order.end(), [&](int32_t a, int32_t b) {
+      return logits[a] != logits[b] ? logits[a] > logits[b] : a < b;
+    });
+    order.resize(static_cast<size_t>(top));
+    if (!args.global().json) {
+      for (int32_t id : order) std::printf("%d\t%.6f\n", id, logits[id]);
+      return Status::Ok();
+    }
+    JsonWriter w;
+    w.BeginObject().Key("top").BeginArray();
+    for (int32_t id : order) w.BeginObject().Key("id").Int(id).Key("logit").Double(logits[id]).EndObject();
+    w.EndArray().EndObject();
+    PrintJson(w);
+    return Status::Ok();
+  }
   JsonWriter w;
   if (args.global().json) w.BeginObject().Key("logits");
   w.BeginArray();
@@ -287,6 +336,11 @@ Status RunDemo(const Args& args) {
   return Status::Ok();
 }
 
+std::vector<FlagSpec> Concat(std::vector<FlagSpec> a, const std::vector<FlagSpec>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
 }  // namespace
 
 void RegisterGenerateCommands(std::vector<Command>& commands) {
@@ -296,20 +350,19 @@ void RegisterGenerateCommands(std::vector<Command>& commands) {
     return own;
   };
   commands.push_back({"generate",
-                      "generate --model M --prompt T [--max-tokens --temperature --top-k --top-p --seed --chat --state "
-                      "--cache-mb --policy --routing --prefetch --device]",
+                      "generate --model M (--prompt T | --prompt - | --prompt-file F) [--max-tokens --ctx-size --temperature "
+                      "--top-k --top-p --min-p --repeat-penalty --seed --stop S --chat --state --cache-mb --device]",
                       "generate text, streaming it to stdout",
-                      with({{"model", true, "model name"},
-                            {"prompt", true, "the prompt"},
-                            {"max-tokens", true, "most tokens to generate (default 64)"},
-                            {"temperature", true, "0 (default) is greedy"},
-                            {"top-k", true, "sample among the k most likely tokens"},
-                            {"top-p", true, "nucleus sampling threshold"},
-                            {"seed", true, "sampling seed"},
-                            {"chat", false, "wrap the prompt in the Qwen chat template"}}),
+                      with(Concat({{"model", true, "model name"},
+                                   {"prompt", true, "the prompt (- reads it from standard input)"},
+                                   {"prompt-file", true, "read the prompt from this file"},
+                                   {"chat", false, "the prompt is one user message in the model's chat template"}},
+                                  DecodeFlags())),
                       RunGenerate});
-  commands.push_back({"logits", "logits --model M --ids 1,2,3", "final-position logits (float32)",
-                      with({{"model", true, "model name"}, {"ids", true, "comma-separated token ids"}}), RunLogits});
+  commands.push_back({"logits", "logits --model M --ids 1,2,3 [--top N]", "final-position logits (float32)",
+                      with({{"model", true, "model name"}, {"ids", true, "comma-separated token ids"},
+                            {"top", true, "only the N most likely tokens (id and logit), most likely first"}}),
+                      RunLogits});
   commands.push_back({"eval", "eval --model M --text FILE [--state S] [--routing R] [--window N] [--step N]",
                       "teacher-forced NLL and perplexity of a text file",
                       with({{"model", true, "model name"}, {"text", true, "text file"},

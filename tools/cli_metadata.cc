@@ -138,13 +138,26 @@ Status RunCalibrate(const Args& args) {
     w.BeginObject().Key("experts").Uint(r.records).Key("tokens").Uint(r.run.tokens)
         .Key("ablated_positions").Uint(r.run.ablated_positions).Key("ablations").Uint(r.run.ablations)
         .Key("mean_nll").Double(r.mean_nll).Key("mean_trust").Double(r.mean_trust).Key("seconds").Double(r.run.seconds)
-        .Key("window").Uint(o.window).Key("usage").String(journaled ? "journal" : "catalog").EndObject();
+        .Key("window").Uint(o.window).Key("usage").String(journaled ? "journal" : "catalog")
+        .Key("rank_stability").BeginObject().Key("spearman").Double(r.stability.spearman)
+        .Key("top5_overlap").Double(r.stability.top5_overlap).Key("layers").Uint(r.stability.layers)
+        .Key("stable").Bool(r.stability.spearman >= kStableRankSpearman).EndObject()
+        .EndObject();
     PrintJson(w);
   } else {
     std::printf("calibrated %zu experts on %llu tokens (%llu ablations, mean NLL %.4f) in %.1f s; mean trust %.3f%s\n",
                 r.records, static_cast<unsigned long long>(r.run.tokens),
                 static_cast<unsigned long long>(r.run.ablations), r.mean_nll, r.run.seconds, r.mean_trust,
                 journaled ? "; written to the journal" : "");
+    std::printf("rank stability over two half-samples: Spearman %.2f, top-5 overlap %.1f of 5 per layer (%u layers)\n",
+                r.stability.spearman, r.stability.top5_overlap, r.stability.layers);
+  }
+  if (r.stability.spearman < kStableRankSpearman && !args.global().quiet) {
+    std::fprintf(stderr,
+                 "warning: the trust ranking is not stable at this sample size (Spearman %.2f < %.1f between two "
+                 "half-samples): another --seed may rank experts differently; calibrate on more text or a larger "
+                 "--sample. `trust` shows each contribution's standard error.\n",
+                 r.stability.spearman, kStableRankSpearman);
   }
   return Status::Ok();
 }
@@ -171,18 +184,22 @@ Status RunTrust(const Args& args) {
   } else if (!v.status().IsNotFound()) {
     return v.status();
   }
-  UsageCounts usage;
+  std::optional<UsageCounts> recorded;
   if (auto v = store->catalog().Get(Cf::kUsage, key); v.ok()) {
-    ES_ASSIGN_OR_RETURN(usage, DecodeUsage(*v));
+    ES_ASSIGN_OR_RETURN(recorded, DecodeUsage(*v));
   } else if (!v.status().IsNotFound()) {
     return v.status();
   }
+  const UsageCounts usage = recorded.value_or(UsageCounts{});
   if (args.global().json) {
-    // The trust record's fields (null before calibration), then the usage record's.
+    // The trust and usage views `show --json` has, under the same names.
     JsonWriter w;
     w.BeginObject().Key("layer").Uint(static_cast<uint64_t>(layer)).Key("expert").Uint(static_cast<uint64_t>(expert));
-    WriteTrustFields(w, trust);
-    WriteUsageFields(w, usage);
+    w.Key("trust");
+    WriteTrustJson(w, trust);
+    w.Key("usage");
+    WriteUsageJson(w, recorded);
+    w.Key("activations").Uint(usage.activation_count);
     w.EndObject();
     PrintJson(w);
     return Status::Ok();
@@ -190,16 +207,20 @@ Status RunTrust(const Args& args) {
   std::printf("model %s, layer %lld, expert %lld\n", model.c_str(), static_cast<long long>(layer),
               static_cast<long long>(expert));
   if (trust) {
-    std::printf("  trust             %.4f\n  convergence_rate  %.4f  (mean NLL increase when removed: %+.5f nats)\n"
-                "  stability         %.4f\n  efficiency        %.4f\n  calibrated on     %llu tokens\n",
-                trust->trust, trust->convergence_rate, trust->raw_contribution, trust->stability, trust->efficiency,
-                static_cast<unsigned long long>(trust->calibration_tokens));
+    // The interval: 1.96 standard errors either side (95% under a normal approximation).
+    constexpr double kZ95 = 1.96;
+    std::printf("  trust             %.4f\n  convergence_rate  %.4f  (mean NLL increase when removed: %+.5f nats, "
+                "95%% interval +-%.5f over %llu ablations)\n"
+                "  stability         %.4f\n  efficiency        %.4f\n  calibrated on     %llu tokens, %s\n",
+                trust->trust, trust->convergence_rate, trust->raw_contribution, kZ95 * trust->contribution_stderr,
+                static_cast<unsigned long long>(trust->ablations), trust->stability, trust->efficiency,
+                static_cast<unsigned long long>(trust->calibration_tokens), UtcTime(trust->updated_unix).c_str());
   } else {
     std::printf("  not calibrated (run calibrate)\n");
   }
-  std::printf("  activations       %llu\n  successes         %llu\n  last used         %llu (unix ms)\n",
+  std::printf("  activations       %llu\n  successes         %llu\n  last used         %s\n",
               static_cast<unsigned long long>(usage.activation_count), static_cast<unsigned long long>(usage.success_count),
-              static_cast<unsigned long long>(usage.last_used_unix_ms));
+              usage.last_used_unix_ms ? UtcTime(usage.last_used_unix_ms / 1000).c_str() : "never");
   return Status::Ok();
 }
 
@@ -215,7 +236,7 @@ Status RunQuery(const Args& args) {
     q.has_layer = true;
     q.layer = static_cast<uint32_t>(l);
   }
-  ES_ASSIGN_OR_RETURN(int64_t top, args.GetInt("top", static_cast<int64_t>(q.top), 1, INT32_MAX));
+  ES_ASSIGN_OR_RETURN(int64_t top, args.GetInt("top", static_cast<int64_t>(q.top), 1, kMaxQueryTop));
   ES_ASSIGN_OR_RETURN(int64_t min_activations, args.GetInt("min-activations", 0, 0, INT64_MAX));
   q.top = static_cast<size_t>(top);
   q.min_activations = static_cast<uint64_t>(min_activations);
@@ -226,9 +247,7 @@ Status RunQuery(const Args& args) {
   ES_ASSIGN_OR_RETURN(auto rows, QueryExperts(store->catalog(), model, q));
   if (args.global().json) {
     JsonWriter w;
-    w.BeginArray();
-    for (const auto& r : rows) WriteQueryRowJson(w, r);
-    w.EndArray();
+    WriteQueryResultJson(w, model, q, args.GetOr("order", "lift"), rows);
     PrintJson(w);
     return Status::Ok();
   }
@@ -362,7 +381,7 @@ void RegisterMetadataCommands(std::vector<Command>& commands) {
                       {{"model", true, "model name"},
                        {"domain", true, "rank for this domain (default: each expert's primary domain)"},
                        {"layer", true, "only this layer"},
-                       {"top", true, "rows (default 10)"},
+                       {"top", true, "rows (default 10, at most 100000)"},
                        {"order", true, "sort keys, first first (default lift)"},
                        {"min-activations", true, "with --domain: skip experts with fewer activations in it"}},
                       RunQuery});

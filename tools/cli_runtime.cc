@@ -2,6 +2,7 @@
 #include "tools/cli_runtime.h"
 
 #include <cstdio>
+#include <random>
 
 namespace es::cli {
 
@@ -39,18 +40,68 @@ Result<std::unique_ptr<Store>> OpenStoreForMetadata(const Args& args) {
   return store;
 }
 
-Result<SamplerOptions> SamplerFromArgs(const Args& args) {
-  SamplerOptions s;
-  ES_ASSIGN_OR_RETURN(double t, args.GetDouble("temperature", 0.0));
-  ES_ASSIGN_OR_RETURN(double p, args.GetDouble("top-p", 1.0));
-  ES_ASSIGN_OR_RETURN(int64_t k, args.GetInt("top-k", 0, 0, INT32_MAX));
-  ES_ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0, 0, INT64_MAX));
-  s.temperature = static_cast<float>(t);
-  s.top_p = static_cast<float>(p);
-  s.top_k = static_cast<uint32_t>(k);
-  s.seed = static_cast<uint64_t>(seed);
-  ES_RETURN_IF_ERROR(Sampler::Create(s).status());
+std::vector<FlagSpec> DecodeFlags() {
+  return {
+      {"max-tokens", true, "most tokens to generate (default 64)"},
+      {"ctx-size", true, "tokens of context, prompt included (default and most: the model's)"},
+      {"temperature", true, "0 is greedy (default: the model's generation_config.json; greedy without one)"},
+      {"top-k", true, "sample among the k most likely tokens (0: all; default: the model's)"},
+      {"top-p", true, "nucleus sampling threshold (default: the model's, else 1)"},
+      {"min-p", true, "drop tokens less likely than this times the most likely (default: the model's, else 0)"},
+      {"repeat-penalty", true, "penalise tokens of the last --repeat-last-n (1: off; default: the model's, else 1)"},
+      {"repeat-last-n", true, "tokens the penalties look back over, prompt included (default 64)"},
+      {"presence-penalty", true, "subtracted from each token seen in the window (default 0)"},
+      {"frequency-penalty", true, "subtracted per occurrence in the window (default 0)"},
+      {"seed", true, "sampling seed (default: a fresh one, reported in --json)"},
+      {"stop", true, "end generation where this text appears, leaving it out (repeatable)"},
+  };
+}
+
+Result<SamplerRequest> SamplerFromArgs(const Args& args) {
+  SamplerRequest s;
+  auto real = [&](std::string_view flag, std::optional<float>& out) -> Status {
+    if (!args.Has(flag)) return Status::Ok();
+    ES_ASSIGN_OR_RETURN(double v, args.GetDouble(flag, 0));
+    out = static_cast<float>(v);
+    return Status::Ok();
+  };
+  ES_RETURN_IF_ERROR(real("temperature", s.temperature));
+  ES_RETURN_IF_ERROR(real("top-p", s.top_p));
+  ES_RETURN_IF_ERROR(real("min-p", s.min_p));
+  ES_RETURN_IF_ERROR(real("repeat-penalty", s.repetition_penalty));
+  ES_RETURN_IF_ERROR(real("presence-penalty", s.presence_penalty));
+  ES_RETURN_IF_ERROR(real("frequency-penalty", s.frequency_penalty));
+  if (args.Has("top-k")) {
+    ES_ASSIGN_OR_RETURN(int64_t k, args.GetInt("top-k", 0, 0, INT32_MAX));
+    s.top_k = static_cast<uint32_t>(k);
+  }
+  if (args.Has("repeat-last-n")) {
+    ES_ASSIGN_OR_RETURN(int64_t n, args.GetInt("repeat-last-n", 0, 0, INT32_MAX));
+    s.penalty_last_n = static_cast<uint32_t>(n);
+  }
+  if (args.Has("seed")) {
+    ES_ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0, 0, INT64_MAX));
+    s.seed = static_cast<uint64_t>(seed);
+  }
   return s;
+}
+
+Result<DecodeSettings> DecodeSettingsFromArgs(const Args& args, const Runtime& rt) {
+  DecodeSettings d;
+  ES_ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", 64, 1, 1 << 20));
+  d.options.max_tokens = static_cast<uint32_t>(max_tokens);
+  const int64_t model_context = rt.runtime().model().config().max_positions;
+  ES_ASSIGN_OR_RETURN(int64_t context, args.GetInt("ctx-size", model_context, 1, model_context));
+  d.options.context = static_cast<uint32_t>(context);
+  ES_ASSIGN_OR_RETURN(SamplerRequest request, SamplerFromArgs(args));
+  if (!request.seed) request.seed = std::random_device{}();
+  d.options.sampler = request.Over(rt.runtime().sampler_defaults());
+  ES_RETURN_IF_ERROR(Sampler::Create(d.options.sampler).status());
+  d.options.forward = rt.forward_options();
+  for (const std::string& s : args.GetAll("stop")) {
+    if (!s.empty()) d.stop.push_back(s);
+  }
+  return d;
 }
 
 Result<RuntimeConfig> RuntimeConfigFromArgs(const Args& args) {

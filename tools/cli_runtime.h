@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "compute/expert_provider.h"
+#include "compute/generator.h"
 #include "compute/kernels/parallel.h"
 #include "compute/model.h"
 #include "compute/runtime/model_runtime.h"
@@ -36,7 +37,23 @@ struct RuntimeOptions {
   bool writes_metadata = false;
 };
 
-Result<SamplerOptions> SamplerFromArgs(const Args& args);
+class Runtime;
+
+// The flags of the commands that decode (generate, chat): llama.cpp's sampling names (--temperature, --top-k,
+// --top-p, --min-p, --repeat-penalty, --repeat-last-n, --presence-penalty, --frequency-penalty, --seed), --stop
+// (repeatable), --max-tokens and --ctx-size. The HTTP completions take the same settings under OpenAI's names.
+std::vector<FlagSpec> DecodeFlags();
+
+// The sampling flags given; each left out takes the model's default (its generation_config.json).
+Result<SamplerRequest> SamplerFromArgs(const Args& args);
+
+// What DecodeFlags() describe, over the model's defaults: max tokens, context, sampler (a fresh seed unless
+// --seed), and the stop strings.
+struct DecodeSettings {
+  GenerateOptions options;
+  std::vector<std::string> stop;
+};
+Result<DecodeSettings> DecodeSettingsFromArgs(const Args& args, const Runtime& rt);
 
 // The RuntimeFlags() of `args` as a runtime configuration (validated). `serve` builds its models from it too.
 Result<RuntimeConfig> RuntimeConfigFromArgs(const Args& args);

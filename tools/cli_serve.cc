@@ -66,6 +66,8 @@ Result<api::GenerationOptions> GenerationOptionsFromArgs(const Args& args) {
   g.max_queued_per_client = static_cast<size_t>(per_client);
   ES_ASSIGN_OR_RETURN(int64_t models, args.GetInt("max-models", static_cast<int64_t>(g.max_loaded_models), 1, kMaxCountFlag));
   g.max_loaded_models = static_cast<size_t>(models);
+  ES_ASSIGN_OR_RETURN(int64_t context, args.GetInt("ctx-size", 0, 1, INT32_MAX));
+  g.context = static_cast<uint32_t>(context);
   return g;
 }
 
@@ -184,7 +186,8 @@ void RegisterServeCommands(std::vector<Command>& commands) {
                        {"max-tokens", true, "the most tokens one completion may generate (default 4096)"},
                        {"max-queued", true, "generation requests waiting at most (default 64)"},
                        {"max-queued-per-client", true, "generation requests one client address may have waiting (default 8)"},
-                       {"max-models", true, "models kept loaded for generation (default 1)"}};
+                       {"max-models", true, "models kept loaded for generation (default 1)"},
+                       {"ctx-size", true, "tokens of context per request, prompt included (default and most: the model's)"}};
   for (FlagSpec& f : RuntimeFlags()) serve_flags.push_back(std::move(f));
   commands.push_back({"serve",
                       "serve [--host 127.0.0.1 --port 8080 --state S --cache-mb N --routing R --max-connections N ...]",

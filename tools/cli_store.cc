@@ -66,7 +66,6 @@ Status RunModels(const Args& args) {
     for (size_t i = 0; i < models.size(); ++i) {
       w.BeginObject();
       WriteModelFields(w, models[i]);
-      w.Key("stored_bytes").Uint(stored[i]);
       w.EndObject();
     }
     w.EndArray();

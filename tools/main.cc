@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   es::cli::RegisterStoreCommands(commands);
   es::cli::RegisterExpertCommands(commands);
   es::cli::RegisterGenerateCommands(commands);
+  es::cli::RegisterChatCommands(commands);
   es::cli::RegisterBenchCommands(commands);
   es::cli::RegisterMetadataCommands(commands);
   es::cli::RegisterServeCommands(commands);

@@ -1,6 +1,8 @@
 // Profiling and trust calibration over a ModelRuntime.
 #include "compute/runtime/metadata_jobs.h"
 
+#include <algorithm>
+#include <cmath>
 #include <map>
 #include <sstream>
 
@@ -150,7 +152,8 @@ Result<TrustCalibrationResult> CalibrateTrust(ModelRuntime& rt, Store& store, co
       auto it = bytes.find({l, e});
       if (it == bytes.end()) continue;  // absent from a partial checkpoint
       const ExpertContribution& c = run.experts[static_cast<size_t>(l) * run.experts_per_layer + e];
-      measurements.push_back({l, e, c.samples, c.mean_increase(), c.activations, c.weight_sum, c.weight_sq_sum, it->second});
+      measurements.push_back({l, e, c.samples, c.mean_increase(), c.activations, c.weight_sum, c.weight_sq_sum,
+                              it->second, c.increase_stderr()});
     }
   }
   auto records = TrustFromMeasurements(measurements, weights, run.tokens, now_unix);
@@ -163,7 +166,69 @@ Result<TrustCalibrationResult> CalibrateTrust(ModelRuntime& rt, Store& store, co
   ES_RETURN_IF_ERROR(store.WriteMetadata(batch));
   result.records = records.size();
   result.mean_nll = run.tokens ? run.clean_nll / static_cast<double>(run.tokens) : 0;
+  result.stability = RankStabilityOf(run);
   return result;
+}
+
+namespace {
+
+// Ranks (0 = largest), ties sharing their mean rank.
+std::vector<double> Ranks(const std::vector<double>& values) {
+  std::vector<size_t> order(values.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return values[a] > values[b]; });
+  std::vector<double> ranks(values.size());
+  for (size_t i = 0; i < order.size();) {
+    size_t j = i;
+    while (j + 1 < order.size() && values[order[j + 1]] == values[order[i]]) ++j;
+    for (size_t k = i; k <= j; ++k) ranks[order[k]] = 0.5 * static_cast<double>(i + j);
+    i = j + 1;
+  }
+  return ranks;
+}
+
+double Pearson(const std::vector<double>& x, const std::vector<double>& y) {
+  const double n = static_cast<double>(x.size());
+  double mx = 0, my = 0;
+  for (size_t i = 0; i < x.size(); ++i) mx += x[i] / n, my += y[i] / n;
+  double sxy = 0, sxx = 0, syy = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    sxy += (x[i] - mx) * (y[i] - my);
+    sxx += (x[i] - mx) * (x[i] - mx);
+    syy += (y[i] - my) * (y[i] - my);
+  }
+  return sxx > 0 && syy > 0 ? sxy / std::sqrt(sxx * syy) : 0;
+}
+
+constexpr size_t kTopShared = 5;
+constexpr size_t kMinComparedExperts = 3;
+
+}  // namespace
+
+RankStability RankStabilityOf(const CalibrationResult& run) {
+  RankStability s;
+  for (uint32_t l = 0; l < run.layers; ++l) {
+    std::vector<double> a, b;
+    for (uint32_t e = 0; e < run.experts_per_layer; ++e) {
+      const ExpertContribution& c = run.experts[static_cast<size_t>(l) * run.experts_per_layer + e];
+      if (c.half_samples[0] == 0 || c.half_samples[1] == 0) continue;
+      a.push_back(c.half_sum[0] / static_cast<double>(c.half_samples[0]));
+      b.push_back(c.half_sum[1] / static_cast<double>(c.half_samples[1]));
+    }
+    if (a.size() < kMinComparedExperts) continue;
+    const std::vector<double> ra = Ranks(a), rb = Ranks(b);
+    s.spearman += Pearson(ra, rb);
+    const double top = static_cast<double>(std::min(kTopShared, a.size()));
+    size_t shared = 0;
+    for (size_t i = 0; i < ra.size(); ++i) shared += ra[i] < top && rb[i] < top;
+    s.top5_overlap += static_cast<double>(shared);
+    ++s.layers;
+  }
+  if (s.layers > 0) {
+    s.spearman /= s.layers;
+    s.top5_overlap /= s.layers;
+  }
+  return s;
 }
 
 }  // namespace es

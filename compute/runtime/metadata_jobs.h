@@ -54,11 +54,24 @@ struct ProfilingResult {
 Result<ProfilingResult> ProfileModel(ModelRuntime& rt, Store& store, const std::string& model,
                                      std::span<const LabelledText> prompts, const ProfilingOptions& options);
 
+// How far a calibration's ranking can be trusted: the experts' contributions measured on two half-samples (the
+// positions of even and of odd index), compared per layer over the experts ablated in both halves.
+struct RankStability {
+  double spearman = 0;       // Spearman rank correlation of the two halves, averaged over layers (1: same order)
+  double top5_overlap = 0;   // experts the two halves' top 5 share, averaged over layers (of at most 5)
+  uint32_t layers = 0;       // layers compared (at least 3 experts ablated in both halves)
+};
+// Below this Spearman correlation calibrate warns that its ranking is not stable at this sample size.
+inline constexpr double kStableRankSpearman = 0.8;
+
+RankStability RankStabilityOf(const CalibrationResult& run);
+
 struct TrustCalibrationResult {
   CalibrationResult run;        // the measurements
   size_t records = 0;           // trust records written
   double mean_trust = 0;
   double mean_nll = 0;          // of the clean pass, per scored position
+  RankStability stability;
 };
 
 // Calibrates on `texts` (each encoded as plain text, sequences shorter than 2 tokens left out) and writes a trust

@@ -186,6 +186,11 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
     ES_ASSIGN_OR_RETURN(Tokenizer tok, LoadModelTokenizer(store, model));
     rt->tokenizer_ = std::make_unique<Tokenizer>(std::move(tok));
   }
+  if (auto g = store.ReadAsset(rt->model_->info(), "generation_config.json"); g.ok()) {
+    ES_ASSIGN_OR_RETURN(rt->sampler_defaults_, SamplerDefaultsFromGenerationConfig(*g));
+  } else if (!g.status().IsNotFound()) {
+    return g.status();
+  }
   rt->forward_.skip_missing_experts = c.skip_missing_experts;
   const ModelConfig& config = rt->model_->config();
   if (c.record) {

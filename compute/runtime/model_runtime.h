@@ -16,6 +16,7 @@
 #include "compute/expert_provider.h"
 #include "compute/kernels/parallel.h"
 #include "compute/model.h"
+#include "compute/sampler.h"
 #include "compute/tokenizer/tokenizer.h"
 #include "compute/usage_recorder.h"
 #include "store/store.h"
@@ -73,6 +74,7 @@ class ModelRuntime {
   ~ModelRuntime();
 
   Model& model() { return *model_; }
+  const Model& model() const { return *model_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   bool has_tokenizer() const { return tokenizer_ != nullptr; }
   ExpertProvider& experts() { return *experts_; }
@@ -83,6 +85,9 @@ class ModelRuntime {
   const ForwardOptions& forward_options() const { return forward_; }
   const std::string& state_name() const { return state_; }
   const std::string& routing_name() const { return routing_; }
+  // The model's sampling defaults (its generation_config.json; greedy without one): what `generate`, `chat` and
+  // the HTTP completions use for every setting the user leaves out.
+  const SamplerOptions& sampler_defaults() const { return sampler_defaults_; }
   const PrefetchAccuracy& prefetch_accuracy() const { return *accuracy_; }
   // The usage recorder (null when not recording); forward_options() feed it.
   UsageRecorder* recorder() { return recorder_.get(); }
@@ -115,6 +120,7 @@ class ModelRuntime {
   std::string routing_ = "exact";
   std::string description_;
   std::vector<std::string> inexact_;
+  SamplerOptions sampler_defaults_;
 };
 
 }  // namespace es

@@ -117,7 +117,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     es::api::CompletionOutcome o{c->chat ? "x" : c->prompt, "stop", 1, 2};
     Check(es::ParseJson(es::api::FormatCompletion(*c, "id", 0, o)).ok(), "completion JSON");
     Check(es::ParseJson(es::api::FormatChunk(*c, "id", 0, o.text, std::nullopt)).ok(), "chunk JSON");
-    es::api::StopFilter f(c->stop);
+    es::StopFilter f(c->stop);
     std::string shown = f.Push(o.text);
     shown += f.Flush();
     Check(shown.size() <= o.text.size() && o.text.compare(0, shown.size(), shown) == 0, "stop filter shows a prefix");

@@ -21,15 +21,22 @@ Result<CompletionRequest> Parse(std::string_view body, bool chat = false) {
   return ParseCompletionRequest(body, chat, CompletionLimits{});
 }
 
-TEST(OpenAiParseTest, DefaultsFollowOpenAi) {
+// Sampling settings a request leaves out stay unset: the model's generation_config.json decides them, as for the
+// CLI (one rule for both front ends).
+TEST(OpenAiParseTest, UnsetSamplingLeavesTheModelDefaults) {
   auto r = Parse(R"({"model": "m", "prompt": "hi"})");
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(r->model, "m");
   EXPECT_EQ(r->prompt, "hi");
   EXPECT_EQ(r->max_tokens, CompletionLimits{}.default_max_tokens);
-  EXPECT_FLOAT_EQ(r->sampler.temperature, 1.0f);
-  EXPECT_FLOAT_EQ(r->sampler.top_p, 1.0f);
-  EXPECT_FALSE(r->seeded);
+  EXPECT_FALSE(r->sampler.temperature.has_value());
+  EXPECT_FALSE(r->sampler.top_p.has_value());
+  EXPECT_FALSE(r->sampler.seed.has_value());
+  SamplerOptions model_defaults;
+  model_defaults.temperature = 0.7f;
+  model_defaults.top_k = 40;
+  EXPECT_FLOAT_EQ(r->sampler.Over(model_defaults).temperature, 0.7f);
+  EXPECT_EQ(r->sampler.Over(model_defaults).top_k, 40u);
   EXPECT_FALSE(r->stream);
   EXPECT_TRUE(r->stop.empty());
   auto c = Parse(R"({"model": "m", "messages": [{"role": "user", "content": "hi"}]})", /*chat=*/true);
@@ -41,14 +48,20 @@ TEST(OpenAiParseTest, DefaultsFollowOpenAi) {
 
 TEST(OpenAiParseTest, EveryFieldParses) {
   auto r = Parse(R"({"model": "m", "prompt": "p", "max_tokens": 7, "temperature": 0.5, "top_p": 0.9, "top_k": 40,
-                     "seed": -1, "stop": "END", "stream": true, "stream_options": {"include_usage": true}})");
+                     "seed": -1, "stop": "END", "stream": true, "stream_options": {"include_usage": true},
+                     "min_p": 0.05, "presence_penalty": 0.5, "frequency_penalty": -0.5, "repeat_penalty": 1.1,
+                     "repeat_last_n": 32, "response_format": {"type": "text"}})");
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(r->max_tokens, 7u);
-  EXPECT_FLOAT_EQ(r->sampler.temperature, 0.5f);
-  EXPECT_FLOAT_EQ(r->sampler.top_p, 0.9f);
-  EXPECT_EQ(r->sampler.top_k, 40u);
-  EXPECT_TRUE(r->seeded);
-  EXPECT_EQ(r->sampler.seed, UINT64_MAX);
+  EXPECT_FLOAT_EQ(*r->sampler.temperature, 0.5f);
+  EXPECT_FLOAT_EQ(*r->sampler.top_p, 0.9f);
+  EXPECT_EQ(*r->sampler.top_k, 40u);
+  EXPECT_EQ(*r->sampler.seed, UINT64_MAX);
+  EXPECT_FLOAT_EQ(*r->sampler.min_p, 0.05f);
+  EXPECT_FLOAT_EQ(*r->sampler.presence_penalty, 0.5f);
+  EXPECT_FLOAT_EQ(*r->sampler.frequency_penalty, -0.5f);
+  EXPECT_FLOAT_EQ(*r->sampler.repetition_penalty, 1.1f);
+  EXPECT_EQ(*r->sampler.penalty_last_n, 32u);
   EXPECT_EQ(r->stop, std::vector<std::string>{"END"});
   EXPECT_TRUE(r->stream);
   EXPECT_TRUE(r->include_usage);
@@ -62,7 +75,7 @@ TEST(OpenAiParseTest, EveryFieldParses) {
   // null means absent.
   auto nulls = Parse(R"({"model": "m", "prompt": "p", "max_tokens": null, "stop": null, "seed": null})");
   ASSERT_TRUE(nulls.ok());
-  EXPECT_FALSE(nulls->seeded);
+  EXPECT_FALSE(nulls->sampler.seed.has_value());
 }
 
 TEST(OpenAiParseTest, EachClassOfBadInputIsRefused) {
@@ -88,7 +101,12 @@ TEST(OpenAiParseTest, EachClassOfBadInputIsRefused) {
       {R"({"model": "m", "prompt": ["a", "b"]})", false, Status::Code::kNotSupported},  // batch
       {R"({"model": "m", "prompt": "p", "best_of": 3})", false, Status::Code::kNotSupported},
       {R"({"model": "m", "prompt": "p", "logit_bias": {"1": 2}})", false, Status::Code::kNotSupported},
-      {R"({"model": "m", "prompt": "p", "frequency_penalty": 0.5})", false, Status::Code::kNotSupported},
+      {R"({"model": "m", "prompt": "p", "frequency_penalty": 2.5})", false, Status::Code::kInvalidArgument},
+      {R"({"model": "m", "prompt": "p", "repetition_penalty": 0})", false, Status::Code::kInvalidArgument},
+      {R"({"model": "m", "prompt": "p", "min_p": 1.5})", false, Status::Code::kInvalidArgument},
+      {R"({"model": "m", "prompt": "p", "response_format": {"type": "json_object"}})", false,
+       Status::Code::kNotSupported},  // refused, not silently ignored
+      {R"({"model": "m", "prompt": "p", "response_format": "json"})", false, Status::Code::kInvalidArgument},
       {R"({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{}]})", true,
        Status::Code::kNotSupported},
       {R"({"model": "m", "messages": [1]})", true, Status::Code::kInvalidArgument},
@@ -222,7 +240,7 @@ TEST(UrlTest, ParsesHttpUrls) {
 
 TEST(ErrorsTest, EveryStatusCodeMapsToOneHttpStatus) {
   const std::pair<Status, int> cases[] = {
-      {Status::NotFound("x"), 404},         {Status::InvalidArgument("x"), 400}, {Status::NotSupported("x"), 501},
+      {Status::NotFound("x"), 404},         {Status::InvalidArgument("x"), 400}, {Status::NotSupported("x"), 400},
       {Status::ResourceExhausted("x"), 503}, {Status::Busy("x"), 503},           {Status::Corruption("x"), 500},
       {Status::IOError("x"), 500},
   };

@@ -77,7 +77,11 @@ TEST_F(CliBenchTest, CacheRejectsBadInvocations) {
   std::fclose(f);
   CliResult r = RunCli("bench cache " + Store() + " --model m --trace " + dir_.Sub("bad.jsonl") + " --cache-mb 1 --json");
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_TRUE(r.out.empty());  // nothing on stdout on failure
+  // On failure --json prints one error document on stdout, nothing else.
+  auto doc = ParseJson(r.out);
+  ASSERT_TRUE(doc.ok()) << r.out;
+  ASSERT_NE(doc->Find("error"), nullptr) << r.out;
+  EXPECT_EQ(doc->Find("error")->Find("code")->string_value(), "invalid_argument");
 }
 
 TEST_F(CliBenchTest, SwapinReportsTheContractFields) {

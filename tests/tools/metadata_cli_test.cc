@@ -95,9 +95,17 @@ class MetadataCliTest : public ::testing::Test {
   testing::TempDir dir_;
 };
 
-std::vector<std::pair<uint32_t, uint32_t>> TopExperts(const JsonValue& rows) {
+// The rows of `query --json` ({"object": "list", ..., "data": [...]}, the HTTP query route's shape).
+const JsonValue& Rows(const JsonValue& query) {
+  static const JsonValue kNone;
+  const JsonValue* data = query.Find("data");
+  EXPECT_NE(data, nullptr);
+  return data != nullptr ? *data : kNone;
+}
+
+std::vector<std::pair<uint32_t, uint32_t>> TopExperts(const JsonValue& query) {
   std::vector<std::pair<uint32_t, uint32_t>> out;
-  for (const auto& r : rows.array()) {
+  for (const auto& r : Rows(query).array()) {
     out.push_back({static_cast<uint32_t>(*r.Find("layer")->AsUint64()), static_cast<uint32_t>(*r.Find("expert")->AsUint64())});
   }
   return out;
@@ -117,15 +125,15 @@ TEST_F(MetadataCliTest, PythonExpertsHaveHighLiftAndAreStableAcrossHalves) {
     EXPECT_EQ(p.Find("domains")->array().size(), 7u);
     JsonValue q = Json(RunCli("query --model " + std::string(kModel) + " --domain python --top " +
                               std::to_string(kTop) + " " + store + " --json"));
-    ASSERT_EQ(q.array().size(), static_cast<size_t>(kTop));
-    EXPECT_GT(Num(q.array()[0], "lift"), 1.8);
-    for (const auto& row : q.array()) {
+    ASSERT_EQ(Rows(q).array().size(), static_cast<size_t>(kTop));
+    EXPECT_GT(Num(Rows(q).array()[0], "lift"), 1.8);
+    for (const auto& row : Rows(q).array()) {
       EXPECT_GT(Num(row, "lift"), 1.3);
       EXPECT_EQ(row.Find("domain")->string_value(), "python");
       EXPECT_GT(Num(row, "share"), 0.3);
     }
     // Lift order.
-    for (size_t i = 1; i < q.array().size(); ++i) EXPECT_GE(Num(q.array()[i - 1], "lift"), Num(q.array()[i], "lift"));
+    for (size_t i = 1; i < Rows(q).array().size(); ++i) EXPECT_GE(Num(Rows(q).array()[i - 1], "lift"), Num(Rows(q).array()[i], "lift"));
     tops.push_back(TopExperts(q));
   }
   std::set<std::pair<uint32_t, uint32_t>> a(tops[0].begin(), tops[0].end());
@@ -156,7 +164,7 @@ TEST_F(MetadataCliTest, ReadersAndRecordersBesideAWriter) {
 
     EXPECT_EQ(RunCli("query" + m + " --domain c --json").exit_code, 0);
     JsonValue t = Json(RunCli("trust" + m + " --layer 1 --expert 2 --json"));
-    EXPECT_GT(Num(t, "activation_count"), 0);
+    EXPECT_GT(Num(t, "activations"), 0);
     EXPECT_EQ(RunCli("show" + m + " --layer 1 --expert 2 --json").exit_code, 0);
     EXPECT_EQ(RunCli("experts" + m + " --json").exit_code, 0);
     EXPECT_EQ(RunCli("rest" + m).exit_code, 5);  // Busy: rest needs the writer
@@ -206,21 +214,26 @@ TEST_F(MetadataCliTest, CalibrateStoresTrustComponentsInTheUnitInterval) {
     for (uint32_t expert : {0u, 13u, 31u}) {
       JsonValue t = Json(RunCli("trust" + m + " --layer " + std::to_string(layer) + " --expert " +
                                 std::to_string(expert) + " --json"));
+      // `trust --json` holds the trust record as `show --json` does.
+      const JsonValue& tr = *t.Find("trust");
       for (const char* f : {"trust", "convergence_rate", "stability", "efficiency"}) {
-        EXPECT_GE(Num(t, f), 0.0) << f;
-        EXPECT_LE(Num(t, f), 1.0) << f;
+        EXPECT_GE(Num(tr, f), 0.0) << f;
+        EXPECT_LE(Num(tr, f), 1.0) << f;
       }
-      EXPECT_NEAR(Num(t, "trust"),
-                  0.5 * Num(t, "convergence_rate") + 0.25 * Num(t, "stability") + 0.25 * Num(t, "efficiency"), 1e-9);
+      EXPECT_NEAR(Num(tr, "trust"),
+                  0.5 * Num(tr, "convergence_rate") + 0.25 * Num(tr, "stability") + 0.25 * Num(tr, "efficiency"), 1e-9);
+      // Each contribution carries its standard error over its ablations.
+      EXPECT_GT(Num(tr, "ablations"), 0);
+      EXPECT_GE(Num(tr, "contribution_stderr"), 0);
       JsonValue s = Json(RunCli("show" + m + " --layer " + std::to_string(layer) + " --expert " + std::to_string(expert) +
                                 " --json"));
-      EXPECT_DOUBLE_EQ(Num(*s.Find("trust"), "trust"), Num(t, "trust"));
+      EXPECT_DOUBLE_EQ(Num(*s.Find("trust"), "trust"), Num(tr, "trust"));
     }
   }
   // Trust ranks; the best expert is fully converged somewhere in the model.
   JsonValue q = Json(RunCli("query" + m + " --order trust --top 192 --json"));
-  ASSERT_EQ(q.array().size(), 192u);
-  EXPECT_GE(Num(q.array()[0], "trust"), Num(q.array()[191], "trust"));
+  ASSERT_EQ(Rows(q).array().size(), 192u);
+  EXPECT_GE(Num(Rows(q).array()[0], "trust"), Num(Rows(q).array()[191], "trust"));
   EXPECT_EQ(RunCli("calibrate" + m + " --text " + text + " --routing trust").exit_code, 2);
 }
 
@@ -241,15 +254,22 @@ TEST_F(MetadataCliTest, ProfilesExportAndImport) {
   JsonValue qa = Json(RunCli("query" + model + " " + from + " --domain german --json"));
   JsonValue qb = Json(RunCli("query" + model + " " + to + " --domain german --json"));
   EXPECT_EQ(TopExperts(qa), TopExperts(qb));
-  for (size_t i = 0; i < qa.array().size() && i < qb.array().size(); ++i) {
-    EXPECT_DOUBLE_EQ(Num(qa.array()[i], "lift"), Num(qb.array()[i], "lift"));
-    EXPECT_DOUBLE_EQ(Num(qb.array()[i], "activations"), 0);
+  for (size_t i = 0; i < Rows(qa).array().size() && i < Rows(qb).array().size(); ++i) {
+    EXPECT_DOUBLE_EQ(Num(Rows(qa).array()[i], "lift"), Num(Rows(qb).array()[i], "lift"));
+    EXPECT_DOUBLE_EQ(Num(Rows(qb).array()[i], "activations"), 0);
   }
   // Bad input: not an export, a different shape, unknown action.
   std::ofstream(dir_.Sub("bad.json")) << "{\"format\": \"other\"}";
   EXPECT_EQ(RunCli("profiles import " + dir_.Sub("bad.json") + " " + to).exit_code, 2);
   EXPECT_EQ(RunCli("profiles frobnicate " + to).exit_code, 2);
-  EXPECT_EQ(RunCli("query" + model + " " + to + " --domain klingon").exit_code, 3);
+  // An unknown domain is named with the ones the profiles know; domains match whatever their case.
+  CliResult unknown = RunCli("query" + model + " " + to + " --domain klingon", /*with_stderr=*/true);
+  EXPECT_EQ(unknown.exit_code, 3);
+  EXPECT_NE(unknown.out.find("knows domain 'klingon'; its domains are "), std::string::npos) << unknown.out;
+  EXPECT_NE(unknown.out.find("german"), std::string::npos) << unknown.out;
+  JsonValue upper = Json(RunCli("query" + model + " " + to + " --domain GERMAN --json"));
+  EXPECT_EQ(upper.Find("domain")->string_value(), "german");
+  EXPECT_EQ(TopExperts(upper), TopExperts(qb));
 }
 
 TEST_F(MetadataCliTest, EveryStateAndRoutingPolicyEvaluates) {

@@ -1,0 +1,317 @@
+// The CLI as a new user meets it, through the real binary on the tiny model: one JSON document on stdout even on
+// failure, errors that name what is wrong, exactness said wherever the output is not the model's own, a default
+// cache sized from memory, sampling defaults from the model's generation_config.json, assets added to an ingested
+// checkpoint, stop strings, prompts from files and standard input, and `chat` in a pipe.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <tuple>
+#include <filesystem>
+#include <string>
+
+#include "store/base/json.h"
+#include "store/catalog.h"
+#include "store/records.h"
+#include "store/store.h"
+#include "tests/util/files.h"
+#include "tests/util/run_cli.h"
+#include "tests/util/temp_dir.h"
+#include "tests/util/test_data.h"
+
+namespace es {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::CliResult;
+using testing::RunCli;
+
+JsonValue Json(const CliResult& r) {
+  auto doc = ParseJson(r.out);
+  EXPECT_TRUE(doc.ok()) << r.out;
+  return doc.ok() ? std::move(doc).value() : JsonValue();
+}
+
+std::string Str(const JsonValue& v, std::string_view key) {
+  const JsonValue* f = v.Find(key);
+  return f != nullptr && f->is_string() ? f->string_value() : std::string();
+}
+
+// Runs a shell command line (the binary is named by $ES), stdout and stderr together.
+CliResult Shell(const std::string& script) {
+  CliResult r;
+  const std::string cmd = "ES='" + std::string(testing::kCliPath) + "'; " + script + " 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
+  const int status = ::pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+class CliContractTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (!fs::exists(testing::kTinyModel)) return;
+    dir_ = new testing::TempDir();
+    store_ = " --store " + dir_->Sub("store");
+    ingest_ = RunCli("ingest " + std::string(testing::kTinyModel) + " --name tiny --quiet" + store_);
+  }
+  static void TearDownTestSuite() {
+    delete dir_;
+    dir_ = nullptr;
+  }
+  void SetUp() override {
+    ES_REQUIRE_DATA(testing::kTinyModel);
+    ASSERT_EQ(ingest_.exit_code, 0) << ingest_.out;
+  }
+  // A generate run that records nothing, so that tests do not depend on each other.
+  static std::string Gen(const std::string& flags) {
+    return "generate --model tiny --no-record" + store_ + " " + flags;
+  }
+
+  static testing::TempDir* dir_;
+  static std::string store_;
+  static CliResult ingest_;
+};
+
+testing::TempDir* CliContractTest::dir_ = nullptr;
+std::string CliContractTest::store_;
+CliResult CliContractTest::ingest_;
+
+// --json promises exactly one JSON document on stdout: a failure is {"error": {code, message, exit_code}}.
+TEST_F(CliContractTest, JsonFailureIsOneErrorDocument) {
+  for (const auto& [args, code, slug] : {std::tuple{std::string("generate --model nope --prompt hi --json"), 3, "not_found"},
+                                         std::tuple{std::string("generate --json --model tiny --bogus 1"), 2,
+                                                    "invalid_argument"},
+                                         std::tuple{std::string("nope --json"), 2, "invalid_argument"}}) {
+    SCOPED_TRACE(args);
+    CliResult r = RunCli(args + store_);
+    EXPECT_EQ(r.exit_code, code);
+    JsonValue doc = Json(r);
+    const JsonValue* error = doc.Find("error");
+    ASSERT_NE(error, nullptr) << r.out;
+    EXPECT_EQ(Str(*error, "code"), slug);
+    EXPECT_FALSE(Str(*error, "message").empty());
+    EXPECT_EQ(*error->Find("exit_code")->AsInt64(), code);
+  }
+}
+
+// Short flags and stray words are named, not reported as a missing --model.
+TEST_F(CliContractTest, UnknownShortFlagsAndStrayArgumentsAreNamed) {
+  CliResult r = RunCli("generate -m tiny -p hi" + store_, /*with_stderr=*/true);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.out.find("unknown flag -m"), std::string::npos) << r.out;
+  r = RunCli("models extra" + store_, /*with_stderr=*/true);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.out.find("unexpected argument 'extra'"), std::string::npos) << r.out;
+}
+
+TEST_F(CliContractTest, VersionIsPrinted) {
+  CliResult r = RunCli("--version");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.out.rfind("expertstore ", 0), 0u) << r.out;
+}
+
+// Perplexity over no predicted token would be exp(0) = 1: an empty text is an error.
+TEST_F(CliContractTest, EvalOfAnEmptyTextFails) {
+  testing::WriteText(dir_->Sub("empty.txt"), "");
+  CliResult r = RunCli("eval --model tiny --no-record --text " + dir_->Sub("empty.txt") + store_, true);
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_NE(r.out.find("perplexity needs at least 2"), std::string::npos) << r.out;
+}
+
+// A wrong path leaves no empty store behind; a file gets told to give its directory.
+TEST_F(CliContractTest, IngestOfAWrongPathSaysWhatToGiveAndCreatesNothing) {
+  CliResult r = RunCli("ingest " + dir_->Sub("absent") + " --store " + dir_->Sub("never"), true);
+  EXPECT_EQ(r.exit_code, 3) << r.out;
+  EXPECT_FALSE(fs::exists(dir_->Sub("never")));
+  const std::string shard = std::string(testing::kTinyModel) + "/model-00001-of-00002.safetensors";
+  r = RunCli("ingest " + shard + " --store " + dir_->Sub("never"), true);
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_NE(r.out.find("is not a directory: ingest takes the checkpoint directory"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir_->Sub("never")));
+}
+
+// The table's EXPERTS is what the JSON's `experts` counts (all of them); PER-LAYER is experts_per_layer.
+TEST_F(CliContractTest, ModelsTableCountsAsTheJsonDoes) {
+  JsonValue doc = Json(RunCli("models --json" + store_));
+  ASSERT_TRUE(doc.is_array() && !doc.array().empty());
+  const std::string experts = std::to_string(*doc.array()[0].Find("experts")->AsUint64());
+  CliResult table = RunCli("models" + store_);
+  EXPECT_NE(table.out.find("PER-LAYER"), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find(" " + experts + " "), std::string::npos) << table.out;
+}
+
+// A model with experts copied one by one and no dense weights says so, not "an ingest was interrupted"; an
+// incomplete model's bytes are what is stored, not what was planned.
+TEST_F(CliContractTest, IncompleteModelsSayWhatTheyLack) {
+  const std::string path = dir_->Sub("partial");
+  {
+    StoreOptions o;
+    o.create_if_missing = true;
+    auto store = Store::Open(path, o);
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    ModelInfo m;
+    m.name = "fetched";
+    m.arch = "qwen3_moe";
+    m.config_json = "{}";
+    m.num_layers = 2;
+    m.experts_per_layer = 4;
+    m.top_k = 2;
+    m.total_bytes = 123456789;  // what a finished model would hold
+    CatalogBatch batch;
+    batch.Put(Cf::kModels, ModelKey(m.name), EncodeModel(m));
+    ASSERT_TRUE((*store)->catalog().Write(batch).ok());
+  }
+  CliResult r = RunCli("generate --model fetched --prompt x --no-record --store " + path, true);
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_NE(r.out.find("fetch-expert"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("an ingest was interrupted"), std::string::npos) << r.out;
+  r = RunCli("models --store " + path);
+  EXPECT_NE(r.out.find("(incomplete: 0 B of"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("123456789"), std::string::npos) << r.out;
+}
+
+// wake and crisis change the experts per token: the first line and --json say NOT EXACT; the default is exact.
+TEST_F(CliContractTest, StatesThatChangeTheOutputSaySo) {
+  for (const char* state : {"wake", "crisis"}) {
+    SCOPED_TRACE(state);
+    JsonValue doc = Json(RunCli(Gen("--prompt hi --max-tokens 2 --json --state " + std::string(state))));
+    ASSERT_NE(doc.Find("exact"), nullptr);
+    EXPECT_FALSE(doc.Find("exact")->bool_value());
+    ASSERT_NE(doc.Find("not_exact"), nullptr);
+    EXPECT_NE(doc.Find("not_exact")->array()[0].string_value().find("experts per token"), std::string::npos);
+    CliResult line = RunCli(Gen("--prompt hi --max-tokens 2 --state " + std::string(state)), true);
+    EXPECT_NE(line.out.find("NOT EXACT"), std::string::npos) << line.out;
+  }
+  JsonValue doc = Json(RunCli(Gen("--prompt hi --max-tokens 2 --json")));
+  EXPECT_TRUE(doc.Find("exact")->bool_value());
+  EXPECT_EQ(doc.Find("not_exact"), nullptr);
+  JsonValue routed = Json(RunCli(Gen("--prompt hi --max-tokens 2 --json --routing cache-aware")));
+  EXPECT_FALSE(routed.Find("exact")->bool_value());
+}
+
+// Without a size or a state the cache takes what memory allows: the tiny model's 192 experts all fit, and the
+// configuration line says why.
+TEST_F(CliContractTest, DefaultCacheIsSizedFromMemoryAndSaysWhy) {
+  JsonValue doc = Json(RunCli(Gen("--prompt hi --max-tokens 2 --json")));
+  const std::string config = Str(doc, "configuration");
+  EXPECT_NE(config.find("cache 192 of 192 experts"), std::string::npos) << config;
+  EXPECT_NE(config.find("available"), std::string::npos) << config;
+  // An explicit state keeps its preset share.
+  JsonValue focus = Json(RunCli(Gen("--prompt hi --max-tokens 2 --json --state focus")));
+  EXPECT_NE(Str(focus, "configuration").find("the focus state's share"), std::string::npos);
+  // The configuration comes first, on stderr, before the text.
+  CliResult r = RunCli(Gen("--prompt hi --max-tokens 2"), true);
+  EXPECT_EQ(r.out.find("[focus: cache 192 of 192"), r.out.find('[')) << r.out;
+}
+
+// --quiet leaves stdout empty for ingest; the warning about a missing tokenizer still goes to stderr.
+TEST_F(CliContractTest, QuietIngestPrintsNoSummary) {
+  CliResult r = RunCli("ingest " + std::string(testing::kTinyModel) + " --name tiny --quiet" + store_);
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_TRUE(r.out.empty()) << r.out;
+}
+
+// A checkpoint ingested without a tokenizer is warned about; once one is added, ingest (with or without --replace)
+// writes just it, and generation works.
+TEST_F(CliContractTest, IngestWarnsWithoutATokenizerAndAddsOneAddedLater) {
+  const std::string ckpt = dir_->Sub("no-tokenizer");
+  fs::create_directories(ckpt);
+  for (const auto& e : fs::directory_iterator(testing::kTinyModel)) {
+    const std::string name = e.path().filename();
+    if (name.starts_with("tokenizer") || !e.is_regular_file()) continue;
+    fs::create_symlink(e.path(), ckpt + "/" + name);
+  }
+  const std::string store = " --store " + dir_->Sub("tokstore");
+  CliResult r = RunCli("ingest " + ckpt + " --name t" + store, true);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("warning: " + ckpt + " has no tokenizer.json"), std::string::npos) << r.out;
+  fs::create_symlink(std::string(testing::kTinyModel) + "/tokenizer.json", ckpt + "/tokenizer.json");
+  fs::create_symlink(std::string(testing::kTinyModel) + "/tokenizer_config.json", ckpt + "/tokenizer_config.json");
+  JsonValue doc = Json(RunCli("ingest " + ckpt + " --name t --replace --json" + store));
+  EXPECT_FALSE(doc.Find("unchanged")->bool_value());
+  ASSERT_EQ(doc.Find("assets_updated")->array().size(), 2u);
+  r = RunCli("ingest " + ckpt + " --name t" + store);
+  EXPECT_NE(r.out.find("nothing to do"), std::string::npos) << r.out;
+  r = RunCli("generate --model t --prompt hi --max-tokens 2 --no-record --temperature 0" + store);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(RunCli("verify" + store).exit_code, 0);
+}
+
+// The sampling defaults come from the model's generation_config.json (tiny: do_sample, temperature 0.7) for the
+// CLI as for HTTP; flags override them; an empty prompt is refused by both.
+TEST_F(CliContractTest, SamplingDefaultsAreTheModelsAndEmptyPromptsAreRefused) {
+  JsonValue doc = Json(RunCli(Gen("--prompt hi --max-tokens 2 --json")));
+  EXPECT_NEAR(*doc.Find("temperature")->AsDouble(), 0.7, 1e-6);
+  JsonValue greedy = Json(RunCli(Gen("--prompt hi --max-tokens 2 --json --temperature 0")));
+  EXPECT_EQ(*greedy.Find("temperature")->AsDouble(), 0.0);
+  EXPECT_EQ(Str(greedy, "finish_reason"), "length");
+  // A seed reproduces a sampled run.
+  JsonValue a = Json(RunCli(Gen("--prompt hi --max-tokens 8 --json --seed 7")));
+  JsonValue b = Json(RunCli(Gen("--prompt hi --max-tokens 8 --json --seed 7")));
+  EXPECT_EQ(Str(a, "text"), Str(b, "text"));
+  CliResult empty = RunCli(Gen("--prompt ''"), true);
+  EXPECT_EQ(empty.exit_code, 2);
+  EXPECT_NE(empty.out.find("the prompt is empty"), std::string::npos) << empty.out;
+}
+
+// Stop strings end generation without appearing; the finish reason is "stop".
+TEST_F(CliContractTest, StopStringsCutTheOutput) {
+  JsonValue full = Json(RunCli(Gen("--prompt 'def main(' --max-tokens 24 --temperature 0 --json")));
+  const std::string text = Str(full, "text");
+  ASSERT_GE(text.size(), 6u);
+  const std::string stop = text.substr(3, 3);
+  JsonValue cut = Json(RunCli(Gen("--prompt 'def main(' --max-tokens 24 --temperature 0 --json --stop '" + stop + "'")));
+  EXPECT_EQ(Str(cut, "text"), text.substr(0, text.find(stop)));
+  EXPECT_EQ(Str(cut, "finish_reason"), "stop");
+}
+
+// --prompt - reads standard input and --prompt-file a file: both the same as --prompt.
+TEST_F(CliContractTest, PromptsFromStdinAndFiles) {
+  const std::string flags = " --max-tokens 6 --temperature 0 --json";
+  const std::string want = Str(Json(RunCli(Gen("--prompt 'import os'" + flags))), "text");
+  testing::WriteText(dir_->Sub("prompt.txt"), "import os");
+  EXPECT_EQ(Str(Json(RunCli(Gen("--prompt-file " + dir_->Sub("prompt.txt") + flags))), "text"), want);
+  CliResult piped = Shell("printf 'import os' | \"$ES\" generate --model tiny --no-record --prompt -" + store_ + flags);
+  EXPECT_EQ(Str(Json(CliResult{piped.exit_code, piped.out.substr(piped.out.find('{'))}), "text"), want);
+}
+
+// --ctx-size bounds prompt plus generation and is refused above the model's context.
+TEST_F(CliContractTest, ContextSizeIsBoundedByTheModel) {
+  CliResult r = RunCli(Gen("--prompt hi --ctx-size 4096"), true);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.out.find("--ctx-size must be between 1 and 1024"), std::string::npos) << r.out;
+  r = RunCli(Gen("--prompt hi --ctx-size 8 --max-tokens 16"), true);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.out.find("exceed the context of 8 tokens"), std::string::npos) << r.out;
+}
+
+// logits --top N: the N most likely ids, most likely first, agreeing with the full dump.
+TEST_F(CliContractTest, LogitsTopAgreesWithTheFullVector) {
+  JsonValue all = Json(RunCli("logits --model tiny --ids 1,2,3 --json --no-record" + store_));
+  JsonValue top = Json(RunCli("logits --model tiny --ids 1,2,3 --json --no-record --top 3" + store_));
+  const auto& logits = all.Find("logits")->array();
+  const auto& best = top.Find("top")->array();
+  ASSERT_EQ(best.size(), 3u);
+  double first = *best[0].Find("logit")->AsDouble();
+  for (const JsonValue& v : logits) EXPECT_LE(*v.AsDouble(), first + 1e-6);
+  EXPECT_GE(first, *best[1].Find("logit")->AsDouble());
+}
+
+// chat reads one message a line from a pipe and answers each, keeping the conversation; /reset starts over.
+TEST_F(CliContractTest, ChatWorksInAPipe) {
+  CliResult r = Shell("printf 'hello\\nwhat next?\\n/reset\\nbye\\n' | \"$ES\" chat --model tiny --no-record --quiet "
+                      "--temperature 0 --max-tokens 4" + store_);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  // A reply ends in a newline for each of the three messages (a reply may hold newlines of its own).
+  EXPECT_GE(std::count(r.out.begin(), r.out.end(), '\n'), 3) << r.out;
+  EXPECT_EQ(r.out.find("error"), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace es
