@@ -19,6 +19,8 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# node and npm for the chat-template reference (jinja_reference): Debian's, unless a node with its npm is there.
+if ! command -v npm >/dev/null; then missing+=(nodejs npm); fi
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2
   sudo_cmd=()
@@ -34,10 +36,9 @@ for a in "$@"; do
   if [ "$a" = --no-build ]; then no_build=1; else build_args+=("$a"); fi
 done
 
-# The chat-template tests' reference renderer (the jinja_reference ctest), pinned; only when node is present.
+# The chat-template tests' reference renderer (the jinja_reference ctest), pinned.
 jinja_version=0.5.13
-if command -v npm >/dev/null &&
-   ! grep -qs "\"version\": \"$jinja_version\"" "$root/build/npm/node_modules/@huggingface/jinja/package.json"; then
+if ! grep -qs "\"version\": \"$jinja_version\"" "$root/build/npm/node_modules/@huggingface/jinja/package.json"; then
   echo "setup: installing @huggingface/jinja@$jinja_version under build/npm" >&2
   npm install --silent --no-audit --no-fund --prefix "$root/build/npm" "@huggingface/jinja@$jinja_version" >/dev/null
 fi

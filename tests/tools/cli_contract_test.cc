@@ -41,7 +41,7 @@ std::string Str(const JsonValue& v, std::string_view key) {
 // Runs a shell command line (the binary is named by $ES), stdout and stderr together.
 CliResult Shell(const std::string& script) {
   CliResult r;
-  const std::string cmd = "ES='" + std::string(testing::kCliPath) + "'; " + script + " 2>&1";
+  const std::string cmd = "ES='" + std::string(testing::kCliPath) + "'; { " + script + "; } 2>&1";
   FILE* p = ::popen(cmd.c_str(), "r");
   if (p == nullptr) return r;
   char buf[4096];
@@ -301,6 +301,34 @@ TEST_F(CliContractTest, LogitsTopAgreesWithTheFullVector) {
   double first = *best[0].Find("logit")->AsDouble();
   for (const JsonValue& v : logits) EXPECT_LE(*v.AsDouble(), first + 1e-6);
   EXPECT_GE(first, *best[1].Find("logit")->AsDouble());
+}
+
+// Ctrl-C during ingest says it was interrupted and that re-running resumes; re-running does.
+TEST_F(CliContractTest, InterruptedIngestSaysHowToResume) {
+  // About 100 MiB of experts, committed a MiB at a time: long enough to be interrupted mid-way.
+  const std::string ckpt = dir_->Sub("big");
+  ASSERT_EQ(RunCli("make-checkpoint " + ckpt + " --arch qwen3_moe --layers 2 --experts 32 --top-k 2 --hidden 1024 "
+                   "--moe-intermediate 512 --vocab 512 --quiet").exit_code,
+            0);
+  const std::string store = dir_->Sub("interrupted");
+  // Signal once the first segment has data, so that the handler is installed and a commit may have happened.
+  CliResult r = Shell("\"$ES\" ingest " + ckpt + " --commit-mb 1 --store " + store +
+                      " & pid=$!; while [ ! -s " + store + "/segments/000001.seg ]; do sleep 0.01; done; "
+                      "kill -INT $pid; wait $pid; echo \"exit=$?\"");
+  EXPECT_NE(r.out.find("ingest interrupted: what was committed is kept; run the same command again to resume"),
+            std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("exit=130"), std::string::npos) << r.out;
+  EXPECT_EQ(RunCli("verify --store " + store).exit_code, 0);
+  // What the first run committed (if it reached a commit) is kept as an incomplete model, and the re-run resumes it.
+  JsonValue before = Json(RunCli("models --json --store " + store));
+  const bool committed = before.is_array() && !before.array().empty();
+  if (committed) EXPECT_FALSE(before.array()[0].Find("complete")->bool_value());
+  JsonValue rerun = Json(RunCli("ingest " + ckpt + " --commit-mb 1 --json --store " + store));
+  EXPECT_EQ(rerun.Find("resumed")->bool_value(), committed);
+  JsonValue after = Json(RunCli("models --json --store " + store));
+  ASSERT_EQ(after.array().size(), 1u);
+  EXPECT_TRUE(after.array()[0].Find("complete")->bool_value());
+  EXPECT_EQ(RunCli("verify --store " + store).exit_code, 0);
 }
 
 // chat reads one message a line from a pipe and answers each, keeping the conversation; /reset starts over.

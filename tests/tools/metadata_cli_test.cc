@@ -210,6 +210,12 @@ TEST_F(MetadataCliTest, CalibrateStoresTrustComponentsInTheUnitInterval) {
   EXPECT_EQ(Num(c, "experts"), 192);
   EXPECT_GT(Num(c, "tokens"), 300);
   EXPECT_LT(Num(c, "tokens"), 1200);
+  // How far the ranking can be trusted: two half-samples compared in every layer.
+  const JsonValue& stability = *c.Find("rank_stability");
+  EXPECT_EQ(Num(stability, "layers"), 6);
+  EXPECT_GE(Num(stability, "spearman"), -1.0);
+  EXPECT_LE(Num(stability, "spearman"), 1.0);
+  EXPECT_EQ(stability.Find("stable")->bool_value(), Num(stability, "spearman") >= 0.8);
   for (uint32_t layer : {0u, 5u}) {
     for (uint32_t expert : {0u, 13u, 31u}) {
       JsonValue t = Json(RunCli("trust" + m + " --layer " + std::to_string(layer) + " --expert " +

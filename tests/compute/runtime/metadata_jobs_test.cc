@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include "compute/calibration.h"
+
 #include "tests/util/files.h"
 #include "tests/util/temp_dir.h"
 
@@ -63,6 +65,30 @@ TEST_F(LabelledTextsTest, DomainIsOptionalWhenNotNeeded) {
   auto r = ReadLabelledTexts(Write("t.jsonl", "{\"text\":\"x\"}\n"), /*need_domain=*/false);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ((*r)[0].domain, "");
+}
+
+// Two half-samples that rank a layer's experts identically are stable; reversed ones are not.
+TEST(RankStabilityTest, AgreeingHalvesAreStableAndReversedOnesAreNot) {
+  CalibrationResult run;
+  run.layers = 1;
+  run.experts_per_layer = 8;
+  run.experts.resize(8);
+  for (size_t e = 0; e < 8; ++e) {
+    ExpertContribution& c = run.experts[e];
+    c.half_samples = {10, 10};
+    c.half_sum = {10.0 * static_cast<double>(e), 10.0 * static_cast<double>(e) + 1};
+  }
+  RankStability same = RankStabilityOf(run);
+  EXPECT_EQ(same.layers, 1u);
+  EXPECT_NEAR(same.spearman, 1.0, 1e-12);
+  EXPECT_NEAR(same.top5_overlap, 5.0, 1e-12);
+  for (size_t e = 0; e < 8; ++e) run.experts[e].half_sum[1] = 10.0 * static_cast<double>(8 - e);
+  RankStability reversed = RankStabilityOf(run);
+  EXPECT_NEAR(reversed.spearman, -1.0, 1e-12);
+  EXPECT_LT(reversed.spearman, kStableRankSpearman);
+  // An expert seen in one half only is left out; below 3 compared experts a layer is not compared at all.
+  for (size_t e = 2; e < 8; ++e) run.experts[e].half_samples[1] = 0;
+  EXPECT_EQ(RankStabilityOf(run).layers, 0u);
 }
 
 }  // namespace
