@@ -100,6 +100,10 @@ Status RunServe(const Args& args) {
   if (!opened.ok() && opened.status().IsBusy()) {
     std::fprintf(stderr, "note: %s; serving it read-only (a snapshot as of now)\n", opened.status().message().c_str());
     opened = OpenStore(args, /*writer=*/false);
+  } else if (!opened.ok() && opened.status().IsResourceExhausted() && !generation_options.runtime.record) {
+    // A full disk keeps the writer from opening; serving without recording needs no space.
+    std::fprintf(stderr, "note: %s; serving it read-only\n", opened.status().message().c_str());
+    opened = OpenStore(args, /*writer=*/false);
   }
   if (!opened.ok()) return opened.status();
   std::unique_ptr<Store> store = std::move(opened).value();

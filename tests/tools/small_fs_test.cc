@@ -89,9 +89,15 @@ TEST(SmallFsTest, FullDiskFailsEveryWriterWithExit6AndLosesNothing) {
   CliResult gen = RunCli("generate --model tiny --prompt hi --max-tokens 2 --temperature 0" + store, true);
   ExpectRefusedForSpace(gen);
   ExpectRefusedForSpace(RunCli("ingest " + std::string(testing::kTinyModel) + " --name again --quiet" + store, true));
-  // Readers do not need space.
+  // Readers do not need space, nor does a server that records nothing.
   EXPECT_EQ(RunCli("generate --model tiny --prompt hi --max-tokens 2 --temperature 0 --no-record" + store).exit_code, 0);
   EXPECT_EQ(RunCli("models" + store).exit_code, 0);
+  // (Bounded: were it to start, the TERM stops it and the exit code says 0.)
+  ExpectRefusedForSpace(RunCli("serve --port 0" + store + " 2>&1 & pid=$!; sleep 2; kill -TERM $pid 2>/dev/null; wait $pid", true));
+  CliResult serve =
+      RunCli("serve --port 0 --json --no-record" + store + " 2>&1 & pid=$!; sleep 1; kill -TERM $pid; wait $pid", true);
+  EXPECT_EQ(serve.exit_code, 0) << serve.out;
+  EXPECT_NE(serve.out.find("serving it read-only"), std::string::npos) << serve.out;
 
   // Space back: nothing was lost, and the refused work runs.
   fs::remove(dir.Sub("small/fill"));
@@ -139,7 +145,7 @@ TEST(SmallFsTest, ReadOnlyStoreServesEveryReadCommand) {
     EXPECT_EQ(r.exit_code, 0) << read << ": " << r.out;
   }
   // serve starts, answers nothing here, and drains on SIGTERM with exit 0.
-  CliResult serve = RunCli("serve --port 0 --json" + store + " & pid=$!; sleep 1; kill -TERM $pid; wait $pid", true);
+  CliResult serve = RunCli("serve --port 0 --json" + store + " 2>&1 & pid=$!; sleep 1; kill -TERM $pid; wait $pid", true);
   EXPECT_EQ(serve.exit_code, 0) << serve.out;
   EXPECT_NE(serve.out.find("\"port\""), std::string::npos) << serve.out;
   // Writers are refused with the reason.
