@@ -48,10 +48,7 @@ Status RunChat(const Args& args) {
     if (!system.empty()) messages.push_back({"system", system});
   };
   reset();
-  if (!args.global().quiet) {
-    std::fprintf(stderr, "[%s]\n", rt->describe().c_str());
-    if (interactive) std::fprintf(stderr, "%s\n", kChatHelp);
-  }
+  if (!args.global().quiet && interactive) std::fprintf(stderr, "%s\n", kChatHelp);
   Status last = Status::Ok();
   for (uint64_t turn = 0;; ++turn) {
     std::optional<std::string> input = ReadMessage(interactive);

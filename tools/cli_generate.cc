@@ -60,12 +60,6 @@ void WriteExactnessJson(JsonWriter& w, const Runtime& rt) {
   w.EndArray();
 }
 
-// The configuration in force, first on stderr: the cache size and why, and whether the output is exact.
-void PrintConfiguration(const Args& args, const Runtime& rt) {
-  if (args.global().quiet || args.global().json) return;
-  std::fprintf(stderr, "[%s]\n", rt.describe().c_str());
-}
-
 void WriteCacheJson(JsonWriter& w, const Runtime& rt) {
   ProviderCounters c = rt.experts().counters();
   const PrefetchAccuracy& a = rt.prefetch_accuracy();
@@ -97,7 +91,6 @@ Status RunGenerate(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string model_name, args.Require("model"));
   ES_ASSIGN_OR_RETURN(std::string prompt, PromptFromArgs(args));
   ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model_name, RuntimeOptions{.need_tokenizer = true, .record = true}));
-  PrintConfiguration(args, *rt);
   ES_ASSIGN_OR_RETURN(DecodeSettings d, DecodeSettingsFromArgs(args, *rt));
   GenerateOptions& o = d.options;
   o.chat = args.Has("chat");
@@ -191,7 +184,6 @@ Status RunEval(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string path, args.Require("text"));
   ES_ASSIGN_OR_RETURN(std::string text, ReadFile(*DefaultFileSystem(), path));
   ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model_name, RuntimeOptions{.need_tokenizer = true, .record = true}));
-  PrintConfiguration(args, *rt);
   ES_ASSIGN_OR_RETURN(std::vector<int32_t> ids, EncodeText(rt->tokenizer(), text));
   ES_ASSIGN_OR_RETURN(int64_t window, args.GetInt("window", std::min<int64_t>(rt->model().config().max_positions, 1024), 2,
                                                   rt->model().config().max_positions));
@@ -313,7 +305,7 @@ Status RunDemo(const Args& args) {
                 static_cast<unsigned long long>(r.experts), HumanBytes(r.bytes).c_str(),
                 r.unchanged ? ", already in the store" : "");
   }
-  ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, "tiny-qwen3-moe", /*need_tokenizer=*/true));
+  ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, "tiny-qwen3-moe", RuntimeOptions{.announce = false}));
   std::string prompt = args.GetOr("prompt", "import os");
   std::printf("== generate (%s): %s", rt->describe().c_str(), prompt.c_str());
   std::fflush(stdout);

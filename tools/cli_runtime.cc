@@ -160,6 +160,9 @@ Result<std::unique_ptr<Runtime>> Runtime::Open(const Args& args, const std::stri
   ES_ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0, 0, 1024));
   ES_ASSIGN_OR_RETURN(rt->pool_, kernels::ComputePool::Create(static_cast<size_t>(threads)));
   ES_ASSIGN_OR_RETURN(rt->rt_, ModelRuntime::Open(*rt->store_, model, config, rt->pool_.get()));
+  if (options.announce && !args.global().quiet && !args.global().json) {
+    std::fprintf(stderr, "[%s]\n", rt->describe().c_str());
+  }
   return rt;
 }
 

@@ -35,6 +35,9 @@ struct RuntimeOptions {
   bool record = false;
   // The metadata commands that write trust or profiles open the store the same way without recording.
   bool writes_metadata = false;
+  // Print the configuration in force (describe(): the cache size and why, exact or NOT EXACT) as the first line
+  // on stderr, unless --quiet or --json. The demo prints it in its own words.
+  bool announce = true;
 };
 
 class Runtime;
