@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <tuple>
 #include <filesystem>
@@ -31,6 +32,19 @@ JsonValue Json(const CliResult& r) {
   auto doc = ParseJson(r.out);
   EXPECT_TRUE(doc.ok()) << r.out;
   return doc.ok() ? std::move(doc).value() : JsonValue();
+}
+
+// v[key], or a null value (and a test failure) when it is missing: an old or broken binary fails, never crashes.
+const JsonValue& F(const JsonValue& v, std::string_view key) {
+  static const JsonValue kMissing;
+  const JsonValue* f = v.is_object() ? v.Find(key) : nullptr;
+  if (f == nullptr) ADD_FAILURE() << "no field " << key;
+  return f != nullptr ? *f : kMissing;
+}
+
+double Num(const JsonValue& v, std::string_view key) {
+  auto d = F(v, key).AsDouble();
+  return d.ok() ? *d : NAN;
 }
 
 std::string Str(const JsonValue& v, std::string_view key) {
@@ -96,7 +110,7 @@ TEST_F(CliContractTest, JsonFailureIsOneErrorDocument) {
     ASSERT_NE(error, nullptr) << r.out;
     EXPECT_EQ(Str(*error, "code"), slug);
     EXPECT_FALSE(Str(*error, "message").empty());
-    EXPECT_EQ(*error->Find("exit_code")->AsInt64(), code);
+    EXPECT_EQ(Num(*error, "exit_code"), code);
   }
 }
 
@@ -140,7 +154,7 @@ TEST_F(CliContractTest, IngestOfAWrongPathSaysWhatToGiveAndCreatesNothing) {
 TEST_F(CliContractTest, ModelsTableCountsAsTheJsonDoes) {
   JsonValue doc = Json(RunCli("models --json" + store_));
   ASSERT_TRUE(doc.is_array() && !doc.array().empty());
-  const std::string experts = std::to_string(*doc.array()[0].Find("experts")->AsUint64());
+  const std::string experts = std::to_string(static_cast<uint64_t>(Num(doc.array()[0], "experts")));
   CliResult table = RunCli("models" + store_);
   EXPECT_NE(table.out.find("PER-LAYER"), std::string::npos) << table.out;
   EXPECT_NE(table.out.find(" " + experts + " "), std::string::npos) << table.out;
@@ -182,17 +196,18 @@ TEST_F(CliContractTest, StatesThatChangeTheOutputSaySo) {
     SCOPED_TRACE(state);
     JsonValue doc = Json(RunCli(Gen("--prompt hi --max-tokens 2 --json --state " + std::string(state))));
     ASSERT_NE(doc.Find("exact"), nullptr);
-    EXPECT_FALSE(doc.Find("exact")->bool_value());
+    EXPECT_FALSE(F(doc, "exact").bool_value());
     ASSERT_NE(doc.Find("not_exact"), nullptr);
-    EXPECT_NE(doc.Find("not_exact")->array()[0].string_value().find("experts per token"), std::string::npos);
+    ASSERT_FALSE(F(doc, "not_exact").array().empty());
+    EXPECT_NE(F(doc, "not_exact").array()[0].string_value().find("experts per token"), std::string::npos);
     CliResult line = RunCli(Gen("--prompt hi --max-tokens 2 --state " + std::string(state)), true);
     EXPECT_NE(line.out.find("NOT EXACT"), std::string::npos) << line.out;
   }
   JsonValue doc = Json(RunCli(Gen("--prompt hi --max-tokens 2 --json")));
-  EXPECT_TRUE(doc.Find("exact")->bool_value());
+  EXPECT_TRUE(F(doc, "exact").bool_value());
   EXPECT_EQ(doc.Find("not_exact"), nullptr);
   JsonValue routed = Json(RunCli(Gen("--prompt hi --max-tokens 2 --json --routing cache-aware")));
-  EXPECT_FALSE(routed.Find("exact")->bool_value());
+  EXPECT_FALSE(F(routed, "exact").bool_value());
 }
 
 // Without a size or a state the cache takes what memory allows: the tiny model's 192 experts all fit, and the
@@ -234,8 +249,8 @@ TEST_F(CliContractTest, IngestWarnsWithoutATokenizerAndAddsOneAddedLater) {
   fs::create_symlink(std::string(testing::kTinyModel) + "/tokenizer.json", ckpt + "/tokenizer.json");
   fs::create_symlink(std::string(testing::kTinyModel) + "/tokenizer_config.json", ckpt + "/tokenizer_config.json");
   JsonValue doc = Json(RunCli("ingest " + ckpt + " --name t --replace --json" + store));
-  EXPECT_FALSE(doc.Find("unchanged")->bool_value());
-  ASSERT_EQ(doc.Find("assets_updated")->array().size(), 2u);
+  EXPECT_FALSE(F(doc, "unchanged").bool_value());
+  ASSERT_EQ(F(doc, "assets_updated").array().size(), 2u);
   r = RunCli("ingest " + ckpt + " --name t" + store);
   EXPECT_NE(r.out.find("nothing to do"), std::string::npos) << r.out;
   r = RunCli("generate --model t --prompt hi --max-tokens 2 --no-record --temperature 0" + store);
@@ -247,9 +262,9 @@ TEST_F(CliContractTest, IngestWarnsWithoutATokenizerAndAddsOneAddedLater) {
 // CLI as for HTTP; flags override them; an empty prompt is refused by both.
 TEST_F(CliContractTest, SamplingDefaultsAreTheModelsAndEmptyPromptsAreRefused) {
   JsonValue doc = Json(RunCli(Gen("--prompt hi --max-tokens 2 --json")));
-  EXPECT_NEAR(*doc.Find("temperature")->AsDouble(), 0.7, 1e-6);
+  EXPECT_NEAR(Num(doc, "temperature"), 0.7, 1e-6);
   JsonValue greedy = Json(RunCli(Gen("--prompt hi --max-tokens 2 --json --temperature 0")));
-  EXPECT_EQ(*greedy.Find("temperature")->AsDouble(), 0.0);
+  EXPECT_EQ(Num(greedy, "temperature"), 0.0);
   EXPECT_EQ(Str(greedy, "finish_reason"), "length");
   // A seed reproduces a sampled run.
   JsonValue a = Json(RunCli(Gen("--prompt hi --max-tokens 8 --json --seed 7")));
@@ -295,12 +310,13 @@ TEST_F(CliContractTest, ContextSizeIsBoundedByTheModel) {
 TEST_F(CliContractTest, LogitsTopAgreesWithTheFullVector) {
   JsonValue all = Json(RunCli("logits --model tiny --ids 1,2,3 --json --no-record" + store_));
   JsonValue top = Json(RunCli("logits --model tiny --ids 1,2,3 --json --no-record --top 3" + store_));
-  const auto& logits = all.Find("logits")->array();
-  const auto& best = top.Find("top")->array();
+  const auto& logits = F(all, "logits").array();
+  const auto& best = F(top, "top").array();
   ASSERT_EQ(best.size(), 3u);
-  double first = *best[0].Find("logit")->AsDouble();
-  for (const JsonValue& v : logits) EXPECT_LE(*v.AsDouble(), first + 1e-6);
-  EXPECT_GE(first, *best[1].Find("logit")->AsDouble());
+  ASSERT_FALSE(logits.empty());
+  double first = Num(best[0], "logit");
+  for (const JsonValue& v : logits) EXPECT_LE(v.AsDouble().ok() ? *v.AsDouble() : NAN, first + 1e-6);
+  EXPECT_GE(first, Num(best[1], "logit"));
 }
 
 // Ctrl-C during ingest says it was interrupted and that re-running resumes; re-running does.
@@ -322,12 +338,12 @@ TEST_F(CliContractTest, InterruptedIngestSaysHowToResume) {
   // What the first run committed (if it reached a commit) is kept as an incomplete model, and the re-run resumes it.
   JsonValue before = Json(RunCli("models --json --store " + store));
   const bool committed = before.is_array() && !before.array().empty();
-  if (committed) EXPECT_FALSE(before.array()[0].Find("complete")->bool_value());
+  if (committed) EXPECT_FALSE(F(before.array()[0], "complete").bool_value());
   JsonValue rerun = Json(RunCli("ingest " + ckpt + " --commit-mb 1 --json --store " + store));
-  EXPECT_EQ(rerun.Find("resumed")->bool_value(), committed);
+  EXPECT_EQ(F(rerun, "resumed").bool_value(), committed);
   JsonValue after = Json(RunCli("models --json --store " + store));
   ASSERT_EQ(after.array().size(), 1u);
-  EXPECT_TRUE(after.array()[0].Find("complete")->bool_value());
+  EXPECT_TRUE(F(after.array()[0], "complete").bool_value());
   EXPECT_EQ(RunCli("verify --store " + store).exit_code, 0);
 }
 
