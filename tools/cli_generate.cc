@@ -289,8 +289,8 @@ Status RunDetokenize(const Args& args) {
   return Status::Ok();
 }
 
-// The demo: ingest models/tiny-qwen3-moe into the store if needed, generate from a sample prompt with a cache
-// smaller than the model, print cache statistics.
+// The demo: ingest models/tiny-qwen3-moe into the store if needed, generate greedily from a sample prompt with the
+// cache every command gets (sized from memory unless flags say otherwise), print cache statistics.
 Status RunDemo(const Args& args) {
   std::string dir = args.GetOr("checkpoint", "models/tiny-qwen3-moe");
   if (!std::filesystem::exists(dir)) {
