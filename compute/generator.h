@@ -22,7 +22,7 @@ struct GenerateOptions {
   uint32_t max_tokens = 64;
   uint32_t context = 0;  // tokens of context (prompt plus generated) at most; 0: the model's (max_position_embeddings)
   SamplerOptions sampler;
-  bool chat = false;  // wrap the prompt in the Qwen (ChatML) chat template
+  bool chat = false;  // the prompt is one user message in the model's chat template (chat_template.h)
   ForwardOptions forward;
   // Asked after each generated token's text is delivered; true ends generation there with finish_reason
   // "cancelled" (a client that went away, a stop sequence seen by the caller). Empty: never.
@@ -54,7 +54,7 @@ std::vector<int32_t> StopTokens(const Model& model, const Tokenizer& tokenizer, 
 Result<GenerateResult> Generate(Model& model, const Tokenizer& tokenizer, ExpertProvider& experts,
                                 std::string_view prompt, const GenerateOptions& options,
                                 const std::function<void(std::string_view)>& on_text = {});
-// Generation for a conversation in the ChatML template (options.chat is implied: <|im_end|> stops).
+// Generation for a conversation in the model's chat template (options.chat is implied: <|im_end|> stops).
 Result<GenerateResult> GenerateChat(Model& model, const Tokenizer& tokenizer, ExpertProvider& experts,
                                     std::span<const ChatMessage> messages, const GenerateOptions& options,
                                     const std::function<void(std::string_view)>& on_text = {});

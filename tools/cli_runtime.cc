@@ -8,7 +8,8 @@ namespace es::cli {
 
 std::vector<FlagSpec> RuntimeFlags() {
   return {
-      {"state", true, "wake, focus (default) or crisis: presets of cache size, experts per token and prefetch"},
+      {"state", true, "wake, focus or crisis: presets of cache size, experts per token and prefetch (default: focus's, "
+                      "with the cache sized from the memory available)"},
       {"cache-mb", true, "expert cache size in MiB (overrides the state's)"},
       {"cache-pct", true, "expert cache size as a percentage of the model's experts (overrides the state's)"},
       {"policy", true, "cache eviction policy: lru (default), lfu or trust"},
