@@ -142,6 +142,16 @@ struct Catalog::Rep {
 
   ~Rep() {
     if (db) {
+      if (!read_only) {
+        // On a clean close the catalog moves from the write-ahead log into table files (block checksums, one
+        // MANIFEST), so the log a later open replays is empty. A failure (a full disk) leaves it in the log, as
+        // after a crash.
+        std::vector<rocksdb::ColumnFamilyHandle*> all(handles);
+        all.push_back(default_cf);
+        rocksdb::FlushOptions flush;
+        flush.wait = true;
+        db->Flush(flush, all).PermitUncheckedError();
+      }
       for (auto* h : handles) db->DestroyColumnFamilyHandle(h).PermitUncheckedError();
       if (default_cf != nullptr) db->DestroyColumnFamilyHandle(default_cf).PermitUncheckedError();
       db->Close().PermitUncheckedError();
@@ -158,6 +168,10 @@ Result<std::unique_ptr<Catalog>> Catalog::Open(const std::string& dir, bool read
   db_options.create_if_missing = create && !read_only;
   db_options.create_missing_column_families = !read_only;
   db_options.paranoid_checks = true;
+  // A damaged write-ahead log is an error, not the end of the history: point-in-time recovery (RocksDB's default)
+  // would stop at the first bad record and open whatever came before it, an empty catalog after one flipped byte.
+  // Only an incomplete last record (a process killed mid-append) is tolerated; nothing in it was acknowledged.
+  db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;
   db_options.max_open_files = -1;  // readers open every table file at once, so a writer's deletions cannot race them
   db_options.keep_log_file_num = 3;
   db_options.max_log_file_size = 1 << 20;

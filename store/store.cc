@@ -85,6 +85,25 @@ Status WriteTxn::Abort() {
 
 Store::~Store() { StopJournalMerging(); }
 
+namespace {
+
+// Bytes past the segment headers in the segment files under `dir` (0 when there is no such directory).
+Result<uint64_t> SegmentRecordBytes(FileSystem& fs, const std::string& dir) {
+  ES_ASSIGN_OR_RETURN(bool there, fs.Exists(dir));
+  if (!there) return uint64_t{0};
+  ES_ASSIGN_OR_RETURN(auto names, fs.ListDir(dir));
+  uint64_t bytes = 0;
+  for (const auto& name : names) {
+    if (!ParseSegmentFileName(name)) continue;
+    ES_ASSIGN_OR_RETURN(auto file, fs.Open(JoinPath(dir, name), OpenOptions{}));
+    ES_ASSIGN_OR_RETURN(uint64_t size, file->Size());
+    if (size > kSegmentHeaderSize) bytes += size - kSegmentHeaderSize;
+  }
+  return bytes;
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreOptions& options) {
   std::unique_ptr<Store> store(new Store());
   store->path_ = path;
@@ -95,6 +114,16 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreO
   FileSystem& fs = *store->fs_;
 
   ES_ASSIGN_OR_RETURN(bool exists, fs.Exists(JoinPath(path, kCatalogDir)));
+  if (!exists) {
+    // A catalog that is missing beside segments holding records was lost, not never made: opening it as a new
+    // store would truncate every segment to its header.
+    ES_ASSIGN_OR_RETURN(uint64_t orphaned, SegmentRecordBytes(fs, store->segments_dir_));
+    if (orphaned > 0) {
+      return Status::Corruption("the store at " + path + " has no catalog, but its segments hold " +
+                                std::to_string(orphaned) + " bytes of records: the catalog was lost; nothing was "
+                                "changed");
+    }
+  }
   if (!exists && (options.read_only || !options.create_if_missing)) {
     return Status::NotFound("no expertstore at " + path);
   }
@@ -113,8 +142,9 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreO
     ES_ASSIGN_OR_RETURN(store->lock_, fs.LockFile(JoinPath(path, kLockFile)));
     ES_RETURN_IF_ERROR(fs.CreateDir(store->segments_dir_));
   }
-  ES_ASSIGN_OR_RETURN(store->catalog_,
-                      Catalog::Open(JoinPath(path, kCatalogDir), options.read_only, options.create_if_missing));
+  // Only a new store creates its catalog: in an existing one, a catalog RocksDB cannot find (a lost CURRENT file)
+  // is an error, never a fresh empty catalog over the old one's files.
+  ES_ASSIGN_OR_RETURN(store->catalog_, Catalog::Open(JoinPath(path, kCatalogDir), options.read_only, !exists));
   if (!exists) {
     // A new store: record its format, and make its directories durable before anything is written into them.
     CatalogBatch batch;
