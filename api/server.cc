@@ -328,6 +328,18 @@ asio::awaitable<bool> HttpServer::Impl::WriteData(Conn& conn, std::string_view d
   co_return !ec;
 }
 
+namespace {
+
+// The size of a request's header as it came on the wire (request line, fields, their separators).
+std::size_t HeaderBytes(const http::request<http::string_body>& msg) {
+  constexpr std::size_t kLineOverhead = 4;  // ": " and CRLF, or the request line's spaces and CRLF
+  std::size_t bytes = msg.method_string().size() + msg.target().size() + sizeof("HTTP/1.1") + kLineOverhead;
+  for (const auto& field : msg) bytes += field.name_string().size() + field.value().size() + kLineOverhead;
+  return bytes;
+}
+
+}  // namespace
+
 asio::awaitable<void> HttpServer::Impl::Session(std::shared_ptr<Conn> conn) {
   beast::tcp_stream& stream = conn->stream;
   beast::flat_buffer buffer;
@@ -350,7 +362,14 @@ asio::awaitable<void> HttpServer::Impl::Session(std::shared_ptr<Conn> conn) {
     parser.header_limit(static_cast<std::uint32_t>(opts.max_header_bytes));
     parser.body_limit(opts.max_body_bytes);
     stream.expires_after(opts.request_timeout);
-    auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, kUse);
+    // The header is read piece by piece so that its whole size is bounded: Beast's header_limit applies to what
+    // one parse call sees, and a client sending many short lines passes it line by line.
+    beast::error_code ec;
+    std::size_t n = 0;
+    while (!ec && !parser.is_header_done()) {
+      std::tie(ec, n) = co_await http::async_read_some(stream, buffer, parser, kUse);
+      if (!ec && HeaderBytes(parser.get()) > opts.max_header_bytes) ec = http::error::header_limit;
+    }
     if (!ec && !parser.is_done()) {
       if (beast::iequals(parser.get()[http::field::expect], "100-continue")) {
         static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";

@@ -93,6 +93,16 @@ TEST(HttpLimitsTest, OversizedBodiesAndHeadersAreRefused) {
     ASSERT_TRUE(r);
     EXPECT_EQ(r->status, 431);
   }
+  {
+    // The limit is on the whole header, not on one line: many short lines past it are refused too.
+    std::string lines;
+    for (int i = 0; lines.size() < 2 * 8192; ++i) lines += "X-Filler-" + std::to_string(i) + ": " + std::string(90, 'a') + "\r\n";
+    auto c = TestConnection::Connect(port);
+    ASSERT_TRUE(c->Send("GET /healthz HTTP/1.1\r\nHost: x\r\n" + lines + "\r\n"));
+    auto r = c->ReadReply();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 431);
+  }
   ExpectHealthy(port);
   // Counted once the answer is written, which may be just after the client read it.
   EXPECT_TRUE(Eventually(
