@@ -11,6 +11,7 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdlib>
+#include <optional>
 #include <filesystem>
 #include <memory>
 #include <vector>
@@ -104,6 +105,7 @@ void BM_PlainRead(benchmark::State& state) {
   const uint64_t record = RecordLength(kExpertBytes);
   AlignedBuffer heap;
   std::unique_ptr<PinnedArena> arena;
+  std::optional<uint64_t> registration;
   std::span<std::byte> buffer;
   if (arena_memory) {
     auto a = PinnedArena::Create(record, 1, {});
@@ -112,7 +114,7 @@ void BM_PlainRead(benchmark::State& state) {
       return;
     }
     arena = std::move(a).value();
-    g_store->reader().engine().RegisterBuffers(arena->RegistrationChunks()).IgnoreError();
+    if (auto id = g_store->reader().engine().AddBuffers(arena->RegistrationChunks()); id.ok()) registration = *id;
     buffer = arena->slot(0);
   } else {
     heap = AlignedBuffer(record);
@@ -125,7 +127,7 @@ void BM_PlainRead(benchmark::State& state) {
     g_store->reader().ReadBatch({&r, 1});
     if (!r.status.ok()) state.SkipWithError(r.status.ToString().c_str());
   }
-  if (arena_memory) g_store->reader().engine().RegisterBuffers({}).IgnoreError();
+  if (registration) g_store->reader().engine().RemoveBuffers(*registration);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * record));
 }
 

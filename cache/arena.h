@@ -52,7 +52,7 @@ class PinnedArena {
   uint64_t bytes() const { return slot_bytes_ * num_slots_; }
   std::span<std::byte> slot(uint32_t index) const { return {base_ + index * slot_bytes_, slot_bytes_}; }
 
-  // The arena as buffers for IoEngine::RegisterBuffers: consecutive chunks of whole slots, each at most
+  // The arena as buffers for IoEngine::AddBuffers: consecutive chunks of whole slots, each at most
   // kMaxRegisteredBufferBytes. Empty when one slot is larger than that (reads then go unregistered).
   std::vector<std::span<std::byte>> RegistrationChunks() const;
 

@@ -86,7 +86,8 @@ Result<std::unique_ptr<ExpertCache>> ExpertCache::Open(Store& store, const std::
   if (options.register_buffers) {
     // NotSupported (the pread engine) and ResourceExhausted (kernel limits; the engine warns once) leave reads
     // unregistered but correct.
-    cache->buffers_registered_ = store.reader().engine().RegisterBuffers(cache->arena_->RegistrationChunks()).ok();
+    auto registration = store.reader().engine().AddBuffers(cache->arena_->RegistrationChunks());
+    if (registration.ok()) cache->registration_ = *registration;
   }
   if (options.prefetch_bytes_in_flight > 0) {
     cache->prefetch_enabled_ = true;
@@ -107,7 +108,7 @@ ExpertCache::~ExpertCache() {
   if (prefetcher_.joinable()) prefetcher_.join();
   // The engine must not keep the arena registered once it is freed: a later allocation at the same address
   // would otherwise be read into through stale fixed buffers.
-  if (buffers_registered_) store_.reader().engine().RegisterBuffers({}).IgnoreError();
+  if (registration_) store_.reader().engine().RemoveBuffers(*registration_);
 }
 
 bool ExpertCache::Contains(ExpertRef ref) const {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <optional>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -128,7 +129,7 @@ class ExpertCache {
   uint64_t slot_bytes() const { return arena_->slot_bytes(); }
   ArenaKind arena_kind() const { return arena_->kind(); }
   // Whether the store's IoEngine accepted the arena as registered buffers.
-  bool buffers_registered() const { return buffers_registered_; }
+  bool buffers_registered() const { return registration_.has_value(); }
   std::string_view policy_name() const { return policy_->name(); }
 
  private:
@@ -189,7 +190,7 @@ class ExpertCache {
   Store& store_;
   const ModelExperts experts_;
   std::unique_ptr<PinnedArena> arena_;
-  bool buffers_registered_ = false;
+  std::optional<uint64_t> registration_;  // the engine's id for the arena's registration
 
   mutable std::mutex mu_;
   std::condition_variable loaded_cv_;    // a slot left kLoading

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <map>
 #include <atomic>
 #include <cstdio>
 #include <deque>
@@ -106,9 +107,11 @@ class PreadEngine final : public IoEngine {
     latch.Wait();
   }
 
-  Status RegisterBuffers(std::span<const std::span<std::byte>>) override {
+  Result<uint64_t> AddBuffers(std::span<const std::span<std::byte>>) override {
     return Status::NotSupported("the pread engine has no registered buffers");
   }
+  void RemoveBuffers(uint64_t) override {}
+  size_t registered_buffers() const override { return 0; }
 
  private:
   ThreadPool pool_;
@@ -121,7 +124,7 @@ class PreadEngine final : public IoEngine {
 
 struct Ring {
   struct io_uring ring;
-  uint64_t registered_generation = 0;  // which RegisterBuffers() call the ring's buffers reflect; 0: none
+  uint64_t registered_generation = 0;  // which registration (generation) the ring's buffers reflect; 0: none
   bool has_buffers = false;
   std::vector<std::span<std::byte>> buffer_snapshot;  // what is registered on this ring, sorted by address
 };
@@ -163,21 +166,28 @@ class UringEngine final : public IoEngine {
     ReleaseRing(*ring);
   }
 
-  Status RegisterBuffers(std::span<const std::span<std::byte>> buffers) override {
+  Result<uint64_t> AddBuffers(std::span<const std::span<std::byte>> buffers) override {
     std::lock_guard<std::mutex> lock(mu_);
-    registered_.clear();
-    for (auto b : buffers) registered_.push_back(b);
-    std::sort(registered_.begin(), registered_.end(),
-              [](const auto& a, const auto& b) { return a.data() < b.data(); });
-    ++generation_;
-    // Register now on the idle rings so that a refusal is reported to the caller; busy rings catch up when
-    // they are next acquired.
-    Status result;
-    for (Ring* r : free_) {
-      Status s = SyncRegistration(*r);
-      if (!s.ok()) result = s;
+    const uint64_t id = ++next_owner_;
+    owners_[id].assign(buffers.begin(), buffers.end());
+    Status s = Publish();
+    if (!s.ok()) {
+      // Back to what the other owners had registered.
+      owners_.erase(id);
+      Publish().IgnoreError();
+      return s;
     }
-    return result;
+    return id;
+  }
+
+  void RemoveBuffers(uint64_t id) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (owners_.erase(id) > 0) Publish().IgnoreError();
+  }
+
+  size_t registered_buffers() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return registered_.size();
   }
 
  private:
@@ -207,6 +217,22 @@ class UringEngine final : public IoEngine {
   void ReleaseRing(Ring* r) {
     std::lock_guard<std::mutex> lock(mu_);
     free_.push_back(r);
+  }
+
+  // Makes the union of the owners' buffers the registration, now on the idle rings (so that a refusal is
+  // reported to the caller); busy rings catch up when they are next acquired. Requires mu_.
+  Status Publish() {
+    registered_.clear();
+    for (const auto& [id, buffers] : owners_) registered_.insert(registered_.end(), buffers.begin(), buffers.end());
+    std::sort(registered_.begin(), registered_.end(),
+              [](const auto& a, const auto& b) { return a.data() < b.data(); });
+    ++generation_;
+    Status result;
+    for (Ring* r : free_) {
+      Status s = SyncRegistration(*r);
+      if (!s.ok()) result = s;
+    }
+    return result;
   }
 
   // Requires mu_.
@@ -390,10 +416,12 @@ class UringEngine final : public IoEngine {
     ready.clear();
   }
 
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::vector<std::unique_ptr<Ring>> rings_;
   std::vector<Ring*> free_;
-  std::vector<std::span<std::byte>> registered_;
+  std::map<uint64_t, std::vector<std::span<std::byte>>> owners_;  // AddBuffers id -> its buffers
+  uint64_t next_owner_ = 0;
+  std::vector<std::span<std::byte>> registered_;  // the union of the owners' buffers, sorted by address
   uint64_t generation_ = 1;
 };
 

@@ -59,9 +59,14 @@ class IoEngine {
   virtual void ReadBatch(std::span<IoRead> reads, const std::function<void(size_t)>& on_complete) = 0;
 
   // Registers long-lived buffers (a cache arena) so that reads landing inside them skip per-I/O page pinning.
-  // Replaces any earlier registration. NotSupported where the engine has no such notion; ResourceExhausted
-  // where the kernel's limits refuse (reads still work, unregistered).
-  virtual Status RegisterBuffers(std::span<const std::span<std::byte>> buffers) = 0;
+  // Registrations add up: each caller's buffers stay registered, beside every other caller's (two caches on one
+  // store), until it removes them with the id returned, which it must do before freeing them. NotSupported where
+  // the engine has no such notion; ResourceExhausted where the kernel's limits refuse (nothing is added; reads
+  // still work, unregistered). Thread-safe.
+  virtual Result<uint64_t> AddBuffers(std::span<const std::span<std::byte>> buffers) = 0;
+  virtual void RemoveBuffers(uint64_t id) = 0;
+  // The buffers registered now, over all owners (0 for an engine without registration).
+  virtual size_t registered_buffers() const = 0;
 
  protected:
   explicit IoEngine(const IoEngineOptions& options) : options_(options) {}

@@ -275,7 +275,7 @@ class SwapinRun {
     c.config.request_bytes = request;
     ES_ASSIGN_OR_RETURN(c.io, CreateIoEngine(kind, IoEngineOptions{.queue_depth = qd, .max_request_bytes = request}));
     c.config.engine = std::string(c.io->name());
-    c.io->RegisterBuffers(bench_arena_->RegistrationChunks()).IgnoreError();  // fixed buffers where possible
+    c.io->AddBuffers(bench_arena_->RegistrationChunks()).status().IgnoreError();  // fixed buffers where possible
     return c;
   }
 

@@ -154,7 +154,7 @@ TEST_P(IoEngineTest, RegisteredBuffers) {
   auto engine = Engine();
   AlignedBuffer arena(1 << 20);
   std::span<std::byte> region = arena.span();
-  Status s = engine->RegisterBuffers({&region, 1});
+  Status s = engine->AddBuffers({&region, 1}).status();
   if (s.IsNotSupported()) GTEST_SKIP() << "engine without registered buffers: " << engine->name();
   // ResourceExhausted (limits) is allowed: reads must work either way.
   EXPECT_TRUE(s.ok() || s.IsResourceExhausted()) << s.ToString();
@@ -167,6 +167,32 @@ TEST_P(IoEngineTest, RegisteredBuffers) {
   ASSERT_TRUE(reads[1].status.ok()) << reads[1].status.ToString();
   EXPECT_TRUE(Same(reads[0].dst, 0));
   EXPECT_TRUE(Same(reads[1].dst, 2 << 20));
+}
+
+// Registrations add up: a second owner's buffers join the first's, and removing one keeps the other's.
+TEST_P(IoEngineTest, RegistrationsOfSeveralOwnersAddUp) {
+  auto engine = Engine();
+  AlignedBuffer a(1 << 20), b(1 << 20);
+  std::span<std::byte> ra = a.span(), rb = b.span();
+  auto first = engine->AddBuffers({&ra, 1});
+  if (first.status().IsNotSupported()) GTEST_SKIP() << "engine without registered buffers: " << engine->name();
+  if (first.status().IsResourceExhausted()) GTEST_SKIP() << "the kernel refuses registration here";
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_EQ(engine->registered_buffers(), 1u);
+  auto second = engine->AddBuffers({&rb, 1});
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  EXPECT_EQ(engine->registered_buffers(), 2u);  // not replaced
+  engine->RemoveBuffers(*first);
+  EXPECT_EQ(engine->registered_buffers(), 1u);
+  // Reads land in the remaining owner's buffer as before.
+  auto file = DefaultFileSystem()->Open(path_, OpenOptions{.direct = true});
+  ASSERT_TRUE(file.ok());
+  std::vector<IoRead> reads = {{file->get(), 0, rb.subspan(0, 512 * 1024), Status::Ok()}};
+  engine->ReadBatch(reads, nullptr);
+  ASSERT_TRUE(reads[0].status.ok()) << reads[0].status.ToString();
+  EXPECT_TRUE(Same(reads[0].dst, 0));
+  engine->RemoveBuffers(*second);
+  EXPECT_EQ(engine->registered_buffers(), 0u);
 }
 
 TEST_P(IoEngineTest, ConcurrentBatches) {
