@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -54,10 +55,11 @@ void CheckResponse(const es::api::ApiResponse& r) {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  // A store of one small synthetic model with metadata, in a fresh directory (left behind on exit).
-  char tmpl[] = "/tmp/es-http-fuzz-XXXXXX";
+  // A store of one small synthetic model with metadata, in a fresh directory removed at exit.
+  static char tmpl[] = "/tmp/es-http-fuzz-XXXXXX";
   char* dir = ::mkdtemp(tmpl);
   Check(dir != nullptr, "temp dir");
+  std::atexit([] { std::filesystem::remove_all(tmpl); });
   auto store = es::Store::Open(std::string(dir) + "/store", es::StoreOptions{});
   Check(store.ok(), "store opens");
   es::testing::TestModelSpec spec{.name = "m", .layers = 2, .experts = 4, .top_k = 2};
