@@ -452,18 +452,6 @@ Status IngestItems(Store& store, const std::vector<WorkItem>& items, const Inges
 
 }  // namespace
 
-Status DeleteModel(Store& store, const std::string& name) {
-  CatalogBatch batch;
-  std::string prefix = ModelPrefix(name);
-  for (Cf cf : {Cf::kTensors, Cf::kExperts, Cf::kUsage, Cf::kTrust, Cf::kProfiles}) {
-    ES_RETURN_IF_ERROR(store.catalog().Scan(cf, prefix, [&](std::string_view key, std::string_view) {
-      batch.Delete(cf, key);
-      return true;
-    }));
-  }
-  batch.Delete(Cf::kModels, ModelKey(name));
-  return store.catalog().Write(batch);
-}
 
 Result<IngestResult> IngestCheckpoint(Store& store, const std::string& dir, const IngestOptions& options) {
   auto start = std::chrono::steady_clock::now();

@@ -45,8 +45,4 @@ struct IngestResult {
 
 Result<IngestResult> IngestCheckpoint(Store& store, const std::string& dir, const IngestOptions& options);
 
-// Removes every catalog entry of a model (model record, tensors, experts, usage, trust, profiles) in one
-// atomic batch. Its records become dead space in the segments.
-Status DeleteModel(Store& store, const std::string& name);
-
 }  // namespace es

@@ -310,4 +310,18 @@ void Store::StopJournalMerging() {
   if (merger_.joinable()) merger_.join();
 }
 
+Status DeleteModel(Store& store, const std::string& name) {
+  if (store.read_only()) return Status::NotSupported("deleting a model needs the store open for writing");
+  CatalogBatch batch;
+  std::string prefix = ModelPrefix(name);
+  for (Cf cf : {Cf::kTensors, Cf::kExperts, Cf::kUsage, Cf::kTrust, Cf::kProfiles}) {
+    ES_RETURN_IF_ERROR(store.catalog().Scan(cf, prefix, [&](std::string_view key, std::string_view) {
+      batch.Delete(cf, key);
+      return true;
+    }));
+  }
+  batch.Delete(Cf::kModels, ModelKey(name));
+  return store.catalog().Write(batch, /*sync=*/true);
+}
+
 }  // namespace es

@@ -156,6 +156,10 @@ class Store {
   Status merger_status_;
 };
 
+// Removes every catalog entry of a model (model record, tensors, experts, usage, trust, profiles) in one atomic
+// batch. Its records become dead space in the segments. Needs the writer.
+Status DeleteModel(Store& store, const std::string& name);
+
 // Every extent the catalog references, with a description, in key order (verify, recovery, tools).
 struct ExtentRef {
   std::string what;

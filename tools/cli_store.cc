@@ -1,4 +1,4 @@
-// Store-level commands: verify, models, info.
+// Store-level commands: verify, models, rm, info.
 #include <cstdio>
 
 #include "compute/kernels/cpu_kernels.h"
@@ -47,6 +47,31 @@ Result<uint64_t> StoredBytes(Store& store, const std::string& model) {
   uint64_t bytes = 0;
   for (const ExtentRef& e : extents) bytes += e.extent.payload_length;
   return bytes;
+}
+
+// rm MODEL: the model's catalog entries and metadata in one atomic commit; its records become dead space.
+Status RunRemove(const Args& args) {
+  if (args.positional().size() != 1) return Status::InvalidArgument("usage: expertstore rm MODEL");
+  const std::string& name = args.positional()[0];
+  ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/true));
+  auto value = store->catalog().Get(Cf::kModels, ModelKey(name));
+  if (!value.ok()) return value.status().IsNotFound() ? Status::NotFound("no model '" + name + "' in the store") : value.status();
+  ES_ASSIGN_OR_RETURN(ModelInfo model, DecodeModel(*value));
+  std::vector<ExtentRef> extents;
+  std::vector<CorruptEntry> undecodable;
+  ES_RETURN_IF_ERROR(CollectExtents(store->catalog(), name, extents, undecodable));
+  uint64_t dead = 0;
+  for (const ExtentRef& e : extents) dead += e.extent.record_length;
+  ES_RETURN_IF_ERROR(DeleteModel(*store, name));
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject().Key("model").String(name).Key("experts").Uint(model.num_experts)
+        .Key("dense_tensors").Uint(model.num_dense_tensors).Key("dead_bytes").Uint(dead).EndObject();
+    PrintJson(w);
+  } else if (!args.global().quiet) {
+    std::printf("removed %s: %s of records are now dead space in the segments\n", name.c_str(), HumanBytes(dead).c_str());
+  }
+  return Status::Ok();
 }
 
 Status RunModels(const Args& args) {
@@ -126,6 +151,10 @@ void RegisterStoreCommands(std::vector<Command>& commands) {
                       {{"model", true, "only this model"}},
                       RunVerify});
   commands.push_back({"models", "models", "list the models in the store", {}, RunModels});
+  commands.push_back({"rm", "rm MODEL",
+                      "remove a model: its catalog entries and metadata in one atomic commit (its records become "
+                      "dead space)",
+                      {}, RunRemove, /*max_positional=*/1});
   commands.push_back({"info", "info", "version, compiled backends, I/O engine, CPU features and GPUs found", {}, RunInfo});
 }
 

@@ -347,6 +347,26 @@ TEST_F(CliContractTest, InterruptedIngestSaysHowToResume) {
   EXPECT_EQ(RunCli("verify --store " + store).exit_code, 0);
 }
 
+// rm removes a model in one commit: it is gone from every listing, verify is clean, and it can be ingested again.
+TEST_F(CliContractTest, RemoveDeletesAModelAndLeavesAStoreThatVerifies) {
+  const std::string store = " --store " + dir_->Sub("rmstore");
+  ASSERT_EQ(RunCli("ingest " + std::string(testing::kTinyModel) + " --name a --quiet" + store).exit_code, 0);
+  ASSERT_EQ(RunCli("ingest " + std::string(testing::kTinyModel) + " --name b --quiet" + store).exit_code, 0);
+  JsonValue removed = Json(RunCli("rm a --json" + store));
+  EXPECT_EQ(Str(removed, "model"), "a");
+  EXPECT_GT(Num(removed, "dead_bytes"), 16e6);
+  JsonValue models = Json(RunCli("models --json" + store));
+  ASSERT_EQ(models.array().size(), 1u);
+  EXPECT_EQ(Str(models.array()[0], "name"), "b");
+  EXPECT_EQ(RunCli("experts --model a" + store).exit_code, 3);
+  EXPECT_EQ(RunCli("rm a" + store).exit_code, 3);
+  EXPECT_EQ(RunCli("verify" + store).exit_code, 0);
+  EXPECT_EQ(RunCli("generate --model b --prompt hi --max-tokens 2 --temperature 0 --no-record" + store).exit_code, 0);
+  JsonValue again = Json(RunCli("ingest " + std::string(testing::kTinyModel) + " --name a --json" + store));
+  EXPECT_FALSE(F(again, "unchanged").bool_value());
+  EXPECT_EQ(RunCli("verify" + store).exit_code, 0);
+}
+
 // chat reads one message a line from a pipe and answers each, keeping the conversation; /reset starts over.
 TEST_F(CliContractTest, ChatWorksInAPipe) {
   CliResult r = Shell("printf 'hello\\nwhat next?\\n/reset\\nbye\\n' | \"$ES\" chat --model tiny --no-record --quiet "
