@@ -48,11 +48,13 @@ constexpr unsigned kHttp11 = 11;
 constexpr std::string_view kServerName = "expertstore/" ES_PROJECT_VERSION;
 // Bytes asked of the socket when waiting for the start of a request.
 constexpr size_t kReadChunk = 16 << 10;
-// Closing after an error answer: read and drop what the client still sends for this long (or this many bytes),
-// so that the close does not reset the connection before the client has read the answer.
-constexpr std::chrono::milliseconds kLingerTimeout{1000};
-constexpr size_t kLingerMaxBytes = 1 << 20;
-constexpr size_t kLingerChunk = 4096;
+// Closing after an error answer (413 for a body too large, say), as nginx's lingering close does: read and drop
+// what the client still sends until it pauses this long, for this long at most in all (or this many bytes), so
+// that a client still uploading is not reset before it reads the answer (a reset makes it report a broken pipe).
+constexpr std::chrono::milliseconds kLingerIdle{2000};
+constexpr std::chrono::milliseconds kLingerTotal{30000};
+constexpr size_t kLingerMaxBytes = size_t{1} << 30;
+constexpr size_t kLingerChunk = 64 << 10;
 // Connections past the cap get a 503 from a short-lived coroutine; past this many of those, they are closed.
 constexpr size_t kMaxRejecting = 64;
 // After the drain deadline, how long remaining connections get to notice their sockets were closed.
@@ -294,10 +296,11 @@ asio::awaitable<void> HttpServer::Impl::Reject(std::shared_ptr<Conn> conn) {
 asio::awaitable<void> HttpServer::Impl::Linger(Conn& conn) {
   beast::error_code ec;
   conn.stream.socket().shutdown(tcp::socket::shutdown_send, ec);
-  conn.stream.expires_after(kLingerTimeout);
-  std::array<char, kLingerChunk> buf;
+  const Clock::time_point deadline = Clock::now() + kLingerTotal;
+  std::vector<char> buf(kLingerChunk);
   size_t total = 0;
-  while (!ec && total < kLingerMaxBytes) {
+  while (!ec && total < kLingerMaxBytes && Clock::now() < deadline) {
+    conn.stream.expires_after(std::min<Clock::duration>(kLingerIdle, deadline - Clock::now()));
     auto [read_ec, n] = co_await conn.stream.async_read_some(asio::buffer(buf), kUse);
     ec = read_ec;
     total += n;
