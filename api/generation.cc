@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "compute/generator.h"
+#include "store/base/thread_pool.h"
 
 namespace es::api {
 
@@ -19,7 +20,7 @@ Result<std::unique_ptr<GenerationService>> GenerationService::Create(Store& stor
   if (options.max_loaded_models == 0) return Status::InvalidArgument("at least one model must be loadable");
   std::unique_ptr<GenerationService> s(new GenerationService(store, options, metrics));
   ES_ASSIGN_OR_RETURN(s->pool_, kernels::ComputePool::Create(options.compute_threads));
-  s->worker_ = std::thread([svc = s.get()] { svc->WorkerLoop(); });
+  ES_ASSIGN_OR_RETURN(s->worker_, StartThread([svc = s.get()] { svc->WorkerLoop(); }, "the generation worker"));
   return s;
 }
 

@@ -31,6 +31,7 @@
 
 #include "api/errors.h"
 #include "api/openai.h"
+#include "store/base/thread_pool.h"
 
 namespace es::api {
 
@@ -596,7 +597,7 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(const ApiContext& context,
   asio::co_spawn(p->acceptor.get_executor(), p->AcceptLoop(), ReportFailure);
   const uint32_t n = Impl::IoThreads(options);
   for (uint32_t i = 0; i < n; ++i) {
-    p->threads.emplace_back([p] {
+    auto thread = StartThread([p] {
       // A handler that throws (Beast or Asio out of memory) ends only itself; the thread keeps serving.
       for (;;) {
         try {
@@ -606,7 +607,13 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(const ApiContext& context,
           std::fprintf(stderr, "expertstore serve: an I/O handler failed: %s\n", e.what());
         }
       }
-    });
+    }, "the HTTP server");
+    if (!thread.ok()) {
+      p->ioc.stop();
+      for (auto& t : p->threads) t.join();
+      return thread.status();
+    }
+    p->threads.push_back(std::move(thread).value());
   }
   return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
 }

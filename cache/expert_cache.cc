@@ -2,6 +2,7 @@
 // without it. A slot moves free -> loading (claimed by one reader, pinned) -> ready (evictable once unpinned)
 // or failed (returned to the free list when its last pin goes). Waiters for a loading slot block on loaded_cv_.
 #include "cache/expert_cache.h"
+#include "store/base/thread_pool.h"
 
 #include <algorithm>
 #include <chrono>
@@ -94,7 +95,7 @@ Result<std::unique_ptr<ExpertCache>> ExpertCache::Open(Store& store, const std::
     cache->prefetch_cap_bytes_ = std::max(options.prefetch_bytes_in_flight, slot_bytes);
     cache->prefetch_queue_limit_ =
         options.prefetch_queue_limit != 0 ? options.prefetch_queue_limit : slots;
-    cache->prefetcher_ = std::thread([c = cache.get()] { c->PrefetchLoop(); });
+    ES_ASSIGN_OR_RETURN(cache->prefetcher_, StartThread([c = cache.get()] { c->PrefetchLoop(); }, "the prefetcher"));
   }
   return cache;
 }

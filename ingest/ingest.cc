@@ -13,6 +13,7 @@
 
 #include "ingest/checkpoint.h"
 #include "store/records.h"
+#include "store/base/thread_pool.h"
 
 namespace es {
 
@@ -444,7 +445,7 @@ Status IngestItems(Store& store, const std::vector<WorkItem>& items, const Inges
 
   ChunkPipe pipe;
   std::shared_ptr<FileSystem> fs = options.checkpoint_fs ? options.checkpoint_fs : DefaultFileSystem();
-  std::thread reader([&] { ReadItems(items, *fs, pipe); });
+  ES_ASSIGN_OR_RETURN(std::thread reader, StartThread([&] { ReadItems(items, *fs, pipe); }, "ingest's reader"));
   Status status = WriteItems(writer, items, pipe);
   StopReader(pipe, reader);
   return status;

@@ -32,7 +32,7 @@ Status FromRocks(const rocksdb::Status& s, std::string_view what) {
   if (s.IsCorruption()) return Status::Corruption(msg);
   if (s.IsInvalidArgument()) return Status::InvalidArgument(msg);
   if (s.IsNotSupported()) return Status::NotSupported(msg);
-  if (s.IsNoSpace()) return Status::ResourceExhausted(msg);
+  if (s.IsNoSpace() || s.IsMemoryLimit()) return Status::ResourceExhausted(msg);
   if (s.IsBusy() || s.IsTryAgain()) return Status::Busy(msg);
   return Status::IOError(msg);
 }
@@ -68,6 +68,17 @@ class CatalogLogger final : public rocksdb::Logger {
   std::mutex mu_;
   bool failed_;
 };
+
+// RocksDB starts its background threads while it opens, and std::thread throws when the system refuses one (out
+// of memory or of threads): that becomes an error here instead of terminating the process.
+template <typename OpenFn>
+rocksdb::Status OpenGuarded(OpenFn&& open) {
+  try {
+    return open();
+  } catch (const std::exception& e) {
+    return rocksdb::Status::MemoryLimit(std::string("cannot start the catalog's threads: ") + e.what());
+  }
+}
 
 // Sums UsageRecords. A damaged operand makes the merge fail, which RocksDB reports as Corruption on read.
 class UsageMergeOperator final : public rocksdb::AssociativeMergeOperator {
@@ -173,6 +184,9 @@ Result<std::unique_ptr<Catalog>> Catalog::Open(const std::string& dir, bool read
   // Only an incomplete last record (a process killed mid-append) is tolerated; nothing in it was acknowledged.
   db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;
   db_options.max_open_files = -1;  // readers open every table file at once, so a writer's deletions cannot race them
+  // ... on the opening thread: the catalog has a handful of table files, and RocksDB's opener threads terminate
+  // the process when the system refuses to start one.
+  db_options.max_file_opening_threads = 1;
   db_options.keep_log_file_num = 3;
   db_options.max_log_file_size = 1 << 20;
   db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
@@ -193,7 +207,7 @@ Result<std::unique_ptr<Catalog>> Catalog::Open(const std::string& dir, bool read
     // A writer flushing or compacting while we read its MANIFEST can make a listed file vanish: retry.
     constexpr int kAttempts = 5;
     for (int attempt = 0; attempt < kAttempts; ++attempt) {
-      s = rocksdb::DB::OpenForReadOnly(db_options, dir, descriptors, &handles, &raw);
+      s = OpenGuarded([&] { return rocksdb::DB::OpenForReadOnly(db_options, dir, descriptors, &handles, &raw); });
       if (s.ok() || !(s.IsIOError() || s.IsPathNotFound())) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(20 << attempt));
     }
@@ -201,7 +215,7 @@ Result<std::unique_ptr<Catalog>> Catalog::Open(const std::string& dir, bool read
       return Status::NotFound("no catalog at " + dir + " (" + s.ToString() + ")");
     }
   } else {
-    s = rocksdb::DB::Open(db_options, dir, descriptors, &handles, &raw);
+    s = OpenGuarded([&] { return rocksdb::DB::Open(db_options, dir, descriptors, &handles, &raw); });
   }
   if (!s.ok()) return FromRocks(s, "open catalog " + dir);
   rep->db.reset(raw);

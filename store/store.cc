@@ -5,6 +5,7 @@
 #include <map>
 
 #include "store/base/aligned_buffer.h"
+#include "store/base/thread_pool.h"
 
 namespace es {
 
@@ -284,7 +285,7 @@ Status Store::StartJournalMerging(std::chrono::milliseconds interval) {
   std::lock_guard<std::mutex> lock(merger_mu_);
   if (merger_.joinable()) return Status::InvalidArgument("journal merging already runs");
   merger_stop_ = false;
-  merger_ = std::thread([this, interval] {
+  ES_ASSIGN_OR_RETURN(merger_, StartThread([this, interval] {
     std::unique_lock<std::mutex> l(merger_mu_);
     while (!merger_cv_.wait_for(l, interval, [this] { return merger_stop_; })) {
       l.unlock();
@@ -292,7 +293,7 @@ Status Store::StartJournalMerging(std::chrono::milliseconds interval) {
       l.lock();
       if (!merged.ok()) merger_status_ = merged.status();
     }
-  });
+  }, "journal merging"));
   return Status::Ok();
 }
 

@@ -1,6 +1,9 @@
 // expertstore: the command-line entry point. Dispatches to the subcommands registered by the cli_*.cc files.
 #include <algorithm>
+#include <new>
+#include <system_error>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -24,7 +27,33 @@ void PrintCommandHelp(const es::cli::Command& c) {
 
 }  // namespace
 
+namespace {
+
+int Run(int argc, char** argv);
+
+}  // namespace
+
+// The libraries return errors as Status; what they cannot (an allocation that fails in the standard library or a
+// dependency) ends here as one error line and exit 6, not an abort.
 int main(int argc, char** argv) {
+  try {
+    const int code = Run(argc, argv);
+    // Every store is closed by now (each command's objects live in Run). Skipping the static destructors keeps a
+    // dependency's background threads, in a process that was refused memory or threads, from aborting after the
+    // answer was given.
+    std::fflush(stdout);
+    std::fflush(stderr);
+    std::_Exit(code);
+  } catch (const std::bad_alloc&) {
+    return es::cli::ExitCodeFor(es::Status::ResourceExhausted("out of memory"));
+  } catch (const std::system_error& e) {
+    return es::cli::ExitCodeFor(es::Status::ResourceExhausted(std::string("the system refused a resource: ") + e.what()));
+  }
+}
+
+namespace {
+
+int Run(int argc, char** argv) {
   std::vector<es::cli::Command> commands;
   es::cli::RegisterIngestCommands(commands);
   es::cli::RegisterStoreCommands(commands);
@@ -63,3 +92,5 @@ int main(int argc, char** argv) {
   return es::cli::ExitCodeFor(
       es::Status::InvalidArgument("unknown command '" + name + "' (see expertstore --help)"), {}, json);
 }
+
+}  // namespace

@@ -1,12 +1,25 @@
 // ThreadPool implementation.
 #include "store/base/thread_pool.h"
 
+#include <string>
+
 namespace es {
+
+Result<std::thread> StartThread(std::function<void()> body, std::string_view what) {
+  try {
+    return std::thread(std::move(body));
+  } catch (const std::exception& e) {
+    return Status::ResourceExhausted(std::string(what) + ": cannot start a thread (" + e.what() + ")");
+  }
+}
 
 ThreadPool::ThreadPool(size_t threads) {
   if (threads == 0) threads = 1;
-  workers_.reserve(threads);
-  for (size_t i = 0; i < threads; ++i) workers_.emplace_back([this] { Work(); });
+  for (size_t i = 0; i < threads; ++i) {
+    auto t = StartThread([this] { Work(); }, "thread pool");
+    if (!t.ok()) break;  // fewer workers; with none, Submit runs tasks inline
+    workers_.push_back(std::move(t).value());
+  }
 }
 
 ThreadPool::~ThreadPool() {
@@ -19,6 +32,10 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::Submit(std::function<void()> task) {
+  if (workers_.empty()) {
+    task();
+    return;
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     tasks_.push_back(std::move(task));

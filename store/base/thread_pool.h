@@ -1,5 +1,6 @@
 // ThreadPool: a fixed set of worker threads draining a FIFO of tasks. Tasks must not throw. Thread-safe.
-// The destructor finishes queued tasks, then joins.
+// The destructor finishes queued tasks, then joins. Where the system refuses threads the pool has fewer (none:
+// Submit runs each task on the caller's thread), slower but correct.
 #pragma once
 
 #include <condition_variable>
@@ -7,10 +8,17 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <string_view>
 #include <thread>
 #include <vector>
 
+#include "store/base/status.h"
+
 namespace es {
+
+// Starts a thread running `body`. ResourceExhausted naming `what` when the system refuses one (std::thread
+// throws; out of memory or of threads), so that no library caller terminates on it.
+Result<std::thread> StartThread(std::function<void()> body, std::string_view what);
 
 class ThreadPool {
  public:

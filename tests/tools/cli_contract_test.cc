@@ -367,6 +367,37 @@ TEST_F(CliContractTest, RemoveDeletesAModelAndLeavesAStoreThatVerifies) {
   EXPECT_EQ(RunCli("verify" + store).exit_code, 0);
 }
 
+// Short of memory (an address-space limit: threads, the cache arena, RocksDB's opener cannot be had), every command
+// fails with exit 6 and a message, never an abort, and leaves a store that verifies. Not under AddressSanitizer,
+// whose shadow memory needs more address space than any of these limits.
+TEST_F(CliContractTest, OutOfMemoryIsExit6NotAnAbort) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "AddressSanitizer cannot run under an address-space limit";
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+  GTEST_SKIP() << "AddressSanitizer cannot run under an address-space limit";
+#endif
+#endif
+  int refused = 0;
+  for (int kib : {70000, 90000, 110000, 130000}) {
+    SCOPED_TRACE(kib);
+    const std::string store = dir_->Sub("oom" + std::to_string(kib));
+    for (const std::string& command :
+         {"generate --model tiny --prompt hi --max-tokens 2 --temperature 0" + store_,
+          "ingest " + std::string(testing::kTinyModel) + " --quiet --store " + store}) {
+      CliResult r = Shell("ulimit -v " + std::to_string(kib) + "; \"$ES\" " + command);
+      if (r.exit_code == 127) continue;  // too little even to load the binary's libraries
+      EXPECT_TRUE(r.exit_code == 0 || r.exit_code == 6) << command << ": " << r.out;
+      if (r.exit_code == 6) {
+        ++refused;
+        EXPECT_NE(r.out.find("error: "), std::string::npos) << r.out;
+      }
+    }
+    if (fs::exists(store + "/catalog")) EXPECT_EQ(RunCli("verify --store " + store).exit_code, 0);
+  }
+  EXPECT_GT(refused, 0) << "no limit was tight enough: the test proved nothing";
+}
+
 // chat reads one message a line from a pipe and answers each, keeping the conversation; /reset starts over.
 TEST_F(CliContractTest, ChatWorksInAPipe) {
   CliResult r = Shell("printf 'hello\\nwhat next?\\n/reset\\nbye\\n' | \"$ES\" chat --model tiny --no-record --quiet "
