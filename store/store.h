@@ -78,10 +78,20 @@ struct CorruptEntry {
   std::string message;
 };
 
+// One segment file's space: the records the catalog references, and the rest past the header (records of removed
+// or replaced models, rolled-back transactions), which only compaction could reclaim.
+struct SegmentSpace {
+  uint32_t segment = 0;
+  uint64_t file_bytes = 0;
+  uint64_t live_bytes = 0;  // record lengths of the extents the catalog references
+  uint64_t dead_bytes() const;
+};
+
 struct VerifyReport {
   uint64_t checked = 0;  // extents read and checked
   uint64_t bytes = 0;    // payload bytes checked
   std::vector<CorruptEntry> corrupt;
+  std::vector<SegmentSpace> segments;  // every segment file, by id (whole-store verifies only)
   bool ok() const { return corrupt.empty(); }
 };
 

@@ -22,6 +22,7 @@ const std::vector<FlagSpec>& GlobalSpecs() {
       {"json", false, "print one JSON document on stdout"},
       {"quiet", false, "no progress output"},
       {"io-engine", true, "auto, uring or pread"},
+      {"read-only", false, "open the store read-only (as on a read-only mount): reads work, nothing is recorded"},
   };
   return specs;
 }
@@ -113,6 +114,7 @@ Result<Args> Args::Parse(const std::vector<std::string>& argv, const std::vector
   args.global_.json = args.Has("json");
   args.global_.quiet = args.Has("quiet");
   args.global_.io_engine = args.GetOr("io-engine", args.global_.io_engine);
+  args.global_.read_only = args.Has("read-only");
   return args;
 }
 
@@ -208,6 +210,7 @@ Result<CacheSize> CacheSizeFromFlags(const Args& args, std::string_view prefix) 
 }
 
 bool StoreWritable(const Args& args) {
+  if (args.global().read_only) return false;
   const std::string& path = args.global().store;
   for (const std::string& p : {path, path + "/catalog"}) {
     if (::access(p.c_str(), W_OK) != 0 && errno != ENOENT) return false;
@@ -218,7 +221,9 @@ bool StoreWritable(const Args& args) {
 Result<std::unique_ptr<Store>> OpenStore(const Args& args, bool writer, bool create) {
   if (writer && !StoreWritable(args)) {
     return Status::NotSupported("the store at " + args.global().store +
-                                " is read-only (a read-only mount or no write permission), and this command writes to it");
+                                (args.global().read_only ? " is opened with --read-only"
+                                                         : " is read-only (a read-only mount or no write permission)") +
+                                ", and this command writes to it");
   }
   StoreOptions options;
   options.read_only = !writer;

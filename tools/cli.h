@@ -27,6 +27,7 @@ struct GlobalFlags {
   bool json = false;
   bool quiet = false;
   std::string io_engine = "auto";
+  bool read_only = false;  // --read-only: open the store read-only whatever the file system allows
 };
 
 struct FlagSpec {
@@ -100,8 +101,9 @@ std::string WithFlagNames(std::string_view message, const std::vector<FlagSpec>&
 // the other (ValidateCacheSize does that, naming the fields).
 Result<CacheSize> CacheSizeFromFlags(const Args& args, std::string_view prefix);
 
-// False when this process cannot write the store at --store (a read-only mount or snapshot, no write permission):
-// read commands then open it read-only and do not record usage. True for a store that does not exist yet.
+// False when this process cannot or may not write the store at --store (a read-only mount or snapshot, no write
+// permission, --read-only): read commands then open it read-only and do not record usage. True for a store that
+// does not exist yet.
 bool StoreWritable(const Args& args);
 
 // Opens the store named by --store. Writers take the lock; readers open beside a running writer. A writer on a

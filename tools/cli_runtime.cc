@@ -147,7 +147,7 @@ Result<std::unique_ptr<Runtime>> Runtime::Open(const Args& args, const std::stri
   if (config.record && !options.writes_metadata && !StoreWritable(args)) {
     // Reading a read-only store is fine; recording usage would need its journal.
     if (!args.global().quiet) {
-      std::fprintf(stderr, "note: the store at %s is read-only: expert usage is not recorded\n",
+      std::fprintf(stderr, "note: the store at %s is open read-only: expert usage is not recorded\n",
                    args.global().store.c_str());
     }
     config.record = false;

@@ -91,7 +91,7 @@ Status RunServe(const Args& args) {
   const bool writable = StoreWritable(args);
   if (!writable) {
     if (!args.global().quiet && generation_options.runtime.record) {
-      std::fprintf(stderr, "note: the store at %s is read-only: serving it without recording usage\n",
+      std::fprintf(stderr, "note: the store at %s is open read-only: serving it without recording usage\n",
                    args.global().store.c_str());
     }
     generation_options.runtime.record = false;

@@ -24,11 +24,25 @@ Status RunVerify(const Args& args) {
     JsonWriter w;
     w.BeginObject().Key("checked").Uint(report.checked).Key("bytes").Uint(report.bytes).Key("corrupt").BeginArray();
     for (const auto& c : report.corrupt) w.BeginObject().Key("what").String(c.what).Key("message").String(c.message).EndObject();
+    w.EndArray().Key("segments").BeginArray();
+    for (const SegmentSpace& s : report.segments) {
+      w.BeginObject().Key("segment").Uint(s.segment).Key("file_bytes").Uint(s.file_bytes)
+          .Key("live_bytes").Uint(s.live_bytes).Key("dead_bytes").Uint(s.dead_bytes()).EndObject();
+    }
     w.EndArray().Key("ok").Bool(report.ok()).EndObject();
     PrintJson(w);
   } else {
     std::printf("checked %llu extents (%.1f MiB)\n", static_cast<unsigned long long>(report.checked),
                 static_cast<double>(report.bytes) / (1 << 20));
+    uint64_t live = 0, dead = 0;
+    for (const SegmentSpace& s : report.segments) {
+      live += s.live_bytes;
+      dead += s.dead_bytes();
+    }
+    if (!report.segments.empty()) {
+      std::printf("%zu segments: %s live, %s dead (records no model references)\n", report.segments.size(),
+                  HumanBytes(live).c_str(), HumanBytes(dead).c_str());
+    }
     for (const auto& c : report.corrupt) std::printf("corrupt: %s: %s\n", c.what.c_str(), c.message.c_str());
     std::printf("%s\n", report.ok() ? "ok" : "CORRUPT");
   }

@@ -12,7 +12,7 @@
 namespace {
 
 void PrintUsage(const std::vector<es::cli::Command>& commands) {
-  std::fprintf(stderr, "usage: expertstore COMMAND [flags]  (global: --store DIR --json --quiet --io-engine E; --version)\n\n");
+  std::fprintf(stderr, "usage: expertstore COMMAND [flags]  (global: --store DIR --json --quiet --io-engine E --read-only; --version)\n\n");
   for (const auto& c : commands) std::fprintf(stderr, "  %-28s %s\n", c.name.c_str(), c.summary.c_str());
   std::fprintf(stderr, "\nexpertstore COMMAND --help shows a command's flags.\n");
 }

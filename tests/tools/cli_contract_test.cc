@@ -360,7 +360,15 @@ TEST_F(CliContractTest, RemoveDeletesAModelAndLeavesAStoreThatVerifies) {
   EXPECT_EQ(Str(models.array()[0], "name"), "b");
   EXPECT_EQ(RunCli("experts --model a" + store).exit_code, 3);
   EXPECT_EQ(RunCli("rm a" + store).exit_code, 3);
+  // verify accounts for the space: what rm made dead is the segments' dead space.
+  JsonValue verified = Json(RunCli("verify --json" + store));
+  double dead = 0;
+  for (const JsonValue& s : F(verified, "segments").array()) dead += Num(s, "dead_bytes");
+  EXPECT_EQ(dead, Num(removed, "dead_bytes"));
   EXPECT_EQ(RunCli("verify" + store).exit_code, 0);
+  // --read-only refuses a writer and still reads.
+  EXPECT_EQ(RunCli("rm b --read-only" + store).exit_code, 7);
+  EXPECT_EQ(RunCli("models --read-only" + store).exit_code, 0);
   EXPECT_EQ(RunCli("generate --model b --prompt hi --max-tokens 2 --temperature 0 --no-record" + store).exit_code, 0);
   JsonValue again = Json(RunCli("ingest " + std::string(testing::kTinyModel) + " --name a --json" + store));
   EXPECT_FALSE(F(again, "unchanged").bool_value());
