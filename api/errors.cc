@@ -16,6 +16,7 @@ constexpr std::string_view kRetryAfterSeconds = "1";
 std::string_view ErrorType(int http_status) {
   switch (http_status) {
     case kHttpNotFound: return "not_found_error";
+    case kHttpForbidden: return "permission_error";
     case kHttpTooManyRequests: return "rate_limit_error";
     case kHttpServiceUnavailable: return "overloaded_error";
     default: return http_status >= kHttpInternalError ? "server_error" : "invalid_request_error";
@@ -25,6 +26,7 @@ std::string_view ErrorType(int http_status) {
 std::string_view ProtocolSlug(int http_status) {
   switch (http_status) {
     case kHttpBadRequest: return "bad_request";
+    case kHttpForbidden: return "forbidden";
     case kHttpNotFound: return "not_found";
     case kHttpMethodNotAllowed: return "method_not_allowed";
     case kHttpRequestTimeout: return "request_timeout";

@@ -12,6 +12,7 @@ namespace es::api {
 // HTTP statuses the transport itself produces (they come from the protocol, not from a Status).
 inline constexpr int kHttpOk = 200;
 inline constexpr int kHttpBadRequest = 400;
+inline constexpr int kHttpForbidden = 403;
 inline constexpr int kHttpNotFound = 404;
 inline constexpr int kHttpMethodNotAllowed = 405;
 inline constexpr int kHttpRequestTimeout = 408;

@@ -207,6 +207,19 @@ Reply Completions(const ApiContext& ctx, const ApiRequest& req, bool chat) {
   return reply;
 }
 
+// DELETE /v1/models/{model}: the model's catalog entries and metadata in one atomic commit (DeleteModel), answered
+// in OpenAI's shape. Only where the service allows writes.
+Result<ApiResponse> RemoveModel(const ApiContext& ctx, const std::string& name) {
+  if (!ctx.allow_writes) {
+    return ProtocolError(kHttpForbidden, "this service does not change the store (`allow_writes` is off)");
+  }
+  ES_ASSIGN_OR_RETURN(ModelInfo m, LoadModel(*ctx.store, name));
+  ES_RETURN_IF_ERROR(DeleteModel(*ctx.store, m.name));
+  JsonWriter w;
+  w.BeginObject().Key("id").String(m.name).Key("object").String("model").Key("deleted").Bool(true).EndObject();
+  return Json(w.Take());
+}
+
 // The route a path names, and the methods it takes.
 struct Match {
   std::string_view route = kRouteUnmatched;
@@ -244,10 +257,13 @@ Reply HandleRequest(const ApiContext& ctx, const ApiRequest& req) {
   Match m = MatchRoute(target->segments);
   if (m.route == kRouteUnmatched) {
     reply.response = ProtocolError(kHttpNotFound, "no route for " + req.method + " " + req.target);
+  } else if (m.route == kRouteModel && req.method == "DELETE") {
+    reply.response = Unwrap(RemoveModel(ctx, target->segments[2]));
   } else if (req.method != m.method) {
-    reply.response = ProtocolError(kHttpMethodNotAllowed, std::string(m.route) + " answers " + std::string(m.method) +
+    const std::string allowed = m.route == kRouteModel ? "GET, DELETE" : std::string(m.method);
+    reply.response = ProtocolError(kHttpMethodNotAllowed, std::string(m.route) + " answers " + allowed +
                                                               ", not " + req.method);
-    reply.response.headers.emplace_back("Allow", std::string(m.method));
+    reply.response.headers.emplace_back("Allow", allowed);
   } else if (m.route == kRouteHealth) {
     reply.response = Json(R"({"status":"ok"})");
   } else if (m.route == kRouteMetrics) {

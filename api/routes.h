@@ -22,6 +22,7 @@ struct ApiContext {
   Metrics* metrics = nullptr;
   GenerationQueue* generation = nullptr;
   CompletionLimits completion_limits;
+  bool allow_writes = false;  // DELETE /v1/models/{model}; otherwise the service only reads (and records usage)
 };
 
 struct Reply {

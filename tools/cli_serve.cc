@@ -112,7 +112,7 @@ Status RunServe(const Args& args) {
 
   api::Metrics metrics;
   ES_ASSIGN_OR_RETURN(auto generation, api::GenerationService::Create(*store, generation_options, metrics));
-  api::ApiContext ctx{store.get(), &metrics, generation.get(), limits};
+  api::ApiContext ctx{store.get(), &metrics, generation.get(), limits, args.Has("allow-writes")};
   ES_ASSIGN_OR_RETURN(auto server, api::HttpServer::Start(ctx, server_options));
   if (args.global().json) {
     JsonWriter w;
@@ -191,6 +191,7 @@ void RegisterServeCommands(std::vector<Command>& commands) {
                        {"max-queued", true, "generation requests waiting at most (default 64)"},
                        {"max-queued-per-client", true, "generation requests one client address may have waiting (default 8)"},
                        {"max-models", true, "models kept loaded for generation (default 1)"},
+                       {"allow-writes", false, "accept DELETE /v1/models/{model} (otherwise the service only reads)"},
                        {"ctx-size", true, "tokens of context per request, prompt included (default and most: the model's)"}};
   for (FlagSpec& f : RuntimeFlags()) serve_flags.push_back(std::move(f));
   commands.push_back({"serve",
