@@ -141,7 +141,8 @@ TEST_F(HttpApiTest, UnknownModelsRoutesAndMethods) {
   auto get = Get("/v1/completions");
   ExpectError(get, 405);
   EXPECT_EQ(get->header("allow"), "POST");
-  ExpectError(Fetch(port(), "DELETE", "/v1/models/m"), 405);
+  ExpectError(Fetch(port(), "PUT", "/v1/models/m"), 405);
+  ExpectError(Fetch(port(), "DELETE", "/v1/models/m"), 403);  // the service does not allow writes
 }
 
 TEST_F(HttpApiTest, ExpertList) {
