@@ -305,7 +305,7 @@ Result<MakeCheckpointOptions> ResolveMakeCheckpointOptions(MakeCheckpointOptions
 Result<MakeCheckpointResult> MakeCheckpoint(const std::string& out_dir, const MakeCheckpointOptions& o,
                                             const std::function<void(uint64_t, uint64_t)>& progress) {
   auto fs = DefaultFileSystem();
-  ES_RETURN_IF_ERROR(fs->CreateDir(out_dir));
+  ES_RETURN_IF_ERROR(CreateDirs(*fs, out_dir));
   std::vector<Tensor> tensors = BuildTensors(o);
   uint64_t total = 0;
   for (const auto& t : tensors) total += t.spec.byte_size();

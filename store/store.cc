@@ -129,17 +129,8 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreO
     return Status::NotFound("no expertstore at " + path);
   }
   if (!options.read_only) {
-    // A new store's missing parent directories too (`--store runs/today/s`), as mkdir -p would.
-    std::vector<std::string> missing;
-    for (std::string dir = path; !dir.empty() && dir != "/" && dir != ".";) {
-      ES_ASSIGN_OR_RETURN(bool there, fs.Exists(dir));
-      if (there) break;
-      missing.push_back(dir);
-      const std::string parent = DirName(dir);
-      if (parent == dir) break;
-      dir = parent;
-    }
-    for (auto it = missing.rbegin(); it != missing.rend(); ++it) ES_RETURN_IF_ERROR(fs.CreateDir(*it));
+    // A new store's missing parent directories too (`--store runs/today/s`).
+    ES_RETURN_IF_ERROR(CreateDirs(fs, path));
     ES_ASSIGN_OR_RETURN(store->lock_, fs.LockFile(JoinPath(path, kLockFile)));
     ES_RETURN_IF_ERROR(fs.CreateDir(store->segments_dir_));
   }

@@ -42,6 +42,20 @@ std::string JoinPath(std::string_view a, std::string_view b) {
   return out;
 }
 
+Status CreateDirs(FileSystem& fs, const std::string& path) {
+  std::vector<std::string> missing;
+  for (std::string dir = path; !dir.empty() && dir != "/" && dir != ".";) {
+    ES_ASSIGN_OR_RETURN(bool there, fs.Exists(dir));
+    if (there) break;
+    missing.push_back(dir);
+    const std::string parent = DirName(dir);
+    if (parent == dir) break;
+    dir = parent;
+  }
+  for (auto it = missing.rbegin(); it != missing.rend(); ++it) ES_RETURN_IF_ERROR(fs.CreateDir(*it));
+  return Status::Ok();
+}
+
 std::string DirName(std::string_view path) {
   const size_t slash = path.find_last_of('/');
   if (slash == std::string_view::npos) return ".";

@@ -182,4 +182,7 @@ std::string JoinPath(std::string_view a, std::string_view b);
 // The directory part of `path` ("." when it has none).
 std::string DirName(std::string_view path);
 
+// Creates `path` and whichever of its parents are missing, as mkdir -p does. OK if it exists already.
+Status CreateDirs(FileSystem& fs, const std::string& path);
+
 }  // namespace es
