@@ -66,7 +66,7 @@ Result<StateBudget> ResolveState(MetabolicState state, const StateModel& model, 
                                      " MiB)");
     }
   } else {
-    const uint64_t floor = (b.prefetch_depth + kFloorExtraLayers) * k;
+    const uint64_t floor = CacheFloorSlots(b.prefetch_depth, k);
     const uint64_t share = static_cast<uint64_t>(std::ceil(preset->cache_fraction * static_cast<double>(model.num_experts)));
     slots = std::max(floor, share);
   }

@@ -42,6 +42,10 @@ inline constexpr StatePreset kFocusPreset = {1, 1, 0.15, 1};
 inline constexpr StatePreset kCrisisPreset = {2, 1, 0.40, 3};
 // Layers' worth of k slots beyond the prefetched ones in the cache floor (the computing layer and a spare).
 inline constexpr uint32_t kFloorExtraLayers = 2;
+// The slots every cache needs at least: (prefetch depth + kFloorExtraLayers) x k.
+inline uint64_t CacheFloorSlots(uint32_t prefetch_depth, uint64_t experts_per_token) {
+  return static_cast<uint64_t>(prefetch_depth + kFloorExtraLayers) * experts_per_token;
+}
 
 // What a budget depends on.
 struct StateModel {

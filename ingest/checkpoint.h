@@ -61,6 +61,8 @@ class Checkpoint {
   static Result<std::unique_ptr<Checkpoint>> Open(const std::string& dir, std::shared_ptr<FileSystem> fs = nullptr);
 
   const std::string& dir() const { return dir_; }
+  // The file system the checkpoint is read through (the one Open was given, or the real one).
+  FileSystem& fs() const { return *fs_; }
   const std::string& config_text() const { return config_text_; }
   const JsonValue& config() const { return config_; }
   const ArchAdapter& adapter() const { return *adapter_; }

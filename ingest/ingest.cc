@@ -219,13 +219,13 @@ Status CollectStored(Store& store, const ModelInfo& old, ModelInfo& record, Stor
 // The same checkpoint's weights are stored completely. Its assets are not part of the fingerprint (a tokenizer is
 // often added to a checkpoint later): those the stored model lacks or holds with other contents are planned, the
 // rest counts as stored. Nothing to write: the result is marked unchanged.
-Status ReconcileAssets(Store& store, const Checkpoint& checkpoint, FileSystem& fs, const ModelInfo& old,
-                       ModelInfo& record, IngestResult& result, StoredRecords& stored) {
+Status ReconcileAssets(Store& store, const Checkpoint& checkpoint, const ModelInfo& old, ModelInfo& record,
+                       IngestResult& result, StoredRecords& stored) {
   std::vector<std::string> changed;
   for (const AssetSource& a : checkpoint.assets()) {
     auto held = store.ReadAsset(old, a.name);
     if (held.ok()) {
-      ES_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(fs, a.path, a.size));
+      ES_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(checkpoint.fs(), a.path, a.size));
       if (text == *held) continue;
     } else if (!held.status().IsNotFound()) {
       return held.status();
@@ -256,10 +256,7 @@ Status ReconcileWithStored(Store& store, const Checkpoint& checkpoint, const Ing
   if (!existing.ok()) return existing.status().IsNotFound() ? Status::Ok() : existing.status();
   ES_ASSIGN_OR_RETURN(ModelInfo old, DecodeModel(*existing));
   if (old.source_fingerprint == record.source_fingerprint) {
-    if (old.complete) {
-      std::shared_ptr<FileSystem> fs = options.checkpoint_fs ? options.checkpoint_fs : DefaultFileSystem();
-      return ReconcileAssets(store, checkpoint, *fs, old, record, result, stored);
-    }
+    if (old.complete) return ReconcileAssets(store, checkpoint, old, record, result, stored);
     result.resumed = true;
     return CollectStored(store, old, record, stored);
   }
@@ -437,15 +434,14 @@ void StopReader(ChunkPipe& pipe, std::thread& reader) {
 
 // Reads the items on a reader thread while this thread writes them; the reader is stopped and joined on every
 // path, after the writer rolled back whatever failed.
-Status IngestItems(Store& store, const std::vector<WorkItem>& items, const IngestOptions& options, ModelInfo& record,
-                   IngestResult& result) {
+Status IngestItems(Store& store, FileSystem& fs, const std::vector<WorkItem>& items, const IngestOptions& options,
+                   ModelInfo& record, IngestResult& result) {
   uint64_t total = 0;
   for (const auto& w : items) total += w.payload;
   IngestWriter writer(store, options, record, result, total);
 
   ChunkPipe pipe;
-  std::shared_ptr<FileSystem> fs = options.checkpoint_fs ? options.checkpoint_fs : DefaultFileSystem();
-  ES_ASSIGN_OR_RETURN(std::thread reader, StartThread([&] { ReadItems(items, *fs, pipe); }, "ingest's reader"));
+  ES_ASSIGN_OR_RETURN(std::thread reader, StartThread([&] { ReadItems(items, fs, pipe); }, "ingest's reader"));
   Status status = WriteItems(writer, items, pipe);
   StopReader(pipe, reader);
   return status;
@@ -455,21 +451,25 @@ Status IngestItems(Store& store, const std::vector<WorkItem>& items, const Inges
 
 
 Result<IngestResult> IngestCheckpoint(Store& store, const std::string& dir, const IngestOptions& options) {
-  auto start = std::chrono::steady_clock::now();
   ES_ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(dir, options.checkpoint_fs));
-  std::string name = ModelNameFor(dir, options);
+  return IngestCheckpoint(store, *checkpoint, options);
+}
+
+Result<IngestResult> IngestCheckpoint(Store& store, const Checkpoint& checkpoint, const IngestOptions& options) {
+  auto start = std::chrono::steady_clock::now();
+  std::string name = ModelNameFor(checkpoint.dir(), options);
   ES_RETURN_IF_ERROR(ValidateModelName(name));
   if (store.read_only()) return Status::NotSupported("ingest needs the store open for writing");
 
-  ModelInfo record = BaseModelRecord(name, *checkpoint);
+  ModelInfo record = BaseModelRecord(name, checkpoint);
   IngestResult result = ResultFor(record);
   StoredRecords stored;
-  result.has_tokenizer = std::any_of(checkpoint->assets().begin(), checkpoint->assets().end(),
+  result.has_tokenizer = std::any_of(checkpoint.assets().begin(), checkpoint.assets().end(),
                                      [](const AssetSource& a) { return a.name == "tokenizer.json"; });
-  ES_RETURN_IF_ERROR(ReconcileWithStored(store, *checkpoint, options, record, result, stored));
+  ES_RETURN_IF_ERROR(ReconcileWithStored(store, checkpoint, options, record, result, stored));
   if (!result.unchanged) {
-    std::vector<WorkItem> items = PlanWork(*checkpoint, stored);
-    ES_RETURN_IF_ERROR(IngestItems(store, items, options, record, result));
+    std::vector<WorkItem> items = PlanWork(checkpoint, stored);
+    ES_RETURN_IF_ERROR(IngestItems(store, checkpoint.fs(), items, options, record, result));
   }
   result.seconds = SecondsSince(start);
   return result;

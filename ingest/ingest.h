@@ -18,12 +18,16 @@
 
 namespace es {
 
+class Checkpoint;
+
 struct IngestOptions {
   std::string name;            // model name; empty: the checkpoint directory's name
   bool replace = false;        // replace a model of this name that holds a different checkpoint
   uint64_t commit_bytes = 512ull << 20;
   std::function<void(uint64_t done, uint64_t total)> progress;
-  std::shared_ptr<FileSystem> checkpoint_fs;  // null: the real file system (tests inject faults here)
+  // The file system IngestCheckpoint(store, dir, ...) opens the checkpoint through; null: the real one (tests inject
+  // faults here). An opened Checkpoint is read through its own.
+  std::shared_ptr<FileSystem> checkpoint_fs;
 };
 
 struct IngestResult {
@@ -44,5 +48,7 @@ struct IngestResult {
 };
 
 Result<IngestResult> IngestCheckpoint(Store& store, const std::string& dir, const IngestOptions& options);
+// The same for a checkpoint already opened (and so validated) with Checkpoint::Open, before the store was.
+Result<IngestResult> IngestCheckpoint(Store& store, const Checkpoint& checkpoint, const IngestOptions& options);
 
 }  // namespace es

@@ -90,20 +90,29 @@ namespace {
 
 // Bytes past the segment headers in the segment files under `dir` (0 when there is no such directory).
 Result<uint64_t> SegmentRecordBytes(FileSystem& fs, const std::string& dir) {
-  ES_ASSIGN_OR_RETURN(bool there, fs.Exists(dir));
-  if (!there) return uint64_t{0};
-  ES_ASSIGN_OR_RETURN(auto names, fs.ListDir(dir));
+  ES_ASSIGN_OR_RETURN(auto sizes, SegmentFileSizes(fs, dir));
   uint64_t bytes = 0;
-  for (const auto& name : names) {
-    if (!ParseSegmentFileName(name)) continue;
-    ES_ASSIGN_OR_RETURN(auto file, fs.Open(JoinPath(dir, name), OpenOptions{}));
-    ES_ASSIGN_OR_RETURN(uint64_t size, file->Size());
+  for (const auto& [id, size] : sizes) {
     if (size > kSegmentHeaderSize) bytes += size - kSegmentHeaderSize;
   }
   return bytes;
 }
 
 }  // namespace
+
+Result<std::map<uint32_t, uint64_t>> SegmentFileSizes(FileSystem& fs, const std::string& dir) {
+  std::map<uint32_t, uint64_t> sizes;
+  ES_ASSIGN_OR_RETURN(bool there, fs.Exists(dir));
+  if (!there) return sizes;
+  ES_ASSIGN_OR_RETURN(auto names, fs.ListDir(dir));
+  for (const auto& name : names) {
+    auto id = ParseSegmentFileName(name);
+    if (!id) continue;
+    ES_ASSIGN_OR_RETURN(auto file, fs.Open(JoinPath(dir, name), OpenOptions{}));
+    ES_ASSIGN_OR_RETURN(sizes[*id], file->Size());
+  }
+  return sizes;
+}
 
 Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreOptions& options) {
   std::unique_ptr<Store> store(new Store());

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -169,6 +170,10 @@ class Store {
 // Removes every catalog entry of a model (model record, tensors, experts, usage, trust, profiles) in one atomic
 // batch. Its records become dead space in the segments. Needs the writer.
 Status DeleteModel(Store& store, const std::string& name);
+
+// The size of every segment file under `dir` (`NNNNNN.seg`; temporaries and other files are left out), by id.
+// Empty when there is no such directory.
+Result<std::map<uint32_t, uint64_t>> SegmentFileSizes(FileSystem& fs, const std::string& dir);
 
 // Every extent the catalog references, with a description, in key order (verify, recovery, tools).
 struct ExtentRef {

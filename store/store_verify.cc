@@ -253,16 +253,8 @@ Result<VerifyReport> Store::Verify(const std::string& model) {
   if (model.empty()) {
     std::map<uint32_t, uint64_t> live;
     for (const ExtentRef& r : refs) live[r.extent.segment] += r.extent.record_length;
-    ES_ASSIGN_OR_RETURN(auto names, fs_->ListDir(segments_dir_));
-    for (const auto& name : names) {
-      auto id = ParseSegmentFileName(name);
-      if (!id) continue;
-      ES_ASSIGN_OR_RETURN(auto file, fs_->Open(JoinPath(segments_dir_, name), OpenOptions{}));
-      ES_ASSIGN_OR_RETURN(uint64_t size, file->Size());
-      report.segments.push_back({*id, size, live[*id]});
-    }
-    std::sort(report.segments.begin(), report.segments.end(),
-              [](const SegmentSpace& a, const SegmentSpace& b) { return a.segment < b.segment; });
+    ES_ASSIGN_OR_RETURN(auto sizes, SegmentFileSizes(*fs_, segments_dir_));
+    for (const auto& [id, size] : sizes) report.segments.push_back({id, size, live[id]});  // in id order
   }
   ES_RETURN_IF_ERROR(CheckMetadataValues(*catalog_, model, report));
   ES_ASSIGN_OR_RETURN(std::vector<const ExtentRef*> readable, CheckStructure(*reader_, refs, report));

@@ -34,7 +34,7 @@ void SayWhenInterrupted() {
 Status RunIngest(const Args& args) {
   if (args.positional().size() != 1) return Status::InvalidArgument("usage: expertstore ingest DIR [--name N] [--replace]");
   // The checkpoint is checked before the store is opened, so that a wrong path leaves no empty store behind.
-  ES_RETURN_IF_ERROR(Checkpoint::Open(args.positional()[0]).status());
+  ES_ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(args.positional()[0]));
   ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/true, /*create=*/true));
   SayWhenInterrupted();
   IngestOptions options;
@@ -46,7 +46,7 @@ Status RunIngest(const Args& args) {
   }
   ProgressBar bar(args, "ingest");
   options.progress = [&](uint64_t done, uint64_t total) { bar.Update(done, total); };
-  ES_ASSIGN_OR_RETURN(IngestResult r, IngestCheckpoint(*store, args.positional()[0], options));
+  ES_ASSIGN_OR_RETURN(IngestResult r, IngestCheckpoint(*store, *checkpoint, options));
   bar.Finish();
   uint64_t rss = PeakRssBytes();
   if (!r.has_tokenizer) {

@@ -4,6 +4,7 @@
 #include "compute/kernels/cpu_kernels.h"
 #include "compute/runtime/backend_choice.h"
 #include "store/io_engine.h"
+#include "store/metadata.h"
 #include "store/record_json.h"
 #include "tools/cli.h"
 
@@ -15,10 +16,7 @@ namespace {
 Status RunVerify(const Args& args) {
   ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
   std::string model = args.GetOr("model", "");
-  if (!model.empty()) {
-    auto m = store->catalog().Get(Cf::kModels, ModelKey(model));
-    if (!m.ok()) return m.status().IsNotFound() ? Status::NotFound("no model '" + model + "' in the store") : m.status();
-  }
+  if (!model.empty()) ES_RETURN_IF_ERROR(LoadModelInfo(store->catalog(), model).status());
   ES_ASSIGN_OR_RETURN(VerifyReport report, store->Verify(model));
   if (args.global().json) {
     JsonWriter w;
@@ -52,14 +50,21 @@ Status RunVerify(const Args& args) {
   return Status::Ok();
 }
 
-// The payload bytes a model's records hold now: for an incomplete model the record's own counts are what the
-// ingest planned, not what is there.
-Result<uint64_t> StoredBytes(Store& store, const std::string& model) {
+// What a model's records hold now, by its catalog entries: for an incomplete model the record's own counts are
+// what the ingest planned, not what is there.
+struct RecordBytes {
+  uint64_t payload = 0;  // the data
+  uint64_t records = 0;  // headers and padding included: the segment space they take
+};
+Result<RecordBytes> ModelRecordBytes(Store& store, const std::string& model) {
   std::vector<ExtentRef> extents;
   std::vector<CorruptEntry> undecodable;
   ES_RETURN_IF_ERROR(CollectExtents(store.catalog(), model, extents, undecodable));
-  uint64_t bytes = 0;
-  for (const ExtentRef& e : extents) bytes += e.extent.payload_length;
+  RecordBytes bytes;
+  for (const ExtentRef& e : extents) {
+    bytes.payload += e.extent.payload_length;
+    bytes.records += e.extent.record_length;
+  }
   return bytes;
 }
 
@@ -68,14 +73,9 @@ Status RunRemove(const Args& args) {
   if (args.positional().size() != 1) return Status::InvalidArgument("usage: expertstore rm MODEL");
   const std::string& name = args.positional()[0];
   ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/true));
-  auto value = store->catalog().Get(Cf::kModels, ModelKey(name));
-  if (!value.ok()) return value.status().IsNotFound() ? Status::NotFound("no model '" + name + "' in the store") : value.status();
-  ES_ASSIGN_OR_RETURN(ModelInfo model, DecodeModel(*value));
-  std::vector<ExtentRef> extents;
-  std::vector<CorruptEntry> undecodable;
-  ES_RETURN_IF_ERROR(CollectExtents(store->catalog(), name, extents, undecodable));
-  uint64_t dead = 0;
-  for (const ExtentRef& e : extents) dead += e.extent.record_length;
+  ES_ASSIGN_OR_RETURN(ModelInfo model, LoadModelInfo(store->catalog(), name));
+  ES_ASSIGN_OR_RETURN(RecordBytes bytes, ModelRecordBytes(*store, name));
+  const uint64_t dead = bytes.records;
   ES_RETURN_IF_ERROR(DeleteModel(*store, name));
   if (args.global().json) {
     JsonWriter w;
@@ -96,7 +96,8 @@ Status RunModels(const Args& args) {
     if (models[i].complete) {
       stored[i] = models[i].total_bytes;
     } else {
-      ES_ASSIGN_OR_RETURN(stored[i], StoredBytes(*store, models[i].name));
+      ES_ASSIGN_OR_RETURN(RecordBytes bytes, ModelRecordBytes(*store, models[i].name));
+      stored[i] = bytes.payload;
     }
   }
   if (args.global().json) {

@@ -248,8 +248,8 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
     }
     const uint64_t fit = CacheBytesForMemory(available) / sm.slot_bytes;
     // The state's floor (the computing layer, the prefetched ones, a spare) holds even on a machine short of memory.
-    const uint64_t floor = std::min<uint64_t>(
-        static_cast<uint64_t>(budget.prefetch_depth + kFloorExtraLayers) * budget.experts_per_token, sm.num_experts);
+    const uint64_t floor =
+        std::min<uint64_t>(CacheFloorSlots(budget.prefetch_depth, budget.experts_per_token), sm.num_experts);
     const uint64_t slots = std::clamp<uint64_t>(fit, floor, sm.num_experts);
     budget.cache_slots = static_cast<uint32_t>(slots);
     budget.cache_bytes = slots * sm.slot_bytes;

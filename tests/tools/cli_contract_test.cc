@@ -54,16 +54,7 @@ std::string Str(const JsonValue& v, std::string_view key) {
 
 // Runs a shell command line (the binary is named by $ES), stdout and stderr together.
 CliResult Shell(const std::string& script) {
-  CliResult r;
-  const std::string cmd = "ES='" + std::string(testing::kCliPath) + "'; { " + script + "; } 2>&1";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
-  const int status = ::pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return testing::RunCommand("ES='" + std::string(testing::kCliPath) + "'; { " + script + "; } 2>&1");
 }
 
 class CliContractTest : public ::testing::Test {

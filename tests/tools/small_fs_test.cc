@@ -10,7 +10,6 @@
 #include <cstring>
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -55,12 +54,17 @@ class Mount {
   std::string target_;
 };
 
-// Writes zeros into `path` until the file system is full.
-void FillUp(const std::string& path) {
+// Writes zeros into `path` until the file system has `leave_bytes` free (0: until it is full).
+void FillUp(const std::string& path, uint64_t leave_bytes = 0) {
+  const uint64_t available = fs::space(fs::path(path).parent_path()).available;
+  uint64_t left = leave_bytes == 0 ? UINT64_MAX : (available > leave_bytes ? available - leave_bytes : 0);
   std::FILE* f = std::fopen(path.c_str(), "w");
   ASSERT_NE(f, nullptr);
   std::vector<char> block(1 << 16, 0);
-  while (std::fwrite(block.data(), 1, block.size(), f) == block.size()) {
+  while (left > 0) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(block.size(), left));
+    if (std::fwrite(block.data(), 1, n, f) != n) break;
+    left -= n;
   }
   std::fclose(f);
 }
@@ -121,15 +125,7 @@ TEST(SmallFsTest, EveryWriterAtEveryFillLevelWorksOrExits6) {
     ES_MOUNT_OR_SKIP(small.Tmpfs(dir.Sub("small"), kSmallFsOptions));
     const std::string store = " --store " + dir.Sub("small/s");
     ASSERT_EQ(RunCli("ingest " + std::string(testing::kTinyModel) + " --name tiny --quiet" + store).exit_code, 0);
-    const fs::space_info space = fs::space(dir.Sub("small"));
-    {
-      std::ofstream fill(dir.Sub("small/fill"), std::ios::binary);
-      const uint64_t bytes = space.available > free_kb * 1024 ? space.available - free_kb * 1024 : 0;
-      std::vector<char> block(1 << 16, 0);
-      for (uint64_t done = 0; done < bytes && fill; done += block.size()) {
-        fill.write(block.data(), static_cast<std::streamsize>(std::min<uint64_t>(block.size(), bytes - done)));
-      }
-    }
+    FillUp(dir.Sub("small/fill"), free_kb * 1024);
     for (const std::string& command :
          {std::string("generate --model tiny --prompt hi --max-tokens 4 --temperature 0"), "eval --model tiny --text " +
           dir.Sub("text.txt"), "profile --model tiny --prompts " + dir.Sub("prompts.jsonl"),

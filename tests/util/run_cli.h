@@ -16,10 +16,9 @@ struct CliResult {
   std::string out;
 };
 
-// `with_stderr`: stderr is captured into `out` too (after stdout's lines, as the shell interleaves them).
-inline CliResult RunCli(const std::string& args, bool with_stderr = false) {
+// Runs a shell command line (/bin/sh), its stdout captured.
+inline CliResult RunCommand(const std::string& cmd) {
   CliResult r;
-  std::string cmd = std::string(kCliPath) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
   FILE* p = ::popen(cmd.c_str(), "r");
   if (p == nullptr) return r;
   char buf[4096];
@@ -28,6 +27,11 @@ inline CliResult RunCli(const std::string& args, bool with_stderr = false) {
   int status = ::pclose(p);
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+// `with_stderr`: stderr is captured into `out` too (after stdout's lines, as the shell interleaves them).
+inline CliResult RunCli(const std::string& args, bool with_stderr = false) {
+  return RunCommand(std::string(kCliPath) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null"));
 }
 
 }  // namespace es::testing
