@@ -79,6 +79,9 @@ Status RunServe(const Args& args) {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // A server outlives the terminal or pipe it was started from: a write to a closed stdout or stderr fails
+  // instead of killing it (sockets already write without SIGPIPE).
+  ::signal(SIGPIPE, SIG_IGN);
 
   ES_ASSIGN_OR_RETURN(api::ServerOptions server_options, ServerOptionsFromArgs(args));
   ES_ASSIGN_OR_RETURN(api::GenerationOptions generation_options, GenerationOptionsFromArgs(args));

@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -13,6 +14,25 @@
 #include <cstring>
 
 namespace es::testing {
+namespace {
+
+// recv and send, retried when a signal interrupts them. With SO_RCVTIMEO/SO_SNDTIMEO set, Linux does not restart
+// them even under SA_RESTART, and a process that is paused and resumed (a VM or cgroup freezer) sees EINTR too.
+ssize_t Recv(int fd, char* buf, size_t size) {
+  for (;;) {
+    ssize_t got = ::recv(fd, buf, size, 0);
+    if (got >= 0 || errno != EINTR) return got;
+  }
+}
+
+ssize_t SendSome(int fd, const char* data, size_t size) {
+  for (;;) {
+    ssize_t n = ::send(fd, data, size, MSG_NOSIGNAL);
+    if (n >= 0 || errno != EINTR) return n;
+  }
+}
+
+}  // namespace
 
 std::unique_ptr<TestConnection> TestConnection::Connect(uint16_t port, int receive_timeout_ms) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -24,7 +44,17 @@ std::unique_ptr<TestConnection> TestConnection::Connect(uint16_t port, int recei
   addr.sin_family = AF_INET;
   addr.sin_port = htons(port);
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+  int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  if (rc != 0 && errno == EINTR) {
+    // The connection goes on in the background; wait until it is writable, then read its outcome.
+    pollfd p{fd, POLLOUT, 0};
+    while (::poll(&p, 1, receive_timeout_ms) < 0 && errno == EINTR) {
+    }
+    int err = 0;
+    socklen_t len = sizeof(err);
+    rc = (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0 && (p.revents & POLLOUT) != 0) ? 0 : -1;
+  }
+  if (rc != 0) {
     ::close(fd);
     return nullptr;
   }
@@ -47,7 +77,7 @@ void TestConnection::Abort() {
 
 bool TestConnection::Send(std::string_view data) {
   while (!data.empty()) {
-    ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
+    ssize_t n = SendSome(fd_, data.data(), data.size());
     if (n <= 0) return false;
     data.remove_prefix(static_cast<size_t>(n));
   }
@@ -69,7 +99,7 @@ bool TestConnection::SendRequest(std::string_view method, std::string_view targe
 bool TestConnection::Fill(size_t n) {
   char buf[16384];
   while (buffer_.size() < n) {
-    ssize_t got = ::recv(fd_, buf, sizeof(buf), 0);
+    ssize_t got = Recv(fd_, buf, sizeof(buf));
     if (got <= 0) return false;
     buffer_.append(buf, static_cast<size_t>(got));
   }
@@ -85,7 +115,7 @@ std::optional<std::string> TestConnection::ReadLine() {
       buffer_.erase(0, pos + 2);
       return line;
     }
-    ssize_t got = ::recv(fd_, buf, sizeof(buf), 0);
+    ssize_t got = Recv(fd_, buf, sizeof(buf));
     if (got <= 0) return std::nullopt;
     buffer_.append(buf, static_cast<size_t>(got));
   }
@@ -147,7 +177,7 @@ std::optional<HttpReply> TestConnection::ReadReply() {
     // Until the end of the connection.
     char buf[16384];
     for (;;) {
-      ssize_t got = ::recv(fd_, buf, sizeof(buf), 0);
+      ssize_t got = Recv(fd_, buf, sizeof(buf));
       if (got <= 0) break;
       buffer_.append(buf, static_cast<size_t>(got));
     }
@@ -165,7 +195,7 @@ std::optional<HttpReply> TestConnection::ReadReply() {
 bool TestConnection::WaitForClose() {
   char buf[16384];
   for (;;) {
-    ssize_t got = ::recv(fd_, buf, sizeof(buf), 0);
+    ssize_t got = Recv(fd_, buf, sizeof(buf));
     if (got == 0) return true;
     if (got < 0) return errno == ECONNRESET;
   }

@@ -3,6 +3,7 @@
 // documented model-record semantics (created incomplete, reused, completed by a later ingest of the same
 // checkpoint), and refuses to mix checkpoints.
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -32,7 +33,7 @@ class ServeProcess {
  public:
   explicit ServeProcess(const std::string& store) {
     int fds[2];
-    if (::pipe(fds) != 0) return;
+    if (::pipe2(fds, O_CLOEXEC) != 0) return;
     pid_ = ::fork();
     if (pid_ == 0) {
       ::dup2(fds[1], STDOUT_FILENO);
@@ -43,21 +44,32 @@ class ServeProcess {
       ::_exit(127);
     }
     ::close(fds[1]);
-    FILE* out = ::fdopen(fds[0], "r");
+    // The read end stays open while the server runs: a server writing to a closed pipe would die of SIGPIPE.
+    out_ = ::fdopen(fds[0], "r");
     char line[256] = {};
-    if (out != nullptr && std::fgets(line, sizeof(line), out) != nullptr) {
+    if (out_ != nullptr && std::fgets(line, sizeof(line), out_) != nullptr) {
       auto doc = ParseJson(line);
       if (doc.ok() && doc->Find("port") != nullptr) port_ = static_cast<uint16_t>(*doc->Find("port")->AsUint64());
     }
-    if (out != nullptr) std::fclose(out);
   }
   ~ServeProcess() {
     if (pid_ > 0 && !reaped_) {
       ::kill(pid_, SIGKILL);
       ::waitpid(pid_, nullptr, 0);
     }
+    if (out_ != nullptr) std::fclose(out_);
   }
   uint16_t port() const { return port_; }
+  // "running", or how the server ended: for failure messages.
+  std::string State() {
+    if (reaped_) return "reaped";
+    int status = 0;
+    ::usleep(100 * 1000);  // a server that is dying has time to finish
+    if (::waitpid(pid_, &status, WNOHANG) != pid_) return "running";
+    reaped_ = true;
+    if (WIFEXITED(status)) return "exited with " + std::to_string(WEXITSTATUS(status));
+    return WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status)) : "stopped";
+  }
   void Signal(int sig) { ::kill(pid_, sig); }
   // The exit code, or -1 when it did not exit normally.
   int Wait() {
@@ -69,6 +81,7 @@ class ServeProcess {
 
  private:
   pid_t pid_ = -1;
+  FILE* out_ = nullptr;
   uint16_t port_ = 0;
   bool reaped_ = false;
 };
@@ -91,10 +104,10 @@ TEST(ServeCliTest, SigtermDrainsTheStreamInFlightAndReleasesTheStore) {
   ASSERT_TRUE(c->SendRequest("POST", "/v1/completions",
                              R"({"model":"tiny","prompt":"def main(","max_tokens":40,"temperature":0,"stream":true})"));
   auto head = c->ReadHead();
-  ASSERT_TRUE(head);
+  ASSERT_TRUE(head) << "no response head; the server is " << serve.State();
   ASSERT_EQ(head->status, 200);
   auto first = c->ReadChunk();
-  ASSERT_TRUE(first);
+  ASSERT_TRUE(first) << "no first chunk; the server is " << serve.State();
   serve.Signal(SIGTERM);
   std::string body = *first;
   while (auto chunk = c->ReadChunk()) body += *chunk;
