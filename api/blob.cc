@@ -31,16 +31,23 @@ std::string EncodeExpertBlob(const ModelInfo& model, const ExpertInfo& expert, s
   flatbuffers::FlatBufferBuilder b(payload.size() + kEnvelopeOverhead);
   b.ForceVectorAlignment(payload.size(), sizeof(uint8_t), kPayloadAlignment);
   auto payload_vec = b.CreateVector(reinterpret_cast<const uint8_t*>(payload.data()), payload.size());
+  // Strings go in with their lengths, not as c_str(): DecodeExpertBlob keeps a NUL inside a string, so the encoder
+  // must not cut one short there.
   std::vector<flatbuffers::Offset<es::fb::Projection>> projections;
   for (const auto& p : expert.projections) {
-    projections.push_back(es::fb::CreateProjectionDirect(b, p.role.c_str(), p.source_name.c_str(), ToFbDType(p.dtype),
-                                                         &p.shape, p.offset, p.length));
+    auto role = b.CreateString(p.role);
+    auto source_name = b.CreateString(p.source_name);
+    auto shape = b.CreateVector(p.shape);
+    projections.push_back(es::fb::CreateProjection(b, role, source_name, ToFbDType(p.dtype), shape, p.offset, p.length));
   }
   auto projections_vec = b.CreateVector(projections);
-  auto blob_model = fb::CreateBlobModelDirect(b, model.name.c_str(), model.arch.c_str(), model.config_json.c_str(),
-                                              model.num_layers, model.experts_per_layer, model.top_k,
-                                              model.hidden_size, model.moe_intermediate_size, model.vocab_size,
-                                              model.source_fingerprint.c_str());
+  auto name = b.CreateString(model.name);
+  auto arch = b.CreateString(model.arch);
+  auto config_json = b.CreateString(model.config_json);
+  auto source_fingerprint = b.CreateString(model.source_fingerprint);
+  auto blob_model = fb::CreateBlobModel(b, name, arch, config_json, model.num_layers, model.experts_per_layer,
+                                        model.top_k, model.hidden_size, model.moe_intermediate_size, model.vocab_size,
+                                        source_fingerprint);
   fb::ExpertBlobBuilder eb(b);
   eb.add_model(blob_model);
   eb.add_layer(expert.layer);
@@ -53,6 +60,10 @@ std::string EncodeExpertBlob(const ModelInfo& model, const ExpertInfo& expert, s
 }
 
 Result<ExpertBlob> DecodeExpertBlob(std::string_view bytes) {
+  // The root offset and the file identifier come first; nothing shorter can be an envelope. Checked before the
+  // copy below, which must not copy an empty view (memcpy into an empty vector's null data is undefined).
+  constexpr size_t kPrefixBytes = sizeof(flatbuffers::uoffset_t) + flatbuffers::kFileIdentifierLength;
+  if (bytes.size() < kPrefixBytes) return Status::Corruption("not an expert blob envelope (no ESXB identifier)");
   // FlatBuffers reads scalars in place: an unaligned buffer is first copied to aligned storage.
   std::vector<uint64_t> storage;
   if (reinterpret_cast<uintptr_t>(bytes.data()) % alignof(uint64_t) != 0) {
@@ -61,9 +72,7 @@ Result<ExpertBlob> DecodeExpertBlob(std::string_view bytes) {
     bytes = std::string_view(reinterpret_cast<const char*>(storage.data()), bytes.size());
   }
   const auto* data = reinterpret_cast<const uint8_t*>(bytes.data());
-  // The root offset and the file identifier come first; nothing shorter can be an envelope.
-  constexpr size_t kPrefixBytes = sizeof(flatbuffers::uoffset_t) + flatbuffers::kFileIdentifierLength;
-  if (bytes.size() < kPrefixBytes || !fb::ExpertBlobBufferHasIdentifier(data)) {
+  if (!fb::ExpertBlobBufferHasIdentifier(data)) {
     return Status::Corruption("not an expert blob envelope (no ESXB identifier)");
   }
   flatbuffers::Verifier verifier(data, bytes.size());
@@ -93,7 +102,14 @@ Result<ExpertBlob> DecodeExpertBlob(std::string_view bytes) {
     info.role = Str(p->role());
     info.source_name = Str(p->source_name());
     info.dtype = FromFbDType(p->dtype());
-    if (p->shape() != nullptr) info.shape.assign(p->shape()->begin(), p->shape()->end());
+    if (const auto* shape = p->shape(); shape != nullptr) {
+      // The verifier checks the alignment of a vector's length, not of its 64-bit elements. A builder aligns them,
+      // so a misaligned shape is damage, and reading it in place would be a misaligned load.
+      if (shape->size() > 0 && reinterpret_cast<uintptr_t>(shape->data()) % alignof(uint64_t) != 0) {
+        return Status::Corruption("expert blob: projection '" + info.role + "' has a misaligned shape");
+      }
+      info.shape.assign(shape->begin(), shape->end());
+    }
     info.offset = p->offset();
     info.length = p->length();
     if (info.offset > payload_size || info.length > payload_size - info.offset) {

@@ -92,9 +92,14 @@ std::string FormatTraceLine(const TraceStep& step) {
   JsonWriter w;
   w.BeginObject().Key("token").Uint(step.token).Key("layer").Uint(step.layer).Key("experts").BeginArray();
   for (uint32_t e : step.experts) w.Uint(e);
-  w.EndArray().Key("weights").BeginArray();
-  for (double v : step.weights) w.Double(v);
-  w.EndArray().EndObject();
+  w.EndArray();
+  // No weights is no key: the parser holds a weights array to the length of experts, so [] would not read back.
+  if (!step.weights.empty()) {
+    w.Key("weights").BeginArray();
+    for (double v : step.weights) w.Double(v);
+    w.EndArray();
+  }
+  w.EndObject();
   return w.Take();
 }
 

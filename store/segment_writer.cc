@@ -80,6 +80,12 @@ Status SegmentWriter::StartSegment(uint32_t id) {
   return Status::Ok();
 }
 
+Status SegmentWriter::Seal() {
+  ES_RETURN_IF_ERROR(CheckAlive());
+  if (in_record_) return Status::InvalidArgument("Seal while a record is open");
+  return StartSegment(active_id_ + 1);
+}
+
 Status SegmentWriter::BeginRecord(RecordKind kind, std::string key, uint64_t payload_length) {
   ES_RETURN_IF_ERROR(CheckAlive());
   if (in_record_) return Status::InvalidArgument("BeginRecord while another record is open");

@@ -44,6 +44,8 @@ class SegmentWriter {
 
   // fdatasync every segment written since the last Sync. Failure kills the writer.
   Status Sync();
+  // Starts the next segment now (published empty), so that nothing more is appended to the current one.
+  Status Seal();
   // Drops everything appended after `pos` (which must come from position()): truncates the active segment
   // and removes segments created since. Failure kills the writer.
   Status RollbackTo(Position pos);

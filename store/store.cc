@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
+#include <set>
 
 #include "store/base/aligned_buffer.h"
 #include "store/base/thread_pool.h"
@@ -16,6 +18,37 @@ constexpr std::string_view kLockFile = "LOCK";
 constexpr std::string_view kTmpSuffix = ".tmp";
 constexpr std::string_view kFormatVersionKey = "format_version";
 constexpr std::string_view kFormatVersion = "1";
+// Read-only processes hold this file shared while they have the store open; the writer removes dead segments only
+// when it can lock it exclusively.
+constexpr std::string_view kReadersFile = "READERS";
+// Where the last committed transaction's data ended: "segment:offset" (docs/segment_format.md, Recovery).
+constexpr std::string_view kWritePositionKey = "write_position";
+
+std::string EncodeWritePosition(SegmentWriter::Position p) {
+  return std::to_string(p.segment) + ":" + std::to_string(p.offset);
+}
+
+Result<SegmentWriter::Position> DecodeWritePosition(std::string_view v) {
+  SegmentWriter::Position p;
+  size_t colon = v.find(':');
+  auto bad = [&] { return Status::Corruption("catalog meta write_position is malformed: " + std::string(v)); };
+  if (colon == std::string_view::npos || colon == 0 || colon + 1 == v.size() || colon > 10 || v.size() - colon > 21) {
+    return bad();
+  }
+  uint64_t segment = 0;
+  for (char c : v.substr(0, colon)) {
+    if (c < '0' || c > '9') return bad();
+    segment = segment * 10 + static_cast<uint64_t>(c - '0');
+  }
+  if (segment > UINT32_MAX) return bad();
+  for (char c : v.substr(colon + 1)) {
+    if (c < '0' || c > '9') return bad();
+    if (p.offset > (UINT64_MAX - 9) / 10) return bad();
+    p.offset = p.offset * 10 + static_cast<uint64_t>(c - '0');
+  }
+  p.segment = static_cast<uint32_t>(segment);
+  return p;
+}
 }  // namespace
 
 // ---- WriteTxn -------------------------------------------------------------------------------------------
@@ -64,7 +97,12 @@ Status WriteTxn::Commit() {
   }
   // Data first: only once every appended record is durable may the catalog reference it.
   Status s = store_->writer_->Sync();
-  if (s.ok()) s = store_->catalog_->Write(batch_, /*sync=*/true);
+  if (s.ok()) {
+    // The catalog learns where committed data ends with the batch that references it: recovery keeps every
+    // byte before it and knows a segment that holds fewer lost data.
+    batch_.Put(Cf::kMeta, kWritePositionKey, EncodeWritePosition(store_->writer_->position()));
+    s = store_->catalog_->Write(batch_, /*sync=*/true);
+  }
   if (!s.ok()) {
     Abort().IgnoreError();
     return s;
@@ -81,6 +119,16 @@ Status WriteTxn::Abort() {
   lock_.unlock();
   return s;
 }
+
+Status WriteTxn::SealSegment() {
+  if (done_) return Status::InvalidArgument("transaction already finished");
+  if (!failed_.ok()) return failed_;
+  Status s = store_->writer_->Seal();
+  if (!s.ok()) failed_ = s;
+  return s;
+}
+
+SegmentWriter::Position WriteTxn::position() const { return store_->writer_->position(); }
 
 // ---- Store ----------------------------------------------------------------------------------------------
 
@@ -142,6 +190,12 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreO
     ES_RETURN_IF_ERROR(CreateDirs(fs, path));
     ES_ASSIGN_OR_RETURN(store->lock_, fs.LockFile(JoinPath(path, kLockFile)));
     ES_RETURN_IF_ERROR(fs.CreateDir(store->segments_dir_));
+    ES_RETURN_IF_ERROR(fs.Open(JoinPath(path, kReadersFile), OpenOptions{.write = true, .create = true}).status());
+  } else {
+    // Announced before the catalog is read, so that no segment the catalog references can be removed under this
+    // reader. Stores on read-only media, or made before the file existed, have no writer to announce to.
+    auto shared = fs.LockFileShared(JoinPath(path, kReadersFile));
+    if (shared.ok()) store->readers_lock_ = std::move(shared).value();
   }
   // Only a new store creates its catalog: in an existing one, a catalog RocksDB cannot find (a lost CURRENT file)
   // is an error, never a fresh empty catalog over the old one's files.
@@ -180,36 +234,124 @@ Status Store::Recover() {
     uint64_t& end = referenced_end[r.extent.segment];
     end = std::max(end, r.extent.end());
   }
-  uint32_t last = 0;
   bool removed_tmp = false;
   for (const auto& name : names) {
     if (name.ends_with(kTmpSuffix)) {
       // A segment whose publication never completed: nothing can reference it.
       ES_RETURN_IF_ERROR(fs_->Remove(JoinPath(segments_dir_, name)));
       removed_tmp = true;
-      continue;
     }
-    auto id = ParseSegmentFileName(name);
-    if (id) last = std::max(last, *id);
   }
   if (removed_tmp) ES_RETURN_IF_ERROR(fs_->SyncDir(segments_dir_));
-  // Truncate every torn tail: bytes past the last referenced record were never acknowledged.
-  uint64_t last_size = 0;
-  for (const auto& name : names) {
-    auto id = ParseSegmentFileName(name);
-    if (!id) continue;
-    ES_ASSIGN_OR_RETURN(auto file, fs_->Open(JoinPath(segments_dir_, name), OpenOptions{.write = true}));
-    ES_ASSIGN_OR_RETURN(uint64_t size, file->Size());
-    uint64_t keep = std::max<uint64_t>(kSegmentHeaderSize, referenced_end[*id]);
-    if (size > keep) {
-      ES_RETURN_IF_ERROR(file->Truncate(keep));
-      ES_RETURN_IF_ERROR(file->Sync());
-      size = keep;
+  ES_ASSIGN_OR_RETURN(auto sizes, SegmentFileSizes(*fs_, segments_dir_));
+  std::optional<SegmentWriter::Position> committed;
+  auto wp = catalog_->Get(Cf::kMeta, kWritePositionKey);
+  if (wp.ok()) {
+    ES_ASSIGN_OR_RETURN(committed, DecodeWritePosition(*wp));
+  } else if (!wp.status().IsNotFound()) {
+    return wp.status();
+  }
+  auto truncate = [&](uint32_t id, uint64_t keep) -> Status {
+    if (sizes[id] <= keep) return Status::Ok();
+    ES_ASSIGN_OR_RETURN(auto file, fs_->Open(JoinPath(segments_dir_, SegmentFileName(id)), OpenOptions{.write = true}));
+    ES_RETURN_IF_ERROR(file->Truncate(keep));
+    ES_RETURN_IF_ERROR(file->Sync());
+    sizes[id] = keep;
+    return Status::Ok();
+  };
+  uint32_t last = sizes.empty() ? 0 : sizes.rbegin()->first;
+  if (!committed) {
+    // A store whose catalog has never recorded a commit position (written before it did, or never written to).
+    // An empty catalog beside segments that hold records lost its entries: never treat it as a new store.
+    uint64_t record_bytes = 0;
+    for (const auto& [id, size] : sizes) record_bytes += size > kSegmentHeaderSize ? size - kSegmentHeaderSize : 0;
+    ES_ASSIGN_OR_RETURN(auto models, ListModels());
+    if (refs.empty() && models.empty() && record_bytes > 0) {
+      return Status::Corruption("the catalog of the store at " + path_ + " is empty, but its segments hold " +
+                                std::to_string(record_bytes) + " bytes of records: the catalog lost its entries; "
+                                "nothing was changed");
     }
-    if (*id == last) last_size = size;
+    // Truncate every torn tail: bytes past the last referenced record were never acknowledged.
+    for (const auto& [id, size] : sizes) {
+      ES_RETURN_IF_ERROR(truncate(id, std::max<uint64_t>(kSegmentHeaderSize, referenced_end[id])));
+    }
+  } else {
+    // Everything up to the commit position was acknowledged. A segment that holds less, or a reference past it,
+    // means the catalog and the segments disagree: stop before changing anything.
+    const SegmentWriter::Position c = *committed;
+    if (!referenced_end.empty() && referenced_end.rbegin()->first > c.segment) {
+      return Status::Corruption("the catalog of the store at " + path_ + " references segment " +
+                                std::to_string(referenced_end.rbegin()->first) + ", past its last commit (segment " +
+                                std::to_string(c.segment) + "); nothing was changed");
+    }
+    if (c.segment != 0) {
+      auto it = sizes.find(c.segment);
+      uint64_t need = std::max<uint64_t>(kSegmentHeaderSize, c.offset);
+      if (it == sizes.end() || it->second < need) {
+        return Status::Corruption("segment " + SegmentFileName(c.segment) + " of the store at " + path_ + " holds " +
+                                  (it == sizes.end() ? std::string("nothing (it is missing)")
+                                                     : std::to_string(it->second) + " bytes") +
+                                  ", but the catalog's last commit wrote up to byte " + std::to_string(need) +
+                                  ": committed data was lost; nothing was changed");
+      }
+    }
+    // Segments created after the last commit, and the active segment's tail past it, were never acknowledged.
+    bool removed = false;
+    for (const auto& [id, size] : sizes) {
+      if (id <= c.segment) continue;
+      ES_RETURN_IF_ERROR(fs_->Remove(JoinPath(segments_dir_, SegmentFileName(id))));
+      removed = true;
+    }
+    if (removed) ES_RETURN_IF_ERROR(fs_->SyncDir(segments_dir_));
+    std::erase_if(sizes, [&](const auto& entry) { return entry.first > c.segment; });
+    if (c.segment != 0) {
+      ES_RETURN_IF_ERROR(truncate(c.segment, std::max({kSegmentHeaderSize, c.offset, referenced_end[c.segment]})));
+    }
+    last = c.segment;
   }
   writer_ = std::make_unique<SegmentWriter>(fs_, segments_dir_, max_segment_bytes_);
-  return writer_->Open(last, last_size);
+  ES_RETURN_IF_ERROR(writer_->Open(last, sizes.count(last) ? sizes[last] : 0));
+  if (committed) ES_RETURN_IF_ERROR(RemoveDeadSegments().status());
+  return Status::Ok();
+}
+
+bool Store::ReadersPresent() {
+  // An exclusive lock is granted only while no reader holds the file shared; it is released at once.
+  auto probe = fs_->LockFile(JoinPath(path_, kReadersFile));
+  return !probe.ok();
+}
+
+Result<DeadSegmentRemoval> Store::RemoveDeadSegments() {
+  if (read_only_) return Status::NotSupported("the store at " + path_ + " is open read-only");
+  // No transaction in flight: the segments it creates are unreferenced until it commits.
+  std::lock_guard lock(write_mu_);
+  DeadSegmentRemoval out;
+  std::vector<ExtentRef> refs;
+  std::vector<CorruptEntry> undecodable;
+  ES_RETURN_IF_ERROR(CollectExtents(*catalog_, "", refs, undecodable));
+  if (!undecodable.empty()) return out;  // what the damaged entries reference is unknown: keep everything
+  std::set<uint32_t> referenced;
+  for (const auto& r : refs) referenced.insert(r.extent.segment);
+  const uint32_t active = writer_->position().segment;
+  ES_ASSIGN_OR_RETURN(auto sizes, SegmentFileSizes(*fs_, segments_dir_));
+  std::vector<std::pair<uint32_t, uint64_t>> dead;
+  for (const auto& [id, size] : sizes) {
+    if (id < active && !referenced.contains(id)) dead.emplace_back(id, size);
+  }
+  if (dead.empty()) return out;
+  if (ReadersPresent()) {
+    for (const auto& [id, size] : dead) out.kept_for_readers.push_back(id);
+    return out;
+  }
+  for (const auto& [id, size] : dead) {
+    // Opened first: extents this process read from the catalog earlier stay readable until it closes the store.
+    reader_->Segment(id).status().IgnoreError();
+    ES_RETURN_IF_ERROR(fs_->Remove(JoinPath(segments_dir_, SegmentFileName(id))));
+    out.removed.push_back(id);
+    out.bytes_freed += size;
+  }
+  ES_RETURN_IF_ERROR(fs_->SyncDir(segments_dir_));
+  return out;
 }
 
 Result<std::unique_ptr<WriteTxn>> Store::BeginWrite() {
@@ -313,7 +455,9 @@ void Store::StopJournalMerging() {
 
 Status DeleteModel(Store& store, const std::string& name) {
   if (store.read_only()) return Status::NotSupported("deleting a model needs the store open for writing");
-  CatalogBatch batch;
+  // A transaction of its own: serialised with ingest and compaction, which read the entries they rewrite.
+  ES_ASSIGN_OR_RETURN(auto txn, store.BeginWrite());
+  CatalogBatch& batch = txn->batch();
   std::string prefix = ModelPrefix(name);
   for (Cf cf : {Cf::kTensors, Cf::kExperts, Cf::kUsage, Cf::kTrust, Cf::kProfiles}) {
     ES_RETURN_IF_ERROR(store.catalog().Scan(cf, prefix, [&](std::string_view key, std::string_view) {
@@ -322,7 +466,7 @@ Status DeleteModel(Store& store, const std::string& name) {
     }));
   }
   batch.Delete(Cf::kModels, ModelKey(name));
-  return store.catalog().Write(batch, /*sync=*/true);
+  return txn->Commit();
 }
 
 }  // namespace es

@@ -61,6 +61,10 @@ class WriteTxn {
   Status Commit();
   // Drops everything appended; the catalog is untouched.
   Status Abort();
+  // Starts a new segment now: nothing more is appended to the one that was active (compaction empties it).
+  Status SealSegment();
+  // Where the next record would go.
+  SegmentWriter::Position position() const;
 
  private:
   friend class Store;
@@ -88,6 +92,13 @@ struct SegmentSpace {
   uint64_t dead_bytes() const;
 };
 
+// What RemoveDeadSegments did.
+struct DeadSegmentRemoval {
+  std::vector<uint32_t> removed;
+  uint64_t bytes_freed = 0;
+  std::vector<uint32_t> kept_for_readers;  // dead, but a reader process has the store open
+};
+
 struct VerifyReport {
   uint64_t checked = 0;  // extents read and checked
   uint64_t bytes = 0;    // payload bytes checked
@@ -102,6 +113,7 @@ class Store {
   ~Store();
 
   const std::string& path() const { return path_; }
+  const std::string& segments_dir() const { return segments_dir_; }
   bool read_only() const { return read_only_; }
   Catalog& catalog() { return *catalog_; }
   ExtentReader& reader() { return *reader_; }
@@ -122,6 +134,13 @@ class Store {
 
   // True when the writer refused further writes after a failed fsync.
   bool writer_dead() const;
+  // Writer only: removes the sealed segment files that the catalog no longer references (emptied by compaction,
+  // or holding only records of removed models). While another process has the store open for reading (it may
+  // hold extents into them) they stay, and a later call (every writer's open runs one) removes them. Segments this
+  // process's reader has open stay readable through it until the store closes.
+  Result<DeadSegmentRemoval> RemoveDeadSegments();
+  // True when another process has the store open read-only (a reader holds STORE/READERS shared).
+  bool ReadersPresent();
 
   // ---- metadata (usage, trust, profiles): from the writer or from read-only processes ----
   // Applies a batch of usage merges and trust/profile puts: straight into the catalog (synced) in the writer;
@@ -151,6 +170,7 @@ class Store {
   bool read_only_ = false;
   std::shared_ptr<FileSystem> fs_;
   std::unique_ptr<FileLock> lock_;
+  std::unique_ptr<FileLock> readers_lock_;  // read-only processes: STORE/READERS, shared
   std::unique_ptr<Catalog> catalog_;
   std::unique_ptr<ExtentReader> reader_;
   std::unique_ptr<SegmentWriter> writer_;

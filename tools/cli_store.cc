@@ -1,8 +1,10 @@
-// Store-level commands: verify, models, rm, info.
+// Store-level commands: verify, models, rm, compact, info.
+#include <chrono>
 #include <cstdio>
 
 #include "compute/kernels/cpu_kernels.h"
 #include "compute/runtime/backend_choice.h"
+#include "store/compaction.h"
 #include "store/io_engine.h"
 #include "store/metadata.h"
 #include "store/record_json.h"
@@ -84,6 +86,49 @@ Status RunRemove(const Args& args) {
     PrintJson(w);
   } else if (!args.global().quiet) {
     std::printf("removed %s: %s of records are now dead space in the segments\n", name.c_str(), HumanBytes(dead).c_str());
+  }
+  return Status::Ok();
+}
+
+// compact [--max-dead-fraction F]: moves the live records out of segments with more dead space than F, then
+// removes the emptied segments (or leaves them for a later writer while readers have the store open).
+Status RunCompact(const Args& args) {
+  CompactOptions options;
+  ES_ASSIGN_OR_RETURN(options.max_dead_fraction, args.GetDouble("max-dead-fraction", options.max_dead_fraction));
+  if (!(options.max_dead_fraction >= 0 && options.max_dead_fraction < 1)) {
+    return Status::InvalidArgument("--max-dead-fraction must be at least 0 and below 1");
+  }
+  ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/true));
+  const auto start = std::chrono::steady_clock::now();
+  ES_ASSIGN_OR_RETURN(CompactStats stats, Compact(*store, options));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ES_ASSIGN_OR_RETURN(auto sizes, SegmentFileSizes(store->fs(), store->segments_dir()));
+  uint64_t file_bytes_after = 0;
+  for (const auto& [id, size] : sizes) file_bytes_after += size;
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject().Key("segments_before").Uint(stats.segments_before).Key("segments_after").Uint(sizes.size())
+        .Key("file_bytes_before").Uint(stats.file_bytes_before).Key("file_bytes_after").Uint(file_bytes_after)
+        .Key("dead_bytes_before").Uint(stats.dead_bytes_before).Key("compacted").BeginArray();
+    for (uint32_t id : stats.compacted) w.Uint(id);
+    w.EndArray().Key("records_moved").Uint(stats.records_moved).Key("bytes_moved").Uint(stats.bytes_moved)
+        .Key("commits").Uint(stats.commits).Key("removed").BeginArray();
+    for (uint32_t id : stats.removal.removed) w.Uint(id);
+    w.EndArray().Key("bytes_freed").Uint(stats.removal.bytes_freed).Key("kept_for_readers").BeginArray();
+    for (uint32_t id : stats.removal.kept_for_readers) w.Uint(id);
+    w.EndArray().Key("seconds").Double(seconds).EndObject();
+    PrintJson(w);
+  } else if (!args.global().quiet) {
+    std::printf("compacted %zu of %u segments: moved %llu records (%s) in %.2f s; removed %zu segments (%s freed)\n",
+                stats.compacted.size(), stats.segments_before, static_cast<unsigned long long>(stats.records_moved),
+                HumanBytes(stats.bytes_moved).c_str(), seconds, stats.removal.removed.size(),
+                HumanBytes(stats.removal.bytes_freed).c_str());
+    if (!stats.removal.kept_for_readers.empty()) {
+      std::printf("%zu emptied segments stay while other processes have the store open; the next writer to open it "
+                  "removes them\n", stats.removal.kept_for_readers.size());
+    }
+    std::printf("segments: %s before, %s now\n", HumanBytes(stats.file_bytes_before).c_str(),
+                HumanBytes(file_bytes_after).c_str());
   }
   return Status::Ok();
 }
@@ -170,6 +215,11 @@ void RegisterStoreCommands(std::vector<Command>& commands) {
                       "remove a model: its catalog entries and metadata in one atomic commit (its records become "
                       "dead space)",
                       {}, RunRemove, /*max_positional=*/1});
+  commands.push_back({"compact", "compact [--max-dead-fraction F]",
+                      "reclaim dead space: move the live records of segments more than F dead (default 0.25) into "
+                      "new segments, then remove the old ones",
+                      {{"max-dead-fraction", true, "compact segments whose dead share is above this (0 to <1)"}},
+                      RunCompact});
   commands.push_back({"info", "info", "version, compiled backends, I/O engine, CPU features and GPUs found", {}, RunInfo});
 }
 

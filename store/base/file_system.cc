@@ -200,6 +200,17 @@ class PosixFileSystem final : public FileSystem {
     }
     return std::unique_ptr<FileLock>(new PosixLock(fd));
   }
+  Result<std::unique_ptr<FileLock>> LockFileShared(const std::string& path) override {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return ErrnoStatus(errno, "open " + path);
+    while (::flock(fd, LOCK_SH) != 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      ::close(fd);
+      return ErrnoStatus(err, "lock " + path);
+    }
+    return std::unique_ptr<FileLock>(new PosixLock(fd));
+  }
   Result<uint64_t> FreeSpace(const std::string& path) override {
     struct statvfs st;
     if (::statvfs(path.c_str(), &st) != 0) return ErrnoStatus(errno, "statvfs " + path);

@@ -82,6 +82,9 @@ class FileSystem {
   virtual Result<std::vector<std::string>> ListDir(const std::string& dir) = 0;
   // Takes an exclusive, non-blocking lock on `path` (created if missing). Busy if another process holds it.
   virtual Result<std::unique_ptr<FileLock>> LockFile(const std::string& path) = 0;
+  // Takes a shared lock on the existing file `path`, waiting while an exclusive holder (LockFile) finishes.
+  // NotFound when there is no such file. Works on a read-only file system.
+  virtual Result<std::unique_ptr<FileLock>> LockFileShared(const std::string& path) = 0;
   // Free bytes on the file system holding `path`.
   virtual Result<uint64_t> FreeSpace(const std::string& path) = 0;
 };
@@ -130,6 +133,9 @@ class FileSystemWrapper : public FileSystem {
   Result<bool> Exists(const std::string& path) override { return target_->Exists(path); }
   Result<std::vector<std::string>> ListDir(const std::string& dir) override { return target_->ListDir(dir); }
   Result<std::unique_ptr<FileLock>> LockFile(const std::string& path) override { return target_->LockFile(path); }
+  Result<std::unique_ptr<FileLock>> LockFileShared(const std::string& path) override {
+    return target_->LockFileShared(path);
+  }
   Result<uint64_t> FreeSpace(const std::string& path) override { return target_->FreeSpace(path); }
 
  protected:
