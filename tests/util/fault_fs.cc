@@ -116,16 +116,22 @@ bool FaultInjectionFileSystem::Fire(FaultOp op, const std::string& path, FaultRu
   return false;
 }
 
+std::string FaultInjectionFileSystem::Current(const std::string& path) const {
+  std::string p = path;
+  for (auto it = renamed_.find(p); it != renamed_.end(); it = renamed_.find(p)) p = it->second;
+  return p;
+}
+
 void FaultInjectionFileSystem::NoteSynced(const std::string& path, uint64_t size) {
   std::lock_guard<std::mutex> lock(mu_);
-  Tracked& t = tracked_[path];
+  Tracked& t = tracked_[Current(path)];
   t.synced_size = size;
   t.ever_synced = true;
 }
 
 void FaultInjectionFileSystem::Track(const std::string& path, uint64_t durable_size, bool created) {
   std::lock_guard<std::mutex> lock(mu_);
-  tracked_.try_emplace(path, Tracked{durable_size, !created});
+  tracked_.try_emplace(Current(path), Tracked{durable_size, !created});
 }
 
 void FaultInjectionFileSystem::Crash() {
@@ -142,6 +148,7 @@ void FaultInjectionFileSystem::Crash() {
     if (size.ok() && *size > t.synced_size) (*f)->Truncate(t.synced_size).IgnoreError();
   }
   tracked_.clear();
+  renamed_.clear();
 }
 
 void FaultInjectionFileSystem::Restart() { crashed_ = false; }
@@ -155,7 +162,13 @@ Result<std::unique_ptr<File>> FaultInjectionFileSystem::Open(const std::string& 
     ES_ASSIGN_OR_RETURN(existed, target().Exists(path));
   }
   ES_ASSIGN_OR_RETURN(auto base, target().Open(path, options));
-  if (!existed) Track(path, 0, /*created=*/true);
+  if (!existed) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      renamed_.erase(path);  // a new file at a name an earlier one was renamed away from
+    }
+    Track(path, 0, /*created=*/true);
+  }
   return std::unique_ptr<File>(new FaultFile(this, std::move(base)));
 }
 
@@ -170,6 +183,9 @@ Status FaultInjectionFileSystem::Rename(const std::string& from, const std::stri
     tracked_[to] = it->second;
     tracked_.erase(it);
   }
+  // Files still open under the old name write to, and sync, the renamed file.
+  renamed_[from] = to;
+  renamed_.erase(to);
   return Status::Ok();
 }
 

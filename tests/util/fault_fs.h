@@ -66,6 +66,9 @@ class FaultInjectionFileSystem : public FileSystemWrapper {
   std::vector<FaultRule> rules_;
   std::vector<int> seen_;  // matching calls per rule
   std::map<std::string, Tracked> tracked_;  // files written through this file system
+  std::map<std::string, std::string> renamed_;  // old name -> new name, for files still open under the old one
+  // The name a file opened as `path` has now (mu_ held).
+  std::string Current(const std::string& path) const;
   std::atomic<int> fired_{0};
   std::atomic<bool> crashed_{false};
 };
