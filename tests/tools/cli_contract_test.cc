@@ -364,6 +364,18 @@ TEST_F(CliContractTest, RemoveDeletesAModelAndLeavesAStoreThatVerifies) {
   JsonValue again = Json(RunCli("ingest " + std::string(testing::kTinyModel) + " --name a --json" + store));
   EXPECT_FALSE(F(again, "unchanged").bool_value());
   EXPECT_EQ(RunCli("verify" + store).exit_code, 0);
+  // compact gives the dead space back: the segments shrink by it, and the models generate as before.
+  const std::string before = RunCli("generate --model b --prompt hi --max-tokens 4 --temperature 0 --no-record --quiet" + store).out;
+  EXPECT_EQ(RunCli("compact --max-dead-fraction 1" + store).exit_code, 2);
+  JsonValue compacted = Json(RunCli("compact --json" + store));
+  EXPECT_EQ(Num(compacted, "dead_bytes_before"), Num(removed, "dead_bytes"));
+  EXPECT_EQ(Num(compacted, "file_bytes_before") - Num(compacted, "file_bytes_after"), Num(removed, "dead_bytes"));
+  EXPECT_GT(Num(compacted, "records_moved"), 0);
+  EXPECT_EQ(F(compacted, "kept_for_readers").array().size(), 0u);
+  verified = Json(RunCli("verify --json" + store));
+  for (const JsonValue& s : F(verified, "segments").array()) EXPECT_EQ(Num(s, "dead_bytes"), 0);
+  EXPECT_TRUE(F(verified, "ok").bool_value());
+  EXPECT_EQ(RunCli("generate --model b --prompt hi --max-tokens 4 --temperature 0 --no-record --quiet" + store).out, before);
 }
 
 // Short of memory (an address-space limit: threads, the cache arena, RocksDB's opener cannot be had), every command
