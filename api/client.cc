@@ -194,7 +194,7 @@ Result<ImportResult> ImportExpert(Store& store, const ExpertBlob& blob, const Im
   auto existing = store.catalog().Get(Cf::kModels, ModelKey(result.model));
   if (existing.ok()) {
     ES_ASSIGN_OR_RETURN(model, DecodeModel(*existing));
-    if (!SameShape(model, blob.model) || model.source_fingerprint != blob.model.source_fingerprint) {
+    if (!SameShape(model, blob.model) || !SameSourceFingerprint(model.source_fingerprint, blob.model.source_fingerprint)) {
       return Status::InvalidArgument("the local model '" + result.model + "' holds a different checkpoint (arch " +
                                      model.arch + ", fingerprint " + model.source_fingerprint +
                                      ") than the remote one (arch " + blob.model.arch + ", fingerprint " +

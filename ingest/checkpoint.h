@@ -53,6 +53,8 @@ struct AssetSource {
   uint64_t size = 0;
 };
 
+// Bytes of each tensor's data the fingerprint hashes.
+inline constexpr size_t kFingerprintSampleBytes = 4096;
 class Checkpoint {
  public:
   // The model assets copied into the store when present.
@@ -72,6 +74,8 @@ class Checkpoint {
   const std::vector<AssetSource>& assets() const { return assets_; }
   // Identifies the checkpoint: XXH3 over config.json, the index, each shard's size and its validated header
   // (names, dtypes, shapes, offsets). Tensor data is not hashed (that would read the whole checkpoint).
+  // 32 hex digits: XXH3 of the layout (config.json, the index, each shard's size and header), then XXH3 of a
+  // 4 KiB sample from the middle of every tensor's data.
   const std::string& fingerprint() const { return fingerprint_; }
   uint64_t total_bytes() const { return total_bytes_; }
   // Experts stored per layer (fewer than the config's count for a partial checkpoint).

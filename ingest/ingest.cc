@@ -255,7 +255,7 @@ Status ReconcileWithStored(Store& store, const Checkpoint& checkpoint, const Ing
   auto existing = store.catalog().Get(Cf::kModels, ModelKey(name));
   if (!existing.ok()) return existing.status().IsNotFound() ? Status::Ok() : existing.status();
   ES_ASSIGN_OR_RETURN(ModelInfo old, DecodeModel(*existing));
-  if (old.source_fingerprint == record.source_fingerprint) {
+  if (SameSourceFingerprint(old.source_fingerprint, record.source_fingerprint)) {
     if (old.complete) return ReconcileAssets(store, checkpoint, old, record, result, stored);
     result.resumed = true;
     return CollectStored(store, old, record, stored);

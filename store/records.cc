@@ -367,3 +367,13 @@ std::string AssetRecordKey(std::string_view model, std::string_view asset) {
   return k;
 }
 }  // namespace es
+
+namespace es {
+
+bool SameSourceFingerprint(std::string_view a, std::string_view b) {
+  if (a.size() == kLayoutFingerprintChars) return b.substr(0, kLayoutFingerprintChars) == a;
+  if (b.size() == kLayoutFingerprintChars) return a.substr(0, kLayoutFingerprintChars) == b;
+  return a == b;
+}
+
+}  // namespace es

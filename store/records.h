@@ -144,6 +144,12 @@ struct ProfileInfo {
   uint64_t updated_unix = 0;
 };
 
+// Source fingerprints stored before ingest sampled tensor data are the layout part alone: this many hex digits.
+inline constexpr size_t kLayoutFingerprintChars = 16;
+// True when two source fingerprints name the same checkpoint. A layout-only fingerprint (from an earlier version)
+// is compared with the layout part of the other.
+bool SameSourceFingerprint(std::string_view a, std::string_view b);
+
 std::string EncodeTensor(const TensorInfo& v);
 Result<TensorInfo> DecodeTensor(std::string_view bytes);
 std::string EncodeExpert(const ExpertInfo& v);

@@ -159,6 +159,42 @@ TEST_F(IngestTest, ReingestIsANoOpAndDifferentCheckpointIsRefused) {
   ExpectVerifyClean(*store_);
 }
 
+// A checkpoint of the same layout with other weights (a fine-tune) is a different checkpoint: refused without
+// replace, written with it. A model stored with a layout-only fingerprint (as earlier versions wrote) still counts as
+// the same checkpoint when the layouts agree.
+TEST_F(IngestTest, SameLayoutWithOtherWeightsIsADifferentCheckpoint) {
+  MakeCheckpointOptions o;
+  o.seed = 1;
+  ASSERT_TRUE(MakeCheckpoint(dir_.Sub("base"), o).ok());
+  o.seed = 2;
+  ASSERT_TRUE(MakeCheckpoint(dir_.Sub("tuned"), o).ok());
+  auto base = Ingest(dir_.Sub("base"), "m");
+  ASSERT_TRUE(base.ok()) << base.status().ToString();
+  auto before = ReadAllExperts(*store_, "m");
+  EXPECT_TRUE(Ingest(dir_.Sub("tuned"), "m").status().IsInvalidArgument());
+  auto replaced = Ingest(dir_.Sub("tuned"), "m", /*replace=*/true);
+  ASSERT_TRUE(replaced.ok()) << replaced.status().ToString();
+  EXPECT_FALSE(replaced->unchanged);
+  EXPECT_EQ(replaced->bytes_written, replaced->bytes);
+  auto after = ReadAllExperts(*store_, "m");
+  ASSERT_TRUE(after.ok() && before.ok());
+  EXPECT_NE(*after, *before);
+  // The layout-only fingerprint of earlier versions.
+  auto record = DecodeModel(*store_->catalog().Get(Cf::kModels, "m"));
+  ASSERT_TRUE(record.ok());
+  ASSERT_EQ(record->source_fingerprint.size(), 32u);
+  record->source_fingerprint.resize(kLayoutFingerprintChars);
+  CatalogBatch batch;
+  batch.Put(Cf::kModels, ModelKey("m"), EncodeModel(*record));
+  ASSERT_TRUE(store_->catalog().Write(batch).ok());
+  auto again = Ingest(dir_.Sub("tuned"), "m");
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_TRUE(again->unchanged);
+  EXPECT_TRUE(SameSourceFingerprint("0123456789abcdef", "0123456789abcdeffedcba9876543210"));
+  EXPECT_FALSE(SameSourceFingerprint("0123456789abcdef0000000000000000", "0123456789abcdeffedcba9876543210"));
+  EXPECT_FALSE(SameSourceFingerprint("1123456789abcdef", "0123456789abcdeffedcba9876543210"));
+}
+
 // The tiny model's weights in other families' layouts must give the same expert bytes.
 TEST_F(IngestTest, OtherLayoutsGiveTheSameExperts) {
   std::string config = ReadText(std::string(kTinyModel) + "/config.json");
@@ -288,16 +324,21 @@ TEST_F(IngestTest, EveryFamilyFromMakeCheckpoint) {
 // resumes and completes without duplicates.
 TEST_F(IngestTest, InterruptedIngestResumes) {
   auto fs = std::make_shared<FaultInjectionFileSystem>();
-  fs->AddRule({FaultOp::kRead, "model-00002", EIO, false, /*skip=*/20, 1});
   IngestOptions o;
   o.name = "tiny";
   o.commit_bytes = 512 * 1024;
   o.checkpoint_fs = fs;
-  auto failed = IngestCheckpoint(*store_, kTinyModel, o);
+  // Opened (and fingerprinted) first; then a read of the second shard's data fails part-way through the ingest.
+  auto checkpoint = Checkpoint::Open(kTinyModel, fs);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status().ToString();
+  fs->AddRule({FaultOp::kRead, "model-00002", EIO, false, /*skip=*/20, 1});
+  auto failed = IngestCheckpoint(*store_, **checkpoint, o);
   ASSERT_FALSE(failed.ok());
   EXPECT_TRUE(failed.status().IsIOError()) << failed.status().ToString();
   ExpectVerifyClean(*store_);
-  auto model = DecodeModel(*store_->catalog().Get(Cf::kModels, "tiny"));
+  auto stored = store_->catalog().Get(Cf::kModels, "tiny");
+  ASSERT_TRUE(stored.ok()) << stored.status().ToString();
+  auto model = DecodeModel(*stored);
   ASSERT_TRUE(model.ok());
   EXPECT_FALSE(model->complete);
   size_t partial = ReadAllExperts(*store_, "tiny")->size();
