@@ -248,9 +248,11 @@ Status ReconcileAssets(Store& store, const Checkpoint& checkpoint, const ModelIn
 
 // Reconciles the new record with a model already stored under its name, before anything is written. The same
 // checkpoint, complete: the result is marked unchanged. The same one, interrupted: marked resumed, with what
-// is stored in `stored`. A different one: refused unless `replace`, in which case it is deleted.
+// is stored in `stored`. A different one: refused unless `replace`, in which case `replacing` is set: the old
+// model's entries are deleted in the first transaction of the new one, so that an ingest stopped at any point leaves
+// the old model whole or the new one (complete, or incomplete and resumable), never neither.
 Status ReconcileWithStored(Store& store, const Checkpoint& checkpoint, const IngestOptions& options,
-                           ModelInfo& record, IngestResult& result, StoredRecords& stored) {
+                           ModelInfo& record, IngestResult& result, StoredRecords& stored, bool& replacing) {
   const std::string& name = record.name;
   auto existing = store.catalog().Get(Cf::kModels, ModelKey(name));
   if (!existing.ok()) return existing.status().IsNotFound() ? Status::Ok() : existing.status();
@@ -265,7 +267,8 @@ Status ReconcileWithStored(Store& store, const Checkpoint& checkpoint, const Ing
                                    old.source_fingerprint + ", this one " + record.source_fingerprint +
                                    "); set `replace` to replace it, or `name` to ingest it under another name");
   }
-  return DeleteModel(store, name);
+  replacing = true;
+  return Status::Ok();
 }
 
 // The work: everything of the checkpoint not yet stored, sorted into file order so the shards are read front
@@ -311,6 +314,7 @@ struct IngestWriter {
   ModelInfo& record;
   IngestResult& result;
   const uint64_t total;  // payload bytes of all the items, for progress
+  bool replacing = false;  // the first transaction deletes the model stored under this name
   std::unique_ptr<WriteTxn> txn;
   uint64_t txn_bytes = 0;
   size_t current = kNoItem;  // item whose record is open
@@ -322,6 +326,11 @@ struct IngestWriter {
 Status BeginTxn(IngestWriter& w) {
   ES_ASSIGN_OR_RETURN(w.txn, w.store.BeginWrite());
   w.txn_bytes = 0;
+  if (w.replacing) {
+    // Read under the write lock; the batch's later puts of the same keys win over these deletions.
+    ES_RETURN_IF_ERROR(StageModelDeletion(w.store.catalog(), w.record.name, w.txn->batch()));
+    w.replacing = false;
+  }
   return Status::Ok();
 }
 
@@ -435,10 +444,11 @@ void StopReader(ChunkPipe& pipe, std::thread& reader) {
 // Reads the items on a reader thread while this thread writes them; the reader is stopped and joined on every
 // path, after the writer rolled back whatever failed.
 Status IngestItems(Store& store, FileSystem& fs, const std::vector<WorkItem>& items, const IngestOptions& options,
-                   ModelInfo& record, IngestResult& result) {
+                   ModelInfo& record, IngestResult& result, bool replacing) {
   uint64_t total = 0;
   for (const auto& w : items) total += w.payload;
   IngestWriter writer(store, options, record, result, total);
+  writer.replacing = replacing;
 
   ChunkPipe pipe;
   ES_ASSIGN_OR_RETURN(std::thread reader, StartThread([&] { ReadItems(items, fs, pipe); }, "ingest's reader"));
@@ -466,10 +476,11 @@ Result<IngestResult> IngestCheckpoint(Store& store, const Checkpoint& checkpoint
   StoredRecords stored;
   result.has_tokenizer = std::any_of(checkpoint.assets().begin(), checkpoint.assets().end(),
                                      [](const AssetSource& a) { return a.name == "tokenizer.json"; });
-  ES_RETURN_IF_ERROR(ReconcileWithStored(store, checkpoint, options, record, result, stored));
+  bool replacing = false;
+  ES_RETURN_IF_ERROR(ReconcileWithStored(store, checkpoint, options, record, result, stored, replacing));
   if (!result.unchanged) {
     std::vector<WorkItem> items = PlanWork(checkpoint, stored);
-    ES_RETURN_IF_ERROR(IngestItems(store, checkpoint.fs(), items, options, record, result));
+    ES_RETURN_IF_ERROR(IngestItems(store, checkpoint.fs(), items, options, record, result, replacing));
   }
   result.seconds = SecondsSince(start);
   return result;

@@ -457,16 +457,20 @@ Status DeleteModel(Store& store, const std::string& name) {
   if (store.read_only()) return Status::NotSupported("deleting a model needs the store open for writing");
   // A transaction of its own: serialised with ingest and compaction, which read the entries they rewrite.
   ES_ASSIGN_OR_RETURN(auto txn, store.BeginWrite());
-  CatalogBatch& batch = txn->batch();
+  ES_RETURN_IF_ERROR(StageModelDeletion(store.catalog(), name, txn->batch()));
+  return txn->Commit();
+}
+
+Status StageModelDeletion(const Catalog& catalog, const std::string& name, CatalogBatch& batch) {
   std::string prefix = ModelPrefix(name);
   for (Cf cf : {Cf::kTensors, Cf::kExperts, Cf::kUsage, Cf::kTrust, Cf::kProfiles}) {
-    ES_RETURN_IF_ERROR(store.catalog().Scan(cf, prefix, [&](std::string_view key, std::string_view) {
+    ES_RETURN_IF_ERROR(catalog.Scan(cf, prefix, [&](std::string_view key, std::string_view) {
       batch.Delete(cf, key);
       return true;
     }));
   }
   batch.Delete(Cf::kModels, ModelKey(name));
-  return txn->Commit();
+  return Status::Ok();
 }
 
 }  // namespace es

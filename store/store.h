@@ -190,6 +190,8 @@ class Store {
 // Removes every catalog entry of a model (model record, tensors, experts, usage, trust, profiles) in one atomic
 // batch. Its records become dead space in the segments. Needs the writer.
 Status DeleteModel(Store& store, const std::string& name);
+// The deletions DeleteModel commits, added to `batch` (a transaction's, so that they commit with its writes).
+Status StageModelDeletion(const Catalog& catalog, const std::string& name, CatalogBatch& batch);
 
 // The size of every segment file under `dir` (`NNNNNN.seg`; temporaries and other files are left out), by id.
 // Empty when there is no such directory.

@@ -195,6 +195,55 @@ TEST_F(IngestTest, SameLayoutWithOtherWeightsIsADifferentCheckpoint) {
   EXPECT_FALSE(SameSourceFingerprint("1123456789abcdef", "0123456789abcdeffedcba9876543210"));
 }
 
+// A replace that stops before its first commit leaves the old model whole; one that stops later leaves the new one,
+// incomplete and resumable. Never neither.
+TEST_F(IngestTest, StoppedReplaceLeavesTheOldModelOrTheNewOne) {
+  MakeCheckpointOptions o;
+  o.seed = 1;
+  ASSERT_TRUE(MakeCheckpoint(dir_.Sub("old"), o).ok());
+  o.seed = 2;
+  ASSERT_TRUE(MakeCheckpoint(dir_.Sub("new"), o).ok());
+  ASSERT_TRUE(Ingest(dir_.Sub("old"), "m").ok());
+  auto old_experts = ReadAllExperts(*store_, "m");
+  ASSERT_TRUE(old_experts.ok());
+  auto fs = std::make_shared<FaultInjectionFileSystem>();
+  auto checkpoint = Checkpoint::Open(dir_.Sub("new"), fs);
+  ASSERT_TRUE(checkpoint.ok());
+  IngestOptions io;
+  io.name = "m";
+  io.replace = true;
+  io.commit_bytes = 16 * 1024;
+  // The first read of the new weights fails: nothing was committed.
+  fs->AddRule({FaultOp::kRead, "", EIO, false, 0, 1});
+  EXPECT_TRUE(IngestCheckpoint(*store_, **checkpoint, io).status().IsIOError());
+  auto stored = store_->catalog().Get(Cf::kModels, "m");
+  ASSERT_TRUE(stored.ok()) << "the old model is gone: " << stored.status().ToString();
+  auto model = DecodeModel(*stored);
+  ASSERT_TRUE(model.ok());
+  EXPECT_TRUE(model->complete);
+  EXPECT_EQ(*ReadAllExperts(*store_, "m"), *old_experts);
+  ExpectVerifyClean(*store_);
+  // A later read fails: the new model is there, incomplete, with none of the old one's entries.
+  fs->AddRule({FaultOp::kRead, "", EIO, false, 8, 1});
+  EXPECT_TRUE(IngestCheckpoint(*store_, **checkpoint, io).status().IsIOError());
+  stored = store_->catalog().Get(Cf::kModels, "m");
+  ASSERT_TRUE(stored.ok()) << "neither model is there: " << stored.status().ToString();
+  model = DecodeModel(*stored);
+  ASSERT_TRUE(model.ok());
+  EXPECT_FALSE(model->complete);
+  EXPECT_EQ(model->source_fingerprint, (*checkpoint)->fingerprint());
+  auto partial = ReadAllExperts(*store_, "m");
+  ASSERT_TRUE(partial.ok());
+  EXPECT_LT(partial->size(), old_experts->size());
+  for (const auto& [id, bytes] : *partial) EXPECT_NE(bytes, old_experts->at(id));
+  ExpectVerifyClean(*store_);
+  io.replace = false;
+  auto resumed = IngestCheckpoint(*store_, **checkpoint, io);
+  ASSERT_TRUE(resumed.ok()) << resumed.status().ToString();
+  EXPECT_TRUE(resumed->resumed);
+  EXPECT_EQ(ReadAllExperts(*store_, "m")->size(), old_experts->size());
+}
+
 // The tiny model's weights in other families' layouts must give the same expert bytes.
 TEST_F(IngestTest, OtherLayoutsGiveTheSameExperts) {
   std::string config = ReadText(std::string(kTinyModel) + "/config.json");
