@@ -4,10 +4,10 @@
 #
 # Usage: tools/crashtest.sh [--cycles N] [--seed S] [--max-delay-ms MS] [--keep] EXPERTSTORE WORKDIR
 #
-# Each cycle starts one writer operation (ingest, ingest --replace, rm, compact, profile, rest) on one of three
-# models built from two generated checkpoints (or on the model `prof`), together with a recorder (a generate on
-# the model `rec`, whose usage goes into the catalog or, while the writer holds the store, into a journal), sleeps
-# a random time and kills whatever still runs. Then it checks:
+# Each cycle starts one writer operation (ingest, ingest --replace, rm, compact, profile, calibrate --sample, rest)
+# on one of three models built from two generated checkpoints (or on the model `prof`), together with a recorder
+# (a generate on the model `rec`, whose usage goes into the catalog or, while the writer holds the store, into a
+# journal), sleeps a random time and kills whatever still runs. Then it checks:
 #   - `verify` exits 0;
 #   - every model is in a state the acknowledged history allows: an acknowledged ingest is complete with the
 #     checkpoint's exact expert checksums, an acknowledged rm is absent; an operation that was killed left either
@@ -136,7 +136,7 @@ check_model() {
 kills=0
 acked=0
 cycle=0
-ops=(ingest ingest replace rm compact profile rest)
+ops=(ingest ingest replace rm compact profile calibrate rest)
 for cycle in $(seq 1 "$cycles"); do
   m=m$((RANDOM % 3))
   op=${ops[$((RANDOM % ${#ops[@]}))]}
@@ -153,6 +153,7 @@ for cycle in $(seq 1 "$cycles"); do
     rm:*) cmd=(rm "$m"); target=absent ;;
     compact:*) cmd=(compact --max-dead-fraction 0); target=same ;;
     profile:*) cmd=(profile --model prof --prompts "$work/prompts.jsonl" --window 16); target=same ;;
+    calibrate:*) cmd=(calibrate --model prof --text "$work/prompts.jsonl" --max-tokens 16 --sample 0.25); target=same ;;
     rest:*) cmd=(rest --model prof); target=same ;;
   esac
   note "cycle $cycle: ${cmd[*]} (state $current)"
