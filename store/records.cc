@@ -48,8 +48,18 @@ const T* Verified(std::string_view bytes, std::string_view what, Status& status,
 
 std::string Str(const flatbuffers::String* s) { return s == nullptr ? std::string() : s->str(); }
 
+// Copied bytewise: the verifier checks the alignment of a vector's length, not of its 64-bit elements, and a
+// damaged value may hold them misaligned.
 std::vector<uint64_t> Shape(const flatbuffers::Vector<uint64_t>* v) {
-  return v == nullptr ? std::vector<uint64_t>() : std::vector<uint64_t>(v->begin(), v->end());
+  std::vector<uint64_t> out;
+  if (v == nullptr) return out;
+  out.resize(v->size());
+  for (size_t i = 0; i < out.size(); ++i) {
+    uint64_t x = 0;
+    std::memcpy(&x, v->Data() + i * sizeof(uint64_t), sizeof(x));
+    out[i] = flatbuffers::EndianScalar(x);
+  }
+  return out;
 }
 
 DType FromFbDType(fb::DType d) {
