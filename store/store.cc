@@ -204,6 +204,9 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreO
     // A new store: record its format, and make its directories durable before anything is written into them.
     CatalogBatch batch;
     batch.Put(Cf::kMeta, kFormatVersionKey, kFormatVersion);
+    // Nothing committed yet: segments written before the first commit are removed on open, never taken for a lost
+    // catalog's.
+    batch.Put(Cf::kMeta, kWritePositionKey, EncodeWritePosition({}));
     ES_RETURN_IF_ERROR(store->catalog_->Write(batch));
     ES_RETURN_IF_ERROR(fs.SyncDir(path));
   } else {
