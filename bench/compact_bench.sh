@@ -13,6 +13,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${BUILD_DIR:-$root/build}
+# shellcheck source=bench/bench_lib.sh
+source "$root/bench/bench_lib.sh"
 runs=5 work=""
 while getopts "r:d:" opt; do
   case $opt in
@@ -64,8 +66,7 @@ for run in $(seq "$runs"); do
   printf 'run %d: copy+sync %.2f s, compact %.2f s, ratio %.3f\n' "$run" "$c" "$k" "$(echo "$k / $c" | bc -l)"
 done
 after=$(du -sb "$work/store/segments" | cut -f1)
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
-mc=$(median "${copies[@]}") mk=$(median "${compacts[@]}")
+mc=$(es_median "${copies[@]}") mk=$(es_median "${compacts[@]}")
 printf 'median: copy+sync %.2f s (%.0f MB/s), compact %.2f s (%.0f MB/s of live bytes), compact/copy %.3f\n' "$mc" \
   "$(echo "$live / $mc / 1000000" | bc -l)" "$mk" "$(echo "$live / $mk / 1000000" | bc -l)" "$(echo "$mk / $mc" | bc -l)"
 echo "segments after compaction: $after bytes (from $total)"

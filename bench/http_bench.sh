@@ -8,6 +8,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${BUILD_DIR:-$root/build}
+# shellcheck source=bench/bench_lib.sh
+source "$root/bench/bench_lib.sh"
 duration=10s connections=64 threads=2 warmup=2s
 while getopts "d:c:t:w:" opt; do
   case $opt in
@@ -28,18 +30,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-store=$work/store
-"$build/expertstore" ingest "$root/models/tiny-qwen3-moe" --name tiny --store "$store" --quiet >/dev/null
-"$build/bench/http_bench_fixture" "$store" tiny
 # No per-connection rate limit: wrk's connections each send as fast as they can.
 # shellcheck disable=SC2086
-"$build/expertstore" serve --store "$store" --port 0 --json --quiet --rate 0 \
-  --max-connections $((connections * 2)) ${SERVE_FLAGS:-} >"$work/serve.json" &
-server_pid=$!
-for _ in $(seq 100); do [ -s "$work/serve.json" ] && break; sleep 0.1; done
-port=$(sed -n 's/.*"port":\([0-9]*\).*/\1/p' "$work/serve.json")
-[ -n "$port" ] || { echo "the server did not start" >&2; exit 1; }
-base=http://127.0.0.1:$port
+es_serve_demo "$build/expertstore" "$build/bench/http_bench_fixture" "$work" \
+  --max-connections $((connections * 2)) ${SERVE_FLAGS:-}
 
 echo "# $(date -u +%FT%TZ) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); wrk -t$threads -c$connections -d$duration"
 failed=0

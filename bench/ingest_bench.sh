@@ -9,6 +9,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${BUILD_DIR:-$root/build}
+# shellcheck source=bench/bench_lib.sh
+source "$root/bench/bench_lib.sh"
 runs=5 work=""
 while getopts "r:d:" opt; do
   case $opt in
@@ -52,7 +54,6 @@ for run in $(seq "$runs"); do
   printf 'run %d: cp+sync %.2f s, ingest %.2f s, ratio %.3f, ingest peak RSS %d MB\n' "$run" "$c" "$i" \
     "$(echo "$i / $c" | bc -l)" $(( $(cat "$work/rss") / 1024 ))
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
-mc=$(median "${copies[@]}") mi=$(median "${ingests[@]}")
+mc=$(es_median "${copies[@]}") mi=$(es_median "${ingests[@]}")
 printf 'median: cp+sync %.2f s (%.0f MB/s), ingest %.2f s (%.0f MB/s), ingest/copy %.3f\n' "$mc" \
   "$(echo "$bytes / $mc / 1000000" | bc -l)" "$mi" "$(echo "$bytes / $mi / 1000000" | bc -l)" "$(echo "$mi / $mc" | bc -l)"

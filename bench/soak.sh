@@ -9,6 +9,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${BUILD_DIR:-$root/build}
+# shellcheck source=bench/bench_lib.sh
+source "$root/bench/bench_lib.sh"
 minutes=10 connections=16
 while getopts "d:c:" opt; do
   case $opt in
@@ -31,16 +33,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-store=$work/store
-"$build/expertstore" ingest "$root/models/tiny-qwen3-moe" --name tiny --store "$store" --quiet >/dev/null
-"$build/bench/http_bench_fixture" "$store" tiny
-"$build/expertstore" serve --store "$store" --port 0 --json --quiet --rate 0 \
-  --max-connections $((connections * 4)) >"$work/serve.json" &
-server_pid=$!
-for _ in $(seq 100); do [ -s "$work/serve.json" ] && break; sleep 0.1; done
-port=$(sed -n 's/.*"port":\([0-9]*\).*/\1/p' "$work/serve.json")
-[ -n "$port" ] || { echo "the server did not start" >&2; exit 1; }
-base=http://127.0.0.1:$port
+es_serve_demo "$build/expertstore" "$build/bench/http_bench_fixture" "$work" --max-connections $((connections * 4))
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$server_pid/status"; }
 
 # Completions, streamed one after another; each must end with [DONE].

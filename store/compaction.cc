@@ -23,41 +23,35 @@ struct Move {
   Extent extent;      // where it lives now
 };
 
+// Calls fn(key, value) for every entry of a column family, decoded; the first value that does not decode stops it.
+template <typename Decode, typename Fn>
+Status ScanDecoded(const Catalog& catalog, Cf cf, Decode decode, Fn fn) {
+  Status bad;
+  ES_RETURN_IF_ERROR(catalog.Scan(cf, "", [&](std::string_view key, std::string_view value) {
+    auto v = decode(value);
+    if (!v.ok()) {
+      bad = v.status();
+      return false;
+    }
+    fn(key, *v);
+    return true;
+  }));
+  return bad;
+}
+
 Result<std::vector<Move>> CollectMoves(const Catalog& catalog, const std::set<uint32_t>& segments) {
   std::vector<Move> moves;
-  Status bad;
-  ES_RETURN_IF_ERROR(catalog.Scan(Cf::kTensors, "", [&](std::string_view key, std::string_view value) {
-    auto t = DecodeTensor(value);
-    if (!t.ok()) {
-      bad = t.status();
-      return false;
-    }
-    if (segments.contains(t->extent.segment)) moves.push_back({Move::Kind::kTensor, std::string(key), "", t->extent});
-    return true;
+  ES_RETURN_IF_ERROR(ScanDecoded(catalog, Cf::kTensors, DecodeTensor, [&](std::string_view key, const TensorInfo& t) {
+    if (segments.contains(t.extent.segment)) moves.push_back({Move::Kind::kTensor, std::string(key), "", t.extent});
   }));
-  ES_RETURN_IF_ERROR(bad);
-  ES_RETURN_IF_ERROR(catalog.Scan(Cf::kExperts, "", [&](std::string_view key, std::string_view value) {
-    auto e = DecodeExpert(value);
-    if (!e.ok()) {
-      bad = e.status();
-      return false;
-    }
-    if (segments.contains(e->extent.segment)) moves.push_back({Move::Kind::kExpert, std::string(key), "", e->extent});
-    return true;
+  ES_RETURN_IF_ERROR(ScanDecoded(catalog, Cf::kExperts, DecodeExpert, [&](std::string_view key, const ExpertInfo& e) {
+    if (segments.contains(e.extent.segment)) moves.push_back({Move::Kind::kExpert, std::string(key), "", e.extent});
   }));
-  ES_RETURN_IF_ERROR(bad);
-  ES_RETURN_IF_ERROR(catalog.Scan(Cf::kModels, "", [&](std::string_view key, std::string_view value) {
-    auto m = DecodeModel(value);
-    if (!m.ok()) {
-      bad = m.status();
-      return false;
-    }
-    for (const AssetInfo& a : m->assets) {
+  ES_RETURN_IF_ERROR(ScanDecoded(catalog, Cf::kModels, DecodeModel, [&](std::string_view key, const ModelInfo& m) {
+    for (const AssetInfo& a : m.assets) {
       if (segments.contains(a.extent.segment)) moves.push_back({Move::Kind::kAsset, std::string(key), a.name, a.extent});
     }
-    return true;
   }));
-  ES_RETURN_IF_ERROR(bad);
   // In file order: the copy reads each segment front to back.
   std::sort(moves.begin(), moves.end(), [](const Move& a, const Move& b) {
     return std::tie(a.extent.segment, a.extent.offset) < std::tie(b.extent.segment, b.extent.offset);

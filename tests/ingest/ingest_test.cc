@@ -99,6 +99,14 @@ class IngestTest : public ::testing::Test {
     o.replace = replace;
     return IngestCheckpoint(*store_, src, o);
   }
+  // Two generated checkpoints of one layout with different weights (a model and its fine-tune), under dir_.
+  void MakeTwoOfOneLayout(const std::string& a, const std::string& b) {
+    MakeCheckpointOptions o;
+    o.seed = 1;
+    ASSERT_TRUE(MakeCheckpoint(dir_.Sub(a), o).ok());
+    o.seed = 2;
+    ASSERT_TRUE(MakeCheckpoint(dir_.Sub(b), o).ok());
+  }
 
   TempDir dir_;
   std::unique_ptr<Store> store_;
@@ -163,11 +171,7 @@ TEST_F(IngestTest, ReingestIsANoOpAndDifferentCheckpointIsRefused) {
 // replace, written with it. A model stored with a layout-only fingerprint (as earlier versions wrote) still counts as
 // the same checkpoint when the layouts agree.
 TEST_F(IngestTest, SameLayoutWithOtherWeightsIsADifferentCheckpoint) {
-  MakeCheckpointOptions o;
-  o.seed = 1;
-  ASSERT_TRUE(MakeCheckpoint(dir_.Sub("base"), o).ok());
-  o.seed = 2;
-  ASSERT_TRUE(MakeCheckpoint(dir_.Sub("tuned"), o).ok());
+  ASSERT_NO_FATAL_FAILURE(MakeTwoOfOneLayout("base", "tuned"));
   auto base = Ingest(dir_.Sub("base"), "m");
   ASSERT_TRUE(base.ok()) << base.status().ToString();
   auto before = ReadAllExperts(*store_, "m");
@@ -198,11 +202,7 @@ TEST_F(IngestTest, SameLayoutWithOtherWeightsIsADifferentCheckpoint) {
 // A replace that stops before its first commit leaves the old model whole; one that stops later leaves the new one,
 // incomplete and resumable. Never neither.
 TEST_F(IngestTest, StoppedReplaceLeavesTheOldModelOrTheNewOne) {
-  MakeCheckpointOptions o;
-  o.seed = 1;
-  ASSERT_TRUE(MakeCheckpoint(dir_.Sub("old"), o).ok());
-  o.seed = 2;
-  ASSERT_TRUE(MakeCheckpoint(dir_.Sub("new"), o).ok());
+  ASSERT_NO_FATAL_FAILURE(MakeTwoOfOneLayout("old", "new"));
   ASSERT_TRUE(Ingest(dir_.Sub("old"), "m").ok());
   auto old_experts = ReadAllExperts(*store_, "m");
   ASSERT_TRUE(old_experts.ok());
