@@ -39,6 +39,17 @@ Status ScanDecoded(const Catalog& catalog, Cf cf, Decode decode, Fn fn) {
   return bad;
 }
 
+// Stages the catalog entry `key` of `cf` (a tensor or an expert) with its extent replaced by `to`.
+template <typename Decode, typename Encode>
+Status SwitchExtent(const Catalog& catalog, WriteTxn& txn, Cf cf, const std::string& key, Decode decode, Encode encode,
+                    const Extent& to) {
+  ES_ASSIGN_OR_RETURN(std::string value, catalog.Get(cf, key));
+  ES_ASSIGN_OR_RETURN(auto info, decode(value));
+  info.extent = to;
+  txn.batch().Put(cf, key, encode(info));
+  return Status::Ok();
+}
+
 Result<std::vector<Move>> CollectMoves(const Catalog& catalog, const std::set<uint32_t>& segments) {
   std::vector<Move> moves;
   ES_RETURN_IF_ERROR(ScanDecoded(catalog, Cf::kTensors, DecodeTensor, [&](std::string_view key, const TensorInfo& t) {
@@ -148,20 +159,12 @@ Result<CompactStats> Compact(Store& store, const CompactOptions& options) {
     }
     ES_ASSIGN_OR_RETURN(Extent to, CopyRecord(store, *txn, m.extent, buffer));
     switch (m.kind) {
-      case Move::Kind::kTensor: {
-        ES_ASSIGN_OR_RETURN(std::string v, store.catalog().Get(Cf::kTensors, m.key));
-        ES_ASSIGN_OR_RETURN(TensorInfo t, DecodeTensor(v));
-        t.extent = to;
-        txn->batch().Put(Cf::kTensors, m.key, EncodeTensor(t));
+      case Move::Kind::kTensor:
+        ES_RETURN_IF_ERROR(SwitchExtent(store.catalog(), *txn, Cf::kTensors, m.key, DecodeTensor, EncodeTensor, to));
         break;
-      }
-      case Move::Kind::kExpert: {
-        ES_ASSIGN_OR_RETURN(std::string v, store.catalog().Get(Cf::kExperts, m.key));
-        ES_ASSIGN_OR_RETURN(ExpertInfo e, DecodeExpert(v));
-        e.extent = to;
-        txn->batch().Put(Cf::kExperts, m.key, EncodeExpert(e));
+      case Move::Kind::kExpert:
+        ES_RETURN_IF_ERROR(SwitchExtent(store.catalog(), *txn, Cf::kExperts, m.key, DecodeExpert, EncodeExpert, to));
         break;
-      }
       case Move::Kind::kAsset: {
         auto it = models.find(m.key);
         if (it == models.end()) {
