@@ -115,7 +115,6 @@ Result<CompactStats> Compact(Store& store, const CompactOptions& options) {
   // Which segments: their dead share, from the file sizes and what the catalog references. The first transaction
   // holds the write lock while they are chosen and while the catalog is read.
   ES_ASSIGN_OR_RETURN(auto txn, store.BeginWrite());
-  ES_ASSIGN_OR_RETURN(auto sizes, SegmentFileSizes(store.fs(), store.segments_dir()));
   std::vector<ExtentRef> refs;
   std::vector<CorruptEntry> undecodable;
   ES_RETURN_IF_ERROR(CollectExtents(store.catalog(), "", refs, undecodable));
@@ -123,18 +122,15 @@ Result<CompactStats> Compact(Store& store, const CompactOptions& options) {
     return Status::Corruption("the catalog holds entries that do not decode (" + undecodable.front().what + ": " +
                               undecodable.front().message + "); run verify; nothing was compacted");
   }
-  std::map<uint32_t, uint64_t> live;
-  for (const ExtentRef& r : refs) live[r.extent.segment] += r.extent.record_length;
+  ES_ASSIGN_OR_RETURN(std::vector<SegmentSpace> spaces, SegmentSpaces(store.fs(), store.segments_dir(), refs));
   std::set<uint32_t> chosen;
-  for (const auto& [id, size] : sizes) {
-    SegmentSpace space{id, size, live[id]};
+  for (const SegmentSpace& space : spaces) {
     ++stats.segments_before;
-    stats.file_bytes_before += size;
+    stats.file_bytes_before += space.file_bytes;
     stats.dead_bytes_before += space.dead_bytes();
-    const uint64_t record_bytes = size > kSegmentHeaderSize ? size - kSegmentHeaderSize : 0;
-    if (space.dead_bytes() > 0 &&
-        static_cast<double>(space.dead_bytes()) > options.max_dead_fraction * static_cast<double>(record_bytes)) {
-      chosen.insert(id);
+    if (space.dead_bytes() > 0 && static_cast<double>(space.dead_bytes()) >
+                                      options.max_dead_fraction * static_cast<double>(space.record_bytes())) {
+      chosen.insert(space.segment);
     }
   }
   stats.compacted.assign(chosen.begin(), chosen.end());

@@ -2,6 +2,7 @@
 #include "store/store.h"
 
 #include <algorithm>
+#include <charconv>
 #include <map>
 #include <optional>
 #include <set>
@@ -30,24 +31,13 @@ std::string EncodeWritePosition(SegmentWriter::Position p) {
 
 Result<SegmentWriter::Position> DecodeWritePosition(std::string_view v) {
   SegmentWriter::Position p;
-  size_t colon = v.find(':');
-  auto bad = [&] { return Status::Corruption("catalog meta write_position is malformed: " + std::string(v)); };
-  if (colon == std::string_view::npos || colon == 0 || colon + 1 == v.size() || colon > 10 || v.size() - colon > 21) {
-    return bad();
+  const char* end = v.data() + v.size();
+  auto [colon, ec1] = std::from_chars(v.data(), end, p.segment);
+  if (ec1 == std::errc() && colon != end && *colon == ':') {
+    auto [last, ec2] = std::from_chars(colon + 1, end, p.offset);
+    if (ec2 == std::errc() && last == end) return p;
   }
-  uint64_t segment = 0;
-  for (char c : v.substr(0, colon)) {
-    if (c < '0' || c > '9') return bad();
-    segment = segment * 10 + static_cast<uint64_t>(c - '0');
-  }
-  if (segment > UINT32_MAX) return bad();
-  for (char c : v.substr(colon + 1)) {
-    if (c < '0' || c > '9') return bad();
-    if (p.offset > (UINT64_MAX - 9) / 10) return bad();
-    p.offset = p.offset * 10 + static_cast<uint64_t>(c - '0');
-  }
-  p.segment = static_cast<uint32_t>(segment);
-  return p;
+  return Status::Corruption("catalog meta write_position is malformed: " + std::string(v));
 }
 }  // namespace
 
@@ -136,13 +126,10 @@ Store::~Store() { StopJournalMerging(); }
 
 namespace {
 
-// Bytes past the segment headers in the segment files under `dir` (0 when there is no such directory).
-Result<uint64_t> SegmentRecordBytes(FileSystem& fs, const std::string& dir) {
-  ES_ASSIGN_OR_RETURN(auto sizes, SegmentFileSizes(fs, dir));
+// Bytes past the segment headers in segment files of these sizes.
+uint64_t RecordBytes(const std::map<uint32_t, uint64_t>& sizes) {
   uint64_t bytes = 0;
-  for (const auto& [id, size] : sizes) {
-    if (size > kSegmentHeaderSize) bytes += size - kSegmentHeaderSize;
-  }
+  for (const auto& [id, size] : sizes) bytes += SegmentSpace{id, size, 0}.record_bytes();
   return bytes;
 }
 
@@ -175,7 +162,8 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreO
   if (!exists) {
     // A catalog that is missing beside segments holding records was lost, not never made: opening it as a new
     // store would truncate every segment to its header.
-    ES_ASSIGN_OR_RETURN(uint64_t orphaned, SegmentRecordBytes(fs, store->segments_dir_));
+    ES_ASSIGN_OR_RETURN(auto sizes, SegmentFileSizes(fs, store->segments_dir_));
+    const uint64_t orphaned = RecordBytes(sizes);
     if (orphaned > 0) {
       return Status::Corruption("the store at " + path + " has no catalog, but its segments hold " +
                                 std::to_string(orphaned) + " bytes of records: the catalog was lost; nothing was "
@@ -266,8 +254,7 @@ Status Store::Recover() {
   if (!committed) {
     // A store whose catalog has never recorded a commit position (written before it did, or never written to).
     // An empty catalog beside segments that hold records lost its entries: never treat it as a new store.
-    uint64_t record_bytes = 0;
-    for (const auto& [id, size] : sizes) record_bytes += size > kSegmentHeaderSize ? size - kSegmentHeaderSize : 0;
+    const uint64_t record_bytes = RecordBytes(sizes);
     ES_ASSIGN_OR_RETURN(auto models, ListModels());
     if (refs.empty() && models.empty() && record_bytes > 0) {
       return Status::Corruption("the catalog of the store at " + path_ + " is empty, but its segments hold " +
@@ -314,7 +301,8 @@ Status Store::Recover() {
   }
   writer_ = std::make_unique<SegmentWriter>(fs_, segments_dir_, max_segment_bytes_);
   ES_RETURN_IF_ERROR(writer_->Open(last, sizes.count(last) ? sizes[last] : 0));
-  if (committed) ES_RETURN_IF_ERROR(RemoveDeadSegments().status());
+  // What the catalog references and the sizes are as read above: nothing was written since.
+  if (committed && undecodable.empty()) ES_RETURN_IF_ERROR(RemoveUnreferenced(refs, sizes).status());
   return Status::Ok();
 }
 
@@ -328,15 +316,20 @@ Result<DeadSegmentRemoval> Store::RemoveDeadSegments() {
   if (read_only_) return Status::NotSupported("the store at " + path_ + " is open read-only");
   // No transaction in flight: the segments it creates are unreferenced until it commits.
   std::lock_guard lock(write_mu_);
-  DeadSegmentRemoval out;
   std::vector<ExtentRef> refs;
   std::vector<CorruptEntry> undecodable;
   ES_RETURN_IF_ERROR(CollectExtents(*catalog_, "", refs, undecodable));
-  if (!undecodable.empty()) return out;  // what the damaged entries reference is unknown: keep everything
+  if (!undecodable.empty()) return DeadSegmentRemoval{};  // what the damaged entries reference is unknown: keep all
+  ES_ASSIGN_OR_RETURN(auto sizes, SegmentFileSizes(*fs_, segments_dir_));
+  return RemoveUnreferenced(refs, sizes);
+}
+
+Result<DeadSegmentRemoval> Store::RemoveUnreferenced(const std::vector<ExtentRef>& refs,
+                                                     const std::map<uint32_t, uint64_t>& sizes) {
+  DeadSegmentRemoval out;
   std::set<uint32_t> referenced;
   for (const auto& r : refs) referenced.insert(r.extent.segment);
   const uint32_t active = writer_->position().segment;
-  ES_ASSIGN_OR_RETURN(auto sizes, SegmentFileSizes(*fs_, segments_dir_));
   std::vector<std::pair<uint32_t, uint64_t>> dead;
   for (const auto& [id, size] : sizes) {
     if (id < active && !referenced.contains(id)) dead.emplace_back(id, size);

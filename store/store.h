@@ -39,6 +39,7 @@ struct StoreOptions {
 };
 
 class Store;
+struct ExtentRef;
 
 // A write transaction: records appended to segments plus catalog mutations, committed together (data
 // fdatasync'd first, then the catalog batch with sync). Destroying it uncommitted rolls the data back.
@@ -89,6 +90,7 @@ struct SegmentSpace {
   uint32_t segment = 0;
   uint64_t file_bytes = 0;
   uint64_t live_bytes = 0;  // record lengths of the extents the catalog references
+  uint64_t record_bytes() const;  // past the segment header
   uint64_t dead_bytes() const;
 };
 
@@ -163,6 +165,10 @@ class Store {
   friend class WriteTxn;
   Store() = default;
   Status Recover();
+  // RemoveDeadSegments over what the caller read: every catalog reference and the segment files' sizes (the
+  // write lock held, or the store still opening).
+  Result<DeadSegmentRemoval> RemoveUnreferenced(const std::vector<ExtentRef>& refs,
+                                                const std::map<uint32_t, uint64_t>& sizes);
   void StopJournalMerging();
 
   std::string path_;
@@ -205,5 +211,7 @@ struct ExtentRef {
 };
 Status CollectExtents(const Catalog& catalog, const std::string& model, std::vector<ExtentRef>& out,
                       std::vector<CorruptEntry>& undecodable);
+// Every segment file's space, by id: its size, and the record lengths `refs` place in it.
+Result<std::vector<SegmentSpace>> SegmentSpaces(FileSystem& fs, const std::string& dir, const std::vector<ExtentRef>& refs);
 
 }  // namespace es

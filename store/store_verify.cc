@@ -241,6 +241,17 @@ Status CollectExtents(const Catalog& catalog, const std::string& model, std::vec
   return Status::Ok();
 }
 
+uint64_t SegmentSpace::record_bytes() const { return file_bytes > kSegmentHeaderSize ? file_bytes - kSegmentHeaderSize : 0; }
+
+Result<std::vector<SegmentSpace>> SegmentSpaces(FileSystem& fs, const std::string& dir, const std::vector<ExtentRef>& refs) {
+  std::map<uint32_t, uint64_t> live;
+  for (const ExtentRef& r : refs) live[r.extent.segment] += r.extent.record_length;
+  ES_ASSIGN_OR_RETURN(auto sizes, SegmentFileSizes(fs, dir));
+  std::vector<SegmentSpace> spaces;
+  for (const auto& [id, size] : sizes) spaces.push_back({id, size, live[id]});  // in id order
+  return spaces;
+}
+
 uint64_t SegmentSpace::dead_bytes() const {
   const uint64_t used = kSegmentHeaderSize + live_bytes;
   return file_bytes > used ? file_bytes - used : 0;
@@ -251,10 +262,7 @@ Result<VerifyReport> Store::Verify(const std::string& model) {
   std::vector<ExtentRef> refs;
   ES_RETURN_IF_ERROR(CollectExtents(*catalog_, model, refs, report.corrupt));
   if (model.empty()) {
-    std::map<uint32_t, uint64_t> live;
-    for (const ExtentRef& r : refs) live[r.extent.segment] += r.extent.record_length;
-    ES_ASSIGN_OR_RETURN(auto sizes, SegmentFileSizes(*fs_, segments_dir_));
-    for (const auto& [id, size] : sizes) report.segments.push_back({id, size, live[id]});  // in id order
+    ES_ASSIGN_OR_RETURN(report.segments, SegmentSpaces(*fs_, segments_dir_, refs));
   }
   ES_RETURN_IF_ERROR(CheckMetadataValues(*catalog_, model, report));
   ES_ASSIGN_OR_RETURN(std::vector<const ExtentRef*> readable, CheckStructure(*reader_, refs, report));

@@ -342,7 +342,9 @@ TEST_F(ModelSweepTest, Remove) {
         ExpectModel(store, "base");
         // Acknowledged: gone. Not acknowledged: all there or all gone, never half.
         auto gone = LoadModelInfo(store.catalog(), "gone");
-        if (s.ok()) EXPECT_TRUE(gone.status().IsNotFound()) << gone.status().ToString();
+        if (s.ok()) {
+          EXPECT_TRUE(gone.status().IsNotFound()) << gone.status().ToString();
+        }
         if (gone.ok()) ExpectModel(store, "gone");
         if (!gone.ok()) {
           std::vector<ExtentRef> refs;
@@ -405,7 +407,9 @@ TEST_F(ModelSweepTest, JournalledMetadata) {
         // Whole batches only, and every acknowledged one.
         EXPECT_EQ(n % 5, 0u) << n;
         EXPECT_LE(n, 10u);
-        if (s.ok()) EXPECT_EQ(n, 10u);
+        if (s.ok()) {
+          EXPECT_EQ(n, 10u);
+        }
       });
   EXPECT_GT(points["write"] + points["fsync"], 0);
   std::printf("journalled metadata: %s\n", Describe(points).c_str());
