@@ -14,6 +14,8 @@ namespace {
 
 // Record bytes read and written per step of a copy.
 constexpr size_t kCopyChunk = 4u << 20;
+// Past this many catalog-log records, compaction writes a snapshot even when it moves nothing.
+constexpr uint64_t kMaxLogRecordsUnsnapshotted = 64;
 
 // One catalog reference to a record in a segment being compacted.
 struct Move {
@@ -138,13 +140,24 @@ Result<CompactStats> Compact(Store& store, const CompactOptions& options) {
   if (chosen.contains(txn->position().segment)) ES_RETURN_IF_ERROR(txn->SealSegment());
   ES_ASSIGN_OR_RETURN(std::vector<Move> moves, CollectMoves(store.catalog(), chosen));
 
+  // The catalog log's records are not moved: compaction's last commit writes a snapshot of the catalog, which
+  // replaces them all, so the emptied segments hold nothing live. A long log is folded the same way when there is
+  // nothing to move.
+  ES_ASSIGN_OR_RETURN(const uint64_t log_records, store.CatalogLogRecords());
+  const bool snapshot = !chosen.empty() || log_records > kMaxLogRecordsUnsnapshotted;
+
   // Copies in batches; each commit switches its entries. Models whose asset extents changed in this batch.
   std::map<std::string, ModelInfo> models;
   uint64_t batch_bytes = 0;
-  auto commit = [&]() -> Status {
+  auto commit = [&](bool last) -> Status {
     for (auto& [name, info] : models) txn->batch().Put(Cf::kModels, ModelKey(name), EncodeModel(info));
     models.clear();
-    ES_RETURN_IF_ERROR(txn->Commit());
+    if (last && snapshot) {
+      ES_RETURN_IF_ERROR(txn->CommitWithSnapshot());
+      stats.log_snapshot = true;
+    } else {
+      ES_RETURN_IF_ERROR(txn->Commit());
+    }
     ++stats.commits;
     batch_bytes = 0;
     return Status::Ok();
@@ -178,11 +191,14 @@ Result<CompactStats> Compact(Store& store, const CompactOptions& options) {
     stats.bytes_moved += m.extent.record_length;
     batch_bytes += m.extent.record_length;
     if (batch_bytes >= options.batch_bytes) {
-      ES_RETURN_IF_ERROR(commit());
+      ES_RETURN_IF_ERROR(commit(/*last=*/false));
       txn.reset();
     }
   }
-  if (txn) ES_RETURN_IF_ERROR(commit());
+  if (!txn) {
+    ES_ASSIGN_OR_RETURN(txn, store.BeginWrite());
+  }
+  ES_RETURN_IF_ERROR(commit(/*last=*/true));
   txn.reset();
   ES_ASSIGN_OR_RETURN(stats.removal, store.RemoveDeadSegments());
   return stats;

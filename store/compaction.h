@@ -28,6 +28,7 @@ struct CompactStats {
   uint64_t records_moved = 0;
   uint64_t bytes_moved = 0;  // record bytes copied (headers and padding included)
   uint32_t commits = 0;
+  bool log_snapshot = false;  // a catalog-log snapshot replaced the log records before it
   DeadSegmentRemoval removal;
 };
 

@@ -88,7 +88,7 @@ Result<RecordHeader> DecodeRecordHeader(std::span<const std::byte> block) {
   const std::byte* p = block.data();
   RecordHeader h;
   uint16_t kind = Get16(p + kKindOffset);
-  if (kind < static_cast<uint16_t>(RecordKind::kTensor) || kind > static_cast<uint16_t>(RecordKind::kAsset)) {
+  if (kind < static_cast<uint16_t>(RecordKind::kTensor) || kind > static_cast<uint16_t>(RecordKind::kCatalogLog)) {
     return Status::Corruption("record header: unknown record kind " + std::to_string(kind));
   }
   h.kind = static_cast<RecordKind>(kind);

@@ -28,6 +28,7 @@ enum class RecordKind : uint16_t {
   kTensor = 1,  // a dense tensor
   kExpert = 2,  // one expert: its projections back to back
   kAsset = 3,   // a model asset file (tokenizer.json, ...)
+  kCatalogLog = 4,  // a commit's changes to the catalog's record entries, or a snapshot of them (store/catalog_log.h)
 };
 
 // Where a record lives and what its payload must hash to. This is what the catalog stores.

@@ -18,7 +18,10 @@ constexpr std::string_view kSegmentsDir = "segments";
 constexpr std::string_view kLockFile = "LOCK";
 constexpr std::string_view kTmpSuffix = ".tmp";
 constexpr std::string_view kFormatVersionKey = "format_version";
-constexpr std::string_view kFormatVersion = "1";
+// Version 2 added the catalog log (store/catalog_log.h). A writer upgrades a version-1 store by writing its first
+// snapshot; readers read both.
+constexpr std::string_view kFormatVersion = "2";
+constexpr std::string_view kLegacyFormatVersion = "1";
 // Read-only processes hold this file shared while they have the store open; the writer removes dead segments only
 // when it can lock it exclusively.
 constexpr std::string_view kReadersFile = "READERS";
@@ -44,7 +47,7 @@ Result<SegmentWriter::Position> DecodeWritePosition(std::string_view v) {
 // ---- WriteTxn -------------------------------------------------------------------------------------------
 
 WriteTxn::WriteTxn(Store* store, std::unique_lock<std::mutex> lock, SegmentWriter::Position start)
-    : store_(store), lock_(std::move(lock)), start_(start) {}
+    : store_(store), lock_(std::move(lock)), start_(start), next_log_sequence_(store->next_log_sequence_) {}
 
 WriteTxn::~WriteTxn() {
   if (!done_) Abort().IgnoreError();  // a failed rollback already marked the writer dead
@@ -78,12 +81,75 @@ Result<Extent> WriteTxn::AppendRecord(RecordKind kind, std::string key, std::spa
   return FinishRecord();
 }
 
+Status WriteTxn::AppendCatalogLog(bool snapshot, std::vector<CatalogLogEntry> entries) {
+  const CatalogLog log{next_log_sequence_, snapshot, std::move(entries)};
+  const std::string payload = EncodeCatalogLog(log);
+  const std::string key = CatalogLogKey(log.sequence);
+  ES_ASSIGN_OR_RETURN(Extent at, AppendRecord(RecordKind::kCatalogLog, key, std::as_bytes(std::span(payload))));
+  batch_.Put(Cf::kMeta, key, EncodeCatalogLogRef(at));
+  ++next_log_sequence_;
+  logged_ = true;
+  return Status::Ok();
+}
+
+Status WriteTxn::CommitWithSnapshot() {
+  if (done_) return Status::InvalidArgument("transaction already finished");
+  Status s = failed_;
+  if (s.ok()) {
+    // The record entries as this commit leaves them: the catalog's, with the batch's changes applied in order.
+    std::map<std::pair<Cf, std::string>, std::string> entries;
+    for (Cf cf : {Cf::kModels, Cf::kTensors, Cf::kExperts}) {
+      if (s.ok()) {
+        s = store_->catalog_->Scan(cf, "", [&](std::string_view key, std::string_view value) {
+          entries[{cf, std::string(key)}] = value;
+          return true;
+        });
+      }
+    }
+    for (CatalogLogEntry& m : RecordMutations(batch_)) {
+      if (m.op == CatalogLogEntry::Op::kPut) {
+        entries[{m.cf, std::move(m.key)}] = std::move(m.value);
+      } else {
+        entries.erase({m.cf, m.key});
+      }
+    }
+    // The snapshot holds everything the earlier log records did.
+    if (s.ok()) {
+      s = store_->catalog_->Scan(Cf::kMeta, kCatalogLogKeyPrefix, [&](std::string_view key, std::string_view) {
+        batch_.Delete(Cf::kMeta, key);
+        return true;
+      });
+    }
+    std::vector<CatalogLogEntry> snapshot;
+    snapshot.reserve(entries.size());
+    for (auto& [where, value] : entries) {
+      snapshot.push_back({CatalogLogEntry::Op::kPut, where.first, where.second, std::move(value)});
+    }
+    if (s.ok()) s = AppendCatalogLog(/*snapshot=*/true, std::move(snapshot));
+  }
+  if (!s.ok()) {
+    Abort().IgnoreError();
+    return s;
+  }
+  return Commit();
+}
+
 Status WriteTxn::Commit() {
   if (done_) return Status::InvalidArgument("transaction already finished");
   if (!failed_.ok()) {
     Status why = failed_;
     Abort().IgnoreError();
     return why;
+  }
+  // The segments keep their own copy of what this commit changes in the catalog's record entries, written with the
+  // data: `repair` rebuilds a lost catalog from it.
+  std::vector<CatalogLogEntry> mutations = logged_ ? std::vector<CatalogLogEntry>() : RecordMutations(batch_);
+  if (!mutations.empty()) {
+    Status logged = AppendCatalogLog(/*snapshot=*/false, std::move(mutations));
+    if (!logged.ok()) {
+      Abort().IgnoreError();
+      return logged;
+    }
   }
   // Data first: only once every appended record is durable may the catalog reference it.
   Status s = store_->writer_->Sync();
@@ -98,6 +164,7 @@ Status WriteTxn::Commit() {
     return s;
   }
   done_ = true;
+  store_->next_log_sequence_ = next_log_sequence_;
   lock_.unlock();
   return Status::Ok();
 }
@@ -197,13 +264,16 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreO
     batch.Put(Cf::kMeta, kWritePositionKey, EncodeWritePosition({}));
     ES_RETURN_IF_ERROR(store->catalog_->Write(batch));
     ES_RETURN_IF_ERROR(fs.SyncDir(path));
-  } else {
+  }
+  bool legacy = false;  // a version-1 store (or one older still, with no version recorded)
+  if (exists) {
     auto version = store->catalog_->Get(Cf::kMeta, kFormatVersionKey);
     if (!version.ok() && !version.status().IsNotFound()) return version.status();
-    if (version.ok() && *version != kFormatVersion) {
+    if (version.ok() && *version != kFormatVersion && *version != kLegacyFormatVersion) {
       return Status::NotSupported("store " + path + " has format version " + *version + "; this build reads " +
-                                  std::string(kFormatVersion));
+                                  std::string(kLegacyFormatVersion) + " and " + std::string(kFormatVersion));
     }
+    legacy = !version.ok() || *version == kLegacyFormatVersion;
   }
   ES_ASSIGN_OR_RETURN(auto engine, CreateIoEngine(options.io_engine, options.io));
   store->reader_ = std::make_unique<ExtentReader>(store->fs_, store->segments_dir_, std::move(engine));
@@ -211,6 +281,14 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreO
     ES_RETURN_IF_ERROR(store->Recover());
     // What read-only processes recorded while no writer ran (or before the last writer merged it).
     ES_ASSIGN_OR_RETURN(store->open_merge_stats_, store->MergeJournals());
+    std::string last_log;
+    ES_RETURN_IF_ERROR(store->catalog_->Scan(Cf::kMeta, kCatalogLogKeyPrefix, [&](std::string_view key, std::string_view) {
+      last_log = key;
+      return true;
+    }));
+    if (auto sequence = ParseCatalogLogKey(last_log)) store->next_log_sequence_ = *sequence + 1;
+    // A version-1 store has no catalog log: its first snapshot makes it repairable, and version 2.
+    if (legacy) ES_RETURN_IF_ERROR(store->UpgradeFormat());
   }
   return store;
 }
@@ -304,6 +382,21 @@ Status Store::Recover() {
   // What the catalog references and the sizes are as read above: nothing was written since.
   if (committed && undecodable.empty()) ES_RETURN_IF_ERROR(RemoveUnreferenced(refs, sizes).status());
   return Status::Ok();
+}
+
+Status Store::UpgradeFormat() {
+  ES_ASSIGN_OR_RETURN(auto txn, BeginWrite());
+  txn->batch().Put(Cf::kMeta, kFormatVersionKey, kFormatVersion);
+  return txn->CommitWithSnapshot();
+}
+
+Result<uint64_t> Store::CatalogLogRecords() {
+  uint64_t n = 0;
+  ES_RETURN_IF_ERROR(catalog_->Scan(Cf::kMeta, kCatalogLogKeyPrefix, [&](std::string_view, std::string_view) {
+    ++n;
+    return true;
+  }));
+  return n;
 }
 
 bool Store::ReadersPresent() {

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "store/catalog.h"
+#include "store/catalog_log.h"
 #include "store/extent_reader.h"
 #include "store/base/file_system.h"
 #include "store/io_engine.h"
@@ -60,6 +61,10 @@ class WriteTxn {
   CatalogBatch& batch() { return batch_; }
 
   Status Commit();
+  // Commits as Commit does, but the catalog log gets a snapshot of the record entries as this commit leaves them
+  // instead of this commit's changes, and the references to earlier log records are dropped (their records become
+  // dead space). Compaction's last commit, and a version-1 store's upgrade.
+  Status CommitWithSnapshot();
   // Drops everything appended; the catalog is untouched.
   Status Abort();
   // Starts a new segment now: nothing more is appended to the one that was active (compaction empties it).
@@ -71,9 +76,15 @@ class WriteTxn {
   friend class Store;
   WriteTxn(Store* store, std::unique_lock<std::mutex> lock, SegmentWriter::Position start);
 
+  // Appends the catalog-log record of `entries` (a commit's record mutations, or a snapshot) and stages its
+  // reference in the batch.
+  Status AppendCatalogLog(bool snapshot, std::vector<CatalogLogEntry> entries);
+
   Store* store_;
   std::unique_lock<std::mutex> lock_;
   SegmentWriter::Position start_;
+  uint64_t next_log_sequence_ = 0;  // the store's next sequence once this transaction commits
+  bool logged_ = false;             // the catalog-log record of this commit is appended
   CatalogBatch batch_;
   bool done_ = false;
   Status failed_;
@@ -143,6 +154,8 @@ class Store {
   Result<DeadSegmentRemoval> RemoveDeadSegments();
   // True when another process has the store open read-only (a reader holds STORE/READERS shared).
   bool ReadersPresent();
+  // How many catalog-log records the catalog references.
+  Result<uint64_t> CatalogLogRecords();
 
   // ---- metadata (usage, trust, profiles): from the writer or from read-only processes ----
   // Applies a batch of usage merges and trust/profile puts: straight into the catalog (synced) in the writer;
@@ -165,6 +178,8 @@ class Store {
   friend class WriteTxn;
   Store() = default;
   Status Recover();
+  // A transaction that only writes a catalog-log snapshot and records this build's format version.
+  Status UpgradeFormat();
   // RemoveDeadSegments over what the caller read: every catalog reference and the segment files' sizes (the
   // write lock held, or the store still opening).
   Result<DeadSegmentRemoval> RemoveUnreferenced(const std::vector<ExtentRef>& refs,
@@ -182,6 +197,7 @@ class Store {
   std::unique_ptr<SegmentWriter> writer_;
   uint64_t max_segment_bytes_ = 0;
   std::mutex write_mu_;
+  uint64_t next_log_sequence_ = 1;  // writer: the sequence of the next catalog-log record (guarded by write_mu_)
 
   std::mutex journal_mu_;  // guards journal_ and serialises merges
   std::unique_ptr<JournalWriter> journal_;
@@ -203,7 +219,8 @@ Status StageModelDeletion(const Catalog& catalog, const std::string& name, Catal
 // Empty when there is no such directory.
 Result<std::map<uint32_t, uint64_t>> SegmentFileSizes(FileSystem& fs, const std::string& dir);
 
-// Every extent the catalog references, with a description, in key order (verify, recovery, tools).
+// Every extent the catalog references, with a description, in key order (verify, recovery, tools); for the whole
+// store (model empty) also the catalog-log records.
 struct ExtentRef {
   std::string what;
   std::string record_key;  // the key stored in the record header
@@ -211,6 +228,9 @@ struct ExtentRef {
 };
 Status CollectExtents(const Catalog& catalog, const std::string& model, std::vector<ExtentRef>& out,
                       std::vector<CorruptEntry>& undecodable);
+// Reads the records `refs` describe and checks each as verify does (inside an existing segment with a valid header,
+// no overlaps, header key, length, checksum, padding); what fails is added to report.corrupt.
+Status CheckExtents(ExtentReader& reader, const std::vector<ExtentRef>& refs, VerifyReport& report);
 // Every segment file's space, by id: its size, and the record lengths `refs` place in it.
 Result<std::vector<SegmentSpace>> SegmentSpaces(FileSystem& fs, const std::string& dir, const std::vector<ExtentRef>& refs);
 

@@ -238,7 +238,25 @@ Status CollectExtents(const Catalog& catalog, const std::string& model, std::vec
     }
     return true;
   }));
+  if (model.empty()) {
+    ES_RETURN_IF_ERROR(catalog.Scan(Cf::kMeta, kCatalogLogKeyPrefix, [&](std::string_view key, std::string_view value) {
+      auto sequence = ParseCatalogLogKey(key);
+      auto e = DecodeCatalogLogRef(value);
+      std::string what = "catalog log " + (sequence ? std::to_string(*sequence) : Printable(key));
+      if (!sequence || !e.ok()) {
+        undecodable.push_back({what, !sequence ? "malformed key" : e.status().message()});
+      } else {
+        out.push_back({what, std::string(key), *e});
+      }
+      return true;
+    }));
+  }
   return Status::Ok();
+}
+
+Status CheckExtents(ExtentReader& reader, const std::vector<ExtentRef>& refs, VerifyReport& report) {
+  ES_ASSIGN_OR_RETURN(std::vector<const ExtentRef*> readable, CheckStructure(reader, refs, report));
+  return CheckContents(reader, readable, report);
 }
 
 uint64_t SegmentSpace::record_bytes() const { return file_bytes > kSegmentHeaderSize ? file_bytes - kSegmentHeaderSize : 0; }
@@ -265,8 +283,7 @@ Result<VerifyReport> Store::Verify(const std::string& model) {
     ES_ASSIGN_OR_RETURN(report.segments, SegmentSpaces(*fs_, segments_dir_, refs));
   }
   ES_RETURN_IF_ERROR(CheckMetadataValues(*catalog_, model, report));
-  ES_ASSIGN_OR_RETURN(std::vector<const ExtentRef*> readable, CheckStructure(*reader_, refs, report));
-  ES_RETURN_IF_ERROR(CheckContents(*reader_, readable, report));
+  ES_RETURN_IF_ERROR(CheckExtents(*reader_, refs, report));
   return report;
 }
 

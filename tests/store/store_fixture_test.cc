@@ -1,8 +1,9 @@
 // A store written by format version 1 and committed (tests/store/fixtures/v1_store: a 2-layer, 4-expert random
 // Qwen3-MoE checkpoint from make-checkpoint --seed 7, ingested as "fixture"). Today's code must read it as it was
 // written: the catalog's keys and FlatBuffers records, the segment and record headers, every checksum. A change to
-// an encoder and its decoder together passes the round-trip tests but fails here. A store of a newer version is
-// refused, and nothing in it is changed.
+// an encoder and its decoder together passes the round-trip tests but fails here. A writer upgrades it to version 2
+// (a catalog-log snapshot appended) without touching what was there. A store of a newer version is refused, and
+// nothing in it is changed.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -84,11 +85,27 @@ TEST(StoreFixtureTest, VersionOneReadsAsWritten) {
   EXPECT_EQ(report->checked, 8u + 21u + 1u);  // experts, dense tensors, the asset
   store->reset();
 
-  // A writer's recovery finds nothing to truncate: the catalog references the whole segment.
+  // A writer's recovery finds nothing to truncate: the catalog references the whole segment. The writer upgrades
+  // the store to version 2: one catalog-log snapshot appended after the version-1 records, which stay as they were.
+  std::string before(segment_bytes, '\0');
+  std::ifstream(path + kSegment, std::ios::binary).read(before.data(), segment_bytes);
   auto writer = Store::Open(path, StoreOptions{});
   ASSERT_TRUE(writer.ok()) << writer.status().ToString();
+  auto version = (*writer)->catalog().Get(Cf::kMeta, "format_version");
+  ASSERT_TRUE(version.ok());
+  EXPECT_EQ(*version, "2");
+  auto log_records = (*writer)->CatalogLogRecords();
+  ASSERT_TRUE(log_records.ok());
+  EXPECT_EQ(*log_records, 1u);
+  auto upgraded = (*writer)->Verify();
+  ASSERT_TRUE(upgraded.ok());
+  EXPECT_TRUE(upgraded->ok());
+  EXPECT_EQ(upgraded->checked, 8u + 21u + 1u + 1u);  // and the snapshot
   writer->reset();
-  EXPECT_EQ(fs::file_size(path + kSegment), segment_bytes);
+  std::string after(segment_bytes, '\0');
+  std::ifstream(path + kSegment, std::ios::binary).read(after.data(), segment_bytes);
+  EXPECT_TRUE(before == after);
+  EXPECT_GT(fs::file_size(path + kSegment), segment_bytes);
 
   // The segment's first bytes are the header as docs/segment_format.md describes it.
   std::ifstream seg(path + kSegment, std::ios::binary);
@@ -107,7 +124,7 @@ TEST(StoreFixtureTest, ANewerFormatIsRefusedAndLeftAlone) {
     auto store = Store::Open(path, StoreOptions{});
     ASSERT_TRUE(store.ok());
     CatalogBatch batch;
-    batch.Put(Cf::kMeta, "format_version", "2");
+    batch.Put(Cf::kMeta, "format_version", "3");
     ASSERT_TRUE((*store)->catalog().Write(batch).ok());
   }
   const uint64_t segment_bytes = fs::file_size(path + kSegment);
@@ -117,7 +134,7 @@ TEST(StoreFixtureTest, ANewerFormatIsRefusedAndLeftAlone) {
     auto store = Store::Open(path, o);
     ASSERT_FALSE(store.ok());
     EXPECT_TRUE(store.status().IsNotSupported()) << store.status().ToString();
-    EXPECT_NE(store.status().message().find("format version 2; this build reads 1"), std::string::npos)
+    EXPECT_NE(store.status().message().find("format version 3; this build reads 1 and 2"), std::string::npos)
         << store.status().ToString();
   }
   EXPECT_EQ(fs::file_size(path + kSegment), segment_bytes);
