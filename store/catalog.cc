@@ -194,6 +194,30 @@ struct Catalog::Rep {
 Catalog::Catalog(std::unique_ptr<Rep> rep) : rep_(std::move(rep)) {}
 Catalog::~Catalog() = default;
 
+namespace {
+
+std::vector<rocksdb::ColumnFamilyDescriptor> Descriptors() {
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+  descriptors.emplace_back(rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions());
+  for (int i = 0; i < kNumCfs; ++i) {
+    descriptors.emplace_back(std::string(kCfNames[i]), CfOptions(static_cast<Cf>(i)));
+  }
+  return descriptors;
+}
+
+}  // namespace
+
+Status Catalog::Salvage(const std::string& dir) {
+  rocksdb::DBOptions db_options;
+  db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+  db_options.info_log = std::make_shared<CatalogLogger>(dir + "/LOG", false);
+  db_options.max_file_opening_threads = 1;
+  return FromRocks(OpenGuarded([&] {
+                     return rocksdb::RepairDB(dir, db_options, Descriptors(), rocksdb::ColumnFamilyOptions());
+                   }),
+                   "salvage catalog " + dir);
+}
+
 Result<std::unique_ptr<Catalog>> Catalog::Open(const std::string& dir, bool read_only, bool create) {
   rocksdb::DBOptions db_options;
   db_options.create_if_missing = create && !read_only;
@@ -212,11 +236,7 @@ Result<std::unique_ptr<Catalog>> Catalog::Open(const std::string& dir, bool read
   db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
   db_options.info_log = std::make_shared<CatalogLogger>(dir + "/LOG", read_only);
 
-  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
-  descriptors.emplace_back(rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions());
-  for (int i = 0; i < kNumCfs; ++i) {
-    descriptors.emplace_back(std::string(kCfNames[i]), CfOptions(static_cast<Cf>(i)));
-  }
+  const std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = Descriptors();
 
   auto rep = std::make_unique<Rep>();
   rep->read_only = read_only;

@@ -59,6 +59,9 @@ class Catalog {
               const std::function<bool(std::string_view key, std::string_view value)>& fn) const;
   // Compacts every column family (the `rest` state).
   Status Compact();
+  // Rebuilds a damaged catalog in `dir` in place from whatever its table and log files still hold (RocksDB's
+  // RepairDB: entries in damaged blocks or log records are lost). Run it on a copy.
+  static Status Salvage(const std::string& dir);
 
  private:
   struct Rep;

@@ -27,6 +27,8 @@ constexpr std::string_view kLegacyFormatVersion = "1";
 constexpr std::string_view kReadersFile = "READERS";
 // Where the last committed transaction's data ended: "segment:offset" (docs/segment_format.md, Recovery).
 constexpr std::string_view kWritePositionKey = "write_position";
+// Said wherever an open stops at a catalog that disagrees with the segments.
+constexpr std::string_view kRepairHint = " (`expertstore repair` rebuilds the catalog from the segments)";
 
 std::string EncodeWritePosition(SegmentWriter::Position p) {
   return std::to_string(p.segment) + ":" + std::to_string(p.offset);
@@ -234,7 +236,7 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreO
     if (orphaned > 0) {
       return Status::Corruption("the store at " + path + " has no catalog, but its segments hold " +
                                 std::to_string(orphaned) + " bytes of records: the catalog was lost; nothing was "
-                                "changed");
+                                "changed" + std::string(kRepairHint));
     }
   }
   if (!exists && (options.read_only || !options.create_if_missing)) {
@@ -254,7 +256,12 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreO
   }
   // Only a new store creates its catalog: in an existing one, a catalog RocksDB cannot find (a lost CURRENT file)
   // is an error, never a fresh empty catalog over the old one's files.
-  ES_ASSIGN_OR_RETURN(store->catalog_, Catalog::Open(JoinPath(path, kCatalogDir), options.read_only, !exists));
+  auto catalog = Catalog::Open(JoinPath(path, kCatalogDir), options.read_only, !exists);
+  if (!catalog.ok()) {
+    if (catalog.status().IsCorruption()) return Status::Corruption(catalog.status().message() + std::string(kRepairHint));
+    return catalog.status();
+  }
+  store->catalog_ = std::move(catalog).value();
   if (!exists) {
     // A new store: record its format, and make its directories durable before anything is written into them.
     CatalogBatch batch;
@@ -337,7 +344,7 @@ Status Store::Recover() {
     if (refs.empty() && models.empty() && record_bytes > 0) {
       return Status::Corruption("the catalog of the store at " + path_ + " is empty, but its segments hold " +
                                 std::to_string(record_bytes) + " bytes of records: the catalog lost its entries; "
-                                "nothing was changed");
+                                "nothing was changed" + std::string(kRepairHint));
     }
     // Truncate every torn tail: bytes past the last referenced record were never acknowledged.
     for (const auto& [id, size] : sizes) {
@@ -350,7 +357,7 @@ Status Store::Recover() {
     if (!referenced_end.empty() && referenced_end.rbegin()->first > c.segment) {
       return Status::Corruption("the catalog of the store at " + path_ + " references segment " +
                                 std::to_string(referenced_end.rbegin()->first) + ", past its last commit (segment " +
-                                std::to_string(c.segment) + "); nothing was changed");
+                                std::to_string(c.segment) + "); nothing was changed" + std::string(kRepairHint));
     }
     if (c.segment != 0) {
       auto it = sizes.find(c.segment);
@@ -360,7 +367,7 @@ Status Store::Recover() {
                                   (it == sizes.end() ? std::string("nothing (it is missing)")
                                                      : std::to_string(it->second) + " bytes") +
                                   ", but the catalog's last commit wrote up to byte " + std::to_string(need) +
-                                  ": committed data was lost; nothing was changed");
+                                  ": committed data was lost; nothing was changed" + std::string(kRepairHint));
       }
     }
     // Segments created after the last commit, and the active segment's tail past it, were never acknowledged.

@@ -1,4 +1,4 @@
-// Store-level commands: verify, models, rm, compact, info.
+// Store-level commands: verify, models, rm, compact, repair, info.
 #include <chrono>
 #include <cstdio>
 
@@ -8,6 +8,7 @@
 #include "store/io_engine.h"
 #include "store/metadata.h"
 #include "store/record_json.h"
+#include "store/repair.h"
 #include "tools/cli.h"
 
 namespace es::cli {
@@ -133,6 +134,64 @@ Status RunCompact(const Args& args) {
   return Status::Ok();
 }
 
+// repair: rebuilds the catalog from the segments' catalog log, keeps the old catalog beside it, then opens the store
+// as a writer (its recovery) and verifies it.
+Status RunRepair(const Args& args) {
+  const std::string& path = args.global().store;
+  const auto start = std::chrono::steady_clock::now();
+  ES_ASSIGN_OR_RETURN(RepairReport report, RepairStore(path));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/true));
+  ES_ASSIGN_OR_RETURN(VerifyReport verify, store->Verify());
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject().Key("segments").Uint(report.segments).Key("records").Uint(report.records)
+        .Key("damaged_bytes").Uint(report.damaged_bytes).Key("log_records").Uint(report.log_records)
+        .Key("snapshot_sequence").Uint(report.snapshot_sequence).Key("last_sequence").Uint(report.last_sequence)
+        .Key("models").BeginArray();
+    for (const RepairedModel& m : report.models) {
+      w.BeginObject().Key("name").String(m.name).Key("experts").Uint(m.experts).Key("dense_tensors").Uint(m.tensors)
+          .Key("assets").Uint(m.assets).Key("complete").Bool(m.complete).Key("dropped").BeginArray();
+      for (const auto& d : m.dropped) w.String(d);
+      w.EndArray().EndObject();
+    }
+    w.EndArray().Key("problems").BeginArray();
+    for (const auto& p : report.problems) w.String(p);
+    w.EndArray().Key("metadata_entries").Uint(report.metadata_entries).Key("metadata_error").String(report.metadata_error)
+        .Key("old_catalog").String(report.old_catalog).Key("verify_ok").Bool(verify.ok())
+        .Key("seconds").Double(seconds).EndObject();
+    PrintJson(w);
+  } else if (!args.global().quiet) {
+    std::printf("scanned %u segments: %llu intact records, %s without an intact record header\n", report.segments,
+                static_cast<unsigned long long>(report.records), HumanBytes(report.damaged_bytes).c_str());
+    std::printf("replayed %llu catalog-log records (%s through commit %llu)\n",
+                static_cast<unsigned long long>(report.log_records),
+                report.snapshot_sequence == 0 ? "from the first commit"
+                                              : ("from the snapshot at commit " + std::to_string(report.snapshot_sequence)).c_str(),
+                static_cast<unsigned long long>(report.last_sequence));
+    for (const RepairedModel& m : report.models) {
+      std::printf("model %s: %llu experts, %llu dense tensors, %llu assets%s\n", m.name.c_str(),
+                  static_cast<unsigned long long>(m.experts), static_cast<unsigned long long>(m.tensors),
+                  static_cast<unsigned long long>(m.assets), m.complete ? "" : " (incomplete: ingest it again to finish)");
+      for (const auto& d : m.dropped) std::printf("  dropped %s\n", d.c_str());
+    }
+    for (const auto& p : report.problems) std::printf("problem: %s\n", p.c_str());
+    if (report.metadata_error.empty()) {
+      std::printf("metadata: %llu usage, trust and profile entries kept from the old catalog\n",
+                  static_cast<unsigned long long>(report.metadata_entries));
+    } else {
+      std::printf("metadata: none kept (%s)\n", report.metadata_error.c_str());
+    }
+    if (!report.old_catalog.empty()) std::printf("the old catalog is kept at %s\n", report.old_catalog.c_str());
+    std::printf("verify: %s (%.2f s)\n", verify.ok() ? "ok" : "CORRUPT", seconds);
+  }
+  if (!verify.ok()) {
+    return Status::Corruption("the repaired store does not verify: " + verify.corrupt.front().what + ": " +
+                              verify.corrupt.front().message);
+  }
+  return Status::Ok();
+}
+
 Status RunModels(const Args& args) {
   ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
   ES_ASSIGN_OR_RETURN(auto models, store->ListModels());
@@ -220,6 +279,10 @@ void RegisterStoreCommands(std::vector<Command>& commands) {
                       "new segments, then remove the old ones",
                       {{"max-dead-fraction", true, "compact segments whose dead share is above this (0 to <1)"}},
                       RunCompact});
+  commands.push_back({"repair", "repair",
+                      "rebuild a lost or damaged catalog from the segments (their catalog log), keeping the old one "
+                      "beside it as catalog.damaged-TIME",
+                      {}, RunRepair});
   commands.push_back({"info", "info", "version, compiled backends, I/O engine, CPU features and GPUs found", {}, RunInfo});
 }
 
