@@ -190,7 +190,9 @@ Status SalvageMetadata(const std::string& path, const std::set<std::string>& mod
   // The copy's LOCK file, if any, is not held by anyone.
   Status s = Catalog::Salvage(copy);
   if (s.ok()) {
-    auto old = Catalog::Open(copy, /*read_only=*/true, /*create=*/false);
+    // Opened as a writer: RepairDB keeps only the column families that still hold table files, and a writer's open
+    // creates the missing ones (empty) where a reader's would fail. It is a copy.
+    auto old = Catalog::Open(copy, /*read_only=*/false, /*create=*/false);
     if (!old.ok()) {
       s = old.status();
     } else {
