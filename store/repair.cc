@@ -81,7 +81,7 @@ Status ScanSegment(FileSystem& fs, const std::string& dir, uint32_t id, RepairRe
     if (!in_damage) return;
     report.damaged_bytes += at - damaged_from;
     report.problems.push_back("segment " + SegmentFileName(id) + ": bytes " + std::to_string(damaged_from) + " to " +
-                              std::to_string(at) + " hold no intact record header");
+                              std::to_string(at) + " hold no intact record header (a torn last append, or damage)");
     in_damage = false;
   };
   uint64_t at = kSegmentHeaderSize;

@@ -2,12 +2,14 @@
 # Crash test with an oracle: random store operations are killed with SIGKILL at random moments; after every kill
 # the store must reopen, verify clean, and agree with what the harness saw acknowledged.
 #
-# Usage: tools/crashtest.sh [--cycles N] [--seed S] [--max-delay-ms MS] [--keep] EXPERTSTORE WORKDIR
+# Usage: tools/crashtest.sh [--cycles N] [--seed S] [--max-delay-ms MS] [--repair-every K] [--keep] EXPERTSTORE WORKDIR
 #
 # Each cycle starts one writer operation (ingest, ingest --replace, rm, compact, profile, calibrate --sample, rest)
 # on one of three models built from two generated checkpoints (or on the model `prof`), together with a recorder
 # (a generate on the model `rec`, whose usage goes into the catalog or, while the writer holds the store, into a
-# journal), sleeps a random time and kills whatever still runs. Then it checks:
+# journal), sleeps a random time and kills whatever still runs. Every K-th cycle (default 3) it then runs `repair`,
+# which rebuilds the catalog the killed process left from the segments' catalog log and salvages its metadata, and
+# the checks below hold for the repaired store as for any other. Then it checks:
 #   - `verify` exits 0;
 #   - every model is in a state the acknowledged history allows: an acknowledged ingest is complete with the
 #     checkpoint's exact expert checksums, an acknowledged rm is absent; an operation that was killed left either
@@ -22,19 +24,21 @@ set -euo pipefail
 cycles=20
 seed=$RANDOM
 max_delay_ms=250
+repair_every=3
 keep=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --cycles) cycles=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
     --max-delay-ms) max_delay_ms=$2; shift 2 ;;
+    --repair-every) repair_every=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) break ;;
   esac
 done
 if [ $# -ne 2 ]; then
-  echo "usage: tools/crashtest.sh [--cycles N] [--seed S] [--max-delay-ms MS] [--keep] EXPERTSTORE WORKDIR" >&2
+  echo "usage: tools/crashtest.sh [--cycles N] [--seed S] [--max-delay-ms MS] [--repair-every K] [--keep] EXPERTSTORE WORKDIR" >&2
   exit 2
 fi
 es=$(realpath "$1")
@@ -135,6 +139,7 @@ check_model() {
 
 kills=0
 acked=0
+repairs=0
 cycle=0
 ops=(ingest ingest replace rm compact profile calibrate rest)
 for cycle in $(seq 1 "$cycles"); do
@@ -194,6 +199,12 @@ for cycle in $(seq 1 "$cycles"); do
     fail "${cmd[*]} failed with exit $op_rc without being killed: $(cat "$work/op.out")"
   fi
   note "  op exit $op_rc (killed $killed), recorder exit $rec_rc"
+  if [ "$repair_every" -gt 0 ] && [ $((cycle % repair_every)) -eq 0 ]; then
+    "$es" repair --store "$store" > "$work/repair.out" 2>&1 || fail "repair: $(cat "$work/repair.out")"
+    repairs=$((repairs + 1))
+    note "  repaired: $(tr '\n' ' ' < "$work/repair.out")"
+    rm -rf "$store"/catalog.damaged-*
+  fi
   # After the kill: a writer opens the store (recovery, and the merge of the journals recorders wrote while the
   # store was held), verify, then the oracle.
   "$es" compact --max-dead-fraction 0.99 --quiet --store "$store" > "$work/verify.out" 2>&1 ||
@@ -209,5 +220,5 @@ for cycle in $(seq 1 "$cycles"); do
   rec_acked=$runs
   rec_started=$runs
 done
-echo "crashtest: $cycles cycles (seed $seed): $kills operations killed, $acked acknowledged, 0 lost, verify clean every cycle"
+echo "crashtest: $cycles cycles (seed $seed): $kills operations killed, $acked acknowledged, $repairs repairs, 0 lost, verify clean every cycle"
 [ $keep -eq 1 ] || rm -rf "$work"
