@@ -115,6 +115,31 @@ TEST_F(CliContractTest, UnknownShortFlagsAndStrayArgumentsAreNamed) {
   EXPECT_NE(r.out.find("unexpected argument 'extra'"), std::string::npos) << r.out;
 }
 
+// A store whose catalog is lost: every command says so and names `repair`; repair brings the model back entry for
+// entry (the same `experts` listing), keeps nothing it cannot check, and generation runs again.
+TEST_F(CliContractTest, RepairRebuildsALostCatalog) {
+  const std::string path = dir_->Sub("lost-catalog");
+  fs::copy(dir_->Sub("store"), path, fs::copy_options::recursive);
+  fs::remove(path + "/LOCK");
+  const std::string store = " --store " + path;
+  CliResult experts = RunCli("experts --model tiny --json" + store);
+  ASSERT_EQ(experts.exit_code, 0) << experts.out;
+  fs::remove_all(path + "/catalog");
+  CliResult lost = RunCli("models" + store, /*with_stderr=*/true);
+  EXPECT_EQ(lost.exit_code, 4) << lost.out;
+  EXPECT_NE(lost.out.find("expertstore repair"), std::string::npos) << lost.out;
+  JsonValue report = Json(RunCli("repair --json" + store));
+  EXPECT_TRUE(F(report, "verify_ok").bool_value());
+  ASSERT_EQ(F(report, "models").array().size(), 1u);
+  const JsonValue& model = F(report, "models").array()[0];
+  EXPECT_EQ(Str(model, "name"), "tiny");
+  EXPECT_EQ(Num(model, "experts"), 6 * 32);
+  EXPECT_TRUE(F(model, "complete").bool_value());
+  EXPECT_EQ(RunCli("experts --model tiny --json" + store).out, experts.out);
+  CliResult gen = RunCli("generate --model tiny --no-record --prompt hi --max-tokens 2" + store);
+  EXPECT_EQ(gen.exit_code, 0) << gen.out;
+}
+
 TEST_F(CliContractTest, VersionIsPrinted) {
   CliResult r = RunCli("--version");
   EXPECT_EQ(r.exit_code, 0);
