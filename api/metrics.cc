@@ -4,6 +4,7 @@
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
+#include <unistd.h>
 
 namespace es::api {
 
@@ -40,6 +41,16 @@ void Sample(std::string& out, std::string_view name, std::string_view labels, st
   out.append(name);
   if (!labels.empty()) out.append("{").append(labels).append("}");
   out.append(" ").append(value).append("\n");
+}
+
+// This process's resident set (/proc/self/statm, in pages); 0 where it cannot be read.
+uint64_t ResidentBytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (f == nullptr) return 0;
+  unsigned long long size = 0, resident = 0;
+  const bool read = std::fscanf(f, "%llu %llu", &size, &resident) == 2;
+  std::fclose(f);
+  return read ? resident * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)) : 0;
 }
 
 void Sample(std::string& out, std::string_view name, std::string_view labels, uint64_t value) {
@@ -117,7 +128,7 @@ uint64_t Metrics::open_connections() const {
   return connections_open_;
 }
 
-std::string Metrics::Render(const GenerationGauges& gen) const {
+std::string Metrics::Render(const GenerationGauges& gen, const CatalogMemory& catalog) const {
   std::lock_guard lock(mu_);
   std::string out;
   Header(out, "expertstore_http_requests_total", "counter", "HTTP requests answered, by route template and status code.");
@@ -176,6 +187,14 @@ std::string Metrics::Render(const GenerationGauges& gen) const {
   for (const auto& c : gen.caches) Sample(out, "expertstore_cache_capacity_experts", "model=\"" + Label(c.model) + "\"", c.capacity_slots);
   Header(out, "expertstore_swapin_seconds", "histogram", "How long an Acquire that missed stalled for its reads, by model.");
   for (const auto& c : gen.caches) Histogram(out, "expertstore_swapin_seconds", "model=\"" + Label(c.model) + "\"", c.stats.swap_in);
+
+  Header(out, "expertstore_catalog_memory_bytes", "gauge",
+         "Memory the catalog holds, by part: block_cache (cached table blocks), memtables, table_readers.");
+  Sample(out, "expertstore_catalog_memory_bytes", "part=\"block_cache\"", catalog.block_cache);
+  Sample(out, "expertstore_catalog_memory_bytes", "part=\"memtables\"", catalog.memtables);
+  Sample(out, "expertstore_catalog_memory_bytes", "part=\"table_readers\"", catalog.table_readers);
+  Header(out, "process_resident_memory_bytes", "gauge", "Resident memory of the serving process.");
+  Sample(out, "process_resident_memory_bytes", "", ResidentBytes());
   return out;
 }
 

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cache/stats.h"
+#include "store/catalog.h"
 
 namespace es::api {
 
@@ -43,7 +44,7 @@ class Metrics {
   void RecordCancelled(std::string_view model);
 
   // The Prometheus text format (version 0.0.4).
-  std::string Render(const GenerationGauges& generation) const;
+  std::string Render(const GenerationGauges& generation, const CatalogMemory& catalog = {}) const;
 
   uint64_t open_connections() const;
 

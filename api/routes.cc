@@ -269,7 +269,8 @@ Reply HandleRequest(const ApiContext& ctx, const ApiRequest& req) {
   } else if (m.route == kRouteMetrics) {
     reply.response.content_type = std::string(kPrometheusContentType);
     if (ctx.metrics != nullptr) {
-      reply.response.body = ctx.metrics->Render(ctx.generation ? ctx.generation->gauges() : GenerationGauges{});
+      reply.response.body = ctx.metrics->Render(ctx.generation ? ctx.generation->gauges() : GenerationGauges{},
+                                                ctx.store != nullptr ? ctx.store->catalog().Memory() : CatalogMemory{});
     }
   } else if (m.route == kRouteModels) {
     reply.response = Unwrap(Models(ctx));

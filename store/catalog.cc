@@ -212,9 +212,13 @@ Status Catalog::Salvage(const std::string& dir) {
   db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
   db_options.info_log = std::make_shared<CatalogLogger>(dir + "/LOG", false);
   db_options.max_file_opening_threads = 1;
-  return FromRocks(OpenGuarded([&] {
-                     return rocksdb::RepairDB(dir, db_options, Descriptors(), rocksdb::ColumnFamilyOptions());
-                   }),
+  // Table files a killed process wrote but never recorded in the MANIFEST are salvaged too, and may overlap the
+  // recorded ones entry for entry: the same entries twice is no inconsistency here.
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = Descriptors();
+  for (auto& d : descriptors) d.options.force_consistency_checks = false;
+  rocksdb::ColumnFamilyOptions unknown;
+  unknown.force_consistency_checks = false;
+  return FromRocks(OpenGuarded([&] { return rocksdb::RepairDB(dir, db_options, descriptors, unknown); }),
                    "salvage catalog " + dir);
 }
 
@@ -304,6 +308,17 @@ Status Catalog::Scan(Cf cf, std::string_view prefix,
     }
   }
   return FromRocks(it->status(), "catalog scan");
+}
+
+CatalogMemory Catalog::Memory() const {
+  CatalogMemory m;
+  uint64_t v = 0;
+  if (rep_->db->GetIntProperty(rep_->H(Cf::kModels), rocksdb::DB::Properties::kBlockCacheUsage, &v)) m.block_cache = v;
+  for (auto* h : rep_->handles) {
+    if (rep_->db->GetIntProperty(h, rocksdb::DB::Properties::kCurSizeAllMemTables, &v)) m.memtables += v;
+    if (rep_->db->GetIntProperty(h, rocksdb::DB::Properties::kEstimateTableReadersMem, &v)) m.table_readers += v;
+  }
+  return m;
 }
 
 Status Catalog::Compact() {

@@ -18,6 +18,13 @@ std::string_view CfName(Cf cf);
 
 class Catalog;
 
+// What the catalog holds in memory (RocksDB's own accounting).
+struct CatalogMemory {
+  uint64_t block_cache = 0;    // cached table blocks (one LRU cache for every catalog in the process)
+  uint64_t memtables = 0;      // write buffers, active and immutable, of every column family
+  uint64_t table_readers = 0;  // open table files' indexes and filters
+};
+
 // A set of mutations applied atomically by Catalog::Write. Not thread-safe.
 class CatalogBatch {
  public:
@@ -59,6 +66,7 @@ class Catalog {
               const std::function<bool(std::string_view key, std::string_view value)>& fn) const;
   // Compacts every column family (the `rest` state).
   Status Compact();
+  CatalogMemory Memory() const;
   // Rebuilds a damaged catalog in `dir` in place from whatever its table and log files still hold (RocksDB's
   // RepairDB: entries in damaged blocks or log records are lost). Run it on a copy.
   static Status Salvage(const std::string& dir);

@@ -26,6 +26,9 @@ constexpr std::string_view kSegmentsDir = "segments";
 constexpr std::string_view kLockFile = "LOCK";
 constexpr std::string_view kRebuiltDir = "catalog.repair";  // the new catalog, until it is put in place
 constexpr std::string_view kSalvageDir = "catalog.salvage";  // a copy of the old one, for its metadata
+// Written into the new catalog once it is complete and closed: a repair killed between moving the old catalog aside
+// and moving the new one into place is finished by the next one.
+constexpr std::string_view kDoneMarker = "REPAIR-DONE";
 // Entries per batch written into the new catalog.
 constexpr size_t kBatchEntries = 4096;
 
@@ -177,10 +180,18 @@ Status FlushBatch(Catalog& catalog, CatalogBatch& batch, bool force) {
   return Status::Ok();
 }
 
-// The old catalog's metadata for the repaired models, salvaged from a copy (RocksDB's RepairDB keeps what its
-// damaged files still hold), into the new catalog. The copy is removed afterwards.
-Status SalvageMetadata(const std::string& path, const std::set<std::string>& models, Catalog& rebuilt,
-                       RepairReport& report) {
+// One metadata entry read from the old catalog.
+struct MetadataEntry {
+  Cf cf;
+  std::string key;
+  std::string value;
+};
+
+// Reads the repaired models' metadata (usage, trust, profiles) and the journal positions out of a copy of the old
+// catalog; with `salvage`, RocksDB's RepairDB runs on the copy first. The copy is removed afterwards.
+Status ReadMetadata(const std::string& path, const std::set<std::string>& models, bool salvage,
+                    std::vector<MetadataEntry>& out) {
+  out.clear();
   const std::string old_dir = JoinPath(path, kCatalogDir);
   const std::string copy = JoinPath(path, kSalvageDir);
   ES_RETURN_IF_ERROR(RemoveTree(copy));
@@ -188,42 +199,55 @@ Status SalvageMetadata(const std::string& path, const std::set<std::string>& mod
   stdfs::copy(old_dir, copy, stdfs::copy_options::recursive, ec);
   ES_RETURN_IF_ERROR(FsStatus(ec, "copy " + old_dir));
   // The copy's LOCK file, if any, is not held by anyone.
-  Status s = Catalog::Salvage(copy);
+  Status s = salvage ? Catalog::Salvage(copy) : Status::Ok();
   if (s.ok()) {
     // Opened as a writer: RepairDB keeps only the column families that still hold table files, and a writer's open
     // creates the missing ones (empty) where a reader's would fail. It is a copy.
     auto old = Catalog::Open(copy, /*read_only=*/false, /*create=*/false);
-    if (!old.ok()) {
-      s = old.status();
-    } else {
-      CatalogBatch batch;
-      for (const std::string& model : models) {
-        for (Cf cf : {Cf::kUsage, Cf::kTrust, Cf::kProfiles}) {
-          Status scan = (*old)->Scan(cf, ModelPrefix(model), [&](std::string_view key, std::string_view value) {
-            // Usage is written only through the merge operator; into an empty catalog a merge is the value.
-            if (cf == Cf::kUsage) {
-              batch.Merge(cf, key, value);
-            } else {
-              batch.Put(cf, key, value);
-            }
-            ++report.metadata_entries;
-            return true;
-          });
-          if (s.ok()) s = scan;
-          if (s.ok()) s = FlushBatch(rebuilt, batch, false);
-        }
+    if (!old.ok()) s = old.status();
+    for (const std::string& model : models) {
+      for (Cf cf : {Cf::kUsage, Cf::kTrust, Cf::kProfiles}) {
+        if (!s.ok()) break;
+        s = (*old)->Scan(cf, ModelPrefix(model), [&](std::string_view key, std::string_view value) {
+          out.push_back({cf, std::string(key), std::string(value)});
+          return true;
+        });
       }
-      // How far the journals of read-only processes were merged: without it they would be merged again.
-      Status scan = (*old)->Scan(Cf::kMeta, "journal/", [&](std::string_view key, std::string_view value) {
-        batch.Put(Cf::kMeta, key, value);
+    }
+    // How far the journals of read-only processes were merged: without it they would be merged again.
+    if (s.ok()) {
+      s = (*old)->Scan(Cf::kMeta, "journal/", [&](std::string_view key, std::string_view value) {
+        out.push_back({Cf::kMeta, std::string(key), std::string(value)});
         return true;
       });
-      if (s.ok()) s = scan;
-      if (s.ok()) s = FlushBatch(rebuilt, batch, true);
     }
   }
   RemoveTree(copy).IgnoreError();
   return s;
+}
+
+// The old catalog's metadata for the repaired models, into the new catalog: read from a copy as it is when that
+// opens and reads whole, else from a copy that RocksDB's RepairDB salvaged (what its damaged files still hold).
+Status SalvageMetadata(const std::string& path, const std::set<std::string>& models, Catalog& rebuilt,
+                       RepairReport& report) {
+  std::vector<MetadataEntry> entries;
+  Status s = ReadMetadata(path, models, /*salvage=*/false, entries);
+  if (!s.ok()) {
+    Status salvaged = ReadMetadata(path, models, /*salvage=*/true, entries);
+    if (!salvaged.ok()) return salvaged.WithContext("opened as it was: " + s.message() + "; salvaged");
+  }
+  CatalogBatch batch;
+  for (const MetadataEntry& e : entries) {
+    // Usage is written only through the merge operator; into an empty catalog a merge is the value.
+    if (e.cf == Cf::kUsage) {
+      batch.Merge(e.cf, e.key, e.value);
+    } else {
+      batch.Put(e.cf, e.key, e.value);
+    }
+    if (e.cf != Cf::kMeta) ++report.metadata_entries;
+    ES_RETURN_IF_ERROR(FlushBatch(rebuilt, batch, false));
+  }
+  return FlushBatch(rebuilt, batch, true);
 }
 
 // Checks every record the rebuilt catalog references, drops the entries whose records fail, and marks their models
@@ -319,6 +343,15 @@ void CountModels(State& state, std::map<std::string, RepairedModel>& models, Rep
   }
 }
 
+// Moves the finished new catalog into place (there is no catalog there now) and drops its marker.
+Status PutInPlace(FileSystem& fs, const std::string& path) {
+  const std::string catalog_dir = JoinPath(path, kCatalogDir);
+  ES_RETURN_IF_ERROR(fs.Rename(JoinPath(path, kRebuiltDir), catalog_dir));
+  ES_RETURN_IF_ERROR(fs.SyncDir(path));
+  ES_RETURN_IF_ERROR(fs.Remove(JoinPath(catalog_dir, kDoneMarker)));
+  return fs.SyncDir(catalog_dir);
+}
+
 }  // namespace
 
 Result<RepairReport> RepairStore(const std::string& path, std::shared_ptr<FileSystem> fs_ptr) {
@@ -332,6 +365,12 @@ Result<RepairReport> RepairStore(const std::string& path, std::shared_ptr<FileSy
     return Status::Busy("another process has the store at " + path + " open for writing (" + lock.status().message() +
                         "); stop it before repairing");
   }
+
+  // A repair killed after it moved the old catalog aside and before it moved the new one in: finish that first, so
+  // that this one salvages the metadata the new catalog carries.
+  ES_ASSIGN_OR_RETURN(bool has_catalog, fs->Exists(JoinPath(path, kCatalogDir)));
+  ES_ASSIGN_OR_RETURN(bool finished, fs->Exists(JoinPath(JoinPath(path, kRebuiltDir), kDoneMarker)));
+  if (!has_catalog && finished) ES_RETURN_IF_ERROR(PutInPlace(*fs, path));
 
   // 1. Every record header, and every catalog-log record checked.
   ES_ASSIGN_OR_RETURN(auto sizes, SegmentFileSizes(*fs, segments_dir));
@@ -398,6 +437,8 @@ Result<RepairReport> RepairStore(const std::string& path, std::shared_ptr<FileSy
   }  // closed: flushed into table files
 
   // 5. The new catalog in place of the old one, which is kept.
+  ES_RETURN_IF_ERROR(fs->Open(JoinPath(rebuilt_dir, kDoneMarker), OpenOptions{.write = true, .create = true}).status());
+  ES_RETURN_IF_ERROR(fs->SyncDir(rebuilt_dir));
   const std::string catalog_dir = JoinPath(path, kCatalogDir);
   ES_ASSIGN_OR_RETURN(bool had_catalog, fs->Exists(catalog_dir));
   if (had_catalog) {
@@ -408,8 +449,7 @@ Result<RepairReport> RepairStore(const std::string& path, std::shared_ptr<FileSy
     ES_RETURN_IF_ERROR(fs->Rename(catalog_dir, kept));
     report.old_catalog = kept;
   }
-  ES_RETURN_IF_ERROR(fs->Rename(rebuilt_dir, catalog_dir));
-  ES_RETURN_IF_ERROR(fs->SyncDir(path));
+  ES_RETURN_IF_ERROR(PutInPlace(*fs, path));
   for (auto& [name, m] : models) report.models.push_back(std::move(m));
   return report;
 }

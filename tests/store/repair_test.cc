@@ -258,6 +258,24 @@ TEST(RepairTest, ADamagedLogRecordLosesItsCommitAndSaysSo) {
   EXPECT_TRUE(verify->ok());
 }
 
+// A repair killed between moving the old catalog aside and moving the new one in: the next repair finishes the move
+// first, so the metadata the new catalog carries is kept.
+TEST(RepairTest, ARepairKilledBetweenItsRenamesIsFinishedByTheNext) {
+  testing::TempDir dir;
+  const std::string path = dir.Sub("s");
+  MakeStore(path);
+  const Dump before = DumpCatalog(path);
+  ASSERT_TRUE(RepairStore(path).ok());
+  fs::rename(path + "/catalog", path + "/catalog.repair");
+  std::ofstream(path + "/catalog.repair/REPAIR-DONE").close();
+  auto report = RepairStore(path);
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_TRUE(report->metadata_error.empty()) << report->metadata_error;
+  EXPECT_EQ(report->metadata_entries, 7u);
+  EXPECT_TRUE(DumpCatalog(path) == before);
+  EXPECT_FALSE(fs::exists(path + "/catalog/REPAIR-DONE"));
+}
+
 TEST(RepairTest, AStoreWithoutACatalogLogIsRefusedAndLeftAlone) {
   testing::TempDir dir;
   const std::string path = dir.Sub("v1");
