@@ -4,6 +4,7 @@
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
+#include <malloc.h>
 #include <unistd.h>
 
 namespace es::api {
@@ -195,6 +196,11 @@ std::string Metrics::Render(const GenerationGauges& gen, const CatalogMemory& ca
   Sample(out, "expertstore_catalog_memory_bytes", "part=\"table_readers\"", catalog.table_readers);
   Header(out, "process_resident_memory_bytes", "gauge", "Resident memory of the serving process.");
   Sample(out, "process_resident_memory_bytes", "", ResidentBytes());
+  // glibc's own accounting: in use by allocations, and freed but still held by its arenas.
+  const struct mallinfo2 heap = ::mallinfo2();
+  Header(out, "expertstore_heap_bytes", "gauge", "The allocator's heap, by state: in_use (allocated), free (freed, still held).");
+  Sample(out, "expertstore_heap_bytes", "state=\"in_use\"", static_cast<uint64_t>(heap.uordblks + heap.hblkhd));
+  Sample(out, "expertstore_heap_bytes", "state=\"free\"", static_cast<uint64_t>(heap.fordblks));
   return out;
 }
 

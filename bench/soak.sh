@@ -49,7 +49,7 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$server_pid/status"; }
 streamer_pid=$!
 
 echo "# $(date -u +%FT%TZ) $(nproc) cores; $minutes min; two wrk -t1 -c$connections (query, blobs); completions streamed"
-echo "# minute  rss_mb  round  (catalog: block cache, memtables, table readers in MB, from /metrics)"
+echo "# minute  rss_mb  round  (from /metrics, MB: the catalog's block cache, memtables, table readers; heap in use, free)"
 failed=0 rss_minute1=""
 (
   while kill -0 "$server_pid" 2>/dev/null; do echo "$(date +%s) $(rss_kb)" >> "$work/rss"; sleep 10; done
@@ -63,8 +63,8 @@ for minute in $(seq "$minutes"); do
   wait $query_pid
   rss=$(rss_kb)
   [ -z "$rss_minute1" ] && rss_minute1=$rss
-  catalog=$(curl -s "$base/metrics" | awk '/^expertstore_catalog_memory_bytes/ {printf "%s=%.1f ", $1, $2 / 1048576}' |
-            sed 's/expertstore_catalog_memory_bytes{part="\([a-z_]*\)"}/\1/g')
+  catalog=$(curl -s "$base/metrics" | awk '/^expertstore_(catalog_memory|heap)_bytes/ {printf "%s=%.1f ", $1, $2 / 1048576}' |
+            sed 's/expertstore_[a-z_]*_bytes{[a-z]*="\([a-z_]*\)"}/\1/g')
   echo "# minute $minute catalog: $catalog"
   for round in query blobs; do
     result=$(grep '^RESULT' "$work/$round.out" | sed 's/^RESULT //')
