@@ -111,6 +111,22 @@ void MakeStore(const std::string& path) {
   WriteModel(**store, "c", 2, 40);
 }
 
+// Overwrites one byte of the segment file holding `e`, `at` bytes into its record.
+void PokeByte(const std::string& path, const Extent& e, uint64_t at, char byte) {
+  std::fstream f(path + "/segments/" + SegmentFileName(e.segment), std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(static_cast<std::streamoff>(e.offset + at));
+  f.put(byte);
+}
+
+// The store opens as a writer (its recovery) and verifies clean.
+void ExpectOpensAndVerifies(const std::string& path) {
+  auto store = Store::Open(path, StoreOptions{});
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  auto verify = (*store)->Verify();
+  ASSERT_TRUE(verify.ok());
+  EXPECT_TRUE(verify->ok());
+}
+
 TEST(RepairTest, RebuildsTheCatalogAsItWasAndKeepsItsMetadata) {
   testing::TempDir dir;
   const std::string path = dir.Sub("s");
@@ -169,11 +185,7 @@ TEST(RepairTest, ADamagedRecordDropsItsEntryAndMarksTheModelIncomplete) {
   Dump before = DumpCatalog(path);
   auto c1 = DecodeExpert(before["experts"].at(ExpertKey("c", 0, 1)));
   ASSERT_TRUE(c1.ok());
-  {
-    std::fstream f(path + "/segments/" + SegmentFileName(c1->extent.segment), std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(static_cast<std::streamoff>(c1->extent.offset + kRecordHeaderSize + 17));
-    f.put('\x7f');
-  }
+  PokeByte(path, c1->extent, kRecordHeaderSize + 17, '\x7f');
   fs::remove_all(path + "/catalog");
   auto report = RepairStore(path);
   ASSERT_TRUE(report.ok()) << report.status().ToString();
@@ -192,11 +204,7 @@ TEST(RepairTest, ADamagedRecordDropsItsEntryAndMarksTheModelIncomplete) {
   auto model = DecodeModel(after["models"].at("c"));
   ASSERT_TRUE(model.ok());
   EXPECT_FALSE(model->complete);
-  auto store = Store::Open(path, StoreOptions{});
-  ASSERT_TRUE(store.ok());
-  auto verify = (*store)->Verify();
-  ASSERT_TRUE(verify.ok());
-  EXPECT_TRUE(verify->ok());
+  ExpectOpensAndVerifies(path);
 }
 
 TEST(RepairTest, ADamagedHeaderIsSkippedOver) {
@@ -207,11 +215,7 @@ TEST(RepairTest, ADamagedHeaderIsSkippedOver) {
   // The header of c's first dense tensor: the scan resynchronises at the next record.
   auto dense = DecodeTensor(before["tensors"].at(TensorKey("c", "dense.0")));
   ASSERT_TRUE(dense.ok());
-  {
-    std::fstream f(path + "/segments/" + SegmentFileName(dense->extent.segment), std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(static_cast<std::streamoff>(dense->extent.offset + 100));
-    f.put('\x01');
-  }
+  PokeByte(path, dense->extent, 100, '\x01');
   auto report = RepairStore(path);
   ASSERT_TRUE(report.ok()) << report.status().ToString();
   EXPECT_EQ(report->damaged_bytes, dense->extent.record_length);
@@ -237,12 +241,7 @@ TEST(RepairTest, ADamagedLogRecordLosesItsCommitAndSaysSo) {
       return true;
     }).ok());
   }
-  {
-    // c's commit, the last: a byte of its payload.
-    std::fstream f(path + "/segments/" + SegmentFileName(last.segment), std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(static_cast<std::streamoff>(last.offset + kRecordHeaderSize + 40));
-    f.put('\x55');
-  }
+  PokeByte(path, last, kRecordHeaderSize + 40, '\x55');  // c's commit, the last: a byte of its payload
   fs::remove_all(path + "/catalog");
   auto report = RepairStore(path);
   ASSERT_TRUE(report.ok()) << report.status().ToString();
@@ -251,11 +250,7 @@ TEST(RepairTest, ADamagedLogRecordLosesItsCommitAndSaysSo) {
   ASSERT_EQ(report->models.size(), 1u);
   EXPECT_EQ(report->models[0].name, "b");
   EXPECT_TRUE(report->models[0].complete);
-  auto store = Store::Open(path, StoreOptions{});
-  ASSERT_TRUE(store.ok()) << store.status().ToString();
-  auto verify = (*store)->Verify();
-  ASSERT_TRUE(verify.ok());
-  EXPECT_TRUE(verify->ok());
+  ExpectOpensAndVerifies(path);
 }
 
 // A repair killed between moving the old catalog aside and moving the new one in: the next repair finishes the move
