@@ -298,7 +298,8 @@ Status CheckRebuilt(const std::string& segments_dir, std::shared_ptr<FileSystem>
     ES_ASSIGN_OR_RETURN(std::string value, rebuilt.Get(Cf::kModels, ModelKey(name)));
     ES_ASSIGN_OR_RETURN(ModelInfo info, DecodeModel(value));
     info.complete = false;
-    std::erase_if(info.assets, [&](const AssetInfo& a) { return dropped_assets[name].contains(a.name); });
+    const std::set<std::string>& dropped = dropped_assets[name];
+    std::erase_if(info.assets, [&dropped](const AssetInfo& a) { return dropped.contains(a.name); });
     batch.Put(Cf::kModels, ModelKey(name), EncodeModel(info));
   }
   return rebuilt.Write(batch, /*sync=*/false);
