@@ -405,7 +405,7 @@ Result<RepairReport> RepairStore(const std::string& path, std::shared_ptr<FileSy
   {
     ES_ASSIGN_OR_RETURN(auto rebuilt, Catalog::Open(rebuilt_dir, /*read_only=*/false, /*create=*/true));
     CatalogBatch batch;
-    batch.Put(Cf::kMeta, "format_version", "2");
+    batch.Put(Cf::kMeta, kFormatVersionKey, kFormatVersion);
     for (const auto& [where, value] : state) {
       const auto& [cf, key] = where;
       batch.Put(cf, key, value);
@@ -432,8 +432,8 @@ Result<RepairReport> RepairStore(const std::string& path, std::shared_ptr<FileSy
 
     // Everything the scan found intact is kept: the write position is the end of the last segment's last intact
     // record, and the next writer's open removes only what lies past it (a torn append).
-    batch.Put(Cf::kMeta, "write_position", std::to_string(last_segment) + ":" +
-                                               std::to_string(std::max(last_end, kSegmentHeaderSize)));
+    batch.Put(Cf::kMeta, kWritePositionKey,
+              EncodeWritePosition({last_segment, std::max(last_end, kSegmentHeaderSize)}));
     ES_RETURN_IF_ERROR(rebuilt->Write(batch, /*sync=*/true));
   }  // closed: flushed into table files
 

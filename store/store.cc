@@ -17,22 +17,14 @@ constexpr std::string_view kCatalogDir = "catalog";
 constexpr std::string_view kSegmentsDir = "segments";
 constexpr std::string_view kLockFile = "LOCK";
 constexpr std::string_view kTmpSuffix = ".tmp";
-constexpr std::string_view kFormatVersionKey = "format_version";
-// Version 2 added the catalog log (store/catalog_log.h). A writer upgrades a version-1 store by writing its first
-// snapshot; readers read both.
-constexpr std::string_view kFormatVersion = "2";
+// Version 2 (kFormatVersion) added the catalog log (store/catalog_log.h). A writer upgrades a version-1 store by
+// writing its first snapshot; readers read both.
 constexpr std::string_view kLegacyFormatVersion = "1";
 // Read-only processes hold this file shared while they have the store open; the writer removes dead segments only
 // when it can lock it exclusively.
 constexpr std::string_view kReadersFile = "READERS";
-// Where the last committed transaction's data ended: "segment:offset" (docs/segment_format.md, Recovery).
-constexpr std::string_view kWritePositionKey = "write_position";
 // Said wherever an open stops at a catalog that disagrees with the segments.
 constexpr std::string_view kRepairHint = " (`expertstore repair` rebuilds the catalog from the segments)";
-
-std::string EncodeWritePosition(SegmentWriter::Position p) {
-  return std::to_string(p.segment) + ":" + std::to_string(p.offset);
-}
 
 Result<SegmentWriter::Position> DecodeWritePosition(std::string_view v) {
   SegmentWriter::Position p;
@@ -45,6 +37,11 @@ Result<SegmentWriter::Position> DecodeWritePosition(std::string_view v) {
   return Status::Corruption("catalog meta write_position is malformed: " + std::string(v));
 }
 }  // namespace
+
+// Where the last committed transaction's data ended: "segment:offset" (docs/segment_format.md, Recovery).
+std::string EncodeWritePosition(SegmentWriter::Position p) {
+  return std::to_string(p.segment) + ":" + std::to_string(p.offset);
+}
 
 // ---- WriteTxn -------------------------------------------------------------------------------------------
 

@@ -219,6 +219,13 @@ Status StageModelDeletion(const Catalog& catalog, const std::string& name, Catal
 // Empty when there is no such directory.
 Result<std::map<uint32_t, uint64_t>> SegmentFileSizes(FileSystem& fs, const std::string& dir);
 
+// The catalog's record of its store's format and of where the last commit's data ended (`meta` entries written by
+// Store and by RepairStore).
+inline constexpr std::string_view kFormatVersionKey = "format_version";
+inline constexpr std::string_view kFormatVersion = "2";
+inline constexpr std::string_view kWritePositionKey = "write_position";
+std::string EncodeWritePosition(SegmentWriter::Position p);
+
 // Every extent the catalog references, with a description, in key order (verify, recovery, tools); for the whole
 // store (model empty) also the catalog-log records.
 struct ExtentRef {
