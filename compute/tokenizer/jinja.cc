@@ -2071,10 +2071,14 @@ class Renderer {
     if (op == "**") {
       double result = std::pow(AsDouble(l), AsDouble(r));
       if (!is_float && AsInt(r) >= 0) {
-        int64_t base = AsInt(l), acc = 1;
-        for (int64_t k = 0; k < AsInt(r) && acc != 0; ++k) {
+        const int64_t base = AsInt(l), exponent = AsInt(r);
+        // 0, 1 and -1 never overflow, whatever the exponent; any other base overflows within 63 steps.
+        if (base == 0) return Int(exponent == 0 ? 1 : 0);
+        if (base == 1) return Int(1);
+        if (base == -1) return Int(exponent % 2 == 0 ? 1 : -1);
+        int64_t acc = 1;
+        for (int64_t k = 0; k < exponent; ++k) {
           if (__builtin_mul_overflow(acc, base, &acc)) return Error(pos, "integer overflow");
-          if (acc == 1 && (base == 1 || (base == -1 && (AsInt(r) - k - 1) % 2 == 0))) break;
         }
         return Int(acc);
       }

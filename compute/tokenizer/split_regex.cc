@@ -24,6 +24,12 @@ constexpr size_t kFirstSetBudget = 4096;
 // Backtracking steps allowed for one match attempt (Oniguruma's default retry limit is 10^7): the patterns of
 // the family need a few per character; a pathological one fails with ResourceExhausted instead of hanging.
 constexpr uint64_t kMaxStepsPerMatch = 10'000'000;
+// States FindAll's memo covers (4 bytes each): with the GPT-2 pattern, some 16k characters at a time.
+constexpr size_t kMemoStates = size_t{1} << 20;
+// Steps (in failed attempts since the last match, plus the current one) before FindAll turns to the memo.
+constexpr uint64_t kMemoAfterSteps = 2048;
+// Explored positions a greedy repeat gives back per counted step.
+constexpr uint32_t kSkipsPerStep = 32;
 
 constexpr uint32_t kFrameBranch = 0;
 constexpr uint32_t kFrameGreedy = 1;
@@ -759,18 +765,30 @@ bool SplitRegex::AtomMatches(const Atom& atom, char32_t c) const {
   return false;
 }
 
-size_t SplitRegex::Run(uint32_t start_pc, std::string_view text, size_t pos, MatchScratch& scratch) const {
+template <bool kMemo>
+size_t SplitRegex::Run(uint32_t start_pc, std::string_view text, size_t pos, MatchScratch& scratch,
+                       uint64_t max_steps) const {
   auto& stack = scratch.stack;
   const size_t base = stack.size();
   const size_t end = text.size();
   uint32_t pc = start_pc;
   while (true) {
-    if (++scratch.steps > kMaxStepsPerMatch) {
+    if (++scratch.steps > max_steps) {
       stack.resize(base);
       return kBudgetExceeded;
     }
     const Inst& inst = program_[pc];
     bool ok = true;
+    if (kMemo && pos - scratch.memo_base < scratch.memo_span) {
+      // Without backreferences what follows a state depends on the state alone: one already explored (in
+      // this attempt or an earlier failed one) cannot lead to a match now either.
+      uint32_t& stamp = scratch.memo[(pos - scratch.memo_base) * scratch.memo_stride + pc];
+      if (stamp == scratch.memo_generation) {
+        ok = false;
+        goto backtrack;
+      }
+      stamp = scratch.memo_generation;
+    }
     switch (inst.op) {
       case Op::kAtom: {
         if (pos >= end) {
@@ -843,7 +861,7 @@ size_t SplitRegex::Run(uint32_t start_pc, std::string_view text, size_t pos, Mat
         break;
       case Op::kJmp: pc = inst.x; break;
       case Op::kLook: {
-        const size_t look = Run(inst.x, text, pos, scratch);
+        const size_t look = Run<false>(inst.x, text, pos, scratch, max_steps);
         if (look == kBudgetExceeded) {
           stack.resize(base);
           return kBudgetExceeded;
@@ -859,6 +877,7 @@ size_t SplitRegex::Run(uint32_t start_pc, std::string_view text, size_t pos, Mat
       case Op::kMatch: stack.resize(base); return pos;
     }
     if (ok) continue;
+  backtrack:
     // Backtrack to the most recent choice point that still has an alternative.
     bool resumed = false;
     while (!resumed && stack.size() > base) {
@@ -871,7 +890,21 @@ size_t SplitRegex::Run(uint32_t start_pc, std::string_view text, size_t pos, Mat
           resumed = true;
           break;
         case kFrameGreedy: {
-          const size_t shorter = unicode::PrevBoundary(text, frame.pos);
+          size_t shorter = unicode::PrevBoundary(text, frame.pos);
+          if (kMemo) {
+            // Give back characters past continuations already explored (an earlier, overlapping run of the
+            // same repeat went through them), at a fraction of a step each: they cost a load, not a search.
+            uint32_t skipped = 0;
+            while (shorter > frame.aux && shorter - scratch.memo_base < scratch.memo_span &&
+                   scratch.memo[(shorter - scratch.memo_base) * scratch.memo_stride + frame.pc] ==
+                       scratch.memo_generation) {
+              shorter = unicode::PrevBoundary(text, shorter);
+              if (++skipped % kSkipsPerStep == 0 && ++scratch.steps > max_steps) {
+                stack.resize(base);
+                return kBudgetExceeded;
+              }
+            }
+          }
           if (shorter > frame.aux) stack.push_back({frame.pc, kFrameGreedy, shorter, frame.aux});
           pc = frame.pc;
           pos = shorter;
@@ -967,13 +1000,31 @@ size_t SplitRegex::MatchQwenFamily(std::string_view text, size_t pos) const {
 size_t SplitRegex::MatchAt(std::string_view text, size_t pos, MatchScratch& scratch) const {
   if (qwen_family_digits_ != 0) return pos < text.size() ? MatchQwenFamily(text, pos) - pos : kNoMatch;
   scratch.steps = 0;
-  const size_t end = Run(0, text, pos, scratch);
+  const size_t end = Run<false>(0, text, pos, scratch, kMaxStepsPerMatch);
   return end == kNoMatch || end == kBudgetExceeded ? end : end - pos;
+}
+
+void SplitRegex::ResetMemo(MatchScratch& scratch, size_t base, size_t text_size) const {
+  scratch.memo_stride = program_.size();
+  scratch.memo_base = base;
+  scratch.memo_span = std::min(text_size - base + 1, std::max<size_t>(1, kMemoStates / program_.size()));
+  const size_t states = scratch.memo_span * scratch.memo_stride;
+  if (scratch.memo.size() < states) scratch.memo.resize(states, 0);
+  if (++scratch.memo_generation == 0) {  // wrapped: old stamps could collide with new generations
+    std::fill(scratch.memo.begin(), scratch.memo.end(), 0);
+    scratch.memo_generation = 1;
+  }
 }
 
 Status SplitRegex::FindAll(std::string_view text, MatchScratch& scratch,
                            std::vector<std::pair<size_t, size_t>>& out) const {
   const size_t n = text.size();
+  const bool generic = qwen_family_digits_ == 0;
+  if (generic) {
+    ResetMemo(scratch, 0, n);
+    scratch.failed_steps = 0;
+    scratch.memo_dirty = false;
+  }
   size_t last_end = 0;
   bool have_last_match = false;
   size_t last_match_end = 0;
@@ -981,7 +1032,35 @@ Status SplitRegex::FindAll(std::string_view text, MatchScratch& scratch,
     size_t start = last_end;
     size_t length = kNoMatch;
     while (true) {
-      length = MatchAt(text, start, scratch);
+      if (generic) {
+        // Failed attempts leave their states for the next ones; the window moves on once half is behind.
+        // An attempt runs plainly while the work since the last match is small (the ordinary patterns need a
+        // few steps a character), else, or once it grows, with the memo.
+        size_t match_end = kBudgetExceeded;
+        scratch.steps = 0;
+        if (scratch.failed_steps < kMemoAfterSteps) {
+          match_end = Run<false>(0, text, start, scratch, kMemoAfterSteps - scratch.failed_steps);
+        }
+        if (match_end == kBudgetExceeded) {
+          if (start - scratch.memo_base >= (scratch.memo_span + 1) / 2) ResetMemo(scratch, start, n);
+          scratch.failed_steps = std::max(scratch.failed_steps + scratch.steps, kMemoAfterSteps);
+          scratch.steps = 0;
+          scratch.memo_dirty = true;
+          match_end = Run<true>(0, text, start, scratch, kMaxStepsPerMatch);
+        }
+        length = match_end == kNoMatch || match_end == kBudgetExceeded ? match_end : match_end - start;
+        if (length == kNoMatch) {
+          scratch.failed_steps += scratch.steps;
+        } else if (length != kBudgetExceeded) {
+          scratch.failed_steps = 0;
+          if (scratch.memo_dirty) {  // states on the path of a match were not failures
+            ResetMemo(scratch, start + length, n);
+            scratch.memo_dirty = false;
+          }
+        }
+      } else {
+        length = MatchAt(text, start, scratch);
+      }
       if (length == kBudgetExceeded) {
         return Status::ResourceExhausted("split regex '" + pattern_ + "' backtracked too much on the input");
       }

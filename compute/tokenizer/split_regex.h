@@ -22,6 +22,18 @@ struct MatchScratch {
   };
   std::vector<Frame> stack;
   uint64_t steps = 0;  // work done by the current match attempt
+  // FindAll's memo of (instruction, position) states already explored without a match: a state stamped with
+  // the current generation is skipped, which bounds the work of an attempt by the number of states (the
+  // bounded backtracker of RE2 and Rust's regex). It covers the positions [memo_base, memo_base + memo_span).
+  std::vector<uint32_t> memo;
+  uint32_t memo_generation = 0;
+  size_t memo_base = 0;
+  size_t memo_span = 0;
+  size_t memo_stride = 0;  // the program's size
+  // Steps of the attempts that failed since the last match: FindAll turns to the memo once they pass a
+  // threshold, so that the ordinary patterns, whose attempts take a few steps, never pay for it.
+  uint64_t failed_steps = 0;
+  bool memo_dirty = false;  // stamps of the current generation were written since the last match
 };
 
 // Compiled once, immutable; matching is thread-safe when each thread passes its own MatchScratch. Constructs
@@ -98,7 +110,11 @@ class SplitRegex {
   friend class RegexCompiler;
   bool AtomMatches(const Atom& atom, char32_t c) const;
   size_t MatchQwenFamily(std::string_view text, size_t pos) const;
-  size_t Run(uint32_t start_pc, std::string_view text, size_t pos, MatchScratch& scratch) const;
+  // kBudgetExceeded past `max_steps`. kMemo: consult and fill scratch.memo (FindAll's top-level attempts only;
+  // a lookaround body succeeds without ending the match, so its states are not failures).
+  template <bool kMemo>
+  size_t Run(uint32_t start_pc, std::string_view text, size_t pos, MatchScratch& scratch, uint64_t max_steps) const;
+  void ResetMemo(MatchScratch& scratch, size_t base, size_t text_size) const;
 
   std::string pattern_;
   // 0: use the program. Otherwise the specialized matcher, with numbers matched in runs of at most this.

@@ -194,6 +194,9 @@ TEST(JinjaTest, Arithmetic) {
   EXPECT_EQ(R("{{ -7 // 2 }} {{ -7 % 3 }} {{ 1.5 + 1 }} {{ 2 ** -1 }}"), "-4 2 2.5 0.5");
   EXPECT_EQ(R("{{ 'a' + 'b' }} {{ 'ab' * 3 }} {{ [1] + [2] }} {{ 1 ~ 'x' ~ none }}"), "ab ababab [1, 2] 1xNone");
   EXPECT_EQ(R("{{ 1 + 2 * 3 }} {{ (1 + 2) * 3 }} {{ 2 * 3 ** 2 }}"), "7 9 18");
+  // Bases 0, 1 and -1 take any exponent at once (a loop over the exponent once hung on these).
+  EXPECT_EQ(R("{{ (-1) ** 3879987999 }} {{ (-1) ** 3879987998 }} {{ 1 ** 9999999999 }} {{ 0 ** 0 }} {{ 0 ** 7 }}"),
+            "-1 1 1 1 0");
 }
 
 TEST(JinjaTest, ComparisonsAndLogic) {
