@@ -4,8 +4,9 @@
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
-#include <malloc.h>
 #include <unistd.h>
+
+#include "store/base/heap.h"
 
 namespace es::api {
 
@@ -196,11 +197,13 @@ std::string Metrics::Render(const GenerationGauges& gen, const CatalogMemory& ca
   Sample(out, "expertstore_catalog_memory_bytes", "part=\"table_readers\"", catalog.table_readers);
   Header(out, "process_resident_memory_bytes", "gauge", "Resident memory of the serving process.");
   Sample(out, "process_resident_memory_bytes", "", ResidentBytes());
-  // glibc's own accounting: in use by allocations, and freed but still held by its arenas.
-  const struct mallinfo2 heap = ::mallinfo2();
-  Header(out, "expertstore_heap_bytes", "gauge", "The allocator's heap, by state: in_use (allocated), free (freed, still held).");
-  Sample(out, "expertstore_heap_bytes", "state=\"in_use\"", static_cast<uint64_t>(heap.uordblks + heap.hblkhd));
-  Sample(out, "expertstore_heap_bytes", "state=\"free\"", static_cast<uint64_t>(heap.fordblks));
+  // The allocator's own accounting: in use by allocations, and freed but still held (resident) by it.
+  const HeapStats heap = ReadHeapStats();
+  const std::string allocator = "allocator=\"" + std::string(heap.allocator) + "\",";
+  Header(out, "expertstore_heap_bytes", "gauge",
+         "The allocator's heap, by state: in_use (allocated), free (freed, still held); the allocator in a label.");
+  Sample(out, "expertstore_heap_bytes", allocator + "state=\"in_use\"", heap.in_use);
+  Sample(out, "expertstore_heap_bytes", allocator + "state=\"free\"", heap.free);
   return out;
 }
 

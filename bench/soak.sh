@@ -49,7 +49,7 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$server_pid/status"; }
 streamer_pid=$!
 
 echo "# $(date -u +%FT%TZ) $(nproc) cores; $minutes min; two wrk -t1 -c$connections (query, blobs); completions streamed"
-echo "# minute  rss_mb  round  (from /metrics, MB: the catalog's block cache, memtables, table readers; heap in use, free)"
+echo "# minute  rss_mb  round  (from /metrics, MB: the catalog's block cache, memtables, table readers; the allocator's heap in use, free)"
 failed=0 rss_minute1=""
 (
   while kill -0 "$server_pid" 2>/dev/null; do echo "$(date +%s) $(rss_kb)" >> "$work/rss"; sleep 10; done
@@ -63,9 +63,11 @@ for minute in $(seq "$minutes"); do
   wait $query_pid
   rss=$(rss_kb)
   [ -z "$rss_minute1" ] && rss_minute1=$rss
-  catalog=$(curl -s "$base/metrics" | awk '/^expertstore_(catalog_memory|heap)_bytes/ {printf "%s=%.1f ", $1, $2 / 1048576}' |
-            sed 's/expertstore_[a-z_]*_bytes{[a-z]*="\([a-z_]*\)"}/\1/g')
-  echo "# minute $minute catalog: $catalog"
+  catalog=$(curl -s "$base/metrics" | awk '/^expertstore_(catalog_memory|heap)_bytes/ {
+      name = $1; sub(/"}$/, "", name); sub(/.*="/, "", name)                      # the last label value
+      if (match($1, /allocator="[a-z]+"/)) name = substr($1, RSTART + 11, RLENGTH - 12) "_" name
+      printf "%s=%.1f ", name, $2 / 1048576 }')
+  echo "# minute $minute MB: $catalog"
   for round in query blobs; do
     result=$(grep '^RESULT' "$work/$round.out" | sed 's/^RESULT //')
     grep -q 'connect_errors=0 read_errors=0 write_errors=0 timeouts=0 non_2xx=0' <<<"$result" || failed=1

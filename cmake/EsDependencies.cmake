@@ -7,6 +7,12 @@ find_package(FlatBuffers CONFIG REQUIRED)
 find_program(FLATC flatc REQUIRED)
 pkg_check_modules(URING REQUIRED IMPORTED_TARGET liburing)
 pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
+if(ES_JEMALLOC)
+  pkg_check_modules(JEMALLOC IMPORTED_TARGET jemalloc)
+  if(NOT JEMALLOC_FOUND)
+    message(FATAL_ERROR "jemalloc not found: apt-get install libjemalloc-dev (tools/setup.sh does), or -DES_JEMALLOC=OFF")
+  endif()
+endif()
 # ICU: Unicode properties and normalization for the tokenizer; i18n (regex) only as the tests' oracle.
 find_package(ICU REQUIRED COMPONENTS uc i18n)
 # Boost.Beast and Boost.Asio (header-only) for the HTTP service, api/ only.

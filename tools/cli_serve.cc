@@ -1,6 +1,5 @@
 // Service commands: serve (the HTTP API over this store, api/) and fetch-expert (copy one expert from a remote
 // expertstore into this store, verified).
-#include <malloc.h>
 #include <signal.h>
 
 #include <cerrno>
@@ -10,6 +9,7 @@
 #include "api/client.h"
 #include "api/generation.h"
 #include "api/server.h"
+#include "store/base/heap.h"
 #include "tools/cli.h"
 #include "tools/cli_runtime.h"
 
@@ -24,7 +24,7 @@ constexpr int64_t kMaxCountFlag = 1 << 20;
 constexpr int64_t kMaxPort = 65535;
 constexpr int64_t kMaxIoThreads = 256;
 constexpr int64_t kMaxComputeThreads = 1024;
-// How often the serving process returns freed heap pages to the system (malloc_trim).
+// How often the serving process returns freed heap pages to the system (ReleaseFreeHeap).
 constexpr std::chrono::seconds kTrimInterval{10};
 
 Result<std::chrono::milliseconds> Millis(const Args& args, std::string_view flag, std::chrono::milliseconds fallback) {
@@ -134,13 +134,13 @@ Status RunServe(const Args& args) {
     }
   }
   // The main thread waits for the signal and meanwhile, every kTrimInterval, hands the heap pages that requests and
-  // generations freed back to the system. glibc keeps freed memory inside its per-thread arenas, and which of them
-  // holds the most varies with how requests land on threads: left alone, resident memory creeps up for minutes to
-  // the sum of every arena's high-water mark, while the memory in use stays flat.
+  // generations freed back to the system. An allocator keeps freed memory in its arenas, and which of them holds
+  // the most varies with how requests land on threads: left alone (glibc's malloc most of all), resident memory
+  // creeps up for minutes to the sum of every arena's high-water mark while the memory in use stays flat.
   int signal = 0;
   const timespec trim_interval{kTrimInterval.count(), 0};
   while ((signal = sigtimedwait(&signals, nullptr, &trim_interval)) < 0) {
-    if (errno == EAGAIN) ::malloc_trim(0);
+    if (errno == EAGAIN) ReleaseFreeHeap();
   }
   if (!args.global().quiet) std::fprintf(stderr, "expertstore: %s: draining\n", signal == SIGINT ? "SIGINT" : "SIGTERM");
   server->Shutdown();

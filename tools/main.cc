@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "store/base/heap.h"
 #include "tools/cli.h"
 
 namespace {
@@ -32,6 +33,16 @@ namespace {
 int Run(int argc, char** argv);
 
 }  // namespace
+
+#ifdef ES_WITH_JEMALLOC
+// jemalloc's settings, read when it starts (MALLOC_CONF in the environment still overrides them): a background
+// thread returns freed pages to the system after a second, so that a serving process's resident memory follows the
+// memory it uses instead of its arenas' high-water marks.
+extern "C" {
+// NOLINTNEXTLINE: the name is jemalloc's
+const char* malloc_conf = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0";
+}
+#endif
 
 // The libraries return errors as Status; what they cannot (an allocation that fails in the standard library or a
 // dependency) ends here as one error line and exit 6, not an abort.
@@ -70,7 +81,8 @@ int Run(int argc, char** argv) {
   }
   std::string name = argv[1];
   if (name == "--version" || name == "version") {
-    std::printf("expertstore %s\n", es::cli::kVersion);
+    std::printf("expertstore %s\nallocator: %.*s\n", es::cli::kVersion,
+                static_cast<int>(es::ReadHeapStats().allocator.size()), es::ReadHeapStats().allocator.data());
     return 0;
   }
   std::vector<std::string> rest(argv + 2, argv + argc);

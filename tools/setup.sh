@@ -7,7 +7,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 packages=(
   build-essential cmake ninja-build pkg-config git
-  librocksdb-dev liburing-dev libxxhash-dev
+  librocksdb-dev liburing-dev libxxhash-dev libjemalloc-dev
   libflatbuffers-dev flatbuffers-compiler
   libboost1.81-dev
   libsimdjson-dev libicu-dev

@@ -144,6 +144,12 @@ TEST_F(CliContractTest, VersionIsPrinted) {
   CliResult r = RunCli("--version");
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_EQ(r.out.rfind("expertstore ", 0), 0u) << r.out;
+  // The allocator that serves the heap is the one the build chose, found at run time.
+#ifdef ES_WITH_JEMALLOC
+  EXPECT_NE(r.out.find("\nallocator: jemalloc\n"), std::string::npos) << r.out;
+#else
+  EXPECT_NE(r.out.find("\nallocator: glibc\n"), std::string::npos) << r.out;
+#endif
 }
 
 // Perplexity over no predicted token would be exp(0) = 1: an empty text is an error.
