@@ -19,6 +19,8 @@ inline constexpr char kShared[] = ES_SOURCE_DIR "/../shared";
 inline constexpr char kAidreams[] = ES_SOURCE_DIR "/../shared/models/aidreams-mixtral";
 inline constexpr char kQwen3TokenizerDir[] = ES_SOURCE_DIR "/../shared/tokenizers/qwen3";
 inline constexpr char kCorpus[] = ES_SOURCE_DIR "/../shared/corpus/domains.jsonl";
+// GGUF files and block samples written by llama.cpp (tests/ingest/gguf_fixtures/make_fixtures.sh), committed.
+inline constexpr char kGgufFixtures[] = ES_SOURCE_DIR "/tests/ingest/gguf_fixtures";
 
 // True under CI: the CI variable set to anything but "" or "false" (GitHub Actions, GitLab and most runners set
 // CI=true).

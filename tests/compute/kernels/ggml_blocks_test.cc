@@ -1,0 +1,82 @@
+// The scalar block decoder against llama.cpp: rows that llama.cpp quantized, decoded here and by gguf-py
+// (tests/ingest/gguf_fixtures/blocks), must agree bit for bit; and each decoded row must be as close to the
+// original weights as ggml's own decoding is.
+#include "compute/kernels/ggml_blocks.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "store/base/json.h"
+#include "tests/util/files.h"
+#include "tests/util/test_data.h"
+
+namespace es {
+namespace {
+
+std::vector<float> Floats(const std::string& bytes) {
+  std::vector<float> out(bytes.size() / sizeof(float));
+  std::memcpy(out.data(), bytes.data(), out.size() * sizeof(float));
+  return out;
+}
+
+TEST(GgmlBlocksTest, DecodesLlamaCppRowsBitForBit) {
+  const std::string dir = std::string(testing::kGgufFixtures) + "/blocks";
+  auto manifest = ParseJson(testing::ReadText(dir + "/manifest.json"));
+  ASSERT_TRUE(manifest.ok()) << manifest.status().ToString();
+  const size_t row_elements = *manifest->Find("row_elements")->AsUint64();
+  const size_t rows = manifest->Find("rows")->array().size();
+  const std::vector<float> original = Floats(testing::ReadText(dir + "/original.f32"));
+  ASSERT_EQ(original.size(), rows * row_elements);
+  size_t types = 0;
+  for (const JsonValue& entry : manifest->Find("types")->array()) {
+    const std::string name = entry.Find("type")->string_value();
+    SCOPED_TRACE(name);
+    const std::optional<GgmlType> type = ParseGgmlTypeName(name);
+    ASSERT_TRUE(type.has_value());
+    const std::string blocks = testing::ReadText(dir + "/" + name + ".blocks");
+    const std::vector<float> expected = Floats(testing::ReadText(dir + "/" + name + ".f32"));
+    const size_t row_bytes = *entry.Find("row_bytes")->AsUint64();
+    ASSERT_EQ(*GgmlRowBytes(*type, row_elements), row_bytes);
+    ASSERT_EQ(blocks.size(), rows * row_bytes);
+    std::vector<float> decoded(rows * row_elements, std::nanf(""));  // poisoned: an unwritten value fails
+    for (size_t r = 0; r < rows; ++r) {
+      const auto row = std::as_bytes(std::span(blocks)).subspan(r * row_bytes, row_bytes);
+      ASSERT_TRUE(DequantizeGgmlRow(*type, row, std::span(decoded).subspan(r * row_elements, row_elements)).ok());
+    }
+    size_t mismatches = 0;
+    double squared_error = 0;
+    for (size_t i = 0; i < decoded.size(); ++i) {
+      uint32_t a, b;
+      std::memcpy(&a, &decoded[i], 4);
+      std::memcpy(&b, &expected[i], 4);
+      if (a != b) ++mismatches;
+      squared_error += (decoded[i] - original[i]) * static_cast<double>(decoded[i] - original[i]);
+    }
+    EXPECT_EQ(mismatches, 0u);
+    // The quantization error is the one gguf-py measured on the same rows (it sums in float32, hence the slack).
+    const double rmse = std::sqrt(squared_error / static_cast<double>(decoded.size()));
+    const double expected_rmse = *entry.Find("rmse")->AsDouble();
+    EXPECT_NEAR(rmse, expected_rmse, expected_rmse * 1e-3);
+    ++types;
+  }
+  EXPECT_EQ(types, 12u);  // every supported format but F32, which the original itself is
+}
+
+TEST(GgmlBlocksTest, RefusesWrongSizesAndUnsupportedTypes) {
+  std::vector<std::byte> row(34);
+  std::vector<float> out(32);
+  EXPECT_TRUE(DequantizeGgmlRow(GgmlType::kQ8_0, row, out).ok());
+  EXPECT_TRUE(DequantizeGgmlRow(GgmlType::kQ8_0, std::span(row).first(33), out).IsInvalidArgument());
+  std::vector<float> ragged(40);
+  EXPECT_TRUE(DequantizeGgmlRow(GgmlType::kQ8_0, row, ragged).IsInvalidArgument());
+  std::vector<std::byte> q2(84);
+  std::vector<float> out256(256);
+  EXPECT_TRUE(DequantizeGgmlRow(GgmlType::kQ2_K, q2, out256).IsNotSupported());
+}
+
+}  // namespace
+}  // namespace es

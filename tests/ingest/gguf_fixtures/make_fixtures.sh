@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Remakes the GGUF fixtures with llama.cpp itself (its converter, quantizer and gguf-py; the oracle set up as
+# ../shared/oracles/llamacpp/README.md says, with GGUF_PY and LLAMA_LIB_DIR exported): a one-layer, two-expert
+# Qwen3-MoE of 256-wide rows (so that K-quant blocks apply) with random weights, converted to F32 GGUF, then
+# quantized by llama_model_quantize to each block format. Keeps one whole file (small-Q4_K_M.gguf), header.json
+# (what gguf-py reads from it), and blocks/: three rows of one expert per format, as stored and as gguf-py
+# dequantizes them. Usage: make_fixtures.sh EXPERTSTORE SHARED_DIR
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cli=$1 shared=$2
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$cli" make-checkpoint "$work/small" --arch qwen3_moe --layers 1 --experts 2 --top-k 1 --hidden 256 \
+  --moe-intermediate 256 --heads 2 --kv-heads 1 --vocab 320 --dtype f32 --seed 7 >/dev/null
+/usr/bin/python3 "$shared/oracles/llamacpp/hf_to_gguf.py" "$work/small" "$work/small-f32.gguf" >/dev/null
+# The oracle's quantizer, with the three formats it does not name (llama_ftype numbers from llama.h).
+sed 's/^FTYPES = {/FTYPES = {"Q4_1": 3, "Q5_1": 9, "IQ4_NL": 25, /' "$shared/oracles/llamacpp/quantize.py" > "$work/quantize.py"
+types=(Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K_M Q5_K_M Q6_K IQ4_NL IQ4_XS F16 BF16)
+for t in "${types[@]}"; do /usr/bin/python3 "$work/quantize.py" "$work/small-f32.gguf" "$work/small-$t.gguf" "$t" >/dev/null 2>&1; done
+/usr/bin/python3 "$here/extract.py" "$here" "$work/small-f32.gguf" "$work/small-Q4_K_M.gguf" \
+  $(for t in "${types[@]}"; do echo "$work/small-$t.gguf"; done)
+cp "$work/small-Q4_K_M.gguf" "$here/"
