@@ -1,0 +1,138 @@
+// The model a GGUF file describes, read back into Hugging Face form, against the checkpoint it was converted from:
+// the tiny model's GGUF header (written by llama.cpp's gguf-py, tests/ingest/gguf_fixtures) must give its
+// config.json's fields, a tokenizer that encodes the corpus exactly as its tokenizer.json does, and dense tensor
+// names that its safetensors index holds.
+#include "ingest/gguf_model.h"
+
+#include <gtest/gtest.h>
+
+#include <set>
+#include <sstream>
+#include <string>
+
+#include "compute/tokenizer/tokenizer.h"
+#include "store/base/json.h"
+#include "tests/util/files.h"
+#include "tests/util/test_data.h"
+
+namespace es {
+namespace {
+
+GgufHeader TinyHeader() {
+  const std::string dir = testing::kGgufFixtures;
+  auto meta = ParseJson(testing::ReadText(dir + "/tiny-qwen3-moe.json"));
+  EXPECT_TRUE(meta.ok());
+  const std::string prefix = testing::ReadText(dir + "/" + meta->Find("file")->string_value());
+  auto header = ParseGgufHeader(prefix, *meta->Find("file_size")->AsUint64());
+  EXPECT_TRUE(header.ok()) << header.status().ToString();
+  return std::move(header).value();
+}
+
+TEST(GgufModelTest, ConfigMatchesTheOriginal) {
+  auto config = GgufConfigJson(TinyHeader());
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  auto ours = ParseJson(*config);
+  ASSERT_TRUE(ours.ok()) << *config;
+  auto original = ParseJson(testing::ReadText(std::string(testing::kTinyModel) + "/config.json"));
+  ASSERT_TRUE(original.ok());
+  for (std::string_view key : {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                               "num_key_value_heads", "head_dim", "num_experts", "num_experts_per_tok",
+                               "moe_intermediate_size", "intermediate_size", "max_position_embeddings",
+                               "bos_token_id", "eos_token_id"}) {
+    ASSERT_NE(ours->Find(key), nullptr) << key;
+    EXPECT_EQ(*ours->Find(key)->AsUint64(), *original->Find(key)->AsUint64()) << key;
+  }
+  for (std::string_view key : {"model_type", "hidden_act"}) {
+    EXPECT_EQ(ours->Find(key)->string_value(), original->Find(key)->string_value()) << key;
+  }
+  for (std::string_view key : {"norm_topk_prob", "tie_word_embeddings"}) {
+    EXPECT_EQ(ours->Find(key)->bool_value(), original->Find(key)->bool_value()) << key;
+  }
+  // GGUF keeps these as f32: equal once read as the forward pass reads them.
+  for (std::string_view key : {"rms_norm_eps", "rope_theta"}) {
+    EXPECT_EQ(static_cast<float>(*ours->Find(key)->AsDouble()), static_cast<float>(*original->Find(key)->AsDouble()))
+        << key;
+  }
+}
+
+TEST(GgufModelTest, TokenizerEncodesTheCorpusAsTheOriginal) {
+  ES_REQUIRE_DATA(testing::kCorpus);
+  const GgufHeader header = TinyHeader();
+  auto json = GgufTokenizerJson(header);
+  ASSERT_TRUE(json.ok()) << json.status().ToString();
+  auto config = GgufTokenizerConfigJson(header);
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  auto ours = Tokenizer::FromJson(*json, *config);
+  ASSERT_TRUE(ours.ok()) << ours.status().ToString();
+  const std::string dir = testing::kTinyModel;
+  auto original = Tokenizer::FromJson(testing::ReadText(dir + "/tokenizer.json"),
+                                      testing::ReadText(dir + "/tokenizer_config.json"));
+  ASSERT_TRUE(original.ok()) << original.status().ToString();
+  std::istringstream corpus(testing::ReadText(testing::kCorpus));
+  std::string line;
+  size_t texts = 0, tokens = 0;
+  while (std::getline(corpus, line)) {
+    auto doc = ParseJson(line);
+    ASSERT_TRUE(doc.ok());
+    // Special tokens in the text too: they must split out the same way.
+    const std::string text = doc->Find("text")->string_value() + "<|im_end|>\n<|im_start|>";
+    auto a = ours->Encode(text);
+    auto b = original->Encode(text);
+    ASSERT_TRUE(a.ok() && b.ok());
+    ASSERT_EQ(*a, *b) << "text " << texts;
+    tokens += a->size();
+    ++texts;
+  }
+  EXPECT_GT(texts, 100u);
+  EXPECT_GT(tokens, 10'000u);
+}
+
+TEST(GgufModelTest, DenseTensorsHaveTheOriginalNames) {
+  const GgufHeader header = TinyHeader();
+  auto index = ParseJson(testing::ReadText(std::string(testing::kTinyModel) + "/model.safetensors.index.json"));
+  ASSERT_TRUE(index.ok());
+  std::set<std::string> hf_names;
+  for (const auto& [name, shard] : index->Find("weight_map")->object()) hf_names.insert(name);
+  size_t dense = 0;
+  for (const GgufTensorInfo& t : header.tensors()) {
+    if (t.name.find("_exps.") != std::string::npos) {
+      EXPECT_FALSE(GgufDenseTensorHfName(t.name).ok()) << t.name;  // experts are not dense tensors
+      continue;
+    }
+    auto hf = GgufDenseTensorHfName(t.name);
+    ASSERT_TRUE(hf.ok()) << hf.status().ToString();
+    EXPECT_EQ(hf_names.count(*hf), 1u) << t.name << " -> " << *hf;
+    ++dense;
+  }
+  EXPECT_EQ(dense, 3u + 9u * 6u);  // embeddings, final norm, output; nine tensors per layer
+  for (std::string_view bad : {"blk.01.attn_q.weight", "blk.x.attn_q.weight", "blk.1.attn_z.weight", "blk.1",
+                               "token_embd.bias"}) {
+    EXPECT_TRUE(GgufDenseTensorHfName(bad).status().IsInvalidArgument()) << bad;
+  }
+}
+
+TEST(GgufModelTest, UnsupportedArchitecturesAndTokenizersSaySo) {
+  GgufHeader header = TinyHeader();
+  std::string prefix = testing::ReadText(std::string(testing::kGgufFixtures) + "/tiny-qwen3-moe.gguf-header");
+  // The same header with its architecture renamed (same length) and its tokenizer model renamed.
+  const size_t arch = prefix.find("qwen3moe");
+  ASSERT_NE(arch, std::string::npos);
+  std::string renamed = prefix;
+  renamed.replace(arch, 8, "qwen2moe");
+  auto meta = ParseJson(testing::ReadText(std::string(testing::kGgufFixtures) + "/tiny-qwen3-moe.json"));
+  auto other = ParseGgufHeader(renamed, *meta->Find("file_size")->AsUint64());
+  ASSERT_TRUE(other.ok()) << other.status().ToString();
+  EXPECT_TRUE(GgufConfigJson(*other).status().IsNotSupported());
+  const size_t model = prefix.find("gpt2");
+  ASSERT_NE(model, std::string::npos);
+  std::string spm = prefix;
+  spm.replace(model, 4, "llam");
+  auto spm_header = ParseGgufHeader(spm, *meta->Find("file_size")->AsUint64());
+  ASSERT_TRUE(spm_header.ok());
+  auto refused = GgufTokenizerJson(*spm_header);
+  EXPECT_TRUE(refused.status().IsNotSupported());
+  EXPECT_NE(refused.status().message().find("'llam'"), std::string::npos) << refused.status().ToString();
+}
+
+}  // namespace
+}  // namespace es
