@@ -6,6 +6,7 @@
 #include <map>
 #include <set>
 
+#include "ingest/gguf_model.h"
 #include "store/base/checksum.h"
 
 namespace es {
@@ -38,7 +39,44 @@ void HashString(Xxh3Stream& h, std::string_view s) {
 
 void HashU64(Xxh3Stream& h, uint64_t v) { h.Update(std::as_bytes(std::span(&v, 1))); }
 
+class SafetensorsTensorFile final : public TensorFile {
+ public:
+  explicit SafetensorsTensorFile(const SafetensorsFile& file) : file_(file) {}
+  const std::string& path() const override { return file_.path(); }
+  Status ReadTensor(const TensorSource& tensor, uint64_t offset, std::span<std::byte> dst) const override {
+    const SafetensorsTensor* own = file_.Find(tensor.name);
+    if (own == nullptr) return Status::InvalidArgument(path() + " has no tensor " + tensor.name);
+    return file_.ReadTensorRange(*own, offset, dst);
+  }
+
+ private:
+  const SafetensorsFile& file_;
+};
+
+class GgufTensorFile final : public TensorFile {
+ public:
+  explicit GgufTensorFile(const GgufFile& file) : file_(file) {}
+  const std::string& path() const override { return file_.path(); }
+  Status ReadTensor(const TensorSource& tensor, uint64_t offset, std::span<std::byte> dst) const override {
+    const GgufTensorInfo* own = file_.header().FindTensor(tensor.name);
+    if (own == nullptr) return Status::InvalidArgument(path() + " has no tensor " + tensor.name);
+    return file_.ReadTensorRange(*own, offset, dst);
+  }
+
+ private:
+  const GgufFile& file_;
+};
+
+TensorSource SourceOf(const TensorFile& file, const SafetensorsTensor& t) {
+  return TensorSource{&file, t.name, t.dtype, t.shape, t.file_offset, t.byte_size()};
+}
+
 }  // namespace
+
+Result<std::string> ReadAsset(FileSystem& fs, const AssetSource& asset, uint64_t max_bytes) {
+  if (asset.path.empty()) return asset.contents;
+  return ReadSmallFile(fs, asset.path, max_bytes);
+}
 
 uint64_t ExpertSource::bytes() const {
   uint64_t n = 0;
@@ -72,8 +110,8 @@ Result<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir, std
   if (!c->fs_->ListDir(dir).ok()) {
     // A file: users of llama.cpp hand over the weights file itself.
     if (dir.ends_with(".gguf")) {
-      return Status::NotSupported(dir + " is a GGUF file; ingest reads Hugging Face safetensors checkpoints (a "
-                                  "directory holding config.json and the *.safetensors shards)");
+      ES_RETURN_IF_ERROR(c->OpenGguf());
+      return c;
     }
     return Status::InvalidArgument(dir + " is not a directory: ingest takes the checkpoint directory that holds "
                                    "config.json and the *.safetensors shards (" + DirName(dir) + ")");
@@ -103,6 +141,12 @@ Result<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir, std
     c->assets_.push_back({name, path, text.size()});
   }
 
+  ES_RETURN_IF_ERROR(c->ComputeFingerprint());
+  return c;
+}
+
+Status Checkpoint::ComputeFingerprint() {
+  Checkpoint* c = this;
   Xxh3Stream h;
   HashString(h, c->config_text_);
   HashString(h, c->index_text_);
@@ -134,7 +178,7 @@ Result<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir, std
   std::snprintf(hex, sizeof(hex), "%016llx%016llx", static_cast<unsigned long long>(h.Digest()),
                 static_cast<unsigned long long>(data.Digest()));
   c->fingerprint_ = hex;
-  return c;
+  return Status::Ok();
 }
 
 Status Checkpoint::LoadShards() {
@@ -154,7 +198,7 @@ Status Checkpoint::LoadShards() {
   if (!has_index) {
     ES_ASSIGN_OR_RETURN(auto f, SafetensorsFile::Open(fs_, JoinPath(dir_, kSingle)));
     shards_.push_back(std::make_unique<SafetensorsFile>(std::move(f)));
-    return Status::Ok();
+    return IndexShardTensors();
   }
   std::string index_path = JoinPath(dir_, kIndex);
   ES_ASSIGN_OR_RETURN(index_text_, ReadSmallFile(*fs_, index_path, kMaxIndexBytes));
@@ -200,6 +244,14 @@ Status Checkpoint::LoadShards() {
     }
     if (!found) return Status::InvalidArgument(std::string(kIndex) + " lists tensor " + tensor + " in " + shard + ", which lacks it");
   }
+  return IndexShardTensors();
+}
+
+Status Checkpoint::IndexShardTensors() {
+  for (const auto& shard : shards_) {
+    files_.push_back(std::make_unique<SafetensorsTensorFile>(*shard));
+    for (const auto& t : shard->tensors()) all_tensors_.push_back(SourceOf(*files_.back(), t));
+  }
   return Status::Ok();
 }
 
@@ -211,37 +263,34 @@ Status Checkpoint::Classify() {
   };
   std::map<std::pair<uint32_t, uint32_t>, Pending> per_expert;
   std::map<uint32_t, std::pair<TensorSource, TensorSource>> fused;  // layer -> (gate_up, down)
-  for (const auto& shard : shards_) {
-    for (const auto& t : shard->tensors()) {
-      total_bytes_ += t.byte_size();
-      ES_ASSIGN_OR_RETURN(TensorRole role, adapter_->Classify(t.name, shape_));
-      TensorSource src{shard.get(), &t};
-      switch (role.kind) {
-        case TensorRole::Kind::kExpert: {
-          Pending& p = per_expert[{role.layer, role.expert}];
-          int i = static_cast<int>(role.projection);
-          if (p.have[i]) return Status::InvalidArgument("tensor " + t.name + " repeats an expert projection");
-          p.proj[i] = src;
-          p.have[i] = true;
-          break;
-        }
-        case TensorRole::Kind::kFusedGateUp:
-        case TensorRole::Kind::kFusedDown: {
-          auto& f = fused[role.layer];
-          TensorSource& slot = role.kind == TensorRole::Kind::kFusedGateUp ? f.first : f.second;
-          if (slot.tensor != nullptr) return Status::InvalidArgument("tensor " + t.name + " repeats a fused expert tensor");
-          slot = src;
-          break;
-        }
-        case TensorRole::Kind::kDense:
-        case TensorRole::Kind::kComponent:
-          dense_.push_back({role.canonical, role.component, src});
-          break;
+  for (const TensorSource& src : all_tensors_) {
+    total_bytes_ += src.bytes;
+    ES_ASSIGN_OR_RETURN(TensorRole role, adapter_->Classify(src.name, shape_));
+    switch (role.kind) {
+      case TensorRole::Kind::kExpert: {
+        Pending& p = per_expert[{role.layer, role.expert}];
+        int i = static_cast<int>(role.projection);
+        if (p.have[i]) return Status::InvalidArgument("tensor " + src.name + " repeats an expert projection");
+        p.proj[i] = src;
+        p.have[i] = true;
+        break;
       }
+      case TensorRole::Kind::kFusedGateUp:
+      case TensorRole::Kind::kFusedDown: {
+        auto& f = fused[role.layer];
+        TensorSource& slot = role.kind == TensorRole::Kind::kFusedGateUp ? f.first : f.second;
+        if (slot.file != nullptr) return Status::InvalidArgument("tensor " + src.name + " repeats a fused expert tensor");
+        slot = src;
+        break;
+      }
+      case TensorRole::Kind::kDense:
+      case TensorRole::Kind::kComponent:
+        dense_.push_back({role.canonical, role.component, src});
+        break;
     }
   }
   experts_per_layer_.assign(shape_.num_layers, 0);
-  auto check = [&](const SafetensorsTensor& t, std::vector<uint64_t> want) -> Status {
+  auto check = [&](const TensorSource& t, std::vector<uint64_t> want) -> Status {
     if (!IsFloat(t.dtype)) {
       return Status::InvalidArgument("expert tensor " + t.name + " has dtype " + std::string(DTypeName(t.dtype)) +
                                      "; expected a floating-point type");
@@ -264,41 +313,45 @@ Status Checkpoint::Classify() {
                                        " projection");
       }
     }
-    ES_RETURN_IF_ERROR(check(*p.proj[0].tensor, {I, H}));
-    ES_RETURN_IF_ERROR(check(*p.proj[1].tensor, {I, H}));
-    ES_RETURN_IF_ERROR(check(*p.proj[2].tensor, {H, I}));
-    if (p.proj[0].tensor->dtype != p.proj[1].tensor->dtype || p.proj[0].tensor->dtype != p.proj[2].tensor->dtype) {
+    ES_RETURN_IF_ERROR(check(p.proj[0], {I, H}));
+    ES_RETURN_IF_ERROR(check(p.proj[1], {I, H}));
+    ES_RETURN_IF_ERROR(check(p.proj[2], {H, I}));
+    if (p.proj[0].dtype != p.proj[1].dtype || p.proj[0].dtype != p.proj[2].dtype) {
       return Status::InvalidArgument("expert " + std::to_string(expert) + " of layer " + std::to_string(layer) +
                                      " mixes dtypes across its projections");
     }
     ExpertSource e{layer, expert, {}};
     for (int i = 0; i < 3; ++i) {
-      const SafetensorsTensor& t = *p.proj[i].tensor;
-      e.projections.push_back({static_cast<ProjectionRole>(i), p.proj[i], 0, t.byte_size(), t.shape, t.name});
+      const TensorSource& t = p.proj[i];
+      e.projections.push_back({static_cast<ProjectionRole>(i), t, 0, t.bytes, t.shape, t.name});
     }
     experts_.push_back(std::move(e));
     ++experts_per_layer_[layer];
   }
   for (auto& [layer, f] : fused) {
-    if (f.first.tensor == nullptr || f.second.tensor == nullptr) {
+    if (f.first.file == nullptr || f.second.file == nullptr) {
       return Status::InvalidArgument("layer " + std::to_string(layer) + " has only one of experts.gate_up_proj and experts.down_proj");
     }
-    ES_RETURN_IF_ERROR(check(*f.first.tensor, {E, 2 * I, H}));
-    ES_RETURN_IF_ERROR(check(*f.second.tensor, {E, H, I}));
-    if (f.first.tensor->dtype != f.second.tensor->dtype) {
+    ES_RETURN_IF_ERROR(check(f.first, {E, 2 * I, H}));
+    ES_RETURN_IF_ERROR(check(f.second, {E, H, I}));
+    if (f.first.dtype != f.second.dtype) {
       return Status::InvalidArgument("layer " + std::to_string(layer) + " fused expert tensors mix dtypes");
     }
-    uint64_t es = DTypeSize(f.first.tensor->dtype);
+    uint64_t es = DTypeSize(f.first.dtype);
     uint64_t proj = I * H * es;
     for (uint32_t e = 0; e < E; ++e) {
       ExpertSource x{layer, e, {}};
-      x.projections.push_back({ProjectionRole::kGate, f.first, e * 2 * proj, proj, {I, H}, f.first.tensor->name});
-      x.projections.push_back({ProjectionRole::kUp, f.first, e * 2 * proj + proj, proj, {I, H}, f.first.tensor->name});
-      x.projections.push_back({ProjectionRole::kDown, f.second, e * proj, proj, {H, I}, f.second.tensor->name});
+      x.projections.push_back({ProjectionRole::kGate, f.first, e * 2 * proj, proj, {I, H}, f.first.name});
+      x.projections.push_back({ProjectionRole::kUp, f.first, e * 2 * proj + proj, proj, {I, H}, f.first.name});
+      x.projections.push_back({ProjectionRole::kDown, f.second, e * proj, proj, {H, I}, f.second.name});
       experts_.push_back(std::move(x));
       ++experts_per_layer_[layer];
     }
   }
+  return FinishClassify();
+}
+
+Status Checkpoint::FinishClassify() {
   std::sort(experts_.begin(), experts_.end(), [](const ExpertSource& a, const ExpertSource& b) {
     return a.layer != b.layer ? a.layer < b.layer : a.expert < b.expert;
   });
@@ -310,6 +363,129 @@ Status Checkpoint::Classify() {
   }
   if (experts_.empty()) return Status::InvalidArgument(dir_ + " holds no expert tensors: not a mixture-of-experts checkpoint");
   return Status::Ok();
+}
+
+// A GGUF file: the config and tokenizer come from its metadata (ingest/gguf_model.h), the tensors keep their
+// bytes, and each expert is one slab of the layer's 3-D expert tensors.
+Status Checkpoint::OpenGguf() {
+  ES_ASSIGN_OR_RETURN(GgufFile file, GgufFile::Open(fs_, dir_));
+  gguf_ = std::make_unique<GgufFile>(std::move(file));
+  const GgufHeader& header = gguf_->header();
+  auto config_text = GgufConfigJson(header);
+  if (!config_text.ok()) return config_text.status().WithContext(dir_);
+  config_text_ = std::move(config_text).value();
+  ES_ASSIGN_OR_RETURN(config_, ParseJson(config_text_));
+  ES_ASSIGN_OR_RETURN(adapter_, AdapterForConfig(config_));
+  auto shape = adapter_->ParseConfig(config_);
+  if (!shape.ok()) return shape.status().WithContext(dir_);
+  shape_ = std::move(shape).value();
+  files_.push_back(std::make_unique<GgufTensorFile>(*gguf_));
+  ES_RETURN_IF_ERROR(ClassifyGguf());
+  // The tokenizer the metadata describes; a file without one (or of an unsupported kind) is ingested without it,
+  // as a safetensors checkpoint without tokenizer.json is.
+  auto tokenizer = GgufTokenizerJson(header);
+  auto tokenizer_config = GgufTokenizerConfigJson(header);
+  if (tokenizer.ok() && tokenizer_config.ok()) {
+    assets_.push_back({"tokenizer.json", "", tokenizer->size(), *tokenizer});
+    assets_.push_back({"tokenizer_config.json", "", tokenizer_config->size(), *tokenizer_config});
+  } else if (!tokenizer.ok() && !tokenizer.status().IsNotSupported() && !tokenizer.status().IsNotFound()) {
+    return tokenizer.status().WithContext(dir_);
+  }
+  // The layout (the header's bytes, which hold every key and tensor info) and a sample of every tensor's data.
+  Xxh3Stream layout;
+  std::string header_bytes(header.data_offset(), '\0');
+  ES_ASSIGN_OR_RETURN(auto raw, fs_->Open(dir_, OpenOptions{}));
+  ES_RETURN_IF_ERROR(ReadFully(*raw, 0, std::as_writable_bytes(std::span(header_bytes))));
+  HashString(layout, header_bytes);
+  HashU64(layout, gguf_->file_size());
+  Xxh3Stream data;
+  std::vector<std::byte> sample(kFingerprintSampleBytes);
+  for (const TensorSource& t : all_tensors_) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(t.bytes, sample.size()));
+    if (n == 0) continue;
+    std::span<std::byte> part(sample.data(), n);
+    ES_RETURN_IF_ERROR(t.Read((t.bytes - n) / 2, part));
+    data.Update(part);
+  }
+  char hex[33];
+  std::snprintf(hex, sizeof(hex), "%016llx%016llx", static_cast<unsigned long long>(layout.Digest()),
+                static_cast<unsigned long long>(data.Digest()));
+  fingerprint_ = hex;
+  return Status::Ok();
+}
+
+Status Checkpoint::ClassifyGguf() {
+  const uint64_t H = shape_.hidden_size, I = shape_.moe_intermediate_size, E = shape_.num_experts;
+  const TensorFile& file = *files_.front();
+  // layer -> gate, up, down 3-D tensors
+  std::map<uint32_t, std::array<TensorSource, 3>> experts;
+  for (const GgufTensorInfo& t : gguf_->header().tensors()) {
+    total_bytes_ += t.bytes;
+    const GgmlTypeInfo type = GgmlTypeInfoOf(t.type);
+    DType dtype = DType::kUnknown;
+    if (t.type == GgmlType::kF32) dtype = DType::kF32;
+    if (t.type == GgmlType::kF16) dtype = DType::kF16;
+    if (t.type == GgmlType::kBF16) dtype = DType::kBF16;
+    if (dtype == DType::kUnknown) {
+      return Status::NotSupported(dir_ + ": tensor " + t.name + " is " + std::string(type.name) +
+                                  "; this build ingests GGUF tensors of F32, F16 and BF16 only (block formats are not "
+                                  "stored yet)");
+    }
+    // GGUF lists dimensions row length first; Hugging Face shapes put it last.
+    std::vector<uint64_t> shape(t.dims.rbegin(), t.dims.rend());
+    TensorSource src{&file, t.name, dtype, shape, t.file_offset, t.bytes};
+    all_tensors_.push_back(src);
+    constexpr std::array<std::string_view, 3> kExpertSuffixes = {".ffn_gate_exps.weight", ".ffn_up_exps.weight",
+                                                                 ".ffn_down_exps.weight"};
+    bool is_expert = false;
+    for (size_t role = 0; role < kExpertSuffixes.size(); ++role) {
+      if (!t.name.starts_with("blk.") || !t.name.ends_with(kExpertSuffixes[role])) continue;
+      std::string_view digits = std::string_view(t.name).substr(4, t.name.size() - 4 - kExpertSuffixes[role].size());
+      ES_ASSIGN_OR_RETURN(uint32_t layer, ParseNameIndex(digits, shape_.num_layers, "layer", t.name));
+      if (!digits.empty()) return Status::InvalidArgument(dir_ + ": tensor " + t.name + ": malformed name");
+      TensorSource& slot = experts[layer][role];
+      if (slot.file != nullptr) return Status::InvalidArgument(dir_ + ": tensor " + t.name + " appears twice");
+      slot = src;
+      is_expert = true;
+    }
+    if (is_expert) continue;
+    auto hf = GgufDenseTensorHfName(t.name);
+    if (!hf.ok()) return hf.status().WithContext(dir_);
+    ES_ASSIGN_OR_RETURN(TensorRole role, adapter_->Classify(*hf, shape_));
+    if (role.kind != TensorRole::Kind::kDense) {
+      return Status::InvalidArgument(dir_ + ": tensor " + t.name + " maps to " + *hf + ", which is not a dense tensor");
+    }
+    dense_.push_back({role.canonical, role.component, src});
+  }
+  experts_per_layer_.assign(shape_.num_layers, 0);
+  for (const auto& [layer, t] : experts) {
+    const std::array<std::vector<uint64_t>, 3> want = {{{E, I, H}, {E, I, H}, {E, H, I}}};
+    for (size_t role = 0; role < 3; ++role) {
+      if (t[role].file == nullptr) {
+        return Status::InvalidArgument(dir_ + ": layer " + std::to_string(layer) + " has no " +
+                                       std::string(ProjectionRoleName(static_cast<ProjectionRole>(role))) +
+                                       " expert tensor");
+      }
+      if (t[role].shape != want[role]) {
+        return Status::InvalidArgument(dir_ + ": expert tensor " + t[role].name + " has shape " +
+                                       ShapeString(t[role].shape) + "; the metadata implies " + ShapeString(want[role]));
+      }
+    }
+    if (t[0].dtype != t[1].dtype || t[0].dtype != t[2].dtype) {
+      return Status::InvalidArgument(dir_ + ": layer " + std::to_string(layer) + " expert tensors mix types");
+    }
+    for (uint32_t e = 0; e < E; ++e) {
+      ExpertSource x{layer, e, {}};
+      for (size_t role = 0; role < 3; ++role) {
+        const uint64_t slab = t[role].bytes / E;
+        std::vector<uint64_t> shape(t[role].shape.begin() + 1, t[role].shape.end());
+        x.projections.push_back({static_cast<ProjectionRole>(role), t[role], e * slab, slab, shape, t[role].name});
+      }
+      experts_.push_back(std::move(x));
+      ++experts_per_layer_[layer];
+    }
+  }
+  return FinishClassify();
 }
 
 }  // namespace es

@@ -1,9 +1,12 @@
 // Checkpoint: a Hugging Face checkpoint directory opened and validated before anything is written: config.json
 // (strict JSON) and its architecture adapter, one model.safetensors or shards cross-checked against
 // model.safetensors.index.json, every tensor classified, every expert complete with the shapes and dtypes the
-// config implies, and the model assets present. Only headers are read; tensor data is read later, on demand.
+// config implies, and the model assets present. Or a GGUF file, whose metadata gives the config and the tokenizer
+// (ingest/gguf_model.h) and whose 3-D expert tensors are cut into experts. Only headers are read; tensor data is
+// read later, on demand.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -11,6 +14,7 @@
 #include <vector>
 
 #include "ingest/arch.h"
+#include "ingest/gguf.h"
 #include "ingest/safetensors.h"
 #include "store/base/file_system.h"
 #include "store/base/json.h"
@@ -18,10 +22,28 @@
 
 namespace es {
 
-// Where one tensor's bytes are.
+struct TensorSource;
+
+// A file of the checkpoint that tensors are read from: a safetensors shard or a GGUF file. Reads are positional,
+// so several threads may read at once.
+class TensorFile {
+ public:
+  virtual ~TensorFile() = default;
+  virtual const std::string& path() const = 0;
+  // dst.size() bytes of `tensor` (one of this file's) from `offset` bytes into it.
+  virtual Status ReadTensor(const TensorSource& tensor, uint64_t offset, std::span<std::byte> dst) const = 0;
+};
+
+// Where one tensor's bytes are, and what they hold.
 struct TensorSource {
-  const SafetensorsFile* file = nullptr;
-  const SafetensorsTensor* tensor = nullptr;
+  const TensorFile* file = nullptr;
+  std::string name;             // in the checkpoint
+  DType dtype = DType::kUnknown;
+  std::vector<uint64_t> shape;  // Hugging Face order: [rows, cols] for a matrix
+  uint64_t file_offset = 0;     // of the first byte
+  uint64_t bytes = 0;
+
+  Status Read(uint64_t offset, std::span<std::byte> dst) const { return file->ReadTensor(*this, offset, dst); }
 };
 
 // One projection of an expert: a whole tensor, or a slice of a fused tensor.
@@ -49,9 +71,13 @@ struct DenseSource {
 
 struct AssetSource {
   std::string name;  // "tokenizer.json", ...
-  std::string path;
+  std::string path;  // empty when the asset was made from the checkpoint's metadata (a GGUF file's tokenizer)
   uint64_t size = 0;
+  std::string contents;  // the made asset's bytes
 };
+
+// An asset's bytes: read from its file (at most `max_bytes`), or the ones made for it.
+Result<std::string> ReadAsset(FileSystem& fs, const AssetSource& asset, uint64_t max_bytes);
 
 // Bytes of each tensor's data the fingerprint hashes.
 inline constexpr size_t kFingerprintSampleBytes = 4096;
@@ -60,6 +86,7 @@ class Checkpoint {
   // The model assets copied into the store when present.
   static const std::vector<std::string>& AssetNames();
 
+  // `dir` is a Hugging Face checkpoint directory, or a GGUF file (*.gguf) of a supported architecture.
   static Result<std::unique_ptr<Checkpoint>> Open(const std::string& dir, std::shared_ptr<FileSystem> fs = nullptr);
 
   const std::string& dir() const { return dir_; }
@@ -85,6 +112,11 @@ class Checkpoint {
   Checkpoint() = default;
   Status LoadShards();
   Status Classify();
+  Status IndexShardTensors();
+  Status FinishClassify();
+  Status OpenGguf();
+  Status ClassifyGguf();
+  Status ComputeFingerprint();
 
   std::shared_ptr<FileSystem> fs_;
   std::string dir_;
@@ -94,6 +126,9 @@ class Checkpoint {
   ModelShape shape_;
   std::string index_text_;
   std::vector<std::unique_ptr<SafetensorsFile>> shards_;
+  std::unique_ptr<GgufFile> gguf_;
+  std::vector<std::unique_ptr<TensorFile>> files_;  // one per shard, or the GGUF file
+  std::vector<TensorSource> all_tensors_;            // every tensor of every file, in file order
   std::vector<ExpertSource> experts_;
   std::vector<DenseSource> dense_;
   std::vector<AssetSource> assets_;

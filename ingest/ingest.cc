@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -114,6 +115,14 @@ void ReadItems(const std::vector<WorkItem>& items, FileSystem& fs, ChunkPipe& pi
     bool ok = true;
     switch (w.kind) {
       case WorkItem::Kind::kAsset: {
+        if (w.asset->path.empty()) {  // made from the checkpoint's metadata
+          const std::string& bytes = w.asset->contents;
+          ok = emit(i, [&](uint64_t off, std::span<std::byte> dst) {
+            std::memcpy(dst.data(), bytes.data() + off, dst.size());
+            return Status::Ok();
+          }, w.payload);
+          break;
+        }
         auto file = fs.Open(w.asset->path, OpenOptions{});
         if (!file.ok()) {
           pipe.Push(Chunk{i, {}, file.status()});
@@ -125,14 +134,13 @@ void ReadItems(const std::vector<WorkItem>& items, FileSystem& fs, ChunkPipe& pi
       }
       case WorkItem::Kind::kDense: {
         const TensorSource& src = w.dense->source;
-        ok = emit(i, [&](uint64_t off, std::span<std::byte> dst) { return src.file->ReadTensorRange(*src.tensor, off, dst); },
-                  w.payload);
+        ok = emit(i, [&](uint64_t off, std::span<std::byte> dst) { return src.Read(off, dst); }, w.payload);
         break;
       }
       case WorkItem::Kind::kExpert:
         for (const auto& p : w.expert->projections) {
           ok = emit(i, [&](uint64_t off, std::span<std::byte> dst) {
-            return p.source.file->ReadTensorRange(*p.source.tensor, p.offset + off, dst);
+            return p.source.Read(p.offset + off, dst);
           }, p.length);
           if (!ok) break;
         }
@@ -175,7 +183,10 @@ std::string ModelNameFor(const std::string& dir, const IngestOptions& options) {
   if (!options.name.empty()) return options.name;
   std::string d = dir;
   while (d.size() > 1 && d.back() == '/') d.pop_back();
-  return d.substr(d.find_last_of('/') == std::string::npos ? 0 : d.find_last_of('/') + 1);
+  std::string base = d.substr(d.find_last_of('/') == std::string::npos ? 0 : d.find_last_of('/') + 1);
+  constexpr std::string_view kGgufSuffix = ".gguf";  // a GGUF file is named after its model
+  if (base.size() > kGgufSuffix.size() && base.ends_with(kGgufSuffix)) base.resize(base.size() - kGgufSuffix.size());
+  return base;
 }
 
 // The result's description of the model, before anything is written.
@@ -225,7 +236,7 @@ Status ReconcileAssets(Store& store, const Checkpoint& checkpoint, const ModelIn
   for (const AssetSource& a : checkpoint.assets()) {
     auto held = store.ReadAsset(old, a.name);
     if (held.ok()) {
-      ES_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(checkpoint.fs(), a.path, a.size));
+      ES_ASSIGN_OR_RETURN(std::string text, ReadAsset(checkpoint.fs(), a, a.size));
       if (text == *held) continue;
     } else if (!held.status().IsNotFound()) {
       return held.status();
@@ -278,21 +289,21 @@ std::vector<WorkItem> PlanWork(const Checkpoint& checkpoint, const StoredRecords
   for (const auto& a : checkpoint.assets()) {
     if (!stored.assets.count(a.name)) items.push_back({WorkItem::Kind::kAsset, &a, nullptr, nullptr, a.size, 0, 0});
   }
-  std::map<const SafetensorsFile*, size_t> shard_order;
-  auto order_of = [&](const SafetensorsFile* f) {
+  std::map<const TensorFile*, size_t> shard_order;
+  auto order_of = [&](const TensorFile* f) {
     auto [it, inserted] = shard_order.try_emplace(f, shard_order.size() + 1);
     return it->second;
   };
   for (const auto& d : checkpoint.dense()) {
     if (stored.dense.count(d.canonical)) continue;
-    items.push_back({WorkItem::Kind::kDense, nullptr, &d, nullptr, d.source.tensor->byte_size(),
-                     order_of(d.source.file), d.source.tensor->file_offset});
+    items.push_back({WorkItem::Kind::kDense, nullptr, &d, nullptr, d.source.bytes, order_of(d.source.file),
+                     d.source.file_offset});
   }
   for (const auto& e : checkpoint.experts()) {
     if (stored.experts.count({e.layer, e.expert})) continue;
     const auto& first = e.projections.front();
     items.push_back({WorkItem::Kind::kExpert, nullptr, nullptr, &e, e.bytes(), order_of(first.source.file),
-                     first.source.tensor->file_offset + first.offset});
+                     first.source.file_offset + first.offset});
   }
   std::stable_sort(items.begin(), items.end(), [](const WorkItem& a, const WorkItem& b) {
     return a.shard_order != b.shard_order ? a.shard_order < b.shard_order : a.file_offset < b.file_offset;
@@ -366,7 +377,7 @@ void StageCatalogEntry(IngestWriter& w, const WorkItem& item, const Extent& exte
       w.record.assets.push_back({item.asset->name, extent});
       break;
     case WorkItem::Kind::kDense: {
-      const SafetensorsTensor& t = *item.dense->source.tensor;
+      const TensorSource& t = item.dense->source;
       TensorInfo info{t.name, t.dtype, t.shape, extent, item.dense->component};
       w.txn->batch().Put(Cf::kTensors, TensorKey(name, item.dense->canonical), EncodeTensor(info));
       break;
@@ -375,7 +386,7 @@ void StageCatalogEntry(IngestWriter& w, const WorkItem& item, const Extent& exte
       ExpertInfo info{item.expert->layer, item.expert->expert, extent, {}};
       uint64_t offset = 0;
       for (const auto& p : item.expert->projections) {
-        info.projections.push_back({std::string(ProjectionRoleName(p.role)), p.source_name, p.source.tensor->dtype,
+        info.projections.push_back({std::string(ProjectionRoleName(p.role)), p.source_name, p.source.dtype,
                                     p.shape, offset, p.length});
         offset += p.length;
       }

@@ -9,6 +9,7 @@
 #include "compute/cache_provider.h"
 #include "compute/generator.h"
 #include "compute/model.h"
+#include "store/metadata.h"
 #include "tests/util/reference_cases.h"
 #include "tests/util/model_fixtures.h"
 #include "tests/util/temp_dir.h"
@@ -34,13 +35,20 @@ class ModelTest : public ::testing::Test {
     ASSERT_TRUE(testing::RewriteCheckpoint(testing::kTinyModel, dir_->Sub("omni"), [](const std::string& n) -> std::optional<std::string> {
                   return n == "lm_head.weight" ? "thinker.lm_head.weight" : "thinker." + n;
                 }, omni).ok());
-    auto s = testing::StoreWithModels(dir_->Sub("store"),
-                                      {{"tiny", testing::kTinyModel}, {"omni", dir_->Sub("omni")}, {"aidreams", kAidreams}});
+    // The same weights as llama.cpp's converter writes them to a GGUF file.
+    auto gguf = testing::WriteTinyGguf(dir_->Sub("tiny.gguf"));
+    ASSERT_TRUE(gguf.ok()) << gguf.status().ToString();
+    gguf_ = new testing::RebuiltGguf(*gguf);
+    auto s = testing::StoreWithModels(dir_->Sub("store"), {{"tiny", testing::kTinyModel},
+                                                           {"omni", dir_->Sub("omni")},
+                                                           {"gguf", dir_->Sub("tiny.gguf")},
+                                                           {"aidreams", kAidreams}});
     ASSERT_TRUE(s.ok()) << s.status().ToString();
     store_ = s->release();
     pool_ = kernels::ComputePool::Create(0)->release();
   }
   static void TearDownTestSuite() {
+    delete gguf_;
     delete store_;
     delete pool_;
     delete dir_;
@@ -68,17 +76,31 @@ class ModelTest : public ::testing::Test {
   }
 
   static testing::TempDir* dir_;
+  static testing::RebuiltGguf* gguf_;
   static Store* store_;
   static kernels::ComputePool* pool_;
 };
 
 testing::TempDir* ModelTest::dir_ = nullptr;
+testing::RebuiltGguf* ModelTest::gguf_ = nullptr;
 Store* ModelTest::store_ = nullptr;
 kernels::ComputePool* ModelTest::pool_ = nullptr;
 
 TEST_F(ModelTest, TinyQwen3MoeMatchesReference) { CheckReference("tiny"); }
 
 TEST_F(ModelTest, OmniLayoutMatchesReference) { CheckReference("omni"); }
+
+// The tiny model as a BF16 GGUF file (byte for byte the one llama.cpp's converter writes, which the checksum
+// shows), ingested from that file: config and tokenizer from its metadata, experts cut from its 3-D tensors.
+TEST_F(ModelTest, GgufOfTinyMatchesReference) {
+  ASSERT_NE(gguf_, nullptr);
+  EXPECT_EQ(gguf_->xxh3, gguf_->expected_xxh3);
+  CheckReference("gguf");
+  auto info = LoadModelInfo(store_->catalog(), "gguf");
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  auto tokenizer = store_->ReadAsset(*info, "tokenizer.json");
+  EXPECT_TRUE(tokenizer.ok()) << tokenizer.status().ToString();
+}
 
 // Prefill in one batch and token-by-token decode agree: the KV cache is right.
 TEST_F(ModelTest, PrefillEqualsIncrementalDecode) {

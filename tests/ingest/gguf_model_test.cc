@@ -112,14 +112,15 @@ TEST(GgufModelTest, DenseTensorsHaveTheOriginalNames) {
 }
 
 TEST(GgufModelTest, UnsupportedArchitecturesAndTokenizersSaySo) {
-  GgufHeader header = TinyHeader();
-  std::string prefix = testing::ReadText(std::string(testing::kGgufFixtures) + "/tiny-qwen3-moe.gguf-header");
+  auto meta = ParseJson(testing::ReadText(std::string(testing::kGgufFixtures) + "/tiny-qwen3-moe.json"));
+  ASSERT_TRUE(meta.ok());
+  std::string prefix =
+      testing::ReadText(std::string(testing::kGgufFixtures) + "/" + meta->Find("file")->string_value());
   // The same header with its architecture renamed (same length) and its tokenizer model renamed.
   const size_t arch = prefix.find("qwen3moe");
   ASSERT_NE(arch, std::string::npos);
   std::string renamed = prefix;
   renamed.replace(arch, 8, "qwen2moe");
-  auto meta = ParseJson(testing::ReadText(std::string(testing::kGgufFixtures) + "/tiny-qwen3-moe.json"));
   auto other = ParseGgufHeader(renamed, *meta->Find("file_size")->AsUint64());
   ASSERT_TRUE(other.ok()) << other.status().ToString();
   EXPECT_TRUE(GgufConfigJson(*other).status().IsNotSupported());

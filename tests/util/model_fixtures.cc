@@ -1,11 +1,15 @@
 // Fixtures over real checkpoints.
 #include "tests/util/model_fixtures.h"
 
+#include <array>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
+#include "ingest/gguf.h"
+#include "ingest/gguf_model.h"
 #include "ingest/ingest.h"
+#include "store/base/checksum.h"
 
 namespace es::testing {
 
@@ -73,6 +77,66 @@ std::vector<size_t> CountKeys(Store& store) {
     counts.push_back(n);
   }
   return counts;
+}
+
+Result<RebuiltGguf> WriteTinyGguf(const std::string& path) {
+  const std::string fixtures = kGgufFixtures;
+  ES_ASSIGN_OR_RETURN(JsonValue meta, ParseJson(ReadText(fixtures + "/tiny-qwen3-moe.json")));
+  const std::string header_bytes = ReadText(fixtures + "/" + meta.Find("file")->string_value());
+  ES_ASSIGN_OR_RETURN(uint64_t file_size, meta.Find("file_size")->AsUint64());
+  ES_ASSIGN_OR_RETURN(GgufHeader header, ParseGgufHeader(header_bytes, file_size));
+  RebuiltGguf result;
+  result.expected_xxh3 = std::stoull(meta.Find("xxh3")->string_value(), nullptr, 16);
+  // The model's tensors by name.
+  std::vector<std::unique_ptr<SafetensorsFile>> shards;
+  std::map<std::string, std::pair<const SafetensorsFile*, const SafetensorsTensor*>> by_name;
+  for (const auto& entry : std::filesystem::directory_iterator(kTinyModel)) {
+    if (entry.path().extension() != ".safetensors") continue;
+    ES_ASSIGN_OR_RETURN(SafetensorsFile f, SafetensorsFile::Open(nullptr, entry.path().string()));
+    shards.push_back(std::make_unique<SafetensorsFile>(std::move(f)));
+    for (const auto& t : shards.back()->tensors()) by_name[t.name] = {shards.back().get(), &t};
+  }
+  auto bytes_of = [&](const std::string& name) -> Result<std::vector<std::byte>> {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) return Status::NotFound("the tiny model has no tensor " + name);
+    std::vector<std::byte> bytes(it->second.second->byte_size());
+    ES_RETURN_IF_ERROR(it->second.first->ReadTensor(*it->second.second, bytes));
+    return bytes;
+  };
+  std::string out = header_bytes;
+  const std::array<std::string_view, 3> kExperts = {"gate", "up", "down"};
+  for (const GgufTensorInfo& t : header.tensors()) {
+    out.resize(header.data_offset() + t.offset, '\0');
+    std::vector<std::string> sources;
+    for (size_t p = 0; p < kExperts.size(); ++p) {
+      const std::string suffix = ".ffn_" + std::string(kExperts[p]) + "_exps.weight";
+      if (!t.name.ends_with(suffix)) continue;
+      const std::string layer = t.name.substr(4, t.name.size() - 4 - suffix.size());
+      for (uint64_t e = 0; e < t.dims.back(); ++e) {
+        sources.push_back("model.layers." + layer + ".mlp.experts." + std::to_string(e) + "." +
+                          std::string(kExperts[p]) + "_proj.weight");
+      }
+    }
+    if (sources.empty()) {
+      ES_ASSIGN_OR_RETURN(std::string hf, GgufDenseTensorHfName(t.name));
+      sources.push_back(hf);
+    }
+    for (const std::string& name : sources) {
+      ES_ASSIGN_OR_RETURN(std::vector<std::byte> bytes, bytes_of(name));
+      if (t.type == GgmlType::kF32) {  // bf16 widened: its bits are the top half of the f32
+        for (size_t i = 0; i + 1 < bytes.size(); i += 2) {
+          const char f32[4] = {0, 0, static_cast<char>(bytes[i]), static_cast<char>(bytes[i + 1])};
+          out.append(f32, 4);
+        }
+      } else {
+        out.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+      }
+    }
+  }
+  out.resize(file_size, '\0');
+  result.xxh3 = Xxh3(std::as_bytes(std::span(out)));
+  WriteText(path, out);
+  return result;
 }
 
 Result<std::unique_ptr<Store>> StoreWithModels(const std::string& dir,

@@ -40,7 +40,17 @@ Result<std::map<std::pair<uint32_t, uint32_t>, std::vector<std::byte>>> ReadAllE
 // Counts keys per column family (a store "fingerprint" for checking that nothing changed).
 std::vector<size_t> CountKeys(Store& store);
 
-// A fresh store in `dir` with each (name, checkpoint directory) ingested.
+// Rebuilds the tiny model's BF16 GGUF file, as llama.cpp's converter wrote it, from the committed header
+// (tests/ingest/gguf_fixtures) and the model's own safetensors weights, into `path`: each tensor's bytes in the
+// header's order (1-D norms widened to F32, a layer's expert tensors stacked expert by expert), padded to the
+// alignment. Returns the file's XXH3-64 and the one the converter's file has, for the caller to compare.
+struct RebuiltGguf {
+  uint64_t xxh3 = 0;
+  uint64_t expected_xxh3 = 0;
+};
+Result<RebuiltGguf> WriteTinyGguf(const std::string& path);
+
+// A fresh store in `dir` with each (name, checkpoint directory or GGUF file) ingested.
 Result<std::unique_ptr<Store>> StoreWithModels(const std::string& dir,
                                                const std::vector<std::pair<std::string, std::string>>& models);
 

@@ -4,8 +4,8 @@
 # Qwen3-MoE of 256-wide rows (so that K-quant blocks apply) with random weights, converted to F32 GGUF, then
 # quantized by llama_model_quantize to each block format. Keeps one whole file (small-Q4_K_M.gguf), header.json
 # (what gguf-py reads from it), and blocks/: three rows of one expert per format, as stored and as gguf-py
-# dequantizes them. And the header of the tiny model's GGUF (tiny-qwen3-moe.gguf-header, the bytes before its data
-# section; the whole file's size in tiny-qwen3-moe.json), for the config and tokenizer read from GGUF metadata.
+# dequantizes them. And the header of the tiny model's BF16 GGUF (tiny-qwen3-moe-bf16.gguf-header, the bytes before
+# its data section; the whole file's size and checksum in tiny-qwen3-moe.json).
 # Usage: make_fixtures.sh EXPERTSTORE SHARED_DIR
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,8 +23,12 @@ for t in "${types[@]}"; do /usr/bin/python3 "$work/quantize.py" "$work/small-f32
   $(for t in "${types[@]}"; do echo "$work/small-$t.gguf"; done)
 cp "$work/small-Q4_K_M.gguf" "$here/"
 root=$(cd "$here/../../.." && pwd)
-/usr/bin/python3 "$shared/oracles/llamacpp/hf_to_gguf.py" "$root/models/tiny-qwen3-moe" "$work/tiny.gguf" >/dev/null
+OUT_TYPE=bf16 /usr/bin/python3 "$shared/oracles/llamacpp/hf_to_gguf.py" "$root/models/tiny-qwen3-moe" "$work/tiny.gguf" >/dev/null
 data_offset=$(GGUF=$work/tiny.gguf /usr/bin/python3 -c "import os, sys; sys.path.insert(0, os.environ['GGUF_PY']); import gguf
 print(gguf.GGUFReader(os.environ['GGUF']).data_offset)" 2>/dev/null)
-head -c "$data_offset" "$work/tiny.gguf" > "$here/tiny-qwen3-moe.gguf-header"
-printf '{"file": "tiny-qwen3-moe.gguf-header", "file_size": %d}\n' "$(stat -c %s "$work/tiny.gguf")" > "$here/tiny-qwen3-moe.json"
+head -c "$data_offset" "$work/tiny.gguf" > "$here/tiny-qwen3-moe-bf16.gguf-header"
+# The whole file's XXH3-64 (python3-xxhash): the tests rebuild the file from this header and the model's own
+# weights, and check that they made exactly the bytes llama.cpp's converter wrote.
+xxh3=$(/usr/bin/python3 -c "import sys, xxhash; print(xxhash.xxh3_64_hexdigest(open(sys.argv[1], 'rb').read()))" "$work/tiny.gguf")
+printf '{"file": "tiny-qwen3-moe-bf16.gguf-header", "file_size": %d, "xxh3": "%s"}\n' "$(stat -c %s "$work/tiny.gguf")" \
+  "$xxh3" > "$here/tiny-qwen3-moe.json"
