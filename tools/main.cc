@@ -37,10 +37,13 @@ int Run(int argc, char** argv);
 #ifdef ES_WITH_JEMALLOC
 // jemalloc's settings, read when it starts (MALLOC_CONF in the environment still overrides them): a background
 // thread returns freed pages to the system after a second, so that a serving process's resident memory follows the
-// memory it uses instead of its arenas' high-water marks.
+// memory it uses instead of its arenas' high-water marks. One arena (threads keep their own caches in front of it):
+// jemalloc 5.3 creates further arenas lazily, on a thread's first allocation, and when that creation is refused
+// memory it crashes the thread (seen under an address-space limit, in a RocksDB background thread) where an
+// allocation that fails should end in exit 6.
 extern "C" {
 // NOLINTNEXTLINE: the name is jemalloc's
-const char* malloc_conf = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0";
+const char* malloc_conf = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1";
 }
 #endif
 
