@@ -38,7 +38,8 @@ std::string EncodeExpertBlob(const ModelInfo& model, const ExpertInfo& expert, s
     auto role = b.CreateString(p.role);
     auto source_name = b.CreateString(p.source_name);
     auto shape = b.CreateVector(p.shape);
-    projections.push_back(es::fb::CreateProjection(b, role, source_name, ToFbDType(p.dtype), shape, p.offset, p.length));
+    projections.push_back(
+        es::fb::CreateProjection(b, role, source_name, ToFbDType(p.dtype), shape, p.offset, p.length, p.ggml_type));
   }
   auto projections_vec = b.CreateVector(projections);
   auto name = b.CreateString(model.name);
@@ -102,6 +103,7 @@ Result<ExpertBlob> DecodeExpertBlob(std::string_view bytes) {
     info.role = Str(p->role());
     info.source_name = Str(p->source_name());
     info.dtype = FromFbDType(p->dtype());
+    info.ggml_type = p->ggml_type();
     if (const auto* shape = p->shape(); shape != nullptr) {
       // The verifier checks the alignment of a vector's length, not of its 64-bit elements. A builder aligns them,
       // so a misaligned shape is damage, and reading it in place would be a misaligned load.

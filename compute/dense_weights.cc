@@ -8,6 +8,14 @@ namespace {
 constexpr uint64_t kBatchBytes = 256ull << 20;
 }  // namespace
 
+Status RefuseBlockFormat(const std::string& tensor, DType dtype, int32_t ggml_type) {
+  if (ggml_type == kNoGgmlType) return Status::Ok();
+  return Status::NotSupported("tensor " + tensor + " is stored in the GGML block format " +
+                              std::string(ElementTypeName(dtype, ggml_type)) +
+                              "; this build does not compute on block formats yet (ingest the model's F32, F16 or "
+                              "BF16 GGUF, or its safetensors checkpoint)");
+}
+
 Result<std::unique_ptr<DenseWeights>> DenseWeights::Load(Store& store, const std::string& model) {
   auto w = std::make_unique<DenseWeights>();
   std::vector<std::pair<std::string, TensorInfo>> todo;
@@ -19,7 +27,10 @@ Result<std::unique_ptr<DenseWeights>> DenseWeights::Load(Store& store, const std
       bad = !t.ok() ? t.status() : k.status();
       return false;
     }
-    if (t->component.empty()) todo.emplace_back(k->second, std::move(t).value());
+    if (!t->component.empty()) return true;
+    bad = RefuseBlockFormat(k->second, t->dtype, t->ggml_type);
+    if (!bad.ok()) return false;
+    todo.emplace_back(k->second, std::move(t).value());
     return true;
   }));
   ES_RETURN_IF_ERROR(bad);

@@ -19,6 +19,9 @@
 
 namespace es {
 
+// NotSupported naming `tensor` when it is stored in a GGML block format (the kernels take F32, F16 and BF16).
+Status RefuseBlockFormat(const std::string& tensor, DType dtype, int32_t ggml_type);
+
 class DenseWeights {
  public:
   // Reads every tensor of `model` whose component is "" (the generation model).

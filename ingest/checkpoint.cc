@@ -422,18 +422,26 @@ Status Checkpoint::ClassifyGguf() {
   for (const GgufTensorInfo& t : gguf_->header().tensors()) {
     total_bytes_ += t.bytes;
     const GgmlTypeInfo type = GgmlTypeInfoOf(t.type);
-    DType dtype = DType::kUnknown;
-    if (t.type == GgmlType::kF32) dtype = DType::kF32;
-    if (t.type == GgmlType::kF16) dtype = DType::kF16;
-    if (t.type == GgmlType::kBF16) dtype = DType::kBF16;
-    if (dtype == DType::kUnknown) {
+    if (!type.supported) {
       return Status::NotSupported(dir_ + ": tensor " + t.name + " is " + std::string(type.name) +
-                                  "; this build ingests GGUF tensors of F32, F16 and BF16 only (block formats are not "
-                                  "stored yet)");
+                                  "; supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, "
+                                  "IQ4_XS");
+    }
+    // Plain types keep their dtype; block formats are stored verbatim with their GGML type.
+    DType dtype = DType::kUnknown;
+    int32_t ggml_type = kNoGgmlType;
+    if (t.type == GgmlType::kF32) {
+      dtype = DType::kF32;
+    } else if (t.type == GgmlType::kF16) {
+      dtype = DType::kF16;
+    } else if (t.type == GgmlType::kBF16) {
+      dtype = DType::kBF16;
+    } else {
+      ggml_type = static_cast<int32_t>(t.type);
     }
     // GGUF lists dimensions row length first; Hugging Face shapes put it last.
     std::vector<uint64_t> shape(t.dims.rbegin(), t.dims.rend());
-    TensorSource src{&file, t.name, dtype, shape, t.file_offset, t.bytes};
+    TensorSource src{&file, t.name, dtype, shape, t.file_offset, t.bytes, ggml_type};
     all_tensors_.push_back(src);
     constexpr std::array<std::string_view, 3> kExpertSuffixes = {".ffn_gate_exps.weight", ".ffn_up_exps.weight",
                                                                  ".ffn_down_exps.weight"};
@@ -471,9 +479,7 @@ Status Checkpoint::ClassifyGguf() {
                                        ShapeString(t[role].shape) + "; the metadata implies " + ShapeString(want[role]));
       }
     }
-    if (t[0].dtype != t[1].dtype || t[0].dtype != t[2].dtype) {
-      return Status::InvalidArgument(dir_ + ": layer " + std::to_string(layer) + " expert tensors mix types");
-    }
+    // The three may differ in format (Q4_K_M files keep down_proj in Q6_K): each projection says its own.
     for (uint32_t e = 0; e < E; ++e) {
       ExpertSource x{layer, e, {}};
       for (size_t role = 0; role < 3; ++role) {

@@ -19,6 +19,7 @@
 #include "store/base/file_system.h"
 #include "store/base/json.h"
 #include "store/base/status.h"
+#include "store/records.h"
 
 namespace es {
 
@@ -42,6 +43,7 @@ struct TensorSource {
   std::vector<uint64_t> shape;  // Hugging Face order: [rows, cols] for a matrix
   uint64_t file_offset = 0;     // of the first byte
   uint64_t bytes = 0;
+  int32_t ggml_type = kNoGgmlType;  // a GGUF tensor's block format (dtype is kUnknown then)
 
   Status Read(uint64_t offset, std::span<std::byte> dst) const { return file->ReadTensor(*this, offset, dst); }
 };

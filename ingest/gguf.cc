@@ -202,16 +202,56 @@ class GgufParser {
     GgufValue v;
     v.type = type;
     switch (type) {
-      case GgufValueType::kU8: { ES_ASSIGN_OR_RETURN(uint8_t x, Fixed<uint8_t>("value")); v.scalar = uint64_t{x}; break; }
-      case GgufValueType::kU16: { ES_ASSIGN_OR_RETURN(uint16_t x, Fixed<uint16_t>("value")); v.scalar = uint64_t{x}; break; }
-      case GgufValueType::kU32: { ES_ASSIGN_OR_RETURN(uint32_t x, Fixed<uint32_t>("value")); v.scalar = uint64_t{x}; break; }
-      case GgufValueType::kU64: { ES_ASSIGN_OR_RETURN(uint64_t x, Fixed<uint64_t>("value")); v.scalar = x; break; }
-      case GgufValueType::kI8: { ES_ASSIGN_OR_RETURN(int8_t x, Fixed<int8_t>("value")); v.scalar = int64_t{x}; break; }
-      case GgufValueType::kI16: { ES_ASSIGN_OR_RETURN(int16_t x, Fixed<int16_t>("value")); v.scalar = int64_t{x}; break; }
-      case GgufValueType::kI32: { ES_ASSIGN_OR_RETURN(int32_t x, Fixed<int32_t>("value")); v.scalar = int64_t{x}; break; }
-      case GgufValueType::kI64: { ES_ASSIGN_OR_RETURN(int64_t x, Fixed<int64_t>("value")); v.scalar = x; break; }
-      case GgufValueType::kF32: { ES_ASSIGN_OR_RETURN(float x, Fixed<float>("value")); v.scalar = double{x}; break; }
-      case GgufValueType::kF64: { ES_ASSIGN_OR_RETURN(double x, Fixed<double>("value")); v.scalar = x; break; }
+      case GgufValueType::kU8: {
+        ES_ASSIGN_OR_RETURN(uint8_t x, Fixed<uint8_t>("value"));
+        v.scalar = uint64_t{x};
+        break;
+      }
+      case GgufValueType::kU16: {
+        ES_ASSIGN_OR_RETURN(uint16_t x, Fixed<uint16_t>("value"));
+        v.scalar = uint64_t{x};
+        break;
+      }
+      case GgufValueType::kU32: {
+        ES_ASSIGN_OR_RETURN(uint32_t x, Fixed<uint32_t>("value"));
+        v.scalar = uint64_t{x};
+        break;
+      }
+      case GgufValueType::kU64: {
+        ES_ASSIGN_OR_RETURN(uint64_t x, Fixed<uint64_t>("value"));
+        v.scalar = x;
+        break;
+      }
+      case GgufValueType::kI8: {
+        ES_ASSIGN_OR_RETURN(int8_t x, Fixed<int8_t>("value"));
+        v.scalar = int64_t{x};
+        break;
+      }
+      case GgufValueType::kI16: {
+        ES_ASSIGN_OR_RETURN(int16_t x, Fixed<int16_t>("value"));
+        v.scalar = int64_t{x};
+        break;
+      }
+      case GgufValueType::kI32: {
+        ES_ASSIGN_OR_RETURN(int32_t x, Fixed<int32_t>("value"));
+        v.scalar = int64_t{x};
+        break;
+      }
+      case GgufValueType::kI64: {
+        ES_ASSIGN_OR_RETURN(int64_t x, Fixed<int64_t>("value"));
+        v.scalar = x;
+        break;
+      }
+      case GgufValueType::kF32: {
+        ES_ASSIGN_OR_RETURN(float x, Fixed<float>("value"));
+        v.scalar = double{x};
+        break;
+      }
+      case GgufValueType::kF64: {
+        ES_ASSIGN_OR_RETURN(double x, Fixed<double>("value"));
+        v.scalar = x;
+        break;
+      }
       case GgufValueType::kBool: {
         ES_ASSIGN_OR_RETURN(uint8_t x, Fixed<uint8_t>("value"));
         if (x > 1) return Invalid("a bool is " + std::to_string(x) + ", not 0 or 1");

@@ -168,9 +168,11 @@ Result<std::string> GgufTokenizerJson(const GgufHeader& h) {
   if (tokens == nullptr || tokens->strings.size() != tokens->array_size() || tokens->strings.empty()) {
     return Status::InvalidArgument("tokenizer.ggml.tokens is missing or not a list of strings");
   }
-  if (merges == nullptr || merges->strings.size() != merges->array_size()) {
-    return Status::InvalidArgument("tokenizer.ggml.merges is missing or not a list of strings");
+  // No merges: a vocabulary of bytes and added tokens only (no BPE merge applies).
+  if (merges != nullptr && merges->strings.size() != merges->array_size()) {
+    return Status::InvalidArgument("tokenizer.ggml.merges is not a list of strings");
   }
+  static const GgufValue kNoMerges;
   const std::vector<std::string>& vocab = tokens->strings;
   ES_ASSIGN_OR_RETURN(std::vector<int64_t> types, TokenTypes(h, vocab.size()));
 
@@ -217,7 +219,7 @@ Result<std::string> GgufTokenizerJson(const GgufHeader& h) {
   }
   w.EndObject();
   w.Key("merges").BeginArray();
-  for (const std::string& merge : merges->strings) {
+  for (const std::string& merge : (merges != nullptr ? merges : &kNoMerges)->strings) {
     const size_t space = merge.find(' ');
     if (space == std::string::npos || space == 0 || space + 1 == merge.size() ||
         merge.find(' ', space + 1) != std::string::npos) {

@@ -378,7 +378,7 @@ void StageCatalogEntry(IngestWriter& w, const WorkItem& item, const Extent& exte
       break;
     case WorkItem::Kind::kDense: {
       const TensorSource& t = item.dense->source;
-      TensorInfo info{t.name, t.dtype, t.shape, extent, item.dense->component};
+      TensorInfo info{t.name, t.dtype, t.shape, extent, item.dense->component, t.ggml_type};
       w.txn->batch().Put(Cf::kTensors, TensorKey(name, item.dense->canonical), EncodeTensor(info));
       break;
     }
@@ -387,7 +387,7 @@ void StageCatalogEntry(IngestWriter& w, const WorkItem& item, const Extent& exte
       uint64_t offset = 0;
       for (const auto& p : item.expert->projections) {
         info.projections.push_back({std::string(ProjectionRoleName(p.role)), p.source_name, p.source.dtype,
-                                    p.shape, offset, p.length});
+                                    p.shape, offset, p.length, p.source.ggml_type});
         offset += p.length;
       }
       w.txn->batch().Put(Cf::kExperts, ExpertKey(name, item.expert->layer, item.expert->expert), EncodeExpert(info));

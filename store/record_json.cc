@@ -45,13 +45,14 @@ void WriteModelFields(JsonWriter& w, const ModelInfo& m) {
   w.EndArray();
 }
 
-DType ExpertDType(const ExpertInfo& e) {
-  return e.projections.empty() ? DType::kUnknown : e.projections[0].dtype;
+std::string_view ExpertTypeName(const ExpertInfo& e) {
+  return e.projections.empty() ? DTypeName(DType::kUnknown)
+                               : ElementTypeName(e.projections[0].dtype, e.projections[0].ggml_type);
 }
 
 void WriteExpertFields(JsonWriter& w, const ExpertInfo& e) {
   w.Key("layer").Uint(e.layer).Key("expert").Uint(e.expert).Key("bytes").Uint(e.extent.payload_length)
-      .Key("dtype").String(DTypeName(ExpertDType(e))).Key("checksum").String(ChecksumHex(e.extent.checksum));
+      .Key("dtype").String(ExpertTypeName(e)).Key("checksum").String(ChecksumHex(e.extent.checksum));
 }
 
 void WriteExpertRowFields(JsonWriter& w, const ExpertRow& row) {
@@ -80,7 +81,7 @@ void WriteExpertDetailFields(JsonWriter& w, const ExpertInfo& e, const std::opti
 void WriteProjectionsJson(JsonWriter& w, const std::vector<ProjectionInfo>& projections) {
   w.BeginArray();
   for (const auto& p : projections) {
-    w.BeginObject().Key("role").String(p.role).Key("name").String(p.source_name).Key("dtype").String(DTypeName(p.dtype))
+    w.BeginObject().Key("role").String(p.role).Key("name").String(p.source_name).Key("dtype").String(ElementTypeName(p.dtype, p.ggml_type))
         .Key("shape").BeginArray();
     for (uint64_t d : p.shape) w.Uint(d);
     w.EndArray().Key("offset").Uint(p.offset).Key("length").Uint(p.length).EndObject();

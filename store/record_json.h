@@ -21,8 +21,9 @@ namespace es {
 
 // A record checksum as the views show it: 16 lowercase hex digits.
 std::string ChecksumHex(uint64_t checksum);
-// An expert's dtype as the views show it: its first projection's (kUnknown without projections).
-DType ExpertDType(const ExpertInfo& e);
+// An expert's element type as the views show it: its first projection's ("BF16", "Q4_K"; "UNKNOWN" without
+// projections). A GGUF expert may mix formats across its projections; `show` lists each.
+std::string_view ExpertTypeName(const ExpertInfo& e);
 
 // name, arch, layers, experts_per_layer, top_k, hidden_size, moe_intermediate_size, vocab_size, experts,
 // dense_tensors, bytes, complete, source_fingerprint, assets (names).

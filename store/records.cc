@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "store/base/ggml_type.h"
+
 #include "catalog_generated.h"
 
 namespace es {
@@ -198,10 +200,17 @@ void UsageCounts::MergeFrom(const UsageCounts& other) {
   coactivations = std::move(merged);
 }
 
+std::string_view ElementTypeName(DType dtype, int32_t ggml_type) {
+  if (ggml_type == kNoGgmlType) return DTypeName(dtype);
+  const std::optional<GgmlTypeInfo> info = GgmlTypeById(static_cast<uint32_t>(ggml_type));
+  return info ? info->name : "UNKNOWN";
+}
+
 std::string EncodeTensor(const TensorInfo& v) {
   flatbuffers::FlatBufferBuilder b;
   fb::Extent e = ToFb(v.extent);
-  auto rec = fb::CreateTensorRecordDirect(b, v.name.c_str(), ToFbDType(v.dtype), &v.shape, &e, v.component.c_str());
+  auto rec = fb::CreateTensorRecordDirect(b, v.name.c_str(), ToFbDType(v.dtype), &v.shape, &e, v.component.c_str(),
+                                          v.ggml_type);
   b.Finish(rec);
   return Finish(b);
 }
@@ -217,6 +226,7 @@ Result<TensorInfo> DecodeTensor(std::string_view bytes) {
   v.shape = Shape(r->shape());
   v.extent = FromFb(r->extent());
   v.component = Str(r->component());
+  v.ggml_type = r->ggml_type();
   return v;
 }
 
@@ -225,7 +235,7 @@ std::string EncodeExpert(const ExpertInfo& v) {
   std::vector<flatbuffers::Offset<fb::Projection>> projections;
   for (const auto& p : v.projections) {
     projections.push_back(fb::CreateProjectionDirect(b, p.role.c_str(), p.source_name.c_str(), ToFbDType(p.dtype),
-                                                     &p.shape, p.offset, p.length));
+                                                     &p.shape, p.offset, p.length, p.ggml_type));
   }
   fb::Extent e = ToFb(v.extent);
   b.Finish(fb::CreateExpertRecordDirect(b, v.layer, v.expert, &e, &projections));
@@ -243,8 +253,8 @@ Result<ExpertInfo> DecodeExpert(std::string_view bytes) {
   v.extent = FromFb(r->extent());
   if (r->projections() != nullptr) {
     for (const auto* p : *r->projections()) {
-      v.projections.push_back(
-          {Str(p->role()), Str(p->source_name()), FromFbDType(p->dtype()), Shape(p->shape()), p->offset(), p->length()});
+      v.projections.push_back({Str(p->role()), Str(p->source_name()), FromFbDType(p->dtype()), Shape(p->shape()),
+                               p->offset(), p->length(), p->ggml_type()});
     }
   }
   return v;

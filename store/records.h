@@ -51,12 +51,17 @@ Result<std::pair<std::string, std::string>> ParseTensorKey(std::string_view key)
 
 // ---- values ---------------------------------------------------------------------------------------------
 
+// A tensor's bytes are elements of `dtype`, or, when ggml_type is not kNoGgmlType, rows of blocks of that GGML
+// format (store/base/ggml_type.h) and dtype is kUnknown.
+inline constexpr int32_t kNoGgmlType = -1;
+
 struct TensorInfo {
   std::string name;
   DType dtype = DType::kUnknown;
   std::vector<uint64_t> shape;
   Extent extent;
   std::string component;
+  int32_t ggml_type = kNoGgmlType;
 };
 
 struct ProjectionInfo {
@@ -66,7 +71,11 @@ struct ProjectionInfo {
   std::vector<uint64_t> shape;
   uint64_t offset = 0;
   uint64_t length = 0;
+  int32_t ggml_type = kNoGgmlType;
 };
+
+// The name of what a tensor holds: the dtype's ("BF16"), or the GGML format's ("Q4_K").
+std::string_view ElementTypeName(DType dtype, int32_t ggml_type);
 
 struct ExpertInfo {
   uint32_t layer = 0;

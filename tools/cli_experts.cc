@@ -43,7 +43,7 @@ Status RunExperts(const Args& args) {
     const ExpertInfo& e = row.expert;
     std::string t = row.trust ? std::to_string(row.trust->trust).substr(0, 6) : "-";
     std::printf("%5u %6u %12llu %6s %8s %12llu\n", e.layer, e.expert,
-                static_cast<unsigned long long>(e.extent.payload_length), std::string(DTypeName(ExpertDType(e))).c_str(),
+                static_cast<unsigned long long>(e.extent.payload_length), std::string(ExpertTypeName(e)).c_str(),
                 t.c_str(), static_cast<unsigned long long>(row.usage.activation_count));
   }
   return Status::Ok();
@@ -80,7 +80,7 @@ Status RunShow(const Args& args) {
               HumanBytes(e.extent.payload_length).c_str(), checksum.c_str(), e.extent.segment,
               static_cast<unsigned long long>(e.extent.offset));
   for (const auto& p : e.projections) {
-    std::printf("  %-5s %-6s %-14s %s\n", p.role.c_str(), std::string(DTypeName(p.dtype)).c_str(),
+    std::printf("  %-5s %-6s %-14s %s\n", p.role.c_str(), std::string(ElementTypeName(p.dtype, p.ggml_type)).c_str(),
                 ShapeText(p.shape).c_str(), p.source_name.c_str());
   }
   if (trust) {

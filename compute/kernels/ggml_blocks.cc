@@ -27,6 +27,7 @@ constexpr int kQKK = 256;   // values per super-block
 constexpr int kNibble = 0xF;
 constexpr int kQ4Offset = 8;
 constexpr int kQ5Offset = 16;
+constexpr int kQ5High = 16;  // the fifth bit's value
 constexpr int kQ6Offset = 32;
 constexpr int kIq4XsScaleOffset = 32;
 constexpr int kLow6 = 63;
@@ -117,18 +118,30 @@ void ScaleMinK4(int j, const uint8_t* q, int& scale, int& min) {
   }
 }
 
+// Sub-blocks is and is + 1: their scales and minimums times the super-block's.
+struct ScaledPair {
+  float d1, m1, d2, m2;
+};
+ScaledPair PairScales(float d, float dmin, const uint8_t* scales, int is) {
+  int sc, m;
+  ScaledPair p;
+  ScaleMinK4(is, scales, sc, m);
+  p.d1 = d * static_cast<float>(sc);
+  p.m1 = dmin * static_cast<float>(m);
+  ScaleMinK4(is + 1, scales, sc, m);
+  p.d2 = d * static_cast<float>(sc);
+  p.m2 = dmin * static_cast<float>(m);
+  return p;
+}
+
 void Q4_K(const uint8_t* b, float* y) {
   const float d = Half(b), dmin = Half(b + 2);
   const uint8_t* scales = b + 4;
   const uint8_t* q = b + 16;
   for (int is = 0; is < 8; is += 2) {
-    int sc, m;
-    ScaleMinK4(is, scales, sc, m);
-    const float d1 = d * static_cast<float>(sc), m1 = dmin * static_cast<float>(m);
-    ScaleMinK4(is + 1, scales, sc, m);
-    const float d2 = d * static_cast<float>(sc), m2 = dmin * static_cast<float>(m);
-    for (int l = 0; l < kQK; ++l) *y++ = d1 * static_cast<float>(q[l] & kNibble) - m1;
-    for (int l = 0; l < kQK; ++l) *y++ = d2 * static_cast<float>(q[l] >> 4) - m2;
+    const ScaledPair s = PairScales(d, dmin, scales, is);
+    for (int l = 0; l < kQK; ++l) *y++ = s.d1 * static_cast<float>(q[l] & kNibble) - s.m1;
+    for (int l = 0; l < kQK; ++l) *y++ = s.d2 * static_cast<float>(q[l] >> 4) - s.m2;
     q += kQK;
   }
 }
@@ -140,13 +153,13 @@ void Q5_K(const uint8_t* b, float* y) {
   const uint8_t* ql = b + 48;
   uint8_t u1 = 1, u2 = 2;
   for (int is = 0; is < 8; is += 2) {
-    int sc, m;
-    ScaleMinK4(is, scales, sc, m);
-    const float d1 = d * static_cast<float>(sc), m1 = dmin * static_cast<float>(m);
-    ScaleMinK4(is + 1, scales, sc, m);
-    const float d2 = d * static_cast<float>(sc), m2 = dmin * static_cast<float>(m);
-    for (int l = 0; l < kQK; ++l) *y++ = d1 * static_cast<float>((ql[l] & kNibble) + ((qh[l] & u1) ? 16 : 0)) - m1;
-    for (int l = 0; l < kQK; ++l) *y++ = d2 * static_cast<float>((ql[l] >> 4) + ((qh[l] & u2) ? 16 : 0)) - m2;
+    const ScaledPair s = PairScales(d, dmin, scales, is);
+    for (int l = 0; l < kQK; ++l) {
+      *y++ = s.d1 * static_cast<float>((ql[l] & kNibble) + ((qh[l] & u1) ? kQ5High : 0)) - s.m1;
+    }
+    for (int l = 0; l < kQK; ++l) {
+      *y++ = s.d2 * static_cast<float>((ql[l] >> 4) + ((qh[l] & u2) ? kQ5High : 0)) - s.m2;
+    }
     ql += kQK;
     u1 = static_cast<uint8_t>(u1 << 2);
     u2 = static_cast<uint8_t>(u2 << 2);

@@ -2,6 +2,7 @@
 // its shards; the same weights laid out as qwen3_omni_moe, mixtral and fused experts ingest to the same expert
 // bytes; re-ingest is a no-op; a different checkpoint is refused unless replaced; interrupted ingests resume;
 // every bad-input class leaves the store exactly as it was.
+#include "ingest/gguf.h"
 #include "ingest/ingest.h"
 
 #include <errno.h>
@@ -137,6 +138,50 @@ TEST_F(IngestTest, TinyModelExpertsAreByteIdentical) {
   for (const auto& a : model->assets) has_tokenizer = has_tokenizer || a.name == "tokenizer.json";
   EXPECT_TRUE(has_tokenizer);
   ExpectVerifyClean(*store_);
+}
+
+// A GGUF file that llama.cpp quantized (Q4_K_M: Q4_K with Q6_K for some tensors): every tensor is stored as its
+// blocks, verbatim, with its GGML type; each expert is its slab of the three 3-D expert tensors, read here
+// independently of the ingest code.
+TEST_F(IngestTest, QuantizedGgufIsStoredVerbatim) {
+  const std::string path = std::string(testing::kGgufFixtures) + "/small-Q4_K_M.gguf";
+  auto r = Ingest(path, "q4");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->experts, 2u);
+  auto file = GgufFile::Open(nullptr, path);
+  ASSERT_TRUE(file.ok());
+  auto got = ReadAllExperts(*store_, "q4");
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  for (uint32_t e = 0; e < 2; ++e) {
+    std::vector<std::byte> want;
+    for (const char* proj : {"gate", "up", "down"}) {
+      const GgufTensorInfo* t = file->header().FindTensor(std::string("blk.0.ffn_") + proj + "_exps.weight");
+      ASSERT_NE(t, nullptr);
+      std::vector<std::byte> slab(t->slice_bytes());
+      ASSERT_TRUE(file->ReadTensorRange(*t, e * t->slice_bytes(), slab).ok());
+      want.insert(want.end(), slab.begin(), slab.end());
+    }
+    EXPECT_EQ(got->at({0, e}), want) << "expert " << e;
+  }
+  auto expert = DecodeExpert(*store_->catalog().Get(Cf::kExperts, ExpertKey("q4", 0, 1)));
+  ASSERT_TRUE(expert.ok());
+  ASSERT_EQ(expert->projections.size(), 3u);
+  EXPECT_EQ(ElementTypeName(expert->projections[0].dtype, expert->projections[0].ggml_type), "Q4_K");
+  EXPECT_EQ(ElementTypeName(expert->projections[2].dtype, expert->projections[2].ggml_type), "Q6_K");
+  EXPECT_EQ(expert->projections[0].shape, (std::vector<uint64_t>{256, 256}));
+  EXPECT_EQ(expert->projections[0].length, 256u * 144);
+  auto embed = DecodeTensor(*store_->catalog().Get(Cf::kTensors, TensorKey("q4", "model.embed_tokens.weight")));
+  ASSERT_TRUE(embed.ok());
+  EXPECT_EQ(ElementTypeName(embed->dtype, embed->ggml_type), "Q4_K");
+  auto norm = DecodeTensor(*store_->catalog().Get(Cf::kTensors, TensorKey("q4", "model.norm.weight")));
+  ASSERT_TRUE(norm.ok());
+  EXPECT_EQ(norm->dtype, DType::kF32);
+  EXPECT_EQ(norm->ggml_type, kNoGgmlType);
+  ExpectVerifyClean(*store_);
+  // Ingesting the same file again changes nothing.
+  auto again = Ingest(path, "q4");
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->unchanged);
 }
 
 TEST_F(IngestTest, ReingestIsANoOpAndDifferentCheckpointIsRefused) {

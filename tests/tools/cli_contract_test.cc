@@ -160,6 +160,22 @@ TEST_F(CliContractTest, EvalOfAnEmptyTextFails) {
   EXPECT_NE(r.out.find("perplexity needs at least 2"), std::string::npos) << r.out;
 }
 
+// A GGUF file of block formats is ingested (its blocks verbatim) and its experts list their formats; generating
+// with it says that block formats are not computed on yet, naming a tensor and its format.
+TEST_F(CliContractTest, QuantizedGgufIsStoredAndGenerateSaysWhatIsMissing) {
+  const std::string store = " --store " + dir_->Sub("gguf");
+  CliResult r = RunCli("ingest " + std::string(testing::kGgufFixtures) + "/small-Q4_K_M.gguf --quiet" + store);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  r = RunCli("experts --model small-Q4_K_M --layer 0" + store);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("Q4_K"), std::string::npos) << r.out;
+  r = RunCli("show --model small-Q4_K_M --layer 0 --expert 1" + store);
+  EXPECT_NE(r.out.find("Q6_K"), std::string::npos) << r.out;  // down_proj keeps Q6_K in Q4_K_M files
+  r = RunCli("generate --model small-Q4_K_M --prompt hi --max-tokens 2" + store, true);
+  EXPECT_EQ(r.exit_code, 7) << r.out;
+  EXPECT_NE(r.out.find("block format Q"), std::string::npos) << r.out;
+}
+
 // A wrong path leaves no empty store behind; a file gets told to give its directory.
 TEST_F(CliContractTest, IngestOfAWrongPathSaysWhatToGiveAndCreatesNothing) {
   CliResult r = RunCli("ingest " + dir_->Sub("absent") + " --store " + dir_->Sub("never"), true);
