@@ -195,9 +195,15 @@ class RegexCompiler {
           else f.non_ascii = true;
           break;
         }
-        // Folded: every ASCII character with the same fold, and non-ASCII ones (such as U+017F for 's').
+        // Folded: every ASCII character with the same fold, and non-ASCII ones (such as U+017F for 's'). The
+        // ASCII folds are looked up once: this runs for every visit of the first-set walk.
+        static const std::array<char32_t, unicode::kAsciiLimit> kAsciiFolds = [] {
+          std::array<char32_t, unicode::kAsciiLimit> folds{};
+          for (char32_t c = 0; c < unicode::kAsciiLimit; ++c) folds[c] = unicode::SimpleCaseFold(c);
+          return folds;
+        }();
         for (char32_t c = 0; c < unicode::kAsciiLimit; ++c) {
-          if (unicode::SimpleCaseFold(c) == atom.value) set(c);
+          if (kAsciiFolds[c] == atom.value) set(c);
         }
         f.non_ascii = true;
         break;
