@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "compute/kernels/cpu_kernels.h"
+#include "store/base/ggml_type.h"
 #include "store/base/float16.h"
 #include "compute/kernels/parallel.h"
 
@@ -215,6 +216,55 @@ void GemvArgs(benchmark::internal::Benchmark* b) {
   }
 }
 BENCHMARK(BM_MatMulBf16)->Apply(GemvArgs)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// GGML block formats at the gate/up shape [768, 2048]: random quants with a fixed sane f16 scale at the start of
+// every block, one matrix per cold expert. The block path decodes each row to fp32 and takes the ISA's dot; compare
+// with BM_MatMulBf16 of the same shape, which reads 2 bytes a weight where these read 0.56 (Q4_K) or 1.06 (Q8_0).
+const std::vector<uint8_t>& BlockExperts(GgmlType type) {
+  static std::map<GgmlType, std::vector<uint8_t>> all;
+  auto& bytes = all[type];
+  if (bytes.empty()) {
+    const GgmlTypeInfo info = GgmlTypeInfoOf(type);
+    const size_t matrix = *GgmlRowBytes(type, kHidden) * kInter;
+    bytes.resize(matrix * kColdExperts);
+    std::mt19937 rng(11);
+    for (auto& b : bytes) b = static_cast<uint8_t>(rng());
+    constexpr uint16_t kScale = 0x1c00;  // f16 0.0039, in the offset every format here keeps its first scale
+    const size_t scale_offset = type == GgmlType::kQ6_K ? info.block_bytes - 2 : 0;
+    for (size_t off = 0; off < bytes.size(); off += info.block_bytes) {
+      std::memcpy(&bytes[off + scale_offset], &kScale, sizeof(kScale));
+      if (type == GgmlType::kQ4_K) std::memcpy(&bytes[off + 2], &kScale, sizeof(kScale));  // dmin
+    }
+  }
+  return bytes;
+}
+
+// Args: isa, threads, ggml type (8: Q8_0, 12: Q4_K, 14: Q6_K); cold, batch 1.
+void BM_MatMulBlocks(benchmark::State& state) {
+  const auto isa = static_cast<Isa>(state.range(0));
+  if (SkipUnavailable(state, isa)) return;
+  const CpuContext ctx{isa, Pool(static_cast<size_t>(state.range(1)))};
+  const auto type = static_cast<GgmlType>(state.range(2));
+  const std::vector<uint8_t>& experts = BlockExperts(type);
+  const size_t weight_bytes = *GgmlRowBytes(type, kHidden) * kInter;
+  const std::vector<float> x = RandomActivations(kHidden);
+  std::vector<float> y(kInter);
+  size_t expert = 0;
+  for (auto _ : state) {
+    const void* data = experts.data() + (expert++ % kColdExperts) * weight_bytes;
+    const WeightMatrix w{data, DType::kUnknown, kInter, kHidden, type};
+    if (!MatMul(ctx, x.data(), 1, w, y.data()).ok()) state.SkipWithError("MatMul failed");
+    benchmark::ClobberMemory();
+    EvictUntimed(state, true, data, weight_bytes);
+  }
+  SetRate(state, static_cast<double>(weight_bytes), 2.0 * static_cast<double>(kInter * kHidden));
+  state.SetLabel(std::string(IsaName(isa)) + " " + std::string(GgmlTypeName(type)));
+}
+BENCHMARK(BM_MatMulBlocks)
+    ->ArgNames({"isa", "threads", "type"})
+    ->ArgsProduct({{1, 2}, {1, 2}, {8, 12, 14}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 void PrefillArgs(benchmark::internal::Benchmark* b) {
   b->ArgNames({"isa", "threads", "shape", "cold", "batch"});

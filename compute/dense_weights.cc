@@ -8,12 +8,9 @@ namespace {
 constexpr uint64_t kBatchBytes = 256ull << 20;
 }  // namespace
 
-Status RefuseBlockFormat(const std::string& tensor, DType dtype, int32_t ggml_type) {
-  if (ggml_type == kNoGgmlType) return Status::Ok();
-  return Status::NotSupported("tensor " + tensor + " is stored in the GGML block format " +
-                              std::string(ElementTypeName(dtype, ggml_type)) +
-                              "; this build does not compute on block formats yet (ingest the model's F32, F16 or "
-                              "BF16 GGUF, or its safetensors checkpoint)");
+std::optional<GgmlType> BlocksOf(int32_t ggml_type) {
+  if (ggml_type == kNoGgmlType) return std::nullopt;
+  return static_cast<GgmlType>(ggml_type);
 }
 
 Result<std::unique_ptr<DenseWeights>> DenseWeights::Load(Store& store, const std::string& model) {
@@ -28,8 +25,7 @@ Result<std::unique_ptr<DenseWeights>> DenseWeights::Load(Store& store, const std
       return false;
     }
     if (!t->component.empty()) return true;
-    bad = RefuseBlockFormat(k->second, t->dtype, t->ggml_type);
-    if (!bad.ok()) return false;
+    if (t->ggml_type != kNoGgmlType) w->has_blocks_ = true;
     todo.emplace_back(k->second, std::move(t).value());
     return true;
   }));
@@ -64,7 +60,8 @@ Result<kernels::WeightMatrix> DenseWeights::Matrix(const std::string& name) cons
   if (it == tensors_.end()) return Status::NotFound("the model has no tensor " + name);
   const TensorInfo& t = it->second.info;
   if (t.shape.size() != 2) return Status::InvalidArgument("tensor " + name + " is not a matrix");
-  return kernels::WeightMatrix{it->second.data, t.dtype, static_cast<size_t>(t.shape[0]), static_cast<size_t>(t.shape[1])};
+  return kernels::WeightMatrix{it->second.data, t.dtype, static_cast<size_t>(t.shape[0]),
+                               static_cast<size_t>(t.shape[1]), BlocksOf(t.ggml_type)};
 }
 
 Result<kernels::WeightVector> DenseWeights::Vector(const std::string& name) const {
@@ -72,6 +69,10 @@ Result<kernels::WeightVector> DenseWeights::Vector(const std::string& name) cons
   if (it == tensors_.end()) return Status::NotFound("the model has no tensor " + name);
   const TensorInfo& t = it->second.info;
   if (t.shape.size() != 1) return Status::InvalidArgument("tensor " + name + " is not a vector");
+  if (t.ggml_type != kNoGgmlType) {
+    return Status::NotSupported("tensor " + name + " is a vector in the block format " +
+                                std::string(ElementTypeName(t.dtype, t.ggml_type)) + " (only matrices may be)");
+  }
   return kernels::WeightVector{it->second.data, t.dtype, static_cast<size_t>(t.shape[0])};
 }
 

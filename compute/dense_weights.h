@@ -19,8 +19,8 @@
 
 namespace es {
 
-// NotSupported naming `tensor` when it is stored in a GGML block format (the kernels take F32, F16 and BF16).
-Status RefuseBlockFormat(const std::string& tensor, DType dtype, int32_t ggml_type);
+// The kernels' view of a record's ggml_type: the block format, or none for a plain dtype.
+std::optional<GgmlType> BlocksOf(int32_t ggml_type);
 
 class DenseWeights {
  public:
@@ -32,6 +32,8 @@ class DenseWeights {
   Result<kernels::WeightMatrix> Matrix(const std::string& name) const;
   Result<kernels::WeightVector> Vector(const std::string& name) const;
   uint64_t bytes() const { return bytes_; }
+  // Whether any tensor is in a GGML block format (which the CUDA backend does not take yet).
+  bool has_blocks() const { return has_blocks_; }
   // Every tensor's name and bytes (the payload Matrix and Vector view), in name order: what a GPU backend uploads.
   void ForEach(const std::function<void(const std::string& name, std::span<const std::byte> bytes)>& fn) const {
     for (const auto& [name, t] : tensors_) fn(name, {t.data, t.info.extent.payload_length});
@@ -45,6 +47,7 @@ class DenseWeights {
   };
   std::map<std::string, Tensor> tensors_;
   uint64_t bytes_ = 0;
+  bool has_blocks_ = false;
 };
 
 }  // namespace es

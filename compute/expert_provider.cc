@@ -14,11 +14,8 @@ Result<kernels::ExpertWeights> ExpertWeightsFromPayload(const ExpertInfo& info, 
       return Status::Corruption("expert " + std::to_string(info.layer) + "/" + std::to_string(info.expert) +
                                 ": projection " + p.role + " does not fit its payload");
     }
-    ES_RETURN_IF_ERROR(RefuseBlockFormat("expert " + std::to_string(info.layer) + "/" + std::to_string(info.expert) +
-                                             " " + p.role,
-                                         p.dtype, p.ggml_type));
     kernels::WeightMatrix m{payload.data() + p.offset, p.dtype, static_cast<size_t>(p.shape[0]),
-                            static_cast<size_t>(p.shape[1])};
+                            static_cast<size_t>(p.shape[1]), BlocksOf(p.ggml_type)};
     if (p.role == "gate") {
       w.gate = m;
       have[0] = true;

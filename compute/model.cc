@@ -2,6 +2,7 @@
 #include "compute/model.h"
 
 #include "compute/backend.h"
+#include "compute/kernels/ggml_blocks.h"
 
 namespace es {
 
@@ -68,8 +69,16 @@ void Model::SetBackend(std::unique_ptr<Backend> backend) { backend_ = std::move(
 
 Status Model::Embed(std::span<const int32_t> tokens, float* out) const {
   const size_t H = config_.hidden;
-  const size_t es = DTypeSize(embed_.dtype);
   ES_RETURN_IF_ERROR(CheckTokens(tokens, config_.vocab));
+  if (embed_.blocks) {  // a GGUF embedding in a block format: decode the token's row
+    const size_t row_bytes = *GgmlRowBytes(*embed_.blocks, H);
+    for (size_t t = 0; t < tokens.size(); ++t) {
+      const auto* row = static_cast<const std::byte*>(embed_.data) + static_cast<size_t>(tokens[t]) * row_bytes;
+      ES_RETURN_IF_ERROR(DequantizeGgmlRow(*embed_.blocks, {row, row_bytes}, {&out[t * H], H}));
+    }
+    return Status::Ok();
+  }
+  const size_t es = DTypeSize(embed_.dtype);
   for (size_t t = 0; t < tokens.size(); ++t) {
     const auto* row = static_cast<const std::byte*>(embed_.data) + static_cast<size_t>(tokens[t]) * H * es;
     ES_RETURN_IF_ERROR(kernels::ConvertToF32(ctx_, row, embed_.dtype, H, &out[t * H]));

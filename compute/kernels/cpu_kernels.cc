@@ -14,6 +14,7 @@
 #include <string>
 
 #include "store/base/float16.h"
+#include "compute/kernels/ggml_blocks.h"
 #include "compute/kernels/isa_ops.h"
 
 namespace es::kernels {
@@ -79,15 +80,49 @@ Status CheckMatrix(const WeightMatrix& w, std::string_view kernel, std::string_v
   auto fail = [&](std::string_view why) {
     return Status::InvalidArgument(std::string(kernel) + ": " + std::string(role) + " " + std::string(why));
   };
-  if (!IsWeightDType(w.dtype)) return fail("dtype " + std::string(DTypeName(w.dtype)) + " is not F32, F16 or BF16");
+  if (w.blocks) {
+    const GgmlTypeInfo info = GgmlTypeInfoOf(*w.blocks);
+    if (!info.supported) return fail("block format " + std::string(info.name) + " is not supported");
+    if (w.cols % info.block_elements != 0) return fail("rows are not whole " + std::string(info.name) + " blocks");
+    if (w.cols > kMaxBlockRow) return fail("rows of block formats hold at most " + std::to_string(kMaxBlockRow) + " values");
+  } else if (!IsWeightDType(w.dtype)) {
+    return fail("dtype " + std::string(DTypeName(w.dtype)) + " is not F32, F16 or BF16");
+  }
   if (w.rows == 0 || w.cols == 0) return fail("is empty");
   if (w.data == nullptr) return fail("data is null");
   return Status::Ok();
 }
 
+// Rows [row_begin, row_end) of a block-format matmul: each weight row decoded once into fp32 (as
+// DequantizeGgmlRow does), then `dot` with every activation row, so each output is the decoded matrix's.
+void BlockMatMulRows(const IsaOps& ops, const MatMulArgs& a, size_t row_begin, size_t row_end) {
+  float row[kMaxBlockRow];
+  const size_t row_bytes = *GgmlRowBytes(*a.blocks, a.cols);
+  const auto* w = static_cast<const std::byte*>(a.w);
+  for (size_t r = row_begin; r < row_end; ++r) {
+    // Sizes were checked by CheckMatrix, so decoding cannot fail.
+    DequantizeGgmlRow(*a.blocks, {w + r * row_bytes, row_bytes}, {row, a.cols}).IgnoreError();
+    for (size_t b = 0; b < a.batch; ++b) {
+      const float* x = a.x + (a.x_rows == nullptr ? b : static_cast<size_t>(a.x_rows[b])) * a.cols;
+      float* y = a.y + (a.y_rows == nullptr ? b : static_cast<size_t>(a.y_rows[b])) * a.rows + r;
+      const float sum = ops.dot(x, row, a.cols);
+      *y = a.accumulate_scale == nullptr ? sum : *y + a.accumulate_scale[b] * sum;
+    }
+  }
+}
+
+// Rows [begin, end) of any matmul: the ISA's kernel, or the block path.
+void MatMulRowRange(const IsaOps& ops, const MatMulArgs& args, size_t begin, size_t end) {
+  if (args.blocks) {
+    BlockMatMulRows(ops, args, begin, end);
+  } else {
+    ops.matmul_rows(args, begin, end);
+  }
+}
+
 void RunMatMul(const CpuContext& ctx, const IsaOps& ops, const MatMulArgs& args) {
   ParallelFor(ctx.pool, args.rows, kRowsPerTask,
-              [&](size_t begin, size_t end) { ops.matmul_rows(args, begin, end); });
+              [&](size_t begin, size_t end) { MatMulRowRange(ops, args, begin, end); });
 }
 
 // One weight element as fp32; the switch sits outside the callers' loops.
@@ -137,19 +172,21 @@ Status ExpertImpl(const CpuContext& ctx, const ExpertWeights& e, const float* x,
   }
   float* gate_out = scratch.data();
   float* up_out = gate_out + batch * inter;
-  const MatMulArgs gate_args{x, batch, e.gate.data, e.gate.dtype, inter, hidden, gate_out, nullptr, x_rows, nullptr};
-  const MatMulArgs up_args{x, batch, e.up.data, e.up.dtype, inter, hidden, up_out, nullptr, x_rows, nullptr};
+  const MatMulArgs gate_args{x,       batch,  e.gate.data, e.gate.dtype, inter,       hidden,
+                              gate_out, nullptr, x_rows,      nullptr,      e.gate.blocks};
+  const MatMulArgs up_args{x, batch, e.up.data, e.up.dtype, inter, hidden, up_out, nullptr, x_rows, nullptr, e.up.blocks};
   // Gate, up and the activation in one pass over each range of intermediate rows, while they are in cache.
   ParallelFor(ctx.pool, inter, kRowsPerTask, [&](size_t begin, size_t end) {
-    ops->matmul_rows(gate_args, begin, end);
-    ops->matmul_rows(up_args, begin, end);
+    MatMulRowRange(*ops, gate_args, begin, end);
+    MatMulRowRange(*ops, up_args, begin, end);
     for (size_t b = 0; b < batch; ++b) {
       float* g = gate_out + b * inter;
       const float* u = up_out + b * inter;
       for (size_t i = begin; i < end; ++i) g[i] = Silu(g[i]) * u[i];
     }
   });
-  const MatMulArgs down_args{gate_out, batch, e.down.data, e.down.dtype, hidden, inter, out, scale, nullptr, y_rows};
+  const MatMulArgs down_args{gate_out, batch,  e.down.data, e.down.dtype, hidden,       inter,
+                              out,      scale, nullptr,     y_rows,       e.down.blocks};
   RunMatMul(ctx, *ops, down_args);
   return Status::Ok();
 }
@@ -254,7 +291,7 @@ Status MatMul(const CpuContext& ctx, const float* x, size_t batch, const WeightM
   ES_RETURN_IF_ERROR(CheckMatrix(w, "MatMul", "weight"));
   if (batch == 0) return Status::Ok();
   if (x == nullptr || y == nullptr) return Status::InvalidArgument("MatMul: null x or y");
-  RunMatMul(ctx, *ops, MatMulArgs{x, batch, w.data, w.dtype, w.rows, w.cols, y, nullptr});
+  RunMatMul(ctx, *ops, MatMulArgs{x, batch, w.data, w.dtype, w.rows, w.cols, y, nullptr, nullptr, nullptr, w.blocks});
   return Status::Ok();
 }
 

@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -19,6 +20,7 @@
 
 #include "compute/kernels/parallel.h"
 #include "store/base/dtype.h"
+#include "store/base/ggml_type.h"
 #include "store/base/status.h"
 
 namespace es::kernels {
@@ -47,11 +49,22 @@ struct CpuContext {
 
 // A row-major [rows, cols] weight, as stored by Hugging Face Linear layers ([out_features, in_features]).
 // Not owned. dtype is kF32, kF16 or kBF16; data aligned to the element size (no further alignment needed).
+// When `blocks` is set, each row is instead GgmlRowBytes(*blocks, cols) bytes of that GGML block format
+// (compute/kernels/ggml_blocks.h lists the supported ones), dtype is ignored, and cols is at most
+// kMaxBlockRow. MatMul and the expert kernels take such a matrix: each row is decoded exactly as
+// DequantizeGgmlRow does, then used as an fp32 row, so the result is the one the decoded matrix gives.
+inline constexpr size_t kMaxBlockRow = 16384;
 struct WeightMatrix {
+  WeightMatrix() = default;
+  WeightMatrix(const void* data_in, DType dtype_in, size_t rows_in, size_t cols_in,
+               std::optional<GgmlType> blocks_in = std::nullopt)
+      : data(data_in), dtype(dtype_in), rows(rows_in), cols(cols_in), blocks(blocks_in) {}
+
   const void* data = nullptr;
   DType dtype = DType::kUnknown;
   size_t rows = 0;
   size_t cols = 0;
+  std::optional<GgmlType> blocks;
 };
 
 // A 1-D weight (a norm's scale). Not owned. dtype is kF32, kF16 or kBF16.

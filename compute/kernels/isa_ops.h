@@ -8,8 +8,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 
 #include "store/base/dtype.h"
+#include "store/base/ggml_type.h"
 
 namespace es::kernels {
 enum class Isa : uint8_t;  // cpu_kernels.h
@@ -21,7 +23,7 @@ namespace es::kernels::internal {
 struct MatMulArgs {
   const float* x = nullptr;  // [batch, cols]
   size_t batch = 0;
-  const void* w = nullptr;  // [rows, cols], row-major, dtype kF32, kF16 or kBF16
+  const void* w = nullptr;  // [rows, cols], row-major, dtype kF32, kF16 or kBF16 (or blocks, below)
   DType dtype = DType::kUnknown;
   size_t rows = 0;
   size_t cols = 0;
@@ -33,6 +35,9 @@ struct MatMulArgs {
   // Null: output row b is row b of y. Otherwise it is row y_rows[b] (the scatter of the MoE combine); rows of
   // y that repeat receive their contributions in order of b.
   const int32_t* y_rows = nullptr;
+  // Set: w's rows are blocks of this GGML format (WeightMatrix::blocks). cpu_kernels.cc runs such a matmul
+  // itself, decoding each row once and taking `dot` of it with each activation row; the ISA tables never see one.
+  std::optional<GgmlType> blocks;
 };
 
 // The most query heads one call of IsaOps::scores / weighted_sum handles.

@@ -66,9 +66,39 @@ Status ValidateBackendOptions(const BackendOptions& o) {
 #endif
 }
 
+namespace {
+
+// Whether the model keeps a tensor in a GGML block format (a quantized GGUF): only the CPU backend computes on those.
+Result<bool> HoldsBlockFormats(Store& store, const Model& model) {
+  if (model.weights().has_blocks()) return true;
+  bool blocks = false;
+  Status bad;
+  ES_RETURN_IF_ERROR(store.catalog().Scan(Cf::kExperts, ModelPrefix(model.info().name),
+                                          [&](std::string_view, std::string_view value) {
+                                            auto expert = DecodeExpert(value);
+                                            if (!expert.ok()) {
+                                              bad = expert.status();
+                                              return false;
+                                            }
+                                            for (const auto& p : expert->projections) {
+                                              blocks = blocks || p.ggml_type != kNoGgmlType;
+                                            }
+                                            return !blocks;
+                                          }));
+  ES_RETURN_IF_ERROR(bad);
+  return blocks;
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Backend>> CreateBackend(Store& store, const Model& model, const BackendOptions& options) {
   ES_RETURN_IF_ERROR(ValidateBackendOptions(options));
   if (options.device == "cpu") return MakeCpuBackend();
+  ES_ASSIGN_OR_RETURN(bool blocks, HoldsBlockFormats(store, model));
+  if (blocks) {
+    return Status::NotSupported("model '" + model.info().name + "' holds GGML block formats (a quantized GGUF), which "
+                                "only the CPU backend computes on yet: use `device` cpu");
+  }
 #ifdef ES_HAVE_CUDA
   return CreateCudaBackend(store, model, options);
 #else

@@ -3,6 +3,8 @@
 // original weights as ggml's own decoding is.
 #include "compute/kernels/ggml_blocks.h"
 
+#include "compute/kernels/cpu_kernels.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "compute/kernels/cpu_kernels.h"
 #include "store/base/json.h"
 #include "tests/util/files.h"
 #include "tests/util/test_data.h"
@@ -64,6 +67,44 @@ TEST(GgmlBlocksTest, DecodesLlamaCppRowsBitForBit) {
     ++types;
   }
   EXPECT_EQ(types, 12u);  // every supported format but F32, which the original itself is
+}
+
+// MatMul on a block-format matrix gives what MatMul on the same rows decoded by gguf-py gives (the fp32
+// kernels sum in their own order, hence a tolerance), on every ISA, for every format llama.cpp wrote.
+TEST(GgmlBlocksTest, MatMulOnBlocksIsMatMulOnTheDecodedRows) {
+  const std::string dir = std::string(testing::kGgufFixtures) + "/blocks";
+  auto manifest = ParseJson(testing::ReadText(dir + "/manifest.json"));
+  ASSERT_TRUE(manifest.ok());
+  const size_t cols = *manifest->Find("row_elements")->AsUint64();
+  const size_t rows = manifest->Find("rows")->array().size();
+  constexpr size_t kBatch = 3;
+  std::vector<float> x(kBatch * cols);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37f * static_cast<float>(i)) * 0.5f;
+  for (kernels::Isa isa : {kernels::Isa::kScalar, kernels::Isa::kAvx2, kernels::Isa::kAvx512}) {
+    if (!kernels::IsaAvailable(isa)) continue;
+    kernels::CpuContext ctx;
+    ctx.isa = isa;
+    for (const JsonValue& entry : manifest->Find("types")->array()) {
+      const std::string name = entry.Find("type")->string_value();
+      SCOPED_TRACE(name + " on " + std::string(kernels::IsaName(isa)));
+      const GgmlType type = *ParseGgmlTypeName(name);
+      const std::string blocks = testing::ReadText(dir + "/" + name + ".blocks");
+      const std::vector<float> decoded = Floats(testing::ReadText(dir + "/" + name + ".f32"));
+      kernels::WeightMatrix quantized{blocks.data(), DType::kUnknown, rows, cols, type};
+      kernels::WeightMatrix plain{decoded.data(), DType::kF32, rows, cols, std::nullopt};
+      std::vector<float> got(kBatch * rows, std::nanf("")), want(kBatch * rows);
+      ASSERT_TRUE(kernels::MatMul(ctx, x.data(), kBatch, quantized, got.data()).ok());
+      ASSERT_TRUE(kernels::MatMul(ctx, x.data(), kBatch, plain, want.data()).ok());
+      for (size_t i = 0; i < got.size(); ++i) {
+        EXPECT_NEAR(got[i], want[i], 1e-5f * (1.0f + std::fabs(want[i]))) << i;
+      }
+    }
+  }
+  // Rows that are not whole blocks are refused.
+  std::vector<std::byte> q8(2 * 34);
+  kernels::WeightMatrix ragged{q8.data(), DType::kUnknown, 1, 48, GgmlType::kQ8_0};
+  std::vector<float> y(1), x48(48);
+  EXPECT_TRUE(kernels::MatMul({}, x48.data(), 1, ragged, y.data()).IsInvalidArgument());
 }
 
 TEST(GgmlBlocksTest, RefusesWrongSizesAndUnsupportedTypes) {
