@@ -99,6 +99,19 @@ void BlockMatMulRows(const IsaOps& ops, const MatMulArgs& a, size_t row_begin, s
   float row[kMaxBlockRow];
   const size_t row_bytes = *GgmlRowBytes(*a.blocks, a.cols);
   const auto* w = static_cast<const std::byte*>(a.w);
+  // One activation row (decode): the ISA's fused decode-and-multiply, where it takes the format.
+  if (a.batch == 1 && ops.block_dot != nullptr) {
+    const float* x = a.x + (a.x_rows == nullptr ? 0 : static_cast<size_t>(a.x_rows[0])) * a.cols;
+    float* y = a.y + (a.y_rows == nullptr ? 0 : static_cast<size_t>(a.y_rows[0])) * a.rows;
+    float sum = 0;
+    if (ops.block_dot(*a.blocks, w + row_begin * row_bytes, x, a.cols, &sum)) {
+      for (size_t r = row_begin; r < row_end; ++r) {
+        if (r > row_begin) ops.block_dot(*a.blocks, w + r * row_bytes, x, a.cols, &sum);
+        y[r] = a.accumulate_scale == nullptr ? sum : y[r] + a.accumulate_scale[0] * sum;
+      }
+      return;
+    }
+  }
   for (size_t r = row_begin; r < row_end; ++r) {
     // Sizes were checked by CheckMatrix, so decoding cannot fail.
     DequantizeGgmlRow(*a.blocks, {w + r * row_bytes, row_bytes}, {row, a.cols}).IgnoreError();

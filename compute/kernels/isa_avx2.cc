@@ -454,6 +454,84 @@ void FromF32(const float* src, size_t n, DType dtype, void* dst) {
 
 }  // namespace
 
-const IsaOps kAvx2Ops = {&MatMulRows, &Dot, &Scores, &Max, &ExpShifted, &WeightedSum, &ToF32, &FromF32};
+// ---- GGML blocks: decode and multiply in registers ----------------------------------------------------------
+
+namespace {
+
+constexpr size_t kQ8Block = 32;    // Q8_0: f16 scale, 32 int8 quants
+constexpr size_t kQ8Bytes = 34;
+constexpr size_t kQKBlock = 256;   // Q4_K super-block
+constexpr size_t kQ4KBytes = 144;  // d, dmin, 12 scale bytes, 128 quant bytes
+
+float HalfAt(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, sizeof(h));
+  return _cvtsh_ss(h);
+}
+
+// Eight quants widened to fp32: int8 (Q8_0) or uint8 nibbles (Q4_K), from 8 bytes at p.
+__m256 Int8x8(const uint8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+__m256 Uint8x8(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)); }
+
+// Sub-block j's 6-bit scale and minimum of a Q4_K super-block (as ggml_blocks.cc's ScaleMinK4).
+void ScaleMin(int j, const uint8_t* q, int& scale, int& min) {
+  if (j < 4) {
+    scale = q[j] & 63;
+    min = q[j + 4] & 63;
+  } else {
+    scale = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    min = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+}  // namespace
+
+// Each value is decoded as the scalar reference does (q * d for Q8_0; d1 * q - m1 for Q4_K: a multiply, then a
+// subtract, never fused), then multiplied with x and added into four accumulators; their fixed-order sum is the
+// result.
+bool BlockDotAvx2(GgmlType type, const void* row, const float* x, size_t n, float* out) {
+  const auto* p = static_cast<const uint8_t*>(row);
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  if (type == GgmlType::kQ8_0) {
+    for (size_t b = 0; b < n / kQ8Block; ++b, p += kQ8Bytes, x += kQ8Block) {
+      const __m256 d = _mm256_set1_ps(HalfAt(p));
+      for (int k = 0; k < 4; ++k) {
+        const __m256 w = _mm256_mul_ps(Int8x8(p + 2 + 8 * k), d);
+        acc[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + 8 * k), acc[k]);
+      }
+    }
+  } else if (type == GgmlType::kQ4_K) {
+    const __m128i low_nibbles = _mm_set1_epi8(0x0F);
+    for (size_t b = 0; b < n / kQKBlock; ++b, p += kQ4KBytes) {
+      const float d = HalfAt(p), dmin = HalfAt(p + 2);
+      const uint8_t* scales = p + 4;
+      const uint8_t* q = p + 16;
+      for (int is = 0; is < 8; is += 2, q += 32, x += 64) {
+        int sc, m;
+        ScaleMin(is, scales, sc, m);
+        const __m256 d1 = _mm256_set1_ps(d * static_cast<float>(sc)), m1 = _mm256_set1_ps(dmin * static_cast<float>(m));
+        ScaleMin(is + 1, scales, sc, m);
+        const __m256 d2 = _mm256_set1_ps(d * static_cast<float>(sc)), m2 = _mm256_set1_ps(dmin * static_cast<float>(m));
+        for (int k = 0; k < 4; ++k) {  // 8 bytes of quants: 8 low nibbles (values 8k..) and 8 high (32 + 8k..)
+          const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * k));
+          const __m256 lo = _mm256_sub_ps(_mm256_mul_ps(d1, Uint8x8(_mm_and_si128(bytes, low_nibbles))), m1);
+          const __m256 hi =
+              _mm256_sub_ps(_mm256_mul_ps(d2, Uint8x8(_mm_and_si128(_mm_srli_epi16(bytes, 4), low_nibbles))), m2);
+          acc[k] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x + 8 * k), acc[k]);
+          acc[k] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x + 32 + 8 * k), acc[k]);
+        }
+      }
+    }
+  } else {
+    return false;
+  }
+  *out = ReduceAdd(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+  return true;
+}
+
+const IsaOps kAvx2Ops = {&MatMulRows,  &Dot,    &Scores,  &Max,         &ExpShifted,
+                         &WeightedSum, &ToF32, &FromF32, &BlockDotAvx2};
 
 }  // namespace es::kernels::internal

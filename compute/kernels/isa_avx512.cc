@@ -460,6 +460,7 @@ void FromF32(const float* src, size_t n, DType dtype, void* dst) {
 
 }  // namespace
 
-const IsaOps kAvx512Ops = {&MatMulRows, &Dot, &Scores, &Max, &ExpShifted, &WeightedSum, &ToF32, &FromF32};
+const IsaOps kAvx512Ops = {&MatMulRows,  &Dot,    &Scores,  &Max,         &ExpShifted,
+                           &WeightedSum, &ToF32, &FromF32, &BlockDotAvx2};
 
 }  // namespace es::kernels::internal

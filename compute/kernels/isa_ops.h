@@ -68,7 +68,14 @@ struct IsaOps {
   void (*to_f32)(const void* src, DType dtype, size_t n, float* dst);
   // fp32 to bf16 / f16 (round to nearest even) or fp32 (copy).
   void (*from_f32)(const float* src, size_t n, DType dtype, void* dst);
+  // Null, or: sum_i decode(row)[i] * x[i] for a row of n values of a GGML block format, each value decoded with
+  // the same float operations as DequantizeGgmlRow, summed in an order that depends only on n. Returns false for
+  // a format it does not take (the caller decodes the row and uses `dot`).
+  bool (*block_dot)(GgmlType type, const void* row, const float* x, size_t n, float* out);
 };
+
+// The AVX2 block_dot (Q8_0, Q4_K), which the AVX-512 table shares. Defined in isa_avx2.cc.
+bool BlockDotAvx2(GgmlType type, const void* row, const float* x, size_t n, float* out);
 
 // The table for `isa`, or null where the build or the CPU lacks it. Defined in cpu_kernels.cc; for it and tests.
 const IsaOps* OpsFor(Isa isa);

@@ -92,11 +92,14 @@ TEST(GgmlBlocksTest, MatMulOnBlocksIsMatMulOnTheDecodedRows) {
       const std::vector<float> decoded = Floats(testing::ReadText(dir + "/" + name + ".f32"));
       kernels::WeightMatrix quantized{blocks.data(), DType::kUnknown, rows, cols, type};
       kernels::WeightMatrix plain{decoded.data(), DType::kF32, rows, cols, std::nullopt};
-      std::vector<float> got(kBatch * rows, std::nanf("")), want(kBatch * rows);
-      ASSERT_TRUE(kernels::MatMul(ctx, x.data(), kBatch, quantized, got.data()).ok());
-      ASSERT_TRUE(kernels::MatMul(ctx, x.data(), kBatch, plain, want.data()).ok());
-      for (size_t i = 0; i < got.size(); ++i) {
-        EXPECT_NEAR(got[i], want[i], 1e-5f * (1.0f + std::fabs(want[i]))) << i;
+      // Batch 1 (decode: the ISA's fused decode-and-multiply, where it has one) and a batch.
+      for (size_t batch : {size_t{1}, kBatch}) {
+        std::vector<float> got(batch * rows, std::nanf("")), want(batch * rows);
+        ASSERT_TRUE(kernels::MatMul(ctx, x.data(), batch, quantized, got.data()).ok());
+        ASSERT_TRUE(kernels::MatMul(ctx, x.data(), batch, plain, want.data()).ok());
+        for (size_t i = 0; i < got.size(); ++i) {
+          EXPECT_NEAR(got[i], want[i], 1e-5f * (1.0f + std::fabs(want[i]))) << "batch " << batch << " value " << i;
+        }
       }
     }
   }
