@@ -462,6 +462,7 @@ constexpr size_t kQ8Block = 32;    // Q8_0: f16 scale, 32 int8 quants
 constexpr size_t kQ8Bytes = 34;
 constexpr size_t kQKBlock = 256;   // Q4_K super-block
 constexpr size_t kQ4KBytes = 144;  // d, dmin, 12 scale bytes, 128 quant bytes
+constexpr size_t kQ6KBytes = 210;  // ql[128], qh[64], 16 int8 scales, d
 
 float HalfAt(const uint8_t* p) {
   uint16_t h;
@@ -521,6 +522,40 @@ bool BlockDotAvx2(GgmlType type, const void* row, const float* x, size_t n, floa
               _mm256_sub_ps(_mm256_mul_ps(d2, Uint8x8(_mm_and_si128(_mm_srli_epi16(bytes, 4), low_nibbles))), m2);
           acc[k] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x + 8 * k), acc[k]);
           acc[k] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x + 32 + 8 * k), acc[k]);
+        }
+      }
+    }
+  } else if (type == GgmlType::kQ6_K) {
+    const __m256i low4 = _mm256_set1_epi32(0xF), low2 = _mm256_set1_epi32(3), offset = _mm256_set1_epi32(32);
+    auto load8 = [](const uint8_t* q) {
+      return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q)));
+    };
+    // (nibble | two high bits << 4) - 32, as fp32.
+    auto value = [&](__m256i nibble, __m256i high) {
+      return _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_or_si256(nibble, _mm256_slli_epi32(high, 4)), offset));
+    };
+    for (size_t b = 0; b < n / kQKBlock; ++b, p += kQ6KBytes) {
+      const float d = HalfAt(p + 208);
+      const uint8_t* ql = p;
+      const uint8_t* qh = p + 128;
+      const auto* sc = reinterpret_cast<const int8_t*>(p + 192);
+      for (int half = 0; half < 2; ++half, ql += 64, qh += 32, sc += 8, x += 128) {
+        for (int l = 0; l < 32; l += 8) {
+          const int is = l / 16;
+          const __m256i a = load8(ql + l), c = load8(ql + l + 32), h = load8(qh + l);
+          const __m256 q1 = value(_mm256_and_si256(a, low4), _mm256_and_si256(h, low2));
+          const __m256 q2 = value(_mm256_and_si256(c, low4), _mm256_and_si256(_mm256_srli_epi32(h, 2), low2));
+          const __m256 q3 = value(_mm256_srli_epi32(a, 4), _mm256_and_si256(_mm256_srli_epi32(h, 4), low2));
+          const __m256 q4 = value(_mm256_srli_epi32(c, 4), _mm256_srli_epi32(h, 6));
+          // d * scale first, then times the quant: the reference's order.
+          const __m256 w1 = _mm256_mul_ps(_mm256_set1_ps(d * static_cast<float>(sc[is])), q1);
+          const __m256 w2 = _mm256_mul_ps(_mm256_set1_ps(d * static_cast<float>(sc[is + 2])), q2);
+          const __m256 w3 = _mm256_mul_ps(_mm256_set1_ps(d * static_cast<float>(sc[is + 4])), q3);
+          const __m256 w4 = _mm256_mul_ps(_mm256_set1_ps(d * static_cast<float>(sc[is + 6])), q4);
+          acc[0] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + l), acc[0]);
+          acc[1] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x + l + 32), acc[1]);
+          acc[2] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + l + 64), acc[2]);
+          acc[3] = _mm256_fmadd_ps(w4, _mm256_loadu_ps(x + l + 96), acc[3]);
         }
       }
     }
