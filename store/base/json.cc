@@ -146,8 +146,11 @@ Result<JsonValue> ParseJson(std::string_view text, const JsonLimits& limits) {
     return Status::ResourceExhausted("cannot allocate the JSON parser");
   }
   simdjson::padded_string padded(text);
+  if (padded.data() == nullptr && !text.empty()) return Status::ResourceExhausted("cannot allocate the JSON text's copy");
   simdjson::dom::element root;
   auto error = parser.parse(padded).get(root);
+  // Out of memory is not bad input: it keeps its own code (the CLI's exit 6), whatever the text.
+  if (error == simdjson::MEMALLOC) return Status::ResourceExhausted("out of memory while parsing JSON");
   if (error) return Status::InvalidArgument(std::string("invalid JSON: ") + simdjson::error_message(error));
   JsonValue out;
   size_t budget = limits.max_values;
