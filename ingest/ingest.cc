@@ -329,6 +329,7 @@ struct IngestWriter {
   std::unique_ptr<WriteTxn> txn;
   uint64_t txn_bytes = 0;
   size_t current = kNoItem;  // item whose record is open
+  size_t closed = 0;         // items whose records are finished
   uint64_t item_written = 0;
   uint64_t done = 0;
 };
@@ -402,6 +403,7 @@ Status CloseRecord(IngestWriter& w, const WorkItem& item) {
   ES_ASSIGN_OR_RETURN(Extent extent, w.txn->FinishRecord());
   StageCatalogEntry(w, item, extent);
   w.current = kNoItem;
+  ++w.closed;
   w.txn_bytes += item.payload;
   w.result.bytes_written += item.payload;
   if (w.txn_bytes < w.options.commit_bytes) return Status::Ok();
@@ -439,6 +441,11 @@ Status WriteItems(IngestWriter& w, const std::vector<WorkItem>& items, ChunkPipe
     status = WriteChunk(w, items, *chunk, pipe);
   }
   if (status.ok() && w.current != kNoItem) status = Status::Corruption("checkpoint stream ended inside a record");
+  // A reader that stopped early (refused memory) ends the stream between records: never mark that complete.
+  if (status.ok() && w.closed != items.size()) {
+    status = Status::ResourceExhausted("out of memory reading the checkpoint (" + std::to_string(w.closed) + " of " +
+                                       std::to_string(items.size()) + " records read)");
+  }
   if (status.ok()) status = CommitTxn(w, /*complete=*/true);
   if (!status.ok() && w.txn) w.txn->Abort().IgnoreError();
   return status;
@@ -462,10 +469,24 @@ Status IngestItems(Store& store, FileSystem& fs, const std::vector<WorkItem>& it
   writer.replacing = replacing;
 
   ChunkPipe pipe;
-  ES_ASSIGN_OR_RETURN(std::thread reader, StartThread([&] { ReadItems(items, fs, pipe); }, "ingest's reader"));
-  Status status = WriteItems(writer, items, pipe);
-  StopReader(pipe, reader);
-  return status;
+  // The reader ends the stream if it is refused memory (an exception must not leave its thread); the writer then
+  // finds records missing.
+  ES_ASSIGN_OR_RETURN(std::thread reader, StartThread([&] {
+    try {
+      ReadItems(items, fs, pipe);
+    } catch (...) {
+      pipe.Finish();
+    }
+  }, "ingest's reader"));
+  // Joins the reader on every way out, an exception (out of memory) included, before `reader` is destroyed.
+  struct JoinReader {
+    ChunkPipe& pipe;
+    std::thread& reader;
+    ~JoinReader() {
+      if (reader.joinable()) StopReader(pipe, reader);
+    }
+  } join_reader{pipe, reader};
+  return WriteItems(writer, items, pipe);
 }
 
 }  // namespace

@@ -4,8 +4,11 @@
 #include <system_error>
 #include <cstdio>
 #include <cstdlib>
+#include <string_view>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include "store/base/heap.h"
 #include "tools/cli.h"
@@ -47,9 +50,32 @@ const char* malloc_conf = "background_thread:true,dirty_decay_ms:1000,muzzy_deca
 }
 #endif
 
+namespace {
+
+// Whether errors print as JSON documents (--json), for the out-of-memory handler, which cannot ask the flags.
+bool g_json_errors = false;
+
+// An allocation the system refused (operator new, here or in a dependency) ends the process at once: exit 6 and
+// the error line, written without allocating. Unwinding instead would run destructors that call into RocksDB,
+// whose write path is not exception-safe: a refused allocation inside it has left a later write (the catalog's
+// flush on close) waiting forever. The store is crash-safe, so stopping here is a kill -9 that says why.
+void OnOutOfMemory() {
+  static constexpr char kLine[] = "error: out of memory (the system refused an allocation)\n";
+  static constexpr char kJson[] =
+      "{\"error\":{\"code\":\"resource_exhausted\",\"message\":\"out of memory (the system refused an "
+      "allocation)\",\"exit_code\":6}}\n";
+  [[maybe_unused]] ssize_t n = ::write(STDERR_FILENO, kLine, sizeof(kLine) - 1);
+  if (g_json_errors) n = ::write(STDOUT_FILENO, kJson, sizeof(kJson) - 1);
+  std::_Exit(6);
+}
+
+}  // namespace
+
 // The libraries return errors as Status; what they cannot (an allocation that fails in the standard library or a
-// dependency) ends here as one error line and exit 6, not an abort.
+// dependency, a thread the system refuses) ends as one error line and exit 6, not an abort.
 int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) g_json_errors = g_json_errors || std::string_view(argv[i]) == "--json";
+  std::set_new_handler(OnOutOfMemory);
   try {
     const int code = Run(argc, argv);
     // Every store is closed by now (each command's objects live in Run). Skipping the static destructors keeps a
