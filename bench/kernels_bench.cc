@@ -233,13 +233,13 @@ const std::vector<uint8_t>& BlockExperts(GgmlType type) {
     const size_t scale_offset = type == GgmlType::kQ6_K ? info.block_bytes - 2 : 0;
     for (size_t off = 0; off < bytes.size(); off += info.block_bytes) {
       std::memcpy(&bytes[off + scale_offset], &kScale, sizeof(kScale));
-      if (type == GgmlType::kQ4_K) std::memcpy(&bytes[off + 2], &kScale, sizeof(kScale));  // dmin
+      if (type == GgmlType::kQ4_K || type == GgmlType::kQ5_K) std::memcpy(&bytes[off + 2], &kScale, sizeof(kScale));
     }
   }
   return bytes;
 }
 
-// Args: isa, threads, ggml type (8: Q8_0, 12: Q4_K, 14: Q6_K); cold, batch 1.
+// Args: isa, threads, ggml type (8: Q8_0, 12: Q4_K, 13: Q5_K, 14: Q6_K, 23: IQ4_XS); cold, batch 1.
 void BM_MatMulBlocks(benchmark::State& state) {
   const auto isa = static_cast<Isa>(state.range(0));
   if (SkipUnavailable(state, isa)) return;
@@ -262,7 +262,7 @@ void BM_MatMulBlocks(benchmark::State& state) {
 }
 BENCHMARK(BM_MatMulBlocks)
     ->ArgNames({"isa", "threads", "type"})
-    ->ArgsProduct({{1, 2}, {1, 2}, {8, 12, 14}})
+    ->ArgsProduct({{1, 2}, {1, 2}, {8, 12, 13, 14, 23}})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 

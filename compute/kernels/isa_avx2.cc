@@ -463,6 +463,10 @@ constexpr size_t kQ8Bytes = 34;
 constexpr size_t kQKBlock = 256;   // Q4_K super-block
 constexpr size_t kQ4KBytes = 144;  // d, dmin, 12 scale bytes, 128 quant bytes
 constexpr size_t kQ6KBytes = 210;  // ql[128], qh[64], 16 int8 scales, d
+constexpr size_t kQ5KBytes = 176;  // d, dmin, 12 scale bytes, qh[32], qs[128]
+constexpr size_t kIq4XsBytes = 136;  // d, scales_h (u16), scales_l[4], qs[128]
+// IQ4_NL and IQ4_XS map each nibble to one of these values (ggml_blocks.cc's kIq4Values).
+alignas(16) constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 float HalfAt(const uint8_t* p) {
   uint16_t h;
@@ -522,6 +526,59 @@ bool BlockDotAvx2(GgmlType type, const void* row, const float* x, size_t n, floa
               _mm256_sub_ps(_mm256_mul_ps(d2, Uint8x8(_mm_and_si128(_mm_srli_epi16(bytes, 4), low_nibbles))), m2);
           acc[k] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x + 8 * k), acc[k]);
           acc[k] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x + 32 + 8 * k), acc[k]);
+        }
+      }
+    }
+  } else if (type == GgmlType::kQ5_K) {
+    const __m128i low_nibbles = _mm_set1_epi8(0x0F);
+    const __m256i one = _mm256_set1_epi32(1);
+    for (size_t b = 0; b < n / kQKBlock; ++b, p += kQ5KBytes) {
+      const float d = HalfAt(p), dmin = HalfAt(p + 2);
+      const uint8_t* scales = p + 4;
+      const uint8_t* qh = p + 16;
+      const uint8_t* q = p + 48;
+      for (int is = 0; is < 8; is += 2, q += 32, x += 64) {
+        int sc, m;
+        ScaleMin(is, scales, sc, m);
+        const __m256 d1 = _mm256_set1_ps(d * static_cast<float>(sc)), m1 = _mm256_set1_ps(dmin * static_cast<float>(m));
+        ScaleMin(is + 1, scales, sc, m);
+        const __m256 d2 = _mm256_set1_ps(d * static_cast<float>(sc)), m2 = _mm256_set1_ps(dmin * static_cast<float>(m));
+        for (int k = 0; k < 4; ++k) {
+          const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * k));
+          // Bit `is` of qh[l] is the fifth bit of the low nibble's value, bit `is + 1` of the high one's.
+          const __m256i h = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qh + 8 * k)));
+          const __m256i h_lo = _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(h, is), one), 4);
+          const __m256i h_hi = _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(h, is + 1), one), 4);
+          const __m256i lo_q = _mm256_add_epi32(_mm256_cvtepu8_epi32(_mm_and_si128(bytes, low_nibbles)), h_lo);
+          const __m256i hi_q =
+              _mm256_add_epi32(_mm256_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(bytes, 4), low_nibbles)), h_hi);
+          const __m256 lo = _mm256_sub_ps(_mm256_mul_ps(d1, _mm256_cvtepi32_ps(lo_q)), m1);
+          const __m256 hi = _mm256_sub_ps(_mm256_mul_ps(d2, _mm256_cvtepi32_ps(hi_q)), m2);
+          acc[k] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x + 8 * k), acc[k]);
+          acc[k] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x + 32 + 8 * k), acc[k]);
+        }
+      }
+    }
+  } else if (type == GgmlType::kIQ4_XS) {
+    const __m128i low_nibbles = _mm_set1_epi8(0x0F);
+    const __m128i values = _mm_load_si128(reinterpret_cast<const __m128i*>(kIq4Values));
+    for (size_t b = 0; b < n / kQKBlock; ++b, p += kIq4XsBytes) {
+      const float d = HalfAt(p);
+      uint16_t scales_h;
+      std::memcpy(&scales_h, p + 2, sizeof(scales_h));
+      const uint8_t* scales_l = p + 4;
+      const uint8_t* qs = p + 8;
+      for (int ib = 0; ib < 8; ++ib, qs += 16, x += 32) {
+        const int ls = ((scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF) | (((scales_h >> (2 * ib)) & 3) << 4);
+        const __m256 dl = _mm256_set1_ps(d * static_cast<float>(ls - 32));
+        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+        // The nibbles looked up in the value table: lo holds values 0-15 of the block, hi values 16-31.
+        const __m128i lo = _mm_shuffle_epi8(values, _mm_and_si128(bytes, low_nibbles));
+        const __m128i hi = _mm_shuffle_epi8(values, _mm_and_si128(_mm_srli_epi16(bytes, 4), low_nibbles));
+        const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+        for (int k = 0; k < 4; ++k) {
+          const __m256 w = _mm256_mul_ps(dl, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(parts[k])));
+          acc[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + 8 * k), acc[k]);
         }
       }
     }

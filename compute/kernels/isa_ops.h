@@ -74,7 +74,7 @@ struct IsaOps {
   bool (*block_dot)(GgmlType type, const void* row, const float* x, size_t n, float* out);
 };
 
-// The AVX2 block_dot (Q8_0, Q4_K, Q6_K), which the AVX-512 table shares. Defined in isa_avx2.cc.
+// The AVX2 block_dot (Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS), which the AVX-512 table shares. Defined in isa_avx2.cc.
 bool BlockDotAvx2(GgmlType type, const void* row, const float* x, size_t n, float* out);
 
 // The table for `isa`, or null where the build or the CPU lacks it. Defined in cpu_kernels.cc; for it and tests.
