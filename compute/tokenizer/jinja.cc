@@ -2645,7 +2645,10 @@ class Renderer {
       std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
       Value key = Str(part);
       if (!part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-        key = Int(std::stoll(part));
+        // An index too large for int64 (std::stoll would throw) stays a string key, which finds nothing.
+        int64_t index = 0;
+        const auto [end, error] = std::from_chars(part.data(), part.data() + part.size(), index);
+        if (error == std::errc() && end == part.data() + part.size()) key = Int(index);
       }
       if (cur.is_undefined()) return cur;
       ES_ASSIGN_OR_RETURN(cur, GetItem(pos, cur, key));
