@@ -22,6 +22,10 @@
 namespace es {
 namespace {
 
+using ggml::kIq4Values;
+using ggml::PairScales;
+using ggml::ScaledPair;
+
 constexpr int kQK = 32;     // values per block of the 32-value formats
 constexpr int kQKK = 256;   // values per super-block
 constexpr int kNibble = 0xF;
@@ -30,9 +34,6 @@ constexpr int kQ5Offset = 16;
 constexpr int kQ5High = 16;  // the fifth bit's value
 constexpr int kQ6Offset = 32;
 constexpr int kIq4XsScaleOffset = 32;
-constexpr int kLow6 = 63;
-// IQ4_NL and IQ4_XS map each nibble to one of these values (a non-uniform grid fitted to weight distributions).
-constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 const uint8_t* U8(const std::byte* p) { return reinterpret_cast<const uint8_t*>(p); }
 
@@ -103,35 +104,6 @@ void Iq4Nl(const uint8_t* b, float* y) {
     y[j] = d * static_cast<float>(kIq4Values[qs[j] & kNibble]);
     y[j + kQK / 2] = d * static_cast<float>(kIq4Values[qs[j] >> 4]);
   }
-}
-
-// Sub-block j's 6-bit scale and minimum from the 12 packed bytes of Q4_K and Q5_K: the first four of each sit in
-// the low six bits of bytes 0-3 and 4-7; the last four take their low four bits from bytes 8-11 and their top two
-// from the spare high bits of bytes 0-7.
-void ScaleMinK4(int j, const uint8_t* q, int& scale, int& min) {
-  if (j < 4) {
-    scale = q[j] & kLow6;
-    min = q[j + 4] & kLow6;
-  } else {
-    scale = (q[j + 4] & kNibble) | ((q[j - 4] >> 6) << 4);
-    min = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
-
-// Sub-blocks is and is + 1: their scales and minimums times the super-block's.
-struct ScaledPair {
-  float d1, m1, d2, m2;
-};
-ScaledPair PairScales(float d, float dmin, const uint8_t* scales, int is) {
-  int sc, m;
-  ScaledPair p;
-  ScaleMinK4(is, scales, sc, m);
-  p.d1 = d * static_cast<float>(sc);
-  p.m1 = dmin * static_cast<float>(m);
-  ScaleMinK4(is + 1, scales, sc, m);
-  p.d2 = d * static_cast<float>(sc);
-  p.m2 = dmin * static_cast<float>(m);
-  return p;
 }
 
 void Q4_K(const uint8_t* b, float* y) {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <span>
 
 #include "store/base/ggml_type.h"
@@ -16,5 +17,44 @@ namespace es {
 // `out`, whose size is the row's length in values. InvalidArgument when `row` is not exactly that many values'
 // blocks; NotSupported for the other types. Thread-safe; reads `row` and writes `out` only during the call.
 Status DequantizeGgmlRow(GgmlType type, std::span<const std::byte> row, std::span<float> out);
+
+// Block-format facts the SIMD kernels share with the scalar decoder. The functions are static, each unit its own
+// copy: an ISA's unit is compiled with its -m flags, and one shared inline copy could end up in the scalar path.
+namespace ggml {
+
+// IQ4_NL and IQ4_XS map each nibble to one of these values (a non-uniform grid fitted to weight distributions).
+alignas(16) inline constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                                      1,    13,   25,  38,  53,  69,  89,  113};
+
+// Sub-block j's 6-bit scale and minimum from the 12 packed bytes of Q4_K and Q5_K: the first four of each sit in
+// the low six bits of bytes 0-3 and 4-7; the last four take their low four bits from bytes 8-11 and their top two
+// from the spare high bits of bytes 0-7.
+static inline void ScaleMinK4(int j, const uint8_t* q, int& scale, int& min) {
+  if (j < 4) {
+    scale = q[j] & 63;
+    min = q[j + 4] & 63;
+  } else {
+    scale = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    min = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+// Sub-blocks is and is + 1 of a Q4_K or Q5_K super-block: their scales and minimums times the super-block's.
+struct ScaledPair {
+  float d1, m1, d2, m2;
+};
+static inline ScaledPair PairScales(float d, float dmin, const uint8_t* scales, int is) {
+  int sc, m;
+  ScaledPair p;
+  ScaleMinK4(is, scales, sc, m);
+  p.d1 = d * static_cast<float>(sc);
+  p.m1 = dmin * static_cast<float>(m);
+  ScaleMinK4(is + 1, scales, sc, m);
+  p.d2 = d * static_cast<float>(sc);
+  p.m2 = dmin * static_cast<float>(m);
+  return p;
+}
+
+}  // namespace ggml
 
 }  // namespace es

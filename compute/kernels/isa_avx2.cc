@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "compute/kernels/ggml_blocks.h"
 #include "compute/kernels/isa_ops.h"
 
 namespace es::kernels::internal {
@@ -465,8 +466,6 @@ constexpr size_t kQ4KBytes = 144;  // d, dmin, 12 scale bytes, 128 quant bytes
 constexpr size_t kQ6KBytes = 210;  // ql[128], qh[64], 16 int8 scales, d
 constexpr size_t kQ5KBytes = 176;  // d, dmin, 12 scale bytes, qh[32], qs[128]
 constexpr size_t kIq4XsBytes = 136;  // d, scales_h (u16), scales_l[4], qs[128]
-// IQ4_NL and IQ4_XS map each nibble to one of these values (ggml_blocks.cc's kIq4Values).
-alignas(16) constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 float HalfAt(const uint8_t* p) {
   uint16_t h;
@@ -480,15 +479,13 @@ __m256 Int8x8(const uint8_t* p) {
 }
 __m256 Uint8x8(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)); }
 
-// Sub-block j's 6-bit scale and minimum of a Q4_K super-block (as ggml_blocks.cc's ScaleMinK4).
-void ScaleMin(int j, const uint8_t* q, int& scale, int& min) {
-  if (j < 4) {
-    scale = q[j] & 63;
-    min = q[j + 4] & 63;
-  } else {
-    scale = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-    min = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
+// ggml::PairScales broadcast: the same float operations as the scalar decoder.
+struct ScaledPairV {
+  __m256 d1, m1, d2, m2;
+};
+ScaledPairV PairScalesV(float d, float dmin, const uint8_t* scales, int is) {
+  const ggml::ScaledPair p = ggml::PairScales(d, dmin, scales, is);
+  return {_mm256_set1_ps(p.d1), _mm256_set1_ps(p.m1), _mm256_set1_ps(p.d2), _mm256_set1_ps(p.m2)};
 }
 
 }  // namespace
@@ -514,11 +511,7 @@ bool BlockDotAvx2(GgmlType type, const void* row, const float* x, size_t n, floa
       const uint8_t* scales = p + 4;
       const uint8_t* q = p + 16;
       for (int is = 0; is < 8; is += 2, q += 32, x += 64) {
-        int sc, m;
-        ScaleMin(is, scales, sc, m);
-        const __m256 d1 = _mm256_set1_ps(d * static_cast<float>(sc)), m1 = _mm256_set1_ps(dmin * static_cast<float>(m));
-        ScaleMin(is + 1, scales, sc, m);
-        const __m256 d2 = _mm256_set1_ps(d * static_cast<float>(sc)), m2 = _mm256_set1_ps(dmin * static_cast<float>(m));
+        const auto [d1, m1, d2, m2] = PairScalesV(d, dmin, scales, is);
         for (int k = 0; k < 4; ++k) {  // 8 bytes of quants: 8 low nibbles (values 8k..) and 8 high (32 + 8k..)
           const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * k));
           const __m256 lo = _mm256_sub_ps(_mm256_mul_ps(d1, Uint8x8(_mm_and_si128(bytes, low_nibbles))), m1);
@@ -538,11 +531,7 @@ bool BlockDotAvx2(GgmlType type, const void* row, const float* x, size_t n, floa
       const uint8_t* qh = p + 16;
       const uint8_t* q = p + 48;
       for (int is = 0; is < 8; is += 2, q += 32, x += 64) {
-        int sc, m;
-        ScaleMin(is, scales, sc, m);
-        const __m256 d1 = _mm256_set1_ps(d * static_cast<float>(sc)), m1 = _mm256_set1_ps(dmin * static_cast<float>(m));
-        ScaleMin(is + 1, scales, sc, m);
-        const __m256 d2 = _mm256_set1_ps(d * static_cast<float>(sc)), m2 = _mm256_set1_ps(dmin * static_cast<float>(m));
+        const auto [d1, m1, d2, m2] = PairScalesV(d, dmin, scales, is);
         for (int k = 0; k < 4; ++k) {
           const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * k));
           // Bit `is` of qh[l] is the fifth bit of the low nibble's value, bit `is + 1` of the high one's.
@@ -561,7 +550,7 @@ bool BlockDotAvx2(GgmlType type, const void* row, const float* x, size_t n, floa
     }
   } else if (type == GgmlType::kIQ4_XS) {
     const __m128i low_nibbles = _mm_set1_epi8(0x0F);
-    const __m128i values = _mm_load_si128(reinterpret_cast<const __m128i*>(kIq4Values));
+    const __m128i values = _mm_load_si128(reinterpret_cast<const __m128i*>(ggml::kIq4Values));
     for (size_t b = 0; b < n / kQKBlock; ++b, p += kIq4XsBytes) {
       const float d = HalfAt(p);
       uint16_t scales_h;
