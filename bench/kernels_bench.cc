@@ -239,11 +239,13 @@ const std::vector<uint8_t>& BlockExperts(GgmlType type) {
   return bytes;
 }
 
-// Args: isa, threads, ggml type (8: Q8_0, 12: Q4_K, 13: Q5_K, 14: Q6_K, 23: IQ4_XS); cold, batch 1.
+// Args: isa, threads, ggml type (2: Q4_0, 8: Q8_0, 12: Q4_K, 13: Q5_K, 14: Q6_K, 23: IQ4_XS), q8 (1: int8
+// activations and integer dot products, CpuContext::q8_activations; 0: exact fp32); cold, batch 1.
 void BM_MatMulBlocks(benchmark::State& state) {
   const auto isa = static_cast<Isa>(state.range(0));
   if (SkipUnavailable(state, isa)) return;
-  const CpuContext ctx{isa, Pool(static_cast<size_t>(state.range(1)))};
+  CpuContext ctx{isa, Pool(static_cast<size_t>(state.range(1)))};
+  ctx.q8_activations = state.range(3) != 0;
   const auto type = static_cast<GgmlType>(state.range(2));
   const std::vector<uint8_t>& experts = BlockExperts(type);
   const size_t weight_bytes = *GgmlRowBytes(type, kHidden) * kInter;
@@ -258,11 +260,12 @@ void BM_MatMulBlocks(benchmark::State& state) {
     EvictUntimed(state, true, data, weight_bytes);
   }
   SetRate(state, static_cast<double>(weight_bytes), 2.0 * static_cast<double>(kInter * kHidden));
-  state.SetLabel(std::string(IsaName(isa)) + " " + std::string(GgmlTypeName(type)));
+  state.SetLabel(std::string(IsaName(isa)) + " " + std::string(GgmlTypeName(type)) +
+                 (ctx.q8_activations ? " q8" : " exact"));
 }
 BENCHMARK(BM_MatMulBlocks)
-    ->ArgNames({"isa", "threads", "type"})
-    ->ArgsProduct({{1, 2}, {1, 2}, {8, 12, 13, 14, 23}})
+    ->ArgNames({"isa", "threads", "type", "q8"})
+    ->ArgsProduct({{1, 2}, {1, 2}, {2, 8, 12, 13, 14, 23}, {0, 1}})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 

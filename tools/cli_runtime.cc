@@ -22,6 +22,8 @@ std::vector<FlagSpec> RuntimeFlags() {
       {"gpu-cache-mb", true, "cuda/hybrid: GPU memory for experts in MiB (default: what fits)"},
       {"gpu-cache-pct", true, "cuda/hybrid: GPU expert cache as a percentage of the model's experts"},
       {"threads", true, "compute threads (default: all cores)"},
+      {"activations", true, "exact (default) or q8: quantized (GGUF) weights multiply activations rounded to 8 bits "
+                            "with integer dot products, as llama.cpp does: faster, NOT exact"},
       {"no-cache", false, "read every selected expert from disk for every token (the naive baseline)"},
       {"skip-missing-experts", false, "drop experts a partial checkpoint lacks instead of failing"},
       {"no-record", false, "do not record expert usage"},
@@ -118,6 +120,7 @@ Result<RuntimeConfig> RuntimeConfigFromArgs(const Args& args) {
   c.cache_pct = cache.pct;
   c.policy = args.GetOr("policy", c.policy);
   c.routing = args.GetOr("routing", c.routing);
+  c.activations = args.GetOr("activations", c.activations);
   if (auto w = args.Get("routing-weights")) c.routing_weights = std::string(*w);
   if (args.Has("routing-margin")) {
     ES_ASSIGN_OR_RETURN(c.routing_margin, args.GetDouble("routing-margin", 0));

@@ -8,6 +8,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
@@ -22,6 +23,10 @@ namespace {
 
 using internal::IsaOps;
 using internal::MatMulArgs;
+using internal::HasQ8Dot;
+using internal::kQ8BlockValues;
+using internal::Q8Block;
+using internal::QuantizeQ8;
 
 // Output rows per pool task: a multiple of every ISA's row tile, and 32 rows of a 2048-wide bf16 matrix
 // (128 KiB) stay in L2 while a prefill batch streams past them.
@@ -95,10 +100,23 @@ Status CheckMatrix(const WeightMatrix& w, std::string_view kernel, std::string_v
 
 // Rows [row_begin, row_end) of a block-format matmul: each weight row decoded once into fp32 (as
 // DequantizeGgmlRow does), then `dot` with every activation row, so each output is the decoded matrix's.
+// With quantized activations (a.qx), each output is instead block_dot_q8 of the weight row with them.
 void BlockMatMulRows(const IsaOps& ops, const MatMulArgs& a, size_t row_begin, size_t row_end) {
   float row[kMaxBlockRow];
   const size_t row_bytes = *GgmlRowBytes(*a.blocks, a.cols);
   const auto* w = static_cast<const std::byte*>(a.w);
+  if (a.qx != nullptr) {
+    const size_t blocks = a.cols / internal::kQ8BlockValues;
+    for (size_t r = row_begin; r < row_end; ++r) {
+      for (size_t b = 0; b < a.batch; ++b) {
+        float sum = 0;
+        ops.block_dot_q8(*a.blocks, w + r * row_bytes, a.qx + b * blocks, a.cols, &sum);
+        float* y = a.y + (a.y_rows == nullptr ? b : static_cast<size_t>(a.y_rows[b])) * a.rows + r;
+        *y = a.accumulate_scale == nullptr ? sum : *y + a.accumulate_scale[b] * sum;
+      }
+    }
+    return;
+  }
   // One activation row (decode): the ISA's fused decode-and-multiply, where it takes the format.
   if (a.batch == 1 && ops.block_dot != nullptr) {
     const float* x = a.x + (a.x_rows == nullptr ? 0 : static_cast<size_t>(a.x_rows[0])) * a.cols;
@@ -133,7 +151,51 @@ void MatMulRowRange(const IsaOps& ops, const MatMulArgs& args, size_t begin, siz
   }
 }
 
+// Activation rows quantized at a time for the integer block path: their blocks live on the calling thread's
+// stack (kQ8Rows * kMaxBlockRow / 32 blocks, 90 KiB), so that no kernel allocates.
+constexpr size_t kQ8Rows = 4;
+using Q8Rows = std::array<Q8Block, kQ8Rows * kMaxBlockRow / kQ8BlockValues>;
+
+// Whether a matmul on `w` takes the integer path under ctx.
+bool UsesQ8(const CpuContext& ctx, const IsaOps& ops, const MatMulArgs& a) {
+  return ctx.q8_activations && a.blocks && ops.block_dot_q8 != nullptr && HasQ8Dot(*a.blocks) &&
+         a.cols % kQ8BlockValues == 0;
+}
+
+// Activation rows [b0, b0 + nb) of `a` as a matmul of their own, with qx holding them quantized.
+MatMulArgs SliceRows(const MatMulArgs& a, size_t b0, size_t nb, Q8Block* qx) {
+  MatMulArgs s = a;
+  s.batch = nb;
+  if (a.x_rows != nullptr) {
+    s.x_rows = a.x_rows + b0;
+  } else {
+    s.x = a.x + b0 * a.cols;
+  }
+  if (a.y_rows != nullptr) {
+    s.y_rows = a.y_rows + b0;
+  } else {
+    s.y = a.y + b0 * a.rows;
+  }
+  if (a.accumulate_scale != nullptr) s.accumulate_scale = a.accumulate_scale + b0;
+  const size_t blocks = a.cols / kQ8BlockValues;
+  for (size_t b = 0; b < nb; ++b) {
+    const float* x = s.x + (s.x_rows == nullptr ? b : static_cast<size_t>(s.x_rows[b])) * a.cols;
+    QuantizeQ8(x, a.cols, qx + b * blocks);
+  }
+  s.qx = qx;
+  return s;
+}
+
 void RunMatMul(const CpuContext& ctx, const IsaOps& ops, const MatMulArgs& args) {
+  if (UsesQ8(ctx, ops, args)) {
+    Q8Rows qx;
+    for (size_t b0 = 0; b0 < args.batch; b0 += kQ8Rows) {
+      const MatMulArgs slice = SliceRows(args, b0, std::min(kQ8Rows, args.batch - b0), qx.data());
+      ParallelFor(ctx.pool, args.rows, kRowsPerTask,
+                  [&](size_t begin, size_t end) { BlockMatMulRows(ops, slice, begin, end); });
+    }
+    return;
+  }
   ParallelFor(ctx.pool, args.rows, kRowsPerTask,
               [&](size_t begin, size_t end) { MatMulRowRange(ops, args, begin, end); });
 }
@@ -189,15 +251,31 @@ Status ExpertImpl(const CpuContext& ctx, const ExpertWeights& e, const float* x,
                               gate_out, nullptr, x_rows,      nullptr,      e.gate.blocks};
   const MatMulArgs up_args{x, batch, e.up.data, e.up.dtype, inter, hidden, up_out, nullptr, x_rows, nullptr, e.up.blocks};
   // Gate, up and the activation in one pass over each range of intermediate rows, while they are in cache.
-  ParallelFor(ctx.pool, inter, kRowsPerTask, [&](size_t begin, size_t end) {
-    MatMulRowRange(*ops, gate_args, begin, end);
-    MatMulRowRange(*ops, up_args, begin, end);
-    for (size_t b = 0; b < batch; ++b) {
-      float* g = gate_out + b * inter;
-      const float* u = up_out + b * inter;
-      for (size_t i = begin; i < end; ++i) g[i] = Silu(g[i]) * u[i];
+  auto gate_up = [&](const MatMulArgs& g_args, const MatMulArgs& u_args) {
+    ParallelFor(ctx.pool, inter, kRowsPerTask, [&](size_t begin, size_t end) {
+      MatMulRowRange(*ops, g_args, begin, end);
+      MatMulRowRange(*ops, u_args, begin, end);
+      for (size_t b = 0; b < g_args.batch; ++b) {
+        float* g = g_args.y + b * inter;
+        const float* u = u_args.y + b * inter;
+        for (size_t i = begin; i < end; ++i) g[i] = Silu(g[i]) * u[i];
+      }
+    });
+  };
+  if (UsesQ8(ctx, *ops, gate_args) && UsesQ8(ctx, *ops, up_args)) {
+    // Gate and up share their input: each slice of activation rows is quantized once for both.
+    Q8Rows qx;
+    for (size_t b0 = 0; b0 < batch; b0 += kQ8Rows) {
+      const MatMulArgs g = SliceRows(gate_args, b0, std::min(kQ8Rows, batch - b0), qx.data());
+      MatMulArgs u = g;
+      u.w = up_args.w;
+      u.blocks = up_args.blocks;
+      u.y = up_out + b0 * inter;
+      gate_up(g, u);
     }
-  });
+  } else {
+    gate_up(gate_args, up_args);
+  }
   const MatMulArgs down_args{gate_out, batch,  e.down.data, e.down.dtype, hidden,       inter,
                               out,      scale, nullptr,     y_rows,       e.down.blocks};
   RunMatMul(ctx, *ops, down_args);

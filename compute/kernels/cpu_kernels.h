@@ -45,6 +45,11 @@ Isa BestIsa();
 struct CpuContext {
   Isa isa = BestIsa();
   ComputePool* pool = nullptr;  // null: everything runs on the calling thread
+  // Matmuls on GGML block formats quantize their activations to int8 (per 32 values, one fp32 scale) and take
+  // integer dot products, as llama.cpp does: several times faster, and NOT exact (the result is the decoded
+  // matrix's times activations rounded to 8 bits). False: every block row is decoded and multiplied in fp32.
+  // Formats without an integer path keep the exact one. Dense (F32/F16/BF16) weights are never affected.
+  bool q8_activations = false;
 };
 
 // A row-major [rows, cols] weight, as stored by Hugging Face Linear layers ([out_features, in_features]).

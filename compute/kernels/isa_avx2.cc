@@ -612,7 +612,174 @@ bool BlockDotAvx2(GgmlType type, const void* row, const float* x, size_t n, floa
   return true;
 }
 
+// ---- GGML blocks times int8 activations: integer products ---------------------------------------------------
+
+namespace {
+
+// sum of u[i] * q[i] over each group of four bytes, as eight int32: u unsigned (at most 127 x 2 per pair, which
+// stays below int16's saturation with |q| <= 127), q signed.
+__m256i MulSumU(__m256i u, __m256i q) { return _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), _mm256_set1_epi16(1)); }
+// The same for signed w: |w| times q with w's sign.
+__m256i MulSumS(__m256i w, __m256i q) { return MulSumU(_mm256_abs_epi8(w), _mm256_sign_epi8(q, w)); }
+
+__m256i LoadQ(const Q8Block& x) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q)); }
+
+// The 32 nibbles of a 32-value block's 16 bytes: values 0-15 from the low nibbles, 16-31 from the high ones.
+__m256i Nibbles32(const uint8_t* qs) {
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m128i low = _mm_set1_epi8(0x0F);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), low), _mm_and_si128(bytes, low));
+}
+
+// Byte j is 0x10 where bit j of qh is set, else 0.
+__m256i FifthBits32(const uint8_t* p) {
+  uint32_t qh;
+  std::memcpy(&qh, p, sizeof(qh));
+  const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(qh)),
+                                             _mm256_setr_epi64x(0, 0x0101010101010101LL, 0x0202020202020202LL,
+                                                                0x0303030303030303LL));
+  const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ULL));
+  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(0x10));
+}
+
+// The 16 IQ4 nibbles' table values, in the order of Nibbles32.
+__m256i Iq4Values32(const uint8_t* qs) {
+  const __m128i table = _mm_load_si128(reinterpret_cast<const __m128i*>(ggml::kIq4Values));
+  const __m256i v = Nibbles32(qs);
+  return _mm256_set_m128i(_mm_shuffle_epi8(table, _mm256_extracti128_si256(v, 1)),
+                          _mm_shuffle_epi8(table, _mm256_castsi256_si128(v)));
+}
+
+// acc += isum (eight int32) * scale.
+__m256 Fma(__m256i isum, float scale, __m256 acc) {
+  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(scale), acc);
+}
+
+// isum minus `offset` in one lane.
+__m256i MinusInLane0(__m256i isum, int offset) {
+  return _mm256_sub_epi32(isum, _mm256_zextsi128_si256(_mm_cvtsi32_si128(offset)));
+}
+
+}  // namespace
+
+bool BlockDotQ8Avx2(GgmlType type, const void* row, const Q8Block* x, size_t n, float* out) {
+  const auto* p = static_cast<const uint8_t*>(row);
+  __m256 acc = _mm256_setzero_ps();
+  float minimums = 0;  // the minimum terms, subtracted at the end
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  switch (type) {
+    case GgmlType::kQ8_0:
+      for (size_t k = 0; k < n / 32; ++k, p += 34) {
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
+        acc = Fma(MulSumS(w, LoadQ(x[k])), HalfAt(p) * x[k].d, acc);
+      }
+      break;
+    case GgmlType::kQ4_0:
+    case GgmlType::kQ5_0:
+      for (size_t k = 0; k < n / 32; ++k) {
+        const bool five = type == GgmlType::kQ5_0;
+        __m256i v = Nibbles32(p + (five ? 6 : 2));
+        if (five) v = _mm256_or_si256(v, FifthBits32(p + 2));
+        const int offset = (five ? 16 : 8) * (x[k].isum[0] + x[k].isum[1]);
+        acc = Fma(MinusInLane0(MulSumU(v, LoadQ(x[k])), offset), HalfAt(p) * x[k].d, acc);
+        p += five ? 22 : 18;
+      }
+      break;
+    case GgmlType::kQ4_1:
+    case GgmlType::kQ5_1:
+      for (size_t k = 0; k < n / 32; ++k) {
+        const bool five = type == GgmlType::kQ5_1;
+        __m256i v = Nibbles32(p + (five ? 8 : 4));
+        if (five) v = _mm256_or_si256(v, FifthBits32(p + 4));
+        acc = Fma(MulSumU(v, LoadQ(x[k])), HalfAt(p) * x[k].d, acc);
+        minimums -= HalfAt(p + 2) * x[k].sum;  // value = d * q + m
+        p += five ? 24 : 20;
+      }
+      break;
+    case GgmlType::kIQ4_NL:
+      for (size_t k = 0; k < n / 32; ++k, p += 18) {
+        acc = Fma(MulSumS(Iq4Values32(p + 2), LoadQ(x[k])), HalfAt(p) * x[k].d, acc);
+      }
+      break;
+    case GgmlType::kQ4_K:
+    case GgmlType::kQ5_K: {
+      const bool five = type == GgmlType::kQ5_K;
+      const __m256i one = _mm256_set1_epi8(1);
+      for (size_t b = 0; b < n / kQKBlock; ++b, x += 8) {
+        const float d = HalfAt(p), dmin = HalfAt(p + 2);
+        const uint8_t* scales = p + 4;
+        const __m256i qh = five ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)) : _mm256_setzero_si256();
+        const uint8_t* q = p + (five ? 48 : 16);
+        for (int is = 0; is < 8; is += 2, q += 32) {
+          const ggml::ScaledPair s = ggml::PairScales(d, dmin, scales, is);
+          const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+          __m256i lo = _mm256_and_si256(bytes, low4);
+          __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
+          if (five) {  // bit `is` of qh[l] is the low value's fifth bit, bit `is + 1` the high one's
+            lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, is), one), 4));
+            hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, is + 1), one), 4));
+          }
+          acc = Fma(MulSumU(lo, LoadQ(x[is])), s.d1 * x[is].d, acc);
+          acc = Fma(MulSumU(hi, LoadQ(x[is + 1])), s.d2 * x[is + 1].d, acc);
+          minimums += s.m1 * x[is].sum;
+          minimums += s.m2 * x[is + 1].sum;
+        }
+        p += five ? kQ5KBytes : kQ4KBytes;
+      }
+      break;
+    }
+    case GgmlType::kQ6_K: {
+      const __m256i bits01 = _mm256_set1_epi8(0x03), bits23 = _mm256_set1_epi8(0x0C);
+      const __m256i bits45 = _mm256_set1_epi8(0x30), bits67 = _mm256_set1_epi8(static_cast<char>(0xC0));
+      for (size_t b = 0; b < n / kQKBlock; ++b, p += kQ6KBytes) {
+        const float d = HalfAt(p + 208);
+        const uint8_t* ql = p;
+        const uint8_t* qhp = p + 128;
+        const auto* sc = reinterpret_cast<const int8_t*>(p + 192);
+        for (int half = 0; half < 2; ++half, ql += 64, qhp += 32, sc += 8, x += 4) {
+          const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
+          const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
+          const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qhp));
+          const __m256i v[4] = {
+              _mm256_or_si256(_mm256_and_si256(a, low4), _mm256_slli_epi16(_mm256_and_si256(h, bits01), 4)),
+              _mm256_or_si256(_mm256_and_si256(c, low4), _mm256_slli_epi16(_mm256_and_si256(h, bits23), 2)),
+              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a, 4), low4), _mm256_and_si256(h, bits45)),
+              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(c, 4), low4),
+                              _mm256_srli_epi16(_mm256_and_si256(h, bits67), 2)),
+          };
+          for (int g = 0; g < 4; ++g) {
+            // Values 0-15 (the low 128 bits' pairs) take scale sc[2g], values 16-31 sc[2g + 1].
+            const int s0 = sc[2 * g], s1 = sc[2 * g + 1];
+            const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(s1)),
+                                                   _mm_set1_epi16(static_cast<int16_t>(s0)));
+            const __m256i isum = _mm256_madd_epi16(_mm256_maddubs_epi16(v[g], LoadQ(x[g])), scale);
+            const int offset = 32 * (s0 * x[g].isum[0] + s1 * x[g].isum[1]);
+            acc = Fma(MinusInLane0(isum, offset), d * x[g].d, acc);
+          }
+        }
+      }
+      break;
+    }
+    case GgmlType::kIQ4_XS:
+      for (size_t b = 0; b < n / kQKBlock; ++b, p += kIq4XsBytes) {
+        const float d = HalfAt(p);
+        uint16_t scales_h;
+        std::memcpy(&scales_h, p + 2, sizeof(scales_h));
+        const uint8_t* scales_l = p + 4;
+        const uint8_t* qs = p + 8;
+        for (int ib = 0; ib < 8; ++ib, qs += 16, ++x) {
+          const int ls = ((scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF) | (((scales_h >> (2 * ib)) & 3) << 4);
+          acc = Fma(MulSumS(Iq4Values32(qs), LoadQ(*x)), d * static_cast<float>(ls - 32) * x->d, acc);
+        }
+      }
+      break;
+    default: return BlockDotQ8Scalar(type, row, x, n, out);
+  }
+  *out = ReduceAdd(acc) - minimums;
+  return true;
+}
+
 const IsaOps kAvx2Ops = {&MatMulRows,  &Dot,    &Scores,  &Max,         &ExpShifted,
-                         &WeightedSum, &ToF32, &FromF32, &BlockDotAvx2};
+                         &WeightedSum, &ToF32, &FromF32, &BlockDotAvx2, &BlockDotQ8Avx2};
 
 }  // namespace es::kernels::internal

@@ -461,6 +461,6 @@ void FromF32(const float* src, size_t n, DType dtype, void* dst) {
 }  // namespace
 
 const IsaOps kAvx512Ops = {&MatMulRows,  &Dot,    &Scores,  &Max,         &ExpShifted,
-                           &WeightedSum, &ToF32, &FromF32, &BlockDotAvx2};
+                           &WeightedSum, &ToF32, &FromF32, &BlockDotAvx2, &BlockDotQ8Avx2};
 
 }  // namespace es::kernels::internal

@@ -19,6 +19,18 @@ enum class Isa : uint8_t;  // cpu_kernels.h
 
 namespace es::kernels::internal {
 
+// 32 activations quantized to int8 for the integer block dot products (CpuContext::q8_activations):
+// x[i] ~ d * q[i] with d = max |x| / 127 and q[i] = round(x[i] / d). `sum` is the exact fp32 sum of the 32
+// activations (the formats with a minimum or an offset multiply it, so that term loses nothing), `isum` the sums
+// of q over values 0-15 and 16-31.
+struct Q8Block {
+  float d;
+  float sum;
+  int16_t isum[2];
+  int8_t q[32];
+};
+inline constexpr size_t kQ8BlockValues = 32;
+
 // y[b, r] = sum_k x[b, k] * W[r, k] for rows [row_begin, row_end) of W and every b < batch.
 struct MatMulArgs {
   const float* x = nullptr;  // [batch, cols]
@@ -38,6 +50,9 @@ struct MatMulArgs {
   // Set: w's rows are blocks of this GGML format (WeightMatrix::blocks). cpu_kernels.cc runs such a matmul
   // itself, decoding each row once and taking `dot` of it with each activation row; the ISA tables never see one.
   std::optional<GgmlType> blocks;
+  // Set (block formats only): the activation rows quantized, cols / 32 blocks per row, row b for output row b
+  // (x_rows already applied); each output is then `block_dot_q8` of the weight row with it.
+  const Q8Block* qx = nullptr;
 };
 
 // The most query heads one call of IsaOps::scores / weighted_sum handles.
@@ -72,10 +87,27 @@ struct IsaOps {
   // the same float operations as DequantizeGgmlRow, summed in an order that depends only on n. Returns false for
   // a format it does not take (the caller decodes the row and uses `dot`).
   bool (*block_dot)(GgmlType type, const void* row, const float* x, size_t n, float* out);
+  // sum_i decode(row)[i] * x[i] with x given as n / 32 Q8Blocks: integer products of the quants within each
+  // 32-value (Q6_K: 16-value) group, scaled once per group; the minimum or offset terms of Q4_1, Q5_1, Q4_K
+  // and Q5_K use the blocks' exact sums. Not the decoded matrix's result: within the activations' rounding of it.
+  // Returns false for a format it does not take.
+  bool (*block_dot_q8)(GgmlType type, const void* row, const Q8Block* x, size_t n, float* out);
 };
+
+// The integer dot product of every format that has one (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K,
+// IQ4_XS), in plain scalar code: the reference for the SIMD versions and their fallback. Defined in q8_dot.cc.
+bool BlockDotQ8Scalar(GgmlType type, const void* row, const Q8Block* x, size_t n, float* out);
+// The formats BlockDotQ8Scalar takes.
+bool HasQ8Dot(GgmlType type);
+// Quantizes n activations (a multiple of 32) into n / 32 blocks. Plain scalar code, so every ISA sees the same
+// quants.
+void QuantizeQ8(const float* x, size_t n, Q8Block* out);
 
 // The AVX2 block_dot (Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS), which the AVX-512 table shares. Defined in isa_avx2.cc.
 bool BlockDotAvx2(GgmlType type, const void* row, const float* x, size_t n, float* out);
+// The AVX2 block_dot_q8 (Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS; the other formats through BlockDotQ8Scalar), which
+// the AVX-512 table shares. Defined in isa_avx2.cc.
+bool BlockDotQ8Avx2(GgmlType type, const void* row, const Q8Block* x, size_t n, float* out);
 
 // The table for `isa`, or null where the build or the CPU lacks it. Defined in cpu_kernels.cc; for it and tests.
 const IsaOps* OpsFor(Isa isa);

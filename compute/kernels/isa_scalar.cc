@@ -149,6 +149,6 @@ void FromF32(const float* src, size_t n, DType dtype, void* dst) {
 
 }  // namespace
 
-const IsaOps kScalarOps = {&MatMulRows, &Dot, &Scores, &Max, &ExpShifted, &WeightedSum, &ToF32, &FromF32, nullptr};
+const IsaOps kScalarOps = {&MatMulRows, &Dot, &Scores, &Max, &ExpShifted, &WeightedSum, &ToF32, &FromF32, nullptr, &BlockDotQ8Scalar};
 
 }  // namespace es::kernels::internal

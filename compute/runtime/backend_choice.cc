@@ -66,9 +66,6 @@ Status ValidateBackendOptions(const BackendOptions& o) {
 #endif
 }
 
-namespace {
-
-// Whether the model keeps a tensor in a GGML block format (a quantized GGUF): only the CPU backend computes on those.
 Result<bool> HoldsBlockFormats(Store& store, const Model& model) {
   if (model.weights().has_blocks()) return true;
   bool blocks = false;
@@ -88,8 +85,6 @@ Result<bool> HoldsBlockFormats(Store& store, const Model& model) {
   ES_RETURN_IF_ERROR(bad);
   return blocks;
 }
-
-}  // namespace
 
 Result<std::unique_ptr<Backend>> CreateBackend(Store& store, const Model& model, const BackendOptions& options) {
   ES_RETURN_IF_ERROR(ValidateBackendOptions(options));

@@ -24,6 +24,10 @@ struct BackendOptions {
   double hybrid_copy_bias = 1.0;         // hybrid: HybridCostOptions::copy_bias (tests force either side with it)
 };
 
+// Whether the model keeps a tensor in a GGML block format (a quantized GGUF): only the CPU backend computes on
+// those, and only they take the integer path of q8 activations. Scans the model's expert records.
+Result<bool> HoldsBlockFormats(Store& store, const Model& model);
+
 // Checks the names and ranges, and that this build and machine can run the backend (NotSupported: no CUDA
 // compiled in, or no CUDA device).
 Status ValidateBackendOptions(const BackendOptions& options);

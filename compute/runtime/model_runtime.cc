@@ -104,6 +104,12 @@ BackendOptions BackendOptionsOf(const RuntimeConfig& c) {
 
 Status ValidateRuntimeConfig(const RuntimeConfig& c) {
   ES_RETURN_IF_ERROR(ValidateBackendOptions(BackendOptionsOf(c)));
+  if (c.activations != "exact" && c.activations != "q8") {
+    return Status::InvalidArgument("`activations` must be exact or q8, not '" + c.activations + "'");
+  }
+  if (c.activations == "q8" && c.device != "cpu") {
+    return Status::InvalidArgument("`activations` q8 is a CPU kernel path: use `device` cpu");
+  }
   ES_ASSIGN_OR_RETURN(RoutingKind routing, ParseRoutingKind(c.routing));
   if (routing == RoutingKind::kTrust) {
     if (c.routing_weights) ES_RETURN_IF_ERROR(ParseTrustRoutingWeights(*c.routing_weights).status());
@@ -149,6 +155,9 @@ std::vector<std::string> InexactReasonsOf(const RuntimeConfig& c) {
   }
   std::vector<std::string> selection = SelectionInexactReasons(c);
   reasons.insert(reasons.end(), selection.begin(), selection.end());
+  if (c.activations == "q8") {
+    reasons.push_back("q8 activations: block-format matmuls round activations to 8 bits (models with GGML block formats)");
+  }
   return reasons;
 }
 
@@ -181,6 +190,7 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
   rt->routing_ = std::string(RoutingKindName(routing));
   kernels::CpuContext ctx;
   ctx.pool = pool;
+  ctx.q8_activations = c.activations == "q8";
   ES_ASSIGN_OR_RETURN(rt->model_, Model::Load(store, model, ctx));
   if (c.need_tokenizer) {
     ES_ASSIGN_OR_RETURN(Tokenizer tok, LoadModelTokenizer(store, model));
@@ -207,6 +217,10 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
     rt->forward_.routing = MakeTrustRouting(std::move(inputs), weights);
   }
   rt->inexact_ = SelectionInexactReasons(c);
+  if (c.activations == "q8") {
+    ES_ASSIGN_OR_RETURN(const bool blocks, HoldsBlockFormats(store, *rt->model_));
+    if (blocks) rt->inexact_.push_back("q8 activations: block-format matmuls round activations to 8 bits");
+  }
   const std::string recording =
       rt->recorder_ ? (store.journaling() ? ", recording to the journal" : ", recording") : "";
   if (c.no_cache) {

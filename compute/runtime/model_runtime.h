@@ -35,6 +35,9 @@ struct RuntimeConfig {
   std::optional<double> cache_pct;         // the cache size as a percentage of the model's experts
   std::string policy = "lru";              // lru, lfu or trust
   std::string routing = "exact";           // exact, trust or cache-aware
+  // exact: GGML block weights are decoded and multiplied in fp32. q8: their matmuls round the activations to
+  // int8 (per 32 values) and take integer dot products, as llama.cpp does; faster, and NOT exact.
+  std::string activations = "exact";
   std::optional<std::string> routing_weights;  // trust routing: "r,x,w,f"
   std::optional<double> routing_margin;    // cache-aware routing: probability given up per swap at most
   std::string focus_domain;                // trust routing: favour this profiled domain's experts

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "compute/kernels/cpu_kernels.h"
+#include "compute/kernels/isa_ops.h"
 #include "store/base/json.h"
 #include "tests/util/files.h"
 #include "tests/util/test_data.h"
@@ -108,6 +109,81 @@ TEST(GgmlBlocksTest, MatMulOnBlocksIsMatMulOnTheDecodedRows) {
   kernels::WeightMatrix ragged{q8.data(), DType::kUnknown, 1, 48, GgmlType::kQ8_0};
   std::vector<float> y(1), x48(48);
   EXPECT_TRUE(kernels::MatMul({}, x48.data(), 1, ragged, y.data()).IsInvalidArgument());
+}
+
+// The integer path (CpuContext::q8_activations) on every format llama.cpp wrote: each ISA's block_dot_q8 agrees
+// with the scalar reference to fp32 rounding, and MatMul's result differs from the exact one by no more than the
+// activations' rounding allows: sum_i |w_i| * (half a quantization step of x_i's block), which a wrong layout,
+// scale or offset exceeds by orders of magnitude. Batches of 1, 3 and 6 (past the 4 rows quantized at a time).
+TEST(GgmlBlocksTest, IntegerPathIsWithinTheActivationsRounding) {
+  const std::string dir = std::string(testing::kGgufFixtures) + "/blocks";
+  auto manifest = ParseJson(testing::ReadText(dir + "/manifest.json"));
+  ASSERT_TRUE(manifest.ok());
+  const size_t cols = *manifest->Find("row_elements")->AsUint64();
+  const size_t rows = manifest->Find("rows")->array().size();
+  constexpr size_t kBatch = 6;
+  std::vector<float> x(kBatch * cols);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37f * static_cast<float>(i)) * (0.5f + (i % 7) * 0.3f);
+  // Half a quantization step of each activation: max |x| over its 32-value block / 127 / 2.
+  std::vector<float> step(x.size());
+  for (size_t b = 0; b < x.size() / 32; ++b) {
+    float amax = 0;
+    for (size_t j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[b * 32 + j]));
+    for (size_t j = 0; j < 32; ++j) step[b * 32 + j] = amax / 127.0f / 2.0f;
+  }
+  std::vector<kernels::internal::Q8Block> qx(x.size() / 32);
+  kernels::internal::QuantizeQ8(x.data(), x.size(), qx.data());
+  size_t types = 0;
+  for (kernels::Isa isa : {kernels::Isa::kScalar, kernels::Isa::kAvx2, kernels::Isa::kAvx512}) {
+    if (!kernels::IsaAvailable(isa)) continue;
+    const kernels::internal::IsaOps* ops = kernels::internal::OpsFor(isa);
+    kernels::CpuContext ctx;
+    ctx.isa = isa;
+    ctx.q8_activations = true;
+    for (const JsonValue& entry : manifest->Find("types")->array()) {
+      const std::string name = entry.Find("type")->string_value();
+      const GgmlType type = *ParseGgmlTypeName(name);
+      if (!kernels::internal::HasQ8Dot(type)) continue;
+      SCOPED_TRACE(name + " on " + std::string(kernels::IsaName(isa)));
+      ++types;
+      const std::string blocks = testing::ReadText(dir + "/" + name + ".blocks");
+      const std::vector<float> decoded = Floats(testing::ReadText(dir + "/" + name + ".f32"));
+      const size_t row_bytes = *entry.Find("row_bytes")->AsUint64();
+      for (size_t r = 0; r < rows; ++r) {
+        float simd = 0, scalar = 0;
+        double magnitude = 0;
+        for (size_t i = 0; i < cols; ++i) magnitude += std::fabs(decoded[r * cols + i] * x[i]);
+        ASSERT_TRUE(ops->block_dot_q8(type, blocks.data() + r * row_bytes, qx.data(), cols, &simd));
+        ASSERT_TRUE(kernels::internal::BlockDotQ8Scalar(type, blocks.data() + r * row_bytes, qx.data(), cols, &scalar));
+        EXPECT_NEAR(simd, scalar, 1e-5 * magnitude + 1e-6) << "row " << r;
+      }
+      kernels::WeightMatrix quantized{blocks.data(), DType::kUnknown, rows, cols, type};
+      for (size_t batch : {size_t{1}, size_t{3}, kBatch}) {
+        std::vector<float> got(batch * rows, std::nanf(""));
+        ASSERT_TRUE(kernels::MatMul(ctx, x.data(), batch, quantized, got.data()).ok());
+        for (size_t b = 0; b < batch; ++b) {
+          for (size_t r = 0; r < rows; ++r) {
+            double exact = 0, bound = 0, magnitude = 0;
+            for (size_t i = 0; i < cols; ++i) {
+              const double w = decoded[r * cols + i];
+              exact += w * x[b * cols + i];
+              bound += std::fabs(w) * step[b * cols + i];
+              magnitude += std::fabs(w * x[b * cols + i]);
+            }
+            EXPECT_LE(std::fabs(got[b * rows + r] - exact), bound + 1e-5 * magnitude)
+                << "batch " << batch << " row " << b << "," << r << " exact " << exact;
+            // And the rounding is real: not the exact path under another name.
+            if (b == 0 && r == 0 && batch == 1) {
+              EXPECT_NE(got[0], static_cast<float>(exact));
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GE(types, 10u);
+  // Formats without an integer path (F16, BF16) keep the exact one under the flag.
+  EXPECT_FALSE(kernels::internal::HasQ8Dot(GgmlType::kF16));
 }
 
 TEST(GgmlBlocksTest, RefusesWrongSizesAndUnsupportedTypes) {
