@@ -177,6 +177,29 @@ TEST_F(CliContractTest, QuantizedGgufIsStoredAndGenerates) {
   ASSERT_TRUE(doc.ok()) << r.out;
   EXPECT_EQ(doc->Find("tokens")->array().size(), 4u) << r.out;
   EXPECT_TRUE(doc->Find("exact")->bool_value());
+  // The integer path runs, and says that it is not exact.
+  r = RunCli("generate --model small-Q4_K_M --prompt hi --max-tokens 4 --temperature 0 --json --activations q8" + store);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  doc = ParseJson(r.out);
+  ASSERT_TRUE(doc.ok()) << r.out;
+  EXPECT_EQ(doc->Find("tokens")->array().size(), 4u) << r.out;
+  EXPECT_FALSE(doc->Find("exact")->bool_value()) << r.out;
+  EXPECT_NE(r.out.find("q8 activations"), std::string::npos) << r.out;
+  r = RunCli("generate --model small-Q4_K_M --prompt hi --max-tokens 1 --activations q4" + store, true);
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_NE(r.out.find("activations must be exact or q8"), std::string::npos) << r.out;
+}
+
+// Without block formats (a safetensors model) q8 activations change nothing, and the run stays exact.
+TEST_F(CliContractTest, Q8ActivationsLeaveDenseModelsExact) {
+  CliResult r = RunCli("generate --model tiny --prompt hi --max-tokens 3 --temperature 0 --json --no-record "
+                       "--activations q8" + store_);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  CliResult exact = RunCli("generate --model tiny --prompt hi --max-tokens 3 --temperature 0 --json --no-record" + store_);
+  auto doc = ParseJson(r.out), want = ParseJson(exact.out);
+  ASSERT_TRUE(doc.ok() && want.ok()) << r.out;
+  EXPECT_TRUE(doc->Find("exact")->bool_value()) << r.out;
+  EXPECT_EQ(doc->Find("text")->string_value(), want->Find("text")->string_value());
 }
 
 // A wrong path leaves no empty store behind; a file gets told to give its directory.
@@ -379,7 +402,9 @@ TEST_F(CliContractTest, InterruptedIngestSaysHowToResume) {
   // What the first run committed (if it reached a commit) is kept as an incomplete model, and the re-run resumes it.
   JsonValue before = Json(RunCli("models --json --store " + store));
   const bool committed = before.is_array() && !before.array().empty();
-  if (committed) EXPECT_FALSE(F(before.array()[0], "complete").bool_value());
+  if (committed) {
+    EXPECT_FALSE(F(before.array()[0], "complete").bool_value());
+  }
   JsonValue rerun = Json(RunCli("ingest " + ckpt + " --commit-mb 1 --json --store " + store));
   EXPECT_EQ(F(rerun, "resumed").bool_value(), committed);
   JsonValue after = Json(RunCli("models --json --store " + store));
@@ -459,7 +484,9 @@ TEST_F(CliContractTest, OutOfMemoryIsExit6NotAnAbort) {
         EXPECT_NE(r.out.find("error: "), std::string::npos) << r.out;
       }
     }
-    if (fs::exists(store + "/catalog")) EXPECT_EQ(RunCli("verify --store " + store).exit_code, 0);
+    if (fs::exists(store + "/catalog")) {
+      EXPECT_EQ(RunCli("verify --store " + store).exit_code, 0);
+    }
   }
   EXPECT_GT(refused, 0) << "no limit was tight enough: the test proved nothing";
 }
