@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <set>
 
@@ -138,7 +139,7 @@ Result<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir, std
     ES_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(*c->fs_, path, kMaxAssetBytes));
     auto parsed = ParseJson(text);
     if (!parsed.ok()) return parsed.status().WithContext(path);
-    c->assets_.push_back({name, path, text.size()});
+    c->assets_.push_back({name, path, text.size(), ""});
   }
 
   ES_RETURN_IF_ERROR(c->ComputeFingerprint());
@@ -366,11 +367,13 @@ Status Checkpoint::FinishClassify() {
 }
 
 // A GGUF file: the config and tokenizer come from its metadata (ingest/gguf_model.h), the tensors keep their
-// bytes, and each expert is one slab of the layer's 3-D expert tensors.
+// bytes, and each expert is one slab of the layer's 3-D expert tensors. A split model (llama.cpp's
+// PREFIX-0000i-of-0000n.gguf, given its first file) is read from all of its files.
 Status Checkpoint::OpenGguf() {
   ES_ASSIGN_OR_RETURN(GgufFile file, GgufFile::Open(fs_, dir_));
-  gguf_ = std::make_unique<GgufFile>(std::move(file));
-  const GgufHeader& header = gguf_->header();
+  ggufs_.push_back(std::make_unique<GgufFile>(std::move(file)));
+  ES_RETURN_IF_ERROR(OpenGgufSplits());
+  const GgufHeader& header = ggufs_.front()->header();
   auto config_text = GgufConfigJson(header);
   if (!config_text.ok()) return config_text.status().WithContext(dir_);
   config_text_ = std::move(config_text).value();
@@ -379,7 +382,7 @@ Status Checkpoint::OpenGguf() {
   auto shape = adapter_->ParseConfig(config_);
   if (!shape.ok()) return shape.status().WithContext(dir_);
   shape_ = std::move(shape).value();
-  files_.push_back(std::make_unique<GgufTensorFile>(*gguf_));
+  for (const auto& g : ggufs_) files_.push_back(std::make_unique<GgufTensorFile>(*g));
   ES_RETURN_IF_ERROR(ClassifyGguf());
   // The tokenizer the metadata describes; a file without one (or of an unsupported kind) is ingested without it,
   // as a safetensors checkpoint without tokenizer.json is.
@@ -391,13 +394,16 @@ Status Checkpoint::OpenGguf() {
   } else if (!tokenizer.ok() && !tokenizer.status().IsNotSupported() && !tokenizer.status().IsNotFound()) {
     return tokenizer.status().WithContext(dir_);
   }
-  // The layout (the header's bytes, which hold every key and tensor info) and a sample of every tensor's data.
+  // The layout (each file's header bytes, which hold every key and tensor info, and size) and a sample of every
+  // tensor's data.
   Xxh3Stream layout;
-  std::string header_bytes(header.data_offset(), '\0');
-  ES_ASSIGN_OR_RETURN(auto raw, fs_->Open(dir_, OpenOptions{}));
-  ES_RETURN_IF_ERROR(ReadFully(*raw, 0, std::as_writable_bytes(std::span(header_bytes))));
-  HashString(layout, header_bytes);
-  HashU64(layout, gguf_->file_size());
+  for (const auto& g : ggufs_) {
+    std::string header_bytes(g->header().data_offset(), '\0');
+    ES_ASSIGN_OR_RETURN(auto raw, fs_->Open(g->path(), OpenOptions{}));
+    ES_RETURN_IF_ERROR(ReadFully(*raw, 0, std::as_writable_bytes(std::span(header_bytes))));
+    HashString(layout, header_bytes);
+    HashU64(layout, g->file_size());
+  }
   Xxh3Stream data;
   std::vector<std::byte> sample(kFingerprintSampleBytes);
   for (const TensorSource& t : all_tensors_) {
@@ -414,56 +420,113 @@ Status Checkpoint::OpenGguf() {
   return Status::Ok();
 }
 
+// With `split.count` above 1 in the first file's metadata, opens the other files of the split beside it: the first
+// must be PREFIX-00001-of-0000n.gguf (split.no 0), file i is PREFIX-0000i-of-0000n.gguf with split.no i - 1, each
+// says the same count, and together they hold the split.tensors.count tensors the first announces.
+Status Checkpoint::OpenGgufSplits() {
+  const GgufHeader& first = ggufs_.front()->header();
+  if (first.Find("split.count") == nullptr) return Status::Ok();
+  auto fail = [&](const std::string& why) { return Status::InvalidArgument(dir_ + ": " + why); };
+  ES_ASSIGN_OR_RETURN(uint64_t count, first.GetUint("split.count"));
+  auto no = first.GetUint("split.no");
+  if (!no.ok()) return no.status().WithContext(dir_);
+  if (count <= 1) {
+    if (*no != 0) return fail("split.no " + std::to_string(*no) + " of split.count " + std::to_string(count));
+    return Status::Ok();
+  }
+  if (count > 99999) return fail("split.count " + std::to_string(count) + " is more than a split file name can number");
+  char suffix[32];
+  std::snprintf(suffix, sizeof(suffix), "-%05d-of-%05d.gguf", 1, static_cast<int>(count));
+  if (*no != 0) {
+    return fail("is file " + std::to_string(*no + 1) + " of a split of " + std::to_string(count) + ": give the first (" +
+                suffix + ")");
+  }
+  if (!dir_.ends_with(suffix)) {
+    return fail(std::string("is the first of ") + std::to_string(count) + " split files, so its name must end in " +
+                suffix + " (llama.cpp's naming), by which the others are found");
+  }
+  const std::string prefix = dir_.substr(0, dir_.size() - std::strlen(suffix));
+  uint64_t tensors = first.tensors().size();
+  for (uint64_t i = 1; i < count; ++i) {
+    std::snprintf(suffix, sizeof(suffix), "-%05d-of-%05d.gguf", static_cast<int>(i + 1), static_cast<int>(count));
+    const std::string path = prefix + suffix;
+    ES_ASSIGN_OR_RETURN(bool exists, fs_->Exists(path));
+    if (!exists) return Status::NotFound(dir_ + " is split into " + std::to_string(count) + " files, and " + path + " is missing");
+    ES_ASSIGN_OR_RETURN(GgufFile part, GgufFile::Open(fs_, path));
+    auto part_no = part.header().GetUint("split.no");
+    auto part_count = part.header().GetUint("split.count");
+    if (!part_no.ok() || !part_count.ok() || *part_no != i || *part_count != count) {
+      return Status::InvalidArgument(path + ": not file " + std::to_string(i + 1) + " of the " + std::to_string(count) +
+                                     " that " + dir_ + " begins (its split.no and split.count say otherwise)");
+    }
+    tensors += part.header().tensors().size();
+    ggufs_.push_back(std::make_unique<GgufFile>(std::move(part)));
+  }
+  auto announced = first.GetUint("split.tensors.count");
+  if (!announced.ok()) return announced.status().WithContext(dir_);
+  if (*announced != tensors) {
+    return fail("split.tensors.count says " + std::to_string(*announced) + " tensors, the " + std::to_string(count) +
+                " files hold " + std::to_string(tensors));
+  }
+  return Status::Ok();
+}
+
 Status Checkpoint::ClassifyGguf() {
   const uint64_t H = shape_.hidden_size, I = shape_.moe_intermediate_size, E = shape_.num_experts;
-  const TensorFile& file = *files_.front();
   // layer -> gate, up, down 3-D tensors
   std::map<uint32_t, std::array<TensorSource, 3>> experts;
-  for (const GgufTensorInfo& t : gguf_->header().tensors()) {
-    total_bytes_ += t.bytes;
-    const GgmlTypeInfo type = GgmlTypeInfoOf(t.type);
-    if (!type.supported) {
-      return Status::NotSupported(dir_ + ": tensor " + t.name + " is " + std::string(type.name) +
-                                  "; supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, "
-                                  "IQ4_XS");
+  std::set<std::string_view> names;
+  for (size_t f = 0; f < ggufs_.size(); ++f) {
+    const TensorFile& file = *files_[f];
+    for (const GgufTensorInfo& t : ggufs_[f]->header().tensors()) {
+      if (!names.insert(t.name).second) {
+        return Status::InvalidArgument(dir_ + ": tensor " + t.name + " appears in two of its split files");
+      }
+      total_bytes_ += t.bytes;
+      const GgmlTypeInfo type = GgmlTypeInfoOf(t.type);
+      if (!type.supported) {
+        return Status::NotSupported(dir_ + ": tensor " + t.name + " is " + std::string(type.name) +
+                                    "; supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, "
+                                    "IQ4_XS");
+      }
+      // Plain types keep their dtype; block formats are stored verbatim with their GGML type.
+      DType dtype = DType::kUnknown;
+      int32_t ggml_type = kNoGgmlType;
+      if (t.type == GgmlType::kF32) {
+        dtype = DType::kF32;
+      } else if (t.type == GgmlType::kF16) {
+        dtype = DType::kF16;
+      } else if (t.type == GgmlType::kBF16) {
+        dtype = DType::kBF16;
+      } else {
+        ggml_type = static_cast<int32_t>(t.type);
+      }
+      // GGUF lists dimensions row length first; Hugging Face shapes put it last.
+      std::vector<uint64_t> shape(t.dims.rbegin(), t.dims.rend());
+      TensorSource src{&file, t.name, dtype, shape, t.file_offset, t.bytes, ggml_type};
+      all_tensors_.push_back(src);
+      constexpr std::array<std::string_view, 3> kExpertSuffixes = {".ffn_gate_exps.weight", ".ffn_up_exps.weight",
+                                                                   ".ffn_down_exps.weight"};
+      bool is_expert = false;
+      for (size_t role = 0; role < kExpertSuffixes.size(); ++role) {
+        if (!t.name.starts_with("blk.") || !t.name.ends_with(kExpertSuffixes[role])) continue;
+        std::string_view digits = std::string_view(t.name).substr(4, t.name.size() - 4 - kExpertSuffixes[role].size());
+        ES_ASSIGN_OR_RETURN(uint32_t layer, ParseNameIndex(digits, shape_.num_layers, "layer", t.name));
+        if (!digits.empty()) return Status::InvalidArgument(dir_ + ": tensor " + t.name + ": malformed name");
+        TensorSource& slot = experts[layer][role];
+        if (slot.file != nullptr) return Status::InvalidArgument(dir_ + ": tensor " + t.name + " appears twice");
+        slot = src;
+        is_expert = true;
+      }
+      if (is_expert) continue;
+      auto hf = GgufDenseTensorHfName(t.name);
+      if (!hf.ok()) return hf.status().WithContext(dir_);
+      ES_ASSIGN_OR_RETURN(TensorRole role, adapter_->Classify(*hf, shape_));
+      if (role.kind != TensorRole::Kind::kDense) {
+        return Status::InvalidArgument(dir_ + ": tensor " + t.name + " maps to " + *hf + ", which is not a dense tensor");
+      }
+      dense_.push_back({role.canonical, role.component, src});
     }
-    // Plain types keep their dtype; block formats are stored verbatim with their GGML type.
-    DType dtype = DType::kUnknown;
-    int32_t ggml_type = kNoGgmlType;
-    if (t.type == GgmlType::kF32) {
-      dtype = DType::kF32;
-    } else if (t.type == GgmlType::kF16) {
-      dtype = DType::kF16;
-    } else if (t.type == GgmlType::kBF16) {
-      dtype = DType::kBF16;
-    } else {
-      ggml_type = static_cast<int32_t>(t.type);
-    }
-    // GGUF lists dimensions row length first; Hugging Face shapes put it last.
-    std::vector<uint64_t> shape(t.dims.rbegin(), t.dims.rend());
-    TensorSource src{&file, t.name, dtype, shape, t.file_offset, t.bytes, ggml_type};
-    all_tensors_.push_back(src);
-    constexpr std::array<std::string_view, 3> kExpertSuffixes = {".ffn_gate_exps.weight", ".ffn_up_exps.weight",
-                                                                 ".ffn_down_exps.weight"};
-    bool is_expert = false;
-    for (size_t role = 0; role < kExpertSuffixes.size(); ++role) {
-      if (!t.name.starts_with("blk.") || !t.name.ends_with(kExpertSuffixes[role])) continue;
-      std::string_view digits = std::string_view(t.name).substr(4, t.name.size() - 4 - kExpertSuffixes[role].size());
-      ES_ASSIGN_OR_RETURN(uint32_t layer, ParseNameIndex(digits, shape_.num_layers, "layer", t.name));
-      if (!digits.empty()) return Status::InvalidArgument(dir_ + ": tensor " + t.name + ": malformed name");
-      TensorSource& slot = experts[layer][role];
-      if (slot.file != nullptr) return Status::InvalidArgument(dir_ + ": tensor " + t.name + " appears twice");
-      slot = src;
-      is_expert = true;
-    }
-    if (is_expert) continue;
-    auto hf = GgufDenseTensorHfName(t.name);
-    if (!hf.ok()) return hf.status().WithContext(dir_);
-    ES_ASSIGN_OR_RETURN(TensorRole role, adapter_->Classify(*hf, shape_));
-    if (role.kind != TensorRole::Kind::kDense) {
-      return Status::InvalidArgument(dir_ + ": tensor " + t.name + " maps to " + *hf + ", which is not a dense tensor");
-    }
-    dense_.push_back({role.canonical, role.component, src});
   }
   experts_per_layer_.assign(shape_.num_layers, 0);
   for (const auto& [layer, t] : experts) {

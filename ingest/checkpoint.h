@@ -117,6 +117,7 @@ class Checkpoint {
   Status IndexShardTensors();
   Status FinishClassify();
   Status OpenGguf();
+  Status OpenGgufSplits();
   Status ClassifyGguf();
   Status ComputeFingerprint();
 
@@ -128,7 +129,7 @@ class Checkpoint {
   ModelShape shape_;
   std::string index_text_;
   std::vector<std::unique_ptr<SafetensorsFile>> shards_;
-  std::unique_ptr<GgufFile> gguf_;
+  std::vector<std::unique_ptr<GgufFile>> ggufs_;  // a GGUF model's files: one, or its splits in order
   std::vector<std::unique_ptr<TensorFile>> files_;  // one per shard, or the GGUF file
   std::vector<TensorSource> all_tensors_;            // every tensor of every file, in file order
   std::vector<ExpertSource> experts_;

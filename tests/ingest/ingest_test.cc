@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <map>
 #include <regex>
 
 #include "ingest/checkpoint.h"
@@ -25,6 +26,7 @@ using testing::FaultInjectionFileSystem;
 using testing::FaultOp;
 using testing::kTinyModel;
 using testing::ReadAllExperts;
+namespace fs = std::filesystem;
 using testing::ReadText;
 using testing::RewriteCheckpoint;
 using testing::TempDir;
@@ -182,6 +184,61 @@ TEST_F(IngestTest, QuantizedGgufIsStoredVerbatim) {
   auto again = Ingest(path, "q4");
   ASSERT_TRUE(again.ok());
   EXPECT_TRUE(again->unchanged);
+}
+
+// The same file split by gguf-py's own writer (two files, every key in the first; tests/ingest/gguf_fixtures/
+// split.py), given by its first file, is the same model: the same expert bytes and the same dense tensors. A split
+// given by another file, with a file missing, or not named as llama.cpp names splits is refused, naming why.
+TEST_F(IngestTest, SplitGgufIsTheSameModel) {
+  const std::string fixtures = testing::kGgufFixtures;
+  ASSERT_TRUE(Ingest(fixtures + "/small-Q4_K_M.gguf", "one").ok());
+  auto r = Ingest(fixtures + "/small-Q4_K_M-00001-of-00002.gguf", "two");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->experts, 2u);
+  auto one = ReadAllExperts(*store_, "one");
+  auto two = ReadAllExperts(*store_, "two");
+  ASSERT_TRUE(one.ok() && two.ok());
+  EXPECT_EQ(*one, *two);
+  auto dense = [&](const std::string& model) {
+    std::map<std::string, std::pair<uint64_t, uint64_t>> out;  // name -> (payload length, checksum)
+    EXPECT_TRUE(store_->catalog()
+                    .Scan(Cf::kTensors, ModelPrefix(model),
+                          [&](std::string_view, std::string_view value) {
+                            auto t = DecodeTensor(value);
+                            EXPECT_TRUE(t.ok());
+                            if (t.ok()) out[t->name] = {t->extent.payload_length, t->extent.checksum};
+                            return true;
+                          })
+                    .ok());
+    return out;
+  };
+  const auto dense_one = dense("one");
+  EXPECT_EQ(dense_one.size(), 12u);
+  EXPECT_EQ(dense_one, dense("two"));
+  ExpectVerifyClean(*store_);
+
+  const std::string split = dir_.Sub("split");
+  fs::create_directories(split);
+  for (const char* part : {"-00001-of-00002.gguf", "-00002-of-00002.gguf"}) {
+    fs::copy_file(fixtures + "/small-Q4_K_M" + part, split + "/m" + part);
+  }
+  auto second = Ingest(split + "/m-00002-of-00002.gguf", "x");
+  ASSERT_FALSE(second.ok());
+  EXPECT_TRUE(second.status().IsInvalidArgument()) << second.status().ToString();
+  EXPECT_NE(second.status().message().find("give the first (-00001-of-00002.gguf)"), std::string::npos)
+      << second.status().ToString();
+  fs::copy_file(split + "/m-00001-of-00002.gguf", split + "/renamed.gguf");
+  auto renamed = Ingest(split + "/renamed.gguf", "x");
+  ASSERT_FALSE(renamed.ok());
+  EXPECT_NE(renamed.status().message().find("its name must end in -00001-of-00002.gguf"), std::string::npos)
+      << renamed.status().ToString();
+  fs::remove(split + "/m-00002-of-00002.gguf");
+  auto missing = Ingest(split + "/m-00001-of-00002.gguf", "x");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_TRUE(missing.status().IsNotFound()) << missing.status().ToString();
+  EXPECT_NE(missing.status().message().find("m-00002-of-00002.gguf is missing"), std::string::npos)
+      << missing.status().ToString();
+  ExpectVerifyClean(*store_);
 }
 
 TEST_F(IngestTest, ReingestIsANoOpAndDifferentCheckpointIsRefused) {

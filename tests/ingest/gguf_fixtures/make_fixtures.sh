@@ -2,7 +2,8 @@
 # Remakes the GGUF fixtures with llama.cpp itself (its converter, quantizer and gguf-py; the oracle set up as
 # ../shared/oracles/llamacpp/README.md says, with GGUF_PY and LLAMA_LIB_DIR exported): a one-layer, two-expert
 # Qwen3-MoE of 256-wide rows (so that K-quant blocks apply) with random weights, converted to F32 GGUF, then
-# quantized by llama_model_quantize to each block format. Keeps one whole file (small-Q4_K_M.gguf), header.json
+# quantized by llama_model_quantize to each block format. Keeps one whole file (small-Q4_K_M.gguf) and the same file
+# split in two by gguf-py's writer (small-Q4_K_M-0000i-of-00002.gguf, split.py), header.json
 # (what gguf-py reads from it), and blocks/: three rows of one expert per format, as stored and as gguf-py
 # dequantizes them. And the header of the tiny model's BF16 GGUF (tiny-qwen3-moe-bf16.gguf-header, the bytes before
 # its data section; the whole file's size and checksum in tiny-qwen3-moe.json).
@@ -22,6 +23,7 @@ for t in "${types[@]}"; do /usr/bin/python3 "$work/quantize.py" "$work/small-f32
 /usr/bin/python3 "$here/extract.py" "$here" "$work/small-f32.gguf" "$work/small-Q4_K_M.gguf" \
   $(for t in "${types[@]}"; do echo "$work/small-$t.gguf"; done)
 cp "$work/small-Q4_K_M.gguf" "$here/"
+/usr/bin/python3 "$here/split.py" "$here/small-Q4_K_M.gguf" "$here/small-Q4_K_M" 8
 root=$(cd "$here/../../.." && pwd)
 OUT_TYPE=bf16 /usr/bin/python3 "$shared/oracles/llamacpp/hf_to_gguf.py" "$root/models/tiny-qwen3-moe" "$work/tiny.gguf" >/dev/null
 data_offset=$(GGUF=$work/tiny.gguf /usr/bin/python3 -c "import os, sys; sys.path.insert(0, os.environ['GGUF_PY']); import gguf
