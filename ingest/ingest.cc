@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <regex>
 #include <set>
 #include <thread>
 #include <variant>
@@ -185,7 +186,13 @@ std::string ModelNameFor(const std::string& dir, const IngestOptions& options) {
   while (d.size() > 1 && d.back() == '/') d.pop_back();
   std::string base = d.substr(d.find_last_of('/') == std::string::npos ? 0 : d.find_last_of('/') + 1);
   constexpr std::string_view kGgufSuffix = ".gguf";  // a GGUF file is named after its model
-  if (base.size() > kGgufSuffix.size() && base.ends_with(kGgufSuffix)) base.resize(base.size() - kGgufSuffix.size());
+  if (base.size() > kGgufSuffix.size() && base.ends_with(kGgufSuffix)) {
+    base.resize(base.size() - kGgufSuffix.size());
+    // The first file of a split model (PREFIX-00001-of-0000N) is named after the model too.
+    static const std::regex kSplit("(.+)-00001-of-[0-9]{5}");
+    std::smatch m;
+    if (std::regex_match(base, m, kSplit)) base = m[1].str();
+  }
   return base;
 }
 

@@ -222,6 +222,11 @@ TEST_F(IngestTest, SplitGgufIsTheSameModel) {
   for (const char* part : {"-00001-of-00002.gguf", "-00002-of-00002.gguf"}) {
     fs::copy_file(fixtures + "/small-Q4_K_M" + part, split + "/m" + part);
   }
+  // Unnamed, the model takes the split's prefix as its name.
+  IngestOptions unnamed;
+  auto named = IngestCheckpoint(*store_, split + "/m-00001-of-00002.gguf", unnamed);
+  ASSERT_TRUE(named.ok()) << named.status().ToString();
+  EXPECT_EQ(named->model, "m");
   auto second = Ingest(split + "/m-00002-of-00002.gguf", "x");
   ASSERT_FALSE(second.ok());
   EXPECT_TRUE(second.status().IsInvalidArgument()) << second.status().ToString();
