@@ -676,26 +676,23 @@ bool BlockDotQ8Avx2(GgmlType type, const void* row, const Q8Block* x, size_t n, 
       break;
     case GgmlType::kQ4_0:
     case GgmlType::kQ5_0:
-      for (size_t k = 0; k < n / 32; ++k) {
-        const bool five = type == GgmlType::kQ5_0;
-        __m256i v = Nibbles32(p + (five ? 6 : 2));
-        if (five) v = _mm256_or_si256(v, FifthBits32(p + 2));
-        const int offset = (five ? 16 : 8) * (x[k].isum[0] + x[k].isum[1]);
-        acc = Fma(MinusInLane0(MulSumU(v, LoadQ(x[k])), offset), HalfAt(p) * x[k].d, acc);
-        p += five ? 22 : 18;
-      }
-      break;
     case GgmlType::kQ4_1:
-    case GgmlType::kQ5_1:
-      for (size_t k = 0; k < n / 32; ++k) {
-        const bool five = type == GgmlType::kQ5_1;
-        __m256i v = Nibbles32(p + (five ? 8 : 4));
-        if (five) v = _mm256_or_si256(v, FifthBits32(p + 4));
-        acc = Fma(MulSumU(v, LoadQ(x[k])), HalfAt(p) * x[k].d, acc);
-        minimums -= HalfAt(p + 2) * x[k].sum;  // value = d * q + m
-        p += five ? 24 : 20;
+    case GgmlType::kQ5_1: {
+      // d[, m][, qh], qs: Q4_0 and Q5_0 subtract a fixed offset from each quant, Q4_1 and Q5_1 add a minimum.
+      const bool five = type == GgmlType::kQ5_0 || type == GgmlType::kQ5_1;
+      const bool with_min = type == GgmlType::kQ4_1 || type == GgmlType::kQ5_1;
+      const size_t qh_at = with_min ? 4 : 2, qs_at = qh_at + (five ? 4 : 0), block_bytes = qs_at + 16;
+      const int offset = five ? 16 : 8;
+      for (size_t k = 0; k < n / 32; ++k, p += block_bytes) {
+        __m256i v = Nibbles32(p + qs_at);
+        if (five) v = _mm256_or_si256(v, FifthBits32(p + qh_at));
+        __m256i isum = MulSumU(v, LoadQ(x[k]));
+        if (!with_min) isum = MinusInLane0(isum, offset * (x[k].isum[0] + x[k].isum[1]));
+        acc = Fma(isum, HalfAt(p) * x[k].d, acc);
+        if (with_min) minimums -= HalfAt(p + 2) * x[k].sum;  // value = d * q + m
       }
       break;
+    }
     case GgmlType::kIQ4_NL:
       for (size_t k = 0; k < n / 32; ++k, p += 18) {
         acc = Fma(MulSumS(Iq4Values32(p + 2), LoadQ(x[k])), HalfAt(p) * x[k].d, acc);
