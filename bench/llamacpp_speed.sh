@@ -22,9 +22,10 @@
 # Needs root (cgroups, drop_caches), gcc, and the llama.cpp oracle of ../shared/oracles/llamacpp/README.md set up, with
 # GGUF_PY and LLAMA_LIB_DIR. About 6 GiB of scratch space per 4 layers while converting.
 # Usage: bench/llamacpp_speed.sh [--layers N] [--type Q4_K_M] [--tokens N] [--reps N] [--percents "none 100 50 25"]
-#   a percentage of none: no limit at all (expertstore caches every expert).
 #                                [--work DIR] [SHARED_DIR]
-#   --work DIR keeps the converted file and the store there and reuses them on the next run.   BUILD_DIR overrides build/.
+#   --percents: the rows; none is no limit at all (expertstore caches every expert).
+#   --work DIR keeps the converted file and the store there and reuses them on the next run. BUILD_DIR overrides build/.
+# Cold-start figures: with few --tokens most of a run is the first touch of each expert, whatever the memory.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${BUILD_DIR:-$root/build}
