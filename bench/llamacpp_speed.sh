@@ -26,11 +26,12 @@
 #   --percents: the rows; none is no limit at all (expertstore caches every expert).
 #   --work DIR keeps the converted file and the store there and reuses them on the next run. BUILD_DIR overrides build/.
 # Cold-start figures: with few --tokens most of a run is the first touch of each expert, whatever the memory.
+# Run it on an otherwise idle machine: llama.cpp's threads spin while they wait, and other load slows it far more.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${BUILD_DIR:-$root/build}
 cli=$build/expertstore
-layers=4 type=Q4_K_M tokens=24 reps=3 percents="none 100 50 25" work="" shared=$root/../shared
+layers=4 type=Q4_K_M tokens=96 reps=3 percents="none 100 50 25" work="" shared=$root/../shared
 while [ $# -gt 0 ]; do
   case $1 in
     --layers) layers=$2; shift 2 ;;
