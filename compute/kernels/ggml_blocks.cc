@@ -33,7 +33,6 @@ constexpr int kQ4Offset = 8;
 constexpr int kQ5Offset = 16;
 constexpr int kQ5High = 16;  // the fifth bit's value
 constexpr int kQ6Offset = 32;
-constexpr int kIq4XsScaleOffset = 32;
 
 const uint8_t* U8(const std::byte* p) { return reinterpret_cast<const uint8_t*>(p); }
 
@@ -146,10 +145,10 @@ void Q6_K(const uint8_t* b, float* y) {
   for (int half = 0; half < 2; ++half) {
     for (int l = 0; l < kQK; ++l) {
       const int is = l / 16;
-      const int q1 = ((ql[l] & kNibble) | (((qh[l] >> 0) & 3) << 4)) - kQ6Offset;
-      const int q2 = ((ql[l + 32] & kNibble) | (((qh[l] >> 2) & 3) << 4)) - kQ6Offset;
-      const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - kQ6Offset;
-      const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - kQ6Offset;
+      const int q1 = ggml::Q6KQuant(ql, qh, 0, l) - kQ6Offset;
+      const int q2 = ggml::Q6KQuant(ql, qh, 1, l) - kQ6Offset;
+      const int q3 = ggml::Q6KQuant(ql, qh, 2, l) - kQ6Offset;
+      const int q4 = ggml::Q6KQuant(ql, qh, 3, l) - kQ6Offset;
       y[l] = d * static_cast<float>(sc[is]) * static_cast<float>(q1);
       y[l + 32] = d * static_cast<float>(sc[is + 2]) * static_cast<float>(q2);
       y[l + 64] = d * static_cast<float>(sc[is + 4]) * static_cast<float>(q3);
@@ -164,13 +163,9 @@ void Q6_K(const uint8_t* b, float* y) {
 
 void Iq4Xs(const uint8_t* b, float* y) {
   const float d = Half(b);
-  uint16_t scales_h;
-  std::memcpy(&scales_h, b + 2, sizeof(scales_h));
-  const uint8_t* scales_l = b + 4;
   const uint8_t* qs = b + 8;
   for (int ib = 0; ib < kQKK / kQK; ++ib) {
-    const int ls = ((scales_l[ib / 2] >> (4 * (ib % 2))) & kNibble) | (((scales_h >> (2 * ib)) & 3) << 4);
-    const float dl = d * static_cast<float>(ls - kIq4XsScaleOffset);
+    const float dl = d * static_cast<float>(ggml::Iq4XsScale(b, ib));
     for (int j = 0; j < kQK / 2; ++j) {
       y[j] = dl * static_cast<float>(kIq4Values[qs[j] & kNibble]);
       y[j + kQK / 2] = dl * static_cast<float>(kIq4Values[qs[j] >> 4]);

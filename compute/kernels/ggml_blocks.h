@@ -55,6 +55,20 @@ static inline ScaledPair PairScales(float d, float dmin, const uint8_t* scales, 
   return p;
 }
 
+// Value l + 32 g (l < 32, g < 4) of a 128-value half of a Q6_K super-block, as the unsigned 6-bit quant (the
+// stored value is it less 32): four bits from ql (g odd: ql[l + 32]; g >= 2: the high nibble), two from qh[l].
+static inline int Q6KQuant(const uint8_t* ql, const uint8_t* qh, int g, int l) {
+  return ((ql[l + 32 * (g & 1)] >> (4 * (g >> 1))) & 0xF) | (((qh[l] >> (2 * g)) & 3) << 4);
+}
+
+// Sub-block ib's scale (-32..31) of an IQ4_XS super-block: the low four bits from scales_l (two per byte, at
+// offset 4), the top two from the 16-bit scales_h (at offset 2), less 32.
+static inline int Iq4XsScale(const uint8_t* block, int ib) {
+  const uint16_t scales_h = static_cast<uint16_t>(block[2] | (block[3] << 8));
+  const uint8_t* scales_l = block + 4;
+  return (((scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF) | (((scales_h >> (2 * ib)) & 3) << 4)) - 32;
+}
+
 }  // namespace ggml
 
 }  // namespace es

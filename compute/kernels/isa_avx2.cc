@@ -553,13 +553,9 @@ bool BlockDotAvx2(GgmlType type, const void* row, const float* x, size_t n, floa
     const __m128i values = _mm_load_si128(reinterpret_cast<const __m128i*>(ggml::kIq4Values));
     for (size_t b = 0; b < n / kQKBlock; ++b, p += kIq4XsBytes) {
       const float d = HalfAt(p);
-      uint16_t scales_h;
-      std::memcpy(&scales_h, p + 2, sizeof(scales_h));
-      const uint8_t* scales_l = p + 4;
       const uint8_t* qs = p + 8;
       for (int ib = 0; ib < 8; ++ib, qs += 16, x += 32) {
-        const int ls = ((scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF) | (((scales_h >> (2 * ib)) & 3) << 4);
-        const __m256 dl = _mm256_set1_ps(d * static_cast<float>(ls - 32));
+        const __m256 dl = _mm256_set1_ps(d * static_cast<float>(ggml::Iq4XsScale(p, ib)));
         const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
         // The nibbles looked up in the value table: lo holds values 0-15 of the block, hi values 16-31.
         const __m128i lo = _mm_shuffle_epi8(values, _mm_and_si128(bytes, low_nibbles));
@@ -760,13 +756,9 @@ bool BlockDotQ8Avx2(GgmlType type, const void* row, const Q8Block* x, size_t n, 
     case GgmlType::kIQ4_XS:
       for (size_t b = 0; b < n / kQKBlock; ++b, p += kIq4XsBytes) {
         const float d = HalfAt(p);
-        uint16_t scales_h;
-        std::memcpy(&scales_h, p + 2, sizeof(scales_h));
-        const uint8_t* scales_l = p + 4;
         const uint8_t* qs = p + 8;
         for (int ib = 0; ib < 8; ++ib, qs += 16, ++x) {
-          const int ls = ((scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF) | (((scales_h >> (2 * ib)) & 3) << 4);
-          acc = Fma(MulSumS(Iq4Values32(qs), LoadQ(*x)), d * static_cast<float>(ls - 32) * x->d, acc);
+          acc = Fma(MulSumS(Iq4Values32(qs), LoadQ(*x)), d * static_cast<float>(ggml::Iq4XsScale(p, ib)) * x->d, acc);
         }
       }
       break;

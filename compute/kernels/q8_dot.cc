@@ -125,24 +125,19 @@ float DotQ4K(const uint8_t* p, const Q8Block* x, size_t supers, bool five) {
 
 float DotQ6K(const uint8_t* p, const Q8Block* x, size_t supers) {
   float sum = 0;
-  int v[4][kQK];
+  int v[kQK];
   for (size_t b = 0; b < supers; ++b, p += 210) {
     const uint8_t* ql = p;
     const uint8_t* qh = p + 128;
     const auto* sc = reinterpret_cast<const int8_t*>(p + 192);
     const float d = Half(p + 208);
     for (int half = 0; half < 2; ++half, ql += 64, qh += 32, sc += 8, x += 4) {
-      for (int l = 0; l < kQK; ++l) {
-        v[0][l] = (ql[l] & kNibble) | (((qh[l] >> 0) & 3) << 4);
-        v[1][l] = (ql[l + 32] & kNibble) | (((qh[l] >> 2) & 3) << 4);
-        v[2][l] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
-        v[3][l] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
-      }
       for (int g = 0; g < 4; ++g) {
+        for (int l = 0; l < kQK; ++l) v[l] = ggml::Q6KQuant(ql, qh, g, l);
         // Values 0-15 and 16-31 of the group have their own scales; the quants are offset by 32.
         int total = 0;
         for (int k = 0; k < 2; ++k) {
-          total += sc[2 * g + k] * (DotQ(v[g] + kHalf * k, x[g].q + kHalf * k, kHalf) - 32 * x[g].isum[k]);
+          total += sc[2 * g + k] * (DotQ(v + kHalf * k, x[g].q + kHalf * k, kHalf) - 32 * x[g].isum[k]);
         }
         sum += (d * x[g].d) * static_cast<float>(total);
       }
@@ -156,15 +151,11 @@ float DotIq4Xs(const uint8_t* p, const Q8Block* x, size_t supers) {
   int v[kQK];
   for (size_t b = 0; b < supers; ++b, p += 136) {
     const float d = Half(p);
-    uint16_t scales_h;
-    std::memcpy(&scales_h, p + 2, sizeof(scales_h));
-    const uint8_t* scales_l = p + 4;
     const uint8_t* qs = p + 8;
     for (int ib = 0; ib < kSubBlocks; ++ib, qs += kHalf, ++x) {
-      const int ls = ((scales_l[ib / 2] >> (4 * (ib % 2))) & kNibble) | (((scales_h >> (2 * ib)) & 3) << 4);
       Nibbles(qs, v);
       for (int& e : v) e = ggml::kIq4Values[e];
-      sum += (d * static_cast<float>(ls - 32) * x->d) * static_cast<float>(DotQ(v, x->q, kQK));
+      sum += (d * static_cast<float>(ggml::Iq4XsScale(p, ib)) * x->d) * static_cast<float>(DotQ(v, x->q, kQK));
     }
   }
   return sum;

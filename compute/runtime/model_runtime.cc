@@ -69,6 +69,9 @@ Result<TrustRoutingInputs> LoadTrustRoutingInputs(Store& store, const std::strin
   return in;
 }
 
+// Why --activations q8 is not exact, on a model that holds block formats.
+constexpr std::string_view kQ8Inexact = "q8 activations: block-format matmuls round activations to 8 bits";
+
 // The reasons a configuration is not exact that do not depend on the model: how experts are selected.
 std::vector<std::string> SelectionInexactReasons(const RuntimeConfig& c) {
   std::vector<std::string> reasons;
@@ -156,7 +159,7 @@ std::vector<std::string> InexactReasonsOf(const RuntimeConfig& c) {
   std::vector<std::string> selection = SelectionInexactReasons(c);
   reasons.insert(reasons.end(), selection.begin(), selection.end());
   if (c.activations == "q8") {
-    reasons.push_back("q8 activations: block-format matmuls round activations to 8 bits (models with GGML block formats)");
+    reasons.push_back(std::string(kQ8Inexact) + " (models with GGML block formats)");
   }
   return reasons;
 }
@@ -219,7 +222,7 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
   rt->inexact_ = SelectionInexactReasons(c);
   if (c.activations == "q8") {
     ES_ASSIGN_OR_RETURN(const bool blocks, HoldsBlockFormats(store, *rt->model_));
-    if (blocks) rt->inexact_.push_back("q8 activations: block-format matmuls round activations to 8 bits");
+    if (blocks) rt->inexact_.emplace_back(kQ8Inexact);
   }
   const std::string recording =
       rt->recorder_ ? (store.journaling() ? ", recording to the journal" : ", recording") : "";

@@ -27,29 +27,63 @@ std::vector<float> Floats(const std::string& bytes) {
   return out;
 }
 
-TEST(GgmlBlocksTest, DecodesLlamaCppRowsBitForBit) {
+// One format of tests/ingest/gguf_fixtures/blocks: the rows llama.cpp quantized, as stored and as gguf-py decodes
+// them, and the error gguf-py measured against the original rows.
+struct BlockFormat {
+  std::string name;
+  GgmlType type = GgmlType::kF32;
+  std::string blocks;
+  std::vector<float> decoded;
+  size_t row_bytes = 0;
+  double rmse = 0;
+};
+struct BlockFixtures {
+  size_t cols = 0;  // values per row
+  size_t rows = 0;
+  std::vector<float> original;
+  std::vector<BlockFormat> formats;
+};
+
+void LoadBlockFixtures(BlockFixtures* f) {
   const std::string dir = std::string(testing::kGgufFixtures) + "/blocks";
   auto manifest = ParseJson(testing::ReadText(dir + "/manifest.json"));
   ASSERT_TRUE(manifest.ok()) << manifest.status().ToString();
-  const size_t row_elements = *manifest->Find("row_elements")->AsUint64();
-  const size_t rows = manifest->Find("rows")->array().size();
-  const std::vector<float> original = Floats(testing::ReadText(dir + "/original.f32"));
+  f->cols = *manifest->Find("row_elements")->AsUint64();
+  f->rows = manifest->Find("rows")->array().size();
+  f->original = Floats(testing::ReadText(dir + "/original.f32"));
+  for (const JsonValue& entry : manifest->Find("types")->array()) {
+    BlockFormat b;
+    b.name = entry.Find("type")->string_value();
+    const std::optional<GgmlType> type = ParseGgmlTypeName(b.name);
+    ASSERT_TRUE(type.has_value()) << b.name;
+    b.type = *type;
+    b.blocks = testing::ReadText(dir + "/" + b.name + ".blocks");
+    b.decoded = Floats(testing::ReadText(dir + "/" + b.name + ".f32"));
+    b.row_bytes = *entry.Find("row_bytes")->AsUint64();
+    b.rmse = *entry.Find("rmse")->AsDouble();
+    f->formats.push_back(std::move(b));
+  }
+}
+
+TEST(GgmlBlocksTest, DecodesLlamaCppRowsBitForBit) {
+  BlockFixtures f;
+  ASSERT_NO_FATAL_FAILURE(LoadBlockFixtures(&f));
+  const size_t row_elements = f.cols, rows = f.rows;
+  const std::vector<float>& original = f.original;
   ASSERT_EQ(original.size(), rows * row_elements);
   size_t types = 0;
-  for (const JsonValue& entry : manifest->Find("types")->array()) {
-    const std::string name = entry.Find("type")->string_value();
-    SCOPED_TRACE(name);
-    const std::optional<GgmlType> type = ParseGgmlTypeName(name);
-    ASSERT_TRUE(type.has_value());
-    const std::string blocks = testing::ReadText(dir + "/" + name + ".blocks");
-    const std::vector<float> expected = Floats(testing::ReadText(dir + "/" + name + ".f32"));
-    const size_t row_bytes = *entry.Find("row_bytes")->AsUint64();
-    ASSERT_EQ(*GgmlRowBytes(*type, row_elements), row_bytes);
+  for (const BlockFormat& format : f.formats) {
+    SCOPED_TRACE(format.name);
+    const GgmlType type = format.type;
+    const std::string& blocks = format.blocks;
+    const std::vector<float>& expected = format.decoded;
+    const size_t row_bytes = format.row_bytes;
+    ASSERT_EQ(*GgmlRowBytes(type, row_elements), row_bytes);
     ASSERT_EQ(blocks.size(), rows * row_bytes);
     std::vector<float> decoded(rows * row_elements, std::nanf(""));  // poisoned: an unwritten value fails
     for (size_t r = 0; r < rows; ++r) {
       const auto row = std::as_bytes(std::span(blocks)).subspan(r * row_bytes, row_bytes);
-      ASSERT_TRUE(DequantizeGgmlRow(*type, row, std::span(decoded).subspan(r * row_elements, row_elements)).ok());
+      ASSERT_TRUE(DequantizeGgmlRow(type, row, std::span(decoded).subspan(r * row_elements, row_elements)).ok());
     }
     size_t mismatches = 0;
     double squared_error = 0;
@@ -63,8 +97,7 @@ TEST(GgmlBlocksTest, DecodesLlamaCppRowsBitForBit) {
     EXPECT_EQ(mismatches, 0u);
     // The quantization error is the one gguf-py measured on the same rows (it sums in float32, hence the slack).
     const double rmse = std::sqrt(squared_error / static_cast<double>(decoded.size()));
-    const double expected_rmse = *entry.Find("rmse")->AsDouble();
-    EXPECT_NEAR(rmse, expected_rmse, expected_rmse * 1e-3);
+    EXPECT_NEAR(rmse, format.rmse, format.rmse * 1e-3);
     ++types;
   }
   EXPECT_EQ(types, 12u);  // every supported format but F32, which the original itself is
@@ -73,11 +106,9 @@ TEST(GgmlBlocksTest, DecodesLlamaCppRowsBitForBit) {
 // MatMul on a block-format matrix gives what MatMul on the same rows decoded by gguf-py gives (the fp32
 // kernels sum in their own order, hence a tolerance), on every ISA, for every format llama.cpp wrote.
 TEST(GgmlBlocksTest, MatMulOnBlocksIsMatMulOnTheDecodedRows) {
-  const std::string dir = std::string(testing::kGgufFixtures) + "/blocks";
-  auto manifest = ParseJson(testing::ReadText(dir + "/manifest.json"));
-  ASSERT_TRUE(manifest.ok());
-  const size_t cols = *manifest->Find("row_elements")->AsUint64();
-  const size_t rows = manifest->Find("rows")->array().size();
+  BlockFixtures f;
+  ASSERT_NO_FATAL_FAILURE(LoadBlockFixtures(&f));
+  const size_t cols = f.cols, rows = f.rows;
   constexpr size_t kBatch = 3;
   std::vector<float> x(kBatch * cols);
   for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37f * static_cast<float>(i)) * 0.5f;
@@ -85,14 +116,10 @@ TEST(GgmlBlocksTest, MatMulOnBlocksIsMatMulOnTheDecodedRows) {
     if (!kernels::IsaAvailable(isa)) continue;
     kernels::CpuContext ctx;
     ctx.isa = isa;
-    for (const JsonValue& entry : manifest->Find("types")->array()) {
-      const std::string name = entry.Find("type")->string_value();
-      SCOPED_TRACE(name + " on " + std::string(kernels::IsaName(isa)));
-      const GgmlType type = *ParseGgmlTypeName(name);
-      const std::string blocks = testing::ReadText(dir + "/" + name + ".blocks");
-      const std::vector<float> decoded = Floats(testing::ReadText(dir + "/" + name + ".f32"));
-      kernels::WeightMatrix quantized{blocks.data(), DType::kUnknown, rows, cols, type};
-      kernels::WeightMatrix plain{decoded.data(), DType::kF32, rows, cols, std::nullopt};
+    for (const BlockFormat& format : f.formats) {
+      SCOPED_TRACE(format.name + " on " + std::string(kernels::IsaName(isa)));
+      kernels::WeightMatrix quantized{format.blocks.data(), DType::kUnknown, rows, cols, format.type};
+      kernels::WeightMatrix plain{format.decoded.data(), DType::kF32, rows, cols, std::nullopt};
       // Batch 1 (decode: the ISA's fused decode-and-multiply, where it has one) and a batch.
       for (size_t batch : {size_t{1}, kBatch}) {
         std::vector<float> got(batch * rows, std::nanf("")), want(batch * rows);
@@ -116,11 +143,9 @@ TEST(GgmlBlocksTest, MatMulOnBlocksIsMatMulOnTheDecodedRows) {
 // activations' rounding allows: sum_i |w_i| * (half a quantization step of x_i's block), which a wrong layout,
 // scale or offset exceeds by orders of magnitude. Batches of 1, 3 and 6 (past the 4 rows quantized at a time).
 TEST(GgmlBlocksTest, IntegerPathIsWithinTheActivationsRounding) {
-  const std::string dir = std::string(testing::kGgufFixtures) + "/blocks";
-  auto manifest = ParseJson(testing::ReadText(dir + "/manifest.json"));
-  ASSERT_TRUE(manifest.ok());
-  const size_t cols = *manifest->Find("row_elements")->AsUint64();
-  const size_t rows = manifest->Find("rows")->array().size();
+  BlockFixtures f;
+  ASSERT_NO_FATAL_FAILURE(LoadBlockFixtures(&f));
+  const size_t cols = f.cols, rows = f.rows;
   constexpr size_t kBatch = 6;
   std::vector<float> x(kBatch * cols);
   for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37f * static_cast<float>(i)) * (0.5f + (i % 7) * 0.3f);
@@ -140,15 +165,14 @@ TEST(GgmlBlocksTest, IntegerPathIsWithinTheActivationsRounding) {
     kernels::CpuContext ctx;
     ctx.isa = isa;
     ctx.q8_activations = true;
-    for (const JsonValue& entry : manifest->Find("types")->array()) {
-      const std::string name = entry.Find("type")->string_value();
-      const GgmlType type = *ParseGgmlTypeName(name);
+    for (const BlockFormat& format : f.formats) {
+      const GgmlType type = format.type;
       if (!kernels::internal::HasQ8Dot(type)) continue;
-      SCOPED_TRACE(name + " on " + std::string(kernels::IsaName(isa)));
+      SCOPED_TRACE(format.name + " on " + std::string(kernels::IsaName(isa)));
       ++types;
-      const std::string blocks = testing::ReadText(dir + "/" + name + ".blocks");
-      const std::vector<float> decoded = Floats(testing::ReadText(dir + "/" + name + ".f32"));
-      const size_t row_bytes = *entry.Find("row_bytes")->AsUint64();
+      const std::string& blocks = format.blocks;
+      const std::vector<float>& decoded = format.decoded;
+      const size_t row_bytes = format.row_bytes;
       for (size_t r = 0; r < rows; ++r) {
         float simd = 0, scalar = 0;
         double magnitude = 0;
