@@ -26,7 +26,10 @@ using internal::MatMulArgs;
 using internal::HasQ8Dot;
 using internal::kQ8BlockValues;
 using internal::Q8Block;
-using internal::QuantizeQ8;
+using internal::Q8KBlock;
+using internal::Q8RowBytes;
+using internal::QuantizeQ8Row;
+using internal::UsesQ8K;
 
 // Output rows per pool task: a multiple of every ISA's row tile, and 32 rows of a 2048-wide bf16 matrix
 // (128 KiB) stay in L2 while a prefill batch streams past them.
@@ -106,11 +109,11 @@ void BlockMatMulRows(const IsaOps& ops, const MatMulArgs& a, size_t row_begin, s
   const size_t row_bytes = *GgmlRowBytes(*a.blocks, a.cols);
   const auto* w = static_cast<const std::byte*>(a.w);
   if (a.qx != nullptr) {
-    const size_t blocks = a.cols / internal::kQ8BlockValues;
+    const size_t qx_bytes = Q8RowBytes(*a.blocks, a.cols);
     for (size_t r = row_begin; r < row_end; ++r) {
       for (size_t b = 0; b < a.batch; ++b) {
         float sum = 0;
-        ops.block_dot_q8(*a.blocks, w + r * row_bytes, a.qx + b * blocks, a.cols, &sum);
+        ops.block_dot_q8(*a.blocks, w + r * row_bytes, a.qx + b * qx_bytes, a.cols, &sum);
         float* y = a.y + (a.y_rows == nullptr ? b : static_cast<size_t>(a.y_rows[b])) * a.rows + r;
         *y = a.accumulate_scale == nullptr ? sum : *y + a.accumulate_scale[b] * sum;
       }
@@ -152,9 +155,14 @@ void MatMulRowRange(const IsaOps& ops, const MatMulArgs& args, size_t begin, siz
 }
 
 // Activation rows quantized at a time for the integer block path: their blocks live on the calling thread's
-// stack (kQ8Rows * kMaxBlockRow / 32 blocks, 90 KiB), so that no kernel allocates.
+// stack (kQ8Rows rows of kMaxBlockRow values in the larger layout, 96 KiB), so that no kernel allocates.
 constexpr size_t kQ8Rows = 4;
-using Q8Rows = std::array<Q8Block, kQ8Rows * kMaxBlockRow / kQ8BlockValues>;
+constexpr size_t kQ8RowsBytes =
+    kQ8Rows * std::max(kMaxBlockRow / kQ8BlockValues * sizeof(Q8Block), kMaxBlockRow / 256 * sizeof(Q8KBlock));
+struct alignas(64) Q8Rows {
+  std::array<std::byte, kQ8RowsBytes> bytes;
+  std::byte* data() { return bytes.data(); }
+};
 
 // Whether a matmul on `w` takes the integer path under ctx.
 bool UsesQ8(const CpuContext& ctx, const IsaOps& ops, const MatMulArgs& a) {
@@ -162,8 +170,8 @@ bool UsesQ8(const CpuContext& ctx, const IsaOps& ops, const MatMulArgs& a) {
          a.cols % kQ8BlockValues == 0;
 }
 
-// Activation rows [b0, b0 + nb) of `a` as a matmul of their own, with qx holding them quantized.
-MatMulArgs SliceRows(const MatMulArgs& a, size_t b0, size_t nb, Q8Block* qx) {
+// Activation rows [b0, b0 + nb) of `a` as a matmul of their own, with qx (unless null) holding them quantized.
+MatMulArgs SliceRows(const MatMulArgs& a, size_t b0, size_t nb, std::byte* qx) {
   MatMulArgs s = a;
   s.batch = nb;
   if (a.x_rows != nullptr) {
@@ -177,10 +185,11 @@ MatMulArgs SliceRows(const MatMulArgs& a, size_t b0, size_t nb, Q8Block* qx) {
     s.y = a.y + b0 * a.rows;
   }
   if (a.accumulate_scale != nullptr) s.accumulate_scale = a.accumulate_scale + b0;
-  const size_t blocks = a.cols / kQ8BlockValues;
+  if (qx == nullptr) return s;
+  const size_t qx_bytes = Q8RowBytes(*a.blocks, a.cols);
   for (size_t b = 0; b < nb; ++b) {
     const float* x = s.x + (s.x_rows == nullptr ? b : static_cast<size_t>(s.x_rows[b])) * a.cols;
-    QuantizeQ8(x, a.cols, qx + b * blocks);
+    QuantizeQ8Row(*a.blocks, x, a.cols, qx + b * qx_bytes);
   }
   s.qx = qx;
   return s;
@@ -262,15 +271,17 @@ Status ExpertImpl(const CpuContext& ctx, const ExpertWeights& e, const float* x,
       }
     });
   };
-  if (UsesQ8(ctx, *ops, gate_args) && UsesQ8(ctx, *ops, up_args)) {
-    // Gate and up share their input: each slice of activation rows is quantized once for both.
-    Q8Rows qx;
+  const bool gate_q8 = UsesQ8(ctx, *ops, gate_args), up_q8 = UsesQ8(ctx, *ops, up_args);
+  if (gate_q8 || up_q8) {
+    // Gate and up share their input: each slice of activation rows is quantized once for both, unless their
+    // formats take different layouts.
+    const bool shared = gate_q8 && up_q8 && UsesQ8K(*gate_args.blocks) == UsesQ8K(*up_args.blocks);
+    Q8Rows gate_qx, up_qx;
     for (size_t b0 = 0; b0 < batch; b0 += kQ8Rows) {
-      const MatMulArgs g = SliceRows(gate_args, b0, std::min(kQ8Rows, batch - b0), qx.data());
-      MatMulArgs u = g;
-      u.w = up_args.w;
-      u.blocks = up_args.blocks;
-      u.y = up_out + b0 * inter;
+      const size_t nb = std::min(kQ8Rows, batch - b0);
+      const MatMulArgs g = SliceRows(gate_args, b0, nb, gate_q8 ? gate_qx.data() : nullptr);
+      MatMulArgs u = SliceRows(up_args, b0, nb, up_q8 && !shared ? up_qx.data() : nullptr);
+      if (shared) u.qx = g.qx;
       gate_up(g, u);
     }
   } else {

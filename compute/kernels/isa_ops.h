@@ -22,7 +22,7 @@ namespace es::kernels::internal {
 // 32 activations quantized to int8 for the integer block dot products (CpuContext::q8_activations):
 // x[i] ~ d * q[i] with d = max |x| / 127 and q[i] = round(x[i] / d). `sum` is the exact fp32 sum of the 32
 // activations (the formats with a minimum or an offset multiply it, so that term loses nothing), `isum` the sums
-// of q over values 0-15 and 16-31.
+// of q over values 0-15 and 16-31. The layout of the 32-value formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL).
 struct Q8Block {
   float d;
   float sum;
@@ -30,6 +30,24 @@ struct Q8Block {
   int8_t q[32];
 };
 inline constexpr size_t kQ8BlockValues = 32;
+
+// 256 activations quantized to int8 with one scale, the layout of the 256-value super-block formats (Q4_K, Q5_K,
+// Q6_K, IQ4_XS): one scale per super-block lets their kernels apply the weights' integer sub-block scales to
+// integer sums and convert to float once per 256 values, as llama.cpp's Q8_K does. d and q as in Q8Block; `sums`
+// the exact fp32 sums of each 32 activations (the K-quants' minimums multiply them), `isum` the sums of q over
+// each 16.
+struct Q8KBlock {
+  float d;
+  float sums[8];
+  int16_t isum[16];
+  int8_t q[256];
+};
+inline constexpr size_t kQ8KBlockValues = 256;
+
+// Whether activations multiplying rows of `type` take the 256-value layout (Q8KBlock) rather than Q8Block.
+bool UsesQ8K(GgmlType type);
+// Bytes of one activation row of n values quantized for rows of `type` (n a multiple of its block).
+size_t Q8RowBytes(GgmlType type, size_t n);
 
 // y[b, r] = sum_k x[b, k] * W[r, k] for rows [row_begin, row_end) of W and every b < batch.
 struct MatMulArgs {
@@ -50,9 +68,9 @@ struct MatMulArgs {
   // Set: w's rows are blocks of this GGML format (WeightMatrix::blocks). cpu_kernels.cc runs such a matmul
   // itself, decoding each row once and taking `dot` of it with each activation row; the ISA tables never see one.
   std::optional<GgmlType> blocks;
-  // Set (block formats only): the activation rows quantized, cols / 32 blocks per row, row b for output row b
-  // (x_rows already applied); each output is then `block_dot_q8` of the weight row with it.
-  const Q8Block* qx = nullptr;
+  // Set (block formats only): the activation rows quantized for `blocks` (QuantizeQ8Row), Q8RowBytes apart, row b
+  // for output row b (x_rows already applied); each output is then `block_dot_q8` of the weight row with it.
+  const std::byte* qx = nullptr;
 };
 
 // The most query heads one call of IsaOps::scores / weighted_sum handles.
@@ -87,27 +105,32 @@ struct IsaOps {
   // the same float operations as DequantizeGgmlRow, summed in an order that depends only on n. Returns false for
   // a format it does not take (the caller decodes the row and uses `dot`).
   bool (*block_dot)(GgmlType type, const void* row, const float* x, size_t n, float* out);
-  // sum_i decode(row)[i] * x[i] with x given as n / 32 Q8Blocks: integer products of the quants within each
-  // 32-value (Q6_K: 16-value) group, scaled once per group; the minimum or offset terms of Q4_1, Q5_1, Q4_K
-  // and Q5_K use the blocks' exact sums. Not the decoded matrix's result: within the activations' rounding of it.
-  // Returns false for a format it does not take.
-  bool (*block_dot_q8)(GgmlType type, const void* row, const Q8Block* x, size_t n, float* out);
+  // sum_i decode(row)[i] * x[i] with x quantized by QuantizeQ8Row for `type`: integer products of the quants,
+  // scaled once per weight scale group (32 values) for the 32-value formats, and, for the super-block formats,
+  // summed over the whole 256 values with the weights' integer sub-block scales and scaled once; the minimum or
+  // offset terms of Q4_1, Q5_1, Q4_K and Q5_K use the activations' exact sums. Not the decoded matrix's result:
+  // within the activations' rounding of it. Returns false for a format it does not take.
+  bool (*block_dot_q8)(GgmlType type, const void* row, const void* x, size_t n, float* out);
 };
 
 // The integer dot product of every format that has one (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K,
 // IQ4_XS), in plain scalar code: the reference for the SIMD versions and their fallback. Defined in q8_dot.cc.
-bool BlockDotQ8Scalar(GgmlType type, const void* row, const Q8Block* x, size_t n, float* out);
+bool BlockDotQ8Scalar(GgmlType type, const void* row, const void* x, size_t n, float* out);
 // The formats BlockDotQ8Scalar takes.
 bool HasQ8Dot(GgmlType type);
 // Quantizes n activations (a multiple of 32) into n / 32 blocks. Plain scalar code, so every ISA sees the same
 // quants.
 void QuantizeQ8(const float* x, size_t n, Q8Block* out);
+// The same into n / 256 super-blocks (n a multiple of 256).
+void QuantizeQ8K(const float* x, size_t n, Q8KBlock* out);
+// One row of n activations in the layout rows of `type` take (Q8RowBytes(type, n) bytes at out).
+void QuantizeQ8Row(GgmlType type, const float* x, size_t n, std::byte* out);
 
 // The AVX2 block_dot (Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS), which the AVX-512 table shares. Defined in isa_avx2.cc.
 bool BlockDotAvx2(GgmlType type, const void* row, const float* x, size_t n, float* out);
-// The AVX2 block_dot_q8 (Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS; the other formats through BlockDotQ8Scalar), which
-// the AVX-512 table shares. Defined in isa_avx2.cc.
-bool BlockDotQ8Avx2(GgmlType type, const void* row, const Q8Block* x, size_t n, float* out);
+// The AVX2 block_dot_q8 (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q4_K, Q5_K, Q6_K, IQ4_XS), which the AVX-512
+// table shares. Defined in isa_avx2.cc.
+bool BlockDotQ8Avx2(GgmlType type, const void* row, const void* x, size_t n, float* out);
 
 // The table for `isa`, or null where the build or the CPU lacks it. Defined in cpu_kernels.cc; for it and tests.
 const IsaOps* OpsFor(Isa isa);

@@ -1,8 +1,9 @@
 // Integer dot products of GGML block rows with int8-quantized activations (CpuContext::q8_activations), in plain
-// scalar code: the reference every SIMD version is tested against. Within each group that shares one weight
-// scale (32 values; 16 for Q6_K) the products of the integer quants are summed exactly as integers, then scaled
-// once: (weight scale * activation scale) * sum. A minimum (Q4_1, Q5_1, Q4_K, Q5_K) multiplies the activations'
-// exact fp32 sum; a fixed offset (Q4_0, Q5_0, Q6_K) the integer sum of their quants.
+// scalar code: the reference every SIMD version is tested against. The 32-value formats take activations in
+// 32-value blocks (Q8Block): within each block the products of the integer quants are summed exactly as integers,
+// then scaled once, (weight scale * activation scale) * sum. The 256-value super-block formats take 256-value
+// blocks (Q8KBlock) and sum a whole super-block as one integer (below). A minimum (Q4_1, Q5_1, Q4_K, Q5_K)
+// multiplies the activations' exact fp32 sum; a fixed offset (Q4_0, Q5_0, Q6_K) the integer sum of their quants.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -97,66 +98,72 @@ float DotSmall(GgmlType type, const uint8_t* p, const Q8Block* x, size_t blocks)
   return sum;
 }
 
-float DotQ4K(const uint8_t* p, const Q8Block* x, size_t supers, bool five) {
+// The super-block formats take Q8KBlocks: each super-block's integer products are summed with the weights'
+// integer sub-block scales into one int32 (at most 256 * 63 * 63 * 127 in magnitude, Q4_K; 256 * 128 * 63 * 127,
+// Q6_K), converted once, times (super-block scale * activation scale).
+
+// Q4_K and Q5_K: sub-block j's values are the low (j even) or high nibbles of bytes 32 (j / 2) .. + 31, with
+// bit j of qh[l] as the fifth bit (Q5_K). Minimum j times the exact sum of its 32 activations.
+float DotQ4K(const uint8_t* p, const Q8KBlock* x, size_t supers, bool five) {
   float sum = 0;
-  int lo[kQK], hi[kQK];
-  for (size_t b = 0; b < supers; ++b, x += kSubBlocks) {
-    const float d = Half(p), dmin = Half(p + 2);
+  for (size_t b = 0; b < supers; ++b, ++x) {
+    const float d = Half(p) * x->d, dmin = Half(p + 2);
     const uint8_t* scales = p + 4;
     const uint8_t* qh = p + 16;
     const uint8_t* q = five ? p + 48 : p + 16;
-    for (int is = 0; is < kSubBlocks; is += 2, q += kQK) {
-      const ggml::ScaledPair s = ggml::PairScales(d, dmin, scales, is);
+    int isum = 0;
+    float minimums = 0;
+    for (int j = 0; j < kSubBlocks; ++j) {
+      int sc, m;
+      ggml::ScaleMinK4(j, scales, sc, m);
+      const uint8_t* bytes = q + kQK * (j / 2);
+      int dot = 0;
       for (int l = 0; l < kQK; ++l) {
-        lo[l] = q[l] & kNibble;
-        hi[l] = q[l] >> 4;
-        if (five) {
-          lo[l] |= ((qh[l] >> is) & 1) << 4;
-          hi[l] |= ((qh[l] >> (is + 1)) & 1) << 4;
-        }
+        int v = (bytes[l] >> (4 * (j & 1))) & kNibble;
+        if (five) v |= ((qh[l] >> j) & 1) << 4;
+        dot += v * x->q[kQK * j + l];
       }
-      sum += (s.d1 * x[is].d) * static_cast<float>(DotQ(lo, x[is].q, kQK)) - s.m1 * x[is].sum;
-      sum += (s.d2 * x[is + 1].d) * static_cast<float>(DotQ(hi, x[is + 1].q, kQK)) - s.m2 * x[is + 1].sum;
+      isum += sc * dot;
+      minimums += (dmin * static_cast<float>(m)) * x->sums[j];
     }
+    sum += d * static_cast<float>(isum) - minimums;
     p += five ? 176 : 144;
   }
   return sum;
 }
 
-float DotQ6K(const uint8_t* p, const Q8Block* x, size_t supers) {
+// Q6_K: value i of a super-block has scale sc[i / 16]; the stored quants are offset by 32, which the integer sums
+// of the activation quants take off exactly.
+float DotQ6K(const uint8_t* p, const Q8KBlock* x, size_t supers) {
   float sum = 0;
-  int v[kQK];
-  for (size_t b = 0; b < supers; ++b, p += 210) {
-    const uint8_t* ql = p;
-    const uint8_t* qh = p + 128;
+  for (size_t b = 0; b < supers; ++b, p += 210, ++x) {
     const auto* sc = reinterpret_cast<const int8_t*>(p + 192);
-    const float d = Half(p + 208);
-    for (int half = 0; half < 2; ++half, ql += 64, qh += 32, sc += 8, x += 4) {
-      for (int g = 0; g < 4; ++g) {
-        for (int l = 0; l < kQK; ++l) v[l] = ggml::Q6KQuant(ql, qh, g, l);
-        // Values 0-15 and 16-31 of the group have their own scales; the quants are offset by 32.
-        int total = 0;
-        for (int k = 0; k < 2; ++k) {
-          total += sc[2 * g + k] * (DotQ(v + kHalf * k, x[g].q + kHalf * k, kHalf) - 32 * x[g].isum[k]);
-        }
-        sum += (d * x[g].d) * static_cast<float>(total);
+    int isum = 0;
+    for (int i16 = 0; i16 < 16; ++i16) {
+      const int half = i16 / 8, g = (i16 % 8) / 2;
+      int dot = 0;
+      for (int l = 16 * (i16 % 2); l < 16 * (i16 % 2) + 16; ++l) {
+        dot += ggml::Q6KQuant(p + 64 * half, p + 128 + 32 * half, g, l) * x->q[16 * i16 + l % 16];
       }
+      isum += sc[i16] * (dot - 32 * x->isum[i16]);
     }
+    sum += (Half(p + 208) * x->d) * static_cast<float>(isum);
   }
   return sum;
 }
 
-float DotIq4Xs(const uint8_t* p, const Q8Block* x, size_t supers) {
+float DotIq4Xs(const uint8_t* p, const Q8KBlock* x, size_t supers) {
   float sum = 0;
   int v[kQK];
-  for (size_t b = 0; b < supers; ++b, p += 136) {
-    const float d = Half(p);
+  for (size_t b = 0; b < supers; ++b, p += 136, ++x) {
     const uint8_t* qs = p + 8;
-    for (int ib = 0; ib < kSubBlocks; ++ib, qs += kHalf, ++x) {
+    int isum = 0;
+    for (int ib = 0; ib < kSubBlocks; ++ib, qs += kHalf) {
       Nibbles(qs, v);
       for (int& e : v) e = ggml::kIq4Values[e];
-      sum += (d * static_cast<float>(ggml::Iq4XsScale(p, ib)) * x->d) * static_cast<float>(DotQ(v, x->q, kQK));
+      isum += ggml::Iq4XsScale(p, ib) * DotQ(v, x->q + kQK * ib, kQK);
     }
+    sum += (Half(p) * x->d) * static_cast<float>(isum);
   }
   return sum;
 }
@@ -179,16 +186,25 @@ bool HasQ8Dot(GgmlType type) {
   }
 }
 
-bool BlockDotQ8Scalar(GgmlType type, const void* row, const Q8Block* x, size_t n, float* out) {
+bool UsesQ8K(GgmlType type) {
+  return type == GgmlType::kQ4_K || type == GgmlType::kQ5_K || type == GgmlType::kQ6_K || type == GgmlType::kIQ4_XS;
+}
+
+size_t Q8RowBytes(GgmlType type, size_t n) {
+  return UsesQ8K(type) ? n / kQ8KBlockValues * sizeof(Q8KBlock) : n / kQ8BlockValues * sizeof(Q8Block);
+}
+
+bool BlockDotQ8Scalar(GgmlType type, const void* row, const void* x, size_t n, float* out) {
   const auto* p = static_cast<const uint8_t*>(row);
+  const auto* xk = static_cast<const Q8KBlock*>(x);
   switch (type) {
-    case GgmlType::kQ4_K: *out = DotQ4K(p, x, n / 256, false); return true;
-    case GgmlType::kQ5_K: *out = DotQ4K(p, x, n / 256, true); return true;
-    case GgmlType::kQ6_K: *out = DotQ6K(p, x, n / 256); return true;
-    case GgmlType::kIQ4_XS: *out = DotIq4Xs(p, x, n / 256); return true;
+    case GgmlType::kQ4_K: *out = DotQ4K(p, xk, n / 256, false); return true;
+    case GgmlType::kQ5_K: *out = DotQ4K(p, xk, n / 256, true); return true;
+    case GgmlType::kQ6_K: *out = DotQ6K(p, xk, n / 256); return true;
+    case GgmlType::kIQ4_XS: *out = DotIq4Xs(p, xk, n / 256); return true;
     default:
       if (!HasQ8Dot(type)) return false;
-      *out = DotSmall(type, p, x, n / kQK);
+      *out = DotSmall(type, p, static_cast<const Q8Block*>(x), n / kQK);
       return true;
   }
 }
@@ -216,6 +232,44 @@ void QuantizeQ8(const float* x, size_t n, Q8Block* out) {
       b.q[j] = static_cast<int8_t>(q > 127 ? 127 : (q < -127 ? -127 : q));
       b.isum[j / 16] = static_cast<int16_t>(b.isum[j / 16] + b.q[j]);
     }
+  }
+}
+
+void QuantizeQ8K(const float* x, size_t n, Q8KBlock* out) {
+  for (size_t k = 0; k < n / kQ8KBlockValues; ++k, x += kQ8KBlockValues) {
+    Q8KBlock& b = out[k];
+    float amax = 0;
+    bool finite = true;
+    for (size_t j = 0; j < kQ8KBlockValues / kQ8BlockValues; ++j) {
+      float sum = 0;
+      for (size_t i = kQ8BlockValues * j; i < kQ8BlockValues * (j + 1); ++i) {
+        amax = std::fmax(amax, std::fabs(x[i]));
+        sum += x[i];
+      }
+      b.sums[j] = sum;
+      finite = finite && std::isfinite(sum);
+    }
+    std::memset(b.isum, 0, sizeof(b.isum));
+    if (!std::isfinite(amax) || !finite) {
+      b.d = std::numeric_limits<float>::quiet_NaN();
+      std::memset(b.q, 0, sizeof(b.q));
+      continue;
+    }
+    b.d = amax / 127.0f;
+    const float inv = amax == 0 ? 0.0f : 127.0f / amax;
+    for (size_t j = 0; j < kQ8KBlockValues; ++j) {
+      const long q = std::lrint(x[j] * inv);
+      b.q[j] = static_cast<int8_t>(q > 127 ? 127 : (q < -127 ? -127 : q));
+      b.isum[j / 16] = static_cast<int16_t>(b.isum[j / 16] + b.q[j]);
+    }
+  }
+}
+
+void QuantizeQ8Row(GgmlType type, const float* x, size_t n, std::byte* out) {
+  if (UsesQ8K(type)) {
+    QuantizeQ8K(x, n, reinterpret_cast<Q8KBlock*>(out));
+  } else {
+    QuantizeQ8(x, n, reinterpret_cast<Q8Block*>(out));
   }
 }
 

@@ -140,24 +140,30 @@ TEST(GgmlBlocksTest, MatMulOnBlocksIsMatMulOnTheDecodedRows) {
 
 // The integer path (CpuContext::q8_activations) on every format llama.cpp wrote: each ISA's block_dot_q8 agrees
 // with the scalar reference to fp32 rounding, and MatMul's result differs from the exact one by no more than the
-// activations' rounding allows: sum_i |w_i| * (half a quantization step of x_i's block), which a wrong layout,
-// scale or offset exceeds by orders of magnitude. Batches of 1, 3 and 6 (past the 4 rows quantized at a time).
+// activations' rounding allows: sum_i |w_i| * (half a quantization step of x_i's block: 32 values, 256 for the
+// super-block formats), which a wrong layout, scale or offset exceeds by orders of magnitude. Batches of 1, 3
+// and 6 (past the 4 rows quantized at a time).
 TEST(GgmlBlocksTest, IntegerPathIsWithinTheActivationsRounding) {
   BlockFixtures f;
   ASSERT_NO_FATAL_FAILURE(LoadBlockFixtures(&f));
   const size_t cols = f.cols, rows = f.rows;
+  ASSERT_EQ(cols % 256, 0u);
   constexpr size_t kBatch = 6;
   std::vector<float> x(kBatch * cols);
   for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37f * static_cast<float>(i)) * (0.5f + (i % 7) * 0.3f);
-  // Half a quantization step of each activation: max |x| over its 32-value block / 127 / 2.
-  std::vector<float> step(x.size());
-  for (size_t b = 0; b < x.size() / 32; ++b) {
-    float amax = 0;
-    for (size_t j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[b * 32 + j]));
-    for (size_t j = 0; j < 32; ++j) step[b * 32 + j] = amax / 127.0f / 2.0f;
-  }
-  std::vector<kernels::internal::Q8Block> qx(x.size() / 32);
-  kernels::internal::QuantizeQ8(x.data(), x.size(), qx.data());
+  // A few large activations, so that a 256-value block's step differs from its 32-value blocks' steps.
+  for (size_t i = 5; i < x.size(); i += 97) x[i] *= 6.0f;
+  // Half a quantization step of each activation: max |x| over its block of `block` values / 127 / 2.
+  const auto half_steps = [&](size_t block) {
+    std::vector<float> step(x.size());
+    for (size_t b = 0; b < x.size() / block; ++b) {
+      float amax = 0;
+      for (size_t j = 0; j < block; ++j) amax = std::max(amax, std::fabs(x[b * block + j]));
+      for (size_t j = 0; j < block; ++j) step[b * block + j] = amax / 127.0f / 2.0f;
+    }
+    return step;
+  };
+  const std::vector<float> step32 = half_steps(32), step256 = half_steps(256);
   size_t types = 0;
   for (kernels::Isa isa : {kernels::Isa::kScalar, kernels::Isa::kAvx2, kernels::Isa::kAvx512}) {
     if (!kernels::IsaAvailable(isa)) continue;
@@ -173,6 +179,9 @@ TEST(GgmlBlocksTest, IntegerPathIsWithinTheActivationsRounding) {
       const std::string& blocks = format.blocks;
       const std::vector<float>& decoded = format.decoded;
       const size_t row_bytes = format.row_bytes;
+      const std::vector<float>& step = kernels::internal::UsesQ8K(type) ? step256 : step32;
+      std::vector<std::byte> qx(kernels::internal::Q8RowBytes(type, cols));
+      kernels::internal::QuantizeQ8Row(type, x.data(), cols, qx.data());
       for (size_t r = 0; r < rows; ++r) {
         float simd = 0, scalar = 0;
         double magnitude = 0;
