@@ -269,6 +269,37 @@ BENCHMARK(BM_MatMulBlocks)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 
+// The prefill shape of the block path: `batch` activation rows (the tokens routed to one expert, or a prompt
+// through a projection) against one [768, 2048] matrix, rotating over the 64 experts without evicting them.
+// Args: isa, ggml type, q8 (as above), batch; one thread.
+void BM_MatMulBlocksPrefill(benchmark::State& state) {
+  const auto isa = static_cast<Isa>(state.range(0));
+  if (SkipUnavailable(state, isa)) return;
+  CpuContext ctx{isa, Pool(1)};
+  ctx.q8_activations = state.range(2) != 0;
+  const auto type = static_cast<GgmlType>(state.range(1));
+  const auto batch = static_cast<size_t>(state.range(3));
+  const std::vector<uint8_t>& experts = BlockExperts(type);
+  const size_t weight_bytes = *GgmlRowBytes(type, kHidden) * kInter;
+  const std::vector<float> x = RandomActivations(kHidden * batch);
+  std::vector<float> y(kInter * batch);
+  size_t expert = 0;
+  for (auto _ : state) {
+    const void* data = experts.data() + (expert++ % kColdExperts) * weight_bytes;
+    const WeightMatrix w{data, DType::kUnknown, kInter, kHidden, type};
+    if (!MatMul(ctx, x.data(), batch, w, y.data()).ok()) state.SkipWithError("MatMul failed");
+    benchmark::ClobberMemory();
+  }
+  SetRate(state, static_cast<double>(weight_bytes), 2.0 * static_cast<double>(kInter * kHidden * batch));
+  state.SetLabel(std::string(IsaName(isa)) + " " + std::string(GgmlTypeName(type)) +
+                 (ctx.q8_activations ? " q8" : " exact"));
+}
+BENCHMARK(BM_MatMulBlocksPrefill)
+    ->ArgNames({"isa", "type", "q8", "batch"})
+    ->ArgsProduct({{1, 2}, {12, 14}, {0, 1}, {16, 64}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
 void PrefillArgs(benchmark::internal::Benchmark* b) {
   b->ArgNames({"isa", "threads", "shape", "cold", "batch"});
   for (int64_t isa : {1, 2}) {

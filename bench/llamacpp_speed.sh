@@ -21,8 +21,11 @@
 #
 # Needs root (cgroups, drop_caches), gcc, and the llama.cpp oracle of ../shared/oracles/llamacpp/README.md set up, with
 # GGUF_PY and LLAMA_LIB_DIR. About 6 GiB of scratch space per 4 layers while converting.
+# Then, with no limit, the warm prefill: a prompt of about --prefill-tokens tokens (the same sentence repeated)
+# evaluated a second time in the same process (llama.cpp: its memory cleared, the prompt decoded again;
+# expertstore: `generate --warmup`), tokens/s of each side, median of --reps.
 # Usage: bench/llamacpp_speed.sh [--layers N] [--type Q4_K_M] [--tokens N] [--reps N] [--percents "none 100 50 25"]
-#                                [--work DIR] [SHARED_DIR]
+#                                [--prefill-tokens N (0: no prefill table)] [--work DIR] [SHARED_DIR]
 #   --percents: the rows; none is no limit at all (expertstore caches every expert).
 #   --work DIR keeps the converted file and the store there and reuses them on the next run. BUILD_DIR overrides build/.
 # Cold-start figures: with few --tokens most of a run is the first touch of each expert, whatever the memory.
@@ -31,7 +34,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${BUILD_DIR:-$root/build}
 cli=$build/expertstore
-layers=4 type=Q4_K_M tokens=96 reps=3 percents="none 100 50 25" work="" shared=$root/../shared
+layers=4 type=Q4_K_M tokens=96 reps=3 percents="none 100 50 25" prefill=256 work="" shared=$root/../shared
 while [ $# -gt 0 ]; do
   case $1 in
     --layers) layers=$2; shift 2 ;;
@@ -39,6 +42,7 @@ while [ $# -gt 0 ]; do
     --tokens) tokens=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --percents) percents=$2; shift 2 ;;
+    --prefill-tokens) prefill=$2; shift 2 ;;
     --work) work=$2; shift 2 ;;
     -*) echo "unknown flag $1" >&2; exit 2 ;;
     *) shared=$1; shift ;;
@@ -175,3 +179,33 @@ best = max(l, n)
 r = lambda a: f'{a / best:.2f}x' if best > 0 else 'n/a'
 print(f'{\"$pct\":<8} {\"$shown\":>10} {l:>10.2f} {n:>10.2f} {e:>10.2f} {q:>10.2f} {r(e):>12} {r(q):>10}')"
 done
+
+[ "$prefill" -gt 0 ] || exit 0
+long=$prompt
+while [ "$("$cli" tokenize --model m --store "$store" --text "$long" | tr ',' '\n' | wc -l)" -lt "$prefill" ]; do
+  long="$long $prompt"
+done
+"$cli" tokenize --model m --store "$store" --text "$long" | tr -d '[]' > "$work/long_ids.txt"
+n_long=$(tr ',' '\n' < "$work/long_ids.txt" | wc -l)
+echo
+echo "warm prefill tokens/s, median of $reps, a $n_long-token prompt evaluated a second time, 2 threads, no limit"
+printf '%-10s %10s %10s %10s %12s %10s\n' llama.cpp no-repack es_exact es_q8 exact/llama q8/llama
+ll=() nr=() ex=() q8=()
+for _ in $(seq "$reps"); do
+  for repack in 1 0; do
+    v=$(in_cgroup max "$llama" "$LLAMA_LIB_DIR" "$gguf" 2 2 $repack < "$work/long_ids.txt" 2>/dev/null |
+        field warm_prefill_tokens_per_second) || v=0
+    if [ $repack = 1 ]; then ll+=("$v"); else nr+=("$v"); fi
+  done
+  for a in exact q8; do
+    v=$(in_cgroup max "$cli" generate --model m --store "$store" --prompt "$long" --max-tokens 1 --json --no-record \
+        --threads 2 --cache-pct 100 --activations "$a" --warmup --quiet 2>/dev/null | field prefill_tokens_per_second) || v=0
+    if [ $a = exact ]; then ex+=("$v"); else q8+=("$v"); fi
+  done
+done
+l=$(es_median "${ll[@]}") n=$(es_median "${nr[@]}") e=$(es_median "${ex[@]}") q=$(es_median "${q8[@]}")
+/usr/bin/python3 -c "
+l, n, e, q = $l, $n, $e, $q
+best = max(l, n)
+r = lambda a: f'{a / best:.2f}x' if best > 0 else 'n/a'
+print(f'{l:>10.2f} {n:>10.2f} {e:>10.2f} {q:>10.2f} {r(e):>12} {r(q):>10}')"

@@ -60,9 +60,29 @@ void WriteExactnessJson(JsonWriter& w, const Runtime& rt) {
   w.EndArray();
 }
 
-void WriteCacheJson(JsonWriter& w, const Runtime& rt) {
+// The cache's counters and the prefetch scores at one moment; WriteCacheJson reports what happened after it.
+struct CacheSnapshot {
+  ProviderCounters counters;
+  PrefetchAccuracy accuracy;
+};
+CacheSnapshot TakeSnapshot(const Runtime& rt) { return {rt.experts().counters(), rt.prefetch_accuracy()}; }
+
+ProviderCounters CountersSince(const Runtime& rt, const CacheSnapshot& since) {
   ProviderCounters c = rt.experts().counters();
-  const PrefetchAccuracy& a = rt.prefetch_accuracy();
+  c.hits -= since.counters.hits;
+  c.misses -= since.counters.misses;
+  c.prefetch_hits -= since.counters.prefetch_hits;
+  c.wasted_prefetches -= since.counters.wasted_prefetches;
+  c.bytes_read -= since.counters.bytes_read;
+  return c;
+}
+
+void WriteCacheJson(JsonWriter& w, const Runtime& rt, const CacheSnapshot& since = {}) {
+  const ProviderCounters c = CountersSince(rt, since);
+  PrefetchAccuracy a = rt.prefetch_accuracy();
+  a.predicted -= since.accuracy.predicted;
+  a.correct -= since.accuracy.correct;
+  a.used -= since.accuracy.used;
   w.BeginObject().Key("hits").Uint(c.hits).Key("misses").Uint(c.misses).Key("prefetch_hits").Uint(c.prefetch_hits)
       .Key("wasted_prefetches").Uint(c.wasted_prefetches).Key("bytes_read").Uint(c.bytes_read)
       .Key("prefetch_precision").Double(a.precision()).Key("prefetch_recall").Double(a.recall()).EndObject();
@@ -97,6 +117,17 @@ Status RunGenerate(const Args& args) {
   StopFilter filter(d.stop);
   o.should_stop = [&] { return filter.stopped(); };
   const bool json = args.global().json;
+  // --warmup: the prompt's prefill and one token, untimed and unrecorded, so that the timed run finds the caches
+  // as a long-running process would (llama-bench's warm-up run).
+  if (args.Has("warmup")) {
+    GenerateOptions warm = o;
+    warm.max_tokens = 1;
+    warm.forward.observer = nullptr;
+    warm.forward.prefetch_accuracy = nullptr;
+    ES_RETURN_IF_ERROR(Generate(rt->model(), rt->tokenizer(), rt->experts(), prompt, warm, [](std::string_view) {})
+                           .status().WithContext("warm-up"));
+  }
+  const CacheSnapshot start = TakeSnapshot(*rt);
   std::string shown;
   auto show = [&](std::string_view piece) {
     shown += piece;
@@ -110,7 +141,7 @@ Status RunGenerate(const Args& args) {
   // A stop string ends generation as an end-of-sequence token does.
   const std::string finish = filter.stopped() ? "stop" : r.finish_reason;
   ES_RETURN_IF_ERROR(rt->FinishRecording());
-  ProviderCounters c = rt->experts().counters();
+  ProviderCounters c = CountersSince(*rt, start);
   if (json) {
     JsonWriter w;
     w.BeginObject().Key("text").String(shown).Key("tokens").BeginArray();
@@ -126,8 +157,8 @@ Status RunGenerate(const Args& args) {
         .Key("routing").String(rt->routing_name())
         .Key("configuration").String(rt->describe());
     WriteExactnessJson(w, *rt);
-    w.Key("usage").String(RecordingTarget(*rt)).Key("cache");
-    WriteCacheJson(w, *rt);
+    w.Key("usage").String(RecordingTarget(*rt)).Key("warmup").Bool(args.Has("warmup")).Key("cache");
+    WriteCacheJson(w, *rt, start);
     w.EndObject();
     PrintJson(w);
     return Status::Ok();
@@ -348,7 +379,10 @@ void RegisterGenerateCommands(std::vector<Command>& commands) {
                       with(Concat({{"model", true, "model name"},
                                    {"prompt", true, "the prompt (- reads it from standard input)"},
                                    {"prompt-file", true, "read the prompt from this file"},
-                                   {"chat", false, "the prompt is one user message in the model's chat template"}},
+                                   {"chat", false, "the prompt is one user message in the model's chat template"},
+                                   {"warmup", false,
+                                    "first run the prompt and one token untimed and unrecorded (benchmarks: the timed "
+                                    "run and its cache figures then start warm)"}},
                                   DecodeFlags())),
                       RunGenerate});
   commands.push_back({"logits", "logits --model M --ids 1,2,3 [--top N]", "final-position logits (float32)",

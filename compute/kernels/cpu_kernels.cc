@@ -25,6 +25,7 @@ using internal::IsaOps;
 using internal::MatMulArgs;
 using internal::HasQ8Dot;
 using internal::kQ8BlockValues;
+using internal::kQ8Rows;
 using internal::Q8Block;
 using internal::Q8KBlock;
 using internal::Q8RowBytes;
@@ -111,11 +112,15 @@ void BlockMatMulRows(const IsaOps& ops, const MatMulArgs& a, size_t row_begin, s
   if (a.qx != nullptr) {
     const size_t qx_bytes = Q8RowBytes(*a.blocks, a.cols);
     for (size_t r = row_begin; r < row_end; ++r) {
-      for (size_t b = 0; b < a.batch; ++b) {
-        float sum = 0;
-        ops.block_dot_q8(*a.blocks, w + r * row_bytes, a.qx + b * qx_bytes, a.cols, &sum);
-        float* y = a.y + (a.y_rows == nullptr ? b : static_cast<size_t>(a.y_rows[b])) * a.rows + r;
-        *y = a.accumulate_scale == nullptr ? sum : *y + a.accumulate_scale[b] * sum;
+      for (size_t b0 = 0; b0 < a.batch; b0 += kQ8Rows) {
+        const size_t count = std::min(kQ8Rows, a.batch - b0);
+        float sums[kQ8Rows];
+        ops.block_dot_q8(*a.blocks, w + r * row_bytes, a.qx + b0 * qx_bytes, qx_bytes, count, a.cols, sums);
+        for (size_t i = 0; i < count; ++i) {
+          const size_t b = b0 + i;
+          float* y = a.y + (a.y_rows == nullptr ? b : static_cast<size_t>(a.y_rows[b])) * a.rows + r;
+          *y = a.accumulate_scale == nullptr ? sums[i] : *y + a.accumulate_scale[b] * sums[i];
+        }
       }
     }
     return;
@@ -154,15 +159,21 @@ void MatMulRowRange(const IsaOps& ops, const MatMulArgs& args, size_t begin, siz
   }
 }
 
-// Activation rows quantized at a time for the integer block path: their blocks live on the calling thread's
-// stack (kQ8Rows rows of kMaxBlockRow values in the larger layout, 96 KiB), so that no kernel allocates.
-constexpr size_t kQ8Rows = 4;
-constexpr size_t kQ8RowsBytes =
-    kQ8Rows * std::max(kMaxBlockRow / kQ8BlockValues * sizeof(Q8Block), kMaxBlockRow / 256 * sizeof(Q8KBlock));
-struct alignas(64) Q8Rows {
-  std::array<std::byte, kQ8RowsBytes> bytes;
+// The integer block path quantizes activation rows a slice at a time into a buffer on the calling thread's stack
+// (192 KiB, so that no kernel allocates): as many rows as fit, at most 64. Every weight row then meets the whole
+// slice while it is in L1, kQ8Rows activation rows per block_dot_q8 call.
+constexpr size_t kQ8SliceBytes = 192 * 1024;
+constexpr size_t kMaxQ8Slice = 64;
+static_assert(kMaxBlockRow / kQ8BlockValues * sizeof(Q8Block) <= kQ8SliceBytes &&
+              kMaxBlockRow / 256 * sizeof(Q8KBlock) <= kQ8SliceBytes);
+struct alignas(64) Q8Slice {
+  std::array<std::byte, kQ8SliceBytes> bytes;
   std::byte* data() { return bytes.data(); }
 };
+// Activation rows per slice for a matmul of `a`'s shape and format.
+size_t Q8SliceRows(const MatMulArgs& a) {
+  return std::clamp<size_t>(kQ8SliceBytes / Q8RowBytes(*a.blocks, a.cols), 1, kMaxQ8Slice);
+}
 
 // Whether a matmul on `w` takes the integer path under ctx.
 bool UsesQ8(const CpuContext& ctx, const IsaOps& ops, const MatMulArgs& a) {
@@ -197,9 +208,10 @@ MatMulArgs SliceRows(const MatMulArgs& a, size_t b0, size_t nb, std::byte* qx) {
 
 void RunMatMul(const CpuContext& ctx, const IsaOps& ops, const MatMulArgs& args) {
   if (UsesQ8(ctx, ops, args)) {
-    Q8Rows qx;
-    for (size_t b0 = 0; b0 < args.batch; b0 += kQ8Rows) {
-      const MatMulArgs slice = SliceRows(args, b0, std::min(kQ8Rows, args.batch - b0), qx.data());
+    Q8Slice qx;
+    const size_t rows = Q8SliceRows(args);
+    for (size_t b0 = 0; b0 < args.batch; b0 += rows) {
+      const MatMulArgs slice = SliceRows(args, b0, std::min(rows, args.batch - b0), qx.data());
       ParallelFor(ctx.pool, args.rows, kRowsPerTask,
                   [&](size_t begin, size_t end) { BlockMatMulRows(ops, slice, begin, end); });
     }
@@ -276,9 +288,10 @@ Status ExpertImpl(const CpuContext& ctx, const ExpertWeights& e, const float* x,
     // Gate and up share their input: each slice of activation rows is quantized once for both, unless their
     // formats take different layouts.
     const bool shared = gate_q8 && up_q8 && UsesQ8K(*gate_args.blocks) == UsesQ8K(*up_args.blocks);
-    Q8Rows gate_qx, up_qx;
-    for (size_t b0 = 0; b0 < batch; b0 += kQ8Rows) {
-      const size_t nb = std::min(kQ8Rows, batch - b0);
+    Q8Slice gate_qx, up_qx;
+    const size_t rows = std::min(gate_q8 ? Q8SliceRows(gate_args) : kMaxQ8Slice, up_q8 ? Q8SliceRows(up_args) : kMaxQ8Slice);
+    for (size_t b0 = 0; b0 < batch; b0 += rows) {
+      const size_t nb = std::min(rows, batch - b0);
       const MatMulArgs g = SliceRows(gate_args, b0, nb, gate_q8 ? gate_qx.data() : nullptr);
       MatMulArgs u = SliceRows(up_args, b0, nb, up_q8 && !shared ? up_qx.data() : nullptr);
       if (shared) u.qx = g.qx;

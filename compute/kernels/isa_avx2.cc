@@ -685,15 +685,29 @@ __m256i WordPairMask(int lo, int hi) {
   return _mm256_set_m128i(_mm_set1_epi16(pair(hi)), _mm_set1_epi16(pair(lo)));
 }
 
+// The kernels below take R activation rows (1..4, x_stride bytes apart) per pass over a weight row: the weights
+// are loaded and unpacked once for all of them, and each row's sums are its own, in the same order whatever R is.
+template <int R>
+struct Rows {
+  const Q8KBlock* x[R];
+  Rows(const std::byte* base, size_t stride) {
+    for (int k = 0; k < R; ++k) x[k] = reinterpret_cast<const Q8KBlock*>(base + k * stride);
+  }
+  const int8_t* q(int k, size_t b, size_t at) const { return x[k][b].q + at; }
+};
+
+__m256i Load32(const void* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+
 // Q4_K / Q5_K: for each 64 values (the low and high nibbles of 32 bytes), maddubs with the activation quants gives
 // int16 pairs, madd with the sub-block's 6-bit scale int32; the super-block's sum converts once. The minimums
 // (eight per super-block) multiply the activations' exact 32-value sums in the lanes of a second accumulator.
-float DotQ4KQ8K(const uint8_t* p, const Q8KBlock* x, size_t supers, bool five) {
+template <int R>
+void DotQ4KQ8K(const uint8_t* p, const std::byte* qx, size_t stride, size_t supers, bool five, float* out) {
+  const Rows<R> x(qx, stride);
   const __m256i low4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
-  const __m256i pick[8] = {WordPairMask(0, 0), WordPairMask(1, 1), WordPairMask(2, 2), WordPairMask(3, 3),
-                           WordPairMask(4, 4), WordPairMask(5, 5), WordPairMask(6, 6), WordPairMask(7, 7)};
-  __m256 acc = _mm256_setzero_ps(), minimums = _mm256_setzero_ps();
-  for (size_t b = 0; b < supers; ++b, ++x) {
+  __m256 acc[R], minimums[R];
+  for (int k = 0; k < R; ++k) acc[k] = minimums[k] = _mm256_setzero_ps();
+  for (size_t b = 0; b < supers; ++b) {
     PrefetchAhead(p, five ? kQ5KBytes : kQ4KBytes);
     // The 12 scale bytes as eight 6-bit scales and eight 6-bit minimums (ggml::ScaleMinK4, four at a time).
     uint32_t u[3];
@@ -702,58 +716,66 @@ float DotQ4KQ8K(const uint8_t* p, const Q8KBlock* x, size_t supers, bool five) {
     const uint32_t mn[2] = {u[1] & 0x3F3F3F3F, ((u[2] >> 4) & 0x0F0F0F0F) | (((u[1] >> 6) & 0x03030303) << 4)};
     const __m128i scales8 = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, static_cast<int>(sc[1]), static_cast<int>(sc[0])));
     const __m256i scales = _mm256_set_m128i(scales8, scales8);
-    const __m256i mins = _mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, static_cast<int>(mn[1]), static_cast<int>(mn[0])));
-    const __m256i qh = five ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)) : _mm256_setzero_si256();
+    const __m256 mins = _mm256_mul_ps(
+        _mm256_set1_ps(HalfAt(p + 2)),
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, static_cast<int>(mn[1]), static_cast<int>(mn[0])))));
+    const __m256i qh = five ? Load32(p + 16) : _mm256_setzero_si256();
     const uint8_t* q = p + (five ? 48 : 16);
-    __m256i isum = _mm256_setzero_si256();
+    __m256i isum[R];
+    for (int k = 0; k < R; ++k) isum[k] = _mm256_setzero_si256();
     for (int c = 0; c < 4; ++c, q += 32) {
-      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+      const __m256i bytes = Load32(q);
       __m256i lo = _mm256_and_si256(bytes, low4);
       __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
       if (five) {  // bit 2c of qh[l] is the low value's fifth bit, bit 2c + 1 the high one's
         lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one), 4));
         hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one), 4));
       }
-      const __m256i xlo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x->q + 64 * c));
-      const __m256i xhi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x->q + 64 * c + 32));
-      isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xlo),
-                                                      _mm256_shuffle_epi8(scales, pick[2 * c])));
-      isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xhi),
-                                                      _mm256_shuffle_epi8(scales, pick[2 * c + 1])));
+      const __m256i scale_lo = _mm256_shuffle_epi8(scales, WordPairMask(2 * c, 2 * c));
+      const __m256i scale_hi = _mm256_shuffle_epi8(scales, WordPairMask(2 * c + 1, 2 * c + 1));
+      for (int k = 0; k < R; ++k) {
+        const __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, Load32(x.q(k, b, 64 * c))), scale_lo);
+        const __m256i phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, Load32(x.q(k, b, 64 * c + 32))), scale_hi);
+        isum[k] = _mm256_add_epi32(isum[k], _mm256_add_epi32(plo, phi));
+      }
     }
-    acc = Fma(isum, HalfAt(p) * x->d, acc);
-    minimums = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(HalfAt(p + 2)), _mm256_cvtepi32_ps(mins)),
-                               _mm256_loadu_ps(x->sums), minimums);
+    const float d = HalfAt(p);
+    for (int k = 0; k < R; ++k) {
+      acc[k] = Fma(isum[k], d * x.x[k][b].d, acc[k]);
+      minimums[k] = _mm256_fmadd_ps(mins, _mm256_loadu_ps(x.x[k][b].sums), minimums[k]);
+    }
     p += five ? kQ5KBytes : kQ4KBytes;
   }
-  return ReduceAdd(acc) - ReduceAdd(minimums);
+  for (int k = 0; k < R; ++k) out[k] = ReduceAdd(acc[k]) - ReduceAdd(minimums[k]);
 }
 
 // Q6_K: the four 32-value groups of each 128-value half as unsigned 6-bit quants; each group's 16-value halves
 // have their own int8 scale (low 128 bits, high 128 bits). The offset of 32 comes off through the activation
 // quants' 16-value sums, times the scales, once per super-block.
-float DotQ6KQ8K(const uint8_t* p, const Q8KBlock* x, size_t supers) {
+template <int R>
+void DotQ6KQ8K(const uint8_t* p, const std::byte* qx, size_t stride, size_t supers, float* out) {
+  const Rows<R> x(qx, stride);
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i bits01 = _mm256_set1_epi8(0x03), bits23 = _mm256_set1_epi8(0x0C);
   const __m256i bits45 = _mm256_set1_epi8(0x30), bits67 = _mm256_set1_epi8(static_cast<char>(0xC0));
-  const __m256i pick[4] = {WordPairMask(0, 1), WordPairMask(2, 3), WordPairMask(4, 5), WordPairMask(6, 7)};
-  __m256 acc = _mm256_setzero_ps();
-  for (size_t b = 0; b < supers; ++b, p += kQ6KBytes, ++x) {
+  __m256 acc[R];
+  for (int k = 0; k < R; ++k) acc[k] = _mm256_setzero_ps();
+  for (size_t b = 0; b < supers; ++b, p += kQ6KBytes) {
     PrefetchAhead(p, kQ6KBytes);
     const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192));
-    // 32 * sum_i16 scale[i16] * (sum of the activation quants i16 covers).
-    const __m256i offsets = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8),
-                                              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x->isum)));
-    __m256i isum = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offsets, 5));
+    const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+    __m256i isum[R];
+    for (int k = 0; k < R; ++k) {
+      // -32 * sum_i16 scale[i16] * (sum of the activation quants i16 covers).
+      const __m256i offsets = _mm256_madd_epi16(sc16, Load32(x.x[k][b].isum));
+      isum[k] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offsets, 5));
+    }
     const uint8_t* ql = p;
     const uint8_t* qh = p + 128;
-    const int8_t* xq = x->q;
     for (int half = 0; half < 2; ++half, ql += 64, qh += 32) {
       const __m128i half_scales = _mm_cvtepi8_epi16(half == 0 ? sc8 : _mm_srli_si128(sc8, 8));
       const __m256i scales = _mm256_set_m128i(half_scales, half_scales);
-      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
-      const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
-      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh));
+      const __m256i a = Load32(ql), c = Load32(ql + 32), h = Load32(qh);
       const __m256i v[4] = {
           _mm256_or_si256(_mm256_and_si256(a, low4), _mm256_slli_epi16(_mm256_and_si256(h, bits01), 4)),
           _mm256_or_si256(_mm256_and_si256(c, low4), _mm256_slli_epi16(_mm256_and_si256(h, bits23), 2)),
@@ -761,56 +783,84 @@ float DotQ6KQ8K(const uint8_t* p, const Q8KBlock* x, size_t supers) {
           _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(c, 4), low4),
                           _mm256_srli_epi16(_mm256_and_si256(h, bits67), 2)),
       };
-      for (int g = 0; g < 4; ++g, xq += 32) {
-        const __m256i prod = _mm256_maddubs_epi16(v[g], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq)));
-        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(prod, _mm256_shuffle_epi8(scales, pick[g])));
+      for (int g = 0; g < 4; ++g) {
+        const __m256i scale = _mm256_shuffle_epi8(scales, WordPairMask(2 * g, 2 * g + 1));
+        for (int k = 0; k < R; ++k) {
+          const __m256i prod = _mm256_maddubs_epi16(v[g], Load32(x.q(k, b, 128 * half + 32 * g)));
+          isum[k] = _mm256_add_epi32(isum[k], _mm256_madd_epi16(prod, scale));
+        }
       }
     }
-    acc = Fma(isum, HalfAt(p + 208) * x->d, acc);
+    const float d = HalfAt(p + 208);
+    for (int k = 0; k < R; ++k) acc[k] = Fma(isum[k], d * x.x[k][b].d, acc[k]);
   }
-  return ReduceAdd(acc);
+  for (int k = 0; k < R; ++k) out[k] = ReduceAdd(acc[k]);
 }
 
 // IQ4_XS: two 32-value sub-blocks per 32 bytes of nibbles, looked up in the value table (signed), multiplied by
 // sign transfer (maddubs takes an unsigned first operand), times the sub-blocks' scales (-32..31).
-float DotIq4XsQ8K(const uint8_t* p, const Q8KBlock* x, size_t supers) {
+template <int R>
+void DotIq4XsQ8K(const uint8_t* p, const std::byte* qx, size_t stride, size_t supers, float* out) {
+  const Rows<R> x(qx, stride);
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i table = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(ggml::kIq4Values)));
-  __m256 acc = _mm256_setzero_ps();
-  for (size_t b = 0; b < supers; ++b, p += kIq4XsBytes, ++x) {
+  __m256 acc[R];
+  for (int k = 0; k < R; ++k) acc[k] = _mm256_setzero_ps();
+  for (size_t b = 0; b < supers; ++b, p += kIq4XsBytes) {
     PrefetchAhead(p, kIq4XsBytes);
     const uint8_t* qs = p + 8;
-    __m256i isum = _mm256_setzero_si256();
+    __m256i isum[R];
+    for (int k = 0; k < R; ++k) isum[k] = _mm256_setzero_si256();
     for (int ib = 0; ib < 8; ib += 2, qs += 32) {
-      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs));
+      const __m256i bytes = Load32(qs);
       const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(bytes, low4));
       const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4));
       // Sub-block ib: values 0-15 are the low nibbles of its 16 bytes, 16-31 the high ones.
       const __m256i w[2] = {_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31)};
-      for (int k = 0; k < 2; ++k) {
-        const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x->q + 32 * (ib + k)));
-        const __m256i prod = _mm256_maddubs_epi16(_mm256_abs_epi8(w[k]), _mm256_sign_epi8(xq, w[k]));
-        isum = _mm256_add_epi32(
-            isum, _mm256_madd_epi16(prod, _mm256_set1_epi16(static_cast<int16_t>(ggml::Iq4XsScale(p, ib + k)))));
+      for (int j = 0; j < 2; ++j) {
+        const __m256i magnitude = _mm256_abs_epi8(w[j]);
+        const __m256i scale = _mm256_set1_epi16(static_cast<int16_t>(ggml::Iq4XsScale(p, ib + j)));
+        for (int k = 0; k < R; ++k) {
+          const __m256i prod = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(Load32(x.q(k, b, 32 * (ib + j))), w[j]));
+          isum[k] = _mm256_add_epi32(isum[k], _mm256_madd_epi16(prod, scale));
+        }
       }
     }
-    acc = Fma(isum, HalfAt(p) * x->d, acc);
+    const float d = HalfAt(p);
+    for (int k = 0; k < R; ++k) acc[k] = Fma(isum[k], d * x.x[k][b].d, acc[k]);
   }
-  return ReduceAdd(acc);
+  for (int k = 0; k < R; ++k) out[k] = ReduceAdd(acc[k]);
 }
 
-}  // namespace
-
-bool BlockDotQ8Avx2(GgmlType type, const void* row, const void* qx, size_t n, float* out) {
-  const auto* p = static_cast<const uint8_t*>(row);
-  switch (type) {
-    case GgmlType::kQ4_K: *out = DotQ4KQ8K(p, static_cast<const Q8KBlock*>(qx), n / kQKBlock, false); return true;
-    case GgmlType::kQ5_K: *out = DotQ4KQ8K(p, static_cast<const Q8KBlock*>(qx), n / kQKBlock, true); return true;
-    case GgmlType::kQ6_K: *out = DotQ6KQ8K(p, static_cast<const Q8KBlock*>(qx), n / kQKBlock); return true;
-    case GgmlType::kIQ4_XS: *out = DotIq4XsQ8K(p, static_cast<const Q8KBlock*>(qx), n / kQKBlock); return true;
-    default: break;
+// One of the kernels above for `count` (1..4) activation rows.
+template <template <int> class K, typename... A>
+void ForRows(size_t count, A... args) {
+  switch (count) {
+    case 1: return K<1>::Run(args...);
+    case 2: return K<2>::Run(args...);
+    case 3: return K<3>::Run(args...);
+    default: return K<4>::Run(args...);
   }
-  const auto* x = static_cast<const Q8Block*>(qx);
+}
+template <int R>
+struct Q4KRows {
+  static void Run(const uint8_t* p, const std::byte* x, size_t s, size_t n, bool five, float* out) {
+    DotQ4KQ8K<R>(p, x, s, n, five, out);
+  }
+};
+template <int R>
+struct Q6KRows {
+  static void Run(const uint8_t* p, const std::byte* x, size_t s, size_t n, float* out) { DotQ6KQ8K<R>(p, x, s, n, out); }
+};
+template <int R>
+struct Iq4XsRows {
+  static void Run(const uint8_t* p, const std::byte* x, size_t s, size_t n, float* out) {
+    DotIq4XsQ8K<R>(p, x, s, n, out);
+  }
+};
+
+// The 32-value formats, one activation row.
+float DotQ8Small(GgmlType type, const uint8_t* p, const Q8Block* x, size_t n) {
   __m256 acc = _mm256_setzero_ps();
   float minimums = 0;  // the minimum terms, subtracted at the end
   switch (type) {
@@ -847,9 +897,26 @@ bool BlockDotQ8Avx2(GgmlType type, const void* row, const void* qx, size_t n, fl
         acc = Fma(MulSumS(Iq4Values32(p + 2), LoadQ(x[k])), HalfAt(p) * x[k].d, acc);
       }
       break;
-    default: return BlockDotQ8Scalar(type, row, qx, n, out);
+    default: return 0;
   }
-  *out = ReduceAdd(acc) - minimums;
+  return ReduceAdd(acc) - minimums;
+}
+
+}  // namespace
+
+bool BlockDotQ8Avx2(GgmlType type, const void* row, const std::byte* qx, size_t x_stride, size_t count, size_t n,
+                    float* out) {
+  const auto* p = static_cast<const uint8_t*>(row);
+  const size_t supers = n / kQKBlock;
+  switch (type) {
+    case GgmlType::kQ4_K: ForRows<Q4KRows>(count, p, qx, x_stride, supers, false, out); return true;
+    case GgmlType::kQ5_K: ForRows<Q4KRows>(count, p, qx, x_stride, supers, true, out); return true;
+    case GgmlType::kQ6_K: ForRows<Q6KRows>(count, p, qx, x_stride, supers, out); return true;
+    case GgmlType::kIQ4_XS: ForRows<Iq4XsRows>(count, p, qx, x_stride, supers, out); return true;
+    default: break;
+  }
+  if (!HasQ8Dot(type)) return false;
+  for (size_t k = 0; k < count; ++k) out[k] = DotQ8Small(type, p, reinterpret_cast<const Q8Block*>(qx + k * x_stride), n);
   return true;
 }
 

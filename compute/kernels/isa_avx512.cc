@@ -458,9 +458,17 @@ void FromF32(const float* src, size_t n, DType dtype, void* dst) {
 
 #undef ES_UNROLL
 
+// The VNNI kernels where the CPU has AVX-512 VNNI (checked once), else the AVX2 ones.
+bool BlockDotQ8Avx512(GgmlType type, const void* row, const std::byte* x, size_t x_stride, size_t count, size_t n,
+                      float* out) {
+  static const bool vnni = __builtin_cpu_supports("avx512vnni");
+  return vnni ? BlockDotQ8Avx512Vnni(type, row, x, x_stride, count, n, out)
+              : BlockDotQ8Avx2(type, row, x, x_stride, count, n, out);
+}
+
 }  // namespace
 
 const IsaOps kAvx512Ops = {&MatMulRows,  &Dot,    &Scores,  &Max,         &ExpShifted,
-                           &WeightedSum, &ToF32, &FromF32, &BlockDotAvx2, &BlockDotQ8Avx2};
+                           &WeightedSum, &ToF32, &FromF32, &BlockDotAvx2, &BlockDotQ8Avx512};
 
 }  // namespace es::kernels::internal

@@ -105,17 +105,24 @@ struct IsaOps {
   // the same float operations as DequantizeGgmlRow, summed in an order that depends only on n. Returns false for
   // a format it does not take (the caller decodes the row and uses `dot`).
   bool (*block_dot)(GgmlType type, const void* row, const float* x, size_t n, float* out);
-  // sum_i decode(row)[i] * x[i] with x quantized by QuantizeQ8Row for `type`: integer products of the quants,
-  // scaled once per weight scale group (32 values) for the 32-value formats, and, for the super-block formats,
-  // summed over the whole 256 values with the weights' integer sub-block scales and scaled once; the minimum or
-  // offset terms of Q4_1, Q5_1, Q4_K and Q5_K use the activations' exact sums. Not the decoded matrix's result:
-  // within the activations' rounding of it. Returns false for a format it does not take.
-  bool (*block_dot_q8)(GgmlType type, const void* row, const void* x, size_t n, float* out);
+  // out[k] = sum_i decode(row)[i] * x_k[i] for k < count (1..kQ8Rows), x_k the activation row quantized by
+  // QuantizeQ8Row for `type` at x + k * x_stride: integer products of the quants, scaled once per weight scale
+  // group (32 values) for the 32-value formats, and, for the super-block formats, summed over the whole 256 values
+  // with the weights' integer sub-block scales and scaled once; the minimum or offset terms of Q4_1, Q5_1, Q4_K and
+  // Q5_K use the activations' exact sums. Each out[k] is computed the same way whatever count is (the rows share
+  // the weight row's loads). Not the decoded matrix's result: within the activations' rounding of it. Returns
+  // false for a format it does not take.
+  bool (*block_dot_q8)(GgmlType type, const void* row, const std::byte* x, size_t x_stride, size_t count, size_t n,
+                       float* out);
 };
+
+// The most activation rows one block_dot_q8 call takes, and the rows RunMatMul quantizes at a time.
+inline constexpr size_t kQ8Rows = 4;
 
 // The integer dot product of every format that has one (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K,
 // IQ4_XS), in plain scalar code: the reference for the SIMD versions and their fallback. Defined in q8_dot.cc.
-bool BlockDotQ8Scalar(GgmlType type, const void* row, const void* x, size_t n, float* out);
+bool BlockDotQ8Scalar(GgmlType type, const void* row, const std::byte* x, size_t x_stride, size_t count, size_t n,
+                      float* out);
 // The formats BlockDotQ8Scalar takes.
 bool HasQ8Dot(GgmlType type);
 // Quantizes n activations (a multiple of 32) into n / 32 blocks. Plain scalar code, so every ISA sees the same
@@ -130,7 +137,12 @@ void QuantizeQ8Row(GgmlType type, const float* x, size_t n, std::byte* out);
 bool BlockDotAvx2(GgmlType type, const void* row, const float* x, size_t n, float* out);
 // The AVX2 block_dot_q8 (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q4_K, Q5_K, Q6_K, IQ4_XS), which the AVX-512
 // table shares. Defined in isa_avx2.cc.
-bool BlockDotQ8Avx2(GgmlType type, const void* row, const void* x, size_t n, float* out);
+bool BlockDotQ8Avx2(GgmlType type, const void* row, const std::byte* x, size_t x_stride, size_t count, size_t n,
+                    float* out);
+// The AVX-512 VNNI block_dot_q8 (Q4_K, Q5_K, Q6_K; the other formats through BlockDotQ8Avx2), which the AVX-512
+// table uses where the CPU has VNNI. Defined in isa_avx512_vnni.cc.
+bool BlockDotQ8Avx512Vnni(GgmlType type, const void* row, const std::byte* x, size_t x_stride, size_t count,
+                          size_t n, float* out);
 
 // The table for `isa`, or null where the build or the CPU lacks it. Defined in cpu_kernels.cc; for it and tests.
 const IsaOps* OpsFor(Isa isa);

@@ -194,29 +194,64 @@ size_t Q8RowBytes(GgmlType type, size_t n) {
   return UsesQ8K(type) ? n / kQ8KBlockValues * sizeof(Q8KBlock) : n / kQ8BlockValues * sizeof(Q8Block);
 }
 
-bool BlockDotQ8Scalar(GgmlType type, const void* row, const void* x, size_t n, float* out) {
-  const auto* p = static_cast<const uint8_t*>(row);
-  const auto* xk = static_cast<const Q8KBlock*>(x);
+namespace {
+
+float DotOne(GgmlType type, const uint8_t* p, const std::byte* x, size_t n) {
+  const auto* xk = reinterpret_cast<const Q8KBlock*>(x);
   switch (type) {
-    case GgmlType::kQ4_K: *out = DotQ4K(p, xk, n / 256, false); return true;
-    case GgmlType::kQ5_K: *out = DotQ4K(p, xk, n / 256, true); return true;
-    case GgmlType::kQ6_K: *out = DotQ6K(p, xk, n / 256); return true;
-    case GgmlType::kIQ4_XS: *out = DotIq4Xs(p, xk, n / 256); return true;
-    default:
-      if (!HasQ8Dot(type)) return false;
-      *out = DotSmall(type, p, static_cast<const Q8Block*>(x), n / kQK);
-      return true;
+    case GgmlType::kQ4_K: return DotQ4K(p, xk, n / 256, false);
+    case GgmlType::kQ5_K: return DotQ4K(p, xk, n / 256, true);
+    case GgmlType::kQ6_K: return DotQ6K(p, xk, n / 256);
+    case GgmlType::kIQ4_XS: return DotIq4Xs(p, xk, n / 256);
+    default: return DotSmall(type, p, reinterpret_cast<const Q8Block*>(x), n / kQK);
   }
 }
+
+}  // namespace
+
+bool BlockDotQ8Scalar(GgmlType type, const void* row, const std::byte* x, size_t x_stride, size_t count, size_t n,
+                      float* out) {
+  if (!HasQ8Dot(type)) return false;
+  for (size_t k = 0; k < count; ++k) out[k] = DotOne(type, static_cast<const uint8_t*>(row), x + k * x_stride, n);
+  return true;
+}
+
+namespace {
+
+// round(v) to nearest, ties to even (lrint's default), for |v| < 2^22: adding 1.5 * 2^23 leaves the integer in
+// the mantissa's low bits. Plain arithmetic, so that the quantizers' loops vectorize.
+int32_t RoundToInt(float v) {
+  const float shifted = v + 12582912.0f;
+  int32_t bits;
+  std::memcpy(&bits, &shifted, sizeof(bits));
+  return bits - 0x4B400000;
+}
+
+// max |x[i]| over n values (a NaN is skipped here; the callers' sums catch it) and their fp32 sum, in order.
+void AbsMaxAndSum(const float* x, size_t n, float& amax, float& sum) {
+  for (size_t i = 0; i < n; ++i) {
+    const float a = std::fabs(x[i]);
+    amax = a > amax ? a : amax;
+    sum += x[i];
+  }
+}
+
+// q[i] = round(x[i] * inv) within [-127, 127], for n values; isum[i / 16] += q[i].
+void QuantizeValues(const float* x, size_t n, float inv, int8_t* q, int16_t* isum) {
+  for (size_t j = 0; j < n; ++j) {
+    const int32_t v = RoundToInt(x[j] * inv);
+    q[j] = static_cast<int8_t>(v > 127 ? 127 : (v < -127 ? -127 : v));
+  }
+  for (size_t j = 0; j < n; ++j) isum[j / 16] = static_cast<int16_t>(isum[j / 16] + q[j]);
+}
+
+}  // namespace
 
 void QuantizeQ8(const float* x, size_t n, Q8Block* out) {
   for (size_t k = 0; k < n / kQ8BlockValues; ++k, x += kQ8BlockValues) {
     Q8Block& b = out[k];
     float amax = 0, sum = 0;
-    for (size_t j = 0; j < kQ8BlockValues; ++j) {
-      amax = std::fmax(amax, std::fabs(x[j]));
-      sum += x[j];
-    }
+    AbsMaxAndSum(x, kQ8BlockValues, amax, sum);
     b.sum = sum;
     b.isum[0] = b.isum[1] = 0;
     if (!std::isfinite(amax) || !std::isfinite(sum)) {
@@ -226,12 +261,7 @@ void QuantizeQ8(const float* x, size_t n, Q8Block* out) {
       continue;
     }
     b.d = amax / 127.0f;
-    const float inv = amax == 0 ? 0.0f : 127.0f / amax;
-    for (size_t j = 0; j < kQ8BlockValues; ++j) {
-      const long q = std::lrint(x[j] * inv);
-      b.q[j] = static_cast<int8_t>(q > 127 ? 127 : (q < -127 ? -127 : q));
-      b.isum[j / 16] = static_cast<int16_t>(b.isum[j / 16] + b.q[j]);
-    }
+    QuantizeValues(x, kQ8BlockValues, amax == 0 ? 0.0f : 127.0f / amax, b.q, b.isum);
   }
 }
 
@@ -242,10 +272,7 @@ void QuantizeQ8K(const float* x, size_t n, Q8KBlock* out) {
     bool finite = true;
     for (size_t j = 0; j < kQ8KBlockValues / kQ8BlockValues; ++j) {
       float sum = 0;
-      for (size_t i = kQ8BlockValues * j; i < kQ8BlockValues * (j + 1); ++i) {
-        amax = std::fmax(amax, std::fabs(x[i]));
-        sum += x[i];
-      }
+      AbsMaxAndSum(x + kQ8BlockValues * j, kQ8BlockValues, amax, sum);
       b.sums[j] = sum;
       finite = finite && std::isfinite(sum);
     }
@@ -256,12 +283,7 @@ void QuantizeQ8K(const float* x, size_t n, Q8KBlock* out) {
       continue;
     }
     b.d = amax / 127.0f;
-    const float inv = amax == 0 ? 0.0f : 127.0f / amax;
-    for (size_t j = 0; j < kQ8KBlockValues; ++j) {
-      const long q = std::lrint(x[j] * inv);
-      b.q[j] = static_cast<int8_t>(q > 127 ? 127 : (q < -127 ? -127 : q));
-      b.isum[j / 16] = static_cast<int16_t>(b.isum[j / 16] + b.q[j]);
-    }
+    QuantizeValues(x, kQ8KBlockValues, amax == 0 ? 0.0f : 127.0f / amax, b.q, b.isum);
   }
 }
 

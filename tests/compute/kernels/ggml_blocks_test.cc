@@ -141,14 +141,14 @@ TEST(GgmlBlocksTest, MatMulOnBlocksIsMatMulOnTheDecodedRows) {
 // The integer path (CpuContext::q8_activations) on every format llama.cpp wrote: each ISA's block_dot_q8 agrees
 // with the scalar reference to fp32 rounding, and MatMul's result differs from the exact one by no more than the
 // activations' rounding allows: sum_i |w_i| * (half a quantization step of x_i's block: 32 values, 256 for the
-// super-block formats), which a wrong layout, scale or offset exceeds by orders of magnitude. Batches of 1, 3
-// and 6 (past the 4 rows quantized at a time).
+// super-block formats), which a wrong layout, scale or offset exceeds by orders of magnitude. Batches of 1, 3,
+// 6 (past the 4 activation rows of one block_dot_q8 call) and 70 (past the 64 rows quantized at a time).
 TEST(GgmlBlocksTest, IntegerPathIsWithinTheActivationsRounding) {
   BlockFixtures f;
   ASSERT_NO_FATAL_FAILURE(LoadBlockFixtures(&f));
   const size_t cols = f.cols, rows = f.rows;
   ASSERT_EQ(cols % 256, 0u);
-  constexpr size_t kBatch = 6;
+  constexpr size_t kBatch = 70;
   std::vector<float> x(kBatch * cols);
   for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37f * static_cast<float>(i)) * (0.5f + (i % 7) * 0.3f);
   // A few large activations, so that a 256-value block's step differs from its 32-value blocks' steps.
@@ -180,18 +180,30 @@ TEST(GgmlBlocksTest, IntegerPathIsWithinTheActivationsRounding) {
       const std::vector<float>& decoded = format.decoded;
       const size_t row_bytes = format.row_bytes;
       const std::vector<float>& step = kernels::internal::UsesQ8K(type) ? step256 : step32;
-      std::vector<std::byte> qx(kernels::internal::Q8RowBytes(type, cols));
-      kernels::internal::QuantizeQ8Row(type, x.data(), cols, qx.data());
+      // Activation rows 0-3, quantized one after another.
+      const size_t stride = kernels::internal::Q8RowBytes(type, cols);
+      constexpr size_t kRows = kernels::internal::kQ8Rows;
+      std::vector<std::byte> qx(kRows * stride);
+      for (size_t k = 0; k < kRows; ++k) {
+        kernels::internal::QuantizeQ8Row(type, x.data() + k * cols, cols, qx.data() + k * stride);
+      }
       for (size_t r = 0; r < rows; ++r) {
-        float simd = 0, scalar = 0;
-        double magnitude = 0;
-        for (size_t i = 0; i < cols; ++i) magnitude += std::fabs(decoded[r * cols + i] * x[i]);
-        ASSERT_TRUE(ops->block_dot_q8(type, blocks.data() + r * row_bytes, qx.data(), cols, &simd));
-        ASSERT_TRUE(kernels::internal::BlockDotQ8Scalar(type, blocks.data() + r * row_bytes, qx.data(), cols, &scalar));
-        EXPECT_NEAR(simd, scalar, 1e-5 * magnitude + 1e-6) << "row " << r;
+        const void* row = blocks.data() + r * row_bytes;
+        float simd[kRows], scalar[kRows];
+        ASSERT_TRUE(ops->block_dot_q8(type, row, qx.data(), stride, kRows, cols, simd));
+        ASSERT_TRUE(kernels::internal::BlockDotQ8Scalar(type, row, qx.data(), stride, kRows, cols, scalar));
+        for (size_t k = 0; k < kRows; ++k) {
+          double magnitude = 0;
+          for (size_t i = 0; i < cols; ++i) magnitude += std::fabs(decoded[r * cols + i] * x[k * cols + i]);
+          EXPECT_NEAR(simd[k], scalar[k], 1e-5 * magnitude + 1e-6) << "row " << r << ", activations " << k;
+          // Each activation row's result does not depend on how many rows share the call.
+          float alone = 0;
+          ASSERT_TRUE(ops->block_dot_q8(type, row, qx.data() + k * stride, stride, 1, cols, &alone));
+          EXPECT_EQ(alone, simd[k]) << "row " << r << ", activations " << k;
+        }
       }
       kernels::WeightMatrix quantized{blocks.data(), DType::kUnknown, rows, cols, type};
-      for (size_t batch : {size_t{1}, size_t{3}, kBatch}) {
+      for (size_t batch : {size_t{1}, size_t{3}, size_t{6}, kBatch}) {
         std::vector<float> got(batch * rows, std::nanf(""));
         ASSERT_TRUE(kernels::MatMul(ctx, x.data(), batch, quantized, got.data()).ok());
         for (size_t b = 0; b < batch; ++b) {
