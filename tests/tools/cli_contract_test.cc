@@ -202,6 +202,22 @@ TEST_F(CliContractTest, Q8ActivationsLeaveDenseModelsExact) {
   EXPECT_EQ(doc->Find("text")->string_value(), want->Find("text")->string_value());
 }
 
+// --warmup runs the prompt once untimed: the timed run's cache figures are its own. With every expert cacheable
+// and one token (the warm-up's own), the timed run reads nothing and misses nothing; without --warmup it misses.
+TEST_F(CliContractTest, WarmupLeavesTheTimedRunItsOwnCacheFigures) {
+  const std::string run = "generate --model tiny --prompt hi --max-tokens 1 --temperature 0 --json --no-record "
+                          "--cache-pct 100" + store_;
+  JsonValue cold = Json(RunCli(run));
+  JsonValue warm = Json(RunCli(run + " --warmup"));
+  EXPECT_FALSE(cold.Find("warmup")->bool_value());
+  EXPECT_TRUE(warm.Find("warmup")->bool_value());
+  EXPECT_GT(Num(*cold.Find("cache"), "misses"), 0);
+  EXPECT_EQ(Num(*warm.Find("cache"), "misses"), 0);
+  EXPECT_EQ(Num(*warm.Find("cache"), "bytes_read"), 0);
+  EXPECT_EQ(Num(*warm.Find("cache"), "hits"), Num(*cold.Find("cache"), "hits") + Num(*cold.Find("cache"), "misses"));
+  EXPECT_EQ(warm.Find("text")->string_value(), cold.Find("text")->string_value());
+}
+
 // A wrong path leaves no empty store behind; a file gets told to give its directory.
 TEST_F(CliContractTest, IngestOfAWrongPathSaysWhatToGiveAndCreatesNothing) {
   CliResult r = RunCli("ingest " + dir_->Sub("absent") + " --store " + dir_->Sub("never"), true);
