@@ -1,32 +1,47 @@
 #!/usr/bin/env bash
-# expertstore against llama.cpp on the same GGUF files: the tiny model converted by llama.cpp's own converter
-# (F32) and quantized by llama_model_quantize (Q8_0, Q4_K_M; its 128- and 96-wide rows take Q8_0/Q5_0 where a
-# K-quant does not fit), then, for the reference cases' prompts, llama.cpp's next-token distribution (npm's
-# node-llama-cpp) and expertstore's, from the same file, with its exact fp32 path and with --activations q8. Prints
-# KL(llama.cpp || expertstore) per file and each side's quantization cost, KL(its F32 || its quantized).
+# expertstore against llama.cpp on the same GGUF files, next-token distributions for the reference cases' prompts
+# (llama.cpp's from npm's node-llama-cpp, expertstore's from the same file with its exact fp32 path and with
+# --activations q8). Prints KL(llama.cpp || expertstore) per file, top-1 agreement, and each side's quantization
+# cost, KL(its unquantized file || its quantized one). Two models:
+#   default: the tiny model converted by llama.cpp's own converter (F32) and quantized by llama_model_quantize
+#     (Q8_0, Q4_K_M; its 128- and 96-wide rows take Q8_0/Q5_0 where a K-quant does not fit);
+#   --q30 LAYERS: a Qwen3-30B-A3B-shaped checkpoint of LAYERS layers (make-checkpoint's preset, random weights,
+#     the real Qwen3 tokenizer; rows of 2048 and 768, so real Q4_K, Q5_K and Q6_K blocks) converted to BF16 and
+#     quantized to Q8_0, Q4_K_M, Q6_K and IQ4_XS. About 3 GiB of scratch space per layer.
 # Needs the oracle of ../shared/oracles/llamacpp/README.md set up, with GGUF_PY, LLAMA_LIB_DIR and NODE_PATH.
-# Usage: bench/llamacpp_compare.sh [SHARED_DIR]     BUILD_DIR overrides build/.
+# Usage: bench/llamacpp_compare.sh [--q30 LAYERS] [SHARED_DIR]     BUILD_DIR overrides build/.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${BUILD_DIR:-$root/build}
+q30=0
+if [ "${1:-}" = --q30 ]; then q30=$2; shift 2; fi
 shared=${1:-$root/../shared}
 oracle=$shared/oracles/llamacpp
 for v in GGUF_PY LLAMA_LIB_DIR NODE_PATH; do
   [ -n "${!v:-}" ] || { echo "$v is not set: set up the llama.cpp oracle ($oracle/README.md)" >&2; exit 2; }
 done
-work=$(mktemp -d)
+work=$(mktemp -d /var/tmp/llamacpp-compare.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-types=(Q8_0 Q4_K_M)
-/usr/bin/python3 "$oracle/hf_to_gguf.py" "$root/models/tiny-qwen3-moe" "$work/tiny-F32.gguf" >/dev/null
+if [ "$q30" -gt 0 ]; then
+  base=BF16 types=(Q8_0 Q4_K_M Q6_K IQ4_XS)
+  ckpt=$work/checkpoint
+  "$build/expertstore" make-checkpoint "$ckpt" --arch qwen3_moe --preset qwen3-30b-a3b --layers "$q30" --quiet >/dev/null
+  cp "$shared/tokenizers/qwen3/tokenizer.json" "$shared/tokenizers/qwen3/tokenizer_config.json" "$ckpt/"
+  OUT_TYPE=bf16 /usr/bin/python3 "$oracle/hf_to_gguf.py" "$ckpt" "$work/m-$base.gguf" >/dev/null
+  rm -rf "$ckpt"
+else
+  base=F32 types=(Q8_0 Q4_K_M)
+  /usr/bin/python3 "$oracle/hf_to_gguf.py" "$root/models/tiny-qwen3-moe" "$work/m-$base.gguf" >/dev/null
+fi
 for t in "${types[@]}"; do
-  /usr/bin/python3 "$oracle/quantize.py" "$work/tiny-F32.gguf" "$work/tiny-$t.gguf" "$t" >/dev/null 2>&1
+  /usr/bin/python3 "$oracle/quantize.py" "$work/m-$base.gguf" "$work/m-$t.gguf" "$t" >/dev/null 2>&1
 done
 /usr/bin/python3 -c "import json, sys
 for line in open(sys.argv[1]): print(','.join(map(str, json.loads(line)['ids'])))" \
   "$root/models/tiny-qwen3-moe/reference/cases.jsonl" > "$work/ids.txt"
-for t in F32 "${types[@]}"; do
-  node "$oracle/llama_ref.mjs" "$work/tiny-$t.gguf" 1 < "$work/ids.txt" > "$work/llama-$t.jsonl" 2>/dev/null
-  "$build/expertstore" ingest "$work/tiny-$t.gguf" --name "$t" --store "$work/store" --quiet
+for t in "$base" "${types[@]}"; do
+  node "$oracle/llama_ref.mjs" "$work/m-$t.gguf" 1 < "$work/ids.txt" > "$work/llama-$t.jsonl" 2>/dev/null
+  "$build/expertstore" ingest "$work/m-$t.gguf" --name "$t" --store "$work/store" --quiet
   while read -r ids; do
     "$build/expertstore" logits --model "$t" --ids "$ids" --no-record --json --store "$work/store"
   done < "$work/ids.txt" > "$work/ours-$t.jsonl"
@@ -35,7 +50,7 @@ for t in F32 "${types[@]}"; do
     "$build/expertstore" logits --model "$t" --ids "$ids" --no-record --json --activations q8 --store "$work/store"
   done < "$work/ids.txt" > "$work/ours-$t-q8.jsonl"
 done
-/usr/bin/python3 - "$work" F32 "${types[@]}" <<'PY'
+/usr/bin/python3 - "$work" "$base" "${types[@]}" <<'PY'
 import json, math, sys
 work, names = sys.argv[1], sys.argv[2:]
 def softmax(logits):
@@ -58,15 +73,24 @@ cases = [i for i, p in enumerate(llama[names[0]]) if p is not None]
 argmax = lambda p: max(range(len(p)), key=p.__getitem__)
 print(f"{len(cases)} prompts; KL in nats, mean (max)")
 print("expertstore exact: blocks decoded and multiplied in fp32; q8: --activations q8 (int8 activations, not exact)")
-print(f"{'file':14} {'KL(llama.cpp || expertstore)':>30} {'same top-1':>11} {'expertstore F32 cost':>21} {'llama.cpp F32 cost':>19}")
+base = names[0]
+print(f"{'file':14} {'KL(llama.cpp || expertstore)':>30} {'KL / llama cost':>15} {'same top-1':>11} "
+      f"{'top-1, margin > 1e-3':>21} {'expertstore cost':>17} {'llama.cpp cost':>15}")
 mean = lambda v: sum(v) / len(v)
+def margin(p):
+    top = sorted(p, reverse=True)
+    return top[0] - top[1]
 for n in names:
     for mode in ("exact", "q8"):
         o = ours[n if mode == "exact" else n + "-q8"]
         k = [kl(llama[n][i], o[i]) for i in cases]
         top = sum(argmax(llama[n][i]) == argmax(o[i]) for i in cases)
-        cost_o = [kl(ours[names[0]][i], o[i]) for i in cases]
-        cost_l = [kl(llama[names[0]][i], llama[n][i]) for i in cases]
-        print(f"{n + ' ' + mode:14} {mean(k):>18.3g} ({max(k):.2g}) {top:>7}/{len(cases)} {mean(cost_o):>21.3g} "
-              f"{mean(cost_l):>19.3g}")
+        clear = [i for i in cases if margin(llama[n][i]) > 1e-3]
+        top_clear = sum(argmax(llama[n][i]) == argmax(o[i]) for i in clear)
+        cost_o = [kl(ours[base][i], o[i]) for i in cases]
+        cost_l = [kl(llama[base][i], llama[n][i]) for i in cases]
+        ratio = f"{mean(k) / mean(cost_l):.3f}" if n != base and mean(cost_l) > 0 else "-"
+        print(f"{n + ' ' + mode:14} {mean(k):>18.3g} ({max(k):.2g}) {ratio:>15} {top:>7}/{len(cases)} "
+              f"{top_clear:>17}/{len(clear)} {mean(cost_o):>17.3g} {mean(cost_l):>15.3g}")
+print(f"costs: KL({base} file || this file) of each side; KL / llama cost: the first column over llama.cpp's cost")
 PY

@@ -8,9 +8,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "store/base/cuda_status.h"
 #include "compute/cuda/cuda_kernels.h"
+#include "compute/cuda/ggml_blocks.cuh"
 #include "store/base/dtype.h"
 
 namespace es::cuda::internal {
@@ -123,7 +125,25 @@ __device__ __forceinline__ void BlockBest(float& value, int& index, float* share
 
 // ---- Weights ---------------------------------------------------------------------------------------------------
 
-enum class WeightKind : uint8_t { kF32, kF16, kBF16 };
+// The element types the matmul kernels take: 16- and 32-bit floats, and the GGML block formats of ggml_blocks.cuh.
+enum class WeightKind : uint8_t { kF32, kF16, kBF16, kQ4_0, kQ4_1, kQ5_0, kQ5_1, kQ8_0, kIQ4_NL, kQ4_K, kQ5_K, kQ6_K, kIQ4_XS };
+
+constexpr bool IsBlockKind(WeightKind kind) { return kind >= WeightKind::kQ4_0; }
+
+constexpr GgmlType BlockType(WeightKind kind) {
+  switch (kind) {
+    case WeightKind::kQ4_0: return GgmlType::kQ4_0;
+    case WeightKind::kQ4_1: return GgmlType::kQ4_1;
+    case WeightKind::kQ5_0: return GgmlType::kQ5_0;
+    case WeightKind::kQ5_1: return GgmlType::kQ5_1;
+    case WeightKind::kQ8_0: return GgmlType::kQ8_0;
+    case WeightKind::kIQ4_NL: return GgmlType::kIQ4_NL;
+    case WeightKind::kQ4_K: return GgmlType::kQ4_K;
+    case WeightKind::kQ5_K: return GgmlType::kQ5_K;
+    case WeightKind::kQ6_K: return GgmlType::kQ6_K;
+    default: return GgmlType::kIQ4_XS;
+  }
+}
 
 inline bool ToWeightKind(DType dtype, WeightKind* kind) {
   switch (dtype) {
@@ -134,8 +154,44 @@ inline bool ToWeightKind(DType dtype, WeightKind* kind) {
   }
 }
 
+// A matrix's kind: its block format when it has one (only those the device decodes), else its dtype.
+inline bool ToWeightKind(const kernels::WeightMatrix& w, WeightKind* kind) {
+  if (!w.blocks) return ToWeightKind(w.dtype, kind);
+  for (WeightKind k : {WeightKind::kQ4_0, WeightKind::kQ4_1, WeightKind::kQ5_0, WeightKind::kQ5_1, WeightKind::kQ8_0,
+                       WeightKind::kIQ4_NL, WeightKind::kQ4_K, WeightKind::kQ5_K, WeightKind::kQ6_K,
+                       WeightKind::kIQ4_XS}) {
+    if (BlockType(k) == *w.blocks) {
+      *kind = k;
+      return true;
+    }
+  }
+  return false;
+}
+
+// Bytes per element of the float kinds (0 for block formats, whose rows are RowBytes).
 inline size_t WeightKindSize(WeightKind kind) {
+  if (IsBlockKind(kind)) return 0;
   return kind == WeightKind::kF32 ? sizeof(float) : sizeof(uint16_t);
+}
+
+// Calls f(std::integral_constant<WeightKind, kind>{}): one instantiation per kind, chosen at run time.
+template <typename F>
+void WithKind(WeightKind kind, F&& f) {
+  switch (kind) {
+    case WeightKind::kF32: return f(std::integral_constant<WeightKind, WeightKind::kF32>{});
+    case WeightKind::kF16: return f(std::integral_constant<WeightKind, WeightKind::kF16>{});
+    case WeightKind::kBF16: return f(std::integral_constant<WeightKind, WeightKind::kBF16>{});
+    case WeightKind::kQ4_0: return f(std::integral_constant<WeightKind, WeightKind::kQ4_0>{});
+    case WeightKind::kQ4_1: return f(std::integral_constant<WeightKind, WeightKind::kQ4_1>{});
+    case WeightKind::kQ5_0: return f(std::integral_constant<WeightKind, WeightKind::kQ5_0>{});
+    case WeightKind::kQ5_1: return f(std::integral_constant<WeightKind, WeightKind::kQ5_1>{});
+    case WeightKind::kQ8_0: return f(std::integral_constant<WeightKind, WeightKind::kQ8_0>{});
+    case WeightKind::kIQ4_NL: return f(std::integral_constant<WeightKind, WeightKind::kIQ4_NL>{});
+    case WeightKind::kQ4_K: return f(std::integral_constant<WeightKind, WeightKind::kQ4_K>{});
+    case WeightKind::kQ5_K: return f(std::integral_constant<WeightKind, WeightKind::kQ5_K>{});
+    case WeightKind::kQ6_K: return f(std::integral_constant<WeightKind, WeightKind::kQ6_K>{});
+    case WeightKind::kIQ4_XS: return f(std::integral_constant<WeightKind, WeightKind::kIQ4_XS>{});
+  }
 }
 
 // bfloat16 is the top half of an fp32; binary16 widens exactly through the hardware conversion.
@@ -189,6 +245,27 @@ template <WeightKind kKind, int kTile>
 __device__ __forceinline__ void WarpRowDots(const void* weights, size_t row, size_t cols, bool vector_ok,
                                             const float* const* xs, int count, float (&acc)[kTile]) {
   const int lane = threadIdx.x % kWarpSize;
+  if constexpr (IsBlockKind(kKind)) {
+    // Block formats: each lane decodes whole 32-value units (DecodeUnit, DequantizeGgmlRow's values) and dots
+    // them with every activation row of the tile.
+    constexpr GgmlType kType = BlockType(kKind);
+    const auto* row_bytes = static_cast<const uint8_t*>(weights) + row * BlockRowBytes(kType, cols);
+    for (int t = 0; t < kTile; ++t) acc[t] = 0.0f;
+    for (size_t u = static_cast<size_t>(lane); u < cols / 32; u += kWarpSize) {
+      float w[32];
+      DecodeUnit<kType>(row_bytes, u, w);
+      for (int t = 0; t < kTile; ++t) {
+        if (t < count) {
+          const float* x = xs[t] + 32 * u;
+          float s = 0.0f;
+          for (int j = 0; j < 32; ++j) s += w[j] * x[j];
+          acc[t] += s;
+        }
+      }
+    }
+    for (int t = 0; t < kTile; ++t) acc[t] = WarpSum(acc[t]);
+    return;
+  }
   constexpr size_t kElementBytes = kKind == WeightKind::kF32 ? sizeof(float) : sizeof(uint16_t);
   const char* row_bytes = static_cast<const char*>(weights) + row * cols * kElementBytes;
   for (int t = 0; t < kTile; ++t) acc[t] = 0.0f;
@@ -223,6 +300,7 @@ __device__ __forceinline__ void WarpRowDots(const void* weights, size_t row, siz
 // Host side: whether WarpRowDots may take the vector path for this weight matrix and these activations
 // (row starts 16-byte aligned for both).
 inline bool VectorOk(const void* weights, size_t cols, WeightKind kind, const float* x) {
+  if (IsBlockKind(kind)) return false;  // the block path does not use it
   return Aligned16(weights) && (cols * WeightKindSize(kind)) % kVectorBytes == 0 && Aligned16(x) &&
          (cols * sizeof(float)) % kVectorBytes == 0;
 }

@@ -67,6 +67,7 @@ Status AddBias(const CudaStream& stream, float* y, size_t rows, const kernels::W
     case WeightKind::kF32: AddBiasKernel<WeightKind::kF32><<<grid, kThreads, 0, s>>>(y, bias.data, rows, bias.size); break;
     case WeightKind::kF16: AddBiasKernel<WeightKind::kF16><<<grid, kThreads, 0, s>>>(y, bias.data, rows, bias.size); break;
     case WeightKind::kBF16: AddBiasKernel<WeightKind::kBF16><<<grid, kThreads, 0, s>>>(y, bias.data, rows, bias.size); break;
+    default: break;  // weight vectors are F32, F16 or BF16 (ToWeightKind of a DType)
   }
   return internal::LaunchStatus("AddBias");
 }

@@ -108,10 +108,16 @@ __global__ void ExpertDownKernel(const float* h, size_t count, const void* down,
 }
 
 Status CheckMatrix(const kernels::WeightMatrix& w, const char* kernel, const char* role, WeightKind* kind) {
-  if (!internal::ToWeightKind(w.dtype, kind)) {
-    return Status::InvalidArgument(std::string(kernel) + ": " + role + " dtype is not F32, F16 or BF16");
+  if (!internal::ToWeightKind(w, kind)) {
+    return Status::InvalidArgument(std::string(kernel) + ": " + role + (w.blocks ? " block format " : " dtype ") +
+                                   "is not one the device kernels take (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "
+                                   "IQ4_NL, Q4_K, Q5_K, Q6_K, IQ4_XS)");
   }
   if (w.rows == 0 || w.cols == 0) return Status::InvalidArgument(std::string(kernel) + ": " + role + " is empty");
+  if (w.blocks && w.cols % internal::BlockValues(*w.blocks) != 0) {
+    return Status::InvalidArgument(std::string(kernel) + ": " + role + " rows of " + std::to_string(w.cols) +
+                                   " values are not whole blocks");
+  }
   if (w.data == nullptr) return Status::InvalidArgument(std::string(kernel) + ": " + role + " data is null");
   return Status::Ok();
 }
@@ -120,43 +126,24 @@ template <int kTile>
 void LaunchMatMul(WeightKind kind, cudaStream_t stream, const float* x, size_t batch, const kernels::WeightMatrix& w,
                   bool vector_ok, float* y) {
   const unsigned blocks = internal::Blocks(w.rows, kWarpsPerBlock);
-  switch (kind) {
-    case WeightKind::kF32:
-      MatMulKernel<WeightKind::kF32, kTile><<<blocks, kThreadsPerBlock, 0, stream>>>(x, batch, w.data, w.rows, w.cols,
-                                                                                     vector_ok, y);
-      break;
-    case WeightKind::kF16:
-      MatMulKernel<WeightKind::kF16, kTile><<<blocks, kThreadsPerBlock, 0, stream>>>(x, batch, w.data, w.rows, w.cols,
-                                                                                     vector_ok, y);
-      break;
-    case WeightKind::kBF16:
-      MatMulKernel<WeightKind::kBF16, kTile><<<blocks, kThreadsPerBlock, 0, stream>>>(x, batch, w.data, w.rows,
-                                                                                      w.cols, vector_ok, y);
-      break;
-  }
+  internal::WithKind(kind, [&](auto k) {
+    MatMulKernel<decltype(k)::value, kTile><<<blocks, kThreadsPerBlock, 0, stream>>>(x, batch, w.data, w.rows, w.cols,
+                                                                                    vector_ok, y);
+  });
 }
 
-// Gate and up share one dtype in every checkpoint this project reads; mixed gate/up dtypes are refused.
+// Gate and up share one dtype (or block format) in every checkpoint this project reads; mixed ones are refused.
 template <int kTile>
 void LaunchGateUp(WeightKind kind, cudaStream_t stream, const float* x, size_t tokens, const int32_t* rows,
                   size_t count, const kernels::ExpertWeights& e, bool vector_ok, float* h) {
   const size_t inter = e.gate.rows;
   const size_t hidden = e.gate.cols;
   const unsigned blocks = internal::Blocks(inter, kWarpsPerBlock);
-  switch (kind) {
-    case WeightKind::kF32:
-      ExpertGateUpKernel<WeightKind::kF32, WeightKind::kF32, kTile><<<blocks, kThreadsPerBlock, 0, stream>>>(
-          x, tokens, rows, count, e.gate.data, e.up.data, inter, hidden, vector_ok, h);
-      break;
-    case WeightKind::kF16:
-      ExpertGateUpKernel<WeightKind::kF16, WeightKind::kF16, kTile><<<blocks, kThreadsPerBlock, 0, stream>>>(
-          x, tokens, rows, count, e.gate.data, e.up.data, inter, hidden, vector_ok, h);
-      break;
-    case WeightKind::kBF16:
-      ExpertGateUpKernel<WeightKind::kBF16, WeightKind::kBF16, kTile><<<blocks, kThreadsPerBlock, 0, stream>>>(
-          x, tokens, rows, count, e.gate.data, e.up.data, inter, hidden, vector_ok, h);
-      break;
-  }
+  internal::WithKind(kind, [&](auto k) {
+    constexpr WeightKind kKind = decltype(k)::value;
+    ExpertGateUpKernel<kKind, kKind, kTile><<<blocks, kThreadsPerBlock, 0, stream>>>(
+        x, tokens, rows, count, e.gate.data, e.up.data, inter, hidden, vector_ok, h);
+  });
 }
 
 template <int kTile>
@@ -165,20 +152,10 @@ void LaunchDown(WeightKind kind, cudaStream_t stream, const float* h, size_t cou
   const size_t hidden = e.down.rows;
   const size_t inter = e.down.cols;
   const unsigned blocks = internal::Blocks(hidden, kWarpsPerBlock);
-  switch (kind) {
-    case WeightKind::kF32:
-      ExpertDownKernel<WeightKind::kF32, kTile><<<blocks, kThreadsPerBlock, 0, stream>>>(
-          h, count, e.down.data, hidden, inter, vector_ok, tokens, rows, scale, out);
-      break;
-    case WeightKind::kF16:
-      ExpertDownKernel<WeightKind::kF16, kTile><<<blocks, kThreadsPerBlock, 0, stream>>>(
-          h, count, e.down.data, hidden, inter, vector_ok, tokens, rows, scale, out);
-      break;
-    case WeightKind::kBF16:
-      ExpertDownKernel<WeightKind::kBF16, kTile><<<blocks, kThreadsPerBlock, 0, stream>>>(
-          h, count, e.down.data, hidden, inter, vector_ok, tokens, rows, scale, out);
-      break;
-  }
+  internal::WithKind(kind, [&](auto k) {
+    ExpertDownKernel<decltype(k)::value, kTile><<<blocks, kThreadsPerBlock, 0, stream>>>(
+        h, count, e.down.data, hidden, inter, vector_ok, tokens, rows, scale, out);
+  });
 }
 
 // Checks the expert's three matrices and their shapes; sets the dtypes.
@@ -188,7 +165,9 @@ Status CheckExpert(const kernels::ExpertWeights& e, const char* kernel, WeightKi
   ES_RETURN_IF_ERROR(CheckMatrix(e.gate, kernel, "gate", gate_up_kind));
   ES_RETURN_IF_ERROR(CheckMatrix(e.up, kernel, "up", &up_kind));
   ES_RETURN_IF_ERROR(CheckMatrix(e.down, kernel, "down", down_kind));
-  if (up_kind != *gate_up_kind) return Status::InvalidArgument(std::string(kernel) + ": gate and up dtypes differ");
+  if (up_kind != *gate_up_kind) {
+    return Status::InvalidArgument(std::string(kernel) + ": gate and up dtypes (or block formats) differ");
+  }
   const size_t inter = e.gate.rows;
   const size_t hidden = e.gate.cols;
   if (e.up.rows != inter || e.up.cols != hidden || e.down.rows != hidden || e.down.cols != inter) {

@@ -100,6 +100,7 @@ void LaunchQkNormRope(WeightKind k_kind, unsigned blocks, unsigned threads, cuda
       QkNormRopeKernel<kQKind, WeightKind::kBF16><<<blocks, threads, 0, stream>>>(q, k, heads, kv_heads, head_dim,
                                                                                     qn, kn, eps, positions, inv_freq);
       break;
+    default: break;  // weight vectors are F32, F16 or BF16 (ToWeightKind of a DType)
   }
 }
 
@@ -129,6 +130,7 @@ Status RmsNorm(const CudaStream& stream, const float* x, size_t rows, const kern
       RmsNormKernel<WeightKind::kBF16><<<blocks, kNormThreads, 0, internal::Native(stream)>>>(x, weight.data,
                                                                                                weight.size, eps, y);
       break;
+    default: break;  // weight vectors are F32, F16 or BF16 (ToWeightKind of a DType)
   }
   return internal::LaunchStatus("RmsNorm");
 }
@@ -177,6 +179,7 @@ Status QkNormRope(const CudaStream& stream, const kernels::AttentionShape& shape
       LaunchQkNormRope<WeightKind::kBF16>(k_kind, blocks, threads, s, q, k, heads, kv_heads, dim, q_norm.data,
                                           k_norm.data, eps, positions, inv_freq);
       break;
+    default: break;  // weight vectors are F32, F16 or BF16 (ToWeightKind of a DType)
   }
   return internal::LaunchStatus("QkNormRope");
 }

@@ -89,11 +89,6 @@ Result<bool> HoldsBlockFormats(Store& store, const Model& model) {
 Result<std::unique_ptr<Backend>> CreateBackend(Store& store, const Model& model, const BackendOptions& options) {
   ES_RETURN_IF_ERROR(ValidateBackendOptions(options));
   if (options.device == "cpu") return MakeCpuBackend();
-  ES_ASSIGN_OR_RETURN(bool blocks, HoldsBlockFormats(store, model));
-  if (blocks) {
-    return Status::NotSupported("model '" + model.info().name + "' holds GGML block formats (a quantized GGUF), which "
-                                "only the CPU backend computes on yet: use `device` cpu");
-  }
 #ifdef ES_HAVE_CUDA
   return CreateCudaBackend(store, model, options);
 #else

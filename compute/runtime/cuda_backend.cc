@@ -39,6 +39,19 @@ uint64_t ExpertKey(uint32_t layer, uint32_t expert) { return (static_cast<uint64
 
 size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
+// An expert's weight bytes per parameter over its three matrices (GGML block formats included), for the hybrid
+// cost model.
+double BytesPerWeight(const kernels::ExpertWeights& e) {
+  double bytes = 0, parameters = 0;
+  for (const kernels::WeightMatrix* w : {&e.gate, &e.up, &e.down}) {
+    const double n = static_cast<double>(w->rows) * static_cast<double>(w->cols);
+    parameters += n;
+    bytes += w->blocks ? static_cast<double>(GgmlRowBytes(*w->blocks, w->cols).value_or(0)) * static_cast<double>(w->rows)
+                       : n * static_cast<double>(DTypeSize(w->dtype));
+  }
+  return parameters > 0 ? bytes / parameters : 0;
+}
+
 double Seconds(std::chrono::steady_clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 std::string Mib(uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
@@ -290,7 +303,7 @@ Status CudaBackend::MeasureRates(const Model& model, const cuda::DeviceInfo& inf
   }
   ES_ASSIGN_OR_RETURN(kernels::ExpertWeights w,
                       ExpertWeightsFromPayload(*sample, {static_cast<const std::byte*>(host.data()), bytes}));
-  const size_t weight_bytes = DTypeSize(w.gate.dtype);
+  const double weight_bytes = BytesPerWeight(w);
   auto time_rows = [&](size_t rows) -> Result<double> {
     std::vector<float> x(rows * w.gate.cols, 0.01f), out(rows * w.down.rows);
     std::vector<float> scratch(kernels::ExpertScratchFloats(rows, w.gate.rows));
@@ -664,7 +677,7 @@ Status CudaLayerOps::RunCpuPending(const std::vector<ExpertRows>& groups, MissPa
   for (size_t j : parts.cpu_pending) {
     const AcquiredExpert& host = part_[j];
     const ExpertRows& g = groups[parts.groups[j]];
-    const size_t weight_bytes = DTypeSize(host.weights.gate.dtype);
+    const double weight_bytes = BytesPerWeight(host.weights);
     auto start = std::chrono::steady_clock::now();
     b_.cpu_scratch_.resize(kernels::ExpertScratchFloats(g.rows.size(), host.weights.gate.rows));
     ES_RETURN_IF_ERROR(kernels::ExpertAccumulateRows(model_.context(), host.weights, b_.stage_h_.As<float>(), T_,
@@ -706,7 +719,7 @@ Status CudaLayerOps::RunMiss(const std::vector<ExpertRows>& groups, size_t i, si
   }
   const size_t j = static_cast<size_t>(held - parts.groups.begin());
   const AcquiredExpert& host = part_[j];
-  if (b_.hybrid_ && b_.cost_.Choose(host.payload.size(), DTypeSize(host.weights.gate.dtype), g.rows.size()) ==
+  if (b_.hybrid_ && b_.cost_.Choose(host.payload.size(), BytesPerWeight(host.weights), g.rows.size()) ==
                         ExpertPlacement::kCpu) {
     parts.cpu_pending.push_back(j);
     return Status::Ok();

@@ -35,13 +35,14 @@ class HybridCostModel {
  public:
   explicit HybridCostModel(const HybridCostOptions& options = {}) : o_(options) {}
 
-  // Seconds each way for an expert of `bytes` (bytes per weight `weight_bytes`, 2 for bf16) on `rows` tokens.
+  // Seconds each way for an expert of `bytes` (bytes per weight `weight_bytes`: 2 for bf16, 0.5625 for Q4_K) on
+  // `rows` tokens.
   double CopySeconds(uint64_t bytes) const;
-  double CpuSeconds(uint64_t bytes, size_t weight_bytes, size_t rows) const;
-  ExpertPlacement Choose(uint64_t bytes, size_t weight_bytes, size_t rows) const;
+  double CpuSeconds(uint64_t bytes, double weight_bytes, size_t rows) const;
+  ExpertPlacement Choose(uint64_t bytes, double weight_bytes, size_t rows) const;
 
   // A CPU expert of `bytes` on `rows` rows took `seconds`: refines the CPU rates.
-  void ObserveCpu(uint64_t bytes, size_t weight_bytes, size_t rows, double seconds);
+  void ObserveCpu(uint64_t bytes, double weight_bytes, size_t rows, double seconds);
   // A measured upload rate (the backend times uploads when it can).
   void SetH2dBytesPerSecond(double rate);
 

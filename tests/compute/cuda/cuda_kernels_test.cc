@@ -24,6 +24,7 @@
 #include "compute/cuda/device_cache.h"
 #include "compute/kernels/cpu_kernels.h"
 #include "store/base/float16.h"
+#include "tests/util/block_fixtures.h"
 #include "tests/util/tensors.h"
 
 namespace es::cuda {
@@ -505,6 +506,43 @@ TEST_F(CudaKernelsTest, MatMulMatchesCpu) {
       ExpectClose(Read(dy, c.batch * c.rows, what), expected, WeightTolerance(dtype), what);
     }
   }
+}
+
+// Every block format llama.cpp wrote (tests/ingest/gguf_fixtures/blocks), as a matrix of its rows repeated, on
+// the device against the CPU's MatMul on the same blocks: the device decodes each value as the CPU does
+// (ggml_blocks.cuh), so only the summation order differs. A GEMV and a batch of nine (a full and a partial tile).
+TEST_F(CudaKernelsTest, MatMulOnBlocksMatchesCpu) {
+  testing::BlockFixtures f;
+  ASSERT_NO_FATAL_FAILURE(testing::LoadBlockFixtures(&f));
+  std::mt19937 rng(23);
+  constexpr size_t kRows = 67;
+  size_t formats = 0;
+  for (const testing::BlockFormat& format : f.formats) {
+    if (format.type == GgmlType::kF32 || format.type == GgmlType::kF16 ||
+        format.type == GgmlType::kBF16) {
+      continue;
+    }
+    ++formats;
+    std::vector<std::byte> bytes(kRows * format.row_bytes);
+    for (size_t r = 0; r < kRows; ++r) {
+      std::memcpy(bytes.data() + r * format.row_bytes, format.blocks.data() + (r % f.rows) * format.row_bytes,
+                  format.row_bytes);
+    }
+    for (size_t batch : {size_t{1}, size_t{9}}) {
+      const std::string what = "MatMul " + format.name + " batch " + std::to_string(batch);
+      const std::vector<float> x = RandomFloats(rng, batch * f.cols);
+      std::vector<float> expected(batch * kRows);
+      const kernels::WeightMatrix host{bytes.data(), DType::kUnknown, kRows, f.cols, format.type};
+      ASSERT_OK(kernels::MatMul(cpu_, x.data(), batch, host, expected.data()));
+      DeviceBuffer dx = ToDevice(x);
+      DeviceBuffer dw = ToDevice(bytes);
+      DeviceBuffer dy = Poisoned(batch * kRows);
+      ASSERT_OK(MatMul(stream_, dx.As<float>(), batch, {dw.data(), DType::kUnknown, kRows, f.cols, format.type},
+                       dy.As<float>()));
+      ExpectClose(Read(dy, batch * kRows, what), expected, 1e-5, what);
+    }
+  }
+  EXPECT_GE(formats, 10u);
 }
 
 TEST_F(CudaKernelsTest, MatMulScalarPathForMisalignedActivations) {
