@@ -127,6 +127,14 @@ generate() {
        --threads 2 "$1" "$2" --activations "$3" --quiet)
 }
 field() { /usr/bin/python3 -c "import json, sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
+# print_medians: the medians of the runs in ll, nr, ex and q8, and ex's and q8's ratios against the faster llama.cpp.
+print_medians() {
+  /usr/bin/python3 -c "
+l, n, e, q = $(es_median "${ll[@]}"), $(es_median "${nr[@]}"), $(es_median "${ex[@]}"), $(es_median "${q8[@]}")
+best = max(l, n)
+r = lambda a: f'{a / best:.2f}x' if best > 0 else 'n/a'
+print(f'{l:>10.2f} {n:>10.2f} {e:>10.2f} {q:>10.2f} {r(e):>12} {r(q):>10}')"
+}
 
 # The experts' bytes (the cache's size with all of them) and B.
 expert_mib=$("$cli" generate --model m --store "$store" --prompt x --max-tokens 1 --json --no-record --cache-pct 100 \
@@ -172,12 +180,8 @@ for pct in $percents; do
       if [ $a = exact ]; then ex+=("$v"); else q8+=("$v"); fi
     done
   done
-  l=$(es_median "${ll[@]}") n=$(es_median "${nr[@]}") e=$(es_median "${ex[@]}") q=$(es_median "${q8[@]}")
-  /usr/bin/python3 -c "
-l, n, e, q = $l, $n, $e, $q
-best = max(l, n)
-r = lambda a: f'{a / best:.2f}x' if best > 0 else 'n/a'
-print(f'{\"$pct\":<8} {\"$shown\":>10} {l:>10.2f} {n:>10.2f} {e:>10.2f} {q:>10.2f} {r(e):>12} {r(q):>10}')"
+  printf '%-8s %10s ' "$pct" "$shown"
+  print_medians
 done
 
 [ "$prefill" -gt 0 ] || exit 0
@@ -203,9 +207,4 @@ for _ in $(seq "$reps"); do
     if [ $a = exact ]; then ex+=("$v"); else q8+=("$v"); fi
   done
 done
-l=$(es_median "${ll[@]}") n=$(es_median "${nr[@]}") e=$(es_median "${ex[@]}") q=$(es_median "${q8[@]}")
-/usr/bin/python3 -c "
-l, n, e, q = $l, $n, $e, $q
-best = max(l, n)
-r = lambda a: f'{a / best:.2f}x' if best > 0 else 'n/a'
-print(f'{l:>10.2f} {n:>10.2f} {e:>10.2f} {q:>10.2f} {r(e):>12} {r(q):>10}')"
+print_medians

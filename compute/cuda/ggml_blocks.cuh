@@ -33,17 +33,6 @@ __device__ __forceinline__ uint32_t Bits32At(const uint8_t* p) {
          (static_cast<uint32_t>(p[3]) << 24);
 }
 
-// Sub-block j's 6-bit scale and minimum of a Q4_K / Q5_K super-block (ggml::ScaleMinK4).
-__device__ __forceinline__ void ScaleMinK4(int j, const uint8_t* q, int& scale, int& min) {
-  if (j < 4) {
-    scale = q[j] & 63;
-    min = q[j + 4] & 63;
-  } else {
-    scale = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-    min = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
-
 // Bytes of one row of `cols` values of a device block format.
 __host__ __device__ constexpr size_t BlockRowBytes(GgmlType t, size_t cols) {
   switch (t) {
@@ -115,7 +104,7 @@ __device__ __forceinline__ void DecodeUnit(const uint8_t* row, size_t u, float (
     const uint8_t* b = row + (kFive ? 176 : 144) * (u / 8);
     const int j8 = static_cast<int>(u % 8);
     int sc, m;
-    ScaleMinK4(j8, b + 4, sc, m);
+    ggml::ScaleMinK4(j8, b + 4, sc, m);
     const float d1 = __fmul_rn(HalfAt(b), static_cast<float>(sc));
     const float m1 = __fmul_rn(HalfAt(b + 2), static_cast<float>(m));
     const uint8_t* q = b + (kFive ? 48 : 16) + 32 * (j8 / 2);
@@ -133,16 +122,14 @@ __device__ __forceinline__ void DecodeUnit(const uint8_t* row, size_t u, float (
     const auto* sc = reinterpret_cast<const int8_t*>(b + 192) + 8 * half + 2 * g;
     const float d = HalfAt(b + 208);
     for (int l = 0; l < 32; ++l) {
-      const int q = (((ql[l + 32 * (g & 1)] >> (4 * (g >> 1))) & 0xF) | (((qh[l] >> (2 * g)) & 3) << 4)) - 32;
+      const int q = ggml::Q6KQuant(ql, qh, g, l) - 32;
       w[l] = __fmul_rn(__fmul_rn(d, static_cast<float>(sc[l / 16])), static_cast<float>(q));
     }
   } else {
     static_assert(kType == GgmlType::kIQ4_XS, "not a device block format");
     const uint8_t* b = row + 136 * (u / 8);
     const int ib = static_cast<int>(u % 8);
-    const int scales_h = b[2] | (b[3] << 8);
-    const int ls = (((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xF) | (((scales_h >> (2 * ib)) & 3) << 4)) - 32;
-    const float dl = __fmul_rn(HalfAt(b), static_cast<float>(ls));
+    const float dl = __fmul_rn(HalfAt(b), static_cast<float>(ggml::Iq4XsScale(b, ib)));
     const uint8_t* qs = b + 8 + 16 * ib;
     for (int j = 0; j < 16; ++j) {
       w[j] = __fmul_rn(dl, static_cast<float>(kIq4ValuesDevice[qs[j] & 0xF]));

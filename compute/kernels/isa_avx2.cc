@@ -467,15 +467,7 @@ constexpr size_t kQ6KBytes = 210;  // ql[128], qh[64], 16 int8 scales, d
 constexpr size_t kQ5KBytes = 176;  // d, dmin, 12 scale bytes, qh[32], qs[128]
 constexpr size_t kIq4XsBytes = 136;  // d, scales_h (u16), scales_l[4], qs[128]
 
-// The weight bytes [p, p + bytes) + kPrefetchDistance into L1, ahead of their use: a matmul's rows are read
-// once, front to back, and without it a single core's dot products wait on memory (measured: the cold Q6_K GEMV
-// of BM_MatMulBlocks 1.6x faster on one thread).
-constexpr size_t kPrefetchDistance = 4096;
-void PrefetchAhead(const uint8_t* p, size_t bytes) {
-  const char* ahead = reinterpret_cast<const char*>(p) + kPrefetchDistance;
-  for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
-  _mm_prefetch(ahead + bytes - 1, _MM_HINT_T0);
-}
+using ggml::PrefetchAhead;
 
 float HalfAt(const uint8_t* p) {
   uint16_t h;
@@ -709,11 +701,8 @@ void DotQ4KQ8K(const uint8_t* p, const std::byte* qx, size_t stride, size_t supe
   for (int k = 0; k < R; ++k) acc[k] = minimums[k] = _mm256_setzero_ps();
   for (size_t b = 0; b < supers; ++b) {
     PrefetchAhead(p, five ? kQ5KBytes : kQ4KBytes);
-    // The 12 scale bytes as eight 6-bit scales and eight 6-bit minimums (ggml::ScaleMinK4, four at a time).
-    uint32_t u[3];
-    std::memcpy(u, p + 4, sizeof(u));
-    const uint32_t sc[2] = {u[0] & 0x3F3F3F3F, (u[2] & 0x0F0F0F0F) | (((u[0] >> 6) & 0x03030303) << 4)};
-    const uint32_t mn[2] = {u[1] & 0x3F3F3F3F, ((u[2] >> 4) & 0x0F0F0F0F) | (((u[1] >> 6) & 0x03030303) << 4)};
+    uint32_t sc[2], mn[2];
+    ggml::ScalesMinsK4(p + 4, sc, mn);
     const __m128i scales8 = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, static_cast<int>(sc[1]), static_cast<int>(sc[0])));
     const __m256i scales = _mm256_set_m128i(scales8, scales8);
     const __m256 mins = _mm256_mul_ps(

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "compute/kernels/ggml_blocks.h"
 #include "compute/kernels/isa_ops.h"
 
 namespace es::kernels::internal {
@@ -20,14 +21,7 @@ constexpr size_t kQKBlock = 256;
 constexpr size_t kQ4KBytes = 144;  // d, dmin, 12 scale bytes, 128 quant bytes
 constexpr size_t kQ5KBytes = 176;  // d, dmin, 12 scale bytes, qh[32], qs[128]
 constexpr size_t kQ6KBytes = 210;  // ql[128], qh[64], 16 int8 scales, d
-// Weight bytes are prefetched this far ahead of their use (the AVX2 kernels' distance).
-constexpr size_t kPrefetchDistance = 4096;
-
-void PrefetchAhead(const uint8_t* p, size_t bytes) {
-  const char* ahead = reinterpret_cast<const char*>(p) + kPrefetchDistance;
-  for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
-  _mm_prefetch(ahead + bytes - 1, _MM_HINT_T0);
-}
+using ggml::PrefetchAhead;
 
 float HalfAt(const uint8_t* p) {
   uint16_t h;
@@ -85,11 +79,8 @@ void DotQ4K(const uint8_t* p, const std::byte* qx, size_t stride, size_t supers,
   }
   for (size_t b = 0; b < supers; ++b) {
     PrefetchAhead(p, five ? kQ5KBytes : kQ4KBytes);
-    // The 12 scale bytes as eight 6-bit scales and eight 6-bit minimums (ggml::ScaleMinK4, four at a time).
-    uint32_t u[3];
-    std::memcpy(u, p + 4, sizeof(u));
-    const uint32_t sc[2] = {u[0] & 0x3F3F3F3F, (u[2] & 0x0F0F0F0F) | (((u[0] >> 6) & 0x03030303) << 4)};
-    const uint32_t mn[2] = {u[1] & 0x3F3F3F3F, ((u[2] >> 4) & 0x0F0F0F0F) | (((u[1] >> 6) & 0x03030303) << 4)};
+    uint32_t sc[2], mn[2];
+    ggml::ScalesMinsK4(p + 4, sc, mn);
     const __m512i scales = _mm512_castsi128_si512(
         _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, static_cast<int>(sc[1]), static_cast<int>(sc[0]))));
     const __m256 mins = _mm256_mul_ps(

@@ -103,6 +103,26 @@ class CudaBackendTest : public ::testing::Test {
     EXPECT_GT(n.device_hits + n.cpu_experts, 0u);
   }
 
+  // `steps` forward passes of `model` and of the CPU `reference` side by side (the prompt, then one token each),
+  // with the last position's logits compared after each.
+  void ExpectSameLogits(Model& reference, Model& model, ExpertProvider& experts, const std::vector<int32_t>& prompt,
+                        int steps, const ForwardOptions& fo) {
+    const ModelConfig& c = model.config();
+    KvCache want_kv(c, 16), got_kv(c, 16);
+    std::vector<float> want_h, got_h, want(c.vocab), got(c.vocab);
+    for (int step = 0; step < steps; ++step) {
+      std::vector<int32_t> in = step == 0 ? prompt : std::vector<int32_t>{static_cast<int32_t>(step * 11 % c.vocab)};
+      Status want_status = reference.Forward(in, want_kv, experts, {}, want_h);
+      ASSERT_TRUE(want_status.ok()) << want_status.ToString();
+      Status s = model.Forward(in, got_kv, experts, fo, got_h);
+      ASSERT_TRUE(s.ok()) << s.ToString();
+      const size_t last = (in.size() - 1) * c.hidden;
+      ASSERT_TRUE(reference.ComputeLogits(&want_h[last], 1, want.data()).ok());
+      ASSERT_TRUE(model.ComputeLogits(&got_h[last], 1, got.data()).ok());
+      EXPECT_LT(testing::RelativeL2(got, want), kMaxRelL2VsCpu) << "step " << step;
+    }
+  }
+
   static testing::TempDir* dir_;
   static Store* store_;
   static kernels::ComputePool* pool_;
@@ -245,23 +265,11 @@ TEST_F(CudaBackendTest, EveryFamilyAgreesWithTheCpu) {
       ASSERT_TRUE(model);
       auto experts = Cache(io.name, 24, 1);
       ASSERT_TRUE(experts);
-      const ModelConfig& c = model->config();
       std::vector<int32_t> prompt(12);
-      for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 37 + 5) % c.vocab);
-      KvCache want_kv(c, 16), got_kv(c, 16);
-      std::vector<float> want_h, got_h, want(c.vocab), got(c.vocab);
+      for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 37 + 5) % model->config().vocab);
       ForwardOptions fo;
       fo.prefetch_depth = 1;
-      for (int step = 0; step < 5; ++step) {
-        std::vector<int32_t> in = step == 0 ? prompt : std::vector<int32_t>{static_cast<int32_t>(step * 11 % c.vocab)};
-        ASSERT_TRUE(reference->Forward(in, want_kv, *experts, {}, want_h).ok());
-        Status s = model->Forward(in, got_kv, *experts, fo, got_h);
-        ASSERT_TRUE(s.ok()) << s.ToString();
-        const size_t last = (in.size() - 1) * c.hidden;
-        ASSERT_TRUE(reference->ComputeLogits(&want_h[last], 1, want.data()).ok());
-        ASSERT_TRUE(model->ComputeLogits(&got_h[last], 1, got.data()).ok());
-        EXPECT_LT(testing::RelativeL2(got, want), kMaxRelL2VsCpu) << "step " << step;
-      }
+      ExpectSameLogits(*reference, *model, *experts, prompt, 5, fo);
     }
   }
 }
@@ -289,21 +297,7 @@ TEST_F(CudaBackendTest, QuantizedGgufAgreesWithTheCpu) {
     ASSERT_TRUE(model);
     auto experts = Cache(io.name, 2, 1);
     ASSERT_TRUE(experts);
-    const ModelConfig& c = model->config();
-    KvCache want_kv(c, 16), got_kv(c, 16);
-    std::vector<float> want_h, got_h, want(c.vocab), got(c.vocab);
-    for (int step = 0; step < 4; ++step) {
-      std::vector<int32_t> in = step == 0 ? std::vector<int32_t>{1, 7, 3, 12, 5}
-                                          : std::vector<int32_t>{static_cast<int32_t>(step * 11 % c.vocab)};
-      Status want_status = reference->Forward(in, want_kv, *experts, {}, want_h);
-      ASSERT_TRUE(want_status.ok()) << want_status.ToString();
-      Status s = model->Forward(in, got_kv, *experts, {}, got_h);
-      ASSERT_TRUE(s.ok()) << s.ToString();
-      const size_t last = (in.size() - 1) * c.hidden;
-      ASSERT_TRUE(reference->ComputeLogits(&want_h[last], 1, want.data()).ok());
-      ASSERT_TRUE(model->ComputeLogits(&got_h[last], 1, got.data()).ok());
-      EXPECT_LT(testing::RelativeL2(got, want), kMaxRelL2VsCpu) << "step " << step;
-    }
+    ExpectSameLogits(*reference, *model, *experts, {1, 7, 3, 12, 5}, 4, {});
     // On cuda the experts ran on the device; on hybrid (copying made dear) the misses ran on the CPU.
     const BackendCounters n = model->backend().counters();
     EXPECT_GT(o.device == "cuda" ? n.device_uploads : n.cpu_experts, 0u);
