@@ -66,17 +66,20 @@ for n in names:
     ours[n + "-q8"] = [softmax(json.loads(l)["logits"]) for l in open(f"{work}/ours-{n}-q8.jsonl")]
     rows = [json.loads(l)["probs"] for l in open(f"{work}/llama-{n}.jsonl")]
     # llama.cpp's probabilities sum to 1 within float rounding; normalised so that a KL of equal inputs is 0.
-    llama[n] = [None if r is None else [r.get(str(i), 0.0) / sum(r.values()) for i in range(len(ours[n][0]))]
-                for r in rows]
+    def normalised(r, size):
+        total = sum(r.values())
+        return [r.get(str(i), 0.0) / total for i in range(size)]
+    llama[n] = [None if r is None else normalised(r, len(ours[n][0])) for r in rows]
 # Cases llama.cpp gave no distribution for (it returns none when the prompt ends in an end-of-text token) are skipped.
 cases = [i for i, p in enumerate(llama[names[0]]) if p is not None]
 argmax = lambda p: max(range(len(p)), key=p.__getitem__)
-print(f"{len(cases)} prompts; KL in nats, mean (max)")
+print(f"{len(cases)} prompts; KL in nats, mean (median, max)")
 print("expertstore exact: blocks decoded and multiplied in fp32; q8: --activations q8 (int8 activations, not exact)")
 base = names[0]
 print(f"{'file':14} {'KL(llama.cpp || expertstore)':>30} {'KL / llama cost':>15} {'same top-1':>11} "
       f"{'top-1, margin > 1e-3':>21} {'expertstore cost':>17} {'llama.cpp cost':>15}")
 mean = lambda v: sum(v) / len(v)
+median = lambda v: sorted(v)[len(v) // 2]
 def margin(p):
     top = sorted(p, reverse=True)
     return top[0] - top[1]
@@ -90,7 +93,7 @@ for n in names:
         cost_o = [kl(ours[base][i], o[i]) for i in cases]
         cost_l = [kl(llama[base][i], llama[n][i]) for i in cases]
         ratio = f"{mean(k) / mean(cost_l):.3f}" if n != base and mean(cost_l) > 0 else "-"
-        print(f"{n + ' ' + mode:14} {mean(k):>18.3g} ({max(k):.2g}) {ratio:>15} {top:>7}/{len(cases)} "
+        print(f"{n + ' ' + mode:14} {mean(k):>10.3g} ({median(k):.2g}, {max(k):.2g}) {ratio:>15} {top:>7}/{len(cases)} "
               f"{top_clear:>17}/{len(clear)} {mean(cost_o):>17.3g} {mean(cost_l):>15.3g}")
 print(f"costs: KL({base} file || this file) of each side; KL / llama cost: the first column over llama.cpp's cost")
 PY
