@@ -5,7 +5,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
+#include "compute/kernels/ggml_blocks.h"
 #include "compute/kernels/isa_ops.h"
 
 namespace es::kernels::internal {
@@ -458,6 +460,90 @@ void FromF32(const float* src, size_t n, DType dtype, void* dst) {
 
 #undef ES_UNROLL
 
+// ---- GGML blocks, exact: decode and multiply in 16 lanes ---------------------------------------------------------
+
+float HalfAt(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, sizeof(h));
+  return _cvtsh_ss(h);
+}
+
+// 16 bytes at p widened to 16 int32.
+__m512i Bytes16(const uint8_t* p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+
+// The AVX2 block_dot's formats Q8_0, Q4_K and Q6_K with 16 lanes: each value decoded with the scalar decoder's float
+// operations (q * d; d1 * q - m1; (d * scale) * q, a multiply then a subtract, never fused), then an FMA with x
+// into four accumulators, reduced in a fixed order; the other formats go to the AVX2 kernel.
+bool BlockDotAvx512(GgmlType type, const void* row, const float* x, size_t n, float* out) {
+  const auto* p = static_cast<const uint8_t*>(row);
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  const __m512i low4 = _mm512_set1_epi32(0xF);
+  if (type == GgmlType::kQ8_0) {
+    for (size_t b = 0; b < n / 32; ++b, p += 34, x += 32) {
+      ggml::PrefetchAhead(p, 34);
+      const __m512 d = _mm512_set1_ps(HalfAt(p));
+      for (int k = 0; k < 2; ++k) {
+        const __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 + 16 * k))));
+        acc[k] = _mm512_fmadd_ps(_mm512_mul_ps(q, d), _mm512_loadu_ps(x + 16 * k), acc[k]);
+      }
+    }
+  } else if (type == GgmlType::kQ4_K) {
+    for (size_t b = 0; b < n / 256; ++b, p += 144) {
+      ggml::PrefetchAhead(p, 144);
+      const float d = HalfAt(p), dmin = HalfAt(p + 2);
+      const uint8_t* q = p + 16;
+      for (int is = 0; is < 8; is += 2, q += 32, x += 64) {
+        const ggml::ScaledPair s = ggml::PairScales(d, dmin, p + 4, is);
+        const __m512 d1 = _mm512_set1_ps(s.d1), m1 = _mm512_set1_ps(s.m1);
+        const __m512 d2 = _mm512_set1_ps(s.d2), m2 = _mm512_set1_ps(s.m2);
+        for (int k = 0; k < 2; ++k) {  // bytes 16k..16k+15: low nibbles are values 16k.., high ones 32 + 16k..
+          const __m512i bytes = Bytes16(q + 16 * k);
+          const __m512 lo = _mm512_sub_ps(_mm512_mul_ps(d1, _mm512_cvtepi32_ps(_mm512_and_si512(bytes, low4))), m1);
+          const __m512 hi = _mm512_sub_ps(_mm512_mul_ps(d2, _mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4))), m2);
+          acc[k] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + 16 * k), acc[k]);
+          acc[2 + k] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + 32 + 16 * k), acc[2 + k]);
+        }
+      }
+    }
+  } else if (type == GgmlType::kQ6_K) {
+    const __m512i low2 = _mm512_set1_epi32(3), offset = _mm512_set1_epi32(32);
+    // (nibble | two high bits << 4) - 32, as fp32.
+    auto value = [&](__m512i nibble, __m512i high) {
+      return _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_or_si512(nibble, _mm512_slli_epi32(high, 4)), offset));
+    };
+    for (size_t b = 0; b < n / 256; ++b, p += 210) {
+      ggml::PrefetchAhead(p, 210);
+      const float d = HalfAt(p + 208);
+      const uint8_t* ql = p;
+      const uint8_t* qh = p + 128;
+      const auto* sc = reinterpret_cast<const int8_t*>(p + 192);
+      for (int half = 0; half < 2; ++half, ql += 64, qh += 32, sc += 8, x += 128) {
+        for (int l = 0; l < 32; l += 16) {
+          const int is = l / 16;
+          const __m512i a = Bytes16(ql + l), c = Bytes16(ql + l + 32), h = Bytes16(qh + l);
+          const __m512 q1 = value(_mm512_and_si512(a, low4), _mm512_and_si512(h, low2));
+          const __m512 q2 = value(_mm512_and_si512(c, low4), _mm512_and_si512(_mm512_srli_epi32(h, 2), low2));
+          const __m512 q3 = value(_mm512_srli_epi32(a, 4), _mm512_and_si512(_mm512_srli_epi32(h, 4), low2));
+          const __m512 q4 = value(_mm512_srli_epi32(c, 4), _mm512_srli_epi32(h, 6));
+          // d * scale first, then times the quant: the reference's order.
+          const __m512 w1 = _mm512_mul_ps(_mm512_set1_ps(d * static_cast<float>(sc[is])), q1);
+          const __m512 w2 = _mm512_mul_ps(_mm512_set1_ps(d * static_cast<float>(sc[is + 2])), q2);
+          const __m512 w3 = _mm512_mul_ps(_mm512_set1_ps(d * static_cast<float>(sc[is + 4])), q3);
+          const __m512 w4 = _mm512_mul_ps(_mm512_set1_ps(d * static_cast<float>(sc[is + 6])), q4);
+          acc[0] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + l), acc[0]);
+          acc[1] = _mm512_fmadd_ps(w2, _mm512_loadu_ps(x + l + 32), acc[1]);
+          acc[2] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(x + l + 64), acc[2]);
+          acc[3] = _mm512_fmadd_ps(w4, _mm512_loadu_ps(x + l + 96), acc[3]);
+        }
+      }
+    }
+  } else {
+    return BlockDotAvx2(type, row, x, n, out);
+  }
+  *out = ReduceAdd(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+  return true;
+}
+
 // The VNNI kernels where the CPU has AVX-512 VNNI (checked once), else the AVX2 ones.
 bool BlockDotQ8Avx512(GgmlType type, const void* row, const std::byte* x, size_t x_stride, size_t count, size_t n,
                       float* out) {
@@ -469,6 +555,6 @@ bool BlockDotQ8Avx512(GgmlType type, const void* row, const std::byte* x, size_t
 }  // namespace
 
 const IsaOps kAvx512Ops = {&MatMulRows,  &Dot,    &Scores,  &Max,         &ExpShifted,
-                           &WeightedSum, &ToF32, &FromF32, &BlockDotAvx2, &BlockDotQ8Avx512};
+                           &WeightedSum, &ToF32, &FromF32, &BlockDotAvx512, &BlockDotQ8Avx512};
 
 }  // namespace es::kernels::internal
