@@ -471,9 +471,10 @@ float HalfAt(const uint8_t* p) {
 // 16 bytes at p widened to 16 int32.
 __m512i Bytes16(const uint8_t* p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 
-// The AVX2 block_dot's formats Q8_0, Q4_K and Q6_K with 16 lanes: each value decoded with the scalar decoder's float
-// operations (q * d; d1 * q - m1; (d * scale) * q, a multiply then a subtract, never fused), then an FMA with x
-// into four accumulators, reduced in a fixed order; the other formats go to the AVX2 kernel.
+// The AVX2 block_dot's formats Q8_0, Q4_K, Q5_K, Q6_K and IQ4_XS with 16 lanes: each value decoded with the scalar
+// decoder's float operations (q * d; d1 * q - m1; (d * scale) * q; dl * value: a multiply then a subtract, never
+// fused), then an FMA with x into four accumulators, reduced in a fixed order; the other formats go to the AVX2
+// kernel.
 bool BlockDotAvx512(GgmlType type, const void* row, const float* x, size_t n, float* out) {
   const auto* p = static_cast<const uint8_t*>(row);
   __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
@@ -503,6 +504,48 @@ bool BlockDotAvx512(GgmlType type, const void* row, const float* x, size_t n, fl
           acc[k] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + 16 * k), acc[k]);
           acc[2 + k] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + 32 + 16 * k), acc[2 + k]);
         }
+      }
+    }
+  } else if (type == GgmlType::kQ5_K) {
+    const __m512i one = _mm512_set1_epi32(1);
+    for (size_t b = 0; b < n / 256; ++b, p += 176) {
+      ggml::PrefetchAhead(p, 176);
+      const float d = HalfAt(p), dmin = HalfAt(p + 2);
+      const uint8_t* qh = p + 16;
+      const uint8_t* q = p + 48;
+      for (int is = 0; is < 8; is += 2, q += 32, x += 64) {
+        const ggml::ScaledPair s = ggml::PairScales(d, dmin, p + 4, is);
+        const __m512 d1 = _mm512_set1_ps(s.d1), m1 = _mm512_set1_ps(s.m1);
+        const __m512 d2 = _mm512_set1_ps(s.d2), m2 = _mm512_set1_ps(s.m2);
+        for (int k = 0; k < 2; ++k) {
+          const __m512i bytes = Bytes16(q + 16 * k);
+          // Bit `is` of qh[l] is the fifth bit of the low nibble's value, bit `is + 1` of the high one's.
+          const __m512i h = Bytes16(qh + 16 * k);
+          const __m512i lo_q = _mm512_add_epi32(_mm512_and_si512(bytes, low4),
+                                                _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(h, is), one), 4));
+          const __m512i hi_q = _mm512_add_epi32(
+              _mm512_srli_epi32(bytes, 4), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(h, is + 1), one), 4));
+          const __m512 lo = _mm512_sub_ps(_mm512_mul_ps(d1, _mm512_cvtepi32_ps(lo_q)), m1);
+          const __m512 hi = _mm512_sub_ps(_mm512_mul_ps(d2, _mm512_cvtepi32_ps(hi_q)), m2);
+          acc[k] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + 16 * k), acc[k]);
+          acc[2 + k] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + 32 + 16 * k), acc[2 + k]);
+        }
+      }
+    }
+  } else if (type == GgmlType::kIQ4_XS) {
+    // The 16 table values as int32 lanes, looked up by nibble with a permute.
+    const __m512i table = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ggml::kIq4Values)));
+    for (size_t b = 0; b < n / 256; ++b, p += 136) {
+      ggml::PrefetchAhead(p, 136);
+      const float d = HalfAt(p);
+      const uint8_t* qs = p + 8;
+      for (int ib = 0; ib < 8; ++ib, qs += 16, x += 32) {
+        const __m512 dl = _mm512_set1_ps(d * static_cast<float>(ggml::Iq4XsScale(p, ib)));
+        const __m512i bytes = Bytes16(qs);
+        const __m512 lo = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(_mm512_and_si512(bytes, low4), table));
+        const __m512 hi = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(_mm512_srli_epi32(bytes, 4), table));
+        acc[ib % 2] = _mm512_fmadd_ps(_mm512_mul_ps(dl, lo), _mm512_loadu_ps(x), acc[ib % 2]);
+        acc[2 + ib % 2] = _mm512_fmadd_ps(_mm512_mul_ps(dl, hi), _mm512_loadu_ps(x + 16), acc[2 + ib % 2]);
       }
     }
   } else if (type == GgmlType::kQ6_K) {
