@@ -1,4 +1,4 @@
-// The integer block dot products (IsaOps::block_dot_q8) of the K-quant super-block formats Q4_K, Q5_K and Q6_K
+// The integer block dot products (IsaOps::block_dot_q8) of the super-block formats Q4_K, Q5_K, Q6_K and IQ4_XS
 // in 512-bit registers with AVX-512 VNNI: each 64 weight quants are unpacked once into one zmm, maddubs with each
 // activation row's quants gives int16 pairs, and one vpdpwssd multiplies them by the sub-block scales and adds
 // them to the row's int32 sums (AVX2 needs a maddubs, a madd and an add per 32 values). The integers are those of
@@ -21,6 +21,7 @@ constexpr size_t kQKBlock = 256;
 constexpr size_t kQ4KBytes = 144;  // d, dmin, 12 scale bytes, 128 quant bytes
 constexpr size_t kQ5KBytes = 176;  // d, dmin, 12 scale bytes, qh[32], qs[128]
 constexpr size_t kQ6KBytes = 210;  // ql[128], qh[64], 16 int8 scales, d
+constexpr size_t kIq4XsBytes = 136;  // d, scales_h (u16), scales_l[4], qs[128]
 using ggml::PrefetchAhead;
 
 float HalfAt(const uint8_t* p) {
@@ -158,12 +159,51 @@ void DotQ6K(const uint8_t* p, const std::byte* qx, size_t stride, size_t supers,
   for (int k = 0; k < R; ++k) out[k] = ReduceAdd(acc[k]);
 }
 
+// IQ4_XS: the 32 bytes of two sub-blocks looked up in the value table (signed) into one zmm of 64 values; maddubs
+// takes an unsigned first operand, so it gets |w| and the activations take w's sign (negated where w < 0); the
+// sub-blocks' scales (-32..31) in the two halves.
+template <int R>
+void DotIq4Xs(const uint8_t* p, const std::byte* qx, size_t stride, size_t supers, float* out) {
+  const Rows<R> x(qx, stride);
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ggml::kIq4Values)));
+  __m512 acc[R];
+  for (int k = 0; k < R; ++k) acc[k] = _mm512_setzero_ps();
+  for (size_t b = 0; b < supers; ++b, p += kIq4XsBytes) {
+    PrefetchAhead(p, kIq4XsBytes);
+    __m512i isum[R];
+    for (int k = 0; k < R; ++k) isum[k] = _mm512_setzero_si512();
+    for (int ib = 0; ib < 8; ib += 2) {
+      const __m256i bytes = Load32(p + 8 + 16 * ib);
+      const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(bytes, low4));
+      const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4));
+      // Sub-block ib: values 0-15 are the low nibbles of its 16 bytes, 16-31 the high ones; then ib + 1.
+      const __m512i w = Join(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
+      const __mmask64 negative = _mm512_movepi8_mask(w);
+      const __m512i magnitude = _mm512_abs_epi8(w);
+      const __m512i scale = Join(_mm256_set1_epi16(static_cast<int16_t>(ggml::Iq4XsScale(p, ib))),
+                                 _mm256_set1_epi16(static_cast<int16_t>(ggml::Iq4XsScale(p, ib + 1))));
+      for (int k = 0; k < R; ++k) {
+        const __m512i xq = Load64(x.q(k, b, 32 * ib));
+        const __m512i signed_x = _mm512_mask_sub_epi8(xq, negative, _mm512_setzero_si512(), xq);
+        isum[k] = _mm512_dpwssd_epi32(isum[k], _mm512_maddubs_epi16(magnitude, signed_x), scale);
+      }
+    }
+    const float d = HalfAt(p);
+    for (int k = 0; k < R; ++k) {
+      acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[k]), _mm512_set1_ps(d * x.x[k][b].d), acc[k]);
+    }
+  }
+  for (int k = 0; k < R; ++k) out[k] = ReduceAdd(acc[k]);
+}
+
 template <int R>
 bool Dispatch(GgmlType type, const uint8_t* p, const std::byte* qx, size_t stride, size_t supers, float* out) {
   switch (type) {
     case GgmlType::kQ4_K: DotQ4K<R>(p, qx, stride, supers, false, out); return true;
     case GgmlType::kQ5_K: DotQ4K<R>(p, qx, stride, supers, true, out); return true;
     case GgmlType::kQ6_K: DotQ6K<R>(p, qx, stride, supers, out); return true;
+    case GgmlType::kIQ4_XS: DotIq4Xs<R>(p, qx, stride, supers, out); return true;
     default: return false;
   }
 }

@@ -139,8 +139,8 @@ bool BlockDotAvx2(GgmlType type, const void* row, const float* x, size_t n, floa
 // table shares. Defined in isa_avx2.cc.
 bool BlockDotQ8Avx2(GgmlType type, const void* row, const std::byte* x, size_t x_stride, size_t count, size_t n,
                     float* out);
-// The AVX-512 VNNI block_dot_q8 (Q4_K, Q5_K, Q6_K; the other formats through BlockDotQ8Avx2), which the AVX-512
-// table uses where the CPU has VNNI. Defined in isa_avx512_vnni.cc.
+// The AVX-512 VNNI block_dot_q8 (Q4_K, Q5_K, Q6_K, IQ4_XS; the other formats through BlockDotQ8Avx2), which the
+// AVX-512 table uses where the CPU has VNNI. Defined in isa_avx512_vnni.cc.
 bool BlockDotQ8Avx512Vnni(GgmlType type, const void* row, const std::byte* x, size_t x_stride, size_t count,
                           size_t n, float* out);
 
