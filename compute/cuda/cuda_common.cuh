@@ -249,7 +249,9 @@ __device__ __forceinline__ void WarpRowDots(const void* weights, size_t row, siz
     // Block formats: each lane decodes whole 32-value units (DecodeUnit, DequantizeGgmlRow's values) and dots
     // them with every activation row of the tile.
     constexpr GgmlType kType = BlockType(kKind);
-    const auto* row_bytes = static_cast<const uint8_t*>(weights) + row * BlockRowBytes(kType, cols);
+    constexpr size_t kBlockBytes = GgmlTypeInfoOf(kType).block_bytes;
+    constexpr size_t kBlockValues = GgmlTypeInfoOf(kType).block_elements;
+    const auto* row_bytes = static_cast<const uint8_t*>(weights) + row * (cols / kBlockValues * kBlockBytes);
     for (int t = 0; t < kTile; ++t) acc[t] = 0.0f;
     for (size_t u = static_cast<size_t>(lane); u < cols / 32; u += kWarpSize) {
       float w[32];

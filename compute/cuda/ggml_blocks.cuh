@@ -33,37 +33,18 @@ __device__ __forceinline__ uint32_t Bits32At(const uint8_t* p) {
          (static_cast<uint32_t>(p[3]) << 24);
 }
 
-// Bytes of one row of `cols` values of a device block format.
-__host__ __device__ constexpr size_t BlockRowBytes(GgmlType t, size_t cols) {
-  switch (t) {
-    case GgmlType::kQ4_0: return cols / 32 * 18;
-    case GgmlType::kQ4_1: return cols / 32 * 20;
-    case GgmlType::kQ5_0: return cols / 32 * 22;
-    case GgmlType::kQ5_1: return cols / 32 * 24;
-    case GgmlType::kQ8_0: return cols / 32 * 34;
-    case GgmlType::kIQ4_NL: return cols / 32 * 18;
-    case GgmlType::kQ4_K: return cols / 256 * 144;
-    case GgmlType::kQ5_K: return cols / 256 * 176;
-    case GgmlType::kQ6_K: return cols / 256 * 210;
-    case GgmlType::kIQ4_XS: return cols / 256 * 136;
-    default: return 0;
-  }
-}
-// Values per block (the row length must be a multiple).
-__host__ __device__ constexpr size_t BlockValues(GgmlType t) {
-  return t == GgmlType::kQ4_K || t == GgmlType::kQ5_K || t == GgmlType::kQ6_K || t == GgmlType::kIQ4_XS ? 256 : 32;
-}
-
 // Unit u (values 32u .. 32u + 31) of a row of format kType starting at `row`, decoded into w.
 template <GgmlType kType>
 __device__ __forceinline__ void DecodeUnit(const uint8_t* row, size_t u, float (&w)[32]) {
+  // The block holding unit u, its size from the type table (evaluated at compile time).
+  constexpr size_t kBlockBytes = GgmlTypeInfoOf(kType).block_bytes;
+  constexpr size_t kUnitsPerBlock = GgmlTypeInfoOf(kType).block_elements / 32;
+  const uint8_t* b = row + kBlockBytes * (u / kUnitsPerBlock);
   if constexpr (kType == GgmlType::kQ8_0) {
-    const uint8_t* b = row + 34 * u;
     const float d = HalfAt(b);
     for (int j = 0; j < 32; ++j) w[j] = __fmul_rn(static_cast<float>(static_cast<int8_t>(b[2 + j])), d);
   } else if constexpr (kType == GgmlType::kQ4_0 || kType == GgmlType::kQ5_0) {
     constexpr bool kFive = kType == GgmlType::kQ5_0;
-    const uint8_t* b = row + (kFive ? 22 : 18) * u;
     const float d = HalfAt(b);
     const uint32_t qh = kFive ? Bits32At(b + 2) : 0;
     const uint8_t* qs = b + (kFive ? 6 : 2);
@@ -79,7 +60,6 @@ __device__ __forceinline__ void DecodeUnit(const uint8_t* row, size_t u, float (
     }
   } else if constexpr (kType == GgmlType::kQ4_1 || kType == GgmlType::kQ5_1) {
     constexpr bool kFive = kType == GgmlType::kQ5_1;
-    const uint8_t* b = row + (kFive ? 24 : 20) * u;
     const float d = HalfAt(b), m = HalfAt(b + 2);
     const uint32_t qh = kFive ? Bits32At(b + 4) : 0;
     const uint8_t* qs = b + (kFive ? 8 : 4);
@@ -93,7 +73,6 @@ __device__ __forceinline__ void DecodeUnit(const uint8_t* row, size_t u, float (
       w[j + 16] = __fadd_rn(__fmul_rn(static_cast<float>(hi), d), m);
     }
   } else if constexpr (kType == GgmlType::kIQ4_NL) {
-    const uint8_t* b = row + 18 * u;
     const float d = HalfAt(b);
     for (int j = 0; j < 16; ++j) {
       w[j] = __fmul_rn(d, static_cast<float>(kIq4ValuesDevice[b[2 + j] & 0xF]));
@@ -101,7 +80,6 @@ __device__ __forceinline__ void DecodeUnit(const uint8_t* row, size_t u, float (
     }
   } else if constexpr (kType == GgmlType::kQ4_K || kType == GgmlType::kQ5_K) {
     constexpr bool kFive = kType == GgmlType::kQ5_K;
-    const uint8_t* b = row + (kFive ? 176 : 144) * (u / 8);
     const int j8 = static_cast<int>(u % 8);
     int sc, m;
     ggml::ScaleMinK4(j8, b + 4, sc, m);
@@ -115,7 +93,6 @@ __device__ __forceinline__ void DecodeUnit(const uint8_t* row, size_t u, float (
       w[l] = __fsub_rn(__fmul_rn(d1, static_cast<float>(v)), m1);
     }
   } else if constexpr (kType == GgmlType::kQ6_K) {
-    const uint8_t* b = row + 210 * (u / 8);
     const int g32 = static_cast<int>(u % 8), half = g32 / 4, g = g32 % 4;
     const uint8_t* ql = b + 64 * half;
     const uint8_t* qh = b + 128 + 32 * half;
@@ -127,7 +104,6 @@ __device__ __forceinline__ void DecodeUnit(const uint8_t* row, size_t u, float (
     }
   } else {
     static_assert(kType == GgmlType::kIQ4_XS, "not a device block format");
-    const uint8_t* b = row + 136 * (u / 8);
     const int ib = static_cast<int>(u % 8);
     const float dl = __fmul_rn(HalfAt(b), static_cast<float>(ggml::Iq4XsScale(b, ib)));
     const uint8_t* qs = b + 8 + 16 * ib;

@@ -114,7 +114,7 @@ Status CheckMatrix(const kernels::WeightMatrix& w, const char* kernel, const cha
                                    "IQ4_NL, Q4_K, Q5_K, Q6_K, IQ4_XS)");
   }
   if (w.rows == 0 || w.cols == 0) return Status::InvalidArgument(std::string(kernel) + ": " + role + " is empty");
-  if (w.blocks && w.cols % internal::BlockValues(*w.blocks) != 0) {
+  if (w.blocks && w.cols % GgmlTypeInfoOf(*w.blocks).block_elements != 0) {
     return Status::InvalidArgument(std::string(kernel) + ": " + role + " rows of " + std::to_string(w.cols) +
                                    " values are not whole blocks");
   }

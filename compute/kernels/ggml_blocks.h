@@ -28,6 +28,15 @@ Status DequantizeGgmlRow(GgmlType type, std::span<const std::byte> row, std::spa
 #endif
 namespace ggml {
 
+// Block sizes of the formats the kernels unpack by hand, from the type table (store/base/ggml_type.h).
+inline constexpr size_t kQ8Block = GgmlTypeInfoOf(GgmlType::kQ8_0).block_elements;     // 32
+inline constexpr size_t kQ8Bytes = GgmlTypeInfoOf(GgmlType::kQ8_0).block_bytes;        // f16 scale, 32 int8
+inline constexpr size_t kQKBlock = GgmlTypeInfoOf(GgmlType::kQ4_K).block_elements;     // 256
+inline constexpr size_t kQ4KBytes = GgmlTypeInfoOf(GgmlType::kQ4_K).block_bytes;       // d, dmin, 12 scale bytes, qs[128]
+inline constexpr size_t kQ5KBytes = GgmlTypeInfoOf(GgmlType::kQ5_K).block_bytes;       // ... and qh[32]
+inline constexpr size_t kQ6KBytes = GgmlTypeInfoOf(GgmlType::kQ6_K).block_bytes;       // ql[128], qh[64], 16 scales, d
+inline constexpr size_t kIq4XsBytes = GgmlTypeInfoOf(GgmlType::kIQ4_XS).block_bytes;   // d, scales_h, scales_l[4], qs[128]
+
 // IQ4_NL and IQ4_XS map each nibble to one of these values (a non-uniform grid fitted to weight distributions).
 alignas(16) inline constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
                                                       1,    13,   25,  38,  53,  69,  89,  113};

@@ -459,13 +459,13 @@ void FromF32(const float* src, size_t n, DType dtype, void* dst) {
 
 namespace {
 
-constexpr size_t kQ8Block = 32;    // Q8_0: f16 scale, 32 int8 quants
-constexpr size_t kQ8Bytes = 34;
-constexpr size_t kQKBlock = 256;   // Q4_K super-block
-constexpr size_t kQ4KBytes = 144;  // d, dmin, 12 scale bytes, 128 quant bytes
-constexpr size_t kQ6KBytes = 210;  // ql[128], qh[64], 16 int8 scales, d
-constexpr size_t kQ5KBytes = 176;  // d, dmin, 12 scale bytes, qh[32], qs[128]
-constexpr size_t kIq4XsBytes = 136;  // d, scales_h (u16), scales_l[4], qs[128]
+using ggml::kIq4XsBytes;
+using ggml::kQ4KBytes;
+using ggml::kQ5KBytes;
+using ggml::kQ6KBytes;
+using ggml::kQ8Block;
+using ggml::kQ8Bytes;
+using ggml::kQKBlock;
 
 using ggml::PrefetchAhead;
 
@@ -677,25 +677,17 @@ __m256i WordPairMask(int lo, int hi) {
   return _mm256_set_m128i(_mm_set1_epi16(pair(hi)), _mm_set1_epi16(pair(lo)));
 }
 
-// The kernels below take R activation rows (1..4, x_stride bytes apart) per pass over a weight row: the weights
-// are loaded and unpacked once for all of them, and each row's sums are its own, in the same order whatever R is.
-template <int R>
-struct Rows {
-  const Q8KBlock* x[R];
-  Rows(const std::byte* base, size_t stride) {
-    for (int k = 0; k < R; ++k) x[k] = reinterpret_cast<const Q8KBlock*>(base + k * stride);
-  }
-  const int8_t* q(int k, size_t b, size_t at) const { return x[k][b].q + at; }
-};
-
 __m256i Load32(const void* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
+// The kernels below take R activation rows (1..4, x_stride bytes apart; Q8KRows) per pass over a weight row: the
+// weights are loaded and unpacked once for all of them, and each row's sums are its own, in the same order
+// whatever R is.
 // Q4_K / Q5_K: for each 64 values (the low and high nibbles of 32 bytes), maddubs with the activation quants gives
 // int16 pairs, madd with the sub-block's 6-bit scale int32; the super-block's sum converts once. The minimums
 // (eight per super-block) multiply the activations' exact 32-value sums in the lanes of a second accumulator.
 template <int R>
 void DotQ4KQ8K(const uint8_t* p, const std::byte* qx, size_t stride, size_t supers, bool five, float* out) {
-  const Rows<R> x(qx, stride);
+  const Q8KRows<R> x(qx, stride);
   const __m256i low4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
   __m256 acc[R], minimums[R];
   for (int k = 0; k < R; ++k) acc[k] = minimums[k] = _mm256_setzero_ps();
@@ -743,7 +735,7 @@ void DotQ4KQ8K(const uint8_t* p, const std::byte* qx, size_t stride, size_t supe
 // quants' 16-value sums, times the scales, once per super-block.
 template <int R>
 void DotQ6KQ8K(const uint8_t* p, const std::byte* qx, size_t stride, size_t supers, float* out) {
-  const Rows<R> x(qx, stride);
+  const Q8KRows<R> x(qx, stride);
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i bits01 = _mm256_set1_epi8(0x03), bits23 = _mm256_set1_epi8(0x0C);
   const __m256i bits45 = _mm256_set1_epi8(0x30), bits67 = _mm256_set1_epi8(static_cast<char>(0xC0));
@@ -790,7 +782,7 @@ void DotQ6KQ8K(const uint8_t* p, const std::byte* qx, size_t stride, size_t supe
 // sign transfer (maddubs takes an unsigned first operand), times the sub-blocks' scales (-32..31).
 template <int R>
 void DotIq4XsQ8K(const uint8_t* p, const std::byte* qx, size_t stride, size_t supers, float* out) {
-  const Rows<R> x(qx, stride);
+  const Q8KRows<R> x(qx, stride);
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i table = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(ggml::kIq4Values)));
   __m256 acc[R];

@@ -480,8 +480,8 @@ bool BlockDotAvx512(GgmlType type, const void* row, const float* x, size_t n, fl
   __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
   const __m512i low4 = _mm512_set1_epi32(0xF);
   if (type == GgmlType::kQ8_0) {
-    for (size_t b = 0; b < n / 32; ++b, p += 34, x += 32) {
-      ggml::PrefetchAhead(p, 34);
+    for (size_t b = 0; b < n / ggml::kQ8Block; ++b, p += ggml::kQ8Bytes, x += ggml::kQ8Block) {
+      ggml::PrefetchAhead(p, ggml::kQ8Bytes);
       const __m512 d = _mm512_set1_ps(HalfAt(p));
       for (int k = 0; k < 2; ++k) {
         const __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 + 16 * k))));
@@ -489,8 +489,8 @@ bool BlockDotAvx512(GgmlType type, const void* row, const float* x, size_t n, fl
       }
     }
   } else if (type == GgmlType::kQ4_K) {
-    for (size_t b = 0; b < n / 256; ++b, p += 144) {
-      ggml::PrefetchAhead(p, 144);
+    for (size_t b = 0; b < n / ggml::kQKBlock; ++b, p += ggml::kQ4KBytes) {
+      ggml::PrefetchAhead(p, ggml::kQ4KBytes);
       const float d = HalfAt(p), dmin = HalfAt(p + 2);
       const uint8_t* q = p + 16;
       for (int is = 0; is < 8; is += 2, q += 32, x += 64) {
@@ -508,8 +508,8 @@ bool BlockDotAvx512(GgmlType type, const void* row, const float* x, size_t n, fl
     }
   } else if (type == GgmlType::kQ5_K) {
     const __m512i one = _mm512_set1_epi32(1);
-    for (size_t b = 0; b < n / 256; ++b, p += 176) {
-      ggml::PrefetchAhead(p, 176);
+    for (size_t b = 0; b < n / ggml::kQKBlock; ++b, p += ggml::kQ5KBytes) {
+      ggml::PrefetchAhead(p, ggml::kQ5KBytes);
       const float d = HalfAt(p), dmin = HalfAt(p + 2);
       const uint8_t* qh = p + 16;
       const uint8_t* q = p + 48;
@@ -535,8 +535,8 @@ bool BlockDotAvx512(GgmlType type, const void* row, const float* x, size_t n, fl
   } else if (type == GgmlType::kIQ4_XS) {
     // The 16 table values as int32 lanes, looked up by nibble with a permute.
     const __m512i table = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ggml::kIq4Values)));
-    for (size_t b = 0; b < n / 256; ++b, p += 136) {
-      ggml::PrefetchAhead(p, 136);
+    for (size_t b = 0; b < n / ggml::kQKBlock; ++b, p += ggml::kIq4XsBytes) {
+      ggml::PrefetchAhead(p, ggml::kIq4XsBytes);
       const float d = HalfAt(p);
       const uint8_t* qs = p + 8;
       for (int ib = 0; ib < 8; ++ib, qs += 16, x += 32) {
@@ -554,8 +554,8 @@ bool BlockDotAvx512(GgmlType type, const void* row, const float* x, size_t n, fl
     auto value = [&](__m512i nibble, __m512i high) {
       return _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_or_si512(nibble, _mm512_slli_epi32(high, 4)), offset));
     };
-    for (size_t b = 0; b < n / 256; ++b, p += 210) {
-      ggml::PrefetchAhead(p, 210);
+    for (size_t b = 0; b < n / ggml::kQKBlock; ++b, p += ggml::kQ6KBytes) {
+      ggml::PrefetchAhead(p, ggml::kQ6KBytes);
       const float d = HalfAt(p + 208);
       const uint8_t* ql = p;
       const uint8_t* qh = p + 128;

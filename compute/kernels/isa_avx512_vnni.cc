@@ -17,11 +17,11 @@
 namespace es::kernels::internal {
 namespace {
 
-constexpr size_t kQKBlock = 256;
-constexpr size_t kQ4KBytes = 144;  // d, dmin, 12 scale bytes, 128 quant bytes
-constexpr size_t kQ5KBytes = 176;  // d, dmin, 12 scale bytes, qh[32], qs[128]
-constexpr size_t kQ6KBytes = 210;  // ql[128], qh[64], 16 int8 scales, d
-constexpr size_t kIq4XsBytes = 136;  // d, scales_h (u16), scales_l[4], qs[128]
+using ggml::kIq4XsBytes;
+using ggml::kQ4KBytes;
+using ggml::kQ5KBytes;
+using ggml::kQ6KBytes;
+using ggml::kQKBlock;
 using ggml::PrefetchAhead;
 
 float HalfAt(const uint8_t* p) {
@@ -56,20 +56,12 @@ __m512i WordIndexBy8(int base) {
   return _mm512_load_si512(idx);
 }
 
-template <int R>
-struct Rows {
-  const Q8KBlock* x[R];
-  Rows(const std::byte* base, size_t stride) {
-    for (int k = 0; k < R; ++k) x[k] = reinterpret_cast<const Q8KBlock*>(base + k * stride);
-  }
-  const int8_t* q(int k, size_t b, size_t at) const { return x[k][b].q + at; }
-};
 
 // Q4_K / Q5_K: chunk c of 32 bytes holds sub-block 2c in its low nibbles and 2c + 1 in its high ones: one zmm
 // of 64 quants, against activation values 64c .. 64c + 63, with the two sub-blocks' scales in its two halves.
 template <int R>
 void DotQ4K(const uint8_t* p, const std::byte* qx, size_t stride, size_t supers, bool five, float* out) {
-  const Rows<R> x(qx, stride);
+  const Q8KRows<R> x(qx, stride);
   const __m256i low4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
   const __m512i pick[4] = {WordIndex(0, 1), WordIndex(2, 3), WordIndex(4, 5), WordIndex(6, 7)};
   __m512 acc[R];
@@ -120,7 +112,7 @@ void DotQ4K(const uint8_t* p, const std::byte* qx, size_t stride, size_t supers,
 // values have their own int8 scale; the offset of 32 comes off through the activation quants' 16-value sums.
 template <int R>
 void DotQ6K(const uint8_t* p, const std::byte* qx, size_t stride, size_t supers, float* out) {
-  const Rows<R> x(qx, stride);
+  const Q8KRows<R> x(qx, stride);
   const __m512i low4 = _mm512_set1_epi8(0x0F), bits45 = _mm512_set1_epi8(0x30);
   // Scale indices: half h's values 0-63 take scales 8h + 0..3, values 64-127 scales 8h + 4..7, one per 16 words.
   const __m512i pick[2][2] = {{WordIndexBy8(0), WordIndexBy8(4)}, {WordIndexBy8(8), WordIndexBy8(12)}};
@@ -164,7 +156,7 @@ void DotQ6K(const uint8_t* p, const std::byte* qx, size_t stride, size_t supers,
 // sub-blocks' scales (-32..31) in the two halves.
 template <int R>
 void DotIq4Xs(const uint8_t* p, const std::byte* qx, size_t stride, size_t supers, float* out) {
-  const Rows<R> x(qx, stride);
+  const Q8KRows<R> x(qx, stride);
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ggml::kIq4Values)));
   __m512 acc[R];

@@ -44,6 +44,17 @@ struct Q8KBlock {
 };
 inline constexpr size_t kQ8KBlockValues = 256;
 
+// R activation rows quantized as Q8KBlocks, `stride` bytes apart (a block_dot_q8 call's x): x[k][b] is row k's
+// super-block b, q(k, b, at) its quant `at`.
+template <int R>
+struct Q8KRows {
+  const Q8KBlock* x[R];
+  Q8KRows(const std::byte* base, size_t stride) {
+    for (int k = 0; k < R; ++k) x[k] = reinterpret_cast<const Q8KBlock*>(base + k * stride);
+  }
+  const int8_t* q(int k, size_t b, size_t at) const { return x[k][b].q + at; }
+};
+
 // Whether activations multiplying rows of `type` take the 256-value layout (Q8KBlock) rather than Q8Block.
 bool UsesQ8K(GgmlType type);
 // Bytes of one activation row of n values quantized for rows of `type` (n a multiple of its block).
