@@ -79,6 +79,24 @@ Result<std::string> ReadAsset(FileSystem& fs, const AssetSource& asset, uint64_t
   return ReadSmallFile(fs, asset.path, max_bytes);
 }
 
+Status TensorSource::Read(uint64_t offset, std::span<std::byte> dst) const {
+  if (permuted_heads == 0) return file->ReadTensor(*this, offset, dst);
+  // Original row r = h*D + s*D/2 + i is stored as row h*D + 2i + s: read row by row (Checkpoint::ClassifyGguf
+  // checked that the rows divide into heads of even size and the bytes into rows).
+  const uint64_t rows = shape[0], row_bytes = bytes / rows, head_rows = rows / permuted_heads, half = head_rows / 2;
+  if (offset + dst.size() > bytes) return Status::InvalidArgument("read past the end of tensor " + name);
+  size_t done = 0;
+  while (done < dst.size()) {
+    const uint64_t at = offset + done, r = at / row_bytes, within = at % row_bytes;
+    const uint64_t h = r / head_rows, j = r % head_rows;
+    const uint64_t stored = h * head_rows + 2 * (j % half) + j / half;
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(row_bytes - within, dst.size() - done));
+    ES_RETURN_IF_ERROR(file->ReadTensor(*this, stored * row_bytes + within, dst.subspan(done, n)));
+    done += n;
+  }
+  return Status::Ok();
+}
+
 uint64_t ExpertSource::bytes() const {
   uint64_t n = 0;
   for (const auto& p : projections) n += p.length;
@@ -472,6 +490,7 @@ Status Checkpoint::OpenGgufSplits() {
 }
 
 Status Checkpoint::ClassifyGguf() {
+  ES_ASSIGN_OR_RETURN(const std::string arch, ggufs_.front()->header().GetString("general.architecture"));
   const uint64_t H = shape_.hidden_size, I = shape_.moe_intermediate_size, E = shape_.num_experts;
   // layer -> gate, up, down 3-D tensors
   std::map<uint32_t, std::array<TensorSource, 3>> experts;
@@ -519,8 +538,19 @@ Status Checkpoint::ClassifyGguf() {
         is_expert = true;
       }
       if (is_expert) continue;
-      auto hf = GgufDenseTensorHfName(t.name);
+      auto hf = GgufDenseTensorHfName(arch, t.name);
       if (!hf.ok()) return hf.status().WithContext(dir_);
+      auto heads = GgufPermutedHeads(ggufs_[f]->header(), t.name);
+      if (!heads.ok()) return heads.status().WithContext(dir_);
+      if (*heads != 0) {
+        const uint64_t rows = src.shape.empty() ? 0 : src.shape[0];
+        if (rows == 0 || rows % *heads != 0 || (rows / *heads) % 2 != 0 || src.bytes % rows != 0) {
+          return Status::InvalidArgument(dir_ + ": tensor " + t.name + " has " + std::to_string(rows) +
+                                         " rows, not an even number per each of its " + std::to_string(*heads) +
+                                         " heads");
+        }
+        src.permuted_heads = *heads;
+      }
       ES_ASSIGN_OR_RETURN(TensorRole role, adapter_->Classify(*hf, shape_));
       if (role.kind != TensorRole::Kind::kDense) {
         return Status::InvalidArgument(dir_ + ": tensor " + t.name + " maps to " + *hf + ", which is not a dense tensor");

@@ -44,8 +44,12 @@ struct TensorSource {
   uint64_t file_offset = 0;     // of the first byte
   uint64_t bytes = 0;
   int32_t ggml_type = kNoGgmlType;  // a GGUF tensor's block format (dtype is kUnknown then)
+  // Non-zero for a q or k projection whose rows llama's GGUF converter reordered within each of this many heads
+  // (GgufPermutedHeads): Read returns the rows in the original order.
+  uint32_t permuted_heads = 0;
 
-  Status Read(uint64_t offset, std::span<std::byte> dst) const { return file->ReadTensor(*this, offset, dst); }
+  // dst.size() bytes from `offset` bytes into the tensor, in the original row order.
+  Status Read(uint64_t offset, std::span<std::byte> dst) const;
 };
 
 // One projection of an expert: a whole tensor, or a slice of a fused tensor.

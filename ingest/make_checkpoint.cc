@@ -126,7 +126,7 @@ void TextConfig(JsonWriter& j, const MakeCheckpointOptions& o) {
   }
   if (o.arch == "qwen2_moe") j.Key("shared_expert_intermediate_size").Uint(o.shared_intermediate);
   if (olmoe) j.Key("norm_topk_prob").Bool(false);
-  j.Key("rms_norm_eps").Double(1e-6);
+  j.Key("rms_norm_eps").Double(olmoe ? 1e-5 : 1e-6);  // OLMoE-1B-7B's own; llama.cpp writes 1e-5 for every OLMoE
   j.Key("rope_theta").Double(mixtral ? 1e6 : 1e6);
   j.Key("max_position_embeddings").Uint(32768);
   j.Key("tie_word_embeddings").Bool(false);

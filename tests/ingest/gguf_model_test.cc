@@ -96,10 +96,10 @@ TEST(GgufModelTest, DenseTensorsHaveTheOriginalNames) {
   size_t dense = 0;
   for (const GgufTensorInfo& t : header.tensors()) {
     if (t.name.find("_exps.") != std::string::npos) {
-      EXPECT_FALSE(GgufDenseTensorHfName(t.name).ok()) << t.name;  // experts are not dense tensors
+      EXPECT_FALSE(GgufDenseTensorHfName("qwen3moe", t.name).ok()) << t.name;  // experts are not dense tensors
       continue;
     }
-    auto hf = GgufDenseTensorHfName(t.name);
+    auto hf = GgufDenseTensorHfName("qwen3moe", t.name);
     ASSERT_TRUE(hf.ok()) << hf.status().ToString();
     EXPECT_EQ(hf_names.count(*hf), 1u) << t.name << " -> " << *hf;
     ++dense;
@@ -107,7 +107,7 @@ TEST(GgufModelTest, DenseTensorsHaveTheOriginalNames) {
   EXPECT_EQ(dense, 3u + 9u * 6u);  // embeddings, final norm, output; nine tensors per layer
   for (std::string_view bad : {"blk.01.attn_q.weight", "blk.x.attn_q.weight", "blk.1.attn_z.weight", "blk.1",
                                "token_embd.bias"}) {
-    EXPECT_TRUE(GgufDenseTensorHfName(bad).status().IsInvalidArgument()) << bad;
+    EXPECT_TRUE(GgufDenseTensorHfName("qwen3moe", bad).status().IsInvalidArgument()) << bad;
   }
 }
 
@@ -120,7 +120,7 @@ TEST(GgufModelTest, UnsupportedArchitecturesAndTokenizersSaySo) {
   const size_t arch = prefix.find("qwen3moe");
   ASSERT_NE(arch, std::string::npos);
   std::string renamed = prefix;
-  renamed.replace(arch, 8, "qwen2moe");
+  renamed.replace(arch, 8, "deepseek");
   auto other = ParseGgufHeader(renamed, *meta->Find("file_size")->AsUint64());
   ASSERT_TRUE(other.ok()) << other.status().ToString();
   EXPECT_TRUE(GgufConfigJson(*other).status().IsNotSupported());
@@ -133,6 +133,51 @@ TEST(GgufModelTest, UnsupportedArchitecturesAndTokenizersSaySo) {
   auto refused = GgufTokenizerJson(*spm_header);
   EXPECT_TRUE(refused.status().IsNotSupported());
   EXPECT_NE(refused.status().message().find("'llam'"), std::string::npos) << refused.status().ToString();
+}
+
+// llama files: with experts they are the mixtral family (router block_sparse_moe.gate); without, or with RoPE on
+// part of each head, or in the per-expert layout of old converters, they are refused by name.
+TEST(GgufModelTest, LlamaWithExpertsIsMixtralAndTheRestIsRefused) {
+  const std::string file = testing::ReadText(std::string(testing::kGgufFixtures) + "/aidreams.gguf");
+  auto parse = [&](const std::string& bytes) { return ParseGgufHeader(bytes, bytes.size()); };
+  auto header = parse(file);
+  ASSERT_TRUE(header.ok()) << header.status().ToString();
+  auto config = GgufConfigJson(*header);
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  auto json = ParseJson(*config);
+  ASSERT_TRUE(json.ok());
+  EXPECT_EQ(json->Find("model_type")->string_value(), "mixtral");
+  EXPECT_EQ(*json->Find("num_local_experts")->AsUint64(), 4u);
+  EXPECT_EQ(*json->Find("intermediate_size")->AsUint64(), 43u);
+  EXPECT_EQ(*GgufDenseTensorHfName("llama", "blk.2.ffn_gate_inp.weight"), "model.layers.2.block_sparse_moe.gate.weight");
+  EXPECT_EQ(*GgufDenseTensorHfName("qwen2moe", "blk.2.ffn_gate_inp.weight"), "model.layers.2.mlp.gate.weight");
+  EXPECT_EQ(*GgufPermutedHeads(*header, "blk.1.attn_q.weight"), 4u);
+  EXPECT_EQ(*GgufPermutedHeads(*header, "blk.1.attn_v.weight"), 0u);
+  auto legacy = GgufDenseTensorHfName("llama", "blk.0.ffn_gate.3.weight");
+  EXPECT_TRUE(legacy.status().IsNotSupported());
+  EXPECT_NE(legacy.status().message().find("per-expert"), std::string::npos) << legacy.status().ToString();
+  // Without llama.expert_count (the key renamed, same length): a dense model.
+  std::string dense = file;
+  const size_t key = dense.find("llama.expert_count");
+  ASSERT_NE(key, std::string::npos);
+  dense.replace(key, 18, "llama.expert_cnt_x");
+  auto dense_header = parse(dense);
+  ASSERT_TRUE(dense_header.ok());
+  auto refused = GgufConfigJson(*dense_header);
+  EXPECT_TRUE(refused.status().IsNotSupported());
+  EXPECT_NE(refused.status().message().find("dense"), std::string::npos) << refused.status().ToString();
+  // RoPE over 8 of each head's 16 dimensions.
+  std::string partial = file;
+  const std::string rope_key = "llama.rope.dimension_count";
+  const size_t rope = partial.find(rope_key);
+  ASSERT_NE(rope, std::string::npos);
+  const uint32_t eight = 8;
+  partial.replace(rope + rope_key.size() + 4, 4, reinterpret_cast<const char*>(&eight), 4);  // after the type
+  auto partial_header = parse(partial);
+  ASSERT_TRUE(partial_header.ok());
+  refused = GgufConfigJson(*partial_header);
+  EXPECT_TRUE(refused.status().IsNotSupported());
+  EXPECT_NE(refused.status().message().find("partial RoPE"), std::string::npos) << refused.status().ToString();
 }
 
 }  // namespace

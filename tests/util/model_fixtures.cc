@@ -118,7 +118,7 @@ Result<RebuiltGguf> WriteTinyGguf(const std::string& path) {
       }
     }
     if (sources.empty()) {
-      ES_ASSIGN_OR_RETURN(std::string hf, GgufDenseTensorHfName(t.name));
+      ES_ASSIGN_OR_RETURN(std::string hf, GgufDenseTensorHfName("qwen3moe", t.name));
       sources.push_back(hf);
     }
     for (const std::string& name : sources) {

@@ -1,0 +1,260 @@
+// GGUF files of the families other than qwen3moe, written with llama.cpp's gguf-py in llama.cpp's conventions
+// (tests/ingest/gguf_fixtures/make_arch_fixtures.sh) and run by llama.cpp itself: qwen2moe, olmoe and llama with
+// experts (a random Mixtral with grouped key/value heads, and the real aidreams model with its SentencePiece
+// tokenizer). Each is ingested twice, from its safetensors original and from the GGUF file: the two give the same
+// config and logits, and both give llama.cpp's next-token distributions and greedy continuations on the same file.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "compute/cache_provider.h"
+#include "compute/generator.h"
+#include "compute/model.h"
+#include "compute/tokenizer/tokenizer.h"
+#include "ingest/gguf.h"
+#include "ingest/gguf_model.h"
+#include "ingest/make_checkpoint.h"
+#include "store/base/json.h"
+#include "store/metadata.h"
+#include "tests/util/model_fixtures.h"
+#include "tests/util/reference_cases.h"
+#include "tests/util/temp_dir.h"
+#include "tests/util/tensors.h"
+
+namespace es {
+namespace {
+
+struct Family {
+  const char* name;  // the fixture's: NAME.gguf, NAME-llama.jsonl
+  const char* arch;  // make-checkpoint's; empty for aidreams (the shared model)
+  uint32_t kv_heads;
+  uint64_t seed;
+};
+// As make_arch_fixtures.sh makes them.
+constexpr Family kFamilies[] = {
+    {"qwen2moe", "qwen2_moe", 2, 11}, {"olmoe", "olmoe", 4, 12}, {"mixtral", "mixtral", 2, 13}, {"aidreams", "", 0, 0}};
+
+struct LlamaCase {
+  std::vector<int32_t> ids, greedy;
+  std::vector<double> probs;  // by token id
+};
+
+std::vector<LlamaCase> LoadLlamaCases(const std::string& name, size_t vocab) {
+  std::ifstream in(std::string(testing::kGgufFixtures) + "/" + name + "-llama.jsonl");
+  std::vector<LlamaCase> cases;
+  std::string line;
+  while (std::getline(in, line)) {
+    auto v = ParseJson(line);
+    EXPECT_TRUE(v.ok()) << line.substr(0, 80);
+    if (!v.ok()) break;
+    LlamaCase c;
+    for (const auto& x : v->Find("ids")->array()) c.ids.push_back(static_cast<int32_t>(*x.AsInt64()));
+    for (const auto& x : v->Find("greedy")->array()) c.greedy.push_back(static_cast<int32_t>(*x.AsInt64()));
+    c.probs.assign(vocab, 0.0);
+    for (const auto& [token, p] : v->Find("probs")->object()) {
+      const size_t id = std::stoul(token);
+      if (id < vocab) c.probs[id] = *p.AsDouble();
+    }
+    cases.push_back(std::move(c));
+  }
+  return cases;
+}
+
+class GgufFamiliesTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (!testing::DataPresent(testing::kAidreams)) return;
+    dir_ = new testing::TempDir();
+    std::vector<std::pair<std::string, std::string>> models;
+    for (const Family& f : kFamilies) {
+      std::string original = testing::kAidreams;
+      if (*f.arch != '\0') {
+        MakeCheckpointOptions o;
+        o.arch = f.arch;
+        o.layers = 2;
+        o.experts = 4;
+        o.top_k = 2;
+        o.hidden = 32;
+        o.moe_intermediate = 16;
+        o.heads = 4;
+        o.kv_heads = f.kv_heads;
+        o.vocab = 288;
+        o.dtype = DType::kF32;
+        o.seed = f.seed;
+        original = dir_->Sub(f.name);
+        auto resolved = ResolveMakeCheckpointOptions(
+            o, {"layers", "experts", "top_k", "hidden", "moe_intermediate", "heads", "kv_heads", "vocab"});
+        ASSERT_TRUE(resolved.ok()) << resolved.status().ToString();
+        auto made = MakeCheckpoint(original, *resolved);
+        ASSERT_TRUE(made.ok()) << made.status().ToString();
+      }
+      models.push_back({std::string(f.name) + "-st", original});
+      models.push_back({std::string(f.name) + "-gguf", std::string(testing::kGgufFixtures) + "/" + f.name + ".gguf"});
+    }
+    auto s = testing::StoreWithModels(dir_->Sub("store"), models);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    store_ = s->release();
+    pool_ = kernels::ComputePool::Create(0)->release();
+  }
+  static void TearDownTestSuite() {
+    delete store_;
+    delete pool_;
+    delete dir_;
+  }
+  void SetUp() override {
+    ES_REQUIRE_DATA(testing::kAidreams);
+    ASSERT_NE(store_, nullptr);
+  }
+
+  std::unique_ptr<Model> Load(const std::string& name) {
+    kernels::CpuContext ctx;
+    ctx.pool = pool_;
+    auto m = Model::Load(*store_, name, ctx);
+    EXPECT_TRUE(m.ok()) << m.status().ToString();
+    return m.ok() ? std::move(m).value() : nullptr;
+  }
+
+  // The GGUF model against its original and against llama.cpp.
+  void Check(const Family& f) {
+    SCOPED_TRACE(f.name);
+    auto st = Load(std::string(f.name) + "-st");
+    auto gg = Load(std::string(f.name) + "-gguf");
+    ASSERT_TRUE(st && gg);
+    const ModelConfig& a = st->config();
+    const ModelConfig& b = gg->config();
+    EXPECT_EQ(a.arch, b.arch);
+    EXPECT_EQ(std::tie(a.num_layers, a.hidden, a.num_heads, a.num_kv_heads, a.head_dim, a.vocab, a.num_experts,
+                       a.top_k, a.moe_intermediate, a.shared_expert_intermediate, a.norm_topk_prob, a.qkv_bias,
+                       a.tie_word_embeddings),
+              std::tie(b.num_layers, b.hidden, b.num_heads, b.num_kv_heads, b.head_dim, b.vocab, b.num_experts,
+                       b.top_k, b.moe_intermediate, b.shared_expert_intermediate, b.norm_topk_prob, b.qkv_bias,
+                       b.tie_word_embeddings));
+    EXPECT_EQ(a.qk_norm, b.qk_norm);
+    EXPECT_FLOAT_EQ(a.rms_eps, b.rms_eps);
+    EXPECT_FLOAT_EQ(a.rope_theta, b.rope_theta);
+    auto st_experts = DirectExpertProvider::Create(*store_, std::string(f.name) + "-st");
+    auto gg_experts = DirectExpertProvider::Create(*store_, std::string(f.name) + "-gguf");
+    ASSERT_TRUE(st_experts.ok() && gg_experts.ok());
+    const auto cases = LoadLlamaCases(f.name, b.vocab);
+    ASSERT_EQ(cases.size(), 4u);
+    for (size_t i = 0; i < cases.size(); ++i) {
+      SCOPED_TRACE("prompt " + std::to_string(i));
+      const LlamaCase& c = cases[i];
+      auto want = LastLogits(*st, **st_experts, c.ids, {});
+      auto got = LastLogits(*gg, **gg_experts, c.ids, {});
+      ASSERT_TRUE(want.ok()) << want.status().ToString();
+      ASSERT_TRUE(got.ok()) << got.status().ToString();
+      // The same F32 weights in the same order: the same logits.
+      EXPECT_LT(testing::RelativeL2(*got, *want), 1e-6);
+      // llama.cpp's distribution: KL(llama || ours) and the largest log-probability difference.
+      double max_logit = -INFINITY, sum = 0;
+      for (float x : *got) max_logit = std::max<double>(max_logit, x);
+      for (float x : *got) sum += std::exp(x - max_logit);
+      double kl = 0, worst = 0;
+      for (size_t t = 0; t < got->size(); ++t) {
+        const double logp = (*got)[t] - max_logit - std::log(sum);
+        if (c.probs[t] <= 0) continue;
+        kl += c.probs[t] * (std::log(c.probs[t]) - logp);
+        worst = std::max(worst, std::abs(std::log(c.probs[t]) - logp));
+      }
+      // llama.cpp keeps its KV cache in F16: log-probabilities within about 1e-3 of ours.
+      EXPECT_LT(kl, 1e-5);
+      EXPECT_LT(worst, 1e-2);
+      auto greedy = GenerateIds(*gg, **gg_experts, c.ids, static_cast<uint32_t>(c.greedy.size()), {},
+                                SamplerOptions{}, {});
+      ASSERT_TRUE(greedy.ok()) << greedy.status().ToString();
+      EXPECT_EQ(*greedy, c.greedy);
+    }
+  }
+
+  static testing::TempDir* dir_;
+  static Store* store_;
+  static kernels::ComputePool* pool_;
+};
+
+testing::TempDir* GgufFamiliesTest::dir_ = nullptr;
+Store* GgufFamiliesTest::store_ = nullptr;
+kernels::ComputePool* GgufFamiliesTest::pool_ = nullptr;
+
+TEST_F(GgufFamiliesTest, Qwen2MoeAgreesWithItsOriginalAndLlamaCpp) { Check(kFamilies[0]); }
+TEST_F(GgufFamiliesTest, OlmoeAgreesWithItsOriginalAndLlamaCpp) { Check(kFamilies[1]); }
+// Architecture llama with experts, its q and k rows reordered by the converter and grouped key/value heads.
+TEST_F(GgufFamiliesTest, MixtralAgreesWithItsOriginalAndLlamaCpp) { Check(kFamilies[2]); }
+TEST_F(GgufFamiliesTest, AidreamsAgreesWithItsOriginalAndLlamaCpp) { Check(kFamilies[3]); }
+
+// The real model from its GGUF file generates the text its original program does, through the SentencePiece
+// tokenizer rebuilt from the file's tokens, scores and types.
+TEST_F(GgufFamiliesTest, AidreamsFromGgufGeneratesItsKnownText) {
+  auto model = Load("aidreams-gguf");
+  ASSERT_TRUE(model);
+  auto experts = DirectExpertProvider::Create(*store_, "aidreams-gguf");
+  ASSERT_TRUE(experts.ok());
+  auto info = LoadModelInfo(store_->catalog(), "aidreams-gguf");
+  ASSERT_TRUE(info.ok());
+  auto json = store_->ReadAsset(*info, "tokenizer.json");
+  auto config = store_->ReadAsset(*info, "tokenizer_config.json");
+  ASSERT_TRUE(json.ok() && config.ok());
+  auto tok = Tokenizer::FromJson(*json, *config);
+  ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+  GenerateOptions o;
+  o.max_tokens = 20;
+  auto r = Generate(*model, *tok, **experts, "", o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->text.rfind("\"Echoes of vectors unfold, a gentle hum of precision", 0), 0u) << r->text;
+}
+
+// The SentencePiece vocabulary of the GGUF file, turned into a byte-fallback BPE tokenizer, encodes the corpus
+// exactly as the model's own tokenizer.json does, and its merges are that file's merges in the same order.
+TEST_F(GgufFamiliesTest, SentencePieceTokenizerEncodesAsTheOriginal) {
+  ES_REQUIRE_DATA(testing::kCorpus);
+  auto file = GgufFile::Open(nullptr, std::string(testing::kGgufFixtures) + "/aidreams.gguf");
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  auto json = GgufTokenizerJson(file->header());
+  auto config = GgufTokenizerConfigJson(file->header());
+  ASSERT_TRUE(json.ok() && config.ok()) << json.status().ToString();
+  const std::string dir = testing::kAidreams;
+  auto ours_doc = ParseJson(*json);
+  auto original_doc = ParseJson(testing::ReadText(dir + "/tokenizer.json"));
+  ASSERT_TRUE(ours_doc.ok() && original_doc.ok());
+  const JsonValue* ours_merges = ours_doc->Find("model")->Find("merges");
+  const JsonValue* original_merges = original_doc->Find("model")->Find("merges");
+  ASSERT_EQ(ours_merges->array().size(), original_merges->array().size());
+  for (size_t i = 0; i < ours_merges->array().size(); ++i) {
+    for (size_t side = 0; side < 2; ++side) {
+      ASSERT_EQ(ours_merges->array()[i].array()[side].string_value(),
+                original_merges->array()[i].array()[side].string_value())
+          << "merge " << i;
+    }
+  }
+  auto ours = Tokenizer::FromJson(*json, *config);
+  auto original = Tokenizer::FromJson(testing::ReadText(dir + "/tokenizer.json"),
+                                      testing::ReadText(dir + "/tokenizer_config.json"));
+  ASSERT_TRUE(ours.ok()) << ours.status().ToString();
+  ASSERT_TRUE(original.ok());
+  std::istringstream corpus(testing::ReadText(testing::kCorpus));
+  std::string line;
+  size_t texts = 0, tokens = 0;
+  while (std::getline(corpus, line)) {
+    auto doc = ParseJson(line);
+    ASSERT_TRUE(doc.ok());
+    // Characters outside the vocabulary too (byte fallback), and the special tokens.
+    const std::string text = doc->Find("text")->string_value() + " \xc3\xa9t\xc3\xa9 \xe2\x82\xac</s>";
+    auto a = ours->Encode(text);
+    auto b = original->Encode(text);
+    ASSERT_TRUE(a.ok() && b.ok());
+    ASSERT_EQ(*a, *b) << "text " << texts;
+    auto back = ours->Decode(*a);
+    auto back_original = original->Decode(*b);
+    ASSERT_TRUE(back.ok() && back_original.ok());
+    EXPECT_EQ(*back, *back_original);
+    tokens += a->size();
+    ++texts;
+  }
+  EXPECT_GT(texts, 100u);
+  EXPECT_GT(tokens, 10'000u);
+}
+
+}  // namespace
+}  // namespace es
