@@ -540,7 +540,7 @@ Status Checkpoint::ClassifyGguf() {
       if (is_expert) continue;
       auto hf = GgufDenseTensorHfName(arch, t.name);
       if (!hf.ok()) return hf.status().WithContext(dir_);
-      auto heads = GgufPermutedHeads(ggufs_[f]->header(), t.name);
+      auto heads = GgufPermutedHeads(ggufs_.front()->header(), t.name);  // split files hold no metadata
       if (!heads.ok()) return heads.status().WithContext(dir_);
       if (*heads != 0) {
         const uint64_t rows = src.shape.empty() ? 0 : src.shape[0];

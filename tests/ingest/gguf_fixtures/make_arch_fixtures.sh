@@ -7,7 +7,8 @@
 # - aidreams.gguf: the real aidreams-mixtral model (architecture llama with experts, SentencePiece tokenizer with
 #   the scores of its original llama2.c tokenizer);
 # - ARCH-llama.jsonl: llama.cpp's own next-token distribution and greedy continuation (8 tokens) after each prompt
-#   of ARCH-prompts.txt, computed from the .gguf file (llama_ref.mjs).
+#   of ARCH-prompts.txt, computed from the .gguf file (llama_ref.mjs);
+# - mixtral-Q8_0.gguf: mixtral.gguf quantized by llama.cpp's own quantizer, with its llama.cpp outputs likewise.
 # Usage: make_arch_fixtures.sh EXPERTSTORE SHARED_DIR
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,6 +27,9 @@ for arch in qwen2_moe olmoe mixtral; do
 done
 /usr/bin/python3 "$here/hf_to_gguf_moe.py" "$shared/models/aidreams-mixtral" "$here/aidreams.gguf" \
   "$shared/models/aidreams-mixtral/original/tok512.bin" >/dev/null
+# The Mixtral quantized by llama.cpp's own quantizer (Q8_0; its 16-wide down rows fall back to F16): the q and k
+# rows it reorders are then rows of blocks.
+/usr/bin/python3 "$shared/oracles/llamacpp/quantize.py" "$here/mixtral.gguf" "$here/mixtral-Q8_0.gguf" Q8_0 >/dev/null 2>&1
 # Prompts: token ids below 256 (the byte tokens of the random models), and BOS-led ids for aidreams.
 /usr/bin/python3 - "$here" <<'EOF'
 import random, sys
@@ -40,6 +44,7 @@ for name, lo, hi, bos in (("qwen2moe", 0, 256, None), ("olmoe", 0, 256, None), (
                 ids[0] = bos
             f.write(",".join(map(str, ids)) + "\n")
 EOF
-for name in qwen2moe olmoe mixtral aidreams; do
+cp "$here/mixtral-prompts.txt" "$here/mixtral-Q8_0-prompts.txt"
+for name in qwen2moe olmoe mixtral mixtral-Q8_0 aidreams; do
   node "$shared/oracles/llamacpp/llama_ref.mjs" "$here/$name.gguf" 8 < "$here/$name-prompts.txt" > "$here/$name-llama.jsonl"
 done
