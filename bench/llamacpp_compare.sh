@@ -2,7 +2,9 @@
 # expertstore against llama.cpp on the same GGUF files, next-token distributions for the reference cases' prompts
 # (llama.cpp's from npm's node-llama-cpp, expertstore's from the same file with its exact fp32 path and with
 # --activations q8). Prints KL(llama.cpp || expertstore) per file, top-1 agreement, and each side's quantization
-# cost, KL(its unquantized file || its quantized one). Two models:
+# cost, KL(its unquantized file || its quantized one). Then perplexity on the same text (the last 100 texts of the
+# shared corpus, windows of 512 tokens that do not overlap): llama.cpp's (bench/llamacpp_ppl.c, llama.cpp's own
+# tokenizer) against `expertstore eval` (exact and q8), after checking that both tokenized the text alike. Two models:
 #   default: the tiny model converted by llama.cpp's own converter (F32) and quantized by llama_model_quantize
 #     (Q8_0, Q4_K_M; its 128- and 96-wide rows take Q8_0/Q5_0 where a K-quant does not fit);
 #   --q30 LAYERS: a Qwen3-30B-A3B-shaped checkpoint of LAYERS layers (make-checkpoint's preset, random weights,
@@ -39,6 +41,12 @@ done
 /usr/bin/python3 -c "import json, sys
 for line in open(sys.argv[1]): print(','.join(map(str, json.loads(line)['ids'])))" \
   "$root/models/tiny-qwen3-moe/reference/cases.jsonl" > "$work/ids.txt"
+gcc -O2 -o "$work/llamacpp_ppl" "$root/bench/llamacpp_ppl.c" -I"$GGUF_PY/../include" -I"$GGUF_PY/../ggml/include" \
+  -L"$LLAMA_LIB_DIR" -l:libllama.v0.4.0.so -l:libggml.v0.4.0.so -l:libggml-base.so -Wl,-rpath,"$LLAMA_LIB_DIR" -lm
+/usr/bin/python3 -c "import json, sys
+lines = open(sys.argv[1]).read().splitlines()[-100:]  # no trailing space: tokenize gets it through $(cat)
+open(sys.argv[2], 'w').write('\n\n'.join(json.loads(l)['text'] for l in lines).rstrip())" "$shared/corpus/domains.jsonl" "$work/text.txt"
+threads=$(nproc)
 for t in "$base" "${types[@]}"; do
   node "$oracle/llama_ref.mjs" "$work/m-$t.gguf" 1 < "$work/ids.txt" > "$work/llama-$t.jsonl" 2>/dev/null
   "$build/expertstore" ingest "$work/m-$t.gguf" --name "$t" --store "$work/store" --quiet
@@ -49,6 +57,13 @@ for t in "$base" "${types[@]}"; do
   while read -r ids; do
     "$build/expertstore" logits --model "$t" --ids "$ids" --no-record --json --activations q8 --store "$work/store"
   done < "$work/ids.txt" > "$work/ours-$t-q8.jsonl"
+  "$work/llamacpp_ppl" "$LLAMA_LIB_DIR" "$work/m-$t.gguf" "$work/text.txt" 512 "$threads" > "$work/ppl-llama-$t.json"
+  for mode in exact q8; do
+    "$build/expertstore" eval --model "$t" --text "$work/text.txt" --window 512 --activations "$mode" --no-record \
+      --json --store "$work/store" > "$work/ppl-ours-$t-$mode.json"
+  done
+  "$build/expertstore" tokenize --model "$t" --text "$(cat "$work/text.txt")" --json --store "$work/store" \
+    > "$work/ids-ours-$t.json"
 done
 /usr/bin/python3 - "$work" "$base" "${types[@]}" <<'PY'
 import json, math, sys
@@ -96,4 +111,18 @@ for n in names:
         print(f"{n + ' ' + mode:14} {mean(k):>10.3g} ({median(k):.2g}, {max(k):.2g}) {ratio:>15} {top:>7}/{len(cases)} "
               f"{top_clear:>17}/{len(clear)} {mean(cost_o):>17.3g} {mean(cost_l):>15.3g}")
 print(f"costs: KL({base} file || this file) of each side; KL / llama cost: the first column over llama.cpp's cost")
+print()
+print("perplexity on the same text (windows of 512 tokens), llama.cpp against expertstore eval")
+print(f"{'file':8} {'tokens':>7} {'same ids':>9} {'llama.cpp':>10} {'exact':>10} {'difference':>11} {'q8':>10} {'difference':>11}")
+for n in names:
+    l = json.load(open(f"{work}/ppl-llama-{n}.json"))
+    same = json.load(open(f"{work}/ids-ours-{n}.json"))["ids"] == l["ids"]
+    row = f"{n:8} {l['tokens']:>7} {'yes' if same else 'NO':>9} {l['perplexity']:>10.4f}"
+    for mode in ("exact", "q8"):
+        o = json.load(open(f"{work}/ppl-ours-{n}-{mode}.json"))
+        if o["tokens"] != l["tokens"]:
+            row += f" {'(' + str(o['tokens']) + ' tokens)':>22}"
+            continue
+        row += f" {o['perplexity']:>10.4f} {100 * (o['perplexity'] / l['perplexity'] - 1):>+10.3f}%"
+    print(row)
 PY
