@@ -25,6 +25,7 @@ using internal::IsaOps;
 using internal::MatMulArgs;
 using internal::HasQ8Dot;
 using internal::kQ8BlockValues;
+using internal::kQ8KBlockValues;
 using internal::kQ8Rows;
 using internal::Q8Block;
 using internal::Q8KBlock;
@@ -109,10 +110,36 @@ void BlockMatMulRows(const IsaOps& ops, const MatMulArgs& a, size_t row_begin, s
   float row[kMaxBlockRow];
   const size_t row_bytes = *GgmlRowBytes(*a.blocks, a.cols);
   const auto* w = static_cast<const std::byte*>(a.w);
+  if (a.amx != nullptr) {
+    // 16 weight rows at a time against up to kAmxMaxGroups groups of 16 activation rows, on AMX tiles.
+    const size_t group_bytes = (a.cols / kQ8KBlockValues) * internal::kAmxSuperBytes;
+    constexpr size_t kTile = internal::kAmxTileRows, kSpan = internal::kAmxMaxGroups * kTile;
+    alignas(64) float tiles[kSpan * kTile];
+    for (size_t g0 = 0; g0 < a.batch; g0 += kSpan) {
+      const size_t count = std::min(kSpan, a.batch - g0);
+      const size_t groups = (count + kTile - 1) / kTile;
+      const std::byte* first = a.amx + g0 / kTile * group_bytes;
+      for (size_t r0 = row_begin; r0 < row_end; r0 += kTile) {
+        const size_t nrows = std::min(kTile, row_end - r0);
+        internal::AmxBlockGemmQ8(*a.blocks, w + r0 * row_bytes, row_bytes, nrows, first, groups, a.cols, tiles);
+        for (size_t i = 0; i < count; ++i) {
+          const size_t b = g0 + i;
+          float* y = a.y + (a.y_rows == nullptr ? b : static_cast<size_t>(a.y_rows[b])) * a.rows + r0;
+          const float* sums = tiles + i * kTile;
+          for (size_t m = 0; m < nrows; ++m) {
+            y[m] = a.accumulate_scale == nullptr ? sums[m] : y[m] + a.accumulate_scale[b] * sums[m];
+          }
+        }
+      }
+    }
+    return;
+  }
   if (a.qx != nullptr) {
+    // Each group of kQ8Rows activation rows (in L1) meets every weight row of the range (a range of
+    // kRowsPerTask rows stays in L2) before the next group: the activations are not streamed again per weight row.
     const size_t qx_bytes = Q8RowBytes(*a.blocks, a.cols);
-    for (size_t r = row_begin; r < row_end; ++r) {
-      for (size_t b0 = 0; b0 < a.batch; b0 += kQ8Rows) {
+    for (size_t b0 = 0; b0 < a.batch; b0 += kQ8Rows) {
+      for (size_t r = row_begin; r < row_end; ++r) {
         const size_t count = std::min(kQ8Rows, a.batch - b0);
         float sums[kQ8Rows];
         ops.block_dot_q8(*a.blocks, w + r * row_bytes, a.qx + b0 * qx_bytes, qx_bytes, count, a.cols, sums);
@@ -164,6 +191,8 @@ void MatMulRowRange(const IsaOps& ops, const MatMulArgs& args, size_t begin, siz
 // slice while it is in L1, kQ8Rows activation rows per block_dot_q8 call.
 constexpr size_t kQ8SliceBytes = 192 * 1024;
 constexpr size_t kMaxQ8Slice = 64;
+// The fewest activation rows a matmul needs to run on AMX tiles (below, the VNNI kernels are as fast).
+constexpr size_t kAmxMinRows = 4;
 static_assert(kMaxBlockRow / kQ8BlockValues * sizeof(Q8Block) <= kQ8SliceBytes &&
               kMaxBlockRow / 256 * sizeof(Q8KBlock) <= kQ8SliceBytes);
 struct alignas(64) Q8Slice {
@@ -181,8 +210,28 @@ bool UsesQ8(const CpuContext& ctx, const IsaOps& ops, const MatMulArgs& a) {
          a.cols % kQ8BlockValues == 0;
 }
 
-// Activation rows [b0, b0 + nb) of `a` as a matmul of their own, with qx (unless null) holding them quantized.
-MatMulArgs SliceRows(const MatMulArgs& a, size_t b0, size_t nb, std::byte* qx) {
+// Whether an integer-path matmul of `a`'s format and width, with at least kAmxMinRows activation rows, runs on
+// AMX tiles: a machine that has them, the AVX-512 table, and slices whose packed rows fit a slice buffer.
+bool UsesAmx(const CpuContext& ctx, const MatMulArgs& a) {
+#if defined(ES_KERNELS_X86)
+  return ctx.amx && ctx.isa == Isa::kAvx512 && a.batch >= kAmxMinRows && internal::AmxTakes(*a.blocks) &&
+         internal::AmxPackedBytes(internal::kAmxTileRows, a.cols) <= kQ8SliceBytes && internal::AmxAvailable();
+#else
+  (void)ctx;
+  (void)a;
+  return false;
+#endif
+}
+
+// Activation rows per slice when the slice is also packed for AMX: as many whole groups as the buffer holds.
+size_t AmxSliceRows(const MatMulArgs& a) {
+  const size_t groups = kQ8SliceBytes / internal::AmxPackedBytes(internal::kAmxTileRows, a.cols);
+  return std::min(Q8SliceRows(a), groups * internal::kAmxTileRows);
+}
+
+// Activation rows [b0, b0 + nb) of `a` as a matmul of their own, with qx (unless null) holding them quantized
+// and amx (unless null, and then with qx) holding them packed for AMX.
+MatMulArgs SliceRows(const MatMulArgs& a, size_t b0, size_t nb, std::byte* qx, std::byte* amx = nullptr) {
   MatMulArgs s = a;
   s.batch = nb;
   if (a.x_rows != nullptr) {
@@ -203,15 +252,21 @@ MatMulArgs SliceRows(const MatMulArgs& a, size_t b0, size_t nb, std::byte* qx) {
     QuantizeQ8Row(*a.blocks, x, a.cols, qx + b * qx_bytes);
   }
   s.qx = qx;
+  if (amx != nullptr) {
+    internal::PackQ8KForAmx(qx, qx_bytes, nb, a.cols, amx);
+    s.amx = amx;
+  }
   return s;
 }
 
 void RunMatMul(const CpuContext& ctx, const IsaOps& ops, const MatMulArgs& args) {
   if (UsesQ8(ctx, ops, args)) {
-    Q8Slice qx;
-    const size_t rows = Q8SliceRows(args);
+    Q8Slice qx, packed;
+    const bool amx = UsesAmx(ctx, args);
+    const size_t rows = amx ? AmxSliceRows(args) : Q8SliceRows(args);
     for (size_t b0 = 0; b0 < args.batch; b0 += rows) {
-      const MatMulArgs slice = SliceRows(args, b0, std::min(rows, args.batch - b0), qx.data());
+      const MatMulArgs slice =
+          SliceRows(args, b0, std::min(rows, args.batch - b0), qx.data(), amx ? packed.data() : nullptr);
       ParallelFor(ctx.pool, args.rows, kRowsPerTask,
                   [&](size_t begin, size_t end) { BlockMatMulRows(ops, slice, begin, end); });
     }
@@ -288,13 +343,22 @@ Status ExpertImpl(const CpuContext& ctx, const ExpertWeights& e, const float* x,
     // Gate and up share their input: each slice of activation rows is quantized once for both, unless their
     // formats take different layouts.
     const bool shared = gate_q8 && up_q8 && UsesQ8K(*gate_args.blocks) == UsesQ8K(*up_args.blocks);
-    Q8Slice gate_qx, up_qx;
-    const size_t rows = std::min(gate_q8 ? Q8SliceRows(gate_args) : kMaxQ8Slice, up_q8 ? Q8SliceRows(up_args) : kMaxQ8Slice);
+    const bool gate_amx = gate_q8 && UsesAmx(ctx, gate_args), up_amx = up_q8 && UsesAmx(ctx, up_args);
+    Q8Slice gate_qx, up_qx, gate_packed, up_packed;
+    const size_t rows = std::min(gate_q8 ? (gate_amx ? AmxSliceRows(gate_args) : Q8SliceRows(gate_args)) : kMaxQ8Slice,
+                                 up_q8 ? (up_amx ? AmxSliceRows(up_args) : Q8SliceRows(up_args)) : kMaxQ8Slice);
     for (size_t b0 = 0; b0 < batch; b0 += rows) {
       const size_t nb = std::min(rows, batch - b0);
-      const MatMulArgs g = SliceRows(gate_args, b0, nb, gate_q8 ? gate_qx.data() : nullptr);
-      MatMulArgs u = SliceRows(up_args, b0, nb, up_q8 && !shared ? up_qx.data() : nullptr);
+      const MatMulArgs g = SliceRows(gate_args, b0, nb, gate_q8 ? gate_qx.data() : nullptr,
+                                     gate_amx ? gate_packed.data() : nullptr);
+      MatMulArgs u = SliceRows(up_args, b0, nb, up_q8 && !shared ? up_qx.data() : nullptr,
+                               up_amx && !(shared && gate_amx) ? up_packed.data() : nullptr);
       if (shared) u.qx = g.qx;
+      if (shared && gate_amx && up_amx) u.amx = g.amx;
+      if (shared && up_amx && !gate_amx) {  // the shared quantized rows, packed for up alone
+        internal::PackQ8KForAmx(g.qx, Q8RowBytes(*up_args.blocks, hidden), nb, hidden, up_packed.data());
+        u.amx = up_packed.data();
+      }
       gate_up(g, u);
     }
   } else {
@@ -608,5 +672,16 @@ Status ConvertFromF32(const CpuContext& ctx, const float* src, size_t n, DType d
   ops->from_f32(src, n, dtype, dst);
   return Status::Ok();
 }
+
+#if !defined(ES_KERNELS_X86)
+// No AMX off x86: UsesAmx is always false, so these are never reached.
+namespace internal {
+bool AmxAvailable() { return false; }
+bool AmxTakes(GgmlType) { return false; }
+size_t AmxPackedBytes(size_t, size_t) { return 0; }
+void PackQ8KForAmx(const std::byte*, size_t, size_t, size_t, std::byte*) {}
+bool AmxBlockGemmQ8(GgmlType, const void*, size_t, size_t, const std::byte*, size_t, size_t, float*) { return false; }
+}  // namespace internal
+#endif
 
 }  // namespace es::kernels

@@ -887,6 +887,11 @@ float DotQ8Small(GgmlType type, const uint8_t* p, const Q8Block* x, size_t n) {
 
 bool BlockDotQ8Avx2(GgmlType type, const void* row, const std::byte* qx, size_t x_stride, size_t count, size_t n,
                     float* out) {
+  // Four rows share each weight unpacking here (sixteen ymm accumulators); more go four at a time.
+  if (count > 4) {
+    return BlockDotQ8Avx2(type, row, qx, x_stride, 4, n, out) &&
+           BlockDotQ8Avx2(type, row, qx + 4 * x_stride, x_stride, count - 4, n, out + 4);
+  }
   const auto* p = static_cast<const uint8_t*>(row);
   const size_t supers = n / kQKBlock;
   switch (type) {

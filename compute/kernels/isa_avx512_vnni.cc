@@ -211,7 +211,11 @@ bool BlockDotQ8Avx512Vnni(GgmlType type, const void* row, const std::byte* x, si
     case 1: done = Dispatch<1>(type, p, x, x_stride, supers, out); break;
     case 2: done = Dispatch<2>(type, p, x, x_stride, supers, out); break;
     case 3: done = Dispatch<3>(type, p, x, x_stride, supers, out); break;
-    default: done = Dispatch<4>(type, p, x, x_stride, supers, out); break;
+    case 4: done = Dispatch<4>(type, p, x, x_stride, supers, out); break;
+    case 5: done = Dispatch<5>(type, p, x, x_stride, supers, out); break;
+    case 6: done = Dispatch<6>(type, p, x, x_stride, supers, out); break;
+    case 7: done = Dispatch<7>(type, p, x, x_stride, supers, out); break;
+    default: done = Dispatch<8>(type, p, x, x_stride, supers, out); break;
   }
   return done || BlockDotQ8Avx2(type, row, x, x_stride, count, n, out);
 }

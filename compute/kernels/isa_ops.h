@@ -82,6 +82,8 @@ struct MatMulArgs {
   // Set (block formats only): the activation rows quantized for `blocks` (QuantizeQ8Row), Q8RowBytes apart, row b
   // for output row b (x_rows already applied); each output is then `block_dot_q8` of the weight row with it.
   const std::byte* qx = nullptr;
+  // Set (with qx): the same rows packed for AMX (PackQ8KForAmx); the products are then AmxBlockGemmQ8's.
+  const std::byte* amx = nullptr;
 };
 
 // The most query heads one call of IsaOps::scores / weighted_sum handles.
@@ -128,7 +130,7 @@ struct IsaOps {
 };
 
 // The most activation rows one block_dot_q8 call takes, and the rows RunMatMul quantizes at a time.
-inline constexpr size_t kQ8Rows = 4;
+inline constexpr size_t kQ8Rows = 8;
 
 // The integer dot product of every format that has one (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K,
 // IQ4_XS), in plain scalar code: the reference for the SIMD versions and their fallback. Defined in q8_dot.cc.
@@ -143,6 +145,32 @@ void QuantizeQ8(const float* x, size_t n, Q8Block* out);
 void QuantizeQ8K(const float* x, size_t n, Q8KBlock* out);
 // One row of n activations in the layout rows of `type` take (Q8RowBytes(type, n) bytes at out).
 void QuantizeQ8Row(GgmlType type, const float* x, size_t n, std::byte* out);
+
+// AMX tiles (isa_amx.cc) for the integer products of Q4_K and Q5_K rows with many activation rows at once.
+// Activation rows go in groups of kAmxTileRows, weight rows likewise.
+inline constexpr size_t kAmxTileRows = 16;
+// Per group of activation rows and super-block: eight 512-byte B tiles (one per 32-value sub-block: row kk holds
+// quants 4kk .. 4kk + 3 of each of the 16 rows), the rows' exact sums per sub-block ([8][16] fp32) and their scales
+// d ([16] fp32).
+inline constexpr size_t kAmxSuperBytes = 8 * 512 + 8 * kAmxTileRows * 4 + kAmxTileRows * 4;
+// Whether this machine runs the AMX kernels: the CPU has AMX-TILE and AMX-INT8 (and AVX-512), and Linux granted
+// this process the tile state (asked once, at the first call).
+bool AmxAvailable();
+// Whether AmxBlockGemmQ8 takes rows of `type`.
+bool AmxTakes(GgmlType type);
+// Bytes PackQ8KForAmx writes for `rows` activation rows of n values (groups of kAmxTileRows, the last padded).
+size_t AmxPackedBytes(size_t rows, size_t n);
+// `rows` activation rows quantized as Q8KBlocks (QuantizeQ8Row), `stride` bytes apart, into the AMX layout above.
+void PackQ8KForAmx(const std::byte* qx, size_t stride, size_t rows, size_t n, std::byte* packed);
+// The most groups of activation rows one AmxBlockGemmQ8 call takes.
+inline constexpr size_t kAmxMaxGroups = 4;
+// For `nrows` (<= kAmxTileRows) weight rows of `type`, `row_bytes` apart, and `groups` (<= kAmxMaxGroups)
+// consecutive packed groups of activation rows: out[(g * kAmxTileRows + k) * kAmxTileRows + m] = BlockDotQ8Scalar's
+// result for weight row m and row k of group g, bit for bit (rows past the last group's end give values to
+// ignore). Each weight row is unpacked once for all the groups. False for a type it does not take. Only where
+// AmxAvailable().
+bool AmxBlockGemmQ8(GgmlType type, const void* w, size_t row_bytes, size_t nrows, const std::byte* packed,
+                    size_t groups, size_t n, float* out);
 
 // The AVX2 block_dot (Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS), which the AVX-512 table shares. Defined in isa_avx2.cc.
 bool BlockDotAvx2(GgmlType type, const void* row, const float* x, size_t n, float* out);
