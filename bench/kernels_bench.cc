@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "compute/kernels/cpu_kernels.h"
+#include "compute/kernels/isa_ops.h"
 #include "store/base/ggml_type.h"
 #include "store/base/float16.h"
 #include "compute/kernels/parallel.h"
@@ -271,12 +272,14 @@ BENCHMARK(BM_MatMulBlocks)
 
 // The prefill shape of the block path: `batch` activation rows (the tokens routed to one expert, or a prompt
 // through a projection) against one [768, 2048] matrix, rotating over the 64 experts without evicting them.
-// Args: isa, ggml type, q8 (as above), batch; one thread.
+// Args: isa, ggml type, q8 (as above: 2 is q8 with AMX tiles where the machine has them, 1 without), batch; one
+// thread.
 void BM_MatMulBlocksPrefill(benchmark::State& state) {
   const auto isa = static_cast<Isa>(state.range(0));
   if (SkipUnavailable(state, isa)) return;
   CpuContext ctx{isa, Pool(1)};
   ctx.q8_activations = state.range(2) != 0;
+  ctx.amx = state.range(2) == 2;
   const auto type = static_cast<GgmlType>(state.range(1));
   const auto batch = static_cast<size_t>(state.range(3));
   const std::vector<uint8_t>& experts = BlockExperts(type);
@@ -292,11 +295,11 @@ void BM_MatMulBlocksPrefill(benchmark::State& state) {
   }
   SetRate(state, static_cast<double>(weight_bytes), 2.0 * static_cast<double>(kInter * kHidden * batch));
   state.SetLabel(std::string(IsaName(isa)) + " " + std::string(GgmlTypeName(type)) +
-                 (ctx.q8_activations ? " q8" : " exact"));
+                 (ctx.q8_activations ? (ctx.amx && internal::AmxAvailable() ? " q8 amx" : " q8") : " exact"));
 }
 BENCHMARK(BM_MatMulBlocksPrefill)
     ->ArgNames({"isa", "type", "q8", "batch"})
-    ->ArgsProduct({{1, 2}, {12, 14}, {0, 1}, {16, 64}})
+    ->ArgsProduct({{1, 2}, {12, 13, 14}, {0, 1, 2}, {16, 64}})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 
