@@ -191,8 +191,6 @@ void MatMulRowRange(const IsaOps& ops, const MatMulArgs& args, size_t begin, siz
 // slice while it is in L1, kQ8Rows activation rows per block_dot_q8 call.
 constexpr size_t kQ8SliceBytes = 192 * 1024;
 constexpr size_t kMaxQ8Slice = 64;
-// The fewest activation rows a matmul needs to run on AMX tiles (below, the VNNI kernels are as fast).
-constexpr size_t kAmxMinRows = 4;
 static_assert(kMaxBlockRow / kQ8BlockValues * sizeof(Q8Block) <= kQ8SliceBytes &&
               kMaxBlockRow / 256 * sizeof(Q8KBlock) <= kQ8SliceBytes);
 struct alignas(64) Q8Slice {
@@ -210,11 +208,11 @@ bool UsesQ8(const CpuContext& ctx, const IsaOps& ops, const MatMulArgs& a) {
          a.cols % kQ8BlockValues == 0;
 }
 
-// Whether an integer-path matmul of `a`'s format and width, with at least kAmxMinRows activation rows, runs on
+// Whether an integer-path matmul of `a`'s format and width, with at least AmxMinRows activation rows, runs on
 // AMX tiles: a machine that has them, the AVX-512 table, and slices whose packed rows fit a slice buffer.
 bool UsesAmx(const CpuContext& ctx, const MatMulArgs& a) {
 #if defined(ES_KERNELS_X86)
-  return ctx.amx && ctx.isa == Isa::kAvx512 && a.batch >= kAmxMinRows && internal::AmxTakes(*a.blocks) &&
+  return ctx.amx && ctx.isa == Isa::kAvx512 && internal::AmxTakes(*a.blocks) && a.batch >= internal::AmxMinRows(*a.blocks) &&
          internal::AmxPackedBytes(internal::kAmxTileRows, a.cols) <= kQ8SliceBytes && internal::AmxAvailable();
 #else
   (void)ctx;
@@ -678,6 +676,7 @@ Status ConvertFromF32(const CpuContext& ctx, const float* src, size_t n, DType d
 namespace internal {
 bool AmxAvailable() { return false; }
 bool AmxTakes(GgmlType) { return false; }
+size_t AmxMinRows(GgmlType) { return 0; }
 size_t AmxPackedBytes(size_t, size_t) { return 0; }
 void PackQ8KForAmx(const std::byte*, size_t, size_t, size_t, std::byte*) {}
 bool AmxBlockGemmQ8(GgmlType, const void*, size_t, size_t, const std::byte*, size_t, size_t, float*) { return false; }

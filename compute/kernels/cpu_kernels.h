@@ -50,8 +50,8 @@ struct CpuContext {
   // matrix's times activations rounded to 8 bits). False: every block row is decoded and multiplied in fp32.
   // Formats without an integer path keep the exact one. Dense (F32/F16/BF16) weights are never affected.
   bool q8_activations = false;
-  // With q8_activations, on a CPU with AMX (and the AVX-512 table): products of Q4_K and Q5_K rows with at least
-  // kAmxMinRows activation rows run on AMX tiles, each result the scalar integer reference's bit for bit (the
+  // With q8_activations, on a CPU with AMX (and the AVX-512 table): products of Q4_K, Q5_K, Q6_K and IQ4_XS rows
+  // with 4 or more activation rows run on AMX tiles, each result the scalar integer reference's bit for bit (the
   // AVX-512 VNNI kernels round their lanes' partial sums in another order). False: never.
   bool amx = true;
 };

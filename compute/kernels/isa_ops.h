@@ -20,8 +20,9 @@ enum class Isa : uint8_t;  // cpu_kernels.h
 namespace es::kernels::internal {
 
 // 32 activations quantized to int8 for the integer block dot products (CpuContext::q8_activations):
-// x[i] ~ d * q[i] with d = max |x| / 127 and q[i] = round(x[i] / d). `sum` is the exact fp32 sum of the 32
-// activations (the formats with a minimum or an offset multiply it, so that term loses nothing), `isum` the sums
+// x[i] ~ d * q[i] with d = max |x| / 127 and q[i] = round(x[i] / d). `sum` is the fp32 sum of the 32
+// activations themselves, not of their quants (the formats with a minimum multiply it, so that term loses nothing
+// to the quantization; summed in one fixed order, q8_dot.cc's AbsMaxAndSum), `isum` the sums
 // of q over values 0-15 and 16-31. The layout of the 32-value formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL).
 struct Q8Block {
   float d;
@@ -34,7 +35,7 @@ inline constexpr size_t kQ8BlockValues = 32;
 // 256 activations quantized to int8 with one scale, the layout of the 256-value super-block formats (Q4_K, Q5_K,
 // Q6_K, IQ4_XS): one scale per super-block lets their kernels apply the weights' integer sub-block scales to
 // integer sums and convert to float once per 256 values, as llama.cpp's Q8_K does. d and q as in Q8Block; `sums`
-// the exact fp32 sums of each 32 activations (the K-quants' minimums multiply them), `isum` the sums of q over
+// the fp32 sums of each 32 activations themselves (the K-quants' minimums multiply them), `isum` the sums of q over
 // each 16.
 struct Q8KBlock {
   float d;
@@ -146,18 +147,22 @@ void QuantizeQ8K(const float* x, size_t n, Q8KBlock* out);
 // One row of n activations in the layout rows of `type` take (Q8RowBytes(type, n) bytes at out).
 void QuantizeQ8Row(GgmlType type, const float* x, size_t n, std::byte* out);
 
-// AMX tiles (isa_amx.cc) for the integer products of Q4_K and Q5_K rows with many activation rows at once.
+// AMX tiles (isa_amx.cc) for the integer products of Q4_K, Q5_K, Q6_K and IQ4_XS rows with many activation rows
+// at once.
 // Activation rows go in groups of kAmxTileRows, weight rows likewise.
 inline constexpr size_t kAmxTileRows = 16;
 // Per group of activation rows and super-block: eight 512-byte B tiles (one per 32-value sub-block: row kk holds
 // quants 4kk .. 4kk + 3 of each of the 16 rows), the rows' exact sums per sub-block ([8][16] fp32) and their scales
-// d ([16] fp32).
+// d ([16] fp32). Q6_K's 16-value groups take half of a sub-block's tile: its rows 0-3 or 4-7.
 inline constexpr size_t kAmxSuperBytes = 8 * 512 + 8 * kAmxTileRows * 4 + kAmxTileRows * 4;
 // Whether this machine runs the AMX kernels: the CPU has AMX-TILE and AMX-INT8 (and AVX-512), and Linux granted
 // this process the tile state (asked once, at the first call).
 bool AmxAvailable();
 // Whether AmxBlockGemmQ8 takes rows of `type`.
 bool AmxTakes(GgmlType type);
+// The fewest activation rows for which MatMul takes the AMX kernel for `type`: 4, and 32 for Q6_K (sixteen tile
+// products per super-block, one per 16 values: below 32 rows the VNNI kernel is faster).
+size_t AmxMinRows(GgmlType type);
 // Bytes PackQ8KForAmx writes for `rows` activation rows of n values (groups of kAmxTileRows, the last padded).
 size_t AmxPackedBytes(size_t rows, size_t n);
 // `rows` activation rows quantized as Q8KBlocks (QuantizeQ8Row), `stride` bytes apart, into the AMX layout above.

@@ -227,13 +227,21 @@ int32_t RoundToInt(float v) {
   return bits - 0x4B400000;
 }
 
-// max |x[i]| over n values (a NaN is skipped here; the callers' sums catch it) and their fp32 sum, in order.
+// max |x[i]| over n values (a multiple of 8; a NaN is skipped here, the callers' sums catch it) into amax, and
+// their fp32 sum: eight interleaved partial sums (x[i] into partial i % 8, in order), added pairwise. A fixed
+// order, so every kernel sees the same sums; independent partials, so the loop vectorizes instead of waiting on
+// one chain of additions.
 void AbsMaxAndSum(const float* x, size_t n, float& amax, float& sum) {
-  for (size_t i = 0; i < n; ++i) {
-    const float a = std::fabs(x[i]);
-    amax = a > amax ? a : amax;
-    sum += x[i];
+  float partial[8] = {}, largest[8] = {};
+  for (size_t i = 0; i < n; i += 8) {
+    for (size_t l = 0; l < 8; ++l) {
+      partial[l] += x[i + l];
+      const float a = std::fabs(x[i + l]);
+      largest[l] = a > largest[l] ? a : largest[l];
+    }
   }
+  for (float a : largest) amax = a > amax ? a : amax;
+  sum = ((partial[0] + partial[1]) + (partial[2] + partial[3])) + ((partial[4] + partial[5]) + (partial[6] + partial[7]));
 }
 
 // q[i] = round(x[i] * inv) within [-127, 127], for n values; isum[i / 16] += q[i].
@@ -242,7 +250,12 @@ void QuantizeValues(const float* x, size_t n, float inv, int8_t* q, int16_t* isu
     const int32_t v = RoundToInt(x[j] * inv);
     q[j] = static_cast<int8_t>(v > 127 ? 127 : (v < -127 ? -127 : v));
   }
-  for (size_t j = 0; j < n; ++j) isum[j / 16] = static_cast<int16_t>(isum[j / 16] + q[j]);
+  // In locals: q (int8_t) may alias anything, so sums kept in isum itself would be reloaded after every store.
+  for (size_t g = 0; g < n / 16; ++g) {
+    int total = 0;
+    for (size_t j = 0; j < 16; ++j) total += q[16 * g + j];
+    isum[g] = static_cast<int16_t>(isum[g] + total);
+  }
 }
 
 }  // namespace

@@ -192,15 +192,16 @@ TEST(GgmlBlocksTest, IntegerPathIsWithinTheActivationsRounding) {
   EXPECT_FALSE(kernels::internal::HasQ8Dot(GgmlType::kF16));
 }
 
-// On a machine with AMX: the tile kernel equals the scalar integer reference bit for bit, for Q4_K and Q5_K rows
-// from llama.cpp's quantizer (three rows, the rest of the 16-row tile empty) and 16-row groups of activations
-// (the last one partial), packed as MatMul packs them; and MatMul with the integer path takes it from 4 rows on.
+// On a machine with AMX: the tile kernel equals the scalar integer reference bit for bit, for Q4_K, Q5_K, Q6_K and
+// IQ4_XS rows from llama.cpp's quantizer (three rows, the rest of the 16-row tile empty) and 16-row groups of activations
+// (the last one partial), packed as MatMul packs them; and MatMul with the integer path takes it from AmxMinRows
+// rows on.
 TEST(GgmlBlocksTest, AmxTilesEqualTheScalarReference) {
   if (!kernels::internal::AmxAvailable()) GTEST_SKIP() << "no AMX on this machine";
   BlockFixtures f;
   ASSERT_NO_FATAL_FAILURE(LoadBlockFixtures(&f));
   const size_t cols = f.cols, rows = f.rows;
-  constexpr size_t kBatch = 21;
+  constexpr size_t kBatch = 40;  // two whole groups of 16 and a partial one
   std::vector<float> x(kBatch * cols);
   for (size_t i = 0; i < x.size(); ++i) x[i] = std::cos(0.21f * static_cast<float>(i)) * (0.4f + (i % 5) * 0.5f);
   for (size_t i = 3; i < x.size(); i += 61) x[i] *= 9.0f;
@@ -216,45 +217,44 @@ TEST(GgmlBlocksTest, AmxTilesEqualTheScalarReference) {
     }
     std::vector<std::byte> packed(kernels::internal::AmxPackedBytes(kBatch, cols));
     kernels::internal::PackQ8KForAmx(qx.data(), stride, kBatch, cols, packed.data());
-    // Both groups in one call, and the second alone.
-    const size_t group_bytes = packed.size() / 2;
-    float tiles[2 * 16 * 16], second[16 * 16];
+    // All three groups in one call, and the last one alone.
+    const size_t group_bytes = packed.size() / 3;
+    float tiles[3 * 16 * 16], last[16 * 16];
     ASSERT_TRUE(kernels::internal::AmxBlockGemmQ8(format.type, format.blocks.data(), format.row_bytes, rows,
-                                                  packed.data(), 2, cols, tiles));
+                                                  packed.data(), 3, cols, tiles));
     ASSERT_TRUE(kernels::internal::AmxBlockGemmQ8(format.type, format.blocks.data(), format.row_bytes, rows,
-                                                  packed.data() + group_bytes, 1, cols, second));
+                                                  packed.data() + 2 * group_bytes, 1, cols, last));
+    std::vector<float> want(kBatch * rows);
     for (size_t k = 0; k < kBatch; ++k) {
       for (size_t r = 0; r < rows; ++r) {
-        float want = 0;
         ASSERT_TRUE(kernels::internal::BlockDotQ8Scalar(format.type, format.blocks.data() + r * format.row_bytes,
-                                                        qx.data() + k * stride, stride, 1, cols, &want));
-        EXPECT_EQ(tiles[k * 16 + r], want) << "activation row " << k << ", weight row " << r;
-        if (k >= 16) EXPECT_EQ(second[(k - 16) * 16 + r], want) << "activation row " << k << ", weight row " << r;
+                                                        qx.data() + k * stride, stride, 1, cols, &want[k * rows + r]));
+        EXPECT_EQ(tiles[k * 16 + r], want[k * rows + r]) << "activation row " << k << ", weight row " << r;
+        if (k >= 32) EXPECT_EQ(last[(k - 32) * 16 + r], want[k * rows + r]) << "activation row " << k << ", weight row " << r;
       }
     }
-    // Through MatMul: from 4 activation rows on, the AMX results; below, the VNNI kernels' (within rounding).
+    // Through MatMul: from AmxMinRows activation rows on, the AMX results; below, the VNNI kernels' (within rounding).
     kernels::CpuContext ctx;
     ctx.isa = kernels::Isa::kAvx512;  // AMX runs beside the AVX-512 table (whatever EXPERTSTORE_CPU_ISA caps)
     ctx.q8_activations = true;
     kernels::WeightMatrix w{format.blocks.data(), DType::kUnknown, rows, cols, format.type};
-    for (size_t batch : {size_t{2}, size_t{4}, kBatch}) {
+    const size_t min_rows = kernels::internal::AmxMinRows(format.type);
+    for (size_t batch : {size_t{2}, min_rows - 1, min_rows, kBatch}) {
       std::vector<float> got(batch * rows);
       ASSERT_TRUE(kernels::MatMul(ctx, x.data(), batch, w, got.data()).ok());
       for (size_t b = 0; b < batch; ++b) {
         for (size_t r = 0; r < rows; ++r) {
-          float want = 0;
-          ASSERT_TRUE(kernels::internal::BlockDotQ8Scalar(format.type, format.blocks.data() + r * format.row_bytes,
-                                                          qx.data() + b * stride, stride, 1, cols, &want));
-          if (batch >= 4) {
-            EXPECT_EQ(got[b * rows + r], want) << "batch " << batch << " row " << b << "," << r;
+          if (batch >= min_rows) {
+            EXPECT_EQ(got[b * rows + r], want[b * rows + r]) << "batch " << batch << " row " << b << "," << r;
           } else {
-            EXPECT_NEAR(got[b * rows + r], want, 1e-4 * std::fabs(want) + 1e-4) << "batch " << batch;
+            EXPECT_NEAR(got[b * rows + r], want[b * rows + r], 1e-4 * std::fabs(want[b * rows + r]) + 1e-4)
+                << "batch " << batch;
           }
         }
       }
     }
   }
-  EXPECT_EQ(types, 2u);
+  EXPECT_EQ(types, 4u);
 }
 
 TEST(GgmlBlocksTest, RefusesWrongSizesAndUnsupportedTypes) {
