@@ -11,19 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ggml-backend.h"
-#include "llama.h"
-
-static void quiet(enum ggml_log_level level, const char* text, void* data) {
-  (void)data;
-  if (level >= GGML_LOG_LEVEL_ERROR) fputs(text, stderr);
-}
-
-static bool no_progress(float progress, void* data) {
-  (void)progress;
-  (void)data;
-  return true;
-}
+#include "llamacpp_client.h"
 
 // -log softmax(logits)[target], in double precision.
 static double nll(const float* logits, int n, int target) {

@@ -12,24 +12,12 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "ggml-backend.h"
-#include "llama.h"
+#include "llamacpp_client.h"
 
 static double now(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
   return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static void quiet(enum ggml_log_level level, const char* text, void* data) {
-  (void)data;
-  if (level >= GGML_LOG_LEVEL_ERROR) fputs(text, stderr);
-}
-
-static bool no_progress(float progress, void* data) {
-  (void)progress;
-  (void)data;
-  return true;
 }
 
 static llama_token argmax(const float* logits, int n) {

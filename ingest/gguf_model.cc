@@ -132,6 +132,23 @@ size_t Utf8Length(unsigned char lead) {
   return 1;
 }
 
+// The opening of a tokenizer.json: version, no truncation or padding, and the added tokens: control (3) and
+// unknown (2) tokens as special ones, user-defined (4) ones as plain ones.
+void BeginTokenizerJson(JsonWriter& w, const std::vector<std::string>& vocab, const std::vector<int64_t>& types) {
+  w.BeginObject();
+  w.Key("version").String("1.0");
+  w.Key("truncation").Null();
+  w.Key("padding").Null();
+  w.Key("added_tokens").BeginArray();
+  for (size_t id = 0; id < vocab.size(); ++id) {
+    if (types[id] != kTokenControl && types[id] != kTokenUserDefined && types[id] != kTokenUnknown) continue;
+    w.BeginObject().Key("id").Uint(id).Key("content").String(vocab[id]);
+    w.Key("single_word").Bool(false).Key("lstrip").Bool(false).Key("rstrip").Bool(false);
+    w.Key("normalized").Bool(false).Key("special").Bool(types[id] != kTokenUserDefined).EndObject();
+  }
+  w.EndArray();
+}
+
 // A SentencePiece vocabulary (tokenizer.ggml.model "llama": tokens, scores, types) as the Hugging Face BPE
 // tokenizer that transformers converts such a tokenizer to: byte fallback, spaces as U+2581 with one prepended
 // (unless tokenizer.ggml.add_space_prefix is false), and merges for every pair of tokens whose concatenation is a
@@ -187,18 +204,7 @@ Result<std::string> SpmTokenizerJson(const GgufHeader& h) {
   });
 
   JsonWriter w;
-  w.BeginObject();
-  w.Key("version").String("1.0");
-  w.Key("truncation").Null();
-  w.Key("padding").Null();
-  w.Key("added_tokens").BeginArray();
-  for (size_t id = 0; id < vocab.size(); ++id) {
-    if (types[id] != kTokenControl && types[id] != kTokenUserDefined && types[id] != kTokenUnknown) continue;
-    w.BeginObject().Key("id").Uint(id).Key("content").String(vocab[id]);
-    w.Key("single_word").Bool(false).Key("lstrip").Bool(false).Key("rstrip").Bool(false);
-    w.Key("normalized").Bool(false).Key("special").Bool(types[id] != kTokenUserDefined).EndObject();
-  }
-  w.EndArray();
+  BeginTokenizerJson(w, vocab, types);
   w.Key("normalizer").BeginObject().Key("type").String("Sequence").Key("normalizers").BeginArray();
   if (!add_space.ok() || *add_space) {
     w.BeginObject().Key("type").String("Prepend").Key("prepend").String(kSpmSpace).EndObject();
@@ -378,18 +384,7 @@ Result<std::string> GgufTokenizerJson(const GgufHeader& h) {
   ES_ASSIGN_OR_RETURN(std::vector<int64_t> types, TokenTypes(h, vocab.size()));
 
   JsonWriter w;
-  w.BeginObject();
-  w.Key("version").String("1.0");
-  w.Key("truncation").Null();
-  w.Key("padding").Null();
-  w.Key("added_tokens").BeginArray();
-  for (size_t id = 0; id < vocab.size(); ++id) {
-    if (types[id] != kTokenControl && types[id] != kTokenUserDefined) continue;
-    w.BeginObject().Key("id").Uint(id).Key("content").String(vocab[id]);
-    w.Key("single_word").Bool(false).Key("lstrip").Bool(false).Key("rstrip").Bool(false);
-    w.Key("normalized").Bool(false).Key("special").Bool(types[id] == kTokenControl).EndObject();
-  }
-  w.EndArray();
+  BeginTokenizerJson(w, vocab, types);
   if (pre_tokenizer->nfc) {
     w.Key("normalizer").BeginObject().Key("type").String("NFC").EndObject();
   } else {
@@ -415,7 +410,10 @@ Result<std::string> GgufTokenizerJson(const GgufHeader& h) {
   w.Key("vocab").BeginObject();
   for (size_t id = 0; id < vocab.size(); ++id) {
     // Added tokens live in added_tokens; unused ones (padding of the embedding) are no tokens at all.
-    if (types[id] == kTokenControl || types[id] == kTokenUserDefined || types[id] == kTokenUnused) continue;
+    if (types[id] == kTokenControl || types[id] == kTokenUserDefined || types[id] == kTokenUnknown ||
+        types[id] == kTokenUnused) {
+      continue;
+    }
     w.Key(vocab[id]).Uint(id);
   }
   w.EndObject();
