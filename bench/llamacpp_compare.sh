@@ -92,7 +92,7 @@ print(f"{len(cases)} prompts; KL in nats, mean (median, max)")
 print("expertstore exact: blocks decoded and multiplied in fp32; q8: --activations q8 (int8 activations, not exact)")
 base = names[0]
 print(f"{'file':14} {'KL(llama.cpp || expertstore)':>30} {'KL / llama cost':>15} {'same top-1':>11} "
-      f"{'top-1, margin > 1e-3':>21} {'expertstore cost':>17} {'llama.cpp cost':>15}")
+      f"{'top-1, margin > 1e-3':>21} {'expertstore cost':>17} {'llama.cpp cost':>15} {'to llama unquantized':>21}")
 mean = lambda v: sum(v) / len(v)
 median = lambda v: sorted(v)[len(v) // 2]
 def margin(p):
@@ -107,10 +107,16 @@ for n in names:
         top_clear = sum(argmax(llama[n][i]) == argmax(o[i]) for i in clear)
         cost_o = [kl(ours[base][i], o[i]) for i in cases]
         cost_l = [kl(llama[base][i], llama[n][i]) for i in cases]
+        # Against llama.cpp's run of the unquantized file: how far each side's quantized run is from the model.
+        to_base = [kl(llama[base][i], o[i]) for i in cases]
+        closer = sum(to_base[j] <= cost_l[j] for j in range(len(cases)))
         ratio = f"{mean(k) / mean(cost_l):.3f}" if n != base and mean(cost_l) > 0 else "-"
         print(f"{n + ' ' + mode:14} {mean(k):>10.3g} ({median(k):.2g}, {max(k):.2g}) {ratio:>15} {top:>7}/{len(cases)} "
-              f"{top_clear:>17}/{len(clear)} {mean(cost_o):>17.3g} {mean(cost_l):>15.3g}")
-print(f"costs: KL({base} file || this file) of each side; KL / llama cost: the first column over llama.cpp's cost")
+              f"{top_clear:>17}/{len(clear)} {mean(cost_o):>17.3g} {mean(cost_l):>15.3g} "
+              f"{mean(to_base):>10.3g} ({closer}/{len(cases)})")
+print(f"costs: KL({base} file || this file) of each side; KL / llama cost: the first column over llama.cpp's cost;")
+print(f"to llama unquantized: KL(llama.cpp's {base} run || expertstore's run of this file), mean, and on how many prompts")
+print("it is at most llama.cpp's own cost (expertstore's quantized run at least as close to the model as llama.cpp's)")
 print()
 print("perplexity on the same text (windows of 512 tokens), llama.cpp against expertstore eval")
 print(f"{'file':8} {'tokens':>7} {'same ids':>9} {'llama.cpp':>10} {'exact':>10} {'difference':>11} {'q8':>10} {'difference':>11}")
