@@ -437,6 +437,8 @@ std::vector<std::string> CpuFeatures() {
   if (__builtin_cpu_supports("avx512f")) out.push_back("avx512f");
   if (__builtin_cpu_supports("avx512bw")) out.push_back("avx512bw");
   if (__builtin_cpu_supports("avx512vl")) out.push_back("avx512vl");
+  if (__builtin_cpu_supports("avx512vnni")) out.push_back("avx512vnni");
+  if (internal::AmxAvailable()) out.push_back("amx-int8");  // the CPU has it and Linux granted the tile state
 #endif
   return out;
 }

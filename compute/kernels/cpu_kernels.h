@@ -34,8 +34,8 @@ enum class Isa : uint8_t {
 std::string_view IsaName(Isa isa);
 // True when the Isa was compiled in and this CPU (and OS) supports it.
 bool IsaAvailable(Isa isa);
-// The instruction-set features the kernels use that this CPU has (avx2, fma, f16c, avx512f, avx512bw, avx512vl), as
-// `info` lists them; empty off x86.
+// The instruction-set features the kernels use that this CPU has (avx2, fma, f16c, avx512f, avx512bw, avx512vl,
+// avx512vnni, and amx-int8 where Linux also lets this process use the tiles), as `info` lists them; empty off x86.
 std::vector<std::string> CpuFeatures();
 // The fastest available Isa, capped by the environment variable EXPERTSTORE_CPU_ISA (scalar, avx2 or avx512)
 // when it is set, so that a whole program or test suite can be run on a slower path. Read once.
