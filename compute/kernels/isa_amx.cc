@@ -3,9 +3,9 @@
 // weight rows are unpacked into one A tile per scale group (32 values; Q6_K 16), their quants as bytes, row-major
 // (Q6_K's less its offset of 32 and IQ4_XS's looked up, as signed bytes); the activations come packed once per
 // slice into B tiles (PackQ8KForAmx); each tile product is one group's integer dot products, which the weights'
-// integer group scales multiply and add into each pair's super-block integer sum. The float epilogue is BlockDotQ8Scalar's, operation
-// for operation (separate multiplies and adds, the minimum terms in sub-block order), so each result equals the
-// scalar reference's bit for bit. Compiled with -mamx-tile -mamx-int8 and AVX-512 flags; entered only where
+// integer group scales multiply and add into each pair's super-block integer sum. The float epilogue is
+// BlockDotQ8Scalar's, operation for operation (separate multiplies and adds, the minimum terms in sub-block order),
+// so each result equals the scalar reference's bit for bit. Compiled with -mamx-tile -mamx-int8 and AVX-512 flags; entered only where
 // AmxAvailable() says the CPU has the tiles and the kernel let this process use them.
 #include <immintrin.h>
 #include <sys/syscall.h>
