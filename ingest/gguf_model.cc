@@ -132,6 +132,25 @@ size_t Utf8Length(unsigned char lead) {
   return 1;
 }
 
+// InvalidArgument naming the first string of `strings` (the array `key`) that is not UTF-8: tokenizer.json holds
+// them as JSON strings.
+Status CheckUtf8(const std::vector<std::string>& strings, std::string_view key) {
+  for (size_t i = 0; i < strings.size(); ++i) {
+    if (!IsUtf8(strings[i])) return Status::InvalidArgument(std::string(key) + "[" + std::to_string(i) + "] is not UTF-8");
+  }
+  return Status::Ok();
+}
+
+// Whether token id is the last one of its text: a vocabulary that lists a text twice maps it to its last id, as
+// llama.cpp's does (tokenizer.json's vocabulary is a map: one id per text).
+std::vector<bool> LastOfItsText(const std::vector<std::string>& vocab) {
+  std::map<std::string_view, size_t> last;
+  for (size_t id = 0; id < vocab.size(); ++id) last[vocab[id]] = id;
+  std::vector<bool> out(vocab.size(), false);
+  for (const auto& [text, id] : last) out[id] = true;
+  return out;
+}
+
 // The opening of a tokenizer.json: version, no truncation or padding, and the added tokens: control (3) and
 // unknown (2) tokens as special ones, user-defined (4) ones as plain ones.
 void BeginTokenizerJson(JsonWriter& w, const std::vector<std::string>& vocab, const std::vector<int64_t>& types) {
@@ -165,6 +184,8 @@ Result<std::string> SpmTokenizerJson(const GgufHeader& h) {
     return Status::InvalidArgument("a SentencePiece GGUF tokenizer needs tokenizer.ggml.scores, one per token");
   }
   ES_ASSIGN_OR_RETURN(std::vector<int64_t> types, TokenTypes(h, vocab.size()));
+  ES_RETURN_IF_ERROR(CheckUtf8(vocab, "tokenizer.ggml.tokens"));
+  const std::vector<bool> last = LastOfItsText(vocab);
   auto unk = h.GetUint("tokenizer.ggml.unknown_token_id");
   auto add_bos = h.GetBool("tokenizer.ggml.add_bos_token");
   auto add_eos = h.GetBool("tokenizer.ggml.add_eos_token");
@@ -181,7 +202,7 @@ Result<std::string> SpmTokenizerJson(const GgufHeader& h) {
   // The pieces BPE builds from: normal tokens (byte tokens <0xNN> are reached by fallback, specials are added).
   std::map<std::string_view, size_t> pieces;
   for (size_t id = 0; id < vocab.size(); ++id) {
-    if (types[id] == 1 || types[id] == kTokenUserDefined) pieces.emplace(vocab[id], id);
+    if ((types[id] == 1 || types[id] == kTokenUserDefined) && last[id]) pieces.emplace(vocab[id], id);
   }
   struct Merge {
     double score;
@@ -226,7 +247,7 @@ Result<std::string> SpmTokenizerJson(const GgufHeader& h) {
     w.Key(vocab[*bos]).BeginObject().Key("id").String(vocab[*bos]).Key("ids").BeginArray().Uint(*bos).EndArray();
     w.Key("tokens").BeginArray().String(vocab[*bos]).EndArray().EndObject();
   }
-  if (with_eos && (!with_bos || *eos != *bos)) {
+  if (with_eos && (!with_bos || vocab[*eos] != vocab[*bos])) {
     w.Key(vocab[*eos]).BeginObject().Key("id").String(vocab[*eos]).Key("ids").BeginArray().Uint(*eos).EndArray();
     w.Key("tokens").BeginArray().String(vocab[*eos]).EndArray().EndObject();
   }
@@ -250,7 +271,7 @@ Result<std::string> SpmTokenizerJson(const GgufHeader& h) {
   w.Key("fuse_unk").Bool(true).Key("byte_fallback").Bool(true).Key("ignore_merges").Bool(false);
   w.Key("vocab").BeginObject();
   for (size_t id = 0; id < vocab.size(); ++id) {
-    if (types[id] == kTokenUnused) continue;
+    if (types[id] == kTokenUnused || !last[id]) continue;
     w.Key(vocab[id]).Uint(id);
   }
   w.EndObject();
@@ -382,6 +403,9 @@ Result<std::string> GgufTokenizerJson(const GgufHeader& h) {
   static const GgufValue kNoMerges;
   const std::vector<std::string>& vocab = tokens->strings;
   ES_ASSIGN_OR_RETURN(std::vector<int64_t> types, TokenTypes(h, vocab.size()));
+  ES_RETURN_IF_ERROR(CheckUtf8(vocab, "tokenizer.ggml.tokens"));
+  if (merges != nullptr) ES_RETURN_IF_ERROR(CheckUtf8(merges->strings, "tokenizer.ggml.merges"));
+  const std::vector<bool> last = LastOfItsText(vocab);
 
   JsonWriter w;
   BeginTokenizerJson(w, vocab, types);
@@ -411,7 +435,7 @@ Result<std::string> GgufTokenizerJson(const GgufHeader& h) {
   for (size_t id = 0; id < vocab.size(); ++id) {
     // Added tokens live in added_tokens; unused ones (padding of the embedding) are no tokens at all.
     if (types[id] == kTokenControl || types[id] == kTokenUserDefined || types[id] == kTokenUnknown ||
-        types[id] == kTokenUnused) {
+        types[id] == kTokenUnused || !last[id]) {
       continue;
     }
     w.Key(vocab[id]).Uint(id);
@@ -437,6 +461,7 @@ Result<std::string> GgufTokenizerJson(const GgufHeader& h) {
 Result<std::string> GgufTokenizerConfigJson(const GgufHeader& h) {
   const GgufValue* tokens = TokenArray(h, "tokenizer.ggml.tokens");
   if (tokens == nullptr) return Status::InvalidArgument("the GGUF file has no tokenizer.ggml.tokens");
+  ES_RETURN_IF_ERROR(CheckUtf8(tokens->strings, "tokenizer.ggml.tokens"));
   JsonWriter w;
   w.BeginObject();
   for (auto [key, field] : {std::pair<std::string_view, std::string_view>{"tokenizer.ggml.bos_token_id", "bos_token"},
@@ -455,7 +480,10 @@ Result<std::string> GgufTokenizerConfigJson(const GgufHeader& h) {
   auto add_bos = h.GetBool("tokenizer.ggml.add_bos_token");
   auto model = h.GetString("tokenizer.ggml.model");
   w.Key("add_bos_token").Bool(add_bos.ok() ? *add_bos : model.ok() && *model == kSpmModel);
-  if (auto tmpl = h.GetString("tokenizer.chat_template"); tmpl.ok()) w.Key("chat_template").String(*tmpl);
+  if (auto tmpl = h.GetString("tokenizer.chat_template"); tmpl.ok()) {
+    if (!IsUtf8(*tmpl)) return Status::InvalidArgument("tokenizer.chat_template is not UTF-8");
+    w.Key("chat_template").String(*tmpl);
+  }
   w.EndObject();
   return w.Take();
 }

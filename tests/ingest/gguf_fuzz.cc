@@ -1,11 +1,14 @@
 // libFuzzer target for the GGUF parser: any input must be rejected cleanly or yield a header whose invariants
 // hold (tensors in order at aligned offsets inside the file, sizes matching type and dimensions, lookups
-// consistent). Each input is parsed whole and, when it fails for want of bytes, that must only happen for a prefix.
+// consistent), and whose config and tokenizer in Hugging Face form are an error or valid JSON. Each input is
+// parsed whole and, when it fails for want of bytes, that must only happen for a prefix.
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
 
 #include "ingest/gguf.h"
+#include "ingest/gguf_model.h"
+#include "store/base/json.h"
 
 namespace {
 
@@ -40,6 +43,12 @@ void CheckAccepted(const es::GgufHeader& h, uint64_t file_size) {
     (void)h.GetFloat(key);
     (void)h.GetBool(key);
   }
+  // The model the header describes, in Hugging Face form: an error or valid JSON, whatever the keys say (the
+  // SentencePiece merges, the architecture table, the q/k row reordering).
+  for (const auto& made : {es::GgufConfigJson(h), es::GgufTokenizerJson(h), es::GgufTokenizerConfigJson(h)}) {
+    if (made.ok()) Check(es::ParseJson(*made).ok());
+  }
+  for (const es::GgufTensorInfo& t : h.tensors()) (void)es::GgufPermutedHeads(h, t.name);
 }
 
 }  // namespace

@@ -166,5 +166,35 @@ TEST(GgufModelTest, LlamaWithExpertsIsMixtralAndTheRestIsRefused) {
   EXPECT_NE(refused.status().message().find("partial RoPE"), std::string::npos) << refused.status().ToString();
 }
 
+// Token strings from the file become JSON: one not UTF-8 is refused by name; one listed twice maps to its last id,
+// as llama.cpp maps it, and the tokenizer.json stays valid JSON (its vocabulary is a map).
+TEST(GgufModelTest, TokenStringsAreCheckedAndDeduplicated) {
+  const std::string file = testing::ReadText(std::string(testing::kGgufFixtures) + "/aidreams.gguf");
+  std::string twice = file;
+  const size_t at = twice.find("<0x05>");
+  ASSERT_NE(at, std::string::npos);
+  twice.replace(at, 6, "<0x04>");
+  auto header = ParseGgufHeader(twice, twice.size());
+  ASSERT_TRUE(header.ok()) << header.status().ToString();
+  auto json = GgufTokenizerJson(*header);
+  ASSERT_TRUE(json.ok()) << json.status().ToString();
+  auto doc = ParseJson(*json);
+  ASSERT_TRUE(doc.ok()) << doc.status().ToString();
+  EXPECT_EQ(*doc->Find("model")->Find("vocab")->Find("<0x04>")->AsUint64(), 8u);  // ids 7 and 8: the last
+  std::string broken = file;
+  broken[broken.find("<0x05>") + 1] = '\xff';
+  auto bad = ParseGgufHeader(broken, broken.size());
+  ASSERT_TRUE(bad.ok());
+  for (const auto& made : {GgufTokenizerJson(*bad), GgufTokenizerConfigJson(*bad)}) {
+    EXPECT_TRUE(made.status().IsInvalidArgument());
+    EXPECT_NE(made.status().message().find("tokenizer.ggml.tokens[8] is not UTF-8"), std::string::npos)
+        << made.status().ToString();
+  }
+  EXPECT_FALSE(IsUtf8("\xc0\x80"));      // overlong
+  EXPECT_FALSE(IsUtf8("\xed\xa0\x80"));  // a surrogate
+  EXPECT_FALSE(IsUtf8("\xf4\x90\x80\x80"));  // past U+10FFFF
+  EXPECT_TRUE(IsUtf8("\xe2\x96\x81 \xf0\x9f\x99\x82"));
+}
+
 }  // namespace
 }  // namespace es
