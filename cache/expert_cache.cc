@@ -74,6 +74,7 @@ Result<std::unique_ptr<ExpertCache>> ExpertCache::Open(Store& store, const std::
   pc.kind = options.policy;
   pc.num_keys = e.keys().num_keys();
   pc.capacity = slots;
+  pc.layers = e.keys().layers;
   if (options.policy == PolicyKind::kTrust) pc.traits = e.Traits();
   pc.trust_weights = options.trust_weights;
   pc.trust_horizon = options.trust_horizon;

@@ -1,9 +1,10 @@
-// The four eviction policies. Each keeps its resident keys in an order where the next victim is found by
+// The eviction policies. Each keeps its resident keys in an order where the next victim is found by
 // walking from one end and skipping the keys the caller may not evict (pinned, in flight): O(log n) per
 // update, O(skipped) per victim.
 #include "cache/policy.h"
 
 #include <algorithm>
+#include <cmath>
 #include <charconv>
 #include <limits>
 #include <list>
@@ -18,7 +19,7 @@ Result<PolicyKind> ParsePolicyKind(std::string_view name) {
     if (PolicyKindName(k) == name) return k;
   }
   return Status::InvalidArgument("unknown eviction policy '" + std::string(name) +
-                                 "' (expected lru, lfu, trust or belady)");
+                                 "' (expected lru, lfu, trust, belady or reuse)");
 }
 
 std::string_view PolicyKindName(PolicyKind kind) {
@@ -27,6 +28,7 @@ std::string_view PolicyKindName(PolicyKind kind) {
     case PolicyKind::kLfu: return "lfu";
     case PolicyKind::kTrust: return "trust";
     case PolicyKind::kBelady: return "belady";
+    case PolicyKind::kReuse: return "reuse";
   }
   return "unknown";
 }
@@ -285,6 +287,98 @@ class BeladyPolicy final : public EvictionPolicy {
   std::set<std::pair<uint64_t, PolicyKey>> order_;  // (next use, key): the victim is the last
 };
 
+// ---- reuse: the furthest expected next use, in layer steps ----------------------------------------------
+// Each victim choice scores every resident key (O(resident)): the current layer moves with every access, so no
+// order stays valid between choices.
+class ReusePolicy final : public EvictionPolicy {
+ public:
+  ReusePolicy(uint32_t num_keys, uint32_t layers, double half_life)
+      : layers_(std::max<uint32_t>(1, layers)),
+        per_layer_(std::max<uint32_t>(1, num_keys / std::max<uint32_t>(1, layers))),
+        keep_(std::pow(0.5, 1.0 / half_life)),
+        rate_(num_keys, 0.0),
+        pass_of_(num_keys, 0),
+        last_(num_keys, 0),
+        at_(num_keys, kOut) {}
+  std::string_view name() const override { return "reuse"; }
+
+  void Insert(PolicyKey key, uint64_t now) override {
+    if (at_[key] == kOut) {
+      at_[key] = resident_.size();
+      resident_.push_back(key);
+    }
+    last_[key] = now;
+  }
+  void Touch(PolicyKey key, uint64_t now) override {
+    const uint32_t layer = key / per_layer_;
+    if (layer < current_ || passes_ == 0) ++passes_;  // the layers wrapped: a new forward pass
+    current_ = layer;
+    if (pass_of_[key] != passes_) {  // one use per pass at most (a prefill batch touches a key once per layer)
+      rate_[key] = Rate(key) + (1.0 - keep_);
+      pass_of_[key] = passes_;
+    }
+    last_[key] = now;
+  }
+  void Erase(PolicyKey key) override {
+    if (at_[key] == kOut) return;
+    const PolicyKey moved = resident_.back();
+    resident_[at_[key]] = moved;
+    at_[moved] = at_[key];
+    resident_.pop_back();
+    at_[key] = kOut;
+  }
+  std::optional<PolicyKey> Victim(uint64_t, const std::function<bool(PolicyKey)>& evictable) override {
+    std::optional<PolicyKey> best;
+    double best_score = -1;
+    for (PolicyKey key : resident_) {
+      if (!evictable(key)) continue;
+      const double score = ExpectedNextUse(key);
+      if (!best || score > best_score || (score == best_score && last_[key] < last_[*best])) {
+        best = key;
+        best_score = score;
+      }
+    }
+    return best;
+  }
+
+ private:
+  static constexpr size_t kOut = std::numeric_limits<size_t>::max();
+
+  // The key's uses per pass, an exponential moving average over passes (each pass that reached the key's layer
+  // without using it multiplies it by keep_, each use adds 1 - keep_). A layer the current pass has not reached
+  // yet has not missed this pass, so keys compare on the passes that could have used them.
+  double Rate(PolicyKey key) const {
+    uint64_t missed = passes_ - pass_of_[key];
+    if (key / per_layer_ > current_ && missed > 0) --missed;
+    return rate_[key] * std::pow(keep_, static_cast<double>(missed));
+  }
+  // Rate corrected for the average's start at 0 (divided by 1 - keep_^passes that reached the key's layer), so
+  // that keys compare alike whether or not the current pass has reached them: a key used on every pass has rate 1.
+  double Probability(PolicyKey key) const {
+    const uint64_t reached = passes_ - (key / per_layer_ > current_ && passes_ > 0 ? 1 : 0);
+    if (reached == 0) return 1e-6;
+    return Rate(key) / (1.0 - std::pow(keep_, static_cast<double>(reached)));
+  }
+  // Layer steps until the key's next expected use.
+  double ExpectedNextUse(PolicyKey key) const {
+    const uint32_t layer = key / per_layer_;
+    const double distance = static_cast<double>((layer + layers_ - current_ - 1) % layers_ + 1);
+    const double p = std::clamp(Probability(key), 1e-6, 1.0);
+    return distance + static_cast<double>(layers_) * (1.0 - p) / p;
+  }
+
+  uint32_t layers_;
+  uint32_t per_layer_;
+  double keep_;
+  uint32_t current_ = 0;
+  uint64_t passes_ = 0;
+  std::vector<double> rate_;
+  std::vector<uint64_t> pass_of_;
+  std::vector<uint64_t> last_;
+  std::vector<size_t> at_;  // index in resident_, or kOut
+  std::vector<PolicyKey> resident_;
+};
+
 }  // namespace
 
 Result<std::unique_ptr<EvictionPolicy>> MakePolicy(const PolicyConfig& config) {
@@ -322,6 +416,9 @@ Result<std::unique_ptr<EvictionPolicy>> MakePolicy(const PolicyConfig& config) {
       }
       return std::unique_ptr<EvictionPolicy>(new BeladyPolicy(config.num_keys, config.future));
     }
+    case PolicyKind::kReuse:
+      if (!(config.reuse_half_life > 0)) return Status::InvalidArgument("reuse policy: the half-life must be positive");
+      return std::unique_ptr<EvictionPolicy>(new ReusePolicy(config.num_keys, config.layers, config.reuse_half_life));
   }
   return Status::InvalidArgument("unknown eviction policy");
 }

@@ -9,6 +9,7 @@ Result<AccessTrace> FlattenTrace(std::span<const TraceStep> steps, const KeySpac
                                  const std::function<bool(PolicyKey)>& present) {
   AccessTrace out;
   out.num_keys = space.num_keys();
+  out.layers = space.layers;
   for (const TraceStep& s : steps) {
     out.group_begin.push_back(out.keys.size());
     for (uint32_t e : s.experts) {
@@ -81,6 +82,7 @@ Result<SimResult> Simulate(const AccessTrace& trace, uint32_t capacity, Eviction
 Result<SimResult> SimulatePolicy(const AccessTrace& trace, uint32_t capacity, PolicyConfig config) {
   config.num_keys = trace.num_keys;
   config.capacity = capacity;
+  if (config.layers == 0) config.layers = trace.layers;
   if (config.kind == PolicyKind::kBelady) config.future = trace.keys;
   if (trace.keys.empty()) return SimResult{};
   ES_ASSIGN_OR_RETURN(auto policy, MakePolicy(config));

@@ -20,6 +20,7 @@ namespace es {
 // A trace as dense keys, grouped by line (one Acquire batch per group).
 struct AccessTrace {
   uint32_t num_keys = 0;
+  uint32_t layers = 0;                // of the key space (the reuse policy needs it)
   std::vector<PolicyKey> keys;        // every access in order; position = logical time
   std::vector<size_t> group_begin;    // group g is keys[group_begin[g], group_begin[g + 1]); ends with keys.size()
   uint64_t skipped = 0;               // accesses dropped because `present` said the expert does not exist
