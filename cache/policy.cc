@@ -19,7 +19,7 @@ Result<PolicyKind> ParsePolicyKind(std::string_view name) {
     if (PolicyKindName(k) == name) return k;
   }
   return Status::InvalidArgument("unknown eviction policy '" + std::string(name) +
-                                 "' (expected lru, lfu, trust, belady or reuse)");
+                                 "' (expected lru, lfu, trust, reuse, arc or belady)");
 }
 
 std::string_view PolicyKindName(PolicyKind kind) {
@@ -29,6 +29,7 @@ std::string_view PolicyKindName(PolicyKind kind) {
     case PolicyKind::kTrust: return "trust";
     case PolicyKind::kBelady: return "belady";
     case PolicyKind::kReuse: return "reuse";
+    case PolicyKind::kArc: return "arc";
   }
   return "unknown";
 }
@@ -287,6 +288,85 @@ class BeladyPolicy final : public EvictionPolicy {
   std::set<std::pair<uint64_t, PolicyKey>> order_;  // (next use, key): the victim is the last
 };
 
+// ---- arc: adaptive replacement (Megiddo and Modha) ------------------------------------------------------
+// Resident keys are in t1 (touched once since they came in) or t2 (touched again); evicted ones leave a ghost in
+// b1 or b2. A miss on a b1 ghost means t1 was too small: the target size of t1 grows; a miss on a b2 ghost
+// shrinks it. The victim is t1's least recently touched key while t1 is above its target, else t2's (the other
+// list when the veto leaves none). The caller's protocol differs from the paper's in one way: the victim is
+// chosen before the incoming key is seen, so the target moves after the replacement it would have steered.
+class ArcPolicy final : public EvictionPolicy {
+ public:
+  ArcPolicy(uint32_t num_keys, uint32_t capacity)
+      : capacity_(std::max<uint32_t>(1, capacity)), where_(num_keys), list_(num_keys, kNone), inserted_(num_keys, 0) {}
+  std::string_view name() const override { return "arc"; }
+
+  void Insert(PolicyKey key, uint64_t now) override {
+    if (list_[key] == kT1 || list_[key] == kT2) return;  // already resident
+    const double b1 = static_cast<double>(lists_[kB1].size()), b2 = static_cast<double>(lists_[kB2].size());
+    if (list_[key] == kB1) {
+      target_ = std::min<double>(capacity_, target_ + std::max(1.0, b2 / std::max(1.0, b1)));
+      Move(key, kT2);
+    } else if (list_[key] == kB2) {
+      target_ = std::max(0.0, target_ - std::max(1.0, b1 / std::max(1.0, b2)));
+      Move(key, kT2);
+    } else {
+      Move(key, kT1);
+    }
+    inserted_[key] = now;
+  }
+  void Touch(PolicyKey key, uint64_t now) override {
+    if (list_[key] != kT1 && list_[key] != kT2) return;
+    // The touch of the miss that inserted the key is not a second use.
+    Move(key, list_[key] == kT1 && now == inserted_[key] ? kT1 : kT2);
+  }
+  void Erase(PolicyKey key) override {
+    if (list_[key] == kT1) {
+      Move(key, kB1);
+    } else if (list_[key] == kT2) {
+      Move(key, kB2);
+    } else {
+      return;
+    }
+    // Ghosts: t1 + b1 and all four lists together stay within the paper's bounds (c and 2c).
+    while (lists_[kB1].size() > 0 && lists_[kT1].size() + lists_[kB1].size() > capacity_) Drop(kB1);
+    while (lists_[kB2].size() > 0 && Total() > 2 * static_cast<size_t>(capacity_)) Drop(kB2);
+  }
+  std::optional<PolicyKey> Victim(uint64_t, const std::function<bool(PolicyKey)>& evictable) override {
+    const bool from_t1 = !lists_[kT1].empty() && static_cast<double>(lists_[kT1].size()) > target_;
+    for (int which : {from_t1 ? kT1 : kT2, from_t1 ? kT2 : kT1}) {
+      for (auto it = lists_[which].rbegin(); it != lists_[which].rend(); ++it) {
+        if (evictable(*it)) return *it;
+      }
+    }
+    return std::nullopt;
+  }
+
+ private:
+  static constexpr uint8_t kT1 = 0, kT2 = 1, kB1 = 2, kB2 = 3, kNone = 4;
+
+  void Move(PolicyKey key, uint8_t to) {
+    if (list_[key] != kNone) lists_[list_[key]].erase(where_[key]);
+    lists_[to].push_front(key);
+    where_[key] = lists_[to].begin();
+    list_[key] = to;
+  }
+  void Drop(uint8_t ghost) {
+    const PolicyKey key = lists_[ghost].back();
+    lists_[ghost].pop_back();
+    list_[key] = kNone;
+  }
+  size_t Total() const {
+    return lists_[kT1].size() + lists_[kT2].size() + lists_[kB1].size() + lists_[kB2].size();
+  }
+
+  uint32_t capacity_;
+  double target_ = 0;  // the target size of t1
+  std::list<PolicyKey> lists_[4];  // front: most recently touched
+  std::vector<std::list<PolicyKey>::iterator> where_;
+  std::vector<uint8_t> list_;
+  std::vector<uint64_t> inserted_;
+};
+
 // ---- reuse: the furthest expected next use, in layer steps ----------------------------------------------
 // Each victim choice scores every resident key (O(resident)): the current layer moves with every access, so no
 // order stays valid between choices.
@@ -416,6 +496,7 @@ Result<std::unique_ptr<EvictionPolicy>> MakePolicy(const PolicyConfig& config) {
       }
       return std::unique_ptr<EvictionPolicy>(new BeladyPolicy(config.num_keys, config.future));
     }
+    case PolicyKind::kArc: return std::unique_ptr<EvictionPolicy>(new ArcPolicy(config.num_keys, config.capacity));
     case PolicyKind::kReuse:
       if (!(config.reuse_half_life > 0)) return Status::InvalidArgument("reuse policy: the half-life must be positive");
       return std::unique_ptr<EvictionPolicy>(new ReusePolicy(config.num_keys, config.layers, config.reuse_half_life));

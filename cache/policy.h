@@ -38,13 +38,15 @@ class EvictionPolicy {
 // passes, half-life PolicyConfig::reuse_half_life), its expected next use is ((j - c - 1) mod L) + 1 +
 // L (1 - p) / p layer steps away, and the resident key whose expected next use is furthest goes first (Belady's
 // rule on the expectation; ties: least recently touched).
-enum class PolicyKind : uint8_t { kLru, kLfu, kTrust, kBelady, kReuse };
-// "lru", "lfu", "trust", "belady", "reuse"; InvalidArgument otherwise.
+// arc: adaptive replacement (Megiddo and Modha, FAST 2003): a recency list and a frequency list whose split adapts
+// to which one's evicted keys (remembered as ghosts) come back.
+enum class PolicyKind : uint8_t { kLru, kLfu, kTrust, kBelady, kReuse, kArc };
+// "lru", "lfu", "trust", "belady", "reuse", "arc"; InvalidArgument otherwise.
 Result<PolicyKind> ParsePolicyKind(std::string_view name);
 std::string_view PolicyKindName(PolicyKind kind);
 // Belady last: the ceiling the others are read against.
-inline constexpr PolicyKind kAllPolicyKinds[] = {PolicyKind::kLru, PolicyKind::kLfu, PolicyKind::kTrust,
-                                                 PolicyKind::kReuse, PolicyKind::kBelady};
+inline constexpr PolicyKind kAllPolicyKinds[] = {PolicyKind::kLru,   PolicyKind::kLfu, PolicyKind::kTrust,
+                                                 PolicyKind::kReuse, PolicyKind::kArc, PolicyKind::kBelady};
 
 // The trust policy's eviction score = recency*w_r + (1-convergence)*w_c + (1-stability)*w_s + size*w_z;
 // the resident key with the highest score goes first.

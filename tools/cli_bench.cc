@@ -307,7 +307,7 @@ void RegisterBenchCommands(std::vector<Command>& commands) {
       "bench",
       "bench swapin --model M [--reads N --batches N --repeat N --k K --scratch-dir D --no-prime --queue-depth Q "
       "--request-kb KB --seed S] | bench cache --model M (--trace T.jsonl | --synthetic [--tokens N --seed S]) "
-      "(--cache-mb N | --cache-pct P) [--policies lru,lfu,trust,reuse,belady --trust-weights r,c,s,z --write-trace OUT]",
+      "(--cache-mb N | --cache-pct P) [--policies lru,lfu,trust,reuse,arc,belady --trust-weights r,c,s,z --write-trace OUT]",
       "benchmarks: cold expert swap-in vs raw device, pread and mmap; policy hit rates on a routing trace",
       {
           {"model", true, "model name"},
@@ -327,7 +327,7 @@ void RegisterBenchCommands(std::vector<Command>& commands) {
           {"write-trace", true, "cache: also write the trace replayed to this file"},
           {"cache-mb", true, "cache: cache size in MiB"},
           {"cache-pct", true, "cache: cache size as a percentage of the model's experts"},
-          {"policies", true, "cache: comma-separated policies (default lru,lfu,trust,reuse,belady)"},
+          {"policies", true, "cache: comma-separated policies (default lru,lfu,trust,reuse,arc,belady)"},
           {"trust-weights", true, "cache: trust policy weights recency,convergence,stability,size (default 0.4,0.3,0.2,0.1)"},
       },
       RunBench, /*max_positional=*/1});

@@ -12,7 +12,7 @@ std::vector<FlagSpec> RuntimeFlags() {
                       "with the cache sized from the memory available)"},
       {"cache-mb", true, "expert cache size in MiB (overrides the state's)"},
       {"cache-pct", true, "expert cache size as a percentage of the model's experts (overrides the state's)"},
-      {"policy", true, "cache eviction policy: lru (default), lfu, trust or reuse (layer-cyclic reuse distance)"},
+      {"policy", true, "cache eviction policy: lru (default), lfu, trust, reuse (layer-cyclic reuse distance) or arc"},
       {"routing", true, "expert selection: exact (default), trust or cache-aware"},
       {"routing-weights", true, "trust routing weights r,x,w,f (default 0.5,0.2,0.2,0.1)"},
       {"routing-margin", true, "cache-aware routing: router probability given up per swap at most (default 0.05)"},

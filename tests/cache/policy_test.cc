@@ -282,6 +282,20 @@ TEST(PolicyTest, ReusePrefersTheFrequentlyUsedKey) {
   EXPECT_TRUE(MakePolicy({.kind = PolicyKind::kReuse, .num_keys = 8, .reuse_half_life = 0}).status().IsInvalidArgument());
 }
 
+// ARC keeps a twice-used set through a one-time scan longer than the cache, which flushes it out of LRU.
+TEST(PolicyTest, ArcResistsAScan) {
+  std::vector<PolicyKey> seq;
+  for (int i = 0; i < 10; ++i) seq.push_back(i % 2);   // hot: 0 and 1
+  for (PolicyKey k = 2; k < 10; ++k) seq.push_back(k);  // the scan
+  seq.push_back(0);
+  seq.push_back(1);
+  const AccessTrace t = Singles(seq, 10);
+  const SimResult lru = Replay(t, 4, PolicyKind::kLru);
+  const SimResult arc = Replay(t, 4, PolicyKind::kArc);
+  EXPECT_EQ(lru.hits, 8u);   // the hot pair's repeats only
+  EXPECT_EQ(arc.hits, 10u);  // and both again after the scan
+}
+
 TEST(PolicyTest, EveryPolicyRespectsTheVeto) {
   for (PolicyKind kind : kAllPolicyKinds) {
     PolicyConfig c{.kind = kind, .num_keys = 8, .capacity = 4};
