@@ -1,6 +1,8 @@
 // Request target parsing: path segments and query parameters, percent-decoded.
 #include "api/http_types.h"
 
+#include "store/base/utf8.h"
+
 namespace es::api {
 
 namespace {
@@ -57,15 +59,6 @@ size_t Utf8SequenceLength(std::string_view text, size_t i) {
   }
   if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
   return n;
-}
-
-bool IsValidUtf8(std::string_view text) {
-  for (size_t i = 0; i < text.size();) {
-    size_t n = Utf8SequenceLength(text, i);
-    if (n == 0) return false;
-    i += n;
-  }
-  return true;
 }
 
 Result<std::string> DecodeUtf8(std::string_view in, bool plus_is_space) {

@@ -7,6 +7,8 @@
 #include <limits>
 #include <utility>
 
+#include "store/base/utf8.h"
+
 namespace es {
 namespace {
 
@@ -52,26 +54,6 @@ bool IsKnownValueType(uint32_t t) { return t <= static_cast<uint32_t>(GgufValueT
 
 }  // namespace
 
-bool IsUtf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    const size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
-    if (n == 0 || i + n > s.size()) return false;
-    uint32_t cp = n == 1 ? c : c & (0x7f >> n);
-    for (size_t k = 1; k < n; ++k) {
-      const auto b = static_cast<unsigned char>(s[i + k]);
-      if ((b & 0xc0) != 0x80) return false;
-      cp = (cp << 6) | (b & 0x3f);
-    }
-    // Overlong forms, UTF-16 surrogates and code points past U+10FFFF are not UTF-8 either.
-    constexpr uint32_t kLeast[5] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < kLeast[n] || (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff) return false;
-    i += n;
-  }
-  return true;
-}
-
 std::string_view GgufValueTypeName(GgufValueType type) {
   static constexpr std::string_view kNames[] = {"u8", "i8", "u16", "i16", "u32", "i32", "f32",
                                                 "bool", "string", "array", "u64", "i64", "f64"};
@@ -111,7 +93,7 @@ class GgufParser {
     }
     for (uint64_t i = 0; i < kv_count; ++i) {
       ES_ASSIGN_OR_RETURN(std::string key, String("metadata key"));
-      if (key.empty() || !IsUtf8(key)) return Invalid("metadata key #" + std::to_string(i) + " is empty or not UTF-8");
+      if (key.empty() || !IsValidUtf8(key)) return Invalid("metadata key #" + std::to_string(i) + " is empty or not UTF-8");
       if (h.metadata_.count(key) != 0) return Invalid("metadata key " + Quote(key) + " appears twice");
       ES_ASSIGN_OR_RETURN(uint32_t type, U32("metadata value type"));
       if (!IsKnownValueType(type)) {
@@ -306,7 +288,7 @@ class GgufParser {
   Result<GgufTensorInfo> TensorInfo(uint64_t index) {
     GgufTensorInfo t;
     ES_ASSIGN_OR_RETURN(t.name, String("tensor name"));
-    if (t.name.empty() || t.name.size() >= kGgufMaxNameBytes || !IsUtf8(t.name)) {
+    if (t.name.empty() || t.name.size() >= kGgufMaxNameBytes || !IsValidUtf8(t.name)) {
       return Invalid("tensor #" + std::to_string(index) + " has the name " + Quote(t.name) +
                      " (names are 1 to " + std::to_string(kGgufMaxNameBytes - 1) + " bytes of UTF-8)");
     }

@@ -23,10 +23,6 @@
 
 namespace es {
 
-// Whether s is well-formed UTF-8: no overlong forms, surrogates or code points past U+10FFFF. Keys, tensor names
-// and the tokenizer's strings must be.
-bool IsUtf8(std::string_view s);
-
 inline constexpr uint32_t kGgufMagic = 0x46554747;  // "GGUF" read as a little-endian u32
 inline constexpr uint32_t kGgufDefaultAlignment = 32;
 // Bounds that keep a hostile header from costing more than its bytes: every count is also checked against the

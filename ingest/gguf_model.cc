@@ -3,12 +3,13 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <map>
 #include <tuple>
-#include <cctype>
 #include <utility>
 
 #include "store/base/json.h"
+#include "store/base/utf8.h"
 
 namespace es {
 namespace {
@@ -17,12 +18,12 @@ constexpr std::string_view kArchKey = "general.architecture";
 constexpr std::string_view kGpt2Model = "gpt2";  // byte-level BPE
 constexpr std::string_view kSpmModel = "llama";  // SentencePiece BPE with byte fallback (Llama, Mistral, Mixtral)
 constexpr std::string_view kSpmSpace = "\xe2\x96\x81";  // U+2581, SentencePiece's space
-// tokenizer.ggml.token_type values (llama.cpp's llama_token_type).
+// tokenizer.ggml.token_type values (llama.cpp's llama_token_type; 6, byte, needs no case of its own).
+constexpr int64_t kTokenNormal = 1;
+constexpr int64_t kTokenUnknown = 2;
 constexpr int64_t kTokenControl = 3;
 constexpr int64_t kTokenUserDefined = 4;
-constexpr int64_t kTokenUnknown = 2;
 constexpr int64_t kTokenUnused = 5;
-constexpr int64_t kTokenByte = 6;
 
 // Pre-tokenizer regexes by tokenizer.ggml.pre, as the Hugging Face tokenizers of those families spell them.
 struct PreTokenizer {
@@ -80,20 +81,17 @@ constexpr std::array<GgufArch, 4> kArchs = {{
     {"llama", "mixtral", "MixtralForCausalLM", "block_sparse_moe", true, true},  // llama with experts
 }};
 
-Result<const GgufArch*> Architecture(const GgufHeader& h) {
-  ES_ASSIGN_OR_RETURN(std::string arch, h.GetString(kArchKey));
-  for (const GgufArch& a : kArchs) {
-    if (a.gguf == arch) return &a;
-  }
-  return Status::NotSupported("GGUF architecture '" + arch + "' is not supported (this build maps qwen3moe, " +
-                              "qwen2moe, olmoe and llama with experts)");
-}
-
 Result<const GgufArch*> ArchNamed(std::string_view arch) {
   for (const GgufArch& a : kArchs) {
     if (a.gguf == arch) return &a;
   }
-  return Status::NotSupported("GGUF architecture '" + std::string(arch) + "' is not supported");
+  return Status::NotSupported("GGUF architecture '" + std::string(arch) + "' is not supported (this build maps " +
+                              "qwen3moe, qwen2moe, olmoe and llama with experts)");
+}
+
+Result<const GgufArch*> Architecture(const GgufHeader& h) {
+  ES_ASSIGN_OR_RETURN(std::string arch, h.GetString(kArchKey));
+  return ArchNamed(arch);
 }
 
 // A key of the architecture's own namespace ("qwen3moe.block_count").
@@ -107,7 +105,7 @@ const GgufValue* TokenArray(const GgufHeader& h, std::string_view key) {
 // The tokens' types; all normal when the file lists none.
 Result<std::vector<int64_t>> TokenTypes(const GgufHeader& h, size_t n) {
   const GgufValue* types = TokenArray(h, "tokenizer.ggml.token_type");
-  if (types == nullptr) return std::vector<int64_t>(n, 1);
+  if (types == nullptr) return std::vector<int64_t>(n, kTokenNormal);
   if (types->integers.size() != n) {
     return Status::InvalidArgument("tokenizer.ggml.token_type has " + std::to_string(types->array_size()) +
                                    " entries for " + std::to_string(n) + " tokens");
@@ -136,7 +134,7 @@ size_t Utf8Length(unsigned char lead) {
 // them as JSON strings.
 Status CheckUtf8(const std::vector<std::string>& strings, std::string_view key) {
   for (size_t i = 0; i < strings.size(); ++i) {
-    if (!IsUtf8(strings[i])) return Status::InvalidArgument(std::string(key) + "[" + std::to_string(i) + "] is not UTF-8");
+    if (!IsValidUtf8(strings[i])) return Status::InvalidArgument(std::string(key) + "[" + std::to_string(i) + "] is not UTF-8");
   }
   return Status::Ok();
 }
@@ -202,7 +200,7 @@ Result<std::string> SpmTokenizerJson(const GgufHeader& h) {
   // The pieces BPE builds from: normal tokens (byte tokens <0xNN> are reached by fallback, specials are added).
   std::map<std::string_view, size_t> pieces;
   for (size_t id = 0; id < vocab.size(); ++id) {
-    if ((types[id] == 1 || types[id] == kTokenUserDefined) && last[id]) pieces.emplace(vocab[id], id);
+    if ((types[id] == kTokenNormal || types[id] == kTokenUserDefined) && last[id]) pieces.emplace(vocab[id], id);
   }
   struct Merge {
     double score;
@@ -212,7 +210,7 @@ Result<std::string> SpmTokenizerJson(const GgufHeader& h) {
   std::vector<Merge> merges;
   for (size_t id = 0; id < vocab.size(); ++id) {
     const std::string_view t = vocab[id];
-    if (types[id] != 1 || t.empty()) continue;
+    if (types[id] != kTokenNormal || t.empty()) continue;
     for (size_t cut = Utf8Length(static_cast<unsigned char>(t[0])); cut < t.size();
          cut += Utf8Length(static_cast<unsigned char>(t[cut]))) {
       auto l = pieces.find(t.substr(0, cut)), r = pieces.find(t.substr(cut));
@@ -353,7 +351,7 @@ Result<std::string> GgufConfigJson(const GgufHeader& h) {
   if (head_dim.ok()) w.Key("head_dim").Uint(*head_dim);
   w.Key(mixtral ? "num_local_experts" : "num_experts").Uint(*experts);
   w.Key("num_experts_per_tok").Uint(top_k);
-  if (a->model_type == "mixtral" || a->model_type == "olmoe") {
+  if (mixtral || a->model_type == "olmoe") {
     w.Key("intermediate_size").Uint(*expert_ffn);  // these configs size the experts by intermediate_size
   } else {
     w.Key("moe_intermediate_size").Uint(*expert_ffn);
@@ -481,7 +479,7 @@ Result<std::string> GgufTokenizerConfigJson(const GgufHeader& h) {
   auto model = h.GetString("tokenizer.ggml.model");
   w.Key("add_bos_token").Bool(add_bos.ok() ? *add_bos : model.ok() && *model == kSpmModel);
   if (auto tmpl = h.GetString("tokenizer.chat_template"); tmpl.ok()) {
-    if (!IsUtf8(*tmpl)) return Status::InvalidArgument("tokenizer.chat_template is not UTF-8");
+    if (!IsValidUtf8(*tmpl)) return Status::InvalidArgument("tokenizer.chat_template is not UTF-8");
     w.Key("chat_template").String(*tmpl);
   }
   w.EndObject();

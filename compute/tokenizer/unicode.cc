@@ -13,29 +13,7 @@
 namespace es::unicode {
 namespace {
 
-// Bytes 0x80..0xBF continue a sequence.
 bool InRange(unsigned char b, unsigned char lo, unsigned char hi) { return b >= lo && b <= hi; }
-
-// The valid range of the second byte of a sequence, which depends on its lead byte (Unicode Table 3-7);
-// every later byte is 0x80..0xBF. Returns the sequence length, or 0 for a byte that cannot lead.
-size_t LeadInfo(unsigned char lead, unsigned char& lo, unsigned char& hi) {
-  lo = 0x80;
-  hi = 0xBF;
-  if (lead < kAsciiLimit) return 1;
-  if (lead < 0xC2) return 0;
-  if (lead < 0xE0) return 2;
-  if (lead < 0xF0) {
-    if (lead == 0xE0) lo = 0xA0;
-    if (lead == 0xED) hi = 0x9F;
-    return 3;
-  }
-  if (lead < 0xF5) {
-    if (lead == 0xF0) lo = 0x90;
-    if (lead == 0xF4) hi = 0x8F;
-    return 4;
-  }
-  return 0;
-}
 
 constexpr char kReplacementUtf8[] = "\xEF\xBF\xBD";
 
@@ -57,34 +35,6 @@ bool IsAscii(std::string_view text) {
 }
 
 }  // namespace
-
-bool IsValidUtf8(std::string_view text) {
-  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
-  const size_t n = text.size();
-  size_t i = 0;
-  while (i < n) {
-    // ASCII runs dominate real text: skip them eight bytes at a time.
-    constexpr uint64_t kHighBits = 0x8080808080808080ull;
-    while (i + sizeof(uint64_t) <= n) {
-      uint64_t word;
-      std::memcpy(&word, p + i, sizeof(word));
-      if (word & kHighBits) break;
-      i += sizeof(word);
-    }
-    if (i >= n) break;
-    unsigned char lo, hi;
-    const size_t len = LeadInfo(p[i], lo, hi);
-    if (len == 0 || i + len > n) return false;
-    if (len > 1) {
-      if (!InRange(p[i + 1], lo, hi)) return false;
-      for (size_t k = 2; k < len; ++k) {
-        if (!InRange(p[i + k], 0x80, 0xBF)) return false;
-      }
-    }
-    i += len;
-  }
-  return true;
-}
 
 void AppendUtf8(char32_t c, std::string& out) {
   char buf[U8_MAX_LENGTH];
@@ -117,7 +67,7 @@ size_t AppendUtf8Lossy(std::string_view bytes, bool final, std::string& out) {
       continue;
     }
     unsigned char lo, hi;
-    const size_t len = LeadInfo(p[i], lo, hi);
+    const size_t len = Utf8Lead(p[i], lo, hi);
     if (len == 0) {
       out.append(bytes.data() + run_start, i - run_start);
       out.append(kReplacementUtf8);

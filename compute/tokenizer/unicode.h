@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "store/base/status.h"
+#include "store/base/utf8.h"
 
 namespace es::unicode {
 
@@ -16,7 +17,7 @@ inline constexpr char32_t kMaxCodePoint = 0x10FFFF;
 inline constexpr uint8_t kAsciiLimit = 0x80;
 
 // True when `text` is well-formed UTF-8 (no overlong forms, surrogates or code points above U+10FFFF).
-bool IsValidUtf8(std::string_view text);
+using ::es::IsValidUtf8;
 
 // Decodes the code point starting at text[pos] and advances `pos` past it. `text` must be valid UTF-8 and
 // pos < text.size(); the tokenizer validates its input once so that the hot loops need not.

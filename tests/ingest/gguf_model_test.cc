@@ -12,6 +12,7 @@
 
 #include "compute/tokenizer/tokenizer.h"
 #include "store/base/json.h"
+#include "store/base/utf8.h"
 #include "tests/util/files.h"
 #include "tests/util/test_data.h"
 #include "tests/util/tokenizer_compare.h"
@@ -190,10 +191,10 @@ TEST(GgufModelTest, TokenStringsAreCheckedAndDeduplicated) {
     EXPECT_NE(made.status().message().find("tokenizer.ggml.tokens[8] is not UTF-8"), std::string::npos)
         << made.status().ToString();
   }
-  EXPECT_FALSE(IsUtf8("\xc0\x80"));      // overlong
-  EXPECT_FALSE(IsUtf8("\xed\xa0\x80"));  // a surrogate
-  EXPECT_FALSE(IsUtf8("\xf4\x90\x80\x80"));  // past U+10FFFF
-  EXPECT_TRUE(IsUtf8("\xe2\x96\x81 \xf0\x9f\x99\x82"));
+  EXPECT_FALSE(IsValidUtf8("\xc0\x80"));      // overlong
+  EXPECT_FALSE(IsValidUtf8("\xed\xa0\x80"));  // a surrogate
+  EXPECT_FALSE(IsValidUtf8("\xf4\x90\x80\x80"));  // past U+10FFFF
+  EXPECT_TRUE(IsValidUtf8("\xe2\x96\x81 \xf0\x9f\x99\x82"));
 }
 
 }  // namespace
