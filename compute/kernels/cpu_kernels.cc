@@ -197,9 +197,13 @@ struct alignas(64) Q8Slice {
   std::array<std::byte, kQ8SliceBytes> bytes;
   std::byte* data() { return bytes.data(); }
 };
-// Activation rows per slice for a matmul of `a`'s shape and format.
-size_t Q8SliceRows(const MatMulArgs& a) {
-  return std::clamp<size_t>(kQ8SliceBytes / Q8RowBytes(*a.blocks, a.cols), 1, kMaxQ8Slice);
+// Activation rows per slice for a matmul of `a`'s shape and format; with `amx`, also whole groups of tile rows
+// whose packed form fits a second buffer of the same size.
+size_t Q8SliceRows(const MatMulArgs& a, bool amx) {
+  const size_t rows = std::clamp<size_t>(kQ8SliceBytes / Q8RowBytes(*a.blocks, a.cols), 1, kMaxQ8Slice);
+  if (!amx) return rows;
+  const size_t groups = kQ8SliceBytes / internal::AmxPackedBytes(internal::kAmxTileRows, a.cols);
+  return std::min(rows, groups * internal::kAmxTileRows);
 }
 
 // Whether a matmul on `w` takes the integer path under ctx.
@@ -221,15 +225,14 @@ bool UsesAmx(const CpuContext& ctx, const MatMulArgs& a) {
 #endif
 }
 
-// Activation rows per slice when the slice is also packed for AMX: as many whole groups as the buffer holds.
-size_t AmxSliceRows(const MatMulArgs& a) {
-  const size_t groups = kQ8SliceBytes / internal::AmxPackedBytes(internal::kAmxTileRows, a.cols);
-  return std::min(Q8SliceRows(a), groups * internal::kAmxTileRows);
+// Packs the slice's quantized rows (s.qx) for AMX into `buffer` and points s.amx at them.
+void PackForAmx(MatMulArgs& s, std::byte* buffer) {
+  internal::PackQ8KForAmx(s.qx, Q8RowBytes(*s.blocks, s.cols), s.batch, s.cols, buffer);
+  s.amx = buffer;
 }
 
-// Activation rows [b0, b0 + nb) of `a` as a matmul of their own, with qx (unless null) holding them quantized
-// and amx (unless null, and then with qx) holding them packed for AMX.
-MatMulArgs SliceRows(const MatMulArgs& a, size_t b0, size_t nb, std::byte* qx, std::byte* amx = nullptr) {
+// Activation rows [b0, b0 + nb) of `a` as a matmul of their own, with qx (unless null) holding them quantized.
+MatMulArgs SliceRows(const MatMulArgs& a, size_t b0, size_t nb, std::byte* qx) {
   MatMulArgs s = a;
   s.batch = nb;
   if (a.x_rows != nullptr) {
@@ -250,10 +253,6 @@ MatMulArgs SliceRows(const MatMulArgs& a, size_t b0, size_t nb, std::byte* qx, s
     QuantizeQ8Row(*a.blocks, x, a.cols, qx + b * qx_bytes);
   }
   s.qx = qx;
-  if (amx != nullptr) {
-    internal::PackQ8KForAmx(qx, qx_bytes, nb, a.cols, amx);
-    s.amx = amx;
-  }
   return s;
 }
 
@@ -261,10 +260,10 @@ void RunMatMul(const CpuContext& ctx, const IsaOps& ops, const MatMulArgs& args)
   if (UsesQ8(ctx, ops, args)) {
     Q8Slice qx, packed;
     const bool amx = UsesAmx(ctx, args);
-    const size_t rows = amx ? AmxSliceRows(args) : Q8SliceRows(args);
+    const size_t rows = Q8SliceRows(args, amx);
     for (size_t b0 = 0; b0 < args.batch; b0 += rows) {
-      const MatMulArgs slice =
-          SliceRows(args, b0, std::min(rows, args.batch - b0), qx.data(), amx ? packed.data() : nullptr);
+      MatMulArgs slice = SliceRows(args, b0, std::min(rows, args.batch - b0), qx.data());
+      if (amx) PackForAmx(slice, packed.data());
       ParallelFor(ctx.pool, args.rows, kRowsPerTask,
                   [&](size_t begin, size_t end) { BlockMatMulRows(ops, slice, begin, end); });
     }
@@ -343,19 +342,19 @@ Status ExpertImpl(const CpuContext& ctx, const ExpertWeights& e, const float* x,
     const bool shared = gate_q8 && up_q8 && UsesQ8K(*gate_args.blocks) == UsesQ8K(*up_args.blocks);
     const bool gate_amx = gate_q8 && UsesAmx(ctx, gate_args), up_amx = up_q8 && UsesAmx(ctx, up_args);
     Q8Slice gate_qx, up_qx, gate_packed, up_packed;
-    const size_t rows = std::min(gate_q8 ? (gate_amx ? AmxSliceRows(gate_args) : Q8SliceRows(gate_args)) : kMaxQ8Slice,
-                                 up_q8 ? (up_amx ? AmxSliceRows(up_args) : Q8SliceRows(up_args)) : kMaxQ8Slice);
+    const size_t rows = std::min(gate_q8 ? Q8SliceRows(gate_args, gate_amx) : kMaxQ8Slice,
+                                 up_q8 ? Q8SliceRows(up_args, up_amx) : kMaxQ8Slice);
     for (size_t b0 = 0; b0 < batch; b0 += rows) {
       const size_t nb = std::min(rows, batch - b0);
-      const MatMulArgs g = SliceRows(gate_args, b0, nb, gate_q8 ? gate_qx.data() : nullptr,
-                                     gate_amx ? gate_packed.data() : nullptr);
-      MatMulArgs u = SliceRows(up_args, b0, nb, up_q8 && !shared ? up_qx.data() : nullptr,
-                               up_amx && !(shared && gate_amx) ? up_packed.data() : nullptr);
+      MatMulArgs g = SliceRows(gate_args, b0, nb, gate_q8 ? gate_qx.data() : nullptr);
+      MatMulArgs u = SliceRows(up_args, b0, nb, up_q8 && !shared ? up_qx.data() : nullptr);
       if (shared) u.qx = g.qx;
-      if (shared && gate_amx && up_amx) u.amx = g.amx;
-      if (shared && up_amx && !gate_amx) {  // the shared quantized rows, packed for up alone
-        internal::PackQ8KForAmx(g.qx, Q8RowBytes(*up_args.blocks, hidden), nb, hidden, up_packed.data());
-        u.amx = up_packed.data();
+      // Packed once too where both take the tiles (the same quantized rows, so the same packing).
+      if (gate_amx) PackForAmx(g, gate_packed.data());
+      if (up_amx && shared && gate_amx) {
+        u.amx = g.amx;
+      } else if (up_amx) {
+        PackForAmx(u, up_packed.data());
       }
       gate_up(g, u);
     }
