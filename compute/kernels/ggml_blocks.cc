@@ -36,14 +36,9 @@ constexpr int kQ6Offset = 32;
 
 const uint8_t* U8(const std::byte* p) { return reinterpret_cast<const uint8_t*>(p); }
 
-float Half(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, sizeof(h));
-  return F16ToF32(h);
-}
 
 void Q4_0(const uint8_t* b, float* y) {
-  const float d = Half(b);
+  const float d = ggml::HalfAt(b);
   const uint8_t* qs = b + 2;
   for (int j = 0; j < kQK / 2; ++j) {
     y[j] = static_cast<float>((qs[j] & kNibble) - kQ4Offset) * d;
@@ -52,7 +47,7 @@ void Q4_0(const uint8_t* b, float* y) {
 }
 
 void Q4_1(const uint8_t* b, float* y) {
-  const float d = Half(b), m = Half(b + 2);
+  const float d = ggml::HalfAt(b), m = ggml::HalfAt(b + 2);
   const uint8_t* qs = b + 4;
   for (int j = 0; j < kQK / 2; ++j) {
     y[j] = static_cast<float>(qs[j] & kNibble) * d + m;
@@ -67,7 +62,7 @@ uint32_t FifthBits(const uint8_t* p) {
 }
 
 void Q5_0(const uint8_t* b, float* y) {
-  const float d = Half(b);
+  const float d = ggml::HalfAt(b);
   const uint32_t qh = FifthBits(b + 2);
   const uint8_t* qs = b + 6;
   for (int j = 0; j < kQK / 2; ++j) {
@@ -79,7 +74,7 @@ void Q5_0(const uint8_t* b, float* y) {
 }
 
 void Q5_1(const uint8_t* b, float* y) {
-  const float d = Half(b), m = Half(b + 2);
+  const float d = ggml::HalfAt(b), m = ggml::HalfAt(b + 2);
   const uint32_t qh = FifthBits(b + 4);
   const uint8_t* qs = b + 8;
   for (int j = 0; j < kQK / 2; ++j) {
@@ -91,13 +86,13 @@ void Q5_1(const uint8_t* b, float* y) {
 }
 
 void Q8_0(const uint8_t* b, float* y) {
-  const float d = Half(b);
+  const float d = ggml::HalfAt(b);
   const auto* qs = reinterpret_cast<const int8_t*>(b + 2);
   for (int j = 0; j < kQK; ++j) y[j] = static_cast<float>(qs[j]) * d;
 }
 
 void Iq4Nl(const uint8_t* b, float* y) {
-  const float d = Half(b);
+  const float d = ggml::HalfAt(b);
   const uint8_t* qs = b + 2;
   for (int j = 0; j < kQK / 2; ++j) {
     y[j] = d * static_cast<float>(kIq4Values[qs[j] & kNibble]);
@@ -106,7 +101,7 @@ void Iq4Nl(const uint8_t* b, float* y) {
 }
 
 void Q4_K(const uint8_t* b, float* y) {
-  const float d = Half(b), dmin = Half(b + 2);
+  const float d = ggml::HalfAt(b), dmin = ggml::HalfAt(b + 2);
   const uint8_t* scales = b + 4;
   const uint8_t* q = b + 16;
   for (int is = 0; is < 8; is += 2) {
@@ -118,7 +113,7 @@ void Q4_K(const uint8_t* b, float* y) {
 }
 
 void Q5_K(const uint8_t* b, float* y) {
-  const float d = Half(b), dmin = Half(b + 2);
+  const float d = ggml::HalfAt(b), dmin = ggml::HalfAt(b + 2);
   const uint8_t* scales = b + 4;
   const uint8_t* qh = b + 16;
   const uint8_t* ql = b + 48;
@@ -141,7 +136,7 @@ void Q6_K(const uint8_t* b, float* y) {
   const uint8_t* ql = b;
   const uint8_t* qh = b + 128;
   const auto* sc = reinterpret_cast<const int8_t*>(b + 192);
-  const float d = Half(b + 208);
+  const float d = ggml::HalfAt(b + 208);
   for (int half = 0; half < 2; ++half) {
     for (int l = 0; l < kQK; ++l) {
       const int is = l / 16;
@@ -162,7 +157,7 @@ void Q6_K(const uint8_t* b, float* y) {
 }
 
 void Iq4Xs(const uint8_t* b, float* y) {
-  const float d = Half(b);
+  const float d = ggml::HalfAt(b);
   const uint8_t* qs = b + 8;
   for (int ib = 0; ib < kQKK / kQK; ++ib) {
     const float dl = d * static_cast<float>(ggml::Iq4XsScale(b, ib));

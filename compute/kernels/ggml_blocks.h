@@ -6,8 +6,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
 
+#include "store/base/float16.h"
 #include "store/base/ggml_type.h"
 #include "store/base/status.h"
 
@@ -27,6 +29,14 @@ Status DequantizeGgmlRow(GgmlType type, std::span<const std::byte> row, std::spa
 #define ES_GGML_HD
 #endif
 namespace ggml {
+
+// The IEEE half (a block's scale) stored at p, unaligned, as fp32: exact. Host code; the SIMD units convert with
+// F16C instead.
+static inline float HalfAt(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, sizeof(h));
+  return F16ToF32(h);
+}
 
 // Block sizes of the formats the kernels unpack by hand, from the type table (store/base/ggml_type.h).
 inline constexpr size_t kQ8Block = GgmlTypeInfoOf(GgmlType::kQ8_0).block_elements;     // 32

@@ -24,11 +24,6 @@
 namespace es::kernels::internal {
 namespace {
 
-using ggml::kIq4XsBytes;
-using ggml::kQ4KBytes;
-using ggml::kQ5KBytes;
-using ggml::kQ6KBytes;
-
 constexpr size_t kABytes = 4096;  // one super-block of 16 weight rows: 256 quants each, as bytes, tile by tile
 constexpr int kMaxProducts = 16;  // tile products per super-block (Q6_K: one per 16-value group)
 
@@ -103,11 +98,6 @@ struct Unpacked {
   float d[kAmxTileRows];
 };
 
-float Half(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return F16ToF32(h);
-}
 __m256i Load32(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 void Store16(uint8_t* p, __m128i v) { _mm_store_si128(reinterpret_cast<__m128i*>(p), v); }
 void Store32(uint8_t* p, __m256i v) { _mm256_store_si256(reinterpret_cast<__m256i*>(p), v); }
@@ -115,8 +105,8 @@ void Store32(uint8_t* p, __m256i v) { _mm256_store_si256(reinterpret_cast<__m256
 // Q4_K / Q5_K: chunk c of 32 bytes holds sub-block 2c in its low nibbles and 2c + 1 in its high ones.
 void UnpackQ4K(const uint8_t* p, size_t m, bool five, Unpacked& u) {
   const __m256i low4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
-  u.d[m] = Half(p);
-  const float dmin = Half(p + 2);
+  u.d[m] = ggml::HalfAt(p);
+  const float dmin = ggml::HalfAt(p + 2);
   for (int j = 0; j < 8; ++j) {
     int mj = 0;
     ggml::ScaleMinK4(j, p + 4, u.scales[m][j], mj);
@@ -141,7 +131,7 @@ void UnpackQ4K(const uint8_t* p, size_t m, bool five, Unpacked& u) {
 // ql[l + 32 (g & 1)] and bits 2g, 2g + 1 of qh[l]; less 32, as signed bytes. Each 16 values have their own scale.
 void UnpackQ6K(const uint8_t* p, size_t m, Unpacked& u) {
   const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3), offset = _mm256_set1_epi8(32);
-  u.d[m] = Half(p + 208);
+  u.d[m] = ggml::HalfAt(p + 208);
   const auto* sc = reinterpret_cast<const int8_t*>(p + 192);
   for (int i = 0; i < 16; ++i) u.scales[m][i] = sc[i];
   for (int h = 0; h < 2; ++h) {
@@ -163,7 +153,7 @@ void UnpackQ6K(const uint8_t* p, size_t m, Unpacked& u) {
 void UnpackIq4Xs(const uint8_t* p, size_t m, Unpacked& u) {
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ggml::kIq4Values)));
-  u.d[m] = Half(p);
+  u.d[m] = ggml::HalfAt(p);
   for (int ib = 0; ib < 8; ++ib) u.scales[m][ib] = ggml::Iq4XsScale(p, ib);
   const uint8_t* qs = p + 8;
   for (int pair = 0; pair < 4; ++pair) {  // sub-blocks 2 pair and 2 pair + 1
@@ -225,10 +215,7 @@ void Gemm(GgmlType type, const void* w, size_t row_bytes, size_t nrows, const st
   constexpr bool q4k = kKind == Kind::kQ4K, q6k = kKind == Kind::kQ6K;
   constexpr int products = q6k ? 16 : 8;
   const size_t supers = n / kQ8KBlockValues, group_bytes = supers * kAmxSuperBytes;
-  const size_t block_bytes = type == GgmlType::kQ4_K   ? kQ4KBytes
-                             : type == GgmlType::kQ5_K ? kQ5KBytes
-                             : q6k                     ? kQ6KBytes
-                                                       : kIq4XsBytes;
+  const size_t block_bytes = GgmlTypeInfoOf(type).block_bytes;
   static const TileConfig config = MakeConfig(q6k ? 16 : 32);
   Unpacked u;
   alignas(64) int32_t c[4][kAmxTileRows * kAmxTileRows];

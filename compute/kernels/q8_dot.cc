@@ -21,11 +21,6 @@ constexpr int kHalf = kQK / 2;
 constexpr int kSubBlocks = 8;  // 32-value groups per 256-value super-block
 constexpr int kNibble = 0xF;
 
-float Half(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, sizeof(h));
-  return F16ToF32(h);
-}
 
 uint32_t Bits32(const uint8_t* p) {
   uint32_t v;
@@ -63,33 +58,33 @@ float DotSmall(GgmlType type, const uint8_t* p, const Q8Block* x, size_t blocks)
     switch (type) {
       case GgmlType::kQ4_0:
         Nibbles(p + 2, v);
-        sum += (Half(p) * xb.d) * static_cast<float>(DotQ(v, xb.q, kQK) - 8 * QuantSum(xb));
+        sum += (ggml::HalfAt(p) * xb.d) * static_cast<float>(DotQ(v, xb.q, kQK) - 8 * QuantSum(xb));
         p += 18;
         break;
       case GgmlType::kQ4_1:
         Nibbles(p + 4, v);
-        sum += (Half(p) * xb.d) * static_cast<float>(DotQ(v, xb.q, kQK)) + Half(p + 2) * xb.sum;
+        sum += (ggml::HalfAt(p) * xb.d) * static_cast<float>(DotQ(v, xb.q, kQK)) + ggml::HalfAt(p + 2) * xb.sum;
         p += 20;
         break;
       case GgmlType::kQ5_0:
         FiveBits(p + 6, Bits32(p + 2), v);
-        sum += (Half(p) * xb.d) * static_cast<float>(DotQ(v, xb.q, kQK) - 16 * QuantSum(xb));
+        sum += (ggml::HalfAt(p) * xb.d) * static_cast<float>(DotQ(v, xb.q, kQK) - 16 * QuantSum(xb));
         p += 22;
         break;
       case GgmlType::kQ5_1:
         FiveBits(p + 8, Bits32(p + 4), v);
-        sum += (Half(p) * xb.d) * static_cast<float>(DotQ(v, xb.q, kQK)) + Half(p + 2) * xb.sum;
+        sum += (ggml::HalfAt(p) * xb.d) * static_cast<float>(DotQ(v, xb.q, kQK)) + ggml::HalfAt(p + 2) * xb.sum;
         p += 24;
         break;
       case GgmlType::kQ8_0:
         for (int j = 0; j < kQK; ++j) v[j] = static_cast<int8_t>(p[2 + j]);
-        sum += (Half(p) * xb.d) * static_cast<float>(DotQ(v, xb.q, kQK));
+        sum += (ggml::HalfAt(p) * xb.d) * static_cast<float>(DotQ(v, xb.q, kQK));
         p += 34;
         break;
       case GgmlType::kIQ4_NL:
         Nibbles(p + 2, v);
         for (int& e : v) e = ggml::kIq4Values[e];
-        sum += (Half(p) * xb.d) * static_cast<float>(DotQ(v, xb.q, kQK));
+        sum += (ggml::HalfAt(p) * xb.d) * static_cast<float>(DotQ(v, xb.q, kQK));
         p += 18;
         break;
       default: return 0;
@@ -107,7 +102,7 @@ float DotSmall(GgmlType type, const uint8_t* p, const Q8Block* x, size_t blocks)
 float DotQ4K(const uint8_t* p, const Q8KBlock* x, size_t supers, bool five) {
   float sum = 0;
   for (size_t b = 0; b < supers; ++b, ++x) {
-    const float d = Half(p) * x->d, dmin = Half(p + 2);
+    const float d = ggml::HalfAt(p) * x->d, dmin = ggml::HalfAt(p + 2);
     const uint8_t* scales = p + 4;
     const uint8_t* qh = p + 16;
     const uint8_t* q = five ? p + 48 : p + 16;
@@ -147,7 +142,7 @@ float DotQ6K(const uint8_t* p, const Q8KBlock* x, size_t supers) {
       }
       isum += sc[i16] * (dot - 32 * x->isum[i16]);
     }
-    sum += (Half(p + 208) * x->d) * static_cast<float>(isum);
+    sum += (ggml::HalfAt(p + 208) * x->d) * static_cast<float>(isum);
   }
   return sum;
 }
@@ -163,7 +158,7 @@ float DotIq4Xs(const uint8_t* p, const Q8KBlock* x, size_t supers) {
       for (int& e : v) e = ggml::kIq4Values[e];
       isum += ggml::Iq4XsScale(p, ib) * DotQ(v, x->q + kQK * ib, kQK);
     }
-    sum += (Half(p) * x->d) * static_cast<float>(isum);
+    sum += (ggml::HalfAt(p) * x->d) * static_cast<float>(isum);
   }
   return sum;
 }

@@ -230,7 +230,9 @@ TEST(GgmlBlocksTest, AmxTilesEqualTheScalarReference) {
         ASSERT_TRUE(kernels::internal::BlockDotQ8Scalar(format.type, format.blocks.data() + r * format.row_bytes,
                                                         qx.data() + k * stride, stride, 1, cols, &want[k * rows + r]));
         EXPECT_EQ(tiles[k * 16 + r], want[k * rows + r]) << "activation row " << k << ", weight row " << r;
-        if (k >= 32) EXPECT_EQ(last[(k - 32) * 16 + r], want[k * rows + r]) << "activation row " << k << ", weight row " << r;
+        if (k >= 32) {
+          EXPECT_EQ(last[(k - 32) * 16 + r], want[k * rows + r]) << "activation row " << k << ", weight row " << r;
+        }
       }
     }
     // Through MatMul: from AmxMinRows activation rows on, the AMX results; below, the VNNI kernels' (within rounding).
