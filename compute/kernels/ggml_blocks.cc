@@ -36,7 +36,6 @@ constexpr int kQ6Offset = 32;
 
 const uint8_t* U8(const std::byte* p) { return reinterpret_cast<const uint8_t*>(p); }
 
-
 void Q4_0(const uint8_t* b, float* y) {
   const float d = ggml::HalfAt(b);
   const uint8_t* qs = b + 2;

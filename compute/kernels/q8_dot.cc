@@ -21,7 +21,6 @@ constexpr int kHalf = kQK / 2;
 constexpr int kSubBlocks = 8;  // 32-value groups per 256-value super-block
 constexpr int kNibble = 0xF;
 
-
 uint32_t Bits32(const uint8_t* p) {
   uint32_t v;
   std::memcpy(&v, p, sizeof(v));
