@@ -30,7 +30,8 @@ struct ProviderCounters {
   uint64_t misses = 0;
   uint64_t prefetch_hits = 0;
   uint64_t wasted_prefetches = 0;
-  uint64_t bytes_read = 0;
+  uint64_t bytes_read = 0;           // demand + prefetch
+  uint64_t prefetch_bytes_read = 0;  // ... of which read ahead by the prefetcher
 };
 
 class ExpertProvider {
