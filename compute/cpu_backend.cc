@@ -193,9 +193,11 @@ class ForwardState final : public Model::LayerOps {
       ES_RETURN_IF_ERROR(kernels::RmsNorm(ctx_, x_.data(), T_, norm, c_.rms_eps, hn.data()));
       ES_RETURN_IF_ERROR(kernels::MatMul(ctx_, hn.data(), T_, router, logits.data()));
       std::vector<int32_t> chosen(T_ * k);
-      std::vector<float> weights(T_ * k);
-      ES_RETURN_IF_ERROR(kernels::RouterTopK(logits.data(), T_, E, k, c_.norm_topk_prob, chosen.data(), weights.data()));
-      routing_.Predicted(l, chosen);
+      // Not renormalised: the threshold compares each expert's own probability.
+      std::vector<float> probability(T_ * k);
+      ES_RETURN_IF_ERROR(kernels::RouterTopK(logits.data(), T_, E, k, /*normalize=*/false, chosen.data(),
+                                             probability.data()));
+      routing_.Predicted(l, chosen, probability);
     }
     return Status::Ok();
   }

@@ -88,6 +88,9 @@ struct ForwardOptions {
   uint32_t top_k = 0;                 // experts per token; 0: the model's
   bool skip_missing_experts = false;  // drop a routed expert the store lacks instead of failing
   uint32_t prefetch_depth = 0;        // predict and prefetch this many layers ahead (0: none)
+  // A predicted expert is prefetched only when the lookahead router gives it at least this probability (its
+  // softmax over all experts, before any top-k renormalisation): higher is fewer, surer predictions.
+  float prefetch_min_prob = 0.0f;
   std::function<void(const RoutingEvent&)> observer;
   RoutingPolicyFn routing;            // empty: exact (the model's router)
   PrefetchAccuracy* prefetch_accuracy = nullptr;  // when set, predictions are scored against the routing

@@ -94,10 +94,14 @@ std::vector<uint32_t> MoeRouting::LayersAhead(uint32_t layer) const {
   return layers;
 }
 
-const std::vector<uint32_t>& MoeRouting::Predicted(uint32_t layer, std::span<const int32_t> chosen) {
+const std::vector<uint32_t>& MoeRouting::Predicted(uint32_t layer, std::span<const int32_t> chosen,
+                                                   std::span<const float> probability) {
   std::vector<uint32_t> ids;
-  for (int32_t e : chosen) {
-    if (e >= 0 && experts_.Has(layer, static_cast<uint32_t>(e))) ids.push_back(static_cast<uint32_t>(e));
+  for (size_t i = 0; i < chosen.size(); ++i) {
+    const int32_t e = chosen[i];
+    if (e < 0 || !experts_.Has(layer, static_cast<uint32_t>(e))) continue;
+    if (i < probability.size() && probability[i] < options_.prefetch_min_prob) continue;
+    ids.push_back(static_cast<uint32_t>(e));
   }
   std::sort(ids.begin(), ids.end());
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());

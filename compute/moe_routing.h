@@ -45,9 +45,12 @@ class MoeRouting {
   // The MoE layers after `layer` the prefetcher should predict (ForwardOptions::prefetch_depth of them, none
   // when the provider does not prefetch).
   std::vector<uint32_t> LayersAhead(uint32_t layer) const;
-  // A prediction for `layer` (router choices [tokens * k], from the current hidden state): asks the provider to
-  // read those experts ahead and keeps them to score when the layer runs. Returns them (present, sorted, unique).
-  const std::vector<uint32_t>& Predicted(uint32_t layer, std::span<const int32_t> chosen);
+  // A prediction for `layer` (router choices [tokens * k] from the current hidden state, and the lookahead
+  // router's probability of each): asks the provider to read ahead those the store has whose probability is at
+  // least ForwardOptions::prefetch_min_prob, and keeps them to score when the layer runs. Returns them (sorted,
+  // unique).
+  const std::vector<uint32_t>& Predicted(uint32_t layer, std::span<const int32_t> chosen,
+                                         std::span<const float> probability);
 
  private:
   Status DropMissing(uint32_t layer, size_t t, size_t k, std::span<int32_t> chosen, std::span<float> weights) const;

@@ -273,12 +273,16 @@ Status RunTrace(const Args& args) {
     return out->Append(FormatTraceLine(step) + "\n");
   }));
   ES_RETURN_IF_ERROR(out->Commit());
+  const PrefetchAccuracy& a = rt->prefetch_accuracy();
   if (args.global().json) {
     JsonWriter w;
-    w.BeginObject().Key("tokens").Uint(ids.size()).Key("lines").Uint(lines).EndObject();
+    w.BeginObject().Key("tokens").Uint(ids.size()).Key("lines").Uint(lines).Key("cache");
+    WriteCacheJson(w, *rt);
+    w.EndObject();
     PrintJson(w);
   } else {
-    std::printf("%zu tokens, %llu lines written to %s\n", ids.size(), static_cast<unsigned long long>(lines), out_path.c_str());
+    std::printf("%zu tokens, %llu lines written to %s; prefetch precision %.3f, recall %.3f\n", ids.size(),
+                static_cast<unsigned long long>(lines), out_path.c_str(), a.precision(), a.recall());
   }
   return Status::Ok();
 }

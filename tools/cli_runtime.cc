@@ -18,6 +18,8 @@ std::vector<FlagSpec> RuntimeFlags() {
       {"routing-margin", true, "cache-aware routing: router probability given up per swap at most (default 0.05)"},
       {"focus-domain", true, "trust routing: focus on the experts with the highest lift for this profiled domain"},
       {"prefetch", true, "layers to prefetch ahead (overrides the state's; 0 disables)"},
+      {"prefetch-min-prob", true, "prefetch a predicted expert only when the lookahead router gives it at least this "
+                                  "probability (default: 2 / experts per layer, twice chance)"},
       {"device", true, "cpu (default), cuda or hybrid (CPU and GPU share the experts by a cost model)"},
       {"gpu-cache-mb", true, "cuda/hybrid: GPU memory for experts in MiB (default: what fits)"},
       {"gpu-cache-pct", true, "cuda/hybrid: GPU expert cache as a percentage of the model's experts"},
@@ -129,6 +131,9 @@ Result<RuntimeConfig> RuntimeConfigFromArgs(const Args& args) {
   if (args.Has("prefetch")) {
     ES_ASSIGN_OR_RETURN(int64_t depth, args.GetInt("prefetch", 0, 0, 64));
     c.prefetch = static_cast<uint32_t>(depth);
+  }
+  if (args.Has("prefetch-min-prob")) {
+    ES_ASSIGN_OR_RETURN(c.prefetch_min_prob, args.GetDouble("prefetch-min-prob", 0));
   }
   c.no_cache = args.Has("no-cache");
   c.skip_missing_experts = args.Has("skip-missing-experts");

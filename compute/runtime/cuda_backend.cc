@@ -210,8 +210,8 @@ class CudaBackend final : public Backend {
   // Workspace, grown to the largest Forward so far.
   DeviceScratch x_, h_, q_, k_, v_, attn_, out_, moe_, logits_, chosen_, weights_, positions_, scratch_;
   DeviceScratch rows_, scales_, pred_h_, pred_logits_, pred_chosen_, pred_weights_, cpu_moe_, gate_;
-  HostStaging stage_in_, stage_positions_, stage_chosen_, stage_weights_, stage_logits_, stage_pred_, stage_h_;
-  HostStaging stage_rows_, stage_scales_, stage_cpu_, stage_out_;
+  HostStaging stage_in_, stage_positions_, stage_chosen_, stage_weights_, stage_logits_, stage_pred_, stage_pred_prob_;
+  HostStaging stage_h_, stage_rows_, stage_scales_, stage_cpu_, stage_out_;
   std::vector<float> cpu_moe_host_, cpu_scratch_;
 };
 
@@ -550,12 +550,15 @@ Status CudaLayerOps::Moe(bool shared_expert) {
       ES_ASSIGN_OR_RETURN(auto router, b_.Matrix(RouterTensorName(c_, ahead[i])));
       ES_RETURN_IF_ERROR(cuda::RmsNorm(s, x, T_, norm, c_.rms_eps, static_cast<float*>(hn)));
       ES_RETURN_IF_ERROR(cuda::MatMul(s, static_cast<const float*>(hn), T_, router, static_cast<float*>(pl)));
-      ES_RETURN_IF_ERROR(cuda::RouterTopK(s, static_cast<const float*>(pl), T_, E, k, c_.norm_topk_prob,
+      // Not renormalised: the prefetch threshold compares each expert's own probability.
+      ES_RETURN_IF_ERROR(cuda::RouterTopK(s, static_cast<const float*>(pl), T_, E, k, /*normalize=*/false,
                                           static_cast<int32_t*>(pc) + i * T_ * k,
                                           static_cast<float*>(pw) + i * T_ * k));
     }
     ES_ASSIGN_OR_RETURN(void* stage, b_.stage_pred_.Ensure(pred * sizeof(int32_t)));
     ES_RETURN_IF_ERROR(cuda::CopyDeviceToHostAsync(stage, pc, pred * sizeof(int32_t), s));
+    ES_ASSIGN_OR_RETURN(void* stage_p, b_.stage_pred_prob_.Ensure(pred * sizeof(float)));
+    ES_RETURN_IF_ERROR(cuda::CopyDeviceToHostAsync(stage_p, pw, pred * sizeof(float), s));
   }
 
   // This layer's router.
@@ -599,7 +602,8 @@ Status CudaLayerOps::Moe(bool shared_expert) {
   // The host prefetcher hears of the predictions before this layer's misses are read, as on the CPU.
   std::vector<std::vector<uint32_t>> predicted(ahead.size());
   for (size_t i = 0; i < ahead.size(); ++i) {
-    predicted[i] = routing_.Predicted(ahead[i], {b_.stage_pred_.As<int32_t>() + i * T_ * k, T_ * k});
+    predicted[i] = routing_.Predicted(ahead[i], {b_.stage_pred_.As<int32_t>() + i * T_ * k, T_ * k},
+                                      {b_.stage_pred_prob_.As<float>() + i * T_ * k, T_ * k});
   }
   ES_ASSIGN_OR_RETURN(std::vector<ExpertRows> groups,
                       routing_.Dispatch(layer_, T_, k, chosen, weights, [this](size_t t) { return Position(t); }));

@@ -125,6 +125,9 @@ Status ValidateRuntimeConfig(const RuntimeConfig& c) {
   if (c.routing_margin && !(*c.routing_margin >= 0 && *c.routing_margin <= 1)) {
     return Status::InvalidArgument("`routing_margin` must be in [0, 1]");
   }
+  if (c.prefetch_min_prob && !(*c.prefetch_min_prob >= 0 && *c.prefetch_min_prob <= 1)) {
+    return Status::InvalidArgument("`prefetch_min_prob` must be in [0, 1]");
+  }
   if (c.no_cache) {
     if (routing == RoutingKind::kCacheAware) {
       return Status::InvalidArgument("`routing` cache-aware needs the cache, which `no_cache` turns off");
@@ -288,6 +291,8 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
   }
   rt->forward_.top_k = budget.experts_per_token;
   rt->forward_.prefetch_depth = budget.prefetch_depth;
+  rt->forward_.prefetch_min_prob = static_cast<float>(c.prefetch_min_prob.value_or(
+      kPrefetchMinProbOverChance / static_cast<double>(std::max<uint32_t>(1, config.num_experts))));
   rt->forward_.prefetch_accuracy = rt->accuracy_.get();
   if (routing == RoutingKind::kCacheAware) {
     ExpertCache* cache = &provider->cache();

@@ -23,6 +23,13 @@
 
 namespace es {
 
+// Without RuntimeConfig::prefetch_min_prob, a predicted expert is prefetched when the lookahead router gives it at
+// least this many times the chance probability 1 / num_experts. On the tiny model (32 experts: 0.0625) that keeps
+// predictions right about 4 times in 5 where all top-k are right 3 times in 4 (docs/cache.md); on a model whose
+// routers barely prefer any expert (random weights) it prefetches almost nothing, since those guesses are
+// mostly wasted reads.
+inline constexpr double kPrefetchMinProbOverChance = 2.0;
+
 // How a model runs: the generation flags (--state, --cache-mb, --policy, --routing, ...) as values. Unset
 // optionals take the state's preset.
 struct RuntimeConfig {
@@ -42,6 +49,7 @@ struct RuntimeConfig {
   std::optional<double> routing_margin;    // cache-aware routing: probability given up per swap at most
   std::string focus_domain;                // trust routing: favour this profiled domain's experts
   std::optional<uint32_t> prefetch;        // layers prefetched ahead
+  std::optional<double> prefetch_min_prob;  // lookahead router probability a prediction needs (ForwardOptions)
   bool no_cache = false;                   // every selected expert read from disk for every token
   bool skip_missing_experts = false;       // drop experts a partial checkpoint lacks instead of failing
   bool need_tokenizer = true;
