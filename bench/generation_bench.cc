@@ -1,8 +1,14 @@
 // Generation benchmark: decode and prefill tokens/s of a stored model with the expert cache at a fraction of
-// the model's experts (100%, 50%, 25%), with and without prefetch, against the naive baseline in the same run
-// (every selected expert read from disk for every token, no cache: what a first prototype does), and the RAM
-// bandwidth of this machine measured in the same run, giving the memory-bandwidth bound for the all-cached
-// case: bytes touched per token / bandwidth.
+// the model's experts (100%, 50%, 25%, 10%), by eviction policy and prefetch setting, against two baselines in
+// the same run: the naive one (every selected expert read from disk for every token into a fresh heap buffer, as
+// a first prototype does) and a fair one (the same reader and pooled, registered buffers: a cache of k slots,
+// which never hits across tokens), and the RAM bandwidth of this machine, giving the memory-bandwidth bound for
+// the all-cached case: bytes touched per token / bandwidth.
+//
+// The partial-cache rows are disk-bound: every repetition runs a prompt of its own (the warm-up another), the
+// decode is long enough to cycle the cache, and expert reads are O_DIRECT, so the page cache never serves them.
+// MiB_read_per_decoded_token divides the decode's own reads by its tokens; ttft_ms is the prompt's prefill and
+// first logits.
 //
 // BM_Gpu runs the same on the CUDA backend (device 0) and the hybrid one (device 1) with the GPU expert cache at
 // 100%, 50% and 25% of the experts and the host cache holding all of them: tokens/s against the CPU rows above,
@@ -15,10 +21,13 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <numeric>
+#include <random>
 
 #include "cache/model_experts.h"
 #include "compute/runtime/backend_choice.h"
+#include "compute/runtime/model_runtime.h"
 #include "compute/cache_provider.h"
 #include "compute/generator.h"
 #include "compute/model.h"
@@ -28,7 +37,8 @@ namespace es {
 namespace {
 
 constexpr size_t kPromptTokens = 32;
-constexpr size_t kDecodeTokens = 16;
+size_t g_decode_tokens = 64;  // EXPERTSTORE_BENCH_DECODE_TOKENS
+uint64_t g_prompt_seed = 0;   // each run of a row has a prompt of its own
 constexpr size_t kBandwidthBytes = 1ull << 30;
 
 std::unique_ptr<Store> g_store;
@@ -39,78 +49,142 @@ std::string g_tmp;
 
 std::vector<int32_t> Prompt() {
   std::vector<int32_t> ids(kPromptTokens);
-  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 7919 + 13) % g_net->config().vocab);
+  std::mt19937_64 rng(++g_prompt_seed);
+  for (int32_t& id : ids) id = static_cast<int32_t>(rng() % g_net->config().vocab);
   return ids;
 }
 
-// Runs one prefill of the prompt and kDecodeTokens greedy decode steps; returns (prefill s, decode s).
-std::pair<double, double> RunOnce(ExpertProvider& experts, const ForwardOptions& fo, Model* net = nullptr) {
+struct RunTimes {
+  double prefill = -1;  // seconds, prompt and first logits (time to first token)
+  double decode = -1;   // seconds, g_decode_tokens steps
+  uint64_t decode_bytes_read = 0;
+};
+
+// Runs one prefill of a fresh prompt and g_decode_tokens decode steps. Each step computes the logits, as decode
+// does, but feeds the next token of the run's pseudo-random sequence rather than their argmax: a random-weight
+// model's greedy continuation repeats one token, and with it one routing, which would keep the working set far
+// smaller than text's.
+RunTimes RunOnce(ExpertProvider& experts, const ForwardOptions& fo, Model* net = nullptr) {
   if (net == nullptr) net = g_net.get();
   auto prompt = Prompt();
-  KvCache kv(net->config(), prompt.size() + kDecodeTokens);
+  std::mt19937_64 rng(g_prompt_seed);
+  const size_t decode_tokens = std::min(g_decode_tokens, net->config().max_positions - prompt.size());
+  KvCache kv(net->config(), prompt.size() + decode_tokens);
   std::vector<float> hidden, logits(net->config().vocab);
   auto t0 = std::chrono::steady_clock::now();
-  if (!net->Forward(prompt, kv, experts, fo, hidden).ok()) return {-1, -1};
+  if (!net->Forward(prompt, kv, experts, fo, hidden).ok()) return {};
   (void)net->ComputeLogits(&hidden[(prompt.size() - 1) * net->config().hidden], 1, logits.data());
   auto t1 = std::chrono::steady_clock::now();
-  for (size_t i = 0; i < kDecodeTokens; ++i) {
-    int32_t next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    if (!net->Forward({&next, 1}, kv, experts, fo, hidden).ok()) return {-1, -1};
+  const uint64_t bytes_before = experts.counters().bytes_read;
+  for (size_t i = 0; i < decode_tokens; ++i) {
+    int32_t next = static_cast<int32_t>(rng() % net->config().vocab);
+    if (!net->Forward({&next, 1}, kv, experts, fo, hidden).ok()) return {};
     (void)net->ComputeLogits(hidden.data(), 1, logits.data());
   }
   auto t2 = std::chrono::steady_clock::now();
-  return {std::chrono::duration<double>(t1 - t0).count(), std::chrono::duration<double>(t2 - t1).count()};
+  return {std::chrono::duration<double>(t1 - t0).count(), std::chrono::duration<double>(t2 - t1).count(),
+          experts.counters().bytes_read - bytes_before};
 }
 
-// `before`: the provider's counters when timing started (after any warm-up).
-void Report(benchmark::State& state, std::vector<double> prefill, std::vector<double> decode, ExpertProvider& p,
-            const ProviderCounters& before) {
+// Runs the timed repetitions and reports them.
+// `row` names the benchmark row (its repetitions run different prompts).
+void Measure(benchmark::State& state, const std::string& row, ExpertProvider& experts, const ForwardOptions& fo,
+             Model* net = nullptr);
+
+void Measure(benchmark::State& state, const std::string& row, ExpertProvider& experts, const ForwardOptions& fo,
+             Model* net) {
+  // Every row times the same prompts (the warm-ups ran others), and each repetition of a row new ones.
+  static std::map<std::string, uint64_t> repetitions;
+  g_prompt_seed = 1000 + 1000 * repetitions[row]++;
+  const ProviderCounters before = experts.counters();
+  std::vector<double> prefill, decode;
+  uint64_t decode_bytes = 0, decode_tokens = 0;
+  for (auto _ : state) {
+    RunTimes r = RunOnce(experts, fo, net);
+    if (r.prefill < 0) {
+      state.SkipWithError("forward failed");
+      return;
+    }
+    prefill.push_back(r.prefill);
+    decode.push_back(r.decode);
+    decode_bytes += r.decode_bytes_read;
+    decode_tokens += g_decode_tokens;
+  }
   std::sort(prefill.begin(), prefill.end());
   std::sort(decode.begin(), decode.end());
-  double pm = prefill[prefill.size() / 2], dm = decode[decode.size() / 2];
+  const double pm = prefill[prefill.size() / 2], dm = decode[decode.size() / 2];
   state.counters["prefill_tok_s"] = static_cast<double>(kPromptTokens) / pm;
-  state.counters["decode_tok_s"] = static_cast<double>(kDecodeTokens) / dm;
-  ProviderCounters c = p.counters();
+  state.counters["ttft_ms"] = pm * 1e3;
+  state.counters["decode_tok_s"] = static_cast<double>(g_decode_tokens) / dm;
+  ProviderCounters c = experts.counters();
   c.hits -= before.hits;
   c.misses -= before.misses;
-  c.bytes_read -= before.bytes_read;
   state.counters["hit_rate"] = c.hits + c.misses ? static_cast<double>(c.hits) / static_cast<double>(c.hits + c.misses) : 0;
-  state.counters["MiB_read_per_token"] =
-      static_cast<double>(c.bytes_read) / (1 << 20) / static_cast<double>(state.iterations() * (kPromptTokens + kDecodeTokens));
+  state.counters["MiB_read_per_decoded_token"] =
+      static_cast<double>(decode_bytes) / (1 << 20) / static_cast<double>(std::max<uint64_t>(1, decode_tokens));
 }
 
-// args: cache percent of the experts, prefetch depth.
+// How the rows' prefetcher runs.
+enum PrefetchArg : int64_t {
+  kPrefetchOff = 0,
+  kPrefetchEveryGuess = 1,  // depth 1, every top-k guess (prefetch_min_prob 0)
+  kPrefetchConfident = 2,   // depth 1, guesses at least twice chance (the runtime's default threshold)
+};
+
+// args: cache percent of the experts, policy (0 lru, 1 reuse), PrefetchArg.
 void BM_Cached(benchmark::State& state) {
   auto experts = ModelExperts::Load(g_store->catalog(), g_model);
   if (!experts.ok()) {
     state.SkipWithError(experts.status().ToString().c_str());
     return;
   }
-  uint64_t slots = std::max<uint64_t>(g_net->config().top_k,
-                                      experts->experts().size() * static_cast<uint64_t>(state.range(0)) / 100);
+  const ModelConfig& c = g_net->config();
+  const uint64_t slots = std::max<uint64_t>(3 * c.top_k, experts->experts().size() * static_cast<uint64_t>(state.range(0)) / 100);
+  const auto prefetch = static_cast<PrefetchArg>(state.range(2));
   ExpertCacheOptions o;
   o.capacity_bytes = slots * experts->max_record_bytes();
-  o.prefetch_bytes_in_flight = static_cast<uint64_t>(state.range(1)) * g_net->config().top_k * experts->max_record_bytes();
+  o.policy = state.range(1) == 0 ? PolicyKind::kLru : PolicyKind::kReuse;
+  o.prefetch_bytes_in_flight = prefetch == kPrefetchOff ? 0 : c.top_k * experts->max_record_bytes();
   auto provider = CacheExpertProvider::Create(*g_store, g_model, o);
   if (!provider.ok()) {
     state.SkipWithError(provider.status().ToString().c_str());
     return;
   }
   ForwardOptions fo;
-  fo.prefetch_depth = static_cast<uint32_t>(state.range(1));
+  fo.prefetch_depth = prefetch == kPrefetchOff ? 0 : 1;
+  fo.prefetch_min_prob = prefetch == kPrefetchConfident
+                             ? static_cast<float>(kPrefetchMinProbOverChance / static_cast<double>(c.num_experts))
+                             : 0.0f;
   PrefetchAccuracy acc;
   fo.prefetch_accuracy = &acc;
-  RunOnce(**provider, fo);  // warm-up: the cache fills as it would over a conversation
-  ProviderCounters before = (*provider)->counters();
-  std::vector<double> prefill, decode;
-  for (auto _ : state) {
-    auto [p, d] = RunOnce(**provider, fo);
-    if (p < 0) state.SkipWithError("forward failed");
-    prefill.push_back(p);
-    decode.push_back(d);
-  }
-  Report(state, prefill, decode, **provider, before);
+  RunOnce(**provider, fo);  // warm-up (a prompt of its own): the cache fills as it would over a conversation
+  acc = {};
+  const CacheStats before = (*provider)->cache().stats();
+  Measure(state, "cached/" + std::to_string(state.range(0)) + "/" + std::to_string(state.range(1)) + "/" +
+                     std::to_string(state.range(2)),
+          **provider, fo);
+  const CacheStats after = (*provider)->cache().stats();
   state.counters["prefetch_precision"] = acc.precision();
+  state.counters["prefetch_recall"] = acc.recall();
+  state.counters["wasted_prefetches"] = static_cast<double>(after.wasted_prefetches - before.wasted_prefetches);
+}
+
+// The fair baseline: the cache's reader and registered slots, but only enough of them for one layer's experts
+// (k), so nothing survives from one token to the next.
+void BM_ReaderNoCache(benchmark::State& state) {
+  auto experts = ModelExperts::Load(g_store->catalog(), g_model);
+  if (!experts.ok()) {
+    state.SkipWithError(experts.status().ToString().c_str());
+    return;
+  }
+  ExpertCacheOptions o;
+  o.capacity_bytes = g_net->config().top_k * experts->max_record_bytes();
+  auto provider = CacheExpertProvider::Create(*g_store, g_model, o);
+  if (!provider.ok()) {
+    state.SkipWithError(provider.status().ToString().c_str());
+    return;
+  }
+  Measure(state, "reader", **provider, {});
 }
 
 // args: GPU cache percent of the experts, 0 = cuda / 1 = hybrid. The host cache holds every expert.
@@ -144,18 +218,11 @@ void BM_Gpu(benchmark::State& state) {
   }
   (*net)->SetBackend(std::move(backend).value());
   RunOnce(**provider, {}, net->get());  // warm-up: both caches fill
-  ProviderCounters before = (*provider)->counters();
   BackendCounters device_before = (*net)->backend().counters();
-  std::vector<double> prefill, decode;
-  for (auto _ : state) {
-    auto [p, d] = RunOnce(**provider, {}, net->get());
-    if (p < 0) state.SkipWithError("forward failed");
-    prefill.push_back(p);
-    decode.push_back(d);
-  }
-  Report(state, prefill, decode, **provider, before);
+  Measure(state, "gpu/" + std::to_string(state.range(0)) + "/" + std::to_string(state.range(1)), **provider, {},
+          net->get());
   BackendCounters n = (*net)->backend().counters();
-  const double tokens = static_cast<double>(state.iterations() * (kPromptTokens + kDecodeTokens));
+  const double tokens = static_cast<double>(state.iterations() * (kPromptTokens + g_decode_tokens));
   state.counters["gpu_uploads_per_token"] = static_cast<double>(n.device_uploads - device_before.device_uploads) / tokens;
   state.counters["cpu_experts_per_token"] = static_cast<double>(n.cpu_experts - device_before.cpu_experts) / tokens;
 }
@@ -166,14 +233,7 @@ void BM_Naive(benchmark::State& state) {
     state.SkipWithError(provider.status().ToString().c_str());
     return;
   }
-  std::vector<double> prefill, decode;
-  for (auto _ : state) {
-    auto [p, d] = RunOnce(**provider, {});
-    if (p < 0) state.SkipWithError("forward failed");
-    prefill.push_back(p);
-    decode.push_back(d);
-  }
-  Report(state, prefill, decode, **provider, ProviderCounters{});
+  Measure(state, "naive", **provider, {});
 }
 
 // Sums `n` words as fast as loads allow (AVX2 with independent accumulators where the CPU has it): the RAM read
@@ -237,15 +297,22 @@ void BM_MemoryBandwidthBound(benchmark::State& state) {
   state.counters["dense_MiB"] = static_cast<double>(dense_touched) / (1 << 20);
 }
 
+// Every cache size: lru without prefetch; the old default (lru, every guess prefetched); reuse without prefetch;
+// the new default (reuse, confident guesses). All cached: lru alone (nothing to evict or prefetch).
 void CacheArgs(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"cache_pct", "prefetch"});
-  for (int pct : {100, 50, 25}) {
-    for (int prefetch : {0, 1}) b->Args({pct, prefetch});
+  b->ArgNames({"cache_pct", "reuse", "prefetch"});
+  b->Args({100, 0, kPrefetchOff});
+  for (int pct : {50, 25, 10}) {
+    b->Args({pct, 0, kPrefetchOff});
+    b->Args({pct, 0, kPrefetchEveryGuess});
+    b->Args({pct, 1, kPrefetchOff});
+    b->Args({pct, 1, kPrefetchConfident});
   }
 }
 
 BENCHMARK(BM_MemoryBandwidthBound)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Naive)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+BENCHMARK(BM_ReaderNoCache)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
 BENCHMARK(BM_Cached)->Apply(CacheArgs)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
 BENCHMARK(BM_Gpu)
     ->ArgNames({"gpu_cache_pct", "hybrid"})
@@ -259,6 +326,9 @@ BENCHMARK(BM_Gpu)
 
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
+  if (const char* n = std::getenv("EXPERTSTORE_BENCH_DECODE_TOKENS"); n != nullptr && std::atoi(n) > 0) {
+    es::g_decode_tokens = static_cast<size_t>(std::atoi(n));
+  }
   const char* store = std::getenv("EXPERTSTORE_BENCH_STORE");
   const char* model = std::getenv("EXPERTSTORE_BENCH_MODEL");
   std::string path;

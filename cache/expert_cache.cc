@@ -147,7 +147,8 @@ CacheStats ExpertCache::stats() const {
   return stats_;
 }
 
-int32_t ExpertCache::TakeSlotLocked(uint64_t now, bool for_prefetch) {
+int32_t ExpertCache::TakeSlotLocked(uint64_t now, std::optional<PolicyKey> prefetching) {
+  const bool for_prefetch = prefetching.has_value();
   if (!free_slots_.empty()) {
     uint32_t s = free_slots_.back();
     free_slots_.pop_back();
@@ -158,6 +159,7 @@ int32_t ExpertCache::TakeSlotLocked(uint64_t now, bool for_prefetch) {
     return slot.pins == 0 && slot.state == SlotState::kReady && !(for_prefetch && slot.unused_prefetch);
   });
   if (!victim) return kNoSlot;
+  if (prefetching && !policy_->WorthPrefetching(*prefetching, *victim)) return kNoSlot;
   int32_t s = slot_of_key_[*victim];
   Slot& slot = slots_[static_cast<size_t>(s)];
   if (slot.unused_prefetch) ++stats_.wasted_prefetches;
@@ -302,7 +304,7 @@ Status ExpertCache::ClaimMissesLocked(AcquireBatch& batch, const std::vector<uin
       --queued_count_;
       ++stats_.prefetch_dropped;
     }
-    int32_t s = TakeSlotLocked(tick[i], /*for_prefetch=*/false);
+    int32_t s = TakeSlotLocked(tick[i], std::nullopt);
     if (s == kNoSlot) {
       UndoPinsLocked(batch);
       return Status::ResourceExhausted("every one of the cache's " + std::to_string(capacity_slots()) +
@@ -478,7 +480,7 @@ void ExpertCache::PrefetchLoop() {
       queued_[key] = false;
       --queued_count_;
       if (slot_of_key_[key] != kNoSlot) continue;  // became resident after it was queued
-      int32_t s = TakeSlotLocked(now_, /*for_prefetch=*/true);
+      int32_t s = TakeSlotLocked(now_, key);
       if (s == kNoSlot) {
         ++stats_.prefetch_dropped;
         continue;

@@ -149,8 +149,9 @@ class ExpertCache {
   void Release(uint32_t slot);
 
   // Requires mu_. A free slot, or one freed by evicting the policy's victim; -1 when every slot is pinned or in
-  // flight. `for_prefetch` also spares unused prefetched experts.
-  int32_t TakeSlotLocked(uint64_t now, bool for_prefetch);
+  // flight. For a prefetch of `prefetching` it also spares unused prefetched experts, and gives -1 when the
+  // policy holds the victim worth more than the prediction (EvictionPolicy::WorthPrefetching).
+  int32_t TakeSlotLocked(uint64_t now, std::optional<PolicyKey> prefetching);
   // Requires mu_. Releases one pin taken by Acquire; a failed slot with no pins left goes back to the free list.
   void UnpinLocked(uint32_t slot);
   // Reads `slots` (each kLoading for its key) in one batch without the lock, then publishes the results.

@@ -420,9 +420,18 @@ class ReusePolicy final : public EvictionPolicy {
     }
     return best;
   }
+  // A correct prediction is used when its layer next comes; until then the victim must not be needed.
+  bool WorthPrefetching(PolicyKey incoming, PolicyKey victim) const override {
+    return ExpectedNextUse(victim) > Distance(incoming);
+  }
 
  private:
   static constexpr size_t kOut = std::numeric_limits<size_t>::max();
+
+  // Layer steps from the current layer to the key's layer's next visit (1 to L).
+  double Distance(PolicyKey key) const {
+    return static_cast<double>((key / per_layer_ + layers_ - current_ - 1) % layers_ + 1);
+  }
 
   // The key's uses per pass, an exponential moving average over passes (each pass that reached the key's layer
   // without using it multiplies it by keep_, each use adds 1 - keep_). A layer the current pass has not reached
@@ -441,10 +450,8 @@ class ReusePolicy final : public EvictionPolicy {
   }
   // Layer steps until the key's next expected use.
   double ExpectedNextUse(PolicyKey key) const {
-    const uint32_t layer = key / per_layer_;
-    const double distance = static_cast<double>((layer + layers_ - current_ - 1) % layers_ + 1);
     const double p = std::clamp(Probability(key), 1e-6, 1.0);
-    return distance + static_cast<double>(layers_) * (1.0 - p) / p;
+    return Distance(key) + static_cast<double>(layers_) * (1.0 - p) / p;
   }
 
   uint32_t layers_;

@@ -30,6 +30,10 @@ class EvictionPolicy {
   virtual void Erase(PolicyKey key) = 0;
   // The resident key to evict at `now` among those for which evictable(key) is true; nullopt if none is.
   virtual std::optional<PolicyKey> Victim(uint64_t now, const std::function<bool(PolicyKey)>& evictable) = 0;
+  // Whether reading `incoming` ahead (a prediction that it is used soon) is worth evicting `victim`, the key
+  // Victim chose: false when the policy expects the victim to be needed before the incoming key's layer comes.
+  // Default: true (the policy has no such estimate).
+  virtual bool WorthPrefetching(PolicyKey incoming, PolicyKey victim) const { return true; }
 };
 
 // reuse: the layer-cyclic reuse-distance policy. A forward pass visits the layers in order, so an expert of layer

@@ -210,6 +210,7 @@ Result<bench::CacheReplayOptions> CacheReplayFlags(const Args& args) {
   if (auto w = args.Get("trust-weights")) {
     ES_ASSIGN_OR_RETURN(o.trust_weights, ParseTrustWeights(*w));
   }
+  o.reader = args.Has("reader");
   return o;
 }
 
@@ -229,7 +230,14 @@ void PrintCacheJson(const std::string& model, const std::string& source, size_t 
       .Key("policies").BeginObject();
   for (const bench::PolicyReplay& p : r.policies) {
     w.Key(PolicyKindName(p.policy)).BeginObject().Key("hit_rate").Double(p.sim.hit_rate()).Key("hits").Uint(p.sim.hits)
-        .Key("misses").Uint(p.sim.misses).EndObject();
+        .Key("misses").Uint(p.sim.misses);
+    if (p.reader) {
+      w.Key("reader").BeginObject().Key("hit_rate").Double(p.reader->hit_rate()).Key("seconds").Double(p.reader->seconds)
+          .Key("bytes_read").Uint(p.reader->bytes_read).Key("gbps").Double(p.reader->gbps())
+          .Key("accesses_per_second").Double(static_cast<double>(p.reader->hits + p.reader->misses) / p.reader->seconds)
+          .EndObject();
+    }
+    w.EndObject();
   }
   w.EndObject().EndObject();
   PrintJson(w);
@@ -240,11 +248,16 @@ void PrintCacheTable(const std::string& model, const std::string& source, size_t
   std::printf("bench cache: model %s, trace %s (%zu lines, %llu accesses), cache %u of %zu experts (%s)\n",
               model.c_str(), source.c_str(), lines, static_cast<unsigned long long>(r.accesses), r.capacity_experts,
               experts.experts().size(), HumanBytes(r.cache_bytes).c_str());
-  std::printf("  %-8s %9s %12s %12s\n", "policy", "hit rate", "hits", "misses");
+  std::printf("  %-8s %9s %12s %12s%s\n", "policy", "hit rate", "hits", "misses",
+              r.policies.empty() || !r.policies[0].reader ? "" : "   live cache: seconds, read, GB/s");
   for (const bench::PolicyReplay& p : r.policies) {
-    std::printf("  %-8s %8.2f%% %12llu %12llu\n", std::string(PolicyKindName(p.policy)).c_str(),
+    std::printf("  %-8s %8.2f%% %12llu %12llu", std::string(PolicyKindName(p.policy)).c_str(),
                 kPercent * p.sim.hit_rate(), static_cast<unsigned long long>(p.sim.hits),
                 static_cast<unsigned long long>(p.sim.misses));
+    if (p.reader) {
+      std::printf("   %8.2f s %10s %6.2f", p.reader->seconds, HumanBytes(p.reader->bytes_read).c_str(), p.reader->gbps());
+    }
+    std::printf("\n");
   }
 }
 
@@ -275,7 +288,7 @@ Status RunCacheBench(const Args& args) {
     ES_ASSIGN_OR_RETURN(steps, bench::SyntheticTraceFor(experts, tokens, seed));
   }
   if (auto out = args.Get("write-trace")) ES_RETURN_IF_ERROR(WriteTrace(*out, steps));
-  ES_ASSIGN_OR_RETURN(bench::CacheReplayResult result, bench::ReplayCachePolicies(experts, steps, options));
+  ES_ASSIGN_OR_RETURN(bench::CacheReplayResult result, bench::ReplayCachePolicies(experts, steps, options, store.get()));
 
   if (args.global().json) {
     PrintCacheJson(model, source, steps.size(), experts, result);
@@ -307,7 +320,7 @@ void RegisterBenchCommands(std::vector<Command>& commands) {
       "bench",
       "bench swapin --model M [--reads N --batches N --repeat N --k K --scratch-dir D --no-prime --queue-depth Q "
       "--request-kb KB --seed S] | bench cache --model M (--trace T.jsonl | --synthetic [--tokens N --seed S]) "
-      "(--cache-mb N | --cache-pct P) [--policies lru,lfu,trust,reuse,arc,belady --trust-weights r,c,s,z --write-trace OUT]",
+      "(--cache-mb N | --cache-pct P) [--policies lru,lfu,trust,reuse,arc,belady --trust-weights r,c,s,z --write-trace OUT --reader]",
       "benchmarks: cold expert swap-in vs raw device, pread and mmap; policy hit rates on a routing trace",
       {
           {"model", true, "model name"},
@@ -325,6 +338,7 @@ void RegisterBenchCommands(std::vector<Command>& commands) {
           {"synthetic", false, "cache: replay a synthetic trace with temporal locality instead"},
           {"tokens", true, WithDefault("cache: tokens of the synthetic trace", bench::kDefaultSyntheticTokens)},
           {"write-trace", true, "cache: also write the trace replayed to this file"},
+          {"reader", false, "cache: also replay through a live cache reading the store (hit rates tied to time)"},
           {"cache-mb", true, "cache: cache size in MiB"},
           {"cache-pct", true, "cache: cache size as a percentage of the model's experts"},
           {"policies", true, "cache: comma-separated policies (default lru,lfu,trust,reuse,arc,belady)"},

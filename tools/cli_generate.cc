@@ -1,4 +1,5 @@
 // Generation commands: generate, logits, eval, trace, tokenize, detokenize, demo.
+#include <chrono>
 #include <unistd.h>
 
 #include <algorithm>
@@ -111,7 +112,10 @@ Result<std::string> PromptFromArgs(const Args& args) {
 Status RunGenerate(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string model_name, args.Require("model"));
   ES_ASSIGN_OR_RETURN(std::string prompt, PromptFromArgs(args));
+  const auto open_start = std::chrono::steady_clock::now();
   ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model_name, RuntimeOptions{.need_tokenizer = true, .record = true}));
+  // Opening the model: dense weights, tokenizer, the cache's arena.
+  const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - open_start).count();
   ES_ASSIGN_OR_RETURN(DecodeSettings d, DecodeSettingsFromArgs(args, *rt));
   GenerateOptions& o = d.options;
   o.chat = args.Has("chat");
@@ -154,6 +158,9 @@ Status RunGenerate(const Args& args) {
         .Key("temperature").Double(o.sampler.temperature)
         .Key("tokens_per_second").Double(r.decode_tokens_per_second())
         .Key("prefill_tokens_per_second").Double(r.prefill_tokens_per_second())
+        .Key("load_seconds").Double(load_seconds)
+        // The prompt's prefill and first token, after the load unless a warm-up ran in between.
+        .Key("time_to_first_token_seconds").Double(r.prefill_seconds + (args.Has("warmup") ? 0.0 : load_seconds))
         .Key("state").String(rt->state_name())
         .Key("routing").String(rt->routing_name())
         .Key("configuration").String(rt->describe());

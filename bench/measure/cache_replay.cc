@@ -2,6 +2,7 @@
 #include "bench/measure/cache_replay.h"
 
 #include <algorithm>
+#include <chrono>
 #include <string>
 
 #include "cache/cache_size.h"
@@ -27,8 +28,37 @@ Result<std::vector<TraceStep>> SyntheticTraceFor(const ModelExperts& experts, ui
   return MakeSyntheticTrace(o);
 }
 
+// One Acquire per step (the experts the catalog has), handles released before the next, as the simulator counts.
+Result<ReaderReplay> ReplayWithReader(Store& store, const ModelExperts& experts, std::span<const TraceStep> steps,
+                                      uint64_t cache_bytes, PolicyKind policy, const TrustWeights& weights) {
+  ExpertCacheOptions o;
+  o.capacity_bytes = cache_bytes;
+  o.policy = policy;
+  o.trust_weights = weights;
+  ES_ASSIGN_OR_RETURN(auto cache, ExpertCache::Open(store, experts.model().name, o));
+  std::vector<ExpertRef> refs;
+  const auto start = std::chrono::steady_clock::now();
+  for (const TraceStep& step : steps) {
+    refs.clear();
+    for (uint32_t e : step.experts) {
+      const std::optional<PolicyKey> key = experts.keys().Key({step.layer, e});
+      if (key && experts.Find(*key) != nullptr) refs.push_back({step.layer, e});
+    }
+    if (refs.empty()) continue;
+    ES_ASSIGN_OR_RETURN(std::vector<ExpertHandle> handles, cache->Acquire(refs));
+  }
+  ReaderReplay r;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const CacheStats s = cache->stats();
+  r.hits = s.hits;
+  r.misses = s.misses;
+  r.bytes_read = s.bytes_read;
+  return r;
+}
+
 Result<CacheReplayResult> ReplayCachePolicies(const ModelExperts& experts, std::span<const TraceStep> steps,
-                                              const CacheReplayOptions& options) {
+                                              const CacheReplayOptions& options, Store* store) {
+  if (options.reader && store == nullptr) return Status::InvalidArgument("`reader` replays need the store");
   const CacheSize& size = options.cache;
   ES_RETURN_IF_ERROR(ValidateCacheSize(size, "cache", /*required=*/true));
   if (options.policies.empty()) return Status::InvalidArgument("`policies` must name at least one policy");
@@ -51,7 +81,12 @@ Result<CacheReplayResult> ReplayCachePolicies(const ModelExperts& experts, std::
   for (PolicyKind kind : options.policies) {
     config.kind = kind;
     ES_ASSIGN_OR_RETURN(SimResult sim, SimulatePolicy(trace, out.capacity_experts, config));
-    out.policies.push_back(PolicyReplay{kind, sim});
+    PolicyReplay replay{kind, sim, std::nullopt};
+    if (options.reader && kind != PolicyKind::kBelady) {
+      ES_ASSIGN_OR_RETURN(replay.reader, ReplayWithReader(*store, experts, steps, out.cache_bytes, kind,
+                                                          options.trust_weights));
+    }
+    out.policies.push_back(std::move(replay));
   }
   return out;
 }

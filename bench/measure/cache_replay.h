@@ -1,10 +1,12 @@
 // `bench cache`'s measurement: the hit rate of each eviction policy, and of belady (the ceiling for any policy),
-// on one routing trace at one cache size, through the offline simulator. Pure computation over the model's
-// catalog records: no I/O, deterministic for a given trace.
+// on one routing trace at one cache size, through the offline simulator (pure computation over the model's
+// catalog records: no I/O, deterministic for a given trace); and, on request, the same trace through a live
+// ExpertCache with the store's reader, which ties each policy's hit rate to the time its misses take.
 #pragma once
 
 #include <cstdint>
 #include <iterator>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -14,6 +16,7 @@
 #include "cache/simulator.h"
 #include "cache/trace.h"
 #include "store/base/status.h"
+#include "store/store.h"
 
 namespace es::bench {
 
@@ -29,11 +32,25 @@ struct CacheReplayOptions {
   // Replayed in this order; at least one.
   std::vector<PolicyKind> policies{std::begin(kAllPolicyKinds), std::end(kAllPolicyKinds)};
   TrustWeights trust_weights = {};
+  // Also replay the trace through a live ExpertCache of the same size (no prefetch) reading the store; needs
+  // ReplayCachePolicies' `store`.
+  bool reader = false;
+};
+
+// A replay through the live cache (ReplayWithReader).
+struct ReaderReplay {
+  uint64_t hits = 0;
+  uint64_t misses = 0;
+  uint64_t bytes_read = 0;
+  double seconds = 0;  // wall time of every Acquire (reads and verification included)
+  double hit_rate() const { return hits + misses ? static_cast<double>(hits) / static_cast<double>(hits + misses) : 0; }
+  double gbps() const { return seconds > 0 ? static_cast<double>(bytes_read) / seconds / 1e9 : 0; }
 };
 
 struct PolicyReplay {
   PolicyKind policy = PolicyKind::kLru;
   SimResult sim;
+  std::optional<ReaderReplay> reader;  // with CacheReplayOptions::reader, for every policy but belady
 };
 
 struct CacheReplayResult {
@@ -49,9 +66,10 @@ struct CacheReplayResult {
 Result<std::vector<TraceStep>> SyntheticTraceFor(const ModelExperts& experts, uint32_t tokens, uint64_t seed);
 
 // Replays `steps` (each one Acquire batch) through every policy of `options`. InvalidArgument for a bad size
-// (`cache_mb`, `cache_pct`), no policies, or steps outside the model; ResourceExhausted when one step needs more
-// distinct experts than the cache has slots.
+// (`cache_mb`, `cache_pct`), no policies, steps outside the model, or `reader` without a store; ResourceExhausted
+// when one step needs more distinct experts than the cache has slots. With `reader`, each online policy's replay
+// through the live cache counts the simulator's hits and misses (they run one procedure; a test checks it).
 Result<CacheReplayResult> ReplayCachePolicies(const ModelExperts& experts, std::span<const TraceStep> steps,
-                                              const CacheReplayOptions& options);
+                                              const CacheReplayOptions& options, Store* store = nullptr);
 
 }  // namespace es::bench

@@ -80,6 +80,37 @@ TEST_F(CacheReplayTest, HitRatesAreTheSimulatorsOnTheSameTrace) {
   }
 }
 
+// The live cache (the store's reader, no prefetch) makes the simulator's decisions: same hits and misses for every
+// online policy, every miss one record read; belady, which needs the future, has no live replay. One expert per
+// line: within a line the cache touches its hits before its misses come in, where the simulator goes in trace
+// order, which can move a few hits either way.
+TEST_F(CacheReplayTest, TheLiveCacheCountsWhatTheSimulatorCounts) {
+  auto lines = SyntheticTraceFor(*experts_, kTokens, kSeed);
+  ASSERT_TRUE(lines.ok());
+  std::vector<TraceStep> singles;
+  for (const TraceStep& s : *lines) {
+    for (uint32_t e : s.experts) singles.push_back({s.token, s.layer, {e}, {}});
+  }
+  const std::vector<TraceStep>* steps = &singles;
+  CacheReplayOptions options;
+  options.cache.pct = 25;
+  options.reader = true;
+  EXPECT_TRUE(ReplayCachePolicies(*experts_, *steps, options).status().IsInvalidArgument());  // no store
+  auto r = ReplayCachePolicies(*experts_, *steps, options, store_.get());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  for (const PolicyReplay& p : r->policies) {
+    if (p.policy == PolicyKind::kBelady) {
+      EXPECT_FALSE(p.reader.has_value());
+      continue;
+    }
+    ASSERT_TRUE(p.reader.has_value()) << PolicyKindName(p.policy);
+    EXPECT_EQ(p.reader->hits, p.sim.hits) << PolicyKindName(p.policy);
+    EXPECT_EQ(p.reader->misses, p.sim.misses) << PolicyKindName(p.policy);
+    EXPECT_EQ(p.reader->bytes_read, p.sim.misses * experts_->max_record_bytes()) << PolicyKindName(p.policy);
+    EXPECT_GT(p.reader->seconds, 0);
+  }
+}
+
 TEST_F(CacheReplayTest, ReplaysTheGivenPoliciesInOrderWithTheGivenWeights) {
   auto steps = SyntheticTraceFor(*experts_, kTokens, kSeed);
   ASSERT_TRUE(steps.ok());

@@ -282,6 +282,26 @@ TEST(PolicyTest, ReusePrefersTheFrequentlyUsedKey) {
   EXPECT_TRUE(MakePolicy({.kind = PolicyKind::kReuse, .num_keys = 8, .reuse_half_life = 0}).status().IsInvalidArgument());
 }
 
+// A prefetch may evict a key only when the key is not expected back before the prediction's layer comes: the
+// key of the layer right after the current one, used on every pass, is worth more than a prediction two layers on;
+// a key used once long ago is not. lru has no estimate and always says yes.
+TEST(PolicyTest, ReuseWeighsAPrefetchAgainstItsVictim) {
+  PolicyConfig c{.kind = PolicyKind::kReuse, .num_keys = 8, .capacity = 4, .layers = 4};
+  auto p = Make(c);
+  uint64_t now = 0;
+  // Keys (layer = key / 2): 0 (layer 0) on one early pass; 2 (layer 1) on every pass; passes end at layer 0.
+  for (int pass = 0; pass < 20; ++pass) {
+    if (pass == 0) p->Insert(0, now), p->Touch(0, now++);
+    p->Insert(2, now), p->Touch(2, now++);
+    p->Insert(6, now), p->Touch(6, now++);
+  }
+  p->Insert(1, now), p->Touch(1, now++);  // a new pass, now at layer 0
+  EXPECT_FALSE(p->WorthPrefetching(/*incoming=*/4, /*victim=*/2));  // layer 2 comes after layer 1
+  EXPECT_TRUE(p->WorthPrefetching(/*incoming=*/4, /*victim=*/0));   // used once, a pass or more away
+  auto lru = Make({.kind = PolicyKind::kLru, .num_keys = 8, .capacity = 4});
+  EXPECT_TRUE(lru->WorthPrefetching(4, 2));
+}
+
 // ARC keeps a twice-used set through a one-time scan longer than the cache, which flushes it out of LRU.
 TEST(PolicyTest, ArcResistsAScan) {
   std::vector<PolicyKey> seq;
