@@ -26,6 +26,7 @@
 #include <random>
 
 #include "cache/model_experts.h"
+#include "cache/states.h"
 #include "compute/runtime/backend_choice.h"
 #include "compute/runtime/model_runtime.h"
 #include "compute/cache_provider.h"
@@ -56,7 +57,8 @@ std::vector<int32_t> Prompt() {
 
 struct RunTimes {
   double prefill = -1;  // seconds, prompt and first logits (time to first token)
-  double decode = -1;   // seconds, g_decode_tokens steps
+  double decode = -1;   // seconds, `decode_tokens` steps
+  size_t decode_tokens = 0;  // g_decode_tokens, fewer where the model's context ends first
   uint64_t decode_bytes_read = 0;
 };
 
@@ -83,21 +85,18 @@ RunTimes RunOnce(ExpertProvider& experts, const ForwardOptions& fo, Model* net =
   }
   auto t2 = std::chrono::steady_clock::now();
   return {std::chrono::duration<double>(t1 - t0).count(), std::chrono::duration<double>(t2 - t1).count(),
-          experts.counters().bytes_read - bytes_before};
+          decode_tokens, experts.counters().bytes_read - bytes_before};
 }
 
-// Runs the timed repetitions and reports them.
-// `row` names the benchmark row (its repetitions run different prompts).
+// Runs the timed repetitions and reports them. `row` names the benchmark row (its repetitions run different
+// prompts).
 void Measure(benchmark::State& state, const std::string& row, ExpertProvider& experts, const ForwardOptions& fo,
-             Model* net = nullptr);
-
-void Measure(benchmark::State& state, const std::string& row, ExpertProvider& experts, const ForwardOptions& fo,
-             Model* net) {
+             Model* net = nullptr) {
   // Every row times the same prompts (the warm-ups ran others), and each repetition of a row new ones.
   static std::map<std::string, uint64_t> repetitions;
   g_prompt_seed = 1000 + 1000 * repetitions[row]++;
   const ProviderCounters before = experts.counters();
-  std::vector<double> prefill, decode;
+  std::vector<double> prefill, decode;  // seconds: per prompt (with its first logits), per decoded token
   uint64_t decode_bytes = 0, decode_tokens = 0;
   for (auto _ : state) {
     RunTimes r = RunOnce(experts, fo, net);
@@ -106,16 +105,16 @@ void Measure(benchmark::State& state, const std::string& row, ExpertProvider& ex
       return;
     }
     prefill.push_back(r.prefill);
-    decode.push_back(r.decode);
+    decode.push_back(r.decode / static_cast<double>(std::max<size_t>(1, r.decode_tokens)));
     decode_bytes += r.decode_bytes_read;
-    decode_tokens += g_decode_tokens;
+    decode_tokens += r.decode_tokens;
   }
   std::sort(prefill.begin(), prefill.end());
   std::sort(decode.begin(), decode.end());
   const double pm = prefill[prefill.size() / 2], dm = decode[decode.size() / 2];
   state.counters["prefill_tok_s"] = static_cast<double>(kPromptTokens) / pm;
   state.counters["ttft_ms"] = pm * 1e3;
-  state.counters["decode_tok_s"] = static_cast<double>(g_decode_tokens) / dm;
+  state.counters["decode_tok_s"] = 1.0 / dm;
   ProviderCounters c = experts.counters();
   c.hits -= before.hits;
   c.misses -= before.misses;
@@ -139,8 +138,9 @@ void BM_Cached(benchmark::State& state) {
     return;
   }
   const ModelConfig& c = g_net->config();
-  const uint64_t slots = std::max<uint64_t>(3 * c.top_k, experts->experts().size() * static_cast<uint64_t>(state.range(0)) / 100);
   const auto prefetch = static_cast<PrefetchArg>(state.range(2));
+  const uint64_t slots = std::max<uint64_t>(CacheFloorSlots(/*prefetch_depth=*/1, c.top_k),
+                                            experts->experts().size() * static_cast<uint64_t>(state.range(0)) / 100);
   ExpertCacheOptions o;
   o.capacity_bytes = slots * experts->max_record_bytes();
   o.policy = state.range(1) == 0 ? PolicyKind::kLru : PolicyKind::kReuse;
@@ -152,9 +152,7 @@ void BM_Cached(benchmark::State& state) {
   }
   ForwardOptions fo;
   fo.prefetch_depth = prefetch == kPrefetchOff ? 0 : 1;
-  fo.prefetch_min_prob = prefetch == kPrefetchConfident
-                             ? static_cast<float>(kPrefetchMinProbOverChance / static_cast<double>(c.num_experts))
-                             : 0.0f;
+  fo.prefetch_min_prob = prefetch == kPrefetchConfident ? static_cast<float>(DefaultPrefetchMinProb(c.num_experts)) : 0.0f;
   PrefetchAccuracy acc;
   fo.prefetch_accuracy = &acc;
   RunOnce(**provider, fo);  // warm-up (a prompt of its own): the cache fills as it would over a conversation

@@ -68,7 +68,8 @@ Result<std::vector<TraceStep>> SyntheticTraceFor(const ModelExperts& experts, ui
 // Replays `steps` (each one Acquire batch) through every policy of `options`. InvalidArgument for a bad size
 // (`cache_mb`, `cache_pct`), no policies, steps outside the model, or `reader` without a store; ResourceExhausted
 // when one step needs more distinct experts than the cache has slots. With `reader`, each online policy's replay
-// through the live cache counts the simulator's hits and misses (they run one procedure; a test checks it).
+// through the live cache counts the simulator's hits and misses on steps of one expert (a test checks it); on
+// longer steps the cache touches a step's hits before its misses come in, which can move a few hits.
 Result<CacheReplayResult> ReplayCachePolicies(const ModelExperts& experts, std::span<const TraceStep> steps,
                                               const CacheReplayOptions& options, Store* store = nullptr);
 

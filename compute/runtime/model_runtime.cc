@@ -291,8 +291,8 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
   }
   rt->forward_.top_k = budget.experts_per_token;
   rt->forward_.prefetch_depth = budget.prefetch_depth;
-  rt->forward_.prefetch_min_prob = static_cast<float>(c.prefetch_min_prob.value_or(
-      kPrefetchMinProbOverChance / static_cast<double>(std::max<uint32_t>(1, config.num_experts))));
+  rt->forward_.prefetch_min_prob =
+      static_cast<float>(c.prefetch_min_prob.value_or(DefaultPrefetchMinProb(config.num_experts)));
   rt->forward_.prefetch_accuracy = rt->accuracy_.get();
   if (routing == RoutingKind::kCacheAware) {
     ExpertCache* cache = &provider->cache();

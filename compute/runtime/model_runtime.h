@@ -29,6 +29,10 @@ namespace es {
 // routers barely prefer any expert (random weights) it prefetches almost nothing, since those guesses are
 // mostly wasted reads.
 inline constexpr double kPrefetchMinProbOverChance = 2.0;
+// That default for a model with `num_experts` experts per layer.
+inline double DefaultPrefetchMinProb(uint32_t num_experts) {
+  return kPrefetchMinProbOverChance / static_cast<double>(num_experts == 0 ? 1 : num_experts);
+}
 
 // How a model runs: the generation flags (--state, --cache-mb, --policy, --routing, ...) as values. Unset
 // optionals take the state's preset.
