@@ -8,7 +8,6 @@
 #include <unicode/uchar.h>
 #include <unicode/utf8.h>
 
-#include <cstring>
 
 namespace es::unicode {
 namespace {
@@ -55,15 +54,7 @@ size_t AppendUtf8Lossy(std::string_view bytes, bool final, std::string& out) {
   size_t run_start = 0;  // start of the pending run of valid bytes, appended in one go
   while (i < n) {
     if (p[i] < kAsciiLimit) {
-      ++i;
-      // Skip the rest of an ASCII run eight bytes at a time.
-      constexpr uint64_t kHighBits = 0x8080808080808080ull;
-      while (i + sizeof(uint64_t) <= n) {
-        uint64_t word;
-        std::memcpy(&word, p + i, sizeof(word));
-        if (word & kHighBits) break;
-        i += sizeof(word);
-      }
+      i = SkipAsciiWords(p, i + 1, n);  // the rest of the ASCII run
       continue;
     }
     unsigned char lo, hi;

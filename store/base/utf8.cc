@@ -1,7 +1,6 @@
 #include "store/base/utf8.h"
 
 #include <cstdint>
-#include <cstring>
 
 namespace es {
 
@@ -29,14 +28,7 @@ bool IsValidUtf8(std::string_view text) {
   const size_t n = text.size();
   size_t i = 0;
   while (i < n) {
-    // ASCII runs dominate real text: skip them eight bytes at a time.
-    constexpr uint64_t kHighBits = 0x8080808080808080ull;
-    while (i + sizeof(uint64_t) <= n) {
-      uint64_t word;
-      std::memcpy(&word, p + i, sizeof(word));
-      if (word & kHighBits) break;
-      i += sizeof(word);
-    }
+    i = SkipAsciiWords(p, i, n);
     if (i >= n) break;
     unsigned char lo, hi;
     const size_t len = Utf8Lead(p[i], lo, hi);
