@@ -56,6 +56,8 @@ TEST(CliErrorsTest, ModelDependentLimitsNameTheFlags) {
   ExpectError("generate --model tiny --prompt x --no-record --cache-mb 0" + store, 2, "--cache-mb must be between 1");
   ExpectError("bench cache --model tiny --synthetic" + store, 2, "give one of --cache-mb and --cache-pct");
   ExpectError("bench cache --model tiny --synthetic --cache-pct 0" + store, 2, "--cache-pct must be in (0, 100]");
+  ExpectError("generate --model tiny --prompt x --no-record --prefetch-min-prob 1.5" + store, 2,
+              "--prefetch-min-prob must be in [0, 1]");
 }
 
 }  // namespace
