@@ -1,5 +1,6 @@
 // The block-format fixtures of tests/ingest/gguf_fixtures/blocks (made by make_fixtures.sh with llama.cpp's own
-// quantizer and gguf-py): for each format, rows as llama.cpp stored them and as gguf-py decodes them.
+// quantizer, gguf-py and ggml's own decoder): for each format, rows as llama.cpp stored them and as gguf-py and
+// ggml decode them.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -22,13 +23,14 @@ inline std::vector<float> Floats(const std::string& bytes) {
   return out;
 }
 
-// One format of tests/ingest/gguf_fixtures/blocks: the rows llama.cpp quantized, as stored and as gguf-py decodes
-// them, and the error gguf-py measured against the original rows.
+// One format of tests/ingest/gguf_fixtures/blocks: the rows llama.cpp quantized, as stored, as gguf-py decodes them
+// and as ggml's to_float does, and the error gguf-py measured against the original rows.
 struct BlockFormat {
   std::string name;
   GgmlType type = GgmlType::kF32;
   std::string blocks;
-  std::vector<float> decoded;
+  std::vector<float> decoded;       // gguf-py's values
+  std::vector<float> ggml_decoded;  // ggml's values (libggml-base's to_float)
   size_t row_bytes = 0;
   double rmse = 0;
 };
@@ -54,6 +56,7 @@ inline void LoadBlockFixtures(BlockFixtures* f) {
     b.type = *type;
     b.blocks = ReadText(dir + "/" + b.name + ".blocks");
     b.decoded = Floats(ReadText(dir + "/" + b.name + ".f32"));
+    b.ggml_decoded = Floats(ReadText(dir + "/" + b.name + ".ggml.f32"));
     b.row_bytes = *entry.Find("row_bytes")->AsUint64();
     b.rmse = *entry.Find("rmse")->AsDouble();
     f->formats.push_back(std::move(b));

@@ -1,6 +1,6 @@
-// The scalar block decoder against llama.cpp: rows that llama.cpp quantized, decoded here and by gguf-py
-// (tests/ingest/gguf_fixtures/blocks), must agree bit for bit; and each decoded row must be as close to the
-// original weights as ggml's own decoding is.
+// The scalar block decoder against llama.cpp: rows that llama.cpp quantized, decoded here, by gguf-py and by
+// ggml's own to_float (tests/ingest/gguf_fixtures/blocks), must agree bit for bit; and each decoded row must be
+// as close to the original weights as ggml's own decoding is.
 #include "compute/kernels/ggml_blocks.h"
 
 #include "compute/kernels/cpu_kernels.h"
@@ -38,6 +38,8 @@ TEST(GgmlBlocksTest, DecodesLlamaCppRowsBitForBit) {
     const GgmlType type = format.type;
     const std::string& blocks = format.blocks;
     const std::vector<float>& expected = format.decoded;
+    const std::vector<float>& ggml_expected = format.ggml_decoded;
+    ASSERT_EQ(ggml_expected.size(), rows * row_elements);
     const size_t row_bytes = format.row_bytes;
     ASSERT_EQ(*GgmlRowBytes(type, row_elements), row_bytes);
     ASSERT_EQ(blocks.size(), rows * row_bytes);
@@ -46,16 +48,19 @@ TEST(GgmlBlocksTest, DecodesLlamaCppRowsBitForBit) {
       const auto row = std::as_bytes(std::span(blocks)).subspan(r * row_bytes, row_bytes);
       ASSERT_TRUE(DequantizeGgmlRow(type, row, std::span(decoded).subspan(r * row_elements, row_elements)).ok());
     }
-    size_t mismatches = 0;
+    size_t mismatches = 0, ggml_mismatches = 0;
     double squared_error = 0;
     for (size_t i = 0; i < decoded.size(); ++i) {
-      uint32_t a, b;
+      uint32_t a, b, g;
       std::memcpy(&a, &decoded[i], 4);
       std::memcpy(&b, &expected[i], 4);
+      std::memcpy(&g, &ggml_expected[i], 4);
       if (a != b) ++mismatches;
+      if (a != g) ++ggml_mismatches;
       squared_error += (decoded[i] - original[i]) * static_cast<double>(decoded[i] - original[i]);
     }
     EXPECT_EQ(mismatches, 0u);
+    EXPECT_EQ(ggml_mismatches, 0u);
     // The quantization error is the one gguf-py measured on the same rows (it sums in float32, hence the slack).
     const double rmse = std::sqrt(squared_error / static_cast<double>(decoded.size()));
     EXPECT_NEAR(rmse, format.rmse, format.rmse * 1e-3);

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
-"""Writes the fixtures from GGUF files llama.cpp quantized. In OUT_DIR/blocks, for each file: three rows of expert 1
-of blk.0.ffn_gate_exps.weight as stored (TYPE.blocks) and as gguf-py dequantizes them (TYPE.f32, little-endian
-float32), the same rows of the F32 original (original.f32), and manifest.json describing them. In OUT_DIR,
+"""Writes the fixtures from GGUF files llama.cpp quantized. In OUT_DIR/blocks, for each file: sixteen rows of expert
+1 of blk.0.ffn_gate_exps.weight as stored (TYPE.blocks) and as gguf-py dequantizes them (TYPE.f32, little-endian
+float32), the same rows of the F32 original (original.f32), and manifest.json describing them (make_fixtures.sh
+adds ggml's own decoding of the same rows, TYPE.ggml.f32). In OUT_DIR,
 header.json: what gguf-py reads from the header of one whole file (tensor names, types, dimensions, offsets, keys).
 Usage: GGUF_PY=... extract.py OUT_DIR F32.gguf WHOLE.gguf QUANTIZED.gguf..."""
 import json, os, sys
@@ -10,7 +11,7 @@ import numpy as np
 import gguf
 from gguf.quants import dequantize
 
-TENSOR, EXPERT, ROWS = "blk.0.ffn_gate_exps.weight", 1, [0, 1, 255]
+TENSOR, EXPERT, ROWS = "blk.0.ffn_gate_exps.weight", 1, list(range(15)) + [255]
 root, f32_path, whole_path, files = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 out = os.path.join(root, "blocks")
 os.makedirs(out, exist_ok=True)

@@ -4,8 +4,9 @@
 # Qwen3-MoE of 256-wide rows (so that K-quant blocks apply) with random weights, converted to F32 GGUF, then
 # quantized by llama_model_quantize to each block format. Keeps one whole file (small-Q4_K_M.gguf) and the same file
 # split in two by gguf-py's writer (small-Q4_K_M-0000i-of-00002.gguf, split.py), header.json
-# (what gguf-py reads from it), and blocks/: three rows of one expert per format, as stored and as gguf-py
-# dequantizes them. And the header of the tiny model's BF16 GGUF (tiny-qwen3-moe-bf16.gguf-header, the bytes before
+# (what gguf-py reads from it), and blocks/: sixteen rows of one expert per format, as stored, as gguf-py
+# dequantizes them (TYPE.f32) and as ggml itself does (TYPE.ggml.f32: the type's to_float in libggml-base, through
+# ggml_to_float.c). And the header of the tiny model's BF16 GGUF (tiny-qwen3-moe-bf16.gguf-header, the bytes before
 # its data section; the whole file's size and checksum in tiny-qwen3-moe.json).
 # Usage: make_fixtures.sh EXPERTSTORE SHARED_DIR
 set -euo pipefail
@@ -22,6 +23,15 @@ types=(Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K_M Q5_K_M Q6_K IQ4_NL IQ4_XS F16 BF16)
 for t in "${types[@]}"; do /usr/bin/python3 "$work/quantize.py" "$work/small-f32.gguf" "$work/small-$t.gguf" "$t" >/dev/null 2>&1; done
 /usr/bin/python3 "$here/extract.py" "$here" "$work/small-f32.gguf" "$work/small-Q4_K_M.gguf" \
   $(for t in "${types[@]}"; do echo "$work/small-$t.gguf"; done)
+cc -O2 -o "$work/ggml_to_float" "$here/ggml_to_float.c" -I"$GGUF_PY/../ggml/include" -L"$LLAMA_LIB_DIR" -lggml-base \
+  -Wl,-rpath,"$LLAMA_LIB_DIR"
+cols=$(/usr/bin/python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['row_elements'])" "$here/blocks/manifest.json")
+for t in $(/usr/bin/python3 -c "import json, sys; print(' '.join(e['type'] for e in json.load(open(sys.argv[1]))['types']))" \
+    "$here/blocks/manifest.json"); do
+  "$work/ggml_to_float" "$t" "$cols" "$here/blocks/$t.blocks" "$here/blocks/$t.ggml.f32"
+  cmp -s "$here/blocks/$t.f32" "$here/blocks/$t.ggml.f32" && echo "$t: gguf-py and ggml decode alike" \
+    || echo "$t: gguf-py and ggml decode differently"
+done
 cp "$work/small-Q4_K_M.gguf" "$here/"
 /usr/bin/python3 "$here/split.py" "$here/small-Q4_K_M.gguf" "$here/small-Q4_K_M" 8
 root=$(cd "$here/../../.." && pwd)
