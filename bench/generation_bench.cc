@@ -165,6 +165,11 @@ void BM_Cached(benchmark::State& state) {
   state.counters["prefetch_precision"] = acc.precision();
   state.counters["prefetch_recall"] = acc.recall();
   state.counters["wasted_prefetches"] = static_cast<double>(after.wasted_prefetches - before.wasted_prefetches);
+  state.counters["prefetch_reads"] = static_cast<double>(after.prefetch_issued - before.prefetch_issued);
+  state.counters["prefetch_throttled"] = static_cast<double>(after.prefetch_throttled - before.prefetch_throttled);
+  const uint64_t guesses = after.prefetch_guesses - before.prefetch_guesses;
+  state.counters["guess_accuracy"] =
+      guesses ? static_cast<double>(after.prefetch_guesses_right - before.prefetch_guesses_right) / static_cast<double>(guesses) : 0;
 }
 
 // The fair baseline: the cache's reader and registered slots, but only enough of them for one layer's experts

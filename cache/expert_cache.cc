@@ -96,6 +96,9 @@ Result<std::unique_ptr<ExpertCache>> ExpertCache::Open(Store& store, const std::
     cache->prefetch_cap_bytes_ = std::max(options.prefetch_bytes_in_flight, slot_bytes);
     cache->prefetch_queue_limit_ =
         options.prefetch_queue_limit != 0 ? options.prefetch_queue_limit : slots;
+    cache->prefetch_min_accuracy_ = options.prefetch_min_accuracy;
+    cache->guesses_.resize(e.keys().layers);
+    cache->guessed_.assign(e.keys().num_keys(), false);
     ES_ASSIGN_OR_RETURN(cache->prefetcher_, StartThread([c = cache.get()] { c->PrefetchLoop(); }, "the prefetcher"));
   }
   return cache;
@@ -154,20 +157,68 @@ int32_t ExpertCache::TakeSlotLocked(uint64_t now, std::optional<PolicyKey> prefe
     free_slots_.pop_back();
     return static_cast<int32_t>(s);
   }
+  // A prefetch its layer did not use goes before anything the policy ranks.
+  std::erase_if(demoted_slots_, [&](uint32_t d) { return !slots_[d].demoted; });  // used since, or evicted
+  for (size_t i = demoted_slots_.size(); i > 0; --i) {
+    const uint32_t d = demoted_slots_[i - 1];
+    if (slots_[d].pins != 0 || slots_[d].state != SlotState::kReady) continue;  // being read or used
+    demoted_slots_.erase(demoted_slots_.begin() + static_cast<ptrdiff_t>(i - 1));
+    return EvictLocked(static_cast<int32_t>(d));
+  }
   auto victim = policy_->Victim(now, [&](PolicyKey k) {
     const Slot& slot = slots_[static_cast<size_t>(slot_of_key_[k])];
     return slot.pins == 0 && slot.state == SlotState::kReady && !(for_prefetch && slot.unused_prefetch);
   });
   if (!victim) return kNoSlot;
   if (prefetching && !policy_->WorthPrefetching(*prefetching, *victim)) return kNoSlot;
-  int32_t s = slot_of_key_[*victim];
+  return EvictLocked(slot_of_key_[*victim]);
+}
+
+int32_t ExpertCache::EvictLocked(int32_t s) {
   Slot& slot = slots_[static_cast<size_t>(s)];
   if (slot.unused_prefetch) ++stats_.wasted_prefetches;
-  policy_->Erase(*victim);
-  slot_of_key_[*victim] = kNoSlot;
+  policy_->Erase(slot.key);
+  slot_of_key_[slot.key] = kNoSlot;
   slot = Slot{};
   ++stats_.evictions;
   return s;
+}
+
+void ExpertCache::ScoreGuessesLocked(const AcquireBatch& batch) {
+  constexpr double kWeight = 1.0 / 32;  // the moving average's weight of one guess
+  for (int64_t k : batch.key_of) {
+    if (k == kSkipped) continue;
+    std::vector<PolicyKey>& guesses = guesses_[experts_.keys().Ref(static_cast<PolicyKey>(k)).layer];
+    if (guesses.empty()) continue;
+    for (PolicyKey g : guesses) {
+      guessed_[g] = false;
+      const bool used = std::find(batch.key_of.begin(), batch.key_of.end(), static_cast<int64_t>(g)) !=
+                        batch.key_of.end();
+      ++stats_.prefetch_guesses;
+      stats_.prefetch_guesses_right += used;
+      guess_accuracy_ += kWeight * ((used ? 1.0 : 0.0) - guess_accuracy_);
+      if (used) continue;
+      if (queued_[g]) {  // its layer has come: reading it now would serve only a later pass, if any
+        queued_[g] = false;
+        --queued_count_;
+        ++stats_.prefetch_dropped;
+        continue;
+      }
+      const int32_t s = slot_of_key_[g];
+      if (s == kNoSlot) continue;
+      Slot& slot = slots_[static_cast<size_t>(s)];
+      if (!slot.unused_prefetch || slot.demoted) continue;
+      slot.demoted = true;
+      demoted_slots_.push_back(static_cast<uint32_t>(s));
+      ++stats_.prefetch_unused;
+    }
+    guesses.clear();
+  }
+}
+
+double ExpertCache::prefetch_guess_accuracy() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return guess_accuracy_;
 }
 
 void ExpertCache::UnpinLocked(uint32_t s) {
@@ -252,6 +303,7 @@ Status ExpertCache::PinBatchLocked(AcquireBatch& batch) {
   for (size_t i = 0; i < n; ++i) {
     if (batch.key_of[i] != kSkipped) tick[i] = now_++;
   }
+  if (prefetch_enabled_) ScoreGuessesLocked(batch);
   CacheStats delta;  // committed to stats_ only if the batch is admitted
   PinPresentLocked(batch, tick, delta);
   ES_RETURN_IF_ERROR(ClaimMissesLocked(batch, tick, delta));
@@ -285,6 +337,7 @@ void ExpertCache::PinPresentLocked(AcquireBatch& batch, const std::vector<uint64
       if (!ready) ++delta.prefetch_late;
       slot.unused_prefetch = false;
     }
+    slot.demoted = false;
   }
 }
 
@@ -405,6 +458,14 @@ void ExpertCache::Prefetch(std::span<const ExpertRef> refs) {
     for (const ExpertRef& ref : refs) {
       auto key = experts_.keys().Key(ref);
       if (!key || experts_.Find(*key) == nullptr || slot_of_key_[*key] != kNoSlot || queued_[*key]) continue;
+      if (!guessed_[*key]) {
+        guessed_[*key] = true;
+        guesses_[ref.layer].push_back(*key);
+      }
+      if (guess_accuracy_ < prefetch_min_accuracy_) {
+        ++stats_.prefetch_throttled;
+        continue;
+      }
       queued_[*key] = true;
       ++queued_count_;
       prefetch_queue_.push_back(*key);

@@ -27,6 +27,10 @@
 
 namespace es {
 
+// A prefetch read that turns out right saves about one demand read; a wrong one costs about one (device time a
+// demand read may queue behind, its verification, the slot it took): reads pay while more than half are right.
+inline constexpr double kDefaultPrefetchMinAccuracy = 0.5;
+
 struct ExpertCacheOptions {
   // Rounded down to whole slots of the model's largest expert record, at least one, at most one per expert.
   uint64_t capacity_bytes = 0;
@@ -38,6 +42,10 @@ struct ExpertCacheOptions {
   uint64_t prefetch_bytes_in_flight = 0;
   // Queued predictions beyond this many drop the oldest (stale guesses are worthless); 0: one per slot.
   uint32_t prefetch_queue_limit = 0;
+  // Predictions are read only while the cache's measured guess accuracy (of the predicted experts that were not
+  // resident, the share their layer then used; a moving average over about 32 guesses, read or not) is at least
+  // this: below it a wrong read costs more than a right one saves. 0 reads every prediction.
+  double prefetch_min_accuracy = kDefaultPrefetchMinAccuracy;
   ArenaOptions arena = {};
   // Register the arena with the store's IoEngine (io_uring fixed buffers).
   bool register_buffers = true;
@@ -107,7 +115,13 @@ class ExpertCache {
   // Queues predicted experts for background reads. Returns at once; no-op without a prefetcher. Experts already
   // resident, in flight, queued or absent from the catalog are ignored. Reads are issued in batches no larger
   // than the byte cap, never while a demand read is in flight, and never evict an unused prefetched expert.
+  // Each prediction of a non-resident expert is a guess, scored when the next Acquire of its layer comes: used
+  // or not. A guess still queued then is dropped (its layer has passed), and one that was read but not used is
+  // the first to be evicted. While the guesses' moving accuracy is below `prefetch_min_accuracy`, predictions
+  // are scored but not read.
   void Prefetch(std::span<const ExpertRef> refs);
+  // The moving accuracy of the prefetcher's guesses (1 before any was scored).
+  double prefetch_guess_accuracy() const;
   // Drops queued (not yet issued) predictions: all of them, or those of one layer. Reads in flight complete.
   void CancelPrefetch();
   void CancelPrefetch(uint32_t layer);
@@ -139,6 +153,7 @@ class ExpertCache {
     PolicyKey key = 0;
     uint32_t pins = 0;
     bool unused_prefetch = false;  // the prefetcher read it and no demand access has touched it yet
+    bool demoted = false;          // a prefetch its layer did not use: the first to be evicted
     Status error;                  // kFailed: why
     std::span<const std::byte> payload;
   };
@@ -152,6 +167,8 @@ class ExpertCache {
   // flight. For a prefetch of `prefetching` it also spares unused prefetched experts, and gives -1 when the
   // policy holds the victim worth more than the prediction (EvictionPolicy::WorthPrefetching).
   int32_t TakeSlotLocked(uint64_t now, std::optional<PolicyKey> prefetching);
+  // Requires mu_. Evicts the ready, unpinned expert in slot `s` and returns the slot.
+  int32_t EvictLocked(int32_t s);
   // Requires mu_. Releases one pin taken by Acquire; a failed slot with no pins left goes back to the free list.
   void UnpinLocked(uint32_t slot);
   // Reads `slots` (each kLoading for its key) in one batch without the lock, then publishes the results.
@@ -165,6 +182,9 @@ class ExpertCache {
     std::vector<uint32_t> to_wait;  // slots others are reading
   };
   static constexpr int64_t kSkipped = -1;  // a ref that skip_missing left out
+  // Requires mu_. Scores the guesses made for the layers of the batch against it, drops those still queued and
+  // demotes those read and unused.
+  void ScoreGuessesLocked(const AcquireBatch& batch);
 
   // Resolves every ref's key without the lock (the index is immutable). NotFound for an expert the catalog lacks
   // (unless skip_missing); ResourceExhausted when the batch has more distinct experts than the cache has slots.
@@ -212,6 +232,12 @@ class ExpertCache {
   std::vector<bool> queued_;
   uint32_t queued_count_ = 0;
   uint64_t prefetch_bytes_in_flight_ = 0;
+  double prefetch_min_accuracy_ = 0;
+  // Guesses: per layer, the keys predicted while not resident, scored at that layer's next Acquire.
+  std::vector<std::vector<PolicyKey>> guesses_;
+  std::vector<bool> guessed_;  // per key: in guesses_
+  double guess_accuracy_ = 1;
+  std::vector<uint32_t> demoted_slots_;  // may hold stale entries: Slot::demoted says which are live
   bool stopping_ = false;
   std::thread prefetcher_;
 };

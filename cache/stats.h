@@ -40,8 +40,13 @@ struct CacheStats {
   uint64_t prefetch_late = 0;       // ... of which still in flight at that access (counted as misses too)
   uint64_t wasted_prefetches = 0;   // prefetched experts evicted before any demand access
   uint64_t prefetch_cancelled = 0;  // queued predictions removed by CancelPrefetch
-  uint64_t prefetch_dropped = 0;    // queued predictions never issued: queue overflow, no free slot, or demand
-                                    // asked for the expert first
+  uint64_t prefetch_dropped = 0;    // queued predictions never issued: queue overflow, no free slot, demand
+                                    // asked for the expert first, or its layer came without using it
+  // Guesses: predictions of experts not resident, scored when their layer next acquires.
+  uint64_t prefetch_guesses = 0;         // guesses scored
+  uint64_t prefetch_guesses_right = 0;   // ... that the layer used
+  uint64_t prefetch_unused = 0;          // prefetched experts their layer did not use (demoted: evicted first)
+  uint64_t prefetch_throttled = 0;       // predictions not read because the guesses' accuracy was too low
   uint64_t prefetch_max_bytes_in_flight = 0;  // high-water mark, never above the configured cap
   // I/O.
   uint64_t bytes_read = 0;           // record bytes requested from the device, demand + prefetch

@@ -56,7 +56,8 @@ void CacheExpertProvider::Prefetch(uint32_t layer, std::span<const uint32_t> exp
 
 ProviderCounters CacheExpertProvider::counters() const {
   CacheStats s = cache_->stats();
-  return {s.hits, s.misses, s.prefetch_hits, s.wasted_prefetches, s.bytes_read, s.prefetch_bytes_read};
+  return {s.hits, s.misses, s.prefetch_hits, s.wasted_prefetches, s.bytes_read, s.prefetch_bytes_read,
+          s.prefetch_throttled};
 }
 
 }  // namespace es

@@ -76,6 +76,7 @@ ProviderCounters CountersSince(const Runtime& rt, const CacheSnapshot& since) {
   c.wasted_prefetches -= since.counters.wasted_prefetches;
   c.bytes_read -= since.counters.bytes_read;
   c.prefetch_bytes_read -= since.counters.prefetch_bytes_read;
+  c.prefetch_throttled -= since.counters.prefetch_throttled;
   return c;
 }
 
@@ -87,7 +88,8 @@ void WriteCacheJson(JsonWriter& w, const Runtime& rt, const CacheSnapshot& since
   a.used -= since.accuracy.used;
   w.BeginObject().Key("hits").Uint(c.hits).Key("misses").Uint(c.misses).Key("prefetch_hits").Uint(c.prefetch_hits)
       .Key("wasted_prefetches").Uint(c.wasted_prefetches).Key("bytes_read").Uint(c.bytes_read)
-      .Key("prefetch_bytes_read").Uint(c.prefetch_bytes_read).Key("prefetch_precision").Double(a.precision()).Key("prefetch_recall").Double(a.recall()).EndObject();
+      .Key("prefetch_bytes_read").Uint(c.prefetch_bytes_read).Key("prefetch_throttled").Uint(c.prefetch_throttled)
+      .Key("prefetch_precision").Double(a.precision()).Key("prefetch_recall").Double(a.recall()).EndObject();
 }
 
 // The prompt: --prompt TEXT, --prompt - (standard input) or --prompt-file FILE. Empty is refused, as the HTTP

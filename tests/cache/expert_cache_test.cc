@@ -468,6 +468,84 @@ TEST_F(ExpertCacheTest, DemandJoinsAnInFlightPrefetchWithoutASecondRead) {
   EXPECT_EQ(s.misses, 1u);
 }
 
+// A prefetched expert that its layer's next Acquire does not use is the first to go, before what the policy
+// ranks (lru here would evict the least recently used demand expert instead).
+TEST_F(ExpertCacheTest, PrefetchesTheirLayerDidNotUseAreEvictedFirst) {
+  Build({});
+  auto cache = Open({.capacity_bytes = 4 * SlotBytes(), .prefetch_bytes_in_flight = 2 * SlotBytes()});
+  ASSERT_TRUE(cache);
+  std::vector<ExpertRef> first = {{0, 0}, {0, 1}};
+  ASSERT_TRUE(cache->Acquire(first).ok());
+  std::vector<ExpertRef> predicted = {{1, 0}, {1, 1}};
+  cache->Prefetch(predicted);
+  cache->WaitForPrefetches();
+  std::vector<ExpertRef> layer1 = {{1, 0}};
+  ASSERT_TRUE(cache->Acquire(layer1).ok());
+  CacheStats s = cache->stats();
+  EXPECT_EQ(s.prefetch_guesses, 2u);
+  EXPECT_EQ(s.prefetch_guesses_right, 1u);
+  EXPECT_EQ(s.prefetch_unused, 1u);
+  std::vector<ExpertRef> next = {{0, 2}};  // the cache is full: something goes
+  ASSERT_TRUE(cache->Acquire(next).ok());
+  EXPECT_FALSE(cache->IsResident({1, 1}));
+  EXPECT_TRUE(cache->IsResident({0, 0}));
+  EXPECT_EQ(cache->stats().wasted_prefetches, 1u);
+}
+
+// A guess still queued when its layer comes is dropped, not read for a pass that has gone.
+TEST_F(ExpertCacheTest, GuessesStillQueuedWhenTheirLayerComesAreDropped) {
+  auto slow = std::make_shared<testing::SlowFileSystem>(DefaultFileSystem(), ".seg");
+  Build({.layers = 2, .experts = 8}, slow);
+  auto cache = Open({.capacity_bytes = 8 * SlotBytes(), .prefetch_bytes_in_flight = 1});  // one read at a time
+  ASSERT_TRUE(cache);
+  slow->set_delay(std::chrono::milliseconds(100));
+  std::vector<ExpertRef> predicted = {{1, 0}, {1, 1}, {1, 2}, {1, 3}};
+  cache->Prefetch(predicted);
+  std::vector<ExpertRef> used = {{1, 0}};  // at most (1, 0) has been issued: each read takes 100 ms
+  ASSERT_TRUE(cache->Acquire(used).ok());
+  cache->WaitForPrefetches();
+  CacheStats s = cache->stats();
+  EXPECT_EQ(s.prefetch_guesses, 4u);
+  EXPECT_EQ(s.prefetch_guesses_right, 1u);
+  EXPECT_LE(s.prefetch_issued, 1u);
+  EXPECT_GE(s.prefetch_dropped, 3u);
+  for (uint32_t e = 1; e < 4; ++e) EXPECT_FALSE(cache->IsResident({1, e}));
+}
+
+// Guesses are scored whether or not they were read: while most are wrong the prefetcher reads none, and it
+// resumes once they are right again.
+TEST_F(ExpertCacheTest, WrongGuessesThrottleThePrefetcherAndRightOnesResumeIt) {
+  Build({.layers = 2, .experts = 96});
+  auto cache = Open({.capacity_bytes = 192 * SlotBytes(), .prefetch_bytes_in_flight = SlotBytes(),
+                     .prefetch_min_accuracy = 0.5});
+  ASSERT_TRUE(cache);
+  constexpr uint32_t kWrong = 40;
+  for (uint32_t i = 0; i < kWrong; ++i) {
+    std::vector<ExpertRef> guess = {{1, 8 + i}}, used = {{1, 0}};
+    cache->Prefetch(guess);
+    cache->WaitForPrefetches();
+    ASSERT_TRUE(cache->Acquire(used).ok());
+  }
+  CacheStats s = cache->stats();
+  EXPECT_EQ(s.prefetch_guesses, kWrong);
+  EXPECT_EQ(s.prefetch_guesses_right, 0u);
+  // The moving accuracy (weight 1/32 a guess) falls below 0.5 after 22 wrong guesses: (31/32)^22 < 0.5.
+  EXPECT_EQ(s.prefetch_issued, 22u);
+  EXPECT_EQ(s.prefetch_throttled, kWrong - 22);
+  EXPECT_LT(cache->prefetch_guess_accuracy(), 0.5);
+  for (uint32_t i = 0; i < 40; ++i) {
+    std::vector<ExpertRef> guess = {{1, 50 + i}};
+    cache->Prefetch(guess);
+    cache->WaitForPrefetches();
+    ASSERT_TRUE(cache->Acquire(guess).ok());
+  }
+  s = cache->stats();
+  EXPECT_EQ(s.prefetch_guesses_right, 40u);
+  EXPECT_GT(s.prefetch_issued, 22u);  // reads again
+  EXPECT_GT(s.prefetch_hits, 0u);
+  EXPECT_GE(cache->prefetch_guess_accuracy(), 0.5);
+}
+
 // The live cache and the simulator make the same decisions on the same accesses (one source of truth).
 TEST_F(ExpertCacheTest, MatchesTheSimulatorForEveryOnlinePolicy) {
   Build({.layers = 3, .experts = 16, .trust = [](uint32_t l, uint32_t e) {
@@ -510,7 +588,8 @@ TEST_F(ExpertCacheTest, StressConcurrentAcquirePrefetchEvict) {
          .trust = [](uint32_t l, uint32_t e) { return std::pair<double, double>{(e % 4) / 4.0, (l % 3) / 3.0}; }});
   for (PolicyKind kind : {PolicyKind::kLru, PolicyKind::kTrust}) {
     auto cache = Open({.capacity_bytes = 12 * SlotBytes(), .policy = kind,
-                       .prefetch_bytes_in_flight = 3 * SlotBytes(), .prefetch_queue_limit = 8});
+                       .prefetch_bytes_in_flight = 3 * SlotBytes(), .prefetch_queue_limit = 8,
+                       .prefetch_min_accuracy = 0});  // random guesses: read them all anyway
     ASSERT_TRUE(cache);
     constexpr int kAcquirers = 4;
     constexpr int kIterations = 250;
