@@ -82,7 +82,12 @@ GenerationGauges GenerationService::gauges() const {
   std::lock_guard lock(runtimes_mu_);
   for (const auto& [name, rt] : runtimes_) {
     if (CacheExpertProvider* cache = rt->cache_provider()) {
-      g.caches.push_back({name, cache->cache().stats(), cache->cache().capacity_slots()});
+      ModelCacheMetrics m;
+      if (auto it = prefetch_figures_.find(name); it != prefetch_figures_.end()) m = it->second;
+      m.model = name;
+      m.stats = cache->cache().stats();
+      m.capacity_slots = cache->cache().capacity_slots();
+      g.caches.push_back(std::move(m));
     }
   }
   return g;
@@ -116,7 +121,10 @@ Result<ModelRuntime*> GenerationService::Runtime(const std::string& model) {
     return runtimes_.front().second.get();
   }
   // Unload first, so that two models' caches are never allocated at once.
-  while (runtimes_.size() >= options_.max_loaded_models) runtimes_.pop_back();
+  while (runtimes_.size() >= options_.max_loaded_models) {
+    prefetch_figures_.erase(runtimes_.back().first);  // a reloaded runtime counts from zero, as its cache does
+    runtimes_.pop_back();
+  }
   ES_ASSIGN_OR_RETURN(auto rt, ModelRuntime::Open(store_, model, options_.runtime, pool_.get()));
   runtimes_.emplace_front(model, std::move(rt));
   return runtimes_.front().second.get();
@@ -164,6 +172,16 @@ void GenerationService::Run(GenerationJob& job) {
   Result<GenerateResult> result =
       req.chat ? GenerateChat(rt.model(), rt.tokenizer(), rt.experts(), req.messages, o, on_text)
                : Generate(rt.model(), rt.tokenizer(), rt.experts(), req.prompt, o, on_text);
+  {
+    std::lock_guard lock(runtimes_mu_);
+    ModelCacheMetrics& f = prefetch_figures_[req.model];
+    const PrefetchAccuracy& a = rt.prefetch_accuracy();
+    f.prefetch_predicted = a.predicted;
+    f.prefetch_correct = a.correct;
+    f.prefetch_used = a.used;
+    f.decode_steps_prefetching = rt.prefetch_governor().mode(true).steps;
+    f.decode_steps_not_prefetching = rt.prefetch_governor().mode(false).steps;
+  }
   // Usage goes to the store after every request (one synced write), so that a killed server loses at most the
   // request in flight. A failed write keeps the counts for the next flush; the completion is unaffected.
   if (Status recorded = rt.FinishRecording(); !recorded.ok()) {

@@ -74,6 +74,9 @@ class GenerationService final : public GenerationQueue {
   // Loaded models, most recently used first. Modified by the worker only, under runtimes_mu_ (gauges reads it).
   mutable std::mutex runtimes_mu_;
   std::list<std::pair<std::string, std::unique_ptr<ModelRuntime>>> runtimes_;
+  // Per loaded model, its prediction figures as of its last finished request (the worker copies them under
+  // runtimes_mu_: the forward pass updates the runtime's own without a lock).
+  std::map<std::string, ModelCacheMetrics> prefetch_figures_;
   std::mt19937_64 seeds_;  // worker only: seeds for requests that give none
 
   std::thread worker_;

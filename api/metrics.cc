@@ -187,6 +187,30 @@ std::string Metrics::Render(const GenerationGauges& gen, const CatalogMemory& ca
   for (const auto& c : gen.caches) Sample(out, "expertstore_cache_read_errors_total", "model=\"" + Label(c.model) + "\"", c.stats.read_errors);
   Header(out, "expertstore_cache_capacity_experts", "gauge", "Expert slots in the cache, by model.");
   for (const auto& c : gen.caches) Sample(out, "expertstore_cache_capacity_experts", "model=\"" + Label(c.model) + "\"", c.capacity_slots);
+  Header(out, "expertstore_prefetch_predicted_total", "counter",
+         "Experts the lookahead router predicted for a layer (distinct per layer step), by model.");
+  for (const auto& c : gen.caches) Sample(out, "expertstore_prefetch_predicted_total", "model=\"" + Label(c.model) + "\"", c.prefetch_predicted);
+  Header(out, "expertstore_prefetch_correct_total", "counter", "Predicted experts that their layer then used, by model.");
+  for (const auto& c : gen.caches) Sample(out, "expertstore_prefetch_correct_total", "model=\"" + Label(c.model) + "\"", c.prefetch_correct);
+  Header(out, "expertstore_prefetch_used_total", "counter",
+         "Experts that layers used where a prediction had been made (recall = correct / used), by model.");
+  for (const auto& c : gen.caches) Sample(out, "expertstore_prefetch_used_total", "model=\"" + Label(c.model) + "\"", c.prefetch_used);
+  Header(out, "expertstore_prefetch_precision", "gauge", "prefetch_correct / prefetch_predicted so far, by model.");
+  for (const auto& c : gen.caches) {
+    Sample(out, "expertstore_prefetch_precision", "model=\"" + Label(c.model) + "\"",
+           Num(c.prefetch_predicted ? static_cast<double>(c.prefetch_correct) / static_cast<double>(c.prefetch_predicted) : 0));
+  }
+  Header(out, "expertstore_prefetch_recall", "gauge", "prefetch_correct / prefetch_used so far, by model.");
+  for (const auto& c : gen.caches) {
+    Sample(out, "expertstore_prefetch_recall", "model=\"" + Label(c.model) + "\"",
+           Num(c.prefetch_used ? static_cast<double>(c.prefetch_correct) / static_cast<double>(c.prefetch_used) : 0));
+  }
+  Header(out, "expertstore_decode_steps_total", "counter",
+         "Decode steps, by model and whether the prefetch governor let them prefetch.");
+  for (const auto& c : gen.caches) {
+    Sample(out, "expertstore_decode_steps_total", "model=\"" + Label(c.model) + "\",prefetch=\"yes\"", c.decode_steps_prefetching);
+    Sample(out, "expertstore_decode_steps_total", "model=\"" + Label(c.model) + "\",prefetch=\"no\"", c.decode_steps_not_prefetching);
+  }
   Header(out, "expertstore_swapin_seconds", "histogram", "How long an Acquire that missed stalled for its reads, by model.");
   for (const auto& c : gen.caches) Histogram(out, "expertstore_swapin_seconds", "model=\"" + Label(c.model) + "\"", c.stats.swap_in);
 

@@ -21,6 +21,13 @@ struct ModelCacheMetrics {
   std::string model;
   CacheStats stats;
   uint64_t capacity_slots = 0;
+  // The lookahead router's predictions over the runtime's finished generations (PrefetchAccuracy), and its
+  // decode steps by whether they prefetched (PrefetchGovernor).
+  uint64_t prefetch_predicted = 0;  // distinct experts predicted for a layer
+  uint64_t prefetch_correct = 0;    // ... that the layer then used
+  uint64_t prefetch_used = 0;       // distinct experts layers used where a prediction had been made
+  uint64_t decode_steps_prefetching = 0;
+  uint64_t decode_steps_not_prefetching = 0;
 };
 
 // The generation service's gauges at the moment of a scrape.

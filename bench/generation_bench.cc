@@ -32,6 +32,7 @@
 #include "compute/cache_provider.h"
 #include "compute/generator.h"
 #include "compute/model.h"
+#include "compute/prefetch_governor.h"
 #include "ingest/ingest.h"
 
 namespace es {
@@ -128,6 +129,8 @@ enum PrefetchArg : int64_t {
   kPrefetchOff = 0,
   kPrefetchEveryGuess = 1,  // depth 1, every top-k guess (prefetch_min_prob 0)
   kPrefetchConfident = 2,   // depth 1, guesses at least twice chance (the runtime's default threshold)
+  kPrefetchGoverned = 3,    // as confident, decode steps prefetching or not as a PrefetchGovernor measures (the
+                            // runtime's default)
 };
 
 // args: cache percent of the experts, policy (0 lru, 1 reuse), PrefetchArg.
@@ -152,10 +155,14 @@ void BM_Cached(benchmark::State& state) {
   }
   ForwardOptions fo;
   fo.prefetch_depth = prefetch == kPrefetchOff ? 0 : 1;
-  fo.prefetch_min_prob = prefetch == kPrefetchConfident ? static_cast<float>(DefaultPrefetchMinProb(c.num_experts)) : 0.0f;
+  fo.prefetch_min_prob =
+      prefetch >= kPrefetchConfident ? static_cast<float>(DefaultPrefetchMinProb(c.num_experts)) : 0.0f;
   PrefetchAccuracy acc;
   fo.prefetch_accuracy = &acc;
-  RunOnce(**provider, fo);  // warm-up (a prompt of its own): the cache fills as it would over a conversation
+  PrefetchGovernor governor;
+  if (prefetch == kPrefetchGoverned) fo.prefetch_governor = &governor;
+  // Warm-up (a prompt of its own): the cache fills as it would over a conversation, the governor measures.
+  RunOnce(**provider, fo);
   acc = {};
   const CacheStats before = (*provider)->cache().stats();
   Measure(state, "cached/" + std::to_string(state.range(0)) + "/" + std::to_string(state.range(1)) + "/" +
@@ -165,6 +172,11 @@ void BM_Cached(benchmark::State& state) {
   state.counters["prefetch_precision"] = acc.precision();
   state.counters["prefetch_recall"] = acc.recall();
   state.counters["wasted_prefetches"] = static_cast<double>(after.wasted_prefetches - before.wasted_prefetches);
+  if (prefetch == kPrefetchGoverned) {
+    state.counters["governor_prefetches"] = governor.PrefersPrefetch() ? 1 : 0;
+    state.counters["step_ms_prefetch"] = governor.mode(true).seconds * 1e3;
+    state.counters["step_ms_no_prefetch"] = governor.mode(false).seconds * 1e3;
+  }
   state.counters["prefetch_reads"] = static_cast<double>(after.prefetch_issued - before.prefetch_issued);
   state.counters["prefetch_throttled"] = static_cast<double>(after.prefetch_throttled - before.prefetch_throttled);
   const uint64_t guesses = after.prefetch_guesses - before.prefetch_guesses;
@@ -300,16 +312,19 @@ void BM_MemoryBandwidthBound(benchmark::State& state) {
   state.counters["dense_MiB"] = static_cast<double>(dense_touched) / (1 << 20);
 }
 
-// Every cache size: lru without prefetch; the old default (lru, every guess prefetched); reuse without prefetch;
-// the new default (reuse, confident guesses). All cached: lru alone (nothing to evict or prefetch).
+// Every cache size: lru without prefetch; the old default (lru, every guess prefetched); the default (lru,
+// confident guesses, governed); reuse without prefetch, with confident guesses, and governed. All cached: lru
+// alone (nothing to evict or prefetch).
 void CacheArgs(benchmark::internal::Benchmark* b) {
   b->ArgNames({"cache_pct", "reuse", "prefetch"});
   b->Args({100, 0, kPrefetchOff});
   for (int pct : {50, 25, 10}) {
     b->Args({pct, 0, kPrefetchOff});
     b->Args({pct, 0, kPrefetchEveryGuess});
+    b->Args({pct, 0, kPrefetchGoverned});
     b->Args({pct, 1, kPrefetchOff});
     b->Args({pct, 1, kPrefetchConfident});
+    b->Args({pct, 1, kPrefetchGoverned});
   }
 }
 

@@ -234,6 +234,7 @@ Status TraceRouting(Model& model, ExpertProvider& experts, std::span<const int32
   size_t base = 0;
   Status stepped;
   ForwardOptions fo = forward;
+  fo.prefetch_governor = nullptr;  // a trace scores the predictions of every step
   fo.observer = [&](const RoutingEvent& e) {
     if (forward.observer) forward.observer(e);
     if (!stepped.ok()) return;

@@ -1,8 +1,11 @@
 // Model: loading, argument checks, and dispatch to the backend (the CPU layer blocks are in cpu_backend.cc).
 #include "compute/model.h"
 
+#include <chrono>
+
 #include "compute/backend.h"
 #include "compute/kernels/ggml_blocks.h"
+#include "compute/prefetch_governor.h"
 
 namespace es {
 
@@ -130,7 +133,19 @@ Status Model::Forward(std::span<const int32_t> tokens, KvCache& kv, ExpertProvid
                                      " tokens exceeds the context of " + std::to_string(kv.capacity()));
   }
   ES_RETURN_IF_ERROR(CheckTokens(tokens, config_.vocab));
-  return backend_->Forward(*this, tokens, kv, experts, options, hidden);
+  PrefetchGovernor* governor = options.prefetch_governor;
+  if (governor == nullptr || tokens.size() != 1 || options.prefetch_depth == 0) {
+    return backend_->Forward(*this, tokens, kv, experts, options, hidden);
+  }
+  const bool prefetch = governor->PrefetchNext();
+  ForwardOptions step = options;
+  if (!prefetch) step.prefetch_depth = 0;
+  const auto start = std::chrono::steady_clock::now();
+  Status status = backend_->Forward(*this, tokens, kv, experts, step, hidden);
+  if (status.ok()) {
+    governor->Observe(prefetch, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  return status;
 }
 
 Status Model::ForwardRowsFrom(uint32_t layer, std::span<const float> residual, std::span<const size_t> positions,

@@ -84,6 +84,8 @@ struct PrefetchAccuracy {
   double recall() const { return used ? static_cast<double>(correct) / static_cast<double>(used) : 0; }
 };
 
+class PrefetchGovernor;
+
 struct ForwardOptions {
   uint32_t top_k = 0;                 // experts per token; 0: the model's
   bool skip_missing_experts = false;  // drop a routed expert the store lacks instead of failing
@@ -94,6 +96,9 @@ struct ForwardOptions {
   std::function<void(const RoutingEvent&)> observer;
   RoutingPolicyFn routing;            // empty: exact (the model's router)
   PrefetchAccuracy* prefetch_accuracy = nullptr;  // when set, predictions are scored against the routing
+  // When set (and prefetch_depth > 0), it decides step by step whether a single-token forward predicts and
+  // prefetches, from the step times it is told (compute/prefetch_governor.h); prefill always prefetches.
+  PrefetchGovernor* prefetch_governor = nullptr;
   // When set, Forward stores the residual stream entering each MoE block here: [layer] = [tokens, hidden]
   // (empty for dense layers). Calibration restarts ablated rows from these (Model::ForwardRowsFrom).
   std::vector<std::vector<float>>* capture_pre_moe = nullptr;

@@ -65,8 +65,12 @@ void WriteExactnessJson(JsonWriter& w, const Runtime& rt) {
 struct CacheSnapshot {
   ProviderCounters counters;
   PrefetchAccuracy accuracy;
+  uint64_t steps_with_prefetch = 0, steps_without = 0;  // governed decode steps
 };
-CacheSnapshot TakeSnapshot(const Runtime& rt) { return {rt.experts().counters(), rt.prefetch_accuracy()}; }
+CacheSnapshot TakeSnapshot(const Runtime& rt) {
+  return {rt.experts().counters(), rt.prefetch_accuracy(), rt.prefetch_governor().mode(true).steps,
+          rt.prefetch_governor().mode(false).steps};
+}
 
 ProviderCounters CountersSince(const Runtime& rt, const CacheSnapshot& since) {
   ProviderCounters c = rt.experts().counters();
@@ -89,7 +93,10 @@ void WriteCacheJson(JsonWriter& w, const Runtime& rt, const CacheSnapshot& since
   w.BeginObject().Key("hits").Uint(c.hits).Key("misses").Uint(c.misses).Key("prefetch_hits").Uint(c.prefetch_hits)
       .Key("wasted_prefetches").Uint(c.wasted_prefetches).Key("bytes_read").Uint(c.bytes_read)
       .Key("prefetch_bytes_read").Uint(c.prefetch_bytes_read).Key("prefetch_throttled").Uint(c.prefetch_throttled)
-      .Key("prefetch_precision").Double(a.precision()).Key("prefetch_recall").Double(a.recall()).EndObject();
+      .Key("prefetch_precision").Double(a.precision()).Key("prefetch_recall").Double(a.recall())
+      .Key("decode_steps_prefetching").Uint(rt.prefetch_governor().mode(true).steps - since.steps_with_prefetch)
+      .Key("decode_steps_not_prefetching").Uint(rt.prefetch_governor().mode(false).steps - since.steps_without)
+      .EndObject();
 }
 
 // The prompt: --prompt TEXT, --prompt - (standard input) or --prompt-file FILE. Empty is refused, as the HTTP

@@ -79,6 +79,7 @@ class Runtime {
   const ForwardOptions& forward_options() const { return rt_->forward_options(); }
   const std::string& state_name() const { return rt_->state_name(); }
   const PrefetchAccuracy& prefetch_accuracy() const { return rt_->prefetch_accuracy(); }
+  const PrefetchGovernor& prefetch_governor() const { return rt_->prefetch_governor(); }
   const std::string& routing_name() const { return rt_->routing_name(); }
   // The usage recorder (null when not recording); forward_options() feed it.
   UsageRecorder* recorder() { return rt_->recorder(); }

@@ -294,6 +294,7 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
   rt->forward_.prefetch_min_prob =
       static_cast<float>(c.prefetch_min_prob.value_or(DefaultPrefetchMinProb(config.num_experts)));
   rt->forward_.prefetch_accuracy = rt->accuracy_.get();
+  rt->forward_.prefetch_governor = rt->governor_.get();
   if (routing == RoutingKind::kCacheAware) {
     ExpertCache* cache = &provider->cache();
     rt->forward_.routing = MakeCacheAwareRouting(

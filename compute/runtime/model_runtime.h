@@ -16,6 +16,7 @@
 #include "compute/expert_provider.h"
 #include "compute/kernels/parallel.h"
 #include "compute/model.h"
+#include "compute/prefetch_governor.h"
 #include "compute/sampler.h"
 #include "compute/tokenizer/tokenizer.h"
 #include "compute/usage_recorder.h"
@@ -104,6 +105,8 @@ class ModelRuntime {
   // the HTTP completions use for every setting the user leaves out.
   const SamplerOptions& sampler_defaults() const { return sampler_defaults_; }
   const PrefetchAccuracy& prefetch_accuracy() const { return *accuracy_; }
+  // Whether decode steps prefetch: measured per runtime, across its requests (forward_options() carry it).
+  const PrefetchGovernor& prefetch_governor() const { return *governor_; }
   // The usage recorder (null when not recording); forward_options() feed it.
   UsageRecorder* recorder() { return recorder_.get(); }
   // Flushes the recorder (OK when not recording).
@@ -130,6 +133,7 @@ class ModelRuntime {
   CacheExpertProvider* cache_provider_ = nullptr;
   ForwardOptions forward_;
   std::unique_ptr<PrefetchAccuracy> accuracy_ = std::make_unique<PrefetchAccuracy>();
+  std::unique_ptr<PrefetchGovernor> governor_ = std::make_unique<PrefetchGovernor>();
   std::unique_ptr<UsageRecorder> recorder_;
   std::string state_ = "focus";
   std::string routing_ = "exact";

@@ -586,6 +586,16 @@ TEST_F(HttpApiTest, MetricsCountRequestsCacheAndTokens) {
   EXPECT_EQ(MetricValue(t, R"(expertstore_swapin_seconds_bucket{model="tiny",le="+Inf"})"),
             MetricValue(t, R"(expertstore_swapin_seconds_count{model="tiny"})"));
   EXPECT_GE(MetricValue(t, R"(expertstore_tokens_per_second{model="tiny"})"), 0);
+  // The lookahead router's predictions (focus prefetches one layer ahead) and the decode steps the prefetch
+  // governor ran, prefetching or not: at least the two after the first token.
+  const double predicted = MetricValue(t, R"(expertstore_prefetch_predicted_total{model="tiny"})");
+  EXPECT_GT(predicted, 0);
+  EXPECT_LE(MetricValue(t, R"(expertstore_prefetch_correct_total{model="tiny"})"), predicted);
+  EXPECT_NEAR(MetricValue(t, R"(expertstore_prefetch_precision{model="tiny"})"),
+              MetricValue(t, R"(expertstore_prefetch_correct_total{model="tiny"})") / predicted, 1e-6);
+  EXPECT_GE(MetricValue(t, R"(expertstore_decode_steps_total{model="tiny",prefetch="yes"})") +
+                MetricValue(t, R"(expertstore_decode_steps_total{model="tiny",prefetch="no"})"),
+            2);
   EXPECT_GE(MetricValue(t, R"(expertstore_http_request_duration_seconds_count{route="/v1/models"})"), 1);
   EXPECT_GE(MetricValue(t, "expertstore_http_connections_total"), 3);
   EXPECT_NE(t.find("# TYPE expertstore_swapin_seconds histogram"), std::string::npos);
