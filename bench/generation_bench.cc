@@ -147,6 +147,7 @@ void BM_Cached(benchmark::State& state) {
   ExpertCacheOptions o;
   o.capacity_bytes = slots * experts->max_record_bytes();
   o.policy = state.range(1) == 0 ? PolicyKind::kLru : PolicyKind::kReuse;
+  o.experts_per_token = c.top_k;  // as the runtime sets it: lru bypasses layers when a token's experts do not fit
   o.prefetch_bytes_in_flight = prefetch == kPrefetchOff ? 0 : c.top_k * experts->max_record_bytes();
   auto provider = CacheExpertProvider::Create(*g_store, g_model, o);
   if (!provider.ok()) {

@@ -75,10 +75,12 @@ Result<std::unique_ptr<ExpertCache>> ExpertCache::Open(Store& store, const std::
   pc.num_keys = e.keys().num_keys();
   pc.capacity = slots;
   pc.layers = e.keys().layers;
+  pc.experts_per_token = options.experts_per_token;
   if (options.policy == PolicyKind::kTrust) pc.traits = e.Traits();
   pc.trust_weights = options.trust_weights;
   pc.trust_horizon = options.trust_horizon;
   ES_ASSIGN_OR_RETURN(cache->policy_, MakePolicy(pc));
+  cache->cached_layers_ = CachedLayers(pc);
 
   cache->slots_.resize(slots);
   for (uint32_t s = slots; s > 0; --s) cache->free_slots_.push_back(s - 1);

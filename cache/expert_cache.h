@@ -34,8 +34,11 @@ inline constexpr double kDefaultPrefetchMinAccuracy = 0.5;
 struct ExpertCacheOptions {
   // Rounded down to whole slots of the model's largest expert record, at least one, at most one per expert.
   uint64_t capacity_bytes = 0;
-  // lru, lfu or trust (belady needs the future and is refused).
+  // lru, lfu, trust, reuse or arc (belady needs the future and is refused).
   PolicyKind policy = PolicyKind::kLru;
+  // Experts a token uses per layer: with it, a recency policy too small for one token's experts caches only some
+  // layers (PolicyConfig::experts_per_token, CachedLayers). 0: unknown, every layer cached.
+  uint32_t experts_per_token = 0;
   TrustWeights trust_weights = {};
   uint64_t trust_horizon = 0;  // 0: PolicyConfig's default
   // The prefetcher's cap on bytes being read at once (rounded up to one slot); 0 disables prefetching.
@@ -145,6 +148,8 @@ class ExpertCache {
   // Whether the store's IoEngine accepted the arena as registered buffers.
   bool buffers_registered() const { return registration_.has_value(); }
   std::string_view policy_name() const { return policy_->name(); }
+  // The layers the policy caches (CachedLayers): all of them unless one token's experts do not fit.
+  uint32_t cached_layers() const { return cached_layers_; }
 
  private:
   enum class SlotState : uint8_t { kFree, kLoading, kReady, kFailed };
@@ -217,6 +222,7 @@ class ExpertCache {
   std::condition_variable loaded_cv_;    // a slot left kLoading
   std::condition_variable prefetch_cv_;  // work for the prefetcher, or demand reads finished
   std::unique_ptr<EvictionPolicy> policy_;
+  uint32_t cached_layers_ = 0;
   std::vector<Slot> slots_;
   std::vector<int32_t> slot_of_key_;  // per key: its slot (loading or ready), or kNoSlot
   std::vector<uint32_t> free_slots_;

@@ -466,9 +466,75 @@ class ReusePolicy final : public EvictionPolicy {
   std::vector<PolicyKey> resident_;
 };
 
+// ---- layer bypass: a recency policy that cannot hold one token's experts caches only some layers -----------
+// The other layers' experts are transient: least recently touched among them first, and before any key of the
+// cached layers, so that each pass's cached layers keep what they hold instead of every layer evicting the
+// expert the cycle needs next.
+
+class LayerBypassPolicy final : public EvictionPolicy {
+ public:
+  LayerBypassPolicy(std::unique_ptr<EvictionPolicy> inner, uint32_t num_keys, uint32_t keys_per_layer,
+                    uint32_t cached_layers)
+      : inner_(std::move(inner)), transient_(num_keys), first_transient_key_(keys_per_layer * cached_layers) {}
+  std::string_view name() const override { return inner_->name(); }
+
+  void Insert(PolicyKey key, uint64_t now) override {
+    if (Transient(key)) transient_.Insert(key, now);
+    else inner_->Insert(key, now);
+  }
+  void Touch(PolicyKey key, uint64_t now) override {
+    if (Transient(key)) transient_.Touch(key, now);
+    else inner_->Touch(key, now);
+  }
+  void Erase(PolicyKey key) override {
+    if (Transient(key)) transient_.Erase(key);
+    else inner_->Erase(key);
+  }
+  std::optional<PolicyKey> Victim(uint64_t now, const std::function<bool(PolicyKey)>& evictable) override {
+    if (auto v = transient_.Victim(now, evictable)) return v;
+    return inner_->Victim(now, evictable);
+  }
+  bool WorthPrefetching(PolicyKey incoming, PolicyKey victim) const override {
+    if (Transient(incoming)) return Transient(victim);  // a bypassed layer's guess never displaces a cached key
+    return Transient(victim) || inner_->WorthPrefetching(incoming, victim);
+  }
+
+ private:
+  bool Transient(PolicyKey key) const { return key >= first_transient_key_; }
+
+  std::unique_ptr<EvictionPolicy> inner_;
+  LruPolicy transient_;
+  PolicyKey first_transient_key_;  // keys are layer-major: the cached layers come first
+};
+
+Result<std::unique_ptr<EvictionPolicy>> MakeUnbypassedPolicy(const PolicyConfig& config);
+
 }  // namespace
 
+uint32_t CachedLayers(const PolicyConfig& config) {
+  const uint32_t layers = std::max<uint32_t>(1, config.layers);
+  const uint64_t k = config.experts_per_token;
+  const bool recency = config.kind == PolicyKind::kLru || config.kind == PolicyKind::kArc ||
+                       config.kind == PolicyKind::kTrust;
+  if (!recency || k == 0 || config.capacity >= layers * k) return layers;
+  // As many layers as one token's experts fit for. Fewer, with room for more than one token's experts each (k
+  // slots kept for the layer being computed, the rest at 2k a layer), hit less on the tiny model's text at 10%:
+  // 0.111 with one layer, 0.146 with three, 0.176 with four (this rule).
+  return static_cast<uint32_t>(config.capacity / k);
+}
+
 Result<std::unique_ptr<EvictionPolicy>> MakePolicy(const PolicyConfig& config) {
+  ES_ASSIGN_OR_RETURN(auto policy, MakeUnbypassedPolicy(config));
+  const uint32_t layers = std::max<uint32_t>(1, config.layers);
+  const uint32_t cached = CachedLayers(config);
+  if (cached >= layers) return policy;
+  return std::unique_ptr<EvictionPolicy>(
+      new LayerBypassPolicy(std::move(policy), config.num_keys, config.num_keys / layers, cached));
+}
+
+namespace {
+
+Result<std::unique_ptr<EvictionPolicy>> MakeUnbypassedPolicy(const PolicyConfig& config) {
   if (config.num_keys == 0) return Status::InvalidArgument("eviction policy over an empty key space");
   switch (config.kind) {
     case PolicyKind::kLru: return std::unique_ptr<EvictionPolicy>(new LruPolicy(config.num_keys));
@@ -510,5 +576,7 @@ Result<std::unique_ptr<EvictionPolicy>> MakePolicy(const PolicyConfig& config) {
   }
   return Status::InvalidArgument("unknown eviction policy");
 }
+
+}  // namespace
 
 }  // namespace es

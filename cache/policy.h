@@ -80,6 +80,9 @@ struct PolicyConfig {
   uint32_t capacity = 0;  // cache slots; sets the trust policy's default recency horizon
   // The model's layers (keys are layer * (num_keys / layers) + expert); reuse needs it, 0 counts as 1.
   uint32_t layers = 0;
+  // Experts one token uses per layer (k). When set, a recency policy (lru, arc, trust) whose capacity is below
+  // layers x k caches only CachedLayers() layers; the others' experts are evicted first (no cyclic thrash).
+  uint32_t experts_per_token = 0;
   // reuse: passes after which a use counts half in a key's rate. 16 was the best of 8, 16, 32 and 64 on a trace of
   // the tiny model (63,577 tokens; docs/cache.md has the held-out figures).
   double reuse_half_life = 16;
@@ -102,5 +105,11 @@ inline constexpr uint64_t kDefaultHorizonPerSlot = 2;
 // InvalidArgument for inconsistent configs (no keys, traits of the wrong length, belady without a future,
 // a future key out of range, negative trust weights).
 Result<std::unique_ptr<EvictionPolicy>> MakePolicy(const PolicyConfig& config);
+
+// The layers a policy of `config` caches, the first ones; all of them unless a recency policy (lru, arc, trust)
+// would cycle: a cache of fewer than layers x experts_per_token slots evicts, on every layer, the experts the
+// next pass needs first (LRU's hit rate falls to 0). Then it caches capacity / k layers, as many as one token's
+// experts fit for; the other layers' experts are read, used and evicted first.
+uint32_t CachedLayers(const PolicyConfig& config);
 
 }  // namespace es

@@ -25,13 +25,27 @@ bool PrefetchGovernor::PrefersPrefetchLocked() const {
   return modes_[1].seconds <= modes_[0].seconds;
 }
 
-bool PrefetchGovernor::ChooseLocked() const {
+bool PrefetchGovernor::ChooseLocked() {
   // Explore: the mode with fewer epochs runs (prefetch first, the configured behaviour), until each has its share.
   if (modes_[0].epochs < kExploreEpochs || modes_[1].epochs < kExploreEpochs) {
     return modes_[1].epochs <= modes_[0].epochs;
   }
   const bool preferred = PrefersPrefetchLocked();
-  return epochs_ % kProbeEvery == kProbeEvery - 1 ? !preferred : preferred;
+  if (!explored_) {
+    explored_ = true;
+    preferred_ = preferred;
+    return preferred;
+  }
+  const bool probed = current_ != preferred_;  // the epoch that just ended ran the other mode
+  if (preferred != preferred_) {
+    probe_interval_ = kMinProbeInterval;  // the preference changed: look again soon
+  } else if (probed) {
+    probe_interval_ = std::min(2 * probe_interval_, kMaxProbeInterval);  // the probe confirmed it
+  }
+  preferred_ = preferred;
+  if (probed || ++since_probe_ < probe_interval_) return preferred;
+  since_probe_ = 0;
+  return !preferred;
 }
 
 void PrefetchGovernor::Observe(bool prefetched, double seconds) {
@@ -44,9 +58,10 @@ void PrefetchGovernor::Observe(bool prefetched, double seconds) {
   std::sort(epoch_.begin(), epoch_.end());
   const size_t n = epoch_.size();
   const double median = n % 2 ? epoch_[n / 2] : (epoch_[n / 2 - 1] + epoch_[n / 2]) / 2;
-  m.seconds = m.epochs == 0 ? median : m.seconds + kWeight * (median - m.seconds);
+  // A probe's figure replaces more of the other mode's, which is as old as the probe interval.
+  const double weight = explored_ && current_ != preferred_ ? kProbeWeight : kWeight;
+  m.seconds = m.epochs == 0 ? median : m.seconds + weight * (median - m.seconds);
   ++m.epochs;
-  ++epochs_;
   epoch_.clear();
   current_ = ChooseLocked();
 }

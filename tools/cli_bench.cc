@@ -230,7 +230,7 @@ void PrintCacheJson(const std::string& model, const std::string& source, size_t 
       .Key("policies").BeginObject();
   for (const bench::PolicyReplay& p : r.policies) {
     w.Key(PolicyKindName(p.policy)).BeginObject().Key("hit_rate").Double(p.sim.hit_rate()).Key("hits").Uint(p.sim.hits)
-        .Key("misses").Uint(p.sim.misses);
+        .Key("misses").Uint(p.sim.misses).Key("cached_layers").Uint(p.cached_layers);
     if (p.reader) {
       w.Key("reader").BeginObject().Key("hit_rate").Double(p.reader->hit_rate()).Key("seconds").Double(p.reader->seconds)
           .Key("bytes_read").Uint(p.reader->bytes_read).Key("gbps").Double(p.reader->gbps())
@@ -256,6 +256,10 @@ void PrintCacheTable(const std::string& model, const std::string& source, size_t
                 static_cast<unsigned long long>(p.sim.misses));
     if (p.reader) {
       std::printf("   %8.2f s %10s %6.2f", p.reader->seconds, HumanBytes(p.reader->bytes_read).c_str(), p.reader->gbps());
+    }
+    if (p.cached_layers < experts.keys().layers) {
+      std::printf("   (caches layers below %u of %u: one token's experts do not fit)", p.cached_layers,
+                  experts.keys().layers);
     }
     std::printf("\n");
   }

@@ -12,6 +12,13 @@ namespace es::bench {
 
 namespace {
 constexpr uint64_t kMiB = uint64_t{1} << 20;
+
+// The experts a token uses per layer in the trace: its widest step.
+uint32_t ExpertsPerToken(std::span<const TraceStep> steps) {
+  size_t k = 0;
+  for (const TraceStep& step : steps) k = std::max(k, step.experts.size());
+  return static_cast<uint32_t>(k);
+}
 }  // namespace
 
 Result<std::vector<TraceStep>> SyntheticTraceFor(const ModelExperts& experts, uint32_t tokens, uint64_t seed) {
@@ -35,6 +42,7 @@ Result<ReaderReplay> ReplayWithReader(Store& store, const ModelExperts& experts,
   o.capacity_bytes = cache_bytes;
   o.policy = policy;
   o.trust_weights = weights;
+  o.experts_per_token = ExpertsPerToken(steps);
   ES_ASSIGN_OR_RETURN(auto cache, ExpertCache::Open(store, experts.model().name, o));
   std::vector<ExpertRef> refs;
   const auto start = std::chrono::steady_clock::now();
@@ -78,10 +86,13 @@ Result<CacheReplayResult> ReplayCachePolicies(const ModelExperts& experts, std::
   PolicyConfig config;
   config.traits = experts.Traits();
   config.trust_weights = options.trust_weights;
+  config.experts_per_token = ExpertsPerToken(steps);
+  config.capacity = out.capacity_experts;
+  config.layers = trace.layers;
   for (PolicyKind kind : options.policies) {
     config.kind = kind;
     ES_ASSIGN_OR_RETURN(SimResult sim, SimulatePolicy(trace, out.capacity_experts, config));
-    PolicyReplay replay{kind, sim, std::nullopt};
+    PolicyReplay replay{kind, sim, std::nullopt, CachedLayers(config)};
     if (options.reader && kind != PolicyKind::kBelady) {
       ES_ASSIGN_OR_RETURN(replay.reader, ReplayWithReader(*store, experts, steps, out.cache_bytes, kind,
                                                           options.trust_weights));

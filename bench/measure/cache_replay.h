@@ -51,6 +51,7 @@ struct PolicyReplay {
   PolicyKind policy = PolicyKind::kLru;
   SimResult sim;
   std::optional<ReaderReplay> reader;  // with CacheReplayOptions::reader, for every policy but belady
+  uint32_t cached_layers = 0;          // CachedLayers: fewer than the model's when the policy bypasses some
 };
 
 struct CacheReplayResult {

@@ -95,6 +95,14 @@ std::string MemoryText(uint64_t bytes) {
   return text;
 }
 
+// The configuration line's note on a policy that caches only some layers (CachedLayers).
+std::string BypassText(const ExpertCache& cache) {
+  const uint32_t layers = cache.experts().keys().layers;
+  if (cache.cached_layers() >= layers) return "";
+  return " caching layers below " + std::to_string(cache.cached_layers()) + " of " + std::to_string(layers) +
+         ", one token's experts do not fit";
+}
+
 }  // namespace
 
 BackendOptions BackendOptionsOf(const RuntimeConfig& c) {
@@ -282,6 +290,7 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
   co.capacity_bytes = budget.cache_bytes;
   ES_ASSIGN_OR_RETURN(co.policy, ParsePolicyKind(c.policy));
   co.prefetch_bytes_in_flight = budget.prefetch_bytes_in_flight;
+  co.experts_per_token = budget.experts_per_token;
   ES_ASSIGN_OR_RETURN(auto provider, CacheExpertProvider::Create(store, model, co));
   rt->state_ = std::string(MetabolicStateName(state));
   if (budget.experts_per_token != config.top_k) {
@@ -304,7 +313,8 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
   rt->description_ = rt->state_ + ": cache " + std::to_string(provider->cache().capacity_slots()) + " of " +
                      std::to_string(experts.experts().size()) + " experts (" +
                      Mib(provider->cache().capacity_slots() * provider->cache().slot_bytes()) + ", " +
-                     std::string(provider->cache().policy_name()) + "; " + size_reason + "), " +
+                     std::string(provider->cache().policy_name()) + BypassText(provider->cache()) + "; " +
+                     size_reason + "), " +
                      std::to_string(budget.experts_per_token) + " experts per token, prefetch " +
                      std::to_string(budget.prefetch_depth) + ", routing " + rt->routing_ + ", " +
                      rt->ExactnessText() + recording;

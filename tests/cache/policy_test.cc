@@ -266,6 +266,41 @@ TEST(PolicyTest, ReuseFollowsTheLayerCycle) {
   EXPECT_EQ(Replay(t, 3, PolicyKind::kReuse).hits, 0u);
 }
 
+// The same cycle with the experts per token known: lru cannot hold one token's four experts in 3 slots, so it
+// caches the first three layers and reads the last through: two hits a pass (Belady makes 2.6), where plain lru
+// hit nothing.
+TEST(PolicyTest, RecencyPoliciesTooSmallForOneTokenBypassLayers) {
+  std::vector<PolicyKey> seq;
+  for (int pass = 0; pass < 50; ++pass) {
+    for (PolicyKey layer = 0; layer < 4; ++layer) seq.push_back(layer * 2);
+  }
+  AccessTrace t = Singles(seq, 8);
+  t.layers = 4;
+  PolicyConfig c{.num_keys = 8, .capacity = 3, .layers = 4, .experts_per_token = 1};
+  for (PolicyKind kind : {PolicyKind::kLru, PolicyKind::kArc, PolicyKind::kTrust}) {
+    c.kind = kind;
+    EXPECT_EQ(CachedLayers(c), 3u) << PolicyKindName(kind);
+    EXPECT_GE(Replay(t, 3, kind, c).hits, 96u) << PolicyKindName(kind);
+    EXPECT_EQ(Replay(t, 3, kind).hits, 0u) << PolicyKindName(kind);  // without k: the thrash
+  }
+  // The others cache every layer: lfu and reuse do not cycle, belady is the optimum.
+  for (PolicyKind kind : {PolicyKind::kLfu, PolicyKind::kReuse, PolicyKind::kBelady}) {
+    c.kind = kind;
+    EXPECT_EQ(CachedLayers(c), 4u) << PolicyKindName(kind);
+  }
+  EXPECT_GE(Replay(t, 3, PolicyKind::kBelady, c).hits, Replay(t, 3, PolicyKind::kLru, c).hits);
+  // Room for one token's experts: no bypass; less: as many layers as one token's experts fit for.
+  EXPECT_EQ(CachedLayers({.kind = PolicyKind::kLru, .capacity = 4, .layers = 4, .experts_per_token = 1}), 4u);
+  EXPECT_EQ(CachedLayers({.kind = PolicyKind::kLru, .capacity = 24, .layers = 6, .experts_per_token = 4}), 6u);
+  EXPECT_EQ(CachedLayers({.kind = PolicyKind::kLru, .capacity = 23, .layers = 6, .experts_per_token = 4}), 5u);
+  EXPECT_EQ(CachedLayers({.kind = PolicyKind::kLru, .capacity = 19, .layers = 6, .experts_per_token = 4}), 4u);
+  // A prefetch of a bypassed layer never displaces a cached key; one of a cached layer may displace a bypassed one.
+  c.kind = PolicyKind::kLru;
+  auto p = Make(c);
+  EXPECT_FALSE(p->WorthPrefetching(/*incoming=*/6, /*victim=*/0));  // layer 3 is read through
+  EXPECT_TRUE(p->WorthPrefetching(/*incoming=*/0, /*victim=*/6));
+}
+
 // A key used on most passes outranks one used once long ago, at the same distance in the cycle.
 TEST(PolicyTest, ReusePrefersTheFrequentlyUsedKey) {
   PolicyConfig c{.kind = PolicyKind::kReuse, .num_keys = 8, .capacity = 4, .layers = 4};

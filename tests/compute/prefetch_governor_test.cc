@@ -28,18 +28,26 @@ TEST(PrefetchGovernorTest, ExploresBothModesFirst) {
 }
 
 TEST(PrefetchGovernorTest, SettlesOnTheFasterModeAndProbesTheOther) {
+  constexpr uint32_t kEpoch = PrefetchGovernor::kEpochSteps;
   PrefetchGovernor slow_prefetch;
   RunSteps(slow_prefetch, 16, 0.012, 0.010);  // explore
+  // The first probe comes after kMinProbeInterval epochs of the preferred mode, later ones further apart.
   const uint64_t prefetched = RunSteps(slow_prefetch, 320, 0.012, 0.010);
   EXPECT_FALSE(slow_prefetch.PrefersPrefetch());
-  // One epoch in kProbeEvery still prefetches, to keep its time current.
-  EXPECT_EQ(prefetched, 320u / PrefetchGovernor::kProbeEvery);
+  EXPECT_GE(prefetched, kEpoch);
+  EXPECT_LE(prefetched, 320u / PrefetchGovernor::kMinProbeInterval);
   EXPECT_NEAR(slow_prefetch.mode(true).seconds, 0.012, 1e-9);
   EXPECT_NEAR(slow_prefetch.mode(false).seconds, 0.010, 1e-9);
+  // Over a long run the probes settle at one after every kMaxProbeInterval epochs.
+  const uint64_t long_run = 64000;
+  const uint64_t probes = RunSteps(slow_prefetch, long_run, 0.012, 0.010) / kEpoch;
+  const uint64_t cycles = long_run / kEpoch / (PrefetchGovernor::kMaxProbeInterval + 1);
+  EXPECT_GE(probes, cycles - 1);
+  EXPECT_LE(probes, cycles + 1);
 
   PrefetchGovernor fast_prefetch;
   RunSteps(fast_prefetch, 16, 0.008, 0.010);
-  EXPECT_EQ(RunSteps(fast_prefetch, 320, 0.008, 0.010), 320u - 320u / PrefetchGovernor::kProbeEvery);
+  EXPECT_GE(RunSteps(fast_prefetch, 320, 0.008, 0.010), 320u - 320u / PrefetchGovernor::kMinProbeInterval);
   EXPECT_TRUE(fast_prefetch.PrefersPrefetch());
 }
 
@@ -47,8 +55,11 @@ TEST(PrefetchGovernorTest, ChangesItsMindWhenTheTimesChange) {
   PrefetchGovernor g;
   RunSteps(g, 200, 0.008, 0.010);
   ASSERT_TRUE(g.PrefersPrefetch());
-  RunSteps(g, 800, 0.020, 0.010);  // prefetching became slow (say, the disk got busy)
+  RunSteps(g, 800, 0.020, 0.010);  // prefetching became slow (say, the disk got busy): it runs, so it sees at once
   EXPECT_FALSE(g.PrefersPrefetch());
+  // Fast again: only a probe can tell, at most kMaxProbeInterval epochs away.
+  RunSteps(g, 4 * PrefetchGovernor::kEpochSteps * PrefetchGovernor::kMaxProbeInterval, 0.008, 0.010);
+  EXPECT_TRUE(g.PrefersPrefetch());
 }
 
 // An odd step (one that waited on a long read) moves an epoch's median, not the mode's figure.
