@@ -244,16 +244,22 @@ TEST(BeladyTest, CeilingForEveryPolicyOnTracesWithLocality) {
   }
 }
 
-// The layer cycle: four layers of two experts, every pass routes to expert 0 of each layer, and 3 slots hold
-// three of the four. LRU evicts the key needed next every time (no hit at all); reuse evicts the key just used,
-// whose next use is a whole pass away, which is Belady's choice: the same hits as the optimum.
-TEST(PolicyTest, ReuseFollowsTheLayerCycle) {
+// Fifty passes over four layers of two experts, each pass routing to expert 0 of every layer.
+AccessTrace LayerCycle() {
   std::vector<PolicyKey> seq;
   for (int pass = 0; pass < 50; ++pass) {
     for (PolicyKey layer = 0; layer < 4; ++layer) seq.push_back(layer * 2);
   }
   AccessTrace t = Singles(seq, 8);
   t.layers = 4;
+  return t;
+}
+
+// The layer cycle: four layers of two experts, every pass routes to expert 0 of each layer, and 3 slots hold
+// three of the four. LRU evicts the key needed next every time (no hit at all); reuse evicts the key just used,
+// whose next use is a whole pass away, which is Belady's choice: the same hits as the optimum.
+TEST(PolicyTest, ReuseFollowsTheLayerCycle) {
+  AccessTrace t = LayerCycle();
   const SimResult lru = Replay(t, 3, PolicyKind::kLru);
   const SimResult best = Replay(t, 3, PolicyKind::kBelady);
   const SimResult reuse = Replay(t, 3, PolicyKind::kReuse);
@@ -270,12 +276,7 @@ TEST(PolicyTest, ReuseFollowsTheLayerCycle) {
 // caches the first three layers and reads the last through: two hits a pass (Belady makes 2.6), where plain lru
 // hit nothing.
 TEST(PolicyTest, RecencyPoliciesTooSmallForOneTokenBypassLayers) {
-  std::vector<PolicyKey> seq;
-  for (int pass = 0; pass < 50; ++pass) {
-    for (PolicyKey layer = 0; layer < 4; ++layer) seq.push_back(layer * 2);
-  }
-  AccessTrace t = Singles(seq, 8);
-  t.layers = 4;
+  AccessTrace t = LayerCycle();
   PolicyConfig c{.num_keys = 8, .capacity = 3, .layers = 4, .experts_per_token = 1};
   for (PolicyKind kind : {PolicyKind::kLru, PolicyKind::kArc, PolicyKind::kTrust}) {
     c.kind = kind;
