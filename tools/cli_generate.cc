@@ -260,6 +260,9 @@ Status RunEval(const Args& args) {
         .Key("state").String(rt->state_name()).Key("routing").String(rt->routing_name())
         .Key("configuration").String(rt->describe());
     WriteExactnessJson(w, *rt);
+    w.Key("precision_mix").BeginObject();
+    for (const auto& [format, projections] : rt->precision_mix()) w.Key(format).Uint(projections);
+    w.EndObject();
     w.Key("usage").String(RecordingTarget(*rt))
         .Key("tokens_per_second").Double(tps).Key("hit_rate").Double(hit_rate).Key("cache");
     WriteCacheJson(w, *rt);
@@ -271,6 +274,11 @@ Status RunEval(const Args& args) {
               static_cast<unsigned long long>(r.tokens), r.mean_nll(), r.perplexity(),
               r.tokens ? 100.0 * static_cast<double>(r.top1_correct) / static_cast<double>(r.tokens) : 0, tps,
               100 * hit_rate);
+  std::string mix;
+  for (const auto& [format, projections] : rt->precision_mix()) {
+    mix += (mix.empty() ? "" : ", ") + format + " " + std::to_string(projections);
+  }
+  std::printf("precision: expert projections %s\n", mix.c_str());
   return Status::Ok();
 }
 

@@ -1,13 +1,17 @@
-// Ingest commands: ingest (a checkpoint into the store) and make-checkpoint (random weights in a family's layout).
+// Ingest commands: ingest (a checkpoint into the store), quantize (a stored model re-encoded into a new one) and
+// make-checkpoint (random weights in a family's layout).
 #include <signal.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <charconv>
 #include <cstdio>
 
 #include "ingest/checkpoint.h"
 #include "ingest/ingest.h"
 #include "ingest/make_checkpoint.h"
+#include "compute/kernels/ggml_quantize.h"
+#include "compute/runtime/quantize_model.h"
 #include "tools/cli.h"
 
 namespace es::cli {
@@ -94,6 +98,73 @@ Status RunIngest(const Args& args) {
               static_cast<unsigned long long>(r.experts), static_cast<unsigned long long>(r.dense_tensors),
               HumanBytes(r.bytes_written).c_str(), r.seconds, HumanBytes(static_cast<uint64_t>(rate)).c_str(),
               HumanBytes(rss).c_str());
+  return Status::Ok();
+}
+
+// A block format by name, any case ("q4_k", "Q4_K"), for the flag setting `field`.
+Result<GgmlType> ParseFormat(const std::string& text, std::string_view field) {
+  std::string upper = text;
+  for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  const std::optional<GgmlType> type = ParseGgmlTypeName(upper);
+  if (!type || !CanQuantizeGgml(*type)) {
+    return Status::InvalidArgument("`" + std::string(field) + "` must be one of F32, F16, BF16, Q8_0, Q4_0, Q4_1, "
+                                   "Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS (got '" + text + "')");
+  }
+  return *type;
+}
+
+Status RunQuantize(const Args& args) {
+  QuantizeOptions o;
+  ES_ASSIGN_OR_RETURN(o.model, args.Require("model"));
+  ES_ASSIGN_OR_RETURN(o.to, args.Require("to"));
+  ES_ASSIGN_OR_RETURN(std::string experts, args.Require("experts"));
+  ES_ASSIGN_OR_RETURN(o.experts, ParseFormat(experts, "experts"));
+  if (auto dense = args.Get("dense")) {
+    ES_ASSIGN_OR_RETURN(o.dense, ParseFormat(*dense, "dense"));
+  }
+  o.replace = args.Has("replace");
+  if (args.Has("commit-mb")) {
+    ES_ASSIGN_OR_RETURN(int64_t mb, args.GetInt("commit-mb", 0, 1, 1 << 20));
+    o.commit_bytes = static_cast<uint64_t>(mb) << 20;
+  }
+  ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/true, /*create=*/false));
+  SayWhenInterrupted();
+  ProgressBar bar(args, "quantize");
+  o.progress = [&](uint64_t done, uint64_t total) { bar.Update(done, total); };
+  ES_ASSIGN_OR_RETURN(QuantizeResult r, QuantizeModel(*store, o));
+  bar.Finish();
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject()
+        .Key("model").String(r.model)
+        .Key("experts").Uint(r.experts)
+        .Key("dense_tensors").Uint(r.dense_tensors)
+        .Key("source_expert_bytes").Uint(r.source_bytes)
+        .Key("bytes").Uint(r.bytes)
+        .Key("bytes_written").Uint(r.bytes_written)
+        .Key("metadata_records").Uint(r.metadata_records)
+        .Key("seconds").Double(r.seconds)
+        .Key("unchanged").Bool(r.unchanged)
+        .Key("resumed").Bool(r.resumed)
+        .Key("fallbacks").BeginObject();
+    for (const auto& [what, count] : r.fallbacks) w.Key(what).Uint(count);
+    w.EndObject().EndObject();
+    PrintJson(w);
+    return Status::Ok();
+  }
+  if (args.global().quiet) return Status::Ok();
+  if (r.unchanged) {
+    std::printf("%s: already quantized from %s with these settings; nothing to do\n", r.model.c_str(), o.model.c_str());
+    return Status::Ok();
+  }
+  std::printf("%s%s: %llu experts, %llu dense tensors, %s (the source's experts: %s), %llu metadata records carried "
+              "over, %.1f s\n",
+              r.model.c_str(), r.resumed ? " (resumed)" : "", static_cast<unsigned long long>(r.experts),
+              static_cast<unsigned long long>(r.dense_tensors), HumanBytes(r.bytes).c_str(),
+              HumanBytes(r.source_bytes).c_str(), static_cast<unsigned long long>(r.metadata_records), r.seconds);
+  for (const auto& [what, count] : r.fallbacks) {
+    std::printf("  fallback: %s (%llu, rows not whole blocks)\n", what.c_str(), static_cast<unsigned long long>(count));
+  }
   return Status::Ok();
 }
 
@@ -186,6 +257,16 @@ void RegisterIngestCommands(std::vector<Command>& commands) {
                        {"replace", false, "replace a model of that name that holds a different checkpoint"},
                        {"commit-mb", true, "data per transaction, the unit an interrupted ingest resumes from (default 512)"}},
                       RunIngest, /*max_positional=*/1});
+  commands.push_back({"quantize", "quantize --model M --to NAME --experts TYPE [--dense TYPE] [--replace]",
+                      "write a copy of a model with its experts (and dense matrices) in another GGML format; re-running "
+                      "is a no-op, an interrupted run resumes",
+                      {{"model", true, "the source model"},
+                       {"to", true, "the new model's name"},
+                       {"experts", true, "the experts' format: Q8_0, Q4_K, Q6_K, IQ4_XS, Q5_K, Q4_0, ..., F16, BF16"},
+                       {"dense", true, "the dense matrices' format (default: kept as they are)"},
+                       {"replace", false, "replace a model of that name that holds something else"},
+                       {"commit-mb", true, "data per transaction, the unit an interrupted run resumes from (default 256)"}},
+                      RunQuantize});
   commands.push_back({"make-checkpoint",
                       "make-checkpoint OUT --arch A [--preset qwen3-30b-a3b] [--layers --experts --top-k --hidden "
                       "--moe-intermediate --heads --kv-heads --vocab --dtype --seed --missing L:E,.. --fused --shard-mb]",

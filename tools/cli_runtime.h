@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -87,6 +88,7 @@ class Runtime {
   Status FinishRecording() { return rt_->FinishRecording(); }
   // One line on the configuration in force ("focus: cache 48 of 192 experts (4.3 MiB, lru), ...").
   const std::string& describe() const { return rt_->describe(); }
+  const std::map<std::string, uint64_t>& precision_mix() const { return rt_->precision_mix(); }
 
  private:
   Runtime() = default;

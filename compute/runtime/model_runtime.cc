@@ -246,6 +246,9 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
   }
   ES_ASSIGN_OR_RETURN(MetabolicState state, ParseMetabolicState(c.state));
   ES_ASSIGN_OR_RETURN(ModelExperts experts, ModelExperts::Load(store.catalog(), model));
+  for (const ExpertInfo& e : experts.experts()) {
+    for (const ProjectionInfo& p : e.projections) ++rt->precision_mix_[std::string(ElementTypeName(p.dtype, p.ggml_type))];
+  }
   StateModel sm{config.top_k, config.num_experts, experts.experts().size(), experts.max_record_bytes()};
   StateOverrides overrides;
   if (c.cache_mb) overrides.cache_mb = *c.cache_mb;

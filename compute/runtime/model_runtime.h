@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -120,6 +121,9 @@ class ModelRuntime {
   // routing policy other than exact, dropped experts); empty when it is exact.
   const std::vector<std::string>& inexact_reasons() const { return inexact_; }
   bool exact() const { return inexact_.empty(); }
+  // The formats the model's expert projections are stored in, with how many projections each holds ("Q4_K" ->
+  // 480, "Q6_K" -> 96): the precision a run computes with (eval prints it).
+  const std::map<std::string, uint64_t>& precision_mix() const { return precision_mix_; }
 
  private:
   ModelRuntime() = default;
@@ -134,6 +138,7 @@ class ModelRuntime {
   ForwardOptions forward_;
   std::unique_ptr<PrefetchAccuracy> accuracy_ = std::make_unique<PrefetchAccuracy>();
   std::unique_ptr<PrefetchGovernor> governor_ = std::make_unique<PrefetchGovernor>();
+  std::map<std::string, uint64_t> precision_mix_;
   std::unique_ptr<UsageRecorder> recorder_;
   std::string state_ = "focus";
   std::string routing_ = "exact";

@@ -1,0 +1,229 @@
+// QuantizeModel on the tiny model: each expert projection encoded exactly as QuantizeGgmlRow encodes its decoded
+// rows, llama.cpp's fallbacks where rows are not whole blocks, dense matrices when asked, the copy running with a
+// perplexity near the source's, the source's metadata carried over, a no-op re-run, a refused other setting, and
+// a run cut by a failing disk that resumes to the same bytes as a clean one.
+#include "compute/runtime/quantize_model.h"
+
+#include <gtest/gtest.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+
+#include "compute/generator.h"
+#include "compute/kernels/ggml_quantize.h"
+#include "compute/runtime/model_runtime.h"
+#include "store/base/float16.h"
+#include "tests/util/fault_fs.h"
+#include "tests/util/model_fixtures.h"
+#include "tests/util/temp_dir.h"
+#include "tests/util/test_data.h"
+
+namespace es {
+namespace {
+
+class QuantizeModelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ES_REQUIRE_DATA(testing::kTinyModel);
+    auto store = testing::StoreWithModels(dir_.Sub("store"), {{"tiny", testing::kTinyModel}});
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    store_ = std::move(store).value();
+  }
+
+  QuantizeResult Quantize(const std::string& to, GgmlType experts, std::optional<GgmlType> dense = std::nullopt) {
+    QuantizeOptions o{.model = "tiny", .to = to, .experts = experts, .dense = dense};
+    auto r = QuantizeModel(*store_, o);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? *r : QuantizeResult{};
+  }
+
+  std::vector<ExpertInfo> Experts(const std::string& model) {
+    std::vector<ExpertInfo> out;
+    EXPECT_TRUE(store_->catalog().Scan(Cf::kExperts, ModelPrefix(model), [&](std::string_view, std::string_view v) {
+      out.push_back(*DecodeExpert(v));
+      return true;
+    }).ok());
+    return out;
+  }
+
+  double Perplexity(const std::string& model) {
+    RuntimeConfig c;
+    c.cache_pct = 100;
+    auto rt = ModelRuntime::Open(*store_, model, c, nullptr);
+    EXPECT_TRUE(rt.ok()) << rt.status().ToString();
+    if (!rt.ok()) return 0;
+    auto ids = (*rt)->tokenizer().Encode("The quick brown fox jumps over the lazy dog. Stores hold experts, and "
+                                         "experts hold the weights that a router picks for every token.");
+    EXPECT_TRUE(ids.ok());
+    const std::vector<int32_t> tokens(ids->begin(), ids->end());
+    auto r = EvaluateNll((*rt)->model(), (*rt)->experts(), tokens, 64, (*rt)->forward_options());
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? r->perplexity() : 0;
+  }
+
+  testing::TempDir dir_;
+  std::unique_ptr<Store> store_;
+};
+
+TEST_F(QuantizeModelTest, EncodesEveryProjectionAsTheQuantizerDoes) {
+  const QuantizeResult r = Quantize("tiny-q8", GgmlType::kQ8_0);
+  EXPECT_EQ(r.experts, 192u);
+  EXPECT_TRUE(r.fallbacks.empty());
+  EXPECT_LT(r.bytes, r.source_bytes + 4u * 1024 * 1024);
+  auto report = store_->Verify("tiny-q8");
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->ok());
+  auto source = testing::ReadAllExperts(*store_, "tiny");
+  auto copy = testing::ReadAllExperts(*store_, "tiny-q8");
+  ASSERT_TRUE(source.ok() && copy.ok());
+  const std::vector<ExpertInfo> before = Experts("tiny"), after = Experts("tiny-q8");
+  ASSERT_EQ(before.size(), after.size());
+  for (size_t i = 0; i < before.size(); i += 37) {  // a spread of experts, every projection
+    const auto& src = source->at({before[i].layer, before[i].expert});
+    const auto& dst = copy->at({after[i].layer, after[i].expert});
+    ASSERT_EQ(before[i].projections.size(), after[i].projections.size());
+    for (size_t p = 0; p < before[i].projections.size(); ++p) {
+      const ProjectionInfo& a = before[i].projections[p];
+      const ProjectionInfo& b = after[i].projections[p];
+      ASSERT_EQ(a.dtype, DType::kBF16);
+      EXPECT_EQ(b.ggml_type, static_cast<int32_t>(GgmlType::kQ8_0));
+      EXPECT_EQ(b.shape, a.shape);
+      const uint64_t cols = a.shape.back(), rows = a.length / 2 / cols;
+      std::vector<float> row(cols);
+      std::vector<std::byte> want(*GgmlRowBytes(GgmlType::kQ8_0, cols));
+      for (uint64_t r0 = 0; r0 < rows; ++r0) {
+        for (uint64_t c = 0; c < cols; ++c) {
+          uint16_t h;
+          std::memcpy(&h, src.data() + a.offset + 2 * (r0 * cols + c), 2);
+          row[c] = Bf16ToF32(h);
+        }
+        ASSERT_TRUE(QuantizeGgmlRow(GgmlType::kQ8_0, row, want).ok());
+        ASSERT_EQ(std::memcmp(dst.data() + b.offset + r0 * want.size(), want.data(), want.size()), 0)
+            << "layer " << after[i].layer << " expert " << after[i].expert << " " << b.role << " row " << r0;
+      }
+    }
+  }
+  // Q8_0 costs the tiny model almost nothing.
+  const double base = Perplexity("tiny"), q8 = Perplexity("tiny-q8");
+  EXPECT_NEAR(q8 / base, 1.0, 0.01) << base << " " << q8;
+}
+
+TEST_F(QuantizeModelTest, FallsBackWhereRowsAreNotWholeBlocks) {
+  // The tiny model's rows are 128 and 96 values: no K-quant super-block fits.
+  const QuantizeResult r = Quantize("tiny-q4k", GgmlType::kQ4_K);
+  EXPECT_EQ(r.fallbacks, (std::map<std::string, uint64_t>{
+                             {"down Q4_K -> Q5_0", 192}, {"gate Q4_K -> Q5_0", 192}, {"up Q4_K -> Q5_0", 192}}));
+  for (const ExpertInfo& e : Experts("tiny-q4k")) {
+    for (const ProjectionInfo& p : e.projections) EXPECT_EQ(p.ggml_type, static_cast<int32_t>(GgmlType::kQ5_0));
+  }
+  EXPECT_EQ(FallbackFormat(GgmlType::kQ6_K, 96), GgmlType::kQ8_0);
+  EXPECT_EQ(FallbackFormat(GgmlType::kIQ4_XS, 128), GgmlType::kIQ4_NL);
+  EXPECT_EQ(FallbackFormat(GgmlType::kQ5_K, 768), GgmlType::kQ5_K);
+  EXPECT_EQ(FallbackFormat(GgmlType::kQ8_0, 100), GgmlType::kF16);
+}
+
+TEST_F(QuantizeModelTest, DenseMatricesWhenAsked) {
+  const QuantizeResult r = Quantize("tiny-d8", GgmlType::kQ8_0, GgmlType::kQ8_0);
+  EXPECT_EQ(r.dense_tensors, 57u);
+  size_t matrices = 0, vectors = 0;
+  ASSERT_TRUE(store_->catalog().Scan(Cf::kTensors, ModelPrefix("tiny-d8"), [&](std::string_view, std::string_view v) {
+    const TensorInfo t = *DecodeTensor(v);
+    if (t.shape.size() == 2) {
+      ++matrices;
+      EXPECT_EQ(t.ggml_type, static_cast<int32_t>(GgmlType::kQ8_0)) << t.name;
+    } else {
+      ++vectors;
+      EXPECT_EQ(t.ggml_type, kNoGgmlType) << t.name;  // norms stay as they were
+    }
+    return true;
+  }).ok());
+  EXPECT_GT(matrices, 0u);
+  EXPECT_GT(vectors, 0u);
+  EXPECT_NEAR(Perplexity("tiny-d8") / Perplexity("tiny"), 1.0, 0.02);
+}
+
+TEST_F(QuantizeModelTest, CarriesTheSourcesMetadataOver) {
+  CatalogBatch batch;
+  TrustInfo trust{.trust = 0.75, .convergence_rate = 0.5, .stability = 0.25};
+  batch.Put(Cf::kTrust, ExpertKey("tiny", 2, 7), EncodeTrust(trust));
+  UsageCounts usage{.activation_count = 42};
+  batch.Put(Cf::kUsage, ExpertKey("tiny", 3, 1), EncodeUsage(usage));
+  ASSERT_TRUE(store_->WriteMetadata(batch).ok());
+  const QuantizeResult r = Quantize("tiny-q8", GgmlType::kQ8_0);
+  EXPECT_EQ(r.metadata_records, 2u);
+  auto t = store_->catalog().Get(Cf::kTrust, ExpertKey("tiny-q8", 2, 7));
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(DecodeTrust(*t)->trust, 0.75);
+  auto u = store_->catalog().Get(Cf::kUsage, ExpertKey("tiny-q8", 3, 1));
+  ASSERT_TRUE(u.ok());
+  EXPECT_EQ(DecodeUsage(*u)->activation_count, 42u);
+}
+
+TEST_F(QuantizeModelTest, RerunsAreNoOpsAndOtherSettingsAreRefused) {
+  Quantize("tiny-q", GgmlType::kQ8_0);
+  const QuantizeResult again = Quantize("tiny-q", GgmlType::kQ8_0);
+  EXPECT_TRUE(again.unchanged);
+  EXPECT_EQ(again.bytes_written, 0u);
+  QuantizeOptions other{.model = "tiny", .to = "tiny-q", .experts = GgmlType::kQ4_0};
+  auto refused = QuantizeModel(*store_, other);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_TRUE(refused.status().IsInvalidArgument());
+  EXPECT_NE(refused.status().message().find("`replace`"), std::string::npos);
+  other.replace = true;
+  auto replaced = QuantizeModel(*store_, other);
+  ASSERT_TRUE(replaced.ok()) << replaced.status().ToString();
+  for (const ExpertInfo& e : Experts("tiny-q")) {
+    EXPECT_EQ(e.projections[0].ggml_type, static_cast<int32_t>(GgmlType::kQ4_0));
+  }
+  EXPECT_TRUE(QuantizeModel(*store_, {.model = "tiny", .to = "tiny"}).status().IsInvalidArgument());
+  EXPECT_TRUE(QuantizeModel(*store_, {.model = "none", .to = "x"}).status().IsNotFound());
+  EXPECT_TRUE(QuantizeModel(*store_, {.model = "tiny", .to = "x", .experts = GgmlType::kQ2_K}).status().IsInvalidArgument());
+  auto report = store_->Verify();
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->ok());
+}
+
+// A disk that fails mid-run: what was committed stays, the store verifies, and the same command finishes the job
+// with the bytes a clean run writes.
+TEST_F(QuantizeModelTest, AFailedRunResumes) {
+  Quantize("clean", GgmlType::kQ4_0);
+  store_.reset();
+  auto faulty = std::make_shared<testing::FaultInjectionFileSystem>();
+  {
+    StoreOptions so;
+    so.fs = faulty;
+    auto store = Store::Open(dir_.Sub("store"), so);
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    faulty->AddRule({.op = testing::FaultOp::kWrite, .path_contains = ".seg", .err = EIO, .skip = 40});
+    QuantizeOptions o{.model = "tiny", .to = "cut", .experts = GgmlType::kQ4_0, .commit_bytes = 64 << 10};
+    auto r = QuantizeModel(**store, o);
+    ASSERT_FALSE(r.ok());
+    EXPECT_GE(faulty->fired(), 1);
+  }
+  auto store = Store::Open(dir_.Sub("store"), StoreOptions{});
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  store_ = std::move(store).value();
+  auto partial = store_->catalog().Get(Cf::kModels, ModelKey("cut"));
+  ASSERT_TRUE(partial.ok()) << "nothing was committed before the fault: raise skip";
+  EXPECT_FALSE(DecodeModel(*partial)->complete);
+  auto report = store_->Verify();
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->ok());
+  QuantizeOptions o{.model = "tiny", .to = "cut", .experts = GgmlType::kQ4_0};
+  auto resumed = QuantizeModel(*store_, o);
+  ASSERT_TRUE(resumed.ok()) << resumed.status().ToString();
+  EXPECT_TRUE(resumed->resumed);
+  EXPECT_GT(resumed->bytes_written, 0u);
+  auto clean = testing::ReadAllExperts(*store_, "clean");
+  auto cut = testing::ReadAllExperts(*store_, "cut");
+  ASSERT_TRUE(clean.ok() && cut.ok());
+  EXPECT_EQ(*clean, *cut);
+  auto model = store_->catalog().Get(Cf::kModels, ModelKey("cut"));
+  ASSERT_TRUE(model.ok());
+  EXPECT_TRUE(DecodeModel(*model)->complete);
+  EXPECT_EQ(DecodeModel(*model)->total_bytes, resumed->bytes);
+}
+
+}  // namespace
+}  // namespace es
