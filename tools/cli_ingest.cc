@@ -117,8 +117,14 @@ Status RunQuantize(const Args& args) {
   QuantizeOptions o;
   ES_ASSIGN_OR_RETURN(o.model, args.Require("model"));
   ES_ASSIGN_OR_RETURN(o.to, args.Require("to"));
-  ES_ASSIGN_OR_RETURN(std::string experts, args.Require("experts"));
-  ES_ASSIGN_OR_RETURN(o.experts, ParseFormat(experts, "experts"));
+  if (args.Has("experts") == args.Has("experts-by")) {
+    return Status::InvalidArgument("give exactly one of `experts` (one format) and `experts_by` (a rule)");
+  }
+  if (auto experts = args.Get("experts")) {
+    ES_ASSIGN_OR_RETURN(o.experts, ParseFormat(*experts, "experts"));
+  } else {
+    ES_ASSIGN_OR_RETURN(o.experts_by, ParseExpertRule(*args.Get("experts-by")));
+  }
   if (auto dense = args.Get("dense")) {
     ES_ASSIGN_OR_RETURN(o.dense, ParseFormat(*dense, "dense"));
   }
@@ -148,6 +154,8 @@ Status RunQuantize(const Args& args) {
         .Key("resumed").Bool(r.resumed)
         .Key("fallbacks").BeginObject();
     for (const auto& [what, count] : r.fallbacks) w.Key(what).Uint(count);
+    w.EndObject().Key("experts_by_format").BeginObject();
+    for (const auto& [format, count] : r.experts_by_format) w.Key(format).Uint(count);
     w.EndObject().EndObject();
     PrintJson(w);
     return Status::Ok();
@@ -162,6 +170,11 @@ Status RunQuantize(const Args& args) {
               r.model.c_str(), r.resumed ? " (resumed)" : "", static_cast<unsigned long long>(r.experts),
               static_cast<unsigned long long>(r.dense_tensors), HumanBytes(r.bytes).c_str(),
               HumanBytes(r.source_bytes).c_str(), static_cast<unsigned long long>(r.metadata_records), r.seconds);
+  std::string mix;
+  for (const auto& [format, count] : r.experts_by_format) {
+    mix += (mix.empty() ? "" : ", ") + format + " " + std::to_string(count);
+  }
+  std::printf("  experts: %s\n", mix.c_str());
   for (const auto& [what, count] : r.fallbacks) {
     std::printf("  fallback: %s (%llu, rows not whole blocks)\n", what.c_str(), static_cast<unsigned long long>(count));
   }
@@ -257,12 +270,15 @@ void RegisterIngestCommands(std::vector<Command>& commands) {
                        {"replace", false, "replace a model of that name that holds a different checkpoint"},
                        {"commit-mb", true, "data per transaction, the unit an interrupted ingest resumes from (default 512)"}},
                       RunIngest, /*max_positional=*/1});
-  commands.push_back({"quantize", "quantize --model M --to NAME --experts TYPE [--dense TYPE] [--replace]",
+  commands.push_back({"quantize",
+                      "quantize --model M --to NAME (--experts TYPE | --experts-by RULE) [--dense TYPE] [--replace]",
                       "write a copy of a model with its experts (and dense matrices) in another GGML format; re-running "
                       "is a no-op, an interrupted run resumes",
                       {{"model", true, "the source model"},
                        {"to", true, "the new model's name"},
                        {"experts", true, "the experts' format: Q8_0, Q4_K, Q6_K, IQ4_XS, Q5_K, Q4_0, ..., F16, BF16"},
+                       {"experts-by", true, "per layer, the top share by trust, usage or at random (or a list) in one "
+                                            "format, the rest in another: trust:q8_0@25%,q4_k@rest"},
                        {"dense", true, "the dense matrices' format (default: kept as they are)"},
                        {"replace", false, "replace a model of that name that holds something else"},
                        {"commit-mb", true, "data per transaction, the unit an interrupted run resumes from (default 256)"}},

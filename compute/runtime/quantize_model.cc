@@ -1,13 +1,19 @@
 // QuantizeModel implementation.
 #include "compute/runtime/quantize_model.h"
 
+#include <algorithm>
+#include <cctype>
+#include <charconv>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <random>
 #include <set>
 
 #include "compute/kernels/ggml_blocks.h"
 #include "compute/kernels/ggml_quantize.h"
 #include "store/base/aligned_buffer.h"
+#include "store/base/checksum.h"
 #include "store/base/float16.h"
 #include "store/records.h"
 
@@ -72,10 +78,92 @@ std::string FallbackKey(const std::string& role, GgmlType from, GgmlType to) {
   return role + " " + std::string(GgmlTypeInfoOf(from).name) + " -> " + std::string(GgmlTypeInfoOf(to).name);
 }
 
-// The fingerprint of a quantized copy: its source's and the settings, so that the same run again is recognised.
-std::string FingerprintOf(const ModelInfo& source, const QuantizeOptions& o) {
-  return "quantize(" + source.source_fingerprint + ";experts=" + std::string(GgmlTypeInfoOf(o.experts).name) +
-         ";dense=" + (o.dense ? std::string(GgmlTypeInfoOf(*o.dense).name) : std::string("keep")) + ")";
+std::string FormatName(GgmlType t) { return std::string(GgmlTypeInfoOf(t).name); }
+
+// Each expert's format: `o.experts` for all, or what the rule chooses.
+using Formats = std::map<std::pair<uint32_t, uint32_t>, GgmlType>;
+
+// The fingerprint of a quantized copy: its source's and the settings (with a rule, the experts it chose), so that
+// the same run again is recognised and a run with other settings is not taken for it.
+std::string FingerprintOf(const ModelInfo& source, const QuantizeOptions& o, const Formats& formats) {
+  std::string experts = FormatName(o.experts);
+  if (o.experts_by) {
+    std::string chosen;
+    for (const auto& [key, type] : formats) {
+      chosen += std::to_string(key.first) + ":" + std::to_string(key.second) + "=" + FormatName(type) + ";";
+    }
+    char digest[17];
+    std::snprintf(digest, sizeof(digest), "%016llx",
+                  static_cast<unsigned long long>(Xxh3(std::as_bytes(std::span(chosen)))));
+    experts = "by:" + std::string(digest);
+  }
+  return "quantize(" + source.source_fingerprint + ";experts=" + experts +
+         ";dense=" + (o.dense ? FormatName(*o.dense) : std::string("keep")) + ")";
+}
+
+// Per layer, the experts the rule ranks first get its top format, the rest the other.
+Result<Formats> ChooseFormats(Store& store, const ModelInfo& source, const std::vector<ExpertInfo>& experts,
+                              const ExpertRule& rule) {
+  std::map<uint32_t, std::vector<uint32_t>> by_layer;
+  for (const ExpertInfo& e : experts) by_layer[e.layer].push_back(e.expert);
+  std::map<std::pair<uint32_t, uint32_t>, double> score;  // higher first
+  if (rule.by == ExpertRule::By::kTrust || rule.by == ExpertRule::By::kUsage) {
+    const Cf cf = rule.by == ExpertRule::By::kTrust ? Cf::kTrust : Cf::kUsage;
+    Status bad;
+    ES_RETURN_IF_ERROR(store.catalog().Scan(cf, ModelPrefix(source.name), [&](std::string_view key, std::string_view v) {
+      if (cf == Cf::kUsage) {
+        auto k = ParseUsageKey(key);
+        if (!k.ok() || !k->domain.empty()) return true;  // per-domain counters are parts of the total
+        auto u = DecodeUsage(v);
+        if (!u.ok()) {
+          bad = u.status();
+          return false;
+        }
+        score[{k->id.layer, k->id.expert}] = static_cast<double>(u->activation_count);
+        return true;
+      }
+      auto k = ParseExpertKey(key);
+      auto t = DecodeTrust(v);
+      if (!k.ok() || !t.ok()) {
+        bad = !k.ok() ? k.status() : t.status();
+        return false;
+      }
+      score[{k->layer, k->expert}] = t->trust;
+      return true;
+    }));
+    ES_RETURN_IF_ERROR(bad);
+    if (score.empty()) {
+      return Status::InvalidArgument(std::string("`experts_by` ranks by ") +
+                                     (cf == Cf::kTrust ? "trust, but model '" + source.name +
+                                                             "' has no trust records (run calibrate)"
+                                                       : "usage, but model '" + source.name +
+                                                             "' has no usage records (run generate or eval)"));
+    }
+  }
+  Formats formats;
+  std::mt19937_64 rng(rule.seed);
+  std::set<std::pair<uint32_t, uint32_t>> listed(rule.list.begin(), rule.list.end());
+  for (auto& [layer, ids] : by_layer) {
+    std::sort(ids.begin(), ids.end());
+    if (rule.by == ExpertRule::By::kRandom) {
+      std::shuffle(ids.begin(), ids.end(), rng);
+    } else if (rule.by != ExpertRule::By::kList) {
+      const uint32_t l = layer;
+      std::stable_sort(ids.begin(), ids.end(), [&](uint32_t a, uint32_t b) {
+        auto sa = score.find({l, a}), sb = score.find({l, b});
+        const double va = sa == score.end() ? -1 : sa->second, vb = sb == score.end() ? -1 : sb->second;
+        return va > vb;
+      });
+    }
+    const size_t top = rule.by == ExpertRule::By::kList
+                           ? 0
+                           : static_cast<size_t>(std::lround(rule.top_fraction * static_cast<double>(ids.size())));
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const bool first = rule.by == ExpertRule::By::kList ? listed.count({layer, ids[i]}) > 0 : i < top;
+      formats[{layer, ids[i]}] = first ? rule.top : rule.rest;
+    }
+  }
+  return formats;
 }
 
 // One record read whole and verified.
@@ -201,11 +289,10 @@ Status CopyTensors(Writer& w, const ModelInfo& source, const Stored& stored, Qua
   return Status::Ok();
 }
 
-Status QuantizeExperts(Writer& w, const ModelInfo& source, const Stored& stored, QuantizeResult& result) {
-  const std::string prefix = ModelPrefix(source.name);
+Result<std::vector<ExpertInfo>> SourceExperts(Store& store, const std::string& model) {
   std::vector<ExpertInfo> experts;
   Status bad;
-  ES_RETURN_IF_ERROR(w.store.catalog().Scan(Cf::kExperts, prefix, [&](std::string_view, std::string_view v) {
+  ES_RETURN_IF_ERROR(store.catalog().Scan(Cf::kExperts, ModelPrefix(model), [&](std::string_view, std::string_view v) {
     auto e = DecodeExpert(v);
     if (!e.ok()) {
       bad = e.status();
@@ -215,11 +302,17 @@ Status QuantizeExperts(Writer& w, const ModelInfo& source, const Stored& stored,
     return true;
   }));
   ES_RETURN_IF_ERROR(bad);
+  return experts;
+}
+
+Status QuantizeExperts(Writer& w, const std::vector<ExpertInfo>& experts, const Formats& formats,
+                       const Stored& stored, QuantizeResult& result) {
   uint64_t done = 0;
   for (const ExpertInfo& e : experts) {
     const std::string key = ExpertKey(w.record.name, e.layer, e.expert);
     result.source_bytes += e.extent.payload_length;
     ++result.experts;
+    ++result.experts_by_format[FormatName(formats.at({e.layer, e.expert}))];
     if (stored.experts.count(key.substr(ModelPrefix(w.record.name).size()))) {
       if (w.options.progress) w.options.progress(++done, experts.size());
       continue;
@@ -240,8 +333,9 @@ Status QuantizeExperts(Writer& w, const ModelInfo& source, const Stored& stored,
                                     ", which quantize does not read");
       }
       const auto [rows, cols] = RowsCols(p.shape);
-      const GgmlType to = FallbackFormat(w.options.experts, cols);
-      if (to != w.options.experts) ++result.fallbacks[FallbackKey(p.role, w.options.experts, to)];
+      const GgmlType wanted = formats.at({e.layer, e.expert});
+      const GgmlType to = FallbackFormat(wanted, cols);
+      if (to != wanted) ++result.fallbacks[FallbackKey(p.role, wanted, to)];
       ES_ASSIGN_OR_RETURN(std::vector<std::byte> encoded,
                           Reencode(payload.subspan(p.offset, p.length), *from, to, rows, cols, pwhat));
       const Encoding enc = EncodingOf(to);
@@ -295,6 +389,82 @@ Result<uint64_t> StoredBytes(Store& store, const ModelInfo& record) {
 
 }  // namespace
 
+Result<ExpertRule> ParseExpertRule(std::string_view text) {
+  auto bad = [&](const std::string& why) {
+    return Status::InvalidArgument("`experts_by` " + why + " (got '" + std::string(text) +
+                                   "'; e.g. trust:q8_0@25%,q4_k@rest, usage:..., random:...,seed=7, "
+                                   "list:q8_0@0:3+5:17,q4_k@rest)");
+  };
+  auto format = [](std::string_view name) -> std::optional<GgmlType> {
+    std::string upper(name);
+    for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    auto t = ParseGgmlTypeName(upper);
+    if (!t || !CanQuantizeGgml(*t)) return std::nullopt;
+    return t;
+  };
+  auto number = [](std::string_view digits, uint64_t& out) {
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), out);
+    return ec == std::errc() && end == digits.data() + digits.size() && !digits.empty();
+  };
+  ExpertRule rule;
+  const size_t colon = text.find(':');
+  if (colon == std::string_view::npos) return bad("needs a ranking before ':'");
+  const std::string_view by = text.substr(0, colon);
+  if (by == "trust") rule.by = ExpertRule::By::kTrust;
+  else if (by == "usage") rule.by = ExpertRule::By::kUsage;
+  else if (by == "random") rule.by = ExpertRule::By::kRandom;
+  else if (by == "list") rule.by = ExpertRule::By::kList;
+  else return bad("ranks by trust, usage, random or list");
+  std::vector<std::string_view> parts;
+  for (std::string_view rest = text.substr(colon + 1); !rest.empty();) {
+    const size_t comma = rest.find(',');
+    parts.push_back(rest.substr(0, comma));
+    rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+  }
+  bool have_top = false, have_rest = false;
+  for (std::string_view part : parts) {
+    if (part.starts_with("seed=") && rule.by == ExpertRule::By::kRandom) {
+      if (!number(part.substr(5), rule.seed)) return bad("needs a whole number after seed=");
+      continue;
+    }
+    const size_t at = part.find('@');
+    if (at == std::string_view::npos) return bad("needs FORMAT@WHICH parts");
+    const std::optional<GgmlType> t = format(part.substr(0, at));
+    if (!t) return bad("names a format quantize does not write: '" + std::string(part.substr(0, at)) + "'");
+    const std::string_view which = part.substr(at + 1);
+    if (which == "rest") {
+      if (have_rest) return bad("has two @rest parts");
+      rule.rest = *t;
+      have_rest = true;
+      continue;
+    }
+    if (have_top) return bad("has two parts besides @rest");
+    have_top = true;
+    rule.top = *t;
+    if (rule.by == ExpertRule::By::kList) {
+      for (std::string_view items = which; !items.empty();) {
+        const size_t plus = items.find('+');
+        const std::string_view item = items.substr(0, plus);
+        items = plus == std::string_view::npos ? std::string_view() : items.substr(plus + 1);
+        const size_t c = item.find(':');
+        uint64_t layer = 0, expert = 0;
+        if (c == std::string_view::npos || !number(item.substr(0, c), layer) || !number(item.substr(c + 1), expert) ||
+            layer > UINT32_MAX || expert > UINT32_MAX) {
+          return bad("lists experts as LAYER:EXPERT joined by '+'");
+        }
+        rule.list.emplace_back(static_cast<uint32_t>(layer), static_cast<uint32_t>(expert));
+      }
+      continue;
+    }
+    if (!which.ends_with('%')) return bad("gives the top share as a percentage, e.g. @25%");
+    uint64_t pct = 0;
+    if (!number(which.substr(0, which.size() - 1), pct) || pct > 100) return bad("needs a percentage from 0 to 100");
+    rule.top_fraction = static_cast<double>(pct) / 100.0;
+  }
+  if (!have_top || !have_rest) return bad("needs a FORMAT@SHARE (or @LIST) part and a FORMAT@rest part");
+  return rule;
+}
+
 GgmlType FallbackFormat(GgmlType wanted, uint64_t cols) {
   auto fits = [cols](GgmlType t) { return GgmlRowBytes(t, cols).has_value(); };
   if (fits(wanted)) return wanted;
@@ -313,7 +483,12 @@ Result<QuantizeResult> QuantizeModel(Store& store, const QuantizeOptions& o) {
   const auto start = std::chrono::steady_clock::now();
   ES_RETURN_IF_ERROR(ValidateModelName(o.to).WithContext("`to`"));
   if (o.to == o.model) return Status::InvalidArgument("`to` must name a new model, not the source '" + o.model + "'");
-  for (GgmlType t : {o.experts, o.dense.value_or(o.experts)}) {
+  std::vector<GgmlType> asked = {o.experts, o.dense.value_or(o.experts)};
+  if (o.experts_by) {
+    asked.push_back(o.experts_by->top);
+    asked.push_back(o.experts_by->rest);
+  }
+  for (GgmlType t : asked) {
     if (!CanQuantizeGgml(t)) {
       return Status::InvalidArgument("quantize does not write " + std::string(GgmlTypeInfoOf(t).name) +
                                      " (it writes F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, "
@@ -328,9 +503,16 @@ Result<QuantizeResult> QuantizeModel(Store& store, const QuantizeOptions& o) {
   ES_ASSIGN_OR_RETURN(ModelInfo source, DecodeModel(*src));
   if (!source.complete) return Status::InvalidArgument("model '" + o.model + "' is incomplete (an interrupted ingest)");
 
+  ES_ASSIGN_OR_RETURN(std::vector<ExpertInfo> experts, SourceExperts(store, o.model));
+  Formats formats;
+  if (o.experts_by) {
+    ES_ASSIGN_OR_RETURN(formats, ChooseFormats(store, source, experts, *o.experts_by));
+  } else {
+    for (const ExpertInfo& e : experts) formats[{e.layer, e.expert}] = o.experts;
+  }
   ModelInfo record = source;
   record.name = o.to;
-  record.source_fingerprint = FingerprintOf(source, o);
+  record.source_fingerprint = FingerprintOf(source, o, formats);
   record.assets.clear();
   record.complete = false;
   record.created_unix = static_cast<uint64_t>(
@@ -364,7 +546,7 @@ Result<QuantizeResult> QuantizeModel(Store& store, const QuantizeOptions& o) {
     Status s = w.Begin();
     if (s.ok()) s = CopyAssets(w, source, stored, result);
     if (s.ok()) s = CopyTensors(w, source, stored, result);
-    if (s.ok()) s = QuantizeExperts(w, source, stored, result);
+    if (s.ok()) s = QuantizeExperts(w, experts, formats, stored, result);
     if (s.ok()) s = CarryMetadata(w, o.model, result);
     record.total_bytes = committed + result.bytes_written;
     if (s.ok()) s = w.Commit(/*complete=*/true);
@@ -373,13 +555,11 @@ Result<QuantizeResult> QuantizeModel(Store& store, const QuantizeOptions& o) {
       return s;
     }
   } else {
-    // Count what is there for the result.
-    ES_RETURN_IF_ERROR(store.catalog().Scan(Cf::kExperts, ModelPrefix(o.model), [&](std::string_view, std::string_view v) {
-      auto e = DecodeExpert(v);
-      if (e.ok()) result.source_bytes += e->extent.payload_length;
+    for (const ExpertInfo& e : experts) {  // what is there, for the result
+      result.source_bytes += e.extent.payload_length;
       ++result.experts;
-      return true;
-    }));
+      ++result.experts_by_format[FormatName(formats.at({e.layer, e.expert}))];
+    }
     result.dense_tensors = stored.tensors.size();
   }
   ES_ASSIGN_OR_RETURN(result.bytes, StoredBytes(store, record));

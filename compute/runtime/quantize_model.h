@@ -20,10 +20,30 @@
 
 namespace es {
 
+// Mixed precision: in each layer, the experts a rule ranks first get `top`, the others `rest`.
+struct ExpertRule {
+  enum class By : uint8_t {
+    kTrust,   // by trust record (TrustInfo::trust), highest first; experts without one last
+    kUsage,   // by recorded activations, most first
+    kRandom,  // a seeded shuffle: the control that shows whether trust or usage choose better than chance
+    kList,    // the experts of `list`
+  };
+  By by = By::kTrust;
+  GgmlType top = GgmlType::kQ8_0;
+  double top_fraction = 0.25;  // of each layer's experts, rounded to the nearest whole expert
+  GgmlType rest = GgmlType::kQ4_K;
+  std::vector<std::pair<uint32_t, uint32_t>> list;  // kList: (layer, expert)
+  uint64_t seed = 1;                                // kRandom
+};
+// "trust:q8_0@25%,q4_k@rest", "usage:...", "random:...[,seed=N]", "list:q8_0@0:3+5:17,q4_k@rest" (formats in any
+// case). InvalidArgument naming `experts_by` otherwise.
+Result<ExpertRule> ParseExpertRule(std::string_view text);
+
 struct QuantizeOptions {
   std::string model;                // the source
   std::string to;                   // the new model's name
   GgmlType experts = GgmlType::kQ8_0;  // every expert projection's format (F32, F16 and BF16 store plain dtypes)
+  std::optional<ExpertRule> experts_by;  // when set, the formats come from the rule instead of `experts`
   std::optional<GgmlType> dense;    // the dense matrices' format (2-D tensors); unset: copied as they are
   bool replace = false;
   uint64_t commit_bytes = 256ull << 20;
@@ -45,6 +65,7 @@ struct QuantizeResult {
   // blocks either), counted over experts (or dense tensors, role "dense").
   std::map<std::string, uint64_t> fallbacks;
   uint64_t metadata_records = 0;  // usage, trust and profile records carried over
+  std::map<std::string, uint64_t> experts_by_format;  // experts per format asked for (before fallbacks)
 };
 
 // The format a row of `cols` values gets when `wanted` is asked for: `wanted` when the row is whole blocks of it,

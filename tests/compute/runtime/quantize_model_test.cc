@@ -184,6 +184,61 @@ TEST_F(QuantizeModelTest, RerunsAreNoOpsAndOtherSettingsAreRefused) {
   EXPECT_TRUE(report->ok());
 }
 
+TEST(ExpertRuleTest, ParsesRulesAndNamesWhatIsWrong) {
+  auto r = ParseExpertRule("trust:q8_0@25%,Q4_K@rest");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->by, ExpertRule::By::kTrust);
+  EXPECT_EQ(r->top, GgmlType::kQ8_0);
+  EXPECT_EQ(r->rest, GgmlType::kQ4_K);
+  EXPECT_DOUBLE_EQ(r->top_fraction, 0.25);
+  r = ParseExpertRule("random:q6_k@50%,iq4_xs@rest,seed=9");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->by, ExpertRule::By::kRandom);
+  EXPECT_EQ(r->seed, 9u);
+  r = ParseExpertRule("list:q8_0@0:3+5:17,q4_0@rest");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->list, (std::vector<std::pair<uint32_t, uint32_t>>{{0, 3}, {5, 17}}));
+  for (const char* bad : {"", "trust", "speed:q8_0@25%,q4_k@rest", "trust:q8_0@25%", "trust:q2_k@25%,q4_k@rest",
+                          "trust:q8_0@125%,q4_k@rest", "trust:q8_0@x%,q4_k@rest", "trust:q8_0@25,q4_k@rest",
+                          "list:q8_0@0-3,q4_k@rest", "trust:q8_0@25%,q4_k@rest,q4_0@rest", "usage:q8_0@25%,q4_k@rest,seed=3"}) {
+    auto e = ParseExpertRule(bad);
+    EXPECT_TRUE(e.status().IsInvalidArgument()) << bad;
+    EXPECT_NE(e.status().message().find("`experts_by`"), std::string::npos) << bad;
+  }
+}
+
+// Per layer the top quarter by trust gets Q8_0, the rest Q4_K (Q5_0 on the tiny model's rows); a random rule with
+// the same seed chooses the same experts again (a no-op re-run), and ranking by trust without trust records is
+// refused.
+TEST_F(QuantizeModelTest, RulesChooseEachLayersTopShare) {
+  QuantizeOptions o{.model = "tiny", .to = "by-trust", .experts_by = *ParseExpertRule("trust:q8_0@25%,q4_k@rest")};
+  EXPECT_TRUE(QuantizeModel(*store_, o).status().IsInvalidArgument());  // no trust records yet
+  CatalogBatch batch;
+  for (uint32_t e = 0; e < 32; ++e) {
+    batch.Put(Cf::kTrust, ExpertKey("tiny", 0, e), EncodeTrust({.trust = (e * 7 % 32) / 32.0}));
+  }
+  ASSERT_TRUE(store_->WriteMetadata(batch).ok());
+  auto r = QuantizeModel(*store_, o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->experts_by_format, (std::map<std::string, uint64_t>{{"Q4_K", 144}, {"Q8_0", 48}}));
+  for (const ExpertInfo& e : Experts("by-trust")) {
+    if (e.layer != 0) continue;
+    const bool top = (e.expert * 7 % 32) >= 24;  // the eight highest trusts
+    EXPECT_EQ(e.projections[0].ggml_type, static_cast<int32_t>(top ? GgmlType::kQ8_0 : GgmlType::kQ5_0))
+        << "expert " << e.expert;
+  }
+  QuantizeOptions random{.model = "tiny", .to = "by-chance", .experts_by = *ParseExpertRule("random:q8_0@25%,q4_0@rest,seed=4")};
+  ASSERT_TRUE(QuantizeModel(*store_, random).ok());
+  auto again = QuantizeModel(*store_, random);
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->unchanged);
+  std::map<uint32_t, int> top_per_layer;
+  for (const ExpertInfo& e : Experts("by-chance")) {
+    top_per_layer[e.layer] += e.projections[0].ggml_type == static_cast<int32_t>(GgmlType::kQ8_0);
+  }
+  for (const auto& [layer, n] : top_per_layer) EXPECT_EQ(n, 8) << "layer " << layer;
+}
+
 // A disk that fails mid-run: what was committed stays, the store verifies, and the same command finishes the job
 // with the bytes a clean run writes.
 TEST_F(QuantizeModelTest, AFailedRunResumes) {
