@@ -2,6 +2,7 @@
 #include "compute/generator.h"
 
 #include <algorithm>
+#include <optional>
 #include <chrono>
 #include <cmath>
 
@@ -185,9 +186,29 @@ bool IsTop1(const float* logits, size_t vocab, int32_t target) {
   return static_cast<int32_t>(std::max_element(logits, logits + vocab) - logits) == target;
 }
 
+double KlOfLogits(const float* p_logits, const float* q_logits, size_t vocab) {
+  const float pm = *std::max_element(p_logits, p_logits + vocab), qm = *std::max_element(q_logits, q_logits + vocab);
+  double ps = 0, qs = 0;
+  for (size_t v = 0; v < vocab; ++v) {
+    ps += std::exp(static_cast<double>(p_logits[v] - pm));
+    qs += std::exp(static_cast<double>(q_logits[v] - qm));
+  }
+  const double log_ps = std::log(ps), log_qs = std::log(qs);
+  double kl = 0;
+  for (size_t v = 0; v < vocab; ++v) {
+    const double lp = static_cast<double>(p_logits[v] - pm) - log_ps, lq = static_cast<double>(q_logits[v] - qm) - log_qs;
+    kl += std::exp(lp) * (lp - lq);
+  }
+  return std::max(0.0, kl);
+}
+
 Result<EvalResult> EvaluateNll(Model& model, ExpertProvider& experts, std::span<const int32_t> ids, size_t window,
                                const ForwardOptions& forward, const std::function<void(size_t, bool)>& on_position,
-                               size_t step) {
+                               size_t step, const EvalReference* reference) {
+  if (reference != nullptr && reference->model->config().vocab != model.config().vocab) {
+    return Status::InvalidArgument("the reference model has " + std::to_string(reference->model->config().vocab) +
+                                   " tokens in its vocabulary, this one " + std::to_string(model.config().vocab));
+  }
   if (window < 2) return Status::InvalidArgument("evaluation window must hold at least 2 tokens");
   if (ids.size() < 2) {
     // Perplexity over no predicted token would be exp(0) = 1: a perfect score for an empty text.
@@ -199,19 +220,34 @@ Result<EvalResult> EvaluateNll(Model& model, ExpertProvider& experts, std::span<
   const size_t V = model.config().vocab, H = model.config().hidden;
   KvCache kv(model.config(), window);
   std::vector<float> hidden, logits(kEvalLogitRows * V);
+  std::optional<KvCache> ref_kv;
+  std::vector<float> ref_hidden, ref_logits;
+  if (reference != nullptr) {
+    ref_kv.emplace(reference->model->config(), window);
+    ref_logits.resize(kEvalLogitRows * V);
+  }
+  const size_t ref_h = reference != nullptr ? reference->model->config().hidden : 0;
   for (size_t start = 0; start + 1 < ids.size(); start += window) {
     size_t len = std::min(window, ids.size() - start);
     if (len < 2) break;
     kv.Reset();
+    if (ref_kv) ref_kv->Reset();
     const size_t chunk = step == 0 ? len : step;
     for (size_t first = 0; first < len; first += chunk) {
       size_t n_in = std::min(chunk, len - first);
       ES_RETURN_IF_ERROR(model.Forward(ids.subspan(start + first, n_in), kv, experts, forward, hidden));
+      if (reference != nullptr) {
+        ES_RETURN_IF_ERROR(reference->model->Forward(ids.subspan(start + first, n_in), *ref_kv, *reference->experts,
+                                                     reference->forward, ref_hidden));
+      }
       // Rows of this call that predict a token of the window.
       size_t predicting = std::min(n_in, len - 1 - first);
       for (size_t row = 0; row < predicting; row += kEvalLogitRows) {
         size_t n = std::min(kEvalLogitRows, predicting - row);
         ES_RETURN_IF_ERROR(model.ComputeLogits(&hidden[row * H], n, logits.data()));
+        if (reference != nullptr) {
+          ES_RETURN_IF_ERROR(reference->model->ComputeLogits(&ref_hidden[row * ref_h], n, ref_logits.data()));
+        }
         for (size_t i = 0; i < n; ++i) {
           const float* l = &logits[i * V];
           size_t index = start + first + row + i + 1;
@@ -220,6 +256,11 @@ Result<EvalResult> EvaluateNll(Model& model, ExpertProvider& experts, std::span<
           bool correct = IsTop1(l, V, target);
           r.top1_correct += correct;
           ++r.tokens;
+          if (reference != nullptr) {
+            const float* rl = &ref_logits[i * V];
+            r.kl += KlOfLogits(rl, l, V);
+            r.top1_agree += std::max_element(rl, rl + V) - rl == std::max_element(l, l + V) - l;
+          }
           if (on_position) on_position(index, correct);
         }
       }

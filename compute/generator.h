@@ -72,14 +72,29 @@ Result<std::vector<float>> LastLogits(Model& model, ExpertProvider& experts, std
 double TokenNll(const float* logits, size_t vocab, int32_t target);
 // True when `target` is the argmax of the logits (the lowest index among equals).
 bool IsTop1(const float* logits, size_t vocab, int32_t target);
+// KL(p || q) in nats of the softmax distributions of two logit rows of `vocab` values, in double.
+double KlOfLogits(const float* p_logits, const float* q_logits, size_t vocab);
 
 struct EvalResult {
   uint64_t tokens = 0;       // predicted tokens
   double nll = 0;            // total negative log-likelihood, nats
   uint64_t top1_correct = 0; // positions where the argmax was the next token
   double seconds = 0;
+  // With a reference model: the summed KL(reference || this) of the next-token distributions, nats, and the
+  // positions where both put the same token first.
+  double kl = 0;
+  uint64_t top1_agree = 0;
   double mean_nll() const { return tokens ? nll / static_cast<double>(tokens) : 0; }
+  double mean_kl() const { return tokens ? kl / static_cast<double>(tokens) : 0; }
   double perplexity() const;
+};
+
+// Another model run over the same windows, for EvaluateNll to compare its distributions with (a quantized
+// copy against its source, say). Both must share the vocabulary.
+struct EvalReference {
+  Model* model = nullptr;
+  ExpertProvider* experts = nullptr;
+  ForwardOptions forward;
 };
 
 // Teacher-forced NLL of `ids` as one sequence, in consecutive non-overlapping windows of `window` tokens (each
@@ -90,10 +105,12 @@ struct EvalResult {
 // and before the next call. `step` > 0 runs each window `step` tokens per Forward call through the KV cache
 // (1: as decode does, which is what cache hit rates of generation mean); 0 runs a window in one call. The NLL
 // does not depend on it beyond float rounding.
+// With `reference`, the reference runs the same calls and EvalResult's kl and top1_agree compare the two
+// (InvalidArgument when the vocabularies differ).
 Result<EvalResult> EvaluateNll(Model& model, ExpertProvider& experts, std::span<const int32_t> ids, size_t window,
                                const ForwardOptions& forward,
                                const std::function<void(size_t index, bool correct)>& on_position = {},
-                               size_t step = 0);
+                               size_t step = 0, const EvalReference* reference = nullptr);
 
 // Routes `ids` token by token, in decode order, as generation routes them (the KV cache restarts from empty when
 // the model's context is full), and gives `on_step` each token's routing at each MoE layer: a trace step whose

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -243,8 +244,16 @@ Status RunEval(const Args& args) {
       recorder->RecordOutcome((index - 1) % static_cast<size_t>(window), correct);
     };
   }
+  // --reference M: the same windows through another model (the source of a quantized copy), for the KL of the
+  // next-token distributions against it.
+  std::unique_ptr<Runtime> ref_rt;
+  std::optional<EvalReference> reference;
+  if (auto ref = args.Get("reference")) {
+    ES_ASSIGN_OR_RETURN(ref_rt, Runtime::Open(args, *ref, RuntimeOptions{.need_tokenizer = false, .announce = false}));
+    reference = EvalReference{&ref_rt->model(), &ref_rt->experts(), ref_rt->forward_options()};
+  }
   auto evaluated = EvaluateNll(rt->model(), rt->experts(), ids, static_cast<size_t>(window), rt->forward_options(),
-                               on_position, static_cast<size_t>(step));
+                               on_position, static_cast<size_t>(step), reference ? &*reference : nullptr);
   if (!evaluated.ok()) return evaluated.status().WithContext(path);
   const EvalResult& r = *evaluated;
   ES_RETURN_IF_ERROR(rt->FinishRecording());
@@ -263,6 +272,11 @@ Status RunEval(const Args& args) {
     w.Key("precision_mix").BeginObject();
     for (const auto& [format, projections] : rt->precision_mix()) w.Key(format).Uint(projections);
     w.EndObject();
+    if (reference) {
+      w.Key("reference").BeginObject().Key("model").String(*args.Get("reference")).Key("mean_kl").Double(r.mean_kl())
+          .Key("top1_agreement").Double(r.tokens ? static_cast<double>(r.top1_agree) / static_cast<double>(r.tokens) : 0)
+          .EndObject();
+    }
     w.Key("usage").String(RecordingTarget(*rt))
         .Key("tokens_per_second").Double(tps).Key("hit_rate").Double(hit_rate).Key("cache");
     WriteCacheJson(w, *rt);
@@ -279,6 +293,10 @@ Status RunEval(const Args& args) {
     mix += (mix.empty() ? "" : ", ") + format + " " + std::to_string(projections);
   }
   std::printf("precision: expert projections %s\n", mix.c_str());
+  if (reference) {
+    std::printf("against %s: mean KL %.6g nats, top-1 agreement %.2f%%\n", args.Get("reference")->c_str(), r.mean_kl(),
+                r.tokens ? 100.0 * static_cast<double>(r.top1_agree) / static_cast<double>(r.tokens) : 0);
+  }
   return Status::Ok();
 }
 
@@ -418,10 +436,13 @@ void RegisterGenerateCommands(std::vector<Command>& commands) {
                       with({{"model", true, "model name"}, {"ids", true, "comma-separated token ids"},
                             {"top", true, "only the N most likely tokens (id and logit), most likely first"}}),
                       RunLogits});
-  commands.push_back({"eval", "eval --model M --text FILE [--state S] [--routing R] [--window N] [--step N]",
+  commands.push_back({"eval",
+                      "eval --model M --text FILE [--state S] [--routing R] [--window N] [--step N] [--reference M2]",
                       "teacher-forced NLL and perplexity of a text file",
                       with({{"model", true, "model name"}, {"text", true, "text file"},
                             {"window", true, "tokens per window (default min(context, 1024))"},
+                            {"reference", true, "another model run over the same windows: the mean KL of the "
+                                                "next-token distributions against it, and top-1 agreement"},
                             {"step", true, "tokens per forward call (1: token by token, as decode runs; default: a "
                                            "whole window at once)"}}),
                       RunEval});

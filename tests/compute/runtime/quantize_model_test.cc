@@ -47,20 +47,32 @@ class QuantizeModelTest : public ::testing::Test {
     return out;
   }
 
-  double Perplexity(const std::string& model) {
+  // The model's evaluation of a short text, against `reference` when one is named.
+  EvalResult Evaluate(const std::string& model, const std::string& reference = "") {
     RuntimeConfig c;
     c.cache_pct = 100;
     auto rt = ModelRuntime::Open(*store_, model, c, nullptr);
     EXPECT_TRUE(rt.ok()) << rt.status().ToString();
-    if (!rt.ok()) return 0;
+    if (!rt.ok()) return {};
+    std::unique_ptr<ModelRuntime> ref_rt;
+    std::optional<EvalReference> ref;
+    if (!reference.empty()) {
+      auto opened = ModelRuntime::Open(*store_, reference, c, nullptr);
+      EXPECT_TRUE(opened.ok()) << opened.status().ToString();
+      if (!opened.ok()) return {};
+      ref_rt = std::move(opened).value();
+      ref = EvalReference{&ref_rt->model(), &ref_rt->experts(), ref_rt->forward_options()};
+    }
     auto ids = (*rt)->tokenizer().Encode("The quick brown fox jumps over the lazy dog. Stores hold experts, and "
                                          "experts hold the weights that a router picks for every token.");
     EXPECT_TRUE(ids.ok());
     const std::vector<int32_t> tokens(ids->begin(), ids->end());
-    auto r = EvaluateNll((*rt)->model(), (*rt)->experts(), tokens, 64, (*rt)->forward_options());
+    auto r = EvaluateNll((*rt)->model(), (*rt)->experts(), tokens, 64, (*rt)->forward_options(), {}, 0,
+                         ref ? &*ref : nullptr);
     EXPECT_TRUE(r.ok()) << r.status().ToString();
-    return r.ok() ? r->perplexity() : 0;
+    return r.ok() ? *r : EvalResult{};
   }
+  double Perplexity(const std::string& model) { return Evaluate(model).perplexity(); }
 
   testing::TempDir dir_;
   std::unique_ptr<Store> store_;
@@ -104,9 +116,18 @@ TEST_F(QuantizeModelTest, EncodesEveryProjectionAsTheQuantizerDoes) {
       }
     }
   }
-  // Q8_0 costs the tiny model almost nothing.
+  // Q8_0 costs the tiny model almost nothing; the KL against the source tells the formats apart (and is 0
+  // against itself).
   const double base = Perplexity("tiny"), q8 = Perplexity("tiny-q8");
   EXPECT_NEAR(q8 / base, 1.0, 0.01) << base << " " << q8;
+  const EvalResult self = Evaluate("tiny", "tiny");
+  EXPECT_EQ(self.kl, 0.0);
+  EXPECT_EQ(self.top1_agree, self.tokens);
+  Quantize("tiny-q4", GgmlType::kQ4_0);
+  const EvalResult k8 = Evaluate("tiny-q8", "tiny"), k4 = Evaluate("tiny-q4", "tiny");
+  EXPECT_GT(k8.mean_kl(), 0.0);
+  EXPECT_LT(k8.mean_kl(), 1e-3);
+  EXPECT_GT(k4.mean_kl(), 4 * k8.mean_kl());  // a 4-bit grid against an 8-bit one
 }
 
 TEST_F(QuantizeModelTest, FallsBackWhereRowsAreNotWholeBlocks) {
