@@ -7,11 +7,13 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <random>
 #include <set>
 
 #include "compute/kernels/ggml_blocks.h"
 #include "compute/kernels/ggml_quantize.h"
+#include "compute/kernels/parallel.h"
 #include "store/base/aligned_buffer.h"
 #include "store/base/checksum.h"
 #include "store/base/float16.h"
@@ -48,9 +50,9 @@ std::optional<GgmlType> GgmlTypeOf(DType dtype, int32_t ggml_type) {
   }
 }
 
-// Re-encodes a [rows, cols] matrix of `from` into `to`, row by row.
+// Re-encodes a [rows, cols] matrix of `from` into `to`, rows spread over the pool.
 Result<std::vector<std::byte>> Reencode(std::span<const std::byte> bytes, GgmlType from, GgmlType to, uint64_t rows,
-                                        uint64_t cols, const std::string& what) {
+                                        uint64_t cols, const std::string& what, kernels::ComputePool* pool) {
   const std::optional<uint64_t> in_row = GgmlRowBytes(from, cols), out_row = GgmlRowBytes(to, cols);
   if (!in_row || !out_row || *in_row * rows != bytes.size()) {
     return Status::Corruption(what + ": " + std::to_string(bytes.size()) + " bytes are not " + std::to_string(rows) +
@@ -58,11 +60,21 @@ Result<std::vector<std::byte>> Reencode(std::span<const std::byte> bytes, GgmlTy
                               " values");
   }
   std::vector<std::byte> out(*out_row * rows);
-  std::vector<float> row(cols);
-  for (uint64_t r = 0; r < rows; ++r) {
-    ES_RETURN_IF_ERROR(DequantizeGgmlRow(from, bytes.subspan(r * *in_row, *in_row), row).WithContext(what));
-    ES_RETURN_IF_ERROR(QuantizeGgmlRow(to, row, std::span(out).subspan(r * *out_row, *out_row)).WithContext(what));
-  }
+  std::mutex mu;
+  Status failed;  // the first row's error, if any
+  kernels::ParallelFor(pool, rows, 8, [&](size_t begin, size_t end) {
+    std::vector<float> row(cols);
+    for (size_t r = begin; r < end; ++r) {
+      Status s = DequantizeGgmlRow(from, bytes.subspan(r * *in_row, *in_row), row);
+      if (s.ok()) s = QuantizeGgmlRow(to, row, std::span(out).subspan(r * *out_row, *out_row));
+      if (!s.ok()) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (failed.ok()) failed = s.WithContext(what + " row " + std::to_string(r));
+        return;
+      }
+    }
+  });
+  ES_RETURN_IF_ERROR(failed);
   return out;
 }
 
@@ -184,6 +196,7 @@ struct Writer {
   const QuantizeOptions& options;
   ModelInfo& record;
   bool replacing = false;
+  kernels::ComputePool* pool = nullptr;  // re-encoding's threads
   std::unique_ptr<WriteTxn> txn;
   uint64_t txn_bytes = 0;
 
@@ -274,7 +287,7 @@ Status CopyTensors(Writer& w, const ModelInfo& source, const Stored& stored, Qua
       const GgmlType to = FallbackFormat(*w.options.dense, cols);
       if (to != *w.options.dense) ++result.fallbacks[FallbackKey("dense", *w.options.dense, to)];
       if (to != *from) {
-        ES_ASSIGN_OR_RETURN(encoded, Reencode(payload, *from, to, rows, cols, what));
+        ES_ASSIGN_OR_RETURN(encoded, Reencode(payload, *from, to, rows, cols, what, w.pool));
         payload = encoded;
         const Encoding e = EncodingOf(to);
         t.dtype = e.dtype;
@@ -337,7 +350,7 @@ Status QuantizeExperts(Writer& w, const std::vector<ExpertInfo>& experts, const 
       const GgmlType to = FallbackFormat(wanted, cols);
       if (to != wanted) ++result.fallbacks[FallbackKey(p.role, wanted, to)];
       ES_ASSIGN_OR_RETURN(std::vector<std::byte> encoded,
-                          Reencode(payload.subspan(p.offset, p.length), *from, to, rows, cols, pwhat));
+                          Reencode(payload.subspan(p.offset, p.length), *from, to, rows, cols, pwhat, w.pool));
       const Encoding enc = EncodingOf(to);
       out.projections.push_back({p.role, p.source_name, enc.dtype, p.shape, bytes.size(), encoded.size(), enc.ggml_type});
       bytes.insert(bytes.end(), encoded.begin(), encoded.end());
@@ -520,7 +533,9 @@ Result<QuantizeResult> QuantizeModel(Store& store, const QuantizeOptions& o) {
   QuantizeResult result;
   result.model = o.to;
   Stored stored;
+  ES_ASSIGN_OR_RETURN(std::unique_ptr<kernels::ComputePool> pool, kernels::ComputePool::Create(o.threads));
   Writer w{store, o, record};
+  w.pool = pool.get();
   if (auto existing = store.catalog().Get(Cf::kModels, ModelKey(o.to)); existing.ok()) {
     ES_ASSIGN_OR_RETURN(ModelInfo old, DecodeModel(*existing));
     if (old.source_fingerprint == record.source_fingerprint) {

@@ -7,6 +7,7 @@
 // refused unless `replace`.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -47,6 +48,7 @@ struct QuantizeOptions {
   std::optional<GgmlType> dense;    // the dense matrices' format (2-D tensors); unset: copied as they are
   bool replace = false;
   uint64_t commit_bytes = 256ull << 20;
+  size_t threads = 0;  // re-encoding threads, the caller's included; 0: one per hardware thread
   std::function<void(uint64_t done, uint64_t total)> progress;  // experts written of the source's
 };
 
