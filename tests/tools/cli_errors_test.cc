@@ -58,6 +58,15 @@ TEST(CliErrorsTest, ModelDependentLimitsNameTheFlags) {
   ExpectError("bench cache --model tiny --synthetic --cache-pct 0" + store, 2, "--cache-pct must be in (0, 100]");
   ExpectError("generate --model tiny --prompt x --no-record --prefetch-min-prob 1.5" + store, 2,
               "--prefetch-min-prob must be in [0, 1]");
+  ExpectError("quantize --model tiny --to t2" + store, 2, "give exactly one of --experts (one format) and --experts-by");
+  ExpectError("quantize --model tiny --to t2 --experts q2_k" + store, 2, "--experts must be one of F32");
+  ExpectError("quantize --model tiny --to t2 --experts q8_0 --dense q3_k" + store, 2, "--dense must be one of F32");
+  ExpectError("quantize --model tiny --to t2 --experts-by speed:q8_0@25%,q4_k@rest" + store, 2,
+              "--experts-by ranks by trust, usage, random or list");
+  ExpectError("quantize --model tiny --to t2 --experts-by trust:q8_0@25%,q4_k@rest" + store, 2,
+              "--experts-by ranks by trust, but model 'tiny' has no trust records");
+  ExpectError("quantize --model tiny --to tiny --experts q8_0" + store, 2, "--to must name a new model");
+  ExpectError("quantize --model none --to t2 --experts q8_0" + store, 3, "no model 'none'");
 }
 
 }  // namespace
