@@ -11,6 +11,7 @@
 #include <random>
 #include <set>
 
+#include "cache/model_experts.h"
 #include "compute/kernels/ggml_blocks.h"
 #include "compute/kernels/ggml_quantize.h"
 #include "compute/kernels/parallel.h"
@@ -302,22 +303,6 @@ Status CopyTensors(Writer& w, const ModelInfo& source, const Stored& stored, Qua
   return Status::Ok();
 }
 
-Result<std::vector<ExpertInfo>> SourceExperts(Store& store, const std::string& model) {
-  std::vector<ExpertInfo> experts;
-  Status bad;
-  ES_RETURN_IF_ERROR(store.catalog().Scan(Cf::kExperts, ModelPrefix(model), [&](std::string_view, std::string_view v) {
-    auto e = DecodeExpert(v);
-    if (!e.ok()) {
-      bad = e.status();
-      return false;
-    }
-    experts.push_back(std::move(e).value());
-    return true;
-  }));
-  ES_RETURN_IF_ERROR(bad);
-  return experts;
-}
-
 Status QuantizeExperts(Writer& w, const std::vector<ExpertInfo>& experts, const Formats& formats,
                        const Stored& stored, QuantizeResult& result) {
   uint64_t done = 0;
@@ -516,7 +501,8 @@ Result<QuantizeResult> QuantizeModel(Store& store, const QuantizeOptions& o) {
   ES_ASSIGN_OR_RETURN(ModelInfo source, DecodeModel(*src));
   if (!source.complete) return Status::InvalidArgument("model '" + o.model + "' is incomplete (an interrupted ingest)");
 
-  ES_ASSIGN_OR_RETURN(std::vector<ExpertInfo> experts, SourceExperts(store, o.model));
+  ES_ASSIGN_OR_RETURN(ModelExperts source_experts, ModelExperts::Load(store.catalog(), o.model));
+  const std::vector<ExpertInfo>& experts = source_experts.experts();
   Formats formats;
   if (o.experts_by) {
     ES_ASSIGN_OR_RETURN(formats, ChooseFormats(store, source, experts, *o.experts_by));
