@@ -232,11 +232,9 @@ float FitSymmetric(const float* x, int n, Levels levels) {
     }
     if (svv == 0) continue;
     const float scale = static_cast<float>(sxv / svv);
-    double err = 0;
-    for (int i = 0; i < n; ++i) {
-      const double e = static_cast<double>(scale) * LevelOf(levels, x[i] / scale) - x[i];
-      err += e * e;
-    }
+    // The least-squares error of this rounding at its best scale: sum x^2 - (sum x v)^2 / sum v^2 (the sum of x^2
+    // is the same for every candidate, so it is left out).
+    const double err = -sxv * sxv / svv;
     if (err < best_err) {
       best_err = err;
       best_scale = scale;
