@@ -453,18 +453,22 @@ Result<std::vector<ExpertHandle>> ExpertCache::Acquire(std::span<const ExpertRef
 
 // ---- prefetcher -----------------------------------------------------------------------------------------
 
-void ExpertCache::Prefetch(std::span<const ExpertRef> refs) {
+void ExpertCache::Prefetch(std::span<const ExpertRef> refs) { Queue(refs, /*guess=*/true); }
+
+void ExpertCache::Load(std::span<const ExpertRef> refs) { Queue(refs, /*guess=*/false); }
+
+void ExpertCache::Queue(std::span<const ExpertRef> refs, bool guess) {
   if (!prefetch_enabled_) return;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (const ExpertRef& ref : refs) {
       auto key = experts_.keys().Key(ref);
       if (!key || experts_.Find(*key) == nullptr || slot_of_key_[*key] != kNoSlot || queued_[*key]) continue;
-      if (!guessed_[*key]) {
+      if (guess && !guessed_[*key]) {
         guessed_[*key] = true;
         guesses_[ref.layer].push_back(*key);
       }
-      if (guess_accuracy_ < prefetch_min_accuracy_) {
+      if (guess && guess_accuracy_ < prefetch_min_accuracy_) {
         ++stats_.prefetch_throttled;
         continue;
       }

@@ -123,6 +123,9 @@ class ExpertCache {
   // the first to be evicted. While the guesses' moving accuracy is below `prefetch_min_accuracy`, predictions
   // are scored but not read.
   void Prefetch(std::span<const ExpertRef> refs);
+  // Reads these experts in the background as Prefetch does, but as loads asked for, not guesses: never scored,
+  // throttled or demoted (the full-precision copy of an expert just served from a low-bit one).
+  void Load(std::span<const ExpertRef> refs);
   // The moving accuracy of the prefetcher's guesses (1 before any was scored).
   double prefetch_guess_accuracy() const;
   // Drops queued (not yet issued) predictions: all of them, or those of one layer. Reads in flight complete.
@@ -212,6 +215,7 @@ class ExpertCache {
   std::vector<ExpertHandle> HandlesLocked(const AcquireBatch& batch);
 
   void PrefetchLoop();
+  void Queue(std::span<const ExpertRef> refs, bool guess);
 
   Store& store_;
   const ModelExperts experts_;

@@ -10,23 +10,52 @@ Result<std::unique_ptr<CacheExpertProvider>> CacheExpertProvider::Create(Store& 
       new CacheExpertProvider(std::move(cache), options.prefetch_bytes_in_flight > 0));
 }
 
-Status CacheExpertProvider::Acquire(uint32_t layer, std::span<const uint32_t> experts, std::vector<AcquiredExpert>& out) {
-  out.clear();
-  std::vector<ExpertRef> refs;
-  refs.reserve(experts.size());
-  for (uint32_t e : experts) refs.push_back({layer, e});
-  auto acquired = cache_->Acquire(refs);
+Status CacheExpertProvider::SetMissTier(std::unique_ptr<ExpertCache> tier) {
+  if (!prefetch_) return Status::InvalidArgument("a miss tier needs the cache's prefetcher to load full experts");
+  tier_ = std::move(tier);
+  return Status::Ok();
+}
+
+Status CacheExpertProvider::AcquireFrom(ExpertCache& cache, std::span<const ExpertRef> refs,
+                                        std::span<const size_t> positions, std::span<const uint32_t> experts,
+                                        std::vector<AcquiredExpert>& out) {
+  if (refs.empty()) return Status::Ok();
+  auto acquired = cache.Acquire(refs);
   if (!acquired.ok() && acquired.status().IsResourceExhausted() && prefetch_) {
     // The prefetcher's reads in flight hold slots a demand batch as large as the cache needs: let them land
     // (they become evictable) and try again.
-    cache_->WaitForPrefetches();
-    acquired = cache_->Acquire(refs);
+    cache.WaitForPrefetches();
+    acquired = cache.Acquire(refs);
   }
   ES_ASSIGN_OR_RETURN(auto handles, std::move(acquired));
   for (size_t i = 0; i < handles.size(); ++i) {
     auto handle = std::make_shared<ExpertHandle>(std::move(handles[i]));
     ES_ASSIGN_OR_RETURN(auto weights, ExpertWeightsFromPayload(handle->info(), handle->payload()));
-    out.push_back({experts[i], weights, handle, handle->payload()});
+    out[positions[i]] = {experts[positions[i]], weights, handle, handle->payload()};
+  }
+  return Status::Ok();
+}
+
+Status CacheExpertProvider::Acquire(uint32_t layer, std::span<const uint32_t> experts, std::vector<AcquiredExpert>& out) {
+  out.assign(experts.size(), {});
+  std::vector<ExpertRef> full, low;
+  std::vector<size_t> full_at, low_at;
+  for (size_t i = 0; i < experts.size(); ++i) {
+    const ExpertRef ref{layer, experts[i]};
+    // Without a tier every expert comes from the cache; with one, only those resident now.
+    if (tier_ == nullptr || cache_->IsResident(ref)) {
+      full.push_back(ref);
+      full_at.push_back(i);
+    } else {
+      low.push_back(ref);
+      low_at.push_back(i);
+    }
+  }
+  ES_RETURN_IF_ERROR(AcquireFrom(*cache_, full, full_at, experts, out));
+  if (!low.empty()) {
+    ES_RETURN_IF_ERROR(AcquireFrom(*tier_, low, low_at, experts, out));
+    tier_uses_ += low.size();
+    cache_->Load(low);  // full precision for the tokens after this one
   }
   return Status::Ok();
 }
@@ -56,8 +85,14 @@ void CacheExpertProvider::Prefetch(uint32_t layer, std::span<const uint32_t> exp
 
 ProviderCounters CacheExpertProvider::counters() const {
   CacheStats s = cache_->stats();
-  return {s.hits, s.misses, s.prefetch_hits, s.wasted_prefetches, s.bytes_read, s.prefetch_bytes_read,
-          s.prefetch_throttled};
+  ProviderCounters c{s.hits, s.misses, s.prefetch_hits, s.wasted_prefetches, s.bytes_read, s.prefetch_bytes_read,
+                     s.prefetch_throttled};
+  if (tier_ != nullptr) {
+    const CacheStats t = tier_->stats();
+    c.bytes_read += t.bytes_read;
+    c.tier_uses = tier_uses_.load();
+  }
+  return c;
 }
 
 }  // namespace es

@@ -2,6 +2,8 @@
 // prefetcher fed by the model's next-layer router predictions. The cache is owned; the store must outlive it.
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -17,18 +19,33 @@ class CacheExpertProvider final : public ExpertProvider {
   Status Acquire(uint32_t layer, std::span<const uint32_t> experts, std::vector<AcquiredExpert>& out) override;
   void Prefetch(uint32_t layer, std::span<const uint32_t> experts) override;
   bool prefetches() const override { return prefetch_; }
-  size_t max_batch() const override { return cache_->capacity_slots(); }
+  // With a miss tier, a batch may be served wholly from it: no larger than either cache.
+  size_t max_batch() const override {
+    return tier_ == nullptr ? cache_->capacity_slots() : std::min(cache_->capacity_slots(), tier_->capacity_slots());
+  }
   bool Has(uint32_t layer, uint32_t expert) const override { return cache_->Contains({layer, expert}); }
   bool Resident(uint32_t layer, uint32_t expert) const override { return cache_->IsResident({layer, expert}); }
   void AcquireResident(uint32_t layer, std::span<const uint32_t> experts, std::vector<AcquiredExpert>& out) override;
   ProviderCounters counters() const override;
   ExpertCache& cache() { return *cache_; }
 
+  // A low-bit copy of the model (the same experts, re-encoded: `quantize --add-tier`) that serves the experts not
+  // resident in the cache: Acquire pins the resident ones from the cache and reads the others' low-bit records
+  // through `tier` (a small cache of its own), and asks the cache to load their full-precision records in the
+  // background for later tokens. The output is then not the model's own. The cache must have a prefetcher.
+  Status SetMissTier(std::unique_ptr<ExpertCache> tier);
+  const ExpertCache* miss_tier() const { return tier_.get(); }
+
  private:
   explicit CacheExpertProvider(std::unique_ptr<ExpertCache> cache, bool prefetch)
       : cache_(std::move(cache)), prefetch_(prefetch) {}
+  // Pins `refs` in `cache` and appends their views to `out` at `positions`.
+  Status AcquireFrom(ExpertCache& cache, std::span<const ExpertRef> refs, std::span<const size_t> positions,
+                     std::span<const uint32_t> experts, std::vector<AcquiredExpert>& out);
   std::unique_ptr<ExpertCache> cache_;
   bool prefetch_;
+  std::unique_ptr<ExpertCache> tier_;
+  std::atomic<uint64_t> tier_uses_{0};
 };
 
 }  // namespace es

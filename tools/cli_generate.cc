@@ -82,6 +82,7 @@ ProviderCounters CountersSince(const Runtime& rt, const CacheSnapshot& since) {
   c.bytes_read -= since.counters.bytes_read;
   c.prefetch_bytes_read -= since.counters.prefetch_bytes_read;
   c.prefetch_throttled -= since.counters.prefetch_throttled;
+  c.tier_uses -= since.counters.tier_uses;
   return c;
 }
 
@@ -94,6 +95,7 @@ void WriteCacheJson(JsonWriter& w, const Runtime& rt, const CacheSnapshot& since
   w.BeginObject().Key("hits").Uint(c.hits).Key("misses").Uint(c.misses).Key("prefetch_hits").Uint(c.prefetch_hits)
       .Key("wasted_prefetches").Uint(c.wasted_prefetches).Key("bytes_read").Uint(c.bytes_read)
       .Key("prefetch_bytes_read").Uint(c.prefetch_bytes_read).Key("prefetch_throttled").Uint(c.prefetch_throttled)
+      .Key("miss_tier_uses").Uint(c.tier_uses)
       .Key("prefetch_precision").Double(a.precision()).Key("prefetch_recall").Double(a.recall())
       .Key("decode_steps_prefetching").Uint(rt.prefetch_governor().mode(true).steps - since.steps_with_prefetch)
       .Key("decode_steps_not_prefetching").Uint(rt.prefetch_governor().mode(false).steps - since.steps_without)

@@ -11,6 +11,7 @@
 #include "ingest/ingest.h"
 #include "ingest/make_checkpoint.h"
 #include "compute/kernels/ggml_quantize.h"
+#include "compute/runtime/model_runtime.h"
 #include "compute/runtime/quantize_model.h"
 #include "tools/cli.h"
 
@@ -116,14 +117,24 @@ Result<GgmlType> ParseFormat(const std::string& text, std::string_view field) {
 Status RunQuantize(const Args& args) {
   QuantizeOptions o;
   ES_ASSIGN_OR_RETURN(o.model, args.Require("model"));
-  ES_ASSIGN_OR_RETURN(o.to, args.Require("to"));
-  if (args.Has("experts") == args.Has("experts-by")) {
-    return Status::InvalidArgument("give exactly one of `experts` (one format) and `experts_by` (a rule)");
-  }
-  if (auto experts = args.Get("experts")) {
-    ES_ASSIGN_OR_RETURN(o.experts, ParseFormat(*experts, "experts"));
+  if (auto tier = args.Get("add-tier")) {
+    // The low-bit copy that --miss-precision reads: every expert in one format, under the name it looks for.
+    if (args.Has("to") || args.Has("experts") || args.Has("experts-by") || args.Has("dense")) {
+      return Status::InvalidArgument("`add_tier` names the copy and its format itself: drop `to`, `experts`, "
+                                     "`experts_by` and `dense`");
+    }
+    ES_ASSIGN_OR_RETURN(o.experts, ParseFormat(*tier, "add_tier"));
+    o.to = MissTierModel(o.model, GgmlTypeInfoOf(o.experts).name);
   } else {
-    ES_ASSIGN_OR_RETURN(o.experts_by, ParseExpertRule(*args.Get("experts-by")));
+    ES_ASSIGN_OR_RETURN(o.to, args.Require("to"));
+    if (args.Has("experts") == args.Has("experts-by")) {
+      return Status::InvalidArgument("give exactly one of `experts` (one format) and `experts_by` (a rule)");
+    }
+    if (auto experts = args.Get("experts")) {
+      ES_ASSIGN_OR_RETURN(o.experts, ParseFormat(*experts, "experts"));
+    } else {
+      ES_ASSIGN_OR_RETURN(o.experts_by, ParseExpertRule(*args.Get("experts-by")));
+    }
   }
   if (auto dense = args.Get("dense")) {
     ES_ASSIGN_OR_RETURN(o.dense, ParseFormat(*dense, "dense"));
@@ -271,7 +282,8 @@ void RegisterIngestCommands(std::vector<Command>& commands) {
                        {"commit-mb", true, "data per transaction, the unit an interrupted ingest resumes from (default 512)"}},
                       RunIngest, /*max_positional=*/1});
   commands.push_back({"quantize",
-                      "quantize --model M --to NAME (--experts TYPE | --experts-by RULE) [--dense TYPE] [--replace]",
+                      "quantize --model M (--to NAME (--experts TYPE | --experts-by RULE) [--dense TYPE] | --add-tier TYPE) "
+                      "[--replace]",
                       "write a copy of a model with its experts (and dense matrices) in another GGML format; re-running "
                       "is a no-op, an interrupted run resumes",
                       {{"model", true, "the source model"},
@@ -280,6 +292,8 @@ void RegisterIngestCommands(std::vector<Command>& commands) {
                        {"experts-by", true, "per layer, the top share by trust, usage or at random (or a list) in one "
                                             "format, the rest in another: trust:q8_0@25%,q4_k@rest"},
                        {"dense", true, "the dense matrices' format (default: kept as they are)"},
+                       {"add-tier", true, "write the model's low-bit copy that --miss-precision TYPE serves misses from "
+                                          "(MODEL.tier-TYPE)"},
                        {"replace", false, "replace a model of that name that holds something else"},
                        {"commit-mb", true, "data per transaction, the unit an interrupted run resumes from (default 256)"}},
                       RunQuantize});

@@ -1,6 +1,7 @@
 // Runtime implementation.
 #include "tools/cli_runtime.h"
 
+#include <cctype>
 #include <cstdio>
 #include <random>
 
@@ -20,6 +21,8 @@ std::vector<FlagSpec> RuntimeFlags() {
       {"prefetch", true, "layers to prefetch ahead (overrides the state's; 0 disables)"},
       {"prefetch-min-prob", true, "prefetch a predicted expert only when the lookahead router gives it at least this "
                                   "probability (default: 2 / experts per layer, twice chance)"},
+      {"miss-precision", true, "serve experts not in the cache from the model's low-bit copy in this format (quantize "
+                               "--add-tier), loading full precision behind: NOT EXACT"},
       {"device", true, "cpu (default), cuda or hybrid (CPU and GPU share the experts by a cost model)"},
       {"gpu-cache-mb", true, "cuda/hybrid: GPU memory for experts in MiB (default: what fits)"},
       {"gpu-cache-pct", true, "cuda/hybrid: GPU expert cache as a percentage of the model's experts"},
@@ -134,6 +137,11 @@ Result<RuntimeConfig> RuntimeConfigFromArgs(const Args& args) {
   }
   if (args.Has("prefetch-min-prob")) {
     ES_ASSIGN_OR_RETURN(c.prefetch_min_prob, args.GetDouble("prefetch-min-prob", 0));
+  }
+  if (auto tier = args.Get("miss-precision")) {
+    std::string upper(*tier);
+    for (char& ch : upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    c.miss_precision = upper;
   }
   c.no_cache = args.Has("no-cache");
   c.skip_missing_experts = args.Has("skip-missing-experts");

@@ -10,6 +10,7 @@
 #include "cache/policy.h"
 #include "cache/states.h"
 #include "compute/routing_policy.h"
+#include "store/base/ggml_type.h"
 #include "store/metadata.h"
 
 namespace es {
@@ -95,6 +96,14 @@ std::string MemoryText(uint64_t bytes) {
   return text;
 }
 
+}  // namespace
+
+std::string MissTierModel(const std::string& model, std::string_view format) {
+  return model + ".tier-" + std::string(format);
+}
+
+namespace {
+
 // The configuration line's note on a policy that caches only some layers (CachedLayers).
 std::string BypassText(const ExpertCache& cache) {
   const uint32_t layers = cache.experts().keys().layers;
@@ -135,6 +144,14 @@ Status ValidateRuntimeConfig(const RuntimeConfig& c) {
   }
   if (c.prefetch_min_prob && !(*c.prefetch_min_prob >= 0 && *c.prefetch_min_prob <= 1)) {
     return Status::InvalidArgument("`prefetch_min_prob` must be in [0, 1]");
+  }
+  if (c.miss_precision) {
+    const std::optional<GgmlType> t = ParseGgmlTypeName(*c.miss_precision);
+    if (!t || !GgmlTypeInfoOf(*t).supported) {
+      return Status::InvalidArgument("`miss_precision` must name a GGML format (Q4_K, Q8_0, IQ4_XS, ...), not '" +
+                                     *c.miss_precision + "'");
+    }
+    if (c.no_cache) return Status::InvalidArgument("`miss_precision` serves misses of the cache, which `no_cache` turns off");
   }
   if (c.no_cache) {
     if (routing == RoutingKind::kCacheAware) {
@@ -294,7 +311,31 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
   ES_ASSIGN_OR_RETURN(co.policy, ParsePolicyKind(c.policy));
   co.prefetch_bytes_in_flight = budget.prefetch_bytes_in_flight;
   co.experts_per_token = budget.experts_per_token;
+  if (c.miss_precision) {  // the full-precision loads behind the tier's reads need the prefetcher
+    co.prefetch_bytes_in_flight = std::max<uint64_t>(co.prefetch_bytes_in_flight, budget.experts_per_token * sm.slot_bytes);
+  }
   ES_ASSIGN_OR_RETURN(auto provider, CacheExpertProvider::Create(store, model, co));
+  if (c.miss_precision) {
+    const std::string tier = MissTierModel(model, *c.miss_precision);
+    auto tier_experts = ModelExperts::Load(store.catalog(), tier);
+    if (!tier_experts.ok()) {
+      return tier_experts.status().IsNotFound()
+                 ? Status::NotFound("`miss_precision` " + *c.miss_precision + " needs the model's low-bit copy '" + tier +
+                                    "': write it with quantize --model " + model + " --add-tier " + *c.miss_precision)
+                 : tier_experts.status();
+    }
+    if (tier_experts->keys().layers != experts.keys().layers ||
+        tier_experts->keys().experts_per_layer != experts.keys().experts_per_layer) {
+      return Status::InvalidArgument("'" + tier + "' does not have the experts of '" + model + "'");
+    }
+    // Room for the layers the prefetcher works on and the one computing, as the cache's floor.
+    ExpertCacheOptions to;
+    to.capacity_bytes = static_cast<uint64_t>(CacheFloorSlots(budget.prefetch_depth, budget.experts_per_token)) *
+                        tier_experts->max_record_bytes();
+    ES_ASSIGN_OR_RETURN(auto tier_cache, ExpertCache::Open(store, tier, to));
+    ES_RETURN_IF_ERROR(provider->SetMissTier(std::move(tier_cache)));
+    rt->inexact_.push_back("experts not in the cache run from the " + *c.miss_precision + " copy '" + tier + "'");
+  }
   rt->state_ = std::string(MetabolicStateName(state));
   if (budget.experts_per_token != config.top_k) {
     rt->inexact_.insert(rt->inexact_.begin(), "state " + rt->state_ + " runs " +

@@ -25,6 +25,9 @@
 
 namespace es {
 
+// The name of a model's low-bit copy in `format` ("Q4_K"): MODEL.tier-Q4_K.
+std::string MissTierModel(const std::string& model, std::string_view format);
+
 // Without RuntimeConfig::prefetch_min_prob, a predicted expert is prefetched when the lookahead router gives it at
 // least this many times the chance probability 1 / num_experts. On the tiny model (32 experts: 0.0625) that keeps
 // predictions right about 4 times in 5 where all top-k are right 3 times in 4 (docs/cache.md); on a model whose
@@ -56,6 +59,10 @@ struct RuntimeConfig {
   std::string focus_domain;                // trust routing: favour this profiled domain's experts
   std::optional<uint32_t> prefetch;        // layers prefetched ahead
   std::optional<double> prefetch_min_prob;  // lookahead router probability a prediction needs (ForwardOptions)
+  // Serve the experts not resident in the cache from the model's low-bit copy in this format (the model
+  // "MODEL.tier-FORMAT" that `quantize --add-tier FORMAT` writes), loading their full precision in the background:
+  // NOT EXACT. Unset: every expert at the model's own precision.
+  std::optional<std::string> miss_precision;
   bool no_cache = false;                   // every selected expert read from disk for every token
   bool skip_missing_experts = false;       // drop experts a partial checkpoint lacks instead of failing
   bool need_tokenizer = true;

@@ -205,6 +205,36 @@ TEST_F(QuantizeModelTest, RerunsAreNoOpsAndOtherSettingsAreRefused) {
   EXPECT_TRUE(report->ok());
 }
 
+// With --miss-precision the experts not in the cache come from the model's low-bit copy: the run says it is not
+// exact, counts the uses it served from the copy, and stays close to the model's own perplexity; without the copy
+// it is refused naming the command that writes it.
+TEST_F(QuantizeModelTest, MissesServedFromTheLowBitCopy) {
+  RuntimeConfig c;
+  c.cache_pct = 25;
+  c.miss_precision = "Q8_0";
+  auto missing = ModelRuntime::Open(*store_, "tiny", c, nullptr);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_TRUE(missing.status().IsNotFound());
+  EXPECT_NE(missing.status().message().find("quantize --model tiny --add-tier Q8_0"), std::string::npos);
+  Quantize(MissTierModel("tiny", "Q8_0"), GgmlType::kQ8_0);
+  auto rt = ModelRuntime::Open(*store_, "tiny", c, nullptr);
+  ASSERT_TRUE(rt.ok()) << rt.status().ToString();
+  EXPECT_FALSE((*rt)->exact());
+  auto ids = (*rt)->tokenizer().Encode("The quick brown fox jumps over the lazy dog. Stores hold experts, and "
+                                       "experts hold the weights that a router picks for every token.");
+  ASSERT_TRUE(ids.ok());
+  const std::vector<int32_t> tokens(ids->begin(), ids->end());
+  auto tiered = EvaluateNll((*rt)->model(), (*rt)->experts(), tokens, 64, (*rt)->forward_options(), {}, /*step=*/1);
+  ASSERT_TRUE(tiered.ok()) << tiered.status().ToString();
+  const ProviderCounters counters = (*rt)->experts().counters();
+  EXPECT_GT(counters.tier_uses, 0u);
+  EXPECT_GT(counters.hits, 0u);  // the full experts loaded behind the copy's reads serve later tokens
+  EXPECT_NEAR(tiered->perplexity() / Perplexity("tiny"), 1.0, 0.01);
+  RuntimeConfig bad = c;
+  bad.miss_precision = "Q9";
+  EXPECT_TRUE(ModelRuntime::Open(*store_, "tiny", bad, nullptr).status().IsInvalidArgument());
+}
+
 TEST(ExpertRuleTest, ParsesRulesAndNamesWhatIsWrong) {
   auto r = ParseExpertRule("trust:q8_0@25%,Q4_K@rest");
   ASSERT_TRUE(r.ok()) << r.status().ToString();
