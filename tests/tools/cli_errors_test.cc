@@ -67,6 +67,11 @@ TEST(CliErrorsTest, ModelDependentLimitsNameTheFlags) {
               "--experts-by ranks by trust, but model 'tiny' has no trust records");
   ExpectError("quantize --model tiny --to tiny --experts q8_0" + store, 2, "--to must name a new model");
   ExpectError("quantize --model none --to t2 --experts q8_0" + store, 3, "no model 'none'");
+  ExpectError("quantize --model tiny --add-tier q4_k --to t2" + store, 2, "--add-tier names the copy and its format");
+  ExpectError("generate --model tiny --prompt x --no-record --miss-precision q9" + store, 2,
+              "--miss-precision must name a GGML format");
+  ExpectError("generate --model tiny --prompt x --no-record --miss-precision q4_k" + store, 3,
+              "--miss-precision Q4_K needs the model's low-bit copy 'tiny.tier-Q4_K'");
 }
 
 }  // namespace
