@@ -131,6 +131,8 @@ enum PrefetchArg : int64_t {
   kPrefetchConfident = 2,   // depth 1, guesses at least twice chance (the runtime's default threshold)
   kPrefetchGoverned = 3,    // as confident, decode steps prefetching or not as a PrefetchGovernor measures (the
                             // runtime's default)
+  kMissTierQ4K = 4,         // governed, and experts not in the cache served from the model's Q4_K copy
+                            // (MODEL.tier-Q4_K, quantize --add-tier; the row skips without it): NOT EXACT
 };
 
 // args: cache percent of the experts, policy (0 lru, 1 reuse), PrefetchArg.
@@ -154,6 +156,22 @@ void BM_Cached(benchmark::State& state) {
     state.SkipWithError(provider.status().ToString().c_str());
     return;
   }
+  if (prefetch == kMissTierQ4K) {
+    const std::string tier = MissTierModel(g_model, "Q4_K");
+    auto tier_experts = ModelExperts::Load(g_store->catalog(), tier);
+    if (!tier_experts.ok()) {
+      state.SkipWithError(("no " + tier + ": " + tier_experts.status().ToString()).c_str());
+      return;
+    }
+    ExpertCacheOptions to;
+    to.capacity_bytes = CacheFloorSlots(/*prefetch_depth=*/1, c.top_k) * tier_experts->max_record_bytes();
+    auto tier_cache = ExpertCache::Open(*g_store, tier, to);
+    Status set = tier_cache.ok() ? (*provider)->SetMissTier(std::move(tier_cache).value()) : tier_cache.status();
+    if (!set.ok()) {
+      state.SkipWithError(set.ToString().c_str());
+      return;
+    }
+  }
   ForwardOptions fo;
   fo.prefetch_depth = prefetch == kPrefetchOff ? 0 : 1;
   fo.prefetch_min_prob =
@@ -161,11 +179,12 @@ void BM_Cached(benchmark::State& state) {
   PrefetchAccuracy acc;
   fo.prefetch_accuracy = &acc;
   PrefetchGovernor governor;
-  if (prefetch == kPrefetchGoverned) fo.prefetch_governor = &governor;
+  if (prefetch >= kPrefetchGoverned) fo.prefetch_governor = &governor;
   // Warm-up (a prompt of its own): the cache fills as it would over a conversation, the governor measures.
   RunOnce(**provider, fo);
   acc = {};
   const CacheStats before = (*provider)->cache().stats();
+  const uint64_t tier_before = (*provider)->counters().tier_uses;
   Measure(state, "cached/" + std::to_string(state.range(0)) + "/" + std::to_string(state.range(1)) + "/" +
                      std::to_string(state.range(2)),
           **provider, fo);
@@ -173,7 +192,12 @@ void BM_Cached(benchmark::State& state) {
   state.counters["prefetch_precision"] = acc.precision();
   state.counters["prefetch_recall"] = acc.recall();
   state.counters["wasted_prefetches"] = static_cast<double>(after.wasted_prefetches - before.wasted_prefetches);
-  if (prefetch == kPrefetchGoverned) {
+  if (prefetch == kMissTierQ4K) {
+    state.counters["miss_tier_uses_per_token"] =
+        static_cast<double>((*provider)->counters().tier_uses - tier_before) /
+        static_cast<double>(std::max<uint64_t>(1, state.iterations() * (kPromptTokens + g_decode_tokens)));
+  }
+  if (prefetch >= kPrefetchGoverned) {
     state.counters["governor_prefetches"] = governor.PrefersPrefetch() ? 1 : 0;
     state.counters["step_ms_prefetch"] = governor.mode(true).seconds * 1e3;
     state.counters["step_ms_no_prefetch"] = governor.mode(false).seconds * 1e3;
@@ -314,8 +338,8 @@ void BM_MemoryBandwidthBound(benchmark::State& state) {
 }
 
 // Every cache size: lru without prefetch; the old default (lru, every guess prefetched); the default (lru,
-// confident guesses, governed); reuse without prefetch, with confident guesses, and governed. All cached: lru
-// alone (nothing to evict or prefetch).
+// confident guesses, governed); reuse without prefetch, with confident guesses, and governed; the default with
+// misses served from the Q4_K copy. All cached: lru alone (nothing to evict or prefetch).
 void CacheArgs(benchmark::internal::Benchmark* b) {
   b->ArgNames({"cache_pct", "reuse", "prefetch"});
   b->Args({100, 0, kPrefetchOff});
@@ -326,6 +350,7 @@ void CacheArgs(benchmark::internal::Benchmark* b) {
     b->Args({pct, 1, kPrefetchOff});
     b->Args({pct, 1, kPrefetchConfident});
     b->Args({pct, 1, kPrefetchGoverned});
+    b->Args({pct, 0, kMissTierQ4K});
   }
 }
 
