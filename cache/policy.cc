@@ -345,7 +345,7 @@ class ArcPolicy final : public EvictionPolicy {
   static constexpr uint8_t kT1 = 0, kT2 = 1, kB1 = 2, kB2 = 3, kNone = 4;
 
   void Move(PolicyKey key, uint8_t to) {
-    if (list_[key] != kNone) lists_[list_[key]].erase(where_[key]);
+    if (list_[key] < kNone) lists_[list_[key]].erase(where_[key]);
     lists_[to].push_front(key);
     where_[key] = lists_[to].begin();
     list_[key] = to;

@@ -44,12 +44,12 @@ struct QuantizeOptions {
   std::string model;                // the source
   std::string to;                   // the new model's name
   GgmlType experts = GgmlType::kQ8_0;  // every expert projection's format (F32, F16 and BF16 store plain dtypes)
-  std::optional<ExpertRule> experts_by;  // when set, the formats come from the rule instead of `experts`
-  std::optional<GgmlType> dense;    // the dense matrices' format (2-D tensors); unset: copied as they are
+  std::optional<ExpertRule> experts_by = std::nullopt;  // when set, the formats come from the rule, not `experts`
+  std::optional<GgmlType> dense = std::nullopt;  // the dense matrices' format (2-D tensors); unset: copied as is
   bool replace = false;
   uint64_t commit_bytes = 256ull << 20;
   size_t threads = 0;  // re-encoding threads, the caller's included; 0: one per hardware thread
-  std::function<void(uint64_t done, uint64_t total)> progress;  // experts written of the source's
+  std::function<void(uint64_t done, uint64_t total)> progress = {};  // experts written of the source's
 };
 
 struct QuantizeResult {

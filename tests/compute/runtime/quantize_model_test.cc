@@ -168,7 +168,8 @@ TEST_F(QuantizeModelTest, CarriesTheSourcesMetadataOver) {
   CatalogBatch batch;
   TrustInfo trust{.trust = 0.75, .convergence_rate = 0.5, .stability = 0.25};
   batch.Put(Cf::kTrust, ExpertKey("tiny", 2, 7), EncodeTrust(trust));
-  UsageCounts usage{.activation_count = 42};
+  UsageCounts usage;
+  usage.activation_count = 42;
   batch.Put(Cf::kUsage, ExpertKey("tiny", 3, 1), EncodeUsage(usage));
   ASSERT_TRUE(store_->WriteMetadata(batch).ok());
   const QuantizeResult r = Quantize("tiny-q8", GgmlType::kQ8_0);
