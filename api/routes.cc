@@ -141,11 +141,7 @@ Result<ApiResponse> Expert(const ApiContext& ctx, const Target& t) {
 
 Result<ApiResponse> Blob(const ApiContext& ctx, const Target& t) {
   ES_ASSIGN_OR_RETURN(ExpertPath p, ResolveExpert(ctx, t.segments));
-  AlignedBuffer buffer(p.expert.extent.record_length);
-  if (buffer.data() == nullptr) return Status::ResourceExhausted("no memory for a read buffer");
-  ExtentRead read{p.expert.extent, buffer.span(), Status(), {}};
-  ctx.store->reader().ReadBatch({&read, 1});
-  ES_RETURN_IF_ERROR(read.status);
+  ES_ASSIGN_OR_RETURN(ExtentReader::Record read, ctx.store->reader().ReadRecord(p.expert.extent));
   ApiResponse r;
   r.content_type = std::string(kBlobContentType);
   r.body = EncodeExpertBlob(p.model, p.expert, read.payload);

@@ -156,19 +156,11 @@ void BM_Cached(benchmark::State& state) {
     state.SkipWithError(provider.status().ToString().c_str());
     return;
   }
-  if (prefetch == kMissTierQ4K) {
-    const std::string tier = MissTierModel(g_model, "Q4_K");
-    auto tier_experts = ModelExperts::Load(g_store->catalog(), tier);
-    if (!tier_experts.ok()) {
-      state.SkipWithError(("no " + tier + ": " + tier_experts.status().ToString()).c_str());
-      return;
-    }
-    ExpertCacheOptions to;
-    to.capacity_bytes = CacheFloorSlots(/*prefetch_depth=*/1, c.top_k) * tier_experts->max_record_bytes();
-    auto tier_cache = ExpertCache::Open(*g_store, tier, to);
-    Status set = tier_cache.ok() ? (*provider)->SetMissTier(std::move(tier_cache).value()) : tier_cache.status();
-    if (!set.ok()) {
-      state.SkipWithError(set.ToString().c_str());
+  if (prefetch == kMissTierQ4K) {  // as the runtime attaches it: a cache of the state's floor of slots
+    auto tier = AttachMissTier(*g_store, g_model, GgmlType::kQ4_K, CacheFloorSlots(/*prefetch_depth=*/1, c.top_k),
+                               **provider);
+    if (!tier.ok()) {
+      state.SkipWithError(tier.status().ToString().c_str());
       return;
     }
   }

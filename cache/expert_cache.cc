@@ -201,9 +201,7 @@ void ExpertCache::ScoreGuessesLocked(const AcquireBatch& batch) {
       guess_accuracy_ += kWeight * ((used ? 1.0 : 0.0) - guess_accuracy_);
       if (used) continue;
       if (queued_[g]) {  // its layer has come: reading it now would serve only a later pass, if any
-        queued_[g] = false;
-        --queued_count_;
-        ++stats_.prefetch_dropped;
+        DropQueuedLocked(g);
         continue;
       }
       const int32_t s = slot_of_key_[g];
@@ -216,6 +214,12 @@ void ExpertCache::ScoreGuessesLocked(const AcquireBatch& batch) {
     }
     guesses.clear();
   }
+}
+
+void ExpertCache::DropQueuedLocked(PolicyKey key) {
+  queued_[key] = false;  // its deque entry stays as dead weight, skipped and compacted away
+  --queued_count_;
+  ++stats_.prefetch_dropped;
 }
 
 double ExpertCache::prefetch_guess_accuracy() const {
@@ -354,11 +358,7 @@ Status ExpertCache::ClaimMissesLocked(AcquireBatch& batch, const std::vector<uin
       policy_->Touch(key, tick[i]);
       continue;
     }
-    if (queued_[key]) {  // demand overtakes the queued prediction
-      queued_[key] = false;
-      --queued_count_;
-      ++stats_.prefetch_dropped;
-    }
+    if (queued_[key]) DropQueuedLocked(key);  // demand overtakes the queued prediction
     int32_t s = TakeSlotLocked(tick[i], std::nullopt);
     if (s == kNoSlot) {
       UndoPinsLocked(batch);
@@ -478,10 +478,7 @@ void ExpertCache::Queue(std::span<const ExpertRef> refs, bool guess) {
       while (queued_count_ > prefetch_queue_limit_) {  // the oldest guesses are the stalest: drop them
         PolicyKey old = prefetch_queue_.front();
         prefetch_queue_.pop_front();
-        if (!queued_[old]) continue;
-        queued_[old] = false;
-        --queued_count_;
-        ++stats_.prefetch_dropped;
+        if (queued_[old]) DropQueuedLocked(old);
       }
     }
     // Entries overtaken by demand stay in the deque as dead weight; compact when they dominate.

@@ -177,6 +177,8 @@ class ExpertCache {
   int32_t TakeSlotLocked(uint64_t now, std::optional<PolicyKey> prefetching);
   // Requires mu_. Evicts the ready, unpinned expert in slot `s` and returns the slot.
   int32_t EvictLocked(int32_t s);
+  // Requires mu_ and a queued key: takes the prediction out of the queue, counted as dropped.
+  void DropQueuedLocked(PolicyKey key);
   // Requires mu_. Releases one pin taken by Acquire; a failed slot with no pins left goes back to the free list.
   void UnpinLocked(uint32_t slot);
   // Reads `slots` (each kLoading for its key) in one batch without the lock, then publishes the results.

@@ -509,17 +509,7 @@ Status Checkpoint::ClassifyGguf() {
                                     "IQ4_XS");
       }
       // Plain types keep their dtype; block formats are stored verbatim with their GGML type.
-      DType dtype = DType::kUnknown;
-      int32_t ggml_type = kNoGgmlType;
-      if (t.type == GgmlType::kF32) {
-        dtype = DType::kF32;
-      } else if (t.type == GgmlType::kF16) {
-        dtype = DType::kF16;
-      } else if (t.type == GgmlType::kBF16) {
-        dtype = DType::kBF16;
-      } else {
-        ggml_type = static_cast<int32_t>(t.type);
-      }
+      const auto [dtype, ggml_type] = StoredElementsOf(t.type);
       // GGUF lists dimensions row length first; Hugging Face shapes put it last.
       std::vector<uint64_t> shape(t.dims.rbegin(), t.dims.rend());
       TensorSource src{&file, t.name, dtype, shape, t.file_offset, t.bytes, ggml_type};

@@ -30,6 +30,19 @@ Result<File*> ExtentReader::Segment(uint32_t id) {
 void ExtentReader::ReadBatch(std::span<ExtentRead> reads) { Read(reads, /*verify=*/true); }
 void ExtentReader::ReadRaw(std::span<ExtentRead> reads) { Read(reads, /*verify=*/false); }
 
+Result<ExtentReader::Record> ExtentReader::ReadRecord(const Extent& extent) {
+  Record record{AlignedBuffer(extent.record_length), {}};
+  if (record.buffer.data() == nullptr) {
+    return Status::ResourceExhausted("cannot allocate a buffer of " + std::to_string(extent.record_length) +
+                                     " bytes to read a record");
+  }
+  ExtentRead read{extent, record.buffer.span(), Status::Ok(), {}};
+  ReadBatch({&read, 1});
+  ES_RETURN_IF_ERROR(read.status);
+  record.payload = read.payload;
+  return record;
+}
+
 namespace {
 
 // Per-extent verification state. Pieces complete in any order (and, under the pread engine, on several

@@ -10,6 +10,7 @@
 #include <span>
 #include <string>
 
+#include "store/base/aligned_buffer.h"
 #include "store/base/file_system.h"
 #include "store/io_engine.h"
 #include "store/segment_format.h"
@@ -33,6 +34,13 @@ class ExtentReader {
 
   // Reads and verifies every request; each gets its own status.
   void ReadBatch(std::span<ExtentRead> reads);
+  // One record read and verified into a buffer of its own (`payload` points into `buffer`, and stays valid when the
+  // result is moved). ResourceExhausted when the buffer cannot be allocated; the read's own error otherwise.
+  struct Record {
+    AlignedBuffer buffer;
+    std::span<const std::byte> payload;
+  };
+  Result<Record> ReadRecord(const Extent& extent);
   // The raw record bytes, not verified (verify and debugging tools).
   void ReadRaw(std::span<ExtentRead> reads);
 

@@ -206,6 +206,25 @@ std::string_view ElementTypeName(DType dtype, int32_t ggml_type) {
   return info ? info->name : "UNKNOWN";
 }
 
+StoredElements StoredElementsOf(GgmlType type) {
+  switch (type) {
+    case GgmlType::kF32: return {DType::kF32, kNoGgmlType};
+    case GgmlType::kF16: return {DType::kF16, kNoGgmlType};
+    case GgmlType::kBF16: return {DType::kBF16, kNoGgmlType};
+    default: return {DType::kUnknown, static_cast<int32_t>(type)};
+  }
+}
+
+std::optional<GgmlType> GgmlTypeOfStored(DType dtype, int32_t ggml_type) {
+  if (ggml_type != kNoGgmlType) return static_cast<GgmlType>(ggml_type);
+  switch (dtype) {
+    case DType::kF32: return GgmlType::kF32;
+    case DType::kF16: return GgmlType::kF16;
+    case DType::kBF16: return GgmlType::kBF16;
+    default: return std::nullopt;
+  }
+}
+
 std::string EncodeTensor(const TensorInfo& v) {
   flatbuffers::FlatBufferBuilder b;
   fb::Extent e = ToFb(v.extent);

@@ -3,11 +3,13 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "store/base/dtype.h"
+#include "store/base/ggml_type.h"
 #include "store/segment_format.h"
 #include "store/base/status.h"
 
@@ -76,6 +78,16 @@ struct ProjectionInfo {
 
 // The name of what a tensor holds: the dtype's ("BF16"), or the GGML format's ("Q4_K").
 std::string_view ElementTypeName(DType dtype, int32_t ggml_type);
+
+// How elements of a GGML type are stored: F32, F16 and BF16 as plain dtypes, the block formats as ggml_type (dtype
+// kUnknown).
+struct StoredElements {
+  DType dtype = DType::kUnknown;
+  int32_t ggml_type = kNoGgmlType;
+};
+StoredElements StoredElementsOf(GgmlType type);
+// The GGML type of stored elements (plain F32, F16 and BF16 as their GGML twins); nullopt for another dtype.
+std::optional<GgmlType> GgmlTypeOfStored(DType dtype, int32_t ggml_type);
 
 struct ExpertInfo {
   uint32_t layer = 0;

@@ -483,12 +483,9 @@ namespace es {
 Result<std::string> Store::ReadAsset(const ModelInfo& model, std::string_view asset) {
   for (const auto& a : model.assets) {
     if (a.name != asset) continue;
-    AlignedBuffer buffer(a.extent.record_length);
-    if (buffer.data() == nullptr) return Status::ResourceExhausted("cannot allocate a buffer for " + a.name);
-    ExtentRead r{a.extent, buffer.span(), Status::Ok(), {}};
-    reader_->ReadBatch({&r, 1});
-    ES_RETURN_IF_ERROR(r.status.WithContext("asset " + model.name + "/" + a.name));
-    return std::string(reinterpret_cast<const char*>(r.payload.data()), r.payload.size());
+    auto record = reader_->ReadRecord(a.extent);
+    if (!record.ok()) return record.status().WithContext("asset " + model.name + "/" + a.name);
+    return std::string(reinterpret_cast<const char*>(record->payload.data()), record->payload.size());
   }
   return Status::NotFound("model '" + model.name + "' has no asset " + std::string(asset));
 }

@@ -3,7 +3,6 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <cctype>
 #include <charconv>
 #include <cstdio>
 
@@ -104,12 +103,10 @@ Status RunIngest(const Args& args) {
 
 // A block format by name, any case ("q4_k", "Q4_K"), for the flag setting `field`.
 Result<GgmlType> ParseFormat(const std::string& text, std::string_view field) {
-  std::string upper = text;
-  for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  const std::optional<GgmlType> type = ParseGgmlTypeName(upper);
-  if (!type || !CanQuantizeGgml(*type)) {
-    return Status::InvalidArgument("`" + std::string(field) + "` must be one of F32, F16, BF16, Q8_0, Q4_0, Q4_1, "
-                                   "Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS (got '" + text + "')");
+  const std::optional<GgmlType> type = ParseQuantizeFormat(text);
+  if (!type) {
+    return Status::InvalidArgument("`" + std::string(field) + "` must be one of " + QuantizeFormatNames() + " (got '" +
+                                   text + "')");
   }
   return *type;
 }

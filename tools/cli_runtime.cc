@@ -1,7 +1,6 @@
 // Runtime implementation.
 #include "tools/cli_runtime.h"
 
-#include <cctype>
 #include <cstdio>
 #include <random>
 
@@ -138,11 +137,7 @@ Result<RuntimeConfig> RuntimeConfigFromArgs(const Args& args) {
   if (args.Has("prefetch-min-prob")) {
     ES_ASSIGN_OR_RETURN(c.prefetch_min_prob, args.GetDouble("prefetch-min-prob", 0));
   }
-  if (auto tier = args.Get("miss-precision")) {
-    std::string upper(*tier);
-    for (char& ch : upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
-    c.miss_precision = upper;
-  }
+  if (auto tier = args.Get("miss-precision")) c.miss_precision = std::string(*tier);
   c.no_cache = args.Has("no-cache");
   c.skip_missing_experts = args.Has("skip-missing-experts");
   ES_RETURN_IF_ERROR(ValidateRuntimeConfig(c));

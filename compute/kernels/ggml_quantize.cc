@@ -416,6 +416,20 @@ bool CanQuantizeGgml(GgmlType type) {
   }
 }
 
+std::optional<GgmlType> ParseQuantizeFormat(std::string_view name) {
+  const std::optional<GgmlType> type = ParseGgmlTypeName(name);
+  if (!type || !CanQuantizeGgml(*type)) return std::nullopt;
+  return type;
+}
+
+std::string QuantizeFormatNames() {
+  std::string names;
+  for (const GgmlTypeInfo& t : ggml_types::kTypes) {
+    if (CanQuantizeGgml(t.type)) names += (names.empty() ? "" : ", ") + std::string(t.name);
+  }
+  return names;
+}
+
 Status QuantizeGgmlRow(GgmlType type, std::span<const float> values, std::span<std::byte> row) {
   const GgmlTypeInfo info = GgmlTypeInfoOf(type);
   if (!CanQuantizeGgml(type)) {

@@ -8,7 +8,10 @@
 #pragma once
 
 #include <cstddef>
+#include <optional>
 #include <span>
+#include <string>
+#include <string_view>
 
 #include "store/base/ggml_type.h"
 #include "store/base/status.h"
@@ -23,5 +26,9 @@ Status QuantizeGgmlRow(GgmlType type, std::span<const float> values, std::span<s
 
 // Whether QuantizeGgmlRow takes `type`.
 bool CanQuantizeGgml(GgmlType type);
+// A format QuantizeGgmlRow writes, by name in any case ("q4_k"); nullopt for any other name.
+std::optional<GgmlType> ParseQuantizeFormat(std::string_view name);
+// The formats QuantizeGgmlRow writes, for messages: "F32, F16, BF16, Q4_0, ...".
+std::string QuantizeFormatNames();
 
 }  // namespace es

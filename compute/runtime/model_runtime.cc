@@ -102,6 +102,28 @@ std::string MissTierModel(const std::string& model, std::string_view format) {
   return model + ".tier-" + std::string(format);
 }
 
+Result<std::string> AttachMissTier(Store& store, const std::string& model, GgmlType format, uint32_t slots,
+                                   CacheExpertProvider& provider) {
+  const std::string name(GgmlTypeName(format));
+  const std::string tier = MissTierModel(model, name);
+  auto tier_experts = ModelExperts::Load(store.catalog(), tier);
+  if (!tier_experts.ok()) {
+    return tier_experts.status().IsNotFound()
+               ? Status::NotFound("`miss_precision` " + name + " needs the model's low-bit copy '" + tier +
+                                  "': write it with quantize --model " + model + " --add-tier " + name)
+               : tier_experts.status();
+  }
+  const KeySpace& keys = provider.cache().experts().keys();
+  if (tier_experts->keys().layers != keys.layers || tier_experts->keys().experts_per_layer != keys.experts_per_layer) {
+    return Status::InvalidArgument("'" + tier + "' does not have the experts of '" + model + "'");
+  }
+  ExpertCacheOptions options;
+  options.capacity_bytes = static_cast<uint64_t>(slots) * tier_experts->max_record_bytes();
+  ES_ASSIGN_OR_RETURN(auto tier_cache, ExpertCache::Open(store, tier, options));
+  ES_RETURN_IF_ERROR(provider.SetMissTier(std::move(tier_cache)));
+  return tier;
+}
+
 namespace {
 
 // The configuration line's note on a policy that caches only some layers (CachedLayers).
@@ -316,25 +338,14 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
   }
   ES_ASSIGN_OR_RETURN(auto provider, CacheExpertProvider::Create(store, model, co));
   if (c.miss_precision) {
-    const std::string tier = MissTierModel(model, *c.miss_precision);
-    auto tier_experts = ModelExperts::Load(store.catalog(), tier);
-    if (!tier_experts.ok()) {
-      return tier_experts.status().IsNotFound()
-                 ? Status::NotFound("`miss_precision` " + *c.miss_precision + " needs the model's low-bit copy '" + tier +
-                                    "': write it with quantize --model " + model + " --add-tier " + *c.miss_precision)
-                 : tier_experts.status();
-    }
-    if (tier_experts->keys().layers != experts.keys().layers ||
-        tier_experts->keys().experts_per_layer != experts.keys().experts_per_layer) {
-      return Status::InvalidArgument("'" + tier + "' does not have the experts of '" + model + "'");
-    }
-    // Room for the layers the prefetcher works on and the one computing, as the cache's floor.
-    ExpertCacheOptions to;
-    to.capacity_bytes = static_cast<uint64_t>(CacheFloorSlots(budget.prefetch_depth, budget.experts_per_token)) *
-                        tier_experts->max_record_bytes();
-    ES_ASSIGN_OR_RETURN(auto tier_cache, ExpertCache::Open(store, tier, to));
-    ES_RETURN_IF_ERROR(provider->SetMissTier(std::move(tier_cache)));
-    rt->inexact_.push_back("experts not in the cache run from the " + *c.miss_precision + " copy '" + tier + "'");
+    // ValidateRuntimeConfig checked the name. Room for the layers the prefetcher works on and the one computing, as
+    // the cache's floor.
+    const GgmlType format = *ParseGgmlTypeName(*c.miss_precision);
+    ES_ASSIGN_OR_RETURN(const std::string tier,
+                        AttachMissTier(store, model, format,
+                                       CacheFloorSlots(budget.prefetch_depth, budget.experts_per_token), *provider));
+    rt->inexact_.push_back("experts not in the cache run from the " + std::string(GgmlTypeName(format)) + " copy '" +
+                           tier + "'");
   }
   rt->state_ = std::string(MetabolicStateName(state));
   if (budget.experts_per_token != config.top_k) {

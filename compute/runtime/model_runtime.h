@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "compute/runtime/backend_choice.h"
@@ -21,12 +22,19 @@
 #include "compute/sampler.h"
 #include "compute/tokenizer/tokenizer.h"
 #include "compute/usage_recorder.h"
+#include "store/base/ggml_type.h"
 #include "store/store.h"
 
 namespace es {
 
 // The name of a model's low-bit copy in `format` ("Q4_K"): MODEL.tier-Q4_K.
 std::string MissTierModel(const std::string& model, std::string_view format);
+// Serves the misses of `provider` (a cache of `model`'s experts) from the model's low-bit copy in `format`
+// (CacheExpertProvider::SetMissTier) through a cache of `slots` slots of its own; returns the copy's name.
+// NotFound naming the quantize command that writes the copy when the store lacks it; InvalidArgument when its
+// experts are not the model's.
+Result<std::string> AttachMissTier(Store& store, const std::string& model, GgmlType format, uint32_t slots,
+                                   CacheExpertProvider& provider);
 
 // Without RuntimeConfig::prefetch_min_prob, a predicted expert is prefetched when the lookahead router gives it at
 // least this many times the chance probability 1 / num_experts. On the tiny model (32 experts: 0.0625) that keeps

@@ -2,7 +2,6 @@
 #include "compute/runtime/quantize_model.h"
 
 #include <algorithm>
-#include <cctype>
 #include <charconv>
 #include <chrono>
 #include <cstdio>
@@ -15,41 +14,13 @@
 #include "compute/kernels/ggml_blocks.h"
 #include "compute/kernels/ggml_quantize.h"
 #include "compute/kernels/parallel.h"
-#include "store/base/aligned_buffer.h"
 #include "store/base/checksum.h"
-#include "store/base/float16.h"
+#include "store/metadata.h"
 #include "store/records.h"
 
 namespace es {
 
 namespace {
-
-// What a projection or tensor holds: a plain dtype, or a GGML block format.
-struct Encoding {
-  DType dtype = DType::kUnknown;
-  int32_t ggml_type = kNoGgmlType;
-};
-
-// The stored form of `type`: F32, F16 and BF16 as plain dtypes (as ingest stores them), the rest as blocks.
-Encoding EncodingOf(GgmlType type) {
-  switch (type) {
-    case GgmlType::kF32: return {DType::kF32, kNoGgmlType};
-    case GgmlType::kF16: return {DType::kF16, kNoGgmlType};
-    case GgmlType::kBF16: return {DType::kBF16, kNoGgmlType};
-    default: return {DType::kUnknown, static_cast<int32_t>(type)};
-  }
-}
-
-// The GGML type a stored encoding is (plain dtypes as their GGML twins); nullopt for a dtype no block row holds.
-std::optional<GgmlType> GgmlTypeOf(DType dtype, int32_t ggml_type) {
-  if (ggml_type != kNoGgmlType) return static_cast<GgmlType>(ggml_type);
-  switch (dtype) {
-    case DType::kF32: return GgmlType::kF32;
-    case DType::kF16: return GgmlType::kF16;
-    case DType::kBF16: return GgmlType::kBF16;
-    default: return std::nullopt;
-  }
-}
 
 // Re-encodes a [rows, cols] matrix of `from` into `to`, rows spread over the pool.
 Result<std::vector<std::byte>> Reencode(std::span<const std::byte> bytes, GgmlType from, GgmlType to, uint64_t rows,
@@ -120,37 +91,19 @@ Result<Formats> ChooseFormats(Store& store, const ModelInfo& source, const std::
   std::map<uint32_t, std::vector<uint32_t>> by_layer;
   for (const ExpertInfo& e : experts) by_layer[e.layer].push_back(e.expert);
   std::map<std::pair<uint32_t, uint32_t>, double> score;  // higher first
-  if (rule.by == ExpertRule::By::kTrust || rule.by == ExpertRule::By::kUsage) {
-    const Cf cf = rule.by == ExpertRule::By::kTrust ? Cf::kTrust : Cf::kUsage;
-    Status bad;
-    ES_RETURN_IF_ERROR(store.catalog().Scan(cf, ModelPrefix(source.name), [&](std::string_view key, std::string_view v) {
-      if (cf == Cf::kUsage) {
-        auto k = ParseUsageKey(key);
-        if (!k.ok() || !k->domain.empty()) return true;  // per-domain counters are parts of the total
-        auto u = DecodeUsage(v);
-        if (!u.ok()) {
-          bad = u.status();
-          return false;
-        }
-        score[{k->id.layer, k->id.expert}] = static_cast<double>(u->activation_count);
-        return true;
-      }
-      auto k = ParseExpertKey(key);
-      auto t = DecodeTrust(v);
-      if (!k.ok() || !t.ok()) {
-        bad = !k.ok() ? k.status() : t.status();
-        return false;
-      }
-      score[{k->layer, k->expert}] = t->trust;
-      return true;
-    }));
-    ES_RETURN_IF_ERROR(bad);
+  if (rule.by == ExpertRule::By::kTrust) {
+    ES_ASSIGN_OR_RETURN(auto trust, LoadModelTrust(store.catalog(), source.name));
+    for (const auto& [key, t] : trust) score[key] = t.trust;
     if (score.empty()) {
-      return Status::InvalidArgument(std::string("`experts_by` ranks by ") +
-                                     (cf == Cf::kTrust ? "trust, but model '" + source.name +
-                                                             "' has no trust records (run calibrate)"
-                                                       : "usage, but model '" + source.name +
-                                                             "' has no usage records (run generate or eval)"));
+      return Status::InvalidArgument("`experts_by` ranks by trust, but model '" + source.name +
+                                     "' has no trust records (run calibrate)");
+    }
+  } else if (rule.by == ExpertRule::By::kUsage) {
+    ES_ASSIGN_OR_RETURN(ModelUsage usage, LoadModelUsage(store.catalog(), source.name));
+    for (const auto& [key, u] : usage.totals) score[key] = static_cast<double>(u.activation_count);
+    if (score.empty()) {
+      return Status::InvalidArgument("`experts_by` ranks by usage, but model '" + source.name +
+                                     "' has no usage records (run generate or eval)");
     }
   }
   Formats formats;
@@ -179,18 +132,6 @@ Result<Formats> ChooseFormats(Store& store, const ModelInfo& source, const std::
   return formats;
 }
 
-// One record read whole and verified.
-Result<AlignedBuffer> ReadRecord(Store& store, const Extent& extent, std::span<const std::byte>& payload,
-                                 const std::string& what) {
-  AlignedBuffer buffer(extent.record_length);
-  if (buffer.data() == nullptr) return Status::ResourceExhausted("no memory to read " + what);
-  ExtentRead read{extent, std::span<std::byte>(buffer.data(), buffer.size())};
-  store.reader().ReadBatch(std::span(&read, 1));
-  ES_RETURN_IF_ERROR(read.status.WithContext(what));
-  payload = read.payload;
-  return buffer;
-}
-
 // The write side: the open transaction and the model record committed with each one.
 struct Writer {
   Store& store;
@@ -198,7 +139,7 @@ struct Writer {
   ModelInfo& record;
   bool replacing = false;
   kernels::ComputePool* pool = nullptr;  // re-encoding's threads
-  std::unique_ptr<WriteTxn> txn;
+  std::unique_ptr<WriteTxn> txn = nullptr;
   uint64_t txn_bytes = 0;
 
   Status Begin() {
@@ -277,10 +218,11 @@ Status CopyTensors(Writer& w, const ModelInfo& source, const Stored& stored, Qua
     ++result.dense_tensors;
     if (stored.tensors.count(name)) continue;
     const std::string what = "tensor " + t.name;
-    std::span<const std::byte> payload;
-    ES_ASSIGN_OR_RETURN(AlignedBuffer buffer, ReadRecord(w.store, t.extent, payload, what));
+    auto record = w.store.reader().ReadRecord(t.extent);
+    if (!record.ok()) return record.status().WithContext(what);
+    std::span<const std::byte> payload = record->payload;
     std::vector<std::byte> encoded;
-    const std::optional<GgmlType> from = GgmlTypeOf(t.dtype, t.ggml_type);
+    const std::optional<GgmlType> from = GgmlTypeOfStored(t.dtype, t.ggml_type);
     // Matrices of the generation model are re-encoded when asked; vectors (norms, biases), components and
     // tensors of other dtypes stay as they are.
     if (w.options.dense && t.component.empty() && t.shape.size() == 2 && from) {
@@ -290,7 +232,7 @@ Status CopyTensors(Writer& w, const ModelInfo& source, const Stored& stored, Qua
       if (to != *from) {
         ES_ASSIGN_OR_RETURN(encoded, Reencode(payload, *from, to, rows, cols, what, w.pool));
         payload = encoded;
-        const Encoding e = EncodingOf(to);
+        const StoredElements e = StoredElementsOf(to);
         t.dtype = e.dtype;
         t.ggml_type = e.ggml_type;
       }
@@ -316,8 +258,9 @@ Status QuantizeExperts(Writer& w, const std::vector<ExpertInfo>& experts, const 
       continue;
     }
     const std::string what = "layer " + std::to_string(e.layer) + " expert " + std::to_string(e.expert);
-    std::span<const std::byte> payload;
-    ES_ASSIGN_OR_RETURN(AlignedBuffer buffer, ReadRecord(w.store, e.extent, payload, what));
+    auto record = w.store.reader().ReadRecord(e.extent);
+    if (!record.ok()) return record.status().WithContext(what);
+    const std::span<const std::byte> payload = record->payload;
     ExpertInfo out{e.layer, e.expert, {}, {}};
     std::vector<std::byte> bytes;
     for (const ProjectionInfo& p : e.projections) {
@@ -325,7 +268,7 @@ Status QuantizeExperts(Writer& w, const std::vector<ExpertInfo>& experts, const 
       if (p.offset > payload.size() || p.length > payload.size() - p.offset) {
         return Status::Corruption(pwhat + " lies outside its record");
       }
-      const std::optional<GgmlType> from = GgmlTypeOf(p.dtype, p.ggml_type);
+      const std::optional<GgmlType> from = GgmlTypeOfStored(p.dtype, p.ggml_type);
       if (!from) {
         return Status::NotSupported(pwhat + " is " + std::string(ElementTypeName(p.dtype, p.ggml_type)) +
                                     ", which quantize does not read");
@@ -336,7 +279,7 @@ Status QuantizeExperts(Writer& w, const std::vector<ExpertInfo>& experts, const 
       if (to != wanted) ++result.fallbacks[FallbackKey(p.role, wanted, to)];
       ES_ASSIGN_OR_RETURN(std::vector<std::byte> encoded,
                           Reencode(payload.subspan(p.offset, p.length), *from, to, rows, cols, pwhat, w.pool));
-      const Encoding enc = EncodingOf(to);
+      const StoredElements enc = StoredElementsOf(to);
       out.projections.push_back({p.role, p.source_name, enc.dtype, p.shape, bytes.size(), encoded.size(), enc.ggml_type});
       bytes.insert(bytes.end(), encoded.begin(), encoded.end());
     }
@@ -363,25 +306,13 @@ Status CarryMetadata(Writer& w, const std::string& source, QuantizeResult& resul
 }
 
 // The payload bytes of a model's records as committed: experts, tensors and the record's assets.
-Result<uint64_t> StoredBytes(Store& store, const ModelInfo& record) {
+Result<uint64_t> StoredBytes(Store& store, const std::string& model) {
+  std::vector<ExtentRef> refs;
+  std::vector<CorruptEntry> undecodable;
+  ES_RETURN_IF_ERROR(CollectExtents(store.catalog(), model, refs, undecodable));
+  if (!undecodable.empty()) return Status::Corruption(undecodable[0].what + ": " + undecodable[0].message);
   uint64_t total = 0;
-  const std::string prefix = ModelPrefix(record.name);
-  Status bad;
-  ES_RETURN_IF_ERROR(store.catalog().Scan(Cf::kExperts, prefix, [&](std::string_view, std::string_view v) {
-    auto e = DecodeExpert(v);
-    if (!e.ok()) bad = e.status();
-    total += e.ok() ? e->extent.payload_length : 0;
-    return e.ok();
-  }));
-  ES_RETURN_IF_ERROR(bad);
-  ES_RETURN_IF_ERROR(store.catalog().Scan(Cf::kTensors, prefix, [&](std::string_view, std::string_view v) {
-    auto t = DecodeTensor(v);
-    if (!t.ok()) bad = t.status();
-    total += t.ok() ? t->extent.payload_length : 0;
-    return t.ok();
-  }));
-  ES_RETURN_IF_ERROR(bad);
-  for (const AssetInfo& a : record.assets) total += a.extent.payload_length;
+  for (const ExtentRef& r : refs) total += r.extent.payload_length;
   return total;
 }
 
@@ -392,13 +323,6 @@ Result<ExpertRule> ParseExpertRule(std::string_view text) {
     return Status::InvalidArgument("`experts_by` " + why + " (got '" + std::string(text) +
                                    "'; e.g. trust:q8_0@25%,q4_k@rest, usage:..., random:...,seed=7, "
                                    "list:q8_0@0:3+5:17,q4_k@rest)");
-  };
-  auto format = [](std::string_view name) -> std::optional<GgmlType> {
-    std::string upper(name);
-    for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    auto t = ParseGgmlTypeName(upper);
-    if (!t || !CanQuantizeGgml(*t)) return std::nullopt;
-    return t;
   };
   auto number = [](std::string_view digits, uint64_t& out) {
     auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), out);
@@ -427,7 +351,7 @@ Result<ExpertRule> ParseExpertRule(std::string_view text) {
     }
     const size_t at = part.find('@');
     if (at == std::string_view::npos) return bad("needs FORMAT@WHICH parts");
-    const std::optional<GgmlType> t = format(part.substr(0, at));
+    const std::optional<GgmlType> t = ParseQuantizeFormat(part.substr(0, at));
     if (!t) return bad("names a format quantize does not write: '" + std::string(part.substr(0, at)) + "'");
     const std::string_view which = part.substr(at + 1);
     if (which == "rest") {
@@ -488,9 +412,8 @@ Result<QuantizeResult> QuantizeModel(Store& store, const QuantizeOptions& o) {
   }
   for (GgmlType t : asked) {
     if (!CanQuantizeGgml(t)) {
-      return Status::InvalidArgument("quantize does not write " + std::string(GgmlTypeInfoOf(t).name) +
-                                     " (it writes F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, "
-                                     "IQ4_NL, IQ4_XS)");
+      return Status::InvalidArgument("quantize does not write " + std::string(GgmlTypeInfoOf(t).name) + " (it writes " +
+                                     QuantizeFormatNames() + ")");
     }
   }
   if (store.read_only()) return Status::NotSupported("quantize needs the store open for writing");
@@ -542,7 +465,7 @@ Result<QuantizeResult> QuantizeModel(Store& store, const QuantizeOptions& o) {
     // What an interrupted run committed, plus what this one writes: the new model's size for its record.
     uint64_t committed = 0;
     if (result.resumed) {
-      ES_ASSIGN_OR_RETURN(committed, StoredBytes(store, record));
+      ES_ASSIGN_OR_RETURN(committed, StoredBytes(store, record.name));
     }
     Status s = w.Begin();
     if (s.ok()) s = CopyAssets(w, source, stored, result);
@@ -563,7 +486,7 @@ Result<QuantizeResult> QuantizeModel(Store& store, const QuantizeOptions& o) {
     }
     result.dense_tensors = stored.tensors.size();
   }
-  ES_ASSIGN_OR_RETURN(result.bytes, StoredBytes(store, record));
+  ES_ASSIGN_OR_RETURN(result.bytes, StoredBytes(store, record.name));
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;
 }

@@ -1,6 +1,9 @@
 // Look-ups in the GGML type table (ggml_type.h).
 #include "store/base/ggml_type.h"
 
+#include <algorithm>
+#include <cctype>
+
 namespace es {
 
 std::optional<GgmlTypeInfo> GgmlTypeById(uint32_t id) {
@@ -13,8 +16,12 @@ std::optional<GgmlTypeInfo> GgmlTypeById(uint32_t id) {
 std::string_view GgmlTypeName(GgmlType type) { return GgmlTypeInfoOf(type).name; }
 
 std::optional<GgmlType> ParseGgmlTypeName(std::string_view name) {
+  auto lower = [](char c) { return static_cast<char>(std::tolower(static_cast<unsigned char>(c))); };
   for (const auto& t : ggml_types::kTypes) {
-    if (t.name == name) return t.type;
+    if (std::equal(t.name.begin(), t.name.end(), name.begin(), name.end(),
+                   [&](char a, char b) { return lower(a) == lower(b); })) {
+      return t.type;
+    }
   }
   return std::nullopt;
 }

@@ -80,6 +80,7 @@ constexpr GgmlTypeInfo GgmlTypeInfoOf(GgmlType type) {
   return {type, "UNKNOWN", 1, 0, false};
 }
 std::string_view GgmlTypeName(GgmlType type);
+// A type by ggml's name ("Q4_K", "IQ4_XS", "BF16") in any case ("q4_k").
 std::optional<GgmlType> ParseGgmlTypeName(std::string_view name);
 
 // Bytes of a row of `elements` values of `type`; nullopt when `elements` is not a whole number of blocks or the
