@@ -524,6 +524,11 @@ void ExpertCache::WaitForPrefetches() {
   prefetch_cv_.wait(lock, [&] { return stopping_ || (queued_count_ == 0 && prefetch_bytes_in_flight_ == 0); });
 }
 
+bool ExpertCache::LoaderIdle() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return queued_count_ == 0 && prefetch_bytes_in_flight_ == 0;
+}
+
 void ExpertCache::PrefetchLoop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {

@@ -133,6 +133,8 @@ class ExpertCache {
   void CancelPrefetch(uint32_t layer);
   // Blocks until the prefetch queue is empty and no prefetch read is in flight.
   void WaitForPrefetches();
+  // Whether the prefetcher has nothing queued and nothing in flight now (true without a prefetcher).
+  bool LoaderIdle() const;
 
   // True when the catalog has the expert (a partial checkpoint lacks some).
   bool Contains(ExpertRef ref) const;

@@ -1,6 +1,8 @@
 // CacheExpertProvider implementation.
 #include "compute/cache_provider.h"
 
+#include <optional>
+
 namespace es {
 
 Result<std::unique_ptr<CacheExpertProvider>> CacheExpertProvider::Create(Store& store, const std::string& model,
@@ -13,6 +15,8 @@ Result<std::unique_ptr<CacheExpertProvider>> CacheExpertProvider::Create(Store& 
 Status CacheExpertProvider::SetMissTier(std::unique_ptr<ExpertCache> tier) {
   if (!prefetch_) return Status::InvalidArgument("a miss tier needs the cache's prefetcher to load full experts");
   tier_ = std::move(tier);
+  std::lock_guard<std::mutex> lock(tier_mu_);
+  tier_count_.assign(cache_->experts().keys().num_keys(), 0);
   return Status::Ok();
 }
 
@@ -52,12 +56,34 @@ Status CacheExpertProvider::Acquire(uint32_t layer, std::span<const uint32_t> ex
     }
   }
   ES_RETURN_IF_ERROR(AcquireFrom(*cache_, full, full_at, experts, out));
-  if (!low.empty()) {
-    ES_RETURN_IF_ERROR(AcquireFrom(*tier_, low, low_at, experts, out));
-    tier_uses_ += low.size();
-    cache_->Load(low);  // full precision for the tokens after this one
-  }
+  if (low.empty()) return Status::Ok();
+  ES_RETURN_IF_ERROR(AcquireFrom(*tier_, low, low_at, experts, out));
+  tier_uses_ += low.size();
+  Promote(low);
   return Status::Ok();
+}
+
+void CacheExpertProvider::Promote(std::span<const ExpertRef> served) {
+  // The expert of the batch the tier served most often since its last promotion, if often enough and the loader
+  // is idle (a promotion must not delay the reads later layers wait for).
+  std::optional<ExpertRef> best;
+  {
+    std::lock_guard<std::mutex> lock(tier_mu_);
+    uint32_t best_count = 0;
+    for (const ExpertRef& ref : served) {
+      const auto key = cache_->experts().keys().Key(ref);
+      if (!key) continue;
+      const uint32_t count = ++tier_count_[*key];
+      if (count >= kPromoteAfterTierUses && count > best_count) {
+        best = ref;
+        best_count = count;
+      }
+    }
+    if (!best || !cache_->LoaderIdle()) return;
+    tier_count_[*cache_->experts().keys().Key(*best)] = 0;
+  }
+  ++promotions_;
+  cache_->Load(std::span<const ExpertRef>(&*best, 1));  // full precision for the tokens after this one
 }
 
 void CacheExpertProvider::AcquireResident(uint32_t layer, std::span<const uint32_t> experts,
@@ -80,7 +106,13 @@ void CacheExpertProvider::Prefetch(uint32_t layer, std::span<const uint32_t> exp
   if (!prefetch_) return;
   std::vector<ExpertRef> refs;
   for (uint32_t e : experts) refs.push_back({layer, e});
-  cache_->Prefetch(refs);
+  if (tier_ == nullptr) {
+    cache_->Prefetch(refs);
+    return;
+  }
+  // With a tier, what is not resident will run from the low-bit copy: read that ahead instead.
+  std::erase_if(refs, [&](const ExpertRef& r) { return cache_->IsResident(r); });
+  tier_->Prefetch(refs);
 }
 
 ProviderCounters CacheExpertProvider::counters() const {
@@ -88,9 +120,17 @@ ProviderCounters CacheExpertProvider::counters() const {
   ProviderCounters c{s.hits, s.misses, s.prefetch_hits, s.wasted_prefetches, s.bytes_read, s.prefetch_bytes_read,
                      s.prefetch_throttled};
   if (tier_ != nullptr) {
+    // The cache never misses then: the tier's misses are the model's reads, its hits hits.
     const CacheStats t = tier_->stats();
+    c.hits += t.hits;
+    c.misses += t.misses;
+    c.prefetch_hits += t.prefetch_hits;
+    c.wasted_prefetches += t.wasted_prefetches;
     c.bytes_read += t.bytes_read;
+    c.prefetch_bytes_read += t.prefetch_bytes_read;
+    c.prefetch_throttled += t.prefetch_throttled;
     c.tier_uses = tier_uses_.load();
+    c.tier_promotions = promotions_.load();
   }
   return c;
 }

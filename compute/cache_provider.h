@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <mutex>
+#include <vector>
 #include <string>
 
 #include "cache/expert_cache.h"
@@ -30,22 +32,31 @@ class CacheExpertProvider final : public ExpertProvider {
   ExpertCache& cache() { return *cache_; }
 
   // A low-bit copy of the model (the same experts, re-encoded: `quantize --add-tier`) that serves the experts not
-  // resident in the cache: Acquire pins the resident ones from the cache and reads the others' low-bit records
-  // through `tier` (a small cache of its own), and asks the cache to load their full-precision records in the
-  // background for later tokens. The output is then not the model's own. The cache must have a prefetcher.
+  // resident in the cache: Acquire pins the resident ones from the cache and the others' low-bit records through
+  // `tier`, a cache of its own (its hits cost nothing, its misses one small read); predictions of experts not
+  // resident prefetch their low-bit records. An expert served from the copy kPromoteAfterTierUses times is
+  // promoted: the cache loads its full-precision record in the background, one load at a time and only while
+  // the cache's loader is idle, so promotions never queue ahead of the reads a token waits for. The output is
+  // then not the model's own. The cache must have a prefetcher (its loads), the tier may have one (prefetch).
   Status SetMissTier(std::unique_ptr<ExpertCache> tier);
-  const ExpertCache* miss_tier() const { return tier_.get(); }
+  ExpertCache* miss_tier() const { return tier_.get(); }
+  static constexpr uint32_t kPromoteAfterTierUses = 2;
 
  private:
   explicit CacheExpertProvider(std::unique_ptr<ExpertCache> cache, bool prefetch)
       : cache_(std::move(cache)), prefetch_(prefetch) {}
   // Pins `refs` in `cache` and appends their views to `out` at `positions`.
+  // Counts the tier's uses of `served` and promotes the most used one when due (SetMissTier).
+  void Promote(std::span<const ExpertRef> served);
   Status AcquireFrom(ExpertCache& cache, std::span<const ExpertRef> refs, std::span<const size_t> positions,
                      std::span<const uint32_t> experts, std::vector<AcquiredExpert>& out);
   std::unique_ptr<ExpertCache> cache_;
   bool prefetch_;
   std::unique_ptr<ExpertCache> tier_;
   std::atomic<uint64_t> tier_uses_{0};
+  std::atomic<uint64_t> promotions_{0};
+  std::mutex tier_mu_;
+  std::vector<uint32_t> tier_count_;  // per key: uses served from the tier since the last promotion (tier_mu_)
 };
 
 }  // namespace es

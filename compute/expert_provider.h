@@ -34,6 +34,7 @@ struct ProviderCounters {
   uint64_t prefetch_bytes_read = 0;  // ... of which read ahead by the prefetcher
   uint64_t prefetch_throttled = 0;   // predictions not read while the prefetcher's guesses were mostly wrong
   uint64_t tier_uses = 0;            // expert uses served from a low-bit miss tier (not the model's own precision)
+  uint64_t tier_promotions = 0;      // ... experts the tier served often enough to load at full precision
 };
 
 class ExpertProvider {

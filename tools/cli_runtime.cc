@@ -21,7 +21,9 @@ std::vector<FlagSpec> RuntimeFlags() {
       {"prefetch-min-prob", true, "prefetch a predicted expert only when the lookahead router gives it at least this "
                                   "probability (default: 2 / experts per layer, twice chance)"},
       {"miss-precision", true, "serve experts not in the cache from the model's low-bit copy in this format (quantize "
-                               "--add-tier), loading full precision behind: NOT EXACT"},
+                               "--add-tier), loading the often used ones at full precision behind: NOT EXACT"},
+      {"miss-tier-share", true, "with --miss-precision: the share of the cache's memory for the low-bit copies "
+                                "(default 0.5)"},
       {"device", true, "cpu (default), cuda or hybrid (CPU and GPU share the experts by a cost model)"},
       {"gpu-cache-mb", true, "cuda/hybrid: GPU memory for experts in MiB (default: what fits)"},
       {"gpu-cache-pct", true, "cuda/hybrid: GPU expert cache as a percentage of the model's experts"},
@@ -138,6 +140,9 @@ Result<RuntimeConfig> RuntimeConfigFromArgs(const Args& args) {
     ES_ASSIGN_OR_RETURN(c.prefetch_min_prob, args.GetDouble("prefetch-min-prob", 0));
   }
   if (auto tier = args.Get("miss-precision")) c.miss_precision = std::string(*tier);
+  if (args.Has("miss-tier-share")) {
+    ES_ASSIGN_OR_RETURN(c.miss_tier_share, args.GetDouble("miss-tier-share", 0));
+  }
   c.no_cache = args.Has("no-cache");
   c.skip_missing_experts = args.Has("skip-missing-experts");
   ES_RETURN_IF_ERROR(ValidateRuntimeConfig(c));

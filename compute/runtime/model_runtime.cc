@@ -102,8 +102,35 @@ std::string MissTierModel(const std::string& model, std::string_view format) {
   return model + ".tier-" + std::string(format);
 }
 
-Result<std::string> AttachMissTier(Store& store, const std::string& model, GgmlType format, uint32_t slots,
-                                   CacheExpertProvider& provider) {
+MissTierSplit SplitMissTierBudget(uint64_t budget_bytes, double share, uint64_t full_slot_bytes,
+                                  uint64_t full_min_slots) {
+  const auto full_share = static_cast<uint64_t>((1.0 - std::clamp(share, 0.0, 1.0)) * static_cast<double>(budget_bytes));
+  const uint64_t full_slots = std::max(full_min_slots, full_share / std::max<uint64_t>(1, full_slot_bytes));
+  MissTierSplit split;
+  split.full_bytes = full_slots * full_slot_bytes;
+  split.tier_bytes = budget_bytes > split.full_bytes ? budget_bytes - split.full_bytes : 0;
+  return split;
+}
+
+Result<std::optional<GgmlType>> SmallestMissTier(Store& store, const std::string& model) {
+  ES_ASSIGN_OR_RETURN(const std::vector<ModelInfo> models, store.ListModels());
+  const std::string prefix = MissTierModel(model, "");
+  std::optional<GgmlType> best;
+  uint64_t best_bytes = 0;
+  for (const ModelInfo& m : models) {
+    if (!m.complete || !m.name.starts_with(prefix)) continue;
+    const std::optional<GgmlType> format = ParseGgmlTypeName(std::string_view(m.name).substr(prefix.size()));
+    if (!format || !GgmlTypeInfoOf(*format).supported) continue;
+    if (!best || m.total_bytes < best_bytes) {
+      best = format;
+      best_bytes = m.total_bytes;
+    }
+  }
+  return best;
+}
+
+Result<std::string> AttachMissTier(Store& store, const std::string& model, GgmlType format,
+                                   const MissTierOptions& options, CacheExpertProvider& provider) {
   const std::string name(GgmlTypeName(format));
   const std::string tier = MissTierModel(model, name);
   auto tier_experts = ModelExperts::Load(store.catalog(), tier);
@@ -117,9 +144,13 @@ Result<std::string> AttachMissTier(Store& store, const std::string& model, GgmlT
   if (tier_experts->keys().layers != keys.layers || tier_experts->keys().experts_per_layer != keys.experts_per_layer) {
     return Status::InvalidArgument("'" + tier + "' does not have the experts of '" + model + "'");
   }
-  ExpertCacheOptions options;
-  options.capacity_bytes = static_cast<uint64_t>(slots) * tier_experts->max_record_bytes();
-  ES_ASSIGN_OR_RETURN(auto tier_cache, ExpertCache::Open(store, tier, options));
+  const uint64_t slot = tier_experts->max_record_bytes();
+  ExpertCacheOptions o;
+  o.capacity_bytes = std::max(options.capacity_bytes, options.min_slots * slot);
+  o.policy = options.policy;
+  o.experts_per_token = options.experts_per_token;
+  o.prefetch_bytes_in_flight = static_cast<uint64_t>(options.prefetch_depth) * options.experts_per_token * slot;
+  ES_ASSIGN_OR_RETURN(auto tier_cache, ExpertCache::Open(store, tier, o));
   ES_RETURN_IF_ERROR(provider.SetMissTier(std::move(tier_cache)));
   return tier;
 }
@@ -174,6 +205,14 @@ Status ValidateRuntimeConfig(const RuntimeConfig& c) {
                                      *c.miss_precision + "'");
     }
     if (c.no_cache) return Status::InvalidArgument("`miss_precision` serves misses of the cache, which `no_cache` turns off");
+  }
+  if (c.miss_tier_share) {
+    if (!c.miss_precision && c.state != MetabolicStateName(MetabolicState::kCrisis)) {
+      return Status::InvalidArgument("`miss_tier_share` goes with `miss_precision` (or the crisis state)");
+    }
+    if (!(*c.miss_tier_share > 0 && *c.miss_tier_share < 1)) {
+      return Status::InvalidArgument("`miss_tier_share` must be in (0, 1)");
+    }
   }
   if (c.no_cache) {
     if (routing == RoutingKind::kCacheAware) {
@@ -333,19 +372,40 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
   ES_ASSIGN_OR_RETURN(co.policy, ParsePolicyKind(c.policy));
   co.prefetch_bytes_in_flight = budget.prefetch_bytes_in_flight;
   co.experts_per_token = budget.experts_per_token;
-  if (c.miss_precision) {  // the full-precision loads behind the tier's reads need the prefetcher
-    co.prefetch_bytes_in_flight = std::max<uint64_t>(co.prefetch_bytes_in_flight, budget.experts_per_token * sm.slot_bytes);
+  // The crisis state serves misses from the model's smallest low-bit copy when the store has one.
+  std::optional<GgmlType> miss_format;
+  if (c.miss_precision) miss_format = *ParseGgmlTypeName(*c.miss_precision);  // ValidateRuntimeConfig checked it
+  std::string no_tier_text;
+  if (!miss_format && state == MetabolicState::kCrisis) {
+    ES_ASSIGN_OR_RETURN(miss_format, SmallestMissTier(store, model));
+    if (!miss_format) no_tier_text = ", no low-bit copy for misses (quantize --add-tier Q4_K writes one)";
+  }
+  MissTierSplit split;
+  if (miss_format) {
+    // The budget is shared with the low-bit copies; the full cache keeps at least one layer's experts twice over
+    // and a prefetcher for the promotions' loads.
+    split = SplitMissTierBudget(budget.cache_bytes, c.miss_tier_share.value_or(kDefaultMissTierShare), sm.slot_bytes,
+                                std::min<uint64_t>(CacheFloorSlots(0, budget.experts_per_token), sm.num_experts));
+    co.capacity_bytes = split.full_bytes;
+    co.prefetch_bytes_in_flight = std::max<uint64_t>(co.prefetch_bytes_in_flight, sm.slot_bytes);
   }
   ES_ASSIGN_OR_RETURN(auto provider, CacheExpertProvider::Create(store, model, co));
-  if (c.miss_precision) {
-    // ValidateRuntimeConfig checked the name. Room for the layers the prefetcher works on and the one computing, as
-    // the cache's floor.
-    const GgmlType format = *ParseGgmlTypeName(*c.miss_precision);
-    ES_ASSIGN_OR_RETURN(const std::string tier,
-                        AttachMissTier(store, model, format,
-                                       CacheFloorSlots(budget.prefetch_depth, budget.experts_per_token), *provider));
+  std::string tier_text;
+  if (miss_format) {
+    // The copy's cache holds the computing layer, the prefetched ones and a spare at least, as the cache's floor.
+    const GgmlType format = *miss_format;
+    MissTierOptions to;
+    to.capacity_bytes = split.tier_bytes;
+    to.min_slots = CacheFloorSlots(budget.prefetch_depth, budget.experts_per_token);
+    to.policy = co.policy;
+    to.experts_per_token = budget.experts_per_token;
+    to.prefetch_depth = budget.prefetch_depth;
+    ES_ASSIGN_OR_RETURN(const std::string tier, AttachMissTier(store, model, format, to, *provider));
     rt->inexact_.push_back("experts not in the cache run from the " + std::string(GgmlTypeName(format)) + " copy '" +
                            tier + "'");
+    const ExpertCache& t = *provider->miss_tier();
+    tier_text = " + " + std::to_string(t.capacity_slots()) + " " + std::string(GgmlTypeName(format)) + " copies (" +
+                Mib(t.capacity_slots() * t.slot_bytes()) + ")";
   }
   rt->state_ = std::string(MetabolicStateName(state));
   if (budget.experts_per_token != config.top_k) {
@@ -367,12 +427,12 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
   }
   rt->description_ = rt->state_ + ": cache " + std::to_string(provider->cache().capacity_slots()) + " of " +
                      std::to_string(experts.experts().size()) + " experts (" +
-                     Mib(provider->cache().capacity_slots() * provider->cache().slot_bytes()) + ", " +
+                     Mib(provider->cache().capacity_slots() * provider->cache().slot_bytes()) + tier_text + ", " +
                      std::string(provider->cache().policy_name()) + BypassText(provider->cache()) + "; " +
                      size_reason + "), " +
                      std::to_string(budget.experts_per_token) + " experts per token, prefetch " +
                      std::to_string(budget.prefetch_depth) + ", routing " + rt->routing_ + ", " +
-                     rt->ExactnessText() + recording;
+                     rt->ExactnessText() + no_tier_text + recording;
   rt->cache_provider_ = provider.get();
   rt->experts_ = std::move(provider);
   ES_RETURN_IF_ERROR(rt->UseBackend(store, c));

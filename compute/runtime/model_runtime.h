@@ -29,12 +29,34 @@ namespace es {
 
 // The name of a model's low-bit copy in `format` ("Q4_K"): MODEL.tier-Q4_K.
 std::string MissTierModel(const std::string& model, std::string_view format);
+// The share of the cache's bytes a miss tier's low-bit copies get by default (RuntimeConfig::miss_tier_share).
+inline constexpr double kDefaultMissTierShare = 0.5;
+// A cache budget split between the full-precision experts and a miss tier's low-bit copies: the full cache gets
+// (1 - share) of `budget_bytes` in whole slots of `full_slot_bytes`, at least `full_min_slots`; the tier the rest.
+struct MissTierSplit {
+  uint64_t full_bytes = 0;
+  uint64_t tier_bytes = 0;
+};
+MissTierSplit SplitMissTierBudget(uint64_t budget_bytes, double share, uint64_t full_slot_bytes,
+                                  uint64_t full_min_slots);
+// The miss tier's cache: its bytes (whole slots of the copy's largest record, at least `min_slots`), policy and
+// experts per token as the full cache's, and prefetch of `prefetch_depth` layers of `experts_per_token`.
+struct MissTierOptions {
+  uint64_t capacity_bytes = 0;
+  uint64_t min_slots = 0;
+  PolicyKind policy = PolicyKind::kLru;
+  uint32_t experts_per_token = 0;
+  uint32_t prefetch_depth = 0;
+};
+// The format of the smallest complete low-bit copy of `model` in the store (MissTierModel), if any: the crisis
+// state's miss tier.
+Result<std::optional<GgmlType>> SmallestMissTier(Store& store, const std::string& model);
 // Serves the misses of `provider` (a cache of `model`'s experts) from the model's low-bit copy in `format`
-// (CacheExpertProvider::SetMissTier) through a cache of `slots` slots of its own; returns the copy's name.
-// NotFound naming the quantize command that writes the copy when the store lacks it; InvalidArgument when its
-// experts are not the model's.
-Result<std::string> AttachMissTier(Store& store, const std::string& model, GgmlType format, uint32_t slots,
-                                   CacheExpertProvider& provider);
+// (CacheExpertProvider::SetMissTier) through a cache of its own; returns the copy's name. NotFound naming the
+// quantize command that writes the copy when the store lacks it; InvalidArgument when its experts are not the
+// model's.
+Result<std::string> AttachMissTier(Store& store, const std::string& model, GgmlType format,
+                                   const MissTierOptions& options, CacheExpertProvider& provider);
 
 // Without RuntimeConfig::prefetch_min_prob, a predicted expert is prefetched when the lookahead router gives it at
 // least this many times the chance probability 1 / num_experts. On the tiny model (32 experts: 0.0625) that keeps
@@ -71,6 +93,9 @@ struct RuntimeConfig {
   // "MODEL.tier-FORMAT" that `quantize --add-tier FORMAT` writes), loading their full precision in the background:
   // NOT EXACT. Unset: every expert at the model's own precision.
   std::optional<std::string> miss_precision;
+  // With miss_precision: the share of the cache's bytes for the low-bit copies (kDefaultMissTierShare); the
+  // full-precision experts get the rest.
+  std::optional<double> miss_tier_share;
   bool no_cache = false;                   // every selected expert read from disk for every token
   bool skip_missing_experts = false;       // drop experts a partial checkpoint lacks instead of failing
   bool need_tokenizer = true;

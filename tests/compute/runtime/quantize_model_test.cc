@@ -217,7 +217,17 @@ TEST_F(QuantizeModelTest, MissesServedFromTheLowBitCopy) {
   ASSERT_FALSE(missing.ok());
   EXPECT_TRUE(missing.status().IsNotFound());
   EXPECT_NE(missing.status().message().find("quantize --model tiny --add-tier Q8_0"), std::string::npos);
+  RuntimeConfig crisis;
+  crisis.state = "crisis";
+  crisis.state_given = true;
+  auto plain = ModelRuntime::Open(*store_, "tiny", crisis, nullptr);  // no copy yet: the crisis state says so
+  ASSERT_TRUE(plain.ok()) << plain.status().ToString();
+  EXPECT_NE((*plain)->describe().find("no low-bit copy for misses"), std::string::npos) << (*plain)->describe();
   Quantize(MissTierModel("tiny", "Q8_0"), GgmlType::kQ8_0);
+  auto tiered_crisis = ModelRuntime::Open(*store_, "tiny", crisis, nullptr);  // the crisis state takes the copy
+  ASSERT_TRUE(tiered_crisis.ok()) << tiered_crisis.status().ToString();
+  EXPECT_NE((*tiered_crisis)->describe().find("Q8_0 copies"), std::string::npos) << (*tiered_crisis)->describe();
+  EXPECT_NE((*tiered_crisis)->describe().find("run from the Q8_0 copy"), std::string::npos);
   auto rt = ModelRuntime::Open(*store_, "tiny", c, nullptr);
   ASSERT_TRUE(rt.ok()) << rt.status().ToString();
   EXPECT_FALSE((*rt)->exact());
@@ -231,9 +241,75 @@ TEST_F(QuantizeModelTest, MissesServedFromTheLowBitCopy) {
   EXPECT_GT(counters.tier_uses, 0u);
   EXPECT_GT(counters.hits, 0u);  // the full experts loaded behind the copy's reads serve later tokens
   EXPECT_NEAR(tiered->perplexity() / Perplexity("tiny"), 1.0, 0.01);
+  EXPECT_GT(counters.tier_promotions, 0u);  // experts the copy served twice were loaded at full precision
+  EXPECT_NE((*rt)->describe().find("Q8_0 copies"), std::string::npos) << (*rt)->describe();
   RuntimeConfig bad = c;
   bad.miss_precision = "Q9";
   EXPECT_TRUE(ModelRuntime::Open(*store_, "tiny", bad, nullptr).status().IsInvalidArgument());
+  bad = c;
+  bad.miss_tier_share = 1.0;
+  EXPECT_TRUE(ModelRuntime::Open(*store_, "tiny", bad, nullptr).status().IsInvalidArgument());
+  bad = {};
+  bad.miss_tier_share = 0.5;  // without a tier
+  EXPECT_TRUE(ModelRuntime::Open(*store_, "tiny", bad, nullptr).status().IsInvalidArgument());
+}
+
+// The budget is split between the full experts and the copies: the share asked for goes to the copies, the full
+// cache keeps its minimum.
+TEST(MissTierSplitTest, SharesTheBudget) {
+  MissTierSplit s = SplitMissTierBudget(1000, 0.5, 100, 2);
+  EXPECT_EQ(s.full_bytes, 500u);
+  EXPECT_EQ(s.tier_bytes, 500u);
+  s = SplitMissTierBudget(1000, 0.75, 100, 2);
+  EXPECT_EQ(s.full_bytes, 200u);  // 250 rounds down to whole slots
+  EXPECT_EQ(s.tier_bytes, 800u);
+  s = SplitMissTierBudget(1000, 0.95, 100, 3);
+  EXPECT_EQ(s.full_bytes, 300u);  // the minimum
+  EXPECT_EQ(s.tier_bytes, 700u);
+}
+
+// An expert the copy serves is promoted once it has served it twice: the cache loads the full record, and the next
+// use runs at full precision; predictions of experts not resident read their low-bit records ahead.
+TEST_F(QuantizeModelTest, OftenServedExpertsArePromotedToFullPrecision) {
+  Quantize(MissTierModel("tiny", "Q8_0"), GgmlType::kQ8_0);
+  auto experts = ModelExperts::Load(store_->catalog(), "tiny");
+  ASSERT_TRUE(experts.ok());
+  ExpertCacheOptions o;
+  o.capacity_bytes = 16 * experts->max_record_bytes();
+  o.prefetch_bytes_in_flight = experts->max_record_bytes();
+  auto provider = CacheExpertProvider::Create(*store_, "tiny", o);
+  ASSERT_TRUE(provider.ok()) << provider.status().ToString();
+  MissTierOptions to;
+  to.capacity_bytes = 1 << 20;
+  to.min_slots = 8;
+  to.experts_per_token = 2;
+  to.prefetch_depth = 1;
+  auto tier = AttachMissTier(*store_, "tiny", GgmlType::kQ8_0, to, **provider);
+  ASSERT_TRUE(tier.ok()) << tier.status().ToString();
+  CacheExpertProvider& p = **provider;
+  const std::vector<uint32_t> batch = {3, 5};
+  std::vector<AcquiredExpert> out;
+  ASSERT_TRUE(p.Acquire(0, batch, out).ok());
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0].weights.gate.blocks, GgmlType::kQ8_0);
+  out.clear();
+  EXPECT_EQ(p.counters().tier_promotions, 0u);
+  ASSERT_TRUE(p.Acquire(0, batch, out).ok());  // the second use: one of the two is promoted
+  out.clear();
+  EXPECT_EQ(p.counters().tier_promotions, 1u);
+  p.cache().WaitForPrefetches();
+  const bool promoted3 = p.Resident(0, 3);
+  EXPECT_NE(promoted3, p.Resident(0, 5));
+  ASSERT_TRUE(p.Acquire(0, batch, out).ok());
+  EXPECT_FALSE(out[promoted3 ? 0 : 1].weights.gate.blocks.has_value());  // the model's own bf16
+  EXPECT_EQ(out[promoted3 ? 1 : 0].weights.gate.blocks, GgmlType::kQ8_0);
+  out.clear();
+  EXPECT_EQ(p.counters().tier_uses, 5u);
+  const std::vector<uint32_t> predicted = {7};
+  p.Prefetch(1, predicted);
+  p.miss_tier()->WaitForPrefetches();
+  EXPECT_TRUE(p.miss_tier()->IsResident({1, 7}));
+  EXPECT_FALSE(p.Resident(1, 7));
 }
 
 TEST(ExpertRuleTest, ParsesRulesAndNamesWhatIsWrong) {
