@@ -87,6 +87,10 @@ GenerationGauges GenerationService::gauges() const {
       m.model = name;
       m.stats = cache->cache().stats();
       m.capacity_slots = cache->cache().capacity_slots();
+      const ProviderCounters pc = cache->counters();
+      m.expert_uses = pc.hits + pc.misses;
+      m.tier_uses = pc.tier_uses;
+      m.tier_promotions = pc.tier_promotions;
       g.caches.push_back(std::move(m));
     }
   }

@@ -1,6 +1,7 @@
 // Metrics bookkeeping and the Prometheus exposition.
 #include "api/metrics.h"
 
+#include <algorithm>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
@@ -210,6 +211,18 @@ std::string Metrics::Render(const GenerationGauges& gen, const CatalogMemory& ca
   for (const auto& c : gen.caches) {
     Sample(out, "expertstore_decode_steps_total", "model=\"" + Label(c.model) + "\",prefetch=\"yes\"", c.decode_steps_prefetching);
     Sample(out, "expertstore_decode_steps_total", "model=\"" + Label(c.model) + "\",prefetch=\"no\"", c.decode_steps_not_prefetching);
+  }
+  Header(out, "expertstore_expert_uses_total", "counter",
+         "Expert uses, by model and precision: model (the model's own records) or low_bit (a miss tier's copy).");
+  for (const auto& c : gen.caches) {
+    Sample(out, "expertstore_expert_uses_total", "model=\"" + Label(c.model) + "\",precision=\"model\"",
+           c.expert_uses - std::min(c.expert_uses, c.tier_uses));
+    Sample(out, "expertstore_expert_uses_total", "model=\"" + Label(c.model) + "\",precision=\"low_bit\"", c.tier_uses);
+  }
+  Header(out, "expertstore_miss_tier_promotions_total", "counter",
+         "Experts a miss tier served often enough to load at the model's precision, by model.");
+  for (const auto& c : gen.caches) {
+    Sample(out, "expertstore_miss_tier_promotions_total", "model=\"" + Label(c.model) + "\"", c.tier_promotions);
   }
   Header(out, "expertstore_swapin_seconds", "histogram", "How long an Acquire that missed stalled for its reads, by model.");
   for (const auto& c : gen.caches) Histogram(out, "expertstore_swapin_seconds", "model=\"" + Label(c.model) + "\"", c.stats.swap_in);

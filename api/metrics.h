@@ -28,6 +28,10 @@ struct ModelCacheMetrics {
   uint64_t prefetch_used = 0;       // distinct experts layers used where a prediction had been made
   uint64_t decode_steps_prefetching = 0;
   uint64_t decode_steps_not_prefetching = 0;
+  // Expert uses (ProviderCounters hits + misses), those a low-bit miss tier served, and its promotions.
+  uint64_t expert_uses = 0;
+  uint64_t tier_uses = 0;
+  uint64_t tier_promotions = 0;
 };
 
 // The generation service's gauges at the moment of a scrape.

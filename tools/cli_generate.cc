@@ -83,6 +83,7 @@ ProviderCounters CountersSince(const Runtime& rt, const CacheSnapshot& since) {
   c.prefetch_bytes_read -= since.counters.prefetch_bytes_read;
   c.prefetch_throttled -= since.counters.prefetch_throttled;
   c.tier_uses -= since.counters.tier_uses;
+  c.tier_promotions -= since.counters.tier_promotions;
   return c;
 }
 
@@ -95,7 +96,8 @@ void WriteCacheJson(JsonWriter& w, const Runtime& rt, const CacheSnapshot& since
   w.BeginObject().Key("hits").Uint(c.hits).Key("misses").Uint(c.misses).Key("prefetch_hits").Uint(c.prefetch_hits)
       .Key("wasted_prefetches").Uint(c.wasted_prefetches).Key("bytes_read").Uint(c.bytes_read)
       .Key("prefetch_bytes_read").Uint(c.prefetch_bytes_read).Key("prefetch_throttled").Uint(c.prefetch_throttled)
-      .Key("miss_tier_uses").Uint(c.tier_uses)
+      .Key("expert_uses").Uint(c.hits + c.misses).Key("miss_tier_uses").Uint(c.tier_uses)
+      .Key("miss_tier_promotions").Uint(c.tier_promotions)
       .Key("prefetch_precision").Double(a.precision()).Key("prefetch_recall").Double(a.recall())
       .Key("decode_steps_prefetching").Uint(rt.prefetch_governor().mode(true).steps - since.steps_with_prefetch)
       .Key("decode_steps_not_prefetching").Uint(rt.prefetch_governor().mode(false).steps - since.steps_without)
@@ -246,12 +248,13 @@ Status RunEval(const Args& args) {
       recorder->RecordOutcome((index - 1) % static_cast<size_t>(window), correct);
     };
   }
-  // --reference M: the same windows through another model (the source of a quantized copy), for the KL of the
-  // next-token distributions against it.
+  // --reference M: the same windows through another model (the source of a quantized copy, or the model itself
+  // against a run that is not exact), run exactly, for the KL of the next-token distributions against it.
   std::unique_ptr<Runtime> ref_rt;
   std::optional<EvalReference> reference;
   if (auto ref = args.Get("reference")) {
-    ES_ASSIGN_OR_RETURN(ref_rt, Runtime::Open(args, *ref, RuntimeOptions{.need_tokenizer = false, .announce = false}));
+    ES_ASSIGN_OR_RETURN(ref_rt, Runtime::Open(args, *ref, RuntimeOptions{.need_tokenizer = false, .announce = false,
+                                                                         .exact_reference = true}));
     reference = EvalReference{&ref_rt->model(), &ref_rt->experts(), ref_rt->forward_options()};
   }
   auto evaluated = EvaluateNll(rt->model(), rt->experts(), ids, static_cast<size_t>(window), rt->forward_options(),
@@ -295,6 +298,12 @@ Status RunEval(const Args& args) {
     mix += (mix.empty() ? "" : ", ") + format + " " + std::to_string(projections);
   }
   std::printf("precision: expert projections %s\n", mix.c_str());
+  if (c.tier_uses > 0) {
+    std::printf("miss tier: %llu of %llu expert uses ran from the low-bit copy, %llu experts promoted to full "
+                "precision\n",
+                static_cast<unsigned long long>(c.tier_uses), static_cast<unsigned long long>(c.hits + c.misses),
+                static_cast<unsigned long long>(c.tier_promotions));
+  }
   if (reference) {
     std::printf("against %s: mean KL %.6g nats, top-1 agreement %.2f%%\n", args.Get("reference")->c_str(), r.mean_kl(),
                 r.tokens ? 100.0 * static_cast<double>(r.top1_agree) / static_cast<double>(r.tokens) : 0);

@@ -158,6 +158,14 @@ Result<std::unique_ptr<Runtime>> Runtime::Open(const Args& args, const std::stri
 Result<std::unique_ptr<Runtime>> Runtime::Open(const Args& args, const std::string& model,
                                                const RuntimeOptions& options) {
   ES_ASSIGN_OR_RETURN(RuntimeConfig config, RuntimeConfigFromArgs(args));
+  if (options.exact_reference) {
+    RuntimeConfig exact;
+    exact.device = config.device;
+    exact.gpu_cache_mb = config.gpu_cache_mb;
+    exact.gpu_cache_pct = config.gpu_cache_pct;
+    exact.skip_missing_experts = config.skip_missing_experts;
+    config = exact;
+  }
   config.need_tokenizer = options.need_tokenizer;
   config.record = options.record && !args.Has("no-record");
   if (config.record && !options.writes_metadata && !StoreWritable(args)) {

@@ -39,6 +39,10 @@ struct RuntimeOptions {
   // Print the configuration in force (describe(): the cache size and why, exact or NOT EXACT) as the first line
   // on stderr, unless --quiet or --json. The demo prints it in its own words.
   bool announce = true;
+  // The model's own output, as a reference to compare a run against (eval --reference): exact routing and
+  // activations, the default state with the cache sized from memory and no miss tier, whatever the command's
+  // flags say; the store, device and threads are the command's.
+  bool exact_reference = false;
 };
 
 class Runtime;

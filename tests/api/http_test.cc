@@ -600,6 +600,10 @@ TEST_F(HttpApiTest, MetricsCountRequestsCacheAndTokens) {
   EXPECT_GE(MetricValue(t, R"(expertstore_decode_steps_total{model="tiny",prefetch="yes"})") +
                 MetricValue(t, R"(expertstore_decode_steps_total{model="tiny",prefetch="no"})"),
             generated - 1);
+  // Every expert use ran at the model's own precision: no miss tier.
+  EXPECT_GT(MetricValue(t, R"(expertstore_expert_uses_total{model="tiny",precision="model"})"), 0);
+  EXPECT_EQ(MetricValue(t, R"(expertstore_expert_uses_total{model="tiny",precision="low_bit"})"), 0);
+  EXPECT_EQ(MetricValue(t, R"(expertstore_miss_tier_promotions_total{model="tiny"})"), 0);
   EXPECT_GE(MetricValue(t, R"(expertstore_http_request_duration_seconds_count{route="/v1/models"})"), 1);
   EXPECT_GE(MetricValue(t, "expertstore_http_connections_total"), 3);
   EXPECT_NE(t.find("# TYPE expertstore_swapin_seconds histogram"), std::string::npos);
