@@ -131,13 +131,13 @@ enum PrefetchArg : int64_t {
   kPrefetchConfident = 2,   // depth 1, guesses at least twice chance (the runtime's default threshold)
   kPrefetchGoverned = 3,    // as confident, decode steps prefetching or not as a PrefetchGovernor measures (the
                             // runtime's default)
-  kMissTierQ4K = 4,         // governed, and experts not in the cache served from the model's Q4_K copy
+  kMissTierQ4KHalf = 4,     // governed, and experts not in the cache served from the model's Q4_K copy
                             // (MODEL.tier-Q4_K, quantize --add-tier; the row skips without it), the copies
-                            // given the runtime's default share of the budget: NOT EXACT
-  kMissTierQ4KMost = 5,     // as 4, the copies given 90% of the budget
+                            // given half the budget (--miss-tier-share 0.5): NOT EXACT
+  kMissTierQ4KMost = 5,     // as 4, the copies given 90% of the budget (--miss-tier-share 0.9)
 };
 
-bool IsMissTier(PrefetchArg a) { return a == kMissTierQ4K || a == kMissTierQ4KMost; }
+bool IsMissTier(PrefetchArg a) { return a == kMissTierQ4KHalf || a == kMissTierQ4KMost; }
 
 // args: cache percent of the experts, policy (0 lru, 1 reuse), PrefetchArg.
 void BM_Cached(benchmark::State& state) {
@@ -157,7 +157,7 @@ void BM_Cached(benchmark::State& state) {
   o.prefetch_bytes_in_flight = prefetch == kPrefetchOff ? 0 : c.top_k * experts->max_record_bytes();
   MissTierSplit split;
   if (IsMissTier(prefetch)) {  // as the runtime splits the budget
-    split = SplitMissTierBudget(o.capacity_bytes, prefetch == kMissTierQ4K ? kDefaultMissTierShare : 0.9,
+    split = SplitMissTierBudget(o.capacity_bytes, prefetch == kMissTierQ4KHalf ? 0.5 : 0.9,
                                 experts->max_record_bytes(), CacheFloorSlots(0, c.top_k));
     o.capacity_bytes = split.full_bytes;
   }
@@ -348,7 +348,8 @@ void BM_MemoryBandwidthBound(benchmark::State& state) {
 
 // Every cache size: lru without prefetch; the old default (lru, every guess prefetched); the default (lru,
 // confident guesses, governed); reuse without prefetch, with confident guesses, and governed; the default with
-// misses served from the Q4_K copy. All cached: lru alone (nothing to evict or prefetch).
+// misses served from the Q4_K copy at half and at 90% of the budget. All cached: lru alone (nothing to evict or
+// prefetch).
 void CacheArgs(benchmark::internal::Benchmark* b) {
   b->ArgNames({"cache_pct", "reuse", "prefetch"});
   b->Args({100, 0, kPrefetchOff});
@@ -359,7 +360,7 @@ void CacheArgs(benchmark::internal::Benchmark* b) {
     b->Args({pct, 1, kPrefetchOff});
     b->Args({pct, 1, kPrefetchConfident});
     b->Args({pct, 1, kPrefetchGoverned});
-    b->Args({pct, 0, kMissTierQ4K});
+    b->Args({pct, 0, kMissTierQ4KHalf});
     b->Args({pct, 0, kMissTierQ4KMost});
   }
 }

@@ -23,7 +23,7 @@ std::vector<FlagSpec> RuntimeFlags() {
       {"miss-precision", true, "serve experts not in the cache from the model's low-bit copy in this format (quantize "
                                "--add-tier), loading the often used ones at full precision behind: NOT EXACT"},
       {"miss-tier-share", true, "with --miss-precision: the share of the cache's memory for the low-bit copies "
-                                "(default 0.5)"},
+                                "(default 0.9)"},
       {"device", true, "cpu (default), cuda or hybrid (CPU and GPU share the experts by a cost model)"},
       {"gpu-cache-mb", true, "cuda/hybrid: GPU memory for experts in MiB (default: what fits)"},
       {"gpu-cache-pct", true, "cuda/hybrid: GPU expert cache as a percentage of the model's experts"},
