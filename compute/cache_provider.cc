@@ -71,6 +71,9 @@ void CacheExpertProvider::Promote(std::span<const ExpertRef> served) {
     std::lock_guard<std::mutex> lock(tier_mu_);
     uint32_t best_count = 0;
     for (const ExpertRef& ref : served) {
+      // A layer the cache does not keep (too small for one token's experts: CachedLayers) would evict a promoted
+      // expert before its next use: a full read for nothing.
+      if (ref.layer >= cache_->cached_layers()) continue;
       const auto key = cache_->experts().keys().Key(ref);
       if (!key) continue;
       const uint32_t count = ++tier_count_[*key];

@@ -36,7 +36,9 @@ class CacheExpertProvider final : public ExpertProvider {
   // `tier`, a cache of its own (its hits cost nothing, its misses one small read); predictions of experts not
   // resident prefetch their low-bit records. An expert served from the copy kPromoteAfterTierUses times is
   // promoted: the cache loads its full-precision record in the background, one load at a time and only while
-  // the cache's loader is idle, so promotions never queue ahead of the reads a token waits for. The output is
+  // the cache's loader is idle, so promotions never queue ahead of the reads a token waits for, and only in the
+  // layers the cache keeps (ExpertCache::cached_layers: a cache smaller than one token's experts keeps the
+  // first few layers, where a promotion lasts). The output is
   // then not the model's own. The cache must have a prefetcher (its loads), the tier may have one (prefetch).
   Status SetMissTier(std::unique_ptr<ExpertCache> tier);
   ExpertCache* miss_tier() const { return tier_.get(); }
