@@ -147,7 +147,9 @@ TEST_P(CatalogDamageTest, AFlippedByteInAnyCatalogFileIsAnErrorOrHarmless) {
   {
     auto store = Store::Open(dir.Sub("undamaged"), StoreOptions{});
     ASSERT_TRUE(store.ok()) << store.status().ToString();
-    for (const auto& [name, sv] : records) ASSERT_TRUE(ReadTensor(**store, name).ok()) << name;
+    for (const auto& [name, sv] : records) {
+      ASSERT_TRUE(ReadTensor(**store, name).ok()) << name;
+    }
   }
   const auto recovered = SegmentSizes(dir.Sub("undamaged"));
   std::set<std::string> kinds_damaged;
@@ -170,7 +172,9 @@ TEST_P(CatalogDamageTest, AFlippedByteInAnyCatalogFileIsAnErrorOrHarmless) {
   }
   // The log holds the catalog after a crash; after a clean close it is flushed into table files.
   EXPECT_EQ(kinds_damaged.count("log") > 0, crash);
-  if (!crash) EXPECT_GT(kinds_damaged.count("sst"), 0u);
+  if (!crash) {
+    EXPECT_GT(kinds_damaged.count("sst"), 0u);
+  }
   EXPECT_GT(refused, 0);
   std::printf("%s store: %d damaged copies, %d refused to open, the rest opened intact; repair restored every "
               "acknowledged record in %d\n", crash ? "crashed" : "closed", cases, refused, repaired);
@@ -185,7 +189,9 @@ TEST(CatalogDamage, CleanCloseFlushesTheLog) {
   testing::TempDir dir;
   MakeClosedStore(dir.Sub("s"));
   for (const auto& e : fs::directory_iterator(dir.Sub("s/catalog"))) {
-    if (e.path().extension() == ".log") EXPECT_EQ(e.file_size(), 0u) << e.path();
+    if (e.path().extension() == ".log") {
+      EXPECT_EQ(e.file_size(), 0u) << e.path();
+    }
   }
 }
 
