@@ -177,7 +177,13 @@ Result<ApiResponse> Query(const ApiContext& ctx, const std::string& name, const 
   if (auto it = t.query.find("min_activations"); it != t.query.end()) {
     ES_ASSIGN_OR_RETURN(q.min_activations, ParseU32(it->second, "min_activations"));
   }
-  ES_ASSIGN_OR_RETURN(auto rows, QueryExperts(ctx.store->catalog(), m.name, q));
+  std::vector<ExpertQueryRow> rows;
+  if (ctx.metadata != nullptr) {
+    ES_ASSIGN_OR_RETURN(auto metadata, ctx.metadata->Get(ctx.store->catalog(), m.name));
+    ES_ASSIGN_OR_RETURN(rows, QueryExperts(*metadata, q));
+  } else {
+    ES_ASSIGN_OR_RETURN(rows, QueryExperts(ctx.store->catalog(), m.name, q));
+  }
   JsonWriter w;
   WriteQueryResultJson(w, m.name, q, order, rows);
   return Json(w.Take());

@@ -9,6 +9,7 @@
 
 #include "api/generation_queue.h"
 #include "api/http_types.h"
+#include "api/metadata_cache.h"
 #include "api/metrics.h"
 #include "api/openai.h"
 #include "store/store.h"
@@ -23,6 +24,8 @@ struct ApiContext {
   GenerationQueue* generation = nullptr;
   CompletionLimits completion_limits;
   bool allow_writes = false;  // DELETE /v1/models/{model}; otherwise the service only reads (and records usage)
+  // The models' metadata in memory for the query route; null: each query reads the catalog.
+  MetadataCache* metadata = nullptr;
 };
 
 struct Reply {

@@ -310,6 +310,8 @@ Status Catalog::Scan(Cf cf, std::string_view prefix,
   return FromRocks(it->status(), "catalog scan");
 }
 
+uint64_t Catalog::LatestSequence() const { return rep_->db->GetLatestSequenceNumber(); }
+
 CatalogMemory Catalog::Memory() const {
   CatalogMemory m;
   uint64_t v = 0;

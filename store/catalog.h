@@ -64,6 +64,9 @@ class Catalog {
   // Visits keys starting with `prefix` in order; `fn` returns false to stop early.
   Status Scan(Cf cf, std::string_view prefix,
               const std::function<bool(std::string_view key, std::string_view value)>& fn) const;
+  // The sequence number of the last write this catalog applied: it changes with every Write (journals merged
+  // included), so a view built from the catalog is current while it is unchanged. Constant for a read-only one.
+  uint64_t LatestSequence() const;
   // Compacts every column family (the `rest` state).
   Status Compact();
   CatalogMemory Memory() const;

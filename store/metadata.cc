@@ -224,13 +224,39 @@ Result<std::vector<RankKey>> ParseRankOrder(std::string_view text) {
   return keys;
 }
 
+Result<ModelMetadata> LoadModelMetadata(const Catalog& catalog, const std::string& model, const std::string& prefix) {
+  ModelMetadata m;
+  m.model = model;
+  ES_ASSIGN_OR_RETURN(m.profiles, LoadExpertRecords<ProfileInfo>(catalog, Cf::kProfiles, prefix, DecodeProfile));
+  ES_ASSIGN_OR_RETURN(m.trust, LoadExpertRecords<TrustInfo>(catalog, Cf::kTrust, prefix, DecodeTrust));
+  ES_ASSIGN_OR_RETURN(m.usage, LoadUsage(catalog, prefix));
+  Status bad;
+  ES_RETURN_IF_ERROR(catalog.Scan(Cf::kExperts, prefix, [&](std::string_view key, std::string_view) {
+    auto id = ParseExpertKey(key);
+    if (!id.ok()) {
+      bad = id.status();
+      return false;
+    }
+    m.experts.emplace_back(id->layer, id->expert);
+    return true;
+  }));
+  ES_RETURN_IF_ERROR(bad);
+  return m;
+}
+
 Result<std::vector<ExpertQueryRow>> QueryExperts(const Catalog& catalog, const std::string& model,
                                                  const ExpertQuery& query) {
-  // Only the records of the layer asked for: the HTTP query route runs this per request.
+  // Only the records of the layer asked for: the query command runs this once.
   const std::string prefix = query.has_layer ? LayerPrefix(model, query.layer) : ModelPrefix(model);
-  ES_ASSIGN_OR_RETURN(auto profiles, LoadExpertRecords<ProfileInfo>(catalog, Cf::kProfiles, prefix, DecodeProfile));
-  ES_ASSIGN_OR_RETURN(auto trust, LoadExpertRecords<TrustInfo>(catalog, Cf::kTrust, prefix, DecodeTrust));
-  ES_ASSIGN_OR_RETURN(ModelUsage usage, LoadUsage(catalog, prefix));
+  ES_ASSIGN_OR_RETURN(const ModelMetadata metadata, LoadModelMetadata(catalog, model, prefix));
+  return QueryExperts(metadata, query);
+}
+
+Result<std::vector<ExpertQueryRow>> QueryExperts(const ModelMetadata& metadata, const ExpertQuery& query) {
+  const std::string& model = metadata.model;
+  const auto& profiles = metadata.profiles;
+  const auto& trust = metadata.trust;
+  const ModelUsage& usage = metadata.usage;
   if (query.top == 0 || query.top > kMaxQueryTop) {
     return Status::InvalidArgument("`top` must be between 1 and " + std::to_string(kMaxQueryTop));
   }
@@ -243,6 +269,7 @@ Result<std::vector<ExpertQueryRow>> QueryExperts(const Catalog& catalog, const s
     };
     std::set<std::string> known;
     for (const auto& [id, p] : profiles) {
+      if (q.has_layer && id.first != q.layer) continue;
       for (const auto& d : p.domains) known.insert(d.domain);
     }
     auto match = std::find_if(known.begin(), known.end(),
@@ -258,17 +285,11 @@ Result<std::vector<ExpertQueryRow>> QueryExperts(const Catalog& catalog, const s
     q.domain = *match;
   }
   std::vector<ExpertQueryRow> rows;
-  Status bad;
-  ES_RETURN_IF_ERROR(catalog.Scan(Cf::kExperts, prefix, [&](std::string_view key, std::string_view) {
-    auto id = ParseExpertKey(key);
-    if (!id.ok()) {
-      bad = id.status();
-      return false;
-    }
+  for (const ExpertPair& p : metadata.experts) {
+    if (query.has_layer && p.first != query.layer) continue;
     ExpertQueryRow r;
-    r.layer = id->layer;
-    r.expert = id->expert;
-    ExpertPair p{id->layer, id->expert};
+    r.layer = p.first;
+    r.expert = p.second;
     if (auto t = trust.find(p); t != trust.end()) {
       r.has_trust = true;
       r.trust = t->second.trust;
@@ -286,12 +307,10 @@ Result<std::vector<ExpertQueryRow>> QueryExperts(const Catalog& catalog, const s
     }
     if (!q.domain.empty()) {
       r.domain = q.domain;
-      if (r.domain_activations < q.min_activations) return true;
+      if (r.domain_activations < q.min_activations) continue;
     }
     rows.push_back(std::move(r));
-    return true;
-  }));
-  ES_RETURN_IF_ERROR(bad);
+  }
   // Uncalibrated experts rank after every calibrated one by trust (trust lies in [0, 1]).
   constexpr double kNoTrust = -1;
   auto value = [&](const ExpertQueryRow& r, RankKey k) {

@@ -186,12 +186,27 @@ struct ExpertQueryRow {
   uint64_t activations = 0;         // recorded activations in all
 };
 
+// A model's experts with their profile, trust and usage records, in memory: what a query ranks. The HTTP
+// service keeps one per model (api/metadata_cache.h) so that queries do not re-read the catalog.
+struct ModelMetadata {
+  std::string model;
+  std::vector<std::pair<uint32_t, uint32_t>> experts;  // every expert of the catalog, in key order
+  std::map<std::pair<uint32_t, uint32_t>, ProfileInfo> profiles;
+  std::map<std::pair<uint32_t, uint32_t>, TrustInfo> trust;
+  ModelUsage usage;
+};
+// The records of `model` under `prefix` (ModelPrefix, or LayerPrefix for one layer). Corruption from a record
+// that does not decode.
+Result<ModelMetadata> LoadModelMetadata(const Catalog& catalog, const std::string& model, const std::string& prefix);
+
 // Ranks a model's experts (every expert in the catalog, of one layer or all) by the query's order, highest
 // first (uncalibrated experts after calibrated ones by trust). NotFound when no profile knows the domain (the
 // message lists the domains the profiles know); InvalidArgument for `top` out of range.
 // The `query` command and the HTTP query endpoint share this.
 Result<std::vector<ExpertQueryRow>> QueryExperts(const Catalog& catalog, const std::string& model,
                                                  const ExpertQuery& query);
+// The same over records already in memory (of the whole model, or at least of the layer asked for).
+Result<std::vector<ExpertQueryRow>> QueryExperts(const ModelMetadata& metadata, const ExpertQuery& query);
 
 // ---- the rest state -------------------------------------------------------------------------------------
 

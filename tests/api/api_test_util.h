@@ -35,6 +35,7 @@ Store& SharedStore();
 struct TestServer {
   api::Metrics metrics;
   std::unique_ptr<api::GenerationService> generation;
+  api::MetadataCache metadata;
   api::ApiContext context;
   std::unique_ptr<api::HttpServer> server;
   uint16_t port() const { return server->port(); }
