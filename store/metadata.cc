@@ -241,6 +241,20 @@ Result<ModelMetadata> LoadModelMetadata(const Catalog& catalog, const std::strin
     return true;
   }));
   ES_RETURN_IF_ERROR(bad);
+  m.records.reserve(m.experts.size());
+  for (const ExpertPair& p : m.experts) {
+    ModelMetadata::Records r;
+    if (auto it = m.profiles.find(p); it != m.profiles.end()) r.profile = &it->second;
+    if (auto it = m.trust.find(p); it != m.trust.end()) r.trust = &it->second;
+    if (auto it = m.usage.totals.find(p); it != m.usage.totals.end()) r.usage = &it->second;
+    m.records.push_back(r);
+  }
+  for (const auto& [id, p] : m.profiles) {
+    for (const auto& d : p.domains) {
+      m.domains.insert(d.domain);
+      m.layer_domains[id.first].insert(d.domain);
+    }
+  }
   return m;
 }
 
@@ -254,9 +268,6 @@ Result<std::vector<ExpertQueryRow>> QueryExperts(const Catalog& catalog, const s
 
 Result<std::vector<ExpertQueryRow>> QueryExperts(const ModelMetadata& metadata, const ExpertQuery& query) {
   const std::string& model = metadata.model;
-  const auto& profiles = metadata.profiles;
-  const auto& trust = metadata.trust;
-  const ModelUsage& usage = metadata.usage;
   if (query.top == 0 || query.top > kMaxQueryTop) {
     return Status::InvalidArgument("`top` must be between 1 and " + std::to_string(kMaxQueryTop));
   }
@@ -267,11 +278,10 @@ Result<std::vector<ExpertQueryRow>> QueryExperts(const ModelMetadata& metadata, 
       for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
       return s;
     };
-    std::set<std::string> known;
-    for (const auto& [id, p] : profiles) {
-      if (q.has_layer && id.first != q.layer) continue;
-      for (const auto& d : p.domains) known.insert(d.domain);
-    }
+    static const std::set<std::string> kNone;
+    const auto layer = metadata.layer_domains.find(q.layer);
+    const std::set<std::string>& known =
+        !q.has_layer ? metadata.domains : layer != metadata.layer_domains.end() ? layer->second : kNone;
     auto match = std::find_if(known.begin(), known.end(),
                               [&](const std::string& d) { return lower(d) == lower(q.domain); });
     if (match == known.end()) {
@@ -285,19 +295,21 @@ Result<std::vector<ExpertQueryRow>> QueryExperts(const ModelMetadata& metadata, 
     q.domain = *match;
   }
   std::vector<ExpertQueryRow> rows;
-  for (const ExpertPair& p : metadata.experts) {
+  for (size_t i = 0; i < metadata.experts.size(); ++i) {
+    const ExpertPair& p = metadata.experts[i];
     if (query.has_layer && p.first != query.layer) continue;
+    const ModelMetadata::Records& rec = metadata.records[i];
     ExpertQueryRow r;
     r.layer = p.first;
     r.expert = p.second;
-    if (auto t = trust.find(p); t != trust.end()) {
+    if (rec.trust != nullptr) {
       r.has_trust = true;
-      r.trust = t->second.trust;
+      r.trust = rec.trust->trust;
     }
-    if (auto u = usage.totals.find(p); u != usage.totals.end()) r.activations = u->second.activation_count;
-    if (auto pr = profiles.find(p); pr != profiles.end()) {
-      const std::string& want = q.domain.empty() ? pr->second.primary_domain : q.domain;
-      for (const auto& d : pr->second.domains) {
+    if (rec.usage != nullptr) r.activations = rec.usage->activation_count;
+    if (rec.profile != nullptr) {
+      const std::string& want = q.domain.empty() ? rec.profile->primary_domain : q.domain;
+      for (const auto& d : rec.profile->domains) {
         if (d.domain != want) continue;
         r.domain = d.domain;
         r.lift = d.lift;

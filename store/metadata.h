@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -194,6 +195,22 @@ struct ModelMetadata {
   std::map<std::pair<uint32_t, uint32_t>, ProfileInfo> profiles;
   std::map<std::pair<uint32_t, uint32_t>, TrustInfo> trust;
   ModelUsage usage;
+  // Joined once at load: per entry of `experts`, its records (null where none), and the domains the profiles
+  // know, of every layer and per layer.
+  struct Records {
+    const ProfileInfo* profile = nullptr;
+    const TrustInfo* trust = nullptr;
+    const UsageCounts* usage = nullptr;
+  };
+  std::vector<Records> records;
+  std::set<std::string> domains;
+  std::map<uint32_t, std::set<std::string>> layer_domains;
+
+  ModelMetadata() = default;
+  ModelMetadata(ModelMetadata&&) = default;  // the maps' nodes, which `records` points to, move with them
+  ModelMetadata& operator=(ModelMetadata&&) = default;
+  ModelMetadata(const ModelMetadata&) = delete;
+  ModelMetadata& operator=(const ModelMetadata&) = delete;
 };
 // The records of `model` under `prefix` (ModelPrefix, or LayerPrefix for one layer). Corruption from a record
 // that does not decode.
