@@ -85,10 +85,19 @@ Result<std::string> PrefixForLayer(const ModelInfo& m, const Target& t) {
 Result<ApiResponse> Experts(const ApiContext& ctx, const std::string& name, const Target& t) {
   ES_ASSIGN_OR_RETURN(ModelInfo m, LoadModel(*ctx.store, name));
   ES_ASSIGN_OR_RETURN(std::string prefix, PrefixForLayer(m, t));
-  ES_ASSIGN_OR_RETURN(auto rows, LoadExpertRows(ctx.store->catalog(), prefix));
+  std::shared_ptr<const std::vector<ExpertRow>> rows;
+  std::optional<uint32_t> layer;  // from memory: the whole model's rows, filtered
+  if (ctx.metadata != nullptr) {
+    ES_ASSIGN_OR_RETURN(rows, ctx.metadata->ExpertRows(ctx.store->catalog(), m.name));
+    if (prefix != ModelPrefix(m.name)) layer = *ParseU32(t.query.at("layer"), "layer");  // PrefixForLayer parsed it
+  } else {
+    ES_ASSIGN_OR_RETURN(auto loaded, LoadExpertRows(ctx.store->catalog(), prefix));
+    rows = std::make_shared<const std::vector<ExpertRow>>(std::move(loaded));
+  }
   JsonWriter w;
   w.BeginObject().Key("object").String("list").Key("model").String(m.name).Key("data").BeginArray();
-  for (const ExpertRow& row : rows) {
+  for (const ExpertRow& row : *rows) {
+    if (layer && row.expert.layer != *layer) continue;
     w.BeginObject();
     WriteExpertRowFields(w, row);
     w.EndObject();

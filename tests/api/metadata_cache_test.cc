@@ -9,6 +9,8 @@
 
 #include "store/metadata.h"
 #include "tests/api/api_test_util.h"
+#include "tests/util/expert_model.h"
+#include "tests/util/temp_dir.h"
 
 namespace es {
 namespace {
@@ -88,6 +90,40 @@ TEST(MetadataCacheTest, RanksAsTheCatalogDoesAndFollowsWrites) {
   rows = QueryExperts(**cache.Get(catalog, model), Query("", "trust", 1));
   ASSERT_TRUE(rows.ok());
   EXPECT_NE((*rows)[0].trust, 0.999);
+}
+
+// The expert list's rows from memory equal the catalog's, and a usage write shows at the next request.
+TEST(MetadataCacheTest, ExpertRowsFollowUsageWrites) {
+  testing::TempDir dir;
+  auto opened = Store::Open(dir.Sub("store"), StoreOptions{});
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  Store& store = **opened;
+  const std::string model = "m";
+  ASSERT_TRUE(testing::WriteTestModel(store, {.name = model, .layers = 2, .experts = 4}).ok());
+  api::MetadataCache cache;
+  auto direct = LoadExpertRows(store.catalog(), ModelPrefix(model));
+  ASSERT_TRUE(direct.ok());
+  auto rows = cache.ExpertRows(store.catalog(), model);
+  ASSERT_TRUE(rows.ok()) << rows.status().ToString();
+  ASSERT_EQ((*rows)->size(), direct->size());
+  ASSERT_EQ(direct->size(), 8u);
+  for (size_t i = 0; i < direct->size(); ++i) {
+    EXPECT_EQ((**rows)[i].expert.layer, (*direct)[i].expert.layer);
+    EXPECT_EQ((**rows)[i].expert.expert, (*direct)[i].expert.expert);
+    EXPECT_EQ((**rows)[i].usage.activation_count, (*direct)[i].usage.activation_count);
+  }
+  ASSERT_TRUE(cache.ExpertRows(store.catalog(), model).ok());
+  EXPECT_EQ(cache.stats().loads, 1u);
+  const uint64_t before = (**rows)[5].usage.activation_count;
+  UsageCounts more;
+  more.activation_count = 5;
+  CatalogBatch batch;
+  batch.Merge(Cf::kUsage, ExpertKey(model, (**rows)[5].expert.layer, (**rows)[5].expert.expert), EncodeUsage(more));
+  ASSERT_TRUE(store.catalog().Write(batch).ok());
+  auto after = cache.ExpertRows(store.catalog(), model);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ((**after)[5].usage.activation_count, before + 5);
+  EXPECT_EQ(cache.stats().loads, 2u);
 }
 
 }  // namespace
