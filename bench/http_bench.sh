@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # HTTP benchmark with wrk on loopback: requests/s and latency percentiles of the query route
-# (GET /v1/models/tiny/query?domain=python&top=10 over synthetic trust and profile records) and of expert blob
+# (GET /v1/models/tiny/query?domain=python&top=10 over synthetic trust and profile records), of the expert list
+# (GET /v1/models/tiny/experts) and of expert blob
 # GETs (every expert of the model in turn, and one hot expert), against `expertstore serve` on a fresh store
 # holding the demo model. Fails unless every request got a 2xx and wrk saw no socket errors.
 # Usage: bench/http_bench.sh [-d DURATION] [-c CONNECTIONS] [-t THREADS] [-w WARMUP]
@@ -51,6 +52,7 @@ run() {
 }
 run query "$base/v1/models/tiny/query?domain=python&top=10"
 run query-layer "$base/v1/models/tiny/query?domain=c&layer=3&top=5"
+run experts "$base/v1/models/tiny/experts"
 run blob-cycle "$base/" -- tiny 6 32
 run blob-hot "$base/v1/models/tiny/experts/3/17/blob"
 run healthz "$base/healthz"
