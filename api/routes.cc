@@ -9,6 +9,7 @@
 
 #include "api/blob.h"
 #include "api/errors.h"
+#include "compute/runtime/model_runtime.h"
 #include "store/base/aligned_buffer.h"
 #include "store/base/json.h"
 #include "store/metadata.h"
@@ -231,6 +232,79 @@ Result<ApiResponse> RemoveModel(const ApiContext& ctx, const std::string& name) 
   return Json(w.Take());
 }
 
+// The model a /tokenize or /detokenize body names ("model"), or the store's only model when it names none.
+Result<ModelInfo> TokenizerModel(const ApiContext& ctx, const JsonValue& root) {
+  if (const JsonValue* model = root.Find("model"); model != nullptr) {
+    if (!model->is_string()) return Status::InvalidArgument("'model' must be a string");
+    return LoadModel(*ctx.store, model->string_value());
+  }
+  ES_ASSIGN_OR_RETURN(std::vector<ModelInfo> models, ctx.store->ListModels());
+  if (models.size() == 1) return models[0];
+  std::string names;
+  for (const ModelInfo& m : models) names += (names.empty() ? "" : ", ") + m.name;
+  return Status::InvalidArgument("the store holds " + std::to_string(models.size()) + " models: name one with 'model'" +
+                                 (names.empty() ? std::string() : " (" + names + ")"));
+}
+
+// llama-server's POST /tokenize {"content", "add_special" (false), "parse_special" (true), "with_pieces" (false),
+// "model"} -> {"tokens": [ids]} (or [{"id", "piece"}]), and POST /detokenize {"tokens", "model"} -> {"content"}.
+Result<ApiResponse> Tokenize(const ApiContext& ctx, const ApiRequest& req, bool detokenize) {
+  auto parsed = ParseJson(req.body);
+  if (!parsed.ok()) return Status::InvalidArgument("the request body is not valid JSON: " + parsed.status().message());
+  const JsonValue& root = *parsed;
+  if (!root.is_object()) return Status::InvalidArgument("the request body must be a JSON object");
+  ES_ASSIGN_OR_RETURN(ModelInfo m, TokenizerModel(ctx, root));
+  std::shared_ptr<const Tokenizer> tokenizer;
+  if (ctx.tokenizers != nullptr) {
+    ES_ASSIGN_OR_RETURN(tokenizer, ctx.tokenizers->Get(*ctx.store, m));
+  } else {
+    ES_ASSIGN_OR_RETURN(Tokenizer loaded, LoadModelTokenizer(*ctx.store, m.name));
+    tokenizer = std::make_shared<const Tokenizer>(std::move(loaded));
+  }
+  auto flag = [&](std::string_view name, bool fallback) -> Result<bool> {
+    const JsonValue* v = root.Find(name);
+    if (v == nullptr) return fallback;
+    if (!v->is_bool()) return Status::InvalidArgument("'" + std::string(name) + "' must be true or false");
+    return v->bool_value();
+  };
+  JsonWriter w;
+  if (detokenize) {
+    const JsonValue* tokens = root.Find("tokens");
+    if (tokens == nullptr || !tokens->is_array()) return Status::InvalidArgument("'tokens' must be an array of token ids");
+    std::vector<TokenId> ids;
+    for (const JsonValue& t : tokens->array()) {
+      auto id = t.is_integer() ? t.AsInt64() : Result<int64_t>(Status::InvalidArgument(""));
+      if (!id.ok() || *id < 0 || *id >= static_cast<int64_t>(tokenizer->vocab_size())) {
+        return Status::InvalidArgument("'tokens' must hold token ids from 0 to " +
+                                       std::to_string(tokenizer->vocab_size() - 1));
+      }
+      ids.push_back(static_cast<TokenId>(*id));
+    }
+    ES_ASSIGN_OR_RETURN(std::string text, tokenizer->Decode(ids));
+    w.BeginObject().Key("content").String(text).EndObject();
+    return Json(w.Take());
+  }
+  const JsonValue* content = root.Find("content");
+  if (content == nullptr || !content->is_string()) return Status::InvalidArgument("'content' must be a string");
+  EncodeOptions o;
+  ES_ASSIGN_OR_RETURN(o.add_special_tokens, flag("add_special", false));
+  ES_ASSIGN_OR_RETURN(o.parse_special_tokens, flag("parse_special", true));
+  ES_ASSIGN_OR_RETURN(const bool with_pieces, flag("with_pieces", false));
+  ES_ASSIGN_OR_RETURN(std::vector<TokenId> ids, tokenizer->Encode(content->string_value(), o));
+  w.BeginObject().Key("tokens").BeginArray();
+  for (TokenId id : ids) {
+    if (!with_pieces) {
+      w.Int(id);
+      continue;
+    }
+    // A piece that is part of a UTF-8 sequence decodes to U+FFFD on its own.
+    ES_ASSIGN_OR_RETURN(std::string piece, tokenizer->Decode(std::span<const TokenId>(&id, 1)));
+    w.BeginObject().Key("id").Int(id).Key("piece").String(piece).EndObject();
+  }
+  w.EndArray().EndObject();
+  return Json(w.Take());
+}
+
 // The route a path names, and the methods it takes.
 struct Match {
   std::string_view route = kRouteUnmatched;
@@ -240,6 +314,9 @@ struct Match {
 Match MatchRoute(const std::vector<std::string>& s) {
   const size_t n = s.size();
   if (n == 1 && s[0] == "healthz") return {kRouteHealth, "GET"};
+  if (n == 1 && s[0] == "health") return {kRouteHealthAlias, "GET"};
+  if (n == 1 && s[0] == "tokenize") return {kRouteTokenize, "POST"};
+  if (n == 1 && s[0] == "detokenize") return {kRouteDetokenize, "POST"};
   if (n == 1 && s[0] == "metrics") return {kRouteMetrics, "GET"};
   if (n < 2 || s[0] != "v1") return {};
   if (n == 2 && s[1] == "completions") return {kRouteCompletions, "POST"};
@@ -275,8 +352,10 @@ Reply HandleRequest(const ApiContext& ctx, const ApiRequest& req) {
     reply.response = ProtocolError(kHttpMethodNotAllowed, std::string(m.route) + " answers " + allowed +
                                                               ", not " + req.method);
     reply.response.headers.emplace_back("Allow", allowed);
-  } else if (m.route == kRouteHealth) {
+  } else if (m.route == kRouteHealth || m.route == kRouteHealthAlias) {
     reply.response = Json(R"({"status":"ok"})");
+  } else if (m.route == kRouteTokenize || m.route == kRouteDetokenize) {
+    reply.response = Unwrap(Tokenize(ctx, req, m.route == kRouteDetokenize));
   } else if (m.route == kRouteMetrics) {
     reply.response.content_type = std::string(kPrometheusContentType);
     if (ctx.metrics != nullptr) {

@@ -12,6 +12,7 @@
 #include "api/metadata_cache.h"
 #include "api/metrics.h"
 #include "api/openai.h"
+#include "api/tokenizers.h"
 #include "store/store.h"
 
 namespace es::api {
@@ -26,6 +27,8 @@ struct ApiContext {
   bool allow_writes = false;  // DELETE /v1/models/{model}; otherwise the service only reads (and records usage)
   // The models' metadata in memory for the query route; null: each query reads the catalog.
   MetadataCache* metadata = nullptr;
+  // The models' tokenizers for /tokenize and /detokenize; null: loaded from the store per request.
+  Tokenizers* tokenizers = nullptr;
 };
 
 struct Reply {
@@ -42,7 +45,10 @@ Reply HandleRequest(const ApiContext& ctx, const ApiRequest& request);
 // Route templates, the `route` label of the request metrics.
 inline constexpr std::string_view kRouteUnmatched = "unmatched";
 inline constexpr std::string_view kRouteHealth = "/healthz";
+inline constexpr std::string_view kRouteHealthAlias = "/health";  // llama-server's name for /healthz
 inline constexpr std::string_view kRouteMetrics = "/metrics";
+inline constexpr std::string_view kRouteTokenize = "/tokenize";
+inline constexpr std::string_view kRouteDetokenize = "/detokenize";
 inline constexpr std::string_view kRouteModels = "/v1/models";
 inline constexpr std::string_view kRouteModel = "/v1/models/{model}";
 inline constexpr std::string_view kRouteExperts = "/v1/models/{model}/experts";

@@ -120,7 +120,8 @@ Status RunServe(const Args& args) {
   api::Metrics metrics;
   ES_ASSIGN_OR_RETURN(auto generation, api::GenerationService::Create(*store, generation_options, metrics));
   api::MetadataCache metadata;
-  api::ApiContext ctx{store.get(), &metrics, generation.get(), limits, args.Has("allow-writes"), &metadata};
+  api::Tokenizers tokenizers;
+  api::ApiContext ctx{store.get(), &metrics, generation.get(), limits, args.Has("allow-writes"), &metadata, &tokenizers};
   ES_ASSIGN_OR_RETURN(auto server, api::HttpServer::Start(ctx, server_options));
   if (args.global().json) {
     JsonWriter w;

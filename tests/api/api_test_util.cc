@@ -109,7 +109,7 @@ std::unique_ptr<TestServer> StartServer(Store& store, const api::ServerOptions& 
   EXPECT_TRUE(g.ok()) << g.status().ToString();
   if (!g.ok()) return nullptr;
   s->generation = std::move(g).value();
-  s->context = api::ApiContext{&store, &s->metrics, s->generation.get(), limits, false, &s->metadata};
+  s->context = api::ApiContext{&store, &s->metrics, s->generation.get(), limits, false, &s->metadata, &s->tokenizers};
   auto srv = api::HttpServer::Start(s->context, options);
   EXPECT_TRUE(srv.ok()) << srv.status().ToString();
   if (!srv.ok()) return nullptr;

@@ -36,6 +36,7 @@ struct TestServer {
   api::Metrics metrics;
   std::unique_ptr<api::GenerationService> generation;
   api::MetadataCache metadata;
+  api::Tokenizers tokenizers;
   api::ApiContext context;
   std::unique_ptr<api::HttpServer> server;
   uint16_t port() const { return server->port(); }

@@ -262,6 +262,58 @@ TEST_F(HttpApiTest, BlobIsAVerifiableEnvelopeOfTheStoredBytes) {
   ExpectError(Get("/v1/models/m/experts/1/7/blob"), 404);
 }
 
+// llama-server's /tokenize and /detokenize: the model's own tokenizer (as generation encodes), pieces that
+// concatenate to the text, the round trip back, and clear errors; /health as /healthz's alias.
+TEST_F(HttpApiTest, TokenizeAndDetokenizeAsLlamaServer) {
+  auto tokenizer = LoadModelTokenizer(SharedStore(), testing::kTiny);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status().ToString();
+  const std::string text = "Hello world, the experts' store <|im_start|> caf\u00e9";
+  EncodeOptions o;
+  o.add_special_tokens = false;
+  auto want = tokenizer->Encode("Hello world, the experts' store <|im_start|> caf\xc3\xa9", o);
+  ASSERT_TRUE(want.ok());
+  auto r = Post("/tokenize", R"({"model":"tiny","content":")" + text + R"("})");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const JsonValue doc = ParseOrDie(r->body);
+  const auto& tokens = doc.Find("tokens")->array();
+  ASSERT_EQ(tokens.size(), want->size());
+  std::string ids;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    EXPECT_EQ(*tokens[i].AsInt64(), (*want)[i]) << i;
+    ids += (i ? "," : "") + std::to_string((*want)[i]);
+  }
+  auto pieces = Post("/tokenize", R"({"model":"tiny","content":"Hello world","with_pieces":true})");
+  ASSERT_TRUE(pieces);
+  ASSERT_EQ(pieces->status, 200) << pieces->body;
+  std::string joined;
+  const JsonValue pieces_doc = ParseOrDie(pieces->body);
+  for (const JsonValue& p : pieces_doc.Find("tokens")->array()) {
+    ASSERT_TRUE(p.Find("id")->is_integer());
+    joined += p.Find("piece")->string_value();
+  }
+  EXPECT_EQ(joined, "Hello world");
+  auto back = Post("/detokenize", R"({"model":"tiny","tokens":[)" + ids + "]}");
+  ASSERT_TRUE(back);
+  ASSERT_EQ(back->status, 200) << back->body;
+  EXPECT_EQ(ParseOrDie(back->body).Find("content")->string_value(),
+            "Hello world, the experts' store <|im_start|> caf\xc3\xa9");
+  // The shared store holds two models: a body without one is refused, naming them.
+  ExpectError(Post("/tokenize", R"({"content":"x"})"), 400);
+  ExpectError(Post("/tokenize", R"({"model":"tiny"})"), 400);
+  ExpectError(Post("/tokenize", R"({"model":"tiny","content":"x","with_pieces":1})"), 400);
+  ExpectError(Post("/tokenize", R"({"model":"nope","content":"x"})"), 404);
+  ExpectError(Post("/tokenize", "not json"), 400);
+  ExpectError(Post("/detokenize", R"({"model":"tiny","tokens":[-1]})"), 400);
+  ExpectError(Post("/detokenize", R"({"model":"tiny","tokens":[1e9]})"), 400);
+  ExpectError(Post("/detokenize", R"({"model":"tiny","tokens":"1,2"})"), 400);
+  ExpectError(Get("/tokenize"), 405);
+  auto health = Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  EXPECT_EQ(health->body, R"({"status":"ok"})");
+}
+
 TEST_F(HttpApiTest, QueryRanksByLiftTrustAndActivations) {
   // Expected order by lift: descending, ties in (layer, expert) order.
   std::vector<std::tuple<double, uint32_t, uint32_t>> all;
