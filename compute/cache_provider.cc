@@ -70,6 +70,7 @@ void CacheExpertProvider::Promote(std::span<const ExpertRef> served) {
   {
     std::lock_guard<std::mutex> lock(tier_mu_);
     uint32_t best_count = 0;
+    PolicyKey best_key = 0;
     for (const ExpertRef& ref : served) {
       // A layer the cache does not keep (too small for one token's experts: CachedLayers) would evict a promoted
       // expert before its next use: a full read for nothing.
@@ -80,10 +81,11 @@ void CacheExpertProvider::Promote(std::span<const ExpertRef> served) {
       if (count >= kPromoteAfterTierUses && count > best_count) {
         best = ref;
         best_count = count;
+        best_key = *key;
       }
     }
     if (!best || !cache_->LoaderIdle()) return;
-    tier_count_[*cache_->experts().keys().Key(*best)] = 0;
+    tier_count_[best_key] = 0;
   }
   ++promotions_;
   cache_->Load(std::span<const ExpertRef>(&*best, 1));  // full precision for the tokens after this one

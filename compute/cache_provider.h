@@ -6,8 +6,8 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
-#include <vector>
 #include <string>
+#include <vector>
 
 #include "cache/expert_cache.h"
 #include "compute/expert_provider.h"
@@ -38,8 +38,8 @@ class CacheExpertProvider final : public ExpertProvider {
   // promoted: the cache loads its full-precision record in the background, one load at a time and only while
   // the cache's loader is idle, so promotions never queue ahead of the reads a token waits for, and only in the
   // layers the cache keeps (ExpertCache::cached_layers: a cache smaller than one token's experts keeps the
-  // first few layers, where a promotion lasts). The output is
-  // then not the model's own. The cache must have a prefetcher (its loads), the tier may have one (prefetch).
+  // first few layers, where a promotion lasts). The output is then not the model's own. The cache must have a
+  // prefetcher (its loads), the tier may have one (prefetch).
   Status SetMissTier(std::unique_ptr<ExpertCache> tier);
   ExpertCache* miss_tier() const { return tier_.get(); }
   static constexpr uint32_t kPromoteAfterTierUses = 2;
@@ -47,9 +47,9 @@ class CacheExpertProvider final : public ExpertProvider {
  private:
   explicit CacheExpertProvider(std::unique_ptr<ExpertCache> cache, bool prefetch)
       : cache_(std::move(cache)), prefetch_(prefetch) {}
-  // Pins `refs` in `cache` and appends their views to `out` at `positions`.
   // Counts the tier's uses of `served` and promotes the most used one when due (SetMissTier).
   void Promote(std::span<const ExpertRef> served);
+  // Pins `refs` in `cache` and puts their views in `out` at `positions`.
   Status AcquireFrom(ExpertCache& cache, std::span<const ExpertRef> refs, std::span<const size_t> positions,
                      std::span<const uint32_t> experts, std::vector<AcquiredExpert>& out);
   std::unique_ptr<ExpertCache> cache_;

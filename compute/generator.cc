@@ -2,9 +2,9 @@
 #include "compute/generator.h"
 
 #include <algorithm>
-#include <optional>
 #include <chrono>
 #include <cmath>
+#include <optional>
 
 namespace es {
 
