@@ -71,28 +71,27 @@ Result<ApiResponse> GetModel(const ApiContext& ctx, const std::string& name) {
   return Json(w.Take());
 }
 
-// ?layer=L restricts the list to one layer (InvalidArgument beyond the model's layers).
-Result<std::string> PrefixForLayer(const ModelInfo& m, const Target& t) {
+// ?layer=L: the one layer a list or query is restricted to, if any (InvalidArgument beyond the model's layers).
+Result<std::optional<uint32_t>> LayerOf(const ModelInfo& m, const Target& t) {
   auto it = t.query.find("layer");
-  if (it == t.query.end()) return ModelPrefix(m.name);
+  if (it == t.query.end()) return std::optional<uint32_t>();
   ES_ASSIGN_OR_RETURN(uint32_t layer, ParseU32(it->second, "layer"));
   if (layer >= m.num_layers) {
     return Status::InvalidArgument("layer " + std::to_string(layer) + " is out of range: the model has " +
                                    std::to_string(m.num_layers) + " layers");
   }
-  return LayerPrefix(m.name, layer);
+  return std::optional<uint32_t>(layer);
 }
 
 Result<ApiResponse> Experts(const ApiContext& ctx, const std::string& name, const Target& t) {
   ES_ASSIGN_OR_RETURN(ModelInfo m, LoadModel(*ctx.store, name));
-  ES_ASSIGN_OR_RETURN(std::string prefix, PrefixForLayer(m, t));
-  std::shared_ptr<const std::vector<ExpertRow>> rows;
-  std::optional<uint32_t> layer;  // from memory: the whole model's rows, filtered
+  ES_ASSIGN_OR_RETURN(const std::optional<uint32_t> layer, LayerOf(m, t));
+  std::shared_ptr<const std::vector<ExpertRow>> rows;  // from memory: the whole model's, filtered below
   if (ctx.metadata != nullptr) {
     ES_ASSIGN_OR_RETURN(rows, ctx.metadata->ExpertRows(ctx.store->catalog(), m.name));
-    if (prefix != ModelPrefix(m.name)) layer = *ParseU32(t.query.at("layer"), "layer");  // PrefixForLayer parsed it
   } else {
-    ES_ASSIGN_OR_RETURN(auto loaded, LoadExpertRows(ctx.store->catalog(), prefix));
+    ES_ASSIGN_OR_RETURN(auto loaded, LoadExpertRows(ctx.store->catalog(),
+                                                    layer ? LayerPrefix(m.name, *layer) : ModelPrefix(m.name)));
     rows = std::make_shared<const std::vector<ExpertRow>>(std::move(loaded));
   }
   JsonWriter w;
@@ -168,12 +167,9 @@ Result<ApiResponse> Blob(const ApiContext& ctx, const Target& t) {
 Result<ApiResponse> Query(const ApiContext& ctx, const std::string& name, const Target& t) {
   ES_ASSIGN_OR_RETURN(ModelInfo m, LoadModel(*ctx.store, name));
   ExpertQuery q;
-  if (auto it = t.query.find("layer"); it != t.query.end()) {
-    ES_ASSIGN_OR_RETURN(q.layer, ParseU32(it->second, "layer"));
-    if (q.layer >= m.num_layers) {
-      return Status::InvalidArgument("layer " + std::to_string(q.layer) + " is out of range: the model has " +
-                                     std::to_string(m.num_layers) + " layers");
-    }
+  ES_ASSIGN_OR_RETURN(const std::optional<uint32_t> layer, LayerOf(m, t));
+  if (layer) {
+    q.layer = *layer;
     q.has_layer = true;
   }
   if (auto it = t.query.find("domain"); it != t.query.end()) q.domain = it->second;
