@@ -155,25 +155,19 @@ void BM_Cached(benchmark::State& state) {
   o.policy = state.range(1) == 0 ? PolicyKind::kLru : PolicyKind::kReuse;
   o.experts_per_token = c.top_k;  // as the runtime sets it: lru bypasses layers when a token's experts do not fit
   o.prefetch_bytes_in_flight = prefetch == kPrefetchOff ? 0 : c.top_k * experts->max_record_bytes();
-  MissTierSplit split;
-  if (IsMissTier(prefetch)) {  // as the runtime splits the budget
-    split = SplitMissTierBudget(o.capacity_bytes, prefetch == kMissTierQ4KHalf ? 0.5 : 0.9,
-                                experts->max_record_bytes(), CacheFloorSlots(0, c.top_k));
-    o.capacity_bytes = split.full_bytes;
+  MissTierPlan plan;
+  if (IsMissTier(prefetch)) {  // as the runtime shares the budget
+    plan = PlanMissTier(o.capacity_bytes, prefetch == kMissTierQ4KHalf ? 0.5 : 0.9, experts->max_record_bytes(),
+                        experts->experts().size(), c.top_k, /*prefetch_depth=*/1, o.policy);
+    o.capacity_bytes = plan.full_bytes;
   }
   auto provider = CacheExpertProvider::Create(*g_store, g_model, o);
   if (!provider.ok()) {
     state.SkipWithError(provider.status().ToString().c_str());
     return;
   }
-  if (IsMissTier(prefetch)) {  // as the runtime attaches it
-    MissTierOptions to;
-    to.capacity_bytes = split.tier_bytes;
-    to.min_slots = CacheFloorSlots(/*prefetch_depth=*/1, c.top_k);
-    to.policy = o.policy;
-    to.experts_per_token = c.top_k;
-    to.prefetch_depth = 1;
-    auto tier = AttachMissTier(*g_store, g_model, GgmlType::kQ4_K, to, **provider);
+  if (IsMissTier(prefetch)) {
+    auto tier = AttachMissTier(*g_store, g_model, GgmlType::kQ4_K, plan.tier, **provider);
     if (!tier.ok()) {
       state.SkipWithError(tier.status().ToString().c_str());
       return;

@@ -112,6 +112,20 @@ MissTierSplit SplitMissTierBudget(uint64_t budget_bytes, double share, uint64_t 
   return split;
 }
 
+MissTierPlan PlanMissTier(uint64_t budget_bytes, double share, uint64_t full_slot_bytes, uint64_t num_experts,
+                          uint32_t experts_per_token, uint32_t prefetch_depth, PolicyKind policy) {
+  const MissTierSplit split = SplitMissTierBudget(budget_bytes, share, full_slot_bytes,
+                                                  std::min<uint64_t>(CacheFloorSlots(0, experts_per_token), num_experts));
+  MissTierPlan plan;
+  plan.full_bytes = split.full_bytes;
+  plan.tier.capacity_bytes = split.tier_bytes;
+  plan.tier.min_slots = CacheFloorSlots(prefetch_depth, experts_per_token);
+  plan.tier.policy = policy;
+  plan.tier.experts_per_token = experts_per_token;
+  plan.tier.prefetch_depth = prefetch_depth;
+  return plan;
+}
+
 Result<std::optional<GgmlType>> SmallestMissTier(Store& store, const std::string& model) {
   ES_ASSIGN_OR_RETURN(const std::vector<ModelInfo> models, store.ListModels());
   const std::string prefix = MissTierModel(model, "");
@@ -380,27 +394,19 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
     ES_ASSIGN_OR_RETURN(miss_format, SmallestMissTier(store, model));
     if (!miss_format) no_tier_text = ", no low-bit copy for misses (quantize --add-tier Q4_K writes one)";
   }
-  MissTierSplit split;
+  MissTierPlan plan;
   if (miss_format) {
-    // The budget is shared with the low-bit copies; the full cache keeps at least one layer's experts twice over
-    // and a prefetcher for the promotions' loads.
-    split = SplitMissTierBudget(budget.cache_bytes, c.miss_tier_share.value_or(kDefaultMissTierShare), sm.slot_bytes,
-                                std::min<uint64_t>(CacheFloorSlots(0, budget.experts_per_token), sm.num_experts));
-    co.capacity_bytes = split.full_bytes;
+    // The budget is shared with the low-bit copies; the full cache keeps a prefetcher for the promotions' loads.
+    plan = PlanMissTier(budget.cache_bytes, c.miss_tier_share.value_or(kDefaultMissTierShare), sm.slot_bytes,
+                        sm.num_experts, budget.experts_per_token, budget.prefetch_depth, co.policy);
+    co.capacity_bytes = plan.full_bytes;
     co.prefetch_bytes_in_flight = std::max<uint64_t>(co.prefetch_bytes_in_flight, sm.slot_bytes);
   }
   ES_ASSIGN_OR_RETURN(auto provider, CacheExpertProvider::Create(store, model, co));
   std::string tier_text;
   if (miss_format) {
-    // The copy's cache holds the computing layer, the prefetched ones and a spare at least, as the cache's floor.
     const GgmlType format = *miss_format;
-    MissTierOptions to;
-    to.capacity_bytes = split.tier_bytes;
-    to.min_slots = CacheFloorSlots(budget.prefetch_depth, budget.experts_per_token);
-    to.policy = co.policy;
-    to.experts_per_token = budget.experts_per_token;
-    to.prefetch_depth = budget.prefetch_depth;
-    ES_ASSIGN_OR_RETURN(const std::string tier, AttachMissTier(store, model, format, to, *provider));
+    ES_ASSIGN_OR_RETURN(const std::string tier, AttachMissTier(store, model, format, plan.tier, *provider));
     rt->inexact_.push_back("experts not in the cache run from the " + std::string(GgmlTypeName(format)) + " copy '" +
                            tier + "'");
     const ExpertCache& t = *provider->miss_tier();

@@ -51,6 +51,16 @@ struct MissTierOptions {
   uint32_t experts_per_token = 0;
   uint32_t prefetch_depth = 0;
 };
+// A cache budget shared with a miss tier as the runtime shares it: SplitMissTierBudget with the full cache keeping at
+// least two layers' experts (at most the model's), and the copies' cache at least the state's floor of slots
+// (CacheFloorSlots: the computing layer, the prefetched ones, a spare), with the full cache's policy, experts per
+// token and prefetch depth.
+struct MissTierPlan {
+  uint64_t full_bytes = 0;
+  MissTierOptions tier;
+};
+MissTierPlan PlanMissTier(uint64_t budget_bytes, double share, uint64_t full_slot_bytes, uint64_t num_experts,
+                          uint32_t experts_per_token, uint32_t prefetch_depth, PolicyKind policy);
 // The format of the smallest complete low-bit copy of `model` in the store (MissTierModel), if any: the crisis
 // state's miss tier.
 Result<std::optional<GgmlType>> SmallestMissTier(Store& store, const std::string& model);
