@@ -39,6 +39,10 @@ class Backend {
   // Model::Forward's work, its arguments already checked (tokens in the vocabulary, room in kv).
   virtual Status Forward(const Model& model, std::span<const int32_t> tokens, KvCache& kv, ExpertProvider& experts,
                          const ForwardOptions& options, std::vector<float>& hidden) = 0;
+  // Model::ForwardBatch's work, its arguments already checked. Default: each sequence by Forward in turn, so a
+  // backend without a batched pass is correct but reads each sequence's experts separately.
+  virtual Status ForwardBatch(const Model& model, std::span<const SequenceInput> sequences, ExpertProvider& experts,
+                              const ForwardOptions& options, std::vector<float>& hidden);
   // Model::ForwardRowsFrom's (calibration's ablations); arguments checked. Default: NotSupported.
   virtual Status ForwardRowsFrom(const Model& model, uint32_t layer, std::span<const float> residual,
                                  std::span<const size_t> positions, const ForcedRouting& routing, KvCache& kv,

@@ -13,11 +13,17 @@ namespace {
 // The state of one Forward call: the residual stream of its tokens and the blocks that update it.
 class ForwardState final : public Model::LayerOps {
  public:
-  ForwardState(const Model& model, std::span<const int32_t> tokens, KvCache& kv, ExpertProvider& experts,
+  // `sequences` run together: their rows are concatenated in order, each attends to its own KvCache.
+  ForwardState(const Model& model, std::span<const SequenceInput> sequences, size_t rows, ExpertProvider& experts,
                const ForwardOptions& options)
-      : m_(model), c_(model.config()), ctx_(model.context()), tokens_(tokens), kv_(kv), experts_(experts),
-        options_(options), routing_(c_, experts, options), T_(tokens.size()), H_(c_.hidden), x_(T_ * H_),
-        h_(T_ * H_) {}
+      : m_(model), c_(model.config()), ctx_(model.context()), sequences_(sequences), experts_(experts),
+        options_(options), routing_(c_, experts, options), T_(rows), H_(c_.hidden), x_(T_ * H_), h_(T_ * H_),
+        positions_(T_) {
+    size_t row = 0;
+    for (const SequenceInput& s : sequences_) {
+      for (size_t t = 0; t < s.tokens.size(); ++t) positions_[row++] = s.kv->length() + t;
+    }
+  }
 
   uint32_t layer() const override { return layer_; }
   const ModelConfig& config() const override { return c_; }
@@ -28,6 +34,7 @@ class ForwardState final : public Model::LayerOps {
   // layer `start` skips its attention (the residual given already includes it) and mixes `forced`'s experts.
   void Isolate(std::span<const size_t> positions, uint32_t start, const ForcedRouting* forced) {
     isolated_ = positions;
+    positions_.assign(positions.begin(), positions.end());
     start_layer_ = start;
     forced_ = forced;
   }
@@ -50,23 +57,24 @@ class ForwardState final : public Model::LayerOps {
       ES_RETURN_IF_ERROR(kernels::RmsNorm(ctx_, k.data(), per_head ? T_ * nkv : T_, kn, c_.rms_eps, k.data()));
     }
     std::vector<int32_t> positions(T_);
-    for (size_t t = 0; t < T_; ++t) positions[t] = static_cast<int32_t>(Position(t));
+    for (size_t t = 0; t < T_; ++t) positions[t] = static_cast<int32_t>(positions_[t]);
     ES_RETURN_IF_ERROR(kernels::ApplyRope(q.data(), T_, nh, hd, positions.data(), c_.rope_theta));
     ES_RETURN_IF_ERROR(kernels::ApplyRope(k.data(), T_, nkv, hd, positions.data(), c_.rope_theta));
     std::vector<float> attn(T_ * q_dim);
     kernels::AttentionShape shape{nh, nkv, hd};
     if (!isolated_.empty()) {
+      KvCache& kv = *sequences_[0].kv;
       // Each row sees the cache before its position and its own key and value, which stand in for the cached
       // ones at its position during its call only.
       std::vector<float> saved_k(kv_dim), saved_v(kv_dim);
       for (size_t t = 0; t < T_; ++t) {
-        float* kc = kv_.keys(layer_) + isolated_[t] * kv_dim;
-        float* vc = kv_.values(layer_) + isolated_[t] * kv_dim;
+        float* kc = kv.keys(layer_) + isolated_[t] * kv_dim;
+        float* vc = kv.values(layer_) + isolated_[t] * kv_dim;
         std::copy(kc, kc + kv_dim, saved_k.begin());
         std::copy(vc, vc + kv_dim, saved_v.begin());
         std::copy(&k[t * kv_dim], &k[(t + 1) * kv_dim], kc);
         std::copy(&v[t * kv_dim], &v[(t + 1) * kv_dim], vc);
-        Status s = kernels::Attention(ctx_, shape, &q[t * q_dim], 1, kv_.keys(layer_), kv_.values(layer_),
+        Status s = kernels::Attention(ctx_, shape, &q[t * q_dim], 1, kv.keys(layer_), kv.values(layer_),
                                       isolated_[t] + 1, &attn[t * q_dim]);
         std::copy(saved_k.begin(), saved_k.end(), kc);
         std::copy(saved_v.begin(), saved_v.end(), vc);
@@ -74,12 +82,17 @@ class ForwardState final : public Model::LayerOps {
       }
       return AddOutputProjection(attn);
     }
-    float* kc = kv_.keys(layer_) + kv_.length() * kv_dim;
-    float* vc = kv_.values(layer_) + kv_.length() * kv_dim;
-    std::copy(k.begin(), k.end(), kc);
-    std::copy(v.begin(), v.end(), vc);
-    ES_RETURN_IF_ERROR(kernels::Attention(ctx_, shape, q.data(), T_, kv_.keys(layer_), kv_.values(layer_),
-                                          kv_.length() + T_, attn.data()));
+    // Each sequence appends its keys and values to its own cache and attends to it alone.
+    size_t first = 0;
+    for (const SequenceInput& s : sequences_) {
+      KvCache& kv = *s.kv;
+      const size_t n = s.tokens.size();
+      std::copy(&k[first * kv_dim], &k[(first + n) * kv_dim], kv.keys(layer_) + kv.length() * kv_dim);
+      std::copy(&v[first * kv_dim], &v[(first + n) * kv_dim], kv.values(layer_) + kv.length() * kv_dim);
+      ES_RETURN_IF_ERROR(kernels::Attention(ctx_, shape, &q[first * q_dim], n, kv.keys(layer_), kv.values(layer_),
+                                            kv.length() + n, &attn[first * q_dim]));
+      first += n;
+    }
     return AddOutputProjection(attn);
   }
 
@@ -157,7 +170,7 @@ class ForwardState final : public Model::LayerOps {
  private:
   const DenseWeights& W() const { return m_.weights(); }
 
-  size_t Position(size_t t) const { return isolated_.empty() ? kv_.length() + t : isolated_[t]; }
+  size_t Position(size_t t) const { return positions_[t]; }
 
   Status AddOutputProjection(const std::vector<float>& attn) {
     std::vector<float> out(T_ * H_);
@@ -219,8 +232,7 @@ class ForwardState final : public Model::LayerOps {
   const Model& m_;
   const ModelConfig& c_;
   const kernels::CpuContext& ctx_;
-  std::span<const int32_t> tokens_;
-  KvCache& kv_;
+  std::span<const SequenceInput> sequences_;
   ExpertProvider& experts_;
   const ForwardOptions& options_;
   MoeRouting routing_;
@@ -229,6 +241,7 @@ class ForwardState final : public Model::LayerOps {
   uint32_t layer_ = 0;
   std::vector<float> x_;  // residual stream [T, H]
   std::vector<float> h_;  // normed input of the current block
+  std::vector<size_t> positions_;     // each row's position in its sequence
   std::span<const size_t> isolated_;  // ForwardRowsFrom: each row's position (empty: a normal forward)
   uint32_t start_layer_ = 0;
   const ForcedRouting* forced_ = nullptr;
@@ -242,19 +255,30 @@ class CpuBackend final : public Backend {
 
   Status Forward(const Model& model, std::span<const int32_t> tokens, KvCache& kv, ExpertProvider& experts,
                  const ForwardOptions& options, std::vector<float>& hidden) override {
+    const SequenceInput one{tokens, &kv};
+    return ForwardBatch(model, {&one, 1}, experts, options, hidden);
+  }
+
+  Status ForwardBatch(const Model& model, std::span<const SequenceInput> sequences, ExpertProvider& experts,
+                      const ForwardOptions& options, std::vector<float>& hidden) override {
     const ModelConfig& c = model.config();
     ES_ASSIGN_OR_RETURN(const ArchGraph* graph, GraphFor(c.arch));
-    ForwardState state(model, tokens, kv, experts, options);
+    size_t rows = 0;
+    for (const SequenceInput& s : sequences) rows += s.tokens.size();
+    ForwardState state(model, sequences, rows, experts, options);
     std::vector<float>& x = state.residual();
-    ES_RETURN_IF_ERROR(model.Embed(tokens, x.data()));
+    size_t first = 0;
+    for (const SequenceInput& s : sequences) {
+      ES_RETURN_IF_ERROR(model.Embed(s.tokens, &x[first * c.hidden]));
+      first += s.tokens.size();
+    }
     for (uint32_t l = 0; l < c.num_layers; ++l) {
       state.set_layer(l);
       ES_RETURN_IF_ERROR(graph->Layer(state).WithContext("layer " + std::to_string(l)));
     }
-    hidden.resize(tokens.size() * c.hidden);
-    ES_RETURN_IF_ERROR(
-        kernels::RmsNorm(model.context(), x.data(), tokens.size(), model.final_norm(), c.rms_eps, hidden.data()));
-    kv.Advance(tokens.size());
+    hidden.resize(rows * c.hidden);
+    ES_RETURN_IF_ERROR(kernels::RmsNorm(model.context(), x.data(), rows, model.final_norm(), c.rms_eps, hidden.data()));
+    for (const SequenceInput& s : sequences) s.kv->Advance(s.tokens.size());
     return Status::Ok();
   }
 
@@ -267,7 +291,8 @@ class CpuBackend final : public Backend {
     std::vector<int32_t> unused(rows);  // rows carry no tokens: embedding happened in the earlier Forward
     ForwardOptions o = options;
     o.capture_pre_moe = nullptr;
-    ForwardState state(model, unused, kv, experts, o);
+    const SequenceInput one{unused, &kv};
+    ForwardState state(model, {&one, 1}, rows, experts, o);
     state.Isolate(positions, layer, &routing);
     std::copy(residual.begin(), residual.end(), state.residual().begin());
     for (uint32_t l = layer; l < c.num_layers; ++l) {

@@ -127,23 +127,42 @@ Result<std::unique_ptr<Model>> Model::Load(Store& store, const std::string& name
 
 Status Model::Forward(std::span<const int32_t> tokens, KvCache& kv, ExpertProvider& experts,
                       const ForwardOptions& options, std::vector<float>& hidden) {
-  if (tokens.empty()) return Status::InvalidArgument("forward of no tokens");
-  if (kv.length() + tokens.size() > kv.capacity()) {
-    return Status::ResourceExhausted("sequence of " + std::to_string(kv.length() + tokens.size()) +
-                                     " tokens exceeds the context of " + std::to_string(kv.capacity()));
+  const SequenceInput one{tokens, &kv};
+  return ForwardBatch({&one, 1}, experts, options, hidden);
+}
+
+Status Model::ForwardBatch(std::span<const SequenceInput> sequences, ExpertProvider& experts,
+                           const ForwardOptions& options, std::vector<float>& hidden) {
+  if (sequences.empty()) return Status::InvalidArgument("forward of no sequences");
+  bool decode = true;
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    const SequenceInput& s = sequences[i];
+    if (s.kv == nullptr) return Status::InvalidArgument("forward of a sequence without a KV cache");
+    if (s.tokens.empty()) return Status::InvalidArgument("forward of no tokens");
+    if (s.kv->length() + s.tokens.size() > s.kv->capacity()) {
+      return Status::ResourceExhausted("sequence of " + std::to_string(s.kv->length() + s.tokens.size()) +
+                                       " tokens exceeds the context of " + std::to_string(s.kv->capacity()));
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (sequences[j].kv == s.kv) return Status::InvalidArgument("two sequences of one batch share a KV cache");
+    }
+    ES_RETURN_IF_ERROR(CheckTokens(s.tokens, config_.vocab));
+    decode = decode && s.tokens.size() == 1;
   }
-  ES_RETURN_IF_ERROR(CheckTokens(tokens, config_.vocab));
+  auto run = [&](const ForwardOptions& o) {
+    if (sequences.size() == 1) return backend_->Forward(*this, sequences[0].tokens, *sequences[0].kv, experts, o, hidden);
+    return backend_->ForwardBatch(*this, sequences, experts, o, hidden);
+  };
   PrefetchGovernor* governor = options.prefetch_governor;
-  if (governor == nullptr || tokens.size() != 1 || options.prefetch_depth == 0) {
-    return backend_->Forward(*this, tokens, kv, experts, options, hidden);
-  }
+  if (governor == nullptr || !decode || options.prefetch_depth == 0) return run(options);
   const bool prefetch = governor->PrefetchNext();
   ForwardOptions step = options;
   if (!prefetch) step.prefetch_depth = 0;
   const auto start = std::chrono::steady_clock::now();
-  Status status = backend_->Forward(*this, tokens, kv, experts, step, hidden);
+  Status status = run(step);
   if (status.ok()) {
-    governor->Observe(prefetch, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    governor->Observe(prefetch, seconds / static_cast<double>(sequences.size()));
   }
   return status;
 }
@@ -167,6 +186,18 @@ Status Model::ForwardRowsFrom(uint32_t layer, std::span<const float> residual, s
 Status Model::ComputeLogits(const float* hidden, size_t rows, float* logits) const {
   if (rows == 0) return Status::Ok();
   return backend_->ComputeLogits(*this, hidden, rows, logits);
+}
+
+Status Backend::ForwardBatch(const Model& model, std::span<const SequenceInput> sequences, ExpertProvider& experts,
+                             const ForwardOptions& options, std::vector<float>& hidden) {
+  const size_t H = model.config().hidden;
+  std::vector<float> all, one;
+  for (const SequenceInput& s : sequences) {
+    ES_RETURN_IF_ERROR(Forward(model, s.tokens, *s.kv, experts, options, one));
+    all.insert(all.end(), one.begin(), one.begin() + static_cast<std::ptrdiff_t>(s.tokens.size() * H));
+  }
+  hidden = std::move(all);
+  return Status::Ok();
 }
 
 Status Backend::ForwardRowsFrom(const Model&, uint32_t, std::span<const float>, std::span<const size_t>,

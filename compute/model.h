@@ -113,6 +113,12 @@ struct ForcedRouting {
 
 class Backend;
 
+// One sequence's part of a batched forward pass (Model::ForwardBatch): its next tokens and its KV cache.
+struct SequenceInput {
+  std::span<const int32_t> tokens;
+  KvCache* kv = nullptr;
+};
+
 class Model {
  public:
   // Loads the model with the CPU backend; SetBackend moves it elsewhere.
@@ -137,6 +143,14 @@ class Model {
   // every token to `hidden` ([tokens, hidden_size]) for ComputeLogits.
   Status Forward(std::span<const int32_t> tokens, KvCache& kv, ExpertProvider& experts, const ForwardOptions& options,
                  std::vector<float>& hidden);
+  // Runs several sequences in one pass: each sequence's tokens at its own positions, attending to its own KvCache
+  // (distinct caches), while every other block runs over all rows together, so that each expert routed by any
+  // row is acquired once per layer and runs over all its rows (continuous batching). Writes the final-normed
+  // hidden states of every row, the sequences' rows in order ([total tokens, hidden_size]). The result of each
+  // sequence is what Forward gives for it alone, up to float rounding. With a PrefetchGovernor, a step where
+  // every sequence gives one token is a decode step: governed and timed per row.
+  Status ForwardBatch(std::span<const SequenceInput> sequences, ExpertProvider& experts, const ForwardOptions& options,
+                      std::vector<float>& hidden);
   // Re-runs rows of an earlier Forward from the MoE block of `layer` onward, each row on its own (the
   // calibration's ablations). Row i sits at sequence position positions[i] < kv.length(); `residual`
   // [rows, hidden] is its residual stream entering the MoE block of `layer` (ForwardOptions::capture_pre_moe),
