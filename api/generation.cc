@@ -77,7 +77,7 @@ GenerationGauges GenerationService::gauges() const {
   {
     std::lock_guard lock(mu_);
     g.queued = queue_.size();
-    g.running = running_ ? 1 : 0;
+    g.running = active_.load() + (held_ ? 1 : 0);
   }
   std::lock_guard lock(runtimes_mu_);
   for (const auto& [name, rt] : runtimes_) {
@@ -99,22 +99,27 @@ GenerationGauges GenerationService::gauges() const {
 
 void GenerationService::WorkerLoop() {
   for (;;) {
-    std::optional<GenerationJob> job;
     {
       std::unique_lock lock(mu_);
-      work_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stop_ and nothing left
-      job = queue_.Pop();
+      if (active_ == 0 && !held_ && queue_.empty()) {
+        running_ = false;
+        idle_cv_.notify_all();
+        work_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+        if (queue_.empty()) break;  // stop_ and nothing left
+      }
       running_ = true;
     }
-    Run(*job);
-    job.reset();  // the sink (and the connection it holds) goes before the service says it is idle
-    {
-      std::lock_guard lock(mu_);
-      running_ = false;
-    }
-    idle_cv_.notify_all();
+    if (!Admit()) continue;
+    // A failed step has already failed its sequences (their sinks heard why); the next step goes on.
+    engine_->Step().IgnoreError();
+    active_ = engine_->active();
+    AfterStep();
   }
+  // Shutdown: the batch ends (its jobs hear why) before the runtimes go.
+  if (engine_) engine_->Abort(Status::ResourceExhausted("the server is shutting down"));
+  std::lock_guard lock(mu_);
+  if (held_) held_->sink->OnFinish(Status::ResourceExhausted("the server is shutting down"));
+  held_.reset();
 }
 
 Result<ModelRuntime*> GenerationService::Runtime(const std::string& model) {
@@ -134,51 +139,173 @@ Result<ModelRuntime*> GenerationService::Runtime(const std::string& model) {
   return runtimes_.front().second.get();
 }
 
-void GenerationService::Run(GenerationJob& job) {
+// A job in the batch: its text state. The engine's callbacks point here.
+struct GenerationService::Running {
+  Running(GenerationJob j, const Tokenizer& tokenizer)
+      : job(std::move(j)), filter(job.request.stop), decoder(tokenizer, DecodeOptions{.skip_special_tokens = true}) {}
+  GenerationJob job;
+  StopFilter filter;
+  StreamDecoder decoder;
+  CompletionOutcome outcome;
+  Status text_error;  // the decoder's
+  bool done = false;
+};
+
+namespace {
+
+// A model that cannot run here (no forward pass for its architecture, an unusable config, no tokenizer:
+// LoadModelTokenizer's NotFound, the model itself having been found before the request was queued) is the
+// server's limitation, not a fault of the request.
+Status CannotRun(const std::string& model, const Status& s) {
+  return s.IsInvalidArgument() || s.IsNotSupported() || s.IsNotFound()
+             ? Status::NotSupported("model '" + model + "' cannot generate text here: " + s.message())
+             : s;
+}
+
+}  // namespace
+
+bool GenerationService::Admit() {
+  for (;;) {
+    std::optional<GenerationJob> job;
+    {
+      std::lock_guard lock(mu_);
+      if (held_) {
+        job = std::move(held_);
+        held_.reset();
+      } else {
+        job = queue_.Pop();
+      }
+    }
+    if (!job) break;
+    if (!Start(*job)) {
+      std::lock_guard lock(mu_);
+      held_ = std::move(job);
+      break;
+    }
+  }
+  active_ = engine_ ? engine_->active() : 0;
+  return active_ > 0;
+}
+
+bool GenerationService::Start(GenerationJob& job) {
   GenerationSink& sink = *job.sink;
   if (sink.Cancelled()) {
     sink.OnFinish(Status::ResourceExhausted("the client went away"));
-    return;
+    return true;
   }
   if (cancel_all_) {
     sink.OnFinish(Status::ResourceExhausted("the server is shutting down"));
-    return;
+    return true;
   }
   const CompletionRequest& req = job.request;
+  if (engine_ && engine_model_ != req.model) {
+    if (engine_->active() > 0) return false;  // another model's batch runs: wait for it to finish
+    engine_.reset();
+  }
   auto runtime = Runtime(req.model);
   if (!runtime.ok()) {
-    // A stored model that cannot run (no forward pass for its architecture, an unusable config, no tokenizer:
-    // LoadModelTokenizer's NotFound, the model itself having been found before the request was queued) is the
-    // server's limitation, not a fault of the request.
-    const Status& s = runtime.status();
-    sink.OnFinish(s.IsInvalidArgument() || s.IsNotSupported() || s.IsNotFound()
-                      ? Status::NotSupported("model '" + req.model + "' cannot generate text here: " + s.message())
-                      : s);
-    return;
+    sink.OnFinish(CannotRun(req.model, runtime.status()));
+    return true;
   }
   ModelRuntime& rt = **runtime;
+  if (!engine_) {
+    BatchEngineOptions eo;
+    eo.context = options_.context;
+    eo.forward = rt.forward_options();
+    eo.step_tokens = options_.step_tokens;
+    eo.kv_budget_bytes = options_.kv_budget_bytes == 0 ? kDefaultKvBudget : options_.kv_budget_bytes;
+    eo.max_sequences = options_.parallel;
+    if (eo.max_sequences == 0) eo.max_sequences = AutoParallel(rt.model().config(), eo.context, eo.kv_budget_bytes);
+    eo.step_tokens = std::max(eo.step_tokens, eo.max_sequences);
+    auto engine = BatchEngine::Create(rt.model(), rt.experts(), eo);
+    if (!engine.ok()) {
+      sink.OnFinish(CannotRun(req.model, engine.status()));
+      return true;
+    }
+    engine_ = std::move(engine).value();
+    engine_model_ = req.model;
+  }
 
-  GenerateOptions o;
-  o.max_tokens = req.max_tokens;
-  o.context = options_.context;
-  o.sampler = req.sampler.Over(rt.sampler_defaults());
-  if (!req.sampler.seed) o.sampler.seed = seeds_();
-  o.forward = rt.forward_options();
-  StopFilter filter(req.stop);
-  o.should_stop = [&] { return filter.stopped() || sink.Cancelled() || cancel_all_.load(); };
-  CompletionOutcome outcome;
-  auto on_text = [&](std::string_view piece) {
-    std::string shown = filter.Push(piece);
-    if (shown.empty()) return;
-    outcome.text += shown;
-    sink.OnText(std::move(shown));
+  // The prompt as the model reads it: user text, or the chat template whose special tokens are markup.
+  const Tokenizer& tokenizer = rt.tokenizer();
+  Result<std::string> text = req.chat ? ApplyChatTemplate(tokenizer, req.messages) : Result<std::string>(req.prompt);
+  Result<std::vector<int32_t>> ids =
+      text.ok() ? EncodeText(tokenizer, *text, /*parse_special_tokens=*/req.chat) : Result<std::vector<int32_t>>(text.status());
+  if (!ids.ok()) {
+    sink.OnFinish(ids.status());
+    return true;
+  }
+  if (!engine_->CanAdmit(ids->size(), req.max_tokens) && engine_->EverFits(ids->size(), req.max_tokens) &&
+      engine_->active() > 0) {
+    return false;  // no slot or KV room now: the next job in line waits for one
+  }
+  auto running = std::make_unique<Running>(std::move(job), tokenizer);
+  Running* r = running.get();
+  SequenceSpec spec;
+  spec.prompt = std::move(*ids);
+  spec.max_tokens = r->job.request.max_tokens;
+  spec.sampler = r->job.request.sampler.Over(rt.sampler_defaults());
+  if (!r->job.request.sampler.seed) spec.sampler.seed = seeds_();
+  spec.stop = StopTokens(rt.model(), tokenizer, r->job.request.chat);
+  spec.sample_vocab = tokenizer.vocab_size();
+  spec.on_token = [r](const SampledToken& t) -> Status {
+    Result<std::string> piece = r->decoder.Push(static_cast<TokenId>(t.id));
+    if (!piece.ok()) return piece.status();
+    std::string shown = r->filter.Push(*piece);
+    if (!shown.empty()) {
+      r->outcome.text += shown;
+      r->job.sink->OnText(std::move(shown));
+    }
+    return Status::Ok();
   };
-  Result<GenerateResult> result =
-      req.chat ? GenerateChat(rt.model(), rt.tokenizer(), rt.experts(), req.messages, o, on_text)
-               : Generate(rt.model(), rt.tokenizer(), rt.experts(), req.prompt, o, on_text);
+  spec.should_stop = [this, r] { return r->filter.stopped() || r->job.sink->Cancelled() || cancel_all_.load(); };
+  spec.on_finish = [this, r](Result<SequenceResult> result) { Finish(*r, std::move(result)); };
+  if (Status added = engine_->Add(std::move(spec)); !added.ok()) {
+    r->job.sink->OnFinish(added);
+    return true;
+  }
+  running_jobs_.push_back(std::move(running));
+  return true;
+}
+
+void GenerationService::Finish(Running& r, Result<SequenceResult> result) {
+  r.done = true;
+  finished_in_step_ = true;
+  GenerationSink& sink = *r.job.sink;
+  const CompletionRequest& req = r.job.request;
+  if (!result.ok()) {
+    sink.OnFinish(result.status());
+    return;
+  }
+  metrics_.RecordGeneration(req.model, result->prompt_tokens, result->ids.size(), result->prefill_seconds,
+                            result->decode_seconds);
+  if (result->finish_reason == "cancelled" && !r.filter.stopped()) {
+    if (sink.Cancelled()) metrics_.RecordCancelled(req.model);
+    sink.OnFinish(Status::ResourceExhausted(sink.Cancelled() ? "the client went away" : "the server is shutting down"));
+    return;
+  }
+  std::string tail = r.filter.Push(r.decoder.Finish()) + r.filter.Flush();
+  if (!tail.empty()) {
+    r.outcome.text += tail;
+    sink.OnText(std::move(tail));
+  }
+  r.outcome.finish_reason = result->finish_reason == "length" ? "length" : "stop";
+  r.outcome.prompt_tokens = result->prompt_tokens;
+  r.outcome.completion_tokens = result->ids.size();
+  sink.OnFinish(std::move(r.outcome));
+}
+
+void GenerationService::AfterStep() {
+  // The sink (and the connection it holds) of a finished job goes now.
+  running_jobs_.remove_if([](const std::unique_ptr<Running>& r) { return r->done; });
+  if (!finished_in_step_) return;
+  finished_in_step_ = false;
+  auto runtime = Runtime(engine_model_);
+  if (!runtime.ok()) return;
+  ModelRuntime& rt = **runtime;
   {
     std::lock_guard lock(runtimes_mu_);
-    ModelCacheMetrics& f = prefetch_figures_[req.model];
+    ModelCacheMetrics& f = prefetch_figures_[engine_model_];
     const PrefetchAccuracy& a = rt.prefetch_accuracy();
     f.prefetch_predicted = a.predicted;
     f.prefetch_correct = a.correct;
@@ -186,31 +313,11 @@ void GenerationService::Run(GenerationJob& job) {
     f.decode_steps_prefetching = rt.prefetch_governor().mode(true).steps;
     f.decode_steps_not_prefetching = rt.prefetch_governor().mode(false).steps;
   }
-  // Usage goes to the store after every request (one synced write), so that a killed server loses at most the
-  // request in flight. A failed write keeps the counts for the next flush; the completion is unaffected.
+  // Usage goes to the store whenever a request finishes (one synced write), so that a killed server loses at
+  // most the requests in flight. A failed write keeps the counts for the next flush; completions are unaffected.
   if (Status recorded = rt.FinishRecording(); !recorded.ok()) {
     std::fprintf(stderr, "expertstore: %s\n", recorded.ToString().c_str());
   }
-  if (!result.ok()) {
-    sink.OnFinish(result.status());
-    return;
-  }
-  metrics_.RecordGeneration(req.model, result->prompt_ids.size(), result->ids.size(), result->prefill_seconds,
-                            result->decode_seconds);
-  if (result->finish_reason == "cancelled" && !filter.stopped()) {
-    if (sink.Cancelled()) metrics_.RecordCancelled(req.model);
-    sink.OnFinish(Status::ResourceExhausted(sink.Cancelled() ? "the client went away" : "the server is shutting down"));
-    return;
-  }
-  std::string tail = filter.Flush();
-  if (!tail.empty()) {
-    outcome.text += tail;
-    sink.OnText(std::move(tail));
-  }
-  outcome.finish_reason = result->finish_reason == "length" ? "length" : "stop";
-  outcome.prompt_tokens = result->prompt_ids.size();
-  outcome.completion_tokens = result->ids.size();
-  sink.OnFinish(std::move(outcome));
 }
 
 }  // namespace es::api

@@ -1,7 +1,10 @@
-// The generation service: OpenAI completion jobs queued fairly per client (FairQueue) and run one at a time on
-// a worker thread against models loaded on first use (compute/runtime/model_runtime.h, as the CLI's generate
-// builds them), so that the HTTP threads keep serving metadata and blobs meanwhile. Results and streamed text go
-// to the job's GenerationSink (api/generation_queue.h). Thread-safe.
+// The generation service: OpenAI completion jobs queued fairly per client (FairQueue) and run by continuous
+// batching (compute/batch_engine.h) on a worker thread, against models loaded on first use
+// (compute/runtime/model_runtime.h, as the CLI's generate builds them), so that the HTTP threads keep serving
+// metadata and blobs meanwhile. Up to `parallel` jobs of one model decode together, each step reading every routed
+// expert once for all of them; a queued job joins at the next step when a slot and KV memory are free, in the
+// queue's fair order (a job for another model waits until the running ones finish, then that model is loaded).
+// Results and streamed text go to the job's GenerationSink (api/generation_queue.h). Thread-safe.
 #pragma once
 
 #include <atomic>
@@ -12,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -20,6 +24,7 @@
 #include "api/generation_queue.h"
 #include "api/metrics.h"
 #include "api/openai.h"
+#include "compute/batch_engine.h"
 #include "compute/kernels/parallel.h"
 #include "compute/runtime/model_runtime.h"
 #include "store/store.h"
@@ -33,6 +38,9 @@ struct GenerationOptions {
   size_t max_loaded_models = 1;      // the least recently used model is unloaded beyond this
   uint32_t compute_threads = 0;      // 0: every core
   uint32_t context = 0;              // tokens of context per request at most (--ctx-size); 0: each model's own
+  size_t parallel = 0;               // requests decoding together at most (--parallel); 0: AutoParallel
+  size_t kv_budget_bytes = 0;        // KV caches of the running requests at most (--kv-budget-mb); 0: kDefaultKvBudget
+  size_t step_tokens = 512;          // forward rows per step (--batch-size): decode rows, then prefill chunks
 };
 
 class GenerationService final : public GenerationQueue {
@@ -50,8 +58,16 @@ class GenerationService final : public GenerationQueue {
 
  private:
   GenerationService(Store& store, const GenerationOptions& options, Metrics& metrics);
+  struct Running;
   void WorkerLoop();
-  void Run(GenerationJob& job);
+  // Worker thread only. Moves queued jobs into the batch while they fit; returns whether any sequence is active.
+  bool Admit();
+  // Starts `job`: true when it joined the batch or finished (an error, a cancelled client); false when it must
+  // wait for room (it is then held as the next job).
+  bool Start(GenerationJob& job);
+  // After a step: records usage and the prediction figures if a job finished.
+  void AfterStep();
+  void Finish(Running& r, Result<SequenceResult> result);
   // Worker thread only. The runtime of `model`, loading it (and unloading the least recently used) if needed.
   Result<ModelRuntime*> Runtime(const std::string& model);
   // Requires mu_. Fails every queued job.
@@ -78,6 +94,14 @@ class GenerationService final : public GenerationQueue {
   // runtimes_mu_: the forward pass updates the runtime's own without a lock).
   std::map<std::string, ModelCacheMetrics> prefetch_figures_;
   std::mt19937_64 seeds_;  // worker only: seeds for requests that give none
+
+  // Worker only: the batch of the model `engine_model_` and the jobs in it.
+  std::unique_ptr<BatchEngine> engine_;
+  std::string engine_model_;
+  std::list<std::unique_ptr<Running>> running_jobs_;
+  std::optional<GenerationJob> held_;  // under mu_: the next job, waiting for room in the batch
+  bool finished_in_step_ = false;
+  std::atomic<size_t> active_{0};  // sequences in the batch (gauges)
 
   std::thread worker_;
 };

@@ -77,6 +77,12 @@ size_t BatchEngine::KvBytes(const ModelConfig& config, size_t tokens) {
   return 2 * tokens * static_cast<size_t>(config.num_layers) * config.num_kv_heads * config.head_dim * sizeof(float);
 }
 
+size_t AutoParallel(const ModelConfig& config, size_t context, size_t kv_budget_bytes) {
+  const size_t limit = context == 0 ? config.max_positions : context;
+  const size_t one = std::max<size_t>(1, BatchEngine::KvBytes(config, std::min(limit, kAutoParallelTokens)));
+  return std::clamp<size_t>(kv_budget_bytes / one, 1, kMaxAutoParallel);
+}
+
 size_t BatchEngine::Limit() const { return options_.context == 0 ? model_.config().max_positions : options_.context; }
 
 bool BatchEngine::EverFits(size_t prompt_tokens, uint32_t max_tokens) const {

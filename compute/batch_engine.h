@@ -76,6 +76,14 @@ struct BatchEngineCounters {
   uint64_t generated = 0;        // tokens sampled and kept
 };
 
+// The KV budget when none is given, and the rule for a batch size left to memory (llama-server's slots): as many
+// sequences of kAutoParallelTokens tokens (or of the context, if shorter) as the budget holds, from 1 to
+// kMaxAutoParallel.
+inline constexpr size_t kDefaultKvBudget = size_t{1} << 30;
+inline constexpr size_t kAutoParallelTokens = 4096;
+inline constexpr size_t kMaxAutoParallel = 16;
+size_t AutoParallel(const ModelConfig& config, size_t context, size_t kv_budget_bytes);
+
 class BatchEngine {
  public:
   // `model` and `experts` must outlive the engine. InvalidArgument for options out of range.

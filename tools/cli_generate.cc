@@ -11,6 +11,7 @@
 #include <optional>
 #include <sstream>
 
+#include "compute/batch_engine.h"
 #include "compute/generator.h"
 #include "compute/model.h"
 #include "compute/stop_filter.h"
@@ -123,7 +124,146 @@ Result<std::string> PromptFromArgs(const Args& args) {
   return prompt;
 }
 
+// generate --batch-file F: every line of F (empty lines skipped) a prompt, generated together by continuous
+// batching (compute/batch_engine.h), up to --parallel at once; each result in the file's order.
+Status RunGenerateBatch(const Args& args) {
+  ES_ASSIGN_OR_RETURN(std::string model_name, args.Require("model"));
+  if (args.Has("prompt") || args.Has("prompt-file")) {
+    return Status::InvalidArgument("give --batch-file or a prompt, not both");
+  }
+  ES_ASSIGN_OR_RETURN(std::string file, args.Require("batch-file"));
+  ES_ASSIGN_OR_RETURN(std::string content, ReadFile(*DefaultFileSystem(), file));
+  std::vector<std::string> prompts;
+  std::istringstream lines(content);
+  for (std::string line; std::getline(lines, line);) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty()) prompts.push_back(std::move(line));
+  }
+  if (prompts.empty()) return Status::InvalidArgument("the batch file " + file + " holds no prompt");
+  ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model_name, RuntimeOptions{.need_tokenizer = true, .record = true}));
+  ES_ASSIGN_OR_RETURN(DecodeSettings d, DecodeSettingsFromArgs(args, *rt));
+  const bool chat = args.Has("chat");
+  ES_ASSIGN_OR_RETURN(int64_t kv_mb, args.GetInt("kv-budget-mb", static_cast<int64_t>(kDefaultKvBudget >> 20), 1, INT32_MAX));
+  BatchEngineOptions eo;
+  eo.kv_budget_bytes = static_cast<size_t>(kv_mb) << 20;
+  eo.context = d.options.context;
+  eo.forward = d.options.forward;
+  ES_ASSIGN_OR_RETURN(int64_t parallel, args.GetInt("parallel", 0, 0, 1 << 16));
+  eo.max_sequences = parallel > 0 ? static_cast<size_t>(parallel) : AutoParallel(rt->model().config(), eo.context,
+                                                                                 eo.kv_budget_bytes);
+  ES_ASSIGN_OR_RETURN(int64_t step, args.GetInt("batch-size", 512, 1, 1 << 20));
+  eo.step_tokens = std::max(static_cast<size_t>(step), eo.max_sequences);
+  ES_ASSIGN_OR_RETURN(auto engine, BatchEngine::Create(rt->model(), rt->experts(), eo));
+
+  struct Item {
+    std::vector<int32_t> prompt;
+    std::unique_ptr<StreamDecoder> decoder;
+    std::unique_ptr<StopFilter> filter;
+    std::string text;
+    std::optional<Result<SequenceResult>> result;
+  };
+  std::vector<Item> items(prompts.size());
+  const Tokenizer& tokenizer = rt->tokenizer();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    std::string text = prompts[i];
+    if (chat) {
+      ES_ASSIGN_OR_RETURN(text, ApplyChatTemplate(tokenizer, prompts[i]));
+    }
+    ES_ASSIGN_OR_RETURN(items[i].prompt, EncodeText(tokenizer, text, /*parse_special_tokens=*/chat));
+    items[i].decoder = std::make_unique<StreamDecoder>(tokenizer, DecodeOptions{.skip_special_tokens = true});
+    items[i].filter = std::make_unique<StopFilter>(d.stop);
+  }
+  const CacheSnapshot start = TakeSnapshot(*rt);
+  const auto t0 = std::chrono::steady_clock::now();
+  size_t next = 0;
+  auto spec_of = [&](size_t i) {
+    Item& item = items[i];
+    SequenceSpec spec;
+    spec.prompt = item.prompt;
+    spec.max_tokens = d.options.max_tokens;
+    spec.sampler = d.options.sampler;
+    spec.sampler.seed = d.options.sampler.seed + i;  // each prompt its own reproducible stream
+    spec.stop = StopTokens(rt->model(), tokenizer, chat);
+    spec.sample_vocab = tokenizer.vocab_size();
+    spec.on_token = [&item](const SampledToken& t) -> Status {
+      ES_ASSIGN_OR_RETURN(std::string piece, item.decoder->Push(static_cast<TokenId>(t.id)));
+      item.text += item.filter->Push(piece);
+      return Status::Ok();
+    };
+    spec.should_stop = [&item] { return item.filter->stopped(); };
+    spec.on_finish = [&item](Result<SequenceResult> r) {
+      if (r.ok()) item.text += item.filter->Push(item.decoder->Finish()) + item.filter->Flush();
+      item.result = std::move(r);
+    };
+    return spec;
+  };
+  while (next < items.size() || engine->active() > 0) {
+    while (next < items.size() && (engine->CanAdmit(items[next].prompt.size(), d.options.max_tokens) ||
+                                   engine->active() == 0)) {
+      ES_RETURN_IF_ERROR(engine->Add(spec_of(next)).WithContext("prompt " + std::to_string(next + 1)));
+      ++next;
+    }
+    ES_RETURN_IF_ERROR(engine->Step());
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ES_RETURN_IF_ERROR(rt->FinishRecording());
+  uint64_t generated = 0;
+  std::vector<double> ttft;
+  for (size_t i = 0; i < items.size(); ++i) {
+    ES_RETURN_IF_ERROR(items[i].result->status().WithContext("prompt " + std::to_string(i + 1)));
+    generated += (*items[i].result)->ids.size();
+    ttft.push_back((*items[i].result)->first_token_seconds);
+  }
+  std::sort(ttft.begin(), ttft.end());
+  const ProviderCounters c = CountersSince(*rt, start);
+  const double tok_s = seconds > 0 ? static_cast<double>(generated) / seconds : 0;
+  const double median_ttft = ttft[ttft.size() / 2];
+  const BatchEngineCounters& k = engine->counters();
+  const double mean_batch = k.steps ? static_cast<double>(k.sequences_per_step_sum) / static_cast<double>(k.steps) : 0;
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject().Key("results").BeginArray();
+    for (size_t i = 0; i < items.size(); ++i) {
+      const SequenceResult& r = **items[i].result;
+      const std::string finish = items[i].filter->stopped() ? "stop" : r.finish_reason;
+      w.BeginObject().Key("index").Uint(i).Key("text").String(items[i].text).Key("prompt_tokens").Uint(r.prompt_tokens)
+          .Key("completion_tokens").Uint(r.ids.size()).Key("finish_reason").String(finish)
+          .Key("time_to_first_token_seconds").Double(r.first_token_seconds).EndObject();
+    }
+    w.EndArray()
+        .Key("prompts").Uint(items.size())
+        .Key("parallel").Uint(eo.max_sequences)
+        .Key("generated_tokens").Uint(generated)
+        .Key("seconds").Double(seconds)
+        .Key("tokens_per_second").Double(tok_s)
+        .Key("median_time_to_first_token_seconds").Double(median_ttft)
+        .Key("steps").Uint(k.steps)
+        .Key("mean_sequences_per_step").Double(mean_batch)
+        .Key("bytes_read_per_token").Double(generated ? static_cast<double>(c.bytes_read) / static_cast<double>(generated) : 0)
+        .Key("seed").Uint(d.options.sampler.seed)
+        .Key("configuration").String(rt->describe());
+    WriteExactnessJson(w, *rt);
+    w.Key("usage").String(RecordingTarget(*rt)).Key("cache");
+    WriteCacheJson(w, *rt, start);
+    w.EndObject();
+    PrintJson(w);
+    return Status::Ok();
+  }
+  for (size_t i = 0; i < items.size(); ++i) {
+    std::printf("--- %zu: %s\n%s\n", i + 1, prompts[i].c_str(), items[i].text.c_str());
+  }
+  if (!args.global().quiet) {
+    std::fprintf(stderr, "[%zu prompts, up to %zu at once (%.1f per step): %llu tokens in %.2f s, %.2f tok/s; median time to "
+                 "first token %.2f s; cache %llu hits, %llu misses, %s read%s]\n",
+                 items.size(), eo.max_sequences, mean_batch, static_cast<unsigned long long>(generated), seconds, tok_s,
+                 median_ttft, static_cast<unsigned long long>(c.hits), static_cast<unsigned long long>(c.misses),
+                 HumanBytes(c.bytes_read).c_str(), rt->runtime().exact() ? "" : "; NOT EXACT: see the first line");
+  }
+  return Status::Ok();
+}
+
 Status RunGenerate(const Args& args) {
+  if (args.Has("batch-file")) return RunGenerateBatch(args);
   ES_ASSIGN_OR_RETURN(std::string model_name, args.Require("model"));
   ES_ASSIGN_OR_RETURN(std::string prompt, PromptFromArgs(args));
   const auto open_start = std::chrono::steady_clock::now();
@@ -431,12 +571,19 @@ void RegisterGenerateCommands(std::vector<Command>& commands) {
     return own;
   };
   commands.push_back({"generate",
-                      "generate --model M (--prompt T | --prompt - | --prompt-file F) [--max-tokens --ctx-size --temperature "
+                      "generate --model M (--prompt T | --prompt - | --prompt-file F | --batch-file F [--parallel N]) [--max-tokens --ctx-size --temperature "
                       "--top-k --top-p --min-p --repeat-penalty --seed --stop S --chat --state --cache-mb --device]",
                       "generate text, streaming it to stdout",
                       with(Concat({{"model", true, "model name"},
                                    {"prompt", true, "the prompt (- reads it from standard input)"},
                                    {"prompt-file", true, "read the prompt from this file"},
+                                   {"batch-file", true, "generate for every line of this file (one prompt a line) "
+                                                        "together, by continuous batching"},
+                                   {"parallel", true, "with --batch-file: prompts decoding together at most (default: "
+                                                      "as many 4096-token KV caches as --kv-budget-mb holds, at most 16)"},
+                                   {"kv-budget-mb", true, "with --batch-file: KV caches of the prompts decoding "
+                                                          "together at most (default 1024)"},
+                                   {"batch-size", true, "with --batch-file: forward rows per step (default 512)"},
                                    {"chat", false, "the prompt is one user message in the model's chat template"},
                                    {"warmup", false,
                                     "first run the prompt and one token untimed and unrecorded (benchmarks: the timed "

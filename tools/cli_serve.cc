@@ -72,6 +72,13 @@ Result<api::GenerationOptions> GenerationOptionsFromArgs(const Args& args) {
   g.max_loaded_models = static_cast<size_t>(models);
   ES_ASSIGN_OR_RETURN(int64_t context, args.GetInt("ctx-size", 0, 1, INT32_MAX));
   g.context = static_cast<uint32_t>(context);
+  ES_ASSIGN_OR_RETURN(int64_t parallel, args.GetInt("parallel", 0, 0, kMaxCountFlag));
+  g.parallel = static_cast<size_t>(parallel);
+  ES_ASSIGN_OR_RETURN(int64_t kv_mb, args.GetInt("kv-budget-mb", static_cast<int64_t>(kDefaultKvBudget >> 20), 1,
+                                                 INT32_MAX));
+  g.kv_budget_bytes = static_cast<size_t>(kv_mb) << 20;
+  ES_ASSIGN_OR_RETURN(int64_t batch, args.GetInt("batch-size", static_cast<int64_t>(g.step_tokens), 1, kMaxCountFlag));
+  g.step_tokens = static_cast<size_t>(batch);
   return g;
 }
 
@@ -208,7 +215,12 @@ void RegisterServeCommands(std::vector<Command>& commands) {
                        {"max-queued-per-client", true, "generation requests one client address may have waiting (default 8)"},
                        {"max-models", true, "models kept loaded for generation (default 1)"},
                        {"allow-writes", false, "accept DELETE /v1/models/{model} (otherwise the service only reads)"},
-                       {"ctx-size", true, "tokens of context per request, prompt included (default and most: the model's)"}};
+                       {"ctx-size", true, "tokens of context per request, prompt included (default and most: the model's)"},
+                       {"parallel", true, "requests decoding together at most (default: as many 4096-token KV caches as "
+                                          "--kv-budget-mb holds, at most 16)"},
+                       {"kv-budget-mb", true, "KV caches of the requests decoding together at most (default 1024); "
+                                              "more requests wait"},
+                       {"batch-size", true, "forward rows per step (default 512): decode rows, then prompt chunks"}};
   for (FlagSpec& f : RuntimeFlags()) serve_flags.push_back(std::move(f));
   commands.push_back({"serve",
                       "serve [--host 127.0.0.1 --port 8080 --state S --cache-mb N --routing R --max-connections N ...]",

@@ -4,8 +4,10 @@
 // started in-process on a free loopback port with its own metrics and generation service.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "api/generation.h"
 #include "api/metrics.h"
@@ -48,5 +50,17 @@ api::ServerOptions TestServerOptions();
 std::unique_ptr<TestServer> StartServer(Store& store, const api::ServerOptions& options = TestServerOptions(),
                                         const api::GenerationOptions& generation = {},
                                         const api::CompletionLimits& limits = {});
+
+// Polls a condition on the server's state (a hang guard, not a timing assertion).
+template <typename Fn>
+bool Eventually(Fn&& fn) {
+  constexpr int kPolls = 1000;
+  constexpr auto kPollInterval = std::chrono::milliseconds(20);
+  for (int i = 0; i < kPolls; ++i) {
+    if (fn()) return true;
+    std::this_thread::sleep_for(kPollInterval);
+  }
+  return false;
+}
 
 }  // namespace es::testing

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <map>
 #include <set>
 #include <thread>
@@ -424,6 +425,34 @@ TEST_F(HttpApiTest, CompletionMatchesInProcessGeneration) {
   ASSERT_TRUE(arr);
   ASSERT_EQ(arr->status, 200);
   EXPECT_EQ(ParseOrDie(arr->body).Find("choices")->array()[0].Find("text")->string_value(), expected);
+}
+
+// Continuous batching: a short request sent while a long one decodes joins the batch and finishes first, and
+// both get the text each gets alone.
+TEST_F(HttpApiTest, ConcurrentCompletionsDecodeTogether) {
+  const std::string long_text = ReferenceText("def main(", 1000);
+  const std::string short_text = ReferenceText("import os", 3);
+  std::optional<HttpReply> long_reply, short_reply;
+  std::atomic<bool> long_done{false};
+  bool short_first = false;
+  std::thread long_client([&] {
+    long_reply = Post("/v1/completions", R"({"model": "tiny", "prompt": "def main(", "max_tokens": 1000, "temperature": 0})");
+    long_done = true;
+  });
+  // Once the long request is decoding, the short one.
+  ASSERT_TRUE(testing::Eventually([&] {
+    auto m = Get("/metrics");
+    return m && MetricValue(m->body, "expertstore_generation_running") >= 1;
+  }));
+  short_reply = Post("/v1/completions", R"({"model": "tiny", "prompt": "import os", "max_tokens": 3, "temperature": 0})");
+  short_first = !long_done;
+  long_client.join();
+  ASSERT_TRUE(long_reply && short_reply);
+  ASSERT_EQ(long_reply->status, 200) << long_reply->body;
+  ASSERT_EQ(short_reply->status, 200) << short_reply->body;
+  EXPECT_TRUE(short_first) << "the short request waited for the long one";
+  EXPECT_EQ(ParseOrDie(long_reply->body).Find("choices")->array()[0].Find("text")->string_value(), long_text);
+  EXPECT_EQ(ParseOrDie(short_reply->body).Find("choices")->array()[0].Find("text")->string_value(), short_text);
 }
 
 TEST_F(HttpApiTest, StreamedCompletionIsTheSameTextAsServerSentEvents) {

@@ -17,6 +17,7 @@
 namespace es {
 namespace {
 
+using testing::Eventually;
 using testing::Fetch;
 using testing::SharedStore;
 using testing::TestConnection;
@@ -37,18 +38,6 @@ double MetricValue(uint16_t port, const std::string& sample) {
     pos += sample.size();
   }
   return -1;
-}
-
-// Polls a condition on the server's state (a hang guard, not a timing assertion).
-template <typename Fn>
-bool Eventually(Fn&& fn) {
-  constexpr int kPolls = 1000;
-  constexpr auto kPollInterval = std::chrono::milliseconds(20);
-  for (int i = 0; i < kPolls; ++i) {
-    if (fn()) return true;
-    std::this_thread::sleep_for(kPollInterval);
-  }
-  return false;
 }
 
 TEST(HttpLimitsTest, OversizedBodiesAndHeadersAreRefused) {

@@ -378,6 +378,35 @@ TEST_F(CliContractTest, PromptsFromStdinAndFiles) {
   EXPECT_EQ(Str(Json(CliResult{piped.exit_code, piped.out.substr(piped.out.find('{'))}), "text"), want);
 }
 
+// --batch-file generates every line together (continuous batching, here two at a time): each result is what
+// --prompt gives for that line alone, in the file's order, sampled ones included (line i takes seed + i).
+TEST_F(CliContractTest, BatchFileGeneratesEachLineAsAlone) {
+  const std::vector<std::string> prompts = {"import os", "def main(", "Der Hund", "The capital of France is"};
+  testing::WriteText(dir_->Sub("batch.txt"), prompts[0] + "\n" + prompts[1] + "\n\n" + prompts[2] + "\r\n" + prompts[3]);
+  for (const std::string sampling : {" --temperature 0", " --temperature 0.9 --seed 5"}) {
+    const std::string flags = " --max-tokens 8 --json" + sampling;
+    JsonValue batch = Json(RunCli(Gen("--batch-file " + dir_->Sub("batch.txt") + " --parallel 2" + flags)));
+    const auto& results = batch.Find("results")->array();
+    ASSERT_EQ(results.size(), prompts.size());
+    EXPECT_EQ(Num(batch, "parallel"), 2);
+    EXPECT_GT(Num(batch, "mean_sequences_per_step"), 1);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      std::string alone_flags = flags;
+      if (sampling.find("--seed") != std::string::npos) alone_flags = " --max-tokens 8 --json --temperature 0.9 --seed " + std::to_string(5 + i);
+      const std::string want = Str(Json(RunCli(Gen("--prompt '" + prompts[i] + "'" + alone_flags))), "text");
+      EXPECT_EQ(Num(results[i], "index"), static_cast<double>(i));
+      EXPECT_EQ(results[i].Find("text")->string_value(), want) << prompts[i] << sampling;
+    }
+  }
+  CliResult r = RunCli(Gen("--batch-file " + dir_->Sub("batch.txt") + " --prompt hi"), true);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.out.find("not both"), std::string::npos) << r.out;
+  testing::WriteText(dir_->Sub("blank.txt"), "\n\n");
+  r = RunCli(Gen("--batch-file " + dir_->Sub("blank.txt")), true);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.out.find("holds no prompt"), std::string::npos) << r.out;
+}
+
 // --ctx-size bounds prompt plus generation and is refused above the model's context.
 TEST_F(CliContractTest, ContextSizeIsBoundedByTheModel) {
   CliResult r = RunCli(Gen("--prompt hi --ctx-size 4096"), true);
