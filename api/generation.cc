@@ -139,16 +139,40 @@ Result<ModelRuntime*> GenerationService::Runtime(const std::string& model) {
   return runtimes_.front().second.get();
 }
 
-// A job in the batch: its text state. The engine's callbacks point here.
+// A job in the batch: per choice its text state; the engine's callbacks point here.
 struct GenerationService::Running {
-  Running(GenerationJob j, const Tokenizer& tokenizer)
-      : job(std::move(j)), filter(job.request.stop), decoder(tokenizer, DecodeOptions{.skip_special_tokens = true}) {}
+  struct Choice {
+    Choice(const std::vector<std::string>& stops, const Tokenizer& tokenizer)
+        : filter(stops), decoder(tokenizer, DecodeOptions{.skip_special_tokens = true}) {}
+    StopFilter filter;
+    StreamDecoder decoder;
+    CompletionChoice out;
+    std::vector<TokenLogprobs> pending;  // log-probabilities not yet delivered with a delta
+    std::optional<Result<SequenceResult>> result;
+  };
+  Running(GenerationJob j, const Tokenizer& t) : job(std::move(j)), tokenizer(t) {
+    for (uint32_t i = 0; i < job.request.n; ++i) choices.push_back(std::make_unique<Choice>(job.request.stop, t));
+  }
   GenerationJob job;
-  StopFilter filter;
-  StreamDecoder decoder;
-  CompletionOutcome outcome;
-  Status text_error;  // the decoder's
+  const Tokenizer& tokenizer;
+  std::vector<std::unique_ptr<Choice>> choices;
+  size_t finished = 0;
+  Status failure;  // the first choice's error: every other choice stops
   bool done = false;
+
+  // The text of one token (its bytes, special tokens included).
+  std::string TokenText(int32_t id) const {
+    const TokenId one = static_cast<TokenId>(id);
+    auto text = tokenizer.Decode({&one, 1}, DecodeOptions{.skip_special_tokens = false});
+    return text.ok() ? std::move(*text) : std::string();
+  }
+  // Delivers choice i's final text and the log-probabilities gathered so far.
+  void Deliver(size_t i, std::string text) {
+    Choice& c = *choices[i];
+    if (text.empty() && c.pending.empty()) return;
+    c.out.text += text;
+    job.sink->OnText(TextDelta{i, std::move(text), std::exchange(c.pending, {})});
+  }
 };
 
 namespace {
@@ -235,64 +259,106 @@ bool GenerationService::Start(GenerationJob& job) {
     sink.OnFinish(ids.status());
     return true;
   }
-  if (!engine_->CanAdmit(ids->size(), req.max_tokens) && engine_->EverFits(ids->size(), req.max_tokens) &&
-      engine_->active() > 0) {
-    return false;  // no slot or KV room now: the next job in line waits for one
+  if (!engine_->EverFits(ids->size(), req.max_tokens, req.n)) {
+    sink.OnFinish(Status::InvalidArgument(
+        std::to_string(req.n) + " choice(s) of " + std::to_string(ids->size() + req.max_tokens) +
+        " tokens need " + std::to_string(req.n) + " sequences and " +
+        std::to_string((req.n * BatchEngine::KvBytes(rt.model().config(), ids->size() + req.max_tokens)) >> 20) +
+        " MiB of KV cache; the batch holds " + std::to_string(engine_->options().max_sequences) + " (--parallel) in " +
+        std::to_string(engine_->options().kv_budget_bytes >> 20) + " MiB (--kv-budget-mb)"));
+    return true;
   }
+  if (!engine_->CanAdmit(ids->size(), req.max_tokens, req.n)) return false;  // the next job in line waits for room
   auto running = std::make_unique<Running>(std::move(job), tokenizer);
   Running* r = running.get();
-  SequenceSpec spec;
-  spec.prompt = std::move(*ids);
-  spec.max_tokens = r->job.request.max_tokens;
-  spec.sampler = r->job.request.sampler.Over(rt.sampler_defaults());
-  if (!r->job.request.sampler.seed) spec.sampler.seed = seeds_();
-  spec.stop = StopTokens(rt.model(), tokenizer, r->job.request.chat);
-  spec.sample_vocab = tokenizer.vocab_size();
-  spec.on_token = [r](const SampledToken& t) -> Status {
-    Result<std::string> piece = r->decoder.Push(static_cast<TokenId>(t.id));
-    if (!piece.ok()) return piece.status();
-    std::string shown = r->filter.Push(*piece);
-    if (!shown.empty()) {
-      r->outcome.text += shown;
-      r->job.sink->OnText(std::move(shown));
+  const CompletionRequest& request = r->job.request;
+  SamplerOptions sampler = request.sampler.Over(rt.sampler_defaults());
+  if (!request.sampler.seed) sampler.seed = seeds_();
+  const std::vector<int32_t> stop = StopTokens(rt.model(), tokenizer, request.chat);
+  size_t added = 0;
+  for (size_t i = 0; i < request.n; ++i) {
+    SequenceSpec spec;
+    spec.prompt = *ids;
+    spec.max_tokens = request.max_tokens;
+    spec.sampler = sampler;
+    spec.sampler.seed = sampler.seed + i;  // each choice its own reproducible stream
+    spec.stop = stop;
+    spec.sample_vocab = tokenizer.vocab_size();
+    spec.logprobs = request.logprobs;
+    spec.top_logprobs = request.top_logprobs;
+    spec.on_token = [r, i](const SampledToken& t) -> Status {
+      Running::Choice& c = *r->choices[i];
+      ES_ASSIGN_OR_RETURN(std::string piece, c.decoder.Push(static_cast<TokenId>(t.id)));
+      if (r->job.request.logprobs) {
+        TokenLogprobs lp{r->TokenText(t.id), t.logprob, {}};
+        for (const TokenLogprob& alt : t.top) lp.top.emplace_back(r->TokenText(alt.id), alt.logprob);
+        c.out.logprobs.push_back(lp);
+        c.pending.push_back(std::move(lp));
+      }
+      std::string shown = c.filter.Push(piece);
+      if (!shown.empty()) r->Deliver(i, std::move(shown));
+      return Status::Ok();
+    };
+    spec.should_stop = [this, r, i] {
+      return r->choices[i]->filter.stopped() || r->job.sink->Cancelled() || cancel_all_.load() || !r->failure.ok();
+    };
+    spec.on_finish = [this, r, i](Result<SequenceResult> result) { Finish(*r, i, std::move(result)); };
+    if (Status st = engine_->Add(std::move(spec)); !st.ok()) {
+      // Only the first can fail (admission was checked for all): the job never started.
+      if (added == 0) {
+        r->job.sink->OnFinish(st);
+        return true;
+      }
+      Finish(*r, i, st);
+      for (size_t j = i + 1; j < request.n; ++j) Finish(*r, j, st);
+      break;
     }
-    return Status::Ok();
-  };
-  spec.should_stop = [this, r] { return r->filter.stopped() || r->job.sink->Cancelled() || cancel_all_.load(); };
-  spec.on_finish = [this, r](Result<SequenceResult> result) { Finish(*r, std::move(result)); };
-  if (Status added = engine_->Add(std::move(spec)); !added.ok()) {
-    r->job.sink->OnFinish(added);
-    return true;
+    ++added;
   }
   running_jobs_.push_back(std::move(running));
   return true;
 }
 
-void GenerationService::Finish(Running& r, Result<SequenceResult> result) {
+void GenerationService::Finish(Running& r, size_t index, Result<SequenceResult> result) {
+  Running::Choice& c = *r.choices[index];
+  if (!result.ok() && r.failure.ok()) r.failure = result.status();
+  c.result = std::move(result);
+  if (++r.finished < r.choices.size()) return;
+
+  // The last choice finished: the job's outcome.
   r.done = true;
   finished_in_step_ = true;
   GenerationSink& sink = *r.job.sink;
   const CompletionRequest& req = r.job.request;
-  if (!result.ok()) {
-    sink.OnFinish(result.status());
+  if (!r.failure.ok()) {
+    sink.OnFinish(r.failure);
     return;
   }
-  metrics_.RecordGeneration(req.model, result->prompt_tokens, result->ids.size(), result->prefill_seconds,
-                            result->decode_seconds);
-  if (result->finish_reason == "cancelled" && !r.filter.stopped()) {
+  CompletionOutcome outcome;
+  double prefill = 0, decode = 0;
+  bool cancelled = false;
+  for (size_t i = 0; i < r.choices.size(); ++i) {
+    Running::Choice& ch = *r.choices[i];
+    const SequenceResult& sr = **ch.result;
+    outcome.prompt_tokens = sr.prompt_tokens;
+    outcome.completion_tokens += sr.ids.size();
+    prefill = std::max(prefill, sr.prefill_seconds);
+    decode = std::max(decode, sr.decode_seconds);
+    cancelled = cancelled || (sr.finish_reason == "cancelled" && !ch.filter.stopped());
+  }
+  metrics_.RecordGeneration(req.model, outcome.prompt_tokens, outcome.completion_tokens, prefill, decode);
+  if (cancelled) {
     if (sink.Cancelled()) metrics_.RecordCancelled(req.model);
     sink.OnFinish(Status::ResourceExhausted(sink.Cancelled() ? "the client went away" : "the server is shutting down"));
     return;
   }
-  std::string tail = r.filter.Push(r.decoder.Finish()) + r.filter.Flush();
-  if (!tail.empty()) {
-    r.outcome.text += tail;
-    sink.OnText(std::move(tail));
+  for (size_t i = 0; i < r.choices.size(); ++i) {
+    Running::Choice& ch = *r.choices[i];
+    r.Deliver(i, ch.filter.Push(ch.decoder.Finish()) + ch.filter.Flush());
+    ch.out.finish_reason = (*ch.result)->finish_reason == "length" ? "length" : "stop";
+    outcome.choices.push_back(std::move(ch.out));
   }
-  r.outcome.finish_reason = result->finish_reason == "length" ? "length" : "stop";
-  r.outcome.prompt_tokens = result->prompt_tokens;
-  r.outcome.completion_tokens = result->ids.size();
-  sink.OnFinish(std::move(r.outcome));
+  sink.OnFinish(std::move(outcome));
 }
 
 void GenerationService::AfterStep() {

@@ -67,7 +67,8 @@ class GenerationService final : public GenerationQueue {
   bool Start(GenerationJob& job);
   // After a step: records usage and the prediction figures if a job finished.
   void AfterStep();
-  void Finish(Running& r, Result<SequenceResult> result);
+  // Choice `index` of `r` finished; the last one to finish finishes the job.
+  void Finish(Running& r, size_t index, Result<SequenceResult> result);
   // Worker thread only. The runtime of `model`, loading it (and unloading the least recently used) if needed.
   Result<ModelRuntime*> Runtime(const std::string& model);
   // Requires mu_. Fails every queued job.

@@ -20,8 +20,9 @@ class GenerationSink {
   virtual ~GenerationSink() = default;
   // True once the client has gone away: generation stops for it at the next token.
   virtual bool Cancelled() const = 0;
-  // Generated text that is final (stop sequences already cut), in order.
-  virtual void OnText(std::string text) = 0;
+  // Generated text of one choice that is final (stop sequences already cut), in order, with the log-probabilities
+  // of its tokens when the request asked for them.
+  virtual void OnText(TextDelta delta) = 0;
   // The end: the outcome, or why the job failed (the model failed to load, the prompt is too long, ...).
   virtual void OnFinish(Result<CompletionOutcome> outcome) = 0;
 };

@@ -40,10 +40,6 @@ Result<double> NumberField(const JsonValue& obj, std::string_view name, double f
 // A feature this server does not implement is refused only when the request actually asks for it: clients send
 // the neutral values (n: 1, logprobs: false, presence_penalty: 0) by default.
 Status RefuseUnlessNeutral(const JsonValue& obj) {
-  if (const JsonValue* n = Field(obj, "n")) {
-    if (!n->is_integer()) return WrongType("n", "an integer");
-    if (auto v = n->AsInt64(); !v.ok() || *v != 1) return Status::NotSupported("'n' other than 1 is not supported");
-  }
   if (const JsonValue* f = Field(obj, "response_format")) {
     // Only plain text: a JSON mode or schema would need constrained decoding, and ignoring it silently would hand
     // the client text it cannot parse.
@@ -53,7 +49,7 @@ Status RefuseUnlessNeutral(const JsonValue& obj) {
       return Status::NotSupported("'response_format' " + type->string_value() + " is not supported; only text");
     }
   }
-  for (std::string_view name : {"logprobs", "echo", "top_logprobs"}) {
+  for (std::string_view name : {"echo"}) {
     if (const JsonValue* p = Field(obj, name)) {
       bool neutral = (p->is_bool() && !p->bool_value()) || (p->is_integer() && p->AsInt64().ok() && *p->AsInt64() == 0);
       if (!neutral) return Status::NotSupported("'" + std::string(name) + "' is not supported");
@@ -198,6 +194,38 @@ Status ParseSampling(const JsonValue& root, SamplerRequest& s) {
   return Status::Ok();
 }
 
+// Completions: `logprobs` null or an integer N >= 0 (the tokens' own log-probabilities and N alternatives). Chat:
+// `logprobs` a boolean and `top_logprobs` N, which needs logprobs true.
+Status ParseLogprobs(const JsonValue& root, const CompletionLimits& limits, CompletionRequest& r) {
+  auto count = [&](const JsonValue& v, std::string_view name) -> Result<uint32_t> {
+    if (!v.is_integer()) return WrongType(name, "an integer");
+    auto n = v.AsInt64();
+    if (!n.ok() || *n < 0 || *n > limits.max_top_logprobs) {
+      return Status::InvalidArgument("'" + std::string(name) + "' must be between 0 and " +
+                                     std::to_string(limits.max_top_logprobs));
+    }
+    return static_cast<uint32_t>(*n);
+  };
+  const JsonValue* lp = Field(root, "logprobs");
+  const JsonValue* top = Field(root, "top_logprobs");
+  if (!r.chat) {
+    if (top != nullptr && !top->is_null()) return Status::InvalidArgument("'top_logprobs' is a chat field: completions take 'logprobs': N");
+    if (lp == nullptr || lp->is_null()) return Status::Ok();
+    ES_ASSIGN_OR_RETURN(r.top_logprobs, count(*lp, "logprobs"));
+    r.logprobs = true;
+    return Status::Ok();
+  }
+  if (lp != nullptr && !lp->is_null()) {
+    if (!lp->is_bool()) return WrongType("logprobs", "a boolean");
+    r.logprobs = lp->bool_value();
+  }
+  if (top != nullptr && !top->is_null()) {
+    ES_ASSIGN_OR_RETURN(r.top_logprobs, count(*top, "top_logprobs"));
+    if (!r.logprobs) return Status::InvalidArgument("'top_logprobs' needs 'logprobs': true");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Result<CompletionRequest> ParseCompletionRequest(std::string_view body, bool chat, const CompletionLimits& limits) {
@@ -261,6 +289,15 @@ Result<CompletionRequest> ParseCompletionRequest(std::string_view body, bool cha
       r.include_usage = iu->bool_value();
     }
   }
+  if (const JsonValue* n = Field(root, "n")) {
+    if (!n->is_integer()) return WrongType("n", "an integer");
+    auto v = n->AsInt64();
+    if (!v.ok() || *v < 1 || *v > limits.max_choices) {
+      return Status::InvalidArgument("'n' must be between 1 and " + std::to_string(limits.max_choices));
+    }
+    r.n = static_cast<uint32_t>(*v);
+  }
+  ES_RETURN_IF_ERROR(ParseLogprobs(root, limits, r));
   if (const JsonValue* user = Field(root, "user"); user != nullptr && !user->is_string()) {
     return WrongType("user", "a string");
   }
@@ -282,41 +319,124 @@ void BeginEnvelope(JsonWriter& w, const CompletionRequest& r, std::string_view i
 
 }  // namespace
 
+namespace {
+
+// `bytes` as UTF-8 text, each invalid sequence (a token may end inside a character) replaced by U+FFFD.
+std::string LossyUtf8(std::string_view bytes) {
+  std::string out;
+  size_t i = 0;
+  while (i < bytes.size()) {
+    const auto c = static_cast<unsigned char>(bytes[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    bool ok = n > 0 && i + n <= bytes.size();
+    for (size_t j = 1; ok && j < n; ++j) ok = (static_cast<unsigned char>(bytes[i + j]) >> 6) == 0x2;
+    if (ok) {
+      out.append(bytes.substr(i, n));
+      i += n;
+    } else {
+      out += "\xEF\xBF\xBD";
+      ++i;
+    }
+  }
+  return out;
+}
+
+void WriteBytes(JsonWriter& w, std::string_view bytes) {
+  w.BeginArray();
+  for (char c : bytes) w.Uint(static_cast<unsigned char>(c));
+  w.EndArray();
+}
+
+// The logprobs object of one choice: chat's {"content": [...]} or completions' parallel arrays.
+void WriteLogprobs(JsonWriter& w, const CompletionRequest& r, std::span<const TokenLogprobs> tokens) {
+  if (!r.logprobs) {
+    w.Null();
+    return;
+  }
+  if (r.chat) {
+    w.BeginObject().Key("content").BeginArray();
+    for (const TokenLogprobs& t : tokens) {
+      w.BeginObject().Key("token").String(LossyUtf8(t.token)).Key("logprob").Double(t.logprob).Key("bytes");
+      WriteBytes(w, t.token);
+      w.Key("top_logprobs").BeginArray();
+      for (const auto& [text, logprob] : t.top) {
+        w.BeginObject().Key("token").String(LossyUtf8(text)).Key("logprob").Double(logprob).Key("bytes");
+        WriteBytes(w, text);
+        w.EndObject();
+      }
+      w.EndArray().EndObject();
+    }
+    w.EndArray().Key("refusal").Null().EndObject();
+    return;
+  }
+  w.BeginObject().Key("tokens").BeginArray();
+  for (const TokenLogprobs& t : tokens) w.String(LossyUtf8(t.token));
+  w.EndArray().Key("token_logprobs").BeginArray();
+  for (const TokenLogprobs& t : tokens) w.Double(t.logprob);
+  w.EndArray().Key("top_logprobs").BeginArray();
+  for (const TokenLogprobs& t : tokens) {
+    w.BeginObject();
+    for (const auto& [text, logprob] : t.top) w.Key(LossyUtf8(text)).Double(logprob);
+    w.EndObject();
+  }
+  w.EndArray().Key("text_offset").BeginArray();
+  size_t offset = 0;
+  for (const TokenLogprobs& t : tokens) {
+    w.Uint(offset);
+    offset += t.token.size();
+  }
+  w.EndArray().EndObject();
+}
+
+}  // namespace
+
 std::string FormatCompletion(const CompletionRequest& r, std::string_view id, int64_t created,
                              const CompletionOutcome& o) {
   JsonWriter w;
   BeginEnvelope(w, r, id, created, r.chat ? "chat.completion" : "text_completion");
-  w.Key("choices").BeginArray().BeginObject().Key("index").Uint(0);
-  if (r.chat) {
-    w.Key("message").BeginObject().Key("role").String("assistant").Key("content").String(o.text).EndObject();
-    w.Key("logprobs").Null();
-  } else {
-    w.Key("text").String(o.text).Key("logprobs").Null();
+  w.Key("choices").BeginArray();
+  for (size_t i = 0; i < o.choices.size(); ++i) {
+    const CompletionChoice& c = o.choices[i];
+    w.BeginObject().Key("index").Uint(i);
+    if (r.chat) {
+      w.Key("message").BeginObject().Key("role").String("assistant").Key("content").String(c.text).EndObject();
+    } else {
+      w.Key("text").String(c.text);
+    }
+    w.Key("logprobs");
+    WriteLogprobs(w, r, c.logprobs);
+    w.Key("finish_reason").String(c.finish_reason).EndObject();
   }
-  w.Key("finish_reason").String(o.finish_reason).EndObject().EndArray();
+  w.EndArray();
   w.Key("usage");
   WriteUsage(w, o);
   w.EndObject();
   return w.Take();
 }
 
-std::string FormatChunk(const CompletionRequest& r, std::string_view id, int64_t created, std::string_view text,
+std::string FormatChunk(const CompletionRequest& r, std::string_view id, int64_t created, const TextDelta& delta,
                         std::optional<std::string_view> finish_reason, bool role_only) {
   JsonWriter w;
   BeginEnvelope(w, r, id, created, r.chat ? "chat.completion.chunk" : "text_completion");
-  w.Key("choices").BeginArray().BeginObject().Key("index").Uint(0);
+  w.Key("choices").BeginArray().BeginObject().Key("index").Uint(delta.index);
   if (r.chat) {
     w.Key("delta").BeginObject();
     if (role_only) {
       w.Key("role").String("assistant").Key("content").String("");
-    } else if (!finish_reason || !text.empty()) {
-      w.Key("content").String(text);
+    } else if (!finish_reason || !delta.text.empty()) {
+      w.Key("content").String(delta.text);
     }
     w.EndObject();
   } else {
-    w.Key("text").String(text);
+    w.Key("text").String(delta.text);
   }
-  w.Key("logprobs").Null().Key("finish_reason");
+  w.Key("logprobs");
+  if (role_only || delta.logprobs.empty()) {
+    w.Null();
+  } else {
+    WriteLogprobs(w, r, delta.logprobs);
+  }
+  w.Key("finish_reason");
   if (finish_reason) {
     w.String(*finish_reason);
   } else {

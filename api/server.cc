@@ -97,7 +97,7 @@ struct Conn {
 
 // What the generation worker produced for one request, in order.
 struct SinkEvent {
-  std::string text;
+  TextDelta delta;
   std::optional<Result<CompletionOutcome>> finish;
 };
 
@@ -109,8 +109,8 @@ class Sink final : public GenerationSink, public std::enable_shared_from_this<Si
   explicit Sink(asio::any_io_executor executor) : executor_(executor), timer_(executor) {}
   bool Cancelled() const override { return cancelled_.load(); }
   void Cancel() { cancelled_ = true; }
-  void OnText(std::string text) override { Push({std::move(text), std::nullopt}); }
-  void OnFinish(Result<CompletionOutcome> outcome) override { Push({std::string(), std::move(outcome)}); }
+  void OnText(TextDelta delta) override { Push({std::move(delta), std::nullopt}); }
+  void OnFinish(Result<CompletionOutcome> outcome) override { Push({TextDelta{}, std::move(outcome)}); }
   std::deque<SinkEvent> Take() {
     std::lock_guard lock(mu_);
     return std::exchange(events_, {});
@@ -452,6 +452,8 @@ asio::awaitable<bool> HttpServer::Impl::Generate(std::shared_ptr<Conn> conn, Com
   CompletionRequest shape;
   shape.chat = request.chat;
   shape.model = request.model;
+  shape.n = request.n;
+  shape.logprobs = request.logprobs;
   const bool streaming = request.stream;
   const bool include_usage = request.include_usage;
   GenerationJob job{std::move(request), conn->peer, sink};
@@ -481,7 +483,7 @@ asio::awaitable<bool> HttpServer::Impl::Generate(std::shared_ptr<Conn> conn, Com
     std::string data;
     for (SinkEvent& ev : events) {
       if (!ev.finish) {
-        if (streaming) data += SseEvent(FormatChunk(shape, id, created, ev.text, std::nullopt));
+        if (streaming) data += SseEvent(FormatChunk(shape, id, created, ev.delta, std::nullopt));
         continue;
       }
       finished = true;
@@ -500,7 +502,9 @@ asio::awaitable<bool> HttpServer::Impl::Generate(std::shared_ptr<Conn> conn, Com
         co_return ok;
       }
       if (outcome.ok()) {
-        data += SseEvent(FormatChunk(shape, id, created, "", outcome->finish_reason));
+        for (size_t i = 0; i < outcome->choices.size(); ++i) {
+          data += SseEvent(FormatChunk(shape, id, created, TextDelta{i, {}, {}}, outcome->choices[i].finish_reason));
+        }
         if (include_usage) data += SseEvent(FormatUsageChunk(shape, id, created, *outcome));
       } else {
         // Mid-stream failure: OpenAI clients raise on an event carrying "error".
@@ -521,7 +525,13 @@ asio::awaitable<bool> HttpServer::Impl::Generate(std::shared_ptr<Conn> conn, Com
       auto [ec, n] = co_await http::async_write_header(conn->stream, sr, kUse);
       headers_sent = true;
       ok = !ec;
-      if (ok && shape.chat) data = SseEvent(FormatChunk(shape, id, created, "", std::nullopt, /*role_only=*/true)) + data;
+      if (ok && shape.chat) {
+        std::string roles;
+        for (size_t i = 0; i < shape.n; ++i) {
+          roles += SseEvent(FormatChunk(shape, id, created, TextDelta{i, {}, {}}, std::nullopt, /*role_only=*/true));
+        }
+        data = roles + data;
+      }
     }
     if (ok && !data.empty()) ok = co_await WriteData(*conn, data, chunked);
     if (ok && finished && chunked) {

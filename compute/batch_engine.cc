@@ -85,15 +85,16 @@ size_t AutoParallel(const ModelConfig& config, size_t context, size_t kv_budget_
 
 size_t BatchEngine::Limit() const { return options_.context == 0 ? model_.config().max_positions : options_.context; }
 
-bool BatchEngine::EverFits(size_t prompt_tokens, uint32_t max_tokens) const {
-  return options_.kv_budget_bytes == 0 ||
-         KvBytes(model_.config(), prompt_tokens + max_tokens) <= options_.kv_budget_bytes;
+bool BatchEngine::EverFits(size_t prompt_tokens, uint32_t max_tokens, size_t sequences) const {
+  return sequences <= options_.max_sequences &&
+         (options_.kv_budget_bytes == 0 ||
+          sequences * KvBytes(model_.config(), prompt_tokens + max_tokens) <= options_.kv_budget_bytes);
 }
 
-bool BatchEngine::CanAdmit(size_t prompt_tokens, uint32_t max_tokens) const {
-  if (sequences_.size() >= options_.max_sequences) return false;
+bool BatchEngine::CanAdmit(size_t prompt_tokens, uint32_t max_tokens, size_t sequences) const {
+  if (sequences_.size() + sequences > options_.max_sequences) return false;
   return options_.kv_budget_bytes == 0 ||
-         kv_bytes_ + KvBytes(model_.config(), prompt_tokens + max_tokens) <= options_.kv_budget_bytes;
+         kv_bytes_ + sequences * KvBytes(model_.config(), prompt_tokens + max_tokens) <= options_.kv_budget_bytes;
 }
 
 Status BatchEngine::Add(SequenceSpec spec) {
@@ -111,7 +112,7 @@ Status BatchEngine::Add(SequenceSpec spec) {
     }
   }
   const size_t capacity = spec.prompt.size() + spec.max_tokens;
-  if (!EverFits(spec.prompt.size(), spec.max_tokens)) {
+  if (options_.kv_budget_bytes != 0 && KvBytes(model_.config(), capacity) > options_.kv_budget_bytes) {
     return Status::InvalidArgument("a sequence of " + std::to_string(capacity) + " tokens needs " +
                                    std::to_string(KvBytes(model_.config(), capacity) >> 20) +
                                    " MiB of KV cache, more than the budget of " +

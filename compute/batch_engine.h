@@ -93,10 +93,10 @@ class BatchEngine {
 
   // The bytes of a KvCache holding `tokens` positions of `config`'s model.
   static size_t KvBytes(const ModelConfig& config, size_t tokens);
-  // Whether a sequence of this size could join now (a free slot and room in the KV budget).
-  bool CanAdmit(size_t prompt_tokens, uint32_t max_tokens) const;
-  // Whether a sequence of this size could ever join (it fits the KV budget alone).
-  bool EverFits(size_t prompt_tokens, uint32_t max_tokens) const;
+  // Whether `sequences` sequences of this size could join now (free slots and room in the KV budget).
+  bool CanAdmit(size_t prompt_tokens, uint32_t max_tokens, size_t sequences = 1) const;
+  // Whether they could ever join (they fit the slots and the KV budget by themselves).
+  bool EverFits(size_t prompt_tokens, uint32_t max_tokens, size_t sequences = 1) const;
   // Joins at the next step. InvalidArgument for an empty prompt, a prompt plus max_tokens beyond the context, a
   // sampler setting out of range, or a sequence larger than the whole KV budget; ResourceExhausted when it cannot
   // join now (CanAdmit). On an error on_finish is not called.

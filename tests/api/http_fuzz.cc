@@ -116,13 +116,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       continue;
     }
     Check(c->max_tokens >= 1 && c->max_tokens <= es::api::CompletionLimits{}.max_tokens, "max_tokens bounded");
-    es::api::CompletionOutcome o{c->chat ? "x" : c->prompt, "stop", 1, 2};
+    const std::string text = c->chat ? "x" : c->prompt;
+    // Log-probabilities of made-up tokens, the request's bytes among them (not necessarily UTF-8).
+    std::vector<es::api::TokenLogprobs> lp = {{text, -0.5f, {{text, -0.5f}, {"\xff", -2.0f}}}};
+    es::api::CompletionOutcome o{{{text, "stop", lp}}, 1, 2};
     Check(es::ParseJson(es::api::FormatCompletion(*c, "id", 0, o)).ok(), "completion JSON");
-    Check(es::ParseJson(es::api::FormatChunk(*c, "id", 0, o.text, std::nullopt)).ok(), "chunk JSON");
+    Check(es::ParseJson(es::api::FormatChunk(*c, "id", 0, es::api::TextDelta{0, text, lp}, std::nullopt)).ok(),
+          "chunk JSON");
     es::StopFilter f(c->stop);
-    std::string shown = f.Push(o.text);
+    std::string shown = f.Push(text);
     shown += f.Flush();
-    Check(shown.size() <= o.text.size() && o.text.compare(0, shown.size(), shown) == 0, "stop filter shows a prefix");
+    Check(shown.size() <= text.size() && text.compare(0, shown.size(), shown) == 0, "stop filter shows a prefix");
   }
   return 0;
 }

@@ -455,6 +455,88 @@ TEST_F(HttpApiTest, ConcurrentCompletionsDecodeTogether) {
   EXPECT_EQ(ParseOrDie(short_reply->body).Find("choices")->array()[0].Find("text")->string_value(), short_text);
 }
 
+// n choices run as n sequences of the batch (choice i seeded seed + i); greedy choices are all the greedy text.
+// logprobs give each token's log-probability and the alternatives, most likely first, the greedy token on top.
+TEST_F(HttpApiTest, ChoicesAndLogprobs) {
+  const std::string greedy = ReferenceText("def main(", 6);
+  auto r = Post("/v1/completions", R"({"model": "tiny", "prompt": "def main(", "max_tokens": 6, "temperature": 0,
+                                      "n": 3, "logprobs": 2})");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  JsonValue doc = ParseOrDie(r->body);
+  const auto& choices = doc.Find("choices")->array();
+  ASSERT_EQ(choices.size(), 3u);
+  EXPECT_EQ(*doc.Find("usage")->Find("completion_tokens")->AsUint64(), 18u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(*choices[i].Find("index")->AsUint64(), i);
+    EXPECT_EQ(choices[i].Find("text")->string_value(), greedy);
+    const JsonValue* lp = choices[i].Find("logprobs");
+    ASSERT_NE(lp, nullptr);
+    const auto& tokens = lp->Find("tokens")->array();
+    const auto& logprobs = lp->Find("token_logprobs")->array();
+    const auto& tops = lp->Find("top_logprobs")->array();
+    ASSERT_EQ(tokens.size(), 6u);
+    ASSERT_EQ(logprobs.size(), 6u);
+    ASSERT_EQ(tops.size(), 6u);
+    std::string joined;
+    for (size_t t = 0; t < 6; ++t) {
+      joined += tokens[t].string_value();
+      const double l = *logprobs[t].AsDouble();
+      EXPECT_LE(l, 0.0);
+      ASSERT_EQ(tops[t].object().size(), 2u);
+      // The greedy token is the most likely: its log-probability is the largest of the alternatives.
+      double best = -1e30;
+      for (const auto& [tok, v] : tops[t].object()) best = std::max(best, *v.AsDouble());
+      EXPECT_NEAR(l, best, 1e-6);
+    }
+    EXPECT_EQ(joined, greedy);
+  }
+  // Sampled choices differ from each other (seed + i) and repeat under the same seed.
+  const std::string sampled = R"({"model": "tiny", "prompt": "Der Hund", "max_tokens": 12, "temperature": 1.5,
+                                  "seed": 11, "n": 2})";
+  auto a = Post("/v1/completions", sampled), b = Post("/v1/completions", sampled);
+  ASSERT_TRUE(a && b);
+  ASSERT_EQ(a->status, 200) << a->body;
+  EXPECT_EQ(a->body.substr(a->body.find("\"choices\"")), b->body.substr(b->body.find("\"choices\"")));
+  JsonValue sdoc = ParseOrDie(a->body);
+  EXPECT_NE(sdoc.Find("choices")->array()[0].Find("text")->string_value(),
+            sdoc.Find("choices")->array()[1].Find("text")->string_value());
+
+  // Streamed: every choice's chunks carry its index and the log-probabilities of their tokens. (The chat shape of
+  // logprobs is OpenAiFormatTest's: the tiny model answers a chat with its end token at once.)
+  auto c = TestConnection::Connect(port());
+  ASSERT_TRUE(c);
+  ASSERT_TRUE(c->SendRequest("POST", "/v1/completions",
+                             R"({"model": "tiny", "prompt": "def main(", "max_tokens": 6, "temperature": 0, "n": 2,
+                                 "logprobs": 1, "stream": true})"));
+  auto head = c->ReadHead();
+  ASSERT_TRUE(head);
+  ASSERT_EQ(head->status, 200);
+  std::string body;
+  while (auto chunk = c->ReadChunk()) body += *chunk;
+  std::map<uint64_t, std::string> text;
+  std::map<uint64_t, size_t> entries, finished;
+  for (const std::string& ev : testing::SseData(body)) {
+    if (ev == "[DONE]") continue;
+    JsonValue e = ParseOrDie(ev);
+    const JsonValue& choice = e.Find("choices")->array().at(0);
+    const uint64_t index = *choice.Find("index")->AsUint64();
+    ASSERT_LT(index, 2u);
+    text[index] += choice.Find("text")->string_value();
+    if (const JsonValue* lp = choice.Find("logprobs"); lp != nullptr && !lp->is_null()) {
+      entries[index] += lp->Find("tokens")->array().size();
+      EXPECT_EQ(lp->Find("top_logprobs")->array().size(), lp->Find("tokens")->array().size());
+    }
+    if (!choice.Find("finish_reason")->is_null()) ++finished[index];
+  }
+  EXPECT_EQ(text[0], greedy);
+  EXPECT_EQ(text[0], text[1]);
+  EXPECT_EQ(entries[0], 6u);
+  EXPECT_EQ(entries[1], 6u);
+  EXPECT_EQ(finished[0], 1u);
+  EXPECT_EQ(finished[1], 1u);
+}
+
 TEST_F(HttpApiTest, StreamedCompletionIsTheSameTextAsServerSentEvents) {
   const std::string expected = ReferenceText("import os", 10);
   auto r = Post("/v1/completions",
@@ -597,8 +679,12 @@ TEST_F(HttpApiTest, BadCompletionRequestsGetJsonErrors) {
       {R"({"model": "tiny", "prompt": "x", "stop": 3})", 400},
       {R"({"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]})", 400},
       {R"({"model": "tiny", "prompt": "x", "seed": "s"})", 400},
-      {R"({"model": "tiny", "prompt": "x", "n": 2})", 400},
-      {R"({"model": "tiny", "prompt": "x", "logprobs": 3})", 400},
+      {R"({"model": "tiny", "prompt": "x", "n": 0})", 400},
+      {R"({"model": "tiny", "prompt": "x", "n": 17})", 400},
+      {R"({"model": "tiny", "prompt": "x", "logprobs": 21})", 400},
+      {R"({"model": "tiny", "prompt": "x", "logprobs": true})", 400},
+      {R"({"model": "tiny", "prompt": "x", "top_logprobs": 2})", 400},
+      {R"({"model": "tiny", "prompt": "x", "echo": true})", 400},
       {R"({"model": "tiny", "prompt": [1, 2, 3]})", 400},
       {R"({"model": "nope", "prompt": "x"})", 404},
       {"{\"model\": \"tiny\", \"prompt\": \"\xff\xfe\"}", 400},  // invalid UTF-8
@@ -614,6 +700,8 @@ TEST_F(HttpApiTest, BadCompletionRequestsGetJsonErrors) {
       {R"({"model": "tiny", "messages": [{"role": "user"}]})", 400},
       {R"({"model": "tiny", "messages": [{"role": "user", "content": 5}]})", 400},
       {R"({"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]})", 400},
+      {R"({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})", 400},
+      {R"({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "logprobs": 2})", 400},
   };
   for (const auto& [body, status] : chat) {
     SCOPED_TRACE(body);

@@ -305,7 +305,7 @@ class GateSink final : public api::GenerationSink {
   explicit GateSink(std::string name, std::vector<std::string>* order = nullptr, std::mutex* order_mu = nullptr)
       : name_(std::move(name)), order_(order), order_mu_(order_mu) {}
   bool Cancelled() const override { return false; }
-  void OnText(std::string) override {
+  void OnText(api::TextDelta) override {
     std::unique_lock lock(mu_);
     started_ = true;
     cv_.notify_all();

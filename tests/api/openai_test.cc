@@ -130,25 +130,80 @@ TEST(OpenAiParseTest, EachClassOfBadInputIsRefused) {
 TEST(OpenAiFormatTest, ShapesParseBack) {
   CompletionRequest req;
   req.model = "m";
-  CompletionOutcome o{"hé \"quoted\"\n", "stop", 3, 4};
+  CompletionOutcome o{{{"hé \"quoted\"\n", "stop", {}}}, 3, 4};
+  const std::string& text = o.choices[0].text;
   auto doc = ParseJson(FormatCompletion(req, "cmpl-1", 42, o));
   ASSERT_TRUE(doc.ok());
-  EXPECT_EQ(doc->Find("choices")->array()[0].Find("text")->string_value(), o.text);
+  EXPECT_EQ(doc->Find("choices")->array()[0].Find("text")->string_value(), text);
+  EXPECT_TRUE(doc->Find("choices")->array()[0].Find("logprobs")->is_null());
   EXPECT_EQ(*doc->Find("usage")->Find("total_tokens")->AsUint64(), 7u);
   EXPECT_EQ(*doc->Find("created")->AsInt64(), 42);
   req.chat = true;
   auto chat = ParseJson(FormatCompletion(req, "chatcmpl-1", 42, o));
   ASSERT_TRUE(chat.ok());
   EXPECT_EQ(chat->Find("object")->string_value(), "chat.completion");
-  EXPECT_EQ(chat->Find("choices")->array()[0].Find("message")->Find("content")->string_value(), o.text);
-  auto role = ParseJson(FormatChunk(req, "c", 1, "", std::nullopt, true));
+  EXPECT_EQ(chat->Find("choices")->array()[0].Find("message")->Find("content")->string_value(), text);
+  auto role = ParseJson(FormatChunk(req, "c", 1, TextDelta{}, std::nullopt, true));
   ASSERT_TRUE(role.ok());
   EXPECT_EQ(role->Find("choices")->array()[0].Find("delta")->Find("role")->string_value(), "assistant");
-  auto last = ParseJson(FormatChunk(req, "c", 1, "", std::string_view("length")));
+  auto last = ParseJson(FormatChunk(req, "c", 1, TextDelta{}, std::string_view("length")));
   ASSERT_TRUE(last.ok());
   EXPECT_TRUE(last->Find("choices")->array()[0].Find("delta")->object().empty());
   EXPECT_EQ(last->Find("choices")->array()[0].Find("finish_reason")->string_value(), "length");
   EXPECT_EQ(SseEvent("{}"), "data: {}\n\n");
+}
+
+// n and logprobs: parsed with OpenAI's names per endpoint; formatted in each endpoint's shape, a token that ends
+// inside a UTF-8 character shown with U+FFFD and its exact bytes.
+TEST(OpenAiFormatTest, ChoicesAndLogprobs) {
+  CompletionLimits limits;
+  auto c = ParseCompletionRequest(R"({"model": "m", "prompt": "p", "n": 3, "logprobs": 2})", false, limits);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->n, 3u);
+  EXPECT_TRUE(c->logprobs);
+  EXPECT_EQ(c->top_logprobs, 2u);
+  auto zero = ParseCompletionRequest(R"({"model": "m", "prompt": "p", "logprobs": 0})", false, limits);
+  ASSERT_TRUE(zero.ok());
+  EXPECT_TRUE(zero->logprobs);
+  EXPECT_EQ(zero->top_logprobs, 0u);
+  auto chat = ParseCompletionRequest(R"({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                                         "logprobs": true, "top_logprobs": 3})", true, limits);
+  ASSERT_TRUE(chat.ok()) << chat.status().ToString();
+  EXPECT_TRUE(chat->logprobs);
+  EXPECT_EQ(chat->top_logprobs, 3u);
+  auto off = ParseCompletionRequest(R"({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                                        "logprobs": false})", true, limits);
+  ASSERT_TRUE(off.ok());
+  EXPECT_FALSE(off->logprobs);
+
+  const std::string euro = "\xE2\x82\xAC";  // one character in three bytes, split over two tokens
+  TokenLogprobs first{euro.substr(0, 2), -0.25f, {{euro.substr(0, 2), -0.25f}, {"b", -1.5f}}};
+  TokenLogprobs second{euro.substr(2), -0.5f, {{euro.substr(2), -0.5f}, {"c", -2.0f}}};
+  CompletionOutcome o{{{euro, "length", {first, second}}}, 1, 2};
+  auto text = ParseJson(FormatCompletion(*c, "cmpl", 1, o));
+  ASSERT_TRUE(text.ok());
+  const JsonValue* lp = text->Find("choices")->array()[0].Find("logprobs");
+  ASSERT_NE(lp, nullptr);
+  EXPECT_EQ(lp->Find("tokens")->array()[0].string_value(), "\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_DOUBLE_EQ(*lp->Find("token_logprobs")->array()[1].AsDouble(), -0.5);
+  EXPECT_EQ(*lp->Find("text_offset")->array()[1].AsUint64(), 2u);
+  EXPECT_DOUBLE_EQ(*lp->Find("top_logprobs")->array()[0].Find("b")->AsDouble(), -1.5);
+
+  auto chat_doc = ParseJson(FormatCompletion(*chat, "chat", 1, o));
+  ASSERT_TRUE(chat_doc.ok());
+  const auto& content = chat_doc->Find("choices")->array()[0].Find("logprobs")->Find("content")->array();
+  ASSERT_EQ(content.size(), 2u);
+  const auto& bytes = content[0].Find("bytes")->array();
+  ASSERT_EQ(bytes.size(), 2u);
+  EXPECT_EQ(*bytes[0].AsUint64(), 0xE2u);
+  EXPECT_EQ(*bytes[1].AsUint64(), 0x82u);
+  EXPECT_EQ(content[1].Find("top_logprobs")->array()[1].Find("token")->string_value(), "c");
+  // A streamed chunk carries its choice's index and the delta's entries.
+  auto chunk = ParseJson(FormatChunk(*chat, "chat", 1, TextDelta{2, "x", {second}}, std::nullopt));
+  ASSERT_TRUE(chunk.ok());
+  const JsonValue& choice = chunk->Find("choices")->array()[0];
+  EXPECT_EQ(*choice.Find("index")->AsUint64(), 2u);
+  EXPECT_EQ(choice.Find("logprobs")->Find("content")->array().size(), 1u);
 }
 
 // The reference: text arrives in pieces; at the first piece after which the text so far contains a stop
