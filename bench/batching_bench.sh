@@ -107,10 +107,11 @@ for s in $streams; do
        "$(percentile 50 "${ttfts[@]}") | $(percentile 99 "${ttfts[@]}") |"
 done
 
-# The short request: alone, then under the largest S long streams.
+# The short request: alone, then under the largest S long streams; each repetition its own prompt of a few
+# tokens (a repeated prompt would find its experts cached by the one before).
 short() {
   local body
-  body="{\"model\":\"$model\",\"prompt\":\"Hi $1\",\"max_tokens\":2,\"temperature\":0,\"stream\":true}"
+  body="{\"model\":\"$model\",\"prompt\":\"${words[$(($1 % 12))]} $1\",\"max_tokens\":2,\"temperature\":0,\"stream\":true}"
   curl -sN -o /dev/null -w '%{time_starttransfer}\n' -H 'content-type: application/json' -d "$body" "$base/v1/completions"
 }
 alone=()
@@ -121,7 +122,13 @@ for i in $(seq "$max_streams"); do
   stream "$seq_id" "load_$i" $((tokens * 4)) &
   pids+=($!)
 done
-sleep 2  # the long streams are past their prefill
+# Until every long stream has its first token: past their prefill, decoding.
+for _ in $(seq 600); do
+  started=0
+  for i in $(seq "$max_streams"); do grep -q '"text"' "$work/load_$i.sse" 2>/dev/null && started=$((started + 1)); done
+  [ "$started" -eq "$max_streams" ] && break
+  sleep 0.1
+done
 loaded=()
 for r in $(seq "$reps"); do loaded+=("$(short "$((r + reps))")"); done
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done

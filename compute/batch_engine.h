@@ -80,7 +80,7 @@ struct BatchEngineCounters {
 // sequences of kAutoParallelTokens tokens (or of the context, if shorter) as the budget holds, from 1 to
 // kMaxAutoParallel.
 inline constexpr size_t kDefaultKvBudget = size_t{1} << 30;
-inline constexpr size_t kAutoParallelTokens = 4096;
+inline constexpr size_t kAutoParallelTokens = 1024;
 inline constexpr size_t kMaxAutoParallel = 16;
 size_t AutoParallel(const ModelConfig& config, size_t context, size_t kv_budget_bytes);
 

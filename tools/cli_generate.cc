@@ -580,7 +580,7 @@ void RegisterGenerateCommands(std::vector<Command>& commands) {
                                    {"batch-file", true, "generate for every line of this file (one prompt a line) "
                                                         "together, by continuous batching"},
                                    {"parallel", true, "with --batch-file: prompts decoding together at most (default: "
-                                                      "as many 4096-token KV caches as --kv-budget-mb holds, at most 16)"},
+                                                      "as many 1024-token KV caches as --kv-budget-mb holds, at most 16)"},
                                    {"kv-budget-mb", true, "with --batch-file: KV caches of the prompts decoding "
                                                           "together at most (default 1024)"},
                                    {"batch-size", true, "with --batch-file: forward rows per step (default 512)"},

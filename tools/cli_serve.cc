@@ -216,7 +216,7 @@ void RegisterServeCommands(std::vector<Command>& commands) {
                        {"max-models", true, "models kept loaded for generation (default 1)"},
                        {"allow-writes", false, "accept DELETE /v1/models/{model} (otherwise the service only reads)"},
                        {"ctx-size", true, "tokens of context per request, prompt included (default and most: the model's)"},
-                       {"parallel", true, "requests decoding together at most (default: as many 4096-token KV caches as "
+                       {"parallel", true, "requests decoding together at most (default: as many 1024-token KV caches as "
                                           "--kv-budget-mb holds, at most 16)"},
                        {"kv-budget-mb", true, "KV caches of the requests decoding together at most (default 1024); "
                                               "more requests wait"},
