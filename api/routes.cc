@@ -8,6 +8,7 @@
 #include <map>
 
 #include "api/blob.h"
+#include "api/dashboard.h"
 #include "api/errors.h"
 #include "compute/runtime/model_runtime.h"
 #include "store/base/aligned_buffer.h"
@@ -195,6 +196,66 @@ Result<ApiResponse> Query(const ApiContext& ctx, const std::string& name, const 
   return Json(w.Take());
 }
 
+// Per layer and expert: activations, trust and the lift in every profiled domain, as [layer][expert] arrays (null
+// where the catalog has no such expert or no such record): what the dashboard's heatmaps draw.
+Result<ApiResponse> Heatmap(const ApiContext& ctx, const std::string& name) {
+  ES_ASSIGN_OR_RETURN(ModelInfo m, LoadModel(*ctx.store, name));
+  std::shared_ptr<const ModelMetadata> metadata;
+  if (ctx.metadata != nullptr) {
+    ES_ASSIGN_OR_RETURN(metadata, ctx.metadata->Get(ctx.store->catalog(), m.name));
+  } else {
+    ES_ASSIGN_OR_RETURN(ModelMetadata loaded, LoadModelMetadata(ctx.store->catalog(), m.name, ModelPrefix(m.name)));
+    metadata = std::make_shared<const ModelMetadata>(std::move(loaded));
+  }
+  const size_t L = m.num_layers, E = m.experts_per_layer;
+  std::vector<const ModelMetadata::Records*> at(L * E, nullptr);
+  for (size_t i = 0; i < metadata->experts.size(); ++i) {
+    const auto [layer, expert] = metadata->experts[i];
+    if (layer < L && expert < E) at[layer * E + expert] = &metadata->records[i];
+  }
+  // One [layer][expert] array of `value(records)`, null where it gives none.
+  auto grid = [&](JsonWriter& w, const std::function<std::optional<double>(const ModelMetadata::Records&)>& value) {
+    w.BeginArray();
+    for (size_t l = 0; l < L; ++l) {
+      w.BeginArray();
+      for (size_t e = 0; e < E; ++e) {
+        const std::optional<double> v = at[l * E + e] != nullptr ? value(*at[l * E + e]) : std::nullopt;
+        if (v) {
+          w.Double(*v);
+        } else {
+          w.Null();
+        }
+      }
+      w.EndArray();
+    }
+    w.EndArray();
+  };
+  JsonWriter w;
+  w.BeginObject().Key("model").String(m.name).Key("layers").Uint(L).Key("experts").Uint(E).Key("domains").BeginArray();
+  for (const std::string& d : metadata->domains) w.String(d);
+  w.EndArray().Key("activations");
+  grid(w, [](const ModelMetadata::Records& r) -> std::optional<double> {
+    return r.usage != nullptr ? static_cast<double>(r.usage->activation_count) : 0.0;
+  });
+  w.Key("trust");
+  grid(w, [](const ModelMetadata::Records& r) -> std::optional<double> {
+    return r.trust != nullptr ? std::optional<double>(r.trust->trust) : std::nullopt;
+  });
+  w.Key("lift").BeginObject();
+  for (const std::string& d : metadata->domains) {
+    w.Key(d);
+    grid(w, [&d](const ModelMetadata::Records& r) -> std::optional<double> {
+      if (r.profile == nullptr) return std::nullopt;
+      for (const DomainShare& s : r.profile->domains) {
+        if (s.domain == d) return s.lift;
+      }
+      return std::nullopt;
+    });
+  }
+  w.EndObject().EndObject();
+  return Json(w.Take());
+}
+
 Reply Completions(const ApiContext& ctx, const ApiRequest& req, bool chat) {
   Reply reply;
   auto parsed = ParseCompletionRequest(req.body, chat, ctx.completion_limits);
@@ -309,6 +370,7 @@ struct Match {
 
 Match MatchRoute(const std::vector<std::string>& s) {
   const size_t n = s.size();
+  if (n == 0) return {kRouteDashboard, "GET"};
   if (n == 1 && s[0] == "healthz") return {kRouteHealth, "GET"};
   if (n == 1 && s[0] == "health") return {kRouteHealthAlias, "GET"};
   if (n == 1 && s[0] == "tokenize") return {kRouteTokenize, "POST"};
@@ -322,6 +384,7 @@ Match MatchRoute(const std::vector<std::string>& s) {
   if (n == 3) return {kRouteModel, "GET"};
   if (n == 4 && s[3] == "experts") return {kRouteExperts, "GET"};
   if (n == 4 && s[3] == "query") return {kRouteQuery, "GET"};
+  if (n == 4 && s[3] == "heatmap") return {kRouteHeatmap, "GET"};
   if (n == 6 && s[3] == "experts") return {kRouteExpert, "GET"};
   if (n == 7 && s[3] == "experts" && s[6] == "blob") return {kRouteBlob, "GET"};
   return {};
@@ -348,6 +411,12 @@ Reply HandleRequest(const ApiContext& ctx, const ApiRequest& req) {
     reply.response = ProtocolError(kHttpMethodNotAllowed, std::string(m.route) + " answers " + allowed +
                                                               ", not " + req.method);
     reply.response.headers.emplace_back("Allow", allowed);
+  } else if (m.route == kRouteDashboard) {
+    reply.response.content_type = "text/html; charset=utf-8";
+    reply.response.body = std::string(DashboardPage());
+    reply.response.headers.emplace_back("Cache-Control", "no-cache");
+  } else if (m.route == kRouteHeatmap) {
+    reply.response = Unwrap(Heatmap(ctx, target->segments[2]));
   } else if (m.route == kRouteHealth || m.route == kRouteHealthAlias) {
     reply.response = Json(R"({"status":"ok"})");
   } else if (m.route == kRouteTokenize || m.route == kRouteDetokenize) {

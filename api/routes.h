@@ -55,6 +55,8 @@ inline constexpr std::string_view kRouteExperts = "/v1/models/{model}/experts";
 inline constexpr std::string_view kRouteExpert = "/v1/models/{model}/experts/{layer}/{expert}";
 inline constexpr std::string_view kRouteBlob = "/v1/models/{model}/experts/{layer}/{expert}/blob";
 inline constexpr std::string_view kRouteQuery = "/v1/models/{model}/query";
+inline constexpr std::string_view kRouteHeatmap = "/v1/models/{model}/heatmap";
+inline constexpr std::string_view kRouteDashboard = "/";
 inline constexpr std::string_view kRouteCompletions = "/v1/completions";
 inline constexpr std::string_view kRouteChatCompletions = "/v1/chat/completions";
 

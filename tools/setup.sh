@@ -12,7 +12,8 @@ packages=(
   libboost1.81-dev
   libsimdjson-dev libicu-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  clang-14 libclang-rt-14-dev wrk procps time bc
+  clang-14 libclang-rt-14-dev wrk procps time bc curl
+  chromium
 )
 
 missing=()

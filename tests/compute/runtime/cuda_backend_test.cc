@@ -17,6 +17,7 @@
 #include "compute/cache_provider.h"
 #include "compute/runtime/cuda_backend.h"
 #include "compute/generator.h"
+#include "compute/batch_engine.h"
 #include "ingest/ingest.h"
 #include "ingest/make_checkpoint.h"
 #include "tests/util/reference_cases.h"
@@ -190,6 +191,45 @@ TEST_F(CudaBackendTest, PrefillEqualsIncrementalDecode) {
   ASSERT_TRUE(model->Forward(c.ids, kv, *experts, {}, hidden).ok());
   ASSERT_TRUE(model->ComputeLogits(&hidden[(c.ids.size() - 1) * model->config().hidden], 1, logits.data()).ok());
   EXPECT_LT(testing::RelativeL2(logits, *batch), 1e-6);
+}
+
+// Continuous batching on the GPU backends: BatchEngine's sequences (joining at different steps, prefilled in
+// chunks) generate the ids the CPU backend generates for each alone; each sequence keeps its own device KV state.
+TEST_F(CudaBackendTest, BatchedSequencesGenerateAsOnTheCpu) {
+  auto cpu = Load("tiny", BackendOptions{});
+  ASSERT_TRUE(cpu);
+  for (const char* device : {"cuda", "hybrid"}) {
+    SCOPED_TRACE(device);
+    BackendOptions o;
+    o.device = device;
+    o.gpu_cache_pct = 50;
+    auto model = Load("tiny", o);
+    ASSERT_TRUE(model);
+    auto experts = Cache("tiny", 192, 0);
+    ASSERT_TRUE(experts);
+    BatchEngineOptions eo;
+    eo.max_sequences = 3;
+    eo.step_tokens = 5;
+    auto engine = BatchEngine::Create(*model, *experts, eo);
+    ASSERT_TRUE(engine.ok());
+    const auto cases = testing::LoadReferenceCases();
+    std::vector<std::optional<Result<SequenceResult>>> results(3);
+    for (size_t i = 0; i < 3; ++i) {
+      SequenceSpec spec;
+      spec.prompt = cases[i % cases.size()].ids;
+      spec.max_tokens = 5;
+      spec.on_finish = [&results, i](Result<SequenceResult> r) { results[i] = std::move(r); };
+      ASSERT_TRUE((*engine)->Add(std::move(spec)).ok());
+      ASSERT_TRUE((*engine)->Step().ok());
+    }
+    while ((*engine)->active() > 0) ASSERT_TRUE((*engine)->Step().ok());
+    for (size_t i = 0; i < 3; ++i) {
+      ASSERT_TRUE(results[i].has_value() && results[i]->ok());
+      auto alone = GenerateIds(*cpu, *experts, cases[i % cases.size()].ids, 5, {}, {}, {});
+      ASSERT_TRUE(alone.ok());
+      EXPECT_EQ((*results[i])->ids, *alone) << "sequence " << i;
+    }
+  }
 }
 
 // A host cache of 4 slots (one layer's top-4: a prefill is acquired in parts) with device prefetch one layer
