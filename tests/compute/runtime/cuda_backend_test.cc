@@ -13,11 +13,11 @@
 #include <filesystem>
 
 #include "cache/model_experts.h"
+#include "compute/batch_engine.h"
 #include "compute/runtime/backend_choice.h"
 #include "compute/cache_provider.h"
 #include "compute/runtime/cuda_backend.h"
 #include "compute/generator.h"
-#include "compute/batch_engine.h"
 #include "ingest/ingest.h"
 #include "ingest/make_checkpoint.h"
 #include "tests/util/reference_cases.h"
