@@ -25,13 +25,7 @@ done
 command -v curl >/dev/null || { echo "curl is not installed" >&2; exit 2; }
 [ -x "$build/expertstore" ] || { echo "missing $build/expertstore: build it first" >&2; exit 2; }
 
-work=$(mktemp -d)
-server_pid=""
-cleanup() {
-  if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+es_workdir
 
 model=${EXPERTSTORE_BENCH_MODEL:-tiny}
 if [ -n "${EXPERTSTORE_BENCH_STORE:-}" ]; then

@@ -5,6 +5,18 @@ es_median() {
   printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
 }
 
+# es_workdir: a fresh temporary directory in $work, removed at exit after the server the script started
+# ($server_pid, when set) has stopped.
+es_workdir() {
+  work=$(mktemp -d)
+  server_pid=""
+  trap es_stop_and_clean EXIT
+}
+es_stop_and_clean() {
+  if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+
 # es_serve_demo CLI FIXTURE WORKDIR [serve flags...]: ingests models/tiny-qwen3-moe as `tiny` into WORKDIR/store,
 # adds the synthetic trust and profile records (FIXTURE, bench/http_bench_fixture), starts `serve` on it without a
 # per-connection rate limit, and sets server_pid and base (http://127.0.0.1:PORT). The caller stops the server.

@@ -23,13 +23,7 @@ for bin in "$build/expertstore" "$build/bench/http_bench_fixture"; do
   [ -x "$bin" ] || { echo "missing $bin: build the expertstore and http_bench_fixture targets" >&2; exit 2; }
 done
 
-work=$(mktemp -d)
-server_pid=""
-cleanup() {
-  if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+es_workdir
 
 # No per-connection rate limit: wrk's connections each send as fast as they can.
 # shellcheck disable=SC2086
