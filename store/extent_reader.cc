@@ -27,6 +27,57 @@ Result<File*> ExtentReader::Segment(uint32_t id) {
   return raw;
 }
 
+void ExtentReader::SetRecordSource(uint32_t tier, std::shared_ptr<RecordSource> source) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (source) {
+    sources_[tier] = std::move(source);
+  } else {
+    sources_.erase(tier);
+  }
+}
+
+void ExtentReader::ReadRemote(std::span<ExtentRead> reads, const std::vector<size_t>& remote, bool verify) {
+  std::map<uint32_t, std::vector<size_t>> by_tier;
+  for (size_t i : remote) by_tier[RemoteTier(reads[i].extent)].push_back(i);
+  for (auto& [tier, indices] : by_tier) {
+    std::shared_ptr<RecordSource> source;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (auto it = sources_.find(tier); it != sources_.end()) source = it->second;
+    }
+    if (!source) {
+      for (size_t i : indices) {
+        reads[i].status = Status::IOError("the record lives in remote tier " + std::to_string(tier) +
+                                              ", which is not connected (its Ceph cluster is unreachable or not "
+                                              "configured: CEPH_CONF)");
+      }
+      continue;
+    }
+    std::vector<RecordSource::Fetch> fetches;
+    for (size_t i : indices) fetches.push_back({reads[i].extent, reads[i].buffer.first(reads[i].extent.record_length), {}});
+    source->FetchRecords(fetches);
+    for (size_t k = 0; k < indices.size(); ++k) {
+      ExtentRead& r = reads[indices[k]];
+      if (!fetches[k].status.ok()) {
+        r.status = fetches[k].status;
+        continue;
+      }
+      if (!verify) {
+        r.payload = r.buffer.subspan(kRecordHeaderSize, r.extent.payload_length);
+        continue;
+      }
+      RecordVerifier verifier(fetches[k].record, r.extent);
+      verifier.Advance(r.extent.record_length);
+      auto payload = verifier.Finish();
+      if (!payload.ok()) {
+        r.status = payload.status().WithContext(source->Describe(r.extent));
+      } else {
+        r.payload = *payload;
+      }
+    }
+  }
+}
+
 void ExtentReader::ReadBatch(std::span<ExtentRead> reads) { Read(reads, /*verify=*/true); }
 void ExtentReader::ReadRaw(std::span<ExtentRead> reads) { Read(reads, /*verify=*/false); }
 
@@ -65,11 +116,22 @@ void ExtentReader::Read(std::span<ExtentRead> reads, bool verify) {
   std::vector<IoRead> io;
   std::vector<std::pair<size_t, size_t>> owner;  // io index -> (reads index, piece index)
   std::vector<ExtentProgress> progress(reads.size());
+  std::vector<size_t> remote;
   for (size_t i = 0; i < reads.size(); ++i) {
     ExtentRead& r = reads[i];
     r.payload = {};
     r.status = Status::Ok();
     const Extent& e = r.extent;
+    if (IsRemote(e)) {
+      if (e.record_length != RecordLength(e.payload_length)) {
+        r.status = Status::Corruption("malformed remote extent of tier " + std::to_string(RemoteTier(e)));
+      } else if (r.buffer.size() < e.record_length) {
+        r.status = Status::InvalidArgument("read buffer too small");
+      } else {
+        remote.push_back(i);
+      }
+      continue;
+    }
     if (e.offset % kBlockSize != 0 || e.offset < kSegmentHeaderSize || e.record_length != RecordLength(e.payload_length)) {
       r.status = Status::Corruption("malformed extent in segment " + std::to_string(e.segment) + " at offset " +
                                     std::to_string(e.offset));
@@ -115,6 +177,8 @@ void ExtentReader::Read(std::span<ExtentRead> reads, bool verify) {
     }
     r.payload = *payload;
   };
+  if (!remote.empty()) ReadRemote(reads, remote, verify);
+  if (io.empty()) return;
   engine_->ReadBatch(io, [&](size_t k) {
     auto [i, piece] = owner[k];
     ExtentProgress& p = progress[i];

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "store/base/aligned_buffer.h"
 #include "store/base/file_system.h"
@@ -25,6 +26,21 @@ struct ExtentRead {
   // Outputs.
   Status status;
   std::span<const std::byte> payload;  // inside `buffer`, valid while the buffer is
+};
+
+// Where the records of a remote tier are read from (remote/: a RADOS pool). Thread-safe.
+class RecordSource {
+ public:
+  struct Fetch {
+    Extent extent;               // IsRemote(extent)
+    std::span<std::byte> record;  // extent.record_length bytes to fill with the record's raw bytes
+    Status status;
+  };
+  virtual ~RecordSource() = default;
+  // Fills each fetch's record (many in flight); each gets its own status. The reader verifies what arrives.
+  virtual void FetchRecords(std::span<Fetch> fetches) = 0;
+  // Where a record is, for messages ("object POOL/NAME").
+  virtual std::string Describe(const Extent& extent) const = 0;
 };
 
 class ExtentReader {
@@ -45,17 +61,23 @@ class ExtentReader {
   void ReadRaw(std::span<ExtentRead> reads);
 
   IoEngine& engine() { return *engine_; }
+  // Remote extents of tier `tier` are read from `source` from now on (null: no longer). Until a source is set
+  // their reads fail with Unavailable naming the tier.
+  void SetRecordSource(uint32_t tier, std::shared_ptr<RecordSource> source);
   // The open segment file, opened on first use (O_DIRECT where the file system allows it).
   Result<File*> Segment(uint32_t id);
 
  private:
   void Read(std::span<ExtentRead> reads, bool verify);
+  // The remote ones of `reads` (IsRemote), fetched from their tiers' sources and verified.
+  void ReadRemote(std::span<ExtentRead> reads, const std::vector<size_t>& remote, bool verify);
 
   std::shared_ptr<FileSystem> fs_;
   std::string dir_;
   std::unique_ptr<IoEngine> engine_;
   std::mutex mu_;
   std::map<uint32_t, std::unique_ptr<File>> segments_;
+  std::map<uint32_t, std::shared_ptr<RecordSource>> sources_;  // under mu_
 };
 
 }  // namespace es

@@ -43,6 +43,28 @@ struct Extent {
   bool operator==(const Extent&) const = default;
 };
 
+// A record of a remote tier (a RADOS pool a model was attached from, remote/): its extent names the tier by its
+// segment id (kRemoteSegmentBase + the tier's number in the catalog) and the record within it by its offset
+// (RemoteRecordOffset): no local segment holds it, so compaction, recovery and space accounting leave it alone.
+// Its record_length, payload_length and checksum are the record's own, verified as a local one's.
+inline constexpr uint32_t kRemoteSegmentBase = 0xF0000000u;
+inline constexpr bool IsRemote(const Extent& e) { return e.segment >= kRemoteSegmentBase; }
+inline constexpr uint32_t RemoteTier(const Extent& e) { return e.segment - kRemoteSegmentBase; }
+// What a remote record is: an expert (layer, expert), a dense tensor or an asset (its index in the model's list).
+enum class RemoteRecordKind : uint8_t { kExpert = 1, kTensor = 2, kAsset = 3 };
+struct RemoteRecordId {
+  RemoteRecordKind kind = RemoteRecordKind::kExpert;
+  uint32_t layer = 0;   // experts
+  uint32_t index = 0;   // the expert's number, or the tensor's or asset's index
+};
+inline constexpr uint64_t RemoteRecordOffset(const RemoteRecordId& id) {
+  return (static_cast<uint64_t>(id.kind) << 60) | (static_cast<uint64_t>(id.layer) << 32) | id.index;
+}
+inline constexpr RemoteRecordId RemoteRecordOf(const Extent& e) {
+  return {static_cast<RemoteRecordKind>(e.offset >> 60), static_cast<uint32_t>((e.offset >> 32) & 0x0FFFFFFFu),
+          static_cast<uint32_t>(e.offset)};
+}
+
 struct RecordHeader {
   RecordKind kind = RecordKind::kTensor;
   uint64_t payload_length = 0;

@@ -117,6 +117,7 @@ struct VerifyReport {
   uint64_t bytes = 0;    // payload bytes checked
   std::vector<CorruptEntry> corrupt;
   std::vector<SegmentSpace> segments;  // every segment file, by id (whole-store verifies only)
+  uint64_t remote = 0;   // records of attached remote tiers: in the catalog, not in any local segment, not read
   bool ok() const { return corrupt.empty(); }
 };
 
@@ -226,15 +227,16 @@ inline constexpr std::string_view kFormatVersion = "2";
 inline constexpr std::string_view kWritePositionKey = "write_position";
 std::string EncodeWritePosition(SegmentWriter::Position p);
 
-// Every extent the catalog references, with a description, in key order (verify, recovery, tools); for the whole
-// store (model empty) also the catalog-log records.
+// Every local extent the catalog references, with a description, in key order (verify, recovery, compaction,
+// tools); for the whole store (model empty) also the catalog-log records. Extents of remote tiers (IsRemote) are
+// left out and counted in *remote.
 struct ExtentRef {
   std::string what;
   std::string record_key;  // the key stored in the record header
   Extent extent;
 };
 Status CollectExtents(const Catalog& catalog, const std::string& model, std::vector<ExtentRef>& out,
-                      std::vector<CorruptEntry>& undecodable);
+                      std::vector<CorruptEntry>& undecodable, uint64_t* remote = nullptr);
 // Reads the records `refs` describe and checks each as verify does (inside an existing segment with a valid header,
 // no overlaps, header key, length, checksum, padding); what fails is added to report.corrupt.
 Status CheckExtents(ExtentReader& reader, const std::vector<ExtentRef>& refs, VerifyReport& report);

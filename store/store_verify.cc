@@ -203,14 +203,22 @@ Status CheckContents(ExtentReader& reader, const std::vector<const ExtentRef*>& 
 }  // namespace
 
 Status CollectExtents(const Catalog& catalog, const std::string& model, std::vector<ExtentRef>& out,
-                      std::vector<CorruptEntry>& undecodable) {
+                      std::vector<CorruptEntry>& undecodable, uint64_t* remote) {
   std::string prefix = model.empty() ? std::string() : ModelPrefix(model);
+  // Records of a remote tier are in no local segment: counted, left out.
+  auto add = [&](ExtentRef ref) {
+    if (!IsRemote(ref.extent)) {
+      out.push_back(std::move(ref));
+    } else if (remote != nullptr) {
+      ++*remote;
+    }
+  };
   ES_RETURN_IF_ERROR(catalog.Scan(Cf::kTensors, prefix, [&](std::string_view key, std::string_view value) {
     auto t = DecodeTensor(value);
     if (!t.ok()) {
       undecodable.push_back({"tensor " + Printable(key), t.status().message()});
     } else {
-      out.push_back({"tensor " + Printable(key), std::string(key), t->extent});
+      add({"tensor " + Printable(key), std::string(key), t->extent});
     }
     return true;
   }));
@@ -222,7 +230,7 @@ Status CollectExtents(const Catalog& catalog, const std::string& model, std::vec
     if (!id.ok() || !e.ok()) {
       undecodable.push_back({what, !id.ok() ? id.status().message() : e.status().message()});
     } else {
-      out.push_back({what, std::string(key), e->extent});
+      add({what, std::string(key), e->extent});
     }
     return true;
   }));
@@ -234,7 +242,7 @@ Status CollectExtents(const Catalog& catalog, const std::string& model, std::vec
       return true;
     }
     for (const auto& a : m->assets) {
-      out.push_back({"asset " + m->name + "/" + a.name, AssetRecordKey(m->name, a.name), a.extent});
+      add({"asset " + m->name + "/" + a.name, AssetRecordKey(m->name, a.name), a.extent});
     }
     return true;
   }));
@@ -278,7 +286,7 @@ uint64_t SegmentSpace::dead_bytes() const {
 Result<VerifyReport> Store::Verify(const std::string& model) {
   VerifyReport report;
   std::vector<ExtentRef> refs;
-  ES_RETURN_IF_ERROR(CollectExtents(*catalog_, model, refs, report.corrupt));
+  ES_RETURN_IF_ERROR(CollectExtents(*catalog_, model, refs, report.corrupt, &report.remote));
   if (model.empty()) {
     ES_ASSIGN_OR_RETURN(report.segments, SegmentSpaces(*fs_, segments_dir_, refs));
   }

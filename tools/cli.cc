@@ -12,6 +12,8 @@
 #include <ctime>
 #include <iostream>
 
+#include "remote/tier.h"
+
 namespace es::cli {
 
 namespace {
@@ -233,6 +235,8 @@ Result<std::unique_ptr<Store>> OpenStore(const Args& args, bool writer, bool cre
   if (!store.ok() && store.status().IsBusy()) {
     return Status::Busy("the store at " + args.global().store + " is held by another writer process");
   }
+  // Models attached from a RADOS pool read their records through it (connecting on the first read).
+  if (store.ok()) ES_RETURN_IF_ERROR(remote::ConnectTiers(**store));
   return store;
 }
 

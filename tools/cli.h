@@ -76,6 +76,7 @@ void RegisterStoreCommands(std::vector<Command>& commands);
 void RegisterIngestCommands(std::vector<Command>& commands);
 void RegisterExpertCommands(std::vector<Command>& commands);
 void RegisterGenerateCommands(std::vector<Command>& commands);
+void RegisterRemoteCommands(std::vector<Command>& commands);
 void RegisterChatCommands(std::vector<Command>& commands);
 void RegisterBenchCommands(std::vector<Command>& commands);
 void RegisterMetadataCommands(std::vector<Command>& commands);

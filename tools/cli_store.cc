@@ -30,7 +30,7 @@ Status RunVerify(const Args& args) {
       w.BeginObject().Key("segment").Uint(s.segment).Key("file_bytes").Uint(s.file_bytes)
           .Key("live_bytes").Uint(s.live_bytes).Key("dead_bytes").Uint(s.dead_bytes()).EndObject();
     }
-    w.EndArray().Key("ok").Bool(report.ok()).EndObject();
+    w.EndArray().Key("remote_records").Uint(report.remote).Key("ok").Bool(report.ok()).EndObject();
     PrintJson(w);
   } else {
     std::printf("checked %llu extents (%.1f MiB)\n", static_cast<unsigned long long>(report.checked),
@@ -43,6 +43,10 @@ Status RunVerify(const Args& args) {
     if (!report.segments.empty()) {
       std::printf("%zu segments: %s live, %s dead (records no model references)\n", report.segments.size(),
                   HumanBytes(live).c_str(), HumanBytes(dead).c_str());
+    }
+    if (report.remote > 0) {
+      std::printf("%llu records of attached models live in their RADOS pools (checked by their publisher's store, "
+                  "verified on every read here)\n", static_cast<unsigned long long>(report.remote));
     }
     for (const auto& c : report.corrupt) std::printf("corrupt: %s: %s\n", c.what.c_str(), c.message.c_str());
     std::printf("%s\n", report.ok() ? "ok" : "CORRUPT");

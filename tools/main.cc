@@ -103,6 +103,7 @@ int Run(int argc, char** argv) {
   es::cli::RegisterBenchCommands(commands);
   es::cli::RegisterMetadataCommands(commands);
   es::cli::RegisterServeCommands(commands);
+  es::cli::RegisterRemoteCommands(commands);
 
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "help") {
     PrintUsage(commands);

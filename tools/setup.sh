@@ -14,6 +14,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-14 libclang-rt-14-dev wrk procps time bc curl
   chromium
+  ceph-mon ceph-osd ceph-common librados-dev
 )
 
 missing=()

@@ -14,6 +14,7 @@
 #include "store/base/json.h"
 #include "tests/api/api_test_util.h"
 #include "tests/api/http_client.h"
+#include "tests/util/run_cli.h"
 
 namespace es {
 namespace {
@@ -97,16 +98,6 @@ std::optional<std::string> FindChromium() {
   return std::nullopt;
 }
 
-std::string RunCommand(const std::string& command) {
-  std::string out;
-  FILE* f = popen(command.c_str(), "r");
-  if (f == nullptr) return out;
-  char buf[65536];
-  for (size_t n; (n = fread(buf, 1, sizeof(buf), f)) > 0;) out.append(buf, n);
-  pclose(f);
-  return out;
-}
-
 TEST(DashboardTest, ChromiumRendersTheHeatmapsWithTheStoresNumbers) {
   const std::optional<std::string> chromium = FindChromium();
   if (!chromium) {
@@ -120,9 +111,9 @@ TEST(DashboardTest, ChromiumRendersTheHeatmapsWithTheStoresNumbers) {
   // (fetches pause virtual time), then the DOM is printed.
   const std::string url = "http://127.0.0.1:" + std::to_string(server->port()) + "/?model=m";
   const std::string dom =
-      RunCommand("timeout 120 " + *chromium + " --headless --no-sandbox --disable-gpu --disable-dev-shm-usage "
+      testing::RunCommand("timeout 120 " + *chromium + " --headless --no-sandbox --disable-gpu --disable-dev-shm-usage "
                  "--no-first-run --user-data-dir=" + profile.Sub("profile") +
-                 " --virtual-time-budget=10000 --dump-dom '" + url + "' 2>/dev/null");
+                 " --virtual-time-budget=10000 --dump-dom '" + url + "' 2>/dev/null").out;
   ASSERT_NE(dom.find("data-ready=\"1\""), std::string::npos) << dom.substr(0, 2000);
   EXPECT_NE(dom.find("data-model=\"m\""), std::string::npos);
   // Every cell of the three heatmaps, with its value.
