@@ -122,7 +122,7 @@ Status RadosPool::Remove(const std::string& name) {
   return Status::Ok();
 }
 
-void RadosPool::ReadBatch(std::span<Read> reads, size_t in_flight) {
+void RadosPool::ReadBatch(std::span<Read> reads, size_t in_flight, const std::function<void(size_t)>& on_done) {
   in_flight = std::max<size_t>(1, in_flight);
   for (size_t first = 0; first < reads.size(); first += in_flight) {
     const size_t n = std::min(in_flight, reads.size() - first);
@@ -139,18 +139,20 @@ void RadosPool::ReadBatch(std::span<Read> reads, size_t in_flight) {
     }
     for (size_t i = 0; i < n; ++i) {
       Read& r = reads[first + i];
-      if (done[i] == nullptr) continue;
-      if (r.status.ok()) {
-        rados_aio_wait_for_complete(done[i]);
-        const int rc = rados_aio_get_return_value(done[i]);
-        if (rc < 0) {
-          r.status = FromErrno(rc, "reading " + pool_ + "/" + r.name);
-        } else if (static_cast<size_t>(rc) != r.buffer.size()) {
-          r.status = Status::Corruption(pool_ + "/" + r.name + " holds " + std::to_string(rc) + " bytes, not the " +
-                                        std::to_string(r.buffer.size()) + " of its record");
+      if (done[i] != nullptr) {
+        if (r.status.ok()) {
+          rados_aio_wait_for_complete(done[i]);
+          const int rc = rados_aio_get_return_value(done[i]);
+          if (rc < 0) {
+            r.status = FromErrno(rc, "reading " + pool_ + "/" + r.name);
+          } else if (static_cast<size_t>(rc) != r.buffer.size()) {
+            r.status = Status::Corruption(pool_ + "/" + r.name + " holds " + std::to_string(rc) + " bytes, not the " +
+                                          std::to_string(r.buffer.size()) + " of its record");
+          }
         }
+        rados_aio_release(done[i]);
       }
-      rados_aio_release(done[i]);
+      if (on_done) on_done(first + i);
     }
   }
 }

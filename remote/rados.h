@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -61,7 +62,8 @@ class RadosPool {
     std::span<std::byte> buffer;
     Status status;
   };
-  void ReadBatch(std::span<Read> reads, size_t in_flight = 32);
+  // `on_done(i)`, when set, is called as read i completes, in order.
+  void ReadBatch(std::span<Read> reads, size_t in_flight = 32, const std::function<void(size_t)>& on_done = {});
   // Writes each object whole, up to `in_flight` at once; each gets its own status.
   struct Write {
     std::string name;

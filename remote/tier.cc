@@ -157,21 +157,36 @@ Status CollectMetadata(const Catalog& catalog, const std::string& model, std::ve
 }
 
 // Reads an attached tier's records from its pool, connecting on the first fetch.
+constexpr size_t kReadsInFlight = 32;
 class RadosRecordSource final : public RecordSource {
  public:
   explicit RadosRecordSource(TierInfo tier) : tier_(std::move(tier)) {}
 
-  void FetchRecords(std::span<Fetch> fetches) override {
+  void FetchRecords(std::span<Fetch> fetches, const std::function<void(size_t)>& on_fetched) override {
     Result<RadosPool*> pool = Pool();
     if (!pool.ok()) {
-      for (Fetch& f : fetches) f.status = pool.status().WithContext("remote tier " + std::to_string(tier_.number));
+      for (size_t i = 0; i < fetches.size(); ++i) {
+        fetches[i].status = pool.status().WithContext("remote tier " + std::to_string(tier_.number));
+        if (on_fetched) on_fetched(i);
+      }
       return;
     }
     std::vector<RadosPool::Read> reads;
-    reads.reserve(fetches.size());
-    for (Fetch& f : fetches) reads.push_back({RecordObjectName(tier_.base, f.extent), f.record, {}});
-    (*pool)->ReadBatch(reads);
-    for (size_t i = 0; i < fetches.size(); ++i) fetches[i].status = std::move(reads[i].status);
+    std::vector<size_t> owner;  // read -> fetch; a fetch's parts are consecutive
+    for (size_t i = 0; i < fetches.size(); ++i) {
+      Fetch& f = fetches[i];
+      f.status = Status::Ok();
+      for (const ObjectPart& p : RecordParts(RecordObjectName(tier_.base, f.extent), f.record.size())) {
+        reads.push_back({p.name, f.record.subspan(p.offset, p.length), {}});
+        owner.push_back(i);
+      }
+    }
+    (*pool)->ReadBatch(reads, kReadsInFlight, [&](size_t k) {
+      Fetch& f = fetches[owner[k]];
+      if (!reads[k].status.ok() && f.status.ok()) f.status = reads[k].status;
+      const bool last_part = k + 1 == reads.size() || owner[k + 1] != owner[k];
+      if (last_part && on_fetched) on_fetched(owner[k]);
+    });
   }
 
   std::string Describe(const Extent& extent) const override {
@@ -193,6 +208,14 @@ class RadosRecordSource final : public RecordSource {
 };
 
 }  // namespace
+
+std::vector<ObjectPart> RecordParts(const std::string& name, uint64_t length) {
+  std::vector<ObjectPart> parts;
+  for (uint64_t off = 0, i = 0; off < length || i == 0; off += kObjectPartBytes, ++i) {
+    parts.push_back({i == 0 ? name : name + "." + std::to_string(i), off, std::min(kObjectPartBytes, length - off)});
+  }
+  return parts;
+}
 
 std::string ObjectBase(const RadosLocation& where, const ModelInfo& model) {
   return where.prefix + model.name + "@" + model.source_fingerprint.substr(0, 16);
@@ -286,10 +309,16 @@ Result<PublishReport> PublishModel(Store& store, const std::string& model, Rados
         writes.push_back({RecordObjectName(base, todo[first + i]->remote),
                           std::span<const std::byte>(buffers[i].data(), todo[first + i]->local.record_length), {}});
       }
-      pool.WriteBatch(writes);
+      std::vector<RadosPool::Write> parts;
+      for (const RadosPool::Write& w : writes) {
+        for (const ObjectPart& p : RecordParts(w.name, w.data.size())) {
+          parts.push_back({p.name, w.data.subspan(p.offset, p.length), {}});
+        }
+      }
+      pool.WriteBatch(parts);
+      for (const RadosPool::Write& w : parts) ES_RETURN_IF_ERROR(w.status);
       for (size_t i = 0; i < n; ++i) {
-        ES_RETURN_IF_ERROR(writes[i].status);
-        // The xattr marks the object complete: set after its bytes.
+        // The xattr marks the record complete: set after all its bytes.
         ES_RETURN_IF_ERROR(pool.SetXattr(writes[i].name, kRecordXattr, RecordXattrValue(todo[first + i]->local)));
         ++report.written;
         report.bytes_written += writes[i].data.size();

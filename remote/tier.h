@@ -24,6 +24,17 @@
 namespace es::remote {
 
 inline constexpr char kRecordXattr[] = "expertstore.record";
+// A record longer than this is split: its first part in the object named above, part i (from 1) in NAME.i, each
+// kObjectPartBytes but the last (RADOS writes and objects stay far below the OSDs' limits; an embedding table of
+// 600 MB is one record). The xattr goes on the first object once every part is written.
+inline constexpr uint64_t kObjectPartBytes = uint64_t{64} << 20;
+// The objects of a record of `length` bytes named `name`: (object name, offset in the record, bytes).
+struct ObjectPart {
+  std::string name;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+};
+std::vector<ObjectPart> RecordParts(const std::string& name, uint64_t length);
 
 // A tier this store attached (the catalog's kMeta "tier/<number>"): where its records are.
 struct TierInfo {

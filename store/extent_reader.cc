@@ -55,16 +55,15 @@ void ExtentReader::ReadRemote(std::span<ExtentRead> reads, const std::vector<siz
     }
     std::vector<RecordSource::Fetch> fetches;
     for (size_t i : indices) fetches.push_back({reads[i].extent, reads[i].buffer.first(reads[i].extent.record_length), {}});
-    source->FetchRecords(fetches);
-    for (size_t k = 0; k < indices.size(); ++k) {
+    source->FetchRecords(fetches, [&](size_t k) {
       ExtentRead& r = reads[indices[k]];
       if (!fetches[k].status.ok()) {
         r.status = fetches[k].status;
-        continue;
+        return;
       }
       if (!verify) {
         r.payload = r.buffer.subspan(kRecordHeaderSize, r.extent.payload_length);
-        continue;
+        return;
       }
       RecordVerifier verifier(fetches[k].record, r.extent);
       verifier.Advance(r.extent.record_length);
@@ -74,7 +73,7 @@ void ExtentReader::ReadRemote(std::span<ExtentRead> reads, const std::vector<siz
       } else {
         r.payload = *payload;
       }
-    }
+    });
   }
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -37,8 +38,10 @@ class RecordSource {
     Status status;
   };
   virtual ~RecordSource() = default;
-  // Fills each fetch's record (many in flight); each gets its own status. The reader verifies what arrives.
-  virtual void FetchRecords(std::span<Fetch> fetches) = 0;
+  // Fills each fetch's record (many in flight); each gets its own status. `on_fetched(i)`, when set, is called
+  // once fetch i is complete (its status set), in order, while later fetches may still be in flight, so that
+  // the reader verifies what arrived meanwhile.
+  virtual void FetchRecords(std::span<Fetch> fetches, const std::function<void(size_t)>& on_fetched) = 0;
   // Where a record is, for messages ("object POOL/NAME").
   virtual std::string Describe(const Extent& extent) const = 0;
 };
