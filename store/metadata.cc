@@ -258,6 +258,29 @@ Result<ModelMetadata> LoadModelMetadata(const Catalog& catalog, const std::strin
   return m;
 }
 
+namespace {
+
+// Whether `a` ranks before `b` by `order` (highest first); uncalibrated experts rank after every calibrated one by
+// trust (trust lies in [0, 1]).
+bool RanksBefore(const ExpertQueryRow& a, const ExpertQueryRow& b, const std::vector<RankKey>& order) {
+  constexpr double kNoTrust = -1;
+  auto value = [](const ExpertQueryRow& r, RankKey k) {
+    switch (k) {
+      case RankKey::kLift: return r.lift;
+      case RankKey::kTrust: return r.has_trust ? r.trust : kNoTrust;
+      case RankKey::kActivations: return static_cast<double>(r.activations);
+    }
+    return 0.0;
+  };
+  for (RankKey k : order) {
+    const double x = value(a, k), y = value(b, k);
+    if (x != y) return x > y;
+  }
+  return false;
+}
+
+}  // namespace
+
 Result<std::vector<ExpertQueryRow>> QueryExperts(const Catalog& catalog, const std::string& model,
                                                  const ExpertQuery& query) {
   // Only the records of the layer asked for: the query command runs this once.
@@ -323,24 +346,40 @@ Result<std::vector<ExpertQueryRow>> QueryExperts(const ModelMetadata& metadata, 
     }
     rows.push_back(std::move(r));
   }
-  // Uncalibrated experts rank after every calibrated one by trust (trust lies in [0, 1]).
-  constexpr double kNoTrust = -1;
-  auto value = [&](const ExpertQueryRow& r, RankKey k) {
-    switch (k) {
-      case RankKey::kLift: return r.lift;
-      case RankKey::kTrust: return r.has_trust ? r.trust : kNoTrust;
-      case RankKey::kActivations: return static_cast<double>(r.activations);
-    }
-    return 0.0;
-  };
   std::stable_sort(rows.begin(), rows.end(), [&](const ExpertQueryRow& a, const ExpertQueryRow& b) {
-    for (RankKey k : q.order) {
-      double x = value(a, k), y = value(b, k);
-      if (x != y) return x > y;
-    }
-    return false;
+    return RanksBefore(a, b, q.order);
   });
   if (rows.size() > q.top) rows.resize(q.top);
+  return rows;
+}
+
+Result<std::vector<ModelQueryRow>> QueryExpertsAcrossModels(const Catalog& catalog, const std::vector<std::string>& models,
+                                                            const ExpertQuery& query) {
+  if (query.domain.empty()) return Status::InvalidArgument("a query over every model needs a domain");
+  std::vector<ModelQueryRow> rows;
+  std::set<std::string> known;
+  bool any = false;
+  for (const std::string& model : models) {
+    ES_ASSIGN_OR_RETURN(const ModelMetadata metadata, LoadModelMetadata(catalog, model, ModelPrefix(model)));
+    auto ranked = QueryExperts(metadata, query);
+    if (!ranked.ok()) {
+      if (!ranked.status().IsNotFound()) return ranked.status();
+      known.insert(metadata.domains.begin(), metadata.domains.end());
+      continue;  // this model's profiles do not know the domain
+    }
+    any = true;
+    for (ExpertQueryRow& r : *ranked) rows.push_back({model, std::move(r)});
+  }
+  if (!any) {
+    std::string names;
+    for (const std::string& d : known) names += (names.empty() ? "" : ", ") + d;
+    return Status::NotFound("no model's profiles know domain '" + query.domain + "'" +
+                            (names.empty() ? std::string(" (no model has profiles yet)") : "; they know " + names));
+  }
+  std::stable_sort(rows.begin(), rows.end(), [&](const ModelQueryRow& a, const ModelQueryRow& b) {
+    return RanksBefore(a.row, b.row, query.order);
+  });
+  if (rows.size() > query.top) rows.resize(query.top);
   return rows;
 }
 

@@ -225,6 +225,18 @@ Result<std::vector<ExpertQueryRow>> QueryExperts(const Catalog& catalog, const s
 // The same over records already in memory (of the whole model, or at least of the layer asked for).
 Result<std::vector<ExpertQueryRow>> QueryExperts(const ModelMetadata& metadata, const ExpertQuery& query);
 
+// One row of a query over several models: the model and its expert's row.
+struct ModelQueryRow {
+  std::string model;
+  ExpertQueryRow row;
+};
+// `query` (which must name a domain) over every one of `models` whose profiles know the domain, ranked together by
+// the query's order, `top` rows at most: which experts, of which models, handle the domain (models attached from a
+// pool included: their metadata is in the catalog). NotFound when no model's profiles know it (the message lists
+// the domains they do know).
+Result<std::vector<ModelQueryRow>> QueryExpertsAcrossModels(const Catalog& catalog, const std::vector<std::string>& models,
+                                                            const ExpertQuery& query);
+
 // ---- the rest state -------------------------------------------------------------------------------------
 
 struct RestReport {

@@ -227,7 +227,53 @@ Status RunTrust(const Args& args) {
 
 // ---- query ----------------------------------------------------------------------------------------------
 
+// query --domain D --all-models: every model of the store (attached ones included), ranked together.
+Status RunQueryAllModels(const Args& args) {
+  if (args.Has("model") || args.Has("layer")) return Status::InvalidArgument("--all-models takes neither --model nor --layer");
+  ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
+  ExpertQuery q;
+  ES_ASSIGN_OR_RETURN(q.domain, args.Require("domain"));
+  ES_ASSIGN_OR_RETURN(int64_t top, args.GetInt("top", static_cast<int64_t>(q.top), 1, kMaxQueryTop));
+  ES_ASSIGN_OR_RETURN(int64_t min_activations, args.GetInt("min-activations", 0, 0, INT64_MAX));
+  q.top = static_cast<size_t>(top);
+  q.min_activations = static_cast<uint64_t>(min_activations);
+  if (auto order = args.Get("order")) {
+    ES_ASSIGN_OR_RETURN(q.order, ParseRankOrder(*order));
+  }
+  ES_ASSIGN_OR_RETURN(std::vector<ModelInfo> infos, store->ListModels());
+  std::vector<std::string> models;
+  for (const ModelInfo& m : infos) models.push_back(m.name);
+  ES_ASSIGN_OR_RETURN(auto rows, QueryExpertsAcrossModels(store->catalog(), models, q));
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject().Key("domain").String(q.domain).Key("order").String(args.GetOr("order", "lift")).Key("rows").BeginArray();
+    for (const ModelQueryRow& r : rows) {
+      w.BeginObject().Key("model").String(r.model).Key("layer").Uint(r.row.layer).Key("expert").Uint(r.row.expert)
+          .Key("lift").Double(r.row.lift).Key("share").Double(r.row.share)
+          .Key("domain_activations").Uint(r.row.domain_activations).Key("trust");
+      if (r.row.has_trust) {
+        w.Double(r.row.trust);
+      } else {
+        w.Null();
+      }
+      w.Key("activations").Uint(r.row.activations).EndObject();
+    }
+    w.EndArray().EndObject();
+    PrintJson(w);
+    return Status::Ok();
+  }
+  std::printf("%-24s %5s %6s %7s %7s %7s %11s\n", "MODEL", "LAYER", "EXPERT", "LIFT", "SHARE", "TRUST", "ACTIVATIONS");
+  for (const ModelQueryRow& m : rows) {
+    const ExpertQueryRow& r = m.row;
+    std::string t = r.has_trust ? std::to_string(r.trust).substr(0, 5) : "-";
+    std::printf("%-24s %5u %6u %7.3f %7.3f %7s %11llu\n", m.model.c_str(), r.layer, r.expert, r.lift, r.share,
+                t.c_str(), static_cast<unsigned long long>(r.activations));
+  }
+  return Status::Ok();
+}
+
 Status RunQuery(const Args& args) {
+  if (args.Has("all-models")) return RunQueryAllModels(args);
   ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
   ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/false));
   ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(store->catalog(), model));
@@ -383,14 +429,16 @@ void RegisterMetadataCommands(std::vector<Command>& commands) {
                             {"seed", true, "sampling seed"},
                             {"trust-mix", true, "trust weights of convergence, stability, efficiency (default 0.5,0.25,0.25)"}}),
                       RunCalibrate});
-  commands.push_back({"query", "query --model M [--domain D] [--layer L] [--top N] [--order lift,trust,activations]",
+  commands.push_back({"query", "query (--model M | --domain D --all-models) [--domain D] [--layer L] [--top N] [--order lift,trust,activations]",
                       "rank experts by lift for a domain, trust or activations",
                       {{"model", true, "model name"},
                        {"domain", true, "rank for this domain (default: each expert's primary domain)"},
                        {"layer", true, "only this layer"},
                        {"top", true, "rows (default 10, at most 100000)"},
                        {"order", true, "sort keys, first first (default lift)"},
-                       {"min-activations", true, "with --domain: skip experts with fewer activations in it"}},
+                       {"min-activations", true, "with --domain: skip experts with fewer activations in it"},
+                       {"all-models", false, "with --domain: every model of the store (attached ones included), "
+                                             "ranked together"}},
                       RunQuery});
   commands.push_back({"trust", "trust --model M --layer L --expert E", "one expert's trust record and usage",
                       {{"model", true, "model name"}, {"layer", true, "layer"}, {"expert", true, "expert"}}, RunTrust});

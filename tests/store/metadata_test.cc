@@ -1,10 +1,13 @@
 // Derived metadata (store/metadata.h): domain usage keys, stability, trust normalisation, profiles' share and
-// lift against hand-computed values, and the rest state recomputing from recorded usage.
+// lift against hand-computed values, the rest state recomputing from recorded usage, and queries over one model
+// and over several.
 #include "store/metadata.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
+#include <tuple>
 
 #include "store/store.h"
 #include "tests/util/temp_dir.h"
@@ -205,6 +208,45 @@ TEST(Metadata, QueryRanksByLiftTrustAndActivations) {
   EXPECT_TRUE(QueryExperts(store.catalog(), "m", q).status().IsNotFound());
   EXPECT_TRUE(ParseRankOrder("trust,lift").ok());
   EXPECT_TRUE(ParseRankOrder("speed").status().IsInvalidArgument());
+}
+
+// The same query over several models ranks their experts together; a model whose profiles lack the domain is
+// left out, and a domain no model knows is NotFound listing those they know.
+TEST(Metadata, QueryAcrossModelsRanksEveryModelsExpertsTogether) {
+  testing::TempDir dir;
+  auto s = Store::Open(dir.Sub("s"), StoreOptions{});
+  ASSERT_TRUE(s.ok());
+  Store& store = **s;
+  CatalogBatch b;
+  // Model a: lifts 3 and 1 for "py"; model b: lifts 2 and 4; model c: only "c".
+  const std::vector<std::tuple<std::string, std::string, double>> experts = {
+      {"a", "py", 3}, {"a", "py", 1}, {"b", "py", 2}, {"b", "py", 4}, {"c", "c", 5}};
+  std::map<std::string, uint32_t> next;
+  for (const auto& [model, domain, lift] : experts) {
+    ExpertInfo info;
+    info.expert = next[model]++;
+    b.Put(Cf::kExperts, ExpertKey(model, 0, info.expert), EncodeExpert(info));
+    ProfileInfo p;
+    p.primary_domain = domain;
+    p.domains = {{domain, 10, 0.5, lift}};
+    b.Put(Cf::kProfiles, ExpertKey(model, 0, info.expert), EncodeProfile(p));
+  }
+  ASSERT_TRUE(store.catalog().Write(b).ok());
+  ExpertQuery q;
+  q.domain = "PY";  // matched case-insensitively, per model
+  auto rows = QueryExpertsAcrossModels(store.catalog(), {"a", "b", "c"}, q);
+  ASSERT_TRUE(rows.ok()) << rows.status().ToString();
+  std::vector<std::pair<std::string, double>> got;
+  for (const ModelQueryRow& r : *rows) got.push_back({r.model, r.row.lift});
+  EXPECT_EQ(got, (std::vector<std::pair<std::string, double>>{{"b", 4}, {"a", 3}, {"b", 2}, {"a", 1}}));
+  q.top = 2;
+  EXPECT_EQ(QueryExpertsAcrossModels(store.catalog(), {"a", "b", "c"}, q)->size(), 2u);
+  q.domain = "cobol";
+  auto none = QueryExpertsAcrossModels(store.catalog(), {"a", "b", "c"}, q);
+  EXPECT_TRUE(none.status().IsNotFound());
+  EXPECT_NE(none.status().message().find("c, py"), std::string::npos) << none.status().ToString();
+  q.domain = "";
+  EXPECT_TRUE(QueryExpertsAcrossModels(store.catalog(), {"a"}, q).status().IsInvalidArgument());
 }
 
 }  // namespace
