@@ -2,13 +2,15 @@
 // auth none), started for the suite and stopped after it: publish then attach then generate gives the local
 // store's logits bit for bit; a publish interrupted midway resumes and writes only what is missing, and a model is
 // invisible until its manifest is written; an object damaged in the pool is Corruption naming the object; a
-// stopped OSD is an error within the timeout, and reads work again once it runs; two attached stores read at once.
+// stopped OSD is an error within the timeout, and reads work again once it runs; two attached stores read at once;
+// the prefetcher reads from the pool as well.
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <filesystem>
 #include <thread>
 
+#include "cache/model_experts.h"
 #include "compute/cache_provider.h"
 #include "compute/generator.h"
 #include "compute/model.h"
@@ -139,6 +141,25 @@ TEST_F(RemoteTest, PublishAttachGenerateGivesTheLocalLogits) {
   const std::vector<float> want = Logits(*local_, "tiny");
   ASSERT_FALSE(want.empty());
   EXPECT_EQ(Logits(*b, "t2"), want);
+  // Through a small cache prefetching a layer ahead: the prefetcher reads from the pool too, and the logits stay.
+  {
+    kernels::CpuContext ctx;
+    auto m = Model::Load(*b, "t2", ctx);
+    ASSERT_TRUE(m.ok());
+    auto experts = ModelExperts::Load(b->catalog(), "t2");
+    ASSERT_TRUE(experts.ok());
+    ExpertCacheOptions co;
+    co.capacity_bytes = 8 * experts->max_record_bytes();
+    co.prefetch_bytes_in_flight = 4 * experts->max_record_bytes();
+    auto cache = CacheExpertProvider::Create(*b, "t2", co);
+    ASSERT_TRUE(cache.ok()) << cache.status().ToString();
+    ForwardOptions fo;
+    fo.prefetch_depth = 1;
+    auto logits = LastLogits(**m, **cache, testing::LoadReferenceCases()[0].ids, fo);
+    ASSERT_TRUE(logits.ok()) << logits.status().ToString();
+    EXPECT_EQ(*logits, want);
+    EXPECT_GT((*cache)->counters().prefetch_bytes_read, 0u);
+  }
   // verify passes and counts the remote records without reading them; nothing local is referenced.
   auto report = b->Verify("");
   ASSERT_TRUE(report.ok());
