@@ -19,7 +19,6 @@ namespace es::remote {
 
 namespace {
 
-constexpr char kTierKeyPrefix[] = "tier/";
 constexpr char kManifestMagic[] = "ESMANIF1";  // 8 bytes
 constexpr uint64_t kMaxManifestBytes = uint64_t{1} << 30;
 
@@ -241,7 +240,7 @@ Result<std::vector<TierInfo>> LoadTiers(const Catalog& catalog) {
   ES_RETURN_IF_ERROR(catalog.Scan(Cf::kMeta, kTierKeyPrefix, [&](std::string_view key, std::string_view value) {
     auto doc = ParseJson(value);
     TierInfo t;
-    const std::string number(key.substr(std::strlen(kTierKeyPrefix)));
+    const std::string number(key.substr(kTierKeyPrefix.size()));
     auto str = [&](const char* field) -> std::string {
       const JsonValue* v = doc.ok() ? doc->Find(field) : nullptr;
       return v != nullptr && v->is_string() ? v->string_value() : std::string();

@@ -48,6 +48,9 @@ struct Extent {
 // (RemoteRecordOffset): no local segment holds it, so compaction, recovery and space accounting leave it alone.
 // Its record_length, payload_length and checksum are the record's own, verified as a local one's.
 inline constexpr uint32_t kRemoteSegmentBase = 0xF0000000u;
+// The catalog's record of tier N (where its records are): kMeta, key kTierKeyPrefix + N, written by remote/ when
+// a model is attached, removed with the model.
+inline constexpr std::string_view kTierKeyPrefix = "tier/";
 inline constexpr bool IsRemote(const Extent& e) { return e.segment >= kRemoteSegmentBase; }
 inline constexpr uint32_t RemoteTier(const Extent& e) { return e.segment - kRemoteSegmentBase; }
 // What a remote record is: an expert (layer, expert), a dense tensor or an asset (its index in the model's list).

@@ -559,6 +559,13 @@ Status StageModelDeletion(const Catalog& catalog, const std::string& name, Catal
       return true;
     }));
   }
+  // An attached model's tier (each attach has its own) goes with it.
+  std::optional<uint32_t> tier;
+  ES_RETURN_IF_ERROR(catalog.Scan(Cf::kTensors, prefix, [&](std::string_view, std::string_view value) {
+    if (auto t = DecodeTensor(value); t.ok() && IsRemote(t->extent)) tier = RemoteTier(t->extent);
+    return false;  // the first tells
+  }));
+  if (tier) batch.Delete(Cf::kMeta, std::string(kTierKeyPrefix) + std::to_string(*tier));
   batch.Delete(Cf::kModels, ModelKey(name));
   return Status::Ok();
 }

@@ -269,6 +269,16 @@ TEST_F(RemoteTest, TwoAttachedStoresReadAtOnce) {
   td.join();
   EXPECT_EQ(from_c, want);
   EXPECT_EQ(from_d, want);
+  // Removing an attached model removes its tier's record with it; the objects stay in the pool for the others.
+  ASSERT_TRUE(DeleteModel(*d, "other").ok());
+  auto tiers = LoadTiers(d->catalog());
+  ASSERT_TRUE(tiers.ok());
+  EXPECT_TRUE(tiers->empty());
+  auto verified = d->Verify("");
+  ASSERT_TRUE(verified.ok());
+  EXPECT_TRUE(verified->ok());
+  EXPECT_EQ(verified->remote, 0u);
+  EXPECT_EQ(Logits(*c, "tiny"), want);
 }
 
 // The commands: publish and attach by URL with the cluster's ceph.conf, then the attached model generates the
