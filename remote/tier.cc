@@ -9,6 +9,7 @@
 
 #include "store/base/aligned_buffer.h"
 #include "store/base/checksum.h"
+#include "store/base/file_system.h"
 #include "store/base/json.h"
 #include "store/extent_reader.h"
 #include "store/metadata.h"
@@ -159,12 +160,23 @@ Status CollectMetadata(const Catalog& catalog, const std::string& model, std::ve
 constexpr size_t kReadsInFlight = 32;
 class RadosRecordSource final : public RecordSource {
  public:
-  explicit RadosRecordSource(TierInfo tier) : tier_(std::move(tier)) {}
+  RadosRecordSource(TierInfo tier, std::shared_ptr<WarmTier> warm) : tier_(std::move(tier)), warm_(std::move(warm)) {}
 
   void FetchRecords(std::span<Fetch> fetches, const std::function<void(size_t)>& on_fetched) override {
+    // Local copies first; the rest from the pool.
+    std::vector<size_t> missing;
+    for (size_t i = 0; i < fetches.size(); ++i) {
+      fetches[i].status = Status::Ok();
+      if (warm_ && warm_->Read(fetches[i].extent, fetches[i].record)) {
+        if (on_fetched) on_fetched(i);
+      } else {
+        missing.push_back(i);
+      }
+    }
+    if (missing.empty()) return;
     Result<RadosPool*> pool = Pool();
     if (!pool.ok()) {
-      for (size_t i = 0; i < fetches.size(); ++i) {
+      for (size_t i : missing) {
         fetches[i].status = pool.status().WithContext("remote tier " + std::to_string(tier_.number));
         if (on_fetched) on_fetched(i);
       }
@@ -172,9 +184,8 @@ class RadosRecordSource final : public RecordSource {
     }
     std::vector<RadosPool::Read> reads;
     std::vector<size_t> owner;  // read -> fetch; a fetch's parts are consecutive
-    for (size_t i = 0; i < fetches.size(); ++i) {
+    for (size_t i : missing) {
       Fetch& f = fetches[i];
-      f.status = Status::Ok();
       for (const ObjectPart& p : RecordParts(RecordObjectName(tier_.base, f.extent), f.record.size())) {
         reads.push_back({p.name, f.record.subspan(p.offset, p.length), {}});
         owner.push_back(i);
@@ -184,7 +195,9 @@ class RadosRecordSource final : public RecordSource {
       Fetch& f = fetches[owner[k]];
       if (!reads[k].status.ok() && f.status.ok()) f.status = reads[k].status;
       const bool last_part = k + 1 == reads.size() || owner[k + 1] != owner[k];
-      if (last_part && on_fetched) on_fetched(owner[k]);
+      if (!last_part) return;
+      if (warm_ && f.status.ok()) warm_->Offer(f.extent, f.record);
+      if (on_fetched) on_fetched(owner[k]);
     });
   }
 
@@ -202,6 +215,7 @@ class RadosRecordSource final : public RecordSource {
   }
 
   TierInfo tier_;
+  std::shared_ptr<WarmTier> warm_;  // null: no local copies
   std::mutex mu_;
   std::unique_ptr<RadosPool> pool_;
 };
@@ -439,13 +453,20 @@ Result<AttachReport> AttachModel(Store& store, RadosPool& pool, const RadosLocat
   return report;
 }
 
-Status ConnectTiers(Store& store) {
+Result<std::vector<std::shared_ptr<WarmTier>>> ConnectTiers(Store& store, uint64_t warm_bytes) {
   ES_ASSIGN_OR_RETURN(std::vector<TierInfo> tiers, LoadTiers(store.catalog()));
+  std::vector<std::shared_ptr<WarmTier>> warm;
   for (TierInfo& t : tiers) {
     const uint32_t number = t.number;
-    store.reader().SetRecordSource(number, std::make_shared<RadosRecordSource>(std::move(t)));
+    std::shared_ptr<WarmTier> copies;
+    if (warm_bytes > 0) {
+      ES_ASSIGN_OR_RETURN(copies, WarmTier::Open(JoinPath(JoinPath(store.path(), "warm"), std::to_string(number)),
+                                                 warm_bytes / tiers.size()));
+      warm.push_back(copies);
+    }
+    store.reader().SetRecordSource(number, std::make_shared<RadosRecordSource>(std::move(t), std::move(copies)));
   }
-  return Status::Ok();
+  return warm;
 }
 
 }  // namespace es::remote

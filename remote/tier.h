@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "remote/rados.h"
+#include "remote/warm_tier.h"
 #include "store/catalog.h"
 #include "store/store.h"
 
@@ -85,7 +86,9 @@ Result<AttachReport> AttachModel(Store& store, RadosPool& pool, const RadosLocat
                                  const CephOptions& ceph);
 
 // Makes the store's reader fetch each attached tier's records from its pool (connecting on the first read, so an
-// unreachable cluster fails only the reads that need it).
-Status ConnectTiers(Store& store);
+// unreachable cluster fails only the reads that need it). With `warm_bytes` > 0 each tier keeps local copies of
+// what it fetched (WarmTier, <store>/warm/<tier>/), the bytes shared evenly among the tiers; the warm tiers are
+// returned (empty without).
+Result<std::vector<std::shared_ptr<WarmTier>>> ConnectTiers(Store& store, uint64_t warm_bytes = 0);
 
 }  // namespace es::remote

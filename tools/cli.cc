@@ -25,6 +25,8 @@ const std::vector<FlagSpec>& GlobalSpecs() {
       {"quiet", false, "no progress output"},
       {"io-engine", true, "auto, uring or pread"},
       {"read-only", false, "open the store read-only (as on a read-only mount): reads work, nothing is recorded"},
+      {"local-cache-gb", true, "keep local copies of up to this many GB of the records models attached from a "
+                               "RADOS pool read (default 0: none)"},
   };
   return specs;
 }
@@ -117,6 +119,10 @@ Result<Args> Args::Parse(const std::vector<std::string>& argv, const std::vector
   args.global_.quiet = args.Has("quiet");
   args.global_.io_engine = args.GetOr("io-engine", args.global_.io_engine);
   args.global_.read_only = args.Has("read-only");
+  ES_ASSIGN_OR_RETURN(args.global_.local_cache_gb, args.GetDouble("local-cache-gb", 0));
+  if (!(args.global_.local_cache_gb >= 0) || args.global_.local_cache_gb > 1e6) {
+    return Status::InvalidArgument("--local-cache-gb must be between 0 and 1000000");
+  }
   return args;
 }
 
@@ -220,6 +226,8 @@ bool StoreWritable(const Args& args) {
   return true;
 }
 
+uint64_t LocalCacheBytes(const Args& args) { return static_cast<uint64_t>(args.global().local_cache_gb * 1e9); }
+
 Result<std::unique_ptr<Store>> OpenStore(const Args& args, bool writer, bool create) {
   if (writer && !StoreWritable(args)) {
     return Status::NotSupported("the store at " + args.global().store +
@@ -236,7 +244,7 @@ Result<std::unique_ptr<Store>> OpenStore(const Args& args, bool writer, bool cre
     return Status::Busy("the store at " + args.global().store + " is held by another writer process");
   }
   // Models attached from a RADOS pool read their records through it (connecting on the first read).
-  if (store.ok()) ES_RETURN_IF_ERROR(remote::ConnectTiers(**store));
+  if (store.ok()) ES_RETURN_IF_ERROR(remote::ConnectTiers(**store, LocalCacheBytes(args)).status());
   return store;
 }
 

@@ -28,6 +28,7 @@ struct GlobalFlags {
   bool quiet = false;
   std::string io_engine = "auto";
   bool read_only = false;  // --read-only: open the store read-only whatever the file system allows
+  double local_cache_gb = 0;  // --local-cache-gb: local copies of attached models' records (remote/warm_tier.h)
 };
 
 struct FlagSpec {
@@ -110,6 +111,8 @@ bool StoreWritable(const Args& args);
 // Opens the store named by --store. Writers take the lock; readers open beside a running writer. A writer on a
 // store that is not writable gets NotSupported saying so.
 Result<std::unique_ptr<Store>> OpenStore(const Args& args, bool writer, bool create = false);
+// --local-cache-gb in bytes.
+uint64_t LocalCacheBytes(const Args& args);
 
 // Prints a JSON document as the only thing on stdout.
 void PrintJson(const JsonWriter& writer);

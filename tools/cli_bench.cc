@@ -35,7 +35,7 @@ Result<std::unique_ptr<Store>> OpenForBench(const Args& args, const IoEngineOpti
   options.io = io;
   ES_ASSIGN_OR_RETURN(options.io_engine, ParseIoEngineKind(args.global().io_engine));
   ES_ASSIGN_OR_RETURN(auto store, Store::Open(args.global().store, options));
-  ES_RETURN_IF_ERROR(remote::ConnectTiers(*store));  // an attached model reads from its pool
+  ES_RETURN_IF_ERROR(remote::ConnectTiers(*store, LocalCacheBytes(args)).status());  // an attached model reads from its pool
   return store;
 }
 

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <thread>
 
@@ -16,7 +17,9 @@
 #include "compute/model.h"
 #include "remote/rados.h"
 #include "remote/tier.h"
+#include "store/base/aligned_buffer.h"
 #include "store/metadata.h"
+#include "tests/util/files.h"
 #include "tests/util/model_fixtures.h"
 #include "tests/util/reference_cases.h"
 #include "tests/util/run_cli.h"
@@ -279,6 +282,90 @@ TEST_F(RemoteTest, TwoAttachedStoresReadAtOnce) {
   EXPECT_TRUE(verified->ok());
   EXPECT_EQ(verified->remote, 0u);
   EXPECT_EQ(Logits(*c, "tiny"), want);
+}
+
+// --local-cache-gb: what the pool served is kept locally (written in the background, verified), read from there
+// again even while the OSD is stopped, a damaged copy is refetched, the copies stay within their capacity, and a
+// reopened tier finds its copies and drops unfinished ones.
+TEST_F(RemoteTest, WarmTierKeepsWhatThePoolServed) {
+  const RadosLocation where{kPool, "warm/"};
+  ASSERT_TRUE(Publish(where).ok());
+  auto e = Attached("warm-e", where, "tiny");
+  ASSERT_TRUE(e);
+  auto warm = ConnectTiers(*e, uint64_t{1} << 30);
+  ASSERT_TRUE(warm.ok()) << warm.status().ToString();
+  ASSERT_EQ(warm->size(), 1u);
+  WarmTier& copies = *(*warm)[0];
+  const std::vector<float> want = Logits(*local_, "tiny");
+  EXPECT_EQ(Logits(*e, "tiny"), want);
+  copies.Flush();
+  const WarmTierStats first = copies.stats();
+  EXPECT_GT(first.written, 0u);
+  EXPECT_EQ(first.files, first.written);
+  EXPECT_EQ(first.hits, 0u);
+
+  // With the OSD stopped every read is a local copy's.
+  ASSERT_EQ(testing::RunCommand("bash " + kScript + " pause-osd " + dir_->Sub("ceph")).exit_code, 0);
+  const std::vector<float> offline = Logits(*e, "tiny");
+  ASSERT_EQ(testing::RunCommand("bash " + kScript + " resume-osd " + dir_->Sub("ceph")).exit_code, 0);
+  EXPECT_EQ(offline, want);
+  EXPECT_GT(copies.stats().hits, 0u);
+
+  // A damaged copy is noticed, removed, and the record comes from the pool again.
+  // (an expert the reference case routed to: the first copy of an expert found)
+  std::string victim;
+  uint32_t layer = 0, expert = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(copies.dir())) {
+    const std::string name = entry.path().filename().string();
+    if (name.starts_with("e.") && std::sscanf(name.c_str(), "e.%u.%u", &layer, &expert) == 2) {
+      victim = entry.path().string();
+      break;
+    }
+  }
+  ASSERT_FALSE(victim.empty());
+  const uint64_t record = std::filesystem::file_size(victim);
+  {
+    std::string bytes = testing::ReadText(victim);
+    bytes[4096 + 7] ^= 0x10;
+    testing::WriteText(victim, bytes);
+  }
+  auto provider = DirectExpertProvider::Create(*e, "tiny");
+  ASSERT_TRUE(provider.ok());
+  std::vector<AcquiredExpert> out;
+  EXPECT_TRUE((*provider)->Acquire(layer, {&expert, 1}, out).ok());
+  EXPECT_EQ(copies.stats().damaged, 1u);
+  out.clear();
+
+  // A small tier keeps within its bytes, evicting the least recently used.
+  auto small = WarmTier::Open(dir_->Sub("small-warm"), 5 * record);
+  ASSERT_TRUE(small.ok());
+  std::vector<std::byte> buffer(record);
+  std::vector<ExpertInfo> experts;
+  ASSERT_TRUE(e->catalog().Scan(Cf::kExperts, ModelPrefix("tiny"), [&](std::string_view, std::string_view v) {
+    experts.push_back(*DecodeExpert(v));
+    return experts.size() < 12;
+  }).ok());
+  for (const ExpertInfo& x : experts) {
+    ExtentRead read{x.extent, {}, {}, {}};
+    AlignedBuffer aligned(x.extent.record_length);
+    read.buffer = aligned.span();
+    e->reader().ReadRaw({&read, 1});
+    ASSERT_TRUE(read.status.ok()) << read.status.ToString();
+    (*small)->Offer(x.extent, aligned.span().first(x.extent.record_length));
+  }
+  (*small)->Flush();
+  EXPECT_LE((*small)->stats().bytes, 5 * record);
+  EXPECT_EQ((*small)->stats().files, 5u);
+  EXPECT_EQ((*small)->stats().evicted, experts.size() - 5);
+  EXPECT_TRUE((*small)->Read(experts.back().extent, buffer));   // the most recent stay
+  EXPECT_FALSE((*small)->Read(experts.front().extent, buffer));  // the oldest went
+  small->reset();
+  testing::WriteText(dir_->Sub("small-warm") + "/e.9.9.tmp", "unfinished");
+  auto reopened = WarmTier::Open(dir_->Sub("small-warm"), 5 * record);
+  ASSERT_TRUE(reopened.ok());
+  EXPECT_EQ((*reopened)->stats().files, 5u);
+  EXPECT_FALSE(std::filesystem::exists(dir_->Sub("small-warm") + "/e.9.9.tmp"));
+  EXPECT_TRUE((*reopened)->Read(experts.back().extent, buffer));
 }
 
 // The commands: publish and attach by URL with the cluster's ceph.conf, then the attached model generates the

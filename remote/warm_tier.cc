@@ -1,0 +1,174 @@
+// WarmTier implementation.
+#include "remote/warm_tier.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <vector>
+
+#include "store/base/file_system.h"
+#include "store/base/thread_pool.h"
+
+namespace es::remote {
+
+namespace {
+
+constexpr uint64_t kMaxQueuedBytes = uint64_t{256} << 20;  // copies waiting to be written
+constexpr std::string_view kTmpSuffix = ".tmp";
+
+}  // namespace
+
+WarmTier::WarmTier(std::string dir, uint64_t capacity) : dir_(std::move(dir)), capacity_(capacity) {}
+
+Result<std::unique_ptr<WarmTier>> WarmTier::Open(const std::string& dir, uint64_t capacity_bytes) {
+  auto fs = DefaultFileSystem();
+  ES_RETURN_IF_ERROR(CreateDirs(*fs, dir));
+  std::unique_ptr<WarmTier> w(new WarmTier(dir, capacity_bytes));
+  ES_ASSIGN_OR_RETURN(std::vector<std::string> names, fs->ListDir(dir));
+  std::vector<std::pair<int64_t, std::string>> by_age;
+  for (const std::string& name : names) {
+    const std::string path = JoinPath(dir, name);
+    if (name.ends_with(kTmpSuffix)) {
+      ES_RETURN_IF_ERROR(fs->Remove(path));  // a write a crash interrupted
+      continue;
+    }
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    by_age.push_back({static_cast<int64_t>(st.st_mtime), name});
+    w->copies_[name].bytes = static_cast<uint64_t>(st.st_size);
+    w->stats_.bytes += static_cast<uint64_t>(st.st_size);
+  }
+  std::sort(by_age.begin(), by_age.end());
+  for (const auto& [age, name] : by_age) w->copies_[name].pos = w->lru_.insert(w->lru_.end(), name);
+  w->stats_.files = w->copies_.size();
+  {
+    std::lock_guard lock(w->mu_);
+    w->EvictLocked();
+  }
+  ES_ASSIGN_OR_RETURN(w->writer_, StartThread([raw = w.get()] { raw->WriterLoop(); }, "the warm tier's writer"));
+  return w;
+}
+
+WarmTier::~WarmTier() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  work_cv_.notify_all();
+  if (writer_.joinable()) writer_.join();
+}
+
+std::string WarmTier::KeyOf(const Extent& e) {
+  const RemoteRecordId id = RemoteRecordOf(e);
+  switch (id.kind) {
+    case RemoteRecordKind::kExpert: return "e." + std::to_string(id.layer) + "." + std::to_string(id.index);
+    case RemoteRecordKind::kTensor: return "t." + std::to_string(id.index);
+    case RemoteRecordKind::kAsset: return "a." + std::to_string(id.index);
+  }
+  return "x." + std::to_string(e.offset);
+}
+
+bool WarmTier::Read(const Extent& extent, std::span<std::byte> record) {
+  const std::string key = KeyOf(extent);
+  {
+    std::lock_guard lock(mu_);
+    auto it = copies_.find(key);
+    if (it == copies_.end() || it->second.bytes != extent.record_length) {
+      ++stats_.misses;
+      return false;
+    }
+    lru_.splice(lru_.end(), lru_, it->second.pos);  // most recently used
+  }
+  // Outside the lock: a copy evicted meanwhile stays readable through the open file, or fails to open (a miss).
+  auto file = DefaultFileSystem()->Open(JoinPath(dir_, key), OpenOptions{});
+  bool ok = file.ok() && ReadFully(**file, 0, record.first(extent.record_length)).ok() &&
+            CheckRecord(record.first(extent.record_length), extent).ok();
+  std::lock_guard lock(mu_);
+  if (ok) {
+    ++stats_.hits;
+    return true;
+  }
+  ++stats_.misses;
+  if (file.ok()) {
+    ++stats_.damaged;
+    if (auto it = copies_.find(key); it != copies_.end()) {
+      stats_.bytes -= it->second.bytes;
+      lru_.erase(it->second.pos);
+      copies_.erase(it);
+      stats_.files = copies_.size();
+      DefaultFileSystem()->Remove(JoinPath(dir_, key)).IgnoreError();
+    }
+  }
+  return false;
+}
+
+void WarmTier::Offer(const Extent& extent, std::span<const std::byte> record) {
+  {
+    std::lock_guard lock(mu_);
+    if (capacity_ < record.size() || copies_.contains(KeyOf(extent))) return;
+    if (queued_bytes_ + record.size() > kMaxQueuedBytes) {
+      ++stats_.dropped;
+      return;
+    }
+    queue_.push_back({extent, std::string(reinterpret_cast<const char*>(record.data()), record.size())});
+    queued_bytes_ += record.size();
+  }
+  work_cv_.notify_one();
+}
+
+void WarmTier::Flush() {
+  std::unique_lock lock(mu_);
+  idle_cv_.wait(lock, [&] { return queue_.empty() && !writing_; });
+}
+
+WarmTierStats WarmTier::stats() const {
+  std::lock_guard lock(mu_);
+  return stats_;
+}
+
+void WarmTier::EvictLocked() {
+  while (stats_.bytes > capacity_ && !lru_.empty()) {
+    const std::string key = lru_.front();
+    lru_.pop_front();
+    auto it = copies_.find(key);
+    stats_.bytes -= it->second.bytes;
+    copies_.erase(it);
+    ++stats_.evicted;
+    DefaultFileSystem()->Remove(JoinPath(dir_, key)).IgnoreError();
+  }
+  stats_.files = copies_.size();
+}
+
+void WarmTier::WriterLoop() {
+  auto fs = DefaultFileSystem();
+  for (;;) {
+    Pending p;
+    {
+      std::unique_lock lock(mu_);
+      work_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;
+      p = std::move(queue_.front());
+      queue_.pop_front();
+      queued_bytes_ -= p.bytes.size();
+      writing_ = true;
+    }
+    // Only an intact record is kept; a write that fails (a full disk) keeps nothing and the reads go to the pool.
+    const std::string key = KeyOf(p.extent);
+    const bool intact = CheckRecord(std::as_bytes(std::span(p.bytes.data(), p.bytes.size())), p.extent).ok();
+    const bool written = intact && WriteFileAtomic(fs, JoinPath(dir_, key), p.bytes).ok();
+    {
+      std::lock_guard lock(mu_);
+      if (written && !copies_.contains(key)) {
+        copies_[key] = {p.bytes.size(), lru_.insert(lru_.end(), key)};
+        stats_.bytes += p.bytes.size();
+        ++stats_.written;
+        EvictLocked();
+      }
+      writing_ = false;
+    }
+    idle_cv_.notify_all();
+  }
+}
+
+}  // namespace es::remote
