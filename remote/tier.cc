@@ -453,6 +453,70 @@ Result<AttachReport> AttachModel(Store& store, RadosPool& pool, const RadosLocat
   return report;
 }
 
+Result<WarmCheck> CheckWarmCopies(Store& store, bool remove_bad) {
+  WarmCheck check;
+  auto fs = DefaultFileSystem();
+  const std::string root = JoinPath(store.path(), "warm");
+  ES_ASSIGN_OR_RETURN(bool exists, fs->Exists(root));
+  if (!exists) return check;
+  // Every remote extent the catalog holds, by tier and copy name.
+  std::map<std::pair<uint32_t, std::string>, Extent> extents;
+  auto note = [&](const Extent& e) {
+    if (IsRemote(e)) extents[{RemoteTier(e), WarmTier::KeyOf(e)}] = e;
+  };
+  ES_RETURN_IF_ERROR(store.catalog().Scan(Cf::kExperts, "", [&](std::string_view, std::string_view v) {
+    if (auto x = DecodeExpert(v); x.ok()) note(x->extent);
+    return true;
+  }));
+  ES_RETURN_IF_ERROR(store.catalog().Scan(Cf::kTensors, "", [&](std::string_view, std::string_view v) {
+    if (auto t = DecodeTensor(v); t.ok()) note(t->extent);
+    return true;
+  }));
+  ES_ASSIGN_OR_RETURN(std::vector<ModelInfo> models, store.ListModels());
+  for (const ModelInfo& m : models) {
+    for (const AssetInfo& a : m.assets) note(a.extent);
+  }
+  ES_ASSIGN_OR_RETURN(std::vector<std::string> tiers, fs->ListDir(root));
+  for (const std::string& tier : tiers) {
+    const std::string dir = JoinPath(root, tier);
+    auto names = fs->ListDir(dir);
+    if (!names.ok()) continue;
+    for (const std::string& name : *names) {
+      const std::string path = JoinPath(dir, name);
+      const std::string what = "warm copy " + tier + "/" + name;
+      uint32_t number = 0;
+      try {
+        number = static_cast<uint32_t>(std::stoul(tier));
+      } catch (...) {
+        check.bad.push_back({what, "not in a tier's directory"});
+        continue;
+      }
+      auto it = extents.find({number, name});
+      Status status;
+      if (it == extents.end()) {
+        status = Status::NotFound("no attached model has this record (its model was removed)");
+      } else {
+        AlignedBuffer buffer(it->second.record_length);
+        auto file = fs->Open(path, OpenOptions{});
+        status = file.ok() ? ReadFully(**file, 0, buffer.span()) : file.status();
+        if (status.ok()) {
+          ES_ASSIGN_OR_RETURN(uint64_t size, (*file)->Size());
+          if (size != it->second.record_length) status = Status::Corruption("holds " + std::to_string(size) + " bytes");
+        }
+        if (status.ok()) status = CheckRecord(buffer.span(), it->second).status();
+        if (status.ok()) {
+          ++check.copies;
+          check.bytes += it->second.record_length;
+          continue;
+        }
+      }
+      check.bad.push_back({what, status.message()});
+      if (remove_bad) fs->Remove(path).IgnoreError();
+    }
+  }
+  return check;
+}
+
 Result<std::vector<std::shared_ptr<WarmTier>>> ConnectTiers(Store& store, uint64_t warm_bytes) {
   ES_ASSIGN_OR_RETURN(std::vector<TierInfo> tiers, LoadTiers(store.catalog()));
   std::vector<std::shared_ptr<WarmTier>> warm;

@@ -85,6 +85,16 @@ Result<AttachReport> AttachModel(Store& store, RadosPool& pool, const RadosLocat
                                  const std::string& remote_model, const std::string& local_name,
                                  const CephOptions& ceph);
 
+// The local copies of the attached tiers (<store>/warm/): each read and checked against its catalog entry. A copy
+// that fails is listed (and removed when `repair` is set: a copy is only a cache); a copy of no record the catalog
+// has (its model removed) likewise.
+struct WarmCheck {
+  uint64_t copies = 0;
+  uint64_t bytes = 0;
+  std::vector<CorruptEntry> bad;
+};
+Result<WarmCheck> CheckWarmCopies(Store& store, bool remove_bad);
+
 // Makes the store's reader fetch each attached tier's records from its pool (connecting on the first read, so an
 // unreachable cluster fails only the reads that need it). With `warm_bytes` > 0 each tier keeps local copies of
 // what it fetched (WarmTier, <store>/warm/<tier>/), the bytes shared evenly among the tiers; the warm tiers are

@@ -4,6 +4,7 @@
 
 #include "compute/kernels/cpu_kernels.h"
 #include "compute/runtime/backend_choice.h"
+#include "remote/tier.h"
 #include "store/compaction.h"
 #include "store/io_engine.h"
 #include "store/metadata.h"
@@ -21,6 +22,9 @@ Status RunVerify(const Args& args) {
   std::string model = args.GetOr("model", "");
   if (!model.empty()) ES_RETURN_IF_ERROR(LoadModelInfo(store->catalog(), model).status());
   ES_ASSIGN_OR_RETURN(VerifyReport report, store->Verify(model));
+  // Local copies of attached models' records (--local-cache-gb): checked and counted; a damaged one is a cache
+  // entry the next read replaces, so it is reported without failing the store.
+  ES_ASSIGN_OR_RETURN(remote::WarmCheck warm, remote::CheckWarmCopies(*store, /*remove_bad=*/false));
   if (args.global().json) {
     JsonWriter w;
     w.BeginObject().Key("checked").Uint(report.checked).Key("bytes").Uint(report.bytes).Key("corrupt").BeginArray();
@@ -30,7 +34,10 @@ Status RunVerify(const Args& args) {
       w.BeginObject().Key("segment").Uint(s.segment).Key("file_bytes").Uint(s.file_bytes)
           .Key("live_bytes").Uint(s.live_bytes).Key("dead_bytes").Uint(s.dead_bytes()).EndObject();
     }
-    w.EndArray().Key("remote_records").Uint(report.remote).Key("ok").Bool(report.ok()).EndObject();
+    w.EndArray().Key("remote_records").Uint(report.remote).Key("warm_copies").Uint(warm.copies)
+        .Key("warm_bytes").Uint(warm.bytes).Key("warm_bad").BeginArray();
+    for (const auto& c : warm.bad) w.BeginObject().Key("what").String(c.what).Key("message").String(c.message).EndObject();
+    w.EndArray().Key("ok").Bool(report.ok()).EndObject();
     PrintJson(w);
   } else {
     std::printf("checked %llu extents (%.1f MiB)\n", static_cast<unsigned long long>(report.checked),
@@ -47,6 +54,14 @@ Status RunVerify(const Args& args) {
     if (report.remote > 0) {
       std::printf("%llu records of attached models live in their RADOS pools (checked by their publisher's store, "
                   "verified on every read here)\n", static_cast<unsigned long long>(report.remote));
+    }
+    if (warm.copies > 0 || !warm.bad.empty()) {
+      std::printf("%llu local copies of attached models' records (%s) checked\n",
+                  static_cast<unsigned long long>(warm.copies), HumanBytes(warm.bytes).c_str());
+    }
+    for (const auto& c : warm.bad) {
+      std::printf("damaged or stray (a cache entry; the next read replaces it): %s: %s\n", c.what.c_str(),
+                  c.message.c_str());
     }
     for (const auto& c : report.corrupt) std::printf("corrupt: %s: %s\n", c.what.c_str(), c.message.c_str());
     std::printf("%s\n", report.ok() ? "ok" : "CORRUPT");

@@ -366,6 +366,23 @@ TEST_F(RemoteTest, WarmTierKeepsWhatThePoolServed) {
   EXPECT_EQ((*reopened)->stats().files, 5u);
   EXPECT_FALSE(std::filesystem::exists(dir_->Sub("small-warm") + "/e.9.9.tmp"));
   EXPECT_TRUE((*reopened)->Read(experts.back().extent, buffer));
+
+  // verify counts and checks the copies: all good, then one damaged (reported, not fatal: a cache entry).
+  copies.Flush();
+  auto checked = CheckWarmCopies(*e, /*remove_bad=*/false);
+  ASSERT_TRUE(checked.ok()) << checked.status().ToString();
+  EXPECT_EQ(checked->copies, copies.stats().files);
+  EXPECT_TRUE(checked->bad.empty());
+  {
+    std::string bytes = testing::ReadText(victim);
+    bytes[4096 + 9] ^= 0x01;
+    testing::WriteText(victim, bytes);
+  }
+  checked = CheckWarmCopies(*e, /*remove_bad=*/true);
+  ASSERT_TRUE(checked.ok());
+  ASSERT_EQ(checked->bad.size(), 1u);
+  EXPECT_EQ(checked->copies, copies.stats().files - 1);
+  EXPECT_FALSE(std::filesystem::exists(victim));
 }
 
 // The commands: publish and attach by URL with the cluster's ceph.conf, then the attached model generates the
