@@ -6,8 +6,9 @@
 #   - swap-in: `expertstore bench swapin` on the attached model (a layer's batch of k experts through the cache,
 #     all in flight) against `rados bench rand` on the same pool with objects of one expert record and the same
 #     concurrency k, alternating, REPS times each, medians;
-#   - decode: `generate` of the same prompt on the local and the attached store with the same expert cache size
-#     (CACHE_PCT of the experts), alternating, REPS times each, medians.
+#   - decode: `generate` of the same prompt on the local store, the attached store, and the attached store with a
+#     local warm tier of CACHE_PCT of the experts' bytes (--local-cache-gb, filled by one untimed run first), all
+#     with the same RAM cache (CACHE_PCT of the experts), in turn, REPS times each, medians.
 # Usage: bench/rados_bench.sh [-l LAYERS] [-r REPS] [-c CACHE_PCT]; BUILD_DIR overrides the build directory.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -51,25 +52,38 @@ probe=$("$es" bench swapin --model q --store "$work/remote" --reads 1 --batches 
 record=$(echo "$probe" | json record_bytes)
 k=$(echo "$probe" | sed -n 's/.*"batch":{"k":\([0-9]*\).*/\1/p')
 rados -p es bench 5 write -b "$record" -t "$k" --no-cleanup >/dev/null 2>&1
-ours=() theirs=() local_tps=() remote_tps=()
+ours=() theirs=() local_tps=() remote_tps=() warm_tps=()
+experts=$("$es" models --store "$work/local" --json | sed -n 's/.*"experts":\([0-9]*\).*/\1/p' | head -1)
+expert_bytes=$((experts * record))
+warm_gb=$(awk -v b="$expert_bytes" -v p="$cache" 'BEGIN {printf "%.3f", b * p / 100 / 1e9}')
+prompt="The history of the expert store begins with a question about memory"
+# Fills the warm tier (untimed): the same kind of text as the timed runs.
+"$es" generate --model q --store "$work/remote" --local-cache-gb "$warm_gb" --prompt "$prompt, warm-up" --max-tokens 96 \
+  --temperature 1 --seed 99 --cache-pct "$cache" --no-record --quiet >/dev/null 2>&1
 for r in $(seq "$reps"); do
   sw=$("$es" bench swapin --model q --store "$work/remote" --reads 4 --batches 8 --repeat 1 --k "$k" --json)
   ours+=("$(echo "$sw" | sed -n 's/.*"batch":{"k":[0-9]*,"batches":[0-9]*,"bytes":[0-9]*,"p50_ms":[0-9.e+-]*,"p99_ms":[0-9.e+-]*,"gbps":\([0-9.e+-]*\).*/\1/p')")
   mbs=$(rados -p es bench 5 rand -t "$k" 2>/dev/null | sed -n 's/^Bandwidth (MB\/sec): *\([0-9.]*\).*/\1/p')
   theirs+=("$(awk -v m="$mbs" 'BEGIN {printf "%.3f", m * 1048576 / 1e9}')")
-  for s in local remote; do
-    tps=$("$es" generate --model q --store "$work/$s" --prompt "The history of the expert store begins with a question about memory, part $r" \
-          --max-tokens 48 --temperature 1 --seed "$r" --cache-pct "$cache" --no-record --json 2>/dev/null | json tokens_per_second)
-    if [ "$s" = local ]; then local_tps+=("$tps"); else remote_tps+=("$tps"); fi
+  for s in local remote warm; do
+    store=$work/remote extra=()
+    [ "$s" = local ] && store=$work/local
+    [ "$s" = warm ] && extra=(--local-cache-gb "$warm_gb")
+    tps=$("$es" generate --model q --store "$store" "${extra[@]}" --prompt "$prompt, part $r" --max-tokens 48 \
+          --temperature 1 --seed "$r" --cache-pct "$cache" --no-record --json 2>/dev/null | json tokens_per_second)
+    case $s in local) local_tps+=("$tps") ;; remote) remote_tps+=("$tps") ;; warm) warm_tps+=("$tps") ;; esac
   done
 done
 rados -p es cleanup >/dev/null 2>&1 || true
 round() { for v in "$@"; do printf '%.2f ' "$v"; done; }
 o=$(printf '%.3f' "$(es_median "${ours[@]}")") t=$(es_median "${theirs[@]}")
 l=$(printf '%.2f' "$(es_median "${local_tps[@]}")") m=$(printf '%.2f' "$(es_median "${remote_tps[@]}")")
+wm=$(printf '%.2f' "$(es_median "${warm_tps[@]}")")
 ours=($(round "${ours[@]}")) local_tps=($(round "${local_tps[@]}")) remote_tps=($(round "${remote_tps[@]}"))
+warm_tps=($(round "${warm_tps[@]}"))
 echo
 echo "| measure | expertstore | reference | ratio |"
 echo "|---|---|---|---|"
 echo "| swap-in of a layer's $k experts, GB/s (runs: ${ours[*]} / ${theirs[*]}) | $o | rados bench rand -t $k: $t | $(awk -v a="$o" -v b="$t" 'BEGIN {printf "%.2fx", a / b}') |"
-echo "| decode tok/s, cache at $cache% (runs: ${remote_tps[*]} / ${local_tps[*]}) | attached: $m | local store: $l | $(awk -v a="$m" -v b="$l" 'BEGIN {printf "%.2fx", a / b}') |"
+echo "| decode tok/s, RAM cache at $cache% (runs: ${remote_tps[*]} / ${local_tps[*]}) | attached: $m | local store: $l | $(awk -v a="$m" -v b="$l" 'BEGIN {printf "%.2fx", a / b}') |"
+echo "| ... with a warm tier of $warm_gb GB (runs: ${warm_tps[*]}) | attached + warm: $wm | local store: $l | $(awk -v a="$wm" -v b="$l" 'BEGIN {printf "%.2fx", a / b}') |"

@@ -165,9 +165,15 @@ class RadosRecordSource final : public RecordSource {
   void FetchRecords(std::span<Fetch> fetches, const std::function<void(size_t)>& on_fetched) override {
     // Local copies first; the rest from the pool.
     std::vector<size_t> missing;
+    std::vector<bool> local(fetches.size(), false);
+    if (warm_) {
+      std::vector<WarmTier::Wanted> wanted;
+      for (const Fetch& f : fetches) wanted.push_back({f.extent, f.record});
+      local = warm_->ReadBatch(wanted);
+    }
     for (size_t i = 0; i < fetches.size(); ++i) {
       fetches[i].status = Status::Ok();
-      if (warm_ && warm_->Read(fetches[i].extent, fetches[i].record)) {
+      if (local[i]) {
         if (on_fetched) on_fetched(i);
       } else {
         missing.push_back(i);

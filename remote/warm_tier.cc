@@ -46,6 +46,7 @@ Result<std::unique_ptr<WarmTier>> WarmTier::Open(const std::string& dir, uint64_
     std::lock_guard lock(w->mu_);
     w->EvictLocked();
   }
+  ES_ASSIGN_OR_RETURN(w->io_, CreateIoEngine(IoEngineKind::kAuto, IoEngineOptions{}));
   ES_ASSIGN_OR_RETURN(w->writer_, StartThread([raw = w.get()] { raw->WriterLoop(); }, "the warm tier's writer"));
   return w;
 }
@@ -70,37 +71,76 @@ std::string WarmTier::KeyOf(const Extent& e) {
 }
 
 bool WarmTier::Read(const Extent& extent, std::span<std::byte> record) {
-  const std::string key = KeyOf(extent);
+  const Wanted one{extent, record};
+  return ReadBatch({&one, 1})[0];
+}
+
+void WarmTier::DropLocked(const std::string& key) {
+  auto it = copies_.find(key);
+  if (it == copies_.end()) return;
+  stats_.bytes -= it->second.bytes;
+  lru_.erase(it->second.pos);
+  copies_.erase(it);
+  stats_.files = copies_.size();
+  DefaultFileSystem()->Remove(JoinPath(dir_, key)).IgnoreError();
+}
+
+std::vector<bool> WarmTier::ReadBatch(std::span<const Wanted> wanted) {
+  std::vector<bool> hit(wanted.size(), false);
+  std::vector<std::string> keys(wanted.size());
+  std::vector<size_t> held;
   {
     std::lock_guard lock(mu_);
-    auto it = copies_.find(key);
-    if (it == copies_.end() || it->second.bytes != extent.record_length) {
-      ++stats_.misses;
-      return false;
+    for (size_t i = 0; i < wanted.size(); ++i) {
+      keys[i] = KeyOf(wanted[i].extent);
+      auto it = copies_.find(keys[i]);
+      if (it == copies_.end() || it->second.bytes != wanted[i].extent.record_length ||
+          wanted[i].record.size() < wanted[i].extent.record_length) {
+        ++stats_.misses;
+        continue;
+      }
+      lru_.splice(lru_.end(), lru_, it->second.pos);  // most recently used
+      held.push_back(i);
     }
-    lru_.splice(lru_.end(), lru_, it->second.pos);  // most recently used
   }
-  // Outside the lock: a copy evicted meanwhile stays readable through the open file, or fails to open (a miss).
-  auto file = DefaultFileSystem()->Open(JoinPath(dir_, key), OpenOptions{});
-  bool ok = file.ok() && ReadFully(**file, 0, record.first(extent.record_length)).ok() &&
-            CheckRecord(record.first(extent.record_length), extent).ok();
+  if (held.empty()) return hit;
+  // Outside the lock: a copy evicted meanwhile stays readable through its open file, or fails to open (a miss).
+  std::vector<std::unique_ptr<File>> files;
+  std::vector<IoRead> io;
+  std::vector<size_t> of;  // io -> wanted
+  for (size_t i : held) {
+    auto f = DefaultFileSystem()->Open(JoinPath(dir_, keys[i]), OpenOptions{.direct = true});
+    if (!f.ok()) continue;
+    io.push_back({f->get(), 0, wanted[i].record.first(wanted[i].extent.record_length), Status::Ok()});
+    of.push_back(i);
+    files.push_back(std::move(f).value());
+  }
+  {
+    std::lock_guard lock(io_mu_);
+    if (!io.empty()) io_->ReadBatch(io, nullptr);
+  }
+  std::vector<bool> damaged(wanted.size(), false);
+  for (size_t k = 0; k < io.size(); ++k) {
+    const size_t i = of[k];
+    if (io[k].status.ok() && CheckRecord(io[k].dst, wanted[i].extent).ok()) {
+      hit[i] = true;
+    } else {
+      damaged[i] = true;
+    }
+  }
   std::lock_guard lock(mu_);
-  if (ok) {
-    ++stats_.hits;
-    return true;
-  }
-  ++stats_.misses;
-  if (file.ok()) {
-    ++stats_.damaged;
-    if (auto it = copies_.find(key); it != copies_.end()) {
-      stats_.bytes -= it->second.bytes;
-      lru_.erase(it->second.pos);
-      copies_.erase(it);
-      stats_.files = copies_.size();
-      DefaultFileSystem()->Remove(JoinPath(dir_, key)).IgnoreError();
+  for (size_t i : held) {
+    if (hit[i]) {
+      ++stats_.hits;
+      continue;
+    }
+    ++stats_.misses;
+    if (damaged[i]) {
+      ++stats_.damaged;
+      DropLocked(keys[i]);
     }
   }
-  return false;
+  return hit;
 }
 
 void WarmTier::Offer(const Extent& extent, std::span<const std::byte> record) {
@@ -130,12 +170,8 @@ WarmTierStats WarmTier::stats() const {
 void WarmTier::EvictLocked() {
   while (stats_.bytes > capacity_ && !lru_.empty()) {
     const std::string key = lru_.front();
-    lru_.pop_front();
-    auto it = copies_.find(key);
-    stats_.bytes -= it->second.bytes;
-    copies_.erase(it);
+    DropLocked(key);
     ++stats_.evicted;
-    DefaultFileSystem()->Remove(JoinPath(dir_, key)).IgnoreError();
   }
   stats_.files = copies_.size();
 }

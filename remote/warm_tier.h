@@ -18,8 +18,10 @@
 #include <span>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "store/base/status.h"
+#include "store/io_engine.h"
 #include "store/segment_format.h"
 
 namespace es::remote {
@@ -50,6 +52,13 @@ class WarmTier {
   // Fills `record` (extent.record_length bytes) from the local copy and verifies it; false when there is none or
   // it is damaged (then removed).
   bool Read(const Extent& extent, std::span<std::byte> record);
+  // The same for several records, read at once (O_DIRECT, all in flight, into 4 KiB-aligned buffers). hit[i] says
+  // whether records[i] was filled.
+  struct Wanted {
+    Extent extent;
+    std::span<std::byte> record;
+  };
+  std::vector<bool> ReadBatch(std::span<const Wanted> wanted);
   // Keeps a copy of a record just fetched (unverified: verified before it is written), unless the queue of writes
   // is full.
   void Offer(const Extent& extent, std::span<const std::byte> record);
@@ -63,6 +72,8 @@ class WarmTier {
   void WriterLoop();
   // Requires mu_. Removes least recently used copies until the bytes fit.
   void EvictLocked();
+  // Requires mu_. Forgets and removes a copy.
+  void DropLocked(const std::string& key);
 
   struct Pending {
     Extent extent;
@@ -83,6 +94,8 @@ class WarmTier {
   bool writing_ = false;
   bool stop_ = false;
   WarmTierStats stats_;
+  std::mutex io_mu_;  // one batch at a time through io_
+  std::unique_ptr<IoEngine> io_;
   std::thread writer_;
 };
 

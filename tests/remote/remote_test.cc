@@ -339,7 +339,8 @@ TEST_F(RemoteTest, WarmTierKeepsWhatThePoolServed) {
   // A small tier keeps within its bytes, evicting the least recently used.
   auto small = WarmTier::Open(dir_->Sub("small-warm"), 5 * record);
   ASSERT_TRUE(small.ok());
-  std::vector<std::byte> buffer(record);
+  AlignedBuffer aligned_buffer(record);
+  std::span<std::byte> buffer = aligned_buffer.span();
   std::vector<ExpertInfo> experts;
   ASSERT_TRUE(e->catalog().Scan(Cf::kExperts, ModelPrefix("tiny"), [&](std::string_view, std::string_view v) {
     experts.push_back(*DecodeExpert(v));
