@@ -7,19 +7,20 @@
 #     all in flight) against `rados bench rand` on the same pool with objects of one expert record and the same
 #     concurrency k, alternating, REPS times each, medians;
 #   - decode: `generate` of the same prompt on the local store, the attached store, and the attached store with a
-#     local warm tier of CACHE_PCT of the experts' bytes (--local-cache-gb, filled by one untimed run first), all
+#     local warm tier of WARM_PCT of the experts' bytes (--local-cache-gb, filled by one untimed run first), all
 #     with the same RAM cache (CACHE_PCT of the experts), in turn, REPS times each, medians.
-# Usage: bench/rados_bench.sh [-l LAYERS] [-r REPS] [-c CACHE_PCT]; BUILD_DIR overrides the build directory.
+# Usage: bench/rados_bench.sh [-l LAYERS] [-r REPS] [-c CACHE_PCT] [-w WARM_PCT]; BUILD_DIR overrides the build
+# directory.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${BUILD_DIR:-$root/build}
 # shellcheck source=bench/bench_lib.sh
 source "$root/bench/bench_lib.sh"
-layers=4 reps=3 cache=25
-while getopts "l:r:c:" opt; do
+layers=4 reps=3 cache=10 warm=25
+while getopts "l:r:c:w:" opt; do
   case $opt in
-    l) layers=$OPTARG ;; r) reps=$OPTARG ;; c) cache=$OPTARG ;;
-    *) echo "usage: $0 [-l LAYERS] [-r REPS] [-c CACHE_PCT]" >&2; exit 2 ;;
+    l) layers=$OPTARG ;; r) reps=$OPTARG ;; c) cache=$OPTARG ;; w) warm=$OPTARG ;;
+    *) echo "usage: $0 [-l LAYERS] [-r REPS] [-c CACHE_PCT] [-w WARM_PCT]" >&2; exit 2 ;;
   esac
 done
 es=$build/expertstore
@@ -55,7 +56,7 @@ rados -p es bench 5 write -b "$record" -t "$k" --no-cleanup >/dev/null 2>&1
 ours=() theirs=() local_tps=() remote_tps=() warm_tps=()
 experts=$("$es" models --store "$work/local" --json | sed -n 's/.*"experts":\([0-9]*\).*/\1/p' | head -1)
 expert_bytes=$((experts * record))
-warm_gb=$(awk -v b="$expert_bytes" -v p="$cache" 'BEGIN {printf "%.3f", b * p / 100 / 1e9}')
+warm_gb=$(awk -v b="$expert_bytes" -v p="$warm" 'BEGIN {printf "%.3f", b * p / 100 / 1e9}')
 prompt="The history of the expert store begins with a question about memory"
 # Fills the warm tier (untimed): the same kind of text as the timed runs.
 "$es" generate --model q --store "$work/remote" --local-cache-gb "$warm_gb" --prompt "$prompt, warm-up" --max-tokens 96 \
@@ -86,4 +87,4 @@ echo "| measure | expertstore | reference | ratio |"
 echo "|---|---|---|---|"
 echo "| swap-in of a layer's $k experts, GB/s (runs: ${ours[*]} / ${theirs[*]}) | $o | rados bench rand -t $k: $t | $(awk -v a="$o" -v b="$t" 'BEGIN {printf "%.2fx", a / b}') |"
 echo "| decode tok/s, RAM cache at $cache% (runs: ${remote_tps[*]} / ${local_tps[*]}) | attached: $m | local store: $l | $(awk -v a="$m" -v b="$l" 'BEGIN {printf "%.2fx", a / b}') |"
-echo "| ... with a warm tier of $warm_gb GB (runs: ${warm_tps[*]}) | attached + warm: $wm | local store: $l | $(awk -v a="$wm" -v b="$l" 'BEGIN {printf "%.2fx", a / b}') |"
+echo "| ... with a warm tier of $warm% of the experts, $warm_gb GB (runs: ${warm_tps[*]}) | attached + warm: $wm | local store: $l | $(awk -v a="$wm" -v b="$l" 'BEGIN {printf "%.2fx", a / b}') |"

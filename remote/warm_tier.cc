@@ -1,7 +1,9 @@
 // WarmTier implementation.
 #include "remote/warm_tier.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -16,6 +18,24 @@ namespace {
 
 constexpr uint64_t kMaxQueuedBytes = uint64_t{256} << 20;  // copies waiting to be written
 constexpr std::string_view kTmpSuffix = ".tmp";
+
+// Writes `bytes` to `path` through a temporary and a rename, without syncing: a copy a crash tore (renamed before its
+// bytes reached the disk) fails the verification every read does and is fetched again, so the sync a durable file
+// needs would only slow the fills down.
+bool WriteCopy(const std::string& path, const std::string& bytes) {
+  const std::string tmp = path + std::string(kTmpSuffix);
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return false;
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n <= 0) break;
+    done += static_cast<size_t>(n);
+  }
+  const bool ok = ::close(fd) == 0 && done == bytes.size() && ::rename(tmp.c_str(), path.c_str()) == 0;
+  if (!ok) ::unlink(tmp.c_str());
+  return ok;
+}
 
 }  // namespace
 
@@ -177,7 +197,6 @@ void WarmTier::EvictLocked() {
 }
 
 void WarmTier::WriterLoop() {
-  auto fs = DefaultFileSystem();
   for (;;) {
     Pending p;
     {
@@ -192,7 +211,7 @@ void WarmTier::WriterLoop() {
     // Only an intact record is kept; a write that fails (a full disk) keeps nothing and the reads go to the pool.
     const std::string key = KeyOf(p.extent);
     const bool intact = CheckRecord(std::as_bytes(std::span(p.bytes.data(), p.bytes.size())), p.extent).ok();
-    const bool written = intact && WriteFileAtomic(fs, JoinPath(dir_, key), p.bytes).ok();
+    const bool written = intact && WriteCopy(JoinPath(dir_, key), p.bytes);
     {
       std::lock_guard lock(mu_);
       if (written && !copies_.contains(key)) {

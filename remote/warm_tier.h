@@ -1,9 +1,9 @@
 // WarmTier: the local copies of an attached tier's records (`--local-cache-gb`), so that a node's own disk holds
 // its hot experts and a miss of the RAM cache goes to the pool only once. One file per record under
-// <store>/warm/<tier>/ (the record's bytes, exactly as in the pool), written in the background by an
-// AtomicFileWriter (temporary file, sync, rename, directory sync: a crash leaves a whole copy or none; temporaries
-// are removed at open), verified against the catalog's extent before it is written and again whenever it is read
-// (a damaged copy is removed and the record fetched from the pool again), and evicted least recently used once the
+// <store>/warm/<tier>/ (the record's bytes, exactly as in the pool), written in the background through a
+// temporary file and a rename (temporaries are removed at open), verified against the catalog's extent before it
+// is written and again whenever it is read (a damaged copy, a crash's torn one included, is removed and the record
+// fetched from the pool again: so the copies need no sync), and evicted least recently used once the
 // copies exceed the capacity. Files and not segment records: an evicted copy is space given back at once, where a
 // segment record would be dead space until a compaction. Thread-safe.
 #pragma once
