@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <deque>
 #include <type_traits>
 
 namespace es::remote {
@@ -191,67 +192,75 @@ Status RadosPool::Remove(const std::string& name) {
   return Status::Ok();
 }
 
-void RadosPool::ReadBatch(std::span<Read> reads, size_t in_flight, const std::function<void(size_t)>& on_done) {
-  in_flight = std::max<size_t>(1, in_flight);
-  for (size_t first = 0; first < reads.size(); first += in_flight) {
-    const size_t n = std::min(in_flight, reads.size() - first);
-    std::vector<rados_completion_t> done(n, nullptr);
-    for (size_t i = 0; i < n; ++i) {
-      Read& r = reads[first + i];
-      r.status = Status::Ok();
-      int rc = impl_->api->aio_create_completion2(nullptr, nullptr, &done[i]);
-      if (rc >= 0) {
-        rc = impl_->api->aio_read(impl_->io, r.name.c_str(), done[i], reinterpret_cast<char*>(r.buffer.data()),
-                            r.buffer.size(), 0);
+namespace {
+
+// Runs `count` asynchronous operations, up to `in_flight` at once (a sliding window), and completes them in order:
+// submit(i, completion) starts operation i and returns librados's code; finish(i, rc) gets the code of a failed
+// start or the operation's return value.
+void RunAio(const Librados& api, size_t count, size_t in_flight,
+            const std::function<int(size_t, rados_completion_t)>& submit, const std::function<void(size_t, int)>& finish) {
+  std::deque<std::pair<size_t, rados_completion_t>> window;
+  size_t next = 0;
+  auto complete_front = [&] {
+    auto [i, c] = window.front();
+    window.pop_front();
+    api.aio_wait_for_complete(c);
+    const int rc = api.aio_get_return_value(c);
+    api.aio_release(c);
+    finish(i, rc);
+  };
+  while (next < count || !window.empty()) {
+    if (next < count && window.size() < std::max<size_t>(1, in_flight)) {
+      const size_t i = next++;
+      rados_completion_t c = nullptr;
+      int rc = api.aio_create_completion2(nullptr, nullptr, &c);
+      if (rc >= 0) rc = submit(i, c);
+      if (rc < 0) {
+        if (c != nullptr) api.aio_release(c);
+        // Earlier operations complete first, so that `finish` sees every index in order.
+        while (!window.empty()) complete_front();
+        finish(i, rc);
+        continue;
       }
-      if (rc < 0) r.status = FromErrno(rc, "reading " + pool_ + "/" + r.name);
+      window.push_back({i, c});
+      continue;
     }
-    for (size_t i = 0; i < n; ++i) {
-      Read& r = reads[first + i];
-      if (done[i] != nullptr) {
-        if (r.status.ok()) {
-          impl_->api->aio_wait_for_complete(done[i]);
-          const int rc = impl_->api->aio_get_return_value(done[i]);
-          if (rc < 0) {
-            r.status = FromErrno(rc, "reading " + pool_ + "/" + r.name);
-          } else if (static_cast<size_t>(rc) != r.buffer.size()) {
-            r.status = Status::Corruption(pool_ + "/" + r.name + " holds " + std::to_string(rc) + " bytes, not the " +
-                                          std::to_string(r.buffer.size()) + " of its record");
-          }
-        }
-        impl_->api->aio_release(done[i]);
-      }
-      if (on_done) on_done(first + i);
-    }
+    complete_front();
   }
 }
 
+}  // namespace
+
+void RadosPool::ReadBatch(std::span<Read> reads, size_t in_flight, const std::function<void(size_t)>& on_done) {
+  RunAio(*impl_->api, reads.size(), in_flight,
+         [&](size_t i, rados_completion_t c) {
+           Read& r = reads[i];
+           return impl_->api->aio_read(impl_->io, r.name.c_str(), c, reinterpret_cast<char*>(r.buffer.data()),
+                                       r.buffer.size(), 0);
+         },
+         [&](size_t i, int rc) {
+           Read& r = reads[i];
+           r.status = Status::Ok();
+           if (rc < 0) {
+             r.status = FromErrno(rc, "reading " + pool_ + "/" + r.name);
+           } else if (static_cast<size_t>(rc) != r.buffer.size()) {
+             r.status = Status::Corruption(pool_ + "/" + r.name + " holds " + std::to_string(rc) + " bytes, not the " +
+                                           std::to_string(r.buffer.size()) + " of its record");
+           }
+           if (on_done) on_done(i);
+         });
+}
+
 void RadosPool::WriteBatch(std::span<Write> writes, size_t in_flight) {
-  in_flight = std::max<size_t>(1, in_flight);
-  for (size_t first = 0; first < writes.size(); first += in_flight) {
-    const size_t n = std::min(in_flight, writes.size() - first);
-    std::vector<rados_completion_t> done(n, nullptr);
-    for (size_t i = 0; i < n; ++i) {
-      Write& w = writes[first + i];
-      w.status = Status::Ok();
-      int rc = impl_->api->aio_create_completion2(nullptr, nullptr, &done[i]);
-      if (rc >= 0) {
-        rc = impl_->api->aio_write_full(impl_->io, w.name.c_str(), done[i], reinterpret_cast<const char*>(w.data.data()),
-                                  w.data.size());
-      }
-      if (rc < 0) w.status = FromErrno(rc, "writing " + pool_ + "/" + w.name);
-    }
-    for (size_t i = 0; i < n; ++i) {
-      Write& w = writes[first + i];
-      if (done[i] == nullptr) continue;
-      if (w.status.ok()) {
-        impl_->api->aio_wait_for_complete(done[i]);
-        const int rc = impl_->api->aio_get_return_value(done[i]);
-        if (rc < 0) w.status = FromErrno(rc, "writing " + pool_ + "/" + w.name);
-      }
-      impl_->api->aio_release(done[i]);
-    }
-  }
+  RunAio(*impl_->api, writes.size(), in_flight,
+         [&](size_t i, rados_completion_t c) {
+           Write& w = writes[i];
+           return impl_->api->aio_write_full(impl_->io, w.name.c_str(), c, reinterpret_cast<const char*>(w.data.data()),
+                                             w.data.size());
+         },
+         [&](size_t i, int rc) {
+           writes[i].status = rc < 0 ? FromErrno(rc, "writing " + pool_ + "/" + writes[i].name) : Status::Ok();
+         });
 }
 
 }  // namespace es::remote

@@ -55,8 +55,8 @@ class RadosPool {
   Status SetXattr(const std::string& name, const std::string& key, std::string_view value);
   Status Remove(const std::string& name);
 
-  // Reads each object's first buffer.size() bytes into its buffer, up to `in_flight` at once; each gets its own
-  // status (a shorter object is Corruption naming it).
+  // Reads each object's first buffer.size() bytes into its buffer, up to `in_flight` at once (a new read starts as
+  // the oldest completes); each gets its own status (a shorter object is Corruption naming it).
   struct Read {
     std::string name;
     std::span<std::byte> buffer;
