@@ -105,14 +105,10 @@ Status BatchEngine::Add(SequenceSpec spec) {
                                    std::to_string(spec.max_tokens) + " to generate exceed the context of " +
                                    std::to_string(limit) + " tokens");
   }
-  for (int32_t t : spec.prompt) {
-    if (t < 0 || static_cast<uint32_t>(t) >= model_.config().vocab) {
-      return Status::InvalidArgument("token id " + std::to_string(t) + " is outside the vocabulary of " +
-                                     std::to_string(model_.config().vocab));
-    }
-  }
+  // Checked here, not by the step's forward pass, whose failure would fail every sequence of the step.
+  ES_RETURN_IF_ERROR(CheckTokens(spec.prompt, model_.config().vocab));
   const size_t capacity = spec.prompt.size() + spec.max_tokens;
-  if (options_.kv_budget_bytes != 0 && KvBytes(model_.config(), capacity) > options_.kv_budget_bytes) {
+  if (!EverFits(spec.prompt.size(), spec.max_tokens)) {
     return Status::InvalidArgument("a sequence of " + std::to_string(capacity) + " tokens needs " +
                                    std::to_string(KvBytes(model_.config(), capacity) >> 20) +
                                    " MiB of KV cache, more than the budget of " +
@@ -168,7 +164,6 @@ bool BatchEngine::Sample(Sequence& s, const float* logits, std::chrono::steady_c
   if (std::binary_search(s.spec.stop.begin(), s.spec.stop.end(), token.id)) return done("stop");
   s.result.ids.push_back(token.id);
   s.sampler.Accept(token.id);
-  ++counters_.generated;
   if (s.spec.logprobs) FillLogprobs(row, s.spec.top_logprobs, token);
   if (s.spec.on_token) {
     if (Status st = s.spec.on_token(token); !st.ok()) {
@@ -255,7 +250,6 @@ Status BatchEngine::Step() {
   }
   ++counters_.steps;
   counters_.rows += rows;
-  counters_.decode_rows += decoding;
   counters_.sequences_per_step_sum += stepped.size();
 
   const auto now = std::chrono::steady_clock::now();

@@ -71,9 +71,7 @@ struct BatchEngineOptions {
 struct BatchEngineCounters {
   uint64_t steps = 0;
   uint64_t rows = 0;             // forward rows (prefill and decode)
-  uint64_t decode_rows = 0;
-  uint64_t sequences_per_step_sum = 0;
-  uint64_t generated = 0;        // tokens sampled and kept
+  uint64_t sequences_per_step_sum = 0;  // over steps: their mean batch is this / steps
 };
 
 // The KV budget when none is given, and the rule for a batch size left to memory (llama-server's slots): as many

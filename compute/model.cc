@@ -9,8 +9,6 @@
 
 namespace es {
 
-namespace {
-
 Status CheckTokens(std::span<const int32_t> tokens, uint32_t vocab) {
   for (int32_t t : tokens) {
     if (t < 0 || static_cast<uint32_t>(t) >= vocab) {
@@ -20,8 +18,6 @@ Status CheckTokens(std::span<const int32_t> tokens, uint32_t vocab) {
   }
   return Status::Ok();
 }
-
-}  // namespace
 
 std::string LayerTensorName(uint32_t layer, std::string_view rest) {
   return "model.layers." + std::to_string(layer) + "." + std::string(rest);

@@ -179,6 +179,9 @@ class Model {
   kernels::WeightVector final_norm_;
 };
 
+// InvalidArgument naming the first id outside [0, vocab).
+Status CheckTokens(std::span<const int32_t> tokens, uint32_t vocab);
+
 // The canonical name of a per-layer tensor: "model.layers.<layer>.<rest>".
 std::string LayerTensorName(uint32_t layer, std::string_view rest);
 // The router's weight of `layer` (mixtral names it block_sparse_moe.gate).
