@@ -142,10 +142,8 @@ Result<ModelRuntime*> GenerationService::Runtime(const std::string& model) {
 // A job in the batch: per choice its text state; the engine's callbacks point here.
 struct GenerationService::Running {
   struct Choice {
-    Choice(const std::vector<std::string>& stops, const Tokenizer& tokenizer)
-        : filter(stops), decoder(tokenizer, DecodeOptions{.skip_special_tokens = true}) {}
-    StopFilter filter;
-    StreamDecoder decoder;
+    Choice(const std::vector<std::string>& stops, const Tokenizer& tokenizer) : text(tokenizer, stops) {}
+    TextStream text;
     CompletionChoice out;
     std::vector<TokenLogprobs> pending;  // log-probabilities not yet delivered with a delta
     std::optional<Result<SequenceResult>> result;
@@ -288,19 +286,18 @@ bool GenerationService::Start(GenerationJob& job) {
     spec.top_logprobs = request.top_logprobs;
     spec.on_token = [r, i](const SampledToken& t) -> Status {
       Running::Choice& c = *r->choices[i];
-      ES_ASSIGN_OR_RETURN(std::string piece, c.decoder.Push(static_cast<TokenId>(t.id)));
+      ES_ASSIGN_OR_RETURN(std::string shown, c.text.Push(t.id));
       if (r->job.request.logprobs) {
         TokenLogprobs lp{r->TokenText(t.id), t.logprob, {}};
         for (const TokenLogprob& alt : t.top) lp.top.emplace_back(r->TokenText(alt.id), alt.logprob);
         c.out.logprobs.push_back(lp);
         c.pending.push_back(std::move(lp));
       }
-      std::string shown = c.filter.Push(piece);
       if (!shown.empty()) r->Deliver(i, std::move(shown));
       return Status::Ok();
     };
     spec.should_stop = [this, r, i] {
-      return r->choices[i]->filter.stopped() || r->job.sink->Cancelled() || cancel_all_.load() || !r->failure.ok();
+      return r->choices[i]->text.stopped() || r->job.sink->Cancelled() || cancel_all_.load() || !r->failure.ok();
     };
     spec.on_finish = [this, r, i](Result<SequenceResult> result) { Finish(*r, i, std::move(result)); };
     if (Status st = engine_->Add(std::move(spec)); !st.ok()) {
@@ -344,7 +341,7 @@ void GenerationService::Finish(Running& r, size_t index, Result<SequenceResult> 
     outcome.completion_tokens += sr.ids.size();
     prefill = std::max(prefill, sr.prefill_seconds);
     decode = std::max(decode, sr.decode_seconds);
-    cancelled = cancelled || (sr.finish_reason == "cancelled" && !ch.filter.stopped());
+    cancelled = cancelled || (sr.finish_reason == "cancelled" && !ch.text.stopped());
   }
   metrics_.RecordGeneration(req.model, outcome.prompt_tokens, outcome.completion_tokens, prefill, decode);
   if (cancelled) {
@@ -354,7 +351,7 @@ void GenerationService::Finish(Running& r, size_t index, Result<SequenceResult> 
   }
   for (size_t i = 0; i < r.choices.size(); ++i) {
     Running::Choice& ch = *r.choices[i];
-    r.Deliver(i, ch.filter.Push(ch.decoder.Finish()) + ch.filter.Flush());
+    r.Deliver(i, ch.text.Finish());
     ch.out.finish_reason = (*ch.result)->finish_reason == "length" ? "length" : "stop";
     outcome.choices.push_back(std::move(ch.out));
   }

@@ -36,6 +36,11 @@ Result<std::vector<int32_t>> EncodeText(const Tokenizer& tokenizer, std::string_
   return std::vector<int32_t>(tokens.begin(), tokens.end());
 }
 
+Result<std::string> TextStream::Push(int32_t id) {
+  ES_ASSIGN_OR_RETURN(std::string piece, decoder_.Push(static_cast<TokenId>(id)));
+  return filter_.Push(piece);
+}
+
 std::vector<int32_t> StopTokens(const Model& model, const Tokenizer& tokenizer, bool chat) {
   std::vector<int32_t> stop;
   for (int64_t e : model.config().eos_ids) stop.push_back(static_cast<int32_t>(e));

@@ -13,6 +13,7 @@
 #include "compute/expert_provider.h"
 #include "compute/model.h"
 #include "compute/sampler.h"
+#include "compute/stop_filter.h"
 #include "compute/tokenizer/chat_template.h"
 #include "compute/tokenizer/tokenizer.h"
 
@@ -45,6 +46,25 @@ struct GenerateResult {
 // characters; `parse_special_tokens` recognises them (a chat template's own markup).
 Result<std::vector<int32_t>> EncodeText(const Tokenizer& tokenizer, std::string_view text,
                                         bool parse_special_tokens = false);
+
+// A generated sequence's text as its reader sees it: ids decoded as their characters complete (special tokens
+// skipped), stop sequences cut (StopFilter). One per sequence of a batch (serve, generate --batch-file). Not
+// thread-safe.
+class TextStream {
+ public:
+  TextStream(const Tokenizer& tokenizer, std::vector<std::string> stops)
+      : decoder_(tokenizer, DecodeOptions{.skip_special_tokens = true}), filter_(std::move(stops)) {}
+  // The text that became final with this id (often empty).
+  Result<std::string> Push(int32_t id);
+  // The rest, once the sequence ended.
+  std::string Finish() { return filter_.Push(decoder_.Finish()) + filter_.Flush(); }
+  // A stop sequence was seen: the sequence should end.
+  bool stopped() const { return filter_.stopped(); }
+
+ private:
+  StreamDecoder decoder_;
+  StopFilter filter_;
+};
 
 // The stop tokens: the config's eos ids, the tokenizer's eos, and <|im_end|> when chatting.
 std::vector<int32_t> StopTokens(const Model& model, const Tokenizer& tokenizer, bool chat);

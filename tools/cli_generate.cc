@@ -157,8 +157,7 @@ Status RunGenerateBatch(const Args& args) {
 
   struct Item {
     std::vector<int32_t> prompt;
-    std::unique_ptr<StreamDecoder> decoder;
-    std::unique_ptr<StopFilter> filter;
+    std::unique_ptr<TextStream> stream;
     std::string text;
     std::optional<Result<SequenceResult>> result;
   };
@@ -170,8 +169,7 @@ Status RunGenerateBatch(const Args& args) {
       ES_ASSIGN_OR_RETURN(text, ApplyChatTemplate(tokenizer, prompts[i]));
     }
     ES_ASSIGN_OR_RETURN(items[i].prompt, EncodeText(tokenizer, text, /*parse_special_tokens=*/chat));
-    items[i].decoder = std::make_unique<StreamDecoder>(tokenizer, DecodeOptions{.skip_special_tokens = true});
-    items[i].filter = std::make_unique<StopFilter>(d.stop);
+    items[i].stream = std::make_unique<TextStream>(tokenizer, d.stop);
   }
   const CacheSnapshot start = TakeSnapshot(*rt);
   const auto t0 = std::chrono::steady_clock::now();
@@ -186,13 +184,13 @@ Status RunGenerateBatch(const Args& args) {
     spec.stop = StopTokens(rt->model(), tokenizer, chat);
     spec.sample_vocab = tokenizer.vocab_size();
     spec.on_token = [&item](const SampledToken& t) -> Status {
-      ES_ASSIGN_OR_RETURN(std::string piece, item.decoder->Push(static_cast<TokenId>(t.id)));
-      item.text += item.filter->Push(piece);
+      ES_ASSIGN_OR_RETURN(std::string shown, item.stream->Push(t.id));
+      item.text += shown;
       return Status::Ok();
     };
-    spec.should_stop = [&item] { return item.filter->stopped(); };
+    spec.should_stop = [&item] { return item.stream->stopped(); };
     spec.on_finish = [&item](Result<SequenceResult> r) {
-      if (r.ok()) item.text += item.filter->Push(item.decoder->Finish()) + item.filter->Flush();
+      if (r.ok()) item.text += item.stream->Finish();
       item.result = std::move(r);
     };
     return spec;
@@ -225,7 +223,7 @@ Status RunGenerateBatch(const Args& args) {
     w.BeginObject().Key("results").BeginArray();
     for (size_t i = 0; i < items.size(); ++i) {
       const SequenceResult& r = **items[i].result;
-      const std::string finish = items[i].filter->stopped() ? "stop" : r.finish_reason;
+      const std::string finish = items[i].stream->stopped() ? "stop" : r.finish_reason;
       w.BeginObject().Key("index").Uint(i).Key("text").String(items[i].text).Key("prompt_tokens").Uint(r.prompt_tokens)
           .Key("completion_tokens").Uint(r.ids.size()).Key("finish_reason").String(finish)
           .Key("time_to_first_token_seconds").Double(r.first_token_seconds).EndObject();
