@@ -466,22 +466,11 @@ Result<WarmCheck> CheckWarmCopies(Store& store, bool remove_bad) {
   ES_ASSIGN_OR_RETURN(bool exists, fs->Exists(root));
   if (!exists) return check;
   // Every remote extent the catalog holds, by tier and copy name.
+  std::vector<ExtentRef> local, remote;
+  std::vector<CorruptEntry> undecodable;  // verify itself reports these
+  ES_RETURN_IF_ERROR(CollectExtents(store.catalog(), "", local, undecodable, &remote));
   std::map<std::pair<uint32_t, std::string>, Extent> extents;
-  auto note = [&](const Extent& e) {
-    if (IsRemote(e)) extents[{RemoteTier(e), WarmTier::KeyOf(e)}] = e;
-  };
-  ES_RETURN_IF_ERROR(store.catalog().Scan(Cf::kExperts, "", [&](std::string_view, std::string_view v) {
-    if (auto x = DecodeExpert(v); x.ok()) note(x->extent);
-    return true;
-  }));
-  ES_RETURN_IF_ERROR(store.catalog().Scan(Cf::kTensors, "", [&](std::string_view, std::string_view v) {
-    if (auto t = DecodeTensor(v); t.ok()) note(t->extent);
-    return true;
-  }));
-  ES_ASSIGN_OR_RETURN(std::vector<ModelInfo> models, store.ListModels());
-  for (const ModelInfo& m : models) {
-    for (const AssetInfo& a : m.assets) note(a.extent);
-  }
+  for (const ExtentRef& r : remote) extents[{RemoteTier(r.extent), WarmTier::KeyOf(r.extent)}] = r.extent;
   ES_ASSIGN_OR_RETURN(std::vector<std::string> tiers, fs->ListDir(root));
   for (const std::string& tier : tiers) {
     const std::string dir = JoinPath(root, tier);

@@ -228,15 +228,15 @@ inline constexpr std::string_view kWritePositionKey = "write_position";
 std::string EncodeWritePosition(SegmentWriter::Position p);
 
 // Every local extent the catalog references, with a description, in key order (verify, recovery, compaction,
-// tools); for the whole store (model empty) also the catalog-log records. Extents of remote tiers (IsRemote) are
-// left out and counted in *remote.
+// tools); for the whole store (model empty) also the catalog-log records. Extents of remote tiers (IsRemote) go to
+// *remote instead (dropped when it is null).
 struct ExtentRef {
   std::string what;
   std::string record_key;  // the key stored in the record header
   Extent extent;
 };
 Status CollectExtents(const Catalog& catalog, const std::string& model, std::vector<ExtentRef>& out,
-                      std::vector<CorruptEntry>& undecodable, uint64_t* remote = nullptr);
+                      std::vector<CorruptEntry>& undecodable, std::vector<ExtentRef>* remote = nullptr);
 // Reads the records `refs` describe and checks each as verify does (inside an existing segment with a valid header,
 // no overlaps, header key, length, checksum, padding); what fails is added to report.corrupt.
 Status CheckExtents(ExtentReader& reader, const std::vector<ExtentRef>& refs, VerifyReport& report);

@@ -203,14 +203,14 @@ Status CheckContents(ExtentReader& reader, const std::vector<const ExtentRef*>& 
 }  // namespace
 
 Status CollectExtents(const Catalog& catalog, const std::string& model, std::vector<ExtentRef>& out,
-                      std::vector<CorruptEntry>& undecodable, uint64_t* remote) {
+                      std::vector<CorruptEntry>& undecodable, std::vector<ExtentRef>* remote) {
   std::string prefix = model.empty() ? std::string() : ModelPrefix(model);
-  // Records of a remote tier are in no local segment: counted, left out.
+  // Records of a remote tier are in no local segment: listed apart.
   auto add = [&](ExtentRef ref) {
     if (!IsRemote(ref.extent)) {
       out.push_back(std::move(ref));
     } else if (remote != nullptr) {
-      ++*remote;
+      remote->push_back(std::move(ref));
     }
   };
   ES_RETURN_IF_ERROR(catalog.Scan(Cf::kTensors, prefix, [&](std::string_view key, std::string_view value) {
@@ -286,7 +286,9 @@ uint64_t SegmentSpace::dead_bytes() const {
 Result<VerifyReport> Store::Verify(const std::string& model) {
   VerifyReport report;
   std::vector<ExtentRef> refs;
-  ES_RETURN_IF_ERROR(CollectExtents(*catalog_, model, refs, report.corrupt, &report.remote));
+  std::vector<ExtentRef> remote;
+  ES_RETURN_IF_ERROR(CollectExtents(*catalog_, model, refs, report.corrupt, &remote));
+  report.remote = remote.size();
   if (model.empty()) {
     ES_ASSIGN_OR_RETURN(report.segments, SegmentSpaces(*fs_, segments_dir_, refs));
   }
