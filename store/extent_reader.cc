@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 namespace es {
@@ -26,6 +27,30 @@ Result<File*> ExtentReader::Segment(uint32_t id) {
   segments_.emplace(id, std::move(f).value());
   return raw;
 }
+
+namespace {
+
+// Hands out a read whose bytes are in: the I/O's error, or the payload (unverified for raw reads), or the
+// verifier's verdict with where the record is (`where()`, built only for a failure).
+template <typename Where>
+void Complete(ExtentRead& r, const Status& io, RecordVerifier* verifier, const Where& where) {
+  if (!io.ok()) {
+    r.status = io;
+    return;
+  }
+  if (verifier == nullptr) {
+    r.payload = r.buffer.subspan(kRecordHeaderSize, r.extent.payload_length);
+    return;
+  }
+  auto payload = verifier->Finish();
+  if (!payload.ok()) {
+    r.status = payload.status().WithContext(where());
+    return;
+  }
+  r.payload = *payload;
+}
+
+}  // namespace
 
 void ExtentReader::SetRecordSource(uint32_t tier, std::shared_ptr<RecordSource> source) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -57,22 +82,12 @@ void ExtentReader::ReadRemote(std::span<ExtentRead> reads, const std::vector<siz
     for (size_t i : indices) fetches.push_back({reads[i].extent, reads[i].buffer.first(reads[i].extent.record_length), {}});
     source->FetchRecords(fetches, [&](size_t k) {
       ExtentRead& r = reads[indices[k]];
-      if (!fetches[k].status.ok()) {
-        r.status = fetches[k].status;
-        return;
+      std::optional<RecordVerifier> verifier;
+      if (verify && fetches[k].status.ok()) {
+        verifier.emplace(fetches[k].record, r.extent);
+        verifier->Advance(r.extent.record_length);
       }
-      if (!verify) {
-        r.payload = r.buffer.subspan(kRecordHeaderSize, r.extent.payload_length);
-        return;
-      }
-      RecordVerifier verifier(fetches[k].record, r.extent);
-      verifier.Advance(r.extent.record_length);
-      auto payload = verifier.Finish();
-      if (!payload.ok()) {
-        r.status = payload.status().WithContext(source->Describe(r.extent));
-      } else {
-        r.payload = *payload;
-      }
+      Complete(r, fetches[k].status, verifier ? &*verifier : nullptr, [&] { return source->Describe(r.extent); });
     });
   }
 }
@@ -160,21 +175,9 @@ void ExtentReader::Read(std::span<ExtentRead> reads, bool verify) {
   auto finish = [&](size_t i) {
     ExtentRead& r = reads[i];
     ExtentProgress& p = progress[i];
-    if (!p.io_status.ok()) {
-      r.status = p.io_status;
-      return;
-    }
-    if (!verify) {
-      r.payload = r.buffer.subspan(kRecordHeaderSize, r.extent.payload_length);
-      return;
-    }
-    auto payload = p.verifier->Finish();
-    if (!payload.ok()) {
-      r.status = payload.status().WithContext("segment " + std::to_string(r.extent.segment) + " offset " +
-                                              std::to_string(r.extent.offset));
-      return;
-    }
-    r.payload = *payload;
+    Complete(r, p.io_status, verify ? p.verifier.get() : nullptr, [&] {
+      return "segment " + std::to_string(r.extent.segment) + " offset " + std::to_string(r.extent.offset);
+    });
   };
   if (!remote.empty()) ReadRemote(reads, remote, verify);
   if (io.empty()) return;
