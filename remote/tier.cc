@@ -410,36 +410,37 @@ Result<AttachReport> AttachModel(Store& store, RadosPool& pool, const RadosLocat
   AttachReport report;
   report.model = name;
   report.tier = number;
-  auto to_tier = [&](Extent& e) {
-    if (IsRemote(e)) e.segment = kRemoteSegmentBase + number;
+  // A manifest's extent, moved to this store's tier number; a local one would point into this store's segments.
+  auto to_tier = [&](Extent& e) -> Status {
+    if (!IsRemote(e)) return Status::Corruption("the manifest " + manifest_name + " holds a local extent");
+    e.segment = kRemoteSegmentBase + number;
+    return Status::Ok();
   };
   const std::string prefix = ModelPrefix(name);
   CatalogBatch batch;
+  // A tensor or expert entry, its extent moved to the tier.
+  auto put_record = [&](const Entry& e, auto decode, auto encode, uint64_t& count) -> Status {
+    ES_ASSIGN_OR_RETURN(auto record, decode(e.value));
+    ES_RETURN_IF_ERROR(to_tier(record.extent));
+    batch.Put(e.cf, prefix + e.key, encode(record));
+    ++count;
+    return Status::Ok();
+  };
   for (const Entry& e : entries) {
     switch (e.cf) {
       case Cf::kModels: {
         ModelInfo m = info;
         m.name = name;
-        for (AssetInfo& a : m.assets) to_tier(a.extent);
+        for (AssetInfo& a : m.assets) ES_RETURN_IF_ERROR(to_tier(a.extent));
         batch.Put(Cf::kModels, ModelKey(name), EncodeModel(m));
         break;
       }
-      case Cf::kTensors: {
-        ES_ASSIGN_OR_RETURN(TensorInfo t, DecodeTensor(e.value));
-        if (!IsRemote(t.extent)) return Status::Corruption("the manifest " + manifest_name + " holds a local extent");
-        to_tier(t.extent);
-        batch.Put(Cf::kTensors, prefix + e.key, EncodeTensor(t));
-        ++report.tensors;
+      case Cf::kTensors:
+        ES_RETURN_IF_ERROR(put_record(e, DecodeTensor, EncodeTensor, report.tensors));
         break;
-      }
-      case Cf::kExperts: {
-        ES_ASSIGN_OR_RETURN(ExpertInfo x, DecodeExpert(e.value));
-        if (!IsRemote(x.extent)) return Status::Corruption("the manifest " + manifest_name + " holds a local extent");
-        to_tier(x.extent);
-        batch.Put(Cf::kExperts, prefix + e.key, EncodeExpert(x));
-        ++report.experts;
+      case Cf::kExperts:
+        ES_RETURN_IF_ERROR(put_record(e, DecodeExpert, EncodeExpert, report.experts));
         break;
-      }
       case Cf::kUsage:
       case Cf::kTrust:
       case Cf::kProfiles:
