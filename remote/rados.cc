@@ -126,6 +126,10 @@ Result<std::unique_ptr<RadosPool>> RadosPool::Connect(const CephOptions& options
   int rc = impl->api->create(&impl->cluster, options.id.empty() ? nullptr : options.id.c_str());
   if (rc < 0) return FromErrno(rc, "creating a RADOS client");
   rc = impl->api->conf_read_file(impl->cluster, options.conf.empty() ? nullptr : options.conf.c_str());
+  if (rc == -ENOENT) {
+    return Status::NotFound(options.conf.empty() ? "no Ceph configuration found ($CEPH_CONF, /etc/ceph/ceph.conf)"
+                                                 : "no Ceph configuration at " + options.conf);
+  }
   if (rc < 0) return FromErrno(rc, "reading the configuration of " + where);
   impl->api->conf_parse_env(impl->cluster, nullptr);
   if (!options.keyring.empty()) impl->api->conf_set(impl->cluster, "keyring", options.keyring.c_str());

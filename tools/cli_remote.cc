@@ -56,8 +56,9 @@ Status RunAttach(const Args& args) {
   ES_ASSIGN_OR_RETURN(std::string from, args.Require("from"));
   ES_ASSIGN_OR_RETURN(remote::RadosLocation where, remote::ParseRadosUrl(from));
   ES_ASSIGN_OR_RETURN(remote::CephOptions ceph, CephOptionsFromArgs(args));
-  ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/true, /*create=*/true));
+  // The pool first: an attach that cannot reach it leaves no store behind.
   ES_ASSIGN_OR_RETURN(auto pool, remote::RadosPool::Connect(ceph, where.pool));
+  ES_ASSIGN_OR_RETURN(auto store, OpenStore(args, /*writer=*/true, /*create=*/true));
   ES_ASSIGN_OR_RETURN(remote::AttachReport r,
                       remote::AttachModel(*store, *pool, where, model, args.GetOr("name", ""), ceph));
   if (args.global().json) {
