@@ -4,7 +4,7 @@
 // prompt is prefilled in chunks that share a step's row budget with the others' decode rows, so a long prompt does
 // not stall the sequences already decoding. Each sequence keeps its own KvCache, sampler, stop tokens and
 // callbacks; the engine bounds the number of sequences and the bytes of their KV caches. Tokens in, tokens out:
-// text is the caller's (a StreamDecoder per sequence). Not thread-safe: one thread adds and steps.
+// text is the caller's (a TextStream per sequence, compute/generator.h). Not thread-safe: one thread adds and steps.
 #pragma once
 
 #include <chrono>
