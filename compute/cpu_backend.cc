@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "compute/backend.h"
+#include "compute/lookahead.h"
 #include "compute/moe_routing.h"
 
 namespace es {
@@ -194,17 +195,23 @@ class ForwardState final : public Model::LayerOps {
     return Status::Ok();
   }
 
-  // Guesses the experts of the next prefetch_depth MoE layers from the current hidden state with their
-  // routers, and asks the provider to read them ahead.
+  // Guesses the experts of the next prefetch_depth MoE layers from the current hidden state, with the fitted
+  // lookahead maps where there are some, else with those layers' routers, and asks the provider to read them
+  // ahead.
   Status PrefetchAhead() {
     const size_t E = c_.num_experts;
     const size_t k = routing_.top_k();
     for (uint32_t l : routing_.LayersAhead(layer_)) {
-      ES_ASSIGN_OR_RETURN(auto norm, W().Vector(LayerTensorName(l, "post_attention_layernorm.weight")));
-      ES_ASSIGN_OR_RETURN(auto router, W().Matrix(RouterTensorName(c_, l)));
-      std::vector<float> hn(T_ * H_), logits(T_ * E);
-      ES_RETURN_IF_ERROR(kernels::RmsNorm(ctx_, x_.data(), T_, norm, c_.rms_eps, hn.data()));
-      ES_RETURN_IF_ERROR(kernels::MatMul(ctx_, hn.data(), T_, router, logits.data()));
+      std::vector<float> logits(T_ * E);
+      if (options_.lookahead != nullptr && options_.lookahead->Find(layer_, l) != nullptr) {
+        ES_RETURN_IF_ERROR(options_.lookahead->Logits(ctx_, layer_, l, x_.data(), T_, c_.rms_eps, logits.data()));
+      } else {
+        ES_ASSIGN_OR_RETURN(auto norm, W().Vector(LayerTensorName(l, "post_attention_layernorm.weight")));
+        ES_ASSIGN_OR_RETURN(auto router, W().Matrix(RouterTensorName(c_, l)));
+        std::vector<float> hn(T_ * H_);
+        ES_RETURN_IF_ERROR(kernels::RmsNorm(ctx_, x_.data(), T_, norm, c_.rms_eps, hn.data()));
+        ES_RETURN_IF_ERROR(kernels::MatMul(ctx_, hn.data(), T_, router, logits.data()));
+      }
       std::vector<int32_t> chosen(T_ * k);
       // Not renormalised: the threshold compares each expert's own probability.
       std::vector<float> probability(T_ * k);

@@ -79,12 +79,13 @@ using RoutingPolicyFn = std::function<void(uint32_t layer, std::span<const float
 struct PrefetchAccuracy {
   uint64_t predicted = 0;  // distinct experts predicted for a layer
   uint64_t correct = 0;    // ... that the layer then used
-  uint64_t used = 0;       // distinct experts layers used where a prediction had been made
+  uint64_t used = 0;       // distinct experts used by the layers a prediction was made for (even an empty one)
   double precision() const { return predicted ? static_cast<double>(correct) / static_cast<double>(predicted) : 0; }
   double recall() const { return used ? static_cast<double>(correct) / static_cast<double>(used) : 0; }
 };
 
 class PrefetchGovernor;
+class LookaheadPredictor;
 
 struct ForwardOptions {
   uint32_t top_k = 0;                 // experts per token; 0: the model's
@@ -99,6 +100,9 @@ struct ForwardOptions {
   // When set (and prefetch_depth > 0), it decides step by step whether a single-token forward predicts and
   // prefetches, from the step times it is told (compute/prefetch_governor.h); prefill always prefetches.
   PrefetchGovernor* prefetch_governor = nullptr;
+  // When set, predictions come from its fitted maps (compute/lookahead.h) where it has one for the pair of
+  // layers, instead of the target layer's router applied early. Never changes the output.
+  const LookaheadPredictor* lookahead = nullptr;
   // When set, Forward stores the residual stream entering each MoE block here: [layer] = [tokens, hidden]
   // (empty for dense layers). Calibration restarts ablated rows from these (Model::ForwardRowsFrom).
   std::vector<std::vector<float>>* capture_pre_moe = nullptr;

@@ -106,19 +106,25 @@ const std::vector<uint32_t>& MoeRouting::Predicted(uint32_t layer, std::span<con
   std::sort(ids.begin(), ids.end());
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
   experts_.Prefetch(layer, ids);
-  if (layer >= predicted_.size()) predicted_.resize(layer + 1);
+  if (layer >= predicted_.size()) {
+    predicted_.resize(layer + 1);
+    predicted_made_.resize(layer + 1, false);
+  }
   predicted_[layer] = std::move(ids);
+  predicted_made_[layer] = true;
   return predicted_[layer];
 }
 
 void MoeRouting::ScorePrediction(uint32_t layer, const std::vector<uint32_t>& used) {
   PrefetchAccuracy* acc = options_.prefetch_accuracy;
-  if (acc == nullptr || layer >= predicted_.size() || predicted_[layer].empty()) return;
+  // A layer predicted counts its experts in the recall even when no guess passed the threshold.
+  if (acc == nullptr || layer >= predicted_.size() || !predicted_made_[layer]) return;
   const auto& guess = predicted_[layer];
   acc->predicted += guess.size();
   acc->used += used.size();
   for (uint32_t e : used) acc->correct += std::binary_search(guess.begin(), guess.end(), e);
   predicted_[layer].clear();
+  predicted_made_[layer] = false;
 }
 
 }  // namespace es

@@ -60,6 +60,7 @@ class MoeRouting {
   ExpertProvider& experts_;
   const ForwardOptions& options_;
   std::vector<std::vector<uint32_t>> predicted_;  // per layer: experts predicted for it (sorted), until scored
+  std::vector<bool> predicted_made_;              // per layer: a prediction (perhaps empty) waits to be scored
 };
 
 // Softmax of n logits into out (may not alias), in double for the sum.

@@ -9,6 +9,7 @@
 
 #include "store/base/aligned_buffer.h"
 #include "store/base/thread_pool.h"
+#include "store/metadata.h"
 
 namespace es {
 
@@ -488,6 +489,32 @@ Result<std::string> Store::ReadAsset(const ModelInfo& model, std::string_view as
     return std::string(reinterpret_cast<const char*>(record->payload.data()), record->payload.size());
   }
   return Status::NotFound("model '" + model.name + "' has no asset " + std::string(asset));
+}
+
+Status Store::PutAsset(const std::string& model, std::string_view asset, std::string_view bytes) {
+  ES_ASSIGN_OR_RETURN(auto txn, BeginWrite());
+  ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(*catalog_, model));
+  bool remote = std::any_of(info.assets.begin(), info.assets.end(), [](const AssetInfo& a) { return IsRemote(a.extent); });
+  ES_RETURN_IF_ERROR(catalog_->Scan(Cf::kExperts, ModelPrefix(model), [&](std::string_view, std::string_view value) {
+    auto e = DecodeExpert(value);
+    remote = remote || (e.ok() && IsRemote(e->extent));
+    return false;  // the first expert tells
+  }));
+  if (remote) {
+    return Status::InvalidArgument("model '" + model + "' is attached from a remote tier: its assets are written "
+                                   "where it was published");
+  }
+  ES_ASSIGN_OR_RETURN(Extent extent, txn->AppendRecord(RecordKind::kAsset, AssetRecordKey(model, asset),
+                                                       std::as_bytes(std::span(bytes.data(), bytes.size()))));
+  std::erase_if(info.assets, [&](const AssetInfo& a) {
+    if (a.name != asset) return false;
+    info.total_bytes -= std::min(info.total_bytes, a.extent.payload_length);
+    return true;
+  });
+  info.assets.push_back({std::string(asset), extent});
+  info.total_bytes += bytes.size();
+  txn->batch().Put(Cf::kModels, ModelKey(model), EncodeModel(info));
+  return txn->Commit();
 }
 
 }  // namespace es

@@ -145,6 +145,10 @@ class Store {
   Result<std::vector<ModelInfo>> ListModels();
   // A model asset's bytes (tokenizer.json, ...), verified. NotFound when the model has no such asset.
   Result<std::string> ReadAsset(const ModelInfo& model, std::string_view asset);
+  // Writer only: stores `bytes` as the model's asset `asset` in one transaction, replacing an asset of that name
+  // (whose record becomes dead space). NotFound for an unknown model; InvalidArgument for a model attached from a
+  // remote tier (its records live in the pool).
+  Status PutAsset(const std::string& model, std::string_view asset, std::string_view bytes);
 
   // True when the writer refused further writes after a failed fsync.
   bool writer_dead() const;

@@ -11,6 +11,7 @@
 #include <optional>
 #include <set>
 
+#include "compute/lookahead.h"
 #include "compute/runtime/metadata_jobs.h"
 #include "store/compaction.h"
 #include "store/metadata.h"
@@ -159,6 +160,116 @@ Status RunCalibrate(const Args& args) {
                  "half-samples): another --seed may rank experts differently; calibrate on more text or a larger "
                  "--sample. `trust` shows each contribution's standard error.\n",
                  r.stability.spearman, kStableRankSpearman);
+  }
+  return Status::Ok();
+}
+
+// ---- fit-lookahead --------------------------------------------------------------------------------------
+
+// The texts of a --text or --eval file as token sequences.
+Result<std::vector<std::vector<int32_t>>> EncodeTextFile(const Tokenizer& tokenizer, const std::string& path) {
+  ES_ASSIGN_OR_RETURN(auto texts, ReadTexts(path));
+  std::vector<std::vector<int32_t>> sequences;
+  for (const auto& t : texts) {
+    ES_ASSIGN_OR_RETURN(auto ids, EncodeText(tokenizer, t));
+    if (!ids.empty()) sequences.push_back(std::move(ids));
+  }
+  return sequences;
+}
+
+// The probability thresholds fit-lookahead scores at: 0 (every top-k guess), multiples of chance, and the fit's
+// own, in order.
+std::vector<double> LookaheadThresholds(uint32_t experts, double fitted) {
+  std::vector<double> out{0.0, fitted};
+  for (double m : {1.0, 2.0, 3.0, 4.0, 6.0, 8.0}) out.push_back(m / experts);
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+Status RunFitLookahead(const Args& args) {
+  ES_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
+  ES_ASSIGN_OR_RETURN(std::string path, args.Require("text"));
+  ES_ASSIGN_OR_RETURN(auto rt, Runtime::Open(args, model, RuntimeOptions{.need_tokenizer = true,
+                                                                          .writes_metadata = true}));
+  const ModelConfig& config = rt->model().config();
+  LookaheadFitOptions o;
+  ES_ASSIGN_OR_RETURN(int64_t depth, args.GetInt("depth", kDefaultLookaheadDepth, 1, kMaxLookaheadDepth));
+  ES_ASSIGN_OR_RETURN(o.ridge, args.GetDouble("ridge", kDefaultLookaheadRidge));
+  ES_ASSIGN_OR_RETURN(int64_t window, args.GetInt("window", std::min<int64_t>(config.max_positions, 512), 1,
+                                                  config.max_positions));
+  ES_ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", 0, 0, INT64_MAX));
+  o.depth = static_cast<uint32_t>(depth);
+  o.window = static_cast<size_t>(window);
+  o.max_tokens = static_cast<uint64_t>(max_tokens);
+  o.skip_missing_experts = args.Has("skip-missing-experts");
+  ES_ASSIGN_OR_RETURN(auto sequences, EncodeTextFile(rt->tokenizer(), path));
+  CountProgress progress(args, "fit-lookahead");
+  o.progress = [&](uint64_t done, uint64_t total) { progress.Update(done, total); };
+  ES_ASSIGN_OR_RETURN(LookaheadFitResult fit, FitLookahead(rt->model(), rt->runtime().experts(), sequences, o));
+  progress.Finish();
+  // The held-back windows' score at the threshold the fit chose.
+  LookaheadScore chosen;
+  for (const LookaheadScore& v : fit.validation) {
+    if (static_cast<float>(v.threshold) == fit.predictor.min_prob()) chosen = v;
+  }
+  const bool dry_run = args.Has("dry-run");
+  const std::string bytes = fit.predictor.Serialize();
+  if (!dry_run) ES_RETURN_IF_ERROR(rt->store().PutAsset(model, kLookaheadAsset, bytes));
+
+  // Held-out scores, the routers' and the fit's, at each threshold and depth.
+  struct Row {
+    uint32_t depth;
+    LookaheadScore router, fitted;
+  };
+  std::vector<Row> rows;
+  if (auto eval = args.Get("eval")) {
+    ES_ASSIGN_OR_RETURN(auto held_out, EncodeTextFile(rt->tokenizer(), std::string(*eval)));
+    const std::vector<double> thresholds =
+        LookaheadThresholds(static_cast<uint32_t>(config.num_experts), fit.predictor.min_prob());
+    LookaheadFitOptions eo = o;
+    eo.progress = nullptr;
+    for (uint32_t d = 1; d <= o.depth; ++d) {
+      ES_ASSIGN_OR_RETURN(auto router, ScoreLookahead(rt->model(), rt->runtime().experts(), held_out, nullptr, d,
+                                                      thresholds, eo));
+      ES_ASSIGN_OR_RETURN(auto fitted, ScoreLookahead(rt->model(), rt->runtime().experts(), held_out, &fit.predictor,
+                                                      d, thresholds, eo));
+      for (size_t i = 0; i < thresholds.size(); ++i) rows.push_back({d, router[i], fitted[i]});
+    }
+  }
+  if (args.global().json) {
+    JsonWriter w;
+    w.BeginObject().Key("model").String(model).Key("tokens").Uint(fit.tokens).Key("depth").Uint(o.depth)
+        .Key("ridge").Double(o.ridge).Key("maps").Uint(fit.predictor.size()).Key("bytes").Uint(bytes.size())
+        .Key("stored").Bool(!dry_run).Key("seconds").Double(fit.seconds)
+        .Key("min_prob").Double(fit.predictor.min_prob()).Key("validation_tokens").Uint(fit.validation_tokens)
+        .Key("validation").BeginObject().Key("precision").Double(chosen.precision())
+        .Key("recall").Double(chosen.recall()).EndObject().Key("eval").BeginArray();
+    for (const Row& r : rows) {
+      w.BeginObject().Key("depth").Uint(r.depth).Key("threshold").Double(r.router.threshold);
+      for (const auto& [name, sc] : {std::pair{"router", &r.router}, std::pair{"fitted", &r.fitted}}) {
+        w.Key(name).BeginObject().Key("precision").Double(sc->precision()).Key("recall").Double(sc->recall())
+            .Key("predicted").Uint(sc->predicted).Key("correct").Uint(sc->correct).Key("used").Uint(sc->used)
+            .EndObject();
+      }
+      w.EndObject();
+    }
+    w.EndArray().EndObject();
+    PrintJson(w);
+    return Status::Ok();
+  }
+  std::printf("fitted %zu lookahead maps (depth %u) on %llu tokens in %.1f s, %s%s\n", fit.predictor.size(), o.depth,
+              static_cast<unsigned long long>(fit.tokens), fit.seconds, HumanBytes(bytes.size()).c_str(),
+              dry_run ? "; not stored (--dry-run)" : "; stored as the model's asset expertstore.lookahead");
+  std::printf("prefetch threshold %.4g: next-layer precision %.3f, recall %.3f on %llu held-back tokens of the text\n",
+              fit.predictor.min_prob(), chosen.precision(), chosen.recall(),
+              static_cast<unsigned long long>(fit.validation_tokens));
+  if (!rows.empty()) {
+    std::printf("held-out: depth threshold | router precision recall | fitted precision recall\n");
+    for (const Row& r : rows) {
+      std::printf("%u %.4f | %.3f %.3f | %.3f %.3f\n", r.depth, r.router.threshold, r.router.precision(),
+                  r.router.recall(), r.fitted.precision(), r.fitted.recall());
+    }
   }
   return Status::Ok();
 }
@@ -429,6 +540,21 @@ void RegisterMetadataCommands(std::vector<Command>& commands) {
                             {"seed", true, "sampling seed"},
                             {"trust-mix", true, "trust weights of convergence, stability, efficiency (default 0.5,0.25,0.25)"}}),
                       RunCalibrate});
+  commands.push_back({"fit-lookahead",
+                      "fit-lookahead --model M --text FILE [--depth D] [--ridge R] [--window N] [--max-tokens N] "
+                      "[--eval FILE] [--dry-run]",
+                      "fit the prefetcher's lookahead maps (residual stream to the next layers' router logits) on a "
+                      "text and store them with the model",
+                      with({{"model", true, "model name"},
+                            {"text", true, "text file to fit on (a .jsonl file: one sequence per {\"text\"} line)"},
+                            {"depth", true, "MoE layers ahead to fit maps for (default 1, at most 4)"},
+                            {"ridge", true, "pull toward the layers' own routers, as a share of the inputs' mean "
+                                            "square (default 0.01)"},
+                            {"window", true, "tokens per forward pass (default min(context, 512))"},
+                            {"max-tokens", true, "fit on about this many tokens at most"},
+                            {"eval", true, "score the routers' and the fitted predictions on this held-out text"},
+                            {"dry-run", false, "fit (and score) without storing"}}),
+                      RunFitLookahead});
   commands.push_back({"query", "query (--model M | --domain D --all-models) [--domain D] [--layer L] [--top N] [--order lift,trust,activations]",
                       "rank experts by lift for a domain, trust or activations",
                       {{"model", true, "model name"},

@@ -20,6 +20,8 @@ std::vector<FlagSpec> RuntimeFlags() {
       {"prefetch", true, "layers to prefetch ahead (overrides the state's; 0 disables)"},
       {"prefetch-min-prob", true, "prefetch a predicted expert only when the lookahead router gives it at least this "
                                   "probability (default: 2 / experts per layer, twice chance)"},
+      {"prefetch-predictor", true, "what predicts the experts to prefetch: auto (default: the maps fit-lookahead "
+                                   "stored, else the next layers' routers), router or fitted"},
       {"miss-precision", true, "serve experts not in the cache from the model's low-bit copy in this format (quantize "
                                "--add-tier), loading the often used ones at full precision behind: NOT EXACT"},
       {"miss-tier-share", true, "with --miss-precision: the share of the cache's memory for the low-bit copies "
@@ -139,6 +141,7 @@ Result<RuntimeConfig> RuntimeConfigFromArgs(const Args& args) {
   if (args.Has("prefetch-min-prob")) {
     ES_ASSIGN_OR_RETURN(c.prefetch_min_prob, args.GetDouble("prefetch-min-prob", 0));
   }
+  c.prefetch_predictor = args.GetOr("prefetch-predictor", c.prefetch_predictor);
   if (auto tier = args.Get("miss-precision")) c.miss_precision = std::string(*tier);
   if (args.Has("miss-tier-share")) {
     ES_ASSIGN_OR_RETURN(c.miss_tier_share, args.GetDouble("miss-tier-share", 0));

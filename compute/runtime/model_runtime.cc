@@ -209,6 +209,9 @@ Status ValidateRuntimeConfig(const RuntimeConfig& c) {
   if (c.routing_margin && !(*c.routing_margin >= 0 && *c.routing_margin <= 1)) {
     return Status::InvalidArgument("`routing_margin` must be in [0, 1]");
   }
+  if (c.prefetch_predictor != "auto" && c.prefetch_predictor != "router" && c.prefetch_predictor != "fitted") {
+    return Status::InvalidArgument("prefetch predictor '" + c.prefetch_predictor + "': expected auto, router or fitted");
+  }
   if (c.prefetch_min_prob && !(*c.prefetch_min_prob >= 0 && *c.prefetch_min_prob <= 1)) {
     return Status::InvalidArgument("`prefetch_min_prob` must be in [0, 1]");
   }
@@ -425,6 +428,20 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
       static_cast<float>(c.prefetch_min_prob.value_or(DefaultPrefetchMinProb(config.num_experts)));
   rt->forward_.prefetch_accuracy = rt->accuracy_.get();
   rt->forward_.prefetch_governor = rt->governor_.get();
+  std::string predictor_text;
+  if (budget.prefetch_depth > 0 && c.prefetch_predictor != "router") {
+    auto fitted = LoadLookahead(store, *rt->model_);
+    if (fitted.ok()) {
+      rt->lookahead_ = std::make_unique<LookaheadPredictor>(std::move(fitted).value());
+      rt->forward_.lookahead = rt->lookahead_.get();
+      if (!c.prefetch_min_prob) rt->forward_.prefetch_min_prob = rt->lookahead_->min_prob();
+      char text[64];
+      std::snprintf(text, sizeof(text), " (fitted lookahead, min prob %.3g)", rt->forward_.prefetch_min_prob);
+      predictor_text = text;
+    } else if (!fitted.status().IsNotFound() || c.prefetch_predictor == "fitted") {
+      return fitted.status().WithContext("the model's fitted lookahead (the routers predict without it)");
+    }
+  }
   if (routing == RoutingKind::kCacheAware) {
     ExpertCache* cache = &provider->cache();
     rt->forward_.routing = MakeCacheAwareRouting(
@@ -437,7 +454,7 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
                      std::string(provider->cache().policy_name()) + BypassText(provider->cache()) + "; " +
                      size_reason + "), " +
                      std::to_string(budget.experts_per_token) + " experts per token, prefetch " +
-                     std::to_string(budget.prefetch_depth) + ", routing " + rt->routing_ + ", " +
+                     std::to_string(budget.prefetch_depth) + predictor_text + ", routing " + rt->routing_ + ", " +
                      rt->ExactnessText() + no_tier_text + recording;
   rt->cache_provider_ = provider.get();
   rt->experts_ = std::move(provider);

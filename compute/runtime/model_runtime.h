@@ -16,6 +16,7 @@
 #include "compute/runtime/backend_choice.h"
 #include "compute/cache_provider.h"
 #include "compute/expert_provider.h"
+#include "compute/lookahead.h"
 #include "compute/kernels/parallel.h"
 #include "compute/model.h"
 #include "compute/prefetch_governor.h"
@@ -102,6 +103,9 @@ struct RuntimeConfig {
   std::string focus_domain;                // trust routing: favour this profiled domain's experts
   std::optional<uint32_t> prefetch;        // layers prefetched ahead
   std::optional<double> prefetch_min_prob;  // lookahead router probability a prediction needs (ForwardOptions)
+  // What predicts the experts to prefetch: "auto" (the model's fitted lookahead maps when `fit-lookahead` stored
+  // some, else the next layers' routers applied early), "router" or "fitted" (NotFound without a fit).
+  std::string prefetch_predictor = "auto";
   // Serve the experts not resident in the cache from the model's low-bit copy in this format (the model
   // "MODEL.tier-FORMAT" that `quantize --add-tier FORMAT` writes), loading their full precision in the background:
   // NOT EXACT. Unset: every expert at the model's own precision.
@@ -191,6 +195,7 @@ class ModelRuntime {
   ForwardOptions forward_;
   std::unique_ptr<PrefetchAccuracy> accuracy_ = std::make_unique<PrefetchAccuracy>();
   std::unique_ptr<PrefetchGovernor> governor_ = std::make_unique<PrefetchGovernor>();
+  std::unique_ptr<LookaheadPredictor> lookahead_;  // the fitted maps forward_ predicts with, when loaded
   std::map<std::string, uint64_t> precision_mix_;
   std::unique_ptr<UsageRecorder> recorder_;
   std::string state_ = "focus";
