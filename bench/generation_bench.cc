@@ -23,6 +23,7 @@
 #include <filesystem>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <random>
 
 #include "cache/model_experts.h"
@@ -31,6 +32,7 @@
 #include "compute/runtime/model_runtime.h"
 #include "compute/cache_provider.h"
 #include "compute/generator.h"
+#include "compute/lookahead.h"
 #include "compute/model.h"
 #include "compute/prefetch_governor.h"
 #include "ingest/ingest.h"
@@ -135,7 +137,12 @@ enum PrefetchArg : int64_t {
                             // (MODEL.tier-Q4_K, quantize --add-tier; the row skips without it), the copies
                             // given half the budget (--miss-tier-share 0.5): NOT EXACT
   kMissTierQ4KMost = 5,     // as 4, the copies given 90% of the budget (--miss-tier-share 0.9)
+  kPrefetchFitted = 6,      // depth 1, the model's fitted lookahead (fit-lookahead; the row skips without one) at
+                            // its own threshold
+  kPrefetchFittedGoverned = 7,  // as 6, governed (the runtime's default for a model with a fit)
 };
+
+bool IsFitted(PrefetchArg a) { return a == kPrefetchFitted || a == kPrefetchFittedGoverned; }
 
 bool IsMissTier(PrefetchArg a) { return a == kMissTierQ4KHalf || a == kMissTierQ4KMost; }
 
@@ -177,10 +184,23 @@ void BM_Cached(benchmark::State& state) {
   fo.prefetch_depth = prefetch == kPrefetchOff ? 0 : 1;
   fo.prefetch_min_prob =
       prefetch >= kPrefetchConfident ? static_cast<float>(DefaultPrefetchMinProb(c.num_experts)) : 0.0f;
+  std::optional<LookaheadPredictor> fitted;
+  if (IsFitted(prefetch)) {
+    auto f = LoadLookahead(*g_store, *g_net);
+    if (!f.ok()) {
+      state.SkipWithError(f.status().ToString().c_str());
+      return;
+    }
+    fitted = std::move(f).value();
+    fo.lookahead = &*fitted;
+    fo.prefetch_min_prob = fitted->min_prob();
+  }
   PrefetchAccuracy acc;
   fo.prefetch_accuracy = &acc;
   PrefetchGovernor governor;
-  if (prefetch >= kPrefetchGoverned) fo.prefetch_governor = &governor;
+  if (prefetch == kPrefetchGoverned || IsMissTier(prefetch) || prefetch == kPrefetchFittedGoverned) {
+    fo.prefetch_governor = &governor;
+  }
   // Warm-up (a prompt of its own): the cache fills as it would over a conversation, the governor measures.
   RunOnce(**provider, fo);
   acc = {};
@@ -200,7 +220,7 @@ void BM_Cached(benchmark::State& state) {
         static_cast<double>((*provider)->counters().tier_uses - tier_before) /
         static_cast<double>(std::max<uint64_t>(1, state.iterations() * (kPromptTokens + g_decode_tokens)));
   }
-  if (prefetch >= kPrefetchGoverned) {
+  if (fo.prefetch_governor != nullptr) {
     state.counters["governor_prefetches"] = governor.PrefersPrefetch() ? 1 : 0;
     state.counters["step_ms_prefetch"] = governor.mode(true).seconds * 1e3;
     state.counters["step_ms_no_prefetch"] = governor.mode(false).seconds * 1e3;
@@ -356,6 +376,8 @@ void CacheArgs(benchmark::internal::Benchmark* b) {
     b->Args({pct, 1, kPrefetchGoverned});
     b->Args({pct, 0, kMissTierQ4KHalf});
     b->Args({pct, 0, kMissTierQ4KMost});
+    b->Args({pct, 0, kPrefetchFitted});
+    b->Args({pct, 0, kPrefetchFittedGoverned});
   }
 }
 

@@ -45,6 +45,21 @@ Result<TraceStep> ParseStep(std::string_view text, size_t line) {
     }
     step.experts.push_back(static_cast<uint32_t>(*v));
   }
+  if (const JsonValue* predicted = doc->Find("predicted"); predicted != nullptr && !predicted->is_null()) {
+    if (!predicted->is_array()) return LineError(line, "predicted must be an array");
+    std::unordered_set<uint32_t> guessed;
+    step.predicted.emplace();
+    for (const JsonValue& e : predicted->array()) {
+      auto v = e.AsUint64();
+      if (!e.is_integer() || !v.ok() || *v > UINT32_MAX) {
+        return LineError(line, "predicted must hold 32-bit unsigned integers");
+      }
+      if (!guessed.insert(static_cast<uint32_t>(*v)).second) {
+        return LineError(line, "predicted expert " + std::to_string(*v) + " appears twice");
+      }
+      step.predicted->push_back(static_cast<uint32_t>(*v));
+    }
+  }
   if (const JsonValue* weights = doc->Find("weights"); weights != nullptr && !weights->is_null()) {
     if (!weights->is_array() || weights->array().size() != step.experts.size()) {
       return LineError(line, "weights must be an array as long as experts");
@@ -97,6 +112,11 @@ std::string FormatTraceLine(const TraceStep& step) {
   if (!step.weights.empty()) {
     w.Key("weights").BeginArray();
     for (double v : step.weights) w.Double(v);
+    w.EndArray();
+  }
+  if (step.predicted) {
+    w.Key("predicted").BeginArray();
+    for (uint32_t e : *step.predicted) w.Uint(e);
     w.EndArray();
   }
   w.EndObject();

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -18,6 +19,9 @@ struct TraceStep {
   uint32_t layer = 0;
   std::vector<uint32_t> experts;  // the router's picks, distinct, in the router's order
   std::vector<double> weights;    // their routing weights; empty when the trace has none
+  // The experts the prefetcher was asked to read for this step before it ran (distinct), when a prediction was made
+  // for it (`trace` with prefetch on); empty when the prediction passed no guess. Unset: none was made.
+  std::optional<std::vector<uint32_t>> predicted;
 };
 
 // InvalidArgument naming the 1-based line for any malformed line. Blank lines are skipped.

@@ -292,6 +292,7 @@ Status TraceRouting(Model& model, ExpertProvider& experts, std::span<const int32
       step.experts.push_back(static_cast<uint32_t>(e.experts[j]));
       step.weights.push_back(e.weights[j]);
     }
+    if (e.predicted != nullptr) step.predicted = *e.predicted;
     stepped = on_step(step);
   };
   KvCache kv(model.config(), std::min<size_t>(model.config().max_positions, ids.size()));

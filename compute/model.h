@@ -68,6 +68,9 @@ struct RoutingEvent {
   uint32_t layer = 0;
   std::span<const int32_t> experts;  // selected, in router order
   std::span<const float> weights;    // their routing weights (after any renormalisation)
+  // The experts predicted for this layer before it ran (sorted; the union over the Forward's rows), or null when
+  // no prediction was made for it.
+  const std::vector<uint32_t>* predicted = nullptr;
 };
 
 // Picks experts from router probabilities when a policy other than the model's own router is in force

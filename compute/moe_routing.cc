@@ -71,7 +71,9 @@ Result<std::vector<ExpertRows>> MoeRouting::Dispatch(uint32_t layer, size_t toke
       }
     }
     if (options_.observer) {
-      options_.observer({t, position(t), layer, chosen.subspan(t * k, k), weights.subspan(t * k, k)});
+      const bool made = layer < predicted_made_.size() && predicted_made_[layer];
+      options_.observer({t, position(t), layer, chosen.subspan(t * k, k), weights.subspan(t * k, k),
+                         made ? &predicted_[layer] : nullptr});
     }
   }
   std::vector<ExpertRows> out;

@@ -225,6 +225,7 @@ Result<bench::CacheReplayOptions> CacheReplayFlags(const Args& args) {
     ES_ASSIGN_OR_RETURN(o.trust_weights, ParseTrustWeights(*w));
   }
   o.reader = args.Has("reader");
+  o.prefetch = args.Has("prefetch");
   return o;
 }
 
@@ -251,6 +252,12 @@ void PrintCacheJson(const std::string& model, const std::string& source, size_t 
           .Key("accesses_per_second").Double(static_cast<double>(p.reader->hits + p.reader->misses) / p.reader->seconds)
           .EndObject();
     }
+    if (p.prefetch) {
+      w.Key("prefetch").BeginObject().Key("hit_rate").Double(p.prefetch->hit_rate())
+          .Key("reads_per_access").Double(p.prefetch->reads_per_access()).Key("misses").Uint(p.prefetch->misses)
+          .Key("prefetches").Uint(p.prefetch->prefetches).Key("prefetch_hits").Uint(p.prefetch->prefetch_hits)
+          .Key("prefetch_wasted").Uint(p.prefetch->prefetch_wasted).EndObject();
+    }
     w.EndObject();
   }
   w.EndObject().EndObject();
@@ -262,12 +269,19 @@ void PrintCacheTable(const std::string& model, const std::string& source, size_t
   std::printf("bench cache: model %s, trace %s (%zu lines, %llu accesses), cache %u of %zu experts (%s)\n",
               model.c_str(), source.c_str(), lines, static_cast<unsigned long long>(r.accesses), r.capacity_experts,
               experts.experts().size(), HumanBytes(r.cache_bytes).c_str());
-  std::printf("  %-8s %9s %12s %12s%s\n", "policy", "hit rate", "hits", "misses",
+  const bool prefetch = !r.policies.empty() && r.policies[0].prefetch;
+  std::printf("  %-8s %9s %12s %12s%s%s\n", "policy", "hit rate", "hits", "misses",
+              prefetch ? "   with prefetch: hit rate, reads/access" : "",
               r.policies.empty() || !r.policies[0].reader ? "" : "   live cache: seconds, read, GB/s");
   for (const bench::PolicyReplay& p : r.policies) {
     std::printf("  %-8s %8.2f%% %12llu %12llu", std::string(PolicyKindName(p.policy)).c_str(),
                 kPercent * p.sim.hit_rate(), static_cast<unsigned long long>(p.sim.hits),
                 static_cast<unsigned long long>(p.sim.misses));
+    if (p.prefetch) {
+      std::printf("   %8.2f%% %6.3f", kPercent * p.prefetch->hit_rate(), p.prefetch->reads_per_access());
+    } else if (prefetch) {
+      std::printf("   %8s %6.3f", "-", p.sim.reads_per_access());
+    }
     if (p.reader) {
       std::printf("   %8.2f s %10s %6.2f", p.reader->seconds, HumanBytes(p.reader->bytes_read).c_str(), p.reader->gbps());
     }
@@ -338,7 +352,7 @@ void RegisterBenchCommands(std::vector<Command>& commands) {
       "bench",
       "bench swapin --model M [--reads N --batches N --repeat N --k K --scratch-dir D --no-prime --queue-depth Q "
       "--request-kb KB --seed S] | bench cache --model M (--trace T.jsonl | --synthetic [--tokens N --seed S]) "
-      "(--cache-mb N | --cache-pct P) [--policies lru,lfu,trust,reuse,arc,belady --trust-weights r,c,s,z --write-trace OUT --reader]",
+      "(--cache-mb N | --cache-pct P) [--policies lru,lfu,trust,reuse,arc,belady --trust-weights r,c,s,z --write-trace OUT --reader --prefetch]",
       "benchmarks: cold expert swap-in vs raw device, pread and mmap; policy hit rates on a routing trace",
       {
           {"model", true, "model name"},
@@ -357,6 +371,8 @@ void RegisterBenchCommands(std::vector<Command>& commands) {
           {"tokens", true, WithDefault("cache: tokens of the synthetic trace", bench::kDefaultSyntheticTokens)},
           {"write-trace", true, "cache: also write the trace replayed to this file"},
           {"reader", false, "cache: also replay through a live cache reading the store (hit rates tied to time)"},
+          {"prefetch", false, "cache: also replay each policy with the trace's predictions prefetched (a trace "
+                              "written with prefetch on)"},
           {"cache-mb", true, "cache: cache size in MiB"},
           {"cache-pct", true, "cache: cache size as a percentage of the model's experts"},
           {"policies", true, "cache: comma-separated policies (default lru,lfu,trust,reuse,arc,belady)"},

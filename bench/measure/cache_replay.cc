@@ -92,7 +92,10 @@ Result<CacheReplayResult> ReplayCachePolicies(const ModelExperts& experts, std::
   for (PolicyKind kind : options.policies) {
     config.kind = kind;
     ES_ASSIGN_OR_RETURN(SimResult sim, SimulatePolicy(trace, out.capacity_experts, config));
-    PolicyReplay replay{kind, sim, std::nullopt, CachedLayers(config)};
+    PolicyReplay replay{kind, sim, std::nullopt, std::nullopt, CachedLayers(config)};
+    if (options.prefetch && kind != PolicyKind::kBelady) {
+      ES_ASSIGN_OR_RETURN(replay.prefetch, SimulatePolicy(trace, out.capacity_experts, config, {.prefetch = true}));
+    }
     if (options.reader && kind != PolicyKind::kBelady) {
       ES_ASSIGN_OR_RETURN(replay.reader, ReplayWithReader(*store, experts, steps, out.cache_bytes, kind,
                                                           options.trust_weights));

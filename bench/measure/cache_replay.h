@@ -35,6 +35,9 @@ struct CacheReplayOptions {
   // Also replay the trace through a live ExpertCache of the same size (no prefetch) reading the store; needs
   // ReplayCachePolicies' `store`.
   bool reader = false;
+  // Also replay each policy but belady with the trace's predictions prefetched (SimulateOptions::prefetch); the
+  // trace must carry them (`trace` writes them when it prefetches).
+  bool prefetch = false;
 };
 
 // A replay through the live cache (ReplayWithReader).
@@ -51,6 +54,7 @@ struct PolicyReplay {
   PolicyKind policy = PolicyKind::kLru;
   SimResult sim;
   std::optional<ReaderReplay> reader;  // with CacheReplayOptions::reader, for every policy but belady
+  std::optional<SimResult> prefetch;   // with CacheReplayOptions::prefetch, for every policy but belady
   uint32_t cached_layers = 0;          // CachedLayers: fewer than the model's when the policy bypasses some
 };
 

@@ -66,6 +66,41 @@ TEST_F(CliBenchTest, CachePrintsEveryPolicyWithBeladyOnTop) {
   EXPECT_EQ(a.str(), b.str());
 }
 
+TEST_F(CliBenchTest, CacheReplaysATracesPredictions) {
+  // Two layers; each step predicted right (its own experts), so prefetch turns the misses of cold experts into hits.
+  std::string text;
+  for (int token = 0; token < 40; ++token) {
+    for (int layer = 0; layer < 2; ++layer) {
+      const int a = (token * 3 + layer) % 16, b = (token * 5 + 7 + layer) % 16;
+      if (a == b) continue;
+      text += "{\"token\":" + std::to_string(token) + ",\"layer\":" + std::to_string(layer) + ",\"experts\":[" +
+              std::to_string(a) + "," + std::to_string(b) + "],\"predicted\":[" + std::to_string(a) + "," +
+              std::to_string(b) + "]}\n";
+    }
+  }
+  std::FILE* f = std::fopen(dir_.Sub("p.jsonl").c_str(), "w");
+  std::fputs(text.c_str(), f);
+  std::fclose(f);
+  CliResult r = RunCli("bench cache " + Store() + " --model m --trace " + dir_.Sub("p.jsonl") +
+                       " --cache-pct 25 --prefetch --policies lru,reuse,belady --json");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  auto doc = ParseJson(r.out);
+  ASSERT_TRUE(doc.ok()) << r.out;
+  const JsonValue* policies = doc->Find("policies");
+  EXPECT_EQ(policies->Find("belady")->Find("prefetch"), nullptr);
+  const double belady_reads =
+      static_cast<double>(*policies->Find("belady")->Find("misses")->AsUint64()) / *doc->Find("accesses")->AsDouble();
+  for (const char* p : {"lru", "reuse"}) {
+    const JsonValue* pf = policies->Find(p)->Find("prefetch");
+    ASSERT_NE(pf, nullptr) << p;
+    EXPECT_GT(*pf->Find("hit_rate")->AsDouble(), *policies->Find(p)->Find("hit_rate")->AsDouble()) << p;
+    EXPECT_GT(*pf->Find("prefetch_hits")->AsUint64(), 0u) << p;
+    EXPECT_GE(*pf->Find("reads_per_access")->AsDouble(), belady_reads) << p;
+  }
+  // A trace without predictions cannot be replayed with prefetch.
+  EXPECT_EQ(RunCli("bench cache " + Store() + " --model m --synthetic --cache-pct 25 --prefetch").exit_code, 2);
+}
+
 TEST_F(CliBenchTest, CacheRejectsBadInvocations) {
   EXPECT_EQ(RunCli("bench cache " + Store() + " --model m --cache-pct 25").exit_code, 2);  // no trace
   EXPECT_EQ(RunCli("bench cache " + Store() + " --model m --synthetic").exit_code, 2);     // no size

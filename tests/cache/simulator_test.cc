@@ -42,6 +42,9 @@ TEST(TraceTest, RejectsEachBadInputClassNamingTheLine) {
       {"duplicate expert", "{\"token\":0,\"layer\":0,\"experts\":[1,1]}"},
       {"weights length", "{\"token\":0,\"layer\":0,\"experts\":[1,2],\"weights\":[1]}"},
       {"weight not number", "{\"token\":0,\"layer\":0,\"experts\":[1],\"weights\":[true]}"},
+      {"predicted not array", "{\"token\":0,\"layer\":0,\"experts\":[1],\"predicted\":1}"},
+      {"predicted not integer", "{\"token\":0,\"layer\":0,\"experts\":[1],\"predicted\":[0.5]}"},
+      {"duplicate prediction", "{\"token\":0,\"layer\":0,\"experts\":[1],\"predicted\":[2,2]}"},
   };
   for (const auto& [what, line] : bad) {
     auto t = ParseTrace(std::string(good) + line + "\n");
@@ -67,6 +70,22 @@ TEST(TraceTest, WriteReadRoundTrip) {
     EXPECT_EQ((*back)[i].weights, (*steps)[i].weights);  // shortest round-trip doubles
   }
   EXPECT_TRUE(ReadTrace(dir.Sub("absent.jsonl")).status().IsNotFound());
+}
+
+TEST(TraceTest, PredictionsRoundTripAndAreOptional) {
+  TraceStep none{0, 1, {3}, {}, {}};
+  TraceStep empty{0, 2, {4}, {}, std::vector<uint32_t>{}};
+  TraceStep some{1, 1, {5, 6}, {}, std::vector<uint32_t>{6, 2}};
+  EXPECT_EQ(FormatTraceLine(none).find("predicted"), std::string::npos);
+  std::string text;
+  for (const TraceStep& s : {none, empty, some}) text += FormatTraceLine(s) + "\n";
+  auto back = ParseTrace(text);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  ASSERT_EQ(back->size(), 3u);
+  EXPECT_FALSE((*back)[0].predicted.has_value());
+  ASSERT_TRUE((*back)[1].predicted.has_value());
+  EXPECT_TRUE((*back)[1].predicted->empty());
+  EXPECT_EQ((*back)[2].predicted, (std::vector<uint32_t>{6, 2}));
 }
 
 TEST(SyntheticTraceTest, ShapeAndDeterminism) {
@@ -130,15 +149,23 @@ TEST(SyntheticTraceTest, HasTemporalLocality) {
 }
 
 TEST(SimulatorTest, FlattenMapsKeysAndSkipsAbsentExperts) {
-  std::vector<TraceStep> steps = {{0, 1, {2, 3}, {}}, {0, 0, {1}, {}}};
+  std::vector<TraceStep> steps = {{0, 1, {2, 3}, {}, {}}, {0, 0, {1}, {}, {}}};
   auto t = FlattenTrace(steps, KeySpace{2, 4}, [](PolicyKey k) { return k != 7; });
   ASSERT_TRUE(t.ok());
   EXPECT_EQ(t->keys, (std::vector<PolicyKey>{6, 1}));  // 1*4+2; 1*4+3 = 7 skipped; 0*4+1
   EXPECT_EQ(t->group_begin, (std::vector<size_t>{0, 1, 2}));
   EXPECT_EQ(t->skipped, 1u);
-  std::vector<TraceStep> outside = {{0, 2, {0}, {}}};
+  EXPECT_FALSE(t->has_predictions());
+  // Predictions travel per group, absent experts left out; a step without one has an empty range.
+  steps[0].predicted = std::vector<uint32_t>{3, 0};
+  auto p = FlattenTrace(steps, KeySpace{2, 4}, [](PolicyKey k) { return k != 7; });
+  ASSERT_TRUE(p.ok());
+  ASSERT_TRUE(p->has_predictions());
+  EXPECT_EQ(p->predicted, (std::vector<PolicyKey>{4}));  // 1*4+3 = 7 skipped; 1*4+0
+  EXPECT_EQ(p->predicted_begin, (std::vector<size_t>{0, 1, 1}));
+  std::vector<TraceStep> outside = {{0, 2, {0}, {}, {}}};
   EXPECT_TRUE(FlattenTrace(outside, KeySpace{2, 4}).status().IsInvalidArgument());
-  std::vector<TraceStep> wide = {{0, 0, {4}, {}}};
+  std::vector<TraceStep> wide = {{0, 0, {4}, {}, {}}};
   EXPECT_TRUE(FlattenTrace(wide, KeySpace{2, 4}).status().IsInvalidArgument());
 }
 
@@ -186,6 +213,88 @@ TEST(SimulatorTest, KeysOfTheCurrentBatchAreNeverVictims) {
   wide.group_begin = {0, 4};
   EXPECT_TRUE(SimulatePolicy(wide, 3, {.kind = PolicyKind::kLru}).status().IsResourceExhausted());
   EXPECT_TRUE(SimulatePolicy(wide, 0, {.kind = PolicyKind::kLru}).status().IsInvalidArgument());
+}
+
+// A trace of one expert per line with the given predictions per line.
+AccessTrace PredictedTrace(std::vector<PolicyKey> keys, std::vector<std::vector<PolicyKey>> predicted) {
+  AccessTrace t;
+  t.num_keys = 8;
+  t.keys = std::move(keys);
+  for (size_t g = 0; g <= t.keys.size(); ++g) t.group_begin.push_back(g);
+  for (const auto& p : predicted) {
+    t.predicted_begin.push_back(t.predicted.size());
+    t.predicted.insert(t.predicted.end(), p.begin(), p.end());
+  }
+  t.predicted_begin.push_back(t.predicted.size());
+  return t;
+}
+
+TEST(SimulatorTest, RightPredictionsBecomeHitsAndEveryReadIsCounted) {
+  // Capacity 2, four lines that never repeat: without prefetch every access misses. Each line predicted right
+  // before it: the read lands while the previous line (pinned) computes, evicting the line before that.
+  AccessTrace t = PredictedTrace({0, 4, 1, 5}, {{}, {4}, {1}, {5}});
+  auto plain = SimulatePolicy(t, 2, {.kind = PolicyKind::kLru});
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->hits, 0u);
+  EXPECT_EQ(plain->prefetches, 0u);
+  auto r = SimulatePolicy(t, 2, {.kind = PolicyKind::kLru}, {.prefetch = true});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->accesses, 4u);
+  EXPECT_EQ(r->hits, 3u);
+  EXPECT_EQ(r->misses, 1u);
+  EXPECT_EQ(r->prefetches, 3u);
+  EXPECT_EQ(r->prefetch_hits, 3u);
+  EXPECT_EQ(r->prefetch_wasted, 0u);
+  EXPECT_DOUBLE_EQ(r->reads_per_access(), 1.0);  // prefetch hides reads; it does not save them
+
+  // A resident prediction is not read again.
+  AccessTrace again = PredictedTrace({0, 0}, {{}, {0}});
+  auto a = SimulatePolicy(again, 2, {.kind = PolicyKind::kLru}, {.prefetch = true});
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->prefetches, 0u);
+  EXPECT_EQ(a->hits, 1u);
+
+  // A wrong guess is read, demoted after its line, and the first victim of the next read: wasted.
+  AccessTrace wrong = PredictedTrace({0, 4, 1, 0}, {{}, {6}, {1}, {}});
+  auto w = SimulatePolicy(wrong, 2, {.kind = PolicyKind::kLru}, {.prefetch = true});
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->prefetches, 2u);
+  EXPECT_EQ(w->prefetch_hits, 1u);
+  EXPECT_EQ(w->prefetch_wasted, 1u);
+  // 0 is evicted by 4's miss (6 is an unused prefetch but not yet demoted; lru takes the older 0), then 6 goes
+  // first for 1, so line 4 finds 0 gone: 1 hit of 4.
+  EXPECT_EQ(w->hits, 1u);
+
+  AccessTrace bare = t;
+  bare.predicted.clear();
+  bare.predicted_begin.clear();
+  EXPECT_TRUE(SimulatePolicy(bare, 2, {.kind = PolicyKind::kLru}, {.prefetch = true}).status().IsInvalidArgument());
+}
+
+TEST(SimulatorTest, APolicyCanRefuseAPrefetchItsVictimOutranks) {
+  // reuse refuses to evict an expert expected back before the predicted one's layer: with every slot holding
+  // the layer-0 experts that come back next token, a prediction for a cold layer-1 expert is dropped.
+  AccessTrace t;
+  t.num_keys = 8;
+  t.layers = 2;
+  // Keys 0..3 are layer 0, 4..7 layer 1. Tokens use {0, 1} at layer 0 and {4} at layer 1, many times.
+  for (int token = 0; token < 20; ++token) {
+    t.group_begin.push_back(t.keys.size());
+    t.keys.insert(t.keys.end(), {0, 1});
+    t.predicted_begin.push_back(t.predicted.size());
+    t.group_begin.push_back(t.keys.size());
+    t.keys.push_back(4);
+    t.predicted_begin.push_back(t.predicted.size());
+    t.predicted.push_back(token == 19 ? 5 : 4);  // the last prediction is a cold expert
+  }
+  t.group_begin.push_back(t.keys.size());
+  t.predicted_begin.push_back(t.predicted.size());
+  auto r = SimulatePolicy(t, 3, {.kind = PolicyKind::kReuse}, {.prefetch = true});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->prefetches, 1u);  // 4, into a free slot at the first token; 5 would evict 0, 1 or 4
+  auto lru = SimulatePolicy(t, 3, {.kind = PolicyKind::kLru}, {.prefetch = true});
+  ASSERT_TRUE(lru.ok());
+  EXPECT_EQ(lru->prefetches, 2u);  // lru has no estimate and takes 5 too
 }
 
 }  // namespace

@@ -243,6 +243,52 @@ TEST_F(MetadataCliTest, CalibrateStoresTrustComponentsInTheUnitInterval) {
   EXPECT_EQ(RunCli("calibrate" + m + " --text " + text + " --routing trust").exit_code, 2);
 }
 
+TEST_F(MetadataCliTest, FitLookaheadStoresMapsTheRuntimeUses) {
+  std::string store = NewStore("la");
+  const std::string m = " --model " + std::string(kModel) + " " + store;
+  std::string fit = Slice("fit.jsonl", 0, 2, 20);
+  std::string held = Slice("held.jsonl", 1, 2, 10);
+  std::string prompt = " --prompt 'def main(' --max-tokens 4 --temperature 0 --json";
+  // Without a fit the routers predict, and asking for the fitted maps is NotFound.
+  JsonValue before = Json(RunCli("generate" + m + prompt));
+  EXPECT_EQ(before.Find("configuration")->string_value().find("fitted"), std::string::npos);
+  EXPECT_EQ(RunCli("generate" + m + prompt + " --prefetch-predictor fitted").exit_code, 3);
+  EXPECT_EQ(RunCli("generate" + m + prompt + " --prefetch-predictor sometimes").exit_code, 2);
+  EXPECT_EQ(RunCli("fit-lookahead" + m).exit_code, 2);  // no --text
+  EXPECT_EQ(RunCli("fit-lookahead" + m + " --text " + fit + " --depth 5").exit_code, 2);
+
+  JsonValue dry = Json(RunCli("fit-lookahead" + m + " --text " + fit + " --max-tokens 3000 --dry-run --json"));
+  EXPECT_FALSE(dry.Find("stored")->bool_value());
+  EXPECT_EQ(RunCli("generate" + m + prompt + " --prefetch-predictor fitted").exit_code, 3);
+
+  JsonValue f = Json(RunCli("fit-lookahead" + m + " --text " + fit + " --depth 2 --eval " + held + " --json"));
+  EXPECT_TRUE(f.Find("stored")->bool_value());
+  EXPECT_EQ(Num(f, "maps"), 5 + 4);  // 6 MoE layers: 5 pairs one ahead, 4 two ahead
+  EXPECT_GT(Num(f, "tokens"), 2000);
+  EXPECT_GT(Num(f, "validation_tokens"), 0);
+  const double min_prob = Num(f, "min_prob");
+  EXPECT_GT(min_prob, 1.0 / 32);
+  EXPECT_GE(Num(*f.Find("validation"), "precision"), 0.9);
+  // The held-out scores: the fit beats the routers at the threshold it chose, one layer ahead.
+  bool scored = false;
+  for (const JsonValue& row : f.Find("eval")->array()) {
+    if (Num(row, "depth") != 1 || Num(row, "threshold") != min_prob) continue;
+    scored = true;
+    EXPECT_GT(Num(*row.Find("fitted"), "precision"), Num(*row.Find("router"), "precision"));
+  }
+  EXPECT_TRUE(scored);
+
+  // generate predicts with the stored maps at the fit's threshold, and the output is unchanged.
+  JsonValue after = Json(RunCli("generate" + m + prompt));
+  EXPECT_NE(after.Find("configuration")->string_value().find("fitted lookahead"), std::string::npos)
+      << after.Find("configuration")->string_value();
+  EXPECT_EQ(after.Find("text")->string_value(), before.Find("text")->string_value());
+  JsonValue router = Json(RunCli("generate" + m + prompt + " --prefetch-predictor router"));
+  EXPECT_EQ(router.Find("configuration")->string_value().find("fitted"), std::string::npos);
+  JsonValue v = Json(RunCli("verify " + store + " --json"));
+  EXPECT_TRUE(v.Find("ok")->bool_value());
+}
+
 TEST_F(MetadataCliTest, ProfilesExportAndImport) {
   std::string from = NewStore("from"), to = NewStore("to");
   const std::string model = " --model " + std::string(kModel);
