@@ -8,7 +8,8 @@
 // The partial-cache rows are disk-bound: every repetition runs a prompt of its own (the warm-up another), the
 // decode is long enough to cycle the cache, and expert reads are O_DIRECT, so the page cache never serves them.
 // MiB_read_per_decoded_token divides the decode's own reads by its tokens; ttft_ms is the prompt's prefill and
-// first logits.
+// first logits. Rows 6 and 7 of the prefetch argument predict with the model's fitted lookahead (fit-lookahead)
+// and skip without one.
 //
 // BM_Gpu runs the same on the CUDA backend (device 0) and the hybrid one (device 1) with the GPU expert cache at
 // 100%, 50% and 25% of the experts and the host cache holding all of them: tokens/s against the CPU rows above,
