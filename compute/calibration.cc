@@ -37,15 +37,10 @@ Status RowNlls(const Model& model, const std::vector<float>& hidden, std::span<c
   return Status::Ok();
 }
 
-struct Window {
-  size_t sequence = 0;
-  size_t start = 0;
-  size_t length = 0;
-};
+}  // namespace
 
-// The windows covering every sequence, or, with a token budget, evenly spaced ones scoring about that many.
-std::vector<Window> PickWindows(std::span<const std::vector<int32_t>> sequences, size_t window, uint64_t max_tokens) {
-  std::vector<Window> all;
+std::vector<TextWindow> PickTextWindows(std::span<const std::vector<int32_t>> sequences, size_t window, uint64_t max_tokens) {
+  std::vector<TextWindow> all;
   uint64_t scored = 0;
   for (size_t s = 0; s < sequences.size(); ++s) {
     const size_t n = sequences[s].size();
@@ -61,10 +56,12 @@ std::vector<Window> PickWindows(std::span<const std::vector<int32_t>> sequences,
   auto wanted = static_cast<size_t>(static_cast<double>(all.size()) * static_cast<double>(max_tokens) /
                                     static_cast<double>(scored));
   wanted = std::clamp<size_t>(wanted, 1, all.size());
-  std::vector<Window> picked;
+  std::vector<TextWindow> picked;
   for (size_t i = 0; i < wanted; ++i) picked.push_back(all[i * all.size() / wanted]);
   return picked;
 }
+
+namespace {
 
 // Refuses options no calibration can run with.
 Status CheckOptions(const CalibrationOptions& options) {
@@ -123,7 +120,7 @@ struct CalibrationRun {
 // The clean forward pass over one window from an empty context, capturing into `pass` (through `clean`), then
 // the NLL of each scored position.
 Status RunCleanPass(CalibrationRun& run, const ForwardOptions& clean, std::span<const int32_t> ids,
-                    const Window& window, CleanPass& pass) {
+                    const TextWindow& window, CleanPass& pass) {
   const ModelConfig& c = run.model.config();
   const size_t start = window.start;
   const size_t len = window.length;
@@ -271,7 +268,7 @@ Result<CalibrationResult> Calibrate(Model& model, ExpertProvider& provider,
   ablated.top_k = clean.top_k;
   ablated.skip_missing_experts = options.skip_missing_experts;
 
-  std::vector<Window> windows = PickWindows(sequences, options.window, options.max_tokens);
+  std::vector<TextWindow> windows = PickTextWindows(sequences, options.window, options.max_tokens);
   KvCache kv(c, options.window);
   CalibrationRun run{model, provider, k, kv, {}, {}};
   for (size_t w = 0; w < windows.size(); ++w) {

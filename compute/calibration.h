@@ -59,6 +59,18 @@ struct CalibrationResult {
   double seconds = 0;
 };
 
+// A piece of one sequence that a pass over a text runs from an empty context.
+struct TextWindow {
+  size_t sequence = 0;
+  size_t start = 0;
+  size_t length = 0;
+};
+
+// The windows of at least 2 tokens covering every sequence (`window` tokens each, the last of a sequence
+// shorter), or, with a budget, evenly spaced ones holding about max_tokens positions that predict a next token.
+std::vector<TextWindow> PickTextWindows(std::span<const std::vector<int32_t>> sequences, size_t window,
+                                        uint64_t max_tokens);
+
 // Calibrates on `sequences`, each cut into windows of its own (windows never span two sequences).
 Result<CalibrationResult> Calibrate(Model& model, ExpertProvider& experts, std::span<const std::vector<int32_t>> sequences,
                                     const CalibrationOptions& options);

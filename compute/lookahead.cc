@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "compute/calibration.h"
 #include "store/store.h"
 
 namespace es {
@@ -100,42 +101,20 @@ Status CholeskySolve(std::vector<double>& a, size_t n, std::vector<double>& b, s
   return Status::Ok();
 }
 
-// The windows of a text: consecutive `window`-token pieces of each sequence (a last piece of one token is left
-// out: it predicts nothing the fit needs, but costs a forward), up to about max_tokens.
-struct Piece {
-  size_t sequence = 0;
-  size_t start = 0;
-  size_t length = 0;
-};
-
-std::vector<Piece> Pieces(std::span<const std::vector<int32_t>> sequences, size_t window, uint64_t max_tokens) {
-  std::vector<Piece> out;
-  uint64_t total = 0;
-  for (size_t s = 0; s < sequences.size(); ++s) {
-    for (size_t start = 0; start + 1 < sequences[s].size(); start += window) {
-      if (max_tokens != 0 && total >= max_tokens) return out;
-      const size_t len = std::min(window, sequences[s].size() - start);
-      out.push_back({s, start, len});
-      total += len;
-    }
-  }
-  return out;
-}
-
-// Runs `pieces` through the model, each from an empty context, and hands `visit` the residual streams entering each
+// Runs `windows` through the model, each from an empty context, and hands `visit` the residual streams entering each
 // MoE block ([layer] = [rows, hidden]). Progress counts from `done` of `total` windows.
-Status ForEachPiece(Model& model, ExpertProvider& experts, std::span<const std::vector<int32_t>> sequences,
-                    std::span<const Piece> pieces, const LookaheadFitOptions& options, size_t done, size_t total,
-                    const std::function<Status(const std::vector<std::vector<float>>&, size_t rows)>& visit) {
-  if (options.window < 1) return Status::InvalidArgument("a lookahead window must hold at least one token");
-  if (pieces.empty()) return Status::InvalidArgument("the text has too few tokens for a lookahead fit");
+Status ForEachWindow(Model& model, ExpertProvider& experts, std::span<const std::vector<int32_t>> sequences,
+                     std::span<const TextWindow> windows, const LookaheadFitOptions& options, size_t done, size_t total,
+                     const std::function<Status(const std::vector<std::vector<float>>&, size_t rows)>& visit) {
+  if (options.window < 2) return Status::InvalidArgument("a lookahead window must hold at least 2 tokens");
+  if (windows.empty()) return Status::InvalidArgument("the text has too few tokens for a lookahead fit");
   KvCache kv(model.config(), options.window);
   ForwardOptions forward;
   forward.skip_missing_experts = options.skip_missing_experts;
   std::vector<std::vector<float>> pre_moe;
   forward.capture_pre_moe = &pre_moe;
   std::vector<float> hidden;
-  for (const Piece& p : pieces) {
+  for (const TextWindow& p : windows) {
     kv.Reset();
     pre_moe.clear();
     std::span<const int32_t> ids(sequences[p.sequence]);
@@ -146,10 +125,10 @@ Status ForEachPiece(Model& model, ExpertProvider& experts, std::span<const std::
   return Status::Ok();
 }
 
-// ScoreLookahead over `pieces`.
-Result<std::vector<LookaheadScore>> ScorePieces(Model& model, ExpertProvider& experts,
+// ScoreLookahead over `windows`.
+Result<std::vector<LookaheadScore>> ScoreWindows(Model& model, ExpertProvider& experts,
                                                 std::span<const std::vector<int32_t>> sequences,
-                                                std::span<const Piece> pieces, const LookaheadFitOptions& options,
+                                                std::span<const TextWindow> windows, const LookaheadFitOptions& options,
                                                 size_t done, size_t total, const LookaheadPredictor* predictor,
                                                 uint32_t depth, std::span<const double> thresholds) {
   if (depth < 1 || depth > kMaxLookaheadDepth) {
@@ -159,7 +138,7 @@ Result<std::vector<LookaheadScore>> ScorePieces(Model& model, ExpertProvider& ex
   const size_t H = c.hidden, E = c.num_experts, k = std::min<size_t>(c.top_k, E);
   std::vector<LookaheadScore> scores;
   for (double t : thresholds) scores.push_back({.threshold = t});
-  ES_RETURN_IF_ERROR(ForEachPiece(model, experts, sequences, pieces, options, done, total,
+  ES_RETURN_IF_ERROR(ForEachWindow(model, experts, sequences, windows, options, done, total,
                                   [&](const std::vector<std::vector<float>>& pre_moe, size_t rows) -> Status {
     for (uint32_t s = 0; s < c.num_layers; ++s) {
       if (!c.IsMoeLayer(s)) continue;
@@ -339,14 +318,14 @@ Result<LookaheadFitResult> FitLookahead(Model& model, ExpertProvider& experts,
   if (gram.empty()) return Status::InvalidArgument("the model has no two MoE layers to predict one from the other");
 
   // The last windows (kLookaheadValidationShare of them) are held out to choose the confidence threshold.
-  const std::vector<Piece> pieces = Pieces(sequences, options.window, options.max_tokens);
-  const size_t held = pieces.size() < 2 ? 0 : std::max<size_t>(1, static_cast<size_t>(
-                                                                      static_cast<double>(pieces.size()) *
+  const std::vector<TextWindow> windows = PickTextWindows(sequences, options.window, options.max_tokens);
+  const size_t held = windows.size() < 2 ? 0 : std::max<size_t>(1, static_cast<size_t>(
+                                                                      static_cast<double>(windows.size()) *
                                                                       kLookaheadValidationShare));
-  const std::span<const Piece> fit_pieces(pieces.data(), pieces.size() - held);
-  const std::span<const Piece> check_pieces(pieces.data() + fit_pieces.size(), held);
+  const std::span<const TextWindow> fit_windows(windows.data(), windows.size() - held);
+  const std::span<const TextWindow> check_windows(windows.data() + fit_windows.size(), held);
   LookaheadFitResult result;
-  ES_RETURN_IF_ERROR(ForEachPiece(model, experts, sequences, fit_pieces, options, 0, pieces.size(),
+  ES_RETURN_IF_ERROR(ForEachWindow(model, experts, sequences, fit_windows, options, 0, windows.size(),
                                   [&](const std::vector<std::vector<float>>& pre_moe, size_t rows) -> Status {
     // Every MoE layer's real logits, as the targets.
     std::map<uint32_t, std::vector<float>> logits_t;
@@ -422,9 +401,9 @@ Result<LookaheadFitResult> FitLookahead(Model& model, ExpertProvider& experts,
     grid.push_back(m / static_cast<double>(E));
   }
   predictor.set_min_prob(static_cast<float>(grid.back()));
-  if (!check_pieces.empty()) {
+  if (!check_windows.empty()) {
     ES_ASSIGN_OR_RETURN(result.validation,
-                        ScorePieces(model, experts, sequences, check_pieces, options, fit_pieces.size(), pieces.size(),
+                        ScoreWindows(model, experts, sequences, check_windows, options, fit_windows.size(), windows.size(),
                                     &predictor, 1, grid));
     for (const LookaheadScore& score : result.validation) {
       if (score.precision() >= kLookaheadTargetPrecision) {
@@ -433,7 +412,7 @@ Result<LookaheadFitResult> FitLookahead(Model& model, ExpertProvider& experts,
       }
     }
     result.validation_tokens = 0;
-    for (const Piece& p : check_pieces) result.validation_tokens += p.length;
+    for (const TextWindow& p : check_windows) result.validation_tokens += p.length;
   }
   result.predictor = std::move(predictor);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -445,9 +424,9 @@ Result<std::vector<LookaheadScore>> ScoreLookahead(Model& model, ExpertProvider&
                                                    const LookaheadPredictor* predictor, uint32_t depth,
                                                    std::span<const double> thresholds,
                                                    const LookaheadFitOptions& options) {
-  const std::vector<Piece> pieces = Pieces(sequences, options.window, options.max_tokens);
-  if (pieces.empty()) return Status::InvalidArgument("the text has too few tokens to score predictions on");
-  return ScorePieces(model, experts, sequences, pieces, options, 0, pieces.size(), predictor, depth, thresholds);
+  const std::vector<TextWindow> windows = PickTextWindows(sequences, options.window, options.max_tokens);
+  if (windows.empty()) return Status::InvalidArgument("the text has too few tokens to score predictions on");
+  return ScoreWindows(model, experts, sequences, windows, options, 0, windows.size(), predictor, depth, thresholds);
 }
 
 Result<LookaheadPredictor> LoadLookahead(Store& store, const Model& model) {

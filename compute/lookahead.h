@@ -80,8 +80,8 @@ class LookaheadPredictor {
 struct LookaheadFitOptions {
   uint32_t depth = kDefaultLookaheadDepth;  // targets per source: the next `depth` MoE layers
   double ridge = kDefaultLookaheadRidge;
-  size_t window = 512;      // tokens per forward pass, each window from an empty context
-  uint64_t max_tokens = 0;  // stop after about this many tokens (0: the whole text)
+  size_t window = 512;      // tokens per forward pass (at least 2), each window from an empty context
+  uint64_t max_tokens = 0;  // about this many tokens, from windows spread evenly over the text (0: the whole text)
   bool skip_missing_experts = false;
   std::function<void(uint64_t done, uint64_t total)> progress;  // in windows
 };

@@ -196,7 +196,7 @@ Status RunFitLookahead(const Args& args) {
   LookaheadFitOptions o;
   ES_ASSIGN_OR_RETURN(int64_t depth, args.GetInt("depth", kDefaultLookaheadDepth, 1, kMaxLookaheadDepth));
   ES_ASSIGN_OR_RETURN(o.ridge, args.GetDouble("ridge", kDefaultLookaheadRidge));
-  ES_ASSIGN_OR_RETURN(int64_t window, args.GetInt("window", std::min<int64_t>(config.max_positions, 512), 1,
+  ES_ASSIGN_OR_RETURN(int64_t window, args.GetInt("window", std::min<int64_t>(config.max_positions, 512), 2,
                                                   config.max_positions));
   ES_ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", 0, 0, INT64_MAX));
   o.depth = static_cast<uint32_t>(depth);
@@ -551,7 +551,7 @@ void RegisterMetadataCommands(std::vector<Command>& commands) {
                             {"ridge", true, "pull toward the layers' own routers, as a share of the inputs' mean "
                                             "square (default 0.01)"},
                             {"window", true, "tokens per forward pass (default min(context, 512))"},
-                            {"max-tokens", true, "fit on about this many tokens at most"},
+                            {"max-tokens", true, "fit on about this many tokens, from windows spread evenly over the text"},
                             {"eval", true, "score the routers' and the fitted predictions on this held-out text"},
                             {"dry-run", false, "fit (and score) without storing"}}),
                       RunFitLookahead});
