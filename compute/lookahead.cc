@@ -350,7 +350,9 @@ Result<LookaheadFitResult> FitLookahead(Model& model, ExpertProvider& experts,
       ES_RETURN_IF_ERROR(AddCrossProducts(model.context(), ft, F, ft, F, rows, g));
       for (uint32_t t : MoeLayersAfter(c, s, options.depth)) {
         auto it = logits_t.find(t);
-        if (it == logits_t.end()) return Status::NotSupported("the forward pass did not capture layer " + std::to_string(t) + "'s MoE input");
+        if (it == logits_t.end()) {
+          return Status::NotSupported("the forward pass did not capture layer " + std::to_string(t) + "'s MoE input");
+        }
         ES_RETURN_IF_ERROR(AddCrossProducts(model.context(), ft, F, it->second, E, rows, cross[{s, t}]));
       }
     }

@@ -190,6 +190,10 @@ BackendOptions BackendOptionsOf(const RuntimeConfig& c) {
 }
 
 Status ValidateRuntimeConfig(const RuntimeConfig& c) {
+  if (c.device != "cpu" && c.prefetch_predictor == "fitted") {
+    return Status::InvalidArgument("the fitted lookahead runs on the CPU backend only; the " + c.device +
+                                   " backend predicts with the routers");
+  }
   ES_RETURN_IF_ERROR(ValidateBackendOptions(BackendOptionsOf(c)));
   if (c.activations != "exact" && c.activations != "q8") {
     return Status::InvalidArgument("`activations` must be exact or q8, not '" + c.activations + "'");
@@ -429,7 +433,8 @@ Result<std::unique_ptr<ModelRuntime>> ModelRuntime::Open(Store& store, const std
   rt->forward_.prefetch_accuracy = rt->accuracy_.get();
   rt->forward_.prefetch_governor = rt->governor_.get();
   std::string predictor_text;
-  if (budget.prefetch_depth > 0 && c.prefetch_predictor != "router") {
+  // The CUDA and hybrid backends predict on the device with the routers.
+  if (budget.prefetch_depth > 0 && c.prefetch_predictor != "router" && c.device == "cpu") {
     auto fitted = LoadLookahead(store, *rt->model_);
     if (fitted.ok()) {
       rt->lookahead_ = std::make_unique<LookaheadPredictor>(std::move(fitted).value());

@@ -104,7 +104,8 @@ struct RuntimeConfig {
   std::optional<uint32_t> prefetch;        // layers prefetched ahead
   std::optional<double> prefetch_min_prob;  // lookahead router probability a prediction needs (ForwardOptions)
   // What predicts the experts to prefetch: "auto" (the model's fitted lookahead maps when `fit-lookahead` stored
-  // some, else the next layers' routers applied early), "router" or "fitted" (NotFound without a fit).
+  // some and the device is the CPU, else the next layers' routers applied early), "router" or "fitted" (NotFound
+  // without a fit; refused on cuda or hybrid).
   std::string prefetch_predictor = "auto";
   // Serve the experts not resident in the cache from the model's low-bit copy in this format (the model
   // "MODEL.tier-FORMAT" that `quantize --add-tier FORMAT` writes), loading their full precision in the background:

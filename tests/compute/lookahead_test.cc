@@ -304,6 +304,14 @@ TEST_F(LookaheadTest, TheRuntimeUsesAStoredFit) {
   EXPECT_EQ((*pinned)->forward_options().prefetch_min_prob, 0.5f);
   config.prefetch_predictor = "sometimes";
   EXPECT_TRUE(ModelRuntime::Open(**s, kModel, config, pool_).status().IsInvalidArgument());
+  // The GPU backends predict with the routers: asking them for the fit is refused before anything opens.
+  config.prefetch_predictor = "fitted";
+  config.device = "cuda";
+  Status refused = ValidateRuntimeConfig(config);
+  EXPECT_TRUE(refused.IsInvalidArgument());
+  EXPECT_NE(refused.message().find("fitted lookahead"), std::string::npos) << refused.ToString();
+  config.prefetch_predictor = "auto";  // fine on cuda (the routers predict), whether or not a device is present
+  EXPECT_EQ(ValidateRuntimeConfig(config).message().find("fitted lookahead"), std::string::npos);
 }
 
 }  // namespace
