@@ -294,7 +294,8 @@ Status ExpertCache::ResolveKeys(std::span<const ExpertRef> refs, const AcquireOp
   }
   std::sort(distinct.begin(), distinct.end());
   distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
-  if (distinct.size() > capacity_slots()) {
+  // Resident experts fit by definition: only a batch that may read needs the room.
+  if (!options.resident_only && distinct.size() > capacity_slots()) {
     return Status::ResourceExhausted("a batch of " + std::to_string(distinct.size()) + " experts exceeds the cache's " +
                                      std::to_string(capacity_slots()) + " slots");
   }
@@ -426,6 +427,13 @@ Result<std::vector<ExpertHandle>> ExpertCache::Acquire(std::span<const ExpertRef
   ES_RETURN_IF_ERROR(ResolveKeys(refs, options, batch));
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (options.resident_only) {
+      for (int64_t& key : batch.key_of) {
+        if (key == kSkipped) continue;
+        const int32_t s = slot_of_key_[static_cast<PolicyKey>(key)];
+        if (s == kNoSlot || slots_[static_cast<size_t>(s)].state != SlotState::kReady) key = kSkipped;
+      }
+    }
     ES_RETURN_IF_ERROR(PinBatchLocked(batch));
   }
 

@@ -57,6 +57,10 @@ struct ExpertCacheOptions {
 struct AcquireOptions {
   // An expert the catalog lacks (a partial checkpoint) yields an empty handle instead of failing the batch.
   bool skip_missing = false;
+  // Only the experts ready in the arena now are pinned and counted (as hits); the others yield empty handles and
+  // are neither read nor counted. The check and the pin happen under one lock, so an expert seen resident cannot
+  // be evicted before it is pinned (a miss tier serves the rest from its low-bit copy).
+  bool resident_only = false;
 };
 
 class ExpertCache;

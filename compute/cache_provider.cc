@@ -22,17 +22,18 @@ Status CacheExpertProvider::SetMissTier(std::unique_ptr<ExpertCache> tier) {
 
 Status CacheExpertProvider::AcquireFrom(ExpertCache& cache, std::span<const ExpertRef> refs,
                                         std::span<const size_t> positions, std::span<const uint32_t> experts,
-                                        std::vector<AcquiredExpert>& out) {
+                                        std::vector<AcquiredExpert>& out, const AcquireOptions& options) {
   if (refs.empty()) return Status::Ok();
-  auto acquired = cache.Acquire(refs);
+  auto acquired = cache.Acquire(refs, options);
   if (!acquired.ok() && acquired.status().IsResourceExhausted() && prefetch_) {
     // The prefetcher's reads in flight hold slots a demand batch as large as the cache needs: let them land
     // (they become evictable) and try again.
     cache.WaitForPrefetches();
-    acquired = cache.Acquire(refs);
+    acquired = cache.Acquire(refs, options);
   }
   ES_ASSIGN_OR_RETURN(auto handles, std::move(acquired));
   for (size_t i = 0; i < handles.size(); ++i) {
+    if (!handles[i].valid()) continue;  // not resident (resident_only)
     auto handle = std::make_shared<ExpertHandle>(std::move(handles[i]));
     ES_ASSIGN_OR_RETURN(auto weights, ExpertWeightsFromPayload(handle->info(), handle->payload()));
     out[positions[i]] = {experts[positions[i]], weights, handle, handle->payload()};
@@ -42,20 +43,23 @@ Status CacheExpertProvider::AcquireFrom(ExpertCache& cache, std::span<const Expe
 
 Status CacheExpertProvider::Acquire(uint32_t layer, std::span<const uint32_t> experts, std::vector<AcquiredExpert>& out) {
   out.assign(experts.size(), {});
-  std::vector<ExpertRef> full, low;
-  std::vector<size_t> full_at, low_at;
+  std::vector<ExpertRef> refs;
+  std::vector<size_t> at;
   for (size_t i = 0; i < experts.size(); ++i) {
-    const ExpertRef ref{layer, experts[i]};
-    // Without a tier every expert comes from the cache; with one, only those resident now.
-    if (tier_ == nullptr || cache_->IsResident(ref)) {
-      full.push_back(ref);
-      full_at.push_back(i);
-    } else {
-      low.push_back(ref);
-      low_at.push_back(i);
-    }
+    refs.push_back({layer, experts[i]});
+    at.push_back(i);
   }
-  ES_RETURN_IF_ERROR(AcquireFrom(*cache_, full, full_at, experts, out));
+  // Without a tier every expert comes from the cache; with one, only those resident now, checked and pinned in
+  // one step (an expert seen resident is never evicted before its pin and read again at full precision).
+  ES_RETURN_IF_ERROR(AcquireFrom(*cache_, refs, at, experts, out, {.resident_only = tier_ != nullptr}));
+  if (tier_ == nullptr) return Status::Ok();
+  std::vector<ExpertRef> low;
+  std::vector<size_t> low_at;
+  for (size_t i = 0; i < experts.size(); ++i) {
+    if (out[i].lease != nullptr) continue;
+    low.push_back(refs[i]);
+    low_at.push_back(i);
+  }
   if (low.empty()) return Status::Ok();
   ES_RETURN_IF_ERROR(AcquireFrom(*tier_, low, low_at, experts, out));
   tier_uses_ += low.size();

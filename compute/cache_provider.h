@@ -49,9 +49,11 @@ class CacheExpertProvider final : public ExpertProvider {
       : cache_(std::move(cache)), prefetch_(prefetch) {}
   // Counts the tier's uses of `served` and promotes the most used one when due (SetMissTier).
   void Promote(std::span<const ExpertRef> served);
-  // Pins `refs` in `cache` and puts their views in `out` at `positions`.
+  // Pins `refs` in `cache` and puts their views in `out` at `positions` (with `options.resident_only`, only those
+  // resident; the others' entries stay empty).
   Status AcquireFrom(ExpertCache& cache, std::span<const ExpertRef> refs, std::span<const size_t> positions,
-                     std::span<const uint32_t> experts, std::vector<AcquiredExpert>& out);
+                     std::span<const uint32_t> experts, std::vector<AcquiredExpert>& out,
+                     const AcquireOptions& options = {});
   std::unique_ptr<ExpertCache> cache_;
   bool prefetch_;
   std::unique_ptr<ExpertCache> tier_;

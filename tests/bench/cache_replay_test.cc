@@ -89,7 +89,7 @@ TEST_F(CacheReplayTest, TheLiveCacheCountsWhatTheSimulatorCounts) {
   ASSERT_TRUE(lines.ok());
   std::vector<TraceStep> singles;
   for (const TraceStep& s : *lines) {
-    for (uint32_t e : s.experts) singles.push_back({s.token, s.layer, {e}, {}});
+    for (uint32_t e : s.experts) singles.push_back({s.token, s.layer, {e}, {}, {}});
   }
   const std::vector<TraceStep>* steps = &singles;
   CacheReplayOptions options;

@@ -194,6 +194,43 @@ TEST_F(ExpertCacheTest, PinResidentPinsWithoutReadingOrCounting) {
   EXPECT_TRUE(cache->Acquire(miss).ok());
 }
 
+TEST_F(ExpertCacheTest, ResidentOnlyAcquirePinsAndCountsWhatIsReadyAndReadsNothing) {
+  auto slow = std::make_shared<testing::SlowFileSystem>(DefaultFileSystem(), ".seg");
+  Build({.layers = 2, .experts = 8}, slow);
+  auto cache = Open({.capacity_bytes = 3 * SlotBytes(), .prefetch_bytes_in_flight = SlotBytes()});
+  ASSERT_TRUE(cache);
+  std::vector<ExpertRef> warm = {{0, 1}, {0, 2}};
+  ASSERT_TRUE(cache->Acquire(warm).ok());
+  // {1, 3} is being prefetched (slowly): in the arena but not ready, so not resident.
+  slow->set_delay(std::chrono::milliseconds(200));
+  std::vector<ExpertRef> ahead = {{1, 3}};
+  cache->Prefetch(ahead);
+  for (int i = 0; i < 100 && cache->stats().prefetch_issued == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ASSERT_EQ(cache->stats().prefetch_issued, 1u);
+  const CacheStats before = cache->stats();
+  std::vector<ExpertRef> ask = {{0, 2}, {1, 0}, {1, 3}, {0, 1}};  // ready, absent, loading, ready
+  auto got = cache->Acquire(ask, {.resident_only = true});
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  ASSERT_EQ(got->size(), 4u);
+  ExpectBytes((*got)[0]);
+  EXPECT_FALSE((*got)[1].valid());
+  EXPECT_FALSE((*got)[2].valid());
+  ExpectBytes((*got)[3]);
+  const CacheStats after = cache->stats();
+  EXPECT_EQ(after.hits - before.hits, 2u);
+  EXPECT_EQ(after.misses, before.misses);
+  EXPECT_FALSE(cache->IsResident({1, 0}));  // nothing was read for it
+  cache->WaitForPrefetches();
+  EXPECT_EQ(cache->stats().bytes_read, before.bytes_read + Record(1, 3));  // only the prefetch
+  // The pinned ones stay while their handles live: two of three slots, so a batch of two misses is refused.
+  std::vector<ExpertRef> two = {{1, 5}, {1, 6}};
+  EXPECT_TRUE(cache->Acquire(two).status().IsResourceExhausted());
+  got->clear();
+  EXPECT_TRUE(cache->Acquire(two).ok());
+}
+
 TEST_F(ExpertCacheTest, PartialCheckpointsReportOrSkipAbsentExperts) {
   Build({.layers = 2, .experts = 8, .missing = {{1, 3}}});
   auto cache = Open({.capacity_bytes = 8 * SlotBytes()});
