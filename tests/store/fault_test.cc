@@ -3,7 +3,9 @@
 #include <errno.h>
 #include <gtest/gtest.h>
 
+#include "store/metadata.h"
 #include "store/store.h"
+#include "tests/util/expert_model.h"
 #include "tests/store/store_test_util.h"
 #include "tests/util/fault_fs.h"
 #include "tests/util/temp_dir.h"
@@ -124,6 +126,32 @@ TEST_F(FaultTest, FailedRollbackKillsWriterAndReopenRecovers) {
   Reopen();  // recovery truncates the unreferenced tail the failed rollback left
   ExpectConsistent({"a", "b", "c"});
   ASSERT_TRUE(WriteTxnOf({"d"}, 5000).ok());
+}
+
+TEST_F(FaultTest, AnAssetWriteOnAFullDiskKeepsTheOldAsset) {
+  ASSERT_TRUE(testing::WriteTestModel(*store_, {.name = "m", .layers = 1, .experts = 2}).ok());
+  const std::string old_bytes(50000, 'a'), new_bytes(60000, 'b');
+  ASSERT_TRUE(store_->PutAsset("m", "fit", old_bytes).ok());
+  auto asset = [&]() -> Result<std::string> {
+    ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(store_->catalog(), "m"));
+    return store_->ReadAsset(info, "fit");
+  };
+  fs_->AddRule({FaultOp::kWrite, ".seg", ENOSPC, /*short_io=*/true, 0, 1});
+  Status s = store_->PutAsset("m", "fit", new_bytes);
+  EXPECT_TRUE(s.IsResourceExhausted()) << s.ToString();
+  EXPECT_EQ(fs_->fired(), 1);
+  ExpectConsistent({});
+  ASSERT_TRUE(asset().ok());
+  EXPECT_EQ(*asset(), old_bytes);
+  Reopen();
+  ExpectConsistent({});
+  EXPECT_EQ(*asset(), old_bytes);
+  // With room again the refit replaces it.
+  ASSERT_TRUE(store_->PutAsset("m", "fit", new_bytes).ok());
+  EXPECT_EQ(*asset(), new_bytes);
+  Reopen();
+  ExpectConsistent({});
+  EXPECT_EQ(*asset(), new_bytes);
 }
 
 TEST_F(FaultTest, CrashLosesOnlyUncommittedData) {
