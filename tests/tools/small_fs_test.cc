@@ -129,10 +129,13 @@ TEST(SmallFsTest, EveryWriterAtEveryFillLevelWorksOrExits6) {
     for (const std::string& command :
          {std::string("generate --model tiny --prompt hi --max-tokens 4 --temperature 0"), "eval --model tiny --text " +
           dir.Sub("text.txt"), "profile --model tiny --prompts " + dir.Sub("prompts.jsonl"),
-          "calibrate --model tiny --max-tokens 200 --text " + dir.Sub("text.txt"), std::string("rest --model tiny")}) {
+          "calibrate --model tiny --max-tokens 200 --text " + dir.Sub("text.txt"), std::string("rest --model tiny"),
+          "fit-lookahead --model tiny --window 64 --text " + dir.Sub("text.txt")}) {
       CliResult r = RunCli(command + store, true);
       EXPECT_TRUE(r.exit_code == 0 || r.exit_code == 6) << command << ": " << r.out;
-      if (r.exit_code == 6) EXPECT_NE(r.out.find("No space left on device"), std::string::npos) << r.out;
+      if (r.exit_code == 6) {
+        EXPECT_NE(r.out.find("No space left on device"), std::string::npos) << r.out;
+      }
     }
     fs::remove(dir.Sub("small/fill"));
     EXPECT_EQ(RunCli("verify" + store).exit_code, 0);
