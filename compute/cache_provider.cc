@@ -126,8 +126,8 @@ void CacheExpertProvider::Prefetch(uint32_t layer, std::span<const uint32_t> exp
 
 ProviderCounters CacheExpertProvider::counters() const {
   CacheStats s = cache_->stats();
-  ProviderCounters c{s.hits, s.misses, s.prefetch_hits, s.wasted_prefetches, s.bytes_read, s.prefetch_bytes_read,
-                     s.prefetch_throttled};
+  ProviderCounters c{s.hits, s.misses, s.prefetch_hits, s.wasted_prefetches, s.prefetch_late, s.bytes_read,
+                     s.prefetch_bytes_read, s.prefetch_throttled};
   if (tier_ != nullptr) {
     // The cache never misses then: the tier's misses are the model's reads, its hits hits.
     const CacheStats t = tier_->stats();
@@ -135,6 +135,7 @@ ProviderCounters CacheExpertProvider::counters() const {
     c.misses += t.misses;
     c.prefetch_hits += t.prefetch_hits;
     c.wasted_prefetches += t.wasted_prefetches;
+    c.prefetch_late += t.prefetch_late;
     c.bytes_read += t.bytes_read;
     c.prefetch_bytes_read += t.prefetch_bytes_read;
     c.prefetch_throttled += t.prefetch_throttled;

@@ -30,6 +30,7 @@ struct ProviderCounters {
   uint64_t misses = 0;
   uint64_t prefetch_hits = 0;
   uint64_t wasted_prefetches = 0;
+  uint64_t prefetch_late = 0;        // prefetch hits whose read was still in flight (counted as misses: a wait)
   uint64_t bytes_read = 0;           // demand + prefetch
   uint64_t prefetch_bytes_read = 0;  // ... of which read ahead by the prefetcher
   uint64_t prefetch_throttled = 0;   // predictions not read while the prefetcher's guesses were mostly wrong

@@ -80,6 +80,7 @@ ProviderCounters CountersSince(const Runtime& rt, const CacheSnapshot& since) {
   c.misses -= since.counters.misses;
   c.prefetch_hits -= since.counters.prefetch_hits;
   c.wasted_prefetches -= since.counters.wasted_prefetches;
+  c.prefetch_late -= since.counters.prefetch_late;
   c.bytes_read -= since.counters.bytes_read;
   c.prefetch_bytes_read -= since.counters.prefetch_bytes_read;
   c.prefetch_throttled -= since.counters.prefetch_throttled;
@@ -95,7 +96,8 @@ void WriteCacheJson(JsonWriter& w, const Runtime& rt, const CacheSnapshot& since
   a.correct -= since.accuracy.correct;
   a.used -= since.accuracy.used;
   w.BeginObject().Key("hits").Uint(c.hits).Key("misses").Uint(c.misses).Key("prefetch_hits").Uint(c.prefetch_hits)
-      .Key("wasted_prefetches").Uint(c.wasted_prefetches).Key("bytes_read").Uint(c.bytes_read)
+      .Key("wasted_prefetches").Uint(c.wasted_prefetches).Key("prefetch_late").Uint(c.prefetch_late)
+      .Key("bytes_read").Uint(c.bytes_read)
       .Key("prefetch_bytes_read").Uint(c.prefetch_bytes_read).Key("prefetch_throttled").Uint(c.prefetch_throttled)
       .Key("expert_uses").Uint(c.hits + c.misses).Key("miss_tier_uses").Uint(c.tier_uses)
       .Key("miss_tier_promotions").Uint(c.tier_promotions)
