@@ -25,15 +25,10 @@ std::vector<uint32_t> MoeLayersAfter(const ModelConfig& c, uint32_t from, uint32
   return out;
 }
 
-// x / sqrt(mean(x^2) + eps) per row: the routers' RMS norm without its weights.
-void UnitRms(const float* x, size_t rows, size_t hidden, float eps, float* out) {
-  for (size_t r = 0; r < rows; ++r) {
-    const float* in = x + r * hidden;
-    double sq = 0;
-    for (size_t i = 0; i < hidden; ++i) sq += static_cast<double>(in[i]) * in[i];
-    const auto scale = static_cast<float>(1.0 / std::sqrt(sq / static_cast<double>(hidden) + eps));
-    for (size_t i = 0; i < hidden; ++i) out[r * hidden + i] = in[i] * scale;
-  }
+// x / sqrt(mean(x^2) + eps) per row: the routers' RMS norm kernel with unit weights (`ones`, one per hidden unit).
+Status UnitRms(const kernels::CpuContext& ctx, const float* x, size_t rows, const std::vector<float>& ones, float eps,
+               float* out) {
+  return kernels::RmsNorm(ctx, x, rows, kernels::WeightVector{ones.data(), DType::kF32, ones.size()}, eps, out);
 }
 
 // Router logits [rows, E] of layer `router_layer` applied to the residual stream x [rows, H] (its own
@@ -101,6 +96,13 @@ Status CholeskySolve(std::vector<double>& a, size_t n, std::vector<double>& b, s
   return Status::Ok();
 }
 
+Status CheckDepth(uint32_t depth) {
+  if (depth < 1 || depth > kMaxLookaheadDepth) {
+    return Status::InvalidArgument("the lookahead depth must lie in [1, " + std::to_string(kMaxLookaheadDepth) + "]");
+  }
+  return Status::Ok();
+}
+
 // Runs `windows` through the model, each from an empty context, and hands `visit` the residual streams entering each
 // MoE block ([layer] = [rows, hidden]). Progress counts from `done` of `total` windows.
 Status ForEachWindow(Model& model, ExpertProvider& experts, std::span<const std::vector<int32_t>> sequences,
@@ -131,9 +133,7 @@ Result<std::vector<LookaheadScore>> ScoreWindows(Model& model, ExpertProvider& e
                                                 std::span<const TextWindow> windows, const LookaheadFitOptions& options,
                                                 size_t done, size_t total, const LookaheadPredictor* predictor,
                                                 uint32_t depth, std::span<const double> thresholds) {
-  if (depth < 1 || depth > kMaxLookaheadDepth) {
-    return Status::InvalidArgument("the lookahead depth must lie in [1, " + std::to_string(kMaxLookaheadDepth) + "]");
-  }
+  ES_RETURN_IF_ERROR(CheckDepth(depth));
   const ModelConfig& c = model.config();
   const size_t H = c.hidden, E = c.num_experts, k = std::min<size_t>(c.top_k, E);
   std::vector<LookaheadScore> scores;
@@ -215,7 +215,7 @@ Status LookaheadPredictor::Logits(const kernels::CpuContext& ctx, uint32_t from,
                                    std::to_string(to));
   }
   std::vector<float> unit(rows * hidden_);
-  UnitRms(x, rows, hidden_, rms_eps, unit.data());
+  ES_RETURN_IF_ERROR(UnitRms(ctx, x, rows, ones_, rms_eps, unit.data()));
   ES_RETURN_IF_ERROR(kernels::MatMul(ctx, unit.data(), rows,
                                      kernels::WeightMatrix(m->weights.data(), DType::kF32, experts_, hidden_), logits));
   for (size_t r = 0; r < rows; ++r) {
@@ -296,15 +296,14 @@ Result<LookaheadPredictor> LookaheadPredictor::Parse(std::string_view bytes, con
 Result<LookaheadFitResult> FitLookahead(Model& model, ExpertProvider& experts,
                                         std::span<const std::vector<int32_t>> sequences,
                                         const LookaheadFitOptions& options) {
-  if (options.depth < 1 || options.depth > kMaxLookaheadDepth) {
-    return Status::InvalidArgument("the lookahead depth must lie in [1, " + std::to_string(kMaxLookaheadDepth) + "]");
-  }
+  ES_RETURN_IF_ERROR(CheckDepth(options.depth));
   if (!(options.ridge > 0) || !std::isfinite(options.ridge)) {
     return Status::InvalidArgument("the lookahead ridge must be a positive number");
   }
   const auto start = std::chrono::steady_clock::now();
   const ModelConfig& c = model.config();
   const size_t H = c.hidden, E = c.num_experts, F = H + 1;
+  const std::vector<float> ones(H, 1.0f);
   // Per source layer: the Gram matrix of its features [F, F]; per (source, target): features x logits [F, E].
   std::map<uint32_t, std::vector<double>> gram;
   std::map<std::pair<uint32_t, uint32_t>, std::vector<double>> cross;
@@ -341,7 +340,7 @@ Result<LookaheadFitResult> FitLookahead(Model& model, ExpertProvider& experts,
       }
       std::vector<float> f(rows * F);
       std::vector<float> unit(rows * H);
-      UnitRms(pre_moe[s].data(), rows, H, c.rms_eps, unit.data());
+      ES_RETURN_IF_ERROR(UnitRms(model.context(), pre_moe[s].data(), rows, ones, c.rms_eps, unit.data()));
       for (size_t r = 0; r < rows; ++r) {
         std::copy(&unit[r * H], &unit[(r + 1) * H], &f[r * F]);
         f[r * F + H] = 1.0f;

@@ -44,7 +44,7 @@ struct LookaheadMap {
 class LookaheadPredictor {
  public:
   LookaheadPredictor() = default;
-  LookaheadPredictor(uint32_t hidden, uint32_t experts) : hidden_(hidden), experts_(experts) {}
+  LookaheadPredictor(uint32_t hidden, uint32_t experts) : hidden_(hidden), experts_(experts), ones_(hidden, 1.0f) {}
 
   uint32_t hidden() const { return hidden_; }
   uint32_t experts() const { return experts_; }
@@ -74,6 +74,7 @@ class LookaheadPredictor {
   uint32_t experts_ = 0;
   uint32_t depth_ = 0;
   float min_prob_ = 0;
+  std::vector<float> ones_;  // [hidden]: the unit weights the inputs' RMS norm runs with
   std::map<std::pair<uint32_t, uint32_t>, LookaheadMap> maps_;
 };
 

@@ -494,13 +494,8 @@ Result<std::string> Store::ReadAsset(const ModelInfo& model, std::string_view as
 Status Store::PutAsset(const std::string& model, std::string_view asset, std::string_view bytes) {
   ES_ASSIGN_OR_RETURN(auto txn, BeginWrite());
   ES_ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(*catalog_, model));
-  bool remote = std::any_of(info.assets.begin(), info.assets.end(), [](const AssetInfo& a) { return IsRemote(a.extent); });
-  ES_RETURN_IF_ERROR(catalog_->Scan(Cf::kExperts, ModelPrefix(model), [&](std::string_view, std::string_view value) {
-    auto e = DecodeExpert(value);
-    remote = remote || (e.ok() && IsRemote(e->extent));
-    return false;  // the first expert tells
-  }));
-  if (remote) {
+  ES_ASSIGN_OR_RETURN(std::optional<uint32_t> tier, AttachedTier(*catalog_, model));
+  if (tier) {
     return Status::InvalidArgument("model '" + model + "' is attached from a remote tier: its assets are written "
                                    "where it was published");
   }
@@ -587,14 +582,19 @@ Status StageModelDeletion(const Catalog& catalog, const std::string& name, Catal
     }));
   }
   // An attached model's tier (each attach has its own) goes with it.
-  std::optional<uint32_t> tier;
-  ES_RETURN_IF_ERROR(catalog.Scan(Cf::kTensors, prefix, [&](std::string_view, std::string_view value) {
-    if (auto t = DecodeTensor(value); t.ok() && IsRemote(t->extent)) tier = RemoteTier(t->extent);
-    return false;  // the first tells
-  }));
+  ES_ASSIGN_OR_RETURN(std::optional<uint32_t> tier, AttachedTier(catalog, name));
   if (tier) batch.Delete(Cf::kMeta, std::string(kTierKeyPrefix) + std::to_string(*tier));
   batch.Delete(Cf::kModels, ModelKey(name));
   return Status::Ok();
+}
+
+Result<std::optional<uint32_t>> AttachedTier(const Catalog& catalog, const std::string& name) {
+  std::optional<uint32_t> tier;
+  ES_RETURN_IF_ERROR(catalog.Scan(Cf::kTensors, ModelPrefix(name), [&](std::string_view, std::string_view value) {
+    if (auto t = DecodeTensor(value); t.ok() && IsRemote(t->extent)) tier = RemoteTier(t->extent);
+    return false;  // the first tells
+  }));
+  return tier;
 }
 
 }  // namespace es

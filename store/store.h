@@ -219,6 +219,8 @@ class Store {
 Status DeleteModel(Store& store, const std::string& name);
 // The deletions DeleteModel commits, added to `batch` (a transaction's, so that they commit with its writes).
 Status StageModelDeletion(const Catalog& catalog, const std::string& name, CatalogBatch& batch);
+// The remote tier a model is attached from (its tensors' extents name it), or nullopt for a local model.
+Result<std::optional<uint32_t>> AttachedTier(const Catalog& catalog, const std::string& name);
 
 // The size of every segment file under `dir` (`NNNNNN.seg`; temporaries and other files are left out), by id.
 // Empty when there is no such directory.

@@ -166,15 +166,10 @@ Status RunCalibrate(const Args& args) {
 
 // ---- fit-lookahead --------------------------------------------------------------------------------------
 
-// The texts of a --text or --eval file as token sequences.
+// The texts of a --text or --eval file as token sequences (a window predicts from 2 tokens on).
 Result<std::vector<std::vector<int32_t>>> EncodeTextFile(const Tokenizer& tokenizer, const std::string& path) {
   ES_ASSIGN_OR_RETURN(auto texts, ReadTexts(path));
-  std::vector<std::vector<int32_t>> sequences;
-  for (const auto& t : texts) {
-    ES_ASSIGN_OR_RETURN(auto ids, EncodeText(tokenizer, t));
-    if (!ids.empty()) sequences.push_back(std::move(ids));
-  }
-  return sequences;
+  return EncodeTexts(tokenizer, texts, 2);
 }
 
 // The probability thresholds fit-lookahead scores at: 0 (every top-k guess), multiples of chance, and the fit's

@@ -130,16 +130,22 @@ Result<ProfilingResult> ProfileModel(ModelRuntime& rt, Store& store, const std::
   return result;
 }
 
+Result<std::vector<std::vector<int32_t>>> EncodeTexts(const Tokenizer& tokenizer, std::span<const std::string> texts,
+                                                      size_t min_tokens) {
+  std::vector<std::vector<int32_t>> sequences;
+  for (const auto& t : texts) {
+    ES_ASSIGN_OR_RETURN(auto ids, EncodeText(tokenizer, t));
+    if (ids.size() >= min_tokens) sequences.push_back(std::move(ids));
+  }
+  return sequences;
+}
+
 Result<TrustCalibrationResult> CalibrateTrust(ModelRuntime& rt, Store& store, const std::string& model,
                                               std::span<const std::string> texts, CalibrationOptions options,
                                               const TrustScoreWeights& weights, uint64_t now_unix) {
   options.top_k = rt.forward_options().top_k;
   options.skip_missing_experts = rt.forward_options().skip_missing_experts;
-  std::vector<std::vector<int32_t>> sequences;
-  for (const auto& t : texts) {
-    ES_ASSIGN_OR_RETURN(auto ids, EncodeText(rt.tokenizer(), t));
-    if (ids.size() >= 2) sequences.push_back(std::move(ids));
-  }
+  ES_ASSIGN_OR_RETURN(auto sequences, EncodeTexts(rt.tokenizer(), texts, 2));
   if (sequences.empty()) return Status::InvalidArgument("none of the texts holds the 2 tokens calibration needs");
   TrustCalibrationResult result;
   ES_ASSIGN_OR_RETURN(result.run, Calibrate(rt.model(), rt.experts(), sequences, options));

@@ -29,6 +29,9 @@ struct LabelledText {
 Result<std::vector<LabelledText>> ReadLabelledTexts(const std::string& path, bool need_domain);
 // Texts to score: a .jsonl file is one sequence per line ({"text"}), anything else one sequence.
 Result<std::vector<std::string>> ReadTexts(const std::string& path);
+// The texts as token sequences (no special tokens parsed), leaving out those shorter than `min_tokens`.
+Result<std::vector<std::vector<int32_t>>> EncodeTexts(const Tokenizer& tokenizer, std::span<const std::string> texts,
+                                                      size_t min_tokens);
 
 // Reports progress as (done, total) in the job's own units (prompts, windows).
 using JobProgress = std::function<void(uint64_t done, uint64_t total)>;
