@@ -19,29 +19,19 @@
 namespace es {
 namespace {
 
-class BatchEngineTest : public ::testing::Test {
+class BatchEngineTest : public testing::SuiteStoreTest {
  protected:
   static void SetUpTestSuite() {
     if (!testing::DataPresent(testing::kReferenceCases)) return;
-    dir_ = new testing::TempDir();
-    auto s = testing::StoreWithModels(dir_->Sub("store"), {{"tiny", testing::kTinyModel}});
-    ASSERT_TRUE(s.ok()) << s.status().ToString();
-    store_ = s->release();
-    pool_ = kernels::ComputePool::Create(0)->release();
+    Status s = OpenSuiteStore({{"tiny", testing::kTinyModel}});
+    ASSERT_TRUE(s.ok()) << s.ToString();
   }
-  static void TearDownTestSuite() {
-    delete store_;
-    delete pool_;
-    delete dir_;
-  }
+  static void TearDownTestSuite() { CloseSuiteStore(); }
   void SetUp() override {
     ES_REQUIRE_DATA(testing::kReferenceCases);
     ASSERT_NE(store_, nullptr);
-    kernels::CpuContext ctx;
-    ctx.pool = pool_;
-    auto m = Model::Load(*store_, "tiny", ctx);
-    ASSERT_TRUE(m.ok()) << m.status().ToString();
-    model_ = std::move(m).value();
+    model_ = Load("tiny");
+    ASSERT_NE(model_, nullptr);
     auto e = DirectExpertProvider::Create(*store_, "tiny");
     ASSERT_TRUE(e.ok());
     experts_ = std::move(e).value();
@@ -56,17 +46,10 @@ class BatchEngineTest : public ::testing::Test {
     return ids.ok() ? *ids : std::vector<int32_t>{};
   }
 
-  static testing::TempDir* dir_;
-  static Store* store_;
-  static kernels::ComputePool* pool_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<DirectExpertProvider> experts_;
   std::vector<std::vector<int32_t>> prompts_;
 };
-
-testing::TempDir* BatchEngineTest::dir_ = nullptr;
-Store* BatchEngineTest::store_ = nullptr;
-kernels::ComputePool* BatchEngineTest::pool_ = nullptr;
 
 TEST_F(BatchEngineTest, ForwardBatchEqualsForwardOfEachSequence) {
   const ModelConfig& c = model_->config();

@@ -64,11 +64,11 @@ std::vector<LlamaCase> LoadLlamaCases(const std::string& name, size_t vocab) {
   return cases;
 }
 
-class GgufFamiliesTest : public ::testing::Test {
+class GgufFamiliesTest : public testing::SuiteStoreTest {
  protected:
   static void SetUpTestSuite() {
     if (!testing::DataPresent(testing::kAidreams)) return;
-    dir_ = new testing::TempDir();
+    MakeSuiteDir();
     std::vector<std::pair<std::string, std::string>> models;
     for (const Family& f : kFamilies) {
       std::string original = testing::kAidreams;
@@ -96,28 +96,13 @@ class GgufFamiliesTest : public ::testing::Test {
       models.push_back({std::string(f.name) + "-gguf", std::string(testing::kGgufFixtures) + "/" + f.name + ".gguf"});
     }
     models.push_back({"mixtral-Q8_0-gguf", std::string(testing::kGgufFixtures) + "/mixtral-Q8_0.gguf"});
-    auto s = testing::StoreWithModels(dir_->Sub("store"), models);
-    ASSERT_TRUE(s.ok()) << s.status().ToString();
-    store_ = s->release();
-    pool_ = kernels::ComputePool::Create(0)->release();
+    Status s = OpenSuiteStore(models);
+    ASSERT_TRUE(s.ok()) << s.ToString();
   }
-  static void TearDownTestSuite() {
-    delete store_;
-    delete pool_;
-    delete dir_;
-  }
+  static void TearDownTestSuite() { CloseSuiteStore(); }
   void SetUp() override {
     ES_REQUIRE_DATA(testing::kAidreams);
     ASSERT_NE(store_, nullptr);
-  }
-
-  std::unique_ptr<Model> Load(const std::string& name, bool q8_activations = false) {
-    kernels::CpuContext ctx;
-    ctx.pool = pool_;
-    ctx.q8_activations = q8_activations;
-    auto m = Model::Load(*store_, name, ctx);
-    EXPECT_TRUE(m.ok()) << m.status().ToString();
-    return m.ok() ? std::move(m).value() : nullptr;
   }
 
   // The GGUF model against its original and against llama.cpp.
@@ -217,14 +202,7 @@ class GgufFamiliesTest : public ::testing::Test {
     EXPECT_GE(compared, 3u);
   }
 
-  static testing::TempDir* dir_;
-  static Store* store_;
-  static kernels::ComputePool* pool_;
 };
-
-testing::TempDir* GgufFamiliesTest::dir_ = nullptr;
-Store* GgufFamiliesTest::store_ = nullptr;
-kernels::ComputePool* GgufFamiliesTest::pool_ = nullptr;
 
 TEST_F(GgufFamiliesTest, Qwen2MoeAgreesWithItsOriginalAndLlamaCpp) { Check(kFamilies[0]); }
 TEST_F(GgufFamiliesTest, OlmoeAgreesWithItsOriginalAndLlamaCpp) { Check(kFamilies[1]); }

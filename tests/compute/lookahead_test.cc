@@ -27,15 +27,12 @@ constexpr char kModel[] = "tiny";
 constexpr size_t kFitTexts = 200;
 constexpr size_t kHeldOutTexts = 100;
 
-class LookaheadTest : public ::testing::Test {
+class LookaheadTest : public testing::SuiteStoreTest {
  protected:
   static void SetUpTestSuite() {
     if (!testing::DataPresent(testing::kTinyModel) || !testing::DataPresent(testing::kCorpus)) return;
-    dir_ = new testing::TempDir();
-    auto s = testing::StoreWithModels(dir_->Sub("store"), {{kModel, testing::kTinyModel}});
-    ASSERT_TRUE(s.ok()) << s.status().ToString();
-    store_ = s->release();
-    pool_ = kernels::ComputePool::Create(0)->release();
+    Status s = OpenSuiteStore({{kModel, testing::kTinyModel}});
+    ASSERT_TRUE(s.ok()) << s.ToString();
     auto tok = Tokenizer::FromFile(std::string(testing::kTinyModel) + "/tokenizer.json");
     ASSERT_TRUE(tok.ok());
     auto texts = ReadTexts(testing::kCorpus);
@@ -50,22 +47,16 @@ class LookaheadTest : public ::testing::Test {
     }
   }
   static void TearDownTestSuite() {
-    delete store_;
-    delete pool_;
-    delete dir_;
+    CloseSuiteStore();
     delete fit_;
     delete held_;
-    store_ = nullptr;
   }
   void SetUp() override {
     ES_REQUIRE_DATA(testing::kTinyModel);
     ES_REQUIRE_DATA(testing::kCorpus);
     ASSERT_NE(store_, nullptr);
-    kernels::CpuContext ctx;
-    ctx.pool = pool_;
-    auto m = Model::Load(*store_, kModel, ctx);
-    ASSERT_TRUE(m.ok()) << m.status().ToString();
-    model_ = std::move(m).value();
+    model_ = Load(kModel);
+    ASSERT_NE(model_, nullptr);
     auto p = DirectExpertProvider::Create(*store_, kModel);
     ASSERT_TRUE(p.ok());
     experts_ = std::move(p).value();
@@ -83,9 +74,6 @@ class LookaheadTest : public ::testing::Test {
     return s.ok() ? std::move(s).value() : std::vector<LookaheadScore>(thresholds.size());
   }
 
-  static inline testing::TempDir* dir_ = nullptr;
-  static inline Store* store_ = nullptr;
-  static inline kernels::ComputePool* pool_ = nullptr;
   static inline std::vector<std::vector<int32_t>>* fit_ = nullptr;
   static inline std::vector<std::vector<int32_t>>* held_ = nullptr;
   std::unique_ptr<Model> model_;

@@ -48,30 +48,19 @@ std::vector<int32_t> SomeIds(size_t n, size_t offset) {
                               all.begin() + static_cast<std::ptrdiff_t>(offset + n));
 }
 
-class MetadataComputeTest : public ::testing::Test {
+class MetadataComputeTest : public testing::SuiteStoreTest {
  protected:
   static void SetUpTestSuite() {
     if (!testing::DataPresent(testing::kTinyModel)) return;
-    dir_ = new testing::TempDir();
-    auto s = testing::StoreWithModels(dir_->Sub("store"), {{kModel, testing::kTinyModel}});
-    ASSERT_TRUE(s.ok()) << s.status().ToString();
-    store_ = s->release();
-    pool_ = kernels::ComputePool::Create(0)->release();
+    Status s = OpenSuiteStore({{kModel, testing::kTinyModel}});
+    ASSERT_TRUE(s.ok()) << s.ToString();
   }
-  static void TearDownTestSuite() {
-    delete store_;
-    delete pool_;
-    delete dir_;
-    store_ = nullptr;
-  }
+  static void TearDownTestSuite() { CloseSuiteStore(); }
   void SetUp() override {
     ES_REQUIRE_DATA(testing::kTinyModel);
     ASSERT_NE(store_, nullptr);
-    kernels::CpuContext ctx;
-    ctx.pool = pool_;
-    auto m = Model::Load(*store_, kModel, ctx);
-    ASSERT_TRUE(m.ok()) << m.status().ToString();
-    model_ = std::move(m).value();
+    model_ = Load(kModel);
+    ASSERT_NE(model_, nullptr);
     auto p = DirectExpertProvider::Create(*store_, kModel);
     ASSERT_TRUE(p.ok());
     experts_ = std::move(p).value();
@@ -100,16 +89,9 @@ class MetadataComputeTest : public ::testing::Test {
     ASSERT_TRUE(model_->Forward(ids, kv, *experts_, fo, out.clean).ok());
   }
 
-  static testing::TempDir* dir_;
-  static Store* store_;
-  static kernels::ComputePool* pool_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<DirectExpertProvider> experts_;
 };
-
-testing::TempDir* MetadataComputeTest::dir_ = nullptr;
-Store* MetadataComputeTest::store_ = nullptr;
-kernels::ComputePool* MetadataComputeTest::pool_ = nullptr;
 
 // Re-running rows from a layer's MoE block with the routing they had reproduces the full forward's output.
 TEST_F(MetadataComputeTest, ForwardRowsFromReproducesTheForward) {

@@ -24,11 +24,11 @@ using testing::kAidreams;
 
 std::vector<Case> LoadCases() { return testing::LoadReferenceCases(); }
 
-class ModelTest : public ::testing::Test {
+class ModelTest : public testing::SuiteStoreTest {
  protected:
   static void SetUpTestSuite() {
     if (!testing::DataPresent(testing::kReferenceCases) || !testing::DataPresent(kAidreams)) return;
-    dir_ = new testing::TempDir();
+    MakeSuiteDir();
     // The same weights as qwen3_omni_moe.
     std::string config = testing::ReadText(std::string(testing::kTinyModel) + "/config.json");
     std::string omni = "{\"model_type\":\"qwen3_omni_moe\",\"thinker_config\":{\"text_config\":" + config + "}}";
@@ -39,32 +39,20 @@ class ModelTest : public ::testing::Test {
     auto gguf = testing::WriteTinyGguf(dir_->Sub("tiny.gguf"));
     ASSERT_TRUE(gguf.ok()) << gguf.status().ToString();
     gguf_ = new testing::RebuiltGguf(*gguf);
-    auto s = testing::StoreWithModels(dir_->Sub("store"), {{"tiny", testing::kTinyModel},
-                                                           {"omni", dir_->Sub("omni")},
-                                                           {"gguf", dir_->Sub("tiny.gguf")},
-                                                           {"aidreams", kAidreams}});
-    ASSERT_TRUE(s.ok()) << s.status().ToString();
-    store_ = s->release();
-    pool_ = kernels::ComputePool::Create(0)->release();
+    Status s = OpenSuiteStore({{"tiny", testing::kTinyModel},
+                               {"omni", dir_->Sub("omni")},
+                               {"gguf", dir_->Sub("tiny.gguf")},
+                               {"aidreams", kAidreams}});
+    ASSERT_TRUE(s.ok()) << s.ToString();
   }
   static void TearDownTestSuite() {
     delete gguf_;
-    delete store_;
-    delete pool_;
-    delete dir_;
+    CloseSuiteStore();
   }
   void SetUp() override {
     ES_REQUIRE_DATA(testing::kReferenceCases);
     ES_REQUIRE_DATA(kAidreams);
     ASSERT_NE(store_, nullptr);
-  }
-
-  std::unique_ptr<Model> Load(const std::string& name) {
-    kernels::CpuContext ctx;
-    ctx.pool = pool_;
-    auto m = Model::Load(*store_, name, ctx);
-    EXPECT_TRUE(m.ok()) << m.status().ToString();
-    return m.ok() ? std::move(m).value() : nullptr;
   }
 
   void CheckReference(const std::string& name) {
@@ -75,16 +63,10 @@ class ModelTest : public ::testing::Test {
     testing::ExpectMatchesReference(*model, **experts);
   }
 
-  static testing::TempDir* dir_;
   static testing::RebuiltGguf* gguf_;
-  static Store* store_;
-  static kernels::ComputePool* pool_;
 };
 
-testing::TempDir* ModelTest::dir_ = nullptr;
 testing::RebuiltGguf* ModelTest::gguf_ = nullptr;
-Store* ModelTest::store_ = nullptr;
-kernels::ComputePool* ModelTest::pool_ = nullptr;
 
 TEST_F(ModelTest, TinyQwen3MoeMatchesReference) { CheckReference("tiny"); }
 

@@ -150,4 +150,35 @@ Result<std::unique_ptr<Store>> StoreWithModels(const std::string& dir,
   return store;
 }
 
+void SuiteStoreTest::MakeSuiteDir() {
+  if (dir_ == nullptr) dir_ = new TempDir();
+}
+
+Status SuiteStoreTest::OpenSuiteStore(const std::vector<std::pair<std::string, std::string>>& models) {
+  MakeSuiteDir();
+  ES_ASSIGN_OR_RETURN(std::unique_ptr<Store> store, StoreWithModels(dir_->Sub("store"), models));
+  ES_ASSIGN_OR_RETURN(std::unique_ptr<kernels::ComputePool> pool, kernels::ComputePool::Create(0));
+  store_ = store.release();
+  pool_ = pool.release();
+  return Status::Ok();
+}
+
+std::unique_ptr<Model> SuiteStoreTest::Load(const std::string& name, bool q8_activations) {
+  kernels::CpuContext ctx;
+  ctx.pool = pool_;
+  ctx.q8_activations = q8_activations;
+  auto m = Model::Load(*store_, name, ctx);
+  EXPECT_TRUE(m.ok()) << m.status().ToString();
+  return m.ok() ? std::move(m).value() : nullptr;
+}
+
+void SuiteStoreTest::CloseSuiteStore() {
+  delete store_;
+  delete pool_;
+  delete dir_;
+  store_ = nullptr;
+  pool_ = nullptr;
+  dir_ = nullptr;
+}
+
 }  // namespace es::testing

@@ -2,6 +2,8 @@
 // config), stores with models ingested, and reading every expert back from a store.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <functional>
 #include <map>
 #include <memory>
@@ -9,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "compute/kernels/parallel.h"
+#include "compute/model.h"
 #include "ingest/safetensors.h"
 #include "ingest/safetensors_writer.h"
 #include "store/base/aligned_buffer.h"
@@ -16,6 +20,7 @@
 #include "store/records.h"
 #include "store/store.h"
 #include "tests/util/files.h"
+#include "tests/util/temp_dir.h"
 #include "tests/util/test_data.h"
 
 namespace es::testing {
@@ -53,5 +58,26 @@ Result<RebuiltGguf> WriteTinyGguf(const std::string& path);
 // A fresh store in `dir` with each (name, checkpoint directory or GGUF file) ingested.
 Result<std::unique_ptr<Store>> StoreWithModels(const std::string& dir,
                                                const std::vector<std::pair<std::string, std::string>>& models);
+
+// A fixture whose suite shares one store of ingested models and a compute pool of every core. SetUpTestSuite calls
+// OpenSuiteStore (MakeSuiteDir first when it writes checkpoints of its own under dir_), TearDownTestSuite
+// CloseSuiteStore. The members are shared by every suite deriving from it; a binary runs its suites one after
+// another, each opening and closing them.
+class SuiteStoreTest : public ::testing::Test {
+ protected:
+  // Creates the suite's temporary directory (once).
+  static void MakeSuiteDir();
+  // Ingests `models` (as StoreWithModels takes them) into a store in dir_/store and creates the pool.
+  static Status OpenSuiteStore(const std::vector<std::pair<std::string, std::string>>& models);
+  // Closes the store and removes the directory; the members are null again.
+  static void CloseSuiteStore();
+  // Model `name` of the suite's store on the CPU backend over the pool (with int8 activations when asked); null,
+  // with a test failure, when it does not load.
+  static std::unique_ptr<Model> Load(const std::string& name, bool q8_activations = false);
+
+  static inline TempDir* dir_ = nullptr;
+  static inline Store* store_ = nullptr;
+  static inline kernels::ComputePool* pool_ = nullptr;
+};
 
 }  // namespace es::testing

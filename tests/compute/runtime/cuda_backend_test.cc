@@ -45,21 +45,14 @@ Result<std::unique_ptr<Backend>> MakeBackend(Store& store, const Model& model, c
 }
 #endif
 
-class CudaBackendTest : public ::testing::Test {
+class CudaBackendTest : public testing::SuiteStoreTest {
  protected:
   static void SetUpTestSuite() {
     if (!HaveDevice() || !testing::DataPresent(testing::kReferenceCases) || !testing::DataPresent(kAidreams)) return;
-    dir_ = new testing::TempDir();
-    auto s = testing::StoreWithModels(dir_->Sub("store"), {{"tiny", testing::kTinyModel}, {"aidreams", kAidreams}});
-    ASSERT_TRUE(s.ok()) << s.status().ToString();
-    store_ = s->release();
-    pool_ = kernels::ComputePool::Create(0)->release();
+    Status s = OpenSuiteStore({{"tiny", testing::kTinyModel}, {"aidreams", kAidreams}});
+    ASSERT_TRUE(s.ok()) << s.ToString();
   }
-  static void TearDownTestSuite() {
-    delete store_;
-    delete pool_;
-    delete dir_;
-  }
+  static void TearDownTestSuite() { CloseSuiteStore(); }
   void SetUp() override {
     if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
     ES_REQUIRE_DATA(testing::kReferenceCases);
@@ -124,14 +117,7 @@ class CudaBackendTest : public ::testing::Test {
     }
   }
 
-  static testing::TempDir* dir_;
-  static Store* store_;
-  static kernels::ComputePool* pool_;
 };
-
-testing::TempDir* CudaBackendTest::dir_ = nullptr;
-Store* CudaBackendTest::store_ = nullptr;
-kernels::ComputePool* CudaBackendTest::pool_ = nullptr;
 
 TEST_F(CudaBackendTest, MatchesReferenceWithEveryExpertOnTheGpu) {
   BackendOptions o;
